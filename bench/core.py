@@ -1,0 +1,238 @@
+"""The benchmark harness: cases, ceilings, timing, checks and reports.
+
+A suite (``bench/suites/<name>.py``) exposes ``cases(device, quick) -> list[Case]``.
+On a GPU each case is timed, ours against the baseline, with
+``triton.testing.do_bench(return_mode="median")`` (CUDA events, L2 flushed);
+without one each case runs once on small shapes through the interpreter and is
+checked against torch.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib
+import json
+import math
+import os
+import pkgutil
+import sys
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+
+@dataclass
+class Case:
+    """One benchmark row. ``setup()`` allocates the inputs and returns
+    ``(ours, baseline)``: two thunks doing the same work. ``bytes`` is the
+    minimal traffic (read once, written once), ``flops`` the arithmetic."""
+    op: str
+    set: str
+    shape: tuple
+    dtype: torch.dtype
+    layout: str
+    pass_name: str
+    setup: Callable[[], tuple[Callable, Callable]]
+    bytes: int = 0
+    flops: int = 0
+    atol: float = 1e-2
+    rtol: float = 1e-2
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def id(self) -> str:
+        shape = "x".join(map(str, self.shape))
+        return f"{self.op}-{self.set}-{shape}-{str(self.dtype).replace('torch.', '')}-{self.layout}-{self.pass_name}"
+
+
+def suite_names() -> list[str]:
+    from . import suites
+    return sorted(m.name for m in pkgutil.iter_modules(suites.__path__))
+
+
+def collect(ops: list[str] | None, device: str, quick: bool) -> list[Case]:
+    cases = []
+    for name in suite_names():
+        if ops and name not in ops:
+            continue
+        module = importlib.import_module(f"bench.suites.{name}")
+        cases.extend(module.cases(device, quick))
+    return cases
+
+
+def _flatten(value):
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _flatten(v)]
+    return []
+
+
+def check(case: Case, ours, baseline) -> None:
+    """Our result against the baseline's (same thunks, one run each)."""
+    got, want = _flatten(ours()), _flatten(baseline())
+    assert len(got) == len(want), f"{case.id}: {len(got)} outputs against {len(want)}"
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.float(), w.float(), atol=case.atol, rtol=case.rtol,
+                                   equal_nan=True, msg=lambda m: f"{case.id}: {m}")
+
+
+def measure_ceilings(device: str) -> dict:
+    """Copy bandwidth (GB/s, 1 GiB device-to-device) and bf16 matmul rate (TFLOP/s)."""
+    from triton.testing import do_bench
+    src = torch.empty(1 << 29, dtype=torch.float16, device=device)
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), return_mode="median")
+    copy_gbps = 2 * src.numel() * src.element_size() / ms / 1e6
+    del src, dst
+    n = 8192
+    a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    b = torch.randn(n, n, dtype=torch.bfloat16, device=device)
+    ms = do_bench(lambda: a @ b, return_mode="median")
+    return {"copy_gbps": copy_gbps, "bf16_matmul_tflops": 2 * n**3 / ms / 1e9}
+
+
+def time_case(case: Case, ceilings: dict) -> dict:
+    from triton.testing import do_bench
+    ours, baseline = case.setup()
+    check(case, ours, baseline)
+    ours_ms = do_bench(ours, return_mode="median")
+    base_ms = do_bench(baseline, return_mode="median")
+    row = row_of(case)
+    row.update(ours_ms=ours_ms, baseline_ms=base_ms, speedup=base_ms / ours_ms)
+    if case.bytes:
+        row["gbps"] = case.bytes / ours_ms / 1e6
+        row["pct_copy_bw"] = 100 * row["gbps"] / ceilings["copy_gbps"]
+    if case.flops:
+        row["tflops"] = case.flops / ours_ms / 1e9
+        row["pct_bf16_matmul"] = 100 * row["tflops"] / ceilings["bf16_matmul_tflops"]
+    return row
+
+
+def row_of(case: Case) -> dict:
+    return {"id": case.id, "op": case.op, "set": case.set, "shape": list(case.shape),
+            "dtype": str(case.dtype).replace("torch.", ""), "layout": case.layout,
+            "pass": case.pass_name, **case.extra}
+
+
+def geomean(values) -> float:
+    values = [v for v in values if v and v > 0]
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"# nnlib benchmark: {meta['gpu']}, {meta['date']}", "",
+             f"torch {meta['torch']}, triton {meta['triton']}. Baseline: torch with "
+             "cudnn.benchmark = True, same tf32 policy. Median of do_bench (L2 flushed).", "",
+             f"Ceilings measured in this run: copy {meta['ceilings']['copy_gbps']:.0f} GB/s, "
+             f"bf16 matmul {meta['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s.", "",
+             "| op | set | shape | dtype | layout | pass | ours ms | torch ms | speedup | GB/s | % copy | TFLOP/s | % mma |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def fmt(v, spec):
+        return format(v, spec) if isinstance(v, (int, float)) else ""
+    for r in rows:
+        lines.append("| " + " | ".join([
+            r["op"], r["set"], "x".join(map(str, r["shape"])), r["dtype"], r["layout"], r["pass"],
+            fmt(r.get("ours_ms"), ".4f"), fmt(r.get("baseline_ms"), ".4f"), fmt(r.get("speedup"), ".2f"),
+            fmt(r.get("gbps"), ".0f"), fmt(r.get("pct_copy_bw"), ".0f"), fmt(r.get("tflops"), ".1f"),
+            fmt(r.get("pct_bf16_matmul"), ".0f")]) + " |")
+    lines += ["", "Geomean speedup per op, set, dtype and pass:", "", "| op | set | dtype | pass | geomean |",
+              "|---|---|---|---|---|"]
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["op"], r["set"], r["dtype"], r["pass"]), []).append(r.get("speedup"))
+    for key, values in sorted(groups.items()):
+        lines.append(f"| {' | '.join(key)} | {geomean(values):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(rows: list[dict], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    rows = [r for r in rows if r.get("speedup")]
+    if not rows:
+        return
+    fig, ax = plt.subplots(figsize=(max(8, 0.18 * len(rows)), 5))
+    colors = ["tab:green" if r["speedup"] >= 1 else "tab:red" for r in rows]
+    ax.bar(range(len(rows)), [r["speedup"] for r in rows], color=colors)
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r["id"] for r in rows], rotation=90, fontsize=5)
+    ax.set_ylabel("speedup over torch (x)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=150)
+    plt.close(fig)
+
+
+def run(ops: list[str] | None, quick: bool, out_dir: str) -> int:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cases = collect(ops, device, quick)
+    if device == "cpu":
+        print(f"No CUDA GPU: running {len(cases)} cases once on small shapes through the Triton "
+              "interpreter and checking them against torch. Timings need a CUDA GPU.", flush=True)
+        failed = 0
+        for i, case in enumerate(cases, 1):
+            try:
+                check(case, *case.setup())
+                status = "ok"
+            except Exception as exc:  # report every case, then fail
+                failed += 1
+                status = f"FAILED: {str(exc).splitlines()[0][:200]}"
+            print(f"[{i}/{len(cases)}] {case.id}: {status}", flush=True)
+        print(f"{len(cases) - failed} cases matched torch, {failed} failed. No timings: they need a CUDA GPU.")
+        return 1 if failed else 0
+
+    torch.backends.cudnn.benchmark = True
+    import triton
+    gpu = torch.cuda.get_device_name()
+    print(f"{gpu}: measuring ceilings...", flush=True)
+    ceilings = measure_ceilings(device)
+    print(f"copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s",
+          flush=True)
+    rows = []
+    for i, case in enumerate(cases, 1):
+        try:
+            row = time_case(case, ceilings)
+            msg = f"ours {row['ours_ms']:.4f} ms, torch {row['baseline_ms']:.4f} ms, {row['speedup']:.2f}x"
+        except Exception as exc:
+            row = row_of(case)
+            row["error"] = str(exc).splitlines()[0][:300]
+            msg = f"ERROR {row['error']}"
+        rows.append(row)
+        print(f"[{i}/{len(cases)}] {case.id}: {msg}", flush=True)
+        torch.cuda.empty_cache()
+    date = datetime.date.today().isoformat()
+    meta = {"gpu": gpu, "date": date, "torch": torch.__version__, "triton": triton.__version__,
+            "ceilings": ceilings, "quick": quick, "ops": ops}
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{gpu.replace(' ', '_').replace('/', '_')}-{date}")
+    with open(stem + ".json", "w") as f:
+        json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    with open(stem + ".md", "w") as f:
+        f.write(markdown(rows, meta))
+    plot(rows, stem + ".png", f"nnlib vs torch, {gpu}, {date}")
+    print(f"wrote {stem}.json / .md / .png")
+    errors = sum("error" in r for r in rows)
+    return 1 if errors else 0
+
+
+def main(argv=None) -> int:
+    import argparse
+    parser = argparse.ArgumentParser(prog="python -m bench", description="nnlib benchmarks against torch / cuDNN")
+    parser.add_argument("--ops", help=f"comma-separated suites (default all: {','.join(suite_names())})")
+    parser.add_argument("--quick", action="store_true", help="a few representative shapes per suite")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
+                        help="results folder (default bench/results)")
+    args = parser.parse_args(argv)
+    ops = args.ops.split(",") if args.ops else None
+    unknown = set(ops or ()) - set(suite_names())
+    if unknown:
+        parser.error(f"unknown suites {sorted(unknown)}; choose from {suite_names()}")
+    return run(ops, args.quick, args.out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""Where kernels run, how they are tuned and launched, and the checks and layout
+helpers that every op shares.
+
+* ``backend(t)``: "triton" (CUDA tensor), "triton-interpreter" (CPU tensor with
+  ``TRITON_INTERPRET=1``) or "torch" (CPU tensor without it: the explicit
+  fallback).
+* ``autotune(configs, key, interpreter_config)``: ``triton.autotune`` with the
+  full list on a GPU and the single interpreter config (the largest tiles)
+  when interpreting; the full list stays on ``kernel.nnlib_configs`` for the
+  compile test.
+* ``launch(kernel, grid, *args, **kwargs)``: every launch goes through here and
+  is counted, so tests can prove that a Triton kernel ran.
+* ``DOT_UPCAST``: pass as a constexpr to kernels that ``tl.dot`` bf16 tiles;
+  the interpreter's bf16 dot is wrong, so they upcast to fp32 there.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+import triton
+
+__all__ = [
+    "interpreting", "backend", "autotune", "launch", "LaunchCounter", "count_launches",
+    "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
+    "check_floating", "check_same_device", "CompileCase", "tl_dtype",
+]
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def backend(tensor: torch.Tensor) -> str:
+    """Which path nnlib takes for ``tensor``: "triton" (CUDA), "triton-interpreter"
+    (CPU with ``TRITON_INTERPRET=1``) or "torch" (the fallback: CPU without the
+    interpreter, or float64 / complex data, for which nnlib has no kernels)."""
+    if tensor.is_complex() or tensor.dtype == torch.float64:
+        return "torch"
+    if tensor.device.type == "cuda":
+        return "triton"
+    if tensor.device.type == "cpu" and interpreting():
+        return "triton-interpreter"
+    return "torch"
+
+
+def use_triton(*tensors: torch.Tensor | None) -> bool:
+    """True when every given tensor takes a Triton path (GPU or interpreter)."""
+    return all(t is None or backend(t) != "torch" for t in tensors)
+
+
+def dot_upcast() -> bool:
+    """Value for a kernel's ``DOT_UPCAST`` constexpr: upcast bf16 ``tl.dot`` operands
+    to fp32 under the interpreter, whose bf16 dot is wrong. Never on the GPU."""
+    return interpreting()
+
+
+# ---------------------------------------------------------------------------
+# Autotuning and launches
+
+def autotune(configs: list[triton.Config], key: list[str],
+             interpreter_config: triton.Config | None = None, **kwargs):
+    """``triton.autotune`` with ``configs`` on a GPU and only ``interpreter_config``
+    (default: the first config) under the interpreter, which cannot time configs."""
+    def decorator(fn):
+        chosen = configs
+        if interpreting():
+            chosen = [interpreter_config or configs[0]]
+        tuned = triton.autotune(configs=chosen, key=key, **kwargs)(fn)
+        tuned.nnlib_configs = list(configs)
+        return tuned
+    return decorator
+
+
+class LaunchCounter:
+    """Counts kernel launches by kernel name."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def __repr__(self) -> str:
+        return f"LaunchCounter({dict(self.counts)})"
+
+
+_counters: list[LaunchCounter] = []
+LAUNCHES = LaunchCounter()   # every launch since import
+
+
+def kernel_name(kernel) -> str:
+    fn = kernel
+    while hasattr(fn, "fn"):
+        fn = fn.fn
+    return getattr(fn, "__name__", repr(fn))
+
+
+def launch(kernel, grid, *args, **kwargs):
+    """Launch ``kernel[grid](*args, **kwargs)`` and count it."""
+    name = kernel_name(kernel)
+    LAUNCHES.counts[name] += 1
+    for counter in _counters:
+        counter.counts[name] += 1
+    return kernel[grid](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def count_launches():
+    """``with count_launches() as c: ...`` then ``c.total`` / ``c.counts[name]``."""
+    counter = LaunchCounter()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
+
+
+# ---------------------------------------------------------------------------
+# Layout helpers
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True when ``t`` covers exactly ``numel`` consecutive elements of storage in
+    some dim order (contiguous, channels_last, any permutation): an elementwise
+    kernel can then run over the flat storage without a copy."""
+    if t.numel() <= 1:
+        return True
+    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
+    expected = 1
+    for stride, size in dims:
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
+def merge_dims(sizes, strides):
+    """Merge consecutive dims into one (size, stride), or None when their strides
+    do not form a single arithmetic progression. Size-1 dims are ignored."""
+    pairs = [(n, s) for n, s in zip(sizes, strides) if n != 1]
+    size = 1
+    for n, _ in pairs:
+        size *= n
+    if size == 0:
+        return 0, 1
+    if not pairs:
+        return 1, 1
+    for (n_outer, s_outer), (n_inner, s_inner) in zip(pairs, pairs[1:]):
+        if s_outer != s_inner * n_inner:
+            return None
+    return size, pairs[-1][1]
+
+
+def view_3d(t: torch.Tensor, dim: int):
+    """Describe ``t`` as (outer, C, inner) around ``dim`` without copying:
+    returns ``((outer, C, inner), (stride_outer, stride_c, stride_inner))`` or None
+    when the dims before or after ``dim`` cannot be merged."""
+    before = merge_dims(t.shape[:dim], t.stride()[:dim])
+    after = merge_dims(t.shape[dim + 1:], t.stride()[dim + 1:])
+    if before is None or after is None:
+        return None
+    return (before[0], t.shape[dim], after[0]), (before[1], t.stride(dim), after[1])
+
+
+def max_offset(t: torch.Tensor) -> int:
+    """Largest element offset a kernel computes for ``t`` from its data pointer."""
+    if t.numel() == 0:
+        return 0
+    return sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+
+
+def needs_int64(*tensors: torch.Tensor) -> bool:
+    """True when some offset into these tensors does not fit in int32."""
+    return any(t is not None and max_offset(t) >= 2**31 - 1 for t in tensors)
+
+
+# ---------------------------------------------------------------------------
+# Argument checks shared by the ops (torch's exception classes)
+
+_FLOATING = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_floating(t: torch.Tensor, name: str, op: str) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    if t.dtype not in _FLOATING:
+        raise RuntimeError(
+            f"{op}(): '{name}' has dtype {t.dtype}; nnlib supports float32, float16 and bfloat16")
+
+
+def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
+    named = [(n, t) for n, t in tensors.items() if t is not None]
+    if not named:
+        return
+    first_name, first = named[0]
+    for name, t in named[1:]:
+        if t.device != first.device:
+            raise RuntimeError(
+                f"{op}(): expected all tensors to be on the same device, but '{name}' is on "
+                f"{t.device} and '{first_name}' is on {first.device}")
+
+
+_TL_DTYPES = {
+    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
+    torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32", torch.int16: "i16",
+    torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1",
+}
+
+
+def tl_dtype(dtype: torch.dtype) -> str:
+    """Triton signature name of a torch dtype ("fp32", "bf16", ...)."""
+    return _TL_DTYPES[dtype]
+
+
+# ---------------------------------------------------------------------------
+# Compile cases: what tests/test_compile.py builds for sm_90 and sm_80
+
+@dataclass
+class CompileCase:
+    """One kernel specialisation to compile ahead of time.
+
+    ``signature`` maps each runtime argument to its Triton type ("*fp16", "i32",
+    "fp32"); ``constexprs`` maps constexpr arguments to values. Autotuned
+    kernels are compiled once per config in ``kernel.nnlib_configs`` (the config's
+    kwargs join ``constexprs``); plain kernels use ``num_warps`` / ``num_stages``.
+    ``tensor_cores`` asks the test to find wgmma (sm_90) / mma (sm_80) in the PTX.
+    """
+    kernel: object
+    signature: dict
+    constexprs: dict = field(default_factory=dict)
+    num_warps: int = 4
+    num_stages: int = 3
+    tensor_cores: bool = False
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        return kernel_name(self.kernel) + (f"[{self.label}]" if self.label else "")

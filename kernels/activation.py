@@ -1,0 +1,338 @@
+"""ReLU, leaky ReLU and PReLU: the activation epilogue every kernel shares, the
+elementwise kernels, and their autograd Functions.
+
+``apply_activation`` / ``activation_grad`` are the package's single definition of
+the activation math; conv and norm kernels call them in their epilogues with
+``ACTIVATION`` one of ``ACT_NONE``, ``ACT_RELU``, ``ACT_LEAKY_RELU``.
+
+Layouts: relu / leaky_relu run over the flat storage of any dense tensor
+(contiguous, channels_last, any dim permutation) without a copy; a non-dense
+view is copied once to contiguous. PReLU reads its input as (outer, C, inner)
+through strides, so most views need no copy; one whose dims cannot be merged
+that way is copied once.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._reduce import sum_partials
+from ._runtime import CompileCase, interpreting, is_dense, launch, view_3d
+
+ACT_NONE: tl.constexpr = tl.constexpr(0)
+ACT_RELU: tl.constexpr = tl.constexpr(1)
+ACT_LEAKY_RELU: tl.constexpr = tl.constexpr(2)
+
+ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
+
+
+def activation_code(activation: str | None, op: str) -> int:
+    """Map the ``activation=`` keyword of the fused ops to the kernels' constexpr."""
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"{op}(): activation must be None, 'relu' or 'leaky_relu', got {activation!r}")
+    return ACTIVATIONS[activation]
+
+
+@triton.jit
+def apply_activation(x, ACTIVATION: tl.constexpr, negative_slope):
+    """Activation of fp32 ``x``: identity, relu, or leaky relu with ``negative_slope``.
+    NaN propagates, as in torch."""
+    if ACTIVATION == 1:
+        x = tl.where(x < 0, 0.0, x)
+    elif ACTIVATION == 2:
+        x = tl.where(x < 0, x * negative_slope, x)
+    return x
+
+
+@triton.jit
+def activation_grad(grad, v, ACTIVATION: tl.constexpr, negative_slope):
+    """Gradient through the activation. ``v`` is its input, or its output when the
+    slope is >= 0 (same sign). Matches torch: relu passes the gradient where
+    ``v > 0`` or NaN, leaky relu scales it by the slope where ``v <= 0`` or NaN."""
+    if ACTIVATION == 1:
+        grad = tl.where(v <= 0, 0.0, grad)
+    elif ACTIVATION == 2:
+        grad = tl.where(v > 0, grad, grad * negative_slope)
+    return grad
+
+
+# ---------------------------------------------------------------------------
+# Kernels
+
+@triton.jit
+def _activation_fwd_kernel(x_ptr, y_ptr, n_elements, negative_slope,
+                           ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
+    """x, y: flat dense storage of n_elements. y = act(x), computed in fp32
+    (integer x for relu stays integer)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    x = tl.load(x_ptr + offs, mask=mask)
+    if x.dtype.is_floating():
+        y = apply_activation(x.to(tl.float32), ACTIVATION, negative_slope)
+    else:
+        y = apply_activation(x, ACTIVATION, negative_slope)
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _activation_bwd_kernel(grad_ptr, v_ptr, grad_in_ptr, n_elements, negative_slope,
+                           ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
+    """grad, v, grad_in: flat dense storage of n_elements, one layout.
+    grad_in = grad * act'(v), v the saved input (or output)."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n_elements
+    grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
+    grad_in = activation_grad(grad, v, ACTIVATION, negative_slope)
+    tl.store(grad_in_ptr + offs, grad_in.to(grad_in_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _prelu_fwd_kernel(x_ptr, weight_ptr, y_ptr, outer, C, inner,
+                      stride_xo, stride_xc, stride_xi, stride_yo, stride_yc, stride_yi,
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """x, y: (outer, C, inner) through strides; weight: (C,) (C = 1 for one
+    shared slope). Program (r, c) covers BLOCK_R positions of outer*inner and
+    BLOCK_C channels."""
+    pid_r = tl.program_id(0).to(tl.int64)
+    pid_c = tl.program_id(1)
+    offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    mask = (offs_r[:, None] < outer * inner) & mask_c[None, :]
+    offs_o = offs_r // inner
+    offs_i = offs_r % inner
+    x_offs = offs_o[:, None] * stride_xo + offs_c[None, :].to(tl.int64) * stride_xc + offs_i[:, None] * stride_xi
+    y_offs = offs_o[:, None] * stride_yo + offs_c[None, :].to(tl.int64) * stride_yc + offs_i[:, None] * stride_yi
+    x = tl.load(x_ptr + x_offs, mask=mask).to(tl.float32)
+    w = tl.load(weight_ptr + offs_c, mask=mask_c).to(tl.float32)
+    y = tl.where(x > 0, x, x * w[None, :])
+    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _prelu_bwd_kernel(grad_ptr, x_ptr, weight_ptr, grad_x_ptr, partial_ptr, outer, C, inner,
+                      stride_go, stride_gc, stride_gi, stride_xo, stride_xc, stride_xi,
+                      stride_dxo, stride_dxc, stride_dxi, rows_per_chunk,
+                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """grad, x, grad_x: (outer, C, inner) through strides; weight: (C,);
+    partial: (num_chunks, C) fp32. Program (chunk, c) writes grad_x over its
+    rows_per_chunk positions of outer*inner (a multiple of BLOCK_R) and its fp32 partial sum of the
+    weight gradient x * grad over x <= 0 (NaN included, as torch)."""
+    pid_s = tl.program_id(0)
+    pid_c = tl.program_id(1)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    w = tl.load(weight_ptr + offs_c, mask=mask_c).to(tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
+    n_rows = outer * inner
+    chunk_start = pid_s.to(tl.int64) * rows_per_chunk
+    for start in range(0, rows_per_chunk, BLOCK_R):
+        offs_r = chunk_start + start + tl.arange(0, BLOCK_R)
+        mask = (offs_r[:, None] < n_rows) & mask_c[None, :]
+        offs_o = offs_r[:, None] // inner
+        offs_i = offs_r[:, None] % inner
+        offs_cc = offs_c[None, :].to(tl.int64)
+        g = tl.load(grad_ptr + offs_o * stride_go + offs_cc * stride_gc + offs_i * stride_gi,
+                    mask=mask, other=0.0).to(tl.float32)
+        x = tl.load(x_ptr + offs_o * stride_xo + offs_cc * stride_xc + offs_i * stride_xi,
+                    mask=mask, other=0.0).to(tl.float32)
+        positive = x > 0
+        grad_x = tl.where(positive, g, g * w[None, :])
+        tl.store(grad_x_ptr + offs_o * stride_dxo + offs_cc * stride_dxc + offs_i * stride_dxi,
+                 grad_x.to(grad_x_ptr.dtype.element_ty), mask=mask)
+        acc += tl.where(positive, 0.0, x * g)     # masked lanes load 0
+    tl.store(partial_ptr + pid_s.to(tl.int64) * C + offs_c, tl.sum(acc, axis=0), mask=mask_c)
+
+
+# ---------------------------------------------------------------------------
+# Host launchers
+
+_BLOCK = 1024
+
+
+def _flat_block(n: int) -> int:
+    # The interpreter pays per program, so it gets one large block.
+    return max(_BLOCK, min(triton.next_power_of_2(max(n, 1)), 1 << 16)) if interpreting() else _BLOCK
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    return t if is_dense(t) else t.contiguous()
+
+
+def activation_forward(x: torch.Tensor, activation: int, negative_slope: float,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
+    """act(x) into ``out`` (a tensor with x's layout; x itself for in-place) or a new tensor."""
+    src = _dense(x)
+    dst = torch.empty_like(src) if out is None else out
+    n = src.numel()
+    if n:
+        block = _flat_block(n)
+        launch(_activation_fwd_kernel, (triton.cdiv(n, block),), src, dst, n, float(negative_slope),
+               ACTIVATION=activation, BLOCK=block)
+    return dst
+
+
+def activation_backward(grad: torch.Tensor, saved: torch.Tensor, activation: int,
+                        negative_slope: float) -> torch.Tensor:
+    """grad * act'(saved); the result has saved's layout."""
+    if grad.stride() != saved.stride() or not is_dense(saved):
+        saved = _dense(saved)
+        grad = torch.empty_like(saved).copy_(grad)
+    grad_in = torch.empty_like(saved)
+    n = saved.numel()
+    if n:
+        block = _flat_block(n)
+        launch(_activation_bwd_kernel, (triton.cdiv(n, block),), grad, saved, grad_in, n,
+               float(negative_slope), ACTIVATION=activation, BLOCK=block)
+    return grad_in
+
+
+def _as_3d(t: torch.Tensor):
+    """``t`` as (outer, C, inner) with C = t.shape[1] (one channel below rank 2):
+    returns (tensor, shape, strides), copying only when dims cannot be merged."""
+    if t.dim() < 2:
+        t = t.reshape(1, 1, -1)
+    described = view_3d(t, 1)
+    if described is None:
+        t = t.contiguous()
+        described = view_3d(t, 1)
+    return t, described[0], described[1]
+
+
+def _prelu_tiles(C: int, interpreter: bool = False):
+    """(BLOCK_C, BLOCK_R): 1024-element tiles on a GPU, 16x larger under the interpreter."""
+    block_c = min(triton.next_power_of_2(max(C, 1)), 32)
+    return block_c, max(32, 1024 // block_c) * (16 if interpreter else 1)
+
+
+def _channel_weights(weight: torch.Tensor, C: int) -> torch.Tensor:
+    return weight.reshape(-1).expand(C).contiguous() if weight.numel() == 1 else weight.reshape(-1).contiguous()
+
+
+def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x: any shape, C = x.shape[1] (1 below rank 2); weight: (1,) or (C,)."""
+    x3, (outer, C, inner), x_strides = _as_3d(x)
+    y = torch.empty_like(x3)
+    _, _, y_strides = _as_3d(y)
+    if y.numel():
+        block_c, block_r = _prelu_tiles(C, interpreting())
+        grid = (triton.cdiv(outer * inner, block_r), triton.cdiv(C, block_c))
+        launch(_prelu_fwd_kernel, grid, x3, _channel_weights(weight, C), y, outer, C, inner,
+               *x_strides, *y_strides, BLOCK_R=block_r, BLOCK_C=block_c)
+    return y.reshape(x.shape)
+
+
+def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+    """(grad_x, grad_weight). The weight gradient is reduced in two deterministic
+    passes: fp32 partials per (chunk, channel), then ``sum_partials``."""
+    x3, (outer, C, inner), x_strides = _as_3d(x)
+    g3, _, g_strides = _as_3d(grad)
+    grad_x = torch.empty_like(x3)
+    _, _, dx_strides = _as_3d(grad_x)
+    n_rows = outer * inner
+    block_c, block_r = _prelu_tiles(C, interpreting())
+    c_blocks = triton.cdiv(C, block_c)
+    # Enough chunks to fill a GPU, each a whole number of row blocks.
+    num_chunks = max(1, min(triton.cdiv(n_rows, block_r), 1024 // c_blocks))
+    rows_per_chunk = triton.cdiv(triton.cdiv(max(n_rows, 1), num_chunks), block_r) * block_r
+    num_chunks = max(1, triton.cdiv(n_rows, rows_per_chunk))
+    partials = torch.zeros((num_chunks, C), dtype=torch.float32, device=x.device)
+    if n_rows and C:
+        launch(_prelu_bwd_kernel, (num_chunks, c_blocks), g3, x3, _channel_weights(weight, C), grad_x,
+               partials, outer, C, inner, *g_strides, *x_strides, *dx_strides, rows_per_chunk,
+               BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
+    grad_w = sum_partials(partials)
+    if weight.numel() == 1:
+        grad_w = grad_w.sum()        # one shared slope: O(C) host sum of the channel sums
+    return grad_x.reshape(x.shape), grad_w.to(weight.dtype).reshape(weight.shape)
+
+
+# ---------------------------------------------------------------------------
+# autograd Functions
+
+class ActivationFunction(torch.autograd.Function):
+    """relu / leaky_relu, out of place or in place (``inplace=True`` writes x)."""
+
+    @staticmethod
+    def forward(ctx, x, activation, negative_slope, inplace):
+        if inplace:
+            if is_dense(x):
+                activation_forward(x, activation, negative_slope, out=x)
+            else:
+                x.copy_(activation_forward(x, activation, negative_slope))
+            ctx.mark_dirty(x)
+            out = x
+        else:
+            out = activation_forward(x, activation, negative_slope)
+        # The output is saved in place of the input where the sign test agrees.
+        save_output = inplace or activation == 1
+        ctx.save_for_backward(out if save_output else x)
+        ctx.activation, ctx.negative_slope, ctx.inplace = activation, negative_slope, inplace
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        (saved,) = ctx.saved_tensors
+        if ctx.inplace and ctx.activation == 2 and ctx.negative_slope < 0:
+            raise RuntimeError(
+                "In-place leakyReLu backward calculation is triggered with a negative slope which is "
+                "not supported. This is caused by calling in-place forward function with a negative "
+                "slope, please call out-of-place version instead.")
+        return activation_backward(grad, saved, ctx.activation, ctx.negative_slope), None, None, None
+
+
+class PReLUFunction(torch.autograd.Function):
+    """prelu(x, weight); weight (1,) or (C,) with C = x.shape[1]."""
+
+    @staticmethod
+    def forward(ctx, x, weight):
+        ctx.save_for_backward(x, weight)
+        return prelu_forward(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x, grad_w = prelu_backward(grad, x, weight)
+        return (grad_x if ctx.needs_input_grad[0] else None,
+                grad_w if ctx.needs_input_grad[1] else None)
+
+
+# ---------------------------------------------------------------------------
+# Compile cases
+
+def _compile_cases():
+    cases = []
+    for dt in ("fp32", "fp16", "bf16"):
+        for act in (1, 2):
+            cases.append(CompileCase(
+                _activation_fwd_kernel,
+                {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "n_elements": "i64", "negative_slope": "fp32"},
+                {"ACTIVATION": act, "BLOCK": _BLOCK}, label=f"{dt},act={act}"))
+            cases.append(CompileCase(
+                _activation_bwd_kernel,
+                {"grad_ptr": f"*{dt}", "v_ptr": f"*{dt}", "grad_in_ptr": f"*{dt}", "n_elements": "i64",
+                 "negative_slope": "fp32"},
+                {"ACTIVATION": act, "BLOCK": _BLOCK}, label=f"{dt},act={act}"))
+        strides = {f"stride_{t}{a}": "i64" for t in ("x", "y") for a in "oci"}
+        for block_c in (1, 32):
+            _, block_r = _prelu_tiles(block_c)
+            cases.append(CompileCase(
+                _prelu_fwd_kernel,
+                {"x_ptr": f"*{dt}", "weight_ptr": f"*{dt}", "y_ptr": f"*{dt}", "outer": "i64", "C": "i32",
+                 "inner": "i64", **strides},
+                {"BLOCK_R": block_r, "BLOCK_C": block_c}, label=f"{dt},C={block_c}"))
+            cases.append(CompileCase(
+                _prelu_bwd_kernel,
+                {"grad_ptr": f"*{dt}", "x_ptr": f"*{dt}", "weight_ptr": f"*{dt}", "grad_x_ptr": f"*{dt}",
+                 "partial_ptr": "*fp32", "outer": "i64", "C": "i32", "inner": "i64",
+                 **{f"stride_{t}{a}": "i64" for t in ("g", "x", "dx") for a in "oci"},
+                 "rows_per_chunk": "i64"},
+                {"BLOCK_R": block_r, "BLOCK_C": block_c}, num_warps=8, label=f"{dt},C={block_c}"))
+    return cases
+
+
+COMPILE_CASES = _compile_cases()

@@ -1,0 +1,49 @@
+"""Test set-up: the Triton interpreter on machines without a GPU, the ``device``
+fixture, and exact fp32 arithmetic (no tf32) unless a test asks for it."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    # Must happen before triton is first imported (kernels import it).
+    os.environ["TRITON_INTERPRET"] = "1"
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+import pytest  # noqa: E402
+
+import kernels._runtime as runtime  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test that takes ``device`` runs on CUDA when present: mark it ``cuda``
+    so a GPU run can select them with ``-m cuda``."""
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.cuda)
+
+
+def pytest_report_header(config):
+    return (f"nnlib tests on {DEVICE}; path for {DEVICE} tensors: "
+            f"{runtime.backend(torch.empty(0, device=DEVICE))}")
+
+
+@pytest.fixture
+def device():
+    return DEVICE
+
+
+@pytest.fixture(autouse=True)
+def _exact_fp32():
+    """Tests compare against float64: no tf32 unless a test turns it on."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

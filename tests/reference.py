@@ -1,0 +1,111 @@
+"""The float64 reference and the one tolerance table.
+
+``check_op`` runs an nnlib function on the inputs as given and the torch
+reference on float64 CPU copies, then compares outputs and the gradients of
+every input that requires grad (for the same random output gradient), and
+asserts that a Triton kernel ran.
+"""
+from __future__ import annotations
+
+import torch
+
+from kernels._runtime import count_launches
+
+# (atol, rtol) per dtype and kind of op. "elementwise": one rounding of the
+# result; "reduction": sums over many terms (norms, pools' gradients, PReLU's
+# weight); "conv": dot products of length C*R*S.
+TOLERANCES = {
+    torch.float32: {"elementwise": (1e-5, 1e-5), "reduction": (1e-4, 1e-4), "conv": (1e-4, 1e-4)},
+    torch.float16: {"elementwise": (1e-3, 1e-3), "reduction": (5e-3, 5e-3), "conv": (1e-2, 1e-2)},
+    torch.bfloat16: {"elementwise": (8e-3, 8e-3), "reduction": (2e-2, 2e-2), "conv": (2e-2, 2e-2)},
+}
+FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
+
+
+def tolerance(dtype: torch.dtype, kind: str) -> tuple[float, float]:
+    return TOLERANCES[dtype][kind]
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, kind: str,
+                 name: str = "output", scale: float = 1.0) -> None:
+    """Compare in float64 on the CPU; NaN must sit where the reference has NaN.
+    ``scale`` widens atol for values whose magnitude grows with the problem."""
+    atol, rtol = tolerance(dtype, kind)
+    torch.testing.assert_close(actual.detach().cpu().double(), expected.detach().cpu().double(),
+                               atol=atol * scale, rtol=rtol, equal_nan=True,
+                               msg=lambda m: f"{name} ({dtype}, {kind}): {m}")
+
+
+def to_reference(t):
+    """A float64 CPU leaf copy with the same requires_grad (non-tensors pass through)."""
+    if not isinstance(t, torch.Tensor):
+        return t
+    ref = t.detach().cpu()
+    if ref.is_floating_point():
+        ref = ref.double()
+    return ref.requires_grad_(t.requires_grad)
+
+
+def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None = None,
+             expect_launch: bool = True, grad_scale: float = 1.0, out_scale: float = 1.0):
+    """Run ``ours(*inputs)`` and ``reference(*float64 copies)``; compare outputs
+    (a tensor or a tuple of tensors, non-float parts exactly) and gradients of
+    every input with requires_grad. Returns (our outputs, reference outputs)."""
+    tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
+    dtype = dtype or next(t.dtype for t in tensors if t.is_floating_point())
+    ref_inputs = [to_reference(t) for t in inputs]
+    with count_launches() as launches:
+        out = ours(*inputs)
+    ref_out = reference(*ref_inputs)
+    outs = out if isinstance(out, tuple) else (out,)
+    ref_outs = ref_out if isinstance(ref_out, tuple) else (ref_out,)
+    assert len(outs) == len(ref_outs)
+    for i, (o, r) in enumerate(zip(outs, ref_outs)):
+        assert o.shape == r.shape, f"output {i}: shape {tuple(o.shape)} != {tuple(r.shape)}"
+        if r.is_floating_point():
+            assert o.dtype == dtype, f"output {i}: dtype {o.dtype} != {dtype}"
+            assert_close(o, r, dtype, kind, f"output {i}", scale=out_scale)
+        else:
+            assert torch.equal(o.cpu(), r.cpu()), f"output {i} differs"
+    wants_grad = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
+    float_outs = [(o, r) for o, r in zip(outs, ref_outs) if r.is_floating_point() and r.requires_grad]
+    if wants_grad and float_outs:
+        grads_out = [torch.randn(r.shape, dtype=torch.float64) for _, r in float_outs]
+        with count_launches() as bwd_launches:
+            grads = torch.autograd.grad([o for o, _ in float_outs], [inputs[i] for i in wants_grad],
+                                        [g.to(o.dtype).to(o.device) for g, (o, _) in zip(grads_out, float_outs)],
+                                        allow_unused=True)
+        # Compare against the reference fed the same rounded output gradient.
+        ref_grads = torch.autograd.grad([r for _, r in float_outs], [ref_inputs[i] for i in wants_grad],
+                                        [g.to(o.dtype).double() for g, (o, _) in zip(grads_out, float_outs)],
+                                        allow_unused=True)
+        for i, g, rg in zip(wants_grad, grads, ref_grads):
+            if rg is None:
+                assert g is None or not g.abs().sum(), f"grad of input {i} should be zero"
+                continue
+            assert g is not None, f"grad of input {i} is missing"
+            assert g.shape == inputs[i].shape
+            assert_close(g, rg, inputs[i].dtype if inputs[i].is_floating_point() else dtype, kind,
+                         f"grad of input {i}", scale=grad_scale)
+        if expect_launch:
+            assert bwd_launches.total > 0, "no Triton kernel ran in the backward"
+    if expect_launch:
+        assert launches.total > 0, "no Triton kernel ran: the call took the torch fallback"
+    return out, ref_out
+
+
+def make_input(shape, dtype, device, layout: str = "contiguous", requires_grad: bool = False):
+    """A random leaf tensor in a layout: "contiguous", "channels_last" (rank 4),
+    "transposed" (last two dims swapped) or "sliced" (every other element of the
+    last dim: not dense)."""
+    shape = tuple(shape)
+    if layout == "sliced":
+        t = torch.randn(*shape[:-1], shape[-1] * 2).to(dtype).to(device)[..., ::2]
+    elif layout == "transposed":
+        t = torch.randn(*shape[:-2], shape[-1], shape[-2]).to(dtype).to(device).transpose(-1, -2)
+    elif layout == "channels_last":
+        t = torch.randn(shape).to(dtype).to(device).contiguous(memory_format=torch.channels_last)
+    else:
+        assert layout == "contiguous", layout
+        t = torch.randn(shape).to(dtype).to(device)
+    return t.requires_grad_(requires_grad)
