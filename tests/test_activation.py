@@ -1,0 +1,209 @@
+"""relu / leaky_relu / prelu against the float64 torch reference."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import nnlib
+import nnlib.functional as F
+from kernels._runtime import count_launches, is_dense, max_offset, merge_dims, needs_int64, view_3d
+from tests.reference import FLOAT_DTYPES, assert_close, check_op, make_input
+
+LAYOUTS = ["contiguous", "channels_last", "transposed", "sliced"]
+SHAPES = [(3, 5, 7, 9), (1, 1, 1, 1), (2, 3, 1, 300)]
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("op", ["relu", "leaky_relu"])
+def test_elementwise_matches_reference(op, shape, layout, dtype, device):
+    x = make_input(shape, dtype, device, layout, requires_grad=True)
+    ours = {"relu": lambda t: F.relu(t), "leaky_relu": lambda t: F.leaky_relu(t, 0.2)}[op]
+    ref = {"relu": lambda t: TF.relu(t), "leaky_relu": lambda t: TF.leaky_relu(t, 0.2)}[op]
+    out, _ = check_op(ours, ref, [x], "elementwise")
+    if layout in ("contiguous", "channels_last"):
+        assert out.stride() == x.stride(), "dense layouts are kept"
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 0, 3), (70001,), (2, 3, 4, 5, 6)])
+def test_elementwise_ranks_and_empty(shape, device):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    check_op(lambda t: F.leaky_relu(t, 0.3), lambda t: TF.leaky_relu(t, 0.3), [x], "elementwise",
+             expect_launch=x.numel() > 0)
+
+
+def test_gradient_at_zero_and_nan(device):
+    values = [0.0, -0.0, float("nan"), float("inf"), -float("inf"), -1.0, 2.0]
+    for ours, ref in [(F.relu, TF.relu), (lambda t: F.leaky_relu(t, 0.1), lambda t: TF.leaky_relu(t, 0.1)),
+                      (lambda t: F.prelu(t, torch.tensor([0.25], device=device)),
+                       lambda t: TF.prelu(t, torch.tensor([0.25], dtype=t.dtype)))]:
+        x = torch.tensor(values, device=device, requires_grad=True)
+        check_op(ours, ref, [x], "elementwise")
+
+
+def test_relu_integer_and_bool(device):
+    x = torch.tensor([-3, 0, 5], device=device)
+    with count_launches() as launches:
+        assert torch.equal(F.relu(x).cpu(), torch.tensor([0, 0, 5]))
+    assert launches.total == 1
+    with pytest.raises(RuntimeError, match="Boolean"):
+        F.relu(torch.tensor([True], device=device))
+    with pytest.raises(NotImplementedError, match="input"):
+        F.leaky_relu(torch.tensor([1, -2], device=device))
+    with pytest.raises(NotImplementedError, match="input"):
+        F.prelu(torch.tensor([1, -2], device=device), torch.ones(1, dtype=torch.long, device=device))
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("op", ["relu", "leaky_relu"])
+def test_inplace(op, layout, device):
+    base = make_input((2, 3, 5, 7), torch.float32, device, layout)
+    expected = TF.relu(base) if op == "relu" else TF.leaky_relu(base, 0.1)
+    version = base._version
+    out = F.relu_(base) if op == "relu" else F.leaky_relu_(base, 0.1)
+    assert out is base
+    assert base._version > version
+    assert_close(base, expected, torch.float32, "elementwise")
+
+
+@pytest.mark.parametrize("op", ["relu", "leaky_relu"])
+def test_inplace_under_autograd(op, device):
+    leaf = torch.randn(4, 6, device=device, requires_grad=True)
+    ours = (lambda t: F.relu(t * 2, inplace=True)) if op == "relu" else (lambda t: F.leaky_relu(t * 2, 0.1, True))
+    ref = (lambda t: TF.relu(t * 2, inplace=True)) if op == "relu" else (lambda t: TF.leaky_relu(t * 2, 0.1, True))
+    check_op(ours, ref, [leaf], "elementwise")
+    with pytest.raises(RuntimeError, match="leaf Variable"):
+        F.relu(leaf, inplace=True)
+
+
+def test_inplace_leaky_negative_slope_raises_in_backward(device):
+    x = torch.randn(5, device=device, requires_grad=True)
+    y = F.leaky_relu(x * 1, -0.5, inplace=True)
+    with pytest.raises(RuntimeError, match="negative slope"):
+        y.sum().backward()
+    # Out of place, a negative slope is fine.
+    check_op(lambda t: F.leaky_relu(t, -0.5), lambda t: TF.leaky_relu(t, -0.5), [x], "elementwise")
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("num_parameters", ["one", "channels"])
+def test_prelu_matches_reference(num_parameters, layout, dtype, device):
+    shape = (3, 40, 17, 19)                     # 2 channel blocks, several row chunks
+    x = make_input(shape, dtype, device, layout, requires_grad=True)
+    C = 1 if num_parameters == "one" else shape[1]
+    w = (torch.rand(C) * 0.5).to(dtype).to(device).requires_grad_(True)
+    check_op(F.prelu, TF.prelu, [x, w], "reduction", grad_scale=30.0)
+
+
+@pytest.mark.parametrize("shape,C", [((), 1), ((7,), 1), ((4, 6), 6), ((2, 3, 11), 3), ((2, 3, 11), 1),
+                                     ((2, 3, 2, 4, 5), 3), ((0, 3, 4), 3), ((2, 3, 0), 3)])
+def test_prelu_ranks(shape, C, device):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    w = torch.rand(C, device=device, requires_grad=True)
+    check_op(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=x.numel() > 0)
+
+
+def test_prelu_scalar_weight(device):
+    x = torch.randn(2, 3, 4, device=device, requires_grad=True)
+    w = torch.tensor(0.2, device=device, requires_grad=True)
+    check_op(F.prelu, TF.prelu, [x, w], "reduction")
+
+
+def test_prelu_weight_grad_is_deterministic(device):
+    x = torch.randn(4, 33, 31, 17, device=device, requires_grad=True)
+    w = torch.rand(33, device=device, requires_grad=True)
+    g = torch.randn_like(x)
+    first = torch.autograd.grad(F.prelu(x, w), w, g)[0]
+    second = torch.autograd.grad(F.prelu(x, w), w, g)[0]
+    assert torch.equal(first, second)
+
+
+def test_prelu_bad_input(device):
+    x = torch.randn(2, 3, 4, device=device)
+    with pytest.raises(RuntimeError, match="weight"):
+        F.prelu(x, torch.rand(4, device=device))
+    with pytest.raises(RuntimeError, match="weight"):
+        F.prelu(x, torch.rand(1, 3, device=device))
+    with pytest.raises(RuntimeError, match="weight"):
+        F.prelu(x.half(), torch.rand(3, device=device))
+    with pytest.raises(TypeError, match="weight"):
+        F.prelu(x, [0.25])
+    with pytest.raises(RuntimeError, match="device"):
+        F.prelu(x, torch.rand(3, device="meta"))
+
+
+def test_int64_offsets(device):
+    """A view whose element offsets pass 2**31: PReLU reads it through strides
+    (the storage is allocated lazily; only the touched pages are committed)."""
+    if device == "cpu" and sys.maxsize < 2**40:
+        pytest.skip("needs a 64-bit address space")
+    stride = 2**31 + 8
+    base = torch.empty(stride + 16, dtype=torch.float16, device=device)
+    x = base.as_strided((2, 3, 4), (stride, 4, 1))
+    x.copy_(torch.randn(2, 3, 4, dtype=torch.float16))
+    assert needs_int64(x)
+    w = torch.rand(3, dtype=torch.float16, device=device)
+    x_ref = x.detach().cpu().double()
+    y = F.prelu(x, w)
+    assert_close(y, TF.prelu(x_ref, w.cpu().double()), torch.float16, "elementwise")
+    grad_x, grad_w = torch.autograd.grad(F.prelu(x.requires_grad_(), w.requires_grad_()), (x, w), torch.ones_like(y))
+    x_ref.requires_grad_()
+    w_ref = w.detach().cpu().double().requires_grad_()
+    ref = torch.autograd.grad(TF.prelu(x_ref, w_ref), (x_ref, w_ref), torch.ones(2, 3, 4, dtype=torch.float64))
+    assert_close(grad_x, ref[0], torch.float16, "elementwise")
+    assert_close(grad_w, ref[1], torch.float16, "reduction")
+
+
+def test_layout_helpers():
+    x = torch.empty(2, 3, 4, 5)
+    assert is_dense(x) and is_dense(x.permute(0, 2, 3, 1)) and not is_dense(x[..., ::2])
+    assert merge_dims((2, 3), (12, 4)) == (6, 4)
+    assert merge_dims((2, 3), (1, 2)) is None
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert view_3d(cl, 1) == ((2, 3, 20), (60, 1, 3))
+    assert view_3d(x, 1) == ((2, 3, 20), (60, 20, 1))
+    assert max_offset(x) == 119 and not needs_int64(x)
+    assert max_offset(torch.empty(0)) == 0
+    assert needs_int64(torch.empty(1).expand(2**31 + 1)) is False      # stride 0: offsets stay 0
+    assert needs_int64(torch.empty_strided((2,), (2**31,), device="meta"))
+
+
+@pytest.mark.parametrize("module,twin,args", [("ReLU", torch.nn.ReLU, ()), ("LeakyReLU", torch.nn.LeakyReLU, (0.2,)),
+                                               ("PReLU", torch.nn.PReLU, (5,))])
+def test_modules(module, twin, args, device):
+    ours = getattr(nnlib, module)(*args).to(device)
+    ref = twin(*args).to(device)
+    assert isinstance(ours, twin)
+    ours.load_state_dict(ref.state_dict())
+    assert ours.state_dict().keys() == ref.state_dict().keys()
+    assert repr(ours) == repr(ref)
+    x = torch.randn(2, 5, 3, 3, device=device)
+    with count_launches() as launches:
+        out = ours(x)
+    assert launches.total > 0
+    assert_close(out, ref(x), torch.float32, "elementwise")
+
+
+def test_backend_and_fallback(device):
+    assert nnlib.backend(torch.empty(1, device=device)) in ("triton", "triton-interpreter")
+    assert nnlib.backend(torch.empty(1, dtype=torch.float64, device=device)) == "torch"
+    with count_launches() as launches:
+        x = torch.randn(3, dtype=torch.float64, device=device)
+        assert torch.equal(F.relu(x), TF.relu(x))
+    assert launches.total == 0
+    # Without the interpreter, CPU tensors take torch's path and no kernel runs.
+    code = ("import torch, nnlib, nnlib.functional as F\n"
+            "x = torch.randn(4)\n"
+            "with nnlib.count_launches() as c: y = F.relu(x)\n"
+            "assert nnlib.backend(x) == 'torch' and c.total == 0 and torch.equal(y, x.clamp(min=0))\n"
+            "print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
