@@ -84,7 +84,6 @@ def measure_ceilings(device: str) -> dict:
     dst = torch.empty_like(src)
     ms = do_bench(lambda: dst.copy_(src), return_mode="median")
     copy_gbps = 2 * src.numel() * src.element_size() / ms / 1e6
-    del src, dst
     n = 8192
     a = torch.randn(n, n, dtype=torch.bfloat16, device=device)
     b = torch.randn(n, n, dtype=torch.bfloat16, device=device)

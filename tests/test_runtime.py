@@ -1,0 +1,68 @@
+"""The runtime: backends and the fallback, autotune gating, launch counting,
+layout and offset helpers."""
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as TF
+import triton
+import triton.language as tl
+
+import nnlib
+import nnlib.functional as F
+from kernels._runtime import (autotune, count_launches, interpreting, is_dense, launch, max_offset, merge_dims,
+                              needs_int64, view_3d)
+
+
+def test_autotune_gating():
+    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 256})]
+
+    @autotune(configs, key=["n"], interpreter_config=configs[1])
+    @triton.jit
+    def _fill(out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, offs.to(tl.float32), mask=offs < n)
+
+    assert _fill.nnlib_configs == configs
+    assert len(_fill.configs) == (1 if interpreting() else 2)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = torch.empty(300, device=device)
+    with count_launches() as launches:
+        launch(_fill, lambda meta: (triton.cdiv(300, meta["BLOCK"]),), out, 300)
+    assert launches.counts["_fill"] == 1
+    assert torch.equal(out.cpu(), torch.arange(300, dtype=torch.float32))
+
+
+def test_layout_helpers():
+    x = torch.empty(2, 3, 4, 5)
+    assert is_dense(x) and is_dense(x.permute(0, 2, 3, 1)) and not is_dense(x[..., ::2])
+    assert merge_dims((2, 3), (12, 4)) == (6, 4)
+    assert merge_dims((2, 3), (1, 2)) is None
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert view_3d(cl, 1) == ((2, 3, 20), (60, 1, 3))
+    assert view_3d(x, 1) == ((2, 3, 20), (60, 20, 1))
+    assert max_offset(x) == 119 and not needs_int64(x)
+    assert max_offset(torch.empty(0)) == 0
+    assert needs_int64(torch.empty(1).expand(2**31 + 1)) is False      # stride 0: offsets stay 0
+    assert needs_int64(torch.empty_strided((2,), (2**31,), device="meta"))
+
+
+def test_backend_and_fallback(device):
+    assert nnlib.backend(torch.empty(1, device=device)) in ("triton", "triton-interpreter")
+    assert nnlib.backend(torch.empty(1, dtype=torch.float64, device=device)) == "torch"
+    with count_launches() as launches:
+        x = torch.randn(3, dtype=torch.float64, device=device)
+        assert torch.equal(F.relu(x), TF.relu(x))
+    assert launches.total == 0
+    # Without the interpreter, CPU tensors take torch's path and no kernel runs.
+    code = ("import torch, nnlib, nnlib.functional as F\n"
+            "x = torch.randn(4)\n"
+            "with nnlib.count_launches() as c: y = F.relu(x)\n"
+            "assert nnlib.backend(x) == 'torch' and c.total == 0 and torch.equal(y, x.clamp(min=0))\n"
+            "print('ok')")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
