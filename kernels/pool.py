@@ -1,0 +1,348 @@
+"""max_pool2d: a forward kernel that writes the pooled values and, when asked,
+the argmax of each window; a backward kernel that gathers, for each input
+element, the gradients of the windows whose argmax it is (deterministic, no
+atomics); and the autograd Function.
+
+Semantics are torch's: windows scan rows then columns, the first maximum wins,
+a NaN is the maximum (the last NaN of a window wins), a window of -inf keeps
+its first in-bounds element, indices are flat ``h * W + w`` within a plane.
+
+Indices come in two forms. ``return_indices=True`` gets torch's int64 flat
+indices. Otherwise, when autograd needs them, the forward writes a compact
+window-local code ``kh * KW + kw`` (int8 for kernels up to 127 taps), and -1
+where the fused activation's gradient is zero, so the backward reads 1 byte per
+output instead of 8 and never needs the input.
+
+Layouts: both kernels read and write through strides (n, c, h, w), so
+contiguous, channels_last and strided views run without a copy. Outputs take the
+input's suggested memory format, as torch (channels_last in, channels_last out).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+from torch._prims_common import suggest_memory_format
+
+from ._runtime import CompileCase, interpreting, launch, needs_int64
+from .activation import activation_backward, activation_grad, apply_activation
+
+__all__ = ["PoolParams", "max_pool2d_forward", "max_pool2d_backward", "MaxPool2dFunction",
+           "COMPILE_CASES"]
+
+INDEX_NONE, INDEX_LOCAL, INDEX_FLAT = 0, 1, 2
+
+
+@triton.jit
+def _max_pool2d_fwd_kernel(x_ptr, y_ptr, idx_ptr, C, H, W, OH, OW,
+                           stride_xn, stride_xc, stride_xh, stride_xw,
+                           stride_yn, stride_yc, stride_yh, stride_yw,
+                           pad_h, pad_w,
+                           KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                           DH: tl.constexpr, DW: tl.constexpr, INDEX_MODE: tl.constexpr,
+                           ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr,
+                           BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """x: (N, C, H, W) through strides; y, idx: (N, C, OH, OW), both with the y
+    strides. Program (n, c block, p block) pools BLOCK_P output positions of
+    OH*OW for BLOCK_C channels. idx gets nothing (INDEX_MODE 0), the local code
+    kh*KW + kw or -1 where the activation's gradient is zero (1), or torch's
+    flat h*W + w (2)."""
+    pid = tl.program_id(0)
+    p_blocks = tl.cdiv(OH * OW, BLOCK_P)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    pid_p = pid % p_blocks
+    pid_c = (pid // p_blocks) % c_blocks
+    n = pid // (p_blocks * c_blocks)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    if INDEX_64:
+        n = n.to(tl.int64)
+        offs_p = offs_p.to(tl.int64)
+        offs_c = offs_c.to(tl.int64)
+    mask_p = offs_p < OH * OW
+    mask_c = offs_c < C
+    oh = offs_p // OW
+    ow = offs_p % OW
+    ih0 = oh * SH - pad_h
+    iw0 = ow * SW - pad_w
+    x_base = x_ptr + n * stride_xn + offs_c[None, :] * stride_xc
+
+    best = tl.full((BLOCK_P, BLOCK_C), float("-inf"), tl.float32)
+    # Until a value beats -inf, the index is the window's first in-bounds tap.
+    kh_first = (tl.maximum(-ih0, 0) + DH - 1) // DH
+    kw_first = (tl.maximum(-iw0, 0) + DW - 1) // DW
+    if INDEX_MODE == 2:
+        flat_first = (ih0 + kh_first * DH) * W + iw0 + kw_first * DW
+        best_idx = tl.zeros((BLOCK_P, BLOCK_C), tl.int64) + flat_first[:, None]
+    else:
+        best_idx = tl.zeros((BLOCK_P, BLOCK_C), tl.int32) + (kh_first * KW + kw_first)[:, None]
+    for kh in range(KH):
+        ih = ih0 + kh * DH
+        row_ok = mask_p & (ih >= 0) & (ih < H)
+        for kw in range(KW):
+            iw = iw0 + kw * DW
+            ok = row_ok & (iw >= 0) & (iw < W)
+            v = tl.load(x_base + (ih * stride_xh + iw * stride_xw)[:, None],
+                        mask=ok[:, None] & mask_c[None, :], other=float("-inf")).to(tl.float32)
+            take = (v > best) | (v != v)       # masked taps load -inf and never win
+            best = tl.where(take, v, best)
+            if INDEX_MODE == 2:
+                best_idx = tl.where(take, (ih * W + iw).to(tl.int64)[:, None], best_idx)
+            elif INDEX_MODE == 1:
+                best_idx = tl.where(take, kh * KW + kw, best_idx)
+
+    y = apply_activation(best, ACTIVATION, 0.0)
+    mask = mask_p[:, None] & mask_c[None, :]
+    y_offs = n * stride_yn + offs_c[None, :] * stride_yc + (oh * stride_yh + ow * stride_yw)[:, None]
+    tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+    if INDEX_MODE == 1:
+        # Windows whose gradient the activation zeroes get no argmax at all.
+        dead = activation_grad(tl.full((BLOCK_P, BLOCK_C), 1.0, tl.float32), best, ACTIVATION, 0.0) == 0
+        best_idx = tl.where(dead, -1, best_idx)
+    if INDEX_MODE != 0:
+        tl.store(idx_ptr + y_offs, best_idx.to(idx_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, C, H, W, OH, OW,
+                           stride_gn, stride_gc, stride_gh, stride_gw,
+                           stride_in, stride_ic, stride_ih, stride_iw,
+                           stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+                           pad_h, pad_w,
+                           KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                           DH: tl.constexpr, DW: tl.constexpr, FLAT_INDEX: tl.constexpr,
+                           INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """grad, idx: (N, C, OH, OW) through strides; grad_x: (N, C, H, W) through
+    strides. Program (n, c block, p block) owns BLOCK_P input positions of H*W
+    for BLOCK_C channels and sums, in a fixed (kh, kw) order, the gradients of
+    the windows that cover each element and name it as their argmax (idx the
+    flat h*W + w if FLAT_INDEX, else the local code kh*KW + kw)."""
+    pid = tl.program_id(0)
+    p_blocks = tl.cdiv(H * W, BLOCK_P)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    pid_p = pid % p_blocks
+    pid_c = (pid // p_blocks) % c_blocks
+    n = pid // (p_blocks * c_blocks)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
+    if INDEX_64:
+        n = n.to(tl.int64)
+        offs_p = offs_p.to(tl.int64)
+        offs_c = offs_c.to(tl.int64)
+    mask_p = offs_p < H * W
+    mask_c = offs_c < C
+    h = offs_p // W
+    w = offs_p % W
+    grad_base = grad_ptr + n * stride_gn + offs_c[None, :] * stride_gc
+    idx_base = idx_ptr + n * stride_in + offs_c[None, :] * stride_ic
+
+    acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
+    for kh in range(KH):
+        # Window row oh covers h through tap kh when oh*SH - pad_h + kh*DH == h.
+        th = h + pad_h - kh * DH
+        oh = tl.maximum(th, 0) // SH
+        row_ok = mask_p & (th >= 0) & (th % SH == 0) & (oh < OH)
+        for kw in range(KW):
+            tw = w + pad_w - kw * DW
+            ow = tl.maximum(tw, 0) // SW
+            ok = row_ok & (tw >= 0) & (tw % SW == 0) & (ow < OW)
+            m = ok[:, None] & mask_c[None, :]
+            idx = tl.load(idx_base + (oh * stride_ih + ow * stride_iw)[:, None], mask=m, other=-1)
+            if FLAT_INDEX:
+                hit = m & (idx == (h * W + w)[:, None])
+            else:
+                hit = m & (idx == kh * KW + kw)
+            acc += tl.load(grad_base + (oh * stride_gh + ow * stride_gw)[:, None],
+                           mask=hit, other=0.0).to(tl.float32)
+
+    dx_offs = n * stride_dxn + offs_c[None, :] * stride_dxc + (h * stride_dxh + w * stride_dxw)[:, None]
+    tl.store(grad_x_ptr + dx_offs, acc.to(grad_x_ptr.dtype.element_ty),
+             mask=mask_p[:, None] & mask_c[None, :])
+
+
+# ---------------------------------------------------------------------------
+# Host launchers
+
+class PoolParams(NamedTuple):
+    """kernel, stride, padding, dilation as (h, w) pairs, already checked."""
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+
+
+_TILE = 1024                 # elements per program on a GPU
+_NUM_WARPS = 8               # 4 elements per thread
+_INTERPRETER_TILE = 1 << 14  # the interpreter pays per program: one large tile
+
+
+def _tiles(positions: int, channels: int, channels_last: bool) -> tuple[int, int]:
+    """(BLOCK_P, BLOCK_C) for a grid over positions x channels. channels_last
+    tiles run along C first (contiguous); NCHW tiles along positions, adding
+    channels when a plane is small."""
+    tile = _INTERPRETER_TILE if interpreting() else _TILE
+    if channels_last and not interpreting():
+        block_c = min(triton.next_power_of_2(channels), 64)
+        return tile // block_c, block_c
+    block_p = min(triton.next_power_of_2(positions), tile)
+    return block_p, min(triton.next_power_of_2(channels), tile // block_p)
+
+
+def _local_index_dtype(kernel) -> torch.dtype:
+    taps = kernel[0] * kernel[1]
+    return torch.int8 if taps <= 127 else torch.int16 if taps <= 32767 else torch.int32
+
+
+def output_shape(size: int, kernel: int, stride: int, padding: int, dilation: int, ceil_mode: bool) -> int:
+    """torch's pooling output size: floor (or ceil) of the window count, where in
+    ceil mode the last window must start inside the input or the left padding."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    return suggest_memory_format(x) if x.dim() == 4 else torch.contiguous_format
+
+
+def max_pool2d_forward(x: torch.Tensor, params: PoolParams, ceil_mode: bool, index_mode: int,
+                       activation: int):
+    """x: (N, C, H, W) or (C, H, W), any strides. Returns (y, idx): y (N, C, OH, OW)
+    in x's memory format; idx of y's shape and strides (int64 flat indices for
+    ``INDEX_FLAT``, compact local codes for ``INDEX_LOCAL``) or None."""
+    unbatched = x.dim() == 3
+    fmt = _memory_format(x)
+    x4 = x.unsqueeze(0) if unbatched else x
+    N, C, H, W = x4.shape
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = params
+    OH = output_shape(H, kh, sh, ph, dh, ceil_mode)
+    OW = output_shape(W, kw, sw, pw, dw, ceil_mode)
+    y = torch.empty((N, C, OH, OW), dtype=x.dtype, device=x.device, memory_format=fmt)
+    idx = None
+    if index_mode != INDEX_NONE:
+        idx_dtype = torch.int64 if index_mode == INDEX_FLAT else _local_index_dtype(params.kernel)
+        idx = torch.empty_strided(y.shape, y.stride(), dtype=idx_dtype, device=x.device)
+    if y.numel():
+        block_p, block_c = _tiles(OH * OW, C, fmt == torch.channels_last)
+        grid = (N * triton.cdiv(C, block_c) * triton.cdiv(OH * OW, block_p),)
+        launch(_max_pool2d_fwd_kernel, grid, x4, y, y if idx is None else idx, C, H, W, OH, OW,
+               *x4.stride(), *y.stride(), ph, pw, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
+               INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=needs_int64(x4, y),
+               BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+    if unbatched:
+        y = y.squeeze(0)
+        idx = None if idx is None else idx.squeeze(0)
+    return y, idx
+
+
+def max_pool2d_backward(grad: torch.Tensor, idx: torch.Tensor, input_shape, params: PoolParams,
+                        memory_format: torch.memory_format) -> torch.Tensor:
+    """grad, idx: (N, C, OH, OW) or (C, OH, OW), any strides; idx flat int64 or
+    local codes. Returns the input gradient of ``input_shape`` in ``memory_format``."""
+    unbatched = len(input_shape) == 3
+    if unbatched:
+        grad, idx = grad.unsqueeze(0), idx.unsqueeze(0)
+    N, C, OH, OW = idx.shape
+    H, W = input_shape[-2:]
+    grad_x = torch.empty((N, C, H, W), dtype=grad.dtype, device=grad.device, memory_format=memory_format)
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = params
+    if grad_x.numel():
+        block_p, block_c = _tiles(H * W, C, memory_format == torch.channels_last)
+        grid = (N * triton.cdiv(C, block_c) * triton.cdiv(H * W, block_p),)
+        launch(_max_pool2d_bwd_kernel, grid, grad, idx, grad_x, C, H, W, OH, OW,
+               *grad.stride(), *idx.stride(), *grad_x.stride(), ph, pw,
+               KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw, FLAT_INDEX=idx.dtype == torch.int64,
+               INDEX_64=needs_int64(grad, idx, grad_x), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+    return grad_x.squeeze(0) if unbatched else grad_x
+
+
+# ---------------------------------------------------------------------------
+# autograd Function
+
+class MaxPool2dFunction(torch.autograd.Function):
+    """max_pool2d(x) -> (y, idx): idx the int64 flat indices when
+    ``return_indices``, else None; ``need_indices`` asks for the compact codes the
+    backward uses."""
+
+    @staticmethod
+    def forward(ctx, x, params, ceil_mode, return_indices, need_indices, activation):
+        index_mode = INDEX_FLAT if return_indices else INDEX_LOCAL if need_indices else INDEX_NONE
+        y, idx = max_pool2d_forward(x, params, ceil_mode, index_mode, activation)
+        ctx.params, ctx.activation = params, activation
+        ctx.input_shape, ctx.memory_format = x.shape, _memory_format(x)
+        if return_indices:
+            ctx.mark_non_differentiable(idx)
+        # Flat indices carry no activation mask: keep y to mask the gradient.
+        ctx.save_for_backward(idx, y if return_indices and activation else None)
+        return y, idx
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad, _grad_idx):
+        idx, y = ctx.saved_tensors
+        if y is not None:
+            grad = activation_backward(grad, y, ctx.activation, 0.0)
+        grad_x = max_pool2d_backward(grad, idx, ctx.input_shape, ctx.params, ctx.memory_format)
+        return grad_x, None, None, None, None, None
+
+
+# ---------------------------------------------------------------------------
+# Compile cases
+
+_STEM = ((3, 3), (2, 2), (1, 1))  # (kernel, stride, dilation) of ResNet-50's stem pool
+_OTHER_POOLS = [((2, 2), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), ((3, 3), (2, 2), (2, 2)),
+                ((7, 5), (3, 2), (1, 3))]  # VGG, overlapping, dilated, wide and uneven
+
+
+def _compile_cases():
+    """Every dtype, layout and index mode at the stem geometry; the other
+    geometries in fp16; int64 offsets once per kernel and dtype."""
+    sizes = {"C": "i32", "H": "i32", "W": "i32", "OH": "i32", "OW": "i32", "pad_h": "i32", "pad_w": "i32"}
+
+    def strides(names, ty="i32"):
+        return {f"stride_{t}{a}": ty for t in names for a in "nchw"}
+
+    def geometry(pool):
+        (kh, kw), (sh, sw), (dh, dw) = pool
+        return {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw}
+
+    def forward(dt, pool, channels_last, index_mode, idx_t, act, int64=False):
+        block_p, block_c = (_TILE // 64, 64) if channels_last else (_TILE, 1)
+        return CompileCase(
+            _max_pool2d_fwd_kernel,
+            {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", **sizes,
+             **strides(("x", "y"), "i64" if int64 else "i32")},
+            {**geometry(pool), "INDEX_MODE": index_mode, "ACTIVATION": act, "INDEX_64": int64,
+             "BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=_NUM_WARPS,
+            label=f"{dt},{pool},{'cl' if channels_last else 'nchw'},index={index_mode},act={act}"
+                  + (",int64" if int64 else ""))
+
+    def backward(dt, pool, channels_last, idx_t, int64=False):
+        block_p, block_c = (_TILE // 64, 64) if channels_last else (_TILE, 1)
+        return CompileCase(
+            _max_pool2d_bwd_kernel,
+            {"grad_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", "grad_x_ptr": f"*{dt}", **sizes,
+             **strides(("g", "i", "dx"), "i64" if int64 else "i32")},
+            {**geometry(pool), "FLAT_INDEX": idx_t == "i64", "INDEX_64": int64,
+             "BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=_NUM_WARPS,
+            label=f"{dt},{pool},{'cl' if channels_last else 'nchw'},{idx_t}" + (",int64" if int64 else ""))
+
+    cases = []
+    for dt in ("fp32", "fp16", "bf16"):
+        for cl in (False, True):
+            cases += [forward(dt, _STEM, cl, INDEX_NONE, dt, 0), forward(dt, _STEM, cl, INDEX_LOCAL, "i8", 1),
+                      forward(dt, _STEM, cl, INDEX_FLAT, "i64", 0),
+                      backward(dt, _STEM, cl, "i8"), backward(dt, _STEM, cl, "i64")]
+        cases += [forward(dt, _STEM, False, INDEX_FLAT, "i64", 1, int64=True),
+                  backward(dt, _STEM, False, "i8", int64=True)]
+    for pool in _OTHER_POOLS:
+        for cl in (False, True):
+            cases += [forward("fp16", pool, cl, INDEX_LOCAL, "i8", 0), backward("fp16", pool, cl, "i8")]
+    return cases
+
+
+COMPILE_CASES = _compile_cases()
