@@ -1,0 +1,289 @@
+"""max_pool2d against torch: values, indices and gradients for every argument
+mode, dtype and layout; ties, NaN and -inf; the fused relu; bad arguments."""
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import nnlib
+import nnlib.functional as F
+from kernels import pool
+from kernels._runtime import count_launches, needs_int64
+from tests.reference import FLOAT_DTYPES, assert_close, check_op, make_input
+
+# (shape, kernel_size, stride, padding, dilation, ceil_mode)
+GEOMETRIES = [
+    ((2, 3, 9, 11), 1, 1, 0, 1, False),
+    ((2, 3, 9, 11), 2, None, 0, 1, False),                  # stride = kernel
+    ((2, 3, 9, 11), 3, 2, 1, 1, False),                     # ResNet stem
+    ((2, 1, 10, 9), 3, 1, 1, 1, False),                     # stride < kernel: overlapping windows
+    ((1, 2, 13, 12), 4, 3, 2, 1, False),                    # padding = half the kernel
+    ((1, 2, 13, 14), 5, 2, 2, 2, False),                    # dilation 2
+    ((1, 2, 15, 16), 6, 6, 3, 1, False),
+    ((1, 2, 17, 15), 7, 3, 3, 1, False),
+    ((2, 3, 9, 11), 2, 3, 1, 1, False),                     # stride > kernel
+    ((2, 2, 11, 13), (3, 2), (2, 1), (1, 0), (1, 3), False),  # non-square everything
+    ((2, 2, 12, 9), (1, 5), (2, 3), (0, 2), (3, 1), False),
+    ((1, 3, 14, 13), 3, 2, 1, 3, False),                    # dilation 3
+    ((2, 3, 8, 9), 3, 2, 0, 1, True),                       # ceil adds a row and a column
+    ((2, 3, 7, 9), 2, 2, 0, 1, True),
+    ((1, 2, 7, 9), (2, 3), 3, 1, 1, True),                  # ceil: H's last window would start in the padding
+    ((1, 2, 11, 12), 3, 2, 1, 2, True),                     # ceil with dilation
+    ((1, 2, 13, 12), (12, 11), 1, 0, 1, False),             # 132 taps: int16 local indices
+]
+
+
+def _ours(kernel_size, stride, padding, dilation, ceil_mode, return_indices, activation=None):
+    return lambda x: F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices,
+                                  activation=activation)
+
+
+def _reference(kernel_size, stride, padding, dilation, ceil_mode, return_indices, activation=None):
+    def ref(x):
+        out = TF.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+        if activation is None:
+            return out
+        return (TF.relu(out[0]), out[1]) if return_indices else TF.relu(out)
+    return ref
+
+
+def _check(x, *args, activation=None):
+    """Both index modes: torch's int64 indices (return_indices) and the compact
+    codes the backward uses otherwise. Returns the outputs with indices."""
+    check_op(_ours(*args, False, activation), _reference(*args, False, activation), [x], "elementwise")
+    out, _ = check_op(_ours(*args, True, activation), _reference(*args, True, activation), [x], "elementwise")
+    return out
+
+
+@pytest.mark.parametrize("shape,kernel_size,stride,padding,dilation,ceil_mode", GEOMETRIES,
+                         ids=[f"{g[0]}-k{g[1]}-s{g[2]}-p{g[3]}-d{g[4]}-ceil{int(g[5])}" for g in GEOMETRIES])
+def test_geometry(shape, kernel_size, stride, padding, dilation, ceil_mode, device):
+    x = make_input(shape, torch.float32, device, requires_grad=True)
+    _check(x, kernel_size, stride, padding, dilation, ceil_mode)
+    if ceil_mode:   # the sizes are chosen so that ceil_mode matters
+        floor = TF.max_pool2d(x.detach().cpu(), kernel_size, stride, padding, dilation, False)
+        ceil = F.max_pool2d(x.detach(), kernel_size, stride, padding, dilation, True)
+        assert floor.shape != ceil.shape
+
+
+LAYOUTS = ["contiguous", "channels_last", "transposed", "sliced", "channel-sliced channels_last"]
+
+
+def _layout_input(shape, dtype, device, layout, requires_grad=True):
+    if layout == "channel-sliced channels_last":   # a non-dense view torch still calls channels_last
+        n, c, h, w = shape
+        base = torch.randn(n, 2 * c, h, w).to(dtype).to(device).contiguous(memory_format=torch.channels_last)
+        return base[:, ::2].requires_grad_(requires_grad)
+    return make_input(shape, dtype, device, layout, requires_grad)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_dtypes_and_layouts(layout, dtype, device):
+    x = _layout_input((2, 5, 9, 11), dtype, device, layout)
+    y, idx = _check(x, 3, 2, 1, 1, False)
+    expected = TF.max_pool2d(x.detach().cpu(), 3, 2, 1, return_indices=True)
+    assert y.stride() == expected[0].stride(), "output in the input's memory format, as torch"
+    assert idx.stride() == expected[1].stride()
+    grad = torch.autograd.grad(F.max_pool2d(x, 3, 2, 1), x, torch.ones(y.shape, dtype=dtype, device=device))[0]
+    if layout == "channels_last":
+        assert grad.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_ties_nan_and_inf(dtype, device):
+    """Few distinct values (many ties), NaN and -inf, and whole windows of -inf:
+    indices equal torch's own in the same dtype; values and gradients follow them."""
+    x = torch.randint(-2, 3, (2, 3, 12, 11)).to(dtype)
+    x[0, 0, 2, 3] = x[0, 1, 5, 5] = x[0, 1, 5, 6] = x[1, 2, 0, 0] = float("nan")
+    x[0, 2, 3:7, 2:6] = float("-inf")
+    x[1, 0, :4, :5] = float("-inf")
+    x[1, 1, 7, :] = float("-inf")
+    for args in [(3, 1, 1, 1, False), (3, 2, 1, 1, True), ((2, 4), (1, 3), (1, 2), (2, 1), False)]:
+        expected = TF.max_pool2d(x, *args, return_indices=True)
+        ours = F.max_pool2d(x.to(device), *args, return_indices=True)
+        assert torch.equal(ours[1].cpu(), expected[1])
+        torch.testing.assert_close(ours[0].cpu(), expected[0], atol=0, rtol=0, equal_nan=True)
+        _check(x.to(device).requires_grad_(), *args)
+
+
+def test_window_without_input(device):
+    """kernel 2, padding 1, dilation 3 on a 2x2 input: the only window's taps both
+    fall in the padding. torch gives -inf and index 6; no element gets a gradient."""
+    x = torch.randn(1, 2, 2, 2, device=device, requires_grad=True)
+    y, idx = F.max_pool2d(x, 2, 1, 1, 3, return_indices=True)
+    assert torch.equal(idx.cpu(), TF.max_pool2d(x.detach().cpu(), 2, 1, 1, 3, return_indices=True)[1])
+    assert torch.isneginf(y).all()
+    assert torch.equal(torch.autograd.grad(F.max_pool2d(x, 2, 1, 1, 3), x, torch.ones_like(y))[0],
+                       torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_relu(dtype, device):
+    """relu after the max: values, indices (those of the max before relu) and
+    gradients, which are zero where the pooled value is <= 0 (NaN passes)."""
+    x = torch.randn(2, 3, 9, 10).to(dtype)
+    x[0, 0] = -x[0, 0].abs()             # a plane whose pooled values are all negative
+    x[1, 1, 2:5, 2:5] = 0.0              # pooled values exactly 0
+    x[1, 2, 4, 4] = float("nan")
+    _check(x.to(device).requires_grad_(), 3, 2, 1, 1, False, activation="relu")
+    _check(x.to(device).requires_grad_(), (2, 3), 1, (1, 0), (2, 1), True, activation="relu")
+
+
+def test_batch_one_unbatched_and_empty(device):
+    _check(make_input((1, 3, 7, 9), torch.float16, device, requires_grad=True), 3, 2, 1, 1, False)
+    _check(make_input((3, 7, 9), torch.float32, device, requires_grad=True), 2, 1, 0, 2, True)
+    hwc = torch.randn(7, 9, 3, device=device).permute(2, 0, 1).requires_grad_()   # unbatched view
+    y, _ = _check(hwc, 3, 2, 1, 1, False)
+    assert y.is_contiguous(), "unbatched output is contiguous, as torch"
+    empty = torch.randn(0, 3, 8, 8, device=device, requires_grad=True)
+    y, idx = F.max_pool2d(empty, 2, return_indices=True)
+    assert y.shape == idx.shape == (0, 3, 4, 4)
+    assert torch.autograd.grad(y.sum(), empty)[0].shape == empty.shape
+
+
+def test_gradient_views_and_determinism(device):
+    """An expanded (stride 0) output gradient, a channels_last one for an NCHW
+    output; repeated backward passes are bitwise equal."""
+    x = make_input((2, 3, 11, 10), torch.float32, device, requires_grad=True)
+    y = F.max_pool2d(x, 3, 1, 1)
+    grad, = torch.autograd.grad(y.sum(), x, retain_graph=True)
+    ref_x = x.detach().cpu().double().requires_grad_()
+    assert_close(grad, torch.autograd.grad(TF.max_pool2d(ref_x, 3, 1, 1).sum(), ref_x)[0],
+                 torch.float32, "elementwise")
+    g = torch.randn(y.shape, device=device).contiguous(memory_format=torch.channels_last)
+    first = torch.autograd.grad(y, x, g, retain_graph=True)[0]
+    assert torch.equal(first, torch.autograd.grad(y, x, g.contiguous())[0])
+    assert_close(first, torch.autograd.grad(TF.max_pool2d(ref_x, 3, 1, 1), ref_x, g.cpu().double())[0],
+                 torch.float32, "elementwise")
+
+
+def test_launches_and_saved_indices(device):
+    """No index is written without autograd; with it, 1-byte codes are saved
+    (int16 past 127 taps), and the backward is a single gather launch."""
+    x = torch.randn(2, 3, 9, 9, device=device)
+    with count_launches() as launches:
+        F.max_pool2d(x, 3, 2, 1)
+    assert launches.counts == {"_max_pool2d_fwd_kernel": 1}
+    x.requires_grad_()
+    y = F.max_pool2d(x, 3, 2, 1)
+    assert y.grad_fn.saved_tensors[0].dtype == torch.int8
+    wide = torch.randn(1, 1, 9, 16, device=device, requires_grad=True)
+    assert F.max_pool2d(wide, (9, 15)).grad_fn.saved_tensors[0].dtype == torch.int16
+    with count_launches() as launches:
+        y.sum().backward()
+    assert launches.counts == {"_max_pool2d_bwd_kernel": 1}
+    with torch.no_grad():
+        assert F.max_pool2d(x, 3, 2, 1).grad_fn is None
+
+
+def test_int64_offsets(device):
+    """Inputs and output gradients whose element offsets pass 2**31 (storage is
+    allocated lazily; only the touched pages are committed)."""
+    if device == "cpu" and sys.maxsize < 2**40:
+        pytest.skip("needs a 64-bit address space")
+    stride = 2**31 + 8
+    base = torch.empty(stride + 64, dtype=torch.float16, device=device)
+    x = base.as_strided((2, 2, 5, 6), (stride, 30, 6, 1))
+    x.copy_(torch.randn(2, 2, 5, 6, dtype=torch.float16))
+    assert needs_int64(x)
+    y, idx = F.max_pool2d(x.requires_grad_(), 3, 2, 1, return_indices=True)
+    expected = TF.max_pool2d(x.detach().cpu().float(), 3, 2, 1, return_indices=True)
+    assert torch.equal(idx.cpu(), expected[1])
+    assert_close(y, expected[0], torch.float16, "elementwise")
+    gbase = torch.empty(stride + 64, dtype=torch.float16, device=device)
+    g = gbase.as_strided(y.shape, (stride, 9, 3, 1))
+    g.copy_(torch.randn(y.shape, dtype=torch.float16))
+    for out in (y, F.max_pool2d(x, 3, 2, 1)):
+        ref_x = x.detach().cpu().double().requires_grad_()
+        expected_grad = torch.autograd.grad(TF.max_pool2d(ref_x, 3, 2, 1), ref_x, g.cpu().double())[0]
+        assert_close(torch.autograd.grad(out, x, g)[0], expected_grad, torch.float16, "elementwise")
+
+
+def test_module(device):
+    x = make_input((2, 4, 10, 9), torch.float32, device, "channels_last", requires_grad=True)
+    ours = nnlib.MaxPool2d((3, 2), stride=2, padding=1, ceil_mode=True)
+    theirs = torch.nn.MaxPool2d((3, 2), stride=2, padding=1, ceil_mode=True)
+    assert isinstance(ours, torch.nn.MaxPool2d)
+    assert repr(ours) == repr(theirs) and ours.state_dict() == {}
+    check_op(ours, theirs, [x], "elementwise")
+    check_op(nnlib.MaxPool2d(3, 1, 1, return_indices=True, activation="relu"),
+             lambda t: tuple(f(v) for f, v in zip((TF.relu, lambda i: i),
+                                                    torch.nn.MaxPool2d(3, 1, 1, return_indices=True)(t))),
+             [x], "elementwise")
+    assert "activation='relu'" in repr(nnlib.MaxPool2d(2, activation="relu"))
+    with pytest.raises(TypeError):
+        nnlib.MaxPool2d(2, 2, 0, 1, False, False, "relu")      # activation is keyword-only
+    with pytest.raises(ValueError, match="activation"):
+        nnlib.MaxPool2d(2, activation="leaky_relu")
+
+
+def test_torch_path(device):
+    """float64 and integer inputs take torch's own max_pool2d (the fused relu too)."""
+    for x in (torch.randn(2, 3, 7, 8, dtype=torch.float64, device=device),
+              torch.randint(-5, 5, (2, 3, 7, 8), device=device)):
+        with count_launches() as launches:
+            y, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True, activation="relu")
+            y2 = F.max_pool2d_with_indices(x, 2)
+        assert launches.total == 0
+        expected = TF.max_pool2d(x, 3, 2, 1, return_indices=True)
+        assert torch.equal(y, TF.relu(expected[0])) and torch.equal(idx, expected[1])
+        assert torch.equal(y2[1], TF.max_pool2d_with_indices(x, 2)[1])
+
+
+BAD = [  # (input shape, kwargs): torch raises for each
+    ((2, 3, 8, 8), dict(kernel_size=0)),
+    ((2, 3, 8, 8), dict(kernel_size=(2, 0))),
+    ((2, 3, 8, 8), dict(kernel_size=-1)),
+    ((2, 3, 8, 8), dict(kernel_size=2, stride=0)),
+    ((2, 3, 8, 8), dict(kernel_size=2, stride=-1)),
+    ((2, 3, 8, 8), dict(kernel_size=3, padding=2)),
+    ((2, 3, 8, 8), dict(kernel_size=3, padding=-1)),
+    ((2, 3, 8, 8), dict(kernel_size=(3, 1), padding=(1, 1))),
+    ((2, 3, 8, 8), dict(kernel_size=2, padding=2, dilation=3)),   # within the dilated half, not the kernel's
+    ((2, 3, 8, 8), dict(kernel_size=2, dilation=0)),
+    ((2, 3, 8, 8), dict(kernel_size=(1, 2, 3))),
+    ((2, 3, 8, 8), dict(kernel_size=()),),
+    ((2, 3, 8, 8), dict(kernel_size=2, stride=(1, 2, 3))),
+    ((2, 3, 8, 8), dict(kernel_size=2, padding=(1, 2, 3))),
+    ((2, 3, 8, 8), dict(kernel_size=2, dilation=(1, 2, 3))),
+    ((2, 3, 8, 8), dict(kernel_size=9)),
+    ((2, 3, 8, 8), dict(kernel_size=3, dilation=4)),
+    ((2, 3, 8, 8), dict(kernel_size=2.5)),
+    ((2, 3, 8, 8), dict(kernel_size=(2, 2.0))),
+    ((2, 3, 8, 8), dict(kernel_size=2, padding="same")),
+    ((2, 3, 8, 8), dict(kernel_size=2, stride="2")),
+    ((8, 8), dict(kernel_size=2)),
+    ((1, 2, 3, 8, 8), dict(kernel_size=2)),
+    ((2, 0, 8, 8), dict(kernel_size=2)),
+    ((2, 3, 0, 8), dict(kernel_size=2)),
+    ((0, 8, 8), dict(kernel_size=2)),
+]
+
+
+@pytest.mark.parametrize("shape,kwargs", BAD, ids=[f"{s}-{k}" for s, k in BAD])
+def test_bad_arguments(shape, kwargs, device):
+    x = torch.randn(shape, device=device)
+    with pytest.raises(Exception) as theirs:
+        TF.max_pool2d(x.cpu(), **kwargs)
+    for return_indices in (False, True):
+        with count_launches() as launches, pytest.raises(theirs.type):
+            F.max_pool2d(x, **kwargs, return_indices=return_indices)
+        assert launches.total == 0
+
+
+def test_bad_messages_name_the_argument(device):
+    x = torch.randn(2, 3, 8, 8, device=device)
+    for kwargs, word in [(dict(kernel_size=2, stride=0), "stride"), (dict(kernel_size=3, padding=2), "pad"),
+                         (dict(kernel_size=-1, stride=1), "kernel"), (dict(kernel_size=2, dilation=0), "dilation"),
+                         (dict(kernel_size=2.5), "kernel_size"), (dict(kernel_size=9), "output size")]:
+        with pytest.raises((RuntimeError, TypeError), match=word):
+            F.max_pool2d(x, **kwargs)
+    with pytest.raises(TypeError, match="input"):
+        F.max_pool2d(x.tolist(), 2)
+    with pytest.raises(ValueError, match="activation"):
+        F.max_pool2d(x, 2, activation="gelu")
+    with pytest.raises(NotImplementedError):
+        F.max_pool2d(x > 0, 2)
+    assert pool.output_shape(7, 2, 3, 1, 1, True) == 3   # torch's last-window rule
