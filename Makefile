@@ -21,6 +21,9 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) -m bench $(BENCH_ARGS)
 
+demo: $(VENV)/.installed
+	$(PY) -m nnlib.demo $(DEMO_ARGS)
+
 compile: $(VENV)/.installed
 	$(PY) -m kernels._compile
 
