@@ -9,10 +9,12 @@ import torch
 import torch.nn.functional as F
 
 from kernels import activation as _act
+from kernels import norm as _norm
 from kernels import pool as _pool
 from kernels._runtime import backend, check_same_device
 
-__all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices"]
+__all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
+           "batch_norm", "instance_norm", "layer_norm", "group_norm"]
 
 
 def _on_torch_path(*tensors) -> bool:
@@ -190,3 +192,192 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 
 # ---------------------------------------------------------------------------
 # Normalization
+
+def _check_norm_input(input, op: str) -> None:
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+    if not input.is_floating_point():
+        raise NotImplementedError(f"{op}(): not implemented for 'input' of dtype {input.dtype}")
+
+
+def _check_norm_params(input, op: str, **params) -> None:
+    """Parameters and running stats: tensors on input's device, all of one floating
+    dtype, which is input's or float32 (mixed precision), as torch requires."""
+    given = {name: t for name, t in params.items() if t is not None}
+    for name, t in given.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    check_same_device(op, input=input, **given)
+    dtypes = {t.dtype for t in given.values()}
+    if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in (input.dtype, torch.float32)):
+        found = ", ".join(f"'{name}' is {t.dtype}" for name, t in given.items())
+        raise RuntimeError(f"{op}(): expected parameters and running stats of one dtype, {input.dtype} "
+                           f"(input's) or torch.float32, but {found}")
+
+
+def _check_numel(op: str, channels: int, **tensors) -> None:
+    for name, t in tensors.items():
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{op}(): {name} should contain {channels} elements not {t.numel()}")
+
+
+def _norm_activation(activation, negative_slope, op: str) -> int:
+    code = _act.activation_code(activation, op)
+    if code == _act.ACTIVATIONS["leaky_relu"] and not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"{op}(): negative_slope must be a number, not {type(negative_slope).__name__}")
+    return code
+
+
+def _torch_epilogue(out, activation, negative_slope, residual=None):
+    """The keyword-only extras on torch's path: + residual, then the activation."""
+    if residual is not None:
+        out = out + residual
+    if activation == "relu":
+        out = F.relu(out)
+    elif activation == "leaky_relu":
+        out = F.leaky_relu(out, negative_slope)
+    return out
+
+
+def _check_momentum(momentum, op: str) -> float:
+    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+        raise TypeError(f"{op}(): argument 'momentum' must be float, not {type(momentum).__name__}")
+    return float(momentum)
+
+
+def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+               weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
+               momentum: float = 0.1, eps: float = 1e-5, *, activation: str | None = None,
+               negative_slope: float = 0.01, residual: torch.Tensor | None = None) -> torch.Tensor:
+    """Batch norm of input (N, C, *) (rank 2 to 5 and beyond, as torch) over (N, *) per
+    channel. Training uses the batch statistics and updates running_mean /
+    running_var (C,) in place (unbiased variance); eval uses them. Keyword-only:
+    ``residual`` (input's shape) added after the affine, then ``activation`` ("relu" /
+    "leaky_relu" with ``negative_slope``): the ResNet block tail in one pass."""
+    op = "batch_norm"
+    _check_norm_input(input, op)
+    if input.dim() < 2:
+        raise RuntimeError(f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input")
+    if training:
+        count = input.shape[0]
+        for n in input.shape[2:]:
+            count *= n
+        if count == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    momentum = _check_momentum(momentum, op)
+    if training and (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    if not training and (running_mean is None or running_var is None):
+        missing = "running_mean" if running_mean is None else "running_var"
+        raise RuntimeError(f"{missing} must be defined in evaluation mode")
+    _check_norm_params(input, op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    _check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    code = _norm_activation(activation, negative_slope, op)
+    if residual is not None:
+        if not isinstance(residual, torch.Tensor):
+            raise TypeError(f"{op}(): argument 'residual' must be Tensor, not {type(residual).__name__}")
+        if residual.shape != input.shape or residual.dtype != input.dtype:
+            raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
+                               f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")
+        check_same_device(op, input=input, residual=residual)
+    if _on_torch_path(input):
+        out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
+        return _torch_epilogue(out, activation, negative_slope, residual)
+    return _norm.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, code,
+                            float(negative_slope), residual)
+
+
+def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
+                  running_var: torch.Tensor | None = None, weight: torch.Tensor | None = None,
+                  bias: torch.Tensor | None = None, use_input_stats: bool = True, momentum: float = 0.1,
+                  eps: float = 1e-5, *, activation: str | None = None,
+                  negative_slope: float = 0.01) -> torch.Tensor:
+    """Instance norm of input (N, C, *) over * per (sample, channel). With
+    use_input_stats the running stats (C,), when given, move toward the batch
+    average of the instance statistics; without it they normalize."""
+    op = "instance_norm"
+    _check_norm_input(input, op)
+    if use_input_stats:
+        count = 1
+        for n in input.shape[2:]:
+            count *= n
+        if count == 1:
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    if input.dim() < 2:
+        raise RuntimeError(f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input")
+    momentum = _check_momentum(momentum, op)
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    _check_norm_params(input, op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    _check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    code = _norm_activation(activation, negative_slope, op)
+    if _on_torch_path(input):
+        out = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
+        return _torch_epilogue(out, activation, negative_slope)
+    return _norm.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                               code, float(negative_slope))
+
+
+def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, eps: float = 1e-5, *, activation: str | None = None,
+               negative_slope: float = 0.01) -> torch.Tensor:
+    """Layer norm of input (*, *normalized_shape) over the trailing dims, weight and
+    bias of shape normalized_shape (elementwise)."""
+    op = "layer_norm"
+    _check_norm_input(input, op)
+    if isinstance(normalized_shape, int) or not all(isinstance(n, int) for n in normalized_shape):
+        raise TypeError(f"{op}(): argument 'normalized_shape' must be tuple of ints, not "
+                        f"{type(normalized_shape).__name__}")
+    shape = list(normalized_shape)
+    if not shape:
+        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
+                           f"element, but got normalized_shape = {shape}")
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(f"Given normalized_shape={shape}, expected input with shape [*, "
+                           f"{', '.join(map(str, shape))}], but got input of size{list(input.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if isinstance(t, torch.Tensor) and list(t.shape) != shape:
+            raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                               f"{list(t.shape)} and normalized_shape = {shape}")
+    _check_norm_params(input, op, weight=weight, bias=bias)
+    code = _norm_activation(activation, negative_slope, op)
+    if _on_torch_path(input):
+        return _torch_epilogue(F.layer_norm(input, shape, weight, bias, eps), activation, negative_slope)
+    return _norm.layer_norm(input, shape, weight, bias, eps, code, float(negative_slope))
+
+
+def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
+               bias: torch.Tensor | None = None, eps: float = 1e-5, *, activation: str | None = None,
+               negative_slope: float = 0.01) -> torch.Tensor:
+    """Group norm of input (N, C, *) over (C / num_groups, *) per (sample, group),
+    any num_groups dividing C; weight, bias (C,)."""
+    op = "group_norm"
+    _check_norm_input(input, op)
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    count = input.shape[0] * input.shape[1] // num_groups
+    for n in input.shape[2:]:
+        count *= n
+    if count == 1:
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{[input.shape[0] * input.shape[1] // num_groups, num_groups, *input.shape[2:]]}")
+    if num_groups <= 0:
+        raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
+    if input.shape[1] % num_groups:
+        raise RuntimeError("Expected number of channels in input to be divisible by num_groups, but got input of "
+                           f"shape {list(input.shape)} and num_groups={num_groups}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if isinstance(t, torch.Tensor) and (t.dim() != 1 or t.numel() != input.shape[1]):
+            raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of channels in input, "
+                               f"but got {name} of shape {list(t.shape)} and input of shape {list(input.shape)}")
+    _check_norm_params(input, op, weight=weight, bias=bias)
+    code = _norm_activation(activation, negative_slope, op)
+    if _on_torch_path(input):
+        return _torch_epilogue(F.group_norm(input, num_groups, weight, bias, eps), activation, negative_slope)
+    return _norm.group_norm(input, num_groups, weight, bias, eps, code, float(negative_slope))

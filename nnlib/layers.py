@@ -6,7 +6,8 @@ import torch
 
 from . import functional as F
 
-__all__ = ["ReLU", "LeakyReLU", "PReLU", "MaxPool2d"]
+__all__ = ["ReLU", "LeakyReLU", "PReLU", "MaxPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm"]
 
 
 # ---------------------------------------------------------------------------
@@ -54,3 +55,123 @@ class MaxPool2d(torch.nn.MaxPool2d):
 
 # ---------------------------------------------------------------------------
 # Normalization
+
+class _FusedActivation:
+    """Keyword-only ``activation=None | "relu" | "leaky_relu"`` and ``negative_slope``
+    for the norm modules: stored, shown in the repr, passed to the functional."""
+
+    def _set_activation(self, activation, negative_slope) -> None:
+        F._norm_activation(activation, negative_slope, type(self).__name__)
+        self.activation = activation
+        self.negative_slope = negative_slope
+
+    def _act_kwargs(self) -> dict:
+        return {"activation": self.activation, "negative_slope": self.negative_slope}
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        if self.activation is None:
+            return extra
+        slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
+        return f"{extra}, activation={self.activation!r}{slope}"
+
+
+class _BatchNorm(_FusedActivation):
+    """torch's _BatchNorm.forward with an optional ``residual`` added before the
+    activation; num_batches_tracked moves only once the call has succeeded."""
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input_dim(input)
+        tracking = self.training and self.track_running_stats and self.num_batches_tracked is not None
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if tracking and self.momentum is None:     # cumulative moving average
+            momentum = 1.0 / float(self.num_batches_tracked + 1)
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        keep_buffers = not self.training or self.track_running_stats
+        out = F.batch_norm(input, self.running_mean if keep_buffers else None,
+                           self.running_var if keep_buffers else None, self.weight, self.bias,
+                           use_batch_stats, momentum, self.eps, residual=residual, **self._act_kwargs())
+        if tracking:
+            self.num_batches_tracked.add_(1)
+        return out
+
+
+class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):
+    """torch.nn.BatchNorm1d; keyword-only activation / negative_slope; forward(input, residual=None)."""
+
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
+
+
+class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d):
+    """torch.nn.BatchNorm2d; keyword-only activation / negative_slope; forward(input, residual=None)."""
+
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
+
+
+class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
+    """torch.nn.BatchNorm3d; keyword-only activation / negative_slope; forward(input, residual=None)."""
+
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
+
+
+class _InstanceNorm(_FusedActivation):
+    """torch's _InstanceNorm.forward (dim checks, num_features warning, unbatched
+    input) runs unchanged; only its last step, the functional call, is ours."""
+
+    def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
+        return F.instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                               self.training or not self.track_running_stats,
+                               self.momentum if self.momentum is not None else 0.0, self.eps,
+                               **self._act_kwargs())
+
+
+class InstanceNorm1d(_InstanceNorm, torch.nn.InstanceNorm1d):
+    """torch.nn.InstanceNorm1d; keyword-only activation / negative_slope."""
+
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
+
+
+class InstanceNorm2d(_InstanceNorm, torch.nn.InstanceNorm2d):
+    """torch.nn.InstanceNorm2d; keyword-only activation / negative_slope."""
+
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
+
+
+class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
+    """torch.nn.InstanceNorm3d; keyword-only activation / negative_slope."""
+
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
+
+
+class LayerNorm(_FusedActivation, torch.nn.LayerNorm):
+    """torch.nn.LayerNorm; keyword-only activation / negative_slope."""
+
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps, **self._act_kwargs())
+
+
+class GroupNorm(_FusedActivation, torch.nn.GroupNorm):
+    """torch.nn.GroupNorm; keyword-only activation / negative_slope."""
+
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._set_activation(activation, negative_slope)
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps, **self._act_kwargs())
