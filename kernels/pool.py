@@ -50,6 +50,9 @@ def _max_pool2d_fwd_kernel(x_ptr, y_ptr, idx_ptr, C, H, W, OH, OW,
     kh*KW + kw or -1 where the activation's gradient is zero (1), or torch's
     flat h*W + w (2)."""
     pid = tl.program_id(0)
+    if INDEX_64:   # every index below derives from these two
+        pid = pid.to(tl.int64)
+        OH = OH.to(tl.int64)
     p_blocks = tl.cdiv(OH * OW, BLOCK_P)
     c_blocks = tl.cdiv(C, BLOCK_C)
     pid_p = pid % p_blocks
@@ -57,10 +60,6 @@ def _max_pool2d_fwd_kernel(x_ptr, y_ptr, idx_ptr, C, H, W, OH, OW,
     n = pid // (p_blocks * c_blocks)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    if INDEX_64:
-        n = n.to(tl.int64)
-        offs_p = offs_p.to(tl.int64)
-        offs_c = offs_c.to(tl.int64)
     mask_p = offs_p < OH * OW
     mask_c = offs_c < C
     oh = offs_p // OW
@@ -120,6 +119,9 @@ def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, C, H, W, OH, OW,
     the windows that cover each element and name it as their argmax (idx the
     flat h*W + w if FLAT_INDEX, else the local code kh*KW + kw)."""
     pid = tl.program_id(0)
+    if INDEX_64:   # every index below derives from these two
+        pid = pid.to(tl.int64)
+        H = H.to(tl.int64)
     p_blocks = tl.cdiv(H * W, BLOCK_P)
     c_blocks = tl.cdiv(C, BLOCK_C)
     pid_p = pid % p_blocks
@@ -127,10 +129,6 @@ def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, C, H, W, OH, OW,
     n = pid // (p_blocks * c_blocks)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    if INDEX_64:
-        n = n.to(tl.int64)
-        offs_p = offs_p.to(tl.int64)
-        offs_c = offs_c.to(tl.int64)
     mask_p = offs_p < H * W
     mask_c = offs_c < C
     h = offs_p // W
@@ -173,8 +171,8 @@ class PoolParams(NamedTuple):
     dilation: tuple
 
 
-_TILE = 1024                 # elements per program on a GPU
-_NUM_WARPS = 8               # 4 elements per thread
+_TILE = 512                  # elements per program on a GPU
+_NUM_WARPS = 8               # 2 elements per thread: no spills on sm_80 or sm_90
 _INTERPRETER_TILE = 1 << 14  # the interpreter pays per program: one large tile
 
 

@@ -179,25 +179,27 @@ def test_launches_and_saved_indices(device):
 
 
 def test_int64_offsets(device):
-    """Inputs and output gradients whose element offsets pass 2**31 (storage is
-    allocated lazily; only the touched pages are committed)."""
+    """Inputs and output gradients whose element offsets pass 2**31 while every
+    stride fits in int32 (n * stride overflows without int64 indices; storage
+    is allocated lazily, only the touched pages are committed)."""
     if device == "cpu" and sys.maxsize < 2**40:
         pytest.skip("needs a 64-bit address space")
-    stride = 2**31 + 8
-    base = torch.empty(stride + 64, dtype=torch.float16, device=device)
-    x = base.as_strided((2, 2, 5, 6), (stride, 30, 6, 1))
-    x.copy_(torch.randn(2, 2, 5, 6, dtype=torch.float16))
+    stride = 2**30 + 8
+
+    def huge(shape, inner_strides):
+        t = torch.empty(2 * stride + 256, dtype=torch.float16, device=device).as_strided(
+            shape, (stride, *inner_strides))
+        return t.copy_(torch.randn(shape, dtype=torch.float16))
+    x = huge((3, 2, 5, 6), (30, 6, 1))
     assert needs_int64(x)
     y, idx = F.max_pool2d(x.requires_grad_(), 3, 2, 1, return_indices=True)
     expected = TF.max_pool2d(x.detach().cpu().float(), 3, 2, 1, return_indices=True)
     assert torch.equal(idx.cpu(), expected[1])
     assert_close(y, expected[0], torch.float16, "elementwise")
-    gbase = torch.empty(stride + 64, dtype=torch.float16, device=device)
-    g = gbase.as_strided(y.shape, (stride, 9, 3, 1))
-    g.copy_(torch.randn(y.shape, dtype=torch.float16))
+    g = huge(y.shape, (9, 3, 1))
+    ref_x = x.detach().cpu().double().requires_grad_()
+    expected_grad = torch.autograd.grad(TF.max_pool2d(ref_x, 3, 2, 1), ref_x, g.cpu().double())[0]
     for out in (y, F.max_pool2d(x, 3, 2, 1)):
-        ref_x = x.detach().cpu().double().requires_grad_()
-        expected_grad = torch.autograd.grad(TF.max_pool2d(ref_x, 3, 2, 1), ref_x, g.cpu().double())[0]
         assert_close(torch.autograd.grad(out, x, g)[0], expected_grad, torch.float16, "elementwise")
 
 
