@@ -221,6 +221,14 @@ def test_module(device):
         nnlib.MaxPool2d(2, activation="leaky_relu")
 
 
+def test_max_pool2d_with_indices(device):
+    """Always (output, indices), whatever return_indices says, as torch."""
+    x = make_input((2, 3, 7, 8), torch.float16, device, "channels_last", requires_grad=True)
+    for return_indices in (False, True):
+        check_op(lambda t: F.max_pool2d_with_indices(t, 3, 2, 1, 1, True, return_indices),
+                 lambda t: TF.max_pool2d_with_indices(t, 3, 2, 1, 1, True, return_indices), [x], "elementwise")
+
+
 def test_torch_path(device):
     """float64 and integer inputs take torch's own max_pool2d (the fused relu too)."""
     for x in (torch.randn(2, 3, 7, 8, dtype=torch.float64, device=device),
