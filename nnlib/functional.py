@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 
 from kernels import activation as _act
+from kernels import conv as _conv
 from kernels import norm as _norm
 from kernels import pool as _pool
 from kernels._runtime import backend, check_same_device
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
-           "batch_norm", "instance_norm", "layer_norm", "group_norm"]
+           "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
 
 
 def _on_torch_path(*tensors) -> bool:
@@ -83,6 +84,124 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------
 # Convolution
+
+_CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _conv_pair(value, name: str) -> tuple[int, int]:
+    """An int or a sequence of one or two ints as an (h, w) pair (torch's classes of
+    error: TypeError for a non-int, RuntimeError for a wrong length)."""
+    items = value if isinstance(value, (tuple, list, torch.Size)) else (value,)
+    for item in items:
+        if isinstance(item, (bool, float)) or not hasattr(item, "__index__"):
+            raise TypeError(f"conv2d(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
+    if len(items) not in (1, 2):
+        raise RuntimeError(f"conv2d(): expected {name} to be a single integer value or a list of 2 values to "
+                           f"match the convolution dimensions, but got {name}={[int(i) for i in items]}")
+    return int(items[0]), int(items[-1])
+
+
+def _conv_activation(activation, negative_slope) -> int:
+    """The kernels' code for conv2d's ``activation=`` (None, "relu", "leaky_relu")."""
+    code = _act.activation_code(activation, "conv2d")
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"conv2d(): argument 'negative_slope' must be a number, not {type(negative_slope).__name__}")
+    return code
+
+
+def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
+    """torch's checks and exception classes; returns (stride, (top, left, bottom,
+    right) padding, dilation, groups)."""
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
+                           f"{list(input.shape)}")
+    if weight.dim() != 4:
+        raise RuntimeError(f"conv2d(): expected 'weight' of 4 dimensions (out_channels, in_channels / groups, kH, "
+                           f"kW), but got weight of size {list(weight.shape)}")
+    stride = _conv_pair(stride, "stride")
+    dilation = _conv_pair(dilation, "dilation")
+    if isinstance(groups, (bool, float)) or not hasattr(groups, "__index__"):
+        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
+    groups = int(groups)
+    if groups <= 0:
+        raise RuntimeError("conv2d(): non-positive groups is not supported")
+    if min(stride) <= 0:
+        raise RuntimeError(f"conv2d(): non-positive stride is not supported, got stride={stride}")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"conv2d(): non-positive dilation is not supported, got dilation={dilation}")
+    kernel = tuple(weight.shape[2:])
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0, 0, 0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise RuntimeError("conv2d(): padding='same' is not supported for strided convolutions")
+            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            pad = (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+        else:
+            raise RuntimeError(f"conv2d(): Invalid padding string: {padding!r}")
+    else:
+        ph, pw = _conv_pair(padding, "padding")
+        if min(ph, pw) < 0:
+            raise RuntimeError(f"conv2d(): negative padding is not supported, got padding={(ph, pw)}")
+        pad = (ph, pw, ph, pw)
+    check_same_device("conv2d", input=input, weight=weight, bias=bias)
+    if weight.dtype != input.dtype:
+        raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
+    if bias is not None and bias.dtype != input.dtype:
+        raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
+    out_channels, group_channels = weight.shape[:2]
+    if out_channels == 0:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be at least 1 at dimension 0, but got "
+                           f"weight of size {list(weight.shape)} instead")
+    if out_channels % groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+                           f"but got weight of size {list(weight.shape)} instead")
+    if input.shape[-3] != group_channels * groups:
+        raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                           f"{list(input.shape)} to have {group_channels * groups} channels, but got "
+                           f"{input.shape[-3]} channels instead")
+    if bias is not None and (bias.dim() != 1 or bias.numel() != out_channels):
+        raise RuntimeError(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
+                           f"{out_channels} elements, but got bias of size {list(bias.shape)} instead")
+    if 0 in input.shape[-2:]:
+        raise RuntimeError(f"conv2d(): only zero batch or zero channel inputs are supported, but got input shape: "
+                           f"{list(input.shape)}")
+    padded = [input.shape[-2] + pad[0] + pad[2], input.shape[-1] + pad[1] + pad[3]]
+    dilated = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    if padded[0] < dilated[0] or padded[1] < dilated[1]:
+        raise RuntimeError(f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
+                           f"({dilated[0]} x {dilated[1]}). Kernel size can't be greater than actual input size")
+    return stride, pad, dilation, groups
+
+
+def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
+           dilation=1, groups=1, *, activation=None, negative_slope: float = 0.01) -> torch.Tensor:
+    """2-D convolution of input (N, C, H, W) or (C, H, W) with weight
+    (K, C/groups, kH, kW) and bias (K,): output (N, K, P, Q) (or (K, P, Q)) in the
+    input's dtype, channels_last when input or weight is. torch's arguments
+    (int or pair; padding 'valid' / 'same' too); ``activation`` None, "relu" or
+    "leaky_relu" (with ``negative_slope``) is applied after the bias, in the
+    kernel's epilogue."""
+    code = _conv_activation(activation, negative_slope)
+    if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _CONV_DTYPES):
+        out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+        if code == 1:
+            return F.relu(out)
+        return F.leaky_relu(out, negative_slope) if code == 2 else out
+    stride, pad, dilation, groups = _check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    x = input.unsqueeze(0) if input.dim() == 3 else input
+    if code == 2 and negative_slope < 0:
+        # The fused backward reads the output's sign, which a negative slope flips:
+        # convolve, then apply leaky_relu (a Triton kernel too) on its own.
+        out = leaky_relu(_conv.conv2d(x, weight, bias, stride, pad, dilation, groups), negative_slope)
+    else:
+        out = _conv.conv2d(x, weight, bias, stride, pad, dilation, groups, code, float(negative_slope))
+    return out.squeeze(0) if input.dim() == 3 else out
+
 
 # ---------------------------------------------------------------------------
 # Pooling

@@ -7,7 +7,7 @@ import torch
 from . import functional as F
 
 __all__ = ["ReLU", "LeakyReLU", "PReLU", "MaxPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm"]
+           "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm", "Conv2d"]
 
 
 # ---------------------------------------------------------------------------
@@ -30,6 +30,35 @@ class PReLU(torch.nn.PReLU):
 
 # ---------------------------------------------------------------------------
 # Convolution
+
+class Conv2d(torch.nn.Conv2d):
+    """torch.nn.Conv2d plus keyword-only ``activation`` (None, "relu", "leaky_relu")
+    and ``negative_slope``, fused into the convolution's epilogue. A non-zero
+    ``padding_mode`` pads first (torch.nn.functional.pad: data movement, no
+    arithmetic) and convolves with padding 0, as torch does."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
+                 groups: int = 1, bias: bool = True, padding_mode: str = "zeros", device=None, dtype=None, *,
+                 activation=None, negative_slope: float = 0.01):
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
+                         padding_mode, device, dtype)
+        F._conv_activation(activation, negative_slope)
+        self.activation, self.negative_slope = activation, negative_slope
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        padding = self.padding
+        if self.padding_mode != "zeros":
+            input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        return F.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
+                        activation=self.activation, negative_slope=self.negative_slope)
+
+    def extra_repr(self) -> str:
+        extra = super().extra_repr()
+        if self.activation is None:
+            return extra
+        slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
+        return f"{extra}, activation={self.activation!r}{slope}"
 
 # ---------------------------------------------------------------------------
 # Pooling

@@ -1,0 +1,208 @@
+"""Direct convolution kernels for few channels per group (depthwise, channel
+multipliers, Kg or Cg < 16: too narrow for ``tl.dot``), and the backward
+epilogue (activation gradient and bias-gradient partials).
+
+A program owns a (pixels, channels) tile spanning any number of groups: each
+column reads its own group's channels, so a depthwise tile covers BLOCK_N
+channels at once. Multiply-adds are fp32 outer products; every tensor is
+addressed through its strides. Shapes as in ``_gemm``.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from ..activation import activation_grad
+from ._gemm import _store_output, _stride_phase
+
+
+@triton.jit
+def _conv_fwd_direct_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr,
+        N, H, W, P, Q, K, Cg, Kg, R, S,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_wk, stride_wc, stride_wr, stride_ws,
+        stride_yn, stride_yc, stride_yh, stride_yw,
+        negative_slope,
+        HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """x: (N, C, H, W); w: (K, Cg, R, S); b: (K,); y: (N, K, P, Q); strides.
+    Program (m, n): y = act(conv + b) over BLOCK_M output pixels and BLOCK_N
+    output channels k, each reading input channels (k // Kg)*Cg + c."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < N * P * Q
+    mask_n = offs_n < K
+    n = offs_m // (P * Q)
+    p = (offs_m % (P * Q)) // Q
+    q = offs_m % Q
+    ih0 = p * stride_h - pad_h
+    iw0 = q * stride_w - pad_w
+    x_rows = x_ptr + n.to(tl.int64) * stride_xn                              # [BLOCK_M]
+    x_cols = (offs_n // Kg * Cg).to(tl.int64) * stride_xc                    # [BLOCK_N]
+    w_cols = w_ptr + offs_n.to(tl.int64) * stride_wk
+
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(0, R * S * Cg):
+        c = t % Cg
+        r = t // Cg // S
+        s = (t // Cg) % S
+        ih = ih0 + r * dil_h
+        iw = iw0 + s * dil_w
+        mask_rows = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        a_rows = x_rows + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
+        xv = tl.load(a_rows[:, None] + (x_cols + c.to(tl.int64) * stride_xc)[None, :],
+                     mask=mask_rows[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        wv = tl.load(w_cols + c * stride_wc + r * stride_wr + s * stride_ws, mask=mask_n, other=0.0).to(tl.float32)
+        acc += xv * wv[None, :]
+    _store_output(acc, b_ptr, y_ptr, offs_m, offs_n, N * P * Q, P, Q, K,
+                  stride_yn, stride_yc, stride_yh, stride_yw, negative_slope, HAS_BIAS, ACTIVATION, 1)
+
+
+@triton.jit
+def _conv_dgrad_direct_kernel(
+        dy_ptr, w_ptr, dx_ptr,
+        N, H, W, P, Q, C, Cg, Kg, R, S,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_r, step_s,
+        stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+        stride_wk, stride_wc, stride_wr, stride_ws,
+        stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dy: (N, K, P, Q); w: (K, Cg, R, S); dx: (N, C, H, W); strides.
+    Program (m, n, phase): dx over BLOCK_M input pixels of one stride phase and
+    BLOCK_N input channels c, summing dy[(c // Cg)*Kg + kk] over kk < Kg and the
+    taps that reach the phase (see ``_gemm._stride_phase``)."""
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    phase = tl.program_id(2)
+    h0, Hp, r0, n_r, dp0, dstep_h = _stride_phase(phase // stride_w, H, pad_h, stride_h, dil_h, R, step_r)
+    w0, Wp, s0, n_s, dq0, dstep_w = _stride_phase(phase % stride_w, W, pad_w, stride_w, dil_w, S, step_s)
+    M = N * Hp * Wp
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_m = offs_m < M
+    mask_n = offs_n < C
+    HWp = tl.maximum(Hp * Wp, 1)
+    n = offs_m // HWp
+    i = (offs_m % HWp) // tl.maximum(Wp, 1)
+    j = offs_m % tl.maximum(Wp, 1)
+    k_first = (offs_n // Cg * Kg).to(tl.int64)                               # [BLOCK_N]
+    dy_rows = dy_ptr + n.to(tl.int64) * stride_dyn
+    dy_cols = k_first * stride_dyk
+    w_cols = w_ptr + k_first * stride_wk + (offs_n % Cg).to(tl.int64) * stride_wc
+
+    n_iter = tl.where(pid_m * BLOCK_M < M, n_r * n_s * Kg, 0)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for t in range(0, n_iter):
+        kk = t % Kg
+        tr = t // Kg // n_s
+        ts = (t // Kg) % n_s
+        p = i + (dp0 - tr * dstep_h)
+        q = j + (dq0 - ts * dstep_w)
+        r = r0 + tr * step_r
+        s = s0 + ts * step_s
+        mask_rows = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        a_rows = dy_rows + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
+        dyv = tl.load(a_rows[:, None] + (dy_cols + kk.to(tl.int64) * stride_dyk)[None, :],
+                      mask=mask_rows[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        wv = tl.load(w_cols + kk * stride_wk + r * stride_wr + s * stride_ws, mask=mask_n, other=0.0).to(tl.float32)
+        acc += dyv * wv[None, :]
+    h = h0 + i * stride_h
+    w = w0 + j * stride_w
+    dx_rows = n.to(tl.int64) * stride_dxn + h.to(tl.int64) * stride_dxh + w.to(tl.int64) * stride_dxw
+    dx_ptrs = dx_ptr + dx_rows[:, None] + offs_n[None, :].to(tl.int64) * stride_dxc
+    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
+def _conv_wgrad_direct_kernel(
+        dy_ptr, x_ptr, part_ptr,
+        N, H, W, P, Q, K, Cg, Kg, R, S,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, chunk,
+        stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+        stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_ps, stride_pk, stride_pc, stride_pr, stride_pt,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dy: (N, K, P, Q); x: (N, C, H, W); part: (splits, K, Cg, R, S) fp32; strides.
+    Program (tap * k_tiles + k_tile, split), tap = (r*S + s)*Cg + c: part[split, k,
+    c, r, s] for BLOCK_N output channels k, summed over the split's pixels
+    [split*chunk, (split+1)*chunk) of N*P*Q, BLOCK_M at a time."""
+    pid = tl.program_id(0)
+    split = tl.program_id(1)
+    k_tiles = tl.cdiv(K, BLOCK_N)
+    tap = pid // k_tiles
+    c = tap % Cg
+    r = tap // Cg // S
+    s = (tap // Cg) % S
+    offs_n = (pid % k_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < K
+    dy_cols = offs_n.to(tl.int64) * stride_dyk
+    x_cols = ((offs_n // Kg * Cg + c).to(tl.int64) * stride_xc
+              + (r * dil_h - pad_h).to(tl.int64) * stride_xh + (s * dil_w - pad_w).to(tl.int64) * stride_xw)
+    PQ = P * Q
+    start = split * chunk
+    end = tl.minimum(start + chunk, N * PQ)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for m0 in range(start, end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < end
+        n = offs_m // PQ
+        p = (offs_m % PQ) // Q
+        q = offs_m % Q
+        ih = p * stride_h + (r * dil_h - pad_h)
+        iw = q * stride_w + (s * dil_w - pad_w)
+        mask_x = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        dy_rows = n.to(tl.int64) * stride_dyn + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
+        dyv = tl.load(dy_ptr + dy_rows[:, None] + dy_cols[None, :],
+                      mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        x_rows = n.to(tl.int64) * stride_xn + (p * stride_h).to(tl.int64) * stride_xh \
+            + (q * stride_w).to(tl.int64) * stride_xw
+        xv = tl.load(x_ptr + x_rows[:, None] + x_cols[None, :],
+                     mask=mask_x[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+        acc += dyv * xv
+    part_ptrs = (part_ptr + split.to(tl.int64) * stride_ps + offs_n.to(tl.int64) * stride_pk
+                 + c * stride_pc + r * stride_pr + s * stride_pt)
+    tl.store(part_ptrs, tl.sum(acc, axis=0), mask=mask_n)
+
+
+@triton.jit
+def _conv_bwd_epilogue_kernel(
+        dy_ptr, y_ptr, g_ptr, part_ptr,
+        N, K, P, Q, chunk, negative_slope,
+        stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+        stride_yn, stride_yk, stride_yp, stride_yq,
+        stride_gn, stride_gk, stride_gp, stride_gq,
+        ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dy, y (the saved output), g: (N, K, P, Q) through strides; part: (splits, K)
+    fp32. Program (k_tile, split), over the split's pixels [split*chunk,
+    (split+1)*chunk) of N*P*Q: g = dy * act'(y) when ACTIVATION, and when HAS_BIAS
+    the partial bias gradient part[split, k] = sum of g (fp32)."""
+    pid_n = tl.program_id(0)
+    split = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < K
+    PQ = P * Q
+    start = split * chunk
+    end = tl.minimum(start + chunk, N * PQ)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for m0 in range(start, end, BLOCK_M):
+        offs_m = m0 + tl.arange(0, BLOCK_M)
+        mask = (offs_m < end)[:, None] & mask_n[None, :]
+        n = (offs_m // PQ).to(tl.int64)[:, None]
+        p = ((offs_m % PQ) // Q).to(tl.int64)[:, None]
+        q = (offs_m % Q).to(tl.int64)[:, None]
+        k = offs_n.to(tl.int64)[None, :]
+        grad = tl.load(dy_ptr + n * stride_dyn + k * stride_dyk + p * stride_dyp + q * stride_dyq,
+                       mask=mask, other=0.0).to(tl.float32)
+        if ACTIVATION != 0:
+            y = tl.load(y_ptr + n * stride_yn + k * stride_yk + p * stride_yp + q * stride_yq,
+                        mask=mask, other=0.0).to(tl.float32)
+            grad = activation_grad(grad, y, ACTIVATION, negative_slope)
+            tl.store(g_ptr + n * stride_gn + k * stride_gk + p * stride_gp + q * stride_gq,
+                     grad.to(g_ptr.dtype.element_ty), mask=mask)
+        if HAS_BIAS:
+            acc += grad                       # masked lanes hold 0
+    if HAS_BIAS:
+        tl.store(part_ptr + split.to(tl.int64) * K + offs_n, tl.sum(acc, axis=0), mask=mask_n)

@@ -1,0 +1,318 @@
+"""Host side of conv2d: which kernel runs, the launchers, and the autograd Function.
+
+Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
+
+* forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
+  when Cg < 16, e.g. an RGB stem), else the direct kernels;
+* input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct.
+
+Layouts: every kernel takes strides, so any input (contiguous, channels_last,
+sliced, transposed, expanded gradients) runs without a copy. On a GPU the GEMM
+paths first make one channels_last copy of an operand that is not already
+channels_last (input, weight, output gradient), so tiles load channel-contiguous
+vectors; the interpreter skips that copy so the strided addressing is what CI
+tests. The output is channels_last when the input or the weight is, as in torch.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import triton
+
+from .._reduce import sum_partials
+from .._runtime import dot_upcast, interpreting, launch
+from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
+                      _conv_wgrad_direct_kernel)
+from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
+
+GEMM_MIN_CHANNELS = 16
+_CHUNK_ALIGN = 128            # split boundaries fall on multiples of every BLOCK_K
+
+
+def conv_paths(in_channels: int, out_channels: int, groups: int) -> dict:
+    """{"forward", "input_grad", "weight_grad"} -> "gemm", "gemm-flat" or "direct"."""
+    cg, kg = in_channels // groups, out_channels // groups
+    gemm = "gemm" if cg >= GEMM_MIN_CHANNELS else "gemm-flat"
+    wide = kg >= GEMM_MIN_CHANNELS
+    return {"forward": gemm if wide else "direct",
+            "input_grad": "gemm" if wide and cg >= GEMM_MIN_CHANNELS else "direct",
+            "weight_grad": gemm if wide else "direct"}
+
+
+def output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int, dilation: int) -> int:
+    return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
+
+
+def _channels_last_like(t: torch.Tensor) -> bool:
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _allow_tf32(dtype: torch.dtype) -> bool:
+    """fp32 follows cuDNN's tf32 switch; fp16 / bf16 always use tensor cores."""
+    return dtype != torch.float32 or bool(torch.backends.cudnn.allow_tf32)
+
+
+def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
+    """On a GPU, ``t`` as channels_last (one copy when it is not); unchanged in the interpreter."""
+    if t.device.type == "cuda" and not t.is_contiguous(memory_format=torch.channels_last):
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
+
+
+def _gemm_buffer(shape, like: torch.Tensor, fmt) -> torch.Tensor:
+    """Output buffer of a GEMM kernel: channels_last on a GPU (vector stores), else ``fmt``."""
+    if like.device.type == "cuda":
+        fmt = torch.channels_last
+    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+def _vec(tensors, counts) -> int:
+    """VEC constexpr of the GEMM kernels: elements per 16 bytes when every tensor is
+    channel-contiguous (dim 1) on a 16-byte aligned pointer with its other strides,
+    and every channel count, multiples of it; else 1."""
+    vec = 16 // tensors[0].element_size()
+    for t in tensors:
+        if t.data_ptr() % 16 or t.stride(1) != 1:
+            return 1
+        if any(size > 1 and stride % vec for i, (size, stride) in enumerate(zip(t.shape, t.stride())) if i != 1):
+            return 1
+    return 1 if any(c % vec for c in counts) else vec
+
+
+def _as_format(t: torch.Tensor, fmt) -> torch.Tensor:
+    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _splits(device: torch.device, pixels: int, tiles: int) -> tuple[int, int]:
+    """(splits, chunk) for a reduction over ``pixels`` shared by ``tiles`` programs:
+    about two waves of programs on a GPU, chunks of at least 1024 pixels; under the
+    interpreter (which pays per program) a few chunks of 128, so splitting is tested."""
+    if interpreting() or device.type != "cuda":
+        splits = min(triton.cdiv(pixels, _CHUNK_ALIGN), 3)
+    else:
+        target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        splits = min(triton.cdiv(target, tiles), triton.cdiv(pixels, 1024), 1024)
+    splits = max(splits, 1)
+    chunk = triton.cdiv(triton.cdiv(pixels, splits), _CHUNK_ALIGN) * _CHUNK_ALIGN
+    return triton.cdiv(pixels, chunk), chunk
+
+
+def _direct_tiles(channels: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of the direct kernels: up to 32 channels (64 interpreting)
+    by enough pixels for a 4096-element tile (the interpreter takes 4x larger)."""
+    block_n = min(triton.next_power_of_2(max(channels, 1)), 64 if interpreting() else 32)
+    block_m = min(256, max(64, 4096 // block_n))
+    return (4 * block_m if interpreting() else block_m), block_n
+
+
+def _step(stride: int, dilation: int) -> int:
+    return stride // math.gcd(stride, dilation)
+
+
+class ConvGeometry:
+    """Shapes and arguments of one convolution: x (N, C, H, W), w (K, Cg, R, S),
+    y (N, K, P, Q); padding (top, left, bottom, right)."""
+
+    def __init__(self, x_shape, w_shape, stride, padding, dilation, groups):
+        self.N, self.C, self.H, self.W = x_shape
+        self.K, self.Cg, self.R, self.S = w_shape
+        self.groups = groups
+        self.Kg = self.K // groups
+        self.stride, self.dilation = stride, dilation
+        self.pad = padding
+        self.P = output_size(self.H, self.R, stride[0], padding[0], padding[2], dilation[0])
+        self.Q = output_size(self.W, self.S, stride[1], padding[1], padding[3], dilation[1])
+        self.paths = conv_paths(self.C, self.K, groups)
+
+    def dims(self):
+        return self.N, self.H, self.W, self.P, self.Q
+
+    def conv_args(self):
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        return sh, sw, self.pad[0], self.pad[1], dh, dw
+
+
+# ---------------------------------------------------------------------------
+# Launchers
+
+def _memory_format(*tensors):
+    return torch.channels_last if any(_channels_last_like(t) for t in tensors) else torch.contiguous_format
+
+
+def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: float) -> torch.Tensor:
+    """y = act(conv(x, w) + b): (N, K, P, Q) in x's dtype, channels_last when x or w is."""
+    fmt = _memory_format(x, w)
+    shape = (geo.N, geo.K, geo.P, geo.Q)
+    if geo.N * geo.K * geo.P * geo.Q == 0:
+        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    M = geo.N * geo.P * geo.Q
+    common = dict(HAS_BIAS=b is not None, ACTIVATION=activation)
+    if geo.paths["forward"] == "direct":
+        y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        block_m, block_n = _direct_tiles(geo.K)
+        launch(_conv_fwd_direct_kernel, (triton.cdiv(M, block_m), triton.cdiv(geo.K, block_n)),
+               x, w, y if b is None else b, y, *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
+               *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
+               BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **common)
+        return y
+    x, w = _gemm_operand(x), _gemm_operand(w)
+    y = _gemm_buffer(shape, x, fmt)
+    flat = geo.paths["forward"] == "gemm-flat"
+    vec = _vec([y], [geo.Kg]) if flat else _vec([x, w, y], [geo.Cg, geo.Kg])
+
+    def grid(meta):
+        return triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(geo.Kg, meta["BLOCK_N"]), geo.groups
+    launch(conv_fwd_flat if flat else conv_fwd_gemm, grid, x, w, y if b is None else b, y, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
+           *geo.conv_args(), *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
+           FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
+    return _as_format(y, fmt)
+
+
+def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
+    """dx (N, C, H, W) in x_like's layout: the transposed convolution of dy."""
+    fmt = _memory_format(x_like)
+    if x_like.numel() == 0:
+        return torch.empty_like(x_like)
+    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    steps = (_step(sh, dh), _step(sw, dw))
+    m_max = geo.N * triton.cdiv(geo.H, sh) * triton.cdiv(geo.W, sw)
+    if geo.paths["input_grad"] == "direct":
+        dx = torch.empty_like(x_like)
+        block_m, block_n = _direct_tiles(geo.C)
+        launch(_conv_dgrad_direct_kernel, (triton.cdiv(m_max, block_m), triton.cdiv(geo.C, block_n), sh * sw),
+               dy, w, dx, *geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps,
+               *dy.stride(), *w.stride(), *dx.stride(), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+        return dx
+    dy, w = _gemm_operand(dy), _gemm_operand(w)
+    dx = _gemm_buffer(x_like.shape, dy, fmt) if dy.device.type == "cuda" else torch.empty_like(x_like)
+    vec = _vec([dy, w, dx], [geo.Cg, geo.Kg])
+
+    def grid(meta):
+        return (triton.cdiv(m_max, meta["BLOCK_M"]) * triton.cdiv(geo.Cg, meta["BLOCK_N"]), geo.groups * sh * sw)
+    launch(conv_dgrad_gemm, grid, dy, w, dx, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
+           *geo.conv_args(), *steps, *dy.stride(), *w.stride(), *dx.stride(),
+           VEC=vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
+    return dx if dx.device.type != "cuda" else _as_format(dx, fmt)
+
+
+def _weight_strides(w: torch.Tensor, channels_last: bool):
+    """Strides of a dense (K, Cg, R, S) tensor: w's own layout where it is dense
+    (contiguous or channels_last), channels_last when asked, else contiguous."""
+    K, Cg, R, S = w.shape
+    if channels_last:
+        return (R * S * Cg, 1, S * Cg, Cg)
+    if w.is_contiguous() or _channels_last_like(w):
+        return w.stride()
+    return (Cg * R * S, R * S, S, 1)
+
+
+def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
+    """dw (K, Cg, R, S) in w_like's layout (contiguous when w_like is not dense):
+    fp32 partials per split of the N*P*Q pixels, summed by ``sum_partials``. On a
+    GPU the GEMM path writes channels_last partials (vector stores)."""
+    pixels = geo.N * geo.P * geo.Q
+    numel = w_like.numel()
+    if numel == 0 or pixels == 0:
+        return torch.zeros_like(w_like)
+    path = geo.paths["weight_grad"]
+    on_gpu = x.device.type == "cuda"
+    strides = _weight_strides(w_like, on_gpu and path == "gemm")
+    if path == "direct":
+        block_m, block_n = _direct_tiles(geo.K)
+        k_tiles = triton.cdiv(geo.K, block_n)
+        splits, chunk = _splits(x.device, pixels, k_tiles * geo.Cg * geo.R * geo.S)
+    else:
+        dy, x = _gemm_operand(dy), _gemm_operand(x)
+        flat = path == "gemm-flat"
+        cols = geo.Cg * geo.R * geo.S if flat else geo.Cg
+        taps = 1 if flat else geo.R * geo.S
+        splits, chunk = _splits(x.device, pixels, triton.cdiv(geo.Kg, 128) * triton.cdiv(cols, 128) * geo.groups * taps)
+    partials = torch.empty((splits, numel), dtype=torch.float32, device=x.device)
+    part_strides = (numel, *strides)
+    if path == "direct":
+        launch(_conv_wgrad_direct_kernel, (k_tiles * geo.Cg * geo.R * geo.S, splits),
+               dy, x, partials, *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), chunk,
+               *dy.stride(), *x.stride(), *part_strides, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+    else:
+        aligned = part_strides[2] == 1 and all(s % 4 == 0 for s in part_strides if s != 1)
+        vec = _vec([dy], [geo.Kg]) if flat else (_vec([dy, x], [geo.Cg, geo.Kg]) if aligned else 1)
+
+        def grid(meta):
+            return (triton.cdiv(geo.Kg, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),
+                    geo.groups * taps, splits)
+        launch(conv_wgrad_flat if flat else conv_wgrad_gemm, grid, dy, x, partials, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
+               *geo.conv_args(), chunk, *dy.stride(), *x.stride(), *part_strides,
+               FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+    total = partials[0] if splits == 1 else sum_partials(partials)
+    dw = total.to(w_like.dtype).as_strided(w_like.shape, strides)
+    return _as_format(dw, _memory_format(w_like)) if on_gpu else dw
+
+
+def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: float, bias_grad: bool):
+    """(g, db): g = dy * act'(y) (dy itself without an activation) and, when
+    ``bias_grad``, db (K,) fp32 summed over N*P*Q in two deterministic passes."""
+    pixels = geo.N * geo.P * geo.Q
+    g = torch.empty_like(dy) if activation else dy
+    if pixels == 0 or geo.K == 0:
+        return g, (torch.zeros(geo.K, dtype=torch.float32, device=dy.device) if bias_grad else None)
+    block_m, block_n = (512, 64) if interpreting() else (64, 64)
+    k_tiles = triton.cdiv(geo.K, block_n)
+    splits, chunk = _splits(dy.device, pixels, 2 * k_tiles)
+    partials = torch.empty((splits, geo.K), dtype=torch.float32, device=dy.device) if bias_grad else dy
+    saved = dy if y is None else y
+    launch(_conv_bwd_epilogue_kernel, (k_tiles, splits), dy, saved, g, partials,
+           geo.N, geo.K, geo.P, geo.Q, chunk, float(negative_slope), *dy.stride(), *saved.stride(), *g.stride(),
+           ACTIVATION=activation, HAS_BIAS=bias_grad, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+    if not bias_grad:
+        return g, None
+    return g, (partials[0] if splits == 1 else sum_partials(partials))
+
+
+# ---------------------------------------------------------------------------
+# autograd Function
+
+class Conv2dFunction(torch.autograd.Function):
+    """conv2d(x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None) with
+    stride / dilation pairs, padding (top, left, bottom, right), groups, and the
+    fused activation code (0 none, 1 relu, 2 leaky_relu with a slope >= 0: its
+    backward reads the saved output)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, stride, padding, dilation, groups, activation, negative_slope):
+        geo = ConvGeometry(x.shape, w.shape, stride, padding, dilation, groups)
+        y = conv_forward(x, w, b, geo, activation, negative_slope)
+        ctx.save_for_backward(x, w, y if activation else None)
+        ctx.geo, ctx.activation, ctx.negative_slope = geo, activation, negative_slope
+        ctx.has_bias = b is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, y = ctx.saved_tensors
+        geo = ctx.geo
+        need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        uses_gemm = geo.paths["input_grad"] != "direct" or geo.paths["weight_grad"] != "direct"
+        if uses_gemm and (need_x or need_w):
+            dy = _gemm_operand(dy)
+        db = None
+        if ctx.activation or (need_b and ctx.has_bias):
+            dy, db = conv_output_grad(dy, y, geo, ctx.activation, ctx.negative_slope, need_b and ctx.has_bias)
+        dx = conv_input_grad(dy, w, x, geo) if need_x else None
+        dw = conv_weight_grad(dy, x, w, geo) if need_w else None
+        if db is not None:
+            db = db.to(w.dtype)
+        return dx, dw, db, None, None, None, None, None, None
+
+
+def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01):
+    """Checked arguments in (see ``nnlib.functional.conv2d``): x 4-D, padding a
+    4-tuple (top, left, bottom, right); returns act(conv(x, w) + b)."""
+    return Conv2dFunction.apply(x, w, b, tuple(stride), tuple(padding), tuple(dilation), groups,
+                                activation, negative_slope)
