@@ -43,44 +43,46 @@ def _compile_cases():
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
                    **_ints(*_strides("x", "nhw"), *_strides("w", "krs"), *_strides("y", "nhw")),
                    "negative_slope": "fp32"}
-            cases.append(CompileCase(conv_fwd_flat if flat else conv_fwd_gemm, sig,
+            cases.append(CompileCase((conv_fwd_flat if flat else conv_fwd_gemm)[dt == "fp32"], sig,
                                      dict(HAS_BIAS=True, ACTIVATION=1, FLAT=flat, VEC=vec,
                                           stride_xc=1, stride_wc=1, stride_yc=1, **mma),
                                      tensor_cores=tf32, label=f"{label},flat={int(flat)}"))
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "part_ptr": "*fp32",
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "chunk"),
                    **_ints(*_strides("dy", "npq"), *_strides("x", "nhw"), *_strides("p", "skrt"))}
-            cases.append(CompileCase(conv_wgrad_flat if flat else conv_wgrad_gemm, sig,
+            cases.append(CompileCase((conv_wgrad_flat if flat else conv_wgrad_gemm)[dt == "fp32"], sig,
                                      dict(FLAT=flat, VEC=vec, stride_dyk=1, stride_xc=1, stride_pc=1, **mma),
                                      tensor_cores=tf32, label=f"{label},flat={int(flat)}"))
         sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
                **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
                **_ints(*_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))}
-        cases.append(CompileCase(conv_dgrad_gemm, sig,
+        cases.append(CompileCase(conv_dgrad_gemm[dt == "fp32"], sig,
                                  dict(VEC=vec, stride_dyk=1, stride_wc=1, stride_dxc=1, **mma),
                                  tensor_cores=tf32, label=label))
         if not tf32:
             continue
-        direct = dict(BLOCK_M=128, BLOCK_N=32)
-        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
-               **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
-               **_ints(*_strides("x", "nchw"), *_strides("w", "kcrs"), *_strides("y", "nchw")),
-               "negative_slope": "fp32"}
-        cases.append(CompileCase(_conv_fwd_direct_kernel, sig, dict(HAS_BIAS=True, ACTIVATION=2, **direct),
-                                 label=dt))
-        sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
-               **_ints(*_DIMS, "C", "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
-               **_ints(*_strides("dy", "nkpq"), *_strides("w", "kcrs"), *_strides("dx", "nchw"))}
-        cases.append(CompileCase(_conv_dgrad_direct_kernel, sig, direct, label=dt))
-        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "part_ptr": "*fp32",
-               **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV, "chunk"),
-               **_ints(*_strides("dy", "nkpq"), *_strides("x", "nchw"), *_strides("p", "skcrt"))}
-        cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, direct, label=dt))
+        for block_m, block_n in ((32, 32), (256, 4)):      # the GPU tiles of ops._direct_tiles
+            direct = dict(BLOCK_M=block_m, BLOCK_N=block_n)
+            tile = f"{dt},{block_m}x{block_n}"
+            sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
+                   **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
+                   **_ints(*_strides("x", "nchw"), *_strides("w", "kcrs"), *_strides("y", "nchw")),
+                   "negative_slope": "fp32"}
+            cases.append(CompileCase(_conv_fwd_direct_kernel, sig, dict(HAS_BIAS=True, ACTIVATION=2, **direct),
+                                     label=tile))
+            sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
+                   **_ints(*_DIMS, "C", "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
+                   **_ints(*_strides("dy", "nkpq"), *_strides("w", "kcrs"), *_strides("dx", "nchw"))}
+            cases.append(CompileCase(_conv_dgrad_direct_kernel, sig, direct, label=tile))
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "part_ptr": "*fp32",
+                   **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV, "chunk"),
+                   **_ints(*_strides("dy", "nkpq"), *_strides("x", "nchw"), *_strides("p", "skcrt"))}
+            cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, direct, label=tile))
         sig = {"dy_ptr": f"*{dt}", "y_ptr": f"*{dt}", "g_ptr": f"*{dt}", "part_ptr": "*fp32",
                **_ints("N", "K", "P", "Q", "chunk"), "negative_slope": "fp32",
                **_ints(*_strides("dy", "nkpq"), *_strides("y", "nkpq"), *_strides("g", "nkpq"))}
         cases.append(CompileCase(_conv_bwd_epilogue_kernel, sig,
-                                 dict(ACTIVATION=2, HAS_BIAS=True, BLOCK_M=64, BLOCK_N=64), label=dt))
+                                 dict(ACTIVATION=2, HAS_BIAS=True, BLOCK_M=32, BLOCK_N=32), label=dt))
     return cases
 
 

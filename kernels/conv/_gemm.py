@@ -135,6 +135,17 @@ FLAT_CONFIGS = [
     _cfg(64, 64, 32, 4, 3),
     _cfg(64, 64, 16, 4, 4),
 ]
+# fp32 tiles take twice the shared memory and registers (and exact fp32, FMA dots).
+FP32_CONFIGS = [
+    _cfg(128, 128, 16, 8, 3),
+    _cfg(128, 64, 32, 8, 3),
+    _cfg(64, 64, 32, 4, 3),
+]
+FP32_FLAT_CONFIGS = [
+    _cfg(128, 128, 16, 8, 3),
+    _cfg(128, 64, 16, 8, 3),
+    _cfg(64, 64, 16, 4, 4),
+]
 FWD_INTERPRETER = _cfg(128, 64, 64, 4, 1)
 DGRAD_INTERPRETER = _cfg(128, 64, 64, 4, 1)
 WGRAD_INTERPRETER = _cfg(64, 64, 128, 4, 1)
@@ -228,9 +239,16 @@ def _conv_fwd_gemm_kernel(
                   stride_yn, stride_yc, stride_yh, stride_yw, negative_slope, HAS_BIAS, ACTIVATION, VEC)
 
 
+def _tuned(kernel, configs, fp32_configs, key, interpreter_config):
+    """(autotuned kernel for fp16 / bf16, autotuned kernel for fp32): one JIT kernel,
+    two config lists, indexed by ``dtype == torch.float32``."""
+    return (autotune(configs, key, interpreter_config)(kernel),
+            autotune(fp32_configs, key, interpreter_config)(kernel))
+
+
 _FWD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC"]
-conv_fwd_gemm = autotune(FWD_CONFIGS, _FWD_KEY, FWD_INTERPRETER)(_conv_fwd_gemm_kernel)
-conv_fwd_flat = autotune(FLAT_CONFIGS, _FWD_KEY, FLAT_INTERPRETER)(_conv_fwd_gemm_kernel)
+conv_fwd_gemm = _tuned(_conv_fwd_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS, _FWD_KEY, FWD_INTERPRETER)
+conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _FWD_KEY, FLAT_INTERPRETER)
 
 
 # ---------------------------------------------------------------------------
@@ -307,8 +325,8 @@ def _conv_dgrad_gemm_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(m < M) & mask_n[None, :])
 
 
-conv_dgrad_gemm = autotune(DGRAD_CONFIGS, ["N", "H", "W", "Cg", "Kg", "R", "S", "stride_h", "stride_w", "VEC"],
-                           DGRAD_INTERPRETER)(_conv_dgrad_gemm_kernel)
+conv_dgrad_gemm = _tuned(_conv_dgrad_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS,
+                         ["N", "H", "W", "Cg", "Kg", "R", "S", "stride_h", "stride_w", "VEC"], DGRAD_INTERPRETER)
 
 
 # ---------------------------------------------------------------------------
@@ -401,5 +419,5 @@ def _conv_wgrad_gemm_kernel(
 
 
 _WGRAD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "chunk", "VEC"]
-conv_wgrad_gemm = autotune(WGRAD_CONFIGS, _WGRAD_KEY, WGRAD_INTERPRETER)(_conv_wgrad_gemm_kernel)
-conv_wgrad_flat = autotune(FLAT_CONFIGS, _WGRAD_KEY, FLAT_INTERPRETER)(_conv_wgrad_gemm_kernel)
+conv_wgrad_gemm = _tuned(_conv_wgrad_gemm_kernel, WGRAD_CONFIGS, FP32_CONFIGS, _WGRAD_KEY, WGRAD_INTERPRETER)
+conv_wgrad_flat = _tuned(_conv_wgrad_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _WGRAD_KEY, FLAT_INTERPRETER)

@@ -105,11 +105,14 @@ def _splits(device: torch.device, pixels: int, tiles: int) -> tuple[int, int]:
 
 
 def _direct_tiles(channels: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) of the direct kernels: up to 32 channels (64 interpreting)
-    by enough pixels for a 4096-element tile (the interpreter takes 4x larger)."""
-    block_n = min(triton.next_power_of_2(max(channels, 1)), 64 if interpreting() else 32)
-    block_m = min(256, max(64, 4096 // block_n))
-    return (4 * block_m if interpreting() else block_m), block_n
+    """(BLOCK_M, BLOCK_N) of the direct kernels: up to 32 channels by pixels for a
+    1024-element tile on a GPU (their strided 2-D gathers hold an int64 offset per
+    element); up to 64 channels and 16x the elements under the interpreter."""
+    if interpreting():
+        block_n = min(triton.next_power_of_2(max(channels, 1)), 64)
+        return min(1024, 16384 // block_n), block_n
+    block_n = min(triton.next_power_of_2(max(channels, 1)), 32)
+    return 1024 // block_n, block_n
 
 
 def _step(stride: int, dilation: int) -> int:
@@ -169,8 +172,9 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
 
     def grid(meta):
         return triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(geo.Kg, meta["BLOCK_N"]), geo.groups
-    launch(conv_fwd_flat if flat else conv_fwd_gemm, grid, x, w, y if b is None else b, y, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
-           *geo.conv_args(), *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
+    kernel = (conv_fwd_flat if flat else conv_fwd_gemm)[x.dtype == torch.float32]
+    launch(kernel, grid, x, w, y if b is None else b, y, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
+           *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
            FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
     return _as_format(y, fmt)
 
@@ -196,7 +200,7 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
 
     def grid(meta):
         return (triton.cdiv(m_max, meta["BLOCK_M"]) * triton.cdiv(geo.Cg, meta["BLOCK_N"]), geo.groups * sh * sw)
-    launch(conv_dgrad_gemm, grid, dy, w, dx, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
+    launch(conv_dgrad_gemm[dy.dtype == torch.float32], grid, dy, w, dx, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
            *geo.conv_args(), *steps, *dy.stride(), *w.stride(), *dx.stride(),
            VEC=vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
     return dx if dx.device.type != "cuda" else _as_format(dx, fmt)
@@ -247,8 +251,9 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
         def grid(meta):
             return (triton.cdiv(geo.Kg, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),
                     geo.groups * taps, splits)
-        launch(conv_wgrad_flat if flat else conv_wgrad_gemm, grid, dy, x, partials, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
-               *geo.conv_args(), chunk, *dy.stride(), *x.stride(), *part_strides,
+        kernel = (conv_wgrad_flat if flat else conv_wgrad_gemm)[x.dtype == torch.float32]
+        launch(kernel, grid, dy, x, partials, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), chunk,
+               *dy.stride(), *x.stride(), *part_strides,
                FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
     total = partials[0] if splits == 1 else sum_partials(partials)
     dw = total.to(w_like.dtype).as_strided(w_like.shape, strides)
@@ -262,7 +267,7 @@ def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: 
     g = torch.empty_like(dy) if activation else dy
     if pixels == 0 or geo.K == 0:
         return g, (torch.zeros(geo.K, dtype=torch.float32, device=dy.device) if bias_grad else None)
-    block_m, block_n = (512, 64) if interpreting() else (64, 64)
+    block_m, block_n = (512, 64) if interpreting() else (32, 32)
     k_tiles = triton.cdiv(geo.K, block_n)
     splits, chunk = _splits(dy.device, pixels, 2 * k_tiles)
     partials = torch.empty((splits, geo.K), dtype=torch.float32, device=dy.device) if bias_grad else dy

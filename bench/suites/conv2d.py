@@ -1,0 +1,135 @@
+"""conv2d against cuDNN: forward, input gradient and weight gradient.
+
+Sets: the 23 distinct convolutions of ResNet-50 (batch 32, 224x224 input),
+VGG-16's 3x3 convolutions (batch 16), dilated 3x3 (dilation 2, 4, 8; 256
+channels at 64x64 and 512 at 32x32, batch 8), MobileNet-v2's depthwise 3x3
+(batch 32), and conv + bias + ReLU fused against torch's conv followed by relu.
+NCHW and channels_last (input and weight), fp32 (same tf32 policy on both sides:
+torch.backends.cudnn.allow_tf32), fp16, bf16. ``flops`` is 2*N*K*P*Q*(C/groups)*R*S
+for every pass, so the report gives TFLOP/s and % of the measured bf16 matmul rate.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+import nnlib.functional as F
+from bench.core import Case
+
+# (C, H, K, kernel, stride, padding): square images and kernels.
+RESNET50 = [
+    (3, 224, 64, 7, 2, 3),
+    (64, 56, 64, 1, 1, 0), (64, 56, 64, 3, 1, 1), (64, 56, 256, 1, 1, 0), (256, 56, 64, 1, 1, 0),
+    (256, 56, 128, 1, 1, 0), (128, 56, 128, 3, 2, 1), (128, 28, 512, 1, 1, 0), (256, 56, 512, 1, 2, 0),
+    (512, 28, 128, 1, 1, 0), (128, 28, 128, 3, 1, 1),
+    (512, 28, 256, 1, 1, 0), (256, 28, 256, 3, 2, 1), (256, 14, 1024, 1, 1, 0), (512, 28, 1024, 1, 2, 0),
+    (1024, 14, 256, 1, 1, 0), (256, 14, 256, 3, 1, 1),
+    (1024, 14, 512, 1, 1, 0), (512, 14, 512, 3, 2, 1), (512, 7, 2048, 1, 1, 0), (1024, 14, 2048, 1, 2, 0),
+    (2048, 7, 512, 1, 1, 0), (512, 7, 512, 3, 1, 1),
+]
+VGG16 = [(3, 224, 64), (64, 224, 64), (64, 112, 128), (128, 112, 128), (128, 56, 256), (256, 56, 256),
+         (256, 28, 512), (512, 28, 512), (512, 14, 512)]
+DILATED = [(256, 64), (512, 32)]
+# MobileNet-v2 depthwise 3x3: (channels, input size, stride).
+DEPTHWISE = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 2),
+             (384, 14, 1), (576, 14, 1), (576, 14, 2), (960, 7, 1)]
+FUSED = [(64, 56, 64), (128, 28, 128), (256, 14, 256), (512, 7, 512)]
+
+PASSES = ("forward", "input_grad", "weight_grad")
+
+
+class Spec:
+    """One convolution: batch, input channels, image, output channels, kernel,
+    stride, padding, dilation, groups, bias, fused relu."""
+
+    def __init__(self, N, C, H, K, kernel, stride=1, padding=0, dilation=1, groups=1, bias=False, relu=False):
+        self.N, self.C, self.H, self.K, self.kernel = N, C, H, K, kernel
+        self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
+        self.bias, self.relu = bias, relu
+        self.P = (H + 2 * padding - dilation * (kernel - 1) - 1) // stride + 1
+
+    @property
+    def shape(self):
+        return (self.N, self.C, self.H, self.H, self.K, self.kernel, self.kernel, self.stride, self.padding,
+                self.dilation, self.groups)
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.N * self.K * self.P * self.P * (self.C // self.groups) * self.kernel ** 2
+
+
+def _setup(spec: Spec, dtype, layout, device, pass_name):
+    def setup():
+        fan_in = spec.C // spec.groups * spec.kernel ** 2
+        x = torch.randn(spec.N, spec.C, spec.H, spec.H, device=device, dtype=dtype)
+        w = (torch.randn(spec.K, spec.C // spec.groups, spec.kernel, spec.kernel, device=device)
+             / fan_in ** 0.5).to(dtype)
+        b = torch.randn(spec.K, device=device, dtype=dtype) if spec.bias else None
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+            w = w.contiguous(memory_format=torch.channels_last)
+        args = (spec.stride, spec.padding, spec.dilation, spec.groups)
+
+        def ours():
+            return F.conv2d(x, w, b, *args, activation="relu" if spec.relu else None)
+
+        def baseline():
+            y = TF.conv2d(x, w, b, *args)
+            return TF.relu(y) if spec.relu else y
+        if pass_name == "forward":
+            return ours, baseline
+        wrt = x if pass_name == "input_grad" else w
+        wrt.requires_grad_(True)
+        y_ours, y_torch = ours(), baseline()
+        g = torch.randn_like(y_torch)
+        if pass_name == "weight_grad":       # keep the weight gradient O(1): it sums N*P*Q terms
+            g = g / (spec.N * spec.P * spec.P) ** 0.5
+        return ((lambda: torch.autograd.grad(y_ours, wrt, g, retain_graph=True)),
+                (lambda: torch.autograd.grad(y_torch, wrt, g, retain_graph=True)))
+    return setup
+
+
+def _gpu_specs():
+    specs = [("resnet50", Spec(32, c, h, k, r, s, p)) for c, h, k, r, s, p in RESNET50]
+    specs += [("vgg16", Spec(16, c, h, k, 3, 1, 1)) for c, h, k in VGG16]
+    specs += [("dilated", Spec(8, c, h, c, 3, 1, d, d)) for c, h in DILATED for d in (2, 4, 8)]
+    specs += [("depthwise", Spec(32, c, h, c, 3, s, 1, groups=c)) for c, h, s in DEPTHWISE]
+    specs += [("fused-bias-relu", Spec(32, c, h, k, 3, 1, 1, bias=True, relu=True)) for c, h, k in FUSED]
+    return specs
+
+
+# --quick: bf16 channels_last, a few shapes per set and pass (about a dozen cases).
+QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6, "forward"),
+         ("resnet50", 22, "forward"), ("resnet50", 0, "forward"), ("dilated", 4, "forward"),
+         ("depthwise", 2, "forward"), ("fused-bias-relu", 2, "forward"),
+         ("resnet50", 2, "input_grad"), ("resnet50", 22, "input_grad"),
+         ("resnet50", 2, "weight_grad"), ("resnet50", 15, "weight_grad"), ("depthwise", 2, "weight_grad")]
+
+
+def _cpu_specs():
+    return [("resnet50", Spec(2, 16, 9, 20, 3, 1, 1)), ("resnet50", Spec(2, 3, 11, 16, 5, 2, 2)),
+            ("dilated", Spec(1, 16, 10, 16, 3, 1, 2, 2)), ("depthwise", Spec(2, 8, 9, 8, 3, 2, 1, groups=8)),
+            ("fused-bias-relu", Spec(2, 16, 7, 16, 3, 1, 1, bias=True, relu=True))]
+
+
+def _case(set_name, spec, dtype, layout, pass_name, device):
+    tol = {torch.float32: 1e-2, torch.float16: 1e-2, torch.bfloat16: 3e-2}[dtype]
+    return Case("conv2d", set_name, spec.shape, dtype, layout, pass_name, _setup(spec, dtype, layout, device, pass_name),
+                flops=spec.flops, atol=tol, rtol=tol)
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if device != "cuda":
+        return [_case(s, spec, torch.float32, "contiguous" if i % 2 else "channels_last", p, device)
+                for i, (s, spec) in enumerate(_cpu_specs()) for p in PASSES if p == "forward" or i < 2]
+    specs = _gpu_specs()
+    if quick:
+        by_set: dict = {}
+        for name, spec in specs:
+            by_set.setdefault(name, []).append(spec)
+        return [_case(name, by_set[name][i], torch.bfloat16, "channels_last", p, device) for name, i, p in QUICK]
+    return [_case(name, spec, dtype, layout, p, device)
+            for name, spec in specs for p in PASSES
+            for dtype in (torch.float32, torch.float16, torch.bfloat16)
+            for layout in ("contiguous", "channels_last")
+            if not (spec.relu and p != "forward")]

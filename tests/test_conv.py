@@ -1,0 +1,281 @@
+"""conv2d against the float64 reference: outputs and the three gradients, every
+argument torch accepts, every kernel path (implicit GEMM, FLAT GEMM for few input
+channels, direct for few output channels per group), layouts, the fused
+activation, nnlib.Conv2d's padding modes, and torch's errors for bad input.
+
+Shapes are small and awkward (odd channel counts, tiny images, strides that do
+not divide): the interpreter pays per program and per loop iteration.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import nnlib
+import nnlib.functional as F
+from kernels.conv import conv_paths
+from kernels._runtime import count_launches
+from tests.reference import check_op, make_input
+
+# (id, N, C, H, W, K, (kh, kw), stride, padding, dilation, groups, path of each pass)
+G, FL, D = "gemm", "gemm-flat", "direct"
+GEOMETRIES = [
+    ("3x3-odd-channels", 2, 19, 9, 11, 21, (3, 3), 1, 1, 1, 1, (G, G, G)),
+    ("1x1-stride2", 2, 17, 10, 7, 18, (1, 1), 2, 0, 1, 1, (G, G, G)),
+    ("5x5-stride32-pad21-batch1", 1, 16, 13, 12, 20, (5, 5), (3, 2), (2, 1), 1, 1, (G, G, G)),
+    ("7x7-stride2", 2, 24, 11, 9, 16, (7, 7), 2, 3, 1, 1, (G, G, G)),
+    ("same-dilation2", 2, 18, 8, 10, 17, (3, 3), 1, "same", 2, 1, (G, G, G)),
+    ("groups2-dilation13-stride2", 2, 40, 9, 11, 34, (3, 3), 2, 2, (1, 3), 2, (G, G, G)),
+    ("dilation44", 1, 16, 11, 10, 16, (3, 3), 1, 4, (4, 4), 1, (G, G, G)),
+    ("2x4-same-even", 2, 20, 8, 9, 19, (2, 4), 1, "same", 1, 1, (G, G, G)),
+    ("1x3-valid-stride2", 2, 17, 10, 9, 22, (1, 3), 2, "valid", 1, 1, (G, G, G)),
+    ("3x1-tiny-image", 2, 17, 3, 2, 19, (3, 1), 1, 2, 2, 1, (G, G, G)),
+    ("rgb-stem-5x5", 2, 3, 15, 13, 17, (5, 5), 2, 2, 1, 1, (FL, D, FL)),
+    ("C1-3x3", 2, 1, 9, 8, 16, (3, 3), 1, 1, 1, 1, (FL, D, FL)),
+    ("flat-groups2-stride2", 2, 8, 9, 9, 32, (3, 3), 2, 1, 1, 2, (FL, D, FL)),
+    ("depthwise-stride2", 2, 6, 9, 11, 6, (3, 3), 2, 1, 1, 6, (D, D, D)),
+    ("multiplier-dilation2", 2, 5, 8, 9, 10, (3, 3), 1, (2, 1), 2, 5, (D, D, D)),
+    ("K1-same", 2, 3, 9, 9, 1, (3, 3), 1, "same", 1, 1, (D, D, D)),
+    ("K3-from-16-stride32", 2, 16, 7, 8, 3, (3, 2), (3, 2), 2, 1, 1, (D, D, D)),
+    ("groups4-3x1", 1, 12, 8, 8, 20, (3, 1), 1, 0, 1, 4, (D, D, D)),
+    ("depthwise-tiny-image-5x5", 2, 4, 2, 3, 4, (5, 5), 1, 2, 1, 4, (D, D, D)),
+]
+LAYOUTS = ["contiguous", "channels_last", "sliced", "transposed"]
+ACTIVATIONS = [None, "relu", None, "leaky_relu", None]
+
+
+def _inputs(N, C, H, W, K, kernel, groups, dtype, device, layout="contiguous", bias=True, unbatched=False):
+    shape = (C, H, W) if unbatched else (N, C, H, W)
+    x = make_input(shape, dtype, device, layout, requires_grad=True)
+    fan_in = C // groups * kernel[0] * kernel[1]
+    w = (torch.randn(K, C // groups, *kernel) / fan_in ** 0.5).to(dtype).to(device).requires_grad_(True)
+    b = torch.randn(K).to(dtype).to(device).requires_grad_(True) if bias else None
+    return x, w, b
+
+
+def _conv_fns(stride, padding, dilation, groups, activation=None, negative_slope=0.01):
+    def ours(x, w, b):
+        return F.conv2d(x, w, b, stride, padding, dilation, groups,
+                        activation=activation, negative_slope=negative_slope)
+
+    def reference(x, w, b):
+        y = TF.conv2d(x, w, b, stride, padding, dilation, groups)
+        if activation == "relu":
+            return TF.relu(y)
+        return TF.leaky_relu(y, negative_slope) if activation == "leaky_relu" else y
+    return ours, reference
+
+
+def _check(geometry, dtype, device, layout, bias, activation, unbatched=False, **kw):
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, paths = geometry
+    assert tuple(conv_paths(C, K, groups).values()) == paths, "geometry no longer exercises its path"
+    x, w, b = _inputs(N, C, H, W, K, kernel, groups, dtype, device, layout, bias, unbatched)
+    ours, reference = _conv_fns(stride, padding, dilation, groups, activation)
+    return check_op(ours, reference, [x, w, b], "conv", **kw)
+
+
+@pytest.mark.parametrize("i", range(len(GEOMETRIES)), ids=[g[0] for g in GEOMETRIES])
+def test_conv2d_fp32(i, device):
+    """Every geometry in fp32, with layouts, bias None and the fused activations
+    spread over the rows."""
+    _check(GEOMETRIES[i], torch.float32, device, LAYOUTS[i % 4], bias=i % 3 != 2,
+           activation=ACTIVATIONS[i % 5])
+
+
+# fp16 on two or three geometries per path, bf16 on one or two (interpreter time).
+HALF = [(i, torch.float16) for i in (0, 5, 7, 10, 12, 13, 14, 17)] + \
+    [(i, torch.bfloat16) for i in (0, 5, 10, 13)]
+
+
+@pytest.mark.parametrize("i,dtype", HALF, ids=[f"{GEOMETRIES[i][0]}-{str(d)[6:]}" for i, d in HALF])
+def test_conv2d_half(i, dtype, device):
+    """fp16 and bf16 (tensor-core operands; the interpreter upcasts bf16 dots), with
+    channels_last and the fused relu on some rows."""
+    _check(GEOMETRIES[i], dtype, device, LAYOUTS[(i + 1) % 2], bias=True,
+           activation="relu" if i % 2 else None)
+
+
+@pytest.mark.parametrize("i", [0, 13], ids=["gemm", "direct"])
+def test_unbatched(i, device):
+    _check(GEOMETRIES[i], torch.float32, device, "contiguous", bias=True, activation=None, unbatched=True)
+
+
+@pytest.mark.parametrize("i", [0, 10, 13], ids=["gemm", "flat", "direct"])
+def test_empty_batch(i, device):
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[i]
+    x, w, b = _inputs(0, C, H, W, K, kernel, groups, torch.float32, device)
+    ours, reference = _conv_fns(stride, padding, dilation, groups, "relu")
+    check_op(ours, reference, [x, w, b], "conv", expect_launch=False)
+
+
+def test_negative_slope_leaky_relu(device):
+    """A negative slope flips the output's sign, so conv2d runs the activation as
+    its own kernel; gradients still match."""
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[0]
+    x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
+    ours, reference = _conv_fns(stride, padding, dilation, groups, "leaky_relu", -0.3)
+    check_op(ours, reference, [x, w, b], "conv")
+
+
+def test_weight_layouts_and_expanded_grad(device):
+    """channels_last and sliced weights, and an expanded (stride 0) output gradient
+    from .sum(): the kernels read all of them through strides."""
+    x = make_input((2, 19, 7, 9), torch.float32, device, requires_grad=True)
+    for w in (torch.randn(21, 19, 3, 3).to(device).contiguous(memory_format=torch.channels_last),
+              torch.randn(42, 19, 3, 3).to(device)[::2]):
+        w = (w / 13).requires_grad_(True)
+        y = F.conv2d(x, w, None, 1, 1)
+        ref = TF.conv2d(x.detach().double(), w.detach().double(), None, 1, 1)
+        torch.testing.assert_close(y.double(), ref, atol=1e-4, rtol=1e-4)
+        dx, dw = torch.autograd.grad(y.sum(), (x, w))
+        xr, wr = x.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+        dxr, dwr = torch.autograd.grad(TF.conv2d(xr, wr, None, 1, 1).sum(), (xr, wr))
+        torch.testing.assert_close(dx.double(), dxr, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(dw.double(), dwr, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("i", [0, 13], ids=["gemm", "direct"])
+def test_memory_format_follows_torch(i, device):
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[i]
+    cl = torch.channels_last
+    for x_cl, w_cl in ((False, False), (True, False), (False, True)):
+        x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
+        x = x.detach().contiguous(memory_format=cl) if x_cl else x.detach()
+        w = w.detach().contiguous(memory_format=cl) if w_cl else w.detach()
+        ours = F.conv2d(x, w, b, stride, padding, dilation, groups)
+        ref = TF.conv2d(x.cpu(), w.cpu(), b.detach().cpu(), stride, padding, dilation, groups)
+        assert ours.is_contiguous(memory_format=cl) == ref.is_contiguous(memory_format=cl)
+        assert ours.is_contiguous() == ref.is_contiguous()
+
+
+def test_weight_grad_is_deterministic(device):
+    """The weight and bias gradients reduce over several splits of N*P*Q through
+    fp32 partials and a fixed-order second pass: bitwise reproducible."""
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[0]
+    x, w, b = _inputs(2, C, H, W, K, kernel, groups, torch.float32, device)
+    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    g = torch.randn_like(y)
+    first = torch.autograd.grad(y, (w, b), g, retain_graph=True)
+    second = torch.autograd.grad(y, (w, b), g)
+    assert all(torch.equal(a, c) for a, c in zip(first, second))
+
+
+def test_tf32_policy(device):
+    """fp32 follows cudnn.allow_tf32 (tf32 tensor cores on a GPU: looser tolerance)."""
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[0]
+    x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
+    torch.backends.cudnn.allow_tf32 = True
+    y = F.conv2d(x, w, b, stride, padding)
+    ref = TF.conv2d(x.detach().double().cpu(), w.detach().double().cpu(), b.detach().double().cpu(), stride, padding)
+    torch.testing.assert_close(y.detach().double().cpu(), ref, atol=2e-2, rtol=2e-2)
+
+
+def test_float64_takes_torch_path(device):
+    x = torch.randn(2, 5, 7, 7, dtype=torch.float64, device=device)
+    w = torch.randn(4, 5, 3, 3, dtype=torch.float64, device=device)
+    with count_launches() as launches:
+        y = F.conv2d(x, w, None, 1, 1, activation="relu")
+    assert launches.total == 0
+    torch.testing.assert_close(y, TF.relu(TF.conv2d(x, w, None, 1, 1)))
+
+
+# ---------------------------------------------------------------------------
+# nnlib.Conv2d
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
+def test_module_padding_modes(padding_mode, device):
+    """Same weights as torch.nn.Conv2d, every padding mode, 'same' padding with an
+    even kernel in one case; outputs and all three gradients."""
+    torch.manual_seed(0)
+    even = padding_mode == "circular"
+    kwargs = dict(kernel_size=(2, 3) if even else 3, padding="same" if even else (2, 1),
+                  groups=1 if padding_mode != "replicate" else 2, dilation=(2, 1) if even else 1)
+    channels = (4, 6) if padding_mode in ("zeros", "reflect") else (18, 20)
+    ours = nnlib.Conv2d(*channels, padding_mode=padding_mode, **kwargs).to(device)
+    ref = torch.nn.Conv2d(*channels, padding_mode=padding_mode, **kwargs).double()
+    ref.load_state_dict({k: v.double() for k, v in ours.state_dict().items()})
+    x = torch.randn(2, channels[0], 7, 6, device=device, requires_grad=True)
+    xr = x.detach().double().cpu().requires_grad_(True)
+    with count_launches() as launches:
+        y = ours(x)
+    assert launches.total > 0
+    yr = ref(xr)
+    torch.testing.assert_close(y.double().cpu(), yr, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(yr)
+    y.backward(g.float().to(device))
+    yr.backward(g)
+    torch.testing.assert_close(x.grad.double().cpu(), xr.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.weight.grad.double().cpu(), ref.weight.grad, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(ours.bias.grad.double().cpu(), ref.bias.grad, atol=1e-4, rtol=1e-4)
+
+
+def test_module_is_a_torch_conv2d_with_fused_activation(device):
+    torch.manual_seed(0)
+    conv = nnlib.Conv2d(3, 16, 3, padding=1, bias=False, activation="leaky_relu", negative_slope=0.2).to(device)
+    assert isinstance(conv, torch.nn.Conv2d)
+    assert set(conv.state_dict()) == {"weight"}
+    assert "activation='leaky_relu'" in repr(conv) and "negative_slope=0.2" in repr(conv)
+    x = torch.randn(2, 3, 5, 6, device=device)
+    torch.testing.assert_close(conv(x), TF.leaky_relu(TF.conv2d(x, conv.weight, None, 1, 1), 0.2),
+                               atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError):
+        nnlib.Conv2d(3, 16, 3, activation="gelu")
+    with pytest.raises(ValueError):
+        nnlib.Conv2d(3, 16, 3, padding_mode="mirror")
+
+
+# ---------------------------------------------------------------------------
+# Bad input: torch's exception class, before anything runs
+
+def _bad_cases():
+    x = torch.randn(2, 4, 8, 8)
+    w = torch.randn(6, 4, 3, 3)
+    return {
+        "channel-mismatch": ((x, torch.randn(6, 3, 3, 3)), {}),
+        "groups-not-dividing-C": ((torch.randn(2, 5, 8, 8), torch.randn(6, 2, 3, 3)), {"groups": 2}),
+        "groups-not-dividing-K": ((x, torch.randn(5, 2, 3, 3)), {"groups": 2}),
+        "groups-zero": ((x, w), {"groups": 0}),
+        "weight-rank-3": ((x, torch.randn(6, 4, 3)), {}),
+        "input-rank-2": ((torch.randn(4, 8), w), {}),
+        "input-rank-5": ((torch.randn(1, 2, 4, 8, 8), w), {}),
+        "stride-zero": ((x, w), {"stride": 0}),
+        "stride-negative": ((x, w), {"stride": (1, -1)}),
+        "stride-three-values": ((x, w), {"stride": (1, 1, 1)}),
+        "stride-float": ((x, w), {"stride": 1.5}),
+        "padding-negative": ((x, w), {"padding": -1}),
+        "padding-bad-string": ((x, w), {"padding": "full"}),
+        "padding-same-strided": ((x, w), {"padding": "same", "stride": 2}),
+        "dilation-zero": ((x, w), {"dilation": 0}),
+        "input-smaller-than-kernel": ((torch.randn(2, 4, 2, 2), w), {}),
+        "dilated-kernel-too-large": ((x, w), {"dilation": 4}),
+        "zero-height": ((torch.randn(2, 4, 0, 8), w), {"padding": 2}),
+        "mixed-dtypes": ((x, w.half()), {}),
+        "mixed-bias-dtype": ((x, w, torch.randn(6).half()), {}),
+        "bias-shape": ((x, w, torch.randn(5)), {}),
+        "bias-2d": ((x, w, torch.randn(6, 1)), {}),
+        "no-output-channels": ((x, torch.randn(0, 4, 3, 3)), {}),
+        "input-not-tensor": ((3.0, w), {}),
+    }
+
+
+BAD = _bad_cases()
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_input_raises_like_torch(name, device):
+    args, kwargs = BAD[name]
+    args = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+    with pytest.raises(Exception) as expected:
+        TF.conv2d(*args, **kwargs)
+    with count_launches() as launches, pytest.raises(expected.type):
+        F.conv2d(*args, **kwargs)
+    assert launches.total == 0
+
+
+def test_bad_activation_and_devices(device):
+    x, w = torch.randn(2, 4, 8, 8, device=device), torch.randn(6, 4, 3, 3, device=device)
+    with pytest.raises(ValueError):
+        F.conv2d(x, w, activation="sigmoid")
+    with pytest.raises(RuntimeError, match="device"):
+        F.conv2d(x, w.to("meta"))
