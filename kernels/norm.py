@@ -21,7 +21,7 @@ channels_last is other strides. The kernels, all on the same tiling:
   of S (the split), and writes (count, mean, M2) partials per (chunk, statistic).
 * ``_merge_stats_kernel``: merges the chunks of each statistic in a fixed order
   (Chan's formula): mean, rstd and the unbiased variance, fp32.
-* ``_norm_fwd_kernel``: y = act(x * rstd * w + (b - mean * rstd * w) [+ residual]).
+* ``_norm_fwd_kernel``: y = act((x - mean) * rstd * w + b [+ residual]).
 * ``_norm_bwd_reduce_kernel``: fp32 partials of sum(g) and sum(g * xhat) per
   channel (the bias and weight gradients) and of sum(w g), sum(w g xhat) per
   statistic, g the gradient through the activation; ``sum_partials`` reduces them.
@@ -105,10 +105,10 @@ def _block_channels(pid_c, C, Cg, GPB, BPG, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _scale_shift(mean, rstd, w, b):
-    """Per-channel fold of (x - mean) * rstd * w + b into x * scale + shift."""
-    scale = rstd * w
-    return scale, b - mean * scale
+def _affine(x, mean, scale, b):
+    """(x - mean) * scale + b per channel (scale = rstd * w): the forward's value and
+    the backward's recomputed activation input, bit for bit."""
+    return (x - mean[None, :]) * scale[None, :] + b[None, :]
 
 
 @triton.jit
@@ -126,12 +126,26 @@ def _group_mask(first_group, G, GPB, mask_c, GROUPED: tl.constexpr, BLOCK_G: tl.
 def _group_sums(values, local_group, mask_c, GROUPED: tl.constexpr, BLOCK_G: tl.constexpr):
     """Sum per-channel ``values`` [BLOCK_C] over each group of the block -> [BLOCK_G]
     (identity when every group is one channel)."""
-    if GROUPED:
-        offs_g = tl.arange(0, BLOCK_G)
-        onehot = (local_group[:, None] == offs_g[None, :]) & mask_c[:, None]
-        return tl.sum(tl.where(onehot, values[:, None], 0.0), axis=0)
+    if GROUPED and BLOCK_G == 1:     # the block is (part of) one group
+        return tl.sum(tl.where(mask_c, values, 0.0), axis=0)
+    elif GROUPED:
+        onehot = (local_group[None, :] == tl.arange(0, BLOCK_G)[:, None]) & mask_c[None, :]
+        return tl.sum(tl.where(onehot, values[None, :], 0.0), axis=1)
     else:
         return values
+
+
+@triton.jit
+def _welford_combine(count, mean, m2, AXIS: tl.constexpr):
+    """Combine Welford triples (count, mean, M2) along AXIS (Chan et al.). Means are
+    summed relative to the largest one, so that data far from zero (mean 1e3, unit
+    spread) keep their variance in fp32."""
+    ref = tl.max(tl.where(count > 0, mean, float("-inf")), axis=AXIS)
+    total = tl.sum(count, axis=AXIS)
+    shifted = tl.where(count > 0, mean - tl.expand_dims(ref, AXIS), 0.0)
+    mean_out = ref + tl.sum(count * shifted, axis=AXIS) / tl.maximum(total, 1.0)
+    dev = tl.where(count > 0, mean - tl.expand_dims(mean_out, AXIS), 0.0)
+    return total, mean_out, tl.sum(m2 + count * dev * dev, axis=AXIS)
 
 
 @triton.jit
@@ -140,19 +154,14 @@ def _store_welford(count, mean, m2, local_group, mask_c, first_group, G, GPB, pa
                    BLOCK_G: tl.constexpr):
     """Merge per-lane Welford tiles [BLOCK_S, BLOCK_C] into one (count, mean, M2) per
     group of the block and store them at ``part_base + group``."""
-    col_count = tl.sum(count, axis=0)
-    col_mean = tl.sum(count * mean, axis=0) / tl.maximum(col_count, 1.0)
-    dev = mean - col_mean[None, :]
-    col_m2 = tl.sum(m2 + count * dev * dev, axis=0)
-    if GROUPED:
-        offs_g = tl.arange(0, BLOCK_G)
-        onehot = (local_group[:, None] == offs_g[None, :]) & mask_c[:, None]
-        g_count = tl.sum(tl.where(onehot, col_count[:, None], 0.0), axis=0)
-        g_mean = tl.sum(tl.where(onehot, (col_count * col_mean)[:, None], 0.0), axis=0) / tl.maximum(g_count, 1.0)
-        g_dev = col_mean[:, None] - g_mean[None, :]
-        g_m2 = tl.sum(tl.where(onehot, col_m2[:, None] + col_count[:, None] * g_dev * g_dev, 0.0), axis=0)
-    else:
-        g_count, g_mean, g_m2 = col_count, col_mean, col_m2
+    g_count, g_mean, g_m2 = _welford_combine(count, mean, m2, 0)
+    if GROUPED and BLOCK_G == 1:     # the block is (part of) one group
+        g_count, g_mean, g_m2 = _welford_combine(tl.where(mask_c, g_count, 0.0), g_mean, g_m2, 0)
+    elif GROUPED:
+        onehot = (local_group[:, None] == tl.arange(0, BLOCK_G)[None, :]) & mask_c[:, None]
+        g_count, g_mean, g_m2 = _welford_combine(tl.where(onehot, g_count[:, None], 0.0),
+                                                 tl.where(onehot, g_mean[:, None], 0.0),
+                                                 tl.where(onehot, g_m2[:, None], 0.0), 0)
     offs = part_base + tl.arange(0, BLOCK_G)
     mask_g = _group_mask(first_group, G, GPB, mask_c, GROUPED, BLOCK_G)
     tl.store(count_ptr + offs, g_count, mask=mask_g)
@@ -220,13 +229,9 @@ def _merge_stats_kernel(count_ptr, mean_ptr, m2_ptr, mean_out_ptr, rstd_out_ptr,
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask = (offs_k < num_chunks)[:, None] & mask_t[None, :]
         offs = offs_k.to(tl.int64)[:, None] * num_stats + offs_t[None, :]
-        cnt = tl.load(count_ptr + offs, mask=mask, other=0.0)
-        mu = tl.load(mean_ptr + offs, mask=mask, other=0.0)
-        sq = tl.load(m2_ptr + offs, mask=mask, other=0.0)
-        b_count = tl.sum(cnt, axis=0)
-        b_mean = tl.sum(cnt * mu, axis=0) / tl.maximum(b_count, 1.0)
-        dev = mu - b_mean[None, :]
-        b_m2 = tl.sum(sq + cnt * dev * dev, axis=0)
+        b_count, b_mean, b_m2 = _welford_combine(tl.load(count_ptr + offs, mask=mask, other=0.0),
+                                                 tl.load(mean_ptr + offs, mask=mask, other=0.0),
+                                                 tl.load(m2_ptr + offs, mask=mask, other=0.0), 0)
         new_total = total + b_count
         delta = b_mean - mean
         frac = b_count / tl.maximum(new_total, 1.0)
@@ -274,7 +279,7 @@ def _norm_fwd_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
             stat += n * G
         mean = tl.load(mean_ptr + stat, mask=mask_c, other=0.0)
         rstd = tl.load(rstd_ptr + stat, mask=mask_c, other=0.0)
-        scale, shift = _scale_shift(mean, rstd, w, b)
+        scale = rstd * w
         n_idx = _index(n, INDEX_64)
         for s0 in range(s_start, s_end, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
@@ -282,7 +287,7 @@ def _norm_fwd_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
             mask = (offs_s < s_end)[:, None] & mask_c[None, :]
             x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
                         mask=mask, other=0.0).to(tl.float32)
-            v = x * scale[None, :] + shift[None, :]
+            v = _affine(x, mean, scale, b)
             if HAS_RESIDUAL:
                 v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
                              mask=mask, other=0.0).to(tl.float32)
@@ -321,7 +326,7 @@ def _norm_bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b
             stat += n * G
         mean = tl.load(mean_ptr + stat, mask=mask_c, other=0.0)
         rstd = tl.load(rstd_ptr + stat, mask=mask_c, other=0.0)
-        scale, shift = _scale_shift(mean, rstd, w, b)
+        scale = rstd * w
         n_idx = _index(n, INDEX_64)
         acc_g = tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
         acc_gx = tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
@@ -334,7 +339,7 @@ def _norm_bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b
             g = tl.load(dy_ptr + n_idx * stride_dyn + offs_ss * stride_dys + offs_cc * stride_dyc,
                         mask=mask, other=0.0).to(tl.float32)
             if ACTIVATION != 0:
-                v = x * scale[None, :] + shift[None, :]
+                v = _affine(x, mean, scale, b)
                 if HAS_RESIDUAL:
                     v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
                                  mask=mask, other=0.0).to(tl.float32)
@@ -388,7 +393,7 @@ def _norm_bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr
             stat += n * G
         mean = tl.load(mean_ptr + stat, mask=mask_c, other=0.0)
         rstd = tl.load(rstd_ptr + stat, mask=mask_c, other=0.0)
-        scale, shift = _scale_shift(mean, rstd, w, b)
+        scale = rstd * w
         if BATCH_STATS:
             k1 = -rstd * tl.load(s1_ptr + stat, mask=mask_c, other=0.0) * inv_count
             k2 = -rstd * tl.load(s2_ptr + stat, mask=mask_c, other=0.0) * inv_count
@@ -402,7 +407,7 @@ def _norm_bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr
             g = tl.load(dy_ptr + n_idx * stride_dyn + offs_ss * stride_dys + offs_cc * stride_dyc,
                         mask=mask, other=0.0).to(tl.float32)
             if ACTIVATION != 0:
-                v = x * scale[None, :] + shift[None, :]
+                v = _affine(x, mean, scale, b)
                 if HAS_RESIDUAL:
                     v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
                                  mask=mask, other=0.0).to(tl.float32)
@@ -596,6 +601,11 @@ def _update_running(running_mean, running_var, mean, var, momentum: float, group
     running_var.copy_(running_var.float() * (1.0 - momentum) + var * momentum)
 
 
+def _column_sums(partials: torch.Tensor) -> torch.Tensor:
+    """sum_partials, or the only row when there is one."""
+    return partials[0] if partials.shape[0] == 1 else sum_partials(partials)
+
+
 def _param(t):
     return None if t is None else t.reshape(-1)
 
@@ -673,11 +683,11 @@ class NormFunction(torch.autograd.Function):
                    PER_SAMPLE=ctx.stats_per_sample, GROUPED=plan.Cg > 1, STAT_SUMS=stat_sums, **common,
                    **plan.blocks(grouped=True), num_warps=NUM_WARPS)
             if need_w:
-                dw = sum_partials(dw_part).to(weight.dtype).reshape(weight.shape)
+                dw = _column_sums(dw_part).to(weight.dtype).reshape(weight.shape)
             if need_b:
-                db = sum_partials(db_part).to(bias.dtype).reshape(bias.shape)
+                db = _column_sums(db_part).to(bias.dtype).reshape(bias.shape)
             if stat_sums:
-                s1, s2 = sum_partials(s1_part), sum_partials(s2_part)
+                s1, s2 = _column_sums(s1_part), _column_sums(s2_part)
         if dx is not None:
             N, C, S = sizes
             per_stat = (1 if geom.per_sample else N) * (C // geom.groups) * S

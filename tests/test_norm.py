@@ -1,0 +1,524 @@
+"""batch / layer / instance / group norm against the float64 torch reference:
+outputs, every gradient and the running stats after the call, in every mode,
+rank, layout and dtype; group counts that are not powers of two; reductions
+larger than a block and split across programs; the fused activation and
+residual; N = 0; bad arguments (torch's exception class, running stats left
+untouched); the modules against their torch twins."""
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as TF
+
+import nnlib
+import nnlib.functional as F
+from kernels import norm
+from kernels._runtime import count_launches, needs_int64
+from tests.reference import FLOAT_DTYPES, assert_close, check_op, make_input
+
+
+def _epilogue(out, activation, slope, residual=None):
+    if residual is not None:
+        out = out + residual
+    if activation == "relu":
+        return TF.relu(out)
+    if activation == "leaky_relu":
+        return TF.leaky_relu(out, slope)
+    return out
+
+
+def _params(C, dtype, device, affine=True, bias=True, shape=None):
+    """weight / bias leaves (requires_grad) of C elements (or ``shape``), or None."""
+    if not affine:
+        return None, None
+    shape = shape or (C,)
+    w = (torch.rand(shape) + 0.5).to(dtype).to(device).requires_grad_()
+    b = torch.randn(shape).to(dtype).to(device).requires_grad_() if bias else None
+    return w, b
+
+
+def _running(C, dtype, device):
+    return (torch.randn(C).to(dtype).to(device), (torch.rand(C) + 0.5).to(dtype).to(device))
+
+
+def _check_running(ours, ref, dtype):
+    for got, want, name in zip(ours, ref, ("running_mean", "running_var")):
+        assert got.dtype == want.dtype or want.dtype == torch.float64
+        assert_close(got, want, dtype, "reduction", name)
+
+
+def _check_batch_norm(x, w, b, running, training, momentum=0.1, eps=1e-5, activation=None, slope=0.01,
+                      residual=None, kind="reduction"):
+    """F.batch_norm against torch on float64 copies, running stats included."""
+    rm, rv = running if running is not None else (None, None)
+    ref_rm, ref_rv = (None, None) if running is None else (rm.detach().cpu().double(), rv.detach().cpu().double())
+    inputs = [x, w, b, residual]
+    out, _ = check_op(
+        lambda x_, w_, b_, r_: F.batch_norm(x_, rm, rv, w_, b_, training, momentum, eps, activation=activation,
+                                            negative_slope=slope, residual=r_),
+        lambda x_, w_, b_, r_: _epilogue(TF.batch_norm(x_, ref_rm, ref_rv, w_, b_, training, momentum, eps),
+                                         activation, slope, r_),
+        inputs, kind, dtype=x.dtype)
+    if running is not None:
+        _check_running((rm, rv), (ref_rm, ref_rv), x.dtype)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Batch norm
+
+BN_SHAPES = [(5, 3), (2, 3, 7), (3, 5, 7, 9), (2, 3, 3, 4, 5)]
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("mode", ["train", "train-no-running-stats", "eval"])
+@pytest.mark.parametrize("shape", BN_SHAPES, ids=[f"rank{len(s)}" for s in BN_SHAPES])
+def test_batch_norm_modes(shape, mode, affine, device):
+    C = shape[1]
+    x = make_input(shape, torch.float32, device, requires_grad=True)
+    w, b = _params(C, torch.float32, device, affine)
+    running = None if mode == "train-no-running-stats" else _running(C, torch.float32, device)
+    _check_batch_norm(x, w, b, running, training=mode != "eval", momentum=0.3)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_batch_norm_layouts_and_dtypes(layout, dtype, device):
+    x = make_input((3, 5, 7, 9), dtype, device, layout, requires_grad=True)
+    w, b = _params(5, dtype, device)
+    out = _check_batch_norm(x, w, b, _running(5, dtype, device), training=True)
+    # As torch: channels_last stays channels_last, other layouts give a contiguous output.
+    assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last"
+                             else torch.contiguous_format)
+
+
+def test_batch_norm_weight_without_bias_and_bias_without_weight(device):
+    x = make_input((4, 3, 5), torch.float32, device, requires_grad=True)
+    w = torch.rand(3, device=device, requires_grad=True)
+    _check_batch_norm(x, w, None, None, training=True)
+    _check_batch_norm(x, None, w, None, training=True)
+
+
+def test_batch_norm_batch_one(device):
+    """(1, C) in training has one value per channel: ValueError, as torch; (1, C, L)
+    and eval mode are fine."""
+    rm, rv = _running(3, torch.float32, device)
+    saved = rm.clone(), rv.clone()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        F.batch_norm(torch.randn(1, 3, device=device), rm, rv, training=True)
+    assert torch.equal(rm, saved[0]) and torch.equal(rv, saved[1])
+    x = make_input((1, 3, 5), torch.float32, device, requires_grad=True)
+    _check_batch_norm(x, None, None, _running(3, torch.float32, device), training=True)
+    x = make_input((1, 3), torch.float32, device, requires_grad=True)
+    _check_batch_norm(x, *_params(3, torch.float32, device), _running(3, torch.float32, device), training=False)
+
+
+@pytest.mark.parametrize("activation,slope", [("relu", 0.01), ("leaky_relu", 0.2), ("leaky_relu", -0.5)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_batch_norm_fused_residual_activation(layout, activation, slope, device):
+    """relu(bn(x) + identity) in one pass: gradients of x, weight, bias and the
+    residual (the gradient before the residual add, through the activation)."""
+    x = make_input((3, 4, 5, 7), torch.float32, device, layout, requires_grad=True)
+    residual = make_input((3, 4, 5, 7), torch.float32, device, "sliced", requires_grad=True)
+    _check_batch_norm(x, *_params(4, torch.float32, device), _running(4, torch.float32, device), training=True,
+                      activation=activation, slope=slope, residual=residual)
+    _check_batch_norm(x, *_params(4, torch.float32, device), _running(4, torch.float32, device), training=False,
+                      activation=activation, slope=slope, residual=residual)
+
+
+# ---------------------------------------------------------------------------
+# Group norm
+
+GN_CASES = [(6, 1), (6, 6), (6, 3), (12, 4), (6, 2), (5, 5)]   # (C, G): one group, C groups, C / G odd
+
+
+def _check_group_norm(x, G, w, b, eps=1e-5, activation=None, slope=0.01):
+    return check_op(
+        lambda x_, w_, b_: F.group_norm(x_, G, w_, b_, eps, activation=activation, negative_slope=slope),
+        lambda x_, w_, b_: _epilogue(TF.group_norm(x_, G, w_, b_, eps), activation, slope),
+        [x, w, b], "reduction", dtype=x.dtype)[0]
+
+
+@pytest.mark.parametrize("rank", [2, 3, 4, 5])
+@pytest.mark.parametrize("C,G", GN_CASES)
+def test_group_norm_groups_and_ranks(C, G, rank, device):
+    shape = {2: (4, C), 3: (3, C, 7), 4: (2, C, 5, 7), 5: (2, C, 3, 4, 5)}[rank]
+    x = make_input(shape, torch.float32, device, requires_grad=True)
+    _check_group_norm(x, G, *_params(C, torch.float32, device, affine=rank != 3))
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_group_norm_layouts_and_dtypes(layout, dtype, device):
+    x = make_input((2, 12, 5, 7), dtype, device, layout, requires_grad=True)
+    out = _check_group_norm(x, 4, *_params(12, dtype, device))
+    if layout == "channels_last":
+        assert out.is_contiguous(memory_format=torch.channels_last)
+
+
+# ---------------------------------------------------------------------------
+# Layer norm
+
+def _check_layer_norm(x, shape, w, b, eps=1e-5, activation=None, slope=0.01):
+    return check_op(
+        lambda x_, w_, b_: F.layer_norm(x_, shape, w_, b_, eps, activation=activation, negative_slope=slope),
+        lambda x_, w_, b_: _epilogue(TF.layer_norm(x_, shape, w_, b_, eps), activation, slope),
+        [x, w, b], "reduction", dtype=x.dtype)[0]
+
+
+@pytest.mark.parametrize("affine", ["weight+bias", "weight", "none"])
+@pytest.mark.parametrize("dims", [1, 2, 3])
+def test_layer_norm_trailing_dims(dims, affine, device):
+    x = make_input((2, 6, 5, 7), torch.float32, device, requires_grad=True)
+    shape = x.shape[4 - dims:]
+    w, b = _params(0, torch.float32, device, affine != "none", affine == "weight+bias", shape=tuple(shape))
+    _check_layer_norm(x, shape, w, b)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+@pytest.mark.parametrize("layout", ["channels_last", "transposed", "sliced"])
+def test_layer_norm_layouts_and_dtypes(layout, dtype, device):
+    x = make_input((3, 4, 5, 7), dtype, device, layout, requires_grad=True)
+    for dims in (1, 3):
+        shape = tuple(x.shape[4 - dims:])
+        out = _check_layer_norm(x, shape, *_params(0, dtype, device, shape=shape))
+        assert out.is_contiguous()     # as torch
+
+
+def test_layer_norm_rows(device):
+    """A transformer-style (rows, features) input and a 1-D input."""
+    x = make_input((37, 48), torch.float32, device, requires_grad=True)
+    _check_layer_norm(x, (48,), *_params(0, torch.float32, device, shape=(48,)))
+    x = make_input((9,), torch.float32, device, requires_grad=True)
+    _check_layer_norm(x, [9], *_params(0, torch.float32, device, shape=(9,)))
+
+
+# ---------------------------------------------------------------------------
+# Instance norm
+
+def _check_instance_norm(x, w, b, running, use_input_stats, momentum=0.1, eps=1e-5, activation=None, slope=0.01):
+    rm, rv = running if running is not None else (None, None)
+    ref_rm, ref_rv = (None, None) if running is None else (rm.detach().cpu().double(), rv.detach().cpu().double())
+    out, _ = check_op(
+        lambda x_, w_, b_: F.instance_norm(x_, rm, rv, w_, b_, use_input_stats, momentum, eps,
+                                           activation=activation, negative_slope=slope),
+        lambda x_, w_, b_: _epilogue(TF.instance_norm(x_, ref_rm, ref_rv, w_, b_, use_input_stats, momentum, eps),
+                                     activation, slope),
+        [x, w, b], "reduction", dtype=x.dtype)
+    if running is not None:
+        _check_running((rm, rv), (ref_rm, ref_rv), x.dtype)
+    return out
+
+
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("mode", ["input-stats", "input-stats+running", "running"])
+@pytest.mark.parametrize("shape", [(3, 4, 9), (2, 3, 5, 7), (2, 3, 3, 4, 5)], ids=["rank3", "rank4", "rank5"])
+def test_instance_norm_modes(shape, mode, affine, device):
+    C = shape[1]
+    x = make_input(shape, torch.float32, device, requires_grad=True)
+    running = None if mode == "input-stats" else _running(C, torch.float32, device)
+    _check_instance_norm(x, *_params(C, torch.float32, device, affine), running, mode != "running", momentum=0.3)
+
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES)
+def test_instance_norm_channels_last(dtype, device):
+    x = make_input((2, 5, 6, 7), dtype, device, "channels_last", requires_grad=True)
+    out = _check_instance_norm(x, *_params(5, dtype, device), _running(5, dtype, device), True)
+    assert out.is_contiguous()         # as torch
+
+
+# ---------------------------------------------------------------------------
+# Every norm: fused activation, mixed precision, large and split reductions, N = 0
+
+def _norm_call(name, x, dtype, device, activation=None, slope=0.01):
+    """Run one norm on x through check_op with parameters of ``dtype``."""
+    C = x.shape[1]
+    if name == "batch_norm":
+        return _check_batch_norm(x, *_params(C, dtype, device), _running(C, dtype, device), True,
+                                 activation=activation, slope=slope)
+    if name == "group_norm":
+        return _check_group_norm(x, 3 if C % 3 == 0 else 1, *_params(C, dtype, device), activation=activation,
+                                 slope=slope)
+    if name == "instance_norm":
+        return _check_instance_norm(x, *_params(C, dtype, device), _running(C, dtype, device), True,
+                                    activation=activation, slope=slope)
+    shape = tuple(x.shape[1:])
+    return _check_layer_norm(x, shape, *_params(0, dtype, device, shape=shape), activation=activation, slope=slope)
+
+
+NORMS = ["batch_norm", "group_norm", "instance_norm", "layer_norm"]
+
+
+@pytest.mark.parametrize("activation,slope", [("relu", 0.01), ("leaky_relu", -0.3)])
+@pytest.mark.parametrize("name", ["group_norm", "instance_norm", "layer_norm"])
+def test_fused_activation(name, activation, slope, device):
+    x = make_input((2, 6, 5, 3), torch.float32, device, requires_grad=True)
+    _norm_call(name, x, torch.float32, device, activation, slope)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", NORMS)
+def test_mixed_precision_parameters(name, dtype, device):
+    """fp16 / bf16 input with fp32 weight, bias and running stats (autocast style):
+    the output keeps the input's dtype, parameter gradients their fp32 dtype."""
+    x = make_input((3, 6, 5, 7), dtype, device, requires_grad=True)
+    out = _norm_call(name, x, torch.float32, device)
+    assert out.dtype == dtype
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_reduction_larger_than_a_block(name, device):
+    """H * W = 131 * 129 > INTERPRETER_TILE: the loop over blocks runs more than once."""
+    assert 131 * 129 > norm.INTERPRETER_TILE
+    x = make_input((2, 3, 131, 129), torch.float16, device, requires_grad=True)
+    _norm_call(name, x, torch.float16, device)
+
+
+@pytest.fixture
+def split(monkeypatch):
+    """Small tiles and a large program target, so that every reduction is split over
+    n, over S and over channel slices of a group; records the plans used."""
+    monkeypatch.setattr(norm, "INTERPRETER_TILE", 64)
+    monkeypatch.setattr(norm, "TILE", 64)
+    monkeypatch.setattr(norm, "BACKWARD_TILE", 64)
+    monkeypatch.setattr(norm, "INTERPRETER_TARGET_PROGRAMS", 64)
+    monkeypatch.setattr(norm, "TARGET_PROGRAMS", 64)
+    monkeypatch.setattr(norm, "MIN_PROGRAM_ELEMENTS", 1)
+    plans = []
+    plan = norm._plan
+
+    def recording(*args, **kwargs):
+        plans.append(plan(*args, **kwargs))
+        return plans[-1]
+    monkeypatch.setattr(norm, "_plan", recording)
+    return plans
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("name", NORMS)
+def test_split_reductions(name, layout, split, device):
+    x = make_input((3, 6, 11, 13), torch.float32, device, layout, requires_grad=True)
+    _norm_call(name, x, torch.float32, device, "leaky_relu", 0.1)
+    if name != "layer_norm":                               # layer norm's S is 1
+        assert max(p.num_s_chunks for p in split) > 1
+    if name != "batch_norm" or layout == "contiguous":     # channels_last batch norm folds n into S
+        assert max(p.num_n_chunks for p in split) > 1
+    if name == "layer_norm" or (name == "group_norm" and layout == "contiguous"):
+        assert max(p.BPG for p in split) > 1, "a group spans several channel slices"
+
+
+def test_split_batch_norm_residual(split, device):
+    x = make_input((3, 6, 11, 13), torch.float16, device, requires_grad=True)
+    residual = make_input((3, 6, 11, 13), torch.float16, device, requires_grad=True)
+    _check_batch_norm(x, *_params(6, torch.float32, device), _running(6, torch.float32, device), True,
+                      activation="relu", residual=residual)
+    assert max(p.num_n_chunks * p.num_s_chunks for p in split) > 4
+
+
+def test_split_is_deterministic(split, device):
+    """Partials and a fixed-order merge: two runs give bitwise equal results."""
+    x = make_input((3, 6, 9, 11), torch.float32, device, "channels_last", requires_grad=True)
+    w, b = _params(6, torch.float32, device)
+    results = []
+    for _ in range(2):
+        y = F.batch_norm(x, None, None, w, b, True, activation="relu")
+        results.append((y, *torch.autograd.grad(y, (x, w, b), torch.ones_like(y))))
+    for first, second in zip(*results):
+        assert torch.equal(first, second)
+
+
+def test_statistics_of_offset_data(device):
+    """Values around 1e3 with unit spread: fp32 sums of squares would cancel
+    catastrophically; Welford merges keep the variance."""
+    x = (1000.0 + make_input((4, 3, 33, 31), torch.float32, device)).requires_grad_()
+    w, b = (t.detach() for t in _params(3, torch.float32, device))   # their gradients carry fp32's 6e-5 ulp at 1e3
+    _check_batch_norm(x, w, b, _running(3, torch.float32, device), True)
+    _check_group_norm(x, 1, w, b)
+
+
+@pytest.mark.parametrize("name", NORMS)
+def test_empty_batch(name, device):
+    """N = 0, which torch accepts: empty output, zero parameter gradients, running
+    stats untouched, no kernel."""
+    x = torch.randn(0, 6, 4, 3, device=device, requires_grad=True)
+    w, b = _params(6, torch.float32, device) if name != "layer_norm" else _params(0, torch.float32, device,
+                                                                                   shape=(6, 4, 3))
+    rm, rv = _running(6, torch.float32, device)
+    saved = rm.clone(), rv.clone()
+    call = {"batch_norm": lambda: F.batch_norm(x, rm, rv, w, b, True),
+            "group_norm": lambda: F.group_norm(x, 3, w, b),
+            "instance_norm": lambda: F.instance_norm(x, None, None, w, b),   # torch fails with running stats
+            "layer_norm": lambda: F.layer_norm(x, (6, 4, 3), w, b)}[name]
+    with count_launches() as launches:
+        y = call()
+    assert y.shape == x.shape and launches.total == 0
+    gx, gw, gb = torch.autograd.grad(y, (x, w, b), torch.ones_like(y))
+    assert gx.shape == x.shape and not gw.abs().sum() and not gb.abs().sum()
+    assert torch.equal(rm, saved[0]) and torch.equal(rv, saved[1])
+
+
+def test_int64_offsets(device):
+    """A view whose offsets pass 2**31 (storage committed lazily): int64 indexing."""
+    if device == "cpu" and sys.maxsize < 2**40:
+        pytest.skip("needs a 64-bit address space")
+    stride = 2**31 + 8
+    base = torch.empty(stride + 64, dtype=torch.float16, device=device)
+    x = base.as_strided((2, 3, 5), (stride, 5, 1))
+    x.copy_(torch.randn(2, 3, 5, dtype=torch.float16))
+    assert needs_int64(x)
+    x.requires_grad_()
+    _check_batch_norm(x, *_params(3, torch.float32, device), None, True)
+    _check_group_norm(x, 3, *_params(3, torch.float16, device))
+
+
+def test_torch_fallback_for_float64(device):
+    x = torch.randn(2, 4, 5, 3, dtype=torch.float64, device=device)
+    r = torch.randn_like(x)
+    with count_launches() as launches:
+        y = F.batch_norm(x, None, None, training=True, activation="relu", residual=r)
+        z = F.group_norm(x, 2, activation="leaky_relu", negative_slope=0.2)
+    assert launches.total == 0
+    assert torch.equal(y, TF.relu(TF.batch_norm(x, None, None, training=True) + r))
+    assert torch.equal(z, TF.leaky_relu(TF.group_norm(x, 2), 0.2))
+
+
+# ---------------------------------------------------------------------------
+# Bad arguments: torch's exception class, nothing written
+
+def _bad_calls(device):
+    """(exception, call(functional module, running_mean, running_var), torch too?)."""
+    x = torch.randn(2, 6, 4, 5, device=device)
+    w6 = torch.ones(6, device=device)
+
+    def ones(n):
+        return torch.ones(n, device=device)
+    return [
+        (RuntimeError, lambda f, rm, rv: f.batch_norm(x, rm, rv, ones(4), None, True), True),
+        (RuntimeError, lambda f, rm, rv: f.batch_norm(x, rm, rv, w6, ones(5), True), True),
+        (RuntimeError, lambda f, rm, rv: f.batch_norm(torch.randn(2, 5, 4, device=device), rm, rv, None, None, True),
+         True),
+        (RuntimeError, lambda f, rm, rv: f.batch_norm(x, rm, rv, w6.half(), None, True), True),
+        (ValueError, lambda f, rm, rv: f.batch_norm(x, rm, None, None, None, True), True),
+        (RuntimeError, lambda f, rm, rv: f.batch_norm(x, rm, None, None, None, False), True),
+        (ValueError, lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, eps=0.0), True),
+        (ValueError, lambda f, rm, rv: f.batch_norm(x[:1, :, :1, :1], rm, rv, None, None, True), True),
+        (TypeError, lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, None), True),
+        (RuntimeError, lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, residual=x[:, :3]), False),
+        (ValueError, lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, activation="gelu"), False),
+        (RuntimeError, lambda f, rm, rv: f.instance_norm(x, rm, rv, ones(4)), True),
+        (RuntimeError, lambda f, rm, rv: f.instance_norm(torch.randn(2, 5, 4, device=device), rm, rv), True),
+        (ValueError, lambda f, rm, rv: f.instance_norm(x[:, :, :1, :1], rm, rv), True),
+        (ValueError, lambda f, rm, rv: f.instance_norm(x, rm, None), True),
+        (RuntimeError, lambda f, rm, rv: f.instance_norm(x, None, None, use_input_stats=False), True),
+        (RuntimeError, lambda f, rm, rv: f.group_norm(x, 4), True),
+        (RuntimeError, lambda f, rm, rv: f.group_norm(x, -2), True),
+        (ZeroDivisionError, lambda f, rm, rv: f.group_norm(x, 0), True),
+        (RuntimeError, lambda f, rm, rv: f.group_norm(x, 3, ones(3)), True),
+        (RuntimeError, lambda f, rm, rv: f.group_norm(x, 3, w6, ones(3)), True),
+        (RuntimeError, lambda f, rm, rv: f.group_norm(x[0, 0, 0], 1), True),
+        (ValueError, lambda f, rm, rv: f.group_norm(x[:1, :3, :1, :1], 3), True),
+        (RuntimeError, lambda f, rm, rv: f.layer_norm(x, (4, 6)), True),
+        (RuntimeError, lambda f, rm, rv: f.layer_norm(x, ()), True),
+        (TypeError, lambda f, rm, rv: f.layer_norm(x, 5), True),
+        (RuntimeError, lambda f, rm, rv: f.layer_norm(x, (4, 5), ones(5)), True),
+        (RuntimeError, lambda f, rm, rv: f.layer_norm(x, (5,), ones(5), ones(4)), True),
+        (NotImplementedError, lambda f, rm, rv: f.layer_norm(x.long(), (5,)), True),
+        (TypeError, lambda f, rm, rv: f.group_norm([1.0], 1), False),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_bad_calls("cpu"))))
+def test_bad_arguments_raise_and_write_nothing(index, device):
+    error, call, in_torch = _bad_calls(device)[index]
+    rm, rv = _running(6, torch.float32, device)
+    saved = rm.clone(), rv.clone()
+    with count_launches() as launches, pytest.raises(error):
+        call(F, rm, rv)
+    assert launches.total == 0
+    assert torch.equal(rm, saved[0]) and torch.equal(rv, saved[1])
+    if in_torch:   # torch.nn.functional raises the same class for the same call
+        with pytest.raises(error):
+            call(TF, rm.cpu(), rv.cpu()) if device == "cpu" else call(TF, rm, rv)
+
+
+# ---------------------------------------------------------------------------
+# Modules against their torch twins
+
+MODULES = [
+    ("BatchNorm1d", (4,), {}, (5, 4, 7)),
+    ("BatchNorm1d", (4,), {"momentum": None}, (6, 4)),
+    ("BatchNorm2d", (4,), {"affine": False}, (3, 4, 5, 6)),
+    ("BatchNorm2d", (4,), {"track_running_stats": False}, (3, 4, 5, 6)),
+    ("BatchNorm2d", (4,), {"momentum": None, "bias": False}, (3, 4, 5, 6)),
+    ("BatchNorm3d", (3,), {}, (2, 3, 3, 4, 5)),
+    ("InstanceNorm1d", (4,), {"affine": True}, (3, 4, 7)),
+    ("InstanceNorm1d", (4,), {"track_running_stats": True, "momentum": None}, (4, 7)),
+    ("InstanceNorm2d", (4,), {"affine": True, "track_running_stats": True}, (3, 4, 5, 6)),
+    ("InstanceNorm3d", (3,), {}, (2, 3, 3, 4, 5)),
+    ("LayerNorm", ((5, 6),), {}, (3, 4, 5, 6)),
+    ("LayerNorm", (6,), {"elementwise_affine": False}, (2, 3, 6)),
+    ("LayerNorm", ([4, 5, 6],), {"bias": False}, (2, 4, 5, 6)),
+    ("GroupNorm", (3, 6), {}, (2, 6, 5, 7)),
+    ("GroupNorm", (2, 6), {"affine": False}, (2, 6, 9)),
+]
+
+
+@pytest.mark.parametrize("name,args,kwargs,shape", MODULES,
+                         ids=[f"{m[0]}-{'-'.join(f'{k}={v}' for k, v in m[2].items())}" for m in MODULES])
+def test_modules_match_torch(name, args, kwargs, shape, device):
+    """Same parameters, buffers and state_dict keys; three training steps and one
+    eval step give the same outputs, gradients and buffers (num_batches_tracked,
+    cumulative average for momentum=None)."""
+    ours = getattr(nnlib, name)(*args, **kwargs).to(device)
+    twin = getattr(torch.nn, name)(*args, **kwargs).to(device)
+    assert isinstance(ours, getattr(torch.nn, name))
+    with torch.no_grad():
+        for p in ours.parameters():
+            p.copy_(torch.rand_like(p) + 0.5)
+    twin.load_state_dict(ours.state_dict())
+    assert list(ours.state_dict()) == list(twin.state_dict())
+    for step in range(4):
+        if step == 3:
+            ours.eval()
+            twin.eval()
+        x = torch.randn(shape, device=device).requires_grad_()
+        x_twin = x.detach().clone().requires_grad_()
+        y, y_twin = ours(x), twin(x_twin)
+        assert_close(y, y_twin, torch.float32, "reduction", f"step {step} output")
+        g = torch.randn_like(y)
+        y.backward(g)
+        y_twin.backward(g)
+        assert_close(x.grad, x_twin.grad, torch.float32, "reduction", f"step {step} input grad")
+    for (key, value), twin_value in zip(ours.state_dict().items(), twin.state_dict().values()):
+        assert_close(value, twin_value, torch.float32, "reduction", key)
+    for p, p_twin in zip(ours.parameters(), twin.parameters()):
+        assert_close(p.grad, p_twin.grad, torch.float32, "reduction", "parameter grad")
+
+
+def test_module_extras_and_checks(device):
+    bn = nnlib.BatchNorm2d(4, activation="relu").to(device)
+    assert "activation='relu'" in repr(bn)
+    x = torch.randn(2, 4, 3, 5, device=device)
+    residual = torch.randn_like(x)
+    torch.testing.assert_close(bn(x, residual), TF.relu(torch.nn.BatchNorm2d(4).to(device)(x) + residual),
+                               atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="expected 4D input"):
+        bn(torch.randn(2, 4, 3, device=device))
+    with pytest.raises(ValueError):
+        nnlib.GroupNorm(2, 6, activation="tanh")
+    with pytest.raises(ValueError, match="num_features"):
+        nnlib.InstanceNorm2d(4, affine=True)(torch.randn(2, 5, 3, 3, device=device))
+    # Unbatched input, handled by torch's own InstanceNorm forward.
+    inorm = nnlib.InstanceNorm1d(4, activation="leaky_relu", negative_slope=0.2).to(device)
+    x = torch.randn(4, 9, device=device)
+    assert_close(inorm(x), TF.leaky_relu(TF.instance_norm(x[None]), 0.2)[0], torch.float32, "reduction")
+
+
+def test_module_failed_call_leaves_buffers(device):
+    """A wrong channel count raises before num_batches_tracked or the running stats move."""
+    bn = nnlib.BatchNorm2d(4, momentum=None).to(device)
+    before = {k: v.clone() for k, v in bn.state_dict().items()}
+    with pytest.raises(RuntimeError):
+        bn(torch.randn(2, 3, 5, 5, device=device))
+    for key, value in bn.state_dict().items():
+        assert torch.equal(value, before[key]), key
