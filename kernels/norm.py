@@ -140,7 +140,7 @@ def _welford_combine(count, mean, m2, AXIS: tl.constexpr):
     """Combine Welford triples (count, mean, M2) along AXIS (Chan et al.). Means are
     summed relative to the largest one, so that data far from zero (mean 1e3, unit
     spread) keep their variance in fp32."""
-    ref = tl.max(tl.where(count > 0, mean, float("-inf")), axis=AXIS)
+    ref = tl.max(tl.where(count > 0, mean, -3.0e38), axis=AXIS)     # finite when no lane has data
     total = tl.sum(count, axis=AXIS)
     shifted = tl.where(count > 0, mean - tl.expand_dims(ref, AXIS), 0.0)
     mean_out = ref + tl.sum(count * shifted, axis=AXIS) / tl.maximum(total, 1.0)
@@ -233,7 +233,7 @@ def _merge_stats_kernel(count_ptr, mean_ptr, m2_ptr, mean_out_ptr, rstd_out_ptr,
                                                  tl.load(mean_ptr + offs, mask=mask, other=0.0),
                                                  tl.load(m2_ptr + offs, mask=mask, other=0.0), 0)
         new_total = total + b_count
-        delta = b_mean - mean
+        delta = tl.where(b_count > 0, b_mean - mean, 0.0)
         frac = b_count / tl.maximum(new_total, 1.0)
         mean += delta * frac
         m2 += b_m2 + delta * delta * total * frac
