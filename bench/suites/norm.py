@@ -1,0 +1,100 @@
+"""batch / group / instance / layer norm at ResNet-50 activation shapes, forward and
+forward+backward, NCHW and channels_last, against torch (cuDNN batch norm for fp32
+and for fp16 / bf16 with fp32 parameters, native kernels otherwise); plus the
+ResNet block tail relu(bn(x) + identity) fused against torch's three ops.
+
+Norms run in training mode (batch statistics; batch norm updates its running
+stats); group norm uses 32 groups, layer norm normalizes (C, H, W). fp16 / bf16
+inputs get fp32 parameters (mixed precision, as under autocast). ``bytes`` is
+the minimal traffic: the forward reads x (and the residual) and writes y; the
+backward reads x and dy and writes dx (and the residual's gradient)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as TF
+
+import nnlib.functional as F
+from bench.core import Case
+
+GPU_SHAPES = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
+CPU_SHAPES = [(2, 8, 5, 7)]
+# --quick: fp16 at 32x256x56x56, these (op, layout, pass) only.
+QUICK = {("batch_norm", "contiguous", False), ("batch_norm", "contiguous", True), ("batch_norm", "channels_last", False),
+         ("group_norm", "contiguous", True), ("instance_norm", "contiguous", False), ("layer_norm", "contiguous", False),
+         ("bn_add_relu", "contiguous", True)}
+
+
+def _groups(C: int) -> int:
+    return 32 if C % 32 == 0 else 4
+
+
+NORMS = {
+    # name: (ours(x, w, b, state), torch(x, w, b, state)); state holds running stats
+    "batch_norm": (lambda x, w, b, s: F.batch_norm(x, s["rm"], s["rv"], w, b, True),
+                   lambda x, w, b, s: TF.batch_norm(x, s["rm_t"], s["rv_t"], w, b, True)),
+    "group_norm": (lambda x, w, b, s: F.group_norm(x, _groups(x.shape[1]), w, b),
+                   lambda x, w, b, s: TF.group_norm(x, _groups(x.shape[1]), w, b)),
+    "instance_norm": (lambda x, w, b, s: F.instance_norm(x, None, None, w, b),
+                      lambda x, w, b, s: TF.instance_norm(x, None, None, w, b)),
+    "layer_norm": (lambda x, w, b, s: F.layer_norm(x, x.shape[1:], w, b),
+                   lambda x, w, b, s: TF.layer_norm(x, x.shape[1:], w, b)),
+    "bn_add_relu": (lambda x, w, b, s: F.batch_norm(x, s["rm"], s["rv"], w, b, True, residual=s["r"],
+                                                    activation="relu"),
+                    lambda x, w, b, s: TF.relu(TF.batch_norm(x, s["rm_t"], s["rv_t"], w, b, True) + s["r"])),
+}
+
+
+def _setup(op, shape, dtype, layout, device, backward):
+    ours_fn, torch_fn = NORMS[op]
+
+    def setup():
+        torch.manual_seed(0)
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=fmt)
+        affine = shape[1:] if op == "layer_norm" else (shape[1],)
+        w = torch.rand(affine, device=device) + 0.5          # fp32 parameters (mixed precision)
+        b = torch.randn(affine, device=device)
+        C = shape[1]
+        state = {"rm": torch.zeros(C, device=device), "rv": torch.ones(C, device=device),
+                 "rm_t": torch.zeros(C, device=device), "rv_t": torch.ones(C, device=device),
+                 "r": torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=fmt)}
+        if not backward:
+            return (lambda: ours_fn(x, w, b, state)), (lambda: torch_fn(x, w, b, state))
+        inputs = [x.requires_grad_(), w.requires_grad_(), b.requires_grad_()]
+        if op == "bn_add_relu":
+            inputs.append(state["r"].requires_grad_())
+        g = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=fmt)
+
+        # The fused tail's relu can flip where bn(x) + identity rounds to about 0
+        # (torch rounds bn(x) first): its check compares the parameter gradients.
+        keep = slice(1, 3) if op == "bn_add_relu" else slice(None)
+
+        def forward_backward(fn):
+            return lambda: torch.autograd.grad(fn(x, w, b, state), inputs, g)[keep]
+        return forward_backward(ours_fn), forward_backward(torch_fn)
+    return setup
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if device == "cuda":
+        shapes = [(32, 256, 56, 56)] if quick else GPU_SHAPES
+    else:
+        shapes = CPU_SHAPES
+    dtypes = [torch.float16] if quick else [torch.float32, torch.float16, torch.bfloat16]
+    out = []
+    for op in NORMS:
+        for shape in shapes:
+            for dtype in dtypes:
+                for layout in ("contiguous", "channels_last"):
+                    size = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
+                    tensors = 1 if op == "bn_add_relu" else 0      # the residual, and its gradient
+                    for backward in (False, True):
+                        if quick and (op, layout, backward) not in QUICK:
+                            continue
+                        traffic = (2 + tensors) * size + ((3 + tensors) * size if backward else 0)
+                        low = dtype != torch.float32
+                        out.append(Case(op, "resnet50-activations", shape, dtype, layout,
+                                        "forward+backward" if backward else "forward",
+                                        _setup(op, shape, dtype, layout, device, backward), bytes=traffic,
+                                        atol=5e-2 if low else 1e-3, rtol=2e-2 if low else 1e-3))
+    return out
