@@ -371,6 +371,13 @@ def test_int64_offsets(device):
     _check_group_norm(x, 3, *_params(3, torch.float16, device))
 
 
+def test_no_double_backward(device):
+    x = torch.randn(2, 3, 5, device=device, requires_grad=True)
+    (grad,) = torch.autograd.grad(F.group_norm(x, 3).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable|differentiate twice"):
+        grad.sum().backward()
+
+
 def test_torch_fallback_for_float64(device):
     x = torch.randn(2, 4, 5, 3, dtype=torch.float64, device=device)
     r = torch.randn_like(x)
