@@ -120,7 +120,13 @@ FWD_CONFIGS = [
     _cfg(64, 64, 64, 4, 4),
     _cfg(128, 256, 64, 8, 3),
 ]
-DGRAD_CONFIGS = FWD_CONFIGS[:5]
+DGRAD_CONFIGS = [
+    _cfg(128, 128, 64, 8, 3),
+    _cfg(128, 128, 32, 4, 4),
+    _cfg(128, 64, 64, 8, 4),       # 4 warps spill on sm_80 (the phase bookkeeping)
+    _cfg(64, 128, 64, 4, 4),
+    _cfg(64, 64, 64, 4, 4),
+]
 WGRAD_CONFIGS = [
     _cfg(128, 128, 64, 8, 3),
     _cfg(128, 128, 32, 4, 4),

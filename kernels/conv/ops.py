@@ -299,6 +299,7 @@ class Conv2dFunction(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, w, y = ctx.saved_tensors
         geo = ctx.geo
