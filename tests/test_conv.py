@@ -149,6 +149,21 @@ def test_memory_format_follows_torch(i, device):
         assert ours.is_contiguous() == ref.is_contiguous()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_aligned_channels_last(dtype, device):
+    """channels_last input and weight with 16-byte channel rows: the GEMM kernels get
+    VEC > 1 (the alignment promise of the GPU path), grouped and strided."""
+    from kernels.conv.ops import _vec
+    cl = torch.channels_last
+    x = make_input((2, 32, 9, 10), dtype, device, "channels_last", requires_grad=True)
+    w = (torch.randn(48, 16, 3, 3) / 12).to(dtype).to(device).contiguous(memory_format=cl).requires_grad_(True)
+    b = torch.randn(48).to(dtype).to(device).requires_grad_(True)
+    assert _vec([x, w], [16, 24]) > 1
+    ours, reference = _conv_fns(2, 1, 1, 2, "relu")
+    out, _ = check_op(ours, reference, [x, w, b], "conv")
+    assert out.is_contiguous(memory_format=cl)
+
+
 def test_weight_grad_is_deterministic(device):
     """The weight and bias gradients reduce over several splits of N*P*Q through
     fp32 partials and a fixed-order second pass: bitwise reproducible."""

@@ -315,7 +315,8 @@ def _conv_dgrad_gemm_kernel(
         a_rows = _aligned(dy_ptr, dy_rows + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq, VEC)
         a = tl.load(a_rows[:, None] + offs_k[None, :].to(tl.int64) * stride_dyk,
                     mask=mask_rows[:, None] & mask_k[None, :], other=0.0)
-        w_rows = offs_k.to(tl.int64) * stride_wk + (r * stride_wr + s * stride_ws) // VEC * VEC
+        # (x // VEC * VEC == x here: it shows the compiler that each weight row starts aligned)
+        w_rows = offs_k.to(tl.int64) * (stride_wk // VEC * VEC) + (r * stride_wr + s * stride_ws) // VEC * VEC
         b = tl.load(w_cols[None, :] + w_rows[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
 

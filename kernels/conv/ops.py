@@ -74,9 +74,7 @@ def _vec(tensors, counts) -> int:
     and every channel count, multiples of it; else 1."""
     vec = 16 // tensors[0].element_size()
     for t in tensors:
-        if t.data_ptr() % 16 or t.stride(1) != 1:
-            return 1
-        if any(size > 1 and stride % vec for i, (size, stride) in enumerate(zip(t.shape, t.stride())) if i != 1):
+        if t.data_ptr() % 16 or t.stride(1) != 1 or any(s % vec for s in t.stride()[:1] + t.stride()[2:]):
             return 1
     return 1 if any(c % vec for c in counts) else vec
 
