@@ -8,10 +8,12 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 
 Layouts: every kernel takes strides, so any input (contiguous, channels_last,
 sliced, transposed, expanded gradients) runs without a copy. On a GPU the GEMM
-paths first make one channels_last copy of an operand that is not already
-channels_last (input, weight, output gradient), so tiles load channel-contiguous
-vectors; the interpreter skips that copy so the strided addressing is what CI
-tests. The output is channels_last when the input or the weight is, as in torch.
+paths work in channels_last: one copy of each operand that is not already
+(input, weight, output gradient), outputs written channels_last and copied once
+to the caller's layout when that is NCHW, so that tiles load and store
+channel-contiguous 16-byte vectors (``VEC``, checked by ``_vec``). The
+interpreter skips those copies, so the strided addressing is what CI tests.
+The output is channels_last when the input or the weight is, as in torch.
 """
 from __future__ import annotations
 
