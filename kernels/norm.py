@@ -51,7 +51,8 @@ __all__ = ["Geometry", "NormFunction", "batch_norm", "instance_norm", "group_nor
 # (channels_last) a tile is at most CHANNELS_LAST_WIDTH channels wide. The
 # reduction over (n, S) is split until about TARGET_PROGRAMS programs run, none
 # with fewer than MIN_PROGRAM_ELEMENTS elements. Tests lower these to force
-# loops and splits on small shapes.
+# loops and splits on small shapes. The merge pass reads BLOCK_K chunks of
+# BLOCK_T statistics at a time.
 TILE = 2048
 BACKWARD_TILE = 1024          # the backward kernels hold five tensors' tiles
 INTERPRETER_TILE = 1 << 14
@@ -59,6 +60,8 @@ CHANNELS_LAST_WIDTH = 64
 TARGET_PROGRAMS = 1024
 INTERPRETER_TARGET_PROGRAMS = 1
 MIN_PROGRAM_ELEMENTS = 16384
+MERGE_BLOCKS = {"BLOCK_K": 32, "BLOCK_T": 64}
+INTERPRETER_MERGE_BLOCKS = {"BLOCK_K": 256, "BLOCK_T": 128}
 NUM_WARPS = 8
 
 
@@ -182,6 +185,7 @@ def _stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr,
     pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
         N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
     offs_c, mask_c, local_group, first_group, part = _block_channels(pid_c, C, Cg, GPB, BPG, BLOCK_C)
+    rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     c_offs = _index(offs_c, INDEX_64)[None, :] * stride_xc
     chunk = part * num_s_chunks + pid_s
     count = tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
@@ -194,9 +198,9 @@ def _stats_kernel(x_ptr, count_ptr, mean_ptr, m2_ptr,
             m2 = tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
         x_base = x_ptr + _index(n, INDEX_64) * stride_xn
         for s0 in range(s_start, s_end, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
+            offs_s = s0 + rows
             mask = (offs_s < s_end)[:, None] & mask_c[None, :]
-            x = tl.load(x_base + _index(offs_s, INDEX_64)[:, None] * stride_xs + c_offs,
+            x = tl.load(x_base + offs_s[:, None] * stride_xs + c_offs,
                         mask=mask, other=0.0).to(tl.float32)
             count += tl.where(mask, 1.0, 0.0)
             delta = x - mean
@@ -271,6 +275,7 @@ def _norm_fwd_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
     pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
         N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
     offs_c, mask_c, local_group, first_group, part = _block_channels(pid_c, C, Cg, GPB, BPG, BLOCK_C)
+    rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     offs_cc = _index(offs_c, INDEX_64)[None, :]
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
     for n in range(n_start, n_end):
@@ -282,8 +287,8 @@ def _norm_fwd_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
         scale = rstd * w
         n_idx = _index(n, INDEX_64)
         for s0 in range(s_start, s_end, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            offs_ss = _index(offs_s, INDEX_64)[:, None]
+            offs_s = s0 + rows
+            offs_ss = offs_s[:, None]
             mask = (offs_s < s_end)[:, None] & mask_c[None, :]
             x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
                         mask=mask, other=0.0).to(tl.float32)
@@ -315,6 +320,7 @@ def _norm_bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b
     pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
         N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
     offs_c, mask_c, local_group, first_group, part = _block_channels(pid_c, C, Cg, GPB, BPG, BLOCK_C)
+    rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     offs_cc = _index(offs_c, INDEX_64)[None, :]
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
     chunk = part * num_s_chunks + pid_s
@@ -331,8 +337,8 @@ def _norm_bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b
         acc_g = tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
         acc_gx = tl.zeros((BLOCK_S, BLOCK_C), dtype=tl.float32)
         for s0 in range(s_start, s_end, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            offs_ss = _index(offs_s, INDEX_64)[:, None]
+            offs_s = s0 + rows
+            offs_ss = offs_s[:, None]
             mask = (offs_s < s_end)[:, None] & mask_c[None, :]
             x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
                         mask=mask, other=0.0).to(tl.float32)
@@ -385,6 +391,7 @@ def _norm_bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr
     pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
         N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
     offs_c, mask_c, local_group, first_group, part = _block_channels(pid_c, C, Cg, GPB, BPG, BLOCK_C)
+    rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     offs_cc = _index(offs_c, INDEX_64)[None, :]
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
     for n in range(n_start, n_end):
@@ -399,8 +406,8 @@ def _norm_bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr
             k2 = -rstd * tl.load(s2_ptr + stat, mask=mask_c, other=0.0) * inv_count
         n_idx = _index(n, INDEX_64)
         for s0 in range(s_start, s_end, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            offs_ss = _index(offs_s, INDEX_64)[:, None]
+            offs_s = s0 + rows
+            offs_ss = offs_s[:, None]
             mask = (offs_s < s_end)[:, None] & mask_c[None, :]
             x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
                         mask=mask, other=0.0).to(tl.float32)
@@ -573,7 +580,8 @@ def _plan(sizes, G: int, stride_c: int, stride_s: int, interpreter: bool, tile: 
 
 
 def _merge_blocks(interpreter: bool):
-    return {"BLOCK_K": 256, "BLOCK_T": 128} if interpreter else {"BLOCK_K": 32, "BLOCK_T": 64}
+    """Chunks x statistics per tile of the merge (tests shrink the interpreter's)."""
+    return dict(INTERPRETER_MERGE_BLOCKS if interpreter else MERGE_BLOCKS)
 
 
 def _batch_stats(xk, strides, plan: _Plan, per_sample: bool, eps: float, index_64: bool):
