@@ -59,7 +59,7 @@ INTERPRETER_TILE = 1 << 14
 CHANNELS_LAST_WIDTH = 64
 TARGET_PROGRAMS = 1024
 INTERPRETER_TARGET_PROGRAMS = 1
-MIN_PROGRAM_ELEMENTS = 16384
+MIN_PROGRAM_ELEMENTS = 4096
 MERGE_BLOCKS = {"BLOCK_K": 32, "BLOCK_T": 64}
 INTERPRETER_MERGE_BLOCKS = {"BLOCK_K": 256, "BLOCK_T": 128}
 NUM_WARPS = 8
@@ -646,7 +646,7 @@ class NormFunction(torch.autograd.Function):
             if running_mean is not None:
                 _update_running(running_mean, running_var, mean, var, momentum, geom.groups)
         else:
-            mean = running_mean.reshape(-1).float().contiguous()
+            mean = running_mean.reshape(-1).to(torch.float32, copy=True)   # not the buffer itself
             rstd = torch.rsqrt(running_var.reshape(-1).float() + eps)
         w, b = _param(weight), _param(bias)
         launch(_norm_fwd_kernel, plan.grid, xk, y, rk if rk is not None else xk, mean, rstd,

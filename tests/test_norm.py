@@ -317,6 +317,18 @@ def test_split_batch_norm_residual(split, device):
     assert max(p.num_n_chunks * p.num_s_chunks for p in split) >= 4
 
 
+@pytest.mark.parametrize("shape", [(32, 64, 112, 112), (32, 256, 56, 56), (32, 2048, 7, 7)])
+def test_gpu_plan_splits_resnet_batch_norm(shape):
+    """The GPU tiling at ResNet-50 sizes: batch norm runs on many more programs than
+    C, each looping over tiles of at most TILE elements (NCHW and channels_last)."""
+    N, C, H, W = shape
+    for stride_c, stride_s, sizes in ((H * W, 1, (N, C, H * W)), (1, C, (1, C, N * H * W))):
+        plan = norm._plan(sizes, C, stride_c, stride_s, interpreter=False)
+        assert plan.num_n_chunks * plan.num_s_chunks > 1, "the reduction over (N, H, W) is split"
+        assert plan.grid[0] >= max(norm.TARGET_PROGRAMS // 2, 4 * C // plan.BLOCK_C)
+        assert plan.BLOCK_S * plan.BLOCK_C <= norm.TILE
+
+
 def test_split_is_deterministic(split, device):
     """Partials and a fixed-order merge: two runs give bitwise equal results."""
     x = make_input((2, 6, 9, 11), torch.float32, device, "channels_last", requires_grad=True)
