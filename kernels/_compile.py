@@ -1,6 +1,6 @@
 """Compile every kernel specialisation for a GPU without having one.
 
-``python -m kernels._compile [--arch sm_90] [module ...]`` compiles the
+``python -m kernels._compile [--arch sm_90] [--shard I/N] [module ...]`` compiles the
 ``COMPILE_CASES`` of each kernel module (every autotune config of autotuned
 kernels) and prints one JSON line per case: registers, spill bytes, and whether
 the PTX holds tensor-core instructions. Run it without ``TRITON_INTERPRET``
@@ -24,16 +24,20 @@ ARCHS = {"sm_90": 90, "sm_80": 80}
 
 
 def kernel_modules() -> list[str]:
+    """The kernel modules that list ``COMPILE_CASES``."""
     import kernels
-    return sorted(m.name for m in pkgutil.iter_modules(kernels.__path__))
+    names = sorted(m.name for m in pkgutil.iter_modules(kernels.__path__))
+    return [n for n in names if hasattr(importlib.import_module(f"kernels.{n}"), "COMPILE_CASES")]
 
 
-def _specialisations(module_name: str):
+def specialisations(module_name: str) -> list:
+    """(case, autotune config or None, label suffix) for every specialisation."""
     module = importlib.import_module(f"kernels.{module_name}")
-    for case in getattr(module, "COMPILE_CASES", []):
+    out = []
+    for case in module.COMPILE_CASES:
         configs = getattr(case.kernel, "nnlib_configs", None) or [None]
-        for i, config in enumerate(configs):
-            yield case, config, ("" if config is None else f"/cfg{i}")
+        out += [(case, config, "" if config is None else f"/cfg{i}") for i, config in enumerate(configs)]
+    return out
 
 
 def compile_case(case, config, arch: str):
@@ -71,9 +75,10 @@ def resource_usage(compiled) -> dict:
     return {key: int(val) for key, val in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
 
 
-def compile_module(module_name: str, arch: str):
-    """One result dict per specialisation of the module's kernels."""
-    for case, config, suffix in _specialisations(module_name):
+def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1):
+    """One result dict per specialisation of the module's kernels (every
+    ``shards``-th one from ``shard`` on)."""
+    for case, config, suffix in specialisations(module_name)[shard::shards]:
         result = {"case": f"{module_name}.{case.name}{suffix}", "arch": arch}
         try:
             compiled = compile_case(case, config, arch)
@@ -94,11 +99,13 @@ def main(argv=None) -> int:
         return 2
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHS), action="append")
+    parser.add_argument("--shard", default="0/1", help="I/N: compile every N-th specialisation from the I-th")
     parser.add_argument("modules", nargs="*")
     args = parser.parse_args(argv)
+    shard, shards = map(int, args.shard.split("/"))
     for module_name in args.modules or kernel_modules():
         for arch in args.arch or sorted(ARCHS):
-            for result in compile_module(module_name, arch):
+            for result in compile_module(module_name, arch, shard, shards):
                 print(json.dumps(result), flush=True)
     return 0
 
