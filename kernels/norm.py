@@ -109,8 +109,8 @@ def _block_channels(pid_c, C, Cg, GPB, BPG, BLOCK_C: tl.constexpr):
 
 @triton.jit
 def _affine(x, mean, scale, b):
-    """(x - mean) * scale + b per channel (scale = rstd * w): the forward's value and
-    the backward's recomputed activation input, bit for bit."""
+    """(x - mean) * scale + b per channel (scale = rstd * w): one expression for the
+    forward's value and the backward's recomputed activation input."""
     return (x - mean[None, :]) * scale[None, :] + b[None, :]
 
 
@@ -250,6 +250,7 @@ def _merge_stats_kernel(count_ptr, mean_ptr, m2_ptr, mean_out_ptr, rstd_out_ptr,
 
 @triton.jit
 def _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """fp32 weight and bias of the block's channels (1 and 0 when absent)."""
     if HAS_WEIGHT:
         w = tl.load(w_ptr + offs_c, mask=mask_c, other=1.0).to(tl.float32)
     else:
