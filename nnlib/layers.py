@@ -89,7 +89,8 @@ class _FusedActivation:
     """Keyword-only ``activation=None | "relu" | "leaky_relu"`` and ``negative_slope``
     for the norm modules: stored, shown in the repr, passed to the functional."""
 
-    def _set_activation(self, activation, negative_slope) -> None:
+    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
+        super().__init__(*args, **kwargs)          # the torch.nn twin's __init__
         F._norm_activation(activation, negative_slope, type(self).__name__)
         self.activation = activation
         self.negative_slope = negative_slope
@@ -128,25 +129,13 @@ class _BatchNorm(_FusedActivation):
 class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):
     """torch.nn.BatchNorm1d; keyword-only activation / negative_slope; forward(input, residual=None)."""
 
-    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
-
 
 class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d):
     """torch.nn.BatchNorm2d; keyword-only activation / negative_slope; forward(input, residual=None)."""
 
-    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
-
 
 class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
     """torch.nn.BatchNorm3d; keyword-only activation / negative_slope; forward(input, residual=None)."""
-
-    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
 
 
 class _InstanceNorm(_FusedActivation):
@@ -163,33 +152,17 @@ class _InstanceNorm(_FusedActivation):
 class InstanceNorm1d(_InstanceNorm, torch.nn.InstanceNorm1d):
     """torch.nn.InstanceNorm1d; keyword-only activation / negative_slope."""
 
-    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
-
 
 class InstanceNorm2d(_InstanceNorm, torch.nn.InstanceNorm2d):
     """torch.nn.InstanceNorm2d; keyword-only activation / negative_slope."""
-
-    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
 
 
 class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
     """torch.nn.InstanceNorm3d; keyword-only activation / negative_slope."""
 
-    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
-
 
 class LayerNorm(_FusedActivation, torch.nn.LayerNorm):
     """torch.nn.LayerNorm; keyword-only activation / negative_slope."""
-
-    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps, **self._act_kwargs())
@@ -197,10 +170,6 @@ class LayerNorm(_FusedActivation, torch.nn.LayerNorm):
 
 class GroupNorm(_FusedActivation, torch.nn.GroupNorm):
     """torch.nn.GroupNorm; keyword-only activation / negative_slope."""
-
-    def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._set_activation(activation, negative_slope)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps, **self._act_kwargs())
