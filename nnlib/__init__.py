@@ -7,9 +7,11 @@ takes: "triton" (CUDA), "triton-interpreter" (CPU with TRITON_INTERPRET=1) or
 """
 from kernels._runtime import backend, count_launches
 
-from . import functional
+from . import functional, models
+from .convert import convert, fuse, receptive_field
 from .layers import *  # noqa: F401,F403
 from .layers import __all__ as _layers_all
 
 __version__ = "0.1.0"
-__all__ = ["backend", "count_launches", "functional", *_layers_all]
+__all__ = ["backend", "count_launches", "functional", "models", "convert", "fuse", "receptive_field",
+           *_layers_all]

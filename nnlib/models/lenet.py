@@ -45,7 +45,7 @@ class DigitsCNN(nn.Module):
     pool -> 3x3 conv -> batch norm + ReLU -> 2x2 max pool -> linear. Input
     (N, in_channels, 8, 8); output (N, num_classes)."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 8) -> None:
         super().__init__()
         self.conv1 = nl.Conv2d(in_channels, width, 3, padding=1, activation="relu")
         self.pool1 = nl.MaxPool2d(2)
@@ -60,6 +60,6 @@ class DigitsCNN(nn.Module):
         return self.fc(torch.flatten(x, 1))
 
 
-def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 16) -> DigitsCNN:
+def digits_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 8) -> DigitsCNN:
     """The demo's CNN for 8x8 images."""
     return DigitsCNN(num_classes, in_channels, width)

@@ -38,7 +38,7 @@ class LeNet5(nn.Module):
 class DigitsCNN(nn.Module):
     """torch.nn twin of :class:`nnlib.models.DigitsCNN`."""
 
-    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, width: int = 8) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, padding=1)
         self.pool1 = nn.MaxPool2d(2)

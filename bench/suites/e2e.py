@@ -1,0 +1,150 @@
+"""End to end: ResNet-50 at batch 32, 224x224, channels_last, fp32 and bf16 (autocast):
+a training step (forward, cross-entropy, backward) and inference, nnlib's model (and,
+for inference, nnlib's model after ``nnlib.fuse``) against the same torchvision-shaped
+network in torch.nn on cuDNN, from the same weights.
+
+``Case.extra`` carries images/s of both sides (``images_per_s``, ``torch_images_per_s``),
+measured in ``setup`` with ``do_bench`` (median), since the harness keeps only times.
+Before inference, batch norm running statistics are set from one batch (on the torch
+model, then copied), so that the logits compared by the check have a sensible scale.
+A bf16 case first checks that nnlib's convolution follows ``torch.autocast`` (returns
+bf16) and fails with a message if not, rather than time fp32 kernels against bf16.
+
+On CPU one tiny case runs through the interpreter (a four-stage BasicBlock ResNet of
+width 8 at 2x3x32x32, inference): ResNet-50 itself takes minutes there.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as TF
+from torch import nn
+
+import nnlib
+from bench.core import Case
+from nnlib import models
+from nnlib.models import reference
+
+BATCH, SIZE, CLASSES = 32, 224, 1000
+
+
+def forward_flops(model: nn.Module, shape) -> int:
+    """Multiply-adds x 2 of the convolutions and linear layers for one forward pass of
+    ``model`` (built on the meta device: no data, no compute)."""
+    flops = 0
+
+    def hook(module, inputs, out):
+        nonlocal flops
+        if isinstance(module, nn.Conv2d):
+            k = module.kernel_size[0] * module.kernel_size[1]
+            flops += 2 * out.numel() * module.in_channels // module.groups * k
+        else:
+            flops += 2 * out.numel() * module.in_features
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(torch.empty(shape, device="meta"))
+    finally:
+        for h in handles:
+            h.remove()
+    return flops
+
+
+def _calibrate(model: nn.Module, x: torch.Tensor) -> None:
+    """Running statistics of every batch norm := the statistics of ``x``'s batch."""
+    saved = {}
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            saved[m] = m.momentum
+            m.momentum = None        # cumulative average: after one batch, exactly its statistics
+            m.reset_running_stats()
+    model.train()
+    with torch.no_grad():
+        model(x)
+    for m, momentum in saved.items():
+        m.momentum = momentum
+
+
+def _setup(case: Case, build, shape, pass_name: str, device: str):
+    bf16 = case.dtype == torch.bfloat16
+
+    def autocast():
+        return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+    def setup():
+        torch.manual_seed(0)
+        theirs, ours = build()
+        fmt = torch.channels_last
+        theirs, ours = theirs.to(device, memory_format=fmt), ours.to(device, memory_format=fmt)
+        x = torch.randn(shape, device=device).contiguous(memory_format=fmt)
+        if bf16:
+            with autocast(), torch.no_grad():
+                probe = ours.conv1(x[:1])
+            if probe.dtype != torch.bfloat16:
+                raise RuntimeError("nnlib's conv2d does not follow torch.autocast: the bf16 case would time "
+                                   "fp32 kernels against cuDNN's bf16")
+        if pass_name == "train":
+            y = torch.randint(0, theirs.fc.out_features, (shape[0],), device=device)
+            ours.load_state_dict(theirs.state_dict())
+
+            def step(model):
+                def run():
+                    model.zero_grad(set_to_none=True)
+                    with autocast():
+                        loss = TF.cross_entropy(model(x), y)
+                    loss.backward()
+                    return loss.detach()
+                return run
+            thunks = step(ours), step(theirs)
+        else:
+            _calibrate(theirs, x)
+            ours.load_state_dict(theirs.state_dict())
+            theirs.eval()
+            ours.eval()
+            if pass_name == "inference-fused":
+                ours = nnlib.fuse(ours)
+
+            def infer(model):
+                def run():
+                    with torch.no_grad(), autocast():
+                        return model(x)
+                return run
+            thunks = infer(ours), infer(theirs)
+        if device == "cuda":
+            from triton.testing import do_bench
+            for key, fn in zip(("images_per_s", "torch_images_per_s"), thunks):
+                case.extra[key] = shape[0] * 1e3 / do_bench(fn, return_mode="median")
+        return thunks
+    return setup
+
+
+def cases(device: str, quick: bool) -> list[Case]:
+    if device == "cuda":
+        shape, name = (BATCH, 3, SIZE, SIZE), "resnet50"
+
+        def build():
+            return reference.resnet50(CLASSES), models.resnet50(CLASSES)
+        dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
+        passes = ["train", "inference", "inference-fused"]
+    else:
+        shape, name = (2, 3, 32, 32), "resnet-tiny"
+        kw = dict(num_classes=10, width=8)
+
+        def build():
+            return (reference.ResNet(reference.BasicBlock, [1, 1, 1, 1], **kw),
+                    models.ResNet(models.BasicBlock, [1, 1, 1, 1], **kw))
+        dtypes = [torch.float32]
+        passes = ["inference"]
+    with torch.device("meta"):
+        flops = forward_flops(build()[0], shape)
+    out = []
+    for dtype in dtypes:
+        for pass_name in passes:
+            tol = 5e-2 if dtype == torch.bfloat16 else 1e-2
+            case = Case(name, "e2e", shape, dtype, "channels_last", pass_name, setup=None,
+                        flops=3 * flops if pass_name == "train" else flops, atol=tol, rtol=tol,
+                        extra={"images": shape[0]})
+            case.setup = _setup(case, build, shape, pass_name, device)
+            out.append(case)
+    return out

@@ -1,0 +1,499 @@
+"""Models, convert, fuse and receptive_field.
+
+Each model runs forward and backward through the Triton path (the interpreter on
+CPU) at a small size and is compared with a float64 copy of itself, which takes
+torch's path through the same modules; ResNet also against its torch.nn twin
+(torchvision's structure). Key lists are checked against torchvision's naming,
+written out here (torchvision is not a dependency).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import nnlib
+from nnlib import layers, models
+from nnlib.models import reference
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def count_modules(model, *types) -> int:
+    return sum(isinstance(m, types) for m in model.modules())
+
+
+def check_against_float64(model: nn.Module, x: torch.Tensor, tol: float = 1e-4, backward: bool = True):
+    """model(x) on the Triton path against a float64 copy on torch's path: output,
+    every parameter's gradient and every buffer (running statistics) after the call."""
+    ref = copy.deepcopy(model).double()
+    x_ref = x.detach().double()
+    with nnlib.count_launches() as fwd:
+        out = model(x)
+    ref_out = ref(x_ref)
+    assert out.dtype == x.dtype and out.shape == ref_out.shape
+    assert torch.isfinite(out).all()
+    assert rel_err(out, ref_out) < tol, f"output: {rel_err(out, ref_out):.2e}"
+    for (name, buf), (_, ref_buf) in zip(model.named_buffers(), ref.named_buffers()):
+        torch.testing.assert_close(buf.double(), ref_buf.double(), atol=tol, rtol=tol, msg=name)
+    windows = count_modules(model, nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d)
+    assert fwd.total >= windows, f"{fwd.total} launches for {windows} conv / pool / norm layers"
+    if not backward:
+        return out
+    grad = torch.randn(ref_out.shape, dtype=torch.float64)
+    with nnlib.count_launches() as bwd:
+        out.backward(grad.to(out.dtype))
+    ref_out.backward(grad)
+    assert bwd.total >= count_modules(model, nn.Conv2d)
+    total = torch.cat([q.grad.flatten() for q in ref.parameters()]).norm()
+    for (name, p), (_, ref_p) in zip(model.named_parameters(), ref.named_parameters()):
+        assert p.grad is not None, name
+        if ref_p.grad.norm() < 1e-6 * total:
+            # Zero by construction (a conv bias before batch norm): small against the rest.
+            err = ((p.grad.double() - ref_p.grad).norm() / total).item()
+        else:
+            err = rel_err(p.grad, ref_p.grad)
+        assert err < tol, f"grad of {name}: {err:.2e}"
+    return out
+
+
+def layout(x: torch.Tensor, name: str) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if name == "channels_last" else x
+
+
+# ---------------------------------------------------------------------------
+# torchvision's state_dict keys, written out
+
+
+def _bn(prefix: str, c: int) -> list:
+    return [(f"{prefix}.weight", (c,)), (f"{prefix}.bias", (c,)), (f"{prefix}.running_mean", (c,)),
+            (f"{prefix}.running_var", (c,)), (f"{prefix}.num_batches_tracked", ())]
+
+
+def torchvision_resnet_keys(bottleneck: bool, blocks: list[int], num_classes: int = 1000) -> list:
+    """(key, shape) of torchvision.models.resnet*'s state_dict, in order."""
+    keys = [("conv1.weight", (64, 3, 7, 7)), *_bn("bn1", 64)]
+    expansion = 4 if bottleneck else 1
+    inplanes = 64
+    for stage, n in enumerate(blocks, 1):
+        planes = 64 * 2 ** (stage - 1)
+        for i in range(n):
+            p = f"layer{stage}.{i}"
+            convs = ([(inplanes, planes, 1), (planes, planes, 3), (planes, planes * 4, 1)] if bottleneck
+                     else [(inplanes, planes, 3), (planes, planes, 3)])
+            for j, (cin, cout, k) in enumerate(convs, 1):
+                keys += [(f"{p}.conv{j}.weight", (cout, cin, k, k)), *_bn(f"{p}.bn{j}", cout)]
+            if i == 0 and inplanes != planes * expansion or i == 0 and stage > 1:
+                keys += [(f"{p}.downsample.0.weight", (planes * expansion, inplanes, 1, 1)),
+                         *_bn(f"{p}.downsample.1", planes * expansion)]
+            inplanes = planes * expansion
+    return keys + [("fc.weight", (num_classes, 512 * expansion)), ("fc.bias", (num_classes,))]
+
+
+VGG_CONFIGS = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+               "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]}
+
+
+def torchvision_vgg_keys(config: list, batch_norm: bool) -> list:
+    keys, i, cin = [], 0, 3
+    for v in config:
+        if v == "M":
+            i += 1
+            continue
+        keys += [(f"features.{i}.weight", (v, cin, 3, 3)), (f"features.{i}.bias", (v,))]
+        if batch_norm:
+            keys += _bn(f"features.{i + 1}", v)
+        i += 3 if batch_norm else 2
+        cin = v
+    return keys + [("classifier.0.weight", (4096, 512 * 7 * 7)), ("classifier.0.bias", (4096,)),
+                   ("classifier.3.weight", (4096, 4096)), ("classifier.3.bias", (4096,)),
+                   ("classifier.6.weight", (1000, 4096)), ("classifier.6.bias", (1000,))]
+
+
+def keys_of(model: nn.Module) -> list:
+    return [(k, tuple(v.shape)) for k, v in model.state_dict().items()]
+
+
+@pytest.mark.parametrize("name,bottleneck,blocks", [("resnet18", False, [2, 2, 2, 2]),
+                                                    ("resnet34", False, [3, 4, 6, 3]),
+                                                    ("resnet50", True, [3, 4, 6, 3])])
+def test_resnet_state_dict_is_torchvision(name, bottleneck, blocks):
+    with torch.device("meta"):
+        ours, twin = getattr(models, name)(), getattr(reference, name)()
+    expected = torchvision_resnet_keys(bottleneck, blocks)
+    assert keys_of(ours) == expected
+    assert keys_of(twin) == expected
+    # Module names too (relu included), so hooks and checkpoints address the same modules.
+    assert [n for n, _ in ours.named_modules()] == [n for n, _ in twin.named_modules()]
+    # A torchvision checkpoint loads strictly.
+    ours.load_state_dict({k: torch.zeros(s) for k, s in expected}, strict=True, assign=True)
+
+
+@pytest.mark.parametrize("name", ["vgg11", "vgg11_bn", "vgg16", "vgg16_bn"])
+def test_vgg_state_dict_is_torchvision(name):
+    with torch.device("meta"):
+        model = getattr(models, name)()
+    assert keys_of(model) == torchvision_vgg_keys(VGG_CONFIGS[name.split("_")[0]], name.endswith("_bn"))
+
+
+def test_models_use_nnlib_layers_and_fused_forms():
+    with torch.device("meta"):
+        built = [models.lenet5(), models.digits_cnn(), models.vgg16(), models.vgg16_bn(), models.resnet50(),
+                 models.resnet18(), models.drn_c26(), models.nf_resnet50()]
+    for model in built:
+        for name, m in model.named_modules():
+            if isinstance(m, (nn.Conv2d, nn.MaxPool2d, nn.BatchNorm2d, nn.ReLU)):
+                assert type(m).__module__.startswith("nnlib"), f"{type(model).__name__}.{name} is torch's"
+    resnet50, resnet18, vgg16, vgg16_bn = built[4], built[5], built[2], built[3]
+    assert resnet50.layer2[1].bn3.activation == "relu" and resnet18.layer3[0].bn2.activation == "relu"
+    assert resnet50.bn1.activation == "relu" and resnet50.layer1[0].downsample[1].activation is None
+    assert all(m.activation == "relu" for m in vgg16.features if isinstance(m, nn.Conv2d))
+    assert all(m.activation == "relu" for m in vgg16_bn.features if isinstance(m, nn.BatchNorm2d))
+
+
+# ---------------------------------------------------------------------------
+# forward and backward through the Triton path
+
+# Every model runs forward at a small size: "train" (batch statistics, running-stat
+# updates), "eval", or "backward" (training mode, forward and backward). Under the
+# interpreter a backward costs about 4 forwards (ResNet-50 at width 4: 10 s forward,
+# 34 s backward), so the deep models run forward only; their blocks run backward in
+# test_resnet_matches_torchvision_structured_twin and the convergence tests. ResNet-34
+# and -50 at 32x32 would put 2 values per channel into layer4's batch norms in training
+# mode, where even torch's fp32 is off by 1e-3: they run in eval mode.
+# The tolerance (relative error of the output and of each gradient against float64,
+# atol = rtol for buffers) is about 10x torch's own fp32 error on the same model.
+SMALL = {
+    # name: (builder, input shape, layout, tolerance, mode)
+    "lenet5": (lambda: models.lenet5(), (2, 1, 32, 32), "contiguous", 1e-5, "train"),
+    "digits_cnn": (lambda: models.digits_cnn(width=8), (3, 1, 8, 8), "channels_last", 1e-5, "backward"),
+    "vgg11": (lambda: models.vgg11(5, width=4, hidden=16, pool_size=1, dropout=0.0), (1, 3, 32, 32),
+              "channels_last", 1e-5, "train"),
+    "vgg11_bn": (lambda: models.vgg11_bn(5, width=4, hidden=16, pool_size=1, dropout=0.0), (2, 3, 32, 32),
+                 "contiguous", 1e-5, "train"),
+    "vgg16": (lambda: models.vgg16(5, width=4, hidden=16, pool_size=1, dropout=0.0), (1, 3, 32, 32),
+              "contiguous", 1e-5, "train"),
+    "vgg16_bn": (lambda: models.vgg16_bn(5, width=4, hidden=16, pool_size=1, dropout=0.0), (2, 3, 32, 32),
+                 "channels_last", 1e-4, "train"),
+    "resnet18": (lambda: models.resnet18(5, width=4), (2, 3, 64, 64), "channels_last", 1e-4, "train"),
+    "resnet34": (lambda: models.resnet34(5, width=4), (1, 3, 32, 32), "contiguous", 1e-5, "eval"),
+    "resnet50": (lambda: models.resnet50(5, width=4), (1, 3, 32, 32), "channels_last", 1e-5, "eval"),
+    "drn_c26": (lambda: models.drn_c26(3, width=2), (1, 3, 16, 24), "contiguous", 2e-4, "train"),
+    "nf_resnet26": (lambda: models.nf_resnet26(5, width=4), (2, 3, 32, 32), "channels_last", 1e-5, "train"),
+    "nf_resnet_1block": (lambda: models.NFResNet([1], 5, width=4), (2, 3, 16, 16), "contiguous", 1e-5, "backward"),
+}
+
+
+@pytest.mark.parametrize("name", list(SMALL))
+def test_model(name):
+    build, shape, fmt, tol, mode = SMALL[name]
+    model = build().train(mode != "eval")
+    if fmt == "channels_last":
+        model = model.to(memory_format=torch.channels_last)
+    x = layout(torch.randn(shape), fmt)
+    out = check_against_float64(model, x, tol, backward=mode == "backward")
+    if name == "drn_c26":
+        assert out.shape == (shape[0], 3, *shape[2:])      # per-pixel logits at the input size
+    else:
+        assert out.shape == (shape[0], 10 if name in ("lenet5", "digits_cnn") else 5)
+
+
+def test_resnet_matches_torchvision_structured_twin():
+    """nnlib's fused ResNet computes what torchvision's structure computes (the twin:
+    separate ReLUs, residual add), outputs and gradients, in training mode."""
+    kw = dict(num_classes=5, width=8)
+    twin = reference.ResNet(reference.Bottleneck, [1, 1], **kw)
+    ours = models.ResNet(models.Bottleneck, [1, 1], **kw)
+    ours.load_state_dict(twin.state_dict())
+    x = torch.randn(2, 3, 16, 16)
+    out, ref = ours(x), twin(x)
+    assert rel_err(out, ref) < 1e-4
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    for (name, p), (_, q) in zip(ours.named_parameters(), twin.named_parameters()):
+        assert rel_err(p.grad, q.grad) < 1e-4, name
+    for (name, b), (_, c) in zip(ours.named_buffers(), twin.named_buffers()):
+        assert rel_err(b, c) < 1e-5, name
+
+
+def test_nf_resnet_signal_propagation():
+    """At initialisation the residual stream's variance follows the analytic schedule
+    (1 + alpha**2 after a transition, + alpha**2 per block) with no normalization: its
+    ratio to the schedule stays constant with depth. (The constant is not 1: the stem's
+    ReLU + max pool output is non-negative, so the first scaled ReLU passes it whole.)"""
+    model = models.nf_resnet26(10, width=8).double()   # float64: torch's path, fast
+    x = torch.randn(8, 3, 64, 64, dtype=torch.float64)
+    h = model.stem_pool(model.stem(x))
+    alpha, ratios = 0.2, []
+    for stage in model.stages:
+        expected = 1.0
+        for j, block in enumerate(stage):
+            h = block(h)
+            expected = (1.0 if j == 0 else expected) + alpha ** 2
+            ratios.append(h.var().item() / expected)
+    assert max(ratios) < 1.4 * min(ratios), ratios
+    conv = model.stages[1][0].conv2
+    w = conv.standardized_weight() / (conv.in_scale * conv.out_scale)
+    fan_in = w[0].numel()
+    assert torch.allclose(w.mean((1, 2, 3)), torch.zeros(w.shape[0], dtype=w.dtype), atol=1e-12)
+    assert torch.allclose(w.var((1, 2, 3), correction=0) * fan_in, torch.ones(w.shape[0], dtype=w.dtype))
+
+
+def test_model_arguments():
+    with pytest.raises(ValueError, match="layers"):
+        models.ResNet(models.BasicBlock, [])
+    with pytest.raises(ValueError, match="8 entries"):
+        models.DRN((1, 1), (16, 32))
+    with pytest.raises(ValueError, match="out_scale"):
+        models.ScaledStdConv2d(3, 4, 3, out_scale=-1.0, activation="relu")
+
+
+# ---------------------------------------------------------------------------
+# convert
+
+CONVERTIBLE = [
+    (lambda: nn.Conv2d(3, 5, 3, stride=2, padding=1), (2, 3, 7, 9)),
+    (lambda: nn.MaxPool2d(3, 2, 1), (2, 3, 7, 9)),
+    (lambda: nn.ReLU(), (2, 3, 5, 6)),
+    (lambda: nn.LeakyReLU(0.2), (2, 3, 5, 6)),
+    (lambda: nn.PReLU(3), (2, 3, 5, 6)),
+    (lambda: nn.BatchNorm1d(3), (4, 3, 5)),
+    (lambda: nn.BatchNorm2d(3), (2, 3, 5, 6)),
+    (lambda: nn.BatchNorm3d(3), (2, 3, 3, 4, 5)),
+    (lambda: nn.LayerNorm([5, 6]), (2, 3, 5, 6)),
+    (lambda: nn.InstanceNorm1d(3, affine=True), (2, 3, 7)),
+    (lambda: nn.InstanceNorm2d(3, affine=True, track_running_stats=True), (2, 3, 5, 6)),
+    (lambda: nn.InstanceNorm3d(3), (2, 3, 3, 4, 5)),
+    (lambda: nn.GroupNorm(2, 4), (2, 4, 5, 6)),
+]
+
+
+@pytest.mark.parametrize("build,shape", CONVERTIBLE, ids=[b().__class__.__name__ for b, _ in CONVERTIBLE])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_convert_each_layer(build, shape, mode):
+    torch_module = build().train(mode == "train")
+    for p in torch_module.parameters():          # not the default init: catches a swapped weight / bias
+        nn.init.uniform_(p, 0.5, 1.5)
+    ours = nnlib.convert(torch_module)
+    assert type(ours) is getattr(layers, type(torch_module).__name__)
+    assert type(torch_module).__module__.startswith("torch")   # the original is left alone
+    assert ours.training == torch_module.training
+    for (k, a), (_, b) in zip(ours.state_dict().items(), torch_module.state_dict().items()):
+        assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), k
+    x = torch.randn(shape, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    with nnlib.count_launches() as launches:
+        out = ours(x)
+    ref = torch_module(x_ref)
+    assert launches.total > 0
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(ref)
+    out.backward(g)
+    ref.backward(g)
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
+    for (k, p), (_, q) in zip(ours.named_parameters(), torch_module.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=k)
+    for (k, a), (_, b) in zip(ours.state_dict().items(), torch_module.state_dict().items()):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5, msg=k)
+
+
+def test_convert_model_keeps_state():
+    class Custom(nn.Conv2d):       # a subclass has its own forward: left alone
+        pass
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(inplace=True), Custom(4, 4, 1),
+                          nn.Sequential(nn.GroupNorm(2, 4), nn.Dropout(0.1)), nn.Flatten(), nn.Linear(4, 3))
+    model[4].eval()
+    model.half()
+    calls = []
+    model[0].register_forward_hook(lambda *a: calls.append(1))
+    copied = nnlib.convert(model)
+    assert [type(m) for m in copied] == [layers.Conv2d, layers.BatchNorm2d, layers.ReLU, Custom, nn.Sequential,
+                                         nn.Flatten, nn.Linear]
+    assert type(copied[4][0]) is layers.GroupNorm and type(copied[4][1]) is nn.Dropout
+    assert type(model[0]) is nn.Conv2d                                   # inplace=False: a copy
+    assert copied[2].inplace and not copied[4].training and copied[0].training
+    assert copied[0].weight.dtype == torch.float16 and copied[0].weight is not model[0].weight
+    assert copied[0].activation is None and copied[1].activation is None  # extras off
+    params = list(model.parameters())
+    same = nnlib.convert(model, inplace=True)
+    assert same is model and type(model[1]) is layers.BatchNorm2d
+    assert all(a is b for a, b in zip(params, model.parameters()))       # an optimizer stays valid
+    root = nnlib.convert(nn.Conv2d(1, 1, 1))
+    assert type(root) is layers.Conv2d
+    assert len(model[0]._forward_hooks) == 1
+    with pytest.raises(TypeError, match="Module"):
+        nnlib.convert(torch.zeros(1))
+
+
+# ---------------------------------------------------------------------------
+# fuse
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+            if m.affine:
+                m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return model
+
+
+def test_fuse_refuses_training_mode():
+    model = models.digits_cnn()
+    with pytest.raises(RuntimeError, match="eval"):
+        nnlib.fuse(model)
+    model.eval()
+    model.bn2.train()
+    with pytest.raises(RuntimeError, match="bn2"):
+        nnlib.fuse(model)
+
+
+def test_fuse_resnet():
+    model = _randomize_bn(models.ResNet(models.BasicBlock, [1, 1], num_classes=5, width=8)).eval()
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    fused = nnlib.fuse(model)
+    assert type(model.bn1) is layers.BatchNorm2d                       # the original is untouched
+    assert isinstance(fused.bn1, nn.Identity) and fused.conv1.activation == "relu"
+    block = fused.layer2[0]
+    assert isinstance(block.bn1, nn.Identity) and block.conv1.activation == "relu"
+    assert type(block.bn2) is layers.BatchNorm2d                       # carries the residual: kept
+    assert isinstance(block.downsample[1], nn.Identity) and block.downsample[0].activation is None
+    assert block.downsample[0].bias is not None
+    with nnlib.count_launches() as a, torch.no_grad():
+        ref = model(x)
+    with nnlib.count_launches() as b, torch.no_grad():
+        out = fused(x)
+    assert b.total < a.total
+    assert rel_err(out, ref) < 1e-5
+
+
+def test_fuse_torch_sequential_and_shared_relu():
+    """A torch.nn model (converted on the way): conv-bn-relu and conv-leaky_relu fuse;
+    torchvision's BasicBlock reuses one ReLU module twice, which stays."""
+    seq = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+                        nn.MaxPool2d(2), nn.Conv2d(6, 4, 3), nn.LeakyReLU(0.3), nn.Flatten())
+    seq = _randomize_bn(seq).eval()
+    fused = nnlib.fuse(seq)
+    assert [type(m) for m in fused] == [layers.Conv2d, nn.Identity, nn.Identity, layers.MaxPool2d, layers.Conv2d,
+                                        nn.Identity, nn.Flatten]
+    assert fused[0].activation == "relu" and fused[4].activation == "leaky_relu"
+    assert fused[4].negative_slope == 0.3
+    x = torch.randn(2, 3, 10, 12)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), seq(x), atol=1e-5, rtol=1e-5)
+
+    twin = _randomize_bn(reference.ResNet(reference.BasicBlock, [1, 1], num_classes=5, width=8)).eval()
+    fused = nnlib.fuse(twin)
+    assert isinstance(fused.relu, nn.Identity)                          # the stem's ReLU is called once
+    assert isinstance(fused.layer1[0].bn1, nn.Identity) and fused.layer1[0].conv1.activation is None
+    assert type(fused.layer1[0].relu) is layers.ReLU                    # called twice per block: kept
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        assert rel_err(fused(x), twin(x)) < 1e-5
+
+
+def test_fuse_leaves_what_it_cannot_fold():
+    class TwoUsers(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4, track_running_stats=False)
+
+        def forward(self, x):
+            y = self.conv(x)
+            z = self.bn(y) + y                      # conv output used twice: no fold
+            return self.bn2(self.conv2(z))         # batch statistics even in eval: no fold
+    model = TwoUsers().eval()
+    fused = nnlib.fuse(model)
+    assert type(fused.bn) is layers.BatchNorm2d and type(fused.bn2) is layers.BatchNorm2d
+
+
+def test_fuse_untraceable_model_falls_back_to_sequentials():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+
+        def forward(self, x):
+            if x.sum() > 0:                        # data-dependent: torch.fx cannot trace this
+                return self.body(x)
+            return self.body(-x)
+    model = _randomize_bn(Branchy()).eval()
+    fused = nnlib.fuse(model)
+    assert isinstance(fused.body[1], nn.Identity) and fused.body[0].activation == "relu"
+    x = torch.randn(1, 3, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# receptive_field
+
+
+def test_receptive_field_vgg16_and_resnets():
+    """Published values: VGG-16 to pool5 212 px, jump 32, effective padding 90
+    (Araujo et al. 2019); torchvision's ResNet-50 427 and ResNet-18 435."""
+    with torch.device("meta"):
+        vgg, r50, r18 = models.vgg16(), models.resnet50(), models.resnet18()
+    params = [p.device for p in vgg.parameters()]
+    table = nnlib.receptive_field(vgg.features, (3, 224, 224))
+    assert [p.device for p in vgg.parameters()] == params
+    last = table[-1]
+    assert (last.name, last.kind, last.output_size) == ("30", "MaxPool2d", (7, 7))
+    assert (last.size, last.jump, last.start) == ((212, 212), (32, 32), (-90, -90))
+    assert len(table) == 13 + 5
+    for model, size in ((r50, 427), (r18, 435)):
+        rows = {r.name: r for r in nnlib.receptive_field(model, (1, 3, 224, 224))}
+        final = rows["layer4.2.conv2" if model is r50 else "layer4.1.conv2"]
+        assert final.size == (size, size) and final.jump == (32, 32) and final.output_size == (7, 7)
+        assert rows["avgpool"].output_size == (1, 1) and rows["avgpool"].jump == (224, 224)
+
+
+def test_receptive_field_by_hand():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2))
+            self.b = layers.MaxPool2d((2, 3), stride=2, padding=(0, 1), dilation=(1, 2))
+            self.c = nn.Conv2d(4, 4, 3, padding="same", dilation=2)
+            self.skip = nn.Conv2d(4, 4, 1)
+
+        def forward(self, x):
+            y = self.b(self.a(x))
+            return torch.relu(self.c(y) + self.skip(y))
+    table = nnlib.receptive_field(Net(), (3, 20, 21))
+    a, b, c, skip = table
+    # a: size 1 + (k - 1), jump = stride, start = -padding
+    assert (a.size, a.jump, a.start, a.output_size) == ((3, 5), (2, 1), (-1, -2), (10, 21))
+    # b: dilated extent (2, 5): size + (extent - 1) * jump; start - padding * jump
+    assert (b.size, b.jump, b.start, b.output_size) == ((5, 9), (4, 2), (-1, -3), (5, 10))
+    # c: 'same' with dilation 2 pads 2; extent 5
+    assert (c.size, c.jump, c.start) == ((21, 17), (4, 2), (-9, -7))
+    assert (skip.size, skip.start) == ((5, 9), (-1, -3))
+    text = str(table)
+    assert "layer" in text and "jump" in text and "5x9" in text and "20x21" in text
+    with pytest.raises(ValueError, match="input_size"):
+        nnlib.receptive_field(Net(), (20, 21))
+
+
+def test_receptive_field_dilated_network_keeps_resolution():
+    with torch.device("meta"):
+        model = models.drn_c26(19)
+    rows = {r.name: r for r in nnlib.receptive_field(model, (3, 64, 64))}
+    assert rows["classifier"].output_size == (8, 8) and rows["classifier"].jump == (8, 8)
+    # Dilation grows the field without striding: each 3x3 conv of layer6 (dilation 4,
+    # extent 9) adds 8 * jump 8, four of them; the resolution stays (jump 8).
+    grow = rows["layer6.1.conv2"].size[0] - rows["layer5.1.conv2"].size[0]
+    assert grow == 4 * 8 * 8 and rows["layer6.1.conv2"].jump == (8, 8)
