@@ -2,9 +2,13 @@
 weights on the same stream of batches (scikit-learn's 8x8 digits) with SGD (momentum,
 weight decay), give the same loss at every step and the same final parameters and
 running statistics; likewise a torch.nn model after ``nnlib.convert``.
+
+Marked ``slow``: under the interpreter a training step costs 2 to 7 s (tiny convolutions
+cost 0.1 to 2 s per launch there), so 20 steps take 40 to 140 s per model.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as TF
 
@@ -72,6 +76,7 @@ def small_resnets(blocks):
     return ours, theirs
 
 
+@pytest.mark.slow
 def test_lenet5_trains_like_torch():
     theirs = reference.LeNet5()
     ours = models.lenet5()
@@ -79,6 +84,7 @@ def test_lenet5_trains_like_torch():
     check_same_training(ours, theirs, digits_stream(32, 2))
 
 
+@pytest.mark.slow
 def test_small_resnet_trains_like_torch():
     """Two BasicBlocks (the second with a strided 1x1 downsample): batch norm in
     training mode with ReLU and the residual fused into it."""
@@ -86,6 +92,7 @@ def test_small_resnet_trains_like_torch():
     check_same_training(ours, theirs, digits_stream(8, 2))
 
 
+@pytest.mark.slow
 def test_converted_resnet_trains_like_torch():
     """torchvision's structure (a ReLU module used twice, in-place residual add) after
     nnlib.convert."""

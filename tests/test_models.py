@@ -206,12 +206,13 @@ def test_model(name):
         assert out.shape == (shape[0], 10 if name in ("lenet5", "digits_cnn") else 5)
 
 
-def test_resnet_matches_torchvision_structured_twin():
+@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
+def test_resnet_matches_torchvision_structured_twin(block):
     """nnlib's fused ResNet computes what torchvision's structure computes (the twin:
     separate ReLUs, residual add), outputs and gradients, in training mode."""
     kw = dict(num_classes=5, width=8)
-    twin = reference.ResNet(reference.Bottleneck, [1, 1], **kw)
-    ours = models.ResNet(models.Bottleneck, [1, 1], **kw)
+    twin = reference.ResNet(getattr(reference, block), [1, 1], **kw)
+    ours = models.ResNet(getattr(models, block), [1, 1], **kw)
     ours.load_state_dict(twin.state_dict())
     x = torch.randn(2, 3, 16, 16)
     out, ref = ours(x), twin(x)
@@ -329,6 +330,8 @@ def test_convert_model_keeps_state():
     assert all(a is b for a, b in zip(params, model.parameters()))       # an optimizer stays valid
     root = nnlib.convert(nn.Conv2d(1, 1, 1))
     assert type(root) is layers.Conv2d
+    fused = nnlib.convert(models.digits_cnn())          # nnlib layers are left as they are
+    assert fused.conv1.activation == "relu" and fused.bn2.activation == "relu"
     assert len(model[0]._forward_hooks) == 1
     with pytest.raises(TypeError, match="Module"):
         nnlib.convert(torch.zeros(1))
@@ -468,20 +471,24 @@ def test_receptive_field_by_hand():
             self.a = nn.Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2))
             self.b = layers.MaxPool2d((2, 3), stride=2, padding=(0, 1), dilation=(1, 2))
             self.c = nn.Conv2d(4, 4, 3, padding="same", dilation=2)
-            self.skip = nn.Conv2d(4, 4, 1)
+            self.skip = nn.Conv2d(4, 4, (1, 5), padding=(0, 4), dilation=(1, 2))
+            self.d = nn.Conv2d(4, 4, 1)
 
         def forward(self, x):
             y = self.b(self.a(x))
-            return torch.relu(self.c(y) + self.skip(y))
+            return self.d(torch.relu(self.c(y) + self.skip(y)))
     table = nnlib.receptive_field(Net(), (3, 20, 21))
-    a, b, c, skip = table
+    a, b, c, skip, d = table
     # a: size 1 + (k - 1), jump = stride, start = -padding
     assert (a.size, a.jump, a.start, a.output_size) == ((3, 5), (2, 1), (-1, -2), (10, 21))
     # b: dilated extent (2, 5): size + (extent - 1) * jump; start - padding * jump
     assert (b.size, b.jump, b.start, b.output_size) == ((5, 9), (4, 2), (-1, -3), (5, 10))
     # c: 'same' with dilation 2 pads 2; extent 5
     assert (c.size, c.jump, c.start) == ((21, 17), (4, 2), (-9, -7))
-    assert (skip.size, skip.start) == ((5, 9), (-1, -3))
+    # skip: rows as b; columns extent 9 at jump 2 from -3 - 4 * 2
+    assert (skip.size, skip.start) == ((5, 25), (-1, -11))
+    # after the add: the union of both branches, rows from c, columns from skip
+    assert (d.size, d.jump, d.start) == ((21, 25), (4, 2), (-9, -11))
     text = str(table)
     assert "layer" in text and "jump" in text and "5x9" in text and "20x21" in text
     with pytest.raises(ValueError, match="input_size"):
@@ -497,3 +504,30 @@ def test_receptive_field_dilated_network_keeps_resolution():
     # extent 9) adds 8 * jump 8, four of them; the resolution stays (jump 8).
     grow = rows["layer6.1.conv2"].size[0] - rows["layer5.1.conv2"].size[0]
     assert grow == 4 * 8 * 8 and rows["layer6.1.conv2"].jump == (8, 8)
+
+
+# ---------------------------------------------------------------------------
+# the demo (arguments and model pairs; a training run takes minutes here)
+
+
+def test_demo_arguments_and_twins(tmp_path, capsys):
+    from nnlib import demo
+    for bad, message in ((["--epochs", "0"], "positive int"), (["--model", "vgg"], "invalid choice"),
+                         (["--batch-size", "x"], "positive int"), (["--lr", "-1"], "positive float"),
+                         (["--out", str(tmp_path / "f" / "x")], None)):
+        if message is None:        # a file where the folder should go
+            (tmp_path / "f").write_text("")
+        with pytest.raises(SystemExit) as exit_info:
+            demo.parse_args([*bad, "--out", str(tmp_path)] if message else bad)
+        assert exit_info.value.code == 2
+        assert (message or "cannot create") in capsys.readouterr().err
+    args = demo.parse_args(["--out", str(tmp_path)])
+    assert (args.model, args.batch_size) == ("cnn", 32)
+    if not torch.cuda.is_available():
+        assert (args.device, args.epochs) == ("cpu", 1)
+    for name in demo.MODELS:
+        ours, theirs, size = demo.build(name)
+        assert size == (32 if name == "lenet5" else 8)
+        assert type(theirs).__module__ == "nnlib.models.reference" and type(ours).__module__ != type(theirs).__module__
+        for (k, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items()):
+            assert torch.equal(a, b), k
