@@ -141,7 +141,8 @@ def cases(device: str, quick: bool) -> list[Case]:
     out = []
     for dtype in dtypes:
         for pass_name in passes:
-            tol = 5e-2 if dtype == torch.bfloat16 else 1e-2
+            # Logits after ~50 layers: TF32 (torch's default for cuDNN, followed by nnlib) or bf16 rounding.
+            tol = 1e-1 if dtype == torch.bfloat16 else 3e-2
             case = Case(name, "e2e", shape, dtype, "channels_last", pass_name, setup=None,
                         flops=3 * flops if pass_name == "train" else flops, atol=tol, rtol=tol,
                         extra={"images": shape[0]})
