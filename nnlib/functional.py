@@ -178,6 +178,13 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     return stride, pad, dilation, groups
 
 
+def _autocast(t, device_type: str):
+    """``t`` in autocast's lower-precision dtype when it is a float32 / float16 / bfloat16 tensor."""
+    if isinstance(t, torch.Tensor) and t.dtype in _CONV_DTYPES:
+        return t.to(torch.get_autocast_dtype(device_type))
+    return t
+
+
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups=1, *, activation=None, negative_slope: float = 0.01) -> torch.Tensor:
     """2-D convolution of input (N, C, H, W) or (C, H, W) with weight
@@ -187,6 +194,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     "leaky_relu" (with ``negative_slope``) is applied after the bias, in the
     kernel's epilogue."""
     code = _conv_activation(activation, negative_slope)
+    if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
+        # torch.autocast runs convolutions in its lower-precision dtype, as torch does.
+        input, weight, bias = (_autocast(t, input.device.type) for t in (input, weight, bias))
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _CONV_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         if code == 1:

@@ -16,7 +16,7 @@ import nnlib
 import nnlib.functional as F
 from kernels.conv import conv_paths
 from kernels._runtime import count_launches
-from tests.reference import check_op, make_input
+from tests.reference import assert_close, check_op, make_input
 
 # torch's own reference warns that 'same' padding of an even kernel copies its input.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -297,3 +297,17 @@ def test_bad_activation_and_devices(device):
         F.conv2d(x, w, activation="sigmoid")
     with pytest.raises(RuntimeError, match="device"):
         F.conv2d(x, w.to("meta"))
+
+
+def test_autocast_runs_in_lower_precision(device):
+    """Under torch.autocast the convolution runs in autocast's dtype, as torch's does."""
+    x = torch.randn(2, 16, 7, 7, device=device)
+    w = torch.randn(16, 16, 3, 3, device=device)
+    b = torch.randn(16, device=device)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        expected = torch.nn.functional.conv2d(x, w, b, padding=1)
+        with count_launches() as launches:
+            out = F.conv2d(x, w, b, padding=1)
+    assert out.dtype == expected.dtype == torch.bfloat16
+    assert launches.total > 0
+    assert_close(out, expected, torch.bfloat16, "conv", scale=4.0)
