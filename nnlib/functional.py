@@ -194,8 +194,10 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     "leaky_relu" (with ``negative_slope``) is applied after the bias, in the
     kernel's epilogue."""
     code = _conv_activation(activation, negative_slope)
-    if isinstance(input, torch.Tensor) and torch.is_autocast_enabled(input.device.type):
-        # torch.autocast runs convolutions in its lower-precision dtype, as torch does.
+    if (isinstance(input, torch.Tensor) and input.device.type in ("cpu", "cuda")
+            and torch.is_autocast_enabled(input.device.type)):
+        # torch.autocast runs convolutions in its lower-precision dtype, as torch does
+        # (other devices, meta included, take torch's path, which applies autocast itself).
         input, weight, bias = (_autocast(t, input.device.type) for t in (input, weight, bias))
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _CONV_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
