@@ -94,6 +94,42 @@ def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None
     return out, ref_out
 
 
+def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: float = 1.0):
+    """Second derivatives (create_graph=True, as a gradient penalty takes them):
+    the gradients of <r, first-order grads> with respect to every input that
+    requires grad and to the output gradient itself, ours against the float64
+    reference fed the same rounded vectors; a Triton kernel must run in the
+    second backward."""
+    dtype = next(t.dtype for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point())
+    wants_grad = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
+    ref_inputs = [to_reference(t) for t in inputs]
+    out, ref_out = ours(*inputs), reference(*ref_inputs)
+    upstream = torch.randn(ref_out.shape, dtype=torch.float64).to(dtype)
+    probes = [torch.randn(inputs[i].shape, dtype=torch.float64).to(dtype) for i in wants_grad]
+    results = []
+    for fn_out, fn_inputs, device_dtype in ((out, inputs, None), (ref_out, ref_inputs, torch.float64)):
+        like = fn_inputs[wants_grad[0]]
+        v = (upstream if device_dtype is None else upstream.double()).to(like.device).requires_grad_()
+        targets = [fn_inputs[i] for i in wants_grad]
+        first = torch.autograd.grad(fn_out, targets, v, create_graph=True)
+        inner = sum((f * (p if device_dtype is None else p.double()).to(f.device)).sum()
+                    for f, p in zip(first, probes) if f is not None and f.requires_grad)
+        with count_launches() as launches:
+            second = torch.autograd.grad(inner, targets + [v], allow_unused=True)
+        results.append((first, second, launches.total))
+    (first, second, launches), (ref_first, ref_second, _) = results
+    assert launches > 0, "no Triton kernel ran in the double backward"
+    names = [f"input {i}" for i in wants_grad] + ["output gradient"]
+    for name, g, rg in zip(names, first, ref_first):
+        assert_close(g, rg, dtype, kind, f"grad of {name}", scale=grad_scale)
+    for name, g, rg in zip(names, second, ref_second):
+        if rg is None or g is None:
+            zero = rg if g is None else g
+            assert zero is None or not zero.abs().sum(), f"second grad of {name}: one side is zero, one is not"
+            continue
+        assert_close(g, rg, dtype, kind, f"second grad of {name}", scale=grad_scale)
+
+
 def make_input(shape, dtype, device, layout: str = "contiguous", requires_grad: bool = False):
     """A random leaf tensor in a layout: "contiguous", "channels_last" (rank 4),
     "transposed" (last two dims swapped) or "sliced" (every other element of the

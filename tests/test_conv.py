@@ -16,7 +16,7 @@ import nnlib
 import nnlib.functional as F
 from kernels.conv import conv_paths
 from kernels._runtime import count_launches
-from tests.reference import assert_close, check_op, make_input
+from tests.reference import assert_close, check_double_backward, check_op, make_input
 
 # torch's own reference warns that 'same' padding of an even kernel copies its input.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -97,6 +97,18 @@ def test_conv2d_half(i, dtype, device):
     channels_last and the fused relu on some rows."""
     _check(GEOMETRIES[i], dtype, device, LAYOUTS[(i + 1) % 2], bias=True,
            activation="relu" if i % 2 else None)
+
+
+@pytest.mark.parametrize("i,activation", [(0, "relu"), (5, "leaky_relu"), (10, None), (13, "relu"), (16, None)],
+                         ids=["gemm-relu", "gemm-groups-stride-leaky", "flat", "depthwise-relu", "direct-K3"])
+def test_double_backward(i, activation, device):
+    """Gradients of gradients (a gradient penalty): all three passes call each
+    other's Functions, so second derivatives of x, w, b and the output gradient
+    match torch's on every kernel path."""
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[i]
+    x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
+    ours, reference = _conv_fns(stride, padding, dilation, groups, activation)
+    check_double_backward(ours, reference, [x, w, b], "conv")
 
 
 @pytest.mark.parametrize("i", [0, 13], ids=["gemm", "direct"])

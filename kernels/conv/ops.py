@@ -281,7 +281,18 @@ def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: 
 
 
 # ---------------------------------------------------------------------------
-# autograd Function
+# autograd Functions
+#
+# The three passes are bilinear and each one's derivatives are the other two:
+# with F(x, w) the forward, D(g, w) the input gradient and W(g, x) the weight
+# gradient, <u, D(g, w)> = <F(u, w), g> = <w, W(g, u)>. So every backward below
+# calls the Functions (not the bare launchers), and double backward (gradient
+# penalties, Hessian-vector products) runs the same Triton kernels, to any order.
+
+def _conv(x, w, geo: ConvGeometry):
+    """F(x, w) with geo's arguments, no bias, no activation."""
+    return Conv2dFunction.apply(x, w, None, geo.stride, geo.pad, geo.dilation, geo.groups, 0, 0.0)
+
 
 class Conv2dFunction(torch.autograd.Function):
     """conv2d(x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None) with
@@ -299,22 +310,87 @@ class Conv2dFunction(torch.autograd.Function):
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, w, y = ctx.saved_tensors
         geo = ctx.geo
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        need_db = need_b and ctx.has_bias
         uses_gemm = geo.paths["input_grad"] != "direct" or geo.paths["weight_grad"] != "direct"
         if uses_gemm and (need_x or need_w):
             dy = _gemm_operand(dy)
         db = None
-        if ctx.activation or (need_b and ctx.has_bias):
-            dy, db = conv_output_grad(dy, y, geo, ctx.activation, ctx.negative_slope, need_b and ctx.has_bias)
-        dx = conv_input_grad(dy, w, x, geo) if need_x else None
-        dw = conv_weight_grad(dy, x, w, geo) if need_w else None
+        if ctx.activation or need_db:
+            g, db = ConvOutputGradFunction.apply(dy, y, geo, ctx.activation, ctx.negative_slope, need_db)
+            dy = dy if g is None else g
+        dx = ConvInputGradFunction.apply(dy, w, x, geo) if need_x else None
+        dw = ConvWeightGradFunction.apply(dy, x, w, geo) if need_w else None
         if db is not None:
             db = db.to(w.dtype)
         return dx, dw, db, None, None, None, None, None, None
+
+
+class ConvOutputGradFunction(torch.autograd.Function):
+    """(g, db) of dy (N, K, P, Q) and the saved output y: g = dy * act'(y) (None
+    without an activation), db (K,) fp32 when ``bias_grad`` (else None). Linear
+    in dy; act' is piecewise constant, so y gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, dy, y, geo, activation, negative_slope, bias_grad):
+        g, db = conv_output_grad(dy, y, geo, activation, negative_slope, bias_grad)
+        ctx.save_for_backward(y)
+        ctx.geo, ctx.activation, ctx.negative_slope = geo, activation, negative_slope
+        ctx.dy_dtype = dy.dtype
+        return (g if activation else None), db
+
+    @staticmethod
+    def backward(ctx, grad_g, grad_db):
+        (y,) = ctx.saved_tensors
+        geo = ctx.geo
+        total = grad_g
+        if grad_db is not None:
+            spread = grad_db.to(ctx.dy_dtype).view(1, geo.K, 1, 1).expand(geo.N, geo.K, geo.P, geo.Q)
+            total = spread if total is None else total + spread
+        if total is not None and ctx.activation:
+            total = ConvOutputGradFunction.apply(total, y, geo, ctx.activation, ctx.negative_slope, False)[0]
+        return total, None, None, None, None, None
+
+
+class ConvInputGradFunction(torch.autograd.Function):
+    """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q),
+    in x_like's layout (x_like gives shape and layout only)."""
+
+    @staticmethod
+    def forward(ctx, g, w, x_like, geo):
+        ctx.save_for_backward(g, w)
+        ctx.geo = geo
+        return conv_input_grad(g, w, x_like, geo)
+
+    @staticmethod
+    def backward(ctx, u):
+        g, w = ctx.saved_tensors
+        need_g, need_w = ctx.needs_input_grad[:2]
+        dg = _conv(u, w, ctx.geo) if need_g else None
+        dw = ConvWeightGradFunction.apply(g, u, w, ctx.geo) if need_w else None
+        return dg, dw, None, None
+
+
+class ConvWeightGradFunction(torch.autograd.Function):
+    """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and
+    input x, in w_like's layout (w_like gives shape and layout only)."""
+
+    @staticmethod
+    def forward(ctx, g, x, w_like, geo):
+        ctx.save_for_backward(g, x)
+        ctx.geo = geo
+        return conv_weight_grad(g, x, w_like, geo)
+
+    @staticmethod
+    def backward(ctx, v):
+        g, x = ctx.saved_tensors
+        need_g, need_x = ctx.needs_input_grad[:2]
+        dg = _conv(x, v, ctx.geo) if need_g else None
+        dx = ConvInputGradFunction.apply(g, v, x, ctx.geo) if need_x else None
+        return dg, dx, None, None
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01):
