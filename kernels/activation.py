@@ -282,7 +282,24 @@ class ActivationFunction(torch.autograd.Function):
                 "In-place leakyReLu backward calculation is triggered with a negative slope which is "
                 "not supported. This is caused by calling in-place forward function with a negative "
                 "slope, please call out-of-place version instead.")
-        return activation_backward(grad, saved, ctx.activation, ctx.negative_slope), None, None, None
+        return ActivationGradFunction.apply(grad, saved, ctx.activation, ctx.negative_slope), None, None, None
+
+
+class ActivationGradFunction(torch.autograd.Function):
+    """grad * act'(saved), the backward of relu / leaky_relu as a Function of its
+    own so that double backward works: linear in grad, and act' is piecewise
+    constant, so saved gets no gradient (as torch's threshold_backward)."""
+
+    @staticmethod
+    def forward(ctx, grad, saved, activation, negative_slope):
+        ctx.save_for_backward(saved)
+        ctx.activation, ctx.negative_slope = activation, negative_slope
+        return activation_backward(grad, saved, activation, negative_slope)
+
+    @staticmethod
+    def backward(ctx, grad_grad):
+        (saved,) = ctx.saved_tensors
+        return ActivationGradFunction.apply(grad_grad, saved, ctx.activation, ctx.negative_slope), None, None, None
 
 
 class PReLUFunction(torch.autograd.Function):
@@ -296,9 +313,40 @@ class PReLUFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad_x, grad_w = prelu_backward(grad, x, weight)
+        grad_x, grad_w = PReLUGradFunction.apply(grad, x, weight)
         return (grad_x if ctx.needs_input_grad[0] else None,
                 grad_w if ctx.needs_input_grad[1] else None)
+
+
+class PReLUGradFunction(torch.autograd.Function):
+    """(grad_x, grad_weight) of prelu from the Triton backward kernel. Its own
+    backward (second derivatives: gradient penalties through a PReLU) is a few
+    elementwise torch ops and per-channel sums, which torch can differentiate
+    further."""
+
+    @staticmethod
+    def forward(ctx, grad, x, weight):
+        ctx.save_for_backward(grad, x, weight)
+        return prelu_backward(grad, x, weight)
+
+    @staticmethod
+    def backward(ctx, grad_grad_x, grad_grad_w):
+        grad, x, weight = ctx.saved_tensors
+        channel_shape = [1] * x.dim()
+        if x.dim() >= 2 and weight.numel() > 1:
+            channel_shape[1] = -1
+        negative = x <= 0
+        d_grad = d_x = d_w = None
+        if grad_grad_x is not None:
+            d_grad = grad_grad_x * torch.where(negative, weight.reshape(channel_shape), 1)
+            dims = [d for d in range(x.dim()) if d != 1 or weight.numel() == 1]
+            d_w = torch.where(negative, grad_grad_x * grad, 0).sum(dims).reshape(weight.shape)
+        if grad_grad_w is not None:
+            spread = grad_grad_w.reshape(channel_shape)
+            d_x = torch.where(negative, spread * grad, 0)
+            from_w = torch.where(negative, spread * x, 0)
+            d_grad = from_w if d_grad is None else d_grad + from_w
+        return d_grad, d_x, d_w
 
 
 # ---------------------------------------------------------------------------

@@ -94,12 +94,13 @@ def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None
     return out, ref_out
 
 
-def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: float = 1.0):
+def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: float = 1.0,
+                          expect_launch: bool = True):
     """Second derivatives (create_graph=True, as a gradient penalty takes them):
     the gradients of <r, first-order grads> with respect to every input that
     requires grad and to the output gradient itself, ours against the float64
     reference fed the same rounded vectors; a Triton kernel must run in the
-    second backward."""
+    second backward unless ``expect_launch`` is False."""
     dtype = next(t.dtype for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point())
     wants_grad = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
     ref_inputs = [to_reference(t) for t in inputs]
@@ -118,7 +119,7 @@ def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: 
             second = torch.autograd.grad(inner, targets + [v], allow_unused=True)
         results.append((first, second, launches.total))
     (first, second, launches), (ref_first, ref_second, _) = results
-    assert launches > 0, "no Triton kernel ran in the double backward"
+    assert launches > 0 or not expect_launch, "no Triton kernel ran in the double backward"
     names = [f"input {i}" for i in wants_grad] + ["output gradient"]
     for name, g, rg in zip(names, first, ref_first):
         assert_close(g, rg, dtype, kind, f"grad of {name}", scale=grad_scale)

@@ -8,7 +8,7 @@ import torch.nn.functional as TF
 import nnlib
 import nnlib.functional as F
 from kernels._runtime import count_launches, needs_int64
-from tests.reference import FLOAT_DTYPES, assert_close, check_op, make_input
+from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, make_input
 
 LAYOUTS = ["contiguous", "channels_last", "transposed", "sliced"]
 SHAPES = [(3, 5, 7, 9), (1, 1, 1, 1), (2, 3, 1, 300)]
@@ -119,6 +119,25 @@ def test_prelu_weight_grad_is_deterministic(device):
     first = torch.autograd.grad(F.prelu(x, w), w, g)[0]
     second = torch.autograd.grad(F.prelu(x, w), w, g)[0]
     assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("op", ["relu", "leaky_relu", "leaky_relu_inplace"])
+def test_double_backward(op, device):
+    """Gradients of gradients go through the Triton backward kernel again (the
+    gradient is linear in the output gradient; the slope's own derivative is 0)."""
+    x = torch.randn(3, 5, 7, device=device, requires_grad=True)
+    ours = {"relu": lambda t: F.relu(t * 1), "leaky_relu": lambda t: F.leaky_relu(t, 0.2),
+            "leaky_relu_inplace": lambda t: F.leaky_relu(t * 1, 0.2, inplace=True)}[op]
+    reference = TF.relu if op == "relu" else lambda t: TF.leaky_relu(t, 0.2)
+    check_double_backward(ours, reference, [x], "elementwise")
+
+
+@pytest.mark.parametrize("shape,C", [((3, 6, 5, 4), 6), ((3, 6, 5, 4), 1), ((7,), 1), ((4, 5), 5)])
+def test_prelu_double_backward(shape, C, device):
+    x = torch.randn(shape, device=device, requires_grad=True)
+    w = (torch.rand(C) * 0.5).to(device).requires_grad_(True)
+    # The second backward is torch elementwise ops and sums (see PReLUGradFunction).
+    check_double_backward(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
 
 
 def test_prelu_bad_input(device):
