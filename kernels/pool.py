@@ -27,12 +27,29 @@ import triton.language as tl
 from torch._prims_common import suggest_memory_format
 
 from ._runtime import CompileCase, interpreting, launch, needs_int64
-from .activation import activation_backward, activation_grad, apply_activation
+from .activation import ActivationGradFunction, activation_grad, apply_activation
 
-__all__ = ["PoolParams", "max_pool2d_forward", "max_pool2d_backward", "MaxPool2dFunction",
+__all__ = ["PoolParams", "max_pool2d_forward", "max_pool2d_backward", "max_pool2d_gather", "MaxPool2dFunction",
            "COMPILE_CASES"]
 
 INDEX_NONE, INDEX_LOCAL, INDEX_FLAT = 0, 1, 2
+
+
+@triton.jit
+def _plane_tile(positions, C, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The tile of program_id(0) in a grid over N x channel blocks x position
+    blocks of one plane (``positions`` = its height * width): (n, offs_p, offs_c,
+    mask_p, mask_c), int64 when INDEX_64 (every offset derives from these)."""
+    pid = tl.program_id(0)
+    if INDEX_64:
+        pid = pid.to(tl.int64)
+        positions = positions.to(tl.int64)
+    p_blocks = tl.cdiv(positions, BLOCK_P)
+    c_blocks = tl.cdiv(C, BLOCK_C)
+    offs_p = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_c = ((pid // p_blocks) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+    n = pid // (p_blocks * c_blocks)
+    return n, offs_p, offs_c, offs_p < positions, offs_c < C
 
 
 @triton.jit
@@ -49,19 +66,7 @@ def _max_pool2d_fwd_kernel(x_ptr, y_ptr, idx_ptr, C, H, W, OH, OW,
     OH*OW for BLOCK_C channels. idx gets nothing (INDEX_MODE 0), the local code
     kh*KW + kw or -1 where the activation's gradient is zero (1), or torch's
     flat h*W + w (2)."""
-    pid = tl.program_id(0)
-    if INDEX_64:   # every index below derives from these two
-        pid = pid.to(tl.int64)
-        OH = OH.to(tl.int64)
-    p_blocks = tl.cdiv(OH * OW, BLOCK_P)
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    pid_p = pid % p_blocks
-    pid_c = (pid // p_blocks) % c_blocks
-    n = pid // (p_blocks * c_blocks)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < OH * OW
-    mask_c = offs_c < C
+    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(OH * OW, C, INDEX_64, BLOCK_P, BLOCK_C)
     oh = offs_p // OW
     ow = offs_p % OW
     ih0 = oh * SH - pad_h
@@ -118,19 +123,7 @@ def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, C, H, W, OH, OW,
     for BLOCK_C channels and sums, in a fixed (kh, kw) order, the gradients of
     the windows that cover each element and name it as their argmax (idx the
     flat h*W + w if FLAT_INDEX, else the local code kh*KW + kw)."""
-    pid = tl.program_id(0)
-    if INDEX_64:   # every index below derives from these two
-        pid = pid.to(tl.int64)
-        H = H.to(tl.int64)
-    p_blocks = tl.cdiv(H * W, BLOCK_P)
-    c_blocks = tl.cdiv(C, BLOCK_C)
-    pid_p = pid % p_blocks
-    pid_c = (pid // p_blocks) % c_blocks
-    n = pid // (p_blocks * c_blocks)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
-    mask_p = offs_p < H * W
-    mask_c = offs_c < C
+    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(H * W, C, INDEX_64, BLOCK_P, BLOCK_C)
     h = offs_p // W
     w = offs_p % W
     grad_base = grad_ptr + n * stride_gn + offs_c[None, :] * stride_gc
@@ -158,6 +151,37 @@ def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, C, H, W, OH, OW,
     dx_offs = n * stride_dxn + offs_c[None, :] * stride_dxc + (h * stride_dxh + w * stride_dxw)[:, None]
     tl.store(grad_x_ptr + dx_offs, acc.to(grad_x_ptr.dtype.element_ty),
              mask=mask_p[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _max_pool2d_gather_kernel(src_ptr, idx_ptr, out_ptr, C, H, W, OH, OW,
+                              stride_sn, stride_sc, stride_sh, stride_sw,
+                              stride_in, stride_ic, stride_ih, stride_iw,
+                              stride_on, stride_oc, stride_oh, stride_ow,
+                              pad_h, pad_w,
+                              KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                              DH: tl.constexpr, DW: tl.constexpr, FLAT_INDEX: tl.constexpr,
+                              INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+    """src: (N, C, H, W); idx, out: (N, C, OH, OW); all through strides.
+    out = src at each window's argmax (idx flat h*W + w if FLAT_INDEX, else the
+    local code kh*KW + kw), 0 where idx is -1: the backward of the gather above,
+    which double backward needs."""
+    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(OH * OW, C, INDEX_64, BLOCK_P, BLOCK_C)
+    oh = offs_p // OW
+    ow = offs_p % OW
+    mask = mask_p[:, None] & mask_c[None, :]
+    idx = tl.load(idx_ptr + n * stride_in + offs_c[None, :] * stride_ic + (oh * stride_ih + ow * stride_iw)[:, None],
+                  mask=mask, other=-1).to(tl.int64 if INDEX_64 or FLAT_INDEX else tl.int32)
+    if FLAT_INDEX:
+        h = idx // W
+        w = idx % W
+    else:
+        h = (oh * SH - pad_h)[:, None] + (idx // KW) * DH
+        w = (ow * SW - pad_w)[:, None] + (idx % KW) * DW
+    v = tl.load(src_ptr + n * stride_sn + offs_c[None, :] * stride_sc + h * stride_sh + w * stride_sw,
+                mask=mask & (idx >= 0), other=0.0)
+    tl.store(out_ptr + n * stride_on + offs_c[None, :] * stride_oc + (oh * stride_oh + ow * stride_ow)[:, None],
+             v, mask=mask)
 
 
 # ---------------------------------------------------------------------------
@@ -258,8 +282,32 @@ def max_pool2d_backward(grad: torch.Tensor, idx: torch.Tensor, input_shape, para
     return grad_x.squeeze(0) if unbatched else grad_x
 
 
+def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, params: PoolParams) -> torch.Tensor:
+    """src: (N, C, H, W) or (C, H, W); idx: (N, C, OH, OW) (or unbatched), flat
+    int64 or local codes. Returns src at each window's argmax (0 where idx is
+    -1), with idx's shape and strides."""
+    unbatched = src.dim() == 3
+    src4, idx4 = (src.unsqueeze(0), idx.unsqueeze(0)) if unbatched else (src, idx)
+    N, C, H, W = src4.shape
+    OH, OW = idx4.shape[-2:]
+    out = torch.empty_strided(idx4.shape, idx4.stride(), dtype=src.dtype, device=src.device)
+    (_, kw), (sh, sw), (ph, pw), (dh, dw) = params
+    if out.numel():
+        block_p, block_c = _tiles(OH * OW, C, _memory_format(out) == torch.channels_last)
+        grid = (N * triton.cdiv(C, block_c) * triton.cdiv(OH * OW, block_p),)
+        launch(_max_pool2d_gather_kernel, grid, src4, idx4, out, C, H, W, OH, OW,
+               *src4.stride(), *idx4.stride(), *out.stride(), ph, pw, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
+               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out),
+               BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+    return out.squeeze(0) if unbatched else out
+
+
 # ---------------------------------------------------------------------------
-# autograd Function
+# autograd Functions
+#
+# The backward (a gather by argmax) and max_pool2d_gather are each other's
+# transpose, so their Functions call each other and double backward runs the
+# same kernels.
 
 class MaxPool2dFunction(torch.autograd.Function):
     """max_pool2d(x) -> (y, idx): idx the int64 flat indices when
@@ -279,13 +327,44 @@ class MaxPool2dFunction(torch.autograd.Function):
         return y, idx
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, grad, _grad_idx):
         idx, y = ctx.saved_tensors
         if y is not None:
-            grad = activation_backward(grad, y, ctx.activation, 0.0)
-        grad_x = max_pool2d_backward(grad, idx, ctx.input_shape, ctx.params, ctx.memory_format)
+            grad = ActivationGradFunction.apply(grad, y, ctx.activation, 0.0)
+        grad_x = MaxPool2dBackwardFunction.apply(grad, idx, ctx.input_shape, ctx.params, ctx.memory_format)
         return grad_x, None, None, None, None, None
+
+
+class MaxPool2dBackwardFunction(torch.autograd.Function):
+    """grad (N, C, OH, OW) -> input gradient of ``input_shape``: each element sums
+    the gradients of the windows whose argmax it is (idx, flat or local codes)."""
+
+    @staticmethod
+    def forward(ctx, grad, idx, input_shape, params, memory_format):
+        ctx.save_for_backward(idx)
+        ctx.params = params
+        return max_pool2d_backward(grad, idx, input_shape, params, memory_format)
+
+    @staticmethod
+    def backward(ctx, grad_grad_x):
+        (idx,) = ctx.saved_tensors
+        return MaxPool2dGatherFunction.apply(grad_grad_x, idx, ctx.params), None, None, None, None
+
+
+class MaxPool2dGatherFunction(torch.autograd.Function):
+    """src (N, C, H, W) -> src at each window's argmax, (N, C, OH, OW)."""
+
+    @staticmethod
+    def forward(ctx, src, idx, params):
+        ctx.save_for_backward(idx)
+        ctx.params, ctx.input_shape, ctx.memory_format = params, src.shape, _memory_format(src)
+        return max_pool2d_gather(src, idx, params)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (idx,) = ctx.saved_tensors
+        return (MaxPool2dBackwardFunction.apply(grad, idx, ctx.input_shape, ctx.params, ctx.memory_format),
+                None, None)
 
 
 # ---------------------------------------------------------------------------
@@ -298,7 +377,8 @@ _OTHER_POOLS = [((2, 2), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), ((3, 3), (2,
 
 def _compile_cases():
     """Every dtype, layout and index mode at the stem geometry; the other
-    geometries in fp16; int64 offsets once per kernel and dtype."""
+    geometries in fp16; int64 offsets once per kernel and dtype; the double
+    backward's gather in each dtype and index form."""
     sizes = {"C": "i32", "H": "i32", "W": "i32", "OH": "i32", "OW": "i32", "pad_h": "i32", "pad_w": "i32"}
 
     def strides(names, ty="i32"):
@@ -329,8 +409,22 @@ def _compile_cases():
              "BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=_NUM_WARPS,
             label=f"{dt},{pool},{'cl' if channels_last else 'nchw'},{idx_t}" + (",int64" if int64 else ""))
 
+    def gather(dt, pool, channels_last, idx_t, int64=False):
+        block_p, block_c = (_TILE // 64, 64) if channels_last else (_TILE, 1)
+        params = geometry(pool)
+        del params["KH"]
+        return CompileCase(
+            _max_pool2d_gather_kernel,
+            {"src_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", "out_ptr": f"*{dt}", **sizes,
+             **strides(("s", "i", "o"), "i64" if int64 else "i32")},
+            {**params, "FLAT_INDEX": idx_t == "i64", "INDEX_64": int64, "BLOCK_P": block_p, "BLOCK_C": block_c},
+            num_warps=_NUM_WARPS,
+            label=f"gather,{dt},{pool},{'cl' if channels_last else 'nchw'},{idx_t}" + (",int64" if int64 else ""))
+
     cases = []
     for dt in ("fp32", "fp16", "bf16"):
+        cases += [gather(dt, _STEM, False, "i8"), gather(dt, _STEM, True, "i64"),
+                  gather(dt, _STEM, False, "i64", int64=True)]
         for cl in (False, True):
             cases += [forward(dt, _STEM, cl, INDEX_NONE, dt, 0), forward(dt, _STEM, cl, INDEX_LOCAL, "i8", 1),
                       forward(dt, _STEM, cl, INDEX_FLAT, "i64", 0),

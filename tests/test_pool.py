@@ -10,7 +10,7 @@ import nnlib
 import nnlib.functional as F
 from kernels import pool
 from kernels._runtime import count_launches, needs_int64
-from tests.reference import FLOAT_DTYPES, assert_close, check_op, make_input
+from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, make_input
 
 # (shape, kernel_size, stride, padding, dilation, ceil_mode)
 GEOMETRIES = [
@@ -129,6 +129,28 @@ def test_fused_relu(dtype, device):
     x[1, 2, 4, 4] = float("nan")
     _check(x.to(device).requires_grad_(), 3, 2, 1, 1, False, activation="relu")
     _check(x.to(device).requires_grad_(), (2, 3), 1, (1, 0), (2, 1), True, activation="relu")
+
+
+@pytest.mark.parametrize("g", [2, 3, 9, 12, 16], ids=["stem", "overlapping", "non-square-dilated", "ceil", "int16"])
+@pytest.mark.parametrize("indices", ["local", "flat"])
+def test_double_backward(g, indices, device):
+    """Second derivatives: the backward (scatter by argmax) and the gather are
+    each other's transpose, so gradients of gradients match torch's, in both index
+    forms; the fused relu masks both."""
+    shape, *args = GEOMETRIES[g]
+    flat = indices == "flat"
+    layout = "channels_last" if g == 3 else "contiguous"
+    x = make_input(shape, torch.float32, device, layout, requires_grad=True)
+    for activation in (None, "relu"):
+        ours, reference = _ours(*args, flat, activation), _reference(*args, flat, activation)
+        check_double_backward((lambda t: ours(t)[0]) if flat else ours,
+                              (lambda t: reference(t)[0]) if flat else reference, [x], "elementwise")
+
+
+def test_double_backward_unbatched(device):
+    x = torch.randn(3, 9, 8, device=device, requires_grad=True)
+    check_double_backward(lambda t: F.max_pool2d(t, 3, 2, 1), lambda t: TF.max_pool2d(t, 3, 2, 1), [x],
+                          "elementwise")
 
 
 def test_batch_one_unbatched_and_empty(device):
