@@ -33,7 +33,9 @@ and a fixed-order second pass.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import triton
@@ -632,9 +634,7 @@ class NormFunction(torch.autograd.Function):
     def forward(ctx, x, weight, bias, residual, geom: Geometry, eps: float, activation: int,
                 negative_slope: float, running_mean, running_var, momentum: float, use_input_stats: bool):
         y = _empty_output(x, geom)
-        ctx.geom, ctx.activation, ctx.negative_slope = geom, activation, float(negative_slope)
-        ctx.use_input_stats = use_input_stats
-        ctx.stats_per_sample = use_input_stats and geom.per_sample
+        ctx.spec = _Spec(geom, float(eps), activation, float(negative_slope), use_input_stats)
         if x.numel() == 0:
             ctx.save_for_backward(x, weight, bias, residual, None, None)
             return y
@@ -653,60 +653,137 @@ class NormFunction(torch.autograd.Function):
         launch(_norm_fwd_kernel, plan.grid, xk, y, rk if rk is not None else xk, mean, rstd,
                w if w is not None else mean, b if b is not None else mean,
                *plan.args(), *strides[0], *strides[1], *strides[2], *plan.range_args(), float(negative_slope),
-               STATS_PER_SAMPLE=ctx.stats_per_sample, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+               STATS_PER_SAMPLE=ctx.spec.stats_per_sample, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
                HAS_RESIDUAL=rk is not None, ACTIVATION=activation, INDEX_64=index_64, **plan.blocks(),
                num_warps=NUM_WARPS)
         ctx.save_for_backward(xk, weight, bias, rk, mean, rstd)
         return y
 
     @staticmethod
-    @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         xk, weight, bias, rk, mean, rstd = ctx.saved_tensors
-        need_x, need_w, need_b, need_r = ctx.needs_input_grad[:4]
-        geom = ctx.geom
-        dw = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
-        db = torch.zeros(bias.shape, dtype=bias.dtype, device=bias.device) if need_b else None
-        dx = torch.empty_like(xk) if need_x or need_r else None
-        dres = torch.empty_like(rk) if need_r else None
-        if xk.numel() == 0:
-            return dx, dw, db, dres, *([None] * 8)
-        (xk, dyk, rk, dx, dres), sizes, strides = _ncs_views([xk, dy, rk, dx, dres], geom)
-        plan = _plan(sizes, geom.groups, strides[0][1], strides[0][2], interpreting(), BACKWARD_TILE)
-        w, b = _param(weight), _param(bias)
-        common = dict(HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, HAS_RESIDUAL=rk is not None,
-                      ACTIVATION=ctx.activation, INDEX_64=needs_int64(xk, dyk, rk, dx, dres))
-        ptrs = (xk, dyk, rk if rk is not None else xk, mean, rstd,
-                w if w is not None else mean, b if b is not None else mean)
-        stat_sums = ctx.use_input_stats and need_x
-        s1 = s2 = mean
-        if need_w or need_b or stat_sums:
-            opts = {"device": xk.device, "dtype": torch.float32}
-            dw_part, db_part = (torch.empty((plan.num_n_chunks * plan.num_s_chunks, plan.C), **opts)
-                                for _ in range(2))
-            s1_part = s2_part = dw_part
-            if stat_sums:
-                shape = (plan.num_chunks(geom.per_sample), mean.numel())
-                s1_part, s2_part = torch.empty(shape, **opts), torch.empty(shape, **opts)
-            launch(_norm_bwd_reduce_kernel, plan.grid, *ptrs, dw_part, db_part, s1_part, s2_part,
-                   *plan.args(), *strides[0], *strides[1], *strides[2], *plan.range_args(), ctx.negative_slope,
-                   PER_SAMPLE=ctx.stats_per_sample, GROUPED=plan.Cg > 1, STAT_SUMS=stat_sums, **common,
-                   **plan.blocks(grouped=True), num_warps=NUM_WARPS)
-            if need_w:
-                dw = _column_sums(dw_part).to(weight.dtype).reshape(weight.shape)
-            if need_b:
-                db = _column_sums(db_part).to(bias.dtype).reshape(bias.shape)
-            if stat_sums:
-                s1, s2 = _column_sums(s1_part), _column_sums(s2_part)
-        if dx is not None:
-            N, C, S = sizes
-            per_stat = (1 if geom.per_sample else N) * (C // geom.groups) * S
-            launch(_norm_bwd_dx_kernel, plan.grid, *ptrs, s1, s2, dx, dres if dres is not None else dx,
-                   *plan.args(), *strides[0], *strides[1], *strides[2], *strides[3], *strides[4],
-                   *plan.range_args(), ctx.negative_slope, 1.0 / per_stat,
-                   STATS_PER_SAMPLE=ctx.stats_per_sample, BATCH_STATS=stat_sums, WRITE_DRES=dres is not None,
-                   **common, **plan.blocks(), num_warps=NUM_WARPS)
-        return dx if need_x else None, dw, db, dres, *([None] * 8)
+        needs = tuple(ctx.needs_input_grad[:4])
+        grads = NormBackwardFunction.apply(dy, xk, weight, bias, rk, mean, rstd, ctx.spec, needs)
+        return *grads, *([None] * 8)
+
+
+class _Spec(NamedTuple):
+    """What a norm call computed, beyond its tensors."""
+    geom: Geometry
+    eps: float
+    activation: int
+    negative_slope: float
+    use_input_stats: bool
+
+    @property
+    def stats_per_sample(self) -> bool:
+        return self.use_input_stats and self.geom.per_sample
+
+
+class NormBackwardFunction(torch.autograd.Function):
+    """(dx, dweight, dbias, dresidual) of NormFunction from the Triton kernels
+    (None where ``needs`` says so). Its own backward, the second derivatives (a
+    gradient penalty through a norm), differentiates a torch-ops statement of the
+    same forward (``_reference_forward``) twice; third derivatives raise."""
+
+    @staticmethod
+    def forward(ctx, dy, xk, weight, bias, rk, mean, rstd, spec: _Spec, needs):
+        ctx.save_for_backward(dy, xk, weight, bias, rk, mean, rstd)
+        ctx.spec = spec
+        return _norm_backward(dy, xk, weight, bias, rk, mean, rstd, spec, needs)
+
+    @staticmethod
+    def backward(ctx, *grad_grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("nnlib's norms support first and second derivatives, not third "
+                               "(create_graph=True through a second derivative)")
+        saved = ctx.saved_tensors
+        dy, xk, weight, bias, rk = (None if t is None else t.detach().requires_grad_() for t in saved[:5])
+        with torch.enable_grad():
+            y = _reference_forward(xk, weight, bias, rk, saved[5], saved[6], ctx.spec)
+            inputs = [(t, g) for t, g in zip((xk, weight, bias, rk), grad_grads) if t is not None and g is not None]
+            first = torch.autograd.grad(y, [t for t, _ in inputs], dy, create_graph=True)
+            wrt = [t for t in (dy, xk, weight, bias, rk) if t is not None]
+            second = iter(torch.autograd.grad(first, wrt, [g for _, g in inputs], allow_unused=True))
+        return *(None if t is None else next(second) for t in (dy, xk, weight, bias, rk)), None, None, None, None
+
+
+def _reference_forward(x, weight, bias, residual, mean, rstd, spec: _Spec):
+    """NormFunction's forward in torch ops (fp32) on x seen as (N, G, Cg * S):
+    statistics from x when ``spec.use_input_stats``, else the given per-group
+    mean / rstd. Used only to differentiate the backward."""
+    geom = spec.geom
+    shape = x.shape
+    N = math.prod(shape[:geom.lead])
+    C = math.prod(shape[geom.lead:geom.lead + geom.chan])
+    G = geom.groups
+    xg = x.float().reshape(N, G, -1)
+    if spec.use_input_stats:
+        dims = (2,) if geom.per_sample else (0, 2)
+        var, mu = torch.var_mean(xg, dims, correction=0, keepdim=True)
+        xhat = (xg - mu) * torch.rsqrt(var + spec.eps)
+    else:
+        xhat = (xg - mean.view(1, G, 1)) * rstd.view(1, G, 1)
+    v = xhat.reshape(N, C, -1)
+    if weight is not None:
+        v = v * weight.reshape(1, C, 1)
+    if bias is not None:
+        v = v + bias.reshape(1, C, 1)
+    if residual is not None:
+        v = v + residual.reshape(N, C, -1)
+    if spec.activation == 1:
+        v = torch.relu(v)
+    elif spec.activation == 2:
+        v = torch.nn.functional.leaky_relu(v, spec.negative_slope)
+    return v.reshape(shape)
+
+
+def _norm_backward(dy, xk, weight, bias, rk, mean, rstd, spec: _Spec, needs):
+    """The Triton backward: (dx, dw, db, dres), each None unless ``needs`` asks."""
+    need_x, need_w, need_b, need_r = needs
+    geom = spec.geom
+    dw = torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_w else None
+    db = torch.zeros(bias.shape, dtype=bias.dtype, device=bias.device) if need_b else None
+    dx = torch.empty_like(xk) if need_x or need_r else None
+    dres = torch.empty_like(rk) if need_r else None
+    if xk.numel() == 0:
+        return dx if need_x else None, dw, db, dres
+    (xk, dyk, rk, dx, dres), sizes, strides = _ncs_views([xk, dy, rk, dx, dres], geom)
+    plan = _plan(sizes, geom.groups, strides[0][1], strides[0][2], interpreting(), BACKWARD_TILE)
+    w, b = _param(weight), _param(bias)
+    common = dict(HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, HAS_RESIDUAL=rk is not None,
+                  ACTIVATION=spec.activation, INDEX_64=needs_int64(xk, dyk, rk, dx, dres))
+    ptrs = (xk, dyk, rk if rk is not None else xk, mean, rstd,
+            w if w is not None else mean, b if b is not None else mean)
+    stat_sums = spec.use_input_stats and need_x
+    s1 = s2 = mean
+    if need_w or need_b or stat_sums:
+        opts = {"device": xk.device, "dtype": torch.float32}
+        dw_part, db_part = (torch.empty((plan.num_n_chunks * plan.num_s_chunks, plan.C), **opts)
+                            for _ in range(2))
+        s1_part = s2_part = dw_part
+        if stat_sums:
+            shape = (plan.num_chunks(geom.per_sample), mean.numel())
+            s1_part, s2_part = torch.empty(shape, **opts), torch.empty(shape, **opts)
+        launch(_norm_bwd_reduce_kernel, plan.grid, *ptrs, dw_part, db_part, s1_part, s2_part,
+               *plan.args(), *strides[0], *strides[1], *strides[2], *plan.range_args(), spec.negative_slope,
+               PER_SAMPLE=spec.stats_per_sample, GROUPED=plan.Cg > 1, STAT_SUMS=stat_sums, **common,
+               **plan.blocks(grouped=True), num_warps=NUM_WARPS)
+        if need_w:
+            dw = _column_sums(dw_part).to(weight.dtype).reshape(weight.shape)
+        if need_b:
+            db = _column_sums(db_part).to(bias.dtype).reshape(bias.shape)
+        if stat_sums:
+            s1, s2 = _column_sums(s1_part), _column_sums(s2_part)
+    if dx is not None:
+        N, C, S = sizes
+        per_stat = (1 if geom.per_sample else N) * (C // geom.groups) * S
+        launch(_norm_bwd_dx_kernel, plan.grid, *ptrs, s1, s2, dx, dres if dres is not None else dx,
+               *plan.args(), *strides[0], *strides[1], *strides[2], *strides[3], *strides[4],
+               *plan.range_args(), spec.negative_slope, 1.0 / per_stat,
+               STATS_PER_SAMPLE=spec.stats_per_sample, BATCH_STATS=stat_sums, WRITE_DRES=dres is not None,
+               **common, **plan.blocks(), num_warps=NUM_WARPS)
+    return dx if need_x else None, dw, db, dres
 
 
 # ---------------------------------------------------------------------------
