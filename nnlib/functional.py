@@ -23,6 +23,32 @@ def _on_torch_path(*tensors) -> bool:
 
 
 # ---------------------------------------------------------------------------
+# torch.autocast: torch casts an op's floating inputs before the op runs, by a
+# per-op policy; nnlib's ops cast the same way (meta and other devices take
+# torch's path, which applies autocast itself).
+
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)   # autocast's, and the kernels'
+_LOWER_PRECISION = "lower_precision"     # conv2d, prelu: autocast's dtype, CPU and CUDA
+_FLOAT32_ON_CUDA = "float32_on_cuda"     # layer_norm, group_norm: float32 under CUDA autocast
+
+
+def _autocast(policy: str, input, *others):
+    """(input, *others) cast as torch.autocast casts an op of ``policy`` when it
+    is enabled for input's device; float32 / float16 / bfloat16 tensors only."""
+    device = input.device.type if isinstance(input, torch.Tensor) else None
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return (input, *others)
+    if policy == _LOWER_PRECISION:
+        dtype = torch.get_autocast_dtype(device)
+    elif device == "cuda":
+        dtype = torch.float32
+    else:
+        return (input, *others)
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES else t
+                 for t in (input, *others))
+
+
+# ---------------------------------------------------------------------------
 # Activations
 
 def _check_activation_input(input, op: str, allow_integer: bool = False) -> None:
@@ -67,6 +93,7 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     _check_activation_input(input, "prelu")
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"prelu(): argument 'weight' must be Tensor, not {type(weight).__name__}")
+    input, weight = _autocast(_LOWER_PRECISION, input, weight)
     check_same_device("prelu", input=input, weight=weight)
     if weight.dim() > 1:
         raise RuntimeError(f"prelu: Expected `weight` to be a scalar or 1D tensor, but got: ndim = {weight.dim()}")
@@ -84,9 +111,6 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
 # ---------------------------------------------------------------------------
 # Convolution
-
-_CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
 
 def _conv_pair(value, name: str) -> tuple[int, int]:
     """An int or a sequence of one or two ints as an (h, w) pair (torch's classes of
@@ -178,11 +202,6 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     return stride, pad, dilation, groups
 
 
-def _autocast(t, device_type: str):
-    """``t`` in autocast's lower-precision dtype when it is a float32 / float16 / bfloat16 tensor."""
-    if isinstance(t, torch.Tensor) and t.dtype in _CONV_DTYPES:
-        return t.to(torch.get_autocast_dtype(device_type))
-    return t
 
 
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
@@ -194,12 +213,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     "leaky_relu" (with ``negative_slope``) is applied after the bias, in the
     kernel's epilogue."""
     code = _conv_activation(activation, negative_slope)
-    if (isinstance(input, torch.Tensor) and input.device.type in ("cpu", "cuda")
-            and torch.is_autocast_enabled(input.device.type)):
-        # torch.autocast runs convolutions in its lower-precision dtype, as torch does
-        # (other devices, meta included, take torch's path, which applies autocast itself).
-        input, weight, bias = (_autocast(t, input.device.type) for t in (input, weight, bias))
-    if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _CONV_DTYPES):
+    input, weight, bias = _autocast(_LOWER_PRECISION, input, weight, bias)
+    if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _FLOAT_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         if code == 1:
             return F.relu(out)
@@ -476,6 +491,7 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
         if isinstance(t, torch.Tensor) and list(t.shape) != shape:
             raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
                                f"{list(t.shape)} and normalized_shape = {shape}")
+    input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)
     _check_norm_params(input, op, weight=weight, bias=bias)
     code = _norm_activation(activation, negative_slope, op)
     if _on_torch_path(input):
@@ -507,6 +523,7 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
         if isinstance(t, torch.Tensor) and (t.dim() != 1 or t.numel() != input.shape[1]):
             raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of channels in input, "
                                f"but got {name} of shape {list(t.shape)} and input of shape {list(input.shape)}")
+    input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)
     _check_norm_params(input, op, weight=weight, bias=bias)
     code = _norm_activation(activation, negative_slope, op)
     if _on_torch_path(input):

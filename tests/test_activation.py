@@ -140,6 +140,20 @@ def test_prelu_double_backward(shape, C, device):
     check_double_backward(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_prelu_autocast(dtype, device):
+    """torch.autocast runs prelu in its lower-precision dtype (CPU and CUDA); relu keeps the input's."""
+    x = torch.randn(2, 4, 3, 5, device=device)
+    w = torch.rand(4, device=device)
+    with torch.autocast(device, dtype=dtype):
+        expected, expected_relu = TF.prelu(x, w), TF.relu(x)
+        with count_launches() as launches:
+            out, out_relu = F.prelu(x, w), F.relu(x)
+    assert out.dtype == expected.dtype == dtype and out_relu.dtype == expected_relu.dtype
+    assert launches.total == 2
+    assert_close(out, expected, dtype, "elementwise")
+
+
 def test_prelu_bad_input(device):
     x = torch.randn(2, 3, 4, device=device)
     with pytest.raises(RuntimeError, match="weight"):

@@ -427,6 +427,28 @@ def test_third_derivative_raises(device):
         torch.autograd.grad(grad.pow(2).sum(), x, create_graph=True)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_autocast_follows_torch(dtype, device):
+    """Under torch.autocast each norm returns torch's dtype: CUDA autocast runs
+    layer_norm and group_norm in float32; batch / instance norm (and every norm
+    under CPU autocast) keep the input's dtype."""
+    x = torch.randn(2, 6, 5, 4, device=device).to(dtype)
+    w, b = torch.rand(6, device=device) + 0.5, torch.randn(6, device=device)
+    lw, lb = torch.rand(5, 4, device=device) + 0.5, torch.randn(5, 4, device=device)
+    calls = [(F.layer_norm, TF.layer_norm, ((5, 4), lw, lb)), (F.group_norm, TF.group_norm, (3, w, b)),
+             (F.batch_norm, TF.batch_norm, (None, None, w, b, True)),
+             (F.instance_norm, TF.instance_norm, (None, None, w, b))]
+    for ours, reference, args in calls:
+        with torch.autocast(device, dtype=dtype):
+            expected = reference(x, *args)
+            with count_launches() as launches:
+                out = ours(x, *args)
+        assert out.dtype == expected.dtype, ours.__name__
+        assert launches.total > 0
+        assert_close(out, expected, out.dtype if out.dtype != torch.float32 else dtype, "reduction",
+                     ours.__name__)
+
+
 def test_torch_fallback_for_float64(device):
     x = torch.randn(2, 4, 5, 3, dtype=torch.float64, device=device)
     r = torch.randn_like(x)
