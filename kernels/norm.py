@@ -305,6 +305,26 @@ def _norm_fwd_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
 
 
 @triton.jit
+def _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean, scale, b,
+                     stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
+                     stride_rn, stride_rc, stride_rs, negative_slope,
+                     HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr):
+    """fp32 tiles (x, g) of sample n_idx for both backward kernels: g = dy through
+    the activation, whose input is recomputed from x (and the residual)."""
+    x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
+                mask=mask, other=0.0).to(tl.float32)
+    g = tl.load(dy_ptr + n_idx * stride_dyn + offs_ss * stride_dys + offs_cc * stride_dyc,
+                mask=mask, other=0.0).to(tl.float32)
+    if ACTIVATION != 0:
+        v = _affine(x, mean, scale, b)
+        if HAS_RESIDUAL:
+            v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
+                         mask=mask, other=0.0).to(tl.float32)
+        g = activation_grad(g, v, ACTIVATION, negative_slope)
+    return x, g
+
+
+@triton.jit
 def _norm_bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
                             dw_part_ptr, db_part_ptr, s1_part_ptr, s2_part_ptr,
                             N, C, S, G, Cg, stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
@@ -343,16 +363,9 @@ def _norm_bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b
             offs_s = s0 + rows
             offs_ss = offs_s[:, None]
             mask = (offs_s < s_end)[:, None] & mask_c[None, :]
-            x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
-                        mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(dy_ptr + n_idx * stride_dyn + offs_ss * stride_dys + offs_cc * stride_dyc,
-                        mask=mask, other=0.0).to(tl.float32)
-            if ACTIVATION != 0:
-                v = _affine(x, mean, scale, b)
-                if HAS_RESIDUAL:
-                    v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
-                                 mask=mask, other=0.0).to(tl.float32)
-                g = activation_grad(g, v, ACTIVATION, negative_slope)
+            x, g = _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean, scale, b,
+                                    stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
+                                    stride_rn, stride_rc, stride_rs, negative_slope, HAS_RESIDUAL, ACTIVATION)
             xhat = (x - mean[None, :]) * rstd[None, :]
             acc_g += g
             acc_gx += tl.where(mask, g * xhat, 0.0)
@@ -412,16 +425,9 @@ def _norm_bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr
             offs_s = s0 + rows
             offs_ss = offs_s[:, None]
             mask = (offs_s < s_end)[:, None] & mask_c[None, :]
-            x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
-                        mask=mask, other=0.0).to(tl.float32)
-            g = tl.load(dy_ptr + n_idx * stride_dyn + offs_ss * stride_dys + offs_cc * stride_dyc,
-                        mask=mask, other=0.0).to(tl.float32)
-            if ACTIVATION != 0:
-                v = _affine(x, mean, scale, b)
-                if HAS_RESIDUAL:
-                    v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
-                                 mask=mask, other=0.0).to(tl.float32)
-                g = activation_grad(g, v, ACTIVATION, negative_slope)
+            x, g = _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean, scale, b,
+                                    stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
+                                    stride_rn, stride_rc, stride_rs, negative_slope, HAS_RESIDUAL, ACTIVATION)
             if WRITE_DRES:
                 tl.store(dres_ptr + n_idx * stride_drn + offs_ss * stride_drs + offs_cc * stride_drc,
                          g.to(dres_ptr.dtype.element_ty), mask=mask)
