@@ -226,6 +226,23 @@ def test_resnet_matches_torchvision_structured_twin(block):
         assert rel_err(b, c) < 1e-5, name
 
 
+def test_gradient_penalty_through_resnet():
+    """Second derivatives through a whole network (a WGAN-GP style penalty on the
+    input gradient): conv, batch norm with the fused residual and ReLU, max pool,
+    all differentiated twice, give torchvision's structure's parameter gradients."""
+    kw = dict(num_classes=3, width=8)
+    twin = reference.ResNet(reference.BasicBlock, [1, 1], **kw)
+    ours = models.ResNet(models.BasicBlock, [1, 1], **kw)
+    ours.load_state_dict(twin.state_dict())
+    x = torch.randn(2, 3, 12, 12)
+    for model in (ours, twin):
+        xi = x.clone().requires_grad_()
+        (grad_x,) = torch.autograd.grad(model(xi).square().sum(), xi, create_graph=True)
+        grad_x.square().sum().backward()
+    for (name, p), (_, q) in zip(ours.named_parameters(), twin.named_parameters()):
+        assert rel_err(p.grad, q.grad) < 1e-3, name
+
+
 def test_nf_resnet_signal_propagation():
     """At initialisation the residual stream's variance follows the analytic schedule
     (1 + alpha**2 after a transition, + alpha**2 per block) with no normalization: its
