@@ -30,6 +30,10 @@ channels_last is other strides. The kernels, all on the same tiling:
 
 No float atomics: every cross-program reduction goes through partial buffers
 and a fixed-order second pass.
+
+Second derivatives: ``NormFunction``'s backward is ``NormBackwardFunction``
+(the kernels above), whose own backward differentiates ``_reference_forward``,
+the same forward in torch ops, twice. Third derivatives raise.
 """
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """max_pool2d: a forward kernel that writes the pooled values and, when asked,
 the argmax of each window; a backward kernel that gathers, for each input
 element, the gradients of the windows whose argmax it is (deterministic, no
-atomics); and the autograd Function.
+atomics); its transpose, a kernel that reads a tensor at each window's argmax
+(for double backward); and the autograd Functions.
 
 Semantics are torch's: windows scan rows then columns, the first maximum wins,
 a NaN is the maximum (the last NaN of a window wins), a window of -inf keeps
