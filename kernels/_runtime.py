@@ -101,9 +101,28 @@ def kernel_name(kernel) -> str:
     return getattr(fn, "__name__", repr(fn))
 
 
+GRID_LIMITS = (2**31 - 1, 65535, 65535)   # programs per grid axis on CUDA
+
+
+def _checked_grid(name: str, grid):
+    """``grid`` (a tuple or a function of the launch meta-parameters) that raises a
+    RuntimeError naming the kernel when an axis passes ``GRID_LIMITS``, before the
+    launch (the interpreter has no limit, so CPU runs raise where a GPU would)."""
+    def check(dims):
+        for axis, (programs, limit) in enumerate(zip(dims, GRID_LIMITS)):
+            if programs > limit:
+                raise RuntimeError(f"{name}: {programs} programs on grid axis {axis}, more than CUDA allows "
+                                   f"({limit}); the problem is too large for this kernel's grid")
+        return dims
+    if callable(grid):
+        return lambda meta: check(tuple(grid(meta)))
+    return check(tuple(grid))
+
+
 def launch(kernel, grid, *args, **kwargs):
     """Launch ``kernel[grid](*args, **kwargs)`` and count it."""
     name = kernel_name(kernel)
+    grid = _checked_grid(name, grid)
     LAUNCHES.counts[name] += 1
     for counter in _counters:
         counter.counts[name] += 1

@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.nn.functional as TF
 import triton
@@ -32,6 +33,24 @@ def test_autotune_gating():
         launch(_fill, lambda meta: (triton.cdiv(300, meta["BLOCK"]),), out, 300)
     assert launches.counts["_fill"] == 1
     assert torch.equal(out.cpu(), torch.arange(300, dtype=torch.float32))
+
+
+@triton.jit
+def _mark(out_ptr):
+    tl.store(out_ptr + tl.program_id(0), 1.0)
+
+
+@pytest.mark.parametrize("callable_grid", [False, True])
+def test_grid_over_cuda_limits_raises_before_launch(callable_grid):
+    """A grid axis over CUDA's limit (65535 programs on axes 1 and 2) raises a
+    RuntimeError naming the kernel, on a GPU and in the interpreter alike."""
+    out = torch.zeros(4, device="cuda" if torch.cuda.is_available() else "cpu")
+    grid = (1, 65536)
+    with pytest.raises(RuntimeError, match="_mark: 65536 programs on grid axis 1"):
+        launch(_mark, (lambda meta: grid) if callable_grid else grid, out)
+    assert not out.any()
+    launch(_mark, (4, 1, 1), out)
+    assert out.all()
 
 
 def test_layout_helpers():
