@@ -403,7 +403,10 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     op = "batch_norm"
     _check_norm_input(input, op)
     if input.dim() < 2:
-        raise RuntimeError(f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input")
+        message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
+        if training and running_mean is None and weight is None:
+            raise IndexError(message)     # torch's class here: it indexes the missing channel dim
+        raise RuntimeError(message)
     if training:
         count = input.shape[0]
         for n in input.shape[2:]:
