@@ -35,7 +35,8 @@ def specialisations(module_name: str) -> list:
     module = importlib.import_module(f"kernels.{module_name}")
     out = []
     for case in module.COMPILE_CASES:
-        configs = getattr(case.kernel, "nnlib_configs", None) or [None]
+        configs_for = getattr(case.kernel, "nnlib_configs_for", None)
+        configs = configs_for(case.constexprs) if configs_for else [None]
         out += [(case, config, "" if config is None else f"/cfg{i}") for i, config in enumerate(configs)]
     return out
 

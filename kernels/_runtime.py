@@ -63,15 +63,35 @@ def dot_upcast() -> bool:
 # Autotuning and launches
 
 def autotune(configs: list[triton.Config], key: list[str],
-             interpreter_config: triton.Config | None = None, **kwargs):
+             interpreter_config: triton.Config | None = None, alternatives: tuple | None = None, **kwargs):
     """``triton.autotune`` with ``configs`` on a GPU and only ``interpreter_config``
-    (default: the first config) under the interpreter, which cannot time configs."""
+    (default: the first config) under the interpreter, which cannot time configs.
+
+    ``alternatives`` = (name, {value: configs}): launches whose constexpr ``name``
+    takes one of those values are tuned over that list instead (e.g. smaller tiles
+    where the large ones would spill). ``kernel.nnlib_configs_for(constexprs)``
+    gives the list a launch with those constexprs tunes over (the compile test
+    compiles exactly those)."""
+    name, lists = alternatives or ("", {})
+
+    def configs_for(constexprs: dict) -> list[triton.Config]:
+        return list(lists.get(constexprs.get(name), configs))
+
     def decorator(fn):
-        chosen = configs
         if interpreting():
-            chosen = [interpreter_config or configs[0]]
-        tuned = triton.autotune(configs=chosen, key=key, **kwargs)(fn)
+            tuned = triton.autotune(configs=[interpreter_config or configs[0]], key=key, **kwargs)(fn)
+        else:
+            every = list(configs) + [c for more in lists.values() for c in more]
+            owner = [None] * len(configs) + [value for value, more in lists.items() for _ in more]
+
+            def prune(candidates, named_args, **launch_kwargs):
+                value = launch_kwargs.get(name, (named_args or {}).get(name))
+                wanted = value if value in lists else None
+                return [c for c, o in zip(candidates, owner) if o == wanted]
+            prune_by = {"early_config_prune": prune} if lists else None
+            tuned = triton.autotune(configs=every, key=key, prune_configs_by=prune_by, **kwargs)(fn)
         tuned.nnlib_configs = list(configs)
+        tuned.nnlib_configs_for = configs_for
         return tuned
     return decorator
 

@@ -8,6 +8,11 @@ not divide): the interpreter pays per program and per loop iteration.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -17,6 +22,8 @@ import nnlib.functional as F
 from kernels.conv import conv_paths
 from kernels._runtime import count_launches
 from tests.reference import assert_close, check_double_backward, check_op, make_input
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # torch's own reference warns that 'same' padding of an even kernel copies its input.
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
@@ -177,6 +184,31 @@ def test_aligned_channels_last(dtype, device):
     ours, reference = _conv_fns(2, 1, 1, 2, "relu")
     out, _ = check_op(ours, reference, [x, w, b], "conv")
     assert out.is_contiguous(memory_format=cl)
+
+
+_PRUNE_CHECK = """
+import json
+from kernels.conv import _gemm as g
+pairs = [(g.conv_fwd_gemm[0], g.FWD_CONFIGS, g.UNALIGNED_CONFIGS),
+         (g.conv_dgrad_gemm[1], g.FP32_CONFIGS, g.FP32_UNALIGNED_CONFIGS),
+         (g.conv_wgrad_flat[0], g.FLAT_CONFIGS, g.FLAT_UNALIGNED_CONFIGS)]
+result = []
+for tuned, aligned, unaligned in pairs:
+    tuned.nargs = {}
+    result.append([tuned.prune_configs({"VEC": 1}) == unaligned, tuned.prune_configs({"VEC": 8}) == aligned])
+print(json.dumps(result))
+"""
+
+
+def test_unaligned_channels_tune_over_their_own_tiles():
+    """On a GPU (no interpreter), GEMM launches with VEC = 1 (channel rows not
+    16-byte aligned) tune over the small tiles that compile without spills, the
+    others over the full lists: checked in a subprocess without TRITON_INTERPRET."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _PRUNE_CHECK], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == [[True, True]] * 3
 
 
 def test_weight_grad_is_deterministic(device):

@@ -31,12 +31,14 @@ def _strides(prefix, axes):
 def _compile_cases():
     """Every conv kernel, fp16 / bf16 / fp32 (tf32 and exact). GEMM cases are the
     GPU path's specialisation: channels_last operands and outputs (channel strides
-    of 1) and 16-byte aligned channel counts (VEC)."""
+    of 1), with 16-byte aligned channel counts (VEC 8 / 4) and, for fp16 and fp32,
+    without (VEC 1, which tunes over its own smaller tiles)."""
     cases = []
     # (dtype, ALLOW_TF32): fp32 runs on tf32 tensor cores or exact FMA per cudnn.allow_tf32.
-    for dt, tf32 in (("fp16", True), ("bf16", True), ("fp32", True), ("fp32", False)):
-        label = dt + ("" if dt != "fp32" else ",tf32" if tf32 else ",ieee")
-        vec = 4 if dt == "fp32" else 8
+    gemm_variants = [(dt, tf32, vec) for dt, tf32 in (("fp16", True), ("bf16", True), ("fp32", True), ("fp32", False))
+                     for vec in ((4 if dt == "fp32" else 8),) + ((1,) if dt != "bf16" else ())]
+    for dt, tf32, vec in gemm_variants:
+        label = dt + ("" if dt != "fp32" else ",tf32" if tf32 else ",ieee") + (",vec1" if vec == 1 else "")
         mma = dict(ALLOW_TF32=tf32, DOT_UPCAST=False)
         for flat in (False, True):
             sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
@@ -59,8 +61,7 @@ def _compile_cases():
         cases.append(CompileCase(conv_dgrad_gemm[dt == "fp32"], sig,
                                  dict(VEC=vec, stride_dyk=1, stride_wc=1, stride_dxc=1, **mma),
                                  tensor_cores=tf32, label=label))
-        if not tf32:
-            continue
+    for dt in ("fp16", "bf16", "fp32"):
         for block_m, block_n in ((32, 32), (256, 4)):      # the GPU tiles of ops._direct_tiles
             direct = dict(BLOCK_M=block_m, BLOCK_N=block_n)
             tile = f"{dt},{block_m}x{block_n}"

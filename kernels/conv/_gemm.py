@@ -22,10 +22,11 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
 
 Each kernel is autotuned with three config lists (``_tuned``): fp16 / bf16
 tiles up to 128x256x64, fp32 tiles (twice the bytes, exact-fp32 FMA dots when
-tf32 is off) and FLAT tiles (element-wise gathers): every config compiles for
-sm_90 and sm_80 without register spills. ``VEC`` > 1 is the host's promise of
-16-byte aligned channel rows, the hints that turn the gathers into cp.async
-vectors.
+tf32 is off) and FLAT tiles (element-wise gathers), each with smaller tiles
+for ``VEC`` = 1: every config compiles for sm_90 and sm_80 without register
+spills. ``VEC`` > 1 is the host's promise of 16-byte aligned channel rows, the
+hints that turn the gathers into cp.async vectors; without it every gather is
+scalar and the large tiles would spill.
 """
 from __future__ import annotations
 
@@ -159,6 +160,19 @@ FP32_FLAT_CONFIGS = [
     _cfg(128, 64, 16, 8, 3),
     _cfg(64, 64, 16, 4, 4),
 ]
+# VEC = 1 (channel rows not 16-byte aligned: channel counts that are not a
+# multiple of 8 for fp16 / bf16, of 4 for fp32): every gather is scalar, and the
+# large tiles above spill; these compile without spills on sm_80 and sm_90.
+UNALIGNED_CONFIGS = [
+    _cfg(128, 64, 32, 8, 3),
+    _cfg(64, 128, 32, 8, 3),
+    _cfg(64, 64, 32, 8, 3),
+    _cfg(64, 64, 32, 4, 3),
+    _cfg(32, 64, 32, 4, 3),
+]
+FP32_UNALIGNED_CONFIGS = [_cfg(64, 64, 32, 8, 3)]
+FLAT_UNALIGNED_CONFIGS = FLAT_CONFIGS[1:]
+FP32_FLAT_UNALIGNED_CONFIGS = FP32_FLAT_CONFIGS[1:]
 FWD_INTERPRETER = _cfg(128, 64, 64, 4, 1)
 DGRAD_INTERPRETER = _cfg(128, 64, 64, 4, 1)
 WGRAD_INTERPRETER = _cfg(64, 64, 128, 4, 1)
@@ -252,16 +266,19 @@ def _conv_fwd_gemm_kernel(
                   stride_yn, stride_yc, stride_yh, stride_yw, negative_slope, HAS_BIAS, ACTIVATION, VEC)
 
 
-def _tuned(kernel, configs, fp32_configs, key, interpreter_config):
+def _tuned(kernel, configs, fp32_configs, key, interpreter_config, flat=False):
     """(autotuned kernel for fp16 / bf16, autotuned kernel for fp32): one JIT kernel,
-    two config lists, indexed by ``dtype == torch.float32``."""
-    return (autotune(configs, key, interpreter_config)(kernel),
-            autotune(fp32_configs, key, interpreter_config)(kernel))
+    two config lists (each with its VEC = 1 alternative), indexed by
+    ``dtype == torch.float32``."""
+    unaligned = (FLAT_UNALIGNED_CONFIGS, FP32_FLAT_UNALIGNED_CONFIGS) if flat else \
+        (UNALIGNED_CONFIGS, FP32_UNALIGNED_CONFIGS)
+    return tuple(autotune(c, key, interpreter_config, alternatives=("VEC", {1: u}))(kernel)
+                 for c, u in zip((configs, fp32_configs), unaligned))
 
 
 _FWD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC"]
 conv_fwd_gemm = _tuned(_conv_fwd_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS, _FWD_KEY, FWD_INTERPRETER)
-conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _FWD_KEY, FLAT_INTERPRETER)
+conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _FWD_KEY, FLAT_INTERPRETER, flat=True)
 
 
 # ---------------------------------------------------------------------------
@@ -434,4 +451,5 @@ def _conv_wgrad_gemm_kernel(
 
 _WGRAD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "chunk", "VEC"]
 conv_wgrad_gemm = _tuned(_conv_wgrad_gemm_kernel, WGRAD_CONFIGS, FP32_CONFIGS, _WGRAD_KEY, WGRAD_INTERPRETER)
-conv_wgrad_flat = _tuned(_conv_wgrad_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _WGRAD_KEY, FLAT_INTERPRETER)
+conv_wgrad_flat = _tuned(_conv_wgrad_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _WGRAD_KEY, FLAT_INTERPRETER,
+                         flat=True)
