@@ -105,6 +105,9 @@ def time_case(case: Case, ceilings: dict) -> dict:
     if case.flops:
         row["tflops"] = case.flops / ours_ms / 1e9
         row["pct_bf16_matmul"] = 100 * row["tflops"] / ceilings["bf16_matmul_tflops"]
+    if case.extra.get("images"):        # whole-model cases: throughput of both sides
+        row["images_per_s"] = case.extra["images"] * 1e3 / ours_ms
+        row["torch_images_per_s"] = case.extra["images"] * 1e3 / base_ms
     return row
 
 

@@ -3,8 +3,8 @@ a training step (forward, cross-entropy, backward) and inference, nnlib's model 
 for inference, nnlib's model after ``nnlib.fuse``) against the same torchvision-shaped
 network in torch.nn on cuDNN, from the same weights.
 
-``Case.extra`` carries images/s of both sides (``images_per_s``, ``torch_images_per_s``),
-measured in ``setup`` with ``do_bench`` (median), since the harness keeps only times.
+``Case.extra["images"]`` (the batch) makes the harness report images/s of both sides
+(``images_per_s``, ``torch_images_per_s``) from the same median times as the speedup.
 Before inference, batch norm running statistics are set from one batch (on the torch
 model, then copied), so that the logits compared by the check have a sensible scale.
 A bf16 case first checks that nnlib's convolution follows ``torch.autocast`` (returns
@@ -96,26 +96,20 @@ def _setup(case: Case, build, shape, pass_name: str, device: str):
                     loss.backward()
                     return loss.detach()
                 return run
-            thunks = step(ours), step(theirs)
-        else:
-            _calibrate(theirs, x)
-            ours.load_state_dict(theirs.state_dict())
-            theirs.eval()
-            ours.eval()
-            if pass_name == "inference-fused":
-                ours = nnlib.fuse(ours)
+            return step(ours), step(theirs)
+        _calibrate(theirs, x)
+        ours.load_state_dict(theirs.state_dict())
+        theirs.eval()
+        ours.eval()
+        if pass_name == "inference-fused":
+            ours = nnlib.fuse(ours)
 
-            def infer(model):
-                def run():
-                    with torch.no_grad(), autocast():
-                        return model(x)
-                return run
-            thunks = infer(ours), infer(theirs)
-        if device == "cuda":
-            from triton.testing import do_bench
-            for key, fn in zip(("images_per_s", "torch_images_per_s"), thunks):
-                case.extra[key] = shape[0] * 1e3 / do_bench(fn, return_mode="median")
-        return thunks
+        def infer(model):
+            def run():
+                with torch.no_grad(), autocast():
+                    return model(x)
+            return run
+        return infer(ours), infer(theirs)
     return setup
 
 
