@@ -335,7 +335,9 @@ class PReLUGradFunction(torch.autograd.Function):
         channel_shape = [1] * x.dim()
         if x.dim() >= 2 and weight.numel() > 1:
             channel_shape[1] = -1
-        negative = x <= 0
+        # torch's second-derivative formulas count x == 0 as positive (its first
+        # derivative counts it as negative); follow them.
+        negative = x < 0
         d_grad = d_x = d_w = None
         if grad_grad_x is not None:
             d_grad = grad_grad_x * torch.where(negative, weight.reshape(channel_shape), 1)

@@ -628,7 +628,8 @@ def _column_sums(partials: torch.Tensor) -> torch.Tensor:
 
 
 def _param(t):
-    return None if t is None else t.reshape(-1)
+    """weight / bias as the C consecutive elements the kernels read (one copy when strided)."""
+    return None if t is None else t.reshape(-1).contiguous()
 
 
 class NormFunction(torch.autograd.Function):

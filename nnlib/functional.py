@@ -51,10 +51,15 @@ def _autocast(policy: str, input, *others):
 # ---------------------------------------------------------------------------
 # Activations
 
-def _check_activation_input(input, op: str, allow_integer: bool = False) -> None:
+def _check_activation_input(input, op: str, allow_integer: bool = False, check_dtype: bool = True) -> None:
+    """torch's classes: TypeError for a non-tensor; relu (``allow_integer``) takes
+    integers but not bool (RuntimeError); the others take floating point only
+    (NotImplementedError, bool included)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
-    if input.dtype == torch.bool:
+    if not check_dtype:
+        return
+    if allow_integer and input.dtype == torch.bool:
         raise RuntimeError(f"{op}(): Boolean inputs not supported for 'input'")
     if not input.is_floating_point() and not allow_integer:
         raise NotImplementedError(f"{op}(): 'input' of dtype {input.dtype} is not supported; "
@@ -90,10 +95,14 @@ def leaky_relu_(input: torch.Tensor, negative_slope: float = 0.01) -> torch.Tens
 def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """input where input > 0, else weight[c] * input, c the channel (dim 1; one
     channel below rank 2). weight: (1,), a scalar, or (C,)."""
-    _check_activation_input(input, "prelu")
+    _check_activation_input(input, "prelu", check_dtype=False)
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"prelu(): argument 'weight' must be Tensor, not {type(weight).__name__}")
     input, weight = _autocast(_LOWER_PRECISION, input, weight)
+    # torch's order: dtypes must agree, then shapes, then the dtype must be floating point.
+    if weight.dtype != input.dtype:
+        raise RuntimeError(f"prelu(): Type promoting not supported: 'input' is {input.dtype} and "
+                           f"'weight' is {weight.dtype}")
     check_same_device("prelu", input=input, weight=weight)
     if weight.dim() > 1:
         raise RuntimeError(f"prelu: Expected `weight` to be a scalar or 1D tensor, but got: ndim = {weight.dim()}")
@@ -101,9 +110,7 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if weight.numel() != 1 and weight.numel() != channels:
         raise RuntimeError(f"prelu(): Mismatch of parameter numbers and input channel size. Found parameter "
                            f"numbers (weight) = {weight.numel()} and channel size (input.shape[1]) = {channels}.")
-    if weight.dtype != input.dtype:
-        raise RuntimeError(f"prelu(): Type promoting not supported: 'input' is {input.dtype} and "
-                           f"'weight' is {weight.dtype}")
+    _check_activation_input(input, "prelu")
     if _on_torch_path(input):
         return F.prelu(input, weight)
     return _act.PReLUFunction.apply(input, weight)
@@ -116,9 +123,10 @@ def _conv_pair(value, name: str) -> tuple[int, int]:
     """An int or a sequence of one or two ints as an (h, w) pair (torch's classes of
     error: TypeError for a non-int, RuntimeError for a wrong length)."""
     items = value if isinstance(value, (tuple, list, torch.Size)) else (value,)
-    for item in items:
-        if isinstance(item, (bool, float)) or not hasattr(item, "__index__"):
-            raise TypeError(f"conv2d(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
+    # torch's argument parser: ints (or 0-d integer tensors); a bool only after the first.
+    if not items or isinstance(items[0], bool) or any(isinstance(i, float) or not hasattr(i, "__index__")
+                                                       for i in items):
+        raise TypeError(f"conv2d(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
     if len(items) not in (1, 2):
         raise RuntimeError(f"conv2d(): expected {name} to be a single integer value or a list of 2 values to "
                            f"match the convolution dimensions, but got {name}={[int(i) for i in items]}")
@@ -139,17 +147,20 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if t is not None and not isinstance(t, torch.Tensor):
             raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    # Argument types first (TypeError), as torch's parser, then values and shapes.
+    if isinstance(groups, (bool, float)) or not hasattr(groups, "__index__"):
+        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
+    if not isinstance(padding, str):
+        _conv_pair(padding, "padding")
+    stride = _conv_pair(stride, "stride")
+    dilation = _conv_pair(dilation, "dilation")
+    groups = int(groups)
     if input.dim() not in (3, 4):
         raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
                            f"{list(input.shape)}")
     if weight.dim() != 4:
         raise RuntimeError(f"conv2d(): expected 'weight' of 4 dimensions (out_channels, in_channels / groups, kH, "
                            f"kW), but got weight of size {list(weight.shape)}")
-    stride = _conv_pair(stride, "stride")
-    dilation = _conv_pair(dilation, "dilation")
-    if isinstance(groups, (bool, float)) or not hasattr(groups, "__index__"):
-        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
-    groups = int(groups)
     if groups <= 0:
         raise RuntimeError("conv2d(): non-positive groups is not supported")
     if min(stride) <= 0:

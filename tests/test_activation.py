@@ -140,6 +140,13 @@ def test_prelu_double_backward(shape, C, device):
     check_double_backward(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
 
 
+def test_prelu_double_backward_at_zero(device):
+    """torch's second derivatives count x == 0 as positive, its first as negative."""
+    x = torch.tensor([[0.0, -1.0, 2.0], [0.0, 3.0, 0.0]], device=device, requires_grad=True)
+    w = torch.tensor([0.25, 0.5, 0.75], device=device, requires_grad=True)
+    check_double_backward(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_prelu_autocast(dtype, device):
     """torch.autocast runs prelu in its lower-precision dtype (CPU and CUDA); relu keeps the input's."""
@@ -166,6 +173,18 @@ def test_prelu_bad_input(device):
         F.prelu(x, [0.25])
     with pytest.raises(RuntimeError, match="device"):
         F.prelu(x, torch.rand(3, device="meta"))
+    # torch's classes and order: dtypes must agree (RuntimeError), then shapes, then
+    # floating point (NotImplementedError, bool included).
+    for args in ((torch.arange(4, device=device), torch.tensor([0.25], device=device)),
+                 (torch.arange(4, device=device).view(2, 2), torch.tensor([1, 2, 3], device=device)),
+                 (torch.tensor([True, False], device=device), torch.tensor([True], device=device))):
+        with pytest.raises(Exception) as expected:
+            TF.prelu(*(a.cpu() for a in args))
+        with pytest.raises(expected.type):
+            F.prelu(*args)
+    for op in (F.leaky_relu, F.leaky_relu_):
+        with pytest.raises(NotImplementedError):
+            op(torch.tensor([True, False], device=device))
 
 
 def test_int64_offsets(device):

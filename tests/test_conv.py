@@ -318,6 +318,12 @@ def _bad_cases():
         "bias-2d": ((x, w, torch.randn(6, 1)), {}),
         "no-output-channels": ((x, torch.randn(0, 4, 3, 3)), {}),
         "input-not-tensor": ((3.0, w), {}),
+        # torch's parser checks argument types before shapes
+        "stride-float-with-bad-rank": ((torch.randn(1, 1, 3, 6, 6), w), {"stride": 1.5}),
+        "dilation-none-with-bad-weight": ((x, torch.randn(6, 4, 3)), {"dilation": None}),
+        "groups-none-with-bad-stride": ((x, w), {"stride": (1, 1, 1), "groups": None}),
+        "padding-float-with-zero-stride": ((x, w), {"stride": 0, "padding": 1.5}),
+        "padding-bool-first": ((x, w), {"padding": (False, 1)}),
     }
 
 
@@ -333,6 +339,25 @@ def test_bad_input_raises_like_torch(name, device):
     with count_launches() as launches, pytest.raises(expected.type):
         F.conv2d(*args, **kwargs)
     assert launches.total == 0
+
+
+@pytest.mark.parametrize("i", [0, 13], ids=["gemm", "direct"])
+def test_strided_bias(i, device):
+    """A sliced or expanded bias is read through its strides (one small copy)."""
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[i]
+    x, w, _ = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device, bias=False)
+    ours, reference = _conv_fns(stride, padding, dilation, groups)
+    sliced = torch.randn(2 * K).to(device)[::2].requires_grad_()
+    check_op(ours, reference, [x, w, sliced], "conv")
+    expanded = torch.tensor(0.5, device=device).expand(K)
+    check_op(ours, reference, [x, w, expanded], "conv")
+
+
+def test_bool_after_first_int_is_accepted_like_torch(device):
+    """torch's parser takes padding=(1, False) (a bool after an int) as (1, 0)."""
+    x, w = torch.randn(1, 4, 6, 6, device=device), torch.randn(6, 4, 3, 3, device=device)
+    out = F.conv2d(x, w, padding=(1, False), stride=(1, True))
+    assert out.shape == TF.conv2d(x.cpu(), w.cpu(), padding=(1, False), stride=(1, True)).shape == (1, 6, 6, 4)
 
 
 def test_bad_activation_and_devices(device):

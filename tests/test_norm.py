@@ -166,6 +166,21 @@ def _check_layer_norm(x, shape, w, b, eps=1e-5, activation=None, slope=0.01):
         [x, w, b], "reduction", dtype=x.dtype)[0]
 
 
+def test_strided_parameters_and_running_stats(device):
+    """Sliced / expanded weight, bias and running stats are read through their
+    strides (one small copy), not as if contiguous."""
+    x = make_input((2, 4, 5, 3), torch.float32, device, requires_grad=True)
+    w = (torch.rand(8) + 0.5).to(device)[::2].requires_grad_()
+    b = torch.tensor(0.5, device=device).expand(4)
+    _check_batch_norm(x, w, b, None, True)
+    rm, rv = torch.randn(8, device=device)[::2], (torch.rand(8, device=device) + 0.5)[::2]
+    _check_batch_norm(x, w, b, (rm, rv), False)
+    _check_group_norm(x, 2, w, b)
+    lw = (torch.rand(5, 6) + 0.5).to(device)[:, ::2].requires_grad_()
+    lb = torch.randn(10, 3).to(device)[::2].requires_grad_()
+    _check_layer_norm(x, (5, 3), lw, lb)
+
+
 @pytest.mark.parametrize("affine", ["weight+bias", "weight", "none"])
 @pytest.mark.parametrize("dims", [1, 2, 3])
 def test_layer_norm_trailing_dims(dims, affine, device):

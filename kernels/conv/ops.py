@@ -152,6 +152,7 @@ def _memory_format(*tensors):
 def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: float) -> torch.Tensor:
     """y = act(conv(x, w) + b): (N, K, P, Q) in x's dtype, channels_last when x or w is."""
     fmt = _memory_format(x, w)
+    b = None if b is None else b.contiguous()     # the kernels read K consecutive elements
     shape = (geo.N, geo.K, geo.P, geo.Q)
     if geo.N * geo.K * geo.P * geo.Q == 0:
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
