@@ -163,6 +163,22 @@ def count_launches():
 # ---------------------------------------------------------------------------
 # Layout helpers
 
+def suggest_memory_format(t: torch.Tensor) -> torch.memory_format:
+    """The memory format torch gives the output of a conv / pool / norm of ``t``
+    (its suggest_memory_format): channels_last (channels_last_3d at rank 5) when
+    the strides grow through C, then the spatial dims from the last, then N;
+    size-1 dims count as torch counts them, and ambiguous layouts stay contiguous."""
+    if t.layout != torch.strided or t.dim() not in (4, 5) or t.stride(1) == 0:
+        return torch.contiguous_format
+    lowest = 0
+    for d in (1, *range(t.dim() - 1, 1, -1), 0):
+        size, stride = t.shape[d], t.stride(d)
+        if size == 0 or stride < lowest or (d == 0 and lowest == t.stride(1)):
+            return torch.contiguous_format
+        lowest = stride * size if size > 1 else stride
+    return torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+
+
 def is_dense(t: torch.Tensor) -> bool:
     """True when ``t`` covers exactly ``numel`` consecutive elements of storage in
     some dim order (contiguous, channels_last, any permutation): an elementwise

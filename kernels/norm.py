@@ -46,7 +46,7 @@ import triton
 import triton.language as tl
 
 from ._reduce import sum_partials
-from ._runtime import CompileCase, interpreting, launch, merge_dims, needs_int64
+from ._runtime import CompileCase, interpreting, launch, merge_dims, needs_int64, suggest_memory_format
 from .activation import activation_grad, apply_activation
 
 __all__ = ["Geometry", "NormFunction", "batch_norm", "instance_norm", "group_norm", "layer_norm",
@@ -502,13 +502,17 @@ def _ncs_views(tensors, geom: Geometry):
 
 
 def _empty_output(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    """torch.empty in x's memory format when it is channels_last and the norm keeps it."""
+    """torch.empty in torch's layout: layer / instance norm contiguous; group norm
+    the memory format torch suggests for x; batch norm that, or channels_last
+    whenever x is a non-contiguous channels_last-dense tensor (torch's kernel
+    tests that first)."""
     fmt = torch.contiguous_format
-    if geom.keep_format and not x.is_contiguous():
-        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
-            fmt = torch.channels_last
-        elif x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
-            fmt = torch.channels_last_3d
+    if geom.keep_format:
+        fmt = suggest_memory_format(x)
+        channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+        if (not geom.per_sample and channels_last is not None and not x.is_contiguous()
+                and x.is_contiguous(memory_format=channels_last)):
+            fmt = channels_last
     return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
 
 

@@ -25,9 +25,8 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
-from torch._prims_common import suggest_memory_format
 
-from ._runtime import CompileCase, interpreting, launch, needs_int64
+from ._runtime import CompileCase, interpreting, launch, needs_int64, suggest_memory_format
 from .activation import ActivationGradFunction, activation_grad, apply_activation
 
 __all__ = ["PoolParams", "max_pool2d_forward", "max_pool2d_backward", "max_pool2d_gather", "MaxPool2dFunction",
@@ -228,17 +227,13 @@ def output_shape(size: int, kernel: int, stride: int, padding: int, dilation: in
     return out
 
 
-def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    return suggest_memory_format(x) if x.dim() == 4 else torch.contiguous_format
-
-
 def max_pool2d_forward(x: torch.Tensor, params: PoolParams, ceil_mode: bool, index_mode: int,
                        activation: int):
     """x: (N, C, H, W) or (C, H, W), any strides. Returns (y, idx): y (N, C, OH, OW)
     in x's memory format; idx of y's shape and strides (int64 flat indices for
     ``INDEX_FLAT``, compact local codes for ``INDEX_LOCAL``) or None."""
     unbatched = x.dim() == 3
-    fmt = _memory_format(x)
+    fmt = suggest_memory_format(x)
     x4 = x.unsqueeze(0) if unbatched else x
     N, C, H, W = x4.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = params
@@ -294,7 +289,7 @@ def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, params: PoolParams) 
     out = torch.empty_strided(idx4.shape, idx4.stride(), dtype=src.dtype, device=src.device)
     (_, kw), (sh, sw), (ph, pw), (dh, dw) = params
     if out.numel():
-        block_p, block_c = _tiles(OH * OW, C, _memory_format(out) == torch.channels_last)
+        block_p, block_c = _tiles(OH * OW, C, suggest_memory_format(out) == torch.channels_last)
         grid = (N * triton.cdiv(C, block_c) * triton.cdiv(OH * OW, block_p),)
         launch(_max_pool2d_gather_kernel, grid, src4, idx4, out, C, H, W, OH, OW,
                *src4.stride(), *idx4.stride(), *out.stride(), ph, pw, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
@@ -320,7 +315,7 @@ class MaxPool2dFunction(torch.autograd.Function):
         index_mode = INDEX_FLAT if return_indices else INDEX_LOCAL if need_indices else INDEX_NONE
         y, idx = max_pool2d_forward(x, params, ceil_mode, index_mode, activation)
         ctx.params, ctx.activation = params, activation
-        ctx.input_shape, ctx.memory_format = x.shape, _memory_format(x)
+        ctx.input_shape, ctx.memory_format = x.shape, suggest_memory_format(x)
         if return_indices:
             ctx.mark_non_differentiable(idx)
         # Flat indices carry no activation mask: keep y to mask the gradient.
@@ -358,7 +353,7 @@ class MaxPool2dGatherFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, src, idx, params):
         ctx.save_for_backward(idx)
-        ctx.params, ctx.input_shape, ctx.memory_format = params, src.shape, _memory_format(src)
+        ctx.params, ctx.input_shape, ctx.memory_format = params, src.shape, suggest_memory_format(src)
         return max_pool2d_gather(src, idx, params)
 
     @staticmethod

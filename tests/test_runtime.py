@@ -53,6 +53,35 @@ def test_grid_over_cuda_limits_raises_before_launch(callable_grid):
     assert out.all()
 
 
+def _tricky_layouts():
+    """4-D tensors where simple rules disagree with torch's layout choice."""
+    cl = torch.randn(2, 6, 5, 4).contiguous(memory_format=torch.channels_last)
+    return {
+        "batch1-n-innermost": torch.randn(5, 4, 6, 1).permute(3, 2, 0, 1),
+        "channel-sliced-channels-last": torch.randn(2, 12, 5, 4).contiguous(memory_format=torch.channels_last)[:, ::2],
+        "channels-last": cl,
+        "channels-last-width1": torch.randn(2, 6, 5, 1).contiguous(memory_format=torch.channels_last),
+        "c1-channels-last": torch.randn(2, 1, 5, 4).contiguous(memory_format=torch.channels_last),
+        "transposed-hw": torch.randn(2, 6, 4, 5).transpose(2, 3),
+        "nhwc-sliced-width": cl[..., ::2],
+    }
+
+
+@pytest.mark.parametrize("name", list(_tricky_layouts()))
+def test_outputs_take_torchs_memory_format(name, device):
+    """conv2d, max_pool2d, batch_norm and group_norm outputs are laid out as torch
+    lays out its own (kernels._runtime.suggest_memory_format; batch norm's extra rule)."""
+    x = _tricky_layouts()[name]
+    C = x.shape[1]
+    w = torch.randn(3, C, 1, 1)
+    calls = [(F.conv2d, TF.conv2d, (w,)), (F.max_pool2d, TF.max_pool2d, (1,)),
+             (F.batch_norm, TF.batch_norm, (None, None, None, None, True)), (F.group_norm, TF.group_norm, (1,))]
+    for ours, reference, args in calls:
+        expected = reference(x, *args)
+        out = ours(x.to(device), *(a.to(device) if isinstance(a, torch.Tensor) else a for a in args))
+        assert out.stride() == expected.stride(), f"{ours.__name__}: {out.stride()} != {expected.stride()}"
+
+
 def test_layout_helpers():
     x = torch.empty(2, 3, 4, 5)
     assert is_dense(x) and is_dense(x.permute(0, 2, 3, 1)) and not is_dense(x[..., ::2])

@@ -13,7 +13,8 @@ paths work in channels_last: one copy of each operand that is not already
 to the caller's layout when that is NCHW, so that tiles load and store
 channel-contiguous 16-byte vectors (``VEC``, checked by ``_vec``). The
 interpreter skips those copies, so the strided addressing is what CI tests.
-The output is channels_last when the input or the weight is, as in torch.
+The output is channels_last when torch suggests channels_last for the input or
+the weight (``kernels._runtime.suggest_memory_format``), as torch does.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 import triton
 
 from .._reduce import sum_partials
-from .._runtime import dot_upcast, interpreting, launch
+from .._runtime import dot_upcast, interpreting, launch, suggest_memory_format
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
@@ -45,10 +46,6 @@ def conv_paths(in_channels: int, out_channels: int, groups: int) -> dict:
 
 def output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after: int, dilation: int) -> int:
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
-
-
-def _channels_last_like(t: torch.Tensor) -> bool:
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
 
 
 def _allow_tf32(dtype: torch.dtype) -> bool:
@@ -146,7 +143,9 @@ class ConvGeometry:
 # Launchers
 
 def _memory_format(*tensors):
-    return torch.channels_last if any(_channels_last_like(t) for t in tensors) else torch.contiguous_format
+    """torch's output layout: channels_last when the input or the weight suggests it."""
+    return (torch.channels_last if any(suggest_memory_format(t) == torch.channels_last for t in tensors)
+            else torch.contiguous_format)
 
 
 def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: float) -> torch.Tensor:
@@ -213,7 +212,7 @@ def _weight_strides(w: torch.Tensor, channels_last: bool):
     K, Cg, R, S = w.shape
     if channels_last:
         return (R * S * Cg, 1, S * Cg, Cg)
-    if w.is_contiguous() or _channels_last_like(w):
+    if w.is_contiguous() or w.is_contiguous(memory_format=torch.channels_last):
         return w.stride()
     return (Cg * R * S, R * S, S, 1)
 
