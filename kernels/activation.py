@@ -223,7 +223,9 @@ def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         grid = (triton.cdiv(outer * inner, block_r), triton.cdiv(C, block_c))
         launch(_prelu_fwd_kernel, grid, x3, _channel_weights(weight, C), y, outer, C, inner,
                *x_strides, *y_strides, BLOCK_R=block_r, BLOCK_C=block_c)
-    return y.reshape(x.shape)
+    y = y.reshape(x.shape)
+    like = torch.empty_like(x)     # torch's layout (x's own where x is dense)
+    return y if like.stride() == y.stride() else like.copy_(y)
 
 
 def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
