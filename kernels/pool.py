@@ -159,27 +159,36 @@ def _max_pool2d_gather_kernel(src_ptr, idx_ptr, out_ptr, C, H, W, OH, OW,
                               stride_in, stride_ic, stride_ih, stride_iw,
                               stride_on, stride_oc, stride_oh, stride_ow,
                               pad_h, pad_w,
-                              KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                              KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                               DH: tl.constexpr, DW: tl.constexpr, FLAT_INDEX: tl.constexpr,
                               INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """src: (N, C, H, W); idx, out: (N, C, OH, OW); all through strides.
     out = src at each window's argmax (idx flat h*W + w if FLAT_INDEX, else the
-    local code kh*KW + kw), 0 where idx is -1: the backward of the gather above,
-    which double backward needs."""
+    local code kh*KW + kw), 0 where the backward above sends the window's
+    gradient nowhere (idx -1, or an argmax that is not an in-bounds tap of the
+    window: windows that lie wholly in the padding): its exact transpose, which
+    double backward needs."""
     n, offs_p, offs_c, mask_p, mask_c = _plane_tile(OH * OW, C, INDEX_64, BLOCK_P, BLOCK_C)
     oh = offs_p // OW
     ow = offs_p % OW
     mask = mask_p[:, None] & mask_c[None, :]
     idx = tl.load(idx_ptr + n * stride_in + offs_c[None, :] * stride_ic + (oh * stride_ih + ow * stride_iw)[:, None],
                   mask=mask, other=-1).to(tl.int64 if INDEX_64 or FLAT_INDEX else tl.int32)
+    ih0 = (oh * SH - pad_h)[:, None]
+    iw0 = (ow * SW - pad_w)[:, None]
     if FLAT_INDEX:
         h = idx // W
         w = idx % W
+        th = h - ih0
+        tw = w - iw0
+        is_tap = (th >= 0) & (th % DH == 0) & (th < KH * DH) & (tw >= 0) & (tw % DW == 0) & (tw < KW * DW)
     else:
-        h = (oh * SH - pad_h)[:, None] + (idx // KW) * DH
-        w = (ow * SW - pad_w)[:, None] + (idx % KW) * DW
+        h = ih0 + (idx // KW) * DH
+        w = iw0 + (idx % KW) * DW
+        is_tap = idx >= 0
+    live = mask & is_tap & (h >= 0) & (h < H) & (w >= 0) & (w < W)
     v = tl.load(src_ptr + n * stride_sn + offs_c[None, :] * stride_sc + h * stride_sh + w * stride_sw,
-                mask=mask & (idx >= 0), other=0.0)
+                mask=live, other=0.0)
     tl.store(out_ptr + n * stride_on + offs_c[None, :] * stride_oc + (oh * stride_oh + ow * stride_ow)[:, None],
              v, mask=mask)
 
@@ -287,12 +296,12 @@ def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, params: PoolParams) 
     N, C, H, W = src4.shape
     OH, OW = idx4.shape[-2:]
     out = torch.empty_strided(idx4.shape, idx4.stride(), dtype=src.dtype, device=src.device)
-    (_, kw), (sh, sw), (ph, pw), (dh, dw) = params
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = params
     if out.numel():
         block_p, block_c = _tiles(OH * OW, C, suggest_memory_format(out) == torch.channels_last)
         grid = (N * triton.cdiv(C, block_c) * triton.cdiv(OH * OW, block_p),)
         launch(_max_pool2d_gather_kernel, grid, src4, idx4, out, C, H, W, OH, OW,
-               *src4.stride(), *idx4.stride(), *out.stride(), ph, pw, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
+               *src4.stride(), *idx4.stride(), *out.stride(), ph, pw, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
                FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out),
                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
     return out.squeeze(0) if unbatched else out
@@ -407,13 +416,12 @@ def _compile_cases():
 
     def gather(dt, pool, channels_last, idx_t, int64=False):
         block_p, block_c = (_TILE // 64, 64) if channels_last else (_TILE, 1)
-        params = geometry(pool)
-        del params["KH"]
         return CompileCase(
             _max_pool2d_gather_kernel,
             {"src_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", "out_ptr": f"*{dt}", **sizes,
              **strides(("s", "i", "o"), "i64" if int64 else "i32")},
-            {**params, "FLAT_INDEX": idx_t == "i64", "INDEX_64": int64, "BLOCK_P": block_p, "BLOCK_C": block_c},
+            {**geometry(pool), "FLAT_INDEX": idx_t == "i64", "INDEX_64": int64, "BLOCK_P": block_p,
+             "BLOCK_C": block_c},
             num_warps=_NUM_WARPS,
             label=f"gather,{dt},{pool},{'cl' if channels_last else 'nchw'},{idx_t}" + (",int64" if int64 else ""))
 

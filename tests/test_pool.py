@@ -147,6 +147,29 @@ def test_double_backward(g, indices, device):
                               (lambda t: reference(t)[0]) if flat else reference, [x], "elementwise")
 
 
+@pytest.mark.parametrize("return_indices", [False, True])
+def test_double_backward_windows_wholly_in_padding(return_indices, device):
+    """Windows whose taps all fall in the padding send their gradient nowhere, so
+    the gather (the backward's transpose) must give them 0, in both index forms,
+    and never read outside the plane: <backward(v), p> == <v, gather(p)>."""
+    x = torch.randn(2, 2, 2, 2, device=device, requires_grad=True)
+    out = F.max_pool2d(x, 2, 1, 1, 3, return_indices=return_indices)    # every window: taps at -1 and 2
+    y = out[0] if return_indices else out
+    v = torch.randn(y.shape, device=device, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(y, x, v, create_graph=True)
+    probe = torch.randn(x.shape, device=device)
+    (gathered,) = torch.autograd.grad((grad_x * probe).sum(), v)
+    assert not grad_x.any() and not gathered.any()
+    x = torch.randn(2, 3, 7, 6, device=device, requires_grad=True)        # and an ordinary geometry
+    out = F.max_pool2d(x, (3, 2), (2, 1), 1, (1, 2), return_indices=return_indices)
+    y = out[0] if return_indices else out
+    v = torch.randn(y.shape, device=device, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(y, x, v, create_graph=True)
+    probe = torch.randn(x.shape, device=device)
+    (gathered,) = torch.autograd.grad((grad_x * probe).sum(), v)
+    torch.testing.assert_close((grad_x * probe).sum(), (v * gathered).sum())
+
+
 def test_double_backward_unbatched(device):
     x = torch.randn(3, 9, 8, device=device, requires_grad=True)
     check_double_backward(lambda t: F.max_pool2d(t, 3, 2, 1), lambda t: TF.max_pool2d(t, 3, 2, 1), [x],
