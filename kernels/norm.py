@@ -671,14 +671,16 @@ class NormFunction(torch.autograd.Function):
                STATS_PER_SAMPLE=ctx.spec.stats_per_sample, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
                HAS_RESIDUAL=rk is not None, ACTIVATION=activation, INDEX_64=index_64, **plan.blocks(),
                num_warps=NUM_WARPS)
-        ctx.save_for_backward(xk, weight, bias, rk, mean, rstd)
+        # The caller's x and residual, not the copies a layout may have needed: the
+        # second derivatives must reach them (the backward copies again if it must).
+        ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        xk, weight, bias, rk, mean, rstd = ctx.saved_tensors
+        x, weight, bias, residual, mean, rstd = ctx.saved_tensors
         needs = tuple(ctx.needs_input_grad[:4])
-        grads = NormBackwardFunction.apply(dy, xk, weight, bias, rk, mean, rstd, ctx.spec, needs)
+        grads = NormBackwardFunction.apply(dy, x, weight, bias, residual, mean, rstd, ctx.spec, needs)
         return *grads, *([None] * 8)
 
 

@@ -417,18 +417,21 @@ DOUBLE_BACKWARD = {
 }
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
 @pytest.mark.parametrize("name", list(DOUBLE_BACKWARD))
-def test_double_backward(name, device):
+def test_double_backward(name, layout, device):
     """Second derivatives (create_graph=True, a gradient penalty) of x, weight,
     bias, residual and the output gradient match torch's: the first derivatives
-    come from the Triton kernels, the second from NormBackwardFunction."""
+    come from the Triton kernels, the second from NormBackwardFunction. A
+    transposed x is copied for the kernels; its second derivatives must still
+    reach x."""
     shape, ours, reference = DOUBLE_BACKWARD[name]
     C = shape[-1] if name.startswith("layer") else shape[1]
     layer = name.startswith("layer")
-    x = torch.randn(shape, device=device, requires_grad=True)
+    x = make_input(shape, torch.float32, device, layout, requires_grad=True)
     w = (torch.rand(shape[1:] if layer else (C,)) + 0.5).to(device).requires_grad_()
     b = torch.randn(shape[1:] if layer else (C,)).to(device).requires_grad_()
-    r = torch.randn(shape, device=device, requires_grad=True) if "residual" in name else None
+    r = make_input(shape, torch.float32, device, layout, requires_grad=True) if "residual" in name else None
     rm, rv = (torch.randn(C, device=device), torch.rand(C, device=device) + 0.5) if "eval" in name else (None, None)
     inputs = [x, w, b, r, rm, rv]
     check_double_backward(ours, reference, inputs, "reduction", expect_launch=False)
