@@ -365,6 +365,10 @@ def _check_norm_params(input, op: str, **params) -> None:
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
     check_same_device(op, input=input, **given)
+    for name in ("running_mean", "running_var"):
+        if name in given and given[name].requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"{op}(): '{name}' requires grad, but running statistics are not "
+                               "differentiable; pass a tensor that does not require grad")
     dtypes = {t.dtype for t in given.values()}
     if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in (input.dtype, torch.float32)):
         found = ", ".join(f"'{name}' is {t.dtype}" for name, t in given.items())
