@@ -252,18 +252,30 @@ _POOL_ARG_ERRORS = {
 }
 
 
-def _pool_pair(value, name: str) -> tuple[int, int]:
-    """An int or a sequence of one or two ints as an (h, w) pair (torch's classes
-    of error: TypeError for a non-int, RuntimeError for a wrong length)."""
+def _pool_items(value, name: str) -> tuple:
+    """The ints of an int or a sequence argument (TypeError for anything else, as
+    torch's parser)."""
     items = value if isinstance(value, (tuple, list, torch.Size)) else (value,)
     for item in items:
         if isinstance(item, (bool, float)) or not hasattr(item, "__index__"):
             raise TypeError(f"max_pool2d(): argument '{name}' must be tuple of ints, "
                             f"not {type(value).__name__}")
+    return items
+
+
+def _pool_pair(items, name: str) -> tuple[int, int]:
+    """One or two ints as an (h, w) pair (RuntimeError for another length)."""
     if len(items) not in (1, 2):
         raise RuntimeError(_POOL_ARG_ERRORS[name])
     items = [int(item) for item in items]
     return (items[0], items[-1])
+
+
+def _check_flag(value, op: str, name: str) -> bool:
+    """A bool argument: torch's parser takes only Python bools (TypeError)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}(): argument '{name}' must be bool, not {type(value).__name__}")
+    return value
 
 
 def _pool_activation(activation) -> int:
@@ -274,12 +286,17 @@ def _pool_activation(activation) -> int:
 
 
 def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> _pool.PoolParams:
-    """torch's checks, in torch's order and with its exception classes."""
-    kernel = _pool_pair(kernel_size, "kernel_size")
-    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
-        else _pool_pair(stride, "stride")
-    padding = _pool_pair(padding, "padding")
-    dilation = _pool_pair(dilation, "dilation")
+    """torch's checks, in torch's order and with its exception classes: argument
+    types first (TypeError), then lengths and values."""
+    default_stride = stride is None or (isinstance(stride, (tuple, list)) and not stride)
+    items = {name: _pool_items(value, name) for name, value in
+             (("kernel_size", kernel_size), ("stride", kernel_size if default_stride else stride),
+              ("padding", padding), ("dilation", dilation))}
+    _check_flag(ceil_mode, "max_pool2d", "ceil_mode")
+    kernel = _pool_pair(items["kernel_size"], "kernel_size")
+    stride = kernel if default_stride else _pool_pair(items["stride"], "stride")
+    padding = _pool_pair(items["padding"], "padding")
+    dilation = _pool_pair(items["dilation"], "dilation")
     if input.dim() not in (3, 4):
         raise RuntimeError(f"max_pool2d(): expected a 3D or 4D (batch mode) 'input', got {input.dim()}D")
     for k, s, p, d in zip(kernel, stride, padding, dilation):
@@ -323,8 +340,8 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, paddi
     if _on_torch_path(input) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         out, indices = F.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode, True)
         return (F.relu(out) if activation else out), indices
-    params = _check_max_pool2d(input, kernel_size, stride, padding, dilation, bool(ceil_mode))
-    return _pool.MaxPool2dFunction.apply(input, params, bool(ceil_mode), True, True, code)
+    params = _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return _pool.MaxPool2dFunction.apply(input, params, ceil_mode, True, True, code)
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
@@ -342,24 +359,41 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     if _on_torch_path(input) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         out = F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
         return F.relu(out) if activation else out
-    params = _check_max_pool2d(input, kernel_size, stride, padding, dilation, bool(ceil_mode))
+    params = _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
     need_indices = torch.is_grad_enabled() and input.requires_grad
-    return _pool.MaxPool2dFunction.apply(input, params, bool(ceil_mode), False, need_indices, code)[0]
+    return _pool.MaxPool2dFunction.apply(input, params, ceil_mode, False, need_indices, code)[0]
 
 
 # ---------------------------------------------------------------------------
 # Normalization
 
-def _check_norm_input(input, op: str) -> None:
+def _check_norm_input(input, op: str, attribute_error: bool = False) -> None:
+    """A non-tensor input raises what torch raises: AttributeError where torch's
+    Python code calls a method on it first (``attribute_error``), else TypeError."""
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+        error = AttributeError if attribute_error else TypeError
+        raise error(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+
+
+def _check_norm_dtype(input, op: str) -> None:
+    """Floating-point input only; torch checks this last (NotImplementedError)."""
     if not input.is_floating_point():
         raise NotImplementedError(f"{op}(): not implemented for 'input' of dtype {input.dtype}")
 
 
-def _check_norm_params(input, op: str, **params) -> None:
+def _check_eps(eps, op: str) -> float:
+    """eps: a number or a one-element tensor, as torch's parser (TypeError)."""
+    if isinstance(eps, torch.Tensor) and eps.numel() == 1:
+        return float(eps)
+    if not isinstance(eps, (int, float)):
+        raise TypeError(f"{op}(): argument 'eps' must be float, not {type(eps).__name__}")
+    return float(eps)
+
+
+def _check_norm_params(input, op: str, any_dtype: tuple = (), **params) -> None:
     """Parameters and running stats: tensors on input's device, all of one floating
-    dtype, which is input's or float32 (mixed precision), as torch requires."""
+    dtype, which is input's or, for fp16 / bf16 input, float32 (mixed precision),
+    as torch requires; the names in ``any_dtype`` may have any floating dtype."""
     given = {name: t for name, t in params.items() if t is not None}
     for name, t in given.items():
         if not isinstance(t, torch.Tensor):
@@ -369,8 +403,9 @@ def _check_norm_params(input, op: str, **params) -> None:
         if name in given and given[name].requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"{op}(): '{name}' requires grad, but running statistics are not "
                                "differentiable; pass a tensor that does not require grad")
-    dtypes = {t.dtype for t in given.values()}
-    if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in (input.dtype, torch.float32)):
+    dtypes = {t.dtype for name, t in given.items() if name not in any_dtype}
+    allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
+    if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in allowed):
         found = ", ".join(f"'{name}' is {t.dtype}" for name, t in given.items())
         raise RuntimeError(f"{op}(): expected parameters and running stats of one dtype, {input.dtype} "
                            f"(input's) or torch.float32, but {found}")
@@ -401,7 +436,7 @@ def _torch_epilogue(out, activation, negative_slope, residual=None):
 
 
 def _check_momentum(momentum, op: str) -> float:
-    if isinstance(momentum, bool) or not isinstance(momentum, (int, float)):
+    if not isinstance(momentum, (int, float)):
         raise TypeError(f"{op}(): argument 'momentum' must be float, not {type(momentum).__name__}")
     return float(momentum)
 
@@ -416,18 +451,22 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     ``residual`` (input's shape) added after the affine, then ``activation`` ("relu" /
     "leaky_relu" with ``negative_slope``): the ResNet block tail in one pass."""
     op = "batch_norm"
-    _check_norm_input(input, op)
-    if input.dim() < 2:
-        message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
-        if training and running_mean is None and weight is None:
-            raise IndexError(message)     # torch's class here: it indexes the missing channel dim
-        raise RuntimeError(message)
+    _check_norm_input(input, op, attribute_error=bool(training))
+    _check_flag(training, op, "training")
+    eps = _check_eps(eps, op)
+    message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
     if training:
+        if input.dim() == 0:
+            raise IndexError(message)     # torch's classes: it indexes the missing dims
         count = input.shape[0]
         for n in input.shape[2:]:
             count *= n
         if count == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    if input.dim() < 2:
+        if training and running_mean is None and weight is None:
+            raise IndexError(message)
+        raise RuntimeError(message)
     if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
@@ -448,6 +487,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
             raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
                                f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")
         check_same_device(op, input=input, residual=residual)
+    _check_norm_dtype(input, op)
     if _on_torch_path(input):
         out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return _torch_epilogue(out, activation, negative_slope, residual)
@@ -464,7 +504,9 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
     use_input_stats the running stats (C,), when given, move toward the batch
     average of the instance statistics; without it they normalize."""
     op = "instance_norm"
-    _check_norm_input(input, op)
+    _check_norm_input(input, op, attribute_error=bool(use_input_stats))
+    _check_flag(use_input_stats, op, "use_input_stats")
+    eps = _check_eps(eps, op)
     if use_input_stats:
         count = 1
         for n in input.shape[2:]:
@@ -478,9 +520,15 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
         raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
-    _check_norm_params(input, op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    # torch's instance_norm repeats the running stats and copies them back: any dtype.
+    _check_norm_params(input, op, ("running_mean", "running_var"), weight=weight, bias=bias,
+                       running_mean=running_mean, running_var=running_var)
     _check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dim() > 1:
+            raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
     code = _norm_activation(activation, negative_slope, op)
+    _check_norm_dtype(input, op)
     if _on_torch_path(input):
         out = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
         return _torch_epilogue(out, activation, negative_slope)
@@ -495,6 +543,7 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
     bias of shape normalized_shape (elementwise)."""
     op = "layer_norm"
     _check_norm_input(input, op)
+    eps = _check_eps(eps, op)
     if isinstance(normalized_shape, int) or not all(isinstance(n, int) for n in normalized_shape):
         raise TypeError(f"{op}(): argument 'normalized_shape' must be tuple of ints, not "
                         f"{type(normalized_shape).__name__}")
@@ -512,6 +561,7 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
     input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)
     _check_norm_params(input, op, weight=weight, bias=bias)
     code = _norm_activation(activation, negative_slope, op)
+    _check_norm_dtype(input, op)
     if _on_torch_path(input):
         return _torch_epilogue(F.layer_norm(input, shape, weight, bias, eps), activation, negative_slope)
     return _norm.layer_norm(input, shape, weight, bias, eps, code, float(negative_slope))
@@ -523,7 +573,11 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     """Group norm of input (N, C, *) over (C / num_groups, *) per (sample, group),
     any num_groups dividing C; weight, bias (C,)."""
     op = "group_norm"
-    _check_norm_input(input, op)
+    _check_norm_input(input, op, attribute_error=True)
+    if isinstance(num_groups, (bool, float)) or not hasattr(num_groups, "__index__"):
+        raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type(num_groups).__name__}")
+    num_groups = int(num_groups)
+    eps = _check_eps(eps, op)
     if input.dim() < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
     count = input.shape[0] * input.shape[1] // num_groups
@@ -544,6 +598,7 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)
     _check_norm_params(input, op, weight=weight, bias=bias)
     code = _norm_activation(activation, negative_slope, op)
+    _check_norm_dtype(input, op)
     if _on_torch_path(input):
         return _torch_epilogue(F.group_norm(input, num_groups, weight, bias, eps), activation, negative_slope)
     return _norm.group_norm(input, num_groups, weight, bias, eps, code, float(negative_slope))

@@ -467,6 +467,22 @@ def test_autocast_follows_torch(dtype, device):
                      ours.__name__)
 
 
+@pytest.mark.parametrize("stats_dtype", [torch.float16, torch.float64])
+def test_instance_norm_running_stats_of_another_dtype(stats_dtype, device):
+    """torch's instance_norm takes running stats of any floating dtype (it repeats
+    them and copies the update back); so does nnlib's, and momentum=True is a number."""
+    x = torch.randn(2, 3, 5, 4, device=device)
+    for use_input_stats in (True, False):
+        ours = [torch.randn(3).to(stats_dtype).to(device), (torch.rand(3) + 0.5).to(stats_dtype).to(device)]
+        theirs = [t.clone().cpu() for t in ours]
+        out = F.instance_norm(x, *ours, use_input_stats=use_input_stats, momentum=True)
+        expected = TF.instance_norm(x.cpu(), *theirs, use_input_stats=use_input_stats, momentum=True)
+        assert_close(out, expected, torch.float32, "reduction")
+        for mine, ref in zip(ours, theirs):
+            assert mine.dtype == stats_dtype
+            assert_close(mine, ref, torch.float16, "reduction")
+
+
 def test_torch_fallback_for_float64(device):
     x = torch.randn(2, 4, 5, 3, dtype=torch.float64, device=device)
     r = torch.randn_like(x)
@@ -525,7 +541,19 @@ def _bad_calls(device):
         (RuntimeError, lambda f, rm, rv: f.layer_norm(x, (4, 5), ones(5)), True),
         (RuntimeError, lambda f, rm, rv: f.layer_norm(x, (5,), ones(5), ones(4)), True),
         (NotImplementedError, lambda f, rm, rv: f.layer_norm(x.long(), (5,)), True),
-        (TypeError, lambda f, rm, rv: f.group_norm([1.0], 1), False),
+        (AttributeError, lambda f, rm, rv: f.group_norm([1.0], 1), True),
+        (AttributeError, lambda f, rm, rv: f.batch_norm([1.0], rm, rv, None, None, True), True),
+        (TypeError, lambda f, rm, rv: f.layer_norm([1.0], (1,)), True),
+        (IndexError, lambda f, rm, rv: f.batch_norm(torch.tensor(1.0, device=device), None, None, None, None, True),
+         True),
+        (ValueError, lambda f, rm, rv: f.batch_norm(torch.ones(1, device=device), None, None, None, None, True), True),
+        (TypeError, lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, 1), True),
+        (TypeError, lambda f, rm, rv: f.instance_norm(x, rm, rv, use_input_stats=None), True),
+        (TypeError, lambda f, rm, rv: f.group_norm(x, 3, eps="1e-5"), True),
+        (TypeError, lambda f, rm, rv: f.group_norm(x, True), True),
+        (RuntimeError, lambda f, rm, rv: f.layer_norm(x.long(), (5,), torch.ones(5, device=device)), True),
+        (RuntimeError, lambda f, rm, rv: f.group_norm(x.long(), 4), True),
+        (RuntimeError, lambda f, rm, rv: f.instance_norm(x, rm, rv, torch.ones(6, 1, device=device)), True),
     ]
 
 

@@ -314,6 +314,9 @@ BAD = [  # (input shape, kwargs): torch raises for each
     ((2, 0, 8, 8), dict(kernel_size=2)),
     ((2, 3, 0, 8), dict(kernel_size=2)),
     ((0, 8, 8), dict(kernel_size=2)),
+    ((2, 3, 8, 8), dict(kernel_size=(1, 2, 3), stride=True)),       # types before lengths, as torch's parser
+    ((2, 3, 8, 8), dict(kernel_size=2, ceil_mode=1)),
+    ((2, 3, 8, 8), dict(kernel_size=2, ceil_mode=None)),
 ]
 
 
