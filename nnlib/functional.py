@@ -213,8 +213,6 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     return stride, pad, dilation, groups
 
 
-
-
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups=1, *, activation=None, negative_slope: float = 0.01) -> torch.Tensor:
     """2-D convolution of input (N, C, H, W) or (C, H, W) with weight
