@@ -224,7 +224,9 @@ def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         launch(_prelu_fwd_kernel, grid, x3, _channel_weights(weight, C), y, outer, C, inner,
                *x_strides, *y_strides, BLOCK_R=block_r, BLOCK_C=block_c)
     y = y.reshape(x.shape)
-    like = torch.empty_like(x)     # torch's layout (x's own where x is dense)
+    if x3 is x:                    # y = empty_like(x): torch's layout already
+        return y
+    like = torch.empty_like(x)     # x was copied: torch's layout is x's own where x is dense
     return y if like.stride() == y.stride() else like.copy_(y)
 
 
