@@ -13,6 +13,7 @@ $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-ci.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/triton-3.6 triton==3.6.0   # compile check only
 	touch $@
 
 test: $(VENV)/.installed

@@ -2,10 +2,14 @@
 
 ``python -m kernels._compile [--arch sm_90] [--shard I/N] [module ...]`` compiles the
 ``COMPILE_CASES`` of each kernel module (every autotune config of autotuned
-kernels) and prints one JSON line per case: registers, spill bytes, and whether
-the PTX holds tensor-core instructions. Run it without ``TRITON_INTERPRET``
+kernels) and prints one JSON line per case: registers, spill bytes, whether
+the PTX holds tensor-core instructions, and SASS figures (``sass_stats``).
+Cases compile as a real launch specialises them: every pointer 16-byte
+aligned (torch's allocations are) and the integer arguments a case lists in
+``CompileCase.divisible`` divisible by 16. Run it without ``TRITON_INTERPRET``
 (the interpreter replaces ``triton.jit`` and nothing can be compiled);
-``tests/test_compile.py`` runs it in a subprocess.
+``tests/test_compile.py`` runs it in a subprocess, once per installed triton
+(CI's, and triton 3.6 from ``triton_path("3.6")``, the GPU machines' version).
 """
 from __future__ import annotations
 
@@ -21,6 +25,16 @@ import tempfile
 import traceback
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
+
+# Tritons the compile check runs under besides the one installed: version ->
+# folder (``pip install --target``) put first on PYTHONPATH. ``make test`` installs
+# them inside the venv.
+EXTRA_TRITONS = ("3.6",)
+
+
+def triton_path(version: str) -> str:
+    """Where ``make`` installs triton ``version`` for the compile check."""
+    return os.path.join(sys.prefix, f"triton-{version}")
 
 
 def kernel_modules() -> list[str]:
@@ -59,26 +73,66 @@ def compile_case(case, config, arch: str):
     if missing:
         raise ValueError(f"{case.name}: no type or value for {missing}")
     signature = {a: ("constexpr" if a in constexprs else case.signature[a]) for a in fn.arg_names}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    unknown = set(case.divisible) - set(case.signature)
+    if unknown:
+        raise ValueError(f"{case.name}: divisible names unknown arguments {sorted(unknown)}")
+    # As a launch specialises: 16-byte aligned pointers, listed integers divisible by 16.
+    attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, ty in signature.items()
+             if ty != "constexpr" and (ty.startswith("*") or a in case.divisible)}
+    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", ARCHS[arch], 32),
                           options={"num_warps": num_warps, "num_stages": num_stages})
 
 
-def resource_usage(compiled) -> dict:
-    """{"REG", "STACK", "LOCAL"} of the cubin, read by triton's cuobjdump."""
+def _cuobjdump(compiled, flag: str) -> str:
+    """Output of triton's own ``cuobjdump flag`` on the compiled cubin."""
     import triton
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(compiled.asm["cubin"])
         f.flush()
-        text = subprocess.run([tool, "--dump-resource-usage", f.name],
-                              capture_output=True, text=True, check=True).stdout
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def resource_usage(compiled) -> dict:
+    """{"REG", "STACK", "LOCAL"} of the cubin."""
+    text = _cuobjdump(compiled, "--dump-resource-usage")
     return {key: int(val) for key, val in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
 
 
-def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1):
+def sass(compiled) -> list[str]:
+    """The SASS instructions of the cubin, one string per instruction
+    (``"LDG.E.128 R4, desc[UR6][R2.64]"``), predicates included, addresses dropped."""
+    text = _cuobjdump(compiled, "-sass")
+    return [m.group(1).strip() for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", text)]
+
+
+_MEMORY = re.compile(r"^(?:@!?U?P\w+\s+)?((?:LDG|STG|LDGSTS|LDS|STS)(?:\.[\w]+)*)")
+
+
+def sass_stats(instructions: list[str]) -> dict:
+    """Figures read from SASS: instruction count, ``HGMMA`` / ``HMMA`` counts, and
+    global accesses by width in bits (``{"LDG": {"128": 4, "32": 1}, ...}``;
+    an access without a width suffix is 32 bits, ``.U16`` / ``.64`` say so)."""
+    widths: dict[str, dict[str, int]] = {}
+    for ins in instructions:
+        m = _MEMORY.match(ins)
+        if not m:
+            continue
+        parts = m.group(1).split(".")
+        width = next((p for p in parts[1:] if p in ("128", "64", "U16", "S16", "U8", "S8")), "32")
+        width = {"U16": "16", "S16": "16", "U8": "8", "S8": "8"}.get(width, width)
+        widths.setdefault(parts[0], {}).setdefault(width, 0)
+        widths[parts[0]][width] += 1
+    opcode = [re.sub(r"^@!?U?P\w+\s+", "", ins).split(" ")[0].split(".")[0] for ins in instructions]
+    return {"instructions": len(instructions), "hgmma": opcode.count("HGMMA"), "hmma": opcode.count("HMMA"),
+            "widths": widths}
+
+
+def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1, all_sass: bool = False):
     """One result dict per specialisation of the module's kernels (every
-    ``shards``-th one from ``shard`` on)."""
+    ``shards``-th one from ``shard`` on); SASS figures for the cases that expect
+    some, or all with ``all_sass`` (disassembling costs about 0.4 s a kernel)."""
     for case, config, suffix in specialisations(module_name)[shard::shards]:
         result = {"case": f"{module_name}.{case.name}{suffix}", "arch": arch}
         try:
@@ -88,7 +142,9 @@ def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1)
             result.update(ok=True, registers=usage.get("REG", 0),
                           spill_bytes=usage.get("LOCAL", 0) + usage.get("STACK", 0),
                           tensor_cores_wanted=case.tensor_cores,
-                          wgmma="wgmma" in ptx, mma="mma.sync" in ptx)
+                          wgmma="wgmma" in ptx, mma="mma.sync" in ptx, expect=case.expect)
+            if case.expect or all_sass:
+                result["sass"] = sass_stats(sass(compiled))
         except Exception:
             result.update(ok=False, error=traceback.format_exc(limit=3)[-2000:])
         yield result
@@ -101,12 +157,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHS), action="append")
     parser.add_argument("--shard", default="0/1", help="I/N: compile every N-th specialisation from the I-th")
+    parser.add_argument("--sass", action="store_true", help="SASS figures for every case")
     parser.add_argument("modules", nargs="*")
     args = parser.parse_args(argv)
     shard, shards = map(int, args.shard.split("/"))
+    import triton
+    print(json.dumps({"triton": triton.__version__}), flush=True)
     for module_name in args.modules or kernel_modules():
         for arch in args.arch or sorted(ARCHS):
-            for result in compile_module(module_name, arch, shard, shards):
+            for result in compile_module(module_name, arch, shard, shards, args.sass):
                 print(json.dumps(result), flush=True)
     return 0
 

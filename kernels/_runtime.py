@@ -284,6 +284,10 @@ class CompileCase:
     kernels are compiled once per config in ``kernel.nnlib_configs`` (the config's
     kwargs join ``constexprs``); plain kernels use ``num_warps`` / ``num_stages``.
     ``tensor_cores`` asks the test to find wgmma (sm_90) / mma (sm_80) in the PTX.
+    Pointers compile 16-byte aligned, as torch allocates them; ``divisible`` names
+    the integer arguments a launch passes as multiples of 16 (strides of aligned
+    rows), which Triton specialises on. ``expect`` states SASS figures the compile
+    test asserts (see ``tests/test_compile.py``), e.g. ``{"min_ldg_bits": 128}``.
     """
     kernel: object
     signature: dict
@@ -292,6 +296,8 @@ class CompileCase:
     num_stages: int = 3
     tensor_cores: bool = False
     label: str = ""
+    divisible: tuple = ()
+    expect: dict = field(default_factory=dict)
 
     @property
     def name(self) -> str:

@@ -1,6 +1,8 @@
 """Every Triton kernel of the package, in every autotune config, compiles for
-sm_90 and sm_80 on this machine (no GPU needed), without register spills; GEMM
-kernels that ask for it use tensor cores (wgmma on sm_90, mma on sm_80).
+sm_90 and sm_80 on this machine (no GPU needed), without register spills,
+under CI's triton and under triton 3.6 (torch 2.11's, the GPU machines'); GEMM
+kernels that ask for it use tensor cores (wgmma on sm_90, mma on sm_80), and
+the SASS figures a case expects (``CompileCase.expect``) hold.
 
 Kernel modules list their specialisations in ``COMPILE_CASES``; the compiling
 happens in ``python -m kernels._compile``, in a subprocess without the
@@ -14,7 +16,7 @@ import sys
 
 import pytest
 
-from kernels._compile import ARCHS, kernel_modules, specialisations
+from kernels._compile import ARCHS, EXTRA_TRITONS, kernel_modules, specialisations, triton_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,19 +31,48 @@ def _shards():
             for shard in range(shards)]
 
 
-def _compile(module: str, arch: str, shard: int, shards: int) -> list[dict]:
+def _compile(module: str, arch: str, shard: int, shards: int, triton_version: str | None) -> list[dict]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if triton_version is not None:
+        path = triton_path(triton_version)
+        if not os.path.isdir(path):
+            pytest.skip(f"triton {triton_version} is not installed at {path} (make test installs it)")
+        env["PYTHONPATH"] = os.pathsep.join([path, ROOT] + env.get("PYTHONPATH", "").split(os.pathsep)).rstrip(os.pathsep)
     proc = subprocess.run([sys.executable, "-m", "kernels._compile", "--arch", arch,
                            "--shard", f"{shard}/{shards}", module],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    if triton_version is not None:
+        assert lines[0]["triton"].startswith(triton_version), lines[0]
+    return lines[1:]
 
 
+def expectation_failures(result: dict) -> list[str]:
+    """What of ``result["expect"]`` the compiled SASS does not meet."""
+    expect = result.get("expect") or {}
+    if not expect:
+        return []
+    stats, failures = result["sass"], []
+    if "max_registers" in expect and result["registers"] > expect["max_registers"]:
+        failures.append(f"{result['registers']} registers > {expect['max_registers']}")
+    for op in ("LDG", "STG"):
+        key = f"{op.lower()}128_at_least"
+        found = stats["widths"].get(op, {}).get("128", 0)
+        if key in expect and found < expect[key]:
+            failures.append(f"{found} 128-bit {op} < {expect[key]} (widths: {stats['widths'].get(op)})")
+    if "max_instructions_per_hgmma" in expect:
+        per = stats["instructions"] / max(stats["hgmma"], 1)
+        if per > expect["max_instructions_per_hgmma"]:
+            failures.append(f"{per:.0f} instructions per HGMMA > {expect['max_instructions_per_hgmma']}")
+    return failures
+
+
+@pytest.mark.parametrize("triton_version", [None, *EXTRA_TRITONS], ids=["triton", *(f"triton{v}" for v in EXTRA_TRITONS)])
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("module,shard,shards", _shards())
-def test_kernels_compile(module, shard, shards, arch):
-    results = _compile(module, arch, shard, shards)
+def test_kernels_compile(module, shard, shards, arch, triton_version):
+    results = _compile(module, arch, shard, shards, triton_version)
     assert results, f"no kernels compiled for {module}"
     failures = [f"{r['case']}: {r['error']}" for r in results if not r["ok"]]
     assert not failures, "\n".join(failures)
@@ -51,3 +82,6 @@ def test_kernels_compile(module, shard, shards, arch):
     instruction = "wgmma" if arch == "sm_90" else "mma"
     no_tensor_cores = [r["case"] for r in results if r["tensor_cores_wanted"] and not r[instruction]]
     assert not no_tensor_cores, f"no {instruction} in the PTX of: {no_tensor_cores}"
+    if arch == "sm_90":     # the SASS budgets are Hopper's
+        unmet = [f"{r['case']}: {'; '.join(f)}" for r in results for f in [expectation_failures(r)] if f]
+        assert not unmet, "SASS expectations not met:\n" + "\n".join(unmet)
