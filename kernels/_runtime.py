@@ -26,7 +26,7 @@ import triton
 __all__ = [
     "interpreting", "backend", "autotune", "launch", "LaunchCounter", "count_launches",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
-    "check_floating", "check_same_device", "CompileCase", "tl_dtype",
+    "check_same_device", "CompileCase",
 ]
 
 
@@ -46,11 +46,6 @@ def backend(tensor: torch.Tensor) -> str:
     if tensor.device.type == "cpu" and interpreting():
         return "triton-interpreter"
     return "torch"
-
-
-def use_triton(*tensors: torch.Tensor | None) -> bool:
-    """True when every given tensor takes a Triton path (GPU or interpreter)."""
-    return all(t is None or backend(t) != "torch" for t in tensors)
 
 
 def dot_upcast() -> bool:
@@ -111,7 +106,6 @@ class LaunchCounter:
 
 
 _counters: list[LaunchCounter] = []
-LAUNCHES = LaunchCounter()   # every launch since import
 
 
 def kernel_name(kernel) -> str:
@@ -143,7 +137,6 @@ def launch(kernel, grid, *args, **kwargs):
     """Launch ``kernel[grid](*args, **kwargs)`` and count it."""
     name = kernel_name(kernel)
     grid = _checked_grid(name, grid)
-    LAUNCHES.counts[name] += 1
     for counter in _counters:
         counter.counts[name] += 1
     return kernel[grid](*args, **kwargs)
@@ -237,17 +230,6 @@ def needs_int64(*tensors: torch.Tensor) -> bool:
 # ---------------------------------------------------------------------------
 # Argument checks shared by the ops (torch's exception classes)
 
-_FLOATING = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def check_floating(t: torch.Tensor, name: str, op: str) -> None:
-    if not isinstance(t, torch.Tensor):
-        raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
-    if t.dtype not in _FLOATING:
-        raise RuntimeError(
-            f"{op}(): '{name}' has dtype {t.dtype}; nnlib supports float32, float16 and bfloat16")
-
-
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
     named = [(n, t) for n, t in tensors.items() if t is not None]
     if not named:
@@ -258,18 +240,6 @@ def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
             raise RuntimeError(
                 f"{op}(): expected all tensors to be on the same device, but '{name}' is on "
                 f"{t.device} and '{first_name}' is on {first.device}")
-
-
-_TL_DTYPES = {
-    torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16",
-    torch.float64: "fp64", torch.int64: "i64", torch.int32: "i32", torch.int16: "i16",
-    torch.int8: "i8", torch.uint8: "u8", torch.bool: "i1",
-}
-
-
-def tl_dtype(dtype: torch.dtype) -> str:
-    """Triton signature name of a torch dtype ("fp32", "bf16", ...)."""
-    return _TL_DTYPES[dtype]
 
 
 # ---------------------------------------------------------------------------

@@ -20,11 +20,13 @@ import triton.language as tl
 from ._reduce import sum_partials
 from ._runtime import CompileCase, interpreting, is_dense, launch, view_3d
 
+# The activation codes, one definition: constexpr globals for the kernels; host
+# code compares with them and passes ``ACTIVATIONS[name]`` (plain ints) to launches.
 ACT_NONE: tl.constexpr = tl.constexpr(0)
 ACT_RELU: tl.constexpr = tl.constexpr(1)
 ACT_LEAKY_RELU: tl.constexpr = tl.constexpr(2)
 
-ACTIVATIONS = {None: 0, "relu": 1, "leaky_relu": 2}
+ACTIVATIONS = {None: ACT_NONE.value, "relu": ACT_RELU.value, "leaky_relu": ACT_LEAKY_RELU.value}
 
 
 def activation_code(activation: str | None, op: str) -> int:
@@ -38,9 +40,9 @@ def activation_code(activation: str | None, op: str) -> int:
 def apply_activation(x, ACTIVATION: tl.constexpr, negative_slope):
     """Activation of fp32 ``x``: identity, relu, or leaky relu with ``negative_slope``.
     NaN propagates, as in torch."""
-    if ACTIVATION == 1:
+    if ACTIVATION == ACT_RELU:
         x = tl.where(x < 0, 0.0, x)
-    elif ACTIVATION == 2:
+    elif ACTIVATION == ACT_LEAKY_RELU:
         x = tl.where(x < 0, x * negative_slope, x)
     return x
 
@@ -50,9 +52,9 @@ def activation_grad(grad, v, ACTIVATION: tl.constexpr, negative_slope):
     """Gradient through the activation. ``v`` is its input, or its output when the
     slope is >= 0 (same sign). Matches torch: relu passes the gradient where
     ``v > 0`` or NaN, leaky relu scales it by the slope where ``v <= 0`` or NaN."""
-    if ACTIVATION == 1:
+    if ACTIVATION == ACT_RELU:
         grad = tl.where(v <= 0, 0.0, grad)
-    elif ACTIVATION == 2:
+    elif ACTIVATION == ACT_LEAKY_RELU:
         grad = tl.where(v > 0, grad, grad * negative_slope)
     return grad
 
@@ -273,7 +275,7 @@ class ActivationFunction(torch.autograd.Function):
         else:
             out = activation_forward(x, activation, negative_slope)
         # The output is saved in place of the input where the sign test agrees.
-        save_output = inplace or activation == 1
+        save_output = inplace or activation == ACT_RELU
         ctx.save_for_backward(out if save_output else x)
         ctx.activation, ctx.negative_slope, ctx.inplace = activation, negative_slope, inplace
         return out
@@ -281,7 +283,7 @@ class ActivationFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         (saved,) = ctx.saved_tensors
-        if ctx.inplace and ctx.activation == 2 and ctx.negative_slope < 0:
+        if ctx.inplace and ctx.activation == ACT_LEAKY_RELU and ctx.negative_slope < 0:
             raise RuntimeError(
                 "In-place leakyReLu backward calculation is triggered with a negative slope which is "
                 "not supported. This is caused by calling in-place forward function with a negative "
@@ -361,7 +363,7 @@ class PReLUGradFunction(torch.autograd.Function):
 def _compile_cases():
     cases = []
     for dt in ("fp32", "fp16", "bf16"):
-        for act in (1, 2):
+        for act in (ACT_RELU.value, ACT_LEAKY_RELU.value):
             cases.append(CompileCase(
                 _activation_fwd_kernel,
                 {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "n_elements": "i64", "negative_slope": "fp32"},

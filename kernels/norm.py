@@ -47,7 +47,7 @@ import triton.language as tl
 
 from ._reduce import sum_partials
 from ._runtime import CompileCase, interpreting, launch, merge_dims, needs_int64, suggest_memory_format
-from .activation import activation_grad, apply_activation
+from .activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU, activation_grad, apply_activation
 
 __all__ = ["Geometry", "NormFunction", "batch_norm", "instance_norm", "group_norm", "layer_norm",
            "COMPILE_CASES"]
@@ -319,7 +319,7 @@ def _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean
                 mask=mask, other=0.0).to(tl.float32)
     g = tl.load(dy_ptr + n_idx * stride_dyn + offs_ss * stride_dys + offs_cc * stride_dyc,
                 mask=mask, other=0.0).to(tl.float32)
-    if ACTIVATION != 0:
+    if ACTIVATION != ACT_NONE:
         v = _affine(x, mean, scale, b)
         if HAS_RESIDUAL:
             v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
@@ -748,9 +748,9 @@ def _reference_forward(x, weight, bias, residual, mean, rstd, spec: _Spec):
         v = v + bias.reshape(1, C, 1)
     if residual is not None:
         v = v + residual.reshape(N, C, -1)
-    if spec.activation == 1:
+    if spec.activation == ACT_RELU:
         v = torch.relu(v)
-    elif spec.activation == 2:
+    elif spec.activation == ACT_LEAKY_RELU:
         v = torch.nn.functional.leaky_relu(v, spec.negative_slope)
     return v.reshape(shape)
 
@@ -856,8 +856,9 @@ def _compile_cases():
     }
     # (activation, residual, int64 offsets): the full epilogue everywhere, the plain
     # one for fp32, leaky relu and int64 offsets on two layouts.
-    extra = {("fp32", None): [(0, False, False)], ("fp16", "bn-nhwc"): [(2, False, True)],
-             ("bf16", "ln-chw"): [(0, False, True)]}
+    none, relu, leaky = ACT_NONE.value, ACT_RELU.value, ACT_LEAKY_RELU.value
+    extra = {("fp32", None): [(none, False, False)], ("fp16", "bn-nhwc"): [(leaky, False, True)],
+             ("bf16", "ln-chw"): [(none, False, True)]}
     dims = {"N": "i32", "C": "i32", "S": "i32", "G": "i32", "Cg": "i32"}
     ranges = {"n_per_prog": "i32", "num_n_chunks": "i32", "s_per_prog": "i32", "num_s_chunks": "i32",
               "GPB": "i32", "BPG": "i32", "negative_slope": "fp32"}
@@ -883,7 +884,7 @@ def _compile_cases():
                                  {"PER_SAMPLE": per_sample, "GROUPED": grouped, "INDEX_64": False,
                                   **fwd.blocks(grouped=True)}, "x", stride_c, stride_s)
             cases.append(CompileCase(_stats_kernel, sig, const, num_warps=NUM_WARPS, label=f"{label},{dt}"))
-            variants = [(1, True, False)] + extra.get((dt, None), []) + extra.get((dt, label), [])
+            variants = [(relu, True, False)] + extra.get((dt, None), []) + extra.get((dt, label), [])
             for act, residual, index_64 in variants:
                 tag = f"{label},{dt},act={act},res={residual},i64={index_64}"
                 common = {"HAS_WEIGHT": True, "HAS_BIAS": True, "HAS_RESIDUAL": residual, "ACTIVATION": act,

@@ -225,12 +225,10 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     input, weight, bias = _autocast(_LOWER_PRECISION, input, weight, bias)
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _FLOAT_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
-        if code == 1:
-            return F.relu(out)
-        return F.leaky_relu(out, negative_slope) if code == 2 else out
+        return _torch_epilogue(out, activation, negative_slope)
     stride, pad, dilation, groups = _check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     x = input.unsqueeze(0) if input.dim() == 3 else input
-    if code == 2 and negative_slope < 0:
+    if code == _act.ACT_LEAKY_RELU and negative_slope < 0:
         # The fused backward reads the output's sign, which a negative slope flips:
         # convolve, then apply leaky_relu (a Triton kernel too) on its own.
         out = leaky_relu(_conv.conv2d(x, weight, bias, stride, pad, dilation, groups), negative_slope)
@@ -417,7 +415,7 @@ def _check_numel(op: str, channels: int, **tensors) -> None:
 
 def _norm_activation(activation, negative_slope, op: str) -> int:
     code = _act.activation_code(activation, op)
-    if code == _act.ACTIVATIONS["leaky_relu"] and not isinstance(negative_slope, (int, float)):
+    if code == _act.ACT_LEAKY_RELU and not isinstance(negative_slope, (int, float)):
         raise TypeError(f"{op}(): negative_slope must be a number, not {type(negative_slope).__name__}")
     return code
 

@@ -8,6 +8,7 @@ direct kernels for few channels per group, fused bias + activation epilogue.
 from __future__ import annotations
 
 from .._runtime import CompileCase
+from ..activation import ACT_LEAKY_RELU, ACT_RELU
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
@@ -46,7 +47,7 @@ def _compile_cases():
                    **_ints(*_strides("x", "nhw"), *_strides("w", "krs"), *_strides("y", "nhw")),
                    "negative_slope": "fp32"}
             cases.append(CompileCase((conv_fwd_flat if flat else conv_fwd_gemm)[dt == "fp32"], sig,
-                                     dict(HAS_BIAS=True, ACTIVATION=1, FLAT=flat, VEC=vec,
+                                     dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec,
                                           stride_xc=1, stride_wc=1, stride_yc=1, **mma),
                                      tensor_cores=tf32, label=f"{label},flat={int(flat)}"))
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "part_ptr": "*fp32",
@@ -69,7 +70,7 @@ def _compile_cases():
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
                    **_ints(*_strides("x", "nchw"), *_strides("w", "kcrs"), *_strides("y", "nchw")),
                    "negative_slope": "fp32"}
-            cases.append(CompileCase(_conv_fwd_direct_kernel, sig, dict(HAS_BIAS=True, ACTIVATION=2, **direct),
+            cases.append(CompileCase(_conv_fwd_direct_kernel, sig, dict(HAS_BIAS=True, ACTIVATION=ACT_LEAKY_RELU.value, **direct),
                                      label=tile))
             sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
                    **_ints(*_DIMS, "C", "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
@@ -83,7 +84,7 @@ def _compile_cases():
                **_ints("N", "K", "P", "Q", "chunk"), "negative_slope": "fp32",
                **_ints(*_strides("dy", "nkpq"), *_strides("y", "nkpq"), *_strides("g", "nkpq"))}
         cases.append(CompileCase(_conv_bwd_epilogue_kernel, sig,
-                                 dict(ACTIVATION=2, HAS_BIAS=True, BLOCK_M=32, BLOCK_N=32), label=dt))
+                                 dict(ACTIVATION=ACT_LEAKY_RELU.value, HAS_BIAS=True, BLOCK_M=32, BLOCK_N=32), label=dt))
     return cases
 
 
