@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import CompileCase, interpreting, launch
+from ._runtime import CompileCase, cdiv, interpreting, launch
 
 __all__ = ["sum_partials", "COMPILE_CASES"]
 
@@ -18,7 +18,8 @@ __all__ = ["sum_partials", "COMPILE_CASES"]
 @triton.jit
 def _sum_partials_kernel(partials_ptr, out_ptr, num_chunks, C,
                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """partials: (num_chunks, C) fp32, contiguous; out: (C,) fp32."""
+    """partials: (num_chunks, C) fp32, contiguous; out: (C,), any float dtype
+    (the sums are rounded to it once)."""
     pid_c = tl.program_id(0)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -28,25 +29,24 @@ def _sum_partials_kernel(partials_ptr, out_ptr, num_chunks, C,
         mask = (offs_s[:, None] < num_chunks) & mask_c[None, :]
         ptrs = partials_ptr + offs_s[:, None].to(tl.int64) * C + offs_c[None, :]
         acc += tl.load(ptrs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs_c, tl.sum(acc, axis=0), mask=mask_c)
+    tl.store(out_ptr + offs_c, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=mask_c)
 
 
-def sum_partials(partials: torch.Tensor) -> torch.Tensor:
-    """Column sums of fp32 ``partials`` (num_chunks, C), returned as fp32 (C,)."""
+def sum_partials(partials: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Column sums of fp32 ``partials`` (num_chunks, C) as a (C,) tensor of ``dtype``."""
     num_chunks, C = partials.shape
-    out = torch.empty(C, dtype=torch.float32, device=partials.device)
+    out = torch.empty(C, dtype=dtype, device=partials.device)
     if C == 0:
         return out
-    if num_chunks == 0:
-        return out.zero_()
     BLOCK_C = 1024 if interpreting() else 64     # the interpreter pays per program
-    launch(_sum_partials_kernel, (triton.cdiv(C, BLOCK_C),),
+    launch(_sum_partials_kernel, (cdiv(C, BLOCK_C),),
            partials.contiguous(), out, num_chunks, C, BLOCK_S=32, BLOCK_C=BLOCK_C)
     return out
 
 
 COMPILE_CASES = [
     CompileCase(_sum_partials_kernel,
-                {"partials_ptr": "*fp32", "out_ptr": "*fp32", "num_chunks": "i32", "C": "i32"},
-                {"BLOCK_S": 32, "BLOCK_C": 64}),
+                {"partials_ptr": "*fp32", "out_ptr": f"*{dt}", "num_chunks": "i32", "C": "i32"},
+                {"BLOCK_S": 32, "BLOCK_C": 64}, label=dt)
+    for dt in ("fp32", "bf16")
 ]

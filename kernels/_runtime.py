@@ -24,15 +24,29 @@ import torch
 import triton
 
 __all__ = [
-    "interpreting", "backend", "autotune", "launch", "LaunchCounter", "count_launches",
+    "interpreting", "backend", "autotune", "launch", "LaunchCounter", "count_launches", "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
     "check_same_device", "CompileCase",
 ]
 
 
+# Triton reads TRITON_INTERPRET once, when it is imported (so does nnlib).
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _INTERPRETING
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host integers (``triton.cdiv`` costs ~3 us a call on the host)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1); ``triton.next_power_of_2`` is slow on the host."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def backend(tensor: torch.Tensor) -> str:

@@ -2,7 +2,7 @@
 the argmax of each window; a backward kernel that gathers, for each input
 element, the gradients of the windows whose argmax it is (deterministic, no
 atomics); its transpose, a kernel that reads a tensor at each window's argmax
-(for double backward); and the autograd Functions.
+(for double backward); and their registered operators (``kernels._library``).
 
 Semantics are torch's: windows scan rows then columns, the first maximum wins,
 a NaN is the maximum (the last NaN of a window wins), a window of -inf keeps
@@ -20,17 +20,16 @@ input's suggested memory format, as torch (channels_last in, channels_last out).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 import triton
 import triton.language as tl
 
-from ._runtime import CompileCase, interpreting, launch, needs_int64, suggest_memory_format
-from .activation import ActivationGradFunction, activation_grad, apply_activation
+from ._library import Operator
+from ._runtime import CompileCase, cdiv, interpreting, launch, needs_int64, next_power_of_2, suggest_memory_format
+from .activation import activation_grad, activation_grad_op, apply_activation
 
-__all__ = ["PoolParams", "max_pool2d_forward", "max_pool2d_backward", "max_pool2d_gather", "MaxPool2dFunction",
-           "COMPILE_CASES"]
+__all__ = ["INDEX_NONE", "INDEX_LOCAL", "INDEX_FLAT", "output_shape", "max_pool2d_op", "max_pool2d_backward_op",
+           "max_pool2d_gather_op", "COMPILE_CASES"]
 
 INDEX_NONE, INDEX_LOCAL, INDEX_FLAT = 0, 1, 2
 
@@ -194,15 +193,8 @@ def _max_pool2d_gather_kernel(src_ptr, idx_ptr, out_ptr, C, H, W, OH, OW,
 
 
 # ---------------------------------------------------------------------------
-# Host launchers
-
-class PoolParams(NamedTuple):
-    """kernel, stride, padding, dilation as (h, w) pairs, already checked."""
-    kernel: tuple
-    stride: tuple
-    padding: tuple
-    dilation: tuple
-
+# Host launchers (each one a registered operator below). ``kernel``, ``stride``,
+# ``padding``, ``dilation``: checked (h, w) pairs.
 
 _TILE = 512                  # elements per program on a GPU
 _NUM_WARPS = 8               # 2 elements per thread: no spills on sm_80 or sm_90
@@ -215,10 +207,10 @@ def _tiles(positions: int, channels: int, channels_last: bool) -> tuple[int, int
     channels when a plane is small."""
     tile = _INTERPRETER_TILE if interpreting() else _TILE
     if channels_last and not interpreting():
-        block_c = min(triton.next_power_of_2(channels), 64)
+        block_c = min(next_power_of_2(channels), 64)
         return tile // block_c, block_c
-    block_p = min(triton.next_power_of_2(positions), tile)
-    return block_p, min(triton.next_power_of_2(channels), tile // block_p)
+    block_p = min(next_power_of_2(positions), tile)
+    return block_p, min(next_power_of_2(channels), tile // block_p)
 
 
 def _local_index_dtype(kernel) -> torch.dtype:
@@ -236,140 +228,151 @@ def output_shape(size: int, kernel: int, stride: int, padding: int, dilation: in
     return out
 
 
-def max_pool2d_forward(x: torch.Tensor, params: PoolParams, ceil_mode: bool, index_mode: int,
-                       activation: int):
-    """x: (N, C, H, W) or (C, H, W), any strides. Returns (y, idx): y (N, C, OH, OW)
-    in x's memory format; idx of y's shape and strides (int64 flat indices for
-    ``INDEX_FLAT``, compact local codes for ``INDEX_LOCAL``) or None."""
-    unbatched = x.dim() == 3
+def _forward_buffers(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode: bool, index_mode: int):
+    """(y, idx) of the forward, allocated: y (N, C, OH, OW) (or unbatched) in x's
+    memory format; idx of y's shape and strides (int64 flat indices, compact
+    local codes) or empty (``INDEX_NONE``)."""
     fmt = suggest_memory_format(x)
-    x4 = x.unsqueeze(0) if unbatched else x
-    N, C, H, W = x4.shape
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = params
-    OH = output_shape(H, kh, sh, ph, dh, ceil_mode)
-    OW = output_shape(W, kw, sw, pw, dw, ceil_mode)
-    y = torch.empty((N, C, OH, OW), dtype=x.dtype, device=x.device, memory_format=fmt)
-    idx = None
-    if index_mode != INDEX_NONE:
-        idx_dtype = torch.int64 if index_mode == INDEX_FLAT else _local_index_dtype(params.kernel)
-        idx = torch.empty_strided(y.shape, y.stride(), dtype=idx_dtype, device=x.device)
+    size = [output_shape(n, k, s, p, d, ceil_mode)
+            for n, k, s, p, d in zip(x.shape[-2:], kernel, stride, padding, dilation)]
+    y = torch.empty((*x.shape[:-2], *size), dtype=x.dtype, device=x.device, memory_format=fmt)
+    if index_mode == INDEX_NONE:
+        return y, torch.empty(0, dtype=torch.int64, device=x.device)
+    idx_dtype = torch.int64 if index_mode == INDEX_FLAT else _local_index_dtype(kernel)
+    return y, torch.empty_strided(y.shape, y.stride(), dtype=idx_dtype, device=x.device)
+
+
+def max_pool2d_forward(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
+                       dilation: list[int], ceil_mode: bool, index_mode: int,
+                       activation: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: (N, C, H, W) or (C, H, W), any strides. Returns (y, idx) as
+    ``_forward_buffers`` allocates them."""
+    y, idx = _forward_buffers(x, kernel, stride, padding, dilation, ceil_mode, index_mode)
     if y.numel():
-        block_p, block_c = _tiles(OH * OW, C, fmt == torch.channels_last)
-        grid = (N * triton.cdiv(C, block_c) * triton.cdiv(OH * OW, block_p),)
-        launch(_max_pool2d_fwd_kernel, grid, x4, y, y if idx is None else idx, C, H, W, OH, OW,
-               *x4.stride(), *y.stride(), ph, pw, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
-               INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=needs_int64(x4, y),
+        x4, y4 = (x.unsqueeze(0), y.unsqueeze(0)) if x.dim() == 3 else (x, y)
+        N, C, H, W = x4.shape
+        OH, OW = y4.shape[-2:]
+        block_p, block_c = _tiles(OH * OW, C, suggest_memory_format(x) == torch.channels_last)
+        grid = (N * cdiv(C, block_c) * cdiv(OH * OW, block_p),)
+        launch(_max_pool2d_fwd_kernel, grid, x4, y4, y4 if index_mode == INDEX_NONE else idx.view(y4.shape),
+               C, H, W, OH, OW, *x4.stride(), *y4.stride(), *padding,
+               KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
+               INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=needs_int64(x4, y4),
                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
-    if unbatched:
-        y = y.squeeze(0)
-        idx = None if idx is None else idx.squeeze(0)
     return y, idx
 
 
-def max_pool2d_backward(grad: torch.Tensor, idx: torch.Tensor, input_shape, params: PoolParams,
-                        memory_format: torch.memory_format) -> torch.Tensor:
+def _grad_buffer(grad: torch.Tensor, input_size: list[int], channels_last: bool) -> torch.Tensor:
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    if len(input_size) == 3:
+        return torch.empty(input_size, dtype=grad.dtype, device=grad.device)
+    return torch.empty(input_size, dtype=grad.dtype, device=grad.device, memory_format=fmt)
+
+
+def max_pool2d_backward(grad: torch.Tensor, idx: torch.Tensor, input_size: list[int], kernel: list[int],
+                        stride: list[int], padding: list[int], dilation: list[int],
+                        channels_last: bool) -> torch.Tensor:
     """grad, idx: (N, C, OH, OW) or (C, OH, OW), any strides; idx flat int64 or
-    local codes. Returns the input gradient of ``input_shape`` in ``memory_format``."""
-    unbatched = len(input_shape) == 3
-    if unbatched:
-        grad, idx = grad.unsqueeze(0), idx.unsqueeze(0)
-    N, C, OH, OW = idx.shape
-    H, W = input_shape[-2:]
-    grad_x = torch.empty((N, C, H, W), dtype=grad.dtype, device=grad.device, memory_format=memory_format)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = params
+    local codes. Returns the input gradient of ``input_size``, channels_last when
+    asked."""
+    grad_x = _grad_buffer(grad, input_size, channels_last)
     if grad_x.numel():
-        block_p, block_c = _tiles(H * W, C, memory_format == torch.channels_last)
-        grid = (N * triton.cdiv(C, block_c) * triton.cdiv(H * W, block_p),)
-        launch(_max_pool2d_bwd_kernel, grid, grad, idx, grad_x, C, H, W, OH, OW,
-               *grad.stride(), *idx.stride(), *grad_x.stride(), ph, pw,
-               KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw, FLAT_INDEX=idx.dtype == torch.int64,
-               INDEX_64=needs_int64(grad, idx, grad_x), BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
-    return grad_x.squeeze(0) if unbatched else grad_x
+        if grad_x.dim() == 3:
+            grad, idx, grad_x4 = grad.unsqueeze(0), idx.unsqueeze(0), grad_x.unsqueeze(0)
+        else:
+            grad_x4 = grad_x
+        N, C, OH, OW = idx.shape
+        H, W = input_size[-2:]
+        block_p, block_c = _tiles(H * W, C, channels_last)
+        grid = (N * cdiv(C, block_c) * cdiv(H * W, block_p),)
+        launch(_max_pool2d_bwd_kernel, grid, grad, idx, grad_x4, C, H, W, OH, OW,
+               *grad.stride(), *idx.stride(), *grad_x4.stride(), *padding,
+               KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
+               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(grad, idx, grad_x4),
+               BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+    return grad_x
 
 
-def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, params: PoolParams) -> torch.Tensor:
+def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, kernel: list[int], stride: list[int],
+                      padding: list[int], dilation: list[int]) -> torch.Tensor:
     """src: (N, C, H, W) or (C, H, W); idx: (N, C, OH, OW) (or unbatched), flat
     int64 or local codes. Returns src at each window's argmax (0 where idx is
     -1), with idx's shape and strides."""
-    unbatched = src.dim() == 3
-    src4, idx4 = (src.unsqueeze(0), idx.unsqueeze(0)) if unbatched else (src, idx)
-    N, C, H, W = src4.shape
-    OH, OW = idx4.shape[-2:]
-    out = torch.empty_strided(idx4.shape, idx4.stride(), dtype=src.dtype, device=src.device)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = params
+    out = torch.empty_strided(idx.shape, idx.stride(), dtype=src.dtype, device=src.device)
     if out.numel():
-        block_p, block_c = _tiles(OH * OW, C, suggest_memory_format(out) == torch.channels_last)
-        grid = (N * triton.cdiv(C, block_c) * triton.cdiv(OH * OW, block_p),)
-        launch(_max_pool2d_gather_kernel, grid, src4, idx4, out, C, H, W, OH, OW,
-               *src4.stride(), *idx4.stride(), *out.stride(), ph, pw, KH=kh, KW=kw, SH=sh, SW=sw, DH=dh, DW=dw,
-               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out),
+        src4, idx4, out4 = (t.unsqueeze(0) for t in (src, idx, out)) if src.dim() == 3 else (src, idx, out)
+        N, C, H, W = src4.shape
+        OH, OW = idx4.shape[-2:]
+        block_p, block_c = _tiles(OH * OW, C, suggest_memory_format(out4) == torch.channels_last)
+        grid = (N * cdiv(C, block_c) * cdiv(OH * OW, block_p),)
+        launch(_max_pool2d_gather_kernel, grid, src4, idx4, out4, C, H, W, OH, OW,
+               *src4.stride(), *idx4.stride(), *out4.stride(), *padding,
+               KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
+               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out4),
                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
-    return out.squeeze(0) if unbatched else out
+    return out
 
 
 # ---------------------------------------------------------------------------
-# autograd Functions
-#
-# The backward (a gather by argmax) and max_pool2d_gather are each other's
-# transpose, so their Functions call each other and double backward runs the
-# same kernels.
+# Operators (kernels/_library.py). The backward (a gather by argmax) and
+# max_pool2d_gather are each other's transpose, so their formulas call each
+# other and double backward runs the same kernels.
 
-class MaxPool2dFunction(torch.autograd.Function):
-    """max_pool2d(x) -> (y, idx): idx the int64 flat indices when
-    ``return_indices``, else None; ``need_indices`` asks for the compact codes the
-    backward uses."""
-
-    @staticmethod
-    def forward(ctx, x, params, ceil_mode, return_indices, need_indices, activation):
-        index_mode = INDEX_FLAT if return_indices else INDEX_LOCAL if need_indices else INDEX_NONE
-        y, idx = max_pool2d_forward(x, params, ceil_mode, index_mode, activation)
-        ctx.params, ctx.activation = params, activation
-        ctx.input_shape, ctx.memory_format = x.shape, suggest_memory_format(x)
-        if return_indices:
-            ctx.mark_non_differentiable(idx)
-        # Flat indices carry no activation mask: keep y to mask the gradient.
-        ctx.save_for_backward(idx, y if return_indices and activation else None)
-        return y, idx
-
-    @staticmethod
-    def backward(ctx, grad, _grad_idx):
-        idx, y = ctx.saved_tensors
-        if y is not None:
-            grad = ActivationGradFunction.apply(grad, y, ctx.activation, 0.0)
-        grad_x = MaxPool2dBackwardFunction.apply(grad, idx, ctx.input_shape, ctx.params, ctx.memory_format)
-        return grad_x, None, None, None, None, None
+def _forward_setup(ctx, inputs, output):
+    x, kernel, stride, padding, dilation, ceil_mode, index_mode, activation = inputs
+    y, idx = output
+    ctx.window = (kernel, stride, padding, dilation)
+    ctx.activation = activation
+    ctx.input_size, ctx.channels_last = list(x.shape), suggest_memory_format(x) == torch.channels_last
+    # Flat indices carry no activation mask: keep y to mask the gradient.
+    ctx.save_for_backward(idx, y if index_mode == INDEX_FLAT and activation else None)
 
 
-class MaxPool2dBackwardFunction(torch.autograd.Function):
-    """grad (N, C, OH, OW) -> input gradient of ``input_shape``: each element sums
-    the gradients of the windows whose argmax it is (idx, flat or local codes)."""
-
-    @staticmethod
-    def forward(ctx, grad, idx, input_shape, params, memory_format):
-        ctx.save_for_backward(idx)
-        ctx.params = params
-        return max_pool2d_backward(grad, idx, input_shape, params, memory_format)
-
-    @staticmethod
-    def backward(ctx, grad_grad_x):
-        (idx,) = ctx.saved_tensors
-        return MaxPool2dGatherFunction.apply(grad_grad_x, idx, ctx.params), None, None, None, None
+def _forward_backward(ctx, grad, _grad_idx):
+    idx, y = ctx.saved_tensors
+    if y is not None:
+        grad = activation_grad_op(grad, y, ctx.activation, 0.0)
+    grad_x = max_pool2d_backward_op(grad, idx, ctx.input_size, *ctx.window, ctx.channels_last)
+    return grad_x, None, None, None, None, None, None, None
 
 
-class MaxPool2dGatherFunction(torch.autograd.Function):
-    """src (N, C, H, W) -> src at each window's argmax, (N, C, OH, OW)."""
+def _backward_setup(ctx, inputs, output):
+    _, idx, _, *window, _ = inputs
+    ctx.window = window
+    ctx.save_for_backward(idx)
 
-    @staticmethod
-    def forward(ctx, src, idx, params):
-        ctx.save_for_backward(idx)
-        ctx.params, ctx.input_shape, ctx.memory_format = params, src.shape, suggest_memory_format(src)
-        return max_pool2d_gather(src, idx, params)
 
-    @staticmethod
-    def backward(ctx, grad):
-        (idx,) = ctx.saved_tensors
-        return (MaxPool2dBackwardFunction.apply(grad, idx, ctx.input_shape, ctx.params, ctx.memory_format),
-                None, None)
+def _backward_backward(ctx, grad_grad_x):
+    (idx,) = ctx.saved_tensors
+    return max_pool2d_gather_op(grad_grad_x, idx, *ctx.window), None, None, None, None, None, None, None
+
+
+def _gather_setup(ctx, inputs, output):
+    src, idx, *window = inputs
+    ctx.window = window
+    ctx.input_size, ctx.channels_last = list(src.shape), suggest_memory_format(src) == torch.channels_last
+    ctx.save_for_backward(idx)
+
+
+def _gather_backward(ctx, grad):
+    (idx,) = ctx.saved_tensors
+    grad_src = max_pool2d_backward_op(grad, idx, ctx.input_size, *ctx.window, ctx.channels_last)
+    return grad_src, None, None, None, None, None
+
+
+max_pool2d_op = Operator("max_pool2d", max_pool2d_forward,
+                         fake=lambda x, k, s, p, d, ceil_mode, index_mode, activation: _forward_buffers(
+                             x, k, s, p, d, ceil_mode, index_mode),
+                         setup_context=_forward_setup, backward=_forward_backward)
+max_pool2d_backward_op = Operator(
+    "max_pool2d_backward", max_pool2d_backward,
+    fake=lambda grad, idx, input_size, k, s, p, d, channels_last: _grad_buffer(grad, input_size, channels_last),
+    setup_context=_backward_setup, backward=_backward_backward)
+max_pool2d_gather_op = Operator(
+    "max_pool2d_gather", max_pool2d_gather,
+    fake=lambda src, idx, k, s, p, d: torch.empty_strided(idx.shape, idx.stride(), dtype=src.dtype,
+                                                          device=src.device),
+    setup_context=_gather_setup, backward=_gather_backward)
 
 
 # ---------------------------------------------------------------------------

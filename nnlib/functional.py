@@ -71,7 +71,9 @@ def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     _check_activation_input(input, "relu", allow_integer=True)
     if _on_torch_path(input):
         return F.relu(input, inplace=inplace)
-    return _act.ActivationFunction.apply(input, _act.ACTIVATIONS["relu"], 0.0, inplace)
+    if inplace:
+        return _act.activation_(input, _act.ACT_RELU.value, 0.0)
+    return _act.activation_op(input, _act.ACT_RELU.value, 0.0)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -84,7 +86,9 @@ def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool 
     _check_activation_input(input, "leaky_relu")
     if _on_torch_path(input):
         return F.leaky_relu(input, negative_slope, inplace=inplace)
-    return _act.ActivationFunction.apply(input, _act.ACTIVATIONS["leaky_relu"], float(negative_slope), inplace)
+    if inplace:
+        return _act.activation_(input, _act.ACT_LEAKY_RELU.value, float(negative_slope))
+    return _act.activation_op(input, _act.ACT_LEAKY_RELU.value, float(negative_slope))
 
 
 def leaky_relu_(input: torch.Tensor, negative_slope: float = 0.01) -> torch.Tensor:
@@ -113,7 +117,7 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     _check_activation_input(input, "prelu")
     if _on_torch_path(input):
         return F.prelu(input, weight)
-    return _act.PReLUFunction.apply(input, weight)
+    return _act.prelu_op(input, weight)
 
 
 # ---------------------------------------------------------------------------
@@ -281,9 +285,10 @@ def _pool_activation(activation) -> int:
     return _act.activation_code(activation, "max_pool2d")
 
 
-def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> _pool.PoolParams:
+def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[list[int], ...]:
     """torch's checks, in torch's order and with its exception classes: argument
-    types first (TypeError), then lengths and values."""
+    types first (TypeError), then lengths and values. Returns (kernel, stride,
+    padding, dilation) as [h, w] lists."""
     default_stride = stride is None or (isinstance(stride, (tuple, list)) and not stride)
     items = {name: _pool_items(value, name) for name, value in
              (("kernel_size", kernel_size), ("stride", kernel_size if default_stride else stride),
@@ -320,7 +325,7 @@ def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) 
     if min(out) < 1:
         raise RuntimeError(f"max_pool2d(): given input size {list(input.shape[-2:])}, the calculated output "
                            f"size {out} is too small (kernel_size={kernel}, dilation={dilation})")
-    return _pool.PoolParams(kernel, stride, padding, dilation)
+    return list(kernel), list(stride), list(padding), list(dilation)
 
 
 def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
@@ -337,7 +342,7 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, paddi
         out, indices = F.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode, True)
         return (F.relu(out) if activation else out), indices
     params = _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-    return _pool.MaxPool2dFunction.apply(input, params, ceil_mode, True, True, code)
+    return _pool.max_pool2d_op(input, *params, ceil_mode, _pool.INDEX_FLAT, code)
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
@@ -356,8 +361,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
         out = F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
         return F.relu(out) if activation else out
     params = _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-    need_indices = torch.is_grad_enabled() and input.requires_grad
-    return _pool.MaxPool2dFunction.apply(input, params, ceil_mode, False, need_indices, code)[0]
+    index_mode = _pool.INDEX_LOCAL if torch.is_grad_enabled() and input.requires_grad else _pool.INDEX_NONE
+    return _pool.max_pool2d_op(input, *params, ceil_mode, index_mode, code)[0]
 
 
 # ---------------------------------------------------------------------------
