@@ -228,7 +228,12 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few representative shapes per suite")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                         help="results folder (default bench/results)")
+    parser.add_argument("--host", action="store_true",
+                        help="host cost per call and launch / device-op counts (CPU, no GPU needed)")
     args = parser.parse_args(argv)
+    if args.host:
+        from bench import host
+        return host.main(args.out, args.quick)
     ops = args.ops.split(",") if args.ops else None
     unknown = set(ops or ()) - set(suite_names())
     if unknown:

@@ -9,7 +9,8 @@ helpers that every op shares.
   when interpreting; the full list stays on ``kernel.nnlib_configs`` for the
   compile test.
 * ``launch(kernel, grid, *args, **kwargs)``: every launch goes through here and
-  is counted, so tests can prove that a Triton kernel ran.
+  is counted, so tests can prove that a Triton kernel ran; ``dry_run()``
+  counts launches without running them (the host benchmark times our Python).
 * ``DOT_UPCAST``: pass as a constexpr to kernels that ``tl.dot`` bf16 tiles;
   the interpreter's bf16 dot is wrong, so they upcast to fp32 there.
 """
@@ -53,11 +54,11 @@ def backend(tensor: torch.Tensor) -> str:
     """Which path nnlib takes for ``tensor``: "triton" (CUDA), "triton-interpreter"
     (CPU with ``TRITON_INTERPRET=1``) or "torch" (the fallback: CPU without the
     interpreter, or float64 / complex data, for which nnlib has no kernels)."""
-    if tensor.is_complex() or tensor.dtype == torch.float64:
+    if tensor.dtype is torch.float64 or tensor.is_complex():
         return "torch"
-    if tensor.device.type == "cuda":
+    if tensor.is_cuda:
         return "triton"
-    if tensor.device.type == "cpu" and interpreting():
+    if _INTERPRETING and tensor.is_cpu:
         return "triton-interpreter"
     return "torch"
 
@@ -120,6 +121,7 @@ class LaunchCounter:
 
 
 _counters: list[LaunchCounter] = []
+_dry_run = False
 
 
 def kernel_name(kernel) -> str:
@@ -127,6 +129,13 @@ def kernel_name(kernel) -> str:
     while hasattr(fn, "fn"):
         fn = fn.fn
     return getattr(fn, "__name__", repr(fn))
+
+
+def _cached_name(kernel) -> str:
+    name = getattr(kernel, "nnlib_name", None)
+    if name is None:
+        name = kernel.nnlib_name = kernel_name(kernel)
+    return name
 
 
 GRID_LIMITS = (2**31 - 1, 65535, 65535)   # programs per grid axis on CUDA
@@ -149,11 +158,24 @@ def _checked_grid(name: str, grid):
 
 def launch(kernel, grid, *args, **kwargs):
     """Launch ``kernel[grid](*args, **kwargs)`` and count it."""
-    name = kernel_name(kernel)
-    grid = _checked_grid(name, grid)
+    name = _cached_name(kernel)
     for counter in _counters:
         counter.counts[name] += 1
-    return kernel[grid](*args, **kwargs)
+    if _dry_run:
+        return None
+    return kernel[_checked_grid(name, grid)](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def dry_run():
+    """Launches inside are counted but not run (outputs stay uninitialised): the
+    host benchmark measures nnlib's own Python and device-op counts this way."""
+    global _dry_run
+    saved, _dry_run = _dry_run, True
+    try:
+        yield
+    finally:
+        _dry_run = saved
 
 
 @contextlib.contextmanager
@@ -172,18 +194,27 @@ def count_launches():
 
 def suggest_memory_format(t: torch.Tensor) -> torch.memory_format:
     """The memory format torch gives the output of a conv / pool / norm of ``t``
-    (its suggest_memory_format): channels_last (channels_last_3d at rank 5) when
-    the strides grow through C, then the spatial dims from the last, then N;
-    size-1 dims count as torch counts them, and ambiguous layouts stay contiguous."""
-    if t.layout != torch.strided or t.dim() not in (4, 5) or t.stride(1) == 0:
+    (its suggest_memory_format): see ``memory_format_of``."""
+    if t.layout != torch.strided:
+        return torch.contiguous_format
+    return memory_format_of(t.shape, t.stride())
+
+
+def memory_format_of(shape, strides) -> torch.memory_format:
+    """torch's suggest_memory_format for a strided tensor of ``shape`` / ``strides``:
+    channels_last (channels_last_3d at rank 5) when the strides grow through C,
+    then the spatial dims from the last, then N; size-1 dims count as torch counts
+    them, and ambiguous layouts stay contiguous."""
+    rank = len(shape)
+    if rank not in (4, 5) or strides[1] == 0:
         return torch.contiguous_format
     lowest = 0
-    for d in (1, *range(t.dim() - 1, 1, -1), 0):
-        size, stride = t.shape[d], t.stride(d)
-        if size == 0 or stride < lowest or (d == 0 and lowest == t.stride(1)):
+    for d in (1, *range(rank - 1, 1, -1), 0):
+        size, stride = shape[d], strides[d]
+        if size == 0 or stride < lowest or (d == 0 and lowest == strides[1]):
             return torch.contiguous_format
         lowest = stride * size if size > 1 else stride
-    return torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+    return torch.channels_last if rank == 4 else torch.channels_last_3d
 
 
 def is_dense(t: torch.Tensor) -> bool:
@@ -231,9 +262,14 @@ def view_3d(t: torch.Tensor, dim: int):
 
 def max_offset(t: torch.Tensor) -> int:
     """Largest element offset a kernel computes for ``t`` from its data pointer."""
-    if t.numel() == 0:
+    return max_offset_of(t.shape, t.stride())
+
+
+def max_offset_of(shape, strides) -> int:
+    """``max_offset`` of a tensor of ``shape`` / ``strides``."""
+    if 0 in shape:
         return 0
-    return sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+    return sum((n - 1) * abs(s) for n, s in zip(shape, strides))
 
 
 def needs_int64(*tensors: torch.Tensor) -> bool:

@@ -22,7 +22,7 @@ from ._library import Operator, tracing
 from ._runtime import CompileCase, cdiv, interpreting, is_dense, launch, next_power_of_2, view_3d
 
 # The activation codes, one definition: constexpr globals for the kernels; host
-# code compares with them and passes ``ACTIVATIONS[name]`` (plain ints) to launches.
+# code uses their ``.value`` (plain ints; ``ACTIVATIONS`` maps the names).
 ACT_NONE: tl.constexpr = tl.constexpr(0)
 ACT_RELU: tl.constexpr = tl.constexpr(1)
 ACT_LEAKY_RELU: tl.constexpr = tl.constexpr(2)
@@ -163,7 +163,10 @@ def _flat_block(n: int) -> int:
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    return t if t.is_contiguous() or is_dense(t) else t.contiguous()
+    """t itself when its storage is dense (any dim order), else a contiguous copy."""
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or is_dense(t):
+        return t
+    return t.contiguous()
 
 
 def _launch_activation(src: torch.Tensor, dst: torch.Tensor, activation: int, negative_slope: float) -> None:
@@ -285,7 +288,7 @@ def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
 def _activation_setup(ctx, inputs, output):
     x, activation, negative_slope = inputs
     # The output is saved in place of the input where the sign test agrees.
-    ctx.save_for_backward(output if activation == ACT_RELU else x)
+    ctx.save_for_backward(output if activation == ACT_RELU.value else x)
     ctx.activation, ctx.negative_slope = activation, negative_slope
 
 
@@ -329,7 +332,7 @@ class _InplaceActivation(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.activation == ACT_LEAKY_RELU and ctx.negative_slope < 0:
+        if ctx.activation == ACT_LEAKY_RELU.value and ctx.negative_slope < 0:
             raise RuntimeError(
                 "In-place leakyReLu backward calculation is triggered with a negative slope which is "
                 "not supported. This is caused by calling in-place forward function with a negative "

@@ -748,9 +748,9 @@ def _reference_forward(x, weight, bias, residual, mean, rstd, spec: _Spec):
         v = v + bias.reshape(1, C, 1)
     if residual is not None:
         v = v + residual.reshape(N, C, -1)
-    if spec.activation == ACT_RELU:
+    if spec.activation == ACT_RELU.value:
         v = torch.relu(v)
-    elif spec.activation == ACT_LEAKY_RELU:
+    elif spec.activation == ACT_LEAKY_RELU.value:
         v = torch.nn.functional.leaky_relu(v, spec.negative_slope)
     return v.reshape(shape)
 

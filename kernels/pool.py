@@ -20,12 +20,16 @@ input's suggested memory format, as torch (channels_last in, channels_last out).
 """
 from __future__ import annotations
 
+import functools
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
 
 from ._library import Operator
-from ._runtime import CompileCase, cdiv, interpreting, launch, needs_int64, next_power_of_2, suggest_memory_format
+from ._runtime import (CompileCase, cdiv, interpreting, launch, max_offset_of, memory_format_of, needs_int64,
+                       next_power_of_2, suggest_memory_format)
 from .activation import activation_grad, activation_grad_op, apply_activation
 
 __all__ = ["INDEX_NONE", "INDEX_LOCAL", "INDEX_FLAT", "output_shape", "max_pool2d_op", "max_pool2d_backward_op",
@@ -228,18 +232,55 @@ def output_shape(size: int, kernel: int, stride: int, padding: int, dilation: in
     return out
 
 
-def _forward_buffers(x: torch.Tensor, kernel, stride, padding, dilation, ceil_mode: bool, index_mode: int):
+class _Outputs(NamedTuple):
+    """The forward's outputs: y's shape and memory format (x's), idx's dtype
+    (None for ``INDEX_NONE``)."""
+    y_shape: tuple
+    memory_format: torch.memory_format
+    idx_dtype: torch.dtype | None
+
+
+def _outputs(shape, strides, kernel, stride, padding, dilation, ceil_mode: bool, index_mode: int) -> _Outputs:
+    size = [output_shape(n, k, s, p, d, ceil_mode) for n, k, s, p, d in zip(shape[-2:], kernel, stride,
+                                                                           padding, dilation)]
+    idx_dtype = (None if index_mode == INDEX_NONE else torch.int64 if index_mode == INDEX_FLAT
+                 else _local_index_dtype(kernel))
+    return _Outputs((*shape[:-2], *size), memory_format_of(shape, strides), idx_dtype)
+
+
+class _ForwardPlan(NamedTuple):
+    """A forward launch, computed from the call's geometry once (cached)."""
+    outputs: _Outputs
+    grid: tuple
+    launch_args: tuple       # (C, H, W, OH, OW, *x strides, *y strides, pad_h, pad_w)
+    constexprs: dict
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward_plan(shape: tuple, strides: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
+                  ceil_mode: bool, index_mode: int, activation: int) -> _ForwardPlan:
+    outputs = _outputs(shape, strides, kernel, stride, padding, dilation, ceil_mode, index_mode)
+    x4_shape, x4_strides = ((1, *shape), (0, *strides)) if len(shape) == 3 else (shape, strides)
+    N, C, H, W = x4_shape
+    OH, OW = outputs.y_shape[-2:]
+    y4_strides = torch.empty((N, C, OH, OW), device="meta", memory_format=outputs.memory_format).stride()
+    block_p, block_c = _tiles(OH * OW, C, outputs.memory_format == torch.channels_last)
+    index_64 = max(max_offset_of(x4_shape, x4_strides), max_offset_of((N, C, OH, OW), y4_strides)) >= 2**31 - 1
+    constexprs = dict(KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
+                      INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64,
+                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+    return _ForwardPlan(outputs, (N * cdiv(C, block_c) * cdiv(OH * OW, block_p),),
+                        (C, H, W, OH, OW, *x4_strides, *y4_strides, *padding), constexprs)
+
+
+def _forward_buffers(x: torch.Tensor, outputs: _Outputs):
     """(y, idx) of the forward, allocated: y (N, C, OH, OW) (or unbatched) in x's
     memory format; idx of y's shape and strides (int64 flat indices, compact
     local codes) or empty (``INDEX_NONE``)."""
-    fmt = suggest_memory_format(x)
-    size = [output_shape(n, k, s, p, d, ceil_mode)
-            for n, k, s, p, d in zip(x.shape[-2:], kernel, stride, padding, dilation)]
-    y = torch.empty((*x.shape[:-2], *size), dtype=x.dtype, device=x.device, memory_format=fmt)
-    if index_mode == INDEX_NONE:
+    y = torch.empty(outputs.y_shape, dtype=x.dtype, device=x.device, memory_format=outputs.memory_format)
+    if outputs.idx_dtype is None:
         return y, torch.empty(0, dtype=torch.int64, device=x.device)
-    idx_dtype = torch.int64 if index_mode == INDEX_FLAT else _local_index_dtype(kernel)
-    return y, torch.empty_strided(y.shape, y.stride(), dtype=idx_dtype, device=x.device)
+    return y, torch.empty_strided(y.shape, y.stride(), dtype=outputs.idx_dtype, device=x.device)
 
 
 def max_pool2d_forward(x: torch.Tensor, kernel: list[int], stride: list[int], padding: list[int],
@@ -247,18 +288,12 @@ def max_pool2d_forward(x: torch.Tensor, kernel: list[int], stride: list[int], pa
                        activation: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x: (N, C, H, W) or (C, H, W), any strides. Returns (y, idx) as
     ``_forward_buffers`` allocates them."""
-    y, idx = _forward_buffers(x, kernel, stride, padding, dilation, ceil_mode, index_mode)
+    plan = _forward_plan(x.shape, x.stride(), tuple(kernel), tuple(stride), tuple(padding), tuple(dilation),
+                         ceil_mode, index_mode, activation)
+    y, idx = _forward_buffers(x, plan.outputs)
     if y.numel():
-        x4, y4 = (x.unsqueeze(0), y.unsqueeze(0)) if x.dim() == 3 else (x, y)
-        N, C, H, W = x4.shape
-        OH, OW = y4.shape[-2:]
-        block_p, block_c = _tiles(OH * OW, C, suggest_memory_format(x) == torch.channels_last)
-        grid = (N * cdiv(C, block_c) * cdiv(OH * OW, block_p),)
-        launch(_max_pool2d_fwd_kernel, grid, x4, y4, y4 if index_mode == INDEX_NONE else idx.view(y4.shape),
-               C, H, W, OH, OW, *x4.stride(), *y4.stride(), *padding,
-               KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-               INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=needs_int64(x4, y4),
-               BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+        launch(_max_pool2d_fwd_kernel, plan.grid, x, y, y if plan.outputs.idx_dtype is None else idx,
+               *plan.launch_args, **plan.constexprs)
     return y, idx
 
 
@@ -361,8 +396,7 @@ def _gather_backward(ctx, grad):
 
 
 max_pool2d_op = Operator("max_pool2d", max_pool2d_forward,
-                         fake=lambda x, k, s, p, d, ceil_mode, index_mode, activation: _forward_buffers(
-                             x, k, s, p, d, ceil_mode, index_mode),
+                         fake=lambda x, *args: _forward_buffers(x, _outputs(x.shape, x.stride(), *args[:-1])),
                          setup_context=_forward_setup, backward=_forward_backward)
 max_pool2d_backward_op = Operator(
     "max_pool2d_backward", max_pool2d_backward,

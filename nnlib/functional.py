@@ -18,8 +18,9 @@ __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", 
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
 
 
-def _on_torch_path(*tensors) -> bool:
-    return any(t is not None and backend(t) == "torch" for t in tensors)
+def _on_torch_path(input: torch.Tensor) -> bool:
+    """True when ``input`` takes torch's path (see ``nnlib.backend``)."""
+    return backend(input) == "torch"
 
 
 # ---------------------------------------------------------------------------
@@ -232,7 +233,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return _torch_epilogue(out, activation, negative_slope)
     stride, pad, dilation, groups = _check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     x = input.unsqueeze(0) if input.dim() == 3 else input
-    if code == _act.ACT_LEAKY_RELU and negative_slope < 0:
+    if code == _act.ACT_LEAKY_RELU.value and negative_slope < 0:
         # The fused backward reads the output's sign, which a negative slope flips:
         # convolve, then apply leaky_relu (a Triton kernel too) on its own.
         out = leaky_relu(_conv.conv2d(x, weight, bias, stride, pad, dilation, groups), negative_slope)
@@ -420,7 +421,7 @@ def _check_numel(op: str, channels: int, **tensors) -> None:
 
 def _norm_activation(activation, negative_slope, op: str) -> int:
     code = _act.activation_code(activation, op)
-    if code == _act.ACT_LEAKY_RELU and not isinstance(negative_slope, (int, float)):
+    if code == _act.ACT_LEAKY_RELU.value and not isinstance(negative_slope, (int, float)):
         raise TypeError(f"{op}(): negative_slope must be a number, not {type(negative_slope).__name__}")
     return code
 
