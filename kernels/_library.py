@@ -32,9 +32,10 @@ from typing import Callable
 
 import torch
 
-__all__ = ["NAMESPACE", "Operator", "tracing"]
+__all__ = ["NAMESPACE", "OPERATORS", "Operator", "tracing"]
 
 NAMESPACE = "nnlib"
+OPERATORS: dict[str, "Operator"] = {}     # name -> Operator, every one registered
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -64,6 +65,9 @@ class Operator:
 
     def __init__(self, name: str, impl: Callable, *, fake: Callable, mutates_args: tuple = (),
                  setup_context: Callable | None = None, backward: Callable | None = None):
+        if name in OPERATORS:
+            raise RuntimeError(f"operator {NAMESPACE}::{name} is registered twice")
+        OPERATORS[name] = self
         self.name = name
         self.impl = impl
         self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=mutates_args)

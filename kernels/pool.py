@@ -357,13 +357,16 @@ def _forward_setup(ctx, inputs, output):
     x, kernel, stride, padding, dilation, ceil_mode, index_mode, activation = inputs
     y, idx = output
     ctx.window = (kernel, stride, padding, dilation)
-    ctx.activation = activation
+    ctx.activation, ctx.has_indices = activation, index_mode != INDEX_NONE
     ctx.input_size, ctx.channels_last = list(x.shape), suggest_memory_format(x) == torch.channels_last
     # Flat indices carry no activation mask: keep y to mask the gradient.
     ctx.save_for_backward(idx, y if index_mode == INDEX_FLAT and activation else None)
 
 
 def _forward_backward(ctx, grad, _grad_idx):
+    if not ctx.has_indices:
+        raise RuntimeError("nnlib::max_pool2d ran without indices (index_mode 0): it has no gradient; "
+                           "call it with INDEX_LOCAL or INDEX_FLAT when the input requires grad")
     idx, y = ctx.saved_tensors
     if y is not None:
         grad = activation_grad_op(grad, y, ctx.activation, 0.0)
