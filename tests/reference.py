@@ -131,6 +131,21 @@ def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: 
         assert_close(g, rg, dtype, kind, f"second grad of {name}", scale=grad_scale)
 
 
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64 (for whole models, where elementwise tolerances
+    do not apply)."""
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def huge_view(shape, strides, dtype, device) -> torch.Tensor:
+    """A random view of ``shape`` / ``strides`` whose element offsets may pass 2**31:
+    its storage is allocated lazily, so only the pages the view touches are committed."""
+    storage = sum((n - 1) * s for n, s in zip(shape, strides)) + 1
+    view = torch.empty(storage, dtype=dtype, device=device).as_strided(shape, strides)
+    return view.copy_(torch.randn(shape, dtype=dtype))
+
+
 def make_input(shape, dtype, device, layout: str = "contiguous", requires_grad: bool = False):
     """A random leaf tensor in a layout: "contiguous", "channels_last" (rank 4),
     "transposed" (last two dims swapped) or "sliced" (every other element of the

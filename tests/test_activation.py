@@ -1,5 +1,4 @@
 """relu / leaky_relu / prelu against the float64 torch reference."""
-import sys
 
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch.nn.functional as TF
 import nnlib
 import nnlib.functional as F
 from kernels._runtime import count_launches, needs_int64
-from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, make_input
+from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, huge_view, make_input
 
 LAYOUTS = ["contiguous", "channels_last", "transposed", "sliced"]
 SHAPES = [(3, 5, 7, 9), (1, 1, 1, 1), (2, 3, 1, 300)]
@@ -192,12 +191,7 @@ def test_prelu_bad_input(device):
 def test_int64_offsets(device):
     """A view whose element offsets pass 2**31: PReLU reads it through strides
     (the storage is allocated lazily; only the touched pages are committed)."""
-    if device == "cpu" and sys.maxsize < 2**40:
-        pytest.skip("needs a 64-bit address space")
-    stride = 2**31 + 8
-    base = torch.empty(stride + 16, dtype=torch.float16, device=device)
-    x = base.as_strided((2, 3, 4), (stride, 4, 1))
-    x.copy_(torch.randn(2, 3, 4, dtype=torch.float16))
+    x = huge_view((2, 3, 4), (2**31 + 8, 4, 1), torch.float16, device)
     assert needs_int64(x)
     w = torch.rand(3, dtype=torch.float16, device=device)
     x_ref = x.detach().cpu().double()

@@ -17,14 +17,10 @@ from torch import nn
 import nnlib
 from nnlib import layers, models
 from nnlib.models import reference
+from tests.reference import rel_err
 
 # ---------------------------------------------------------------------------
 # helpers
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def count_modules(model, *types) -> int:
