@@ -7,6 +7,7 @@ asserts that a Triton kernel ran.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kernels._runtime import count_launches
@@ -106,6 +107,24 @@ def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: 
             assert zero is None or not zero.abs().sum(), f"second grad of {name}: one side is zero, one is not"
             continue
         assert_close(g, rg, dtype, kind, f"second grad of {name}", scale=grad_scale)
+
+
+def check_raises_like_torch(ours, theirs, args: tuple, kwargs: dict | None = None, unchanged: tuple = ()) -> None:
+    """The bad-argument check every op's table uses: torch's ``theirs(*args,
+    **kwargs)`` (tensors copied to the CPU) raises; ``ours`` raises the same class,
+    before launching any kernel, and every tensor of ``unchanged`` keeps its values."""
+    kwargs = kwargs or {}
+
+    def cpu(v):
+        return v.cpu() if isinstance(v, torch.Tensor) else v
+    with pytest.raises(Exception) as expected:
+        theirs(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
+    before = [t.clone() for t in unchanged]
+    with count_launches() as launches, pytest.raises(expected.type):
+        ours(*args, **kwargs)
+    assert launches.total == 0, "a kernel ran before the error"
+    for t, saved in zip(unchanged, before):
+        assert torch.equal(t, saved), "a tensor was written before the error"
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
