@@ -52,6 +52,14 @@ def _autocast(policy: str, input, *others):
                  for t in (input, *others))
 
 
+def _is_int(value) -> bool:
+    """An int as torch's argument parser takes one: a Python or numpy integer (bool
+    included), or an integer or bool tensor of one element."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not (value.is_floating_point() or value.is_complex())
+    return not isinstance(value, float) and hasattr(value, "__index__")
+
+
 # ---------------------------------------------------------------------------
 # Activations
 
@@ -74,7 +82,7 @@ def _check_inplace(input: torch.Tensor, op: str) -> None:
     """What torch refuses before it writes ``input`` in place (RuntimeError): an
     element stored for several (a stride-0 dim), and under grad mode a leaf that
     requires grad or a view of one. The kernel must not run first: it would write."""
-    if any(stride == 0 and size > 1 for size, stride in zip(input.shape, input.stride())):
+    if input.numel() and any(stride == 0 and size > 1 for size, stride in zip(input.shape, input.stride())):
         raise RuntimeError(f"{op}(): unsupported operation: more than one element of the written-to tensor refers "
                            "to a single memory location. Please clone() the tensor before performing the operation.")
     if torch.is_grad_enabled() and input.requires_grad:
@@ -181,8 +189,7 @@ def _conv_ints(value, name: str) -> tuple:
     """The items of an int or int-sequence argument; TypeError for anything else, as
     torch's parser (ints or 0-d integer tensors; a bool only after the first)."""
     items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,)
-    if (items and isinstance(items[0], bool)) or any(isinstance(i, float) or not hasattr(i, "__index__")
-                                                     for i in items):
+    if (items and isinstance(items[0], bool)) or not all(_is_int(i) for i in items):
         raise TypeError(f"conv2d(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
     return items
 
@@ -210,7 +217,7 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
         if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
             raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
     # Argument types first (TypeError), as torch's parser, then values and shapes.
-    if isinstance(groups, (bool, float)) or not hasattr(groups, "__index__"):
+    if isinstance(groups, bool) or not _is_int(groups):
         raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
     items = {name: _conv_ints(value, name) for name, value in (("stride", stride), ("padding", padding),
                                                               ("dilation", dilation))
@@ -316,7 +323,7 @@ def _pool_items(value, name: str) -> tuple:
     torch's parser)."""
     items = value if isinstance(value, (tuple, list, torch.Size)) else (value,)
     for item in items:
-        if isinstance(item, (bool, float)) or not hasattr(item, "__index__"):
+        if isinstance(item, bool) or not _is_int(item):
             raise TypeError(f"max_pool2d(): argument '{name}' must be tuple of ints, "
                             f"not {type(value).__name__}")
     return items

@@ -373,3 +373,45 @@ def test_conv2d_empty_int_list_is_a_length_error(kwargs, device):
     A wrong type elsewhere is still found first (TypeError)."""
     x, w = torch.randn(2, 4, 6, 6, device=device), torch.randn(3, 4, 3, 3, device=device)
     check_errors(lambda t, u: F.conv2d(t, u, **kwargs), lambda t, u: TF.conv2d(t, u, **kwargs), [x, w], "conv")
+
+
+def test_inplace_on_an_empty_expanded_tensor(device):
+    """No element, so none stored twice: torch writes nothing and accepts; nnlib
+    refused it as overlapping."""
+    x = torch.randn(1, 3, 0, device=device).expand(4, 3, 0)
+    check_errors(F.relu_, TF.relu_, [x], "elementwise")
+    check_errors(lambda t: F.leaky_relu(t, 0.1, True), lambda t: TF.leaky_relu(t, 0.1, True), [x], "elementwise")
+
+
+@pytest.mark.parametrize("shape,weight_shape", [((3, 0), ()), ((2, 0, 5), (1,)), ((0, 0), (1,))])
+def test_prelu_without_channels(shape, weight_shape, device):
+    """C = 0 (and no rows at all): empty output, zero weight gradient; the
+    backward divided by the number of channel blocks (ZeroDivisionError)."""
+    x = torch.randn(shape, device=device, requires_grad=True)
+    w = torch.rand(weight_shape, device=device, requires_grad=True)
+    check_op(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
+
+
+INT_ARGUMENTS = {"float-0d": torch.tensor(2.0), "complex-0d": torch.tensor(2 + 0j), "two-elements": torch.tensor([2, 2]),
+                 "float-in-pair": (2, torch.tensor(2.0)), "int-0d": torch.tensor(2), "int-1-element": torch.tensor([2]),
+                 "bool-0d": torch.tensor(True)}
+
+
+@pytest.mark.parametrize("value", list(INT_ARGUMENTS))
+@pytest.mark.parametrize("op,name", [("max_pool2d", "kernel_size"), ("max_pool2d", "stride"), ("conv2d", "stride"),
+                                     ("conv2d", "dilation"), ("conv2d", "groups")])
+def test_tensors_as_int_arguments(op, name, value, device):
+    """torch's parser takes a one-element integer (or bool) tensor for an int, and
+    refuses float, complex and longer tensors (TypeError); nnlib asked only for
+    __index__, so took float tensors and raised ValueError for longer ones."""
+    value = INT_ARGUMENTS[value]
+    if name == "groups" and (isinstance(value, tuple) or value.dtype == torch.bool):
+        pytest.skip("groups is one int; torch fails an internal assert on a bool tensor")
+    x = torch.randn(1, 2, 6, 6, device=device)
+    if op == "max_pool2d":
+        kwargs = {"kernel_size": 2, name: value}
+        check_errors(lambda t: F.max_pool2d(t, **kwargs), lambda t: TF.max_pool2d(t, **kwargs), [x], "elementwise")
+    else:
+        kwargs = {"groups": 2, name: value}
+        w = torch.randn(2, 1, 3, 3, device=device)
+        check_errors(lambda t: F.conv2d(t, w, **kwargs), lambda t: TF.conv2d(t, w, **kwargs), [x], "conv")
