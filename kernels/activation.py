@@ -267,7 +267,7 @@ def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     block_c, block_r = _prelu_tiles(C, interpreting())
     c_blocks = cdiv(C, block_c)
     # Enough chunks to fill a GPU, each a whole number of row blocks.
-    num_chunks = max(1, min(cdiv(n_rows, block_r), 1024 // c_blocks))
+    num_chunks = max(1, min(cdiv(n_rows, block_r), 1024 // max(c_blocks, 1)))
     rows_per_chunk = cdiv(cdiv(max(n_rows, 1), num_chunks), block_r) * block_r
     num_chunks = cdiv(n_rows, rows_per_chunk)     # 0 without rows: the sums are then 0
     partials = torch.empty((num_chunks, C), dtype=torch.float32, device=x.device)
