@@ -18,7 +18,8 @@ __all__ = ["sum_partials", "COMPILE_CASES"]
 @triton.jit
 def _sum_partials_kernel(partials_ptr, out_ptr, num_chunks, C,
                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """partials: (num_chunks, C) fp32, contiguous; out: (C,) fp32."""
+    """partials: (num_chunks, C) fp32, contiguous; out: (C,) of any float dtype
+    (the fp32 sums cast once)."""
     pid_c = tl.program_id(0)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -28,13 +29,13 @@ def _sum_partials_kernel(partials_ptr, out_ptr, num_chunks, C,
         mask = (offs_s[:, None] < num_chunks) & mask_c[None, :]
         ptrs = partials_ptr + offs_s[:, None].to(tl.int64) * C + offs_c[None, :]
         acc += tl.load(ptrs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs_c, tl.sum(acc, axis=0), mask=mask_c)
+    tl.store(out_ptr + offs_c, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=mask_c)
 
 
-def sum_partials(partials: torch.Tensor) -> torch.Tensor:
-    """Column sums of fp32 ``partials`` (num_chunks, C), returned as fp32 (C,)."""
+def sum_partials(partials: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Column sums of fp32 ``partials`` (num_chunks, C), returned as (C,) of ``dtype``."""
     num_chunks, C = partials.shape
-    out = torch.empty(C, dtype=torch.float32, device=partials.device)
+    out = torch.empty(C, dtype=dtype, device=partials.device)
     if C == 0:
         return out
     if num_chunks == 0:

@@ -108,22 +108,20 @@ class _FusedActivation:
 
 class _BatchNorm(_FusedActivation):
     """torch's _BatchNorm.forward with an optional ``residual`` added before the
-    activation; num_batches_tracked moves only once the call has succeeded."""
+    activation. num_batches_tracked moves in the statistics kernel, which also reads
+    it for the cumulative average of momentum=None: no host synchronisation (CUDA
+    graphs), and nothing moves when the call raises."""
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input_dim(input)
         tracking = self.training and self.track_running_stats and self.num_batches_tracked is not None
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if tracking and self.momentum is None:     # cumulative moving average
-            momentum = 1.0 / float(self.num_batches_tracked + 1)
+        momentum = self.momentum if tracking or self.momentum is not None else 0.0
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         keep_buffers = not self.training or self.track_running_stats
-        out = F.batch_norm(input, self.running_mean if keep_buffers else None,
-                           self.running_var if keep_buffers else None, self.weight, self.bias,
-                           use_batch_stats, momentum, self.eps, residual=residual, **self._act_kwargs())
-        if tracking:
-            self.num_batches_tracked.add_(1)
-        return out
+        return F.batch_norm(input, self.running_mean if keep_buffers else None,
+                            self.running_var if keep_buffers else None, self.weight, self.bias,
+                            use_batch_stats, momentum, self.eps, residual=residual,
+                            num_batches_tracked=self.num_batches_tracked if tracking else None, **self._act_kwargs())
 
 
 class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):

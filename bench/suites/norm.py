@@ -6,8 +6,13 @@ ResNet block tail relu(bn(x) + identity) fused against torch's three ops.
 Norms run in training mode (batch statistics; batch norm updates its running
 stats); group norm uses 32 groups, layer norm normalizes (C, H, W). fp16 / bf16
 inputs get fp32 parameters (mixed precision, as under autocast). ``bytes`` is
-the minimal traffic: the forward reads x (and the residual) and writes y; the
-backward reads x and dy and writes dx (and the residual's gradient)."""
+the minimal traffic (GB/s and % of copy bandwidth are computed from it): the
+forward reads x (and the residual) and writes y; the backward reads x and dy and
+writes dx (and the residual's gradient). ``extra["kernel_bytes"]`` is what
+nnlib's kernels move for the case (kernels.norm's table: 3T forward and 5T
+backward for batch statistics, 2T and 3T when a per-sample set is read once,
+the fused tail 4T + 7T), so a row shows both and their ratio
+(``extra["kernel_passes"]``, in units of T)."""
 from __future__ import annotations
 
 import torch
@@ -15,6 +20,7 @@ import torch.nn.functional as TF
 
 import nnlib.functional as F
 from bench.core import Case
+from kernels.norm import single_read_fits
 
 GPU_SHAPES = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
 CPU_SHAPES = [(2, 8, 5, 7)]
@@ -75,6 +81,19 @@ def _setup(op, shape, dtype, layout, device, backward):
     return setup
 
 
+def _kernel_passes(op: str, shape, layout: str, backward: bool) -> int:
+    """Activation-sized passes over memory (T) that nnlib's kernels make for the case."""
+    if op in ("batch_norm", "bn_add_relu"):
+        fused = op == "bn_add_relu"
+        return 3 + fused + ((5 + 2 * fused) if backward else 0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.empty(shape, device="meta").contiguous(memory_format=fmt)
+    lead, chan, groups = {"group_norm": (1, 1, _groups(shape[1])), "instance_norm": (1, 1, shape[1]),
+                          "layer_norm": (1, len(shape) - 1, 1)}[op]
+    single = single_read_fits(x, lead, chan, groups)
+    return (2 + 3 * backward) if single else (3 + 5 * backward)
+
+
 def cases(device: str, quick: bool) -> list[Case]:
     if device == "cuda":
         shapes = [(32, 256, 56, 56)] if quick else GPU_SHAPES
@@ -92,9 +111,12 @@ def cases(device: str, quick: bool) -> list[Case]:
                         if quick and (op, layout, backward) not in QUICK:
                             continue
                         traffic = (2 + tensors) * size + ((3 + tensors) * size if backward else 0)
+                        passes = _kernel_passes(op, shape, layout, backward)
                         low = dtype != torch.float32
                         out.append(Case(op, "resnet50-activations", shape, dtype, layout,
                                         "forward+backward" if backward else "forward",
                                         _setup(op, shape, dtype, layout, device, backward), bytes=traffic,
-                                        atol=5e-2 if low else 1e-3, rtol=2e-2 if low else 1e-3))
+                                        atol=5e-2 if low else 1e-3, rtol=2e-2 if low else 1e-3,
+                                        extra={"kernel_bytes": passes * size, "kernel_passes": passes,
+                                               "minimal_passes": traffic // size}))
     return out
