@@ -177,6 +177,7 @@ def test_strided_parameters_and_running_stats(device):
     _check_batch_norm(x, w, b, None, True)
     rm, rv = torch.randn(8, device=device)[::2], (torch.rand(8, device=device) + 0.5)[::2]
     _check_batch_norm(x, w, b, (rm, rv), False)
+    _check_batch_norm(x, w, b, (rm, rv), True)      # updated in place through their strides
     _check_group_norm(x, 2, w, b)
     lw = (torch.rand(5, 6) + 0.5).to(device)[:, ::2].requires_grad_()
     lb = torch.randn(10, 3).to(device)[::2].requires_grad_()
