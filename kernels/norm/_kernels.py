@@ -133,6 +133,28 @@ def _group_welford(count, mean, m2, local_group, mask_c, GROUPED: tl.constexpr, 
 
 
 @triton.jit
+def _partial_layout(pid_c, pid_n, pid_s, N, G, BPG, num_n_chunks, num_s_chunks, PER_SAMPLE: tl.constexpr):
+    """Where a program's partial statistics go, stat-major: (partials per statistic,
+    this program's chunk, partials per field, the ticket of its statistics). Per
+    sample a statistic (n, g) has the BPG slices x S chunks of its group, and a ticket
+    per (group block, n chunk); over the batch also the n chunks, and a ticket per
+    group block. Every ticket is taken by ``chunks`` programs."""
+    group_block = pid_c // BPG
+    part = pid_c % BPG
+    if PER_SAMPLE:
+        chunks = BPG * num_s_chunks
+        chunk = part * num_s_chunks + pid_s
+        size = N * G * chunks
+        key = group_block * num_n_chunks + pid_n
+    else:
+        chunks = BPG * num_s_chunks * num_n_chunks
+        chunk = (part * num_s_chunks + pid_s) * num_n_chunks + pid_n
+        size = G * chunks
+        key = group_block
+    return chunks, chunk, size, key
+
+
+@triton.jit
 def _take_ticket(ticket_ptr, key, arrivals):
     """True in the one program that arrives last at counter ``key`` of ``arrivals``
     (which then finds every earlier program's stores visible, and resets the counter
@@ -286,14 +308,8 @@ def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, 
     c_offs = _index(offs_c, INDEX_64)[None, :] * stride_xc
     group_block = pid_c // BPG
     num_group_blocks = tl.cdiv(G, GPB)
-    if PER_SAMPLE:
-        chunks = BPG * num_s_chunks
-        chunk = (pid_c % BPG) * num_s_chunks + pid_s
-        part_size = N * G * chunks
-    else:
-        chunks = BPG * num_s_chunks * num_n_chunks
-        chunk = ((pid_c % BPG) * num_s_chunks + pid_s) * num_n_chunks + pid_n
-        part_size = G * chunks
+    chunks, chunk, part_size, key = _partial_layout(pid_c, pid_n, pid_s, N, G, BPG, num_n_chunks, num_s_chunks,
+                                                    PER_SAMPLE)
     shift = tl.zeros((BLOCK_C,), dtype=tl.float32)
     if not PER_SAMPLE:
         shift = _tile_mean(x_ptr + _index(n_start, INDEX_64) * stride_xn, s_start + rows, s_end, c_offs, mask_c,
@@ -320,12 +336,7 @@ def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, 
         _store_moments(acc1, acc2, shift, (n_end - n_start) * (s_end - s_start), first_group, chunk, chunks,
                        part_size, part_ptr, local_group, mask_c, first_group, G, GPB, GROUPED, BLOCK_G, FULL_BLOCKS)
 
-    # Ticket 1: per (group block, n chunk) per sample, per group block over the batch.
-    if PER_SAMPLE:
-        last = _take_ticket(ticket_ptr, group_block * num_n_chunks + pid_n, BPG * num_s_chunks)
-    else:
-        last = _take_ticket(ticket_ptr, group_block, chunks)
-    if last:
+    if _take_ticket(ticket_ptr, key, chunks):
         groups = first_group + tl.arange(0, BLOCK_G)
         mask_g = _group_mask(first_group, G, GPB, mask_c, GROUPED, BLOCK_G, FULL_BLOCKS)
         if PER_SAMPLE:
@@ -443,6 +454,13 @@ def _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean
 
 
 @triton.jit
+def _store_stat_sums(stat_part, stat_size, s1_ptr, s2_ptr, stats, mask_g, chunks, BLOCK_K: tl.constexpr):
+    """s1, s2 of ``stats``: their partials summed in chunk order."""
+    tl.store(s1_ptr + stats, _sum_chunks(stat_part, stats, mask_g, chunks, BLOCK_K), mask=mask_g)
+    tl.store(s2_ptr + stats, _sum_chunks(stat_part + stat_size, stats, mask_g, chunks, BLOCK_K), mask=mask_g)
+
+
+@triton.jit
 def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
                        g_ptr, dx_ptr, part_ptr, dw_ptr, db_ptr, s1_ptr, s2_ptr, ticket_ptr,
                        N, C, S, G, Cg, GPB, BPG, group_width,
@@ -473,17 +491,10 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
     rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     offs_cc = _index(offs_c, INDEX_64)[None, :]
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
-    group_block = pid_c // BPG
     num_cblocks = tl.cdiv(G, GPB) * BPG
     param_rows = num_n_chunks * num_s_chunks
-    if STATS_PER_SAMPLE:
-        chunks = BPG * num_s_chunks
-        chunk = (pid_c % BPG) * num_s_chunks + pid_s
-        stat_size = N * G * chunks
-    else:
-        chunks = BPG * num_s_chunks * num_n_chunks
-        chunk = ((pid_c % BPG) * num_s_chunks + pid_s) * num_n_chunks + pid_n
-        stat_size = G * chunks
+    chunks, chunk, stat_size, stat_key = _partial_layout(pid_c, pid_n, pid_s, N, G, BPG, num_n_chunks,
+                                                         num_s_chunks, STATS_PER_SAMPLE)
     stat_part = part_ptr
     if WRITE_DW or WRITE_DB:
         stat_part += 2 * param_rows * C
@@ -540,19 +551,13 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
             if WRITE_DB:
                 tl.store(db_ptr + offs_c, db.to(db_ptr.dtype.element_ty), mask=mask_c)
     if STAT_SUMS:
-        groups = first_group + tl.arange(0, BLOCK_G)
-        if STATS_PER_SAMPLE:
-            if _take_ticket(ticket_ptr, num_cblocks + group_block * num_n_chunks + pid_n, BPG * num_s_chunks):
+        if _take_ticket(ticket_ptr, num_cblocks + stat_key, chunks):
+            groups = first_group + tl.arange(0, BLOCK_G)
+            if STATS_PER_SAMPLE:
                 for n in range(n_start, n_end):
-                    stats = n * G + groups
-                    tl.store(s1_ptr + stats, _sum_chunks(stat_part, stats, mask_g, chunks, BLOCK_K), mask=mask_g)
-                    tl.store(s2_ptr + stats, _sum_chunks(stat_part + stat_size, stats, mask_g, chunks, BLOCK_K),
-                             mask=mask_g)
-        else:
-            if _take_ticket(ticket_ptr, num_cblocks + group_block, chunks):
-                tl.store(s1_ptr + groups, _sum_chunks(stat_part, groups, mask_g, chunks, BLOCK_K), mask=mask_g)
-                tl.store(s2_ptr + groups, _sum_chunks(stat_part + stat_size, groups, mask_g, chunks, BLOCK_K),
-                         mask=mask_g)
+                    _store_stat_sums(stat_part, stat_size, s1_ptr, s2_ptr, n * G + groups, mask_g, chunks, BLOCK_K)
+            else:
+                _store_stat_sums(stat_part, stat_size, s1_ptr, s2_ptr, groups, mask_g, chunks, BLOCK_K)
 
 
 @triton.jit
