@@ -68,6 +68,18 @@ def _block_channels(pid_c, C, Cg, GPB, BPG, group_width, BLOCK_C: tl.constexpr, 
 
 
 @triton.jit
+def _program_block(N, C, S, Cg, GPB, BPG, group_width, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks,
+                   BLOCK_C: tl.constexpr, FULL_BLOCKS: tl.constexpr):
+    """A looped-path program's share: _program_range, then _block_channels of its
+    channel block."""
+    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
+        N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
+    offs_c, mask_c, local_group, first_group = _block_channels(pid_c, C, Cg, GPB, BPG, group_width, BLOCK_C,
+                                                               FULL_BLOCKS)
+    return pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end, offs_c, mask_c, local_group, first_group
+
+
+@triton.jit
 def _group_mask(first_group, G, GPB, mask_c, GROUPED: tl.constexpr, BLOCK_G: tl.constexpr,
                 FULL_BLOCKS: tl.constexpr):
     """Which of the BLOCK_G group slots of the block exist (BLOCK_G == BLOCK_C when
@@ -300,10 +312,8 @@ def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, 
     (3, num_stats, chunks) fp32 (+ num_stats unbiased variances when RUNNING and
     PER_SAMPLE). The last program of each ticket (ticket: int32 counters, zero on entry
     and on exit) merges the partials of its statistics in chunk order. Moves 1T (reads x)."""
-    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
-        N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
-    offs_c, mask_c, local_group, first_group = _block_channels(pid_c, C, Cg, GPB, BPG, group_width, BLOCK_C,
-                                                               FULL_BLOCKS)
+    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end, offs_c, mask_c, local_group, first_group = _program_block(
+        N, C, S, Cg, GPB, BPG, group_width, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, BLOCK_C, FULL_BLOCKS)
     rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     c_offs = _index(offs_c, INDEX_64)[None, :] * stride_xc
     group_block = pid_c // BPG
@@ -396,10 +406,8 @@ def _normalize_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr,
     and running_var (strides stride_rm / stride_rv) as mean = running_mean, rstd =
     1 / sqrt(running_var + eps), and the first program of each channel block writes
     them to mean, rstd (C,) fp32 for the backward. Moves 2T (3T with the residual)."""
-    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
-        N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
-    offs_c, mask_c, local_group, first_group = _block_channels(pid_c, C, Cg, GPB, BPG, group_width, BLOCK_C,
-                                                               FULL_BLOCKS)
+    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end, offs_c, mask_c, local_group, first_group = _program_block(
+        N, C, S, Cg, GPB, BPG, group_width, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, BLOCK_C, FULL_BLOCKS)
     rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     offs_cc = _index(offs_c, INDEX_64)[None, :]
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
@@ -484,10 +492,8 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
     then (2, num_stats, chunks) for s1, s2 (STAT_SUMS); the last program per channel block (dw, db) and
     per statistic set (s1, s2) merges them in a fixed order (tickets as in the
     statistics kernel). Moves 2T (x, dy), +1T residual, +1T g, +1T dx."""
-    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
-        N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
-    offs_c, mask_c, local_group, first_group = _block_channels(pid_c, C, Cg, GPB, BPG, group_width, BLOCK_C,
-                                                               FULL_BLOCKS)
+    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end, offs_c, mask_c, local_group, first_group = _program_block(
+        N, C, S, Cg, GPB, BPG, group_width, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, BLOCK_C, FULL_BLOCKS)
     rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     offs_cc = _index(offs_c, INDEX_64)[None, :]
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
@@ -577,10 +583,8 @@ def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_p
     dx = rstd * (w g - (s1 + xhat s2) * inv_count), g read (READ_G: the reduction
     pass wrote it) or recomputed from dy through the activation.
     Moves 3T (x, g or dy, dx), +1T for the residual when g is recomputed."""
-    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end = _program_range(
-        N, S, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks)
-    offs_c, mask_c, local_group, first_group = _block_channels(pid_c, C, Cg, GPB, BPG, group_width, BLOCK_C,
-                                                               FULL_BLOCKS)
+    pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end, offs_c, mask_c, local_group, first_group = _program_block(
+        N, C, S, Cg, GPB, BPG, group_width, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, BLOCK_C, FULL_BLOCKS)
     rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
     offs_cc = _index(offs_c, INDEX_64)[None, :]
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
@@ -619,6 +623,22 @@ def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_p
 # BLOCK_C channels of a row, and each row is a statistic. Otherwise the tile is
 # all S positions (BLOCK_M >= S) of one sample n by a block of GPB whole groups,
 # and each group is a statistic.
+
+@triton.jit
+def _set_program(N, C, G, Cg, GPB, group_width, n_per_prog, num_n_chunks, w_ptr, b_ptr, GROUPED: tl.constexpr,
+                 FULL_BLOCKS: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+    """A single-read program's share: (n chunk, n_start, n_end, channels, channel mask,
+    group of each channel, first group, group mask, weight, bias) of its channel block."""
+    pid = tl.program_id(0)
+    pid_n = pid % num_n_chunks
+    offs_c, mask_c, local_group, first_group = _block_channels(pid // num_n_chunks, C, Cg, GPB, 1, group_width,
+                                                               BLOCK_C, FULL_BLOCKS)
+    n_start = pid_n * n_per_prog
+    mask_g = _group_mask(first_group, G, GPB, mask_c, GROUPED, BLOCK_G, FULL_BLOCKS)
+    w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
+    return pid_n, n_start, tl.minimum(n_start + n_per_prog, N), offs_c, mask_c, local_group, first_group, mask_g, w, b
+
 
 @triton.jit
 def _set_tile(m0, n_end, S, offs_m, offs_c, mask_c, stride_n, stride_c, stride_s, INDEX_64: tl.constexpr,
@@ -674,21 +694,12 @@ def _set_fwd_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
     through strides; w, b: (C,). Writes y = act((x - mean) * rstd * w + b) and mean,
     rstd: (N * G,) fp32 (two passes over the registers: exact). A program covers one
     channel block of n_per_prog samples (rows). Moves 2T."""
-    pid = tl.program_id(0)
-    pid_n = pid % num_n_chunks
-    offs_c, mask_c, local_group, first_group = _block_channels(pid // num_n_chunks, C, Cg, GPB, 1, group_width,
-                                                               BLOCK_C, FULL_BLOCKS)
+    pid_n, n_start, n_end, offs_c, mask_c, local_group, first_group, mask_g, w, b = _set_program(
+        N, C, G, Cg, GPB, group_width, n_per_prog, num_n_chunks, w_ptr, b_ptr, GROUPED, FULL_BLOCKS, HAS_WEIGHT,
+        HAS_BIAS, BLOCK_C, BLOCK_G)
     offs_m = tl.arange(0, BLOCK_M)
-    mask_g = _group_mask(first_group, G, GPB, mask_c, GROUPED, BLOCK_G, FULL_BLOCKS)
-    w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
     count = (Cg * S).to(tl.float32)
-    n_start = pid_n * n_per_prog
-    n_end = tl.minimum(n_start + n_per_prog, N)
-    if ROWS:
-        step: tl.constexpr = BLOCK_M
-    else:
-        step: tl.constexpr = 1
-    for m0 in range(n_start, n_end, step):
+    for m0 in range(n_start, n_end, BLOCK_M if ROWS else 1):     # ROWS: BLOCK_M rows, else one sample
         offs, mask = _set_tile(m0, n_end, S, offs_m, offs_c, mask_c, stride_xn, stride_xc, stride_xs, INDEX_64, ROWS)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         # Two passes over the registers; the second corrects the first mean's rounding
@@ -711,8 +722,9 @@ def _set_fwd_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
 
 @triton.jit
 def _set_bwd_kernel(x_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, dx_ptr, dwb_ptr,
-                    N, C, S, G, Cg, GPB, group_width, stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
-                    stride_dxn, stride_dxc, stride_dxs, n_per_prog, num_n_chunks, negative_slope,
+                    N, C, S, G, Cg, GPB, group_width, stride_xn, stride_xc, stride_xs,
+                    stride_dyn, stride_dyc, stride_dys, stride_dxn, stride_dxc, stride_dxs,
+                    n_per_prog, num_n_chunks, negative_slope,
                     ROWS: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
                     ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr, FULL_BLOCKS: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
@@ -723,23 +735,14 @@ def _set_bwd_kernel(x_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, dx_ptr, dwb
     pid_n of (num_n_chunks, 2, C): this program's sum(g * xhat), sum(g) per channel,
     in dwb's dtype (the parameter gradients themselves when num_n_chunks == 1).
     Moves 3T."""
-    pid = tl.program_id(0)
-    pid_n = pid % num_n_chunks
-    offs_c, mask_c, local_group, first_group = _block_channels(pid // num_n_chunks, C, Cg, GPB, 1, group_width,
-                                                               BLOCK_C, FULL_BLOCKS)
+    pid_n, n_start, n_end, offs_c, mask_c, local_group, first_group, mask_g, w, b = _set_program(
+        N, C, G, Cg, GPB, group_width, n_per_prog, num_n_chunks, w_ptr, b_ptr, GROUPED, FULL_BLOCKS, HAS_WEIGHT,
+        HAS_BIAS, BLOCK_C, BLOCK_G)
     offs_m = tl.arange(0, BLOCK_M)
-    w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
     inv_count = 1.0 / (Cg * S).to(tl.float32)
-    n_start = pid_n * n_per_prog
-    n_end = tl.minimum(n_start + n_per_prog, N)
-    mask_g = _group_mask(first_group, G, GPB, mask_c, GROUPED, BLOCK_G, FULL_BLOCKS)
     sum_g = tl.zeros((BLOCK_C,), dtype=tl.float32)
     sum_gx = tl.zeros((BLOCK_C,), dtype=tl.float32)
-    if ROWS:
-        step: tl.constexpr = BLOCK_M
-    else:
-        step: tl.constexpr = 1
-    for m0 in range(n_start, n_end, step):
+    for m0 in range(n_start, n_end, BLOCK_M if ROWS else 1):     # ROWS: BLOCK_M rows, else one sample
         offs, mask = _set_tile(m0, n_end, S, offs_m, offs_c, mask_c, stride_xn, stride_xc, stride_xs, INDEX_64, ROWS)
         stats, mask_s = _set_stats(m0, n_end, offs_m, first_group, G, mask_g, ROWS, BLOCK_G)
         mean = _per_element(tl.load(mean_ptr + stats, mask=mask_s, other=0.0), local_group, ROWS, GROUPED, BLOCK_G)

@@ -348,7 +348,8 @@ class NormBackwardFunction(torch.autograd.Function):
         dy, x, weight, bias, residual = (None if t is None else t.detach().requires_grad_() for t in saved[:5])
         with torch.enable_grad():
             y = _reference_forward(x, weight, bias, residual, saved[5], saved[6], ctx.spec)
-            inputs = [(t, g) for t, g in zip((x, weight, bias, residual), grad_grads) if t is not None and g is not None]
+            inputs = [(t, g) for t, g in zip((x, weight, bias, residual), grad_grads)
+                      if t is not None and g is not None]
             first = torch.autograd.grad(y, [t for t, _ in inputs], dy, create_graph=True)
             wrt = [t for t in (dy, x, weight, bias, residual) if t is not None]
             second = iter(torch.autograd.grad(first, wrt, [g for _, g in inputs], allow_unused=True))
