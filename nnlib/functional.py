@@ -431,6 +431,18 @@ def _torch_epilogue(out, activation, negative_slope, residual=None):
     return out
 
 
+def _check_residual(input, residual, op: str) -> None:
+    """The fused residual: a tensor of input's shape, dtype and device, or None."""
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"{op}(): argument 'residual' must be Tensor, not {type(residual).__name__}")
+    if residual.shape != input.shape or residual.dtype != input.dtype:
+        raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
+                           f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")
+    check_same_device(op, input=input, residual=residual)
+
+
 def _check_momentum(momentum, op: str) -> float:
     if not isinstance(momentum, (int, float)):
         raise TypeError(f"{op}(): argument 'momentum' must be float, not {type(momentum).__name__}")
@@ -493,13 +505,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
             if t is not None and t.numel() == 0:
                 raise IndexError(f"{op}(): index 0 is out of bounds for {name} of size 0")
     code = _norm_activation(activation, negative_slope, op)
-    if residual is not None:
-        if not isinstance(residual, torch.Tensor):
-            raise TypeError(f"{op}(): argument 'residual' must be Tensor, not {type(residual).__name__}")
-        if residual.shape != input.shape or residual.dtype != input.dtype:
-            raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
-                               f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")
-        check_same_device(op, input=input, residual=residual)
+    _check_residual(input, residual, op)
     _check_norm_dtype(input, op)
     if _on_torch_path(input):
         if num_batches_tracked is not None:     # torch's module: count, then the factor (CPU tensors only here)

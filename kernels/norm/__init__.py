@@ -20,7 +20,9 @@ channels_last is other strides (batch norm folds n into S there).
 * ``_plan``: views, tilings (looped and single-read), the ticket counters.
 * ``ops``: the primitives (launchers taking schema types only), ``NormFunction``
   / ``NormBackwardFunction`` and the entry points ``batch_norm``, ...
-* ``_cases``: the compile cases, recorded from the primitives' own launches.
+* ``sync``: batch norm across processes (SyncBatchNorm's Function).
+* ``_cases``: the compile cases, recorded from the primitives' own launches
+  (``COMPILE_CASES``, built on first use: recording takes a while at import).
 
 Launches and bytes per call, T = one pass over the activation (the residual
 and g are activation-sized):
@@ -50,12 +52,21 @@ the same forward in torch ops, twice. Third derivatives raise.
 """
 from __future__ import annotations
 
-from ._cases import COMPILE_CASES
 from ._plan import Geometry
 from .ops import (NormBackwardFunction, NormFunction, batch_norm, group_norm, instance_norm, layer_norm,
-                  norm_apply, norm_apply_running, norm_backward, norm_single_read, norm_statistics,
-                  single_read_fits)
+                  norm_apply, norm_apply_running, norm_backward, norm_backward_dx, norm_backward_reduce,
+                  norm_merge_moments, norm_moments, norm_single_read, norm_statistics, single_read_fits)
+from .sync import SyncNormFunction, sync_batch_norm
 
 __all__ = ["Geometry", "NormFunction", "NormBackwardFunction", "batch_norm", "instance_norm", "group_norm",
-           "layer_norm", "norm_statistics", "norm_apply", "norm_apply_running", "norm_single_read",
-           "single_read_fits", "norm_backward", "COMPILE_CASES"]
+           "layer_norm", "norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
+           "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
+           "SyncNormFunction", "sync_batch_norm", "COMPILE_CASES"]
+
+
+def __getattr__(name: str):
+    if name == "COMPILE_CASES":
+        from ._cases import compile_cases
+        globals()["COMPILE_CASES"] = cases = compile_cases()
+        return cases
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

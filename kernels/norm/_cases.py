@@ -168,5 +168,3 @@ def compile_cases() -> list[CompileCase]:
                                    _vector_expectations(kernel, kwargs) if aligned else {}))
     return cases
 
-
-COMPILE_CASES = compile_cases()

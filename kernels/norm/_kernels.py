@@ -194,21 +194,21 @@ def _sum_chunks(part_ptr, stats, mask_g, chunks, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _merge_moments(part_ptr, part_size, stats, mask_g, chunks, BLOCK_K: tl.constexpr):
-    """(count, mean, M2) [BLOCK_G] of each statistic from its ``chunks`` partials
-    (count, mean, M2 at part, part + part_size, part + 2 * part_size, stat-major),
-    merged in chunk order (Chan)."""
+def _merge_moments(part_ptr, stats, mask_g, chunks, stride_stat, stride_chunk, stride_field, BLOCK_K: tl.constexpr):
+    """(count, mean, M2) [BLOCK_G] of each statistic from its ``chunks`` partials, merged
+    in chunk order (Chan): field f (count, mean, M2) of chunk k of statistic s at
+    part[s * stride_stat + k * stride_chunk + f * stride_field]. Reads around L1."""
     total = tl.zeros(stats.shape, dtype=tl.float32)
     mean = tl.zeros(stats.shape, dtype=tl.float32)
     m2 = tl.zeros(stats.shape, dtype=tl.float32)
     for k0 in range(0, chunks, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask = (offs_k < chunks)[:, None] & mask_g[None, :]
-        offs = stats.to(tl.int64)[None, :] * chunks + offs_k[:, None]
+        offs = stats.to(tl.int64)[None, :] * stride_stat + offs_k.to(tl.int64)[:, None] * stride_chunk
         b_count, b_mean, b_m2 = _welford_combine(
             tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg"),
-            tl.load(part_ptr + part_size + offs, mask=mask, other=0.0, cache_modifier=".cg"),
-            tl.load(part_ptr + 2 * part_size + offs, mask=mask, other=0.0, cache_modifier=".cg"), 0)
+            tl.load(part_ptr + stride_field + offs, mask=mask, other=0.0, cache_modifier=".cg"),
+            tl.load(part_ptr + 2 * stride_field + offs, mask=mask, other=0.0, cache_modifier=".cg"), 0)
         new_total = total + b_count
         delta = tl.where(b_count > 0, b_mean - mean, 0.0)
         frac = b_count / tl.maximum(new_total, 1.0)
@@ -216,6 +216,22 @@ def _merge_moments(part_ptr, part_size, stats, mask_g, chunks, BLOCK_K: tl.const
         m2 += b_m2 + delta * delta * total * frac
         total = new_total
     return total, mean, m2
+
+
+@triton.jit
+def _store_batch_stats(mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, stride_rm, stride_rv, channels, mask, count,
+                       mean, m2, momentum, eps, RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr):
+    """Batch statistics of ``channels`` from their merged (count, mean, M2): mean and
+    rstd stored; RUNNING moves the running statistics toward mean and the unbiased
+    variance by momentum, or by 1 / (num_batches_tracked + 1) with CUMULATIVE."""
+    tl.store(mean_ptr + channels, mean, mask=mask)
+    tl.store(rstd_ptr + channels, 1.0 / tl.sqrt(m2 / tl.maximum(count, 1.0) + eps), mask=mask)
+    if RUNNING:
+        factor = momentum
+        if CUMULATIVE:
+            factor = 1.0 / (tl.load(nbt_ptr).to(tl.float32) + 1.0)
+        _moving_average(rm_ptr, stride_rm, channels, mask, mean, factor)
+        _moving_average(rv_ptr, stride_rv, channels, mask, m2 / tl.maximum(count - 1.0, 1.0), factor)
 
 
 @triton.jit
@@ -294,10 +310,10 @@ def _store_moments(acc1, acc2, shift, count, stat0, chunk, chunks, part_size, pa
 
 
 @triton.jit
-def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, ticket_ptr,
+def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, moments_ptr, rm_ptr, rv_ptr, nbt_ptr, ticket_ptr,
                   N, C, S, G, Cg, GPB, BPG, group_width, stride_xn, stride_xc, stride_xs, stride_rm, stride_rv,
                   n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, momentum, eps,
-                  PER_SAMPLE: tl.constexpr, GROUPED: tl.constexpr, RUNNING: tl.constexpr,
+                  PER_SAMPLE: tl.constexpr, GROUPED: tl.constexpr, MOMENTS_OUT: tl.constexpr, RUNNING: tl.constexpr,
                   CUMULATIVE: tl.constexpr, TRACK: tl.constexpr, INDEX_64: tl.constexpr, FULL_BLOCKS: tl.constexpr,
                   BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
     """Statistics in one launch. x: (N, C, S) through strides. Writes mean, rstd =
@@ -306,6 +322,8 @@ def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, 
     float dtype) toward the batch mean and unbiased variance (per sample: their average
     over n) by ``momentum``, or by 1 / (num_batches_tracked + 1) with CUMULATIVE; TRACK
     adds 1 to num_batches_tracked (int64 scalar) once all statistics are merged.
+    MOMENTS_OUT (batch statistics, for SyncBatchNorm): writes the merged (count, mean,
+    M2) to moments (3, G) fp32 instead, for a merge across processes (_merge_kernel).
 
     Each program sums x - shift and (x - shift)^2 per lane (shift: its first tile's
     column means; no division per element) and stores (count, mean, M2) partials, part:
@@ -352,21 +370,20 @@ def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, 
         if PER_SAMPLE:
             for n in range(n_start, n_end):
                 stats = n * G + groups
-                count, mean, m2 = _merge_moments(part_ptr, part_size, stats, mask_g, chunks, BLOCK_K)
+                count, mean, m2 = _merge_moments(part_ptr, stats, mask_g, chunks, chunks, 1, part_size, BLOCK_K)
                 tl.store(mean_ptr + stats, mean, mask=mask_g)
                 tl.store(rstd_ptr + stats, 1.0 / tl.sqrt(m2 / tl.maximum(count, 1.0) + eps), mask=mask_g)
                 if RUNNING:
                     tl.store(part_ptr + 3 * part_size + stats, m2 / tl.maximum(count - 1.0, 1.0), mask=mask_g)
         else:
-            count, mean, m2 = _merge_moments(part_ptr, part_size, groups, mask_g, chunks, BLOCK_K)
-            tl.store(mean_ptr + groups, mean, mask=mask_g)
-            tl.store(rstd_ptr + groups, 1.0 / tl.sqrt(m2 / tl.maximum(count, 1.0) + eps), mask=mask_g)
-            if RUNNING:     # one channel per group
-                factor = momentum
-                if CUMULATIVE:
-                    factor = 1.0 / (tl.load(nbt_ptr).to(tl.float32) + 1.0)
-                _moving_average(rm_ptr, stride_rm, groups, mask_g, mean, factor)
-                _moving_average(rv_ptr, stride_rv, groups, mask_g, m2 / tl.maximum(count - 1.0, 1.0), factor)
+            count, mean, m2 = _merge_moments(part_ptr, groups, mask_g, chunks, chunks, 1, part_size, BLOCK_K)
+            if MOMENTS_OUT:     # this process's share, for a merge across processes
+                tl.store(moments_ptr + groups, count, mask=mask_g)
+                tl.store(moments_ptr + G + groups, mean, mask=mask_g)
+                tl.store(moments_ptr + 2 * G + groups, m2, mask=mask_g)
+            else:               # one channel per group
+                _store_batch_stats(mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, stride_rm, stride_rv, groups, mask_g,
+                                   count, mean, m2, momentum, eps, RUNNING, CUMULATIVE)
         # Ticket 2, after the merges it waits for: per group block per sample (running
         # statistics averaged over n), one for the batch (num_batches_tracked).
         if (PER_SAMPLE and RUNNING) or TRACK:
@@ -386,6 +403,26 @@ def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, 
                     _moving_average(rv_ptr, stride_rv, groups, mask_g, sum_var / N, momentum)
                 if TRACK:
                     tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
+
+
+@triton.jit
+def _merge_kernel(part_ptr, mean_ptr, rstd_ptr, count_ptr, rm_ptr, rv_ptr, nbt_ptr, ticket_ptr,
+                  C, num_parts, stride_rm, stride_rv, momentum, eps,
+                  RUNNING: tl.constexpr, CUMULATIVE: tl.constexpr, TRACK: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Batch statistics from several processes' moments. part: (num_parts, 3, C) fp32,
+    (count, mean, M2) per channel of each part, as all_gather lays them out; merged in
+    part order into mean, rstd and count (C,) fp32; running statistics and
+    num_batches_tracked as in _stats_kernel (the last program adds the 1)."""
+    channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask = channels < C
+    count, mean, m2 = _merge_moments(part_ptr, channels, mask, num_parts, 1, 3 * C, C, BLOCK_K)
+    tl.store(count_ptr + channels, count, mask=mask)
+    _store_batch_stats(mean_ptr, rstd_ptr, rm_ptr, rv_ptr, nbt_ptr, stride_rm, stride_rv, channels, mask, count,
+                       mean, m2, momentum, eps, RUNNING, CUMULATIVE)
+    if TRACK:
+        if _take_ticket(ticket_ptr, 0, tl.num_programs(0)):
+            tl.store(nbt_ptr, tl.load(nbt_ptr) + 1)
 
 
 # ---------------------------------------------------------------------------
@@ -572,14 +609,16 @@ def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_p
                    stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
                    stride_rn, stride_rc, stride_rs, stride_gn, stride_gc, stride_gs,
                    stride_dxn, stride_dxc, stride_dxs,
-                   n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, negative_slope, inv_count,
+                   n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, negative_slope, inv_count, count_ptr,
                    STATS_PER_SAMPLE: tl.constexpr, GROUPED: tl.constexpr, READ_G: tl.constexpr,
+                   DEVICE_COUNT: tl.constexpr,
                    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                    ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr, FULL_BLOCKS: tl.constexpr,
                    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
     """The input gradient of batch statistics. x, dy, residual, g, dx: (N, C, S)
     through strides; mean, rstd, s1 = sum(w g), s2 = sum(w g xhat) per statistic;
-    inv_count = 1 / elements per statistic.
+    inv_count = 1 / elements per statistic, or (DEVICE_COUNT: SyncBatchNorm's count over
+    every process) 1 / count[0].
     dx = rstd * (w g - (s1 + xhat s2) * inv_count), g read (READ_G: the reduction
     pass wrote it) or recomputed from dy through the activation.
     Moves 3T (x, g or dy, dx), +1T for the residual when g is recomputed."""
@@ -590,6 +629,8 @@ def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_p
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
     mean, rstd = _load_stats(mean_ptr, rstd_ptr, first_group, local_group, mask_c, GROUPED, BLOCK_G)
     s1, s2 = _load_stats(s1_ptr, s2_ptr, first_group, local_group, mask_c, GROUPED, BLOCK_G)
+    if DEVICE_COUNT:
+        inv_count = 1.0 / tl.load(count_ptr)
     for n in range(n_start, n_end):
         if STATS_PER_SAMPLE:
             mean, rstd = _load_stats(mean_ptr, rstd_ptr, n * G + first_group, local_group, mask_c, GROUPED, BLOCK_G)

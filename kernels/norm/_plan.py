@@ -27,6 +27,7 @@ TARGET_PROGRAMS = 1024
 INTERPRETER_TARGET_PROGRAMS = 1
 MIN_PROGRAM_ELEMENTS = 4096
 MERGE_TILE = 1024
+MERGE_CHANNELS = 256        # channels per program of the merge across processes
 NUM_WARPS = 8
 # The single-read path holds a statistic's whole set (padded to powers of two) in
 # registers when it has at most SET_LIMIT elements, SET_TILE or so per tile.

@@ -11,7 +11,11 @@ Primitives (each one launch unless it says otherwise):
   fp32 mean / rstd it used.
 * ``norm_single_read``: statistics and normalization of per-sample sets that fit
   in registers (``single_read_fits``).
-* ``norm_backward``: (dx, dweight, dbias, g) in at most two launches.
+* ``norm_moments`` / ``norm_merge_moments``: one process's (count, mean, M2) and
+  the merge of every process's (SyncBatchNorm, with an all_gather in between).
+* ``norm_backward``: (dx, dweight, dbias, g) in at most two launches, made of
+  ``norm_backward_reduce`` and ``norm_backward_dx`` for the looped path
+  (SyncBatchNorm all-reduces the sums between them).
 
 Arguments are checked by the caller (nnlib.functional). Tensors the kernels
 cannot read as (N, C, S) through strides are copied once (by the Functions,
@@ -24,17 +28,18 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as TF
+import triton
 
 from .._reduce import sum_partials
 from .._runtime import interpreting, launch, merge_dims, needs_int64
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
-from ._kernels import (_bwd_dx_kernel, _bwd_reduce_kernel, _normalize_kernel, _set_bwd_kernel, _set_fwd_kernel,
-                       _stats_kernel)
-from ._plan import (NUM_WARPS, Geometry, empty_output, loop_plan, mergeable, ncs_views, set_plan,
-                    ticket_counters)
+from ._kernels import (_bwd_dx_kernel, _bwd_reduce_kernel, _merge_kernel, _normalize_kernel, _set_bwd_kernel,
+                       _set_fwd_kernel, _stats_kernel)
+from ._plan import (MERGE_CHANNELS, MERGE_TILE, NUM_WARPS, Geometry, empty_output, loop_plan, mergeable, ncs_views,
+                    set_plan, ticket_counters)
 
-__all__ = ["norm_statistics", "norm_apply", "norm_apply_running", "norm_single_read", "single_read_fits",
-           "norm_backward", "NormFunction", "NormBackwardFunction", "batch_norm", "instance_norm", "group_norm",
+__all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
+           "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx", "NormFunction", "NormBackwardFunction", "batch_norm", "instance_norm", "group_norm",
            "layer_norm"]
 
 
@@ -79,23 +84,65 @@ def norm_statistics(x: torch.Tensor, running_mean: torch.Tensor | None, running_
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
         return mean, rstd
-    geom = Geometry(lead, chan, groups, per_sample, False)
-    (N, C, S), (stride_x,) = ncs_views([x], geom)
-    plan = loop_plan((N, C, S), groups, stride_x[1], stride_x[2], interpreting())
-    chunks = plan.chunks(per_sample)
+    _launch_statistics(x, mean, rstd, None, running_mean, running_var, num_batches_tracked,
+                       Geometry(lead, chan, groups, per_sample, False), momentum, cumulative, eps)
+    return mean, rstd
+
+
+def norm_moments(x: torch.Tensor, lead: int, chan: int, groups: int) -> torch.Tensor:
+    """(count, mean, M2) of x's batch statistics (per group over n and S) as a (3,
+    groups) fp32 tensor, in one launch (zeros for an empty x): one process's share,
+    which ``norm_merge_moments`` merges with the other processes'."""
+    if x.numel() == 0:
+        return torch.zeros((3, groups), **_stats_options(x))
+    moments = torch.empty((3, groups), **_stats_options(x))
+    _launch_statistics(x, moments[1], moments[1], moments, None, None, None,
+                       Geometry(lead, chan, groups, False, False), 0.0, False, 0.0)
+    return moments
+
+
+def _launch_statistics(x, mean, rstd, moments, running_mean, running_var, num_batches_tracked, geom: Geometry,
+                       momentum, cumulative, eps) -> None:
+    """The statistics launch of norm_statistics (``moments`` None) and norm_moments."""
+    sizes, (stride_x,) = ncs_views([x], geom)
+    plan = loop_plan(sizes, geom.groups, stride_x[1], stride_x[2], interpreting())
+    num_stats, chunks = plan.num_stats(geom.per_sample), plan.chunks(geom.per_sample)
     running = running_mean is not None
-    part = torch.empty(3 * num_stats * chunks + (num_stats if running and per_sample else 0), **_stats_options(x))
+    part = torch.empty(3 * num_stats * chunks + (num_stats if running and geom.per_sample else 0),
+                       **_stats_options(x))
     tickets = ticket_counters(x.device, plan.tickets())
     launch(_stats_kernel, plan.grid, x_ptr=x, part_ptr=part, mean_ptr=mean, rstd_ptr=rstd,
-           rm_ptr=running_mean if running else mean, rv_ptr=running_var if running else rstd,
+           moments_ptr=moments if moments is not None else mean, rm_ptr=running_mean if running else mean,
+           rv_ptr=running_var if running else rstd,
            nbt_ptr=num_batches_tracked if num_batches_tracked is not None else tickets, ticket_ptr=tickets,
            **plan.shape_args(), **_strides("x", stride_x),
            stride_rm=_running_stride(running_mean) if running else 0,
            stride_rv=_running_stride(running_var) if running else 0, momentum=float(momentum), eps=float(eps),
-           PER_SAMPLE=per_sample, GROUPED=plan.Cg > 1, RUNNING=running, CUMULATIVE=cumulative,
-           TRACK=num_batches_tracked is not None, INDEX_64=needs_int64(x), **plan.blocks(merging=True),
-           num_warps=NUM_WARPS)
-    return mean, rstd
+           PER_SAMPLE=geom.per_sample, GROUPED=plan.Cg > 1, MOMENTS_OUT=moments is not None, RUNNING=running,
+           CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, INDEX_64=needs_int64(x),
+           **plan.blocks(merging=True), num_warps=NUM_WARPS)
+
+
+def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                       num_batches_tracked: torch.Tensor | None, momentum: float, cumulative: bool,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch statistics of several processes: ``moments`` (P, 3, C) fp32, each process's
+    ``norm_moments`` (as all_gather stacks them), merged in process order into fp32
+    (mean, rstd, count) (C,) in one launch, count being the elements over all
+    processes; running statistics and num_batches_tracked as ``norm_statistics``."""
+    P, _, C = moments.shape
+    mean, rstd, count = (torch.empty(C, **_stats_options(moments)) for _ in range(3))
+    running = running_mean is not None
+    tickets = ticket_counters(moments.device, 1)
+    block_c = min(triton.next_power_of_2(C), MERGE_CHANNELS)
+    launch(_merge_kernel, (triton.cdiv(C, block_c),), part_ptr=moments.contiguous(), mean_ptr=mean, rstd_ptr=rstd,
+           count_ptr=count, rm_ptr=running_mean if running else mean, rv_ptr=running_var if running else rstd,
+           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else tickets, ticket_ptr=tickets, C=C,
+           num_parts=P, stride_rm=_running_stride(running_mean) if running else 0,
+           stride_rv=_running_stride(running_var) if running else 0, momentum=float(momentum), eps=float(eps),
+           RUNNING=running, CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, BLOCK_C=block_c,
+           BLOCK_K=max(1, MERGE_TILE // block_c))
+    return mean, rstd, count
 
 
 def _normalize(x, weight, bias, residual, mean, rstd, running_mean, running_var, geom: Geometry, eps, activation,
@@ -177,7 +224,7 @@ def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
 
 
 # ---------------------------------------------------------------------------
-# Backward primitive
+# Backward primitives
 
 def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                   residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
@@ -187,76 +234,120 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
     the activation (the residual's gradient; None without an activation, where it
     is dy). ``batch_stats``: mean / rstd came from x (their gradient flows), else
     they are constants (eval). At most two launches: the single-read kernel (plus a
-    column sum when it ran on several programs), or the looped reduction pass and,
-    for dx of batch statistics, the dx pass."""
-    dx = torch.empty_like(x) if need_x else None
-    write_g = need_g and activation != ACT_NONE
-    g = torch.empty_like(residual) if write_g else None
+    column sum when it ran on several programs), or ``norm_backward_reduce`` and, for
+    dx of batch statistics, ``norm_backward_dx``."""
     if x.numel() == 0:
-        return (dx, torch.zeros_like(weight) if need_weight else None, torch.zeros_like(bias) if need_bias else None,
-                g)
-    geom = Geometry(lead, chan, groups, per_sample, False)
-    w, b = _vector(weight), _vector(bias)
-    common = dict(w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean,
-                  negative_slope=float(negative_slope), HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
-                  ACTIVATION=activation)
+        return (torch.empty_like(x) if need_x else None, torch.zeros_like(weight) if need_weight else None,
+                torch.zeros_like(bias) if need_bias else None,
+                torch.empty_like(residual) if need_g and activation != ACT_NONE else None)
     if need_x and batch_stats and per_sample and residual is None:
+        geom = Geometry(lead, chan, groups, per_sample, False)
+        dx = torch.empty_like(x)
         sizes, (stride_x, stride_dy, stride_dx) = ncs_views([x, dy, dx], geom)
         plan = set_plan(sizes, groups, stride_x[1], interpreting())
         if plan is not None:
-            dw, db = _single_read_backward(plan, x, dy, dx, weight if need_weight else None,
-                                           bias if need_bias else None, mean, rstd, stride_x, stride_dy, stride_dx,
-                                           common)
-            return dx, dw, db, g
-    dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device) if need_weight else None
-    db = torch.empty(bias.shape, dtype=bias.dtype, device=x.device) if need_bias else None
-    sizes, strides = ncs_views([x, dy, residual, g, dx], geom)
-    plan = loop_plan(sizes, groups, strides[0][1], strides[0][2], interpreting())
-    views = {"x": x, "dy": dy, "r": residual, "g": g, "dx": dx}
-    args = dict(x_ptr=x, dy_ptr=dy, res_ptr=residual if residual is not None else x, g_ptr=g if write_g else x,
-                dx_ptr=dx if need_x else x, mean_ptr=mean, rstd_ptr=rstd, **common, **plan.shape_args(),
-                **{k: v for prefix, st in zip(views, strides) for k, v in _strides(prefix, st).items()},
-                HAS_RESIDUAL=residual is not None, INDEX_64=needs_int64(*views.values()))
-    stat_sums = batch_stats and need_x
-    param_grads = need_weight or need_bias
-    if param_grads or stat_sums or write_g or (need_x and not batch_stats):
-        num_stats, chunks = plan.num_stats(per_sample), plan.chunks(per_sample)
-        rows = plan.num_n_chunks * plan.num_s_chunks
-        part = torch.empty(2 * rows * plan.C * param_grads + 2 * num_stats * chunks * stat_sums,
-                           **_stats_options(x))
-        s1, s2 = ((torch.empty(num_stats, **_stats_options(x)) for _ in range(2)) if stat_sums else (mean, mean))
-        launch(_bwd_reduce_kernel, plan.grid, **args, part_ptr=part, dw_ptr=dw if dw is not None else mean,
-               db_ptr=db if db is not None else mean, s1_ptr=s1, s2_ptr=s2,
-               ticket_ptr=ticket_counters(x.device, plan.tickets()), STATS_PER_SAMPLE=per_sample,
-               GROUPED=plan.Cg > 1, STAT_SUMS=stat_sums, WRITE_DW=need_weight, WRITE_DB=need_bias, WRITE_G=write_g,
-               WRITE_DX=need_x and not batch_stats, **plan.blocks(merging=True), num_warps=NUM_WARPS)
-    if stat_sums:
-        count = (1 if per_sample else plan.N) * plan.Cg * plan.S
-        launch(_bwd_dx_kernel, plan.grid, **args, s1_ptr=s1, s2_ptr=s2, inv_count=1.0 / count,
-               STATS_PER_SAMPLE=per_sample, GROUPED=plan.Cg > 1, READ_G=write_g, **plan.blocks(), num_warps=NUM_WARPS)
+            dw, db = _single_read_backward(plan, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd,
+                                           stride_x, stride_dy, stride_dx, activation, negative_slope)
+            return dx, dw, db, None
+    dx, dw, db, sums, g = norm_backward_reduce(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups,
+                                               per_sample, batch_stats, activation, negative_slope, need_x,
+                                               need_weight, need_bias, need_g)
+    if need_x and batch_stats:
+        dx = norm_backward_dx(dy, x, g, weight, bias, residual, mean, rstd, sums, None, lead, chan, groups,
+                              per_sample, activation, negative_slope)
     return dx, dw, db, g
 
 
-def _single_read_backward(plan, x, dy, dx, weight, bias, mean, rstd, stride_x, stride_dy, stride_dx, common):
-    """The single-read backward: writes dx; returns (dweight, dbias) (None where the
-    parameter is None), views of one buffer the kernel fills (when it ran on one
-    program per channel block) or a column sum of its partials (a second launch)."""
+def _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom: Geometry, activation, negative_slope):
+    """(plan, launch arguments) the two looped backward kernels share."""
+    sizes, strides = ncs_views([x, dy, residual, g, dx], geom)
+    plan = loop_plan(sizes, geom.groups, strides[0][1], strides[0][2], interpreting())
+    w, b = _vector(weight), _vector(bias)
+    views = {"x": x, "dy": dy, "r": residual, "g": g, "dx": dx}
+    return plan, dict(
+        x_ptr=x, dy_ptr=dy, res_ptr=residual if residual is not None else x, g_ptr=g if g is not None else x,
+        dx_ptr=dx if dx is not None else x, mean_ptr=mean, rstd_ptr=rstd, w_ptr=w if w is not None else mean,
+        b_ptr=b if b is not None else mean, **plan.shape_args(),
+        **{k: v for prefix, st in zip(views, strides) for k, v in _strides(prefix, st).items()},
+        negative_slope=float(negative_slope), STATS_PER_SAMPLE=geom.per_sample, GROUPED=plan.Cg > 1,
+        HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation,
+        INDEX_64=needs_int64(*views.values()), num_warps=NUM_WARPS)
+
+
+def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
+                         groups: int, per_sample: bool, batch_stats: bool, activation: int, negative_slope: float,
+                         need_x: bool, need_weight: bool, need_bias: bool, need_g: bool):
+    """The looped reduction pass (one launch, none when nothing is asked): returns
+    (dx, dweight, dbias, sums, g). dx only for constant statistics (eval: written in
+    this pass); sums (2, num_stats) fp32 = (sum(w g), sum(w g xhat)) per statistic when
+    dx of batch statistics is asked (``norm_backward_dx`` reads them; SyncBatchNorm
+    all-reduces them first); g as ``norm_backward``."""
+    geom = Geometry(lead, chan, groups, per_sample, False)
+    write_g = need_g and activation != ACT_NONE
+    g = torch.empty_like(residual) if write_g else None
+    dx = torch.empty_like(x) if need_x and not batch_stats else None
+    dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device) if need_weight else None
+    db = torch.empty(bias.shape, dtype=bias.dtype, device=x.device) if need_bias else None
+    stat_sums = batch_stats and need_x
+    plan, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, activation,
+                                  negative_slope)
+    num_stats, chunks = plan.num_stats(per_sample), plan.chunks(per_sample)
+    sums = torch.empty((2, num_stats), **_stats_options(x)) if stat_sums else None
+    if not (need_weight or need_bias or stat_sums or write_g or dx is not None):
+        return dx, dw, db, sums, g
+    rows = plan.num_n_chunks * plan.num_s_chunks
+    part = torch.empty(2 * rows * plan.C * (need_weight or need_bias) + 2 * num_stats * chunks * stat_sums,
+                       **_stats_options(x))
+    launch(_bwd_reduce_kernel, plan.grid, **args, part_ptr=part, dw_ptr=dw if dw is not None else mean,
+           db_ptr=db if db is not None else mean, s1_ptr=sums[0] if stat_sums else mean,
+           s2_ptr=sums[1] if stat_sums else mean, ticket_ptr=ticket_counters(x.device, plan.tickets()),
+           STAT_SUMS=stat_sums, WRITE_DW=need_weight, WRITE_DB=need_bias, WRITE_G=write_g,
+           WRITE_DX=dx is not None, **plan.blocks(merging=True))
+    return dx, dw, db, sums, g
+
+
+def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+                     sums: torch.Tensor, count: torch.Tensor | None, lead: int, chan: int, groups: int,
+                     per_sample: bool, activation: int, negative_slope: float) -> torch.Tensor:
+    """dx of batch statistics, one launch: rstd (w g - (s1 + xhat s2) / count), g read
+    when given (the reduction pass wrote it) else recomputed from dy; sums as
+    ``norm_backward_reduce`` returns them; ``count`` (a device tensor: SyncBatchNorm's
+    count over all processes) or, when None, the elements per statistic of x."""
+    geom = Geometry(lead, chan, groups, per_sample, False)
+    dx = torch.empty_like(x)
+    plan, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, activation,
+                                  negative_slope)
+    launch(_bwd_dx_kernel, plan.grid, **args, s1_ptr=sums[0], s2_ptr=sums[1],
+           inv_count=1.0 / ((1 if per_sample else plan.N) * plan.Cg * plan.S),
+           count_ptr=count if count is not None else mean, READ_G=g is not None, DEVICE_COUNT=count is not None,
+           **plan.blocks())
+    return dx
+
+
+def _single_read_backward(plan, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd, stride_x, stride_dy,
+                          stride_dx, activation, negative_slope):
+    """The single-read backward: writes dx; returns (dweight, dbias) as asked, views of
+    one buffer the kernel fills (when it ran on one program per channel block) or a
+    column sum of its partials (a second launch)."""
     C = plan.C
-    param = weight if weight is not None else bias
+    param = weight if need_weight else bias if need_bias else None
     if param is not None and plan.num_n_chunks == 1:
         dwb = torch.empty(2 * C, dtype=param.dtype, device=x.device)
     else:
         dwb = torch.empty((plan.num_n_chunks, 2 * C), **_stats_options(x))
-    launch(_set_bwd_kernel, plan.grid, x_ptr=x, dy_ptr=dy, mean_ptr=mean, rstd_ptr=rstd, dx_ptr=dx, dwb_ptr=dwb,
-           **common, **plan.shape_args(), **_strides("x", stride_x), **_strides("dy", stride_dy),
-           **_strides("dx", stride_dx), INDEX_64=needs_int64(x, dy, dx), **plan.constexprs(),
-           num_warps=plan.num_warps)
+    w, b = _vector(weight), _vector(bias)
+    launch(_set_bwd_kernel, plan.grid, x_ptr=x, dy_ptr=dy, mean_ptr=mean, rstd_ptr=rstd,
+           w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean, dx_ptr=dx, dwb_ptr=dwb,
+           **plan.shape_args(), **_strides("x", stride_x), **_strides("dy", stride_dy), **_strides("dx", stride_dx),
+           negative_slope=float(negative_slope), HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+           ACTIVATION=activation, INDEX_64=needs_int64(x, dy, dx), **plan.constexprs(), num_warps=plan.num_warps)
     if param is None:
         return None, None
     if plan.num_n_chunks > 1:
         dwb = sum_partials(dwb, param.dtype)
-    return (None if weight is None else dwb[:C].view(weight.shape),
-            None if bias is None else dwb[C:].view(bias.shape))
+    return (dwb[:C].view(weight.shape) if need_weight else None, dwb[C:].view(bias.shape) if need_bias else None)
 
 
 # ---------------------------------------------------------------------------
