@@ -162,7 +162,7 @@ def _half_input(rank, world, device):
 
 def _torch_path(rank, world, device):
     """float64 takes torch's path (no kernels): the same statistics in torch ops."""
-    _check_against_full_batch(rank, world, device, sizes=[3, 0, 2][:world], dtype=torch.float64, residual=True)
+    _check_against_full_batch(rank, world, device, sizes=[3, 2, 0][:world], dtype=torch.float64, residual=True)
 
 
 def _cumulative_average(rank, world, device):
@@ -248,7 +248,7 @@ SCENARIOS = {
     "ddp-resnet": _ddp_resnet,
 }
 TWO_RANKS = list(SCENARIOS)
-THREE_RANKS = ["unequal-batches", "empty-part", "channels-last-fused-tail"]
+THREE_RANKS = ["unequal-batches", "empty-part", "channels-last-fused-tail", "float64-torch-path"]
 
 
 def _failures(results: dict) -> str:
@@ -274,10 +274,16 @@ def test_nccl_two_gpus():
 
 
 def test_outside_a_process_group_is_batch_norm(device):
-    """No initialised group: exactly nnlib.BatchNorm2d (torch's rule)."""
+    """No initialised group: exactly nnlib.BatchNorm2d (torch's rule), and nnlib.convert
+    turns torch's SyncBatchNorm into nnlib's with the same state and outputs."""
     assert not dist.is_initialized()
     sync, plain = nnlib.SyncBatchNorm(3, activation="relu").to(device), nnlib.BatchNorm2d(3, activation="relu")
     plain = plain.to(device)
     x = torch.randn(2, 3, 4, 5, device=device)
     assert torch.equal(sync(x), plain(x))
     assert torch.equal(sync.running_mean, plain.running_mean) and int(sync.num_batches_tracked) == 1
+    theirs = torch.nn.SyncBatchNorm(3).to(device)
+    ours = nnlib.convert(theirs)
+    assert type(ours) is nnlib.SyncBatchNorm and list(ours.state_dict()) == list(theirs.state_dict())
+    assert_close(ours(x), theirs(x), torch.float32, "reduction")
+    assert_close(ours.running_var, theirs.running_var, torch.float32, "reduction")

@@ -81,6 +81,14 @@ def _norm_calls(kind, shape, dtype, channels_last, variant):
         C = shape[1]
         w, b = _meta((C,), pdt), _meta((C,), pdt)
         rm, rv = _meta((C,), pdt), _meta((C,), pdt)
+        if variant == "sync":       # SyncBatchNorm: moments, the merge across 2 processes, dx of all processes' count
+            mean, rstd, count = ops.norm_merge_moments(_meta((2, 3, C), torch.float32), rm, rv,
+                                                       torch.empty((), dtype=torch.int64, device="meta"), 0.0, True,
+                                                       1e-5)
+            sums = _meta((2, C), torch.float32)
+            ops.norm_backward_dx(dy, x, None, w, b, None, mean, rstd, sums, count, 1, 1, C, False, ACT_RELU.value,
+                                 0.0)
+            return
         if variant == "eval":
             y, mean, rstd = ops.norm_apply_running(x, rm, rv, w, b, None, 1, 1, True, 1e-5, ACT_RELU.value, 0.0)
             ops.norm_backward(dy, x, w, b, None, mean, rstd, 1, 1, C, False, False, ACT_RELU.value, 0.0,
@@ -139,19 +147,19 @@ BF16, FP32 = torch.bfloat16, torch.float32
 
 # (label, kind, shape, dtype, channels_last, variant, kernels kept, vector expectations). Lean
 # (one compile shard): bf16, with the SASS expectations where rows / channels are 16-byte
-# aligned; fp32 for the kernel with the most registers; int64 offsets once.
+# aligned; fp32 for the kernel with the most registers; SyncBatchNorm's kernels with
+# int64 offsets.
 _CALLS = [
     ("bn-nhwc", "bn", (32, 256, 56, 56), BF16, True, "train", _LOOPED, True),
     ("bn-nhwc", "bn", (32, 256, 56, 56), FP32, True, "train", (_REDUCE,), False),
     ("bn-nchw", "bn", (32, 64, 112, 112), BF16, False, "train", _LOOPED, True),
     ("bn-nhwc-eval", "bn", (32, 256, 56, 56), BF16, True, "eval", _LOOPED, True),
-    ("bn-nhwc-i64", "bn", (64, 256, 512, 512), BF16, True, "train", (_REDUCE,), False),
+    ("bn-nhwc-sync-i64", "bn", (64, 256, 512, 512), BF16, True, "sync", ("_merge_kernel", "_bwd_dx_kernel"), False),
     ("gn-nhwc", "gn", (32, 256, 56, 56), BF16, True, 32, _LOOPED, True),
     ("gn-nchw", "gn", (32, 256, 56, 56), BF16, False, 32, (_STATS,), True),       # slices of a group
     ("ln-chw", "ln", (32, 64, 112, 112), BF16, False, None, (_REDUCE,), True),     # merges of wide slices
     ("in-nchw-running", "in", (32, 64, 56, 56), BF16, False, "running", (_STATS,), False),
     ("gn-nhwc-14x14", "gn", (32, 256, 14, 14), BF16, True, 32, _SET, True),
-    ("in-nchw-7x7", "in", (32, 2048, 7, 7), BF16, False, None, ("_set_bwd_kernel",), False),  # rows of 49
     ("ln-rows", "ln", (8192, 768), BF16, False, None, _SET, True),
 ]
 

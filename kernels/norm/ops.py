@@ -39,8 +39,8 @@ from ._plan import (MERGE_CHANNELS, MERGE_TILE, NUM_WARPS, Geometry, empty_outpu
                     set_plan, ticket_counters)
 
 __all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
-           "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx", "NormFunction", "NormBackwardFunction", "batch_norm", "instance_norm", "group_norm",
-           "layer_norm"]
+           "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
+           "NormFunction", "NormBackwardFunction", "batch_norm", "instance_norm", "group_norm", "layer_norm"]
 
 
 def _vector(t):
