@@ -1,7 +1,9 @@
 """batch / group / instance / layer norm at ResNet-50 activation shapes, forward and
 forward+backward, NCHW and channels_last, against torch (cuDNN batch norm for fp32
 and for fp16 / bf16 with fp32 parameters, native kernels otherwise); plus the
-ResNet block tail relu(bn(x) + identity) fused against torch's three ops.
+ResNet block tail relu(bn(x) + identity) fused against torch's three ops; and
+on CUDA, SyncBatchNorm's training step (statistics gathered across a group of
+one process) against torch's SyncBatchNorm function.
 
 Norms run in training mode (batch statistics; batch norm updates its running
 stats); group norm uses 32 groups, layer norm normalizes (C, H, W). fp16 / bf16
@@ -15,19 +17,23 @@ the fused tail 4T + 7T), so a row shows both and their ratio
 (``extra["kernel_passes"]``, in units of T)."""
 from __future__ import annotations
 
+import socket
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as TF
+from torch.nn.modules._functions import SyncBatchNorm as _TorchSync
 
 import nnlib.functional as F
 from bench.core import Case
-from kernels.norm import single_read_fits
+from kernels.norm import single_read_fits, sync_batch_norm
 
 GPU_SHAPES = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
 CPU_SHAPES = [(2, 8, 5, 7)]
 # --quick: fp16 at 32x256x56x56, these (op, layout, pass) only.
 QUICK = {("batch_norm", "contiguous", False), ("batch_norm", "contiguous", True), ("batch_norm", "channels_last", False),
          ("group_norm", "contiguous", True), ("instance_norm", "contiguous", False), ("layer_norm", "contiguous", False),
-         ("bn_add_relu", "contiguous", True)}
+         ("bn_add_relu", "contiguous", True), ("sync_batch_norm", "channels_last", True)}
 
 
 def _groups(C: int) -> int:
@@ -47,7 +53,23 @@ NORMS = {
     "bn_add_relu": (lambda x, w, b, s: F.batch_norm(x, s["rm"], s["rv"], w, b, True, residual=s["r"],
                                                     activation="relu"),
                     lambda x, w, b, s: TF.relu(TF.batch_norm(x, s["rm_t"], s["rv_t"], w, b, True) + s["r"])),
+    # SyncBatchNorm's training step in a group of one process (CUDA only: torch's runs
+    # only there), both through their synchronising paths: the same collectives.
+    "sync_batch_norm": (lambda x, w, b, s: sync_batch_norm(x, s["rm"], s["rv"], w, b, 0.1, 1e-5, _one_process(), 1),
+                        lambda x, w, b, s: _TorchSync.apply(x, w, b, s["rm_t"], s["rv_t"], 1e-5, 0.1,
+                                                            _one_process(), 1)),
 }
+GPU_ONLY = {"sync_batch_norm"}
+
+
+def _one_process():
+    """A process group of this process alone (initialised on first use)."""
+    if not dist.is_initialized():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    return dist.group.WORLD
 
 
 def _setup(op, shape, dtype, layout, device, backward):
@@ -83,7 +105,7 @@ def _setup(op, shape, dtype, layout, device, backward):
 
 def _kernel_passes(op: str, shape, layout: str, backward: bool) -> int:
     """Activation-sized passes over memory (T) that nnlib's kernels make for the case."""
-    if op in ("batch_norm", "bn_add_relu"):
+    if op in ("batch_norm", "bn_add_relu", "sync_batch_norm"):
         fused = op == "bn_add_relu"
         return 3 + fused + ((5 + 2 * fused) if backward else 0)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
@@ -102,6 +124,8 @@ def cases(device: str, quick: bool) -> list[Case]:
     dtypes = [torch.float16] if quick else [torch.float32, torch.float16, torch.bfloat16]
     out = []
     for op in NORMS:
+        if op in GPU_ONLY and device != "cuda":
+            continue
         for shape in shapes:
             for dtype in dtypes:
                 for layout in ("contiguous", "channels_last"):
