@@ -162,7 +162,8 @@ def _half_input(rank, world, device):
 
 def _torch_path(rank, world, device):
     """float64 takes torch's path (no kernels): the same statistics in torch ops."""
-    _check_against_full_batch(rank, world, device, sizes=[3, 2, 0][:world], dtype=torch.float64, residual=True)
+    _check_against_full_batch(rank, world, device, sizes=[3, 2, 0][:world], dtype=torch.float64, residual=True,
+                              momentum=None, steps=2)
 
 
 def _cumulative_average(rank, world, device):

@@ -118,7 +118,7 @@ def _sync_batch_norm_torch(x, weight, bias, residual, running_mean, running_var,
         with torch.no_grad():
             if num_batches_tracked is not None:
                 num_batches_tracked.add_(1)
-            factor = 1.0 / float(num_batches_tracked) if momentum is None else momentum
+            factor = 1.0 / num_batches_tracked if momentum is None else momentum   # a tensor: no host sync
             running_mean.copy_(running_mean * (1 - factor) + mean * factor)
             running_var.copy_(running_var * (1 - factor) + m2 / (count - 1).clamp(min=1) * factor)
     y = (xf - mean.view(shape)) * torch.rsqrt(m2 / count + eps).view(shape)
