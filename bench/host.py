@@ -7,10 +7,10 @@ kernel launch counted but not run (``kernels._runtime.dry_run``):
 * host time: the median wall time of our Python per call, beside the floor (an
   empty ``torch.autograd.Function`` that allocates its output with one
   ``torch.empty``) measured in the same run;
-* counts: Triton launches, other device ops (non-view aten ops, as a
-  ``TorchDispatchMode`` sees them: on a GPU each is a launch or a copy) and
-  allocations (tensors with new storage), beside torch eager's counts for the
-  same call (torch on CPU: ``native_batch_norm`` where cuDNN would run
+* counts: Triton launches, other device ops (aten ops that do work on the
+  device, as a ``TorchDispatchMode`` sees them: on a GPU each is a launch or a
+  copy; views and ``empty*`` allocations are not) and allocations (tensors with
+  new storage), beside torch eager's counts for the same call (torch on CPU: ``native_batch_norm`` where cuDNN would run
   ``cudnn_batch_norm``, same count).
 
 The counts are exact and repeatable (``tests/test_host.py`` keeps them from
@@ -57,8 +57,12 @@ class OpCounts:
         return sum(self.ops.values())
 
 
+_ALLOCATING = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
+
+
 class _DeviceOps(TorchDispatchMode):
-    """Counts non-view aten ops and the new storages they return."""
+    """Counts the aten ops that do device work (not views, not bare allocations)
+    and the new storages every op returns."""
 
     def __init__(self):
         super().__init__()
@@ -67,11 +71,13 @@ class _DeviceOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if torch.Tag.view_copy not in func.tags and not _is_view(func):
-            self.ops[func.overloadpacket.__name__] += 1
-            seen = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs)) if t.numel()}
-            self.allocations += sum(1 for t in _tensors(out)
-                                    if t.numel() and t.untyped_storage().data_ptr() not in seen)
+        if _is_view(func):
+            return out
+        name = func.overloadpacket.__name__
+        if name not in _ALLOCATING:
+            self.ops[name] += 1
+        seen = {t.untyped_storage().data_ptr() for t in _tensors((args, kwargs)) if t.numel()}
+        self.allocations += sum(1 for t in _tensors(out) if t.numel() and t.untyped_storage().data_ptr() not in seen)
         return out
 
 

@@ -72,6 +72,9 @@ def compile_case(case, config, arch: str):
     missing = [a for a in fn.arg_names if a not in case.signature and a not in constexprs]
     if missing:
         raise ValueError(f"{case.name}: no type or value for {missing}")
+    extra = sorted((set(case.signature) | set(constexprs)) - set(fn.arg_names))
+    if extra:     # a launch passing these would fail on a GPU (the interpreter ignores them)
+        raise ValueError(f"{case.name}: the kernel has no arguments {extra}")
     signature = {a: ("constexpr" if a in constexprs else case.signature[a]) for a in fn.arg_names}
     unknown = set(case.divisible) - set(case.signature)
     if unknown:

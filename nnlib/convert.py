@@ -20,7 +20,7 @@ __all__ = ["TWINS", "convert", "fuse"]
 
 # torch.nn classes that convert() swaps for the nnlib class of the same name.
 TWINS = ("Conv2d", "MaxPool2d", "ReLU", "LeakyReLU", "PReLU", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
-         "LayerNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "GroupNorm")
+         "SyncBatchNorm", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "GroupNorm")
 
 # Smallest constructor arguments of each twin (to read what an nnlib __init__ adds).
 _PROTOTYPE_ARGS = {"Conv2d": (1, 1, 1), "MaxPool2d": (1,), "GroupNorm": (1, 1), "ReLU": (), "LeakyReLU": (),
@@ -39,7 +39,7 @@ def _extra_attributes(name: str) -> dict:
 
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Replace every torch.nn ``Conv2d``, ``MaxPool2d``, ``ReLU``, ``LeakyReLU``,
-    ``PReLU``, ``BatchNorm1d/2d/3d``, ``LayerNorm``, ``InstanceNorm1d/2d/3d`` and
+    ``PReLU``, ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, ``LayerNorm``, ``InstanceNorm1d/2d/3d`` and
     ``GroupNorm`` in ``model`` (the model itself included) by its nnlib twin; other
     modules, subclasses of these included, stay as they are. Returns the converted
     model: a deep copy, or ``model`` itself when ``inplace``.

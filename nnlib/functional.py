@@ -506,6 +506,18 @@ def _torch_epilogue(out, activation, negative_slope, residual=None):
     return out
 
 
+def _check_residual(input, residual, op: str) -> None:
+    """The fused residual: a tensor of input's shape, dtype and device, or None."""
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"{op}(): argument 'residual' must be Tensor, not {type(residual).__name__}")
+    if residual.shape != input.shape or residual.dtype != input.dtype:
+        raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
+                           f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")
+    check_same_device(op, input=input, residual=residual)
+
+
 def _check_momentum(momentum, op: str) -> float:
     if not isinstance(momentum, (int, float)):
         raise TypeError(f"{op}(): argument 'momentum' must be float, not {type(momentum).__name__}")
@@ -514,13 +526,18 @@ def _check_momentum(momentum, op: str) -> float:
 
 def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
                weight: torch.Tensor | None = None, bias: torch.Tensor | None = None, training: bool = False,
-               momentum: float = 0.1, eps: float = 1e-5, *, activation: str | None = None,
-               negative_slope: float = 0.01, residual: torch.Tensor | None = None) -> torch.Tensor:
+               momentum: float | None = 0.1, eps: float = 1e-5, *, activation: str | None = None,
+               negative_slope: float = 0.01, residual: torch.Tensor | None = None,
+               num_batches_tracked: torch.Tensor | None = None) -> torch.Tensor:
     """Batch norm of input (N, C, *) (rank 2 to 5 and beyond, as torch) over (N, *) per
     channel. Training uses the batch statistics and updates running_mean /
     running_var (C,) in place (unbiased variance); eval uses them. Keyword-only:
     ``residual`` (input's shape) added after the affine, then ``activation`` ("relu" /
-    "leaky_relu" with ``negative_slope``): the ResNet block tail in one pass."""
+    "leaky_relu" with ``negative_slope``): the ResNet block tail in one pass;
+    ``num_batches_tracked`` (a module's counter, training with running statistics):
+    incremented with the running statistics, and ``momentum=None`` then means the
+    cumulative average 1 / num_batches_tracked, read on the device (torch's module
+    semantics without a host synchronisation)."""
     op = "batch_norm"
     _check_norm_input(input, op, attribute_error=bool(training))
     _check_flag(training, op, "training")
@@ -534,7 +551,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
             count *= n
         if count == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
-    if input.dim() < 2:
+    if input.dim() < 2 and input.numel():
         if training and running_mean is None and weight is None:
             raise IndexError(message)
         raise RuntimeError(message)
@@ -542,28 +559,37 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    momentum = _check_momentum(momentum, op)
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1:
+            raise TypeError(f"{op}(): num_batches_tracked must be a one-element tensor")
+        if not training:
+            raise ValueError(f"{op}(): num_batches_tracked counts training calls; got training=False")
+    if momentum is not None or num_batches_tracked is None:
+        momentum = _check_momentum(momentum, op)
     if training and (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
         raise RuntimeError(f"{missing} must be defined in evaluation mode")
     _check_norm_params(input, op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    _check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    if input.dim() > 1:
+        _check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean,
+                     running_var=running_var)
+    else:   # empty 1-D input: torch returns it (times weight[0], plus bias[0]) and checks nothing else
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None and t.numel() == 0:
+                raise IndexError(f"{op}(): index 0 is out of bounds for {name} of size 0")
     code = _norm_activation(activation, negative_slope, op)
-    if residual is not None:
-        if not isinstance(residual, torch.Tensor):
-            raise TypeError(f"{op}(): argument 'residual' must be Tensor, not {type(residual).__name__}")
-        if residual.shape != input.shape or residual.dtype != input.dtype:
-            raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
-                               f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")
-        check_same_device(op, input=input, residual=residual)
+    _check_residual(input, residual, op)
     _check_norm_dtype(input, op)
     if _on_torch_path(input):
+        if num_batches_tracked is not None:     # torch's module: count, then the factor (CPU tensors only here)
+            num_batches_tracked.add_(1)
+            momentum = 1.0 / float(num_batches_tracked) if momentum is None else momentum
         out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return _torch_epilogue(out, activation, negative_slope, residual)
     return _norm.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, code,
-                            float(negative_slope), residual)
+                            float(negative_slope), residual, num_batches_tracked)
 
 
 def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,

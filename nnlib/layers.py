@@ -3,10 +3,14 @@ parameters, buffers and ``state_dict`` are torch's own; only ``forward`` changes
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
+
+from kernels.activation import ACTIVATIONS
+from kernels.norm.sync import sync_batch_norm
 
 from . import functional as F
 
-__all__ = ["ReLU", "LeakyReLU", "PReLU", "MaxPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d",
+__all__ = ["ReLU", "LeakyReLU", "PReLU", "MaxPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
            "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm", "Conv2d"]
 
 
@@ -108,22 +112,20 @@ class _FusedActivation:
 
 class _BatchNorm(_FusedActivation):
     """torch's _BatchNorm.forward with an optional ``residual`` added before the
-    activation; num_batches_tracked moves only once the call has succeeded."""
+    activation. num_batches_tracked moves in the statistics kernel, which also reads
+    it for the cumulative average of momentum=None: no host synchronisation (CUDA
+    graphs), and nothing moves when the call raises."""
 
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input_dim(input)
         tracking = self.training and self.track_running_stats and self.num_batches_tracked is not None
-        momentum = 0.0 if self.momentum is None else self.momentum
-        if tracking and self.momentum is None:     # cumulative moving average
-            momentum = 1.0 / float(self.num_batches_tracked + 1)
+        momentum = self.momentum if tracking or self.momentum is not None else 0.0
         use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         keep_buffers = not self.training or self.track_running_stats
-        out = F.batch_norm(input, self.running_mean if keep_buffers else None,
-                           self.running_var if keep_buffers else None, self.weight, self.bias,
-                           use_batch_stats, momentum, self.eps, residual=residual, **self._act_kwargs())
-        if tracking:
-            self.num_batches_tracked.add_(1)
-        return out
+        return F.batch_norm(input, self.running_mean if keep_buffers else None,
+                            self.running_var if keep_buffers else None, self.weight, self.bias,
+                            use_batch_stats, momentum, self.eps, residual=residual,
+                            num_batches_tracked=self.num_batches_tracked if tracking else None, **self._act_kwargs())
 
 
 class BatchNorm1d(_BatchNorm, torch.nn.BatchNorm1d):
@@ -136,6 +138,68 @@ class BatchNorm2d(_BatchNorm, torch.nn.BatchNorm2d):
 
 class BatchNorm3d(_BatchNorm, torch.nn.BatchNorm3d):
     """torch.nn.BatchNorm3d; keyword-only activation / negative_slope; forward(input, residual=None)."""
+
+
+class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
+    """torch.nn.SyncBatchNorm: in training, batch statistics over every process of
+    ``process_group`` (default: the world), each process normalising its own part of
+    the batch (any size, empty included): one all_gather in the forward, one
+    all_reduce in the backward (kernels.norm.sync). Otherwise (eval, no initialised
+    group, or a group of one process) exactly BatchNorm, as torch. Keyword-only
+    activation / negative_slope; forward(input, residual=None). Unlike torch's, it
+    also runs on CPU (gloo)."""
+
+    def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
+        self._check_input_dim(input)
+        self._check_non_zero_input_channels(input)
+        group = self._sync_group()
+        if group is None:
+            return super().forward(input, residual)
+        op = type(self).__name__
+        F._check_norm_params(input, op, weight=self.weight, bias=self.bias, running_mean=self.running_mean,
+                             running_var=self.running_var)
+        F._check_residual(input, residual, op)
+        F._check_norm_dtype(input, op)
+        tracking = self.track_running_stats and self.num_batches_tracked is not None
+        return sync_batch_norm(input, self.running_mean if self.track_running_stats else None,
+                               self.running_var if self.track_running_stats else None, self.weight, self.bias,
+                               self.momentum if tracking or self.momentum is not None else 0.0, self.eps, group,
+                               dist.get_world_size(group), ACTIVATIONS[self.activation], self.negative_slope,
+                               residual, self.num_batches_tracked if tracking else None)
+
+    def _sync_group(self):
+        """The group to take statistics over, or None (torch's rule: training on batch
+        statistics in an initialised group of more than one process)."""
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        if not (use_batch_stats and self.training and dist.is_available() and dist.is_initialized()):
+            return None
+        group = self.process_group or dist.group.WORLD
+        return group if dist.get_world_size(group) > 1 else None
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: torch.nn.Module, process_group=None) -> torch.nn.Module:
+        """torch's classmethod: every batch norm in ``module`` (torch's or nnlib's, and
+        torch's SyncBatchNorm) becomes an nnlib SyncBatchNorm holding the same
+        parameters and buffers (nnlib's fused activation kept); returns the module."""
+        converted = module
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            converted = cls(module.num_features, module.eps, module.momentum, module.affine,
+                            module.track_running_stats, process_group,
+                            activation=getattr(module, "activation", None),
+                            negative_slope=getattr(module, "negative_slope", 0.01))
+            if module.affine:
+                with torch.no_grad():
+                    converted.weight = module.weight
+                    converted.bias = module.bias
+            converted.running_mean = module.running_mean
+            converted.running_var = module.running_var
+            converted.num_batches_tracked = module.num_batches_tracked
+            converted.training = module.training
+            if hasattr(module, "qconfig"):
+                converted.qconfig = module.qconfig
+        for name, child in module.named_children():
+            converted.add_module(name, cls.convert_sync_batchnorm(child, process_group))
+        return converted
 
 
 class _InstanceNorm(_FusedActivation):

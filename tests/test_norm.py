@@ -4,15 +4,17 @@ rank, layout and dtype; group counts that are not powers of two; reductions
 larger than a block and split across programs; the fused activation and
 residual; N = 0; bad arguments (torch's exception class, running stats left
 untouched); the modules against their torch twins."""
-import sys
+import contextlib
 
 import pytest
 import torch
 import torch.nn.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 import nnlib
 import nnlib.functional as F
-from kernels import norm
+from kernels.norm import _plan as norm_plan
+from kernels.norm import ops as norm_ops
 from kernels._runtime import count_launches, needs_int64
 from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, make_input
 
@@ -175,6 +177,7 @@ def test_strided_parameters_and_running_stats(device):
     _check_batch_norm(x, w, b, None, True)
     rm, rv = torch.randn(8, device=device)[::2], (torch.rand(8, device=device) + 0.5)[::2]
     _check_batch_norm(x, w, b, (rm, rv), False)
+    _check_batch_norm(x, w, b, (rm, rv), True)      # updated in place through their strides
     _check_group_norm(x, 2, w, b)
     lw = (torch.rand(5, 6) + 0.5).to(device)[:, ::2].requires_grad_()
     lb = torch.randn(10, 3).to(device)[::2].requires_grad_()
@@ -281,33 +284,47 @@ def test_mixed_precision_parameters(name, dtype, device):
     assert out.dtype == dtype
 
 
+@pytest.fixture
+def plans(monkeypatch):
+    """Records the looped and single-read plans that the calls use (their caches
+    cleared, so every call plans)."""
+    recorded = []
+
+    def recording(planner):
+        def plan(*args, **kwargs):
+            recorded.append(planner(*args, **kwargs))
+            return recorded[-1]
+        return plan
+    for name in ("loop_plan", "set_plan"):
+        getattr(norm_plan, name).cache_clear()
+        monkeypatch.setattr(norm_ops, name, recording(getattr(norm_plan, name)))
+    yield recorded
+    for name in ("loop_plan", "set_plan"):
+        getattr(norm_plan, name).cache_clear()
+
+
 @pytest.mark.parametrize("name", NORMS)
-def test_reduction_larger_than_a_block(name, device):
-    """H * W = 131 * 129 > INTERPRETER_TILE: the loop over blocks runs more than once."""
-    assert 131 * 129 > norm.INTERPRETER_TILE
+def test_reduction_larger_than_a_block(name, plans, device):
+    """H * W = 131 * 129: more than a tile, so the looped kernels run (a set of group
+    norm, instance norm and layer norm too large for the single-read path) and
+    their loop over blocks runs more than once."""
     x = make_input((2, 3, 131, 129), torch.float16, device, requires_grad=True)
-    _norm_call(name, x, torch.float16, device)
+    with count_launches() as launches:
+        _norm_call(name, x, torch.float16, device)
+    assert launches.counts["_stats_kernel"] == 1 and not launches.counts["_set_fwd_kernel"]
+    loops = [p for p in plans if isinstance(p, norm_plan.LoopPlan)]
+    assert loops and all(p.s_per_prog > p.BLOCK_S or p.n_per_prog > 1 for p in loops)
 
 
 @pytest.fixture
-def split(monkeypatch):
+def split(monkeypatch, plans):
     """Small tiles and a large program target, so that every reduction is split over
     n, over S and over channel slices of a group, and merged over several tiles of
-    chunks; records the plans used."""
-    monkeypatch.setattr(norm, "INTERPRETER_TILE", 64)
-    monkeypatch.setattr(norm, "TILE", 64)
-    monkeypatch.setattr(norm, "BACKWARD_TILE", 64)
-    monkeypatch.setattr(norm, "INTERPRETER_TARGET_PROGRAMS", 64)
-    monkeypatch.setattr(norm, "TARGET_PROGRAMS", 64)
-    monkeypatch.setattr(norm, "MIN_PROGRAM_ELEMENTS", 1)
-    monkeypatch.setattr(norm, "INTERPRETER_MERGE_BLOCKS", {"BLOCK_K": 2, "BLOCK_T": 32})   # merge in several steps
-    plans = []
-    plan = norm._plan
-
-    def recording(*args, **kwargs):
-        plans.append(plan(*args, **kwargs))
-        return plans[-1]
-    monkeypatch.setattr(norm, "_plan", recording)
+    chunks, and the looped path runs for every norm; records the plans used."""
+    for name, value in (("INTERPRETER_TILE", 64), ("TILE", 64), ("INTERPRETER_TARGET_PROGRAMS", 64),
+                        ("TARGET_PROGRAMS", 64), ("MIN_PROGRAM_ELEMENTS", 1), ("MERGE_TILE", 64),
+                        ("SET_LIMIT", 0)):
+        monkeypatch.setattr(norm_plan, name, value)
     return plans
 
 
@@ -316,6 +333,7 @@ def split(monkeypatch):
 def test_split_reductions(name, layout, split, device):
     x = make_input((2, 6, 9, 11), torch.float32, device, layout, requires_grad=True)
     _norm_call(name, x, torch.float32, device, "leaky_relu", 0.1)
+    split = [p for p in split if isinstance(p, norm_plan.LoopPlan)]
     if name != "layer_norm":                               # layer norm's S is 1
         assert max(p.num_s_chunks for p in split) > 1
     if name != "batch_norm" or layout == "contiguous":     # channels_last batch norm folds n into S
@@ -325,11 +343,26 @@ def test_split_reductions(name, layout, split, device):
 
 
 def test_split_batch_norm_residual(split, device):
+    """The fused tail's backward across programs: the reduction pass writes g, the dx pass reads it."""
     x = make_input((2, 6, 9, 11), torch.float16, device, requires_grad=True)
     residual = make_input((2, 6, 9, 11), torch.float16, device, requires_grad=True)
     _check_batch_norm(x, *_params(6, torch.float32, device), _running(6, torch.float32, device), True,
                       activation="relu", residual=residual)
     assert max(p.num_n_chunks * p.num_s_chunks for p in split) >= 4
+
+
+@pytest.mark.parametrize("name,shape", [("layer_norm", (7, 3, 5)), ("group_norm", (7, 6, 5))])
+def test_single_read_on_several_programs(name, shape, plans, monkeypatch, device):
+    """The single-read path with its samples spread over several programs: the
+    parameter gradients are a column sum of per-program partials (second launch)."""
+    monkeypatch.setattr(norm_plan, "INTERPRETER_TARGET_PROGRAMS", 64)
+    monkeypatch.setattr(norm_plan, "INTERPRETER_TILE", 16)
+    x = make_input(shape, torch.float32, device, requires_grad=True)
+    with count_launches() as launches:
+        _norm_call(name, x, torch.float32, device, "relu")
+    assert launches.counts["_set_fwd_kernel"] == 1 and launches.counts["_set_bwd_kernel"] == 1
+    assert launches.counts["_sum_partials_kernel"] == 1 and launches.total == 3
+    assert max(p.num_n_chunks for p in plans if isinstance(p, norm_plan.SetPlan)) > 1
 
 
 @pytest.mark.parametrize("shape", [(32, 64, 112, 112), (32, 256, 56, 56), (32, 2048, 7, 7)])
@@ -338,10 +371,10 @@ def test_gpu_plan_splits_resnet_batch_norm(shape):
     C, each looping over tiles of at most TILE elements (NCHW and channels_last)."""
     N, C, H, W = shape
     for stride_c, stride_s, sizes in ((H * W, 1, (N, C, H * W)), (1, C, (1, C, N * H * W))):
-        plan = norm._plan(sizes, C, stride_c, stride_s, interpreter=False)
+        plan = norm_plan.loop_plan(sizes, C, stride_c, stride_s, interpreter=False)
         assert plan.num_n_chunks * plan.num_s_chunks > 1, "the reduction over (N, H, W) is split"
-        assert plan.grid[0] >= max(norm.TARGET_PROGRAMS // 2, 4 * C // plan.BLOCK_C)
-        assert plan.BLOCK_S * plan.BLOCK_C <= norm.TILE
+        assert plan.grid[0] >= max(norm_plan.TARGET_PROGRAMS // 2, 4 * C // plan.BLOCK_C)
+        assert plan.BLOCK_S * plan.BLOCK_C <= norm_plan.TILE
 
 
 def test_split_is_deterministic(split, device):
@@ -363,6 +396,109 @@ def test_statistics_of_offset_data(device):
     w, b = (t.detach() for t in _params(3, torch.float32, device))   # their gradients carry fp32's 6e-5 ulp at 1e3
     _check_batch_norm(x, w, b, _running(3, torch.float32, device), True)
     _check_group_norm(x, 1, w, b)
+
+
+# ---------------------------------------------------------------------------
+# Launch and device-op budgets
+
+_ALLOCATIONS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}
+
+
+@contextlib.contextmanager
+def device_ops():
+    """The aten ops run inside that do device work: neither allocations nor views
+    (a host synchronisation shows up as _local_scalar_dense). Triton launches are
+    not aten ops; the interpreter's own copies around a launch are left out."""
+    ops = []
+
+    class Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ not in _ALLOCATIONS and not func.is_view:
+                ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+    from triton.runtime.interpreter import GridExecutor
+    run = GridExecutor.__call__
+
+    def quiet(self, *args, **kwargs):
+        with _disable_current_modes():
+            return run(self, *args, **kwargs)
+    GridExecutor.__call__ = quiet
+    try:
+        with Recorder():
+            yield ops
+    finally:
+        GridExecutor.__call__ = run
+
+
+def _budget_calls(device):
+    """name: (forward launches, backward launches, call(x, w, b, r) -> y, x's shape, channels_last)."""
+    C = 6
+
+    def running():
+        return torch.zeros(C, device=device), torch.ones(C, device=device)
+    rm, rv = running()
+    rc, vc = running()
+    ri, vi = running()
+    tracked = torch.zeros((), dtype=torch.long, device=device)
+    return {
+        "batch-train-running": (2, 2, lambda x, w, b, r: F.batch_norm(x, rm, rv, w, b, True), (4, C, 5, 7), False),
+        "batch-cumulative-average": (2, 2, lambda x, w, b, r: F.batch_norm(x, rc, vc, w, b, True, None,
+                                                                         num_batches_tracked=tracked),
+                                     (4, C, 5, 7), True),
+        "batch-eval": (1, 1, lambda x, w, b, r: F.batch_norm(x, rm, rv, w, b, False), (4, C, 5, 7), True),
+        "batch-residual-relu": (2, 2, lambda x, w, b, r: F.batch_norm(x, rm, rv, w, b, True, activation="relu",
+                                                                     residual=r), (4, C, 5, 7), True),
+        "batch-eval-residual-leaky": (1, 1, lambda x, w, b, r: F.batch_norm(
+            x, rm, rv, w, b, False, activation="leaky_relu", negative_slope=-0.5, residual=r), (4, C, 5, 7), False),
+        "instance-running": (2, 1, lambda x, w, b, r: F.instance_norm(x, ri, vi, w, b, True), (4, C, 5, 7), False),
+        "group-single-read": (1, 1, lambda x, w, b, r: F.group_norm(x, 3, w, b, activation="relu"), (4, C, 5, 7),
+                              True),
+        "layer-single-read": (1, 1, lambda x, w, b, r: F.layer_norm(x, (C,), w, b), (4, 5, C), False),
+        "layer-looped": (2, 2, lambda x, w, b, r: F.layer_norm(x, (C,), w, b), (4, 5, C), False),
+    }
+
+
+@pytest.mark.parametrize("name", list(_budget_calls("cpu")))
+def test_launch_and_device_op_budgets(name, monkeypatch, device):
+    """Forward and backward of every mode in at most the launches the design
+    promises and no other device op beyond allocating outputs and gradients
+    (running statistics, num_batches_tracked and the cumulative average,
+    parameter-gradient sums and casts all inside the kernels); the ticket
+    counters are back at zero after each launch."""
+    if name == "layer-looped":
+        monkeypatch.setattr(norm_plan, "SET_LIMIT", 0)
+        norm_plan.set_plan.cache_clear()
+    fwd_budget, bwd_budget, call, shape, channels_last = _budget_calls(device)[name]
+    C = 6
+    x = make_input(shape, torch.float32, device, "channels_last" if channels_last else "contiguous",
+                   requires_grad=True)
+    w, b = _params(C, torch.float32, device)
+    r = make_input(shape, torch.float32, device, requires_grad=True)
+    inputs = [x, w, b] + ([r] if "residual" in name else [])
+    warm = call(x, w, b, r)     # the ticket counters' first (one-time) allocation
+    torch.autograd.grad(warm, inputs, torch.ones_like(warm))
+    with count_launches() as forward, device_ops() as forward_ops:
+        y = call(x, w, b, r)
+    dy = torch.randn_like(y)
+    with count_launches() as backward, device_ops() as backward_ops:
+        torch.autograd.grad(y, inputs, dy)
+    assert forward.total == fwd_budget and not forward_ops, (forward, forward_ops)
+    assert backward.total == bwd_budget and not backward_ops, (backward, backward_ops)
+    assert not norm_plan.ticket_counters(x.device, 1).any(), "a ticket counter was left non-zero"
+    norm_plan.set_plan.cache_clear()
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_empty_1d(training, device):
+    """An empty 1-D input (running stats of shape (0,)) returns an empty tensor, as torch."""
+    x = torch.randn(0, device=device, requires_grad=True)
+    rm, rv = torch.zeros(0, device=device), torch.ones(0, device=device)
+    with count_launches() as launches:
+        y = F.batch_norm(x, rm, rv, training=training)
+    expected = TF.batch_norm(x.detach().cpu(), rm.cpu(), rv.cpu(), training=training)
+    assert y.shape == expected.shape == (0,) and launches.total == 0
+    (grad,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert grad.shape == (0,)
 
 
 @pytest.mark.parametrize("name", NORMS)
@@ -388,8 +524,6 @@ def test_empty_batch(name, device):
 
 def test_int64_offsets(device):
     """A view whose offsets pass 2**31 (storage committed lazily): int64 indexing."""
-    if device == "cpu" and sys.maxsize < 2**40:
-        pytest.skip("needs a 64-bit address space")
     stride = 2**31 + 8
     base = torch.empty(stride + 64, dtype=torch.float16, device=device)
     x = base.as_strided((2, 3, 5), (stride, 5, 1))
@@ -547,6 +681,8 @@ def _bad_calls(device):
         (IndexError, lambda f, rm, rv: f.batch_norm(torch.tensor(1.0, device=device), None, None, None, None, True),
          True),
         (ValueError, lambda f, rm, rv: f.batch_norm(torch.ones(1, device=device), None, None, None, None, True), True),
+        (IndexError, lambda f, rm, rv: f.batch_norm(torch.ones(0, device=device), None, None, torch.ones(0, device=device),
+                                                    None, True), True),
         (TypeError, lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, 1), True),
         (TypeError, lambda f, rm, rv: f.instance_norm(x, rm, rv, use_input_stats=None), True),
         (TypeError, lambda f, rm, rv: f.group_norm(x, 3, eps="1e-5"), True),

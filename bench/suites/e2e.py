@@ -1,7 +1,11 @@
 """End to end: ResNet-50 at batch 32, 224x224, channels_last, fp32 and bf16 (autocast):
 a training step (forward, cross-entropy, backward) and inference, nnlib's model (and,
 for inference, nnlib's model after ``nnlib.fuse``) against the same torchvision-shaped
-network in torch.nn on cuDNN, from the same weights.
+network in torch.nn on cuDNN, from the same weights. The "train-unfused-tails" step
+runs ``nnlib.convert`` of the torch model instead: nnlib's kernels with every block
+tail as three ops (batch norm, add, ReLU), where nnlib's own ResNet fuses them into
+the batch norm (``bn(x, residual=identity)`` with ``activation="relu"``); the two
+train rows give the fused tails' share of the step.
 
 ``Case.extra["images"]`` (the batch) makes the harness report images/s of both sides
 (``images_per_s``, ``torch_images_per_s``) from the same median times as the speedup.
@@ -84,8 +88,10 @@ def _setup(case: Case, build, shape, pass_name: str, device: str):
             if probe.dtype != torch.bfloat16:
                 raise RuntimeError("nnlib's conv2d does not follow torch.autocast: the bf16 case would time "
                                    "fp32 kernels against cuDNN's bf16")
-        if pass_name == "train":
+        if pass_name.startswith("train"):
             y = torch.randint(0, theirs.fc.out_features, (shape[0],), device=device)
+            if pass_name == "train-unfused-tails":
+                ours = nnlib.convert(theirs)
             ours.load_state_dict(theirs.state_dict())
 
             def step(model):
@@ -120,7 +126,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         def build():
             return reference.resnet50(CLASSES), models.resnet50(CLASSES)
         dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
-        passes = ["train", "inference", "inference-fused"]
+        passes = ["train", "train-unfused-tails", "inference", "inference-fused"]
     else:
         shape, name = (2, 3, 32, 32), "resnet-tiny"
         kw = dict(num_classes=10, width=8)
@@ -138,7 +144,7 @@ def cases(device: str, quick: bool) -> list[Case]:
             # Logits after ~50 layers: TF32 (torch's default for cuDNN, followed by nnlib) or bf16 rounding.
             tol = 1e-1 if dtype == torch.bfloat16 else 3e-2
             case = Case(name, "e2e", shape, dtype, "channels_last", pass_name, setup=None,
-                        flops=3 * flops if pass_name == "train" else flops, atol=tol, rtol=tol,
+                        flops=3 * flops if pass_name.startswith("train") else flops, atol=tol, rtol=tol,
                         extra={"images": shape[0]})
             case.setup = _setup(case, build, shape, pass_name, device)
             out.append(case)

@@ -1,27 +1,39 @@
 """batch / group / instance / layer norm at ResNet-50 activation shapes, forward and
 forward+backward, NCHW and channels_last, against torch (cuDNN batch norm for fp32
 and for fp16 / bf16 with fp32 parameters, native kernels otherwise); plus the
-ResNet block tail relu(bn(x) + identity) fused against torch's three ops.
+ResNet block tail relu(bn(x) + identity) fused against torch's three ops; and
+on CUDA, SyncBatchNorm's training step (statistics gathered across a group of
+one process) against torch's SyncBatchNorm function.
 
 Norms run in training mode (batch statistics; batch norm updates its running
 stats); group norm uses 32 groups, layer norm normalizes (C, H, W). fp16 / bf16
 inputs get fp32 parameters (mixed precision, as under autocast). ``bytes`` is
-the minimal traffic: the forward reads x (and the residual) and writes y; the
-backward reads x and dy and writes dx (and the residual's gradient)."""
+the minimal traffic (GB/s and % of copy bandwidth are computed from it): the
+forward reads x (and the residual) and writes y; the backward reads x and dy and
+writes dx (and the residual's gradient). ``extra["kernel_bytes"]`` is what
+nnlib's kernels move for the case (kernels.norm's table: 3T forward and 5T
+backward for batch statistics, 2T and 3T when a per-sample set is read once,
+the fused tail 4T + 7T), so a row shows both and their ratio
+(``extra["kernel_passes"]``, in units of T)."""
 from __future__ import annotations
 
+import socket
+
 import torch
+import torch.distributed as dist
 import torch.nn.functional as TF
+from torch.nn.modules._functions import SyncBatchNorm as _TorchSync
 
 import nnlib.functional as F
 from bench.core import Case
+from kernels.norm import single_read_fits, sync_batch_norm
 
 GPU_SHAPES = [(32, 64, 112, 112), (32, 256, 56, 56), (32, 512, 28, 28), (32, 1024, 14, 14), (32, 2048, 7, 7)]
 CPU_SHAPES = [(2, 8, 5, 7)]
 # --quick: fp16 at 32x256x56x56, these (op, layout, pass) only.
 QUICK = {("batch_norm", "contiguous", False), ("batch_norm", "contiguous", True), ("batch_norm", "channels_last", False),
          ("group_norm", "contiguous", True), ("instance_norm", "contiguous", False), ("layer_norm", "contiguous", False),
-         ("bn_add_relu", "contiguous", True)}
+         ("bn_add_relu", "contiguous", True), ("sync_batch_norm", "channels_last", True)}
 
 
 def _groups(C: int) -> int:
@@ -41,7 +53,23 @@ NORMS = {
     "bn_add_relu": (lambda x, w, b, s: F.batch_norm(x, s["rm"], s["rv"], w, b, True, residual=s["r"],
                                                     activation="relu"),
                     lambda x, w, b, s: TF.relu(TF.batch_norm(x, s["rm_t"], s["rv_t"], w, b, True) + s["r"])),
+    # SyncBatchNorm's training step in a group of one process (CUDA only: torch's runs
+    # only there), both through their synchronising paths: the same collectives.
+    "sync_batch_norm": (lambda x, w, b, s: sync_batch_norm(x, s["rm"], s["rv"], w, b, 0.1, 1e-5, _one_process(), 1),
+                        lambda x, w, b, s: _TorchSync.apply(x, w, b, s["rm_t"], s["rv_t"], 1e-5, 0.1,
+                                                            _one_process(), 1)),
 }
+GPU_ONLY = {"sync_batch_norm"}
+
+
+def _one_process():
+    """A process group of this process alone (initialised on first use)."""
+    if not dist.is_initialized():
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    return dist.group.WORLD
 
 
 def _setup(op, shape, dtype, layout, device, backward):
@@ -75,6 +103,19 @@ def _setup(op, shape, dtype, layout, device, backward):
     return setup
 
 
+def _kernel_passes(op: str, shape, layout: str, backward: bool) -> int:
+    """Activation-sized passes over memory (T) that nnlib's kernels make for the case."""
+    if op in ("batch_norm", "bn_add_relu", "sync_batch_norm"):
+        fused = op == "bn_add_relu"
+        return 3 + fused + ((5 + 2 * fused) if backward else 0)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    x = torch.empty(shape, device="meta").contiguous(memory_format=fmt)
+    lead, chan, groups = {"group_norm": (1, 1, _groups(shape[1])), "instance_norm": (1, 1, shape[1]),
+                          "layer_norm": (1, len(shape) - 1, 1)}[op]
+    single = single_read_fits(x, lead, chan, groups)
+    return (2 + 3 * backward) if single else (3 + 5 * backward)
+
+
 def cases(device: str, quick: bool) -> list[Case]:
     if device == "cuda":
         shapes = [(32, 256, 56, 56)] if quick else GPU_SHAPES
@@ -83,6 +124,8 @@ def cases(device: str, quick: bool) -> list[Case]:
     dtypes = [torch.float16] if quick else [torch.float32, torch.float16, torch.bfloat16]
     out = []
     for op in NORMS:
+        if op in GPU_ONLY and device != "cuda":
+            continue
         for shape in shapes:
             for dtype in dtypes:
                 for layout in ("contiguous", "channels_last"):
@@ -92,9 +135,12 @@ def cases(device: str, quick: bool) -> list[Case]:
                         if quick and (op, layout, backward) not in QUICK:
                             continue
                         traffic = (2 + tensors) * size + ((3 + tensors) * size if backward else 0)
+                        passes = _kernel_passes(op, shape, layout, backward)
                         low = dtype != torch.float32
                         out.append(Case(op, "resnet50-activations", shape, dtype, layout,
                                         "forward+backward" if backward else "forward",
                                         _setup(op, shape, dtype, layout, device, backward), bytes=traffic,
-                                        atol=5e-2 if low else 1e-3, rtol=2e-2 if low else 1e-3))
+                                        atol=5e-2 if low else 1e-3, rtol=2e-2 if low else 1e-3,
+                                        extra={"kernel_bytes": passes * size, "kernel_passes": passes,
+                                               "minimal_passes": traffic // size}))
     return out

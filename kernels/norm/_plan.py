@@ -1,0 +1,317 @@
+"""How a norm call is laid out: its (N, C, S) views, the tiling of the looped
+and single-read paths, and the ticket counters the kernels merge with. Plans
+depend only on sizes and strides (cached)."""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .._runtime import merge_dims, suggest_memory_format
+
+# Tiling. A GPU tile holds TILE elements (8 per thread at NUM_WARPS warps: 16-byte
+# accesses of 2-byte types); the interpreter, which pays per program and per loop
+# iteration, gets INTERPRETER_TILE. When channels are innermost (channels_last) a
+# tile is at most CHANNELS_LAST_WIDTH channels wide, else at most ROW_CHANNELS
+# channels of long rows. The reduction over (n, S) is split until about
+# TARGET_PROGRAMS programs run, none with fewer than MIN_PROGRAM_ELEMENTS elements.
+# Merges read tiles of about MERGE_TILE partials (BLOCK_K per statistic or channel).
+# Tests lower these to force loops and splits on small shapes.
+TILE = 2048
+INTERPRETER_TILE = 1 << 14
+CHANNELS_LAST_WIDTH = 64
+ROW_CHANNELS = 16
+TARGET_PROGRAMS = 1024
+INTERPRETER_TARGET_PROGRAMS = 1
+MIN_PROGRAM_ELEMENTS = 4096
+MERGE_TILE = 1024
+MERGE_CHANNELS = 256        # channels per program of the merge across processes
+NUM_WARPS = 8
+# The single-read path holds a statistic's whole set (padded to powers of two) in
+# registers when it has at most SET_LIMIT elements, SET_TILE or so per tile.
+# Layer norm rows run on at most ROW_PROGRAMS programs (each loops over rows), which
+# bounds the parameter-gradient partials they leave for a column sum.
+SET_LIMIT = 8192
+SET_TILE = 2048
+ROW_PROGRAMS = 256
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How a norm reads its input. Dims [0, lead) form n, [lead, lead + chan) the
+    channels, the rest S, each merged through strides. Statistics cover ``groups``
+    groups of consecutive channels, per sample (``per_sample``) or over the whole
+    batch; the output keeps a channels_last input's memory format when
+    ``keep_format``, else it is contiguous (as torch)."""
+    lead: int
+    chan: int
+    groups: int
+    per_sample: bool
+    keep_format: bool
+
+
+def _describe(t: torch.Tensor, geom: Geometry):
+    """((N, C, S), (stride_n, stride_c, stride_s)) of ``t``, or None when a part's dims
+    cannot be merged into one stride."""
+    bounds = (0, geom.lead, geom.lead + geom.chan, t.dim())
+    sizes, strides = [], []
+    for lo, hi in zip(bounds, bounds[1:]):
+        merged = merge_dims(t.shape[lo:hi], t.stride()[lo:hi])
+        if merged is None:
+            return None
+        sizes.append(merged[0])
+        strides.append(merged[1])
+    return tuple(sizes), tuple(strides)
+
+
+def mergeable(t: torch.Tensor, geom: Geometry) -> bool:
+    """True when the kernels can read ``t`` as (N, C, S) through strides (no copy)."""
+    return _describe(t, geom) is not None
+
+
+def ncs_views(tensors, geom: Geometry, fold: bool = True):
+    """Describe tensors of one shape (None allowed; each must be ``mergeable``) as
+    (N, C, S): returns ((N, C, S), strides per tensor, (0, 0, 0) for None). With
+    ``fold``, batch statistics fold n into S, (1, C, N * S), where every tensor allows
+    it (channels_last)."""
+    strides, sizes = [], None
+    for t in tensors:
+        if t is None:
+            strides.append((0, 0, 0))
+            continue
+        sizes, stride = _describe(t, geom)
+        strides.append(stride)
+    N, C, S = sizes
+    if fold and not geom.per_sample and N > 1:
+        merged = [None if t is None else merge_dims((N, S), (st[0], st[2])) for t, st in zip(tensors, strides)]
+        if all(m is not None for t, m in zip(tensors, merged) if t is not None):
+            sizes = (1, C, N * S)
+            strides = [st if m is None else (0, st[1], m[1]) for st, m in zip(strides, merged)]
+    return sizes, strides
+
+
+def empty_output(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
+    """torch.empty in torch's layout: layer / instance norm contiguous; group norm
+    the memory format torch suggests for x; batch norm that, or channels_last
+    whenever x is a non-contiguous channels_last-dense tensor (torch's kernel
+    tests that first)."""
+    fmt = torch.contiguous_format
+    if geom.keep_format:
+        fmt = suggest_memory_format(x)
+        channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
+        if (not geom.per_sample and channels_last is not None and not x.is_contiguous()
+                and x.is_contiguous(memory_format=channels_last)):
+            fmt = channels_last
+    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+
+
+def _full_blocks(C: int, Cg: int, GPB: int, BPG: int, BLOCK_C: int) -> bool:
+    """True when every channel block (GPB groups, or 1 / BPG of a group) is BLOCK_C
+    channels, so that the kernels need no channel mask."""
+    if BPG > 1:
+        return Cg % BLOCK_C == 0
+    return GPB * Cg == BLOCK_C and C % BLOCK_C == 0
+
+
+# ---------------------------------------------------------------------------
+# The looped path
+
+@dataclass(frozen=True)
+class LoopPlan:
+    """The tiling every looped kernel of one call shares. A channel block is GPB
+    whole groups (BPG == 1) or 1 / BPG of a group; a program covers one channel
+    block, n_per_prog samples and s_per_prog positions (a multiple of BLOCK_S)."""
+    N: int
+    C: int
+    S: int
+    G: int
+    BLOCK_S: int
+    BLOCK_C: int
+    BLOCK_G: int
+    GPB: int
+    BPG: int
+    n_per_prog: int
+    num_n_chunks: int
+    s_per_prog: int
+    num_s_chunks: int
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.G
+
+    @property
+    def num_group_blocks(self) -> int:
+        return triton.cdiv(self.G, self.GPB)
+
+    @property
+    def grid(self):
+        return (self.num_group_blocks * self.BPG * self.num_n_chunks * self.num_s_chunks,)
+
+    def chunks(self, per_sample: bool) -> int:
+        """Partials per statistic."""
+        return self.BPG * self.num_s_chunks * (1 if per_sample else self.num_n_chunks)
+
+    def num_stats(self, per_sample: bool) -> int:
+        return self.N * self.G if per_sample else self.G
+
+    def tickets(self) -> int:
+        """Ticket counters a looped kernel of this plan may use."""
+        return self.grid[0] + self.num_group_blocks * self.BPG + 1
+
+    def shape_args(self) -> dict:
+        """The launch arguments every looped kernel takes from the plan."""
+        return dict(N=self.N, C=self.C, S=self.S, G=self.G, Cg=self.Cg, GPB=self.GPB, BPG=self.BPG,
+                    group_width=self.GPB * self.Cg, n_per_prog=self.n_per_prog, num_n_chunks=self.num_n_chunks,
+                    s_per_prog=self.s_per_prog, num_s_chunks=self.num_s_chunks)
+
+    @property
+    def full_blocks(self) -> bool:
+        """Every channel block holds exactly BLOCK_C channels (and BLOCK_G groups)."""
+        return _full_blocks(self.C, self.Cg, self.GPB, self.BPG, self.BLOCK_C)
+
+    def blocks(self, merging: bool = False) -> dict:
+        """The constexpr tiling of a launch."""
+        out = {"BLOCK_S": self.BLOCK_S, "BLOCK_C": self.BLOCK_C, "BLOCK_G": self.BLOCK_G,
+               "FULL_BLOCKS": self.full_blocks}
+        if merging:
+            out["BLOCK_K"] = max(1, MERGE_TILE // self.BLOCK_C)
+        return out
+
+
+@functools.lru_cache(maxsize=1024)
+def loop_plan(sizes, G: int, stride_c: int, stride_s: int, interpreter: bool) -> LoopPlan:
+    N, C, S = sizes
+    tile = INTERPRETER_TILE if interpreter else TILE
+    Cg = C // G
+    if stride_c == 1 and stride_s != 1 and S > 1 and C > 1:
+        # Channels innermost: a tile is a few positions of many channels.
+        width = min(tile, CHANNELS_LAST_WIDTH * max(1, tile // TILE))
+    else:
+        # Positions innermost: long rows of few channels (at most ROW_CHANNELS on a
+        # GPU, to bound the per-channel vectors each thread holds); one position
+        # (layer norm): a row of channels.
+        width = max(1, tile // triton.next_power_of_2(S))
+        if S > 1 and not interpreter:
+            width = min(width, ROW_CHANNELS)
+    if Cg >= width:
+        bpg, gpb, block_c = triton.cdiv(Cg, width), 1, width
+    else:
+        bpg, gpb = 1, min(width // Cg, G)
+        block_c = triton.next_power_of_2(gpb * Cg)
+    block_g = triton.next_power_of_2(gpb) if Cg > 1 else block_c
+    block_s = min(triton.next_power_of_2(S), max(1, tile // block_c))
+    # Split (n, S) until the grid is large enough, keeping programs busy.
+    num_cblocks = triton.cdiv(G, gpb) * bpg
+    s_blocks = triton.cdiv(S, block_s)
+    per_block = max(1, (INTERPRETER_TARGET_PROGRAMS if interpreter else TARGET_PROGRAMS) // num_cblocks)
+    per_block = min(per_block, max(1, N * s_blocks * block_s * block_c // MIN_PROGRAM_ELEMENTS))
+    num_n_chunks = min(N, per_block)
+    n_per_prog = triton.cdiv(N, num_n_chunks)
+    num_n_chunks = triton.cdiv(N, n_per_prog)
+    num_s_chunks = min(s_blocks, max(1, per_block // num_n_chunks))
+    s_per_prog = triton.cdiv(s_blocks, num_s_chunks) * block_s
+    num_s_chunks = triton.cdiv(S, s_per_prog)
+    return LoopPlan(N, C, S, G, block_s, block_c, block_g, gpb, bpg, n_per_prog, num_n_chunks, s_per_prog,
+                    num_s_chunks)
+
+
+# ---------------------------------------------------------------------------
+# The single-read path
+
+@dataclass(frozen=True)
+class SetPlan:
+    """Tiling of the single-read kernels: ``rows`` (layer norm: S == 1, one group)
+    tiles BLOCK_M rows by the BLOCK_C channels of a row; otherwise a tile is the
+    BLOCK_M >= S positions of one sample by GPB whole groups (BLOCK_C channels). A
+    program covers one channel block and n_per_prog samples."""
+    N: int
+    C: int
+    S: int
+    G: int
+    rows: bool
+    BLOCK_M: int
+    BLOCK_C: int
+    BLOCK_G: int
+    GPB: int
+    n_per_prog: int
+    num_n_chunks: int
+    num_warps: int
+
+    @property
+    def Cg(self) -> int:
+        return self.C // self.G
+
+    @property
+    def grid(self):
+        return (triton.cdiv(self.G, self.GPB) * self.num_n_chunks,)
+
+    def shape_args(self) -> dict:
+        return dict(N=self.N, C=self.C, S=self.S, G=self.G, Cg=self.Cg, GPB=self.GPB,
+                    group_width=self.GPB * self.Cg, n_per_prog=self.n_per_prog, num_n_chunks=self.num_n_chunks)
+
+    def constexprs(self) -> dict:
+        return dict(ROWS=self.rows, GROUPED=self.Cg > 1, BLOCK_M=self.BLOCK_M, BLOCK_C=self.BLOCK_C,
+                    BLOCK_G=self.BLOCK_G, FULL_BLOCKS=_full_blocks(self.C, self.Cg, self.GPB, 1, self.BLOCK_C))
+
+
+@functools.lru_cache(maxsize=1024)
+def set_plan(sizes, G: int, stride_c: int, interpreter: bool) -> SetPlan | None:
+    """The single-read tiling of per-sample statistics, or None when a set (Cg * S
+    elements, padded to powers of two) is larger than SET_LIMIT, or when channels
+    are innermost and fewer than ROW_CHANNELS of them fit a tile."""
+    N, C, S = sizes
+    Cg = C // G
+    target = INTERPRETER_TARGET_PROGRAMS if interpreter else TARGET_PROGRAMS
+    tile = INTERPRETER_TILE if interpreter else SET_TILE
+    if S == 1 and G == 1:
+        block_c = triton.next_power_of_2(C)
+        if block_c > SET_LIMIT:
+            return None
+        block_m = min(triton.next_power_of_2(N), max(1, tile // block_c))
+        gpb, block_g = 1, 1
+        num_n_chunks = min(triton.cdiv(N, block_m), target, ROW_PROGRAMS)
+        n_per_prog = triton.cdiv(triton.cdiv(N, num_n_chunks), block_m) * block_m
+    else:
+        block_m = triton.next_power_of_2(S)
+        if block_m * triton.next_power_of_2(Cg) > SET_LIMIT:
+            return None
+        # Whole groups, as many as a tile holds: up to a row of CHANNELS_LAST_WIDTH
+        # channels when they are innermost (16-byte aligned and coalesced), else up to
+        # ROW_CHANNELS rows of S.
+        width, tile = (CHANNELS_LAST_WIDTH, SET_LIMIT) if stride_c == 1 else (ROW_CHANNELS, tile)
+        gpb = max(1, min(G, width // Cg if Cg < width else 1, max(1, tile // block_m) // Cg))
+        while triton.next_power_of_2(gpb * Cg) * block_m > SET_LIMIT:
+            gpb -= 1
+        if stride_c == 1 and S > 1 and gpb * Cg < min(C, ROW_CHANNELS):
+            return None     # rows of a few channels_last channels: uncoalesced; the looped path reads 64
+        block_c = triton.next_power_of_2(gpb * Cg)
+        block_g = triton.next_power_of_2(gpb) if Cg > 1 else block_c
+        num_n_chunks = min(N, max(1, target // triton.cdiv(G, gpb)))
+        n_per_prog = triton.cdiv(N, num_n_chunks)
+    num_n_chunks = triton.cdiv(N, n_per_prog)
+    warps = min(NUM_WARPS, max(1, block_m * block_c // 256))
+    return SetPlan(N, C, S, G, S == 1 and G == 1, block_m, block_c, block_g, gpb, n_per_prog, num_n_chunks, warps)
+
+
+# ---------------------------------------------------------------------------
+# Ticket counters
+
+_TICKETS: dict = {}
+
+
+def ticket_counters(device: torch.device, count: int) -> torch.Tensor:
+    """The persistent int32 ticket counters of ``device`` (at least ``count``). They
+    are zero between launches: a kernel's last program of each ticket resets the
+    counter it used. One buffer per device serves every norm kernel, which assumes
+    that they run on one stream per device (stream order keeps two launches from
+    sharing counters at once; nnlib's kernels on two streams of one device at the
+    same time are not supported). Grows (a one-time torch.zeros) when a call needs
+    more counters than any before it."""
+    counters = _TICKETS.get(device)
+    if counters is None or counters.numel() < count:
+        size = max(count, 4096, 2 * (0 if counters is None else counters.numel()))
+        counters = torch.zeros(size, dtype=torch.int32, device=device)
+        _TICKETS[device] = counters
+    return counters

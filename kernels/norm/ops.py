@@ -1,0 +1,515 @@
+"""Host side of the norms: the primitives (launchers that take only schema
+types: tensors, ints, floats, bools), the autograd Functions built on them, and
+the four entry points.
+
+Primitives (each one launch unless it says otherwise):
+
+* ``norm_statistics``: fp32 mean / rstd of the batch, running statistics and
+  ``num_batches_tracked`` updated in place, in the kernel.
+* ``norm_apply``: y = act((x - mean) * rstd * w + b [+ residual]) from given statistics.
+* ``norm_apply_running``: the same from running statistics (eval), returning the
+  fp32 mean / rstd it used.
+* ``norm_single_read``: statistics and normalization of per-sample sets that fit
+  in registers (``single_read_fits``).
+* ``norm_moments`` / ``norm_merge_moments``: one process's (count, mean, M2) and
+  the merge of every process's (SyncBatchNorm, with an all_gather in between).
+* ``norm_backward``: (dx, dweight, dbias, g) in at most two launches, made of
+  ``norm_backward_reduce`` and ``norm_backward_dx`` for the looped path
+  (SyncBatchNorm all-reduces the sums between them).
+
+Arguments are checked by the caller (nnlib.functional). Tensors the kernels
+cannot read as (N, C, S) through strides are copied once (by the Functions,
+before the primitives see them).
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as TF
+import triton
+
+from .._reduce import sum_partials
+from .._runtime import interpreting, launch, merge_dims, needs_int64
+from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
+from ._kernels import (_bwd_dx_kernel, _bwd_reduce_kernel, _merge_kernel, _normalize_kernel, _set_bwd_kernel,
+                       _set_fwd_kernel, _stats_kernel)
+from ._plan import (MERGE_CHANNELS, MERGE_TILE, NUM_WARPS, Geometry, empty_output, loop_plan, mergeable, ncs_views,
+                    set_plan, ticket_counters)
+
+__all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
+           "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
+           "NormFunction", "NormBackwardFunction", "batch_norm", "instance_norm", "group_norm", "layer_norm"]
+
+
+def _vector(t):
+    """weight / bias as the C consecutive elements the kernels read (one copy when strided)."""
+    return None if t is None else t.reshape(-1).contiguous()
+
+
+def _running_stride(t) -> int:
+    """Element stride of running statistics (C elements in one arithmetic progression)."""
+    merged = merge_dims(t.shape, t.stride())
+    if merged is None:
+        raise RuntimeError("running statistics must be a 1-D view (one stride) of C elements")
+    return merged[1]
+
+
+def _strides(prefix: str, stride) -> dict:
+    return {f"stride_{prefix}n": stride[0], f"stride_{prefix}c": stride[1], f"stride_{prefix}s": stride[2]}
+
+
+def _stats_options(x):
+    return {"device": x.device, "dtype": torch.float32}
+
+
+# ---------------------------------------------------------------------------
+# Forward primitives
+
+def norm_statistics(x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                    num_batches_tracked: torch.Tensor | None, lead: int, chan: int, groups: int, per_sample: bool,
+                    momentum: float, cumulative: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """fp32 (mean, rstd = 1 / sqrt(biased var + eps)) of x's statistics, (N * groups,)
+    per sample or (groups,), in one launch. Running statistics (C,), when given,
+    move toward the batch mean and unbiased variance (per sample: averaged over n,
+    one channel per group) by ``momentum``, or by 1 / (num_batches_tracked + 1) with
+    ``cumulative`` (read on the device: no host synchronisation);
+    ``num_batches_tracked``, when given, gains 1. x: dims [0, lead) are n, the next
+    ``chan`` the channels (one stride each)."""
+    N = math.prod(x.shape[:lead])
+    num_stats = N * groups if per_sample else groups
+    mean, rstd = (torch.empty(num_stats, **_stats_options(x)) for _ in range(2))
+    if x.numel() == 0:
+        if num_batches_tracked is not None:
+            num_batches_tracked.add_(1)
+        return mean, rstd
+    _launch_statistics(x, mean, rstd, None, running_mean, running_var, num_batches_tracked,
+                       Geometry(lead, chan, groups, per_sample, False), momentum, cumulative, eps)
+    return mean, rstd
+
+
+def norm_moments(x: torch.Tensor, lead: int, chan: int, groups: int) -> torch.Tensor:
+    """(count, mean, M2) of x's batch statistics (per group over n and S) as a (3,
+    groups) fp32 tensor, in one launch (zeros for an empty x): one process's share,
+    which ``norm_merge_moments`` merges with the other processes'."""
+    if x.numel() == 0:
+        return torch.zeros((3, groups), **_stats_options(x))
+    moments = torch.empty((3, groups), **_stats_options(x))
+    _launch_statistics(x, moments[1], moments[1], moments, None, None, None,
+                       Geometry(lead, chan, groups, False, False), 0.0, False, 0.0)
+    return moments
+
+
+def _launch_statistics(x, mean, rstd, moments, running_mean, running_var, num_batches_tracked, geom: Geometry,
+                       momentum, cumulative, eps) -> None:
+    """The statistics launch of norm_statistics (``moments`` None) and norm_moments."""
+    sizes, (stride_x,) = ncs_views([x], geom)
+    plan = loop_plan(sizes, geom.groups, stride_x[1], stride_x[2], interpreting())
+    num_stats, chunks = plan.num_stats(geom.per_sample), plan.chunks(geom.per_sample)
+    running = running_mean is not None
+    part = torch.empty(3 * num_stats * chunks + (num_stats if running and geom.per_sample else 0),
+                       **_stats_options(x))
+    tickets = ticket_counters(x.device, plan.tickets())
+    launch(_stats_kernel, plan.grid, x_ptr=x, part_ptr=part, mean_ptr=mean, rstd_ptr=rstd,
+           moments_ptr=moments if moments is not None else mean, rm_ptr=running_mean if running else mean,
+           rv_ptr=running_var if running else rstd,
+           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else tickets, ticket_ptr=tickets,
+           **plan.shape_args(), **_strides("x", stride_x),
+           stride_rm=_running_stride(running_mean) if running else 0,
+           stride_rv=_running_stride(running_var) if running else 0, momentum=float(momentum), eps=float(eps),
+           PER_SAMPLE=geom.per_sample, GROUPED=plan.Cg > 1, MOMENTS_OUT=moments is not None, RUNNING=running,
+           CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, INDEX_64=needs_int64(x),
+           **plan.blocks(merging=True), num_warps=NUM_WARPS)
+
+
+def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
+                       num_batches_tracked: torch.Tensor | None, momentum: float, cumulative: bool,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch statistics of several processes: ``moments`` (P, 3, C) fp32, each process's
+    ``norm_moments`` (as all_gather stacks them), merged in process order into fp32
+    (mean, rstd, count) (C,) in one launch, count being the elements over all
+    processes; running statistics and num_batches_tracked as ``norm_statistics``."""
+    P, _, C = moments.shape
+    mean, rstd, count = (torch.empty(C, **_stats_options(moments)) for _ in range(3))
+    running = running_mean is not None
+    tickets = ticket_counters(moments.device, 1)
+    block_c = min(triton.next_power_of_2(C), MERGE_CHANNELS)
+    launch(_merge_kernel, (triton.cdiv(C, block_c),), part_ptr=moments.contiguous(), mean_ptr=mean, rstd_ptr=rstd,
+           count_ptr=count, rm_ptr=running_mean if running else mean, rv_ptr=running_var if running else rstd,
+           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else tickets, ticket_ptr=tickets, C=C,
+           num_parts=P, stride_rm=_running_stride(running_mean) if running else 0,
+           stride_rv=_running_stride(running_var) if running else 0, momentum=float(momentum), eps=float(eps),
+           RUNNING=running, CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, BLOCK_C=block_c,
+           BLOCK_K=max(1, MERGE_TILE // block_c))
+    return mean, rstd, count
+
+
+def _normalize(x, weight, bias, residual, mean, rstd, running_mean, running_var, geom: Geometry, eps, activation,
+               negative_slope):
+    """The normalize launch shared by norm_apply and norm_apply_running."""
+    y = empty_output(x, geom)
+    if x.numel() == 0:
+        return y
+    sizes, (stride_x, stride_y, stride_r) = ncs_views([x, y, residual], geom)
+    plan = loop_plan(sizes, geom.groups, stride_x[1], stride_x[2], interpreting())
+    w, b = _vector(weight), _vector(bias)
+    running = running_mean is not None
+    launch(_normalize_kernel, plan.grid, x_ptr=x, y_ptr=y, res_ptr=residual if residual is not None else x,
+           mean_ptr=mean, rstd_ptr=rstd, rm_ptr=running_mean if running else mean,
+           rv_ptr=running_var if running else rstd, w_ptr=w if w is not None else mean,
+           b_ptr=b if b is not None else mean, **plan.shape_args(), **_strides("x", stride_x),
+           **_strides("y", stride_y), **_strides("r", stride_r),
+           stride_rm=_running_stride(running_mean) if running else 0,
+           stride_rv=_running_stride(running_var) if running else 0, eps=float(eps),
+           negative_slope=float(negative_slope), STATS_PER_SAMPLE=geom.per_sample, FROM_RUNNING=running,
+           GROUPED=plan.Cg > 1, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, HAS_RESIDUAL=residual is not None,
+           ACTIVATION=activation, INDEX_64=needs_int64(x, y, residual), **plan.blocks(), num_warps=NUM_WARPS)
+    return y
+
+
+def norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
+               bias: torch.Tensor | None, residual: torch.Tensor | None, lead: int, chan: int, groups: int,
+               per_sample: bool, keep_format: bool, activation: int, negative_slope: float) -> torch.Tensor:
+    """y = act((x - mean) * rstd * weight + bias [+ residual]) in torch's output
+    layout, statistics as ``norm_statistics`` returns them; one launch."""
+    return _normalize(x, weight, bias, residual, mean, rstd, None, None,
+                      Geometry(lead, chan, groups, per_sample, keep_format), 0.0, activation, negative_slope)
+
+
+def norm_apply_running(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
+                       weight: torch.Tensor | None, bias: torch.Tensor | None, residual: torch.Tensor | None,
+                       lead: int, chan: int, keep_format: bool, eps: float, activation: int,
+                       negative_slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``norm_apply`` with mean = running_mean, rstd = 1 / sqrt(running_var + eps) per
+    channel; also returns those fp32 (mean, rstd) (C,) for the backward. One launch."""
+    C = math.prod(x.shape[lead:lead + chan])
+    geom = Geometry(lead, chan, C, False, keep_format)
+    mean, rstd = (torch.empty(C, **_stats_options(x)) for _ in range(2))
+    y = _normalize(x, weight, bias, residual, mean, rstd, running_mean, running_var, geom, eps, activation,
+                   negative_slope)
+    return y, mean, rstd
+
+
+def single_read_fits(x: torch.Tensor, lead: int, chan: int, groups: int) -> bool:
+    """True when each per-sample statistic's set of x (or of its contiguous copy, when
+    the kernels cannot read x through strides) fits the single-read kernels."""
+    geom = Geometry(lead, chan, groups, True, False)
+    if x.numel() == 0:
+        return False
+    if mergeable(x, geom):
+        sizes, (stride_x,) = ncs_views([x], geom)
+        return set_plan(sizes, groups, stride_x[1], interpreting()) is not None
+    sizes = (math.prod(x.shape[:lead]), math.prod(x.shape[lead:lead + chan]), math.prod(x.shape[lead + chan:]))
+    return set_plan(sizes, groups, sizes[2], interpreting()) is not None
+
+
+def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, lead: int, chan: int,
+                     groups: int, keep_format: bool, eps: float, activation: int,
+                     negative_slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample statistics and normalization in one launch reading x once:
+    (y, mean, rstd), mean / rstd (N * groups,) fp32. Needs ``single_read_fits``."""
+    geom = Geometry(lead, chan, groups, True, keep_format)
+    y = empty_output(x, geom)
+    sizes, (stride_x, stride_y) = ncs_views([x, y], geom)
+    plan = set_plan(sizes, groups, stride_x[1], interpreting())
+    mean, rstd = (torch.empty(plan.N * groups, **_stats_options(x)) for _ in range(2))
+    w, b = _vector(weight), _vector(bias)
+    launch(_set_fwd_kernel, plan.grid, x_ptr=x, y_ptr=y, mean_ptr=mean, rstd_ptr=rstd,
+           w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean, **plan.shape_args(),
+           **_strides("x", stride_x), **_strides("y", stride_y), eps=float(eps), negative_slope=float(negative_slope),
+           HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, ACTIVATION=activation, INDEX_64=needs_int64(x, y),
+           **plan.constexprs(), num_warps=plan.num_warps)
+    return y, mean, rstd
+
+
+# ---------------------------------------------------------------------------
+# Backward primitives
+
+def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                  residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
+                  groups: int, per_sample: bool, batch_stats: bool, activation: int, negative_slope: float,
+                  need_x: bool, need_weight: bool, need_bias: bool, need_g: bool):
+    """(dx, dweight, dbias, g) of the norm, each None unless asked for; g = dy through
+    the activation (the residual's gradient; None without an activation, where it
+    is dy). ``batch_stats``: mean / rstd came from x (their gradient flows), else
+    they are constants (eval). At most two launches: the single-read kernel (plus a
+    column sum when it ran on several programs), or ``norm_backward_reduce`` and, for
+    dx of batch statistics, ``norm_backward_dx``."""
+    if x.numel() == 0:
+        return (torch.empty_like(x) if need_x else None, torch.zeros_like(weight) if need_weight else None,
+                torch.zeros_like(bias) if need_bias else None,
+                torch.empty_like(residual) if need_g and activation != ACT_NONE.value else None)
+    if need_x and batch_stats and per_sample and residual is None:
+        geom = Geometry(lead, chan, groups, per_sample, False)
+        dx = torch.empty_like(x)
+        sizes, (stride_x, stride_dy, stride_dx) = ncs_views([x, dy, dx], geom)
+        plan = set_plan(sizes, groups, stride_x[1], interpreting())
+        if plan is not None:
+            dw, db = _single_read_backward(plan, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd,
+                                           stride_x, stride_dy, stride_dx, activation, negative_slope)
+            return dx, dw, db, None
+    dx, dw, db, sums, g = norm_backward_reduce(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups,
+                                               per_sample, batch_stats, activation, negative_slope, need_x,
+                                               need_weight, need_bias, need_g)
+    if need_x and batch_stats:
+        dx = norm_backward_dx(dy, x, g, weight, bias, residual, mean, rstd, sums, None, lead, chan, groups,
+                              per_sample, activation, negative_slope)
+    return dx, dw, db, g
+
+
+def _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom: Geometry, activation, negative_slope):
+    """(plan, launch arguments) the two looped backward kernels share."""
+    sizes, strides = ncs_views([x, dy, residual, g, dx], geom)
+    plan = loop_plan(sizes, geom.groups, strides[0][1], strides[0][2], interpreting())
+    w, b = _vector(weight), _vector(bias)
+    views = {"x": x, "dy": dy, "r": residual, "g": g, "dx": dx}
+    return plan, dict(
+        x_ptr=x, dy_ptr=dy, res_ptr=residual if residual is not None else x, g_ptr=g if g is not None else x,
+        dx_ptr=dx if dx is not None else x, mean_ptr=mean, rstd_ptr=rstd, w_ptr=w if w is not None else mean,
+        b_ptr=b if b is not None else mean, **plan.shape_args(),
+        **{k: v for prefix, st in zip(views, strides) for k, v in _strides(prefix, st).items()},
+        negative_slope=float(negative_slope), STATS_PER_SAMPLE=geom.per_sample, GROUPED=plan.Cg > 1,
+        HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation,
+        INDEX_64=needs_int64(*views.values()), num_warps=NUM_WARPS)
+
+
+def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                         residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
+                         groups: int, per_sample: bool, batch_stats: bool, activation: int, negative_slope: float,
+                         need_x: bool, need_weight: bool, need_bias: bool, need_g: bool):
+    """The looped reduction pass (one launch, none when nothing is asked): returns
+    (dx, dweight, dbias, sums, g). dx only for constant statistics (eval: written in
+    this pass); sums (2, num_stats) fp32 = (sum(w g), sum(w g xhat)) per statistic when
+    dx of batch statistics is asked (``norm_backward_dx`` reads them; SyncBatchNorm
+    all-reduces them first); g as ``norm_backward``."""
+    geom = Geometry(lead, chan, groups, per_sample, False)
+    write_g = need_g and activation != ACT_NONE.value
+    g = torch.empty_like(residual) if write_g else None
+    dx = torch.empty_like(x) if need_x and not batch_stats else None
+    dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device) if need_weight else None
+    db = torch.empty(bias.shape, dtype=bias.dtype, device=x.device) if need_bias else None
+    stat_sums = batch_stats and need_x
+    plan, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, activation,
+                                  negative_slope)
+    num_stats, chunks = plan.num_stats(per_sample), plan.chunks(per_sample)
+    sums = torch.empty((2, num_stats), **_stats_options(x)) if stat_sums else None
+    if not (need_weight or need_bias or stat_sums or write_g or dx is not None):
+        return dx, dw, db, sums, g
+    rows = plan.num_n_chunks * plan.num_s_chunks
+    part = torch.empty(2 * rows * plan.C * (need_weight or need_bias) + 2 * num_stats * chunks * stat_sums,
+                       **_stats_options(x))
+    launch(_bwd_reduce_kernel, plan.grid, **args, part_ptr=part, dw_ptr=dw if dw is not None else mean,
+           db_ptr=db if db is not None else mean, s1_ptr=sums[0] if stat_sums else mean,
+           s2_ptr=sums[1] if stat_sums else mean, ticket_ptr=ticket_counters(x.device, plan.tickets()),
+           STAT_SUMS=stat_sums, WRITE_DW=need_weight, WRITE_DB=need_bias, WRITE_G=write_g,
+           WRITE_DX=dx is not None, **plan.blocks(merging=True))
+    return dx, dw, db, sums, g
+
+
+def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, weight: torch.Tensor | None,
+                     bias: torch.Tensor | None, residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
+                     sums: torch.Tensor, count: torch.Tensor | None, lead: int, chan: int, groups: int,
+                     per_sample: bool, activation: int, negative_slope: float) -> torch.Tensor:
+    """dx of batch statistics, one launch: rstd (w g - (s1 + xhat s2) / count), g read
+    when given (the reduction pass wrote it) else recomputed from dy; sums as
+    ``norm_backward_reduce`` returns them; ``count`` (a device tensor: SyncBatchNorm's
+    count over all processes) or, when None, the elements per statistic of x."""
+    geom = Geometry(lead, chan, groups, per_sample, False)
+    dx = torch.empty_like(x)
+    plan, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, activation,
+                                  negative_slope)
+    launch(_bwd_dx_kernel, plan.grid, **args, s1_ptr=sums[0], s2_ptr=sums[1],
+           inv_count=1.0 / ((1 if per_sample else plan.N) * plan.Cg * plan.S),
+           count_ptr=count if count is not None else mean, READ_G=g is not None, DEVICE_COUNT=count is not None,
+           **plan.blocks())
+    return dx
+
+
+def _single_read_backward(plan, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd, stride_x, stride_dy,
+                          stride_dx, activation, negative_slope):
+    """The single-read backward: writes dx; returns (dweight, dbias) as asked, views of
+    one buffer the kernel fills (when it ran on one program per channel block) or a
+    column sum of its partials (a second launch)."""
+    C = plan.C
+    param = weight if need_weight else bias if need_bias else None
+    if param is not None and plan.num_n_chunks == 1:
+        dwb = torch.empty(2 * C, dtype=param.dtype, device=x.device)
+    else:
+        dwb = torch.empty((plan.num_n_chunks, 2 * C), **_stats_options(x))
+    w, b = _vector(weight), _vector(bias)
+    launch(_set_bwd_kernel, plan.grid, x_ptr=x, dy_ptr=dy, mean_ptr=mean, rstd_ptr=rstd,
+           w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean, dx_ptr=dx, dwb_ptr=dwb,
+           **plan.shape_args(), **_strides("x", stride_x), **_strides("dy", stride_dy), **_strides("dx", stride_dx),
+           negative_slope=float(negative_slope), HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+           ACTIVATION=activation, INDEX_64=needs_int64(x, dy, dx), **plan.constexprs(), num_warps=plan.num_warps)
+    if param is None:
+        return None, None
+    if plan.num_n_chunks > 1:
+        dwb = sum_partials(dwb, param.dtype)
+    return (dwb[:C].view(weight.shape) if need_weight else None, dwb[C:].view(bias.shape) if need_bias else None)
+
+
+# ---------------------------------------------------------------------------
+# Autograd
+
+class _Spec(NamedTuple):
+    """What a norm call computed, beyond its tensors."""
+    geom: Geometry
+    eps: float
+    activation: int
+    negative_slope: float
+    use_input_stats: bool
+
+    @property
+    def stats_per_sample(self) -> bool:
+        return self.use_input_stats and self.geom.per_sample
+
+
+def _readable(t, geom: Geometry):
+    """t, or one contiguous copy when the kernels cannot read it through strides."""
+    return t if t is None or mergeable(t, geom) else t.contiguous()
+
+
+class NormFunction(torch.autograd.Function):
+    """The four norms: y = act((x - mean) * rstd * weight + bias [+ residual]).
+
+    x: any shape that ``geom`` describes as (N, C, S); weight, bias: C elements
+    (any shape, as torch allows) or None; residual: x's shape or None. With
+    ``use_input_stats`` the statistics come from x (and update the running stats
+    and num_batches_tracked in place when given; momentum None: cumulative average);
+    otherwise from the running stats, one per group. Forward: the single-read
+    kernel, or the statistics and normalize kernels, or (eval) the normalize kernel."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom: Geometry,
+                eps: float, activation: int, negative_slope: float, momentum, use_input_stats: bool):
+        ctx.spec = _Spec(geom, float(eps), activation, float(negative_slope), use_input_stats)
+        args = (geom.lead, geom.chan)
+        xk, rk = _readable(x, geom), _readable(residual, geom)
+        if not use_input_stats:
+            y, mean, rstd = norm_apply_running(xk, running_mean, running_var, weight, bias, rk, *args,
+                                               geom.keep_format, eps, activation, negative_slope)
+        elif geom.per_sample and running_mean is None and single_read_fits(xk, *args, geom.groups):
+            y, mean, rstd = norm_single_read(xk, weight, bias, *args, geom.groups, geom.keep_format, eps, activation,
+                                             negative_slope)
+        else:
+            mean, rstd = norm_statistics(xk, running_mean, running_var, num_batches_tracked, *args, geom.groups,
+                                         geom.per_sample, 0.0 if momentum is None else momentum, momentum is None,
+                                         eps)
+            y = norm_apply(xk, mean, rstd, weight, bias, rk, *args, geom.groups, geom.per_sample, geom.keep_format,
+                           activation, negative_slope)
+        # The caller's x and residual, not the copies a layout may have needed: the
+        # second derivatives must reach them (the backward copies again if it must).
+        ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, residual, mean, rstd = ctx.saved_tensors
+        needs = tuple(ctx.needs_input_grad[:4])
+        grads = NormBackwardFunction.apply(dy, x, weight, bias, residual, mean, rstd, ctx.spec, needs)
+        return *grads, *([None] * 9)
+
+
+class NormBackwardFunction(torch.autograd.Function):
+    """(dx, dweight, dbias, dresidual) of NormFunction from the Triton kernels
+    (None where ``needs`` says so). Its own backward, the second derivatives (a
+    gradient penalty through a norm), differentiates a torch-ops statement of the
+    same forward (``_reference_forward``) twice; third derivatives raise."""
+
+    @staticmethod
+    def forward(ctx, dy, x, weight, bias, residual, mean, rstd, spec: _Spec, needs):
+        ctx.save_for_backward(dy, x, weight, bias, residual, mean, rstd)
+        ctx.spec = spec
+        need_x, need_w, need_b, need_r = needs
+        geom = spec.geom
+        dx, dw, db, g = norm_backward(
+            _readable(dy, geom), _readable(x, geom), weight, bias, _readable(residual, geom), mean, rstd, geom.lead,
+            geom.chan, geom.groups, spec.stats_per_sample, spec.use_input_stats, spec.activation,
+            spec.negative_slope, need_x, need_w, need_b, need_r)
+        return dx, dw, db, (g if g is not None else dy) if need_r else None
+
+    @staticmethod
+    def backward(ctx, *grad_grads):
+        if torch.is_grad_enabled():
+            raise RuntimeError("nnlib's norms support first and second derivatives, not third "
+                               "(create_graph=True through a second derivative)")
+        saved = ctx.saved_tensors
+        dy, x, weight, bias, residual = (None if t is None else t.detach().requires_grad_() for t in saved[:5])
+        with torch.enable_grad():
+            y = _reference_forward(x, weight, bias, residual, saved[5], saved[6], ctx.spec)
+            inputs = [(t, g) for t, g in zip((x, weight, bias, residual), grad_grads)
+                      if t is not None and g is not None]
+            first = torch.autograd.grad(y, [t for t, _ in inputs], dy, create_graph=True)
+            wrt = [t for t in (dy, x, weight, bias, residual) if t is not None]
+            second = iter(torch.autograd.grad(first, wrt, [g for _, g in inputs], allow_unused=True))
+        return *(None if t is None else next(second) for t in (dy, x, weight, bias, residual)), None, None, None, None
+
+
+def _reference_forward(x, weight, bias, residual, mean, rstd, spec: _Spec):
+    """NormFunction's forward in torch ops (fp32) on x seen as (N, G, Cg * S):
+    statistics from x when ``spec.use_input_stats``, else the given per-group
+    mean / rstd. Used only to differentiate the backward."""
+    geom = spec.geom
+    shape = x.shape
+    N = math.prod(shape[:geom.lead])
+    C = math.prod(shape[geom.lead:geom.lead + geom.chan])
+    G = geom.groups
+    xg = x.float().reshape(N, G, -1)
+    if spec.use_input_stats:
+        dims = (2,) if geom.per_sample else (0, 2)
+        var, mu = torch.var_mean(xg, dims, correction=0, keepdim=True)
+        xhat = (xg - mu) * torch.rsqrt(var + spec.eps)
+    else:
+        xhat = (xg - mean.view(1, G, 1)) * rstd.view(1, G, 1)
+    v = xhat.reshape(N, C, -1)
+    if weight is not None:
+        v = v * weight.reshape(1, C, 1)
+    if bias is not None:
+        v = v + bias.reshape(1, C, 1)
+    if residual is not None:
+        v = v + residual.reshape(N, C, -1)
+    if spec.activation == ACT_RELU.value:
+        v = torch.relu(v)
+    elif spec.activation == ACT_LEAKY_RELU.value:
+        v = TF.leaky_relu(v, spec.negative_slope)
+    return v.reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# The four norms: which axes they reduce. Arguments are checked by the caller
+# (nnlib.functional); ``activation`` is the kernels' code (ACTIVATIONS).
+
+def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps, activation=ACT_NONE.value,
+               negative_slope=0.01, residual=None, num_batches_tracked=None):
+    """x: (N, C, *) of rank >= 2; statistics per channel over (N, *). ``momentum``
+    None: the cumulative average, 1 / (num_batches_tracked + 1); ``num_batches_tracked``
+    (training with running statistics) gains 1 in the statistics kernel."""
+    geom = Geometry(1, 1, x.shape[1] if x.dim() > 1 else 1, per_sample=False, keep_format=True)
+    return NormFunction.apply(x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom, eps,
+                              activation, negative_slope, momentum, training)
+
+
+def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                  activation=ACT_NONE.value, negative_slope=0.01):
+    """x: (N, C, *); statistics per (n, channel) over *; running stats per channel."""
+    geom = Geometry(1, 1, x.shape[1], per_sample=True, keep_format=False)
+    return NormFunction.apply(x, weight, bias, None, running_mean, running_var, None, geom, eps, activation,
+                              negative_slope, momentum, use_input_stats)
+
+
+def group_norm(x, num_groups, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01):
+    """x: (N, C, *); statistics per (n, group of C / num_groups channels)."""
+    geom = Geometry(1, 1, num_groups, per_sample=True, keep_format=True)
+    return NormFunction.apply(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0,
+                              True)
+
+
+def layer_norm(x, normalized_shape, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01):
+    """x: (*, *normalized_shape); statistics per leading index over the trailing
+    dims; weight, bias elementwise over normalized_shape (its "channels")."""
+    k = len(normalized_shape)
+    geom = Geometry(x.dim() - k, k, 1, per_sample=True, keep_format=False)
+    return NormFunction.apply(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0,
+                              True)
