@@ -16,6 +16,7 @@ helpers that every op shares.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch
 import triton
 
 __all__ = [
-    "interpreting", "backend", "autotune", "launch", "LaunchCounter", "count_launches",
+    "interpreting", "backend", "autotune", "for_gpus", "launch", "LaunchCounter", "count_launches",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
     "check_same_device", "CompileCase",
 ]
@@ -57,6 +58,26 @@ def dot_upcast() -> bool:
 # ---------------------------------------------------------------------------
 # Autotuning and launches
 
+def for_gpus(config: triton.Config, first: int | None = None, last: int | None = None) -> triton.Config:
+    """``config``, tuned over only on GPUs of compute capability ``first`` to ``last``
+    (90 for sm_90; None: no bound): for a setting one architecture needs and another
+    cannot use (a register cap that lets two programs share an H100 SM spills on
+    an A100, whose shared memory holds one)."""
+    config.nnlib_gpus = (first, last)
+    return config
+
+
+def _serves(config: triton.Config, capability: int | None) -> bool:
+    first, last = getattr(config, "nnlib_gpus", (None, None))
+    return capability is None or ((first is None or capability >= first) and (last is None or capability <= last))
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: int) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def autotune(configs: list[triton.Config], key: list[str],
              interpreter_config: triton.Config | None = None, alternatives: tuple | None = None, **kwargs):
     """``triton.autotune`` with ``configs`` on a GPU and only ``interpreter_config``
@@ -64,13 +85,17 @@ def autotune(configs: list[triton.Config], key: list[str],
 
     ``alternatives`` = (name, {value: configs}): launches whose constexpr ``name``
     takes one of those values are tuned over that list instead (e.g. smaller tiles
-    where the large ones would spill). ``kernel.nnlib_configs_for(constexprs)``
-    gives the list a launch with those constexprs tunes over (the compile test
-    compiles exactly those)."""
+    where the large ones would spill). Configs marked by ``for_gpus`` join only the
+    tuning on those GPUs. ``kernel.nnlib_configs_for(constexprs, capability)`` gives
+    the list a launch with those constexprs tunes over on that GPU (None: on any;
+    under the interpreter, the one config): the compile test compiles exactly
+    those, and a launcher can size what depends on the tiles (a split workspace)."""
     name, lists = alternatives or ("", {})
 
-    def configs_for(constexprs: dict) -> list[triton.Config]:
-        return list(lists.get(constexprs.get(name), configs))
+    def configs_for(constexprs: dict, capability: int | None = None) -> list[triton.Config]:
+        if interpreting():
+            return [interpreter_config or configs[0]]
+        return [c for c in lists.get(constexprs.get(name), configs) if _serves(c, capability)]
 
     def decorator(fn):
         if interpreting():
@@ -82,9 +107,10 @@ def autotune(configs: list[triton.Config], key: list[str],
             def prune(candidates, named_args, **launch_kwargs):
                 value = launch_kwargs.get(name, (named_args or {}).get(name))
                 wanted = value if value in lists else None
-                return [c for c, o in zip(candidates, owner) if o == wanted]
-            prune_by = {"early_config_prune": prune} if lists else None
-            tuned = triton.autotune(configs=every, key=key, prune_configs_by=prune_by, **kwargs)(fn)
+                capability = _capability(torch.cuda.current_device()) if torch.cuda.is_available() else None
+                return [c for c, o in zip(candidates, owner) if o == wanted and _serves(c, capability)]
+            tuned = triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune},
+                                    **kwargs)(fn)
         tuned.nnlib_configs = list(configs)
         tuned.nnlib_configs_for = configs_for
         return tuned
