@@ -16,6 +16,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as TF
+import triton
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import nnlib
@@ -233,6 +234,26 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
     ours, reference = _conv_fns(stride, padding, dilation, groups, activation)
     check_op(ours, reference, [x, w, b], "conv")
+
+
+@pytest.mark.parametrize("N,C,H,W,padding", [(2, 16, 6, 20, 1), (2, 16, 4, 5, 0), (3, 16, 5, 5, 0), (2, 3, 6, 5, 1)],
+                         ids=["q-wraps", "p-wraps", "n-steps", "flat"])
+def test_weight_grad_pixel_walk(N, C, H, W, padding, device, monkeypatch):
+    """The weight-gradient GEMM walks N*P*Q pixels BLOCK_K at a time, advancing
+    (n, p, q) by carries: with 16-pixel steps, steps shorter than a row, longer
+    than a row and longer than an image (3x3 taps, output rows of 20, 3 and 5)."""
+    from kernels.conv import _gemm
+    for tuned in (*_gemm.conv_wgrad_gemm, *_gemm.conv_wgrad_flat):
+        config = tuned.configs[0]
+        monkeypatch.setattr(tuned, "configs", [triton.Config({**config.kwargs, "BLOCK_K": 16}, num_warps=4)])
+    x = torch.randn(N, C, H, W, device=device)
+    w = (torch.randn(16, C, 3, 3) / 12).to(device).requires_grad_(True)
+    y = F.conv2d(x, w, None, 1, padding)
+    g = torch.randn_like(y)
+    (dw,) = torch.autograd.grad(y, (w,), g)
+    wr = w.detach().double().cpu().requires_grad_(True)
+    (dwr,) = torch.autograd.grad(TF.conv2d(x.double().cpu(), wr, None, 1, padding), (wr,), g.double().cpu())
+    assert_close(dw, dwr, torch.float32, "conv")
 
 
 class _TorchOps(TorchDispatchMode):
