@@ -113,7 +113,7 @@ def _compile_cases():
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
                    **_ints(*_strides("dy", "nkpq"), *_strides("x", "nchw"), *_strides("dw", "kcrs"))}
-            cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, direct, label=tile))
+            cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **direct), label=tile))
         sig = {"dy_ptr": f"*{dt}", "y_ptr": f"*{dt}", "g_ptr": f"*{dt}", "db_ptr": f"*{dt}", "part_ptr": "*fp32",
                "ticket_ptr": "*i32", **_ints("N", "K", "P", "Q"), "negative_slope": "fp32",
                **_ints(*_strides("dy", "nkpq"), *_strides("y", "nkpq"), *_strides("g", "nkpq"))}

@@ -125,50 +125,52 @@ def _conv_wgrad_direct_kernel(
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwk, stride_dwc, stride_dwr, stride_dws,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        TAPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dy: (N, K, P, Q); x: (N, C, H, W); dw: (K, Cg, R, S) in the weight dtype;
     strides; part / ticket: the split workspace (``sum_splits``). Program
-    (tap * k_tiles + k_tile, 0, split), tap = (r*S + s)*Cg + c: dw[k, c, r, s] for
-    BLOCK_N output channels k, summed over the N*P*Q pixels BLOCK_M at a time, the
-    pixels split over grid axis 2."""
+    (c * k_tiles + k_tile, 0, split): dw[k, c, r, s] for BLOCK_N output channels k
+    and every tap (TAPS >= R*S, a power of two), summed over the N*P*Q pixels
+    BLOCK_M at a time, the pixels split over grid axis 2. Each block of dy is read
+    once for all taps; the taps' blocks of x overlap (cache hits)."""
     pid = tl.program_id(0)
     k_tiles = tl.cdiv(K, BLOCK_N)
-    tap = pid // k_tiles
-    c = tap % Cg
-    r = tap // Cg // S
-    s = (tap // Cg) % S
+    c = pid // k_tiles
     offs_n = (pid % k_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < K
+    taps = tl.arange(0, TAPS)
     dy_cols = offs_n.to(tl.int64) * stride_dyk
-    x_cols = ((offs_n // Kg * Cg + c).to(tl.int64) * stride_xc
-              + (r * dil_h - pad_h).to(tl.int64) * stride_xh + (s * dil_w - pad_w).to(tl.int64) * stride_xw)
+    x_cols = (offs_n // Kg * Cg + c).to(tl.int64) * stride_xc
     PQ = P * Q
     first, end = _split_steps(tl.cdiv(N * PQ, BLOCK_M))
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.zeros((TAPS, BLOCK_N), dtype=tl.float32)
     for step in range(first, end):
         offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
         mask_m = offs_m < N * PQ
         n = offs_m // PQ
         p = (offs_m % PQ) // Q
         q = offs_m % Q
-        ih = p * stride_h + (r * dil_h - pad_h)
-        iw = q * stride_w + (s * dil_w - pad_w)
-        mask_x = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         dy_rows = n.to(tl.int64) * stride_dyn + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
         dyv = tl.load(dy_ptr + dy_rows[:, None] + dy_cols[None, :],
                       mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        x_rows = n.to(tl.int64) * stride_xn + (p * stride_h).to(tl.int64) * stride_xh \
-            + (q * stride_w).to(tl.int64) * stride_xw
-        xv = tl.load(x_ptr + x_rows[:, None] + x_cols[None, :],
-                     mask=mask_x[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        acc += dyv * xv
-    total = tl.sum(acc, axis=0)[None, :]
+        ih0 = p * stride_h - pad_h
+        iw0 = q * stride_w - pad_w
+        x_rows = x_ptr + n.to(tl.int64) * stride_xn + ih0.to(tl.int64) * stride_xh + iw0.to(tl.int64) * stride_xw
+        for tap in range(0, R * S):
+            r = tap // S
+            s = tap % S
+            ih = ih0 + r * dil_h
+            iw = iw0 + s * dil_w
+            mask_x = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_rows[:, None] + (r * dil_h * stride_xh + s * dil_w * stride_xw) + x_cols[None, :],
+                         mask=mask_x[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+            acc += tl.where(taps[:, None] == tap, tl.sum(dyv * xv, axis=0)[None, :], 0.0)
     done = tl.num_programs(2) == 1
     if not done:
-        total, done = sum_splits(total, part_ptr, ticket_ptr, 1, BLOCK_N)
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, TAPS, BLOCK_N)
     if done:
-        dw_ptrs = dw_ptr + offs_n[None, :].to(tl.int64) * stride_dwk + (c * stride_dwc + r * stride_dwr + s * stride_dws)
-        tl.store(dw_ptrs, total.to(dw_ptr.dtype.element_ty), mask=mask_n[None, :])
+        dw_ptrs = dw_ptr + offs_n[None, :].to(tl.int64) * stride_dwk \
+            + (c * stride_dwc + taps // S * stride_dwr + taps % S * stride_dws)[:, None]
+        tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=(taps < R * S)[:, None] & mask_n[None, :])
 
 
 @triton.jit

@@ -270,15 +270,15 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     pixels = geo.N * geo.P * geo.Q
     if geo.paths["weight_grad"] == "direct":
         block_m, block_n = _direct_tiles(geo.K)
-        taps = geo.Cg * geo.R * geo.S
-        k_tiles = triton.cdiv(geo.K, block_n)
-        splits = _splits(x.device, k_tiles * taps, triton.cdiv(pixels, block_m))
-        part = torch.empty(k_tiles * taps * splits * block_n if splits > 1 else 1, dtype=torch.float32,
+        taps = triton.next_power_of_2(geo.R * geo.S)
+        programs = geo.Cg * triton.cdiv(geo.K, block_n)
+        splits = _splits(x.device, programs, triton.cdiv(pixels, block_m))
+        part = torch.empty(programs * splits * taps * block_n if splits > 1 else 1, dtype=torch.float32,
                            device=x.device)
-        launch(_conv_wgrad_direct_kernel, (k_tiles * taps, 1, splits),
-               dy, x, dw, part, tickets(x.device, k_tiles * taps), *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S,
+        launch(_conv_wgrad_direct_kernel, (programs, 1, splits),
+               dy, x, dw, part, tickets(x.device, programs), *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S,
                *geo.conv_args(), *dy.stride(), *x.stride(), *dw.stride(),
-               BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+               TAPS=taps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
         return dw
     dy, x = _pixel_linear(_gemm_operand(dy)), _gemm_operand(x)
     flat = geo.paths["weight_grad"] == "gemm-flat"
