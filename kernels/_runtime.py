@@ -19,6 +19,7 @@ helpers that every op shares.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,7 +28,8 @@ import torch
 import triton
 
 __all__ = [
-    "interpreting", "backend", "autotune", "launch", "LaunchCounter", "count_launches", "cdiv", "next_power_of_2",
+    "interpreting", "backend", "autotune", "for_gpus", "launch", "LaunchCounter", "count_launches", "dry_run",
+    "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
     "check_same_device", "CompileCase",
 ]
@@ -75,6 +77,26 @@ def dot_upcast() -> bool:
 # ---------------------------------------------------------------------------
 # Autotuning and launches
 
+def for_gpus(config: triton.Config, first: int | None = None, last: int | None = None) -> triton.Config:
+    """``config``, tuned over only on GPUs of compute capability ``first`` to ``last``
+    (90 for sm_90; None: no bound): for a setting one architecture needs and another
+    cannot use (a register cap that lets two programs share an H100 SM spills on
+    an A100, whose shared memory holds one)."""
+    config.nnlib_gpus = (first, last)
+    return config
+
+
+def _serves(config: triton.Config, capability: int | None) -> bool:
+    first, last = getattr(config, "nnlib_gpus", (None, None))
+    return capability is None or ((first is None or capability >= first) and (last is None or capability <= last))
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: int) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def autotune(configs: list[triton.Config], key: list[str],
              interpreter_config: triton.Config | None = None, alternatives: tuple | None = None, **kwargs):
     """``triton.autotune`` with ``configs`` on a GPU and only ``interpreter_config``
@@ -82,30 +104,33 @@ def autotune(configs: list[triton.Config], key: list[str],
 
     ``alternatives`` = (name, {value: configs}): launches whose constexpr ``name``
     takes one of those values are tuned over that list instead (e.g. smaller tiles
-    where the large ones would spill). ``kernel.nnlib_configs_for(constexprs)``
-    gives the list a launch with those constexprs tunes over (the compile test
-    compiles exactly those)."""
+    where the large ones would spill). Configs marked by ``for_gpus`` join only the
+    tuning on those GPUs. ``kernel.nnlib_configs_for(constexprs, capability)`` gives
+    the list a launch with those constexprs tunes over on that GPU (None: on any;
+    under the interpreter, the one config): the compile test compiles exactly
+    those, and a launcher can size what depends on the tiles (a split workspace)."""
     name, lists = alternatives or ("", {})
 
-    def configs_for(constexprs: dict) -> list[triton.Config]:
-        return list(lists.get(constexprs.get(name), configs))
+    def configs_for(constexprs: dict, capability: int | None = None) -> list[triton.Config]:
+        if interpreting():
+            return [interpreter_config or configs[0]]
+        return [c for c in lists.get(constexprs.get(name), configs) if _serves(c, capability)]
 
     def decorator(fn):
         if interpreting():
             tuned = triton.autotune(configs=[interpreter_config or configs[0]], key=key, **kwargs)(fn)
         else:
-            tuned_lists = [(None, configs), *lists.items()]
-            if not _AUTOTUNING:     # the first config of each list
-                tuned_lists = [(value, more[:1]) for value, more in tuned_lists]
-            every = [c for _, more in tuned_lists for c in more]
-            owner = [value for value, more in tuned_lists for _ in more]
+            every = list(configs) + [c for more in lists.values() for c in more]
+            owner = [None] * len(configs) + [value for value, more in lists.items() for _ in more]
 
             def prune(candidates, named_args, **launch_kwargs):
                 value = launch_kwargs.get(name, (named_args or {}).get(name))
                 wanted = value if value in lists else None
-                return [c for c, o in zip(candidates, owner) if o == wanted]
-            prune_by = {"early_config_prune": prune} if lists else None
-            tuned = triton.autotune(configs=every, key=key, prune_configs_by=prune_by, **kwargs)(fn)
+                capability = _capability(torch.cuda.current_device()) if torch.cuda.is_available() else None
+                kept = [c for c, o in zip(candidates, owner) if o == wanted and _serves(c, capability)]
+                return kept if _AUTOTUNING else kept[:1]      # NNLIB_AUTOTUNE=0: the first that serves
+            tuned = triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune},
+                                    **kwargs)(fn)
         tuned.nnlib_configs = list(configs)
         tuned.nnlib_configs_for = configs_for
         return tuned
