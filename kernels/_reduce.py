@@ -66,14 +66,17 @@ _TICKETS: dict = {}
 
 
 def tickets(device: torch.device, count: int) -> torch.Tensor:
-    """At least ``count`` int32 tickets for ``sum_splits``, zero between launches
-    (the last program of each tile resets its own): one buffer per device and
-    stream, zero-filled once when it is created or grown, never per call."""
+    """At least ``count`` int32 ticket counters (``sum_splits``, the norms' merges),
+    zero between launches: the last program of each ticket resets the counter it
+    used. One buffer per device and stream (launches on one stream run in order, so
+    two never share counters at once), zero-filled once when it is created or
+    grown, never per call."""
     stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
     key = (str(device), stream)
     buf = _TICKETS.get(key)
     if buf is None or buf.numel() < count:
-        buf = torch.zeros(max(count, 1024), dtype=torch.int32, device=device)
+        size = max(count, 4096, 2 * (0 if buf is None else buf.numel()))
+        buf = torch.zeros(size, dtype=torch.int32, device=device)
         _TICKETS[key] = buf
     return buf
 
