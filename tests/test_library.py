@@ -16,6 +16,7 @@ import torch
 import nnlib.functional as F
 from kernels import activation as act
 from kernels import pool
+from kernels.conv import ops as conv
 from kernels._library import OPERATORS
 from tests.reference import make_input
 
@@ -52,6 +53,29 @@ def _samples():
         "max_pool2d_backward": [("local", (_t(codes.shape), codes, [2, 3, 5, 7], *WINDOW, True)),
                                 ("flat", (_t(flat.shape), flat, [2, 3, 5, 7], *WINDOW, False))],
         "max_pool2d_gather": [("local", (x, codes, *WINDOW)), ("flat", (_t((2, 3, 5, 7)), flat, *WINDOW))],
+        **_conv_samples(),
+    }
+
+
+def _conv_samples():
+    """The GEMM paths (16 channels), the direct ones (3), groups, stride, dilation,
+    asymmetric padding, bias None, fused activations, layouts."""
+    gemm = ([1, 1], [1, 1, 1, 1], [1, 1], 1)
+    strided = ([2, 1], [0, 1, 2, 1], [1, 2], 2)
+    x16, w16 = _t((2, 16, 6, 7), "channels_last"), _t((16, 16, 3, 3))
+    x3, w3 = _t((2, 3, 7, 6), "transposed"), _t((4, 3, 3, 3), "channels_last")
+    xg, wg = _t((1, 4, 5, 6)), _t((6, 2, 3, 2))
+    y16 = conv.conv2d_op(x16.detach(), w16.detach(), None, *gemm, RELU, 0.0)
+    return {
+        "conv2d": [("gemm-relu", (x16, w16, _t((16,)), *gemm, RELU, 0.0)),
+                   ("direct-no-bias", (x3, w3, None, *gemm, 0, 0.0)),
+                   ("grouped-strided-leaky", (xg, wg, _t((6,)), *strided, LEAKY, 0.1))],
+        "conv2d_input_grad": [("gemm", (_t(y16.shape), w16, x16, *gemm)),
+                              ("grouped-strided", (_t((1, 6, 3, 6)), wg, xg, *strided))],
+        "conv2d_weight_grad": [("gemm", (_t(y16.shape), x16, w16, *gemm)),
+                               ("direct", (_t((2, 4, 7, 6)), x3, w3, *gemm))],
+        "conv2d_output_grad": [("relu-bias", (_t(y16.shape), y16, RELU, 0.0, True)),
+                               ("bias-only", (_t((2, 4, 3, 5), "channels_last"), None, 0, 0.0, True))],
     }
 
 

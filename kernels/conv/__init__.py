@@ -4,7 +4,7 @@ direct kernels for few channels per group, fused bias + activation epilogue.
 * ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, wgrad), each
   with an in-kernel split of the reduction for small grids.
 * ``_direct``: depthwise / small-channel kernels and the backward epilogue.
-* ``ops``: path choice, launchers, ``Conv2dFunction`` and ``conv2d``.
+* ``ops``: path choice, launchers, the operators (``conv2d_op`` and its gradients) and ``conv2d``.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from ..activation import ACT_LEAKY_RELU, ACT_RELU
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
-from .ops import Conv2dFunction, ConvGeometry, conv2d, conv_paths, output_size
+from .ops import ConvGeometry, conv2d, conv2d_op, conv_paths, output_size
 
-__all__ = ["conv2d", "Conv2dFunction", "ConvGeometry", "conv_paths", "output_size", "COMPILE_CASES"]
+__all__ = ["conv2d", "conv2d_op", "ConvGeometry", "conv_paths", "output_size", "COMPILE_CASES"]
 
 
 def _ints(*names):

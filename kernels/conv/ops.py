@@ -1,4 +1,4 @@
-"""Host side of conv2d: which kernel runs, the launchers, and the autograd Function.
+"""Host side of conv2d: which kernel runs, the launchers, and the registered operators.
 
 Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 
@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import torch
 import triton
 
+from .._library import Operator
 from .._reduce import tickets
 from .._runtime import dot_upcast, interpreting, launch, merge_dims, suggest_memory_format
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
@@ -91,6 +93,16 @@ def _vec(tensors, counts) -> int:
         if t.data_ptr() % 16 or t.stride(1) != 1 or any(s % vec for s in t.stride()[:1] + t.stride()[2:]):
             return 1
     return 1 if any(c % vec for c in counts) else vec
+
+
+def _layout_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``t`` (a channels_last GEMM buffer) in ``torch.empty_like(like)``'s layout: the
+    input gradient's, as the operator's fake implementation states it."""
+    if like.is_contiguous():
+        return t.contiguous()
+    if like.is_contiguous(memory_format=torch.channels_last):
+        return t
+    return torch.empty_like(like).copy_(t)
 
 
 def _as_format(t: torch.Tensor, fmt) -> torch.Tensor:
@@ -256,7 +268,7 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
     launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
            *geo.conv_args(), *steps_rs, *dy.stride(), *w.stride(), *dx.stride(),
            VEC=vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
-    return dx if dx.device.type != "cuda" else _as_format(dx, fmt)
+    return dx if dx.device.type != "cuda" else _layout_like(dx, x_like)
 
 
 def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
@@ -325,118 +337,179 @@ def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: 
 
 
 # ---------------------------------------------------------------------------
-# autograd Functions
+# Operators (kernels/_library.py)
 #
 # The three passes are bilinear and each one's derivatives are the other two:
 # with F(x, w) the forward, D(g, w) the input gradient and W(g, x) the weight
-# gradient, <u, D(g, w)> = <F(u, w), g> = <w, W(g, u)>. So every backward below
-# calls the Functions (not the bare launchers), and double backward (gradient
+# gradient, <u, D(g, w)> = <F(u, w), g> = <w, W(g, u)>. So every formula below
+# calls the operators (not the bare launchers), and double backward (gradient
 # penalties, Hessian-vector products) runs the same Triton kernels, to any order.
+# The operators take schema types: stride / dilation as [h, w], padding as
+# [top, left, bottom, right]; ConvGeometry is rebuilt from them (cached).
 
-def _conv(x, w, geo: ConvGeometry):
-    """F(x, w) with geo's arguments, no bias, no activation."""
-    return Conv2dFunction.apply(x, w, None, geo.stride, geo.pad, geo.dilation, geo.groups, 0, 0.0)
-
-
-class Conv2dFunction(torch.autograd.Function):
-    """conv2d(x (N, C, H, W), w (K, C/groups, R, S), b (K,) or None) with
-    stride / dilation pairs, padding (top, left, bottom, right), groups, and the
-    fused activation code (0 none, 1 relu, 2 leaky_relu with a slope >= 0: its
-    backward reads the saved output)."""
-
-    @staticmethod
-    def forward(ctx, x, w, b, stride, padding, dilation, groups, activation, negative_slope):
-        geo = ConvGeometry(x.shape, w.shape, stride, padding, dilation, groups)
-        y = conv_forward(x, w, b, geo, activation, negative_slope)
-        ctx.save_for_backward(x, w, y if activation else None)
-        ctx.geo, ctx.activation, ctx.negative_slope = geo, activation, negative_slope
-        ctx.has_bias = b is not None
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, w, y = ctx.saved_tensors
-        geo = ctx.geo
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        need_db = need_b and ctx.has_bias
-        uses_gemm = geo.paths["input_grad"] != "direct" or geo.paths["weight_grad"] != "direct"
-        if uses_gemm and (need_x or need_w):
-            dy = _gemm_operand(dy)
-        db = None
-        if ctx.activation or need_db:
-            g, db = ConvOutputGradFunction.apply(dy, y, geo, ctx.activation, ctx.negative_slope, need_db)
-            dy = dy if g is None else g
-        dx = ConvInputGradFunction.apply(dy, w, x, geo) if need_x else None
-        dw = ConvWeightGradFunction.apply(dy, x, w, geo) if need_w else None
-        return dx, dw, db, None, None, None, None, None, None
+@functools.lru_cache(maxsize=4096)
+def _cached_geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
+    return ConvGeometry(x_shape, w_shape, stride, padding, dilation, groups)
 
 
-class ConvOutputGradFunction(torch.autograd.Function):
-    """(g, db) of dy (N, K, P, Q) and the saved output y: g = dy * act'(y) (None
-    without an activation), db (K,) in dy's dtype when ``bias_grad`` (else None). Linear
-    in dy; act' is piecewise constant, so y gets no gradient."""
-
-    @staticmethod
-    def forward(ctx, dy, y, geo, activation, negative_slope, bias_grad):
-        g, db = conv_output_grad(dy, y, geo, activation, negative_slope, bias_grad)
-        ctx.save_for_backward(y)
-        ctx.geo, ctx.activation, ctx.negative_slope = geo, activation, negative_slope
-        ctx.dy_dtype = dy.dtype
-        return (g if activation else None), db
-
-    @staticmethod
-    def backward(ctx, grad_g, grad_db):
-        (y,) = ctx.saved_tensors
-        geo = ctx.geo
-        total = grad_g
-        if grad_db is not None:
-            spread = grad_db.to(ctx.dy_dtype).view(1, geo.K, 1, 1).expand(geo.N, geo.K, geo.P, geo.Q)
-            total = spread if total is None else total + spread
-        if total is not None and ctx.activation:
-            total = ConvOutputGradFunction.apply(total, y, geo, ctx.activation, ctx.negative_slope, False)[0]
-        return total, None, None, None, None, None
+def geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
+    """The ConvGeometry of a call, cached by its arguments (symbolic shapes, which a
+    tracer passes to fake implementations, are not cached)."""
+    args = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
+    if all(type(n) is int for n in args[0] + args[1]):
+        return _cached_geometry(*args)
+    return ConvGeometry(*args)
 
 
-class ConvInputGradFunction(torch.autograd.Function):
-    """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q),
-    in x_like's layout (x_like gives shape and layout only)."""
-
-    @staticmethod
-    def forward(ctx, g, w, x_like, geo):
-        ctx.save_for_backward(g, w)
-        ctx.geo = geo
-        return conv_input_grad(g, w, x_like, geo)
-
-    @staticmethod
-    def backward(ctx, u):
-        g, w = ctx.saved_tensors
-        need_g, need_w = ctx.needs_input_grad[:2]
-        dg = _conv(u, w, ctx.geo) if need_g else None
-        dw = ConvWeightGradFunction.apply(g, u, w, ctx.geo) if need_w else None
-        return dg, dw, None, None
+def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
+                   dilation: list[int], groups: int, activation: int, negative_slope: float) -> torch.Tensor:
+    """act(conv(x, w) + b) of x (N, C, H, W): see ``conv_forward``."""
+    geo = geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    return conv_forward(x, w, b, geo, activation, negative_slope)
 
 
-class ConvWeightGradFunction(torch.autograd.Function):
-    """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and
-    input x, in w_like's layout (w_like gives shape and layout only)."""
+def conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, x_like: torch.Tensor, stride: list[int],
+                      padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q), in
+    ``torch.empty_like(x_like)``'s layout (x_like gives shape and layout only)."""
+    geo = geometry(x_like.shape, w.shape, stride, padding, dilation, groups)
+    return conv_input_grad(g, w, x_like, geo)
 
-    @staticmethod
-    def forward(ctx, g, x, w_like, geo):
-        ctx.save_for_backward(g, x)
-        ctx.geo = geo
-        return conv_weight_grad(g, x, w_like, geo)
 
-    @staticmethod
-    def backward(ctx, v):
-        g, x = ctx.saved_tensors
-        need_g, need_x = ctx.needs_input_grad[:2]
-        dg = _conv(x, v, ctx.geo) if need_g else None
-        dx = ConvInputGradFunction.apply(g, v, x, ctx.geo) if need_x else None
-        return dg, dx, None, None
+def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, stride: list[int],
+                       padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+    """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and input
+    x, in w_like's memory format (w_like gives shape and layout only)."""
+    geo = geometry(x.shape, w_like.shape, stride, padding, dilation, groups)
+    return conv_weight_grad(g, x, w_like, geo)
+
+
+def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int, negative_slope: float,
+                       bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(g, db) of dy (N, K, P, Q) and the saved output y: g = dy * act'(y) (empty
+    without an activation), db (K,) in dy's dtype (empty unless ``bias_grad``)."""
+    g, db = conv_output_grad(dy, y, _OutputGeometry(*dy.shape), activation, negative_slope, bias_grad)
+    empty = dy.new_empty(0)
+    return (g if activation else empty), (db if bias_grad else empty)
+
+
+class _OutputGeometry(NamedTuple):
+    """What conv_output_grad reads of a geometry: the output's sizes."""
+    N: int
+    K: int
+    P: int
+    Q: int
+
+
+def _conv_args(ctx):
+    return ctx.stride, ctx.padding, ctx.dilation, ctx.groups
+
+
+def _save_conv_args(ctx, stride, padding, dilation, groups):
+    ctx.stride, ctx.padding, ctx.dilation, ctx.groups = stride, padding, dilation, groups
+
+
+def _forward_setup(ctx, inputs, output):
+    x, w, b, stride, padding, dilation, groups, activation, negative_slope = inputs
+    ctx.save_for_backward(x, w, output if activation else None)
+    _save_conv_args(ctx, stride, padding, dilation, groups)
+    ctx.activation, ctx.negative_slope, ctx.has_bias = activation, negative_slope, b is not None
+
+
+def _forward_backward(ctx, dy):
+    x, w, y = ctx.saved_tensors
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    need_db = need_b and ctx.has_bias
+    geo = geometry(x.shape, w.shape, *_conv_args(ctx))
+    uses_gemm = geo.paths["input_grad"] != "direct" or geo.paths["weight_grad"] != "direct"
+    if uses_gemm and (need_x or need_w):
+        dy = _gemm_operand(dy)           # one channels_last copy (on a GPU) serves both passes
+    db = None
+    if ctx.activation or need_db:
+        g, db = conv_output_grad_op(dy, y, ctx.activation, ctx.negative_slope, need_db)
+        dy = g if ctx.activation else dy
+        db = db if need_db else None
+    dx = conv_input_grad_op(dy, w, x, *_conv_args(ctx)) if need_x else None
+    dw = conv_weight_grad_op(dy, x, w, *_conv_args(ctx)) if need_w else None
+    return dx, dw, db, None, None, None, None, None, None
+
+
+def _input_grad_setup(ctx, inputs, output):
+    g, w, _, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(g, w)
+    _save_conv_args(ctx, stride, padding, dilation, groups)
+
+
+def _input_grad_backward(ctx, u):
+    g, w = ctx.saved_tensors
+    need_g, need_w = ctx.needs_input_grad[:2]
+    dg = conv2d_op(u, w, None, *_conv_args(ctx), 0, 0.0) if need_g else None
+    dw = conv_weight_grad_op(g, u, w, *_conv_args(ctx)) if need_w else None
+    return dg, dw, None, None, None, None, None
+
+
+def _weight_grad_setup(ctx, inputs, output):
+    g, x, _, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(g, x)
+    _save_conv_args(ctx, stride, padding, dilation, groups)
+
+
+def _weight_grad_backward(ctx, v):
+    g, x = ctx.saved_tensors
+    need_g, need_x = ctx.needs_input_grad[:2]
+    dg = conv2d_op(x, v, None, *_conv_args(ctx), 0, 0.0) if need_g else None
+    dx = conv_input_grad_op(g, v, x, *_conv_args(ctx)) if need_x else None
+    return dg, dx, None, None, None, None, None
+
+
+def _output_grad_setup(ctx, inputs, output):
+    dy, y, activation, negative_slope, bias_grad = inputs
+    ctx.save_for_backward(y)
+    ctx.activation, ctx.negative_slope, ctx.bias_grad = activation, negative_slope, bias_grad
+    ctx.dy_shape, ctx.dy_dtype = dy.shape, dy.dtype
+    ctx.set_materialize_grads(False)
+
+
+def _output_grad_backward(ctx, grad_g, grad_db):
+    """Linear in dy; act' is piecewise constant, so y gets no gradient."""
+    (y,) = ctx.saved_tensors
+    total = grad_g if ctx.activation else None
+    if ctx.bias_grad and grad_db is not None:
+        N, K, P, Q = ctx.dy_shape
+        spread = grad_db.to(ctx.dy_dtype).view(1, K, 1, 1).expand(N, K, P, Q)
+        total = spread if total is None else total + spread
+    if total is not None and ctx.activation:
+        total = conv_output_grad_op(total, y, ctx.activation, ctx.negative_slope, False)[0]
+    return total, None, None, None, None
+
+
+def _forward_fake(x, w, b, stride, padding, dilation, groups, activation, negative_slope):
+    geo = geometry(x.shape, w.shape, stride, padding, dilation, groups)
+    return torch.empty((geo.N, geo.K, geo.P, geo.Q), dtype=x.dtype, device=x.device,
+                       memory_format=_memory_format(x, w))
+
+
+def _output_grad_fake(dy, y, activation, negative_slope, bias_grad):
+    empty = dy.new_empty(0)
+    return (torch.empty_like(dy) if activation else empty,
+            dy.new_empty(dy.shape[1]) if bias_grad else empty)
+
+
+conv2d_op = Operator("conv2d", conv2d_forward, fake=_forward_fake, setup_context=_forward_setup,
+                     backward=_forward_backward)
+conv_input_grad_op = Operator("conv2d_input_grad", conv2d_input_grad,
+                              fake=lambda g, w, x_like, *args: torch.empty_like(x_like),
+                              setup_context=_input_grad_setup, backward=_input_grad_backward)
+conv_weight_grad_op = Operator(
+    "conv2d_weight_grad", conv2d_weight_grad,
+    fake=lambda g, x, w_like, *args: torch.empty(w_like.shape, dtype=w_like.dtype, device=w_like.device,
+                                                 memory_format=_memory_format(w_like)),
+    setup_context=_weight_grad_setup, backward=_weight_grad_backward)
+conv_output_grad_op = Operator("conv2d_output_grad", conv2d_output_grad, fake=_output_grad_fake,
+                               setup_context=_output_grad_setup, backward=_output_grad_backward)
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01):
     """Checked arguments in (see ``nnlib.functional.conv2d``): x 4-D, padding a
     4-tuple (top, left, bottom, right); returns act(conv(x, w) + b)."""
-    return Conv2dFunction.apply(x, w, b, tuple(stride), tuple(padding), tuple(dilation), groups,
-                                activation, negative_slope)
+    return conv2d_op(x, w, b, list(stride), list(padding), list(dilation), groups, activation, negative_slope)
