@@ -1,9 +1,10 @@
 """batch / layer / instance / group norm against the float64 torch reference:
 outputs, every gradient and the running stats after the call, in every mode,
 rank, layout and dtype; group counts that are not powers of two; reductions
-larger than a block and split across programs; the fused activation and
-residual; N = 0; bad arguments (torch's exception class, running stats left
-untouched); the modules against their torch twins."""
+larger than a block and split across programs (the looped path) and sets read
+once (the single-read path); the fused activation and residual; N = 0; the
+launch and device-op budgets of every mode; bad arguments (torch's exception
+class, running stats left untouched); the modules against their torch twins."""
 import contextlib
 
 import pytest

@@ -37,6 +37,10 @@ backward, batch statistics (looped)         2         5T; residual + activation 
 backward, single read                       1 (+1)    3T (+ a column sum of
                                                       per-program partials)
 backward, eval                              1         3T (dx and parameters)
+SyncBatchNorm forward                       3         3T, + one all_gather of
+                                                      (3, C) floats
+SyncBatchNorm backward                      2         5T, + one all_reduce of
+                                                      (2, C) floats
 ==========================================  ========  ===========================
 
 Running statistics, ``num_batches_tracked`` and the cumulative-average momentum
