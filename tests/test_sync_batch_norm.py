@@ -32,7 +32,7 @@ import nnlib
 from nnlib.models import reference
 from tests.reference import assert_close
 
-TIMEOUT = datetime.timedelta(seconds=60)     # a collective that waits longer fails instead of hanging
+TIMEOUT = datetime.timedelta(seconds=120)     # a collective that waits longer fails instead of hanging
 
 
 def _free_port() -> int:
