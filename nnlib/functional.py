@@ -508,7 +508,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     _check_residual(input, residual, op)
     _check_norm_dtype(input, op)
     if _on_torch_path(input):
-        if num_batches_tracked is not None:     # torch's module: count, then the factor (CPU tensors only here)
+        if num_batches_tracked is not None:     # as torch's module: count, then the factor (a host read)
             num_batches_tracked.add_(1)
             momentum = 1.0 / float(num_batches_tracked) if momentum is None else momentum
         out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
