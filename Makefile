@@ -1,12 +1,13 @@
 # make test   : set up .venv (CPU build of torch) and run the test suite
 # make bench  : run the benchmark suite (timings on a CUDA GPU; checks only on CPU)
 # make demo   : train the digits demo, nnlib against torch.nn
+# make fuzz   : the differential fuzzers (tests/test_fuzz.py) with a long budget and random seeds
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 JOBS   ?= auto
 
-.PHONY: test bench demo compile clean
+.PHONY: test bench demo compile clean fuzz
 
 $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +25,12 @@ bench: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(PY) -m nnlib.demo $(DEMO_ARGS)
+
+# HYPOTHESIS_PROFILE=fuzz (tests/conftest.py): many examples per test, a random seed per
+# run, statistics (how often each known discrepancy showed). A failure prints a
+# reproducer program; FUZZ_ARGS passes pytest options (-k conv2d, --hypothesis-seed=N).
+fuzz: $(VENV)/.installed
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_fuzz.py -n $(JOBS) -q --hypothesis-show-statistics $(FUZZ_ARGS)
 
 compile: $(VENV)/.installed
 	$(PY) -m kernels._compile

@@ -44,14 +44,17 @@ def kernel_modules() -> list[str]:
     return [n for n in names if hasattr(importlib.import_module(f"kernels.{n}"), "COMPILE_CASES")]
 
 
-def specialisations(module_name: str) -> list:
-    """(case, autotune config or None, label suffix) for every specialisation."""
+def specialisations(module_name: str, arch: str | None = None, with_index: bool = False) -> list:
+    """(case, autotune config or None, label suffix) for every specialisation on
+    ``arch`` (None: on any), and the config's index in its list (0 for plain
+    kernels) ``with_index``."""
     module = importlib.import_module(f"kernels.{module_name}")
     out = []
     for case in module.COMPILE_CASES:
         configs_for = getattr(case.kernel, "nnlib_configs_for", None)
-        configs = configs_for(case.constexprs) if configs_for else [None]
-        out += [(case, config, "" if config is None else f"/cfg{i}") for i, config in enumerate(configs)]
+        configs = configs_for(case.constexprs, arch and ARCHS[arch]) if configs_for else [None]
+        out += [(case, config, "" if config is None else f"/cfg{i}") + ((i,) if with_index else ())
+                for i, config in enumerate(configs)]
     return out
 
 
@@ -66,9 +69,12 @@ def compile_case(case, config, arch: str):
         fn = fn.fn
     constexprs = dict(case.constexprs)
     num_warps, num_stages = case.num_warps, case.num_stages
+    options = {}
     if config is not None:
         constexprs.update(config.kwargs)
         num_warps, num_stages = config.num_warps, config.num_stages
+        if getattr(config, "maxnreg", None):
+            options["maxnreg"] = config.maxnreg
     missing = [a for a in fn.arg_names if a not in case.signature and a not in constexprs]
     if missing:
         raise ValueError(f"{case.name}: no type or value for {missing}")
@@ -84,7 +90,7 @@ def compile_case(case, config, arch: str):
              if ty != "constexpr" and (ty.startswith("*") or a in case.divisible)}
     src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", ARCHS[arch], 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages})
+                          options={"num_warps": num_warps, "num_stages": num_stages, **options})
 
 
 def _cuobjdump(compiled, flag: str) -> str:
@@ -103,19 +109,45 @@ def resource_usage(compiled) -> dict:
     return {key: int(val) for key, val in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
 
 
+def _sass_lines(text: str) -> list[tuple[int, str]]:
+    """(address, instruction) pairs of cuobjdump's SASS listing."""
+    return [(int(a, 16), m.strip()) for a, m in re.findall(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;", text)]
+
+
 def sass(compiled) -> list[str]:
     """The SASS instructions of the cubin, one string per instruction
     (``"LDG.E.128 R4, desc[UR6][R2.64]"``), predicates included, addresses dropped."""
-    text = _cuobjdump(compiled, "-sass")
-    return [m.group(1).strip() for m in re.finditer(r"/\*[0-9a-f]{4,}\*/\s+(.*?)\s*;", text)]
+    return [ins for _, ins in _sass_lines(_cuobjdump(compiled, "-sass"))]
 
 
-_MEMORY = re.compile(r"^(?:@!?U?P\w+\s+)?((?:LDG|STG|LDGSTS|LDS|STS)(?:\.[\w]+)*)")
+def _opcode(instruction: str) -> str:
+    return re.sub(r"^@!?U?P\w+\s+", "", instruction).split(" ")[0].split(".")[0]
+
+
+def main_loop(text: str) -> dict:
+    """The loop of a SASS listing that issues the most ``HGMMA`` (``HMMA`` when none
+    does): a loop is the span from a backward branch's target to the branch.
+    {"instructions": its length, "hgmma": ..., "hmma": ...} (zeros when no loop
+    holds a tensor-core instruction)."""
+    lines = _sass_lines(text)
+    best = {"instructions": 0, "hgmma": 0, "hmma": 0}
+    for address, ins in lines:
+        branch = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\()?(0x[0-9a-f]+)", ins)
+        if not branch or int(branch.group(1), 16) > address:
+            continue
+        body = [_opcode(i) for a, i in lines if int(branch.group(1), 16) <= a <= address]
+        loop = {"instructions": len(body), "hgmma": body.count("HGMMA"), "hmma": body.count("HMMA")}
+        if (loop["hgmma"], loop["hmma"]) > (best["hgmma"], best["hmma"]):
+            best = loop
+    return best
+
+
+_MEMORY = re.compile(r"^(?:@!?U?P\w+\s+)?((?:LDGSTS|LDG|STG|LDS|STS)(?:\.[\w]+)*)")
 
 
 def sass_stats(instructions: list[str]) -> dict:
     """Figures read from SASS: instruction count, ``HGMMA`` / ``HMMA`` counts, and
-    global accesses by width in bits (``{"LDG": {"128": 4, "32": 1}, ...}``;
+    memory accesses by width in bits (``{"LDG": {"128": 4, "32": 1}, "LDGSTS": ...}``;
     an access without a width suffix is 32 bits, ``.U16`` / ``.64`` say so)."""
     widths: dict[str, dict[str, int]] = {}
     for ins in instructions:
@@ -127,7 +159,7 @@ def sass_stats(instructions: list[str]) -> dict:
         width = {"U16": "16", "S16": "16", "U8": "8", "S8": "8"}.get(width, width)
         widths.setdefault(parts[0], {}).setdefault(width, 0)
         widths[parts[0]][width] += 1
-    opcode = [re.sub(r"^@!?U?P\w+\s+", "", ins).split(" ")[0].split(".")[0] for ins in instructions]
+    opcode = [_opcode(ins) for ins in instructions]
     return {"instructions": len(instructions), "hgmma": opcode.count("HGMMA"), "hmma": opcode.count("HMMA"),
             "widths": widths}
 
@@ -136,18 +168,22 @@ def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1,
     """One result dict per specialisation of the module's kernels (every
     ``shards``-th one from ``shard`` on); SASS figures for the cases that expect
     some, or all with ``all_sass`` (disassembling costs about 0.4 s a kernel)."""
-    for case, config, suffix in specialisations(module_name)[shard::shards]:
+    for case, config, suffix, index in specialisations(module_name, arch, with_index=True)[shard::shards]:
         result = {"case": f"{module_name}.{case.name}{suffix}", "arch": arch}
         try:
             compiled = compile_case(case, config, arch)
             usage = resource_usage(compiled)
             ptx = compiled.asm["ptx"]
+            expect = {k: v for k, v in case.expect.items() if k != "per_config"}
+            expect.update(case.expect.get("per_config", {}).get(index, {}))
             result.update(ok=True, registers=usage.get("REG", 0),
                           spill_bytes=usage.get("LOCAL", 0) + usage.get("STACK", 0),
                           tensor_cores_wanted=case.tensor_cores,
-                          wgmma="wgmma" in ptx, mma="mma.sync" in ptx, expect=case.expect)
-            if case.expect or all_sass:
-                result["sass"] = sass_stats(sass(compiled))
+                          wgmma="wgmma" in ptx, mma="mma.sync" in ptx, expect=expect)
+            if expect or all_sass:
+                text = _cuobjdump(compiled, "-sass")
+                result["sass"] = sass_stats([ins for _, ins in _sass_lines(text)])
+                result["sass"]["main_loop"] = main_loop(text)
         except Exception:
             result.update(ok=False, error=traceback.format_exc(limit=3)[-2000:])
         yield result

@@ -1,8 +1,14 @@
-"""The deterministic second pass shared by every cross-program reduction.
+"""Deterministic cross-program reductions, two ways.
 
-Kernels that reduce over many programs write fp32 partials of shape
-(num_chunks, C) and this pass sums each column in a fixed order. No float
-atomics, so results are bitwise reproducible.
+* ``sum_partials``: kernels that reduce over many programs write fp32 partials
+  of shape (num_chunks, C) and this second pass sums each column in a fixed
+  order.
+* ``sum_splits`` (in-kernel, one launch): programs that split one tile's
+  reduction over grid axis 2 each write their fp32 tile to a workspace and take
+  an integer ticket; the program with the tile's last ticket sums the splits in
+  split order and finishes the tile. ``tickets`` gives the ticket buffer.
+
+No float atomics either way, so results are bitwise reproducible.
 """
 from __future__ import annotations
 
@@ -10,16 +16,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import CompileCase, interpreting, launch
+from ._runtime import CompileCase, cdiv, interpreting, launch
 
-__all__ = ["sum_partials", "COMPILE_CASES"]
+__all__ = ["sum_partials", "sum_splits", "tickets", "COMPILE_CASES"]
 
 
 @triton.jit
 def _sum_partials_kernel(partials_ptr, out_ptr, num_chunks, C,
                          BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr):
-    """partials: (num_chunks, C) fp32, contiguous; out: (C,) of any float dtype
-    (the fp32 sums cast once)."""
+    """partials: (num_chunks, C) fp32, contiguous; out: (C,), any float dtype
+    (the sums are rounded to it once)."""
     pid_c = tl.program_id(0)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -32,22 +38,64 @@ def _sum_partials_kernel(partials_ptr, out_ptr, num_chunks, C,
     tl.store(out_ptr + offs_c, tl.sum(acc, axis=0).to(out_ptr.dtype.element_ty), mask=mask_c)
 
 
+@triton.jit
+def sum_splits(acc, part_ptr, ticket_ptr, TILE_M: tl.constexpr, TILE_N: tl.constexpr):
+    """The fixed-order sum of a (TILE_M, TILE_N) fp32 tile ``acc`` whose reduction is
+    split over ``tl.num_programs(2)`` programs. part: (tiles, splits, TILE_M*TILE_N)
+    fp32 workspace; ticket: (tiles,) int32 (``tickets``), zero between launches;
+    tile = program_id(1) * num_programs(0) + program_id(0). Each split writes its
+    tile, then takes a ticket; the program with the last ticket sums the splits in
+    split order, resets the ticket and returns (sum, True); the others return
+    (acc, False)."""
+    tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+    splits = tl.num_programs(2)
+    offs = tl.arange(0, TILE_M)[:, None] * TILE_N + tl.arange(0, TILE_N)[None, :]
+    tile_part = part_ptr + tile.to(tl.int64) * splits * (TILE_M * TILE_N)
+    tl.store(tile_part + tl.program_id(2) * (TILE_M * TILE_N) + offs, acc)
+    tl.debug_barrier()                           # every thread's partial is written before the ticket
+    last = tl.atomic_add(ticket_ptr + tile, 1, sem="acq_rel") == splits - 1
+    if last:
+        acc = tl.load(tile_part + offs, cache_modifier=".cg")
+        for split in range(1, splits):
+            acc += tl.load(tile_part + split * (TILE_M * TILE_N) + offs, cache_modifier=".cg")
+        tl.atomic_xchg(ticket_ptr + tile, 0)
+    return acc, last
+
+
+_TICKETS: dict = {}
+
+
+def tickets(device: torch.device, count: int) -> torch.Tensor:
+    """At least ``count`` int32 ticket counters (``sum_splits``, the norms' merges),
+    zero between launches: the last program of each ticket resets the counter it
+    used. One buffer per device and stream (launches on one stream run in order, so
+    two never share counters at once), zero-filled once when it is created or
+    grown, never per call."""
+    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
+    key = (str(device), stream)
+    buf = _TICKETS.get(key)
+    if buf is None or buf.numel() < count:
+        size = max(count, 4096, 2 * (0 if buf is None else buf.numel()))
+        buf = torch.zeros(size, dtype=torch.int32, device=device)
+        _TICKETS[key] = buf
+    return buf
+
+
 def sum_partials(partials: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Column sums of fp32 ``partials`` (num_chunks, C), returned as (C,) of ``dtype``."""
+    """Column sums of fp32 ``partials`` (num_chunks, C) as a (C,) tensor of ``dtype``."""
     num_chunks, C = partials.shape
     out = torch.empty(C, dtype=dtype, device=partials.device)
     if C == 0:
         return out
-    if num_chunks == 0:
-        return out.zero_()
     BLOCK_C = 1024 if interpreting() else 64     # the interpreter pays per program
-    launch(_sum_partials_kernel, (triton.cdiv(C, BLOCK_C),),
+    launch(_sum_partials_kernel, (cdiv(C, BLOCK_C),),
            partials.contiguous(), out, num_chunks, C, BLOCK_S=32, BLOCK_C=BLOCK_C)
     return out
 
 
 COMPILE_CASES = [
     CompileCase(_sum_partials_kernel,
-                {"partials_ptr": "*fp32", "out_ptr": "*fp32", "num_chunks": "i32", "C": "i32"},
-                {"BLOCK_S": 32, "BLOCK_C": 64}),
+                {"partials_ptr": "*fp32", "out_ptr": f"*{dt}", "num_chunks": "i32", "C": "i32"},
+                {"BLOCK_S": 32, "BLOCK_C": 64}, label=dt)
+    for dt in ("fp32", "bf16")
 ]

@@ -7,15 +7,19 @@ helpers that every op shares.
 * ``autotune(configs, key, interpreter_config)``: ``triton.autotune`` with the
   full list on a GPU and the single interpreter config (the largest tiles)
   when interpreting; the full list stays on ``kernel.nnlib_configs`` for the
-  compile test.
+  compile test. ``NNLIB_AUTOTUNE=0`` in the environment makes GPU runs use the
+  first config of each list too (correctness runs that must not spend minutes
+  tuning: bench/gpu_check.sh's test step).
 * ``launch(kernel, grid, *args, **kwargs)``: every launch goes through here and
-  is counted, so tests can prove that a Triton kernel ran.
+  is counted, so tests can prove that a Triton kernel ran; ``dry_run()``
+  counts launches without running them (the host benchmark times our Python).
 * ``DOT_UPCAST``: pass as a constexpr to kernels that ``tl.dot`` bf16 tiles;
   the interpreter's bf16 dot is wrong, so they upcast to fp32 there.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -24,26 +28,42 @@ import torch
 import triton
 
 __all__ = [
-    "interpreting", "backend", "autotune", "launch", "LaunchCounter", "count_launches",
+    "interpreting", "backend", "autotune", "for_gpus", "launch", "LaunchCounter", "count_launches", "dry_run",
+    "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
     "check_same_device", "CompileCase",
 ]
 
 
+# Triton reads TRITON_INTERPRET once, when it is imported (so does nnlib).
+_INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_AUTOTUNING = os.environ.get("NNLIB_AUTOTUNE", "1") not in ("", "0")
+
+
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter."""
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return _INTERPRETING
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for host integers (``triton.cdiv`` costs ~3 us a call on the host)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1); ``triton.next_power_of_2`` is slow on the host."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
 def backend(tensor: torch.Tensor) -> str:
     """Which path nnlib takes for ``tensor``: "triton" (CUDA), "triton-interpreter"
     (CPU with ``TRITON_INTERPRET=1``) or "torch" (the fallback: CPU without the
     interpreter, or float64 / complex data, for which nnlib has no kernels)."""
-    if tensor.is_complex() or tensor.dtype == torch.float64:
+    if tensor.dtype is torch.float64 or tensor.is_complex():
         return "torch"
-    if tensor.device.type == "cuda":
+    if tensor.is_cuda:
         return "triton"
-    if tensor.device.type == "cpu" and interpreting():
+    if _INTERPRETING and tensor.is_cpu:
         return "triton-interpreter"
     return "torch"
 
@@ -57,6 +77,26 @@ def dot_upcast() -> bool:
 # ---------------------------------------------------------------------------
 # Autotuning and launches
 
+def for_gpus(config: triton.Config, first: int | None = None, last: int | None = None) -> triton.Config:
+    """``config``, tuned over only on GPUs of compute capability ``first`` to ``last``
+    (90 for sm_90; None: no bound): for a setting one architecture needs and another
+    cannot use (a register cap that lets two programs share an H100 SM spills on
+    an A100, whose shared memory holds one)."""
+    config.nnlib_gpus = (first, last)
+    return config
+
+
+def _serves(config: triton.Config, capability: int | None) -> bool:
+    first, last = getattr(config, "nnlib_gpus", (None, None))
+    return capability is None or ((first is None or capability >= first) and (last is None or capability <= last))
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device: int) -> int:
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
 def autotune(configs: list[triton.Config], key: list[str],
              interpreter_config: triton.Config | None = None, alternatives: tuple | None = None, **kwargs):
     """``triton.autotune`` with ``configs`` on a GPU and only ``interpreter_config``
@@ -64,13 +104,17 @@ def autotune(configs: list[triton.Config], key: list[str],
 
     ``alternatives`` = (name, {value: configs}): launches whose constexpr ``name``
     takes one of those values are tuned over that list instead (e.g. smaller tiles
-    where the large ones would spill). ``kernel.nnlib_configs_for(constexprs)``
-    gives the list a launch with those constexprs tunes over (the compile test
-    compiles exactly those)."""
+    where the large ones would spill). Configs marked by ``for_gpus`` join only the
+    tuning on those GPUs. ``kernel.nnlib_configs_for(constexprs, capability)`` gives
+    the list a launch with those constexprs tunes over on that GPU (None: on any;
+    under the interpreter, the one config): the compile test compiles exactly
+    those, and a launcher can size what depends on the tiles (a split workspace)."""
     name, lists = alternatives or ("", {})
 
-    def configs_for(constexprs: dict) -> list[triton.Config]:
-        return list(lists.get(constexprs.get(name), configs))
+    def configs_for(constexprs: dict, capability: int | None = None) -> list[triton.Config]:
+        if interpreting():
+            return [interpreter_config or configs[0]]
+        return [c for c in lists.get(constexprs.get(name), configs) if _serves(c, capability)]
 
     def decorator(fn):
         if interpreting():
@@ -82,9 +126,11 @@ def autotune(configs: list[triton.Config], key: list[str],
             def prune(candidates, named_args, **launch_kwargs):
                 value = launch_kwargs.get(name, (named_args or {}).get(name))
                 wanted = value if value in lists else None
-                return [c for c, o in zip(candidates, owner) if o == wanted]
-            prune_by = {"early_config_prune": prune} if lists else None
-            tuned = triton.autotune(configs=every, key=key, prune_configs_by=prune_by, **kwargs)(fn)
+                capability = _capability(torch.cuda.current_device()) if torch.cuda.is_available() else None
+                kept = [c for c, o in zip(candidates, owner) if o == wanted and _serves(c, capability)]
+                return kept if _AUTOTUNING else kept[:1]      # NNLIB_AUTOTUNE=0: the first that serves
+            tuned = triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune},
+                                    **kwargs)(fn)
         tuned.nnlib_configs = list(configs)
         tuned.nnlib_configs_for = configs_for
         return tuned
@@ -106,6 +152,7 @@ class LaunchCounter:
 
 
 _counters: list[LaunchCounter] = []
+_dry_run = False
 
 
 def kernel_name(kernel) -> str:
@@ -113,6 +160,13 @@ def kernel_name(kernel) -> str:
     while hasattr(fn, "fn"):
         fn = fn.fn
     return getattr(fn, "__name__", repr(fn))
+
+
+def _cached_name(kernel) -> str:
+    name = getattr(kernel, "nnlib_name", None)
+    if name is None:
+        name = kernel.nnlib_name = kernel_name(kernel)
+    return name
 
 
 GRID_LIMITS = (2**31 - 1, 65535, 65535)   # programs per grid axis on CUDA
@@ -135,11 +189,24 @@ def _checked_grid(name: str, grid):
 
 def launch(kernel, grid, *args, **kwargs):
     """Launch ``kernel[grid](*args, **kwargs)`` and count it."""
-    name = kernel_name(kernel)
-    grid = _checked_grid(name, grid)
+    name = _cached_name(kernel)
     for counter in _counters:
         counter.counts[name] += 1
-    return kernel[grid](*args, **kwargs)
+    if _dry_run:
+        return None
+    return kernel[_checked_grid(name, grid)](*args, **kwargs)
+
+
+@contextlib.contextmanager
+def dry_run():
+    """Launches inside are counted but not run (outputs stay uninitialised): the
+    host benchmark measures nnlib's own Python and device-op counts this way."""
+    global _dry_run
+    saved, _dry_run = _dry_run, True
+    try:
+        yield
+    finally:
+        _dry_run = saved
 
 
 @contextlib.contextmanager
@@ -158,18 +225,27 @@ def count_launches():
 
 def suggest_memory_format(t: torch.Tensor) -> torch.memory_format:
     """The memory format torch gives the output of a conv / pool / norm of ``t``
-    (its suggest_memory_format): channels_last (channels_last_3d at rank 5) when
-    the strides grow through C, then the spatial dims from the last, then N;
-    size-1 dims count as torch counts them, and ambiguous layouts stay contiguous."""
-    if t.layout != torch.strided or t.dim() not in (4, 5) or t.stride(1) == 0:
+    (its suggest_memory_format): see ``memory_format_of``."""
+    if t.layout != torch.strided:
+        return torch.contiguous_format
+    return memory_format_of(t.shape, t.stride())
+
+
+def memory_format_of(shape, strides) -> torch.memory_format:
+    """torch's suggest_memory_format for a strided tensor of ``shape`` / ``strides``:
+    channels_last (channels_last_3d at rank 5) when the strides grow through C,
+    then the spatial dims from the last, then N; size-1 dims count as torch counts
+    them, and ambiguous layouts stay contiguous."""
+    rank = len(shape)
+    if rank not in (4, 5) or strides[1] == 0:
         return torch.contiguous_format
     lowest = 0
-    for d in (1, *range(t.dim() - 1, 1, -1), 0):
-        size, stride = t.shape[d], t.stride(d)
-        if size == 0 or stride < lowest or (d == 0 and lowest == t.stride(1)):
+    for d in (1, *range(rank - 1, 1, -1), 0):
+        size, stride = shape[d], strides[d]
+        if size == 0 or stride < lowest or (d == 0 and lowest == strides[1]):
             return torch.contiguous_format
         lowest = stride * size if size > 1 else stride
-    return torch.channels_last if t.dim() == 4 else torch.channels_last_3d
+    return torch.channels_last if rank == 4 else torch.channels_last_3d
 
 
 def is_dense(t: torch.Tensor) -> bool:
@@ -217,9 +293,14 @@ def view_3d(t: torch.Tensor, dim: int):
 
 def max_offset(t: torch.Tensor) -> int:
     """Largest element offset a kernel computes for ``t`` from its data pointer."""
-    if t.numel() == 0:
+    return max_offset_of(t.shape, t.stride())
+
+
+def max_offset_of(shape, strides) -> int:
+    """``max_offset`` of a tensor of ``shape`` / ``strides``."""
+    if 0 in shape:
         return 0
-    return sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride()))
+    return sum((n - 1) * abs(s) for n, s in zip(shape, strides))
 
 
 def needs_int64(*tensors: torch.Tensor) -> bool:

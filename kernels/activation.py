@@ -1,5 +1,5 @@
 """ReLU, leaky ReLU and PReLU: the activation epilogue every kernel shares, the
-elementwise kernels, and their autograd Functions.
+elementwise kernels, and their registered operators (``kernels._library``).
 
 ``apply_activation`` / ``activation_grad`` are the package's single definition of
 the activation math; conv and norm kernels call them in their epilogues with
@@ -18,10 +18,11 @@ import triton
 import triton.language as tl
 
 from ._reduce import sum_partials
-from ._runtime import CompileCase, interpreting, is_dense, launch, view_3d
+from ._library import Operator, tracing
+from ._runtime import CompileCase, cdiv, interpreting, is_dense, launch, next_power_of_2, view_3d
 
 # The activation codes, one definition: constexpr globals for the kernels; host
-# code compares with them and passes ``ACTIVATIONS[name]`` (plain ints) to launches.
+# code uses their ``.value`` (plain ints; ``ACTIVATIONS`` maps the names).
 ACT_NONE: tl.constexpr = tl.constexpr(0)
 ACT_RELU: tl.constexpr = tl.constexpr(1)
 ACT_LEAKY_RELU: tl.constexpr = tl.constexpr(2)
@@ -151,45 +152,61 @@ def _prelu_bwd_kernel(grad_ptr, x_ptr, weight_ptr, grad_x_ptr, partial_ptr, oute
 
 
 # ---------------------------------------------------------------------------
-# Host launchers
+# Host launchers (each one a registered operator below)
 
 _BLOCK = 1024
 
 
 def _flat_block(n: int) -> int:
     # The interpreter pays per program, so it gets one large block.
-    return max(_BLOCK, min(triton.next_power_of_2(max(n, 1)), 1 << 16)) if interpreting() else _BLOCK
+    return max(_BLOCK, min(next_power_of_2(n), 1 << 16)) if interpreting() else _BLOCK
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    return t if is_dense(t) else t.contiguous()
+    """t itself when its storage is dense (any dim order), else a contiguous copy."""
+    if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or is_dense(t):
+        return t
+    return t.contiguous()
 
 
-def activation_forward(x: torch.Tensor, activation: int, negative_slope: float,
-                       out: torch.Tensor | None = None) -> torch.Tensor:
-    """act(x) into ``out`` (a tensor with x's layout; x itself for in-place) or a new tensor."""
-    src = _dense(x)
-    dst = torch.empty_like(src) if out is None else out
+def _launch_activation(src: torch.Tensor, dst: torch.Tensor, activation: int, negative_slope: float) -> None:
+    """dst = act(src), both dense with the same strides."""
     n = src.numel()
     if n:
         block = _flat_block(n)
-        launch(_activation_fwd_kernel, (triton.cdiv(n, block),), src, dst, n, float(negative_slope),
+        launch(_activation_fwd_kernel, (cdiv(n, block),), src, dst, n, negative_slope,
                ACTIVATION=activation, BLOCK=block)
+
+
+def activation_forward(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
+    """act(x) in x's layout where x is dense (else contiguous)."""
+    src = _dense(x)
+    dst = torch.empty_like(src)
+    _launch_activation(src, dst, activation, negative_slope)
     return dst
+
+
+def activation_forward_(x: torch.Tensor, activation: int, negative_slope: float) -> None:
+    """x = act(x) in place (through one contiguous copy when x is not dense)."""
+    if _dense(x) is x:
+        _launch_activation(x, x, activation, negative_slope)
+    else:
+        x.copy_(activation_forward(x, activation, negative_slope))
 
 
 def activation_backward(grad: torch.Tensor, saved: torch.Tensor, activation: int,
                         negative_slope: float) -> torch.Tensor:
-    """grad * act'(saved); the result has saved's layout."""
-    if grad.stride() != saved.stride() or not is_dense(saved):
-        saved = _dense(saved)
+    """grad * act'(saved); the result has saved's layout (contiguous when saved is not dense)."""
+    dense = _dense(saved)
+    if grad.stride() != dense.stride() or dense is not saved:
+        saved = dense
         grad = torch.empty_like(saved).copy_(grad)
     grad_in = torch.empty_like(saved)
     n = saved.numel()
     if n:
         block = _flat_block(n)
-        launch(_activation_bwd_kernel, (triton.cdiv(n, block),), grad, saved, grad_in, n,
-               float(negative_slope), ACTIVATION=activation, BLOCK=block)
+        launch(_activation_bwd_kernel, (cdiv(n, block),), grad, saved, grad_in, n,
+               negative_slope, ACTIVATION=activation, BLOCK=block)
     return grad_in
 
 
@@ -207,7 +224,7 @@ def _as_3d(t: torch.Tensor):
 
 def _prelu_tiles(C: int, interpreter: bool = False):
     """(BLOCK_C, BLOCK_R): 1024-element tiles on a GPU, 16x larger under the interpreter."""
-    block_c = min(triton.next_power_of_2(max(C, 1)), 32)
+    block_c = min(next_power_of_2(C), 32)
     return block_c, max(32, 1024 // block_c) * (16 if interpreter else 1)
 
 
@@ -216,13 +233,14 @@ def _channel_weights(weight: torch.Tensor, C: int) -> torch.Tensor:
 
 
 def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x: any shape, C = x.shape[1] (1 below rank 2); weight: (1,) or (C,)."""
+    """x: any shape, C = x.shape[1] (1 below rank 2); weight: (1,) or (C,).
+    The output has ``torch.empty_like(x)``'s layout, as torch's."""
     x3, (outer, C, inner), x_strides = _as_3d(x)
     y = torch.empty_like(x3)
     _, _, y_strides = _as_3d(y)
     if y.numel():
         block_c, block_r = _prelu_tiles(C, interpreting())
-        grid = (triton.cdiv(outer * inner, block_r), triton.cdiv(C, block_c))
+        grid = (cdiv(outer * inner, block_r), cdiv(C, block_c))
         launch(_prelu_fwd_kernel, grid, x3, _channel_weights(weight, C), y, outer, C, inner,
                *x_strides, *y_strides, BLOCK_R=block_r, BLOCK_C=block_c)
     y = y.reshape(x.shape)
@@ -232,129 +250,151 @@ def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return y if like.stride() == y.stride() else like.copy_(y)
 
 
-def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor):
+def _prelu_grad_x_buffer(x: torch.Tensor) -> torch.Tensor:
+    """The input gradient's buffer: x's (outer, C, inner) view's layout."""
+    return torch.empty_like(_as_3d(x)[0])
+
+
+def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight). The weight gradient is reduced in two deterministic
-    passes: fp32 partials per (chunk, channel), then ``sum_partials``."""
+    passes: fp32 partials per (chunk, channel), then ``sum_partials`` (over the
+    channels too for one shared slope), rounded once to weight's dtype."""
     x3, (outer, C, inner), x_strides = _as_3d(x)
     g3, _, g_strides = _as_3d(grad)
-    grad_x = torch.empty_like(x3)
+    grad_x = _prelu_grad_x_buffer(x)
     _, _, dx_strides = _as_3d(grad_x)
     n_rows = outer * inner
     block_c, block_r = _prelu_tiles(C, interpreting())
-    c_blocks = triton.cdiv(C, block_c)
+    c_blocks = cdiv(C, block_c)
     # Enough chunks to fill a GPU, each a whole number of row blocks.
-    num_chunks = max(1, min(triton.cdiv(n_rows, block_r), 1024 // c_blocks))
-    rows_per_chunk = triton.cdiv(triton.cdiv(max(n_rows, 1), num_chunks), block_r) * block_r
-    num_chunks = max(1, triton.cdiv(n_rows, rows_per_chunk))
-    partials = torch.zeros((num_chunks, C), dtype=torch.float32, device=x.device)
+    num_chunks = max(1, min(cdiv(n_rows, block_r), 1024 // max(c_blocks, 1)))
+    rows_per_chunk = cdiv(cdiv(max(n_rows, 1), num_chunks), block_r) * block_r
+    num_chunks = cdiv(n_rows, rows_per_chunk)     # 0 without rows: the sums are then 0
+    partials = torch.empty((num_chunks, C), dtype=torch.float32, device=x.device)
     if n_rows and C:
         launch(_prelu_bwd_kernel, (num_chunks, c_blocks), g3, x3, _channel_weights(weight, C), grad_x,
                partials, outer, C, inner, *g_strides, *x_strides, *dx_strides, rows_per_chunk,
                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
-    grad_w = sum_partials(partials)
-    if weight.numel() == 1:
-        grad_w = grad_w.sum()        # one shared slope: O(C) host sum of the channel sums
-    return grad_x.reshape(x.shape), grad_w.to(weight.dtype).reshape(weight.shape)
+    shared = weight.numel() == 1         # one slope: the sum over every channel too
+    grad_w = sum_partials(partials.view(-1, 1) if shared else partials, weight.dtype)
+    return grad_x.reshape(x.shape), grad_w.reshape(weight.shape)
 
 
 # ---------------------------------------------------------------------------
-# autograd Functions
+# Operators (kernels/_library.py): relu / leaky_relu, in place or not, prelu,
+# and their gradients, which are operators too so that double backward runs
+# the same kernels.
 
-class ActivationFunction(torch.autograd.Function):
-    """relu / leaky_relu, out of place or in place (``inplace=True`` writes x)."""
+def _activation_setup(ctx, inputs, output):
+    x, activation, negative_slope = inputs
+    # The output is saved in place of the input where the sign test agrees.
+    ctx.save_for_backward(output if activation == ACT_RELU.value else x)
+    ctx.activation, ctx.negative_slope = activation, negative_slope
+
+
+def _activation_backward(ctx, grad):
+    (saved,) = ctx.saved_tensors
+    return activation_grad_op(grad, saved, ctx.activation, ctx.negative_slope), None, None
+
+
+def _activation_grad_setup(ctx, inputs, output):
+    _, saved, ctx.activation, ctx.negative_slope = inputs
+    ctx.save_for_backward(saved)
+
+
+def _activation_grad_backward(ctx, grad_grad):
+    """Linear in grad; act' is piecewise constant, so saved gets no gradient (as
+    torch's threshold_backward)."""
+    (saved,) = ctx.saved_tensors
+    return activation_grad_op(grad_grad, saved, ctx.activation, ctx.negative_slope), None, None, None
+
+
+activation_op = Operator("activation", activation_forward, fake=lambda x, a, s: torch.empty_like(_dense(x)),
+                         setup_context=_activation_setup, backward=_activation_backward)
+activation_inplace_op = Operator("activation_", activation_forward_, fake=lambda x, a, s: None,
+                                 mutates_args=("x",))
+activation_grad_op = Operator("activation_backward", activation_backward,
+                              fake=lambda g, saved, a, s: torch.empty_like(_dense(saved)),
+                              setup_context=_activation_grad_setup, backward=_activation_grad_backward)
+
+
+class _InplaceActivation(torch.autograd.Function):
+    """relu_ / leaky_relu_ in eager mode: writes x, marks it dirty, saves the
+    output (whose sign is the input's) for the backward."""
 
     @staticmethod
-    def forward(ctx, x, activation, negative_slope, inplace):
-        if inplace:
-            if is_dense(x):
-                activation_forward(x, activation, negative_slope, out=x)
-            else:
-                x.copy_(activation_forward(x, activation, negative_slope))
-            ctx.mark_dirty(x)
-            out = x
-        else:
-            out = activation_forward(x, activation, negative_slope)
-        # The output is saved in place of the input where the sign test agrees.
-        save_output = inplace or activation == ACT_RELU
-        ctx.save_for_backward(out if save_output else x)
-        ctx.activation, ctx.negative_slope, ctx.inplace = activation, negative_slope, inplace
-        return out
+    def forward(ctx, x, activation, negative_slope):
+        activation_forward_(x, activation, negative_slope)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x)
+        ctx.activation, ctx.negative_slope = activation, negative_slope
+        return x
 
     @staticmethod
     def backward(ctx, grad):
-        (saved,) = ctx.saved_tensors
-        if ctx.inplace and ctx.activation == ACT_LEAKY_RELU and ctx.negative_slope < 0:
+        if ctx.activation == ACT_LEAKY_RELU.value and ctx.negative_slope < 0:
             raise RuntimeError(
                 "In-place leakyReLu backward calculation is triggered with a negative slope which is "
                 "not supported. This is caused by calling in-place forward function with a negative "
                 "slope, please call out-of-place version instead.")
-        return ActivationGradFunction.apply(grad, saved, ctx.activation, ctx.negative_slope), None, None, None
+        return _activation_backward(ctx, grad)
 
 
-class ActivationGradFunction(torch.autograd.Function):
-    """grad * act'(saved), the backward of relu / leaky_relu as a Function of its
-    own so that double backward works: linear in grad, and act' is piecewise
-    constant, so saved gets no gradient (as torch's threshold_backward)."""
-
-    @staticmethod
-    def forward(ctx, grad, saved, activation, negative_slope):
-        ctx.save_for_backward(saved)
-        ctx.activation, ctx.negative_slope = activation, negative_slope
-        return activation_backward(grad, saved, activation, negative_slope)
-
-    @staticmethod
-    def backward(ctx, grad_grad):
-        (saved,) = ctx.saved_tensors
-        return ActivationGradFunction.apply(grad_grad, saved, ctx.activation, ctx.negative_slope), None, None, None
+def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
+    """x = act(x) in place; returns x. Traced with autograd, as torch's in-place
+    ops are functionalized: the functional operator, then a copy into x."""
+    if not tracing(x):
+        return _InplaceActivation.apply(x, activation, negative_slope)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return x.copy_(activation_op(x, activation, negative_slope))
+    activation_inplace_op(x, activation, negative_slope)
+    return x
 
 
-class PReLUFunction(torch.autograd.Function):
-    """prelu(x, weight); weight (1,) or (C,) with C = x.shape[1]."""
-
-    @staticmethod
-    def forward(ctx, x, weight):
-        ctx.save_for_backward(x, weight)
-        return prelu_forward(x, weight)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        grad_x, grad_w = PReLUGradFunction.apply(grad, x, weight)
-        return (grad_x if ctx.needs_input_grad[0] else None,
-                grad_w if ctx.needs_input_grad[1] else None)
+def _prelu_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
 
 
-class PReLUGradFunction(torch.autograd.Function):
-    """(grad_x, grad_weight) of prelu from the Triton backward kernel. Its own
-    backward (second derivatives: gradient penalties through a PReLU) is a few
-    elementwise torch ops and per-channel sums, which torch can differentiate
-    further."""
+def _prelu_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    grad_x, grad_w = prelu_grad_op(grad, x, weight)
+    return (grad_x if ctx.needs_input_grad[0] else None,
+            grad_w if ctx.needs_input_grad[1] else None)
 
-    @staticmethod
-    def forward(ctx, grad, x, weight):
-        ctx.save_for_backward(grad, x, weight)
-        return prelu_backward(grad, x, weight)
 
-    @staticmethod
-    def backward(ctx, grad_grad_x, grad_grad_w):
-        grad, x, weight = ctx.saved_tensors
-        channel_shape = [1] * x.dim()
-        if x.dim() >= 2 and weight.numel() > 1:
-            channel_shape[1] = -1
-        # torch's second-derivative formulas count x == 0 as positive (its first
-        # derivative counts it as negative); follow them.
-        negative = x < 0
-        d_grad = d_x = d_w = None
-        if grad_grad_x is not None:
-            d_grad = grad_grad_x * torch.where(negative, weight.reshape(channel_shape), 1)
-            dims = [d for d in range(x.dim()) if d != 1 or weight.numel() == 1]
-            d_w = torch.where(negative, grad_grad_x * grad, 0).sum(dims).reshape(weight.shape)
-        if grad_grad_w is not None:
-            spread = grad_grad_w.reshape(channel_shape)
-            d_x = torch.where(negative, spread * grad, 0)
-            from_w = torch.where(negative, spread * x, 0)
-            d_grad = from_w if d_grad is None else d_grad + from_w
-        return d_grad, d_x, d_w
+def _prelu_grad_setup(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
+    """Second derivatives of prelu in torch elementwise ops and per-channel sums,
+    which torch can differentiate further."""
+    grad, x, weight = ctx.saved_tensors
+    channel_shape = [1] * x.dim()
+    if x.dim() >= 2 and weight.numel() > 1:
+        channel_shape[1] = -1
+    # torch's second-derivative formulas count x == 0 as positive (its first
+    # derivative counts it as negative); follow them.
+    negative = x < 0
+    d_grad = d_x = d_w = None
+    if grad_grad_x is not None:
+        d_grad = grad_grad_x * torch.where(negative, weight.reshape(channel_shape), 1)
+        dims = [d for d in range(x.dim()) if d != 1 or weight.numel() == 1]
+        d_w = torch.where(negative, grad_grad_x * grad, 0).sum(dims).reshape(weight.shape)
+    if grad_grad_w is not None:
+        spread = grad_grad_w.reshape(channel_shape)
+        d_x = torch.where(negative, spread * grad, 0)
+        from_w = torch.where(negative, spread * x, 0)
+        d_grad = from_w if d_grad is None else d_grad + from_w
+    return d_grad, d_x, d_w
+
+
+prelu_op = Operator("prelu", prelu_forward, fake=lambda x, w: torch.empty_like(x),
+                    setup_context=_prelu_setup, backward=_prelu_backward)
+prelu_grad_op = Operator("prelu_backward", prelu_backward,
+                         fake=lambda g, x, w: (_prelu_grad_x_buffer(x).reshape(x.shape),
+                                                torch.empty(w.shape, dtype=w.dtype, device=w.device)),
+                         setup_context=_prelu_grad_setup, backward=_prelu_grad_backward)
 
 
 # ---------------------------------------------------------------------------

@@ -5,6 +5,9 @@ torch's own function where ``nnlib.backend(input)`` is "torch".
 """
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 import torch.nn.functional as F
 
@@ -12,14 +15,16 @@ from kernels import activation as _act
 from kernels import conv as _conv
 from kernels import norm as _norm
 from kernels import pool as _pool
+from kernels._library import tracing
 from kernels._runtime import backend, check_same_device
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
 
 
-def _on_torch_path(*tensors) -> bool:
-    return any(t is not None and backend(t) == "torch" for t in tensors)
+def _on_torch_path(input: torch.Tensor) -> bool:
+    """True when ``input`` takes torch's path (see ``nnlib.backend``)."""
+    return backend(input) == "torch"
 
 
 # ---------------------------------------------------------------------------
@@ -48,6 +53,14 @@ def _autocast(policy: str, input, *others):
                  for t in (input, *others))
 
 
+def _is_int(value) -> bool:
+    """An int as torch's argument parser takes one: a Python or numpy integer (bool
+    included), or an integer or bool tensor of one element."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not (value.is_floating_point() or value.is_complex())
+    return not isinstance(value, float) and hasattr(value, "__index__")
+
+
 # ---------------------------------------------------------------------------
 # Activations
 
@@ -66,12 +79,33 @@ def _check_activation_input(input, op: str, allow_integer: bool = False, check_d
                                   "use a floating-point tensor")
 
 
+def _check_inplace(input: torch.Tensor, op: str) -> None:
+    """What torch refuses before it writes ``input`` in place (RuntimeError): an
+    element stored for several (a stride-0 dim), and under grad mode a leaf that
+    requires grad or a view of one. The kernel must not run first: it would write.
+    (While tracing, torch.compile's functionalization and autograd check these.)"""
+    if tracing(input):
+        return
+    if input.numel() and any(stride == 0 and size > 1 for size, stride in zip(input.shape, input.stride())):
+        raise RuntimeError(f"{op}(): unsupported operation: more than one element of the written-to tensor refers "
+                           "to a single memory location. Please clone() the tensor before performing the operation.")
+    if torch.is_grad_enabled() and input.requires_grad:
+        if input.is_leaf:
+            raise RuntimeError(f"{op}(): a leaf Variable that requires grad is being used in an in-place operation.")
+        if input._is_view() and input._base.is_leaf:
+            raise RuntimeError(f"{op}(): a view of a leaf Variable that requires grad is being used in an in-place "
+                               "operation.")
+
+
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """max(input, 0), any shape and dtype torch accepts; ``inplace`` writes input."""
     _check_activation_input(input, "relu", allow_integer=True)
     if _on_torch_path(input):
         return F.relu(input, inplace=inplace)
-    return _act.ActivationFunction.apply(input, _act.ACTIVATIONS["relu"], 0.0, inplace)
+    if inplace:
+        _check_inplace(input, "relu")
+        return _act.activation_(input, _act.ACT_RELU.value, 0.0)
+    return _act.activation_op(input, _act.ACT_RELU.value, 0.0)
 
 
 def relu_(input: torch.Tensor) -> torch.Tensor:
@@ -79,12 +113,48 @@ def relu_(input: torch.Tensor) -> torch.Tensor:
     return relu(input, inplace=True)
 
 
+def _scalar(value, op: str, name: str):
+    """A Scalar argument as torch's parser takes it: a Python or numpy number, or a
+    0-d tensor that does not require grad (TypeError otherwise; OverflowError for
+    an integer past int64). Returns the Python number."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
+        value = value.item()
+    if not isinstance(value, numbers.Number):
+        raise TypeError(f"{op}(): argument '{name}' must be Number, not {type(value).__name__}")
+    if isinstance(value, numbers.Integral) and not -2**63 <= value < 2**63:
+        raise OverflowError(f"{op}(): argument '{name}' = {value} is too big to convert")
+    return value
+
+
+def _as_float32(value, op: str, name: str) -> float:
+    """A Scalar converted to the float the kernels compute in, as torch converts it
+    for float32 / float16 / bfloat16 tensors (RuntimeError for an imaginary part or
+    a finite value past float32's range)."""
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        if value.imag:
+            raise RuntimeError(f"{op}(): {name}={value} cannot be converted to type float without overflow")
+        value = value.real
+    value = float(value)
+    if math.isfinite(value) and abs(value) > torch.finfo(torch.float32).max:
+        raise RuntimeError(f"{op}(): {name}={value} cannot be converted to type float without overflow")
+    return value
+
+
 def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
-    """input where input > 0, else input * negative_slope; ``inplace`` writes input."""
-    _check_activation_input(input, "leaky_relu")
+    """input where input > 0, else input * negative_slope; ``inplace`` writes input.
+    torch's order of checks: argument types, in-place writability, dtype, the
+    slope's conversion."""
+    _check_activation_input(input, "leaky_relu", check_dtype=False)
+    slope = _scalar(negative_slope, "leaky_relu", "negative_slope")
     if _on_torch_path(input):
         return F.leaky_relu(input, negative_slope, inplace=inplace)
-    return _act.ActivationFunction.apply(input, _act.ACTIVATIONS["leaky_relu"], float(negative_slope), inplace)
+    if inplace:
+        _check_inplace(input, "leaky_relu")
+    _check_activation_input(input, "leaky_relu")
+    slope = _as_float32(slope, "leaky_relu", "negative_slope")
+    if inplace:
+        return _act.activation_(input, _act.ACT_LEAKY_RELU.value, slope)
+    return _act.activation_op(input, _act.ACT_LEAKY_RELU.value, slope)
 
 
 def leaky_relu_(input: torch.Tensor, negative_slope: float = 0.01) -> torch.Tensor:
@@ -113,20 +183,23 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     _check_activation_input(input, "prelu")
     if _on_torch_path(input):
         return F.prelu(input, weight)
-    return _act.PReLUFunction.apply(input, weight)
+    return _act.prelu_op(input, weight)
 
 
 # ---------------------------------------------------------------------------
 # Convolution
 
-def _conv_pair(value, name: str) -> tuple[int, int]:
-    """An int or a sequence of one or two ints as an (h, w) pair (torch's classes of
-    error: TypeError for a non-int, RuntimeError for a wrong length)."""
-    items = value if isinstance(value, (tuple, list, torch.Size)) else (value,)
-    # torch's argument parser: ints (or 0-d integer tensors); a bool only after the first.
-    if not items or isinstance(items[0], bool) or any(isinstance(i, float) or not hasattr(i, "__index__")
-                                                       for i in items):
+def _conv_ints(value, name: str) -> tuple:
+    """The items of an int or int-sequence argument; TypeError for anything else, as
+    torch's parser (ints or 0-d integer tensors; a bool only after the first)."""
+    items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,)
+    if (items and isinstance(items[0], bool)) or not all(_is_int(i) for i in items):
         raise TypeError(f"conv2d(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
+    return items
+
+
+def _conv_pair(items: tuple, name: str) -> tuple[int, int]:
+    """One or two ints as an (h, w) pair (RuntimeError for another length)."""
     if len(items) not in (1, 2):
         raise RuntimeError(f"conv2d(): expected {name} to be a single integer value or a list of 2 values to "
                            f"match the convolution dimensions, but got {name}={[int(i) for i in items]}")
@@ -145,15 +218,16 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     """torch's checks and exception classes; returns (stride, (top, left, bottom,
     right) padding, dilation, groups)."""
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
-        if t is not None and not isinstance(t, torch.Tensor):
+        if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
             raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
     # Argument types first (TypeError), as torch's parser, then values and shapes.
-    if isinstance(groups, (bool, float)) or not hasattr(groups, "__index__"):
+    if isinstance(groups, bool) or not _is_int(groups):
         raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
-    if not isinstance(padding, str):
-        _conv_pair(padding, "padding")
-    stride = _conv_pair(stride, "stride")
-    dilation = _conv_pair(dilation, "dilation")
+    items = {name: _conv_ints(value, name) for name, value in (("stride", stride), ("padding", padding),
+                                                              ("dilation", dilation))
+             if not (name == "padding" and isinstance(value, str))}
+    stride = _conv_pair(items["stride"], "stride")
+    dilation = _conv_pair(items["dilation"], "dilation")
     groups = int(groups)
     if input.dim() not in (3, 4):
         raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
@@ -179,7 +253,7 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
         else:
             raise RuntimeError(f"conv2d(): Invalid padding string: {padding!r}")
     else:
-        ph, pw = _conv_pair(padding, "padding")
+        ph, pw = _conv_pair(items["padding"], "padding")
         if min(ph, pw) < 0:
             raise RuntimeError(f"conv2d(): negative padding is not supported, got padding={(ph, pw)}")
         pad = (ph, pw, ph, pw)
@@ -228,7 +302,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return _torch_epilogue(out, activation, negative_slope)
     stride, pad, dilation, groups = _check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     x = input.unsqueeze(0) if input.dim() == 3 else input
-    if code == _act.ACT_LEAKY_RELU and negative_slope < 0:
+    if code == _act.ACT_LEAKY_RELU.value and negative_slope < 0:
         # The fused backward reads the output's sign, which a negative slope flips:
         # convolve, then apply leaky_relu (a Triton kernel too) on its own.
         out = leaky_relu(_conv.conv2d(x, weight, bias, stride, pad, dilation, groups), negative_slope)
@@ -253,7 +327,7 @@ def _pool_items(value, name: str) -> tuple:
     torch's parser)."""
     items = value if isinstance(value, (tuple, list, torch.Size)) else (value,)
     for item in items:
-        if isinstance(item, (bool, float)) or not hasattr(item, "__index__"):
+        if isinstance(item, bool) or not _is_int(item):
             raise TypeError(f"max_pool2d(): argument '{name}' must be tuple of ints, "
                             f"not {type(value).__name__}")
     return items
@@ -281,9 +355,10 @@ def _pool_activation(activation) -> int:
     return _act.activation_code(activation, "max_pool2d")
 
 
-def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> _pool.PoolParams:
+def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[list[int], ...]:
     """torch's checks, in torch's order and with its exception classes: argument
-    types first (TypeError), then lengths and values."""
+    types first (TypeError), then lengths and values. Returns (kernel, stride,
+    padding, dilation) as [h, w] lists."""
     default_stride = stride is None or (isinstance(stride, (tuple, list)) and not stride)
     items = {name: _pool_items(value, name) for name, value in
              (("kernel_size", kernel_size), ("stride", kernel_size if default_stride else stride),
@@ -320,7 +395,7 @@ def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) 
     if min(out) < 1:
         raise RuntimeError(f"max_pool2d(): given input size {list(input.shape[-2:])}, the calculated output "
                            f"size {out} is too small (kernel_size={kernel}, dilation={dilation})")
-    return _pool.PoolParams(kernel, stride, padding, dilation)
+    return list(kernel), list(stride), list(padding), list(dilation)
 
 
 def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1,
@@ -337,7 +412,7 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, paddi
         out, indices = F.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode, True)
         return (F.relu(out) if activation else out), indices
     params = _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-    return _pool.MaxPool2dFunction.apply(input, params, ceil_mode, True, True, code)
+    return _pool.max_pool2d_op(input, *params, ceil_mode, _pool.INDEX_FLAT, code)
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
@@ -356,8 +431,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
         out = F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
         return F.relu(out) if activation else out
     params = _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-    need_indices = torch.is_grad_enabled() and input.requires_grad
-    return _pool.MaxPool2dFunction.apply(input, params, ceil_mode, False, need_indices, code)[0]
+    index_mode = _pool.INDEX_LOCAL if torch.is_grad_enabled() and input.requires_grad else _pool.INDEX_NONE
+    return _pool.max_pool2d_op(input, *params, ceil_mode, index_mode, code)[0]
 
 
 # ---------------------------------------------------------------------------
@@ -415,7 +490,7 @@ def _check_numel(op: str, channels: int, **tensors) -> None:
 
 def _norm_activation(activation, negative_slope, op: str) -> int:
     code = _act.activation_code(activation, op)
-    if code == _act.ACT_LEAKY_RELU and not isinstance(negative_slope, (int, float)):
+    if code == _act.ACT_LEAKY_RELU.value and not isinstance(negative_slope, (int, float)):
         raise TypeError(f"{op}(): negative_slope must be a number, not {type(negative_slope).__name__}")
     return code
 

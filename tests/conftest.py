@@ -47,3 +47,17 @@ def _exact_fp32():
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# ---------------------------------------------------------------------------
+# Hypothesis budgets (tests/test_fuzz.py): "ci" for `make test` (a few examples,
+# a fixed seed, no example database); "fuzz" for `make fuzz` (HYPOTHESIS_PROFILE=fuzz:
+# many examples, random seeds). The interpreter is slow: no deadline, no too_slow check.
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+_SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
+settings.register_profile("ci", max_examples=10, derandomize=True, deadline=None, database=None,
+                          suppress_health_check=_SLOW, print_blob=True)
+settings.register_profile("fuzz", max_examples=400, deadline=None, database=None,
+                          suppress_health_check=_SLOW, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))

@@ -2,7 +2,8 @@
 sm_90 and sm_80 on this machine (no GPU needed), without register spills,
 under CI's triton and under triton 3.6 (torch 2.11's, the GPU machines'); GEMM
 kernels that ask for it use tensor cores (wgmma on sm_90, mma on sm_80), and
-the SASS figures a case expects (``CompileCase.expect``) hold.
+the SASS figures a case expects (``CompileCase.expect``; its ``"per_config"``
+entry, {config index: figures}, adds figures for single autotune configs) hold.
 
 Kernel modules list their specialisations in ``COMPILE_CASES``; the compiling
 happens in ``python -m kernels._compile``, in a subprocess without the
@@ -65,6 +66,12 @@ def expectation_failures(result: dict) -> list[str]:
         per = stats["instructions"] / max(stats["hgmma"], 1)
         if per > expect["max_instructions_per_hgmma"]:
             failures.append(f"{per:.0f} instructions per HGMMA > {expect['max_instructions_per_hgmma']}")
+    if "max_loop_instructions_per_hgmma" in expect:    # the main loop only: the issue slots per tensor-core op
+        loop = stats["main_loop"]
+        per = loop["instructions"] / loop["hgmma"] if loop["hgmma"] else float("inf")
+        if per > expect["max_loop_instructions_per_hgmma"]:
+            failures.append(f"main loop: {loop['instructions']} instructions for {loop['hgmma']} HGMMA "
+                            f"> {expect['max_loop_instructions_per_hgmma']} per HGMMA")
     return failures
 
 

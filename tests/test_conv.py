@@ -16,6 +16,8 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as TF
+import triton
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import nnlib
 import nnlib.functional as F
@@ -189,9 +191,9 @@ def test_aligned_channels_last(dtype, device):
 _PRUNE_CHECK = """
 import json
 from kernels.conv import _gemm as g
-pairs = [(g.conv_fwd_gemm[0], g.FWD_CONFIGS, g.UNALIGNED_CONFIGS),
-         (g.conv_dgrad_gemm[1], g.FP32_CONFIGS, g.FP32_UNALIGNED_CONFIGS),
-         (g.conv_wgrad_flat[0], g.FLAT_CONFIGS, g.FLAT_UNALIGNED_CONFIGS)]
+pairs = [(g.conv_fwd_gemm.half, g.FWD_CONFIGS, g.UNALIGNED_CONFIGS),
+         (g.conv_dgrad_gemm.fp32, g.FP32_CONFIGS, g.FP32_UNALIGNED_CONFIGS),
+         (g.conv_wgrad_gemm.half, g.WGRAD_CONFIGS, g.UNALIGNED_CONFIGS)]
 result = []
 for tuned, aligned, unaligned in pairs:
     tuned.nargs = {}
@@ -211,16 +213,106 @@ def test_unaligned_channels_tune_over_their_own_tiles():
     assert json.loads(proc.stdout.splitlines()[-1]) == [[True, True]] * 3
 
 
-def test_weight_grad_is_deterministic(device):
-    """The weight and bias gradients reduce over several splits of N*P*Q through
-    fp32 partials and a fixed-order second pass: bitwise reproducible."""
-    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[0]
-    x, w, b = _inputs(2, C, H, W, K, kernel, groups, torch.float32, device)
-    y = F.conv2d(x, w, b, stride, padding, dilation, groups)
+# Tiny geometries of the three paths (same fields as GEOMETRIES).
+SMALL = [("gemm", 1, 16, 5, 6, 16, (3, 3), 1, 1, 1, 1, (G, G, G)),
+         ("flat", 1, 3, 7, 6, 16, (3, 3), 2, 1, 1, 1, (FL, D, FL)),
+         ("direct", 1, 4, 6, 5, 4, (3, 3), 1, 1, 1, 4, (D, D, D))]
+
+
+@pytest.mark.parametrize("geometry,activation", [(SMALL[0], None), (SMALL[1], "relu"), (SMALL[2], None)],
+                         ids=[g[0] for g in SMALL])
+def test_split_reductions(geometry, activation, device, monkeypatch):
+    """Every reduction split three ways (the GPU splits small grids; the interpreter
+    only when forced): forward and input gradient over k-steps, weight and bias
+    gradients over pixels (some splits empty), each summed in the kernel by the
+    tile's last program in split order (deterministic by construction: the
+    interpreter runs programs in order, so a run-to-run check could not fail)."""
+    from kernels.conv import ops
+    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, paths = geometry
+    assert tuple(conv_paths(C, K, groups).values()) == paths
+    x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
+    ours, reference = _conv_fns(stride, padding, dilation, groups, activation)
+    check_op(ours, reference, [x, w, b], "conv")
+
+
+@pytest.mark.parametrize("N,C,H,W,padding", [(2, 16, 6, 20, 1), (2, 16, 4, 5, 0), (3, 16, 5, 5, 0), (2, 3, 6, 5, 1)],
+                         ids=["q-wraps", "p-wraps", "n-steps", "flat"])
+def test_weight_grad_pixel_walk(N, C, H, W, padding, device, monkeypatch):
+    """The weight-gradient GEMM walks N*P*Q pixels BLOCK_K at a time, advancing
+    (n, p, q) by carries: with 16-pixel steps, steps shorter than a row, longer
+    than a row and longer than an image (3x3 taps, output rows of 20, 3 and 5)."""
+    from kernels.conv import _gemm
+    for tuned in (*_gemm.conv_wgrad_gemm, *_gemm.conv_wgrad_flat):
+        config = tuned.configs[0]
+        monkeypatch.setattr(tuned, "configs", [triton.Config({**config.kwargs, "BLOCK_K": 16}, num_warps=4)])
+    x = torch.randn(N, C, H, W, device=device)
+    w = (torch.randn(16, C, 3, 3) / 12).to(device).requires_grad_(True)
+    y = F.conv2d(x, w, None, 1, padding)
     g = torch.randn_like(y)
-    first = torch.autograd.grad(y, (w, b), g, retain_graph=True)
-    second = torch.autograd.grad(y, (w, b), g)
-    assert all(torch.equal(a, c) for a, c in zip(first, second))
+    (dw,) = torch.autograd.grad(y, (w,), g)
+    wr = w.detach().double().cpu().requires_grad_(True)
+    (dwr,) = torch.autograd.grad(TF.conv2d(x.double().cpu(), wr, None, 1, padding), (wr,), g.double().cpu())
+    assert_close(dw, dwr, torch.float32, "conv")
+
+
+class _TorchOps(TorchDispatchMode):
+    """Records the aten ops that run outside Triton launches (the interpreter's own
+    host copies inside a launch do not count)."""
+
+    def __init__(self, in_launch):
+        super().__init__()
+        self.in_launch, self.ops = in_launch, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.in_launch[0]:
+            self.ops.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+_ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "detach"}
+
+
+@pytest.mark.parametrize("geometry", [SMALL[0], SMALL[2]], ids=["gemm", "direct"])
+def test_launch_budget(geometry, device, monkeypatch):
+    """conv2d with bias and relu on a channels_last input: the forward is one
+    launch, the backward (input, weight and bias gradients) three (activation and
+    bias gradient, input gradient, weight gradient: the split reductions finish in
+    the kernels), and around them torch only allocates: no copy, no zero fill, no
+    partial sum, no cast."""
+    from kernels._reduce import tickets
+    from kernels.conv import ops
+    in_launch = [False]
+
+    def launch(*args, **kwargs):
+        in_launch[0] = True
+        try:
+            return real_launch(*args, **kwargs)
+        finally:
+            in_launch[0] = False
+    real_launch = ops.launch
+    monkeypatch.setattr(ops, "launch", launch)
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = geometry
+    x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device, "channels_last")
+    tickets(torch.device(device), 1)              # the ticket buffer, zero-filled once per process
+    with count_launches() as launches, _TorchOps(in_launch) as torch_ops:
+        y = F.conv2d(x, w, b, stride, padding, dilation, groups, activation="relu")
+    assert launches.total == 1 and set(torch_ops.ops) <= _ALLOCATIONS, (launches, torch_ops.ops)
+    g = torch.randn_like(y)
+    with count_launches() as launches, _TorchOps(in_launch) as torch_ops:
+        torch.autograd.grad(y, (x, w, b), g)
+    assert launches.total == 3 and set(torch_ops.ops) <= _ALLOCATIONS, (launches, torch_ops.ops)
+
+
+def test_split_count():
+    """The split policy: splits only a grid smaller than wanted, keeps min_steps
+    k-steps per split, obeys the cap."""
+    from kernels.conv.ops import split_count
+    assert split_count(264, 52, 72, 8) == 6          # 7x7 layer: 52 tiles -> 312 programs
+    assert split_count(264, 300, 72, 8) == 1         # a full grid is not split
+    assert split_count(264, 52, 20, 8) == 2          # short reductions split less
+    assert split_count(264, 52, 72, 8, cap=3) == 3
+    assert split_count(264, 52, 72, 8, cap=0) == 1
 
 
 def test_tf32_policy(device):

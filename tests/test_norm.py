@@ -16,6 +16,7 @@ import nnlib
 import nnlib.functional as F
 from kernels.norm import _plan as norm_plan
 from kernels.norm import ops as norm_ops
+from kernels._reduce import tickets
 from kernels._runtime import count_launches, needs_int64
 from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, make_input
 
@@ -485,7 +486,7 @@ def test_launch_and_device_op_budgets(name, monkeypatch, device):
         torch.autograd.grad(y, inputs, dy)
     assert forward.total == fwd_budget and not forward_ops, (forward, forward_ops)
     assert backward.total == bwd_budget and not backward_ops, (backward, backward_ops)
-    assert not norm_plan.ticket_counters(x.device, 1).any(), "a ticket counter was left non-zero"
+    assert not tickets(x.device, 1).any(), "a ticket counter was left non-zero"
     norm_plan.set_plan.cache_clear()
 
 

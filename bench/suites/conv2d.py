@@ -1,12 +1,17 @@
 """conv2d against cuDNN: forward, input gradient and weight gradient.
 
-Sets: the 23 distinct convolutions of ResNet-50 (batch 32, 224x224 input),
-VGG-16's 3x3 convolutions (batch 16), dilated 3x3 (dilation 2, 4, 8; 256
-channels at 64x64 and 512 at 32x32, batch 8), MobileNet-v2's depthwise 3x3
-(batch 32), and conv + bias + ReLU fused against torch's conv followed by relu.
-NCHW and channels_last (input and weight), fp32 (same tf32 policy on both sides:
-torch.backends.cudnn.allow_tf32), fp16, bf16. ``flops`` is 2*N*K*P*Q*(C/groups)*R*S
-for every pass, so the report gives TFLOP/s and % of the measured bf16 matmul rate.
+Sets: the 23 distinct convolutions of ResNet-50 (batch 32, 224x224 input; the
+first is the 7x7 stride-2 RGB stem), the stems alone (ResNet-50's and VGG-16's
+3-channel first layers), VGG-16's 3x3 convolutions (batch 16), dilated 3x3
+(dilation 2, 4, 8; 256 channels at 64x64 and 512 at 32x32, batch 8),
+MobileNet-v2's depthwise 3x3 (batch 32), and conv + bias + ReLU fused against
+torch's conv followed by relu. NCHW and channels_last (input and weight), fp32
+(same tf32 policy on both sides: torch.backends.cudnn.allow_tf32), fp16, bf16.
+``flops`` is 2*N*K*P*Q*(C/groups)*R*S for every pass, so the report gives
+TFLOP/s and % of the bf16 matmul rate measured in the same run, and the
+speedup against cuDNN (torch with cudnn.benchmark). Targets on an H100 (issue
+11): geomean >= 0.9x cuDNN forward, >= 0.7x input and weight gradient, >= 1.5x
+on dilated and depthwise.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ RESNET50 = [
 VGG16 = [(3, 224, 64), (64, 224, 64), (64, 112, 128), (128, 112, 128), (128, 56, 256), (256, 56, 256),
          (256, 28, 512), (512, 28, 512), (512, 14, 512)]
 DILATED = [(256, 64), (512, 32)]
+STEMS = [(3, 224, 64, 7, 2, 3), (3, 224, 64, 3, 1, 1)]      # ResNet-50's, VGG-16's
 # MobileNet-v2 depthwise 3x3: (channels, input size, stride).
 DEPTHWISE = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 2),
              (384, 14, 1), (576, 14, 1), (576, 14, 2), (960, 7, 1)]
@@ -91,6 +97,7 @@ def _setup(spec: Spec, dtype, layout, device, pass_name):
 
 def _gpu_specs():
     specs = [("resnet50", Spec(32, c, h, k, r, s, p)) for c, h, k, r, s, p in RESNET50]
+    specs += [("stem", Spec(32, c, h, k, r, s, p)) for c, h, k, r, s, p in STEMS]
     specs += [("vgg16", Spec(16, c, h, k, 3, 1, 1)) for c, h, k in VGG16]
     specs += [("dilated", Spec(8, c, h, c, 3, 1, d, d)) for c, h in DILATED for d in (2, 4, 8)]
     specs += [("depthwise", Spec(32, c, h, c, 3, s, 1, groups=c)) for c, h, s in DEPTHWISE]
@@ -98,18 +105,24 @@ def _gpu_specs():
     return specs
 
 
-# --quick: bf16 channels_last, a few shapes per set and pass (about a dozen cases).
+# --quick: bf16, a few shapes per set and pass (about twenty cases), channels_last
+# unless marked NCHW.
 QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6, "forward"),
-         ("resnet50", 22, "forward"), ("resnet50", 0, "forward"), ("dilated", 4, "forward"),
-         ("depthwise", 2, "forward"), ("fused-bias-relu", 2, "forward"),
-         ("resnet50", 2, "input_grad"), ("resnet50", 22, "input_grad"),
-         ("resnet50", 2, "weight_grad"), ("resnet50", 15, "weight_grad"), ("depthwise", 2, "weight_grad")]
+         ("resnet50", 22, "forward"), ("resnet50", 10, "forward", "contiguous"), ("stem", 0, "forward"),
+         ("dilated", 0, "forward"), ("dilated", 4, "forward"), ("depthwise", 2, "forward"),
+         ("fused-bias-relu", 2, "forward"),
+         ("resnet50", 2, "input_grad"), ("resnet50", 22, "input_grad"), ("dilated", 0, "input_grad"),
+         ("depthwise", 2, "input_grad"),
+         ("resnet50", 2, "weight_grad"), ("resnet50", 15, "weight_grad"), ("resnet50", 22, "weight_grad"),
+         ("stem", 0, "weight_grad"), ("depthwise", 2, "weight_grad")]
 
 
 def _cpu_specs():
-    return [("resnet50", Spec(2, 16, 9, 20, 3, 1, 1)), ("resnet50", Spec(2, 3, 11, 16, 5, 2, 2)),
-            ("dilated", Spec(1, 16, 10, 16, 3, 1, 2, 2)), ("depthwise", Spec(2, 8, 9, 8, 3, 2, 1, groups=8)),
-            ("fused-bias-relu", Spec(2, 16, 7, 16, 3, 1, 1, bias=True, relu=True))]
+    """(set, spec, every pass?) on small shapes for the interpreter check."""
+    return [("resnet50", Spec(2, 16, 9, 20, 3, 1, 1), True), ("stem", Spec(2, 3, 11, 16, 5, 2, 2), True),
+            ("dilated", Spec(1, 16, 10, 16, 3, 1, 2, 2), False),
+            ("depthwise", Spec(2, 8, 9, 8, 3, 2, 1, groups=8), True),
+            ("fused-bias-relu", Spec(2, 16, 7, 16, 3, 1, 1, bias=True, relu=True), False)]
 
 
 def _case(set_name, spec, dtype, layout, pass_name, device):
@@ -121,13 +134,14 @@ def _case(set_name, spec, dtype, layout, pass_name, device):
 def cases(device: str, quick: bool) -> list[Case]:
     if device != "cuda":
         return [_case(s, spec, torch.float32, "contiguous" if i % 2 else "channels_last", p, device)
-                for i, (s, spec) in enumerate(_cpu_specs()) for p in PASSES if p == "forward" or i < 2]
+                for i, (s, spec, every_pass) in enumerate(_cpu_specs()) for p in PASSES if p == "forward" or every_pass]
     specs = _gpu_specs()
     if quick:
         by_set: dict = {}
         for name, spec in specs:
             by_set.setdefault(name, []).append(spec)
-        return [_case(name, by_set[name][i], torch.bfloat16, "channels_last", p, device) for name, i, p in QUICK]
+        return [_case(name, by_set[name][i], torch.bfloat16, (*layout, "channels_last")[0], p, device)
+                for name, i, p, *layout in QUICK]
     return [_case(name, spec, dtype, layout, p, device)
             for name, spec in specs for p in PASSES
             for dtype in (torch.float32, torch.float16, torch.bfloat16)

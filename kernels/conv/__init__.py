@@ -1,7 +1,8 @@
 """conv2d in Triton: implicit-GEMM forward, input gradient and weight gradient,
 direct kernels for few channels per group, fused bias + activation epilogue.
 
-* ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, split-K wgrad).
+* ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, wgrad), each
+  with an in-kernel split of the reduction for small grids.
 * ``_direct``: depthwise / small-channel kernels and the backward epilogue.
 * ``ops``: path choice, launchers, ``Conv2dFunction`` and ``conv2d``.
 """
@@ -29,40 +30,73 @@ def _strides(prefix, axes):
     return tuple(f"stride_{prefix}{a}" for a in axes)
 
 
+# SASS budgets of the largest tile of the 16-bit aligned GEMM cases on sm_90
+# (config 0: 128x128x64, 8 warps; FLAT forward: 128x64x32): two programs fit an
+# SM (<= 128 registers) and the main loop's instructions per warp per HGMMA
+# (4 HGMMA per 64-deep k-step).
+_GEMM_EXPECT = {
+    "forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 50},
+    "stem": {"max_loop_instructions_per_hgmma": 150},      # FLAT forward: 3x the forward's budget
+    "input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 50},
+    "weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 67},
+}
+
+
+def _gemm_variants():
+    """(label, dtype, ALLOW_TF32, VEC) of the GEMM specialisations compiled: each
+    config list once per arch and triton. fp16 and bf16 compile alike, so bf16
+    takes the aligned lists (VEC 8, with the SASS budgets) and fp16 the VEC = 1
+    lists; fp32 compiles apart for tf32 (wgmma) and exact fp32 (FMA), aligned
+    (VEC 4), and its VEC = 1 list once, exact."""
+    return [("bf16", "bf16", True, 8), ("fp16,vec1", "fp16", True, 1), ("fp32,tf32", "fp32", True, 4),
+            ("fp32,ieee", "fp32", False, 4), ("fp32,ieee,vec1", "fp32", False, 1)]
+
+
 def _compile_cases():
-    """Every conv kernel, fp16 / bf16 / fp32 (tf32 and exact). GEMM cases are the
-    GPU path's specialisation: channels_last operands and outputs (channel strides
-    of 1), with 16-byte aligned channel counts (VEC 8 / 4) and, for fp16 and fp32,
-    without (VEC 1, which tunes over its own smaller tiles)."""
+    """Every conv kernel. GEMM cases are the GPU path's specialisation:
+    channels_last operands and outputs (channel strides of 1), channel counts and
+    strides divisible by 16 when aligned (``_gemm_variants``). Direct kernels
+    compute in fp32 whatever the storage, so one storage dtype (bf16) stands
+    for the three."""
     cases = []
-    # (dtype, ALLOW_TF32): fp32 runs on tf32 tensor cores or exact FMA per cudnn.allow_tf32.
-    gemm_variants = [(dt, tf32, vec) for dt, tf32 in (("fp16", True), ("bf16", True), ("fp32", True), ("fp32", False))
-                     for vec in ((4 if dt == "fp32" else 8),) + ((1,) if dt != "bf16" else ())]
-    for dt, tf32, vec in gemm_variants:
-        label = dt + ("" if dt != "fp32" else ",tf32" if tf32 else ",ieee") + (",vec1" if vec == 1 else "")
+    for label, dt, tf32, vec in _gemm_variants():
         mma = dict(ALLOW_TF32=tf32, DOT_UPCAST=False)
+        half = dt != "fp32"
+
+        def gemm_case(tuned, sig, constexprs, divisible, pass_name, case_label):
+            kernel = tuned.half if half else tuned.fp32
+            if constexprs.get("FLAT"):
+                pass_name = "stem" if pass_name == "forward" else None
+            main = vec > 1 and half and pass_name is not None
+            return CompileCase(kernel, sig, {**constexprs, **mma}, tensor_cores=tf32, label=case_label,
+                               divisible=divisible if vec > 1 else (),
+                               expect={"per_config": {0: _GEMM_EXPECT[pass_name]}} if main else {})
         for flat in (False, True):
             sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
+                   "part_ptr": "*fp32", "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
                    **_ints(*_strides("x", "nhw"), *_strides("w", "krs"), *_strides("y", "nhw")),
                    "negative_slope": "fp32"}
-            cases.append(CompileCase((conv_fwd_flat if flat else conv_fwd_gemm)[dt == "fp32"], sig,
-                                     dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec,
-                                          stride_xc=1, stride_wc=1, stride_yc=1, **mma),
-                                     tensor_cores=tf32, label=f"{label},flat={int(flat)}"))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "part_ptr": "*fp32",
-                   **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "chunk"),
-                   **_ints(*_strides("dy", "npq"), *_strides("x", "nhw"), *_strides("p", "skrt"))}
-            cases.append(CompileCase((conv_wgrad_flat if flat else conv_wgrad_gemm)[dt == "fp32"], sig,
-                                     dict(FLAT=flat, VEC=vec, stride_dyk=1, stride_xc=1, stride_pc=1, **mma),
-                                     tensor_cores=tf32, label=f"{label},flat={int(flat)}"))
-        sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
+            divisible = ("Kg", *_strides("y", "nhw")) + (() if flat else ("Cg", *_strides("x", "nhw"),
+                                                                          *_strides("w", "krs")))
+            cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, sig,
+                                   dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec,
+                                        stride_xc=1, stride_wc=1, stride_yc=1),
+                                   divisible, "forward", f"{label},flat={int(flat)}"))
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+                   **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
+                   **_ints("stride_dym", *_strides("x", "nhw"), *_strides("dw", "kcrs"))}
+            divisible = ("Kg", "stride_dym") + (() if flat else ("Cg", *_strides("x", "nhw")))
+            cases.append(gemm_case(conv_wgrad_flat if flat else conv_wgrad_gemm, sig,
+                                   dict(FLAT=flat, VEC=vec, stride_dyk=1, stride_xc=1),
+                                   divisible, "weight_grad", f"{label},flat={int(flat)}"))
+        sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
                **_ints(*_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))}
-        cases.append(CompileCase(conv_dgrad_gemm[dt == "fp32"], sig,
-                                 dict(VEC=vec, stride_dyk=1, stride_wc=1, stride_dxc=1, **mma),
-                                 tensor_cores=tf32, label=label))
-    for dt in ("fp16", "bf16", "fp32"):
+        divisible = ("Cg", "Kg", *_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))
+        cases.append(gemm_case(conv_dgrad_gemm, sig, dict(VEC=vec, stride_dyk=1, stride_wc=1, stride_dxc=1),
+                               divisible, "input_grad", label))
+    for dt in ("bf16",):
         for block_m, block_n in ((32, 32), (256, 4)):      # the GPU tiles of ops._direct_tiles
             direct = dict(BLOCK_M=block_m, BLOCK_N=block_n)
             tile = f"{dt},{block_m}x{block_n}"
@@ -70,18 +104,18 @@ def _compile_cases():
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
                    **_ints(*_strides("x", "nchw"), *_strides("w", "kcrs"), *_strides("y", "nchw")),
                    "negative_slope": "fp32"}
-            cases.append(CompileCase(_conv_fwd_direct_kernel, sig, dict(HAS_BIAS=True, ACTIVATION=ACT_LEAKY_RELU.value, **direct),
-                                     label=tile))
+            cases.append(CompileCase(_conv_fwd_direct_kernel, sig,
+                                     dict(HAS_BIAS=True, ACTIVATION=ACT_LEAKY_RELU.value, **direct), label=tile))
             sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
                    **_ints(*_DIMS, "C", "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
                    **_ints(*_strides("dy", "nkpq"), *_strides("w", "kcrs"), *_strides("dx", "nchw"))}
             cases.append(CompileCase(_conv_dgrad_direct_kernel, sig, direct, label=tile))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "part_ptr": "*fp32",
-                   **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV, "chunk"),
-                   **_ints(*_strides("dy", "nkpq"), *_strides("x", "nchw"), *_strides("p", "skcrt"))}
-            cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, direct, label=tile))
-        sig = {"dy_ptr": f"*{dt}", "y_ptr": f"*{dt}", "g_ptr": f"*{dt}", "part_ptr": "*fp32",
-               **_ints("N", "K", "P", "Q", "chunk"), "negative_slope": "fp32",
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+                   **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
+                   **_ints(*_strides("dy", "nkpq"), *_strides("x", "nchw"), *_strides("dw", "kcrs"))}
+            cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **direct), label=tile))
+        sig = {"dy_ptr": f"*{dt}", "y_ptr": f"*{dt}", "g_ptr": f"*{dt}", "db_ptr": f"*{dt}", "part_ptr": "*fp32",
+               "ticket_ptr": "*i32", **_ints("N", "K", "P", "Q"), "negative_slope": "fp32",
                **_ints(*_strides("dy", "nkpq"), *_strides("y", "nkpq"), *_strides("g", "nkpq"))}
         cases.append(CompileCase(_conv_bwd_epilogue_kernel, sig,
                                  dict(ACTIVATION=ACT_LEAKY_RELU.value, HAS_BIAS=True, BLOCK_M=32, BLOCK_N=32), label=dt))

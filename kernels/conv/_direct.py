@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 
 from ..activation import activation_grad
-from ._gemm import _store_output, _stride_phase
+from .._reduce import sum_splits
+from ._gemm import _split_steps, _store_output, _stride_phase
 
 
 @triton.jit
@@ -77,8 +78,8 @@ def _conv_dgrad_direct_kernel(
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     phase = tl.program_id(2)
-    h0, Hp, r0, n_r, dp0, dstep_h = _stride_phase(phase // stride_w, H, pad_h, stride_h, dil_h, R, step_r)
-    w0, Wp, s0, n_s, dq0, dstep_w = _stride_phase(phase % stride_w, W, pad_w, stride_w, dil_w, S, step_s)
+    first_h, Hp, r0, n_r, dp0, dstep_h = _stride_phase(phase // stride_w, H, pad_h, stride_h, dil_h, R, step_r)
+    first_w, Wp, s0, n_s, dq0, dstep_w = _stride_phase(phase % stride_w, W, pad_w, stride_w, dil_w, S, step_s)
     M = N * Hp * Wp
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -109,87 +110,89 @@ def _conv_dgrad_direct_kernel(
                       mask=mask_rows[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
         wv = tl.load(w_cols + kk * stride_wk + r * stride_wr + s * stride_ws, mask=mask_n, other=0.0).to(tl.float32)
         acc += dyv * wv[None, :]
-    h = h0 + i * stride_h
-    w = w0 + j * stride_w
-    dx_rows = n.to(tl.int64) * stride_dxn + h.to(tl.int64) * stride_dxh + w.to(tl.int64) * stride_dxw
+    ih = first_h + i * stride_h
+    iw = first_w + j * stride_w
+    dx_rows = n.to(tl.int64) * stride_dxn + ih.to(tl.int64) * stride_dxh + iw.to(tl.int64) * stride_dxw
     dx_ptrs = dx_ptr + dx_rows[:, None] + offs_n[None, :].to(tl.int64) * stride_dxc
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
 
 
 @triton.jit
 def _conv_wgrad_direct_kernel(
-        dy_ptr, x_ptr, part_ptr,
+        dy_ptr, x_ptr, dw_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, K, Cg, Kg, R, S,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, chunk,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_xn, stride_xc, stride_xh, stride_xw,
-        stride_ps, stride_pk, stride_pc, stride_pr, stride_pt,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dy: (N, K, P, Q); x: (N, C, H, W); part: (splits, K, Cg, R, S) fp32; strides.
-    Program (tap * k_tiles + k_tile, split), tap = (r*S + s)*Cg + c: part[split, k,
-    c, r, s] for BLOCK_N output channels k, summed over the split's pixels
-    [split*chunk, (split+1)*chunk) of N*P*Q, BLOCK_M at a time."""
+        stride_dwk, stride_dwc, stride_dwr, stride_dws,
+        TAPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dy: (N, K, P, Q); x: (N, C, H, W); dw: (K, Cg, R, S) in the weight dtype;
+    strides; part / ticket: the split workspace (``sum_splits``). Program
+    (c * k_tiles + k_tile, 0, split): dw[k, c, r, s] for BLOCK_N output channels k
+    and every tap (TAPS >= R*S, a power of two), summed over the N*P*Q pixels
+    BLOCK_M at a time, the pixels split over grid axis 2. Each block of dy is read
+    once for all taps; the taps' blocks of x overlap (cache hits)."""
     pid = tl.program_id(0)
-    split = tl.program_id(1)
     k_tiles = tl.cdiv(K, BLOCK_N)
-    tap = pid // k_tiles
-    c = tap % Cg
-    r = tap // Cg // S
-    s = (tap // Cg) % S
+    c = pid // k_tiles
     offs_n = (pid % k_tiles) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < K
+    taps = tl.arange(0, TAPS)
     dy_cols = offs_n.to(tl.int64) * stride_dyk
-    x_cols = ((offs_n // Kg * Cg + c).to(tl.int64) * stride_xc
-              + (r * dil_h - pad_h).to(tl.int64) * stride_xh + (s * dil_w - pad_w).to(tl.int64) * stride_xw)
+    x_cols = (offs_n // Kg * Cg + c).to(tl.int64) * stride_xc
     PQ = P * Q
-    start = split * chunk
-    end = tl.minimum(start + chunk, N * PQ)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for m0 in range(start, end, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        mask_m = offs_m < end
+    first, end = _split_steps(tl.cdiv(N * PQ, BLOCK_M))
+    acc = tl.zeros((TAPS, BLOCK_N), dtype=tl.float32)
+    for step in range(first, end):
+        offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask_m = offs_m < N * PQ
         n = offs_m // PQ
         p = (offs_m % PQ) // Q
         q = offs_m % Q
-        ih = p * stride_h + (r * dil_h - pad_h)
-        iw = q * stride_w + (s * dil_w - pad_w)
-        mask_x = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         dy_rows = n.to(tl.int64) * stride_dyn + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
         dyv = tl.load(dy_ptr + dy_rows[:, None] + dy_cols[None, :],
                       mask=mask_m[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        x_rows = n.to(tl.int64) * stride_xn + (p * stride_h).to(tl.int64) * stride_xh \
-            + (q * stride_w).to(tl.int64) * stride_xw
-        xv = tl.load(x_ptr + x_rows[:, None] + x_cols[None, :],
-                     mask=mask_x[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        acc += dyv * xv
-    part_ptrs = (part_ptr + split.to(tl.int64) * stride_ps + offs_n.to(tl.int64) * stride_pk
-                 + c * stride_pc + r * stride_pr + s * stride_pt)
-    tl.store(part_ptrs, tl.sum(acc, axis=0), mask=mask_n)
+        ih0 = p * stride_h - pad_h
+        iw0 = q * stride_w - pad_w
+        x_rows = x_ptr + n.to(tl.int64) * stride_xn + ih0.to(tl.int64) * stride_xh + iw0.to(tl.int64) * stride_xw
+        for tap in range(0, R * S):
+            r = tap // S
+            s = tap % S
+            ih = ih0 + r * dil_h
+            iw = iw0 + s * dil_w
+            mask_x = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            xv = tl.load(x_rows[:, None] + (r * dil_h * stride_xh + s * dil_w * stride_xw) + x_cols[None, :],
+                         mask=mask_x[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
+            acc += tl.where(taps[:, None] == tap, tl.sum(dyv * xv, axis=0)[None, :], 0.0)
+    done = tl.num_programs(2) == 1
+    if not done:
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, TAPS, BLOCK_N)
+    if done:
+        dw_ptrs = dw_ptr + offs_n[None, :].to(tl.int64) * stride_dwk \
+            + (c * stride_dwc + taps // S * stride_dwr + taps % S * stride_dws)[:, None]
+        tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=(taps < R * S)[:, None] & mask_n[None, :])
 
 
 @triton.jit
 def _conv_bwd_epilogue_kernel(
-        dy_ptr, y_ptr, g_ptr, part_ptr,
-        N, K, P, Q, chunk, negative_slope,
+        dy_ptr, y_ptr, g_ptr, db_ptr, part_ptr, ticket_ptr,
+        N, K, P, Q, negative_slope,
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_yn, stride_yk, stride_yp, stride_yq,
         stride_gn, stride_gk, stride_gp, stride_gq,
         ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """dy, y (the saved output), g: (N, K, P, Q) through strides; part: (splits, K)
-    fp32. Program (k_tile, split), over the split's pixels [split*chunk,
-    (split+1)*chunk) of N*P*Q: g = dy * act'(y) when ACTIVATION, and when HAS_BIAS
-    the partial bias gradient part[split, k] = sum of g (fp32)."""
-    pid_n = tl.program_id(0)
-    split = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    """dy, y (the saved output), g: (N, K, P, Q) through strides; db: (K,) in the
+    bias dtype; part / ticket: the split workspace (``sum_splits``). Program
+    (k_tile, 0, split), over its split of the N*P*Q pixels: g = dy * act'(y) when
+    ACTIVATION, and when HAS_BIAS db[k] = sum of g (fp32, in split order)."""
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < K
     PQ = P * Q
-    start = split * chunk
-    end = tl.minimum(start + chunk, N * PQ)
+    first, end = _split_steps(tl.cdiv(N * PQ, BLOCK_M))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for m0 in range(start, end, BLOCK_M):
-        offs_m = m0 + tl.arange(0, BLOCK_M)
-        mask = (offs_m < end)[:, None] & mask_n[None, :]
+    for step in range(first, end):
+        offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
+        mask = (offs_m < N * PQ)[:, None] & mask_n[None, :]
         n = (offs_m // PQ).to(tl.int64)[:, None]
         p = ((offs_m % PQ) // Q).to(tl.int64)[:, None]
         q = (offs_m % Q).to(tl.int64)[:, None]
@@ -205,4 +208,9 @@ def _conv_bwd_epilogue_kernel(
         if HAS_BIAS:
             acc += grad                       # masked lanes hold 0
     if HAS_BIAS:
-        tl.store(part_ptr + split.to(tl.int64) * K + offs_n, tl.sum(acc, axis=0), mask=mask_n)
+        total = tl.sum(acc, axis=0)[None, :]
+        done = tl.num_programs(2) == 1
+        if not done:
+            total, done = sum_splits(total, part_ptr, ticket_ptr, 1, BLOCK_N)
+        if done:
+            tl.store(db_ptr + offs_n[None, :], total.to(db_ptr.dtype.element_ty), mask=mask_n[None, :])

@@ -8,32 +8,49 @@ Shapes use one letter per axis: input x (N, C, H, W), weight w (K, C/G, R, S),
 output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
 
 * forward: M = N*P*Q output pixels, N = Kg output channels, reduction over
-  (r, s, c). Blocked mode walks taps (r, s) and blocks of BLOCK_K channels
-  (Cg >= 16); ``FLAT`` mode decodes (r, s, c) per column so a handful of input
-  channels (the RGB stem) fill the tiles.
+  (r, s, c). Blocked mode walks taps (r, s) and, inside each, blocks of
+  BLOCK_K channels (Cg >= 16). ``FLAT`` mode (a handful of input channels: the
+  RGB stem) walks blocks of the S*Cg (s, c) columns of a kernel row and,
+  inside each, the kernel rows r, so few channels still fill the tiles and
+  the column decode happens once per block.
 * dgrad: dx(h, w) gathers dy(p, q) with p = (h + pad - r*dil) / stride. The
   pixels of one stride phase (h + pad = a mod stride) see the same taps r,
   every ``step = stride / gcd(stride, dil)``-th starting at r0, so a program
   walks only the taps that reach its phase: no zero-inserted gradient, no
   wasted multiply-adds.
 * wgrad: M = Kg, N = Cg per tap (or Cg*R*S in ``FLAT`` mode), reduction over
-  one split of the N*P*Q pixels, written as fp32 partials (split, K, Cg, R, S)
-  that ``kernels._reduce.sum_partials`` sums in a fixed order.
+  the N*P*Q pixels.
 
-Each kernel is autotuned with three config lists (``_tuned``): fp16 / bf16
-tiles up to 128x256x64, fp32 tiles (twice the bytes, exact-fp32 FMA dots when
-tf32 is off) and FLAT tiles (element-wise gathers), each with smaller tiles
-for ``VEC`` = 1: every config compiles for sm_90 and sm_80 without register
-spills. ``VEC`` > 1 is the host's promise of 16-byte aligned channel rows, the
-hints that turn the gathers into cp.async vectors; without it every gather is
-scalar and the large tiles would spill.
+Main loops advance their position (tap, channel block, pixel) by additions
+and selects, never by division, and add it to pointer tiles built before the
+loop: the address arithmetic per k-step stays small next to the tensor-core
+work. Offsets are int64 where they cross images (a batch may pass 2**31
+elements) and int32 inside one image. Rows past the end of the tile get a position
+far outside the image, so one bounds check per tap covers them.
+
+Split reduction (grid axis 2): on a grid too small for the GPU the host
+splits the reduction into ``tl.num_programs(2)`` ranges; each program writes
+its fp32 tile to a workspace, and the program that takes the tile's last
+ticket (an integer atomic) sums the splits in split order and runs the
+epilogue (``kernels._reduce.sum_splits``): deterministic, no float atomics, one launch.
+
+Each kernel is autotuned over config lists (``_tuned``): fp16 / bf16 tiles up to
+128x256x64, fp32 tiles (twice the bytes, exact-fp32 FMA dots when tf32 is off)
+and FLAT tiles (element-wise gathers), each with smaller tiles for ``VEC`` = 1:
+every config compiles for sm_90 and sm_80 without register spills. ``VEC`` > 1
+is the host's promise of 16-byte aligned channel rows, the hints that turn the
+gathers into cp.async vectors; without it every gather is scalar and the
+large tiles would spill.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import triton
 import triton.language as tl
 
-from .._runtime import autotune
+from .._reduce import sum_splits
+from .._runtime import autotune, for_gpus
 from ..activation import apply_activation
 
 
@@ -83,11 +100,20 @@ def _aligned(base, offsets, VEC: tl.constexpr):
     """``base + offsets``: 1-D row or column starts of a channel-contiguous operand,
     promised 16-byte aligned when the host proved it (VEC > 1) so that loads and
     stores vectorize (a scalar layout would give each thread dozens of rows). The
-    add happens here: the hint must sit on an op, not on a function argument."""
+    add happens here: the hint must sit on an op, not on a function argument, and
+    on a 1-D tensor (triton 3.6 drops a 2-D hint)."""
     ptrs = base + offsets
     if VEC > 1:
         ptrs = tl.multiple_of(ptrs, 16)
     return ptrs
+
+
+@triton.jit
+def _split_steps(steps):
+    """(first, end) k-steps of this program's split (grid axis 2) of ``steps``."""
+    per_split = tl.cdiv(steps, tl.num_programs(2))
+    first = tl.program_id(2) * per_split
+    return first, tl.minimum(first + per_split, steps)
 
 
 @triton.jit
@@ -96,87 +122,96 @@ def _store_output(acc, b_ptr, y_ptr, offs_m, offs_k, M, P, Q, K_end,
                   HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, VEC: tl.constexpr):
     """The forward epilogue: y[n, k, p, q] = act(acc + b[k]) for the tile of output
     pixels ``offs_m`` (< M) and channels ``offs_k`` (< K_end). The pixel decode is
-    redone here, on 2-D indices, so that nothing per row stays live across the
-    main loop."""
+    redone here so that nothing per row stays live across the main loop."""
     mask_k = offs_k < K_end
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
     acc = apply_activation(acc, ACTIVATION, negative_slope)
-    m = offs_m[:, None]
-    y_rows = y_ptr + ((m // (P * Q)).to(tl.int64) * stride_yn + ((m % (P * Q)) // Q).to(tl.int64) * stride_yh
-                      + (m % Q).to(tl.int64) * stride_yw)
-    if VEC > 1:
-        y_rows = tl.multiple_of(y_rows, [16, 1])
-    tl.store(y_rows + offs_k[None, :].to(tl.int64) * stride_yc, acc.to(y_ptr.dtype.element_ty),
-             mask=(m < M) & mask_k[None, :])
+    y_rows = _aligned(y_ptr, (offs_m // (P * Q)).to(tl.int64) * stride_yn
+                      + ((offs_m % (P * Q)) // Q).to(tl.int64) * stride_yh + (offs_m % Q).to(tl.int64) * stride_yw,
+                      VEC)
+    tl.store(y_rows[:, None] + offs_k[None, :] * stride_yc, acc.to(y_ptr.dtype.element_ty),
+             mask=(offs_m < M)[:, None] & mask_k[None, :])
 
 
 # ---------------------------------------------------------------------------
 # Autotune configs: H100-sized tiles (wgmma wants BLOCK_M 64/128 per warpgroup),
 # 3-4 stages of cp.async pipelining; the interpreter gets one large tile.
 
-def _cfg(bm, bn, bk, warps, stages):
+def _cfg(bm, bn, bk, warps, stages, maxnreg=None):
     return triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8},
-                         num_warps=warps, num_stages=stages)
+                         num_warps=warps, num_stages=stages, maxnreg=maxnreg)
 
 
+# 128x128x64 over 8 warps: on Hopper capped at 128 registers, so that two programs
+# (2 x 96 KB of shared memory) share an SM; an A100's SM holds one, uncapped.
+BIG_TILE = [for_gpus(_cfg(128, 128, 64, 8, 3, maxnreg=128), first=90),
+            for_gpus(_cfg(128, 128, 64, 8, 3), last=89)]
 FWD_CONFIGS = [
-    _cfg(128, 128, 64, 8, 3),
-    _cfg(128, 128, 32, 4, 4),
+    *BIG_TILE,
+    for_gpus(_cfg(128, 256, 64, 8, 3), first=90),          # spills on sm_80
     _cfg(128, 64, 64, 4, 4),
-    _cfg(64, 128, 64, 4, 4),
     _cfg(64, 64, 64, 4, 4),
-    _cfg(128, 256, 64, 8, 3),
 ]
 DGRAD_CONFIGS = [
-    _cfg(128, 128, 64, 8, 3),
-    _cfg(128, 128, 32, 4, 4),
-    _cfg(128, 64, 64, 8, 4),       # 4 warps spill on sm_80 (the phase bookkeeping)
-    _cfg(64, 128, 64, 4, 4),
+    *BIG_TILE,
+    _cfg(128, 64, 64, 8, 4),
     _cfg(64, 64, 64, 4, 4),
 ]
 WGRAD_CONFIGS = [
-    _cfg(128, 128, 64, 8, 3),
-    _cfg(128, 128, 32, 4, 4),
-    _cfg(64, 128, 64, 4, 4),
+    *BIG_TILE,
     _cfg(128, 64, 64, 4, 4),
     _cfg(64, 64, 64, 4, 4),
 ]
-# FLAT mode gathers one element at a time: smaller reduction blocks and more warps.
-FLAT_CONFIGS = [
-    _cfg(128, 128, 32, 8, 3),
-    _cfg(128, 64, 32, 8, 3),
-    _cfg(64, 64, 32, 4, 3),
-    _cfg(64, 64, 16, 4, 4),
-]
-# fp32 tiles take twice the shared memory and registers (and exact fp32, FMA dots).
-FP32_CONFIGS = [
-    _cfg(128, 128, 16, 8, 3),
+# FLAT mode gathers one element at a time: smaller reduction blocks, 64 output
+# channels (the stems') or 64 output channels by 128 columns for the weight gradient.
+FLAT_FWD_CONFIGS = [
     _cfg(128, 64, 32, 8, 3),
     _cfg(64, 64, 32, 8, 3),
 ]
-FP32_FLAT_CONFIGS = [
-    _cfg(128, 128, 16, 8, 3),
+FLAT_WGRAD_CONFIGS = [
+    _cfg(64, 128, 32, 8, 3),
+    _cfg(64, 64, 32, 8, 3, maxnreg=168),
+]
+# fp32 tiles take twice the shared memory and registers (and exact fp32, FMA dots;
+# ptxas caps an 8-warp program at 128 registers unless told, and a few would spill).
+FP32_CONFIGS = [
     _cfg(128, 64, 16, 8, 3),
-    _cfg(64, 64, 16, 4, 4),
+    _cfg(64, 64, 32, 8, 3, maxnreg=168),
+]
+FP32_FLAT_FWD_CONFIGS = [_cfg(64, 64, 16, 8, 3)]
+FP32_FLAT_WGRAD_CONFIGS = [
+    _cfg(64, 128, 16, 8, 3),
+    _cfg(64, 64, 16, 8, 3),
 ]
 # VEC = 1 (channel rows not 16-byte aligned: channel counts that are not a
 # multiple of 8 for fp16 / bf16, of 4 for fp32): every gather is scalar, and the
 # large tiles above spill; these compile without spills on sm_80 and sm_90 (and
-# keep BLOCK_M >= 64, which wgmma needs).
+# keep BLOCK_M >= 64, which wgmma needs). FLAT mode gathers anyway: its lists serve both.
 UNALIGNED_CONFIGS = [
     _cfg(128, 64, 32, 8, 3),
-    _cfg(64, 128, 32, 8, 3),
-    _cfg(64, 64, 32, 8, 3),
-    _cfg(64, 64, 32, 4, 3),
+    _cfg(64, 64, 32, 8, 3, maxnreg=168),
 ]
-FP32_UNALIGNED_CONFIGS = [_cfg(64, 64, 32, 8, 3)]
-FLAT_UNALIGNED_CONFIGS = FLAT_CONFIGS[1:]
-FP32_FLAT_UNALIGNED_CONFIGS = FP32_FLAT_CONFIGS[1:]
+FP32_UNALIGNED_CONFIGS = [_cfg(64, 64, 16, 8, 3)]
 FWD_INTERPRETER = _cfg(128, 64, 64, 4, 1)
 DGRAD_INTERPRETER = _cfg(128, 64, 64, 4, 1)
 WGRAD_INTERPRETER = _cfg(64, 64, 128, 4, 1)
 FLAT_INTERPRETER = _cfg(128, 64, 64, 4, 1)
+WGRAD_FLAT_INTERPRETER = _cfg(64, 64, 128, 4, 1)
+
+
+class TunedGemm(NamedTuple):
+    """One GEMM kernel autotuned twice: over the fp16 / bf16 tiles and over the fp32 tiles."""
+    half: object
+    fp32: object
+
+
+def _tuned(kernel, configs, fp32_configs, key, interpreter_config, flat=False) -> TunedGemm:
+    """``kernel`` autotuned over ``configs`` (fp16 / bf16) and ``fp32_configs``, each
+    with its VEC = 1 alternative (FLAT mode: the same lists)."""
+    unaligned = (configs, fp32_configs) if flat else (UNALIGNED_CONFIGS, FP32_UNALIGNED_CONFIGS)
+    return TunedGemm(*(autotune(c, key, interpreter_config, alternatives=("VEC", {1: u}))(kernel)
+                       for c, u in zip((configs, fp32_configs), unaligned)))
 
 
 # ---------------------------------------------------------------------------
@@ -184,7 +219,7 @@ FLAT_INTERPRETER = _cfg(128, 64, 64, 4, 1)
 
 @triton.jit
 def _conv_fwd_gemm_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr,
+        x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, Cg, Kg, R, S,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
         stride_xn, stride_xc, stride_xh, stride_xw,
@@ -195,90 +230,96 @@ def _conv_fwd_gemm_kernel(
         ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """x: (N, G*Cg, H, W); w: (G*Kg, Cg, R, S); b: (G*Kg,); y: (N, G*Kg, P, Q);
-    all through strides. Program (tile, g): y = act(conv + b) over BLOCK_M output
-    pixels and BLOCK_N output channels of group g; pad_h / pad_w are the top /
-    left padding (the bottom / right padding only shows in P / Q). VEC > 1: the
-    host proved x, w, y channel-contiguous with rows, Cg and Kg multiples of
-    VEC elements (16 bytes) on 16-byte aligned pointers."""
-    pid = tl.program_id(0)
+    all through strides; part / ticket: the split workspace (``sum_splits``).
+    Program (tile, g, split): y = act(conv + b) over BLOCK_M output pixels and
+    BLOCK_N output channels of group g; pad_h / pad_w are the top / left padding
+    (the bottom / right padding only shows in P / Q). VEC > 1: the host proved
+    x, w, y channel-contiguous with rows, Cg and Kg multiples of VEC elements
+    (16 bytes) on 16-byte aligned pointers (FLAT: y only)."""
     g = tl.program_id(1)
     M = N * P * Q
-    # == Cg, Kg; written so that the compiler sees their divisibility (Cg: blocked mode only)
-    Cb = Cg if FLAT else Cg // VEC * VEC
-    Kb = Kg // VEC * VEC
-    pid_m, pid_n = _tile_ids(pid, tl.cdiv(M, BLOCK_M), tl.cdiv(Kg, BLOCK_N), GROUP_M)
+    Kb = Kg // VEC * VEC                         # == Kg, written so that the compiler sees its divisibility
+    pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(Kg, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
+    offs_k = tl.arange(0, BLOCK_K)
     mask_n = offs_n < Kb
     n = offs_m // (P * Q)
     p = (offs_m % (P * Q)) // Q
     q = offs_m % Q
-    ih0 = p * stride_h - pad_h
+    ih0 = tl.where(offs_m < M, p * stride_h - pad_h, -(1 << 30))     # rows past M: above the image
     iw0 = q * stride_w - pad_w
-    x_rows = n.to(tl.int64) * stride_xn + (g * Cb).to(tl.int64) * stride_xc                # [BLOCK_M]
-    offs_k_glob = g * Kb + offs_n
-    if FLAT:        # VEC covers y only: FLAT weight rows (R*S*Cg) are rarely 16-byte multiples
-        w_cols = w_ptr + offs_k_glob.to(tl.int64) * stride_wk                              # [BLOCK_N]
-    else:
-        w_cols = _aligned(w_ptr, offs_k_glob.to(tl.int64) * stride_wk, VEC)
-
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:
-        # Reduction index f = (r*S + s)*Cg + c, decoded per column: a gather, no vectors.
-        RSC = R * S * Cg
-        for f0 in range(0, RSC, BLOCK_K):
-            offs_f = f0 + tl.arange(0, BLOCK_K)
-            mask_f = offs_f < RSC
-            c = offs_f % Cg
-            r = offs_f // Cg // S
-            s = (offs_f // Cg) % S
-            # Loaded as A^T (BLOCK_K, BLOCK_M): with no contiguity to exploit, the lanes then run
-            # along the pixels and each thread keeps few rows of per-pixel state.
-            ih = ih0[None, :] + (r * dil_h)[:, None]
+        # Reduction over blocks of the S*Cg columns j = s*Cg + c of a kernel row (one
+        # block for the stem), each decoded once with its column bounds and offsets,
+        # then over the kernel rows r: a k-step adds a row offset and one row check.
+        x_rows = x_ptr + (n.to(tl.int64) * stride_xn + (g * Cg).to(tl.int64) * stride_xc
+                          + ih0.to(tl.int64) * stride_xh + iw0.to(tl.int64) * stride_xw)
+        w_cols = w_ptr + (g * Kb + offs_n).to(tl.int64) * stride_wk
+        row_cols = S * Cg
+        first, end = _split_steps(tl.cdiv(row_cols, BLOCK_K))       # splits over column blocks
+        for col_block in range(first, end):
+            j = col_block * BLOCK_K + offs_k
+            s = j // Cg
+            c = j % Cg
+            # A^T (BLOCK_K, BLOCK_M): no contiguity to exploit, so the lanes run along the pixels.
             iw = iw0[None, :] + (s * dil_w)[:, None]
-            mask_a = (mask_m[None, :] & mask_f[:, None] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
-            a = tl.load(x_ptr + x_rows[None, :] + c[:, None].to(tl.int64) * stride_xc
-                        + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw, mask=mask_a, other=0.0)
-            a = tl.trans(a)
-            w_rows = c.to(tl.int64) * stride_wc + r * stride_wr + s * stride_ws
-            b = tl.load(w_cols[None, :] + w_rows[:, None], mask=mask_f[:, None] & mask_n[None, :], other=0.0)
-            acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+            mask_cols = (iw >= 0) & (iw < W) & (j < row_cols)[:, None]
+            a_base = x_rows[None, :] + (s * dil_w * stride_xw + c * stride_xc)[:, None]
+            b_base = w_cols[None, :] + (s * stride_ws + c * stride_wc)[:, None]
+            mask_b = (j < row_cols)[:, None] & mask_n[None, :]
+            for r in range(0, R):
+                ih = ih0 + r * dil_h
+                a = tl.load(a_base + r * dil_h * stride_xh, mask=mask_cols & ((ih >= 0) & (ih < H))[None, :],
+                            other=0.0)
+                b = tl.load(b_base + r * stride_wr, mask=mask_b, other=0.0)
+                acc = _mma(tl.trans(a), b, acc, ALLOW_TF32, DOT_UPCAST)
     else:
-        n_cb = tl.cdiv(Cg, BLOCK_K)
-        for t in range(0, R * S * n_cb):
-            cb = t % n_cb
-            r = t // n_cb // S
-            s = (t // n_cb) % S
+        Cb = Cg // VEC * VEC
+        x_rows = _aligned(x_ptr, n.to(tl.int64) * stride_xn + (g * Cb).to(tl.int64) * stride_xc
+                          + ih0.to(tl.int64) * stride_xh + iw0.to(tl.int64) * stride_xw, VEC)
+        a_base = x_rows[:, None] + offs_k[None, :] * stride_xc
+        w_cols = _aligned(w_ptr, (g * Kb + offs_n).to(tl.int64) * stride_wk, VEC)
+        b_base = w_cols[None, :] + offs_k[:, None] * stride_wc
+        # k-step position: tap (r, s) and first channel c0, advanced by selects
+        c_blocks = tl.cdiv(Cg, BLOCK_K)
+        first, end = _split_steps(R * S * c_blocks)
+        r = first // c_blocks // S
+        s = first // c_blocks % S
+        c0 = first % c_blocks * BLOCK_K
+        for _ in range(first, end):
             ih = ih0 + r * dil_h
             iw = iw0 + s * dil_w
-            mask_rows = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            offs_c = cb * BLOCK_K + tl.arange(0, BLOCK_K)
-            mask_c = offs_c < Cb
-            a_rows = _aligned(x_ptr, x_rows + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw, VEC)
-            a = tl.load(a_rows[:, None] + offs_c[None, :].to(tl.int64) * stride_xc,
-                        mask=mask_rows[:, None] & mask_c[None, :], other=0.0)
-            w_rows = offs_c.to(tl.int64) * stride_wc + (r * stride_wr + s * stride_ws) // VEC * VEC
-            b = tl.load(w_cols[None, :] + w_rows[:, None], mask=mask_c[:, None] & mask_n[None, :], other=0.0)
+            mask_rows = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            mask_c = offs_k < Cb - c0
+            # (x // VEC * VEC == x here: it shows the compiler the 16-byte alignment)
+            x_tap = (r * dil_h).to(tl.int64) * stride_xh + (s * dil_w).to(tl.int64) * stride_xw + c0 * stride_xc
+            a = tl.load(a_base + x_tap // VEC * VEC, mask=mask_rows[:, None] & mask_c[None, :], other=0.0)
+            b = tl.load(b_base + (r * stride_wr + s * stride_ws + c0 * stride_wc) // VEC * VEC,
+                        mask=mask_c[:, None] & mask_n[None, :], other=0.0)
             acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+            c0 += BLOCK_K
+            next_tap = c0 >= Cg
+            c0 = tl.where(next_tap, 0, c0)
+            s = tl.where(next_tap, s + 1, s)
+            next_row = s == S
+            s = tl.where(next_row, 0, s)
+            r = tl.where(next_row, r + 1, r)
 
-    _store_output(acc, b_ptr, y_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), offs_k_glob, M, P, Q, g * Kb + Kb,
-                  stride_yn, stride_yc, stride_yh, stride_yw, negative_slope, HAS_BIAS, ACTIVATION, VEC)
-
-
-def _tuned(kernel, configs, fp32_configs, key, interpreter_config, flat=False):
-    """(autotuned kernel for fp16 / bf16, autotuned kernel for fp32): one JIT kernel,
-    two config lists (each with its VEC = 1 alternative), indexed by
-    ``dtype == torch.float32``."""
-    unaligned = (FLAT_UNALIGNED_CONFIGS, FP32_FLAT_UNALIGNED_CONFIGS) if flat else \
-        (UNALIGNED_CONFIGS, FP32_UNALIGNED_CONFIGS)
-    return tuple(autotune(c, key, interpreter_config, alternatives=("VEC", {1: u}))(kernel)
-                 for c, u in zip((configs, fp32_configs), unaligned))
+    done = tl.num_programs(2) == 1
+    if not done:
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, BLOCK_M, BLOCK_N)
+    if done:
+        _store_output(acc, b_ptr, y_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), g * Kb + offs_n, M, P, Q,
+                      g * Kb + Kb, stride_yn, stride_yc, stride_yh, stride_yw, negative_slope,
+                      HAS_BIAS, ACTIVATION, VEC)
 
 
 _FWD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC"]
 conv_fwd_gemm = _tuned(_conv_fwd_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS, _FWD_KEY, FWD_INTERPRETER)
-conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _FWD_KEY, FLAT_INTERPRETER, flat=True)
+conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_FWD_CONFIGS, FP32_FLAT_FWD_CONFIGS, _FWD_KEY, FLAT_INTERPRETER,
+                       flat=True)
 
 
 # ---------------------------------------------------------------------------
@@ -286,7 +327,7 @@ conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _
 
 @triton.jit
 def _conv_dgrad_gemm_kernel(
-        dy_ptr, w_ptr, dx_ptr,
+        dy_ptr, w_ptr, dx_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, Cg, Kg, R, S,
         stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_r, step_s,
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
@@ -295,65 +336,77 @@ def _conv_dgrad_gemm_kernel(
         VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """dy: (N, G*Kg, P, Q); w: (G*Kg, Cg, R, S); dx: (N, G*Cg, H, W); all through
-    strides. Program (tile, g*stride_h*stride_w + phase): dx over BLOCK_M input
-    pixels of one stride phase and BLOCK_N input channels of group g, a GEMM over
-    (tap, output channel) with only the taps that reach the phase. step_r /
-    step_s: stride / gcd(stride, dilation) per axis. VEC as in the forward."""
-    pid = tl.program_id(0)
+    strides; part / ticket: the split workspace. Program (tile, g*stride_h*stride_w
+    + phase, split): dx over BLOCK_M input pixels of one stride phase and BLOCK_N
+    input channels of group g, a GEMM over (tap, output channel) with only the
+    taps that reach the phase. step_r / step_s: stride / gcd(stride, dilation)
+    per axis. VEC as in the forward."""
     pid_z = tl.program_id(1)
     num_phases = stride_h * stride_w
     g = pid_z // num_phases
     phase = pid_z % num_phases
     Cb = Cg // VEC * VEC
     Kb = Kg // VEC * VEC
-    h0, Hp, r0, n_r, dp0, dstep_h = _stride_phase(phase // stride_w, H, pad_h, stride_h, dil_h, R, step_r)
-    w0, Wp, s0, n_s, dq0, dstep_w = _stride_phase(phase % stride_w, W, pad_w, stride_w, dil_w, S, step_s)
+    first_h, Hp, r0, n_r, dp0, dstep_h = _stride_phase(phase // stride_w, H, pad_h, stride_h, dil_h, R, step_r)
+    first_w, Wp, s0, n_s, dq0, dstep_w = _stride_phase(phase % stride_w, W, pad_w, stride_w, dil_w, S, step_s)
     M = N * Hp * Wp
     num_m = tl.cdiv(N * tl.cdiv(H, stride_h) * tl.cdiv(W, stride_w), BLOCK_M)   # the largest phase
-    pid_m, pid_n = _tile_ids(pid, num_m, tl.cdiv(Cg, BLOCK_N), GROUP_M)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), num_m, tl.cdiv(Cg, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_m = offs_m < M
+    offs_k = tl.arange(0, BLOCK_K)
     mask_n = offs_n < Cb
     HWp = tl.maximum(Hp * Wp, 1)
+    Wp1 = tl.maximum(Wp, 1)
     n = offs_m // HWp
-    i = (offs_m % HWp) // tl.maximum(Wp, 1)
-    j = offs_m % tl.maximum(Wp, 1)
-    dy_rows = n.to(tl.int64) * stride_dyn + (g * Kb).to(tl.int64) * stride_dyk                   # [BLOCK_M]
-    w_cols = _aligned(w_ptr, (g * Kb).to(tl.int64) * stride_wk + offs_n.to(tl.int64) * stride_wc, VEC)
+    p0 = tl.where(offs_m < M, (offs_m % HWp) // Wp1 + dp0, -(1 << 30))   # output row at the first tap
+    q0 = offs_m % Wp1 + dq0
+    dy_rows = _aligned(dy_ptr, n.to(tl.int64) * stride_dyn + (g * Kb).to(tl.int64) * stride_dyk
+                       + p0.to(tl.int64) * stride_dyp + q0.to(tl.int64) * stride_dyq, VEC)
+    a_base = dy_rows[:, None] + offs_k[None, :] * stride_dyk
+    w_cols = _aligned(w_ptr, (g * Kb).to(tl.int64) * stride_wk + offs_n.to(tl.int64) * stride_wc
+                      + (r0 * stride_wr + s0 * stride_ws), VEC)
+    b_base = w_cols[None, :] + offs_k[:, None] * stride_wk
 
-    n_kb = tl.cdiv(Kg, BLOCK_K)
-    n_iter = tl.where(pid_m * BLOCK_M < M, n_r * n_s * n_kb, 0)   # tiles past this phase's pixels skip the loop
+    # k-step position: tap (r0 + tr*step_r, s0 + ts*step_s) and first channel k0,
+    # advanced by selects; the tap meets output pixel (p0 - tr*dstep_h, q0 - ts*dstep_w).
+    k_blocks = tl.cdiv(Kg, BLOCK_K)
+    first, end = _split_steps(tl.where(pid_m * BLOCK_M < M, n_r * n_s * k_blocks, 0))
+    tr = first // k_blocks // tl.maximum(n_s, 1)
+    ts = first // k_blocks % tl.maximum(n_s, 1)
+    k0 = first % k_blocks * BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for t in range(0, n_iter):
-        kb = t % n_kb
-        tr = t // n_kb // n_s
-        ts = (t // n_kb) % n_s
-        p = i + (dp0 - tr * dstep_h)
-        q = j + (dq0 - ts * dstep_w)
-        r = r0 + tr * step_r
-        s = s0 + ts * step_s
-        mask_rows = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-        offs_k = kb * BLOCK_K + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < Kb
-        a_rows = _aligned(dy_ptr, dy_rows + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq, VEC)
-        a = tl.load(a_rows[:, None] + offs_k[None, :].to(tl.int64) * stride_dyk,
+    for _ in range(first, end):
+        p = p0 - tr * dstep_h
+        q = q0 - ts * dstep_w
+        mask_rows = (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        mask_k = offs_k < Kb - k0
+        dy_tap = (tr * dstep_h).to(tl.int64) * stride_dyp + (ts * dstep_w).to(tl.int64) * stride_dyq
+        a = tl.load(a_base + (k0 * stride_dyk - dy_tap) // VEC * VEC,
                     mask=mask_rows[:, None] & mask_k[None, :], other=0.0)
-        # (x // VEC * VEC == x here: it shows the compiler that each weight row starts aligned)
-        w_rows = offs_k.to(tl.int64) * (stride_wk // VEC * VEC) + (r * stride_wr + s * stride_ws) // VEC * VEC
-        b = tl.load(w_cols[None, :] + w_rows[:, None], mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        w_tap = tr * step_r * stride_wr + ts * step_s * stride_ws + k0 * stride_wk
+        b = tl.load(b_base + w_tap // VEC * VEC, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+        k0 += BLOCK_K
+        next_tap = k0 >= Kg
+        k0 = tl.where(next_tap, 0, k0)
+        ts = tl.where(next_tap, ts + 1, ts)
+        next_row = ts == n_s
+        ts = tl.where(next_row, 0, ts)
+        tr = tl.where(next_row, tr + 1, tr)
 
-    # Epilogue: the pixel decode again, on 2-D indices (nothing per row lives across the loop).
-    m = (pid_m * BLOCK_M + tl.arange(0, BLOCK_M))[:, None]
-    h = h0 + ((m % HWp) // tl.maximum(Wp, 1)) * stride_h
-    w = w0 + (m % tl.maximum(Wp, 1)) * stride_w
-    dx_rows = dx_ptr + ((m // HWp).to(tl.int64) * stride_dxn + h.to(tl.int64) * stride_dxh
-                        + w.to(tl.int64) * stride_dxw)
-    if VEC > 1:
-        dx_rows = tl.multiple_of(dx_rows, [16, 1])
-    dx_ptrs = dx_rows + (g * Cb + offs_n)[None, :].to(tl.int64) * stride_dxc
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=(m < M) & mask_n[None, :])
+    done = tl.num_programs(2) == 1
+    if not done:
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, BLOCK_M, BLOCK_N)
+    if done:
+        # The pixel decode again (nothing per row lives across the loop).
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        ih = first_h + ((offs_m % HWp) // Wp1) * stride_h
+        iw = first_w + (offs_m % Wp1) * stride_w
+        dx_rows = _aligned(dx_ptr, (offs_m // HWp).to(tl.int64) * stride_dxn + ih.to(tl.int64) * stride_dxh
+                           + iw.to(tl.int64) * stride_dxw, VEC)
+        tl.store(dx_rows[:, None] + (g * Cb + offs_n)[None, :] * stride_dxc, acc.to(dx_ptr.dtype.element_ty),
+                 mask=(offs_m < M)[:, None] & mask_n[None, :])
 
 
 conv_dgrad_gemm = _tuned(_conv_dgrad_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS,
@@ -365,34 +418,35 @@ conv_dgrad_gemm = _tuned(_conv_dgrad_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS,
 
 @triton.jit
 def _conv_wgrad_gemm_kernel(
-        dy_ptr, x_ptr, part_ptr,
+        dy_ptr, x_ptr, dw_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, Cg, Kg, R, S,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, chunk,
-        stride_dyn, stride_dyk, stride_dyp, stride_dyq,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        stride_dym, stride_dyk,
         stride_xn, stride_xc, stride_xh, stride_xw,
-        stride_ps, stride_pk, stride_pc, stride_pr, stride_pt,
+        stride_dwk, stride_dwc, stride_dwr, stride_dws,
         FLAT: tl.constexpr, VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """dy: (N, G*Kg, P, Q); x: (N, G*Cg, H, W); part: (splits, G*Kg, Cg, R, S) fp32;
-    all through strides. Program (tile, g*R*S + tap, split) (FLAT: (tile, g, split)):
-    part[split] = sum over pixels [split*chunk, (split+1)*chunk) of N*P*Q of
-    dy[k] * x[c shifted by the tap], for BLOCK_M output channels k and BLOCK_N
-    input channels c (FLAT: BLOCK_N (r, s, c) columns). VEC > 1: dy and x
-    channel-contiguous and 16-byte aligned, as in the forward."""
-    pid = tl.program_id(0)
+    """dy: (N, G*Kg, P, Q) with pixel m = (n*P + p)*Q + q at m * stride_dym (channels_last);
+    x: (N, G*Cg, H, W); dw: (G*Kg, Cg, R, S) in the weight dtype; through strides;
+    part / ticket: the split workspace. Program (tile, g*R*S + tap, split) (FLAT:
+    (tile, g, split)): dw = sum over the N*P*Q pixels of dy[k] * x[c shifted by
+    the tap], for BLOCK_M output channels k and BLOCK_N input channels c (FLAT:
+    BLOCK_N (r, s, c) columns), the pixels split over grid axis 2. VEC > 1: dy
+    and x channel-contiguous and 16-byte aligned, as in the forward."""
     pid_z = tl.program_id(1)
-    split = tl.program_id(2)
-    Cb = Cg if FLAT else Cg // VEC * VEC
     Kb = Kg // VEC * VEC
     if FLAT:
         g = pid_z
+        Cb = Cg
         n_cols = R * S * Cg
     else:
         g = pid_z // (R * S)
+        Cb = Cg // VEC * VEC
         n_cols = Cb
-    pid_m, pid_n = _tile_ids(pid, tl.cdiv(Kg, BLOCK_M), tl.cdiv(n_cols, BLOCK_N), GROUP_M)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(Kg, BLOCK_M), tl.cdiv(n_cols, BLOCK_N), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < Kb
     mask_n = offs_n < n_cols
     if FLAT:
@@ -403,53 +457,74 @@ def _conv_wgrad_gemm_kernel(
         c = offs_n
         r = (pid_z % (R * S)) // S
         s = pid_z % S
-    dh = r * dil_h - pad_h
-    dw = s * dil_w - pad_w
-    # x offset of (group, column): per column in FLAT mode, per row (with the tap) otherwise.
-    x_shift = (g * Cb).to(tl.int64) * stride_xc + dh.to(tl.int64) * stride_xh + dw.to(tl.int64) * stride_xw
+    # the tap's pixel shift (per column in FLAT mode)
+    shift_h = r * dil_h - pad_h
+    shift_w = s * dil_w - pad_w
+    if FLAT:    # per column, int32 (inside one image)
+        x_shift = g * Cb * stride_xc + shift_h * stride_xh + shift_w * stride_xw
+    else:
+        x_shift = (g * Cb).to(tl.int64) * stride_xc + shift_h.to(tl.int64) * stride_xh \
+            + shift_w.to(tl.int64) * stride_xw
+    dy_cols = _aligned(dy_ptr, (offs_k * stride_dym).to(tl.int64), VEC)
+    a_base = dy_cols[None, :] + (g * Kb + offs_m).to(tl.int64)[:, None] * stride_dyk
 
+    # k-step position: pixels m0 + offs_k of N*P*Q. dy is read at m * stride_dym; x
+    # needs each pixel's (p, q) for the bounds and its offset x_pix, advanced by
+    # BLOCK_K pixels with carries (q wraps into p, p into n).
     PQ = P * Q
-    start = split * chunk
-    end = tl.minimum(start + chunk, N * PQ)
+    first, end = _split_steps(tl.cdiv(N * PQ, BLOCK_K))
+    pixel_end = tl.minimum(end * BLOCK_K, N * PQ)
+    m0 = first * BLOCK_K
+    p = (m0 + offs_k) % PQ // Q
+    q = (m0 + offs_k) % Q
+    x_pix = ((m0 + offs_k) // PQ).to(tl.int64) * stride_xn + (p * stride_h).to(tl.int64) * stride_xh \
+        + (q * stride_w).to(tl.int64) * stride_xw
+    step_q = BLOCK_K % Q
+    step_p = BLOCK_K // Q % P
+    step_x = (BLOCK_K // PQ).to(tl.int64) * stride_xn + (step_p * stride_h).to(tl.int64) * stride_xh \
+        + (step_q * stride_w).to(tl.int64) * stride_xw
+    carry_q_x = (stride_h * stride_xh).to(tl.int64) - (Q * stride_w).to(tl.int64) * stride_xw   # q -= Q, p += 1
+    carry_p_x = stride_xn - (P * stride_h).to(tl.int64) * stride_xh                             # p -= P, n += 1
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(start, end, BLOCK_K):
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < end
-        n = offs_k // PQ
-        p = (offs_k % PQ) // Q
-        q = offs_k % Q
-        dy_cols = _aligned(dy_ptr, (n.to(tl.int64) * stride_dyn + p.to(tl.int64) * stride_dyp
-                                     + q.to(tl.int64) * stride_dyq + (g * Kb).to(tl.int64) * stride_dyk), VEC)
-        a = tl.load(dy_cols[None, :] + offs_m[:, None].to(tl.int64) * stride_dyk,
+    for _ in range(first, end):
+        mask_k = m0 + offs_k < pixel_end
+        a = tl.load(a_base + m0.to(tl.int64) * stride_dym // VEC * VEC,
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        ph = p * stride_h
-        pw = q * stride_w
-        x_rows = n.to(tl.int64) * stride_xn + ph.to(tl.int64) * stride_xh + pw.to(tl.int64) * stride_xw
+        ih = p * stride_h
+        iw = q * stride_w
         if FLAT:
-            ih = ph[:, None] + dh[None, :]
-            iw = pw[:, None] + dw[None, :]
+            ih = ih[:, None] + shift_h[None, :]
+            iw = iw[:, None] + shift_w[None, :]
             mask_b = mask_k[:, None] & mask_n[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            b = tl.load(x_ptr + x_rows[:, None] + (x_shift + c.to(tl.int64) * stride_xc)[None, :],
-                        mask=mask_b, other=0.0)
+            b = tl.load(x_ptr + x_pix[:, None] + (x_shift + c * stride_xc)[None, :], mask=mask_b, other=0.0)
         else:
-            ih = ph + dh
-            iw = pw + dw
+            ih += shift_h
+            iw += shift_w
             mask_rows = mask_k & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            b_rows = _aligned(x_ptr, x_rows + x_shift, VEC)
-            b = tl.load(b_rows[:, None] + c[None, :].to(tl.int64) * stride_xc,
+            x_rows = _aligned(x_ptr, x_pix + x_shift, VEC)
+            b = tl.load(x_rows[:, None] + offs_n[None, :] * stride_xc,
                         mask=mask_rows[:, None] & mask_n[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+        m0 += BLOCK_K
+        q += step_q
+        carry_q = q >= Q
+        q = tl.where(carry_q, q - Q, q)
+        p += step_p + carry_q.to(tl.int32)
+        carry_p = p >= P
+        p = tl.where(carry_p, p - P, p)
+        x_pix += step_x + tl.where(carry_q, carry_q_x, 0) + tl.where(carry_p, carry_p_x, 0)
 
-    part_rows = part_ptr + (split.to(tl.int64) * stride_ps + (g * Kb + offs_m).to(tl.int64) * stride_pk)
-    if FLAT:
-        part_cols = c.to(tl.int64) * stride_pc + r * stride_pr + s * stride_pt
-    else:
-        part_rows = _aligned(part_rows, r * stride_pr + s * stride_pt, VEC)
-        part_cols = c.to(tl.int64) * stride_pc
-    tl.store(part_rows[:, None] + part_cols[None, :], acc, mask=mask_m[:, None] & mask_n[None, :])
+    done = tl.num_programs(2) == 1
+    if not done:
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, BLOCK_M, BLOCK_N)
+    if done:
+        dw_rows = dw_ptr + (g * Kb + offs_m).to(tl.int64) * stride_dwk
+        dw_cols = c * stride_dwc + r * stride_dwr + s * stride_dws          # < Cg*R*S: int32
+        tl.store(dw_rows[:, None] + dw_cols[None, :], acc.to(dw_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
 
 
-_WGRAD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "chunk", "VEC"]
+_WGRAD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC"]
 conv_wgrad_gemm = _tuned(_conv_wgrad_gemm_kernel, WGRAD_CONFIGS, FP32_CONFIGS, _WGRAD_KEY, WGRAD_INTERPRETER)
-conv_wgrad_flat = _tuned(_conv_wgrad_gemm_kernel, FLAT_CONFIGS, FP32_FLAT_CONFIGS, _WGRAD_KEY, FLAT_INTERPRETER,
-                         flat=True)
+conv_wgrad_flat = _tuned(_conv_wgrad_gemm_kernel, FLAT_WGRAD_CONFIGS, FP32_FLAT_WGRAD_CONFIGS, _WGRAD_KEY,
+                         WGRAD_FLAT_INTERPRETER, flat=True)

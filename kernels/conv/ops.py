@@ -7,7 +7,9 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct.
 
 Layouts: every kernel takes strides, so any input (contiguous, channels_last,
-sliced, transposed, expanded gradients) runs without a copy. On a GPU the GEMM
+sliced, transposed, expanded gradients) runs without a copy, except the output
+gradient of the weight-gradient GEMM, read pixel-linear (``_pixel_linear``: one
+channels_last copy when it is not). On a GPU the GEMM
 paths work in channels_last: one copy of each operand that is not already
 (input, weight, output gradient), outputs written channels_last and copied once
 to the caller's layout when that is NCHW, so that tiles load and store
@@ -24,14 +26,14 @@ import math
 import torch
 import triton
 
-from .._reduce import sum_partials
-from .._runtime import dot_upcast, interpreting, launch, suggest_memory_format
+from .._reduce import tickets
+from .._runtime import dot_upcast, interpreting, launch, merge_dims, suggest_memory_format
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
 
 GEMM_MIN_CHANNELS = 16
-_CHUNK_ALIGN = 128            # split boundaries fall on multiples of every BLOCK_K
+MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 
 
 def conv_paths(in_channels: int, out_channels: int, groups: int) -> dict:
@@ -53,6 +55,11 @@ def _allow_tf32(dtype: torch.dtype) -> bool:
     return dtype != torch.float32 or bool(torch.backends.cudnn.allow_tf32)
 
 
+def _for_dtype(kernels, dtype: torch.dtype):
+    """The fp32-tuned or the fp16 / bf16-tuned twin of a ``_gemm.TunedGemm``."""
+    return kernels.fp32 if dtype == torch.float32 else kernels.half
+
+
 def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
     """On a GPU, ``t`` as channels_last (one copy when it is not); unchanged in the interpreter."""
     if t.device.type == "cuda" and not t.is_contiguous(memory_format=torch.channels_last):
@@ -65,6 +72,14 @@ def _gemm_buffer(shape, like: torch.Tensor, fmt) -> torch.Tensor:
     if like.device.type == "cuda":
         fmt = torch.channels_last
     return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+
+
+def _pixel_linear(t: torch.Tensor) -> torch.Tensor:
+    """``t`` (N, C, P, Q) with pixel (n, p, q) at ((n*P + p)*Q + q) * one stride (channels_last
+    and its views), else a channels_last copy: the weight-gradient GEMM reads it so."""
+    if merge_dims((t.shape[0], t.shape[2], t.shape[3]), t.stride()[:1] + t.stride()[2:]) is None:
+        return t.contiguous(memory_format=torch.channels_last)
+    return t
 
 
 def _vec(tensors, counts) -> int:
@@ -87,18 +102,43 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _splits(device: torch.device, pixels: int, tiles: int) -> tuple[int, int]:
-    """(splits, chunk) for a reduction over ``pixels`` shared by ``tiles`` programs:
-    about two waves of programs on a GPU, chunks of at least 1024 pixels; under the
-    interpreter (which pays per program) a few chunks of 128, so splitting is tested."""
-    if interpreting() or device.type != "cuda":
-        splits = min(triton.cdiv(pixels, _CHUNK_ALIGN), 3)
-    else:
-        target = 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-        splits = min(triton.cdiv(target, tiles), triton.cdiv(pixels, 1024), 1024)
-    splits = max(splits, 1)
-    chunk = triton.cdiv(triton.cdiv(pixels, splits), _CHUNK_ALIGN) * _CHUNK_ALIGN
-    return triton.cdiv(pixels, chunk), chunk
+def split_count(programs_wanted: int, tiles: int, steps: int, min_steps: int, cap: int | None = None) -> int:
+    """How many ranges each of ``tiles`` tiles splits its reduction of ``steps``
+    k-steps into: enough for ``programs_wanted`` programs when the tile grid alone
+    is smaller, each split keeping ``min_steps`` k-steps, at most ``cap``; >= 1."""
+    splits = min(triton.cdiv(programs_wanted, max(tiles, 1)), steps // min_steps)
+    return max(1, splits if cap is None else min(splits, cap))
+
+
+def _splits(device: torch.device, tiles: int, steps: int, cap: int | None = None) -> int:
+    """``split_count`` for this device. GPU: two programs per SM (one wave at two
+    resident programs per SM), at least ``MIN_SPLIT_STEPS`` k-steps per split, so
+    that a split's fp32 partial tile (written and read once, in L2) costs at most
+    half the operand bytes it loads. The interpreter pays per program: no split
+    (tests force splits to check them)."""
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return split_count(2 * _sm_count(index), tiles, steps, MIN_SPLIT_STEPS, cap)
+
+
+def _split_launch(kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
+    """Grid and split workspace of a launch whose grid is (tiles(meta), groups,
+    splits(meta)) and whose tiles reduce over steps(meta) k-steps (``cap(meta)``
+    bounds the splits): returns (grid, part, tickets), the fp32 partials sized for
+    the largest need among the configs the launch tunes over."""
+    def splits(meta):
+        return _splits(device, tiles(meta) * groups, steps(meta), None if cap is None else cap(meta))
+
+    part_numel, ticket_count = 1, 1
+    for config in kernel.nnlib_configs_for({"VEC": vec}):
+        meta = config.kwargs
+        if splits(meta) > 1:
+            programs = tiles(meta) * groups
+            part_numel = max(part_numel, programs * splits(meta) * meta["BLOCK_M"] * meta["BLOCK_N"])
+            ticket_count = max(ticket_count, programs)
+    part = torch.empty(part_numel, dtype=torch.float32, device=device)
+    return (lambda meta: (tiles(meta), groups, splits(meta))), part, tickets(device, ticket_count)
 
 
 def _direct_tiles(channels: int) -> tuple[int, int]:
@@ -135,8 +175,8 @@ class ConvGeometry:
         return self.N, self.H, self.W, self.P, self.Q
 
     def conv_args(self):
-        (sh, sw), (dh, dw) = self.stride, self.dilation
-        return sh, sw, self.pad[0], self.pad[1], dh, dw
+        """(stride_h, stride_w, pad_h, pad_w, dil_h, dil_w) as the kernels take them."""
+        return (*self.stride, self.pad[0], self.pad[1], *self.dilation)
 
 
 # ---------------------------------------------------------------------------
@@ -169,12 +209,18 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     y = _gemm_buffer(shape, x, fmt)
     flat = geo.paths["forward"] == "gemm-flat"
     vec = _vec([y], [geo.Kg]) if flat else _vec([x, w, y], [geo.Cg, geo.Kg])
+    kernel = _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
 
-    def grid(meta):
-        return triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(geo.Kg, meta["BLOCK_N"]), geo.groups
-    kernel = (conv_fwd_flat if flat else conv_fwd_gemm)[x.dtype == torch.float32]
-    launch(kernel, grid, x, w, y if b is None else b, y, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
-           *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
+    def tiles(meta):
+        return triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(geo.Kg, meta["BLOCK_N"])
+
+    def steps(meta):        # what a split divides: k-steps, or in FLAT mode column blocks of R k-steps each
+        if flat:
+            return triton.cdiv(geo.S * geo.Cg, meta["BLOCK_K"])
+        return geo.R * geo.S * triton.cdiv(geo.Cg, meta["BLOCK_K"])
+    grid, part, ticket = _split_launch(kernel, vec, x.device, tiles, geo.groups, steps)
+    launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
+           *geo.conv_args(), *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
            FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
     return _as_format(y, fmt)
 
@@ -184,100 +230,98 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
     fmt = _memory_format(x_like)
     if x_like.numel() == 0:
         return torch.empty_like(x_like)
-    (sh, sw), (dh, dw) = geo.stride, geo.dilation
-    steps = (_step(sh, dh), _step(sw, dw))
-    m_max = geo.N * triton.cdiv(geo.H, sh) * triton.cdiv(geo.W, sw)
+    (stride_h, stride_w), (dil_h, dil_w) = geo.stride, geo.dilation
+    steps_rs = (_step(stride_h, dil_h), _step(stride_w, dil_w))
+    m_max = geo.N * triton.cdiv(geo.H, stride_h) * triton.cdiv(geo.W, stride_w)      # pixels of the largest phase
+    phases = stride_h * stride_w
     if geo.paths["input_grad"] == "direct":
         dx = torch.empty_like(x_like)
         block_m, block_n = _direct_tiles(geo.C)
-        launch(_conv_dgrad_direct_kernel, (triton.cdiv(m_max, block_m), triton.cdiv(geo.C, block_n), sh * sw),
-               dy, w, dx, *geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps,
+        launch(_conv_dgrad_direct_kernel, (triton.cdiv(m_max, block_m), triton.cdiv(geo.C, block_n), phases),
+               dy, w, dx, *geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs,
                *dy.stride(), *w.stride(), *dx.stride(), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
         return dx
     dy, w = _gemm_operand(dy), _gemm_operand(w)
     dx = _gemm_buffer(x_like.shape, dy, fmt) if dy.device.type == "cuda" else torch.empty_like(x_like)
     vec = _vec([dy, w, dx], [geo.Cg, geo.Kg])
+    kernel = _for_dtype(conv_dgrad_gemm, dy.dtype)
+    taps = triton.cdiv(geo.R, steps_rs[0]) * triton.cdiv(geo.S, steps_rs[1])     # of the phase with the most
 
-    def grid(meta):
-        return (triton.cdiv(m_max, meta["BLOCK_M"]) * triton.cdiv(geo.Cg, meta["BLOCK_N"]), geo.groups * sh * sw)
-    launch(conv_dgrad_gemm[dy.dtype == torch.float32], grid, dy, w, dx, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
-           *geo.conv_args(), *steps, *dy.stride(), *w.stride(), *dx.stride(),
+    def tiles(meta):
+        return triton.cdiv(m_max, meta["BLOCK_M"]) * triton.cdiv(geo.Cg, meta["BLOCK_N"])
+
+    def steps(meta):
+        return taps * triton.cdiv(geo.Kg, meta["BLOCK_K"])
+    grid, part, ticket = _split_launch(kernel, vec, dy.device, tiles, geo.groups * phases, steps)
+    launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
+           *geo.conv_args(), *steps_rs, *dy.stride(), *w.stride(), *dx.stride(),
            VEC=vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
     return dx if dx.device.type != "cuda" else _as_format(dx, fmt)
 
 
-def _weight_strides(w: torch.Tensor, channels_last: bool):
-    """Strides of a dense (K, Cg, R, S) tensor: w's own layout where it is dense
-    (contiguous or channels_last), channels_last when asked, else contiguous."""
-    K, Cg, R, S = w.shape
-    if channels_last:
-        return (R * S * Cg, 1, S * Cg, Cg)
-    if w.is_contiguous() or w.is_contiguous(memory_format=torch.channels_last):
-        return w.stride()
-    return (Cg * R * S, R * S, S, 1)
-
-
 def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
-    """dw (K, Cg, R, S) in w_like's layout (contiguous when w_like is not dense):
-    fp32 partials per split of the N*P*Q pixels, summed by ``sum_partials``. On a
-    GPU the GEMM path writes channels_last partials (vector stores)."""
+    """dw (K, Cg, R, S) in w_like's memory format, written in the weight dtype by one
+    launch: the reduction over the N*P*Q pixels is split (``_split_launch``) only
+    as far as its fp32 partials, written and read once, stay below the bytes of
+    dy and x."""
+    dw = torch.empty(w_like.shape, dtype=w_like.dtype, device=w_like.device, memory_format=_memory_format(w_like))
+    if dw.numel() == 0:
+        return dw
     pixels = geo.N * geo.P * geo.Q
-    numel = w_like.numel()
-    if numel == 0 or pixels == 0:
-        return torch.zeros_like(w_like)
-    path = geo.paths["weight_grad"]
-    on_gpu = x.device.type == "cuda"
-    strides = _weight_strides(w_like, on_gpu and path == "gemm")
-    if path == "direct":
+    if geo.paths["weight_grad"] == "direct":
         block_m, block_n = _direct_tiles(geo.K)
-        k_tiles = triton.cdiv(geo.K, block_n)
-        splits, chunk = _splits(x.device, pixels, k_tiles * geo.Cg * geo.R * geo.S)
-    else:
-        dy, x = _gemm_operand(dy), _gemm_operand(x)
-        flat = path == "gemm-flat"
-        cols = geo.Cg * geo.R * geo.S if flat else geo.Cg
-        taps = 1 if flat else geo.R * geo.S
-        splits, chunk = _splits(x.device, pixels, triton.cdiv(geo.Kg, 128) * triton.cdiv(cols, 128) * geo.groups * taps)
-    partials = torch.empty((splits, numel), dtype=torch.float32, device=x.device)
-    part_strides = (numel, *strides)
-    if path == "direct":
-        launch(_conv_wgrad_direct_kernel, (k_tiles * geo.Cg * geo.R * geo.S, splits),
-               dy, x, partials, *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), chunk,
-               *dy.stride(), *x.stride(), *part_strides, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
-    else:
-        aligned = part_strides[2] == 1 and all(s % 4 == 0 for s in part_strides if s != 1)
-        vec = _vec([dy], [geo.Kg]) if flat else (_vec([dy, x], [geo.Cg, geo.Kg]) if aligned else 1)
+        taps = triton.next_power_of_2(geo.R * geo.S)
+        programs = geo.Cg * triton.cdiv(geo.K, block_n)
+        splits = _splits(x.device, programs, triton.cdiv(pixels, block_m))
+        part = torch.empty(programs * splits * taps * block_n if splits > 1 else 1, dtype=torch.float32,
+                           device=x.device)
+        launch(_conv_wgrad_direct_kernel, (programs, 1, splits),
+               dy, x, dw, part, tickets(x.device, programs), *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S,
+               *geo.conv_args(), *dy.stride(), *x.stride(), *dw.stride(),
+               TAPS=taps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+        return dw
+    dy, x = _pixel_linear(_gemm_operand(dy)), _gemm_operand(x)
+    flat = geo.paths["weight_grad"] == "gemm-flat"
+    cols = geo.Cg * geo.R * geo.S if flat else geo.Cg
+    taps = 1 if flat else geo.R * geo.S
+    vec = _vec([dy], [geo.Kg]) if flat else _vec([dy, x], [geo.Cg, geo.Kg])
+    kernel = _for_dtype(conv_wgrad_flat if flat else conv_wgrad_gemm, x.dtype)
+    input_bytes = (dy.numel() + x.numel()) * x.element_size()
 
-        def grid(meta):
-            return (triton.cdiv(geo.Kg, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"]),
-                    geo.groups * taps, splits)
-        kernel = (conv_wgrad_flat if flat else conv_wgrad_gemm)[x.dtype == torch.float32]
-        launch(kernel, grid, dy, x, partials, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), chunk,
-               *dy.stride(), *x.stride(), *part_strides,
-               FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
-    total = partials[0] if splits == 1 else sum_partials(partials)
-    dw = total.to(w_like.dtype).as_strided(w_like.shape, strides)
-    return _as_format(dw, _memory_format(w_like)) if on_gpu else dw
+    def tiles(meta):
+        return triton.cdiv(geo.Kg, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"])
+
+    def steps(meta):
+        return triton.cdiv(pixels, meta["BLOCK_K"])
+
+    def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
+        return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
+    grid, part, ticket = _split_launch(kernel, vec, x.device, tiles, geo.groups * taps, steps, cap)
+    pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy.stride()[:1] + dy.stride()[2:])[1]
+    launch(kernel, grid, dy, x, dw, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
+           pixel_stride, dy.stride(1), *x.stride(), *dw.stride(),
+           FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+    return dw
 
 
 def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: float, bias_grad: bool):
     """(g, db): g = dy * act'(y) (dy itself without an activation) and, when
-    ``bias_grad``, db (K,) fp32 summed over N*P*Q in two deterministic passes."""
+    ``bias_grad``, db (K,) in dy's dtype, summed over N*P*Q in fp32 by one launch."""
     pixels = geo.N * geo.P * geo.Q
     g = torch.empty_like(dy) if activation else dy
-    if pixels == 0 or geo.K == 0:
-        return g, (torch.zeros(geo.K, dtype=torch.float32, device=dy.device) if bias_grad else None)
+    db = torch.empty(geo.K, dtype=dy.dtype, device=dy.device) if bias_grad else None
+    if geo.K == 0 or (pixels == 0 and not bias_grad):
+        return g, db
     block_m, block_n = (512, 64) if interpreting() else (32, 32)
     k_tiles = triton.cdiv(geo.K, block_n)
-    splits, chunk = _splits(dy.device, pixels, 2 * k_tiles)
-    partials = torch.empty((splits, geo.K), dtype=torch.float32, device=dy.device) if bias_grad else dy
+    splits = _splits(dy.device, k_tiles, triton.cdiv(pixels, block_m))
+    part = torch.empty(k_tiles * splits * block_n if splits > 1 else 1, dtype=torch.float32, device=dy.device)
     saved = dy if y is None else y
-    launch(_conv_bwd_epilogue_kernel, (k_tiles, splits), dy, saved, g, partials,
-           geo.N, geo.K, geo.P, geo.Q, chunk, float(negative_slope), *dy.stride(), *saved.stride(), *g.stride(),
+    launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), dy, saved, g, dy if db is None else db, part,
+           tickets(dy.device, k_tiles), geo.N, geo.K, geo.P, geo.Q, float(negative_slope),
+           *dy.stride(), *saved.stride(), *g.stride(),
            ACTIVATION=activation, HAS_BIAS=bias_grad, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
-    if not bias_grad:
-        return g, None
-    return g, (partials[0] if splits == 1 else sum_partials(partials))
+    return g, db
 
 
 # ---------------------------------------------------------------------------
@@ -324,14 +368,12 @@ class Conv2dFunction(torch.autograd.Function):
             dy = dy if g is None else g
         dx = ConvInputGradFunction.apply(dy, w, x, geo) if need_x else None
         dw = ConvWeightGradFunction.apply(dy, x, w, geo) if need_w else None
-        if db is not None:
-            db = db.to(w.dtype)
         return dx, dw, db, None, None, None, None, None, None
 
 
 class ConvOutputGradFunction(torch.autograd.Function):
     """(g, db) of dy (N, K, P, Q) and the saved output y: g = dy * act'(y) (None
-    without an activation), db (K,) fp32 when ``bias_grad`` (else None). Linear
+    without an activation), db (K,) in dy's dtype when ``bias_grad`` (else None). Linear
     in dy; act' is piecewise constant, so y gets no gradient."""
 
     @staticmethod

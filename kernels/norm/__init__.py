@@ -47,8 +47,8 @@ Running statistics, ``num_batches_tracked`` and the cumulative-average momentum
 live in the statistics kernel; the parameter gradients are cast to their dtype
 in the kernels. Cross-program merges are deterministic: fp32 partials and an
 integer ticket that lets the last program merge them in a fixed order (no float
-atomics); the ticket counters are one persistent buffer per device
-(``_plan.ticket_counters``: one stream per device assumed).
+atomics); the ticket counters are one persistent buffer per device and stream
+(``kernels._reduce.tickets``, shared with conv's split reductions).
 
 Second derivatives: ``NormFunction``'s backward is ``NormBackwardFunction``
 (the kernels above), whose own backward differentiates ``ops._reference_forward``,

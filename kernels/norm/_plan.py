@@ -295,25 +295,3 @@ def set_plan(sizes, G: int, stride_c: int, interpreter: bool) -> SetPlan | None:
     num_n_chunks = triton.cdiv(N, n_per_prog)
     warps = min(NUM_WARPS, max(1, block_m * block_c // 256))
     return SetPlan(N, C, S, G, S == 1 and G == 1, block_m, block_c, block_g, gpb, n_per_prog, num_n_chunks, warps)
-
-
-# ---------------------------------------------------------------------------
-# Ticket counters
-
-_TICKETS: dict = {}
-
-
-def ticket_counters(device: torch.device, count: int) -> torch.Tensor:
-    """The persistent int32 ticket counters of ``device`` (at least ``count``). They
-    are zero between launches: a kernel's last program of each ticket resets the
-    counter it used. One buffer per device serves every norm kernel, which assumes
-    that they run on one stream per device (stream order keeps two launches from
-    sharing counters at once; nnlib's kernels on two streams of one device at the
-    same time are not supported). Grows (a one-time torch.zeros) when a call needs
-    more counters than any before it."""
-    counters = _TICKETS.get(device)
-    if counters is None or counters.numel() < count:
-        size = max(count, 4096, 2 * (0 if counters is None else counters.numel()))
-        counters = torch.zeros(size, dtype=torch.int32, device=device)
-        _TICKETS[device] = counters
-    return counters

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as TF
 import triton
 
-from .._reduce import sum_partials
+from .._reduce import sum_partials, tickets
 from .._runtime import interpreting, launch, merge_dims, needs_int64
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from ._kernels import (_bwd_dx_kernel, _bwd_reduce_kernel, _merge_kernel, _normalize_kernel, _set_bwd_kernel,
                        _set_fwd_kernel, _stats_kernel)
 from ._plan import (MERGE_CHANNELS, MERGE_TILE, NUM_WARPS, Geometry, empty_output, loop_plan, mergeable, ncs_views,
-                    set_plan, ticket_counters)
+                    set_plan)
 
 __all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
            "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
@@ -110,11 +110,11 @@ def _launch_statistics(x, mean, rstd, moments, running_mean, running_var, num_ba
     running = running_mean is not None
     part = torch.empty(3 * num_stats * chunks + (num_stats if running and geom.per_sample else 0),
                        **_stats_options(x))
-    tickets = ticket_counters(x.device, plan.tickets())
+    counters = tickets(x.device, plan.tickets())
     launch(_stats_kernel, plan.grid, x_ptr=x, part_ptr=part, mean_ptr=mean, rstd_ptr=rstd,
            moments_ptr=moments if moments is not None else mean, rm_ptr=running_mean if running else mean,
            rv_ptr=running_var if running else rstd,
-           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else tickets, ticket_ptr=tickets,
+           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else counters, ticket_ptr=counters,
            **plan.shape_args(), **_strides("x", stride_x),
            stride_rm=_running_stride(running_mean) if running else 0,
            stride_rv=_running_stride(running_var) if running else 0, momentum=float(momentum), eps=float(eps),
@@ -133,11 +133,11 @@ def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None,
     P, _, C = moments.shape
     mean, rstd, count = (torch.empty(C, **_stats_options(moments)) for _ in range(3))
     running = running_mean is not None
-    tickets = ticket_counters(moments.device, 1)
+    counters = tickets(moments.device, 1)
     block_c = min(triton.next_power_of_2(C), MERGE_CHANNELS)
     launch(_merge_kernel, (triton.cdiv(C, block_c),), part_ptr=moments.contiguous(), mean_ptr=mean, rstd_ptr=rstd,
            count_ptr=count, rm_ptr=running_mean if running else mean, rv_ptr=running_var if running else rstd,
-           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else tickets, ticket_ptr=tickets, C=C,
+           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else counters, ticket_ptr=counters, C=C,
            num_parts=P, stride_rm=_running_stride(running_mean) if running else 0,
            stride_rv=_running_stride(running_var) if running else 0, momentum=float(momentum), eps=float(eps),
            RUNNING=running, CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, BLOCK_C=block_c,
@@ -239,7 +239,7 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
     if x.numel() == 0:
         return (torch.empty_like(x) if need_x else None, torch.zeros_like(weight) if need_weight else None,
                 torch.zeros_like(bias) if need_bias else None,
-                torch.empty_like(residual) if need_g and activation != ACT_NONE else None)
+                torch.empty_like(residual) if need_g and activation != ACT_NONE.value else None)
     if need_x and batch_stats and per_sample and residual is None:
         geom = Geometry(lead, chan, groups, per_sample, False)
         dx = torch.empty_like(x)
@@ -284,7 +284,7 @@ def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     dx of batch statistics is asked (``norm_backward_dx`` reads them; SyncBatchNorm
     all-reduces them first); g as ``norm_backward``."""
     geom = Geometry(lead, chan, groups, per_sample, False)
-    write_g = need_g and activation != ACT_NONE
+    write_g = need_g and activation != ACT_NONE.value
     g = torch.empty_like(residual) if write_g else None
     dx = torch.empty_like(x) if need_x and not batch_stats else None
     dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device) if need_weight else None
@@ -301,7 +301,7 @@ def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
                        **_stats_options(x))
     launch(_bwd_reduce_kernel, plan.grid, **args, part_ptr=part, dw_ptr=dw if dw is not None else mean,
            db_ptr=db if db is not None else mean, s1_ptr=sums[0] if stat_sums else mean,
-           s2_ptr=sums[1] if stat_sums else mean, ticket_ptr=ticket_counters(x.device, plan.tickets()),
+           s2_ptr=sums[1] if stat_sums else mean, ticket_ptr=tickets(x.device, plan.tickets()),
            STAT_SUMS=stat_sums, WRITE_DW=need_weight, WRITE_DB=need_bias, WRITE_G=write_g,
            WRITE_DX=dx is not None, **plan.blocks(merging=True))
     return dx, dw, db, sums, g
@@ -470,9 +470,9 @@ def _reference_forward(x, weight, bias, residual, mean, rstd, spec: _Spec):
         v = v + bias.reshape(1, C, 1)
     if residual is not None:
         v = v + residual.reshape(N, C, -1)
-    if spec.activation == ACT_RELU:
+    if spec.activation == ACT_RELU.value:
         v = torch.relu(v)
-    elif spec.activation == ACT_LEAKY_RELU:
+    elif spec.activation == ACT_LEAKY_RELU.value:
         v = TF.leaky_relu(v, spec.negative_slope)
     return v.reshape(shape)
 

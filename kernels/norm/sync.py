@@ -128,9 +128,9 @@ def _sync_batch_norm_torch(x, weight, bias, residual, running_mean, running_var,
         y = y + bias.view(shape)
     if residual is not None:
         y = y + residual
-    if activation == ACT_RELU:
+    if activation == ACT_RELU.value:
         y = torch.relu(y)
-    elif activation == ACT_LEAKY_RELU:
+    elif activation == ACT_LEAKY_RELU.value:
         y = TF.leaky_relu(y, negative_slope)
     return y.to(x.dtype)
 

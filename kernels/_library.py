@@ -1,0 +1,88 @@
+"""nnlib's registered PyTorch operators: one ``Operator`` per primitive.
+
+A primitive is a launcher with schema types: Tensor, ``Tensor | None``, int,
+float, bool and ``list[int]`` in, a Tensor or a tuple of Tensors out (an empty
+tensor stands for "none"), or nothing for an in-place primitive. ``Operator``
+registers it as ``torch.ops.nnlib.<name>`` (``torch.library.custom_op``) with a
+fake implementation (output shapes, dtypes and strides, computed without
+running anything) and, for a differentiable primitive, its autograd formula
+(``setup_context`` + ``backward``, written with other Operators, so second
+derivatives run the same kernels). Calling an Operator:
+
+* while torch.compile or torch.export traces (or on a tensor subclass such as
+  a FakeTensor) runs the registered operator, one opaque node in their graphs;
+* in eager mode runs the launcher directly, inside a plain
+  ``torch.autograd.Function`` built from the same ``setup_context`` and
+  ``backward`` when the primitive is differentiable. The dispatcher would add
+  about 15 us per call (``python -m bench --host``), more than many of our
+  kernels take on a GPU.
+
+Why ``custom_op`` and not ``torch.library.triton_op``: a triton_op's body is
+traced with fake tensors and its kernels through ``wrap_triton``, which needs
+each kernel's real arguments; our launchers read data pointers (alignment
+checks), pick autotuned kernels through ``kernels._runtime.autotune`` and run
+under the CPU interpreter in CI, and triton_op cannot trace any of that (under
+the interpreter it fails on the first data pointer). custom_op keeps the
+launcher opaque, so it works on CPU and GPU alike; the cost is that inductor
+cannot fuse into our kernels, which do their own fusion (epilogues).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = ["NAMESPACE", "OPERATORS", "Operator", "tracing"]
+
+NAMESPACE = "nnlib"
+OPERATORS: dict[str, "Operator"] = {}     # name -> Operator, every one registered
+_PLAIN = (torch.Tensor, torch.nn.Parameter)
+
+
+def tracing(x: torch.Tensor) -> bool:
+    """True while torch.compile / torch.export trace, or for a tensor subclass
+    (FakeTensor, FunctionalTensor, ...): calls must go through the operator."""
+    return type(x) not in _PLAIN or torch.compiler.is_compiling()
+
+
+def _eager_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
+    """A torch.autograd.Function running ``impl`` with the registered formula."""
+    def forward(ctx, *args):
+        output = impl(*args)
+        setup_context(ctx, args, output)
+        return output
+    return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
+                                                     "backward": staticmethod(backward)})
+
+
+class Operator:
+    """``impl`` registered as ``torch.ops.nnlib.<name>``; call it with positional
+    arguments. ``fake(*args)`` gives empty outputs of the right shapes, dtypes and
+    strides; ``mutates_args`` names the arguments written in place (such a
+    primitive has no autograd formula: the caller pairs it with a functional
+    one); ``setup_context(ctx, inputs, output)`` and ``backward(ctx, *grads)``
+    are the autograd formula, as for ``torch.library.register_autograd``."""
+
+    def __init__(self, name: str, impl: Callable, *, fake: Callable, mutates_args: tuple = (),
+                 setup_context: Callable | None = None, backward: Callable | None = None):
+        if name in OPERATORS:
+            raise RuntimeError(f"operator {NAMESPACE}::{name} is registered twice")
+        OPERATORS[name] = self
+        self.name = name
+        self.impl = impl
+        self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=mutates_args)
+        self.op.register_fake(fake)
+        self.function = None
+        if backward is not None:
+            self.op.register_autograd(backward, setup_context=setup_context)
+            self.function = _eager_function(name, impl, setup_context, backward)
+
+    def __call__(self, *args):
+        if tracing(args[0]):
+            return self.op(*args)
+        if self.function is None:
+            return self.impl(*args)
+        return self.function.apply(*args)
+
+    def __repr__(self) -> str:
+        return f"Operator({NAMESPACE}::{self.name})"
