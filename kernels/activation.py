@@ -44,7 +44,7 @@ def apply_activation(x, ACTIVATION: tl.constexpr, negative_slope):
     if ACTIVATION == ACT_RELU:
         x = tl.where(x < 0, 0.0, x)
     elif ACTIVATION == ACT_LEAKY_RELU:
-        x = tl.where(x < 0, x * negative_slope, x)
+        x = tl.where(x > 0, x, x * negative_slope)     # torch's: 0 * a non-finite slope is NaN
     return x
 
 
@@ -217,7 +217,8 @@ def _as_3d(t: torch.Tensor):
         t = t.reshape(1, 1, -1)
     described = view_3d(t, 1)
     if described is None:
-        t = t.contiguous()
+        # An empty t counts as contiguous whatever its strides: give it contiguous ones.
+        t = t.contiguous() if t.numel() else t.new_empty(t.shape)
         described = view_3d(t, 1)
     return t, described[0], described[1]
 

@@ -415,3 +415,46 @@ def test_tensors_as_int_arguments(op, name, value, device):
         kwargs = {"groups": 2, name: value}
         w = torch.randn(2, 1, 3, 3, device=device)
         check_errors(lambda t: F.conv2d(t, w, **kwargs), lambda t: TF.conv2d(t, w, **kwargs), [x], "conv")
+
+
+@pytest.mark.parametrize("value", [(1, True), (2, False), [2, True]], ids=["1-True", "2-False", "list-2-True"])
+@pytest.mark.parametrize("name", ["kernel_size", "stride", "padding", "dilation"])
+def test_max_pool2d_bool_after_an_int(name, value, device):
+    """torch's parser takes a bool after the first int of an int list, for pooling
+    as for conv2d; nnlib's pooling raised TypeError for any bool."""
+    kwargs = {"kernel_size": 2, name: value}
+    x = torch.randn(1, 2, 6, 6, device=device)
+    check_errors(lambda t: F.max_pool2d(t, **kwargs), lambda t: TF.max_pool2d(t, **kwargs), [x], "elementwise")
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.float64, torch.int64])
+def test_conv2d_empty_batch_with_another_weight_dtype(weight_dtype, device):
+    """torch sends an empty batch to its empty backend before any backend checks
+    the weight's dtype (the bias's it checks first): an empty output in the
+    input's dtype. nnlib raised RuntimeError."""
+    x = torch.randn(0, 2, 5, 4, device=device, dtype=torch.float16)
+    w = torch.randn(4, 1, 3, 3, device=device).to(weight_dtype)
+    check_errors(lambda t, u: F.conv2d(t, u, None, 1, 1, 1, 2), lambda t, u: TF.conv2d(t, u, None, 1, 1, 1, 2),
+                 [x, w], "conv")
+    b = torch.randn(4, device=device)        # a bias of another dtype is still refused
+    check_errors(lambda t, u: F.conv2d(t, u, b, groups=2), lambda t, u: TF.conv2d(t, u, b, groups=2), [x, w], "conv")
+
+
+@pytest.mark.parametrize("slope", [float("nan"), float("inf"), -float("inf")])
+def test_leaky_relu_non_finite_slope_at_zero(slope, device):
+    """torch computes x > 0 ? x : x * slope, so 0 * inf = NaN at x = +-0; nnlib
+    kept x where x >= 0."""
+    x = torch.tensor([0.0, -0.0, 1.0, -1.0, float("nan")], device=device)
+    check_errors(lambda t: F.leaky_relu(t, slope), lambda t: TF.leaky_relu(t, slope), [x], "elementwise")
+    check_errors(lambda t: F.conv2d(t, torch.ones(1, 1, 1, 1, device=device), activation="leaky_relu",
+                                    negative_slope=slope),
+                 lambda t: TF.leaky_relu(TF.conv2d(t, torch.ones(1, 1, 1, 1, device=device)), slope),
+                 [x.view(1, 1, 1, 5)], "conv")
+
+
+def test_prelu_empty_view_that_needs_a_copy(device):
+    """An empty transposed 4-D input (dims that do not merge into (outer, C,
+    inner)): its contiguous copy did not merge either (TypeError on None)."""
+    x = torch.randn(0, 3, 4, 5, device=device).transpose(-1, -2).requires_grad_()
+    w = torch.rand((), device=device, requires_grad=True)
+    check_op(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
