@@ -20,12 +20,18 @@ from typing import Callable
 
 import torch
 
+from nnlib.testing import tolerance
+
 
 @dataclass
 class Case:
-    """One benchmark row. ``setup()`` allocates the inputs and returns
-    ``(ours, baseline)``: two thunks doing the same work. ``bytes`` is the
-    minimal traffic (read once, written once), ``flops`` the arithmetic."""
+    """One benchmark row. ``setup()`` allocates the inputs (the harness seeds torch
+    first) and returns ``(ours, baseline)``: two thunks doing the same work.
+    ``bytes`` is the minimal traffic (read once, written once), ``flops`` the
+    arithmetic. The check compares both sides' results with twice the test
+    suite's tolerance for ``kind`` (nnlib.testing: each side may be off from the
+    exact result by one tolerance), or with ``atol`` / ``rtol`` when no kind is
+    given (whole models)."""
     op: str
     set: str
     shape: tuple
@@ -35,6 +41,7 @@ class Case:
     setup: Callable[[], tuple[Callable, Callable]]
     bytes: int = 0
     flops: int = 0
+    kind: str = ""
     atol: float = 1e-2
     rtol: float = 1e-2
     extra: dict = field(default_factory=dict)
@@ -72,9 +79,18 @@ def check(case: Case, ours, baseline) -> None:
     """Our result against the baseline's (same thunks, one run each)."""
     got, want = _flatten(ours()), _flatten(baseline())
     assert len(got) == len(want), f"{case.id}: {len(got)} outputs against {len(want)}"
+    atol, rtol = case.atol, case.rtol
+    if case.kind:
+        atol, rtol = (2 * t for t in tolerance(case.dtype, case.kind))
     for g, w in zip(got, want):
-        torch.testing.assert_close(g.float(), w.float(), atol=case.atol, rtol=case.rtol,
+        torch.testing.assert_close(g.double(), w.double(), atol=atol, rtol=rtol,
                                    equal_nan=True, msg=lambda m: f"{case.id}: {m}")
+
+
+def setup(case: Case):
+    """``case.setup()`` on seeded inputs: every run checks the same numbers."""
+    torch.manual_seed(0)
+    return case.setup()
 
 
 def measure_ceilings(device: str) -> dict:
@@ -93,7 +109,7 @@ def measure_ceilings(device: str) -> dict:
 
 def time_case(case: Case, ceilings: dict) -> dict:
     from triton.testing import do_bench
-    ours, baseline = case.setup()
+    ours, baseline = setup(case)
     check(case, ours, baseline)
     ours_ms = do_bench(ours, return_mode="median")
     base_ms = do_bench(baseline, return_mode="median")
@@ -178,7 +194,7 @@ def run(ops: list[str] | None, quick: bool, out_dir: str) -> int:
         failed = 0
         for i, case in enumerate(cases, 1):
             try:
-                check(case, *case.setup())
+                check(case, *setup(case))
                 status = "ok"
             except Exception as exc:  # report every case, then fail
                 failed += 1

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The one GPU check: environment report, the test suite on CUDA, then the quick
-# benchmark. Everything is written to the folder given as the first argument.
+# The one GPU check, in one device call of at most 9 minutes: environment report,
+# nnlib.selftest, the whole test suite on CUDA (one autotune config per kernel),
+# then the quick benchmark (autotuned for real). Each step is time-boxed, so a hang
+# in one still leaves the others' results in the folder given as first argument.
 #   bash bench/gpu_check.sh OUTDIR [bench args, e.g. --ops conv2d]
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [bench args]}
@@ -9,14 +11,27 @@ mkdir -p "$out"
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
+step() {   # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.txt, remember the status
+  local name=$1 seconds=$2
+  shift 2
+  local start=$SECONDS
+  timeout "$seconds" "$@" > "$out/$name.txt" 2>&1
+  local rc=$?
+  echo "$name: rc=$rc in $((SECONDS - start)) s (limit $seconds s)" | tee -a "$out/summary.txt"
+  tail -n 3 "$out/$name.txt"
+  return $rc
+}
 {
   date -u
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
   $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
-} 2>&1 | tee "$out/env.txt"
-timeout 300 $PY -m pytest tests -m cuda -q -x -p no:cacheprovider 2>&1 | tail -n 40 | tee "$out/tests.txt"
-tests_rc=${PIPESTATUS[0]}
-timeout 240 $PY -m bench --quick --out "$out" "$@" 2>&1 | tee "$out/bench.txt"
-bench_rc=${PIPESTATUS[0]}
-echo "tests rc=$tests_rc bench rc=$bench_rc" | tee -a "$out/env.txt"
-exit $(( tests_rc || bench_rc ))
+} > "$out/env.txt" 2>&1
+cat "$out/env.txt"
+rc=0
+step selftest 120 $PY -m nnlib.selftest --quick || rc=1
+# Every test that can run on CUDA does (the compile test is the CPU's stand-in for a GPU: skipped here).
+step tests 270 env NNLIB_AUTOTUNE=0 $PY -m pytest tests -q -p no:cacheprovider --ignore=tests/test_compile.py \
+  --junitxml="$out/tests.xml" -o junit_family=xunit2 || rc=1
+step bench 150 $PY -m bench --quick --out "$out" "$@" || rc=1
+echo "gpu_check rc=$rc" | tee -a "$out/summary.txt"
+exit $rc

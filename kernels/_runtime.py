@@ -7,7 +7,9 @@ helpers that every op shares.
 * ``autotune(configs, key, interpreter_config)``: ``triton.autotune`` with the
   full list on a GPU and the single interpreter config (the largest tiles)
   when interpreting; the full list stays on ``kernel.nnlib_configs`` for the
-  compile test.
+  compile test. ``NNLIB_AUTOTUNE=0`` in the environment makes GPU runs use the
+  first config of each list too (correctness runs that must not spend minutes
+  tuning: bench/gpu_check.sh's test step).
 * ``launch(kernel, grid, *args, **kwargs)``: every launch goes through here and
   is counted, so tests can prove that a Triton kernel ran; ``dry_run()``
   counts launches without running them (the host benchmark times our Python).
@@ -33,6 +35,7 @@ __all__ = [
 
 # Triton reads TRITON_INTERPRET once, when it is imported (so does nnlib).
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_AUTOTUNING = os.environ.get("NNLIB_AUTOTUNE", "1") not in ("", "0")
 
 
 def interpreting() -> bool:
@@ -91,8 +94,11 @@ def autotune(configs: list[triton.Config], key: list[str],
         if interpreting():
             tuned = triton.autotune(configs=[interpreter_config or configs[0]], key=key, **kwargs)(fn)
         else:
-            every = list(configs) + [c for more in lists.values() for c in more]
-            owner = [None] * len(configs) + [value for value, more in lists.items() for _ in more]
+            tuned_lists = [(None, configs), *lists.items()]
+            if not _AUTOTUNING:     # the first config of each list
+                tuned_lists = [(value, more[:1]) for value, more in tuned_lists]
+            every = [c for _, more in tuned_lists for c in more]
+            owner = [value for value, more in tuned_lists for _ in more]
 
             def prune(candidates, named_args, **launch_kwargs):
                 value = launch_kwargs.get(name, (named_args or {}).get(name))

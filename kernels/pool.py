@@ -39,37 +39,47 @@ INDEX_NONE, INDEX_LOCAL, INDEX_FLAT = 0, 1, 2
 
 
 @triton.jit
-def _plane_tile(positions, C, INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The tile of program_id(0) in a grid over N x channel blocks x position
-    blocks of one plane (``positions`` = its height * width): (n, offs_p, offs_c,
-    mask_p, mask_c), int64 when INDEX_64 (every offset derives from these)."""
+def _plane_tile(positions, N, C, INDEX_64: tl.constexpr, MERGE_N: tl.constexpr, BLOCK_P: tl.constexpr,
+                BLOCK_C: tl.constexpr):
+    """The tile of program_id(0): (n, offs_p, offs_c, mask_p, mask_c), int64 when
+    INDEX_64 (every offset derives from these). The grid covers N x channel blocks
+    x position blocks of one plane (``positions`` = its height * width), n a
+    scalar; with MERGE_N (small planes) it covers blocks of the N * C planes and
+    n is a [BLOCK_C] vector like offs_c, so one program spans several samples."""
     pid = tl.program_id(0)
     if INDEX_64:
         pid = pid.to(tl.int64)
         positions = positions.to(tl.int64)
     p_blocks = tl.cdiv(positions, BLOCK_P)
-    c_blocks = tl.cdiv(C, BLOCK_C)
     offs_p = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_c = ((pid // p_blocks) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
-    n = pid // (p_blocks * c_blocks)
-    return n, offs_p, offs_c, offs_p < positions, offs_c < C
+    if MERGE_N:
+        planes = (pid // p_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        n = planes // C
+        offs_c = planes % C
+        mask_c = planes < N * C
+    else:
+        c_blocks = tl.cdiv(C, BLOCK_C)
+        offs_c = ((pid // p_blocks) % c_blocks) * BLOCK_C + tl.arange(0, BLOCK_C)
+        n = pid // (p_blocks * c_blocks)
+        mask_c = offs_c < C
+    return n, offs_p, offs_c, offs_p < positions, mask_c
 
 
 @triton.jit
-def _max_pool2d_fwd_kernel(x_ptr, y_ptr, idx_ptr, C, H, W, OH, OW,
+def _max_pool2d_fwd_kernel(x_ptr, y_ptr, idx_ptr, N, C, H, W, OH, OW,
                            stride_xn, stride_xc, stride_xh, stride_xw,
                            stride_yn, stride_yc, stride_yh, stride_yw,
                            pad_h, pad_w,
                            KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                            DH: tl.constexpr, DW: tl.constexpr, INDEX_MODE: tl.constexpr,
-                           ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr,
+                           ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr, MERGE_N: tl.constexpr,
                            BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
     """x: (N, C, H, W) through strides; y, idx: (N, C, OH, OW), both with the y
-    strides. Program (n, c block, p block) pools BLOCK_P output positions of
-    OH*OW for BLOCK_C channels. idx gets nothing (INDEX_MODE 0), the local code
+    strides. A program (``_plane_tile``) pools BLOCK_P output positions of
+    OH*OW for BLOCK_C channels (planes with MERGE_N). idx gets nothing (INDEX_MODE 0), the local code
     kh*KW + kw or -1 where the activation's gradient is zero (1), or torch's
     flat h*W + w (2)."""
-    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(OH * OW, C, INDEX_64, BLOCK_P, BLOCK_C)
+    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(OH * OW, N, C, INDEX_64, MERGE_N, BLOCK_P, BLOCK_C)
     oh = offs_p // OW
     ow = offs_p % OW
     ih0 = oh * SH - pad_h
@@ -113,20 +123,21 @@ def _max_pool2d_fwd_kernel(x_ptr, y_ptr, idx_ptr, C, H, W, OH, OW,
 
 
 @triton.jit
-def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, C, H, W, OH, OW,
+def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, N, C, H, W, OH, OW,
                            stride_gn, stride_gc, stride_gh, stride_gw,
                            stride_in, stride_ic, stride_ih, stride_iw,
                            stride_dxn, stride_dxc, stride_dxh, stride_dxw,
                            pad_h, pad_w,
                            KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                            DH: tl.constexpr, DW: tl.constexpr, FLAT_INDEX: tl.constexpr,
-                           INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                           INDEX_64: tl.constexpr, MERGE_N: tl.constexpr, BLOCK_P: tl.constexpr,
+                           BLOCK_C: tl.constexpr):
     """grad, idx: (N, C, OH, OW) through strides; grad_x: (N, C, H, W) through
-    strides. Program (n, c block, p block) owns BLOCK_P input positions of H*W
-    for BLOCK_C channels and sums, in a fixed (kh, kw) order, the gradients of
+    strides. A program (``_plane_tile``) owns BLOCK_P input positions of H*W
+    for BLOCK_C channels (planes with MERGE_N) and sums, in a fixed (kh, kw) order, the gradients of
     the windows that cover each element and name it as their argmax (idx the
     flat h*W + w if FLAT_INDEX, else the local code kh*KW + kw)."""
-    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(H * W, C, INDEX_64, BLOCK_P, BLOCK_C)
+    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(H * W, N, C, INDEX_64, MERGE_N, BLOCK_P, BLOCK_C)
     h = offs_p // W
     w = offs_p % W
     grad_base = grad_ptr + n * stride_gn + offs_c[None, :] * stride_gc
@@ -157,21 +168,22 @@ def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, C, H, W, OH, OW,
 
 
 @triton.jit
-def _max_pool2d_gather_kernel(src_ptr, idx_ptr, out_ptr, C, H, W, OH, OW,
+def _max_pool2d_gather_kernel(src_ptr, idx_ptr, out_ptr, N, C, H, W, OH, OW,
                               stride_sn, stride_sc, stride_sh, stride_sw,
                               stride_in, stride_ic, stride_ih, stride_iw,
                               stride_on, stride_oc, stride_oh, stride_ow,
                               pad_h, pad_w,
                               KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
                               DH: tl.constexpr, DW: tl.constexpr, FLAT_INDEX: tl.constexpr,
-                              INDEX_64: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr):
+                              INDEX_64: tl.constexpr, MERGE_N: tl.constexpr, BLOCK_P: tl.constexpr,
+                              BLOCK_C: tl.constexpr):
     """src: (N, C, H, W); idx, out: (N, C, OH, OW); all through strides.
     out = src at each window's argmax (idx flat h*W + w if FLAT_INDEX, else the
     local code kh*KW + kw), 0 where the backward above sends the window's
     gradient nowhere (idx -1, or an argmax that is not an in-bounds tap of the
     window: windows that lie wholly in the padding): its exact transpose, which
     double backward needs."""
-    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(OH * OW, C, INDEX_64, BLOCK_P, BLOCK_C)
+    n, offs_p, offs_c, mask_p, mask_c = _plane_tile(OH * OW, N, C, INDEX_64, MERGE_N, BLOCK_P, BLOCK_C)
     oh = offs_p // OW
     ow = offs_p % OW
     mask = mask_p[:, None] & mask_c[None, :]
@@ -205,16 +217,23 @@ _NUM_WARPS = 8               # 2 elements per thread: no spills on sm_80 or sm_9
 _INTERPRETER_TILE = 1 << 14  # the interpreter pays per program: one large tile
 
 
-def _tiles(positions: int, channels: int, channels_last: bool) -> tuple[int, int]:
-    """(BLOCK_P, BLOCK_C) for a grid over positions x channels. channels_last
-    tiles run along C first (contiguous); NCHW tiles along positions, adding
-    channels when a plane is small."""
+def _tiles(positions: int, batch: int, channels: int, channels_last: bool) -> tuple[int, int, bool, int]:
+    """(BLOCK_P, BLOCK_C, MERGE_N, programs) for a grid over samples x channels x
+    positions. channels_last tiles run along C first (contiguous); NCHW tiles along
+    positions, adding channels when a plane is small. When one sample's planes fill
+    less than a tile, a tile spans samples too (MERGE_N: blocks of the N * C planes)."""
     tile = _INTERPRETER_TILE if interpreting() else _TILE
     if channels_last and not interpreting():
         block_c = min(next_power_of_2(channels), 64)
-        return tile // block_c, block_c
-    block_p = min(next_power_of_2(positions), tile)
-    return block_p, min(next_power_of_2(channels), tile // block_p)
+        block_p = tile // block_c
+    else:
+        block_p = min(next_power_of_2(positions), tile)
+        block_c = min(next_power_of_2(channels), tile // block_p)
+    p_blocks = cdiv(positions, block_p)
+    if batch > 1 and p_blocks == 1 and block_p * next_power_of_2(channels) < tile:
+        block_c = min(tile // block_p, next_power_of_2(batch * channels))
+        return block_p, block_c, True, cdiv(batch * channels, block_c)
+    return block_p, block_c, False, batch * cdiv(channels, block_c) * p_blocks
 
 
 def _local_index_dtype(kernel) -> torch.dtype:
@@ -252,7 +271,7 @@ class _ForwardPlan(NamedTuple):
     """A forward launch, computed from the call's geometry once (cached)."""
     outputs: _Outputs
     grid: tuple
-    launch_args: tuple       # (C, H, W, OH, OW, *x strides, *y strides, pad_h, pad_w)
+    launch_args: tuple       # (N, C, H, W, OH, OW, *x strides, *y strides, pad_h, pad_w)
     constexprs: dict
 
 
@@ -264,13 +283,12 @@ def _forward_plan(shape: tuple, strides: tuple, kernel: tuple, stride: tuple, pa
     N, C, H, W = x4_shape
     OH, OW = outputs.y_shape[-2:]
     y4_strides = torch.empty((N, C, OH, OW), device="meta", memory_format=outputs.memory_format).stride()
-    block_p, block_c = _tiles(OH * OW, C, outputs.memory_format == torch.channels_last)
+    block_p, block_c, merge_n, programs = _tiles(OH * OW, N, C, outputs.memory_format == torch.channels_last)
     index_64 = max(max_offset_of(x4_shape, x4_strides), max_offset_of((N, C, OH, OW), y4_strides)) >= 2**31 - 1
     constexprs = dict(KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-                      INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64,
+                      INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64, MERGE_N=merge_n,
                       BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
-    return _ForwardPlan(outputs, (N * cdiv(C, block_c) * cdiv(OH * OW, block_p),),
-                        (C, H, W, OH, OW, *x4_strides, *y4_strides, *padding), constexprs)
+    return _ForwardPlan(outputs, (programs,), (N, C, H, W, OH, OW, *x4_strides, *y4_strides, *padding), constexprs)
 
 
 def _forward_buffers(x: torch.Tensor, outputs: _Outputs):
@@ -318,12 +336,11 @@ def max_pool2d_backward(grad: torch.Tensor, idx: torch.Tensor, input_size: list[
             grad_x4 = grad_x
         N, C, OH, OW = idx.shape
         H, W = input_size[-2:]
-        block_p, block_c = _tiles(H * W, C, channels_last)
-        grid = (N * cdiv(C, block_c) * cdiv(H * W, block_p),)
-        launch(_max_pool2d_bwd_kernel, grid, grad, idx, grad_x4, C, H, W, OH, OW,
+        block_p, block_c, merge_n, programs = _tiles(H * W, N, C, channels_last)
+        launch(_max_pool2d_bwd_kernel, (programs,), grad, idx, grad_x4, N, C, H, W, OH, OW,
                *grad.stride(), *idx.stride(), *grad_x4.stride(), *padding,
                KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(grad, idx, grad_x4),
+               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(grad, idx, grad_x4), MERGE_N=merge_n,
                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
     return grad_x
 
@@ -338,12 +355,12 @@ def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, kernel: list[int], s
         src4, idx4, out4 = (t.unsqueeze(0) for t in (src, idx, out)) if src.dim() == 3 else (src, idx, out)
         N, C, H, W = src4.shape
         OH, OW = idx4.shape[-2:]
-        block_p, block_c = _tiles(OH * OW, C, suggest_memory_format(out4) == torch.channels_last)
-        grid = (N * cdiv(C, block_c) * cdiv(OH * OW, block_p),)
-        launch(_max_pool2d_gather_kernel, grid, src4, idx4, out4, C, H, W, OH, OW,
+        block_p, block_c, merge_n, programs = _tiles(OH * OW, N, C,
+                                                     suggest_memory_format(out4) == torch.channels_last)
+        launch(_max_pool2d_gather_kernel, (programs,), src4, idx4, out4, N, C, H, W, OH, OW,
                *src4.stride(), *idx4.stride(), *out4.stride(), *padding,
                KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out4),
+               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out4), MERGE_N=merge_n,
                BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
     return out
 
@@ -421,60 +438,62 @@ _OTHER_POOLS = [((2, 2), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), ((3, 3), (2,
 
 
 def _compile_cases():
-    """Every dtype, layout and index mode at the stem geometry; the other
-    geometries in fp16; int64 offsets once per kernel and dtype; the double
-    backward's gather in each dtype and index form."""
-    sizes = {"C": "i32", "H": "i32", "W": "i32", "OH": "i32", "OW": "i32", "pad_h": "i32", "pad_w": "i32"}
+    """Launch-like specialisations (unit strides as the constexpr 1 Triton makes
+    of them, other strides multiples of 16): every index mode and layout at the
+    stem geometry in fp32 and bf16, fp16 at the other geometries, planes merged
+    across samples (MERGE_N), int64 offsets once per kernel, the double
+    backward's gather in each index form."""
+    sizes = {"N": "i32", "C": "i32", "H": "i32", "W": "i32", "OH": "i32", "OW": "i32", "pad_h": "i32",
+             "pad_w": "i32"}
 
-    def strides(names, ty="i32"):
-        return {f"stride_{t}{a}": ty for t in names for a in "nchw"}
-
-    def geometry(pool):
+    def case(kernel, dt, pool, channels_last, pointers, tensors, constexprs, label, int64=False, merge=False):
+        block_p, block_c = (_TILE, 1) if not channels_last else (_TILE // 64, 64)
+        if merge:
+            block_p, block_c = 16, _TILE // 16
+        unit = "c" if channels_last else "w"
+        signature = {**pointers, **sizes}
+        fixed = {}
+        for t in tensors:
+            for axis in "nchw":
+                if axis == unit:
+                    fixed[f"stride_{t}{axis}"] = 1
+                else:
+                    signature[f"stride_{t}{axis}"] = "i64" if int64 else "i32"
         (kh, kw), (sh, sw), (dh, dw) = pool
-        return {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw}
+        return CompileCase(kernel, signature,
+                           {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw, "INDEX_64": int64,
+                            "MERGE_N": merge, "BLOCK_P": block_p, "BLOCK_C": block_c, **fixed, **constexprs},
+                           num_warps=_NUM_WARPS,
+                           divisible=tuple(k for k in signature if k.startswith("stride_") and k[-1] != "n"),
+                           label=f"{label},{dt},{pool},{'cl' if channels_last else 'nchw'}"
+                                 + (",int64" if int64 else "") + (",merged" if merge else ""))
 
-    def forward(dt, pool, channels_last, index_mode, idx_t, act, int64=False):
-        block_p, block_c = (_TILE // 64, 64) if channels_last else (_TILE, 1)
-        return CompileCase(
-            _max_pool2d_fwd_kernel,
-            {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", **sizes,
-             **strides(("x", "y"), "i64" if int64 else "i32")},
-            {**geometry(pool), "INDEX_MODE": index_mode, "ACTIVATION": act, "INDEX_64": int64,
-             "BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=_NUM_WARPS,
-            label=f"{dt},{pool},{'cl' if channels_last else 'nchw'},index={index_mode},act={act}"
-                  + (",int64" if int64 else ""))
+    def forward(dt, pool, cl, index_mode, idx_t, act, **kw):
+        return case(_max_pool2d_fwd_kernel, dt, pool, cl,
+                    {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}"}, "xy",
+                    {"INDEX_MODE": index_mode, "ACTIVATION": act}, f"index={index_mode},act={act}", **kw)
 
-    def backward(dt, pool, channels_last, idx_t, int64=False):
-        block_p, block_c = (_TILE // 64, 64) if channels_last else (_TILE, 1)
-        return CompileCase(
-            _max_pool2d_bwd_kernel,
-            {"grad_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", "grad_x_ptr": f"*{dt}", **sizes,
-             **strides(("g", "i", "dx"), "i64" if int64 else "i32")},
-            {**geometry(pool), "FLAT_INDEX": idx_t == "i64", "INDEX_64": int64,
-             "BLOCK_P": block_p, "BLOCK_C": block_c}, num_warps=_NUM_WARPS,
-            label=f"{dt},{pool},{'cl' if channels_last else 'nchw'},{idx_t}" + (",int64" if int64 else ""))
+    def backward(dt, pool, cl, idx_t, **kw):
+        return case(_max_pool2d_bwd_kernel, dt, pool, cl,
+                    {"grad_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", "grad_x_ptr": f"*{dt}"}, ("g", "i", "dx"),
+                    {"FLAT_INDEX": idx_t == "i64"}, idx_t, **kw)
 
-    def gather(dt, pool, channels_last, idx_t, int64=False):
-        block_p, block_c = (_TILE // 64, 64) if channels_last else (_TILE, 1)
-        return CompileCase(
-            _max_pool2d_gather_kernel,
-            {"src_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", "out_ptr": f"*{dt}", **sizes,
-             **strides(("s", "i", "o"), "i64" if int64 else "i32")},
-            {**geometry(pool), "FLAT_INDEX": idx_t == "i64", "INDEX_64": int64, "BLOCK_P": block_p,
-             "BLOCK_C": block_c},
-            num_warps=_NUM_WARPS,
-            label=f"gather,{dt},{pool},{'cl' if channels_last else 'nchw'},{idx_t}" + (",int64" if int64 else ""))
+    def gather(dt, pool, cl, idx_t, **kw):
+        return case(_max_pool2d_gather_kernel, dt, pool, cl,
+                    {"src_ptr": f"*{dt}", "idx_ptr": f"*{idx_t}", "out_ptr": f"*{dt}"}, "sio",
+                    {"FLAT_INDEX": idx_t == "i64"}, f"gather,{idx_t}", **kw)
 
     cases = []
-    for dt in ("fp32", "fp16", "bf16"):
-        cases += [gather(dt, _STEM, False, "i8"), gather(dt, _STEM, True, "i64"),
-                  gather(dt, _STEM, False, "i64", int64=True)]
+    for dt in ("fp32", "bf16"):
         for cl in (False, True):
             cases += [forward(dt, _STEM, cl, INDEX_NONE, dt, 0), forward(dt, _STEM, cl, INDEX_LOCAL, "i8", 1),
                       forward(dt, _STEM, cl, INDEX_FLAT, "i64", 0),
                       backward(dt, _STEM, cl, "i8"), backward(dt, _STEM, cl, "i64")]
-        cases += [forward(dt, _STEM, False, INDEX_FLAT, "i64", 1, int64=True),
-                  backward(dt, _STEM, False, "i8", int64=True)]
+        cases += [gather(dt, _STEM, False, "i8"), gather(dt, _STEM, True, "i64")]
+    cases += [forward("fp16", _STEM, False, INDEX_FLAT, "i64", 1, int64=True),
+              backward("fp16", _STEM, False, "i8", int64=True), gather("fp16", _STEM, False, "i64", int64=True),
+              forward("fp16", _STEM, False, INDEX_LOCAL, "i8", 1, merge=True),
+              backward("fp16", _STEM, False, "i8", merge=True), gather("fp16", _STEM, False, "i8", merge=True)]
     for pool in _OTHER_POOLS:
         for cl in (False, True):
             cases += [forward("fp16", pool, cl, INDEX_LOCAL, "i8", 0), backward("fp16", pool, cl, "i8")]

@@ -8,7 +8,8 @@ takes: "triton" (CUDA), "triton-interpreter" (CPU with TRITON_INTERPRET=1) or
 from kernels._runtime import backend, count_launches
 
 from . import functional, models
-from .convert import convert, fuse, receptive_field
+from .convert import convert, fuse
+from .receptive import receptive_field
 from .layers import *  # noqa: F401,F403
 from .layers import __all__ as _layers_all
 

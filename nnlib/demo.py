@@ -7,7 +7,8 @@ and time per training step of both, and writes a PNG of the two loss curves.
 
 On a GPU nnlib runs its Triton kernels; on a CPU it runs the same kernels in
 Triton's interpreter (the demo re-executes itself with ``TRITON_INTERPRET=1``),
-which is slow but exact: about five minutes with the defaults (one epoch).
+which is slow but exact: by default the CPU run stops after 30 steps (about a
+minute and a half on two cores); ``--steps 0`` trains the full epochs.
 """
 from __future__ import annotations
 
@@ -46,6 +47,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--model", choices=sorted(MODELS), default="cnn", help="network to train (default cnn)")
     parser.add_argument("--epochs", type=_positive(int), default=None,
                         help="passes over the training set (default 1 on a CPU, 10 on a GPU)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="stop after this many training steps, 0 for no limit (default 30 on a CPU, none on a GPU)")
     parser.add_argument("--batch-size", type=_positive(int), default=32, help="examples per step (default 32)")
     parser.add_argument("--lr", type=_positive(float), default=0.02, help="SGD learning rate (default 0.02)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the split, the weights and the batch order")
@@ -59,6 +62,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--device cuda: no CUDA device is visible")
     if args.epochs is None:
         args.epochs = 10 if args.device == "cuda" else 1
+    if args.steps is None:
+        args.steps = 0 if args.device == "cuda" else 30
+    if args.steps < 0:
+        parser.error(f"--steps must be >= 0, got {args.steps}")
     try:
         os.makedirs(args.out, exist_ok=True)
     except OSError as exc:
@@ -167,20 +174,22 @@ def main(argv=None) -> int:
     losses = {name: [] for name in sides}
     seconds = {name: [] for name in sides}
     steps_per_epoch = -(-len(x_train) // args.batch_size)
+    total = args.epochs * steps_per_epoch if not args.steps else min(args.steps, args.epochs * steps_per_epoch)
     print(f"digits: {len(x_train)} training / {len(x_test)} test images ({size}x{size}); model {args.model}; "
-          f"{args.epochs} epoch(s) x {steps_per_epoch} steps of {args.batch_size}; device {device}; nnlib path "
-          f"{backend(x_train)}", flush=True)
+          f"{args.epochs} epoch(s) x {steps_per_epoch} steps of {args.batch_size}"
+          f"{'' if total == args.epochs * steps_per_epoch else f', stopping after {total} steps'}; "
+          f"device {device}; nnlib path {backend(x_train)}", flush=True)
     generator = torch.Generator().manual_seed(args.seed)
-    report_every = max(1, steps_per_epoch // 8)
+    report_every = max(1, min(steps_per_epoch, total) // 8)
     for epoch in range(1, args.epochs + 1):
         order = torch.randperm(len(x_train), generator=generator).to(device)
-        for step in range(steps_per_epoch):
+        for step in range(min(steps_per_epoch, total - (epoch - 1) * steps_per_epoch)):
             idx = order[step * args.batch_size:(step + 1) * args.batch_size]
             for name, model in sides.items():
                 loss, sec = train_step(model, optimizers[name], x_train[idx], y_train[idx], device)
                 losses[name].append(loss)
                 seconds[name].append(sec)
-            if (step + 1) % report_every == 0 or step + 1 == steps_per_epoch:
+            if (step + 1) % report_every == 0 or step + 1 == steps_per_epoch or len(losses["nnlib"]) == total:
                 print(f"epoch {epoch}/{args.epochs} step {step + 1:3d}/{steps_per_epoch}  loss: nnlib "
                       f"{losses['nnlib'][-1]:.4f}  torch.nn {losses['torch.nn'][-1]:.4f}  s/step: nnlib "
                       f"{seconds['nnlib'][-1]:.3f}  torch.nn {seconds['torch.nn'][-1]:.4f}", flush=True)

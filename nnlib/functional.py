@@ -15,6 +15,7 @@ from kernels import activation as _act
 from kernels import conv as _conv
 from kernels import norm as _norm
 from kernels import pool as _pool
+from kernels._library import tracing
 from kernels._runtime import backend, check_same_device
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
@@ -81,7 +82,10 @@ def _check_activation_input(input, op: str, allow_integer: bool = False, check_d
 def _check_inplace(input: torch.Tensor, op: str) -> None:
     """What torch refuses before it writes ``input`` in place (RuntimeError): an
     element stored for several (a stride-0 dim), and under grad mode a leaf that
-    requires grad or a view of one. The kernel must not run first: it would write."""
+    requires grad or a view of one. The kernel must not run first: it would write.
+    (While tracing, torch.compile's functionalization and autograd check these.)"""
+    if tracing(input):
+        return
     if input.numel() and any(stride == 0 and size > 1 for size, stride in zip(input.shape, input.stride())):
         raise RuntimeError(f"{op}(): unsupported operation: more than one element of the written-to tensor refers "
                            "to a single memory location. Please clone() the tensor before performing the operation.")

@@ -1,4 +1,4 @@
-"""The float64 reference and the one tolerance table.
+"""The float64 reference; the one tolerance table lives in nnlib.testing.
 
 ``check_op`` runs an nnlib function on the inputs as given and the torch
 reference on float64 CPU copies, then compares outputs and the gradients of
@@ -7,33 +7,11 @@ asserts that a Triton kernel ran.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kernels._runtime import count_launches
-
-# (atol, rtol) per dtype and kind of op. "elementwise": one rounding of the
-# result; "reduction": sums over many terms (norms, pools' gradients, PReLU's
-# weight); "conv": dot products of length C*R*S.
-TOLERANCES = {
-    torch.float32: {"elementwise": (1e-5, 1e-5), "reduction": (1e-4, 1e-4), "conv": (1e-4, 1e-4)},
-    torch.float16: {"elementwise": (1e-3, 1e-3), "reduction": (5e-3, 5e-3), "conv": (1e-2, 1e-2)},
-    torch.bfloat16: {"elementwise": (8e-3, 8e-3), "reduction": (2e-2, 2e-2), "conv": (2e-2, 2e-2)},
-}
-FLOAT_DTYPES = [torch.float32, torch.float16, torch.bfloat16]
-
-
-def tolerance(dtype: torch.dtype, kind: str) -> tuple[float, float]:
-    return TOLERANCES[dtype][kind]
-
-
-def assert_close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype, kind: str,
-                 name: str = "output", scale: float = 1.0) -> None:
-    """Compare in float64 on the CPU; NaN must sit where the reference has NaN.
-    ``scale`` widens atol for values whose magnitude grows with the problem."""
-    atol, rtol = tolerance(dtype, kind)
-    torch.testing.assert_close(actual.detach().cpu().double(), expected.detach().cpu().double(),
-                               atol=atol * scale, rtol=rtol, equal_nan=True,
-                               msg=lambda m: f"{name} ({dtype}, {kind}): {m}")
+from nnlib.testing import FLOAT_DTYPES, TOLERANCES, assert_close, tolerance  # noqa: F401 (re-exported)
 
 
 def to_reference(t):
@@ -129,6 +107,39 @@ def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: 
             assert zero is None or not zero.abs().sum(), f"second grad of {name}: one side is zero, one is not"
             continue
         assert_close(g, rg, dtype, kind, f"second grad of {name}", scale=grad_scale)
+
+
+def check_raises_like_torch(ours, theirs, args: tuple, kwargs: dict | None = None, unchanged: tuple = ()) -> None:
+    """The bad-argument check every op's table uses: torch's ``theirs(*args,
+    **kwargs)`` (tensors copied to the CPU) raises; ``ours`` raises the same class,
+    before launching any kernel, and every tensor of ``unchanged`` keeps its values."""
+    kwargs = kwargs or {}
+
+    def cpu(v):
+        return v.cpu() if isinstance(v, torch.Tensor) else v
+    with pytest.raises(Exception) as expected:
+        theirs(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
+    before = [t.clone() for t in unchanged]
+    with count_launches() as launches, pytest.raises(expected.type):
+        ours(*args, **kwargs)
+    assert launches.total == 0, "a kernel ran before the error"
+    for t, saved in zip(unchanged, before):
+        assert torch.equal(t, saved), "a tensor was written before the error"
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """||a - b|| / ||b|| in float64 (for whole models, where elementwise tolerances
+    do not apply)."""
+    a, b = a.detach().cpu().double(), b.detach().cpu().double()
+    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
+
+
+def huge_view(shape, strides, dtype, device) -> torch.Tensor:
+    """A random view of ``shape`` / ``strides`` whose element offsets may pass 2**31:
+    its storage is allocated lazily, so only the pages the view touches are committed."""
+    storage = sum((n - 1) * s for n, s in zip(shape, strides)) + 1
+    view = torch.empty(storage, dtype=dtype, device=device).as_strided(shape, strides)
+    return view.copy_(torch.randn(shape, dtype=dtype))
 
 
 def make_input(shape, dtype, device, layout: str = "contiguous", requires_grad: bool = False):

@@ -1,5 +1,4 @@
 """relu / leaky_relu / prelu against the float64 torch reference."""
-import sys
 
 import pytest
 import torch
@@ -8,7 +7,8 @@ import torch.nn.functional as TF
 import nnlib
 import nnlib.functional as F
 from kernels._runtime import count_launches, needs_int64
-from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, make_input
+from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
+                             huge_view, make_input)
 
 LAYOUTS = ["contiguous", "channels_last", "transposed", "sliced"]
 SHAPES = [(3, 5, 7, 9), (1, 1, 1, 1), (2, 3, 1, 300)]
@@ -163,7 +163,7 @@ def test_prelu_autocast(dtype, device):
     assert_close(out, expected, dtype, "elementwise")
 
 
-def test_prelu_bad_input(device):
+def test_prelu_bad_messages_name_the_argument(device):
     x = torch.randn(2, 3, 4, device=device)
     with pytest.raises(RuntimeError, match="weight"):
         F.prelu(x, torch.rand(4, device=device))
@@ -175,29 +175,36 @@ def test_prelu_bad_input(device):
         F.prelu(x, [0.25])
     with pytest.raises(RuntimeError, match="device"):
         F.prelu(x, torch.rand(3, device="meta"))
-    # torch's classes and order: dtypes must agree (RuntimeError), then shapes, then
-    # floating point (NotImplementedError, bool included).
-    for args in ((torch.arange(4, device=device), torch.tensor([0.25], device=device)),
-                 (torch.arange(4, device=device).view(2, 2), torch.tensor([1, 2, 3], device=device)),
-                 (torch.tensor([True, False], device=device), torch.tensor([True], device=device))):
-        with pytest.raises(Exception) as expected:
-            TF.prelu(*(a.cpu() for a in args))
-        with pytest.raises(expected.type):
-            F.prelu(*args)
-    for op in (F.leaky_relu, F.leaky_relu_):
-        with pytest.raises(NotImplementedError):
-            op(torch.tensor([True, False], device=device))
+
+
+BAD = {  # name: (functional name, args); torch raises for each
+    # prelu checks as torch: dtypes must agree, then shapes, then floating point.
+    "prelu-int-input-float-weight": ("prelu", lambda d: (torch.arange(4, device=d), torch.tensor([0.25], device=d))),
+    "prelu-int-weight-too-long": ("prelu", lambda d: (torch.arange(4, device=d).view(2, 2),
+                                                      torch.tensor([1, 2, 3], device=d))),
+    "prelu-bool": ("prelu", lambda d: (torch.tensor([True, False], device=d), torch.tensor([True], device=d))),
+    "prelu-weight-too-long": ("prelu", lambda d: (torch.randn(2, 3, 4, device=d), torch.rand(4, device=d))),
+    "prelu-weight-2d": ("prelu", lambda d: (torch.randn(2, 3, 4, device=d), torch.rand(1, 3, device=d))),
+    "prelu-weight-dtype": ("prelu", lambda d: (torch.randn(2, 3, 4, device=d).half(), torch.rand(3, device=d))),
+    "prelu-weight-list": ("prelu", lambda d: (torch.randn(2, 3, 4, device=d), [0.25])),
+    "relu-bool": ("relu", lambda d: (torch.tensor([True, False], device=d),)),
+    "relu-list": ("relu", lambda d: ([1.0, -1.0],)),
+    "leaky-relu-bool": ("leaky_relu", lambda d: (torch.tensor([True, False], device=d),)),
+    "leaky-relu-inplace-bool": ("leaky_relu_", lambda d: (torch.tensor([True, False], device=d),)),
+    "leaky-relu-int": ("leaky_relu", lambda d: (torch.arange(3, device=d),)),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD))
+def test_bad_arguments(name, device):
+    op, args = BAD[name]
+    check_raises_like_torch(getattr(F, op), getattr(TF, op), args(device))
 
 
 def test_int64_offsets(device):
     """A view whose element offsets pass 2**31: PReLU reads it through strides
     (the storage is allocated lazily; only the touched pages are committed)."""
-    if device == "cpu" and sys.maxsize < 2**40:
-        pytest.skip("needs a 64-bit address space")
-    stride = 2**31 + 8
-    base = torch.empty(stride + 16, dtype=torch.float16, device=device)
-    x = base.as_strided((2, 3, 4), (stride, 4, 1))
-    x.copy_(torch.randn(2, 3, 4, dtype=torch.float16))
+    x = huge_view((2, 3, 4), (2**31 + 8, 4, 1), torch.float16, device)
     assert needs_int64(x)
     w = torch.rand(3, dtype=torch.float16, device=device)
     x_ref = x.detach().cpu().double()

@@ -3,18 +3,19 @@ weights on the same stream of batches (scikit-learn's 8x8 digits) with SGD (mome
 weight decay), give the same loss at every step and the same final parameters and
 running statistics; likewise a torch.nn model after ``nnlib.convert``.
 
-Marked ``slow``: under the interpreter a training step costs 2 to 7 s (tiny convolutions
-cost 0.1 to 2 s per launch there), so 20 steps take 40 to 140 s per model.
+Under the interpreter a training step costs 1 to 4 s (tiny convolutions cost 0.1 to 2 s
+per launch there): LeNet-5, the slowest (its few-channel convolutions take the direct
+kernels), trains 8 steps on 2 distinct batches, the ResNets 20 steps on 4.
 """
 from __future__ import annotations
 
-import pytest
 import torch
 import torch.nn.functional as TF
 
 import nnlib
 from nnlib import models
 from nnlib.models import reference
+from tests.reference import rel_err
 
 STEPS = 20
 
@@ -34,25 +35,22 @@ def digits_stream(size: int, batch: int, steps: int = STEPS, distinct: int = 4, 
 
 def train(model, stream, lr: float) -> list[float]:
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
+    device = next(model.parameters()).device
     losses = []
     for x, y in stream:
         optimizer.zero_grad()
-        loss = TF.cross_entropy(model(x), y)
+        loss = TF.cross_entropy(model(x.to(device)), y.to(device))
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
     return losses
 
 
-def rel_err(a, b) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
-
-def check_same_training(ours, theirs, stream, lr: float = 0.05, tol: float = 1e-4, distinct: int = 4):
-    """Train both; same loss at every step, same parameters and buffers at the end. The
-    run is not degenerate: every parameter moved, and the loss on the first cycle of
-    batches is higher than on the last (the same batches)."""
+def check_same_training(ours, theirs, stream, device, lr: float = 0.05, tol: float = 1e-4, distinct: int = 4):
+    """Train both on ``device``; same loss at every step, same parameters and buffers at
+    the end. The run is not degenerate: every parameter moved, and the loss on the first
+    cycle of batches is higher than on the last (the same batches)."""
+    ours, theirs = ours.to(device), theirs.to(device)
     initial = [p.detach().clone() for p in theirs.parameters()]
     with nnlib.count_launches() as launches:
         ours_losses = train(ours, stream, lr)
@@ -77,27 +75,24 @@ def small_resnets(blocks):
     return ours, theirs
 
 
-@pytest.mark.slow
-def test_lenet5_trains_like_torch():
+def test_lenet5_trains_like_torch(device):
     theirs = reference.LeNet5()
     ours = models.lenet5()
     ours.load_state_dict(theirs.state_dict())
-    check_same_training(ours, theirs, digits_stream(32, 2))
+    check_same_training(ours, theirs, digits_stream(32, 2, steps=8, distinct=2), device, distinct=2)
 
 
-@pytest.mark.slow
-def test_small_resnet_trains_like_torch():
+def test_small_resnet_trains_like_torch(device):
     """Two BasicBlocks (the second with a strided 1x1 downsample): batch norm in
     training mode with ReLU and the residual fused into it."""
     ours, theirs = small_resnets([1, 1])
-    check_same_training(ours, theirs, digits_stream(8, 2))
+    check_same_training(ours, theirs, digits_stream(8, 2), device)
 
 
-@pytest.mark.slow
-def test_converted_resnet_trains_like_torch():
+def test_converted_resnet_trains_like_torch(device):
     """torchvision's structure (a ReLU module used twice, in-place residual add) after
     nnlib.convert."""
     _, theirs = small_resnets([1])
     ours = nnlib.convert(theirs)
     assert type(ours.layer1[0].bn2) is nnlib.BatchNorm2d and type(ours.layer1[0].relu) is nnlib.ReLU
-    check_same_training(ours, theirs, digits_stream(8, 2, seed=1))
+    check_same_training(ours, theirs, digits_stream(8, 2, seed=1), device)

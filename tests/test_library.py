@@ -23,12 +23,15 @@ RELU, LEAKY = act.ACT_RELU.value, act.ACT_LEAKY_RELU.value
 WINDOW = ([3, 3], [2, 2], [1, 1], [1, 1])
 
 
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"     # conftest's device
+
+
 def _t(shape, layout="contiguous", dtype=torch.float32, grad=True):
-    return make_input(shape, dtype, "cpu", layout, requires_grad=grad)
+    return make_input(shape, dtype, DEVICE, layout, requires_grad=grad)
 
 
 def _samples():
-    """name -> list of (id, args) for opcheck."""
+    """name -> list of (id, args) for opcheck, on the test device."""
     x, xt = _t((2, 3, 5, 7), "channels_last"), _t((2, 3, 5, 7), "transposed")
     xh = _t((2, 5, 7), dtype=torch.float16, grad=False)
     codes = pool.max_pool2d_op(x.detach(), *WINDOW, False, pool.INDEX_LOCAL, RELU)[1]
@@ -61,11 +64,11 @@ def test_every_operator_has_samples():
 
 @pytest.mark.parametrize("name,args", [pytest.param(n, a, id=f"{n}-{i}") for n, cases in SAMPLES.items()
                                        for i, a in cases])
-def test_opcheck(name, args):
+def test_opcheck(name, args, device):
     torch.library.opcheck(OPERATORS[name].op, args)
 
 
-def test_eager_calls_skip_the_dispatcher():
+def test_eager_calls_skip_the_dispatcher(device):
     """In eager mode an operator runs its launcher directly: no nnlib:: op reaches
     the dispatcher (a TorchDispatchMode would see it)."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -92,7 +95,7 @@ def _functional_chain(x, w):
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
-def test_compile_functional_fullgraph(backend):
+def test_compile_functional_fullgraph(backend, device):
     torch._dynamo.reset()
     x, w = _t((2, 3, 9, 9), "channels_last"), _t((3,))
     explained = torch._dynamo.explain(_functional_chain)(x, w)

@@ -17,14 +17,10 @@ from torch import nn
 import nnlib
 from nnlib import layers, models
 from nnlib.models import reference
+from tests.reference import rel_err
 
 # ---------------------------------------------------------------------------
 # helpers
-
-
-def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().cpu().double(), b.detach().cpu().double()
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 
 
 def count_modules(model, *types) -> int:
@@ -34,7 +30,7 @@ def count_modules(model, *types) -> int:
 def check_against_float64(model: nn.Module, x: torch.Tensor, tol: float = 1e-4, backward: bool = True):
     """model(x) on the Triton path against a float64 copy on torch's path: output,
     every parameter's gradient and every buffer (running statistics) after the call."""
-    ref = copy.deepcopy(model).double()
+    ref = copy.deepcopy(model).double()       # float64 takes torch's path, on any device
     x_ref = x.detach().double()
     with nnlib.count_launches() as fwd:
         out = model(x)
@@ -48,7 +44,7 @@ def check_against_float64(model: nn.Module, x: torch.Tensor, tol: float = 1e-4, 
     assert fwd.total >= windows, f"{fwd.total} launches for {windows} conv / pool / norm layers"
     if not backward:
         return out
-    grad = torch.randn(ref_out.shape, dtype=torch.float64)
+    grad = torch.randn(ref_out.shape, dtype=torch.float64, device=x.device)
     with nnlib.count_launches() as bwd:
         out.backward(grad.to(out.dtype))
     ref_out.backward(grad)
@@ -193,12 +189,12 @@ SMALL = {
 
 
 @pytest.mark.parametrize("name", list(SMALL))
-def test_model(name):
+def test_model(name, device):
     build, shape, fmt, tol, mode = SMALL[name]
-    model = build().train(mode != "eval")
+    model = build().train(mode != "eval").to(device)
     if fmt == "channels_last":
         model = model.to(memory_format=torch.channels_last)
-    x = layout(torch.randn(shape), fmt)
+    x = layout(torch.randn(shape, device=device), fmt)
     out = check_against_float64(model, x, tol, backward=mode == "backward")
     if name == "drn_c26":
         assert out.shape == (shape[0], 3, *shape[2:])      # per-pixel logits at the input size
@@ -207,14 +203,14 @@ def test_model(name):
 
 
 @pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
-def test_resnet_matches_torchvision_structured_twin(block):
+def test_resnet_matches_torchvision_structured_twin(block, device):
     """nnlib's fused ResNet computes what torchvision's structure computes (the twin:
     separate ReLUs, residual add), outputs and gradients, in training mode."""
     kw = dict(num_classes=5, width=8)
-    twin = reference.ResNet(getattr(reference, block), [1, 1], **kw)
-    ours = models.ResNet(getattr(models, block), [1, 1], **kw)
+    twin = reference.ResNet(getattr(reference, block), [1, 1], **kw).to(device)
+    ours = models.ResNet(getattr(models, block), [1, 1], **kw).to(device)
     ours.load_state_dict(twin.state_dict())
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 16, 16, device=device)
     out, ref = ours(x), twin(x)
     assert rel_err(out, ref) < 1e-4
     g = torch.randn_like(ref)
@@ -226,15 +222,15 @@ def test_resnet_matches_torchvision_structured_twin(block):
         assert rel_err(b, c) < 1e-5, name
 
 
-def test_gradient_penalty_through_resnet():
+def test_gradient_penalty_through_resnet(device):
     """Second derivatives through a whole network (a WGAN-GP style penalty on the
     input gradient): conv, batch norm with the fused residual and ReLU, max pool,
     all differentiated twice, give torchvision's structure's parameter gradients."""
     kw = dict(num_classes=3, width=8)
-    twin = reference.ResNet(reference.BasicBlock, [1, 1], **kw)
-    ours = models.ResNet(models.BasicBlock, [1, 1], **kw)
+    twin = reference.ResNet(reference.BasicBlock, [1, 1], **kw).to(device)
+    ours = models.ResNet(models.BasicBlock, [1, 1], **kw).to(device)
     ours.load_state_dict(twin.state_dict())
-    x = torch.randn(2, 3, 12, 12)
+    x = torch.randn(2, 3, 12, 12, device=device)
     for model in (ours, twin):
         xi = x.clone().requires_grad_()
         (grad_x,) = torch.autograd.grad(model(xi).square().sum(), xi, create_graph=True)
@@ -297,8 +293,8 @@ CONVERTIBLE = [
 
 @pytest.mark.parametrize("build,shape", CONVERTIBLE, ids=[b().__class__.__name__ for b, _ in CONVERTIBLE])
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_convert_each_layer(build, shape, mode):
-    torch_module = build().train(mode == "train")
+def test_convert_each_layer(build, shape, mode, device):
+    torch_module = build().train(mode == "train").to(device)
     for p in torch_module.parameters():          # not the default init: catches a swapped weight / bias
         nn.init.uniform_(p, 0.5, 1.5)
     ours = nnlib.convert(torch_module)
@@ -307,7 +303,7 @@ def test_convert_each_layer(build, shape, mode):
     assert ours.training == torch_module.training
     for (k, a), (_, b) in zip(ours.state_dict().items(), torch_module.state_dict().items()):
         assert torch.equal(a, b) and a.data_ptr() != b.data_ptr(), k
-    x = torch.randn(shape, requires_grad=True)
+    x = torch.randn(shape, device=device, requires_grad=True)
     x_ref = x.detach().clone().requires_grad_(True)
     with nnlib.count_launches() as launches:
         out = ours(x)
@@ -380,9 +376,9 @@ def test_fuse_refuses_training_mode():
         nnlib.fuse(model)
 
 
-def test_fuse_resnet():
-    model = _randomize_bn(models.ResNet(models.BasicBlock, [1, 1], num_classes=5, width=8)).eval()
-    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+def test_fuse_resnet(device):
+    model = _randomize_bn(models.ResNet(models.BasicBlock, [1, 1], num_classes=5, width=8)).eval().to(device)
+    x = torch.randn(2, 3, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
     fused = nnlib.fuse(model)
     assert type(model.bn1) is layers.BatchNorm2d                       # the original is untouched
     assert isinstance(fused.bn1, nn.Identity) and fused.conv1.activation == "relu"
@@ -399,27 +395,27 @@ def test_fuse_resnet():
     assert rel_err(out, ref) < 1e-5
 
 
-def test_fuse_torch_sequential_and_shared_relu():
+def test_fuse_torch_sequential_and_shared_relu(device):
     """A torch.nn model (converted on the way): conv-bn-relu and conv-leaky_relu fuse;
     torchvision's BasicBlock reuses one ReLU module twice, which stays."""
     seq = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
                         nn.MaxPool2d(2), nn.Conv2d(6, 4, 3), nn.LeakyReLU(0.3), nn.Flatten())
-    seq = _randomize_bn(seq).eval()
+    seq = _randomize_bn(seq).eval().to(device)
     fused = nnlib.fuse(seq)
     assert [type(m) for m in fused] == [layers.Conv2d, nn.Identity, nn.Identity, layers.MaxPool2d, layers.Conv2d,
                                         nn.Identity, nn.Flatten]
     assert fused[0].activation == "relu" and fused[4].activation == "leaky_relu"
     assert fused[4].negative_slope == 0.3
-    x = torch.randn(2, 3, 10, 12)
+    x = torch.randn(2, 3, 10, 12, device=device)
     with torch.no_grad():
         torch.testing.assert_close(fused(x), seq(x), atol=1e-5, rtol=1e-5)
 
-    twin = _randomize_bn(reference.ResNet(reference.BasicBlock, [1, 1], num_classes=5, width=8)).eval()
+    twin = _randomize_bn(reference.ResNet(reference.BasicBlock, [1, 1], num_classes=5, width=8)).eval().to(device)
     fused = nnlib.fuse(twin)
     assert isinstance(fused.relu, nn.Identity)                          # the stem's ReLU is called once
     assert isinstance(fused.layer1[0].bn1, nn.Identity) and fused.layer1[0].conv1.activation is None
     assert type(fused.layer1[0].relu) is layers.ReLU                    # called twice per block: kept
-    x = torch.randn(2, 3, 16, 16)
+    x = torch.randn(2, 3, 16, 16, device=device)
     with torch.no_grad():
         assert rel_err(fused(x), twin(x)) < 1e-5
 

@@ -55,5 +55,5 @@ def cases(device: str, quick: bool) -> list[Case]:
                                         "backward" if backward else "forward",
                                         _setup(op, shape, dtype, layout, device, backward),
                                         bytes=(3 if backward else 2) * size,
-                                        atol=1e-2 if op == "prelu" and backward else 1e-3))
+                                        kind="reduction" if op == "prelu" and backward else "elementwise"))
     return out

@@ -21,7 +21,6 @@ GPU_POOLS = [("resnet50-stem", (32, 64, 112, 112), 3, 2, 1)] + [
     ("vgg16", (32, c, s, s), 2, 2, 0) for c, s in [(64, 224), (128, 112), (256, 56), (512, 28), (512, 14)]]
 QUICK_POOLS = [GPU_POOLS[0], GPU_POOLS[2]]
 # Forward is exact; backward sums overlapping windows (torch's CPU bf16 sum rounds at every step).
-TOLERANCE = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
 CPU_POOLS = [("resnet50-stem", (2, 5, 13, 11), 3, 2, 1), ("vgg16", (2, 4, 12, 10), 2, 2, 0)]
 
 
@@ -62,6 +61,6 @@ def cases(device: str, quick: bool) -> list[Case]:
                 for pass_name in passes:
                     out.append(Case("max_pool2d", set_name, shape, dtype, layout, pass_name,
                                     _setup(shape, kernel, stride, padding, dtype, layout, device, pass_name),
-                                    bytes=traffic[pass_name], atol=TOLERANCE[dtype], rtol=TOLERANCE[dtype],
+                                    bytes=traffic[pass_name], kind="elementwise",
                                     extra={"kernel": kernel, "stride": stride, "padding": padding}))
     return out

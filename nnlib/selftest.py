@@ -1,0 +1,171 @@
+"""``python -m nnlib.selftest [--quick] [--device cuda|cpu]``: are nnlib's kernels
+right on this machine?
+
+Runs every op, forward and backward, on the chosen device (CUDA, or the CPU
+through Triton's interpreter) on a spread of shapes, dtypes and layouts, and
+compares outputs and the gradients of every input with torch in float64 on the
+CPU, with the test suite's tolerances (``nnlib.testing``). Prints one row per
+check (worst error as a fraction of the tolerance) and exits with status 0 only
+if every check passes. For an installed package, which has no tests folder:
+run it on a new GPU, driver or triton. ``--quick`` keeps float32 and bfloat16
+and one layout per op (under a minute on a GPU).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as TF
+
+__all__ = ["Check", "checks", "run_check", "main"]
+
+
+@dataclass
+class Check:
+    """One op call: ``ours`` / ``theirs`` take the same arguments, built by
+    ``make(dtype, device, layout)`` (tensors that require grad get gradients)."""
+    op: str
+    kind: str
+    make: Callable
+    ours: Callable
+    theirs: Callable
+    layouts: tuple = ("contiguous", "channels_last")
+
+
+def _x(shape, dtype, device, layout, grad=True):
+    x = torch.randn(shape).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device).requires_grad_(grad)
+
+
+def _param(n, dtype, device, low=0.5, high=1.5):
+    return (torch.rand(n) * (high - low) + low).to(dtype).to(device).requires_grad_()
+
+
+def checks() -> list[Check]:
+    import nnlib.functional as F
+    conv = [  # (name, x shape, weight shape, stride, padding, dilation, groups)
+        ("conv2d 3x3", (2, 16, 9, 9), (24, 16, 3, 3), 1, 1, 1, 1),
+        ("conv2d 1x1 stride 2", (2, 32, 9, 9), (16, 32, 1, 1), 2, 0, 1, 1),
+        ("conv2d stem 7x7/2", (2, 3, 17, 17), (16, 3, 7, 7), 2, 3, 1, 1),
+        ("conv2d dilated 3x3 d2", (2, 16, 11, 11), (16, 16, 3, 3), 1, 2, 2, 1),
+        ("conv2d depthwise 3x3", (2, 16, 9, 9), (16, 1, 3, 3), 1, 1, 1, 16),
+        ("conv2d grouped", (2, 12, 7, 7), (18, 4, 3, 3), 1, 1, 1, 3),
+    ]
+    out = [
+        Check("relu", "elementwise", lambda dt, dev, lay: [_x((2, 5, 7, 9), dt, dev, lay)], F.relu, TF.relu),
+        Check("leaky_relu", "elementwise", lambda dt, dev, lay: [_x((2, 5, 7, 9), dt, dev, lay)],
+              lambda x: F.leaky_relu(x, 0.1), lambda x: TF.leaky_relu(x, 0.1)),
+        Check("prelu", "reduction", lambda dt, dev, lay: [_x((2, 5, 7, 9), dt, dev, lay), _param(5, dt, dev, 0.1, 0.3)],
+              F.prelu, TF.prelu),
+        Check("max_pool2d 3x3/2", "elementwise", lambda dt, dev, lay: [_x((2, 5, 11, 9), dt, dev, lay)],
+              lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: TF.max_pool2d(x, 3, 2, 1)),
+        Check("batch_norm train", "reduction",
+              lambda dt, dev, lay: [_x((4, 6, 5, 7), dt, dev, lay), _param(6, torch.float32, dev),
+                                    _param(6, torch.float32, dev)],
+              lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
+              lambda x, w, b: TF.batch_norm(x, None, None, w, b, True)),
+        Check("batch_norm + add + relu", "reduction",
+              lambda dt, dev, lay: [_x((4, 6, 5, 7), dt, dev, lay), _param(6, torch.float32, dev),
+                                    _param(6, torch.float32, dev), _x((4, 6, 5, 7), dt, dev, lay)],
+              lambda x, w, b, r: F.batch_norm(x, None, None, w, b, True, residual=r, activation="relu"),
+              lambda x, w, b, r: TF.relu(TF.batch_norm(x, None, None, w, b, True) + r)),
+        Check("group_norm", "reduction",
+              lambda dt, dev, lay: [_x((2, 6, 5, 7), dt, dev, lay), _param(6, dt, dev), _param(6, dt, dev)],
+              lambda x, w, b: F.group_norm(x, 3, w, b), lambda x, w, b: TF.group_norm(x, 3, w, b)),
+        Check("instance_norm", "reduction", lambda dt, dev, lay: [_x((2, 6, 5, 7), dt, dev, lay)],
+              F.instance_norm, TF.instance_norm),
+        Check("layer_norm", "reduction",
+              lambda dt, dev, lay: [_x((3, 5, 16), dt, dev, lay), _param(16, dt, dev), _param(16, dt, dev)],
+              lambda x, w, b: F.layer_norm(x, (16,), w, b), lambda x, w, b: TF.layer_norm(x, (16,), w, b),
+              layouts=("contiguous",)),
+    ]
+    for name, xs, ws, stride, padding, dilation, groups in conv:
+        def make(dt, dev, lay, xs=xs, ws=ws):
+            return [_x(xs, dt, dev, lay), _x(ws, dt, dev, lay) * (1.0 / (ws[1] * ws[2] * ws[3]) ** 0.5),
+                    _x(ws[:1], dt, dev, "contiguous")]
+
+        def ours(x, w, b, args=(stride, padding, dilation, groups)):
+            return F.conv2d(x, w, b, *args)
+
+        def theirs(x, w, b, args=(stride, padding, dilation, groups)):
+            return TF.conv2d(x, w, b, *args)
+        out.append(Check(name, "conv", make, ours, theirs))
+    return out
+
+
+def _leaf(t):
+    return t.detach().requires_grad_() if isinstance(t, torch.Tensor) and t.requires_grad else t
+
+
+def run_check(check: Check, dtype: torch.dtype, device: str, layout: str) -> float:
+    """Worst |ours - reference| / (atol + rtol |reference|) over the output and every
+    input gradient: <= 1 passes. Raises if no Triton kernel ran."""
+    from kernels._runtime import count_launches
+    from nnlib.testing import tolerance
+    torch.manual_seed(0)
+    inputs = [_leaf(t) for t in check.make(dtype, device, layout)]
+    refs = [t.detach().cpu().double().requires_grad_(t.requires_grad) for t in inputs]
+    with count_launches() as launches:
+        out = check.ours(*inputs)
+    if launches.total == 0:
+        raise RuntimeError("no Triton kernel ran: the call took torch's path")
+    ref = check.theirs(*refs)
+    grad = torch.randn(ref.shape, dtype=torch.float64)
+    wants = [i for i, t in enumerate(inputs) if t.requires_grad]
+    grads = torch.autograd.grad(out, [inputs[i] for i in wants], grad.to(out.dtype).to(out.device))
+    ref_grads = torch.autograd.grad(ref, [refs[i] for i in wants], grad.to(out.dtype).double())
+    atol, rtol = tolerance(dtype, check.kind)
+    worst = 0.0
+    for got, want in [(out, ref), *zip(grads, ref_grads)]:
+        got, want = got.detach().cpu().double(), want.detach().double()
+        if got.shape != want.shape:
+            return float("inf")
+        worst = max(worst, ((got - want).abs() / (atol + rtol * want.abs())).max().item())
+    return worst
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nnlib.selftest", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="float32 and bfloat16, one layout per op")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    args = parser.parse_args(argv)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible")
+    from kernels._runtime import interpreting
+    if device == "cpu" and not interpreting():
+        # Triton reads TRITON_INTERPRET when it is imported: start again with it set.
+        os.environ["TRITON_INTERPRET"] = "1"
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "nnlib.selftest", *(argv or sys.argv[1:])])
+    import triton
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter)"
+    print(f"nnlib selftest on {name}: torch {torch.__version__}, triton {triton.__version__}", flush=True)
+    dtypes = [torch.float32, torch.bfloat16] if args.quick else [torch.float32, torch.float16, torch.bfloat16]
+    failed, rows, start = 0, 0, time.perf_counter()
+    print(f"{'op':26s} {'dtype':9s} {'layout':14s} {'error / tolerance':>18s}")
+    for check in checks():
+        for dtype in dtypes:
+            for layout in check.layouts[:1] if args.quick else check.layouts:
+                try:
+                    ratio = run_check(check, dtype, device, layout)
+                    status = f"{ratio:18.3f}" + ("" if ratio <= 1 else "  FAIL")
+                    failed += ratio > 1
+                except Exception as exc:     # report every check, then fail
+                    status = f"{'ERROR':>18s}  {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                    failed += 1
+                rows += 1
+                print(f"{check.op:26s} {str(dtype).replace('torch.', ''):9s} {layout:14s} {status}", flush=True)
+    print(f"{rows - failed} of {rows} checks passed in {time.perf_counter() - start:.0f} s")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
