@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 import torch
 from hypothesis import strategies as st
 
@@ -32,6 +33,7 @@ _TENSOR_NAMES = {"input": "x", "weight": "w", "bias": "b", "running_mean": "rm",
 _HEADER = """\
 # nnlib fuzz reproducer: run from the repository root, python - < this_file.py
 import os
+import numpy as np
 import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"   # the kernels in Triton's interpreter, before triton is imported
@@ -102,6 +104,8 @@ def render(value) -> str:
     """Python source for an argument value."""
     if isinstance(value, float) and not math.isfinite(value):
         return f"float('{value}')"
+    if isinstance(value, np.generic):
+        return f"np.{type(value).__name__}({value.item()!r})"
     if isinstance(value, torch.Size):
         return f"torch.Size([{', '.join(map(render, value))}])"
     if isinstance(value, tuple):
@@ -508,6 +512,8 @@ def group_norm_drafts(draw):
         shape = (2, *shape[1:])                     # one value per group: torch's ValueError
     dtype = draw(input_dtypes())
     weight, bias = draw(_affine((C,), draw(param_dtypes(dtype))))
+    if weight is None and bias is not None:
+        bias = replace(bias, grad=False)    # torch's backward fails there ("tensor does not have a device")
     args = (("input", _input_spec(draw, shape, dtype), REQUIRED), ("num_groups", groups, REQUIRED),
             ("weight", weight, None), ("bias", bias, None), ("eps", draw(st.sampled_from([1e-5, 1e-3, 0.1])), 1e-5))
     return Draft("group_norm", args, "reduction", draw(activation_extras()), required=2)
@@ -625,12 +631,12 @@ def _int_lists():
 BAD_VALUES = {
     "pair": st.one_of(ints(-2, 6), _int_lists(), st.sampled_from(
         [1.5, (2, 2.0), (1, False), (False, 1), True, False, None, "same", "valid", "full", "2", torch.Size([2, 2]),
-         2**31, (2**31, 1), _scalar(2, torch.int64), _scalar(2.0, torch.float32)])),
-    "int": st.one_of(ints(-2, 7), st.sampled_from([True, False, 2.0, None, "2", (2,), 2**31, _scalar(2, torch.int64),
-                                                   _scalar(2.0, torch.float32)])),
-    "bool": st.sampled_from([True, False, 0, 1, None, "True", 1.0, _scalar(True, torch.bool)]),
+         2**31, (2**31, 1), (np.int64(2), 1), _scalar(2, torch.int64), _scalar(2.0, torch.float32)])),
+    "int": st.one_of(ints(-2, 7), st.sampled_from([True, False, 2.0, None, "2", (2,), 2**31, np.int64(2),
+                                                   _scalar(2, torch.int64), _scalar(2.0, torch.float32)])),
+    "bool": st.sampled_from([True, False, 0, 1, None, "True", 1.0, np.bool_(True), _scalar(True, torch.bool)]),
     "float": st.one_of(st.floats(-1.0, 2.0), st.sampled_from(
-        [0.0, -1e-5, float("nan"), float("inf"), float("-inf"), 0, 2, True, False, None, "0.1", 1j,
+        [0.0, -1e-5, float("nan"), float("inf"), float("-inf"), 0, 2, True, False, None, "0.1", 1j, np.float32(0.5),
          _scalar(0.5, torch.float32), TensorSpec((1,), values=0.5), TensorSpec((2,), values=0.5)])),
 }
 
@@ -648,7 +654,8 @@ def _like(draft: Draft, name: str) -> tuple:
     draft, as far as its (maybe already wrong) other arguments tell."""
     if draft.op == "layer_norm":
         shape = draft.value("normalized_shape")
-        return tuple(shape) if isinstance(shape, (list, tuple)) and all(type(n) is int for n in shape) else (1,)
+        return tuple(shape) if isinstance(shape, (list, tuple)) and all(type(n) is int and n >= 0 for n in shape) \
+            else (1,)
     source, dim = (draft.value("weight"), 0) if draft.op == "conv2d" else (draft.value("input"), 1)
     return (source.shape[dim],) if isinstance(source, TensorSpec) and len(source.shape) > dim else (1,)
 

@@ -16,6 +16,7 @@ runs as is; a failure prints it: save it and run it from the repository root.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -48,8 +49,6 @@ def _outputs(out) -> tuple:
 def _exact_copy(t: torch.Tensor) -> torch.Tensor:
     """A copy with t's sizes, strides and overlaps (an expanded tensor stays
     expanded), and its requires_grad."""
-    if t.is_meta:
-        return torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta").requires_grad_(t.requires_grad)
     copy = torch.empty(0, dtype=t.dtype, device=t.device)
     copy.set_(t.detach().untyped_storage().clone(), t.storage_offset(), t.shape, t.stride())
     return copy.requires_grad_(t.requires_grad)
@@ -104,10 +103,7 @@ def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: boo
 
 
 def _assert_same_result(out, expected, dtype: torch.dtype, kind: str, name: str) -> None:
-    """Values equal within the tolerance of ``dtype`` (exactly for integers);
-    shapes only on the meta device."""
-    if out.is_meta or expected.is_meta:
-        return
+    """Values equal within the tolerance of ``dtype`` (exactly for integers)."""
     if out.is_floating_point() or out.is_complex():
         assert_close(out, expected, dtype, kind, name)
     else:
@@ -137,9 +133,8 @@ def check_errors(ours, reference, inputs: list, kind: str) -> None:
                                              f"{type(raised).__name__} ({raised})")
         assert launches.total == 0, f"{launches} before raising"
         for i, (t, b) in enumerate(zip(inputs, before)):
-            if not t.is_meta:
-                torch.testing.assert_close(t, b, rtol=0, atol=0, equal_nan=True,
-                                           msg=lambda m, i=i: f"input {i} written by a failed call: {m}")
+            torch.testing.assert_close(t, b, rtol=0, atol=0, equal_nan=True,
+                                       msg=lambda m, i=i: f"input {i} written by a failed call: {m}")
         return
     if raised is not None:
         raise AssertionError(f"torch accepts the call; nnlib raises {type(raised).__name__}: {raised}") from raised
@@ -173,19 +168,19 @@ KNOWN = {
     "before checking the parameters (IndexError for an empty weight or bias; any dtype, size or missing running "
     "stat passes), nnlib checks them":
         lambda op, args: op in ("batch_norm", "instance_norm") and _empty(args.get("input")),
-    "batch_norm / instance_norm with running stats of C elements but not 1-D: torch raises RuntimeError, "
-    "nnlib accepts them":
+    "batch_norm / instance_norm with a parameter or running stat of C elements but not 1-D: torch raises "
+    "RuntimeError, nnlib accepts it":
         lambda op, args: op in ("batch_norm", "instance_norm") and any(
-            len(t.shape) != 1 for t in _tensors(args, "running_mean", "running_var")),
-    "batch_norm / instance_norm with one running stat, which requires grad: torch raises RuntimeError (not "
-    "differentiable), nnlib ValueError (both or neither)":
-        lambda op, args: op in ("batch_norm", "instance_norm") and len(
-            stats := _tensors(args, "running_mean", "running_var")) == 1 and stats[0].grad,
-    "batch_norm / instance_norm on integer input with floating parameters: torch raises NotImplementedError, "
-    "nnlib RuntimeError (mixed dtypes)":
+            len(t.shape) != 1 for t in _tensors(args, "weight", "bias", "running_mean", "running_var")),
+    "batch_norm / instance_norm with one running stat: torch's class depends on its dtype and requires_grad "
+    "(RuntimeError or ValueError), nnlib raises ValueError":
+        lambda op, args: op in ("batch_norm", "instance_norm") and len(_tensors(args, "running_mean",
+                                                                                 "running_var")) == 1,
+    "batch_norm / instance_norm on integer input: torch raises NotImplementedError, or RuntimeError for a "
+    "non-contiguous input in training; nnlib raises RuntimeError with floating parameters, else "
+    "NotImplementedError":
         lambda op, args: op in ("batch_norm", "instance_norm") and isinstance(args.get("input"), TensorSpec)
-        and not args["input"].dtype.is_floating_point
-        and any(t.dtype.is_floating_point for t in _tensors(args, "weight", "bias", "running_mean", "running_var")),
+        and not args["input"].dtype.is_floating_point,
     "batch_norm / instance_norm training with expanded (overlapping) running stats: the error comes from "
     "their final update, after the statistics kernels ran (batch_norm: torch writes the overlapping memory, "
     "nnlib raises RuntimeError)":
@@ -202,6 +197,25 @@ KNOWN = {
         and any(isinstance(n, bool) for n in args["normalized_shape"]),
     "group_norm(x, False): torch divides by num_groups first (ZeroDivisionError), nnlib raises TypeError":
         lambda op, args: op == "group_norm" and args.get("num_groups") is False,
+    "group_norm with num_groups a float or complex tensor: torch raises TypeError, nnlib takes it as an int":
+        lambda op, args: op == "group_norm" and isinstance(args.get("num_groups"), TensorSpec),
+    "layer_norm / group_norm check normalized_shape / num_groups before the types of weight and bias (torch's "
+    "parser checks every type first: TypeError)":
+        lambda op, args: op in ("layer_norm", "group_norm") and any(
+            args.get(n) is not None and not isinstance(args.get(n), TensorSpec) for n in ("weight", "bias")),
+    "batch_norm / instance_norm with training / use_input_stats not a bool: torch's Python checks the values "
+    "per channel by truthiness (ValueError) before its parser refuses the flag (TypeError); nnlib refuses first":
+        lambda op, args: op in ("batch_norm", "instance_norm")
+        and type(args.get("training" if op == "batch_norm" else "use_input_stats", False)) is not bool,
+    "the norms' eps / momentum are not parsed as torch's float: torch takes a 0-d tensor or a numpy number "
+    "(nnlib: TypeError for momentum, and for a numpy eps) and refuses a 1-element 1-D tensor (nnlib takes it as "
+    "eps)":
+        lambda op, args: op.endswith("norm") and any(
+            isinstance(args.get(n), (TensorSpec, np.generic)) for n in ("eps", "momentum")),
+    "instance_norm with running_mean and running_var of different dtypes: torch raises RuntimeError, nnlib "
+    "accepts them":
+        lambda op, args: op == "instance_norm" and len(
+            {t.dtype for t in _tensors(args, "running_mean", "running_var")}) == 2,
 }
 
 
