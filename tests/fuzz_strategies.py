@@ -299,32 +299,42 @@ def _grad(draw) -> bool:
 # ---------------------------------------------------------------------------
 # Valid calls, one strategy per op family
 
-@st.composite
-def activation_drafts(draw):
-    """relu / relu_ / leaky_relu / leaky_relu_ / prelu on rank 0 to 5, sizes 0 to 9
-    and one past a block; in place on non-dense views; relu on integers; NaN,
-    infinities, signed zeros and ties."""
-    op = draw(st.sampled_from(["relu", "leaky_relu", "relu_", "leaky_relu_", "prelu"]))
+def _activation_input(draw, integer: bool, grad: bool, clone: bool) -> TensorSpec:
+    """An activation's input: rank 0 to 5, sizes 0 to 9 and one past a block, any
+    layout; NaN, infinities, signed zeros and ties."""
     rank = draw(ints(0, 5))
     shape = draw(sizes(rank, (3, 1, 2, 5, 7, 0, 9, 33)))
-    integer = op.startswith("relu") and draw(ints(0, 5)) == 0
     dtype = torch.int32 if integer else draw(input_dtypes())
-    inplace = op.endswith("_") or (op != "prelu" and draw(st.booleans()))
-    grad = not integer and not op.endswith("_") and _grad(draw)
     values = "randn" if integer else draw(st.sampled_from(["randn", "special", "ties"]))
-    x = TensorSpec(shape, dtype, draw(input_layouts(rank)), values, grad, clone=inplace and grad)
-    if op == "prelu":
-        channels = shape[1] if rank >= 2 else 1
-        weight_shape = draw(st.sampled_from([(channels,), (1,), ()] if channels != 1 else [(1,), ()]))
-        w = draw(parameters(weight_shape, dtype, draw(st.sampled_from(["randn", "positive"]))))
-        return Draft("prelu", (("input", x, REQUIRED), ("weight", w, REQUIRED)), "reduction", required=2)
-    args = [("input", x, REQUIRED)]
+    return TensorSpec(shape, dtype, draw(input_layouts(rank)), values, grad, clone=clone)
+
+
+@st.composite
+def relu_drafts(draw):
+    """relu / relu_ / leaky_relu / leaky_relu_, in place on non-dense views and on
+    non-leaves under autograd; relu on integers."""
+    op = draw(st.sampled_from(["relu", "leaky_relu", "relu_", "leaky_relu_"]))
+    integer = op.startswith("relu") and draw(ints(0, 5)) == 0
+    inplace = op.endswith("_") or draw(st.booleans())
+    grad = not integer and not op.endswith("_") and _grad(draw)
+    args = [("input", _activation_input(draw, integer, grad, clone=inplace and grad), REQUIRED)]
     if op.startswith("leaky"):
         # torch refuses a negative slope in place under autograd (documented, tested elsewhere).
         args.append(("negative_slope", draw(slopes(allow_negative=not (inplace and grad))), 0.01))
     if not op.endswith("_"):
         args.append(("inplace", inplace, False))
     return Draft(op, tuple(args), "elementwise")
+
+
+@st.composite
+def prelu_drafts(draw):
+    """prelu with one slope (shape (1,) or ()) or one per channel (dim 1, or the
+    only channel below rank 2)."""
+    x = _activation_input(draw, integer=False, grad=_grad(draw), clone=False)
+    channels = x.shape[1] if len(x.shape) >= 2 else 1
+    weight_shape = draw(st.sampled_from([(channels,), (1,), ()] if channels != 1 else [(1,), ()]))
+    w = draw(parameters(weight_shape, x.dtype, draw(st.sampled_from(["randn", "positive"]))))
+    return Draft("prelu", (("input", x, REQUIRED), ("weight", w, REQUIRED)), "reduction", required=2)
 
 
 @st.composite
@@ -519,7 +529,7 @@ def group_norm_drafts(draw):
     return Draft("group_norm", args, "reduction", draw(activation_extras()), required=2)
 
 
-DRAFTS = {"activation": activation_drafts(), "conv2d": conv2d_drafts(), "max_pool2d": max_pool2d_drafts(),
+DRAFTS = {"relu": relu_drafts(), "prelu": prelu_drafts(), "conv2d": conv2d_drafts(), "max_pool2d": max_pool2d_drafts(),
           "batch_norm": batch_norm_drafts(), "instance_norm": instance_norm_drafts(),
           "layer_norm": layer_norm_drafts(), "group_norm": group_norm_drafts()}
 

@@ -224,6 +224,7 @@ def run(case) -> None:
     a case that shows a ``KNOWN`` discrepancy is recorded as an event."""
     program = case.program()
     note(f"Reproducer:\n{program}")
+    event(case.call.op)
     known = [what for what, shows in KNOWN.items() if shows(case.call.op, dict(case.call.args))]
     try:
         exec(compile(program, "<fuzz case>", "exec"), {"__name__": "__fuzz_case__"})
@@ -238,9 +239,15 @@ def budget(weight: float):
     return settings(max_examples=max(1, round(weight * settings.default.max_examples)))
 
 
+@budget(2.0)
+@given(value_cases(DRAFTS["relu"]))
+def test_relu_values(case):
+    run(case)
+
+
 @budget(1.0)
-@given(value_cases(DRAFTS["activation"]))
-def test_activation_values(case):
+@given(value_cases(DRAFTS["prelu"]))
+def test_prelu_values(case):
     run(case)
 
 
@@ -250,7 +257,7 @@ def test_conv2d_values(case):
     run(case)
 
 
-@budget(0.5)
+@budget(1.0)
 @given(value_cases(DRAFTS["max_pool2d"]))
 def test_max_pool2d_values(case):
     run(case)
@@ -280,19 +287,25 @@ def test_group_norm_values(case):
     run(case)
 
 
-@budget(3.0)
-@given(bad_cases(DRAFTS["activation"]))
-def test_activation_bad_arguments(case):
+@budget(4.0)
+@given(bad_cases(DRAFTS["relu"]))
+def test_relu_bad_arguments(case):
     run(case)
 
 
-@budget(3.0)
+@budget(2.0)
+@given(bad_cases(DRAFTS["prelu"]))
+def test_prelu_bad_arguments(case):
+    run(case)
+
+
+@budget(2.0)
 @given(bad_cases(DRAFTS["conv2d"]))
 def test_conv2d_bad_arguments(case):
     run(case)
 
 
-@budget(3.0)
+@budget(4.0)
 @given(bad_cases(DRAFTS["max_pool2d"]))
 def test_max_pool2d_bad_arguments(case):
     run(case)
