@@ -365,6 +365,9 @@ def _prelu_backward(ctx, grad):
 
 def _prelu_grad_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
+    # An output nobody differentiated gets None, not zeros: as in torch's formula,
+    # its term is absent (0 * x would be NaN at x = +-inf).
+    ctx.set_materialize_grads(False)
 
 
 def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
@@ -374,9 +377,9 @@ def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
     channel_shape = [1] * x.dim()
     if x.dim() >= 2 and weight.numel() > 1:
         channel_shape[1] = -1
-    # torch's second-derivative formulas count x == 0 as positive (its first
-    # derivative counts it as negative); follow them.
-    negative = x < 0
+    # torch's second-derivative formulas take x >= 0 as the positive side (its first
+    # derivative counts x == 0 as negative; NaN is negative in both); follow them.
+    negative = ~(x >= 0)
     d_grad = d_x = d_w = None
     if grad_grad_x is not None:
         d_grad = grad_grad_x * torch.where(negative, weight.reshape(channel_shape), 1)

@@ -485,3 +485,14 @@ def test_prelu_empty_view_that_needs_a_copy(device):
     x = torch.randn(0, 3, 4, 5, device=device).transpose(-1, -2).requires_grad_()
     w = torch.rand((), device=device, requires_grad=True)
     check_op(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
+
+
+@pytest.mark.parametrize("weight_grad", [True, False])
+def test_prelu_second_derivatives_at_nan_and_infinities(weight_grad, device):
+    """torch's second-derivative formulas count NaN as negative (x >= 0 is the
+    positive side; nnlib took x < 0 as the negative one), and without a weight
+    gradient the weight's term is absent, not 0 * x (NaN at x = -inf)."""
+    x = torch.tensor([[float("nan"), 0.0, -0.0, -1.0], [1.0, float("inf"), -float("inf"), -2.0]], device=device,
+                     requires_grad=True)
+    w = torch.tensor([0.25, 0.5, 0.75, 1.5], device=device, requires_grad=weight_grad)
+    check_double_backward(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
