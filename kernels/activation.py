@@ -7,7 +7,7 @@ the activation math; conv and norm kernels call them in their epilogues with
 
 Layouts: relu / leaky_relu run over the flat storage of any dense tensor
 (contiguous, channels_last, any dim permutation) without a copy; a non-dense
-view is copied once to contiguous. PReLU reads its input as (outer, C, inner)
+view is copied once, into the memory format torch gives its output. PReLU reads its input as (outer, C, inner)
 through strides, so most views need no copy; one whose dims cannot be merged
 that way is copied once.
 """
@@ -163,10 +163,11 @@ def _flat_block(n: int) -> int:
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    """t itself when its storage is dense (any dim order), else a contiguous copy."""
+    """t itself when its storage is dense (any dim order), else a dense copy in the
+    memory format torch gives its output (channels_last for channels_last strides)."""
     if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or is_dense(t):
         return t
-    return t.contiguous()
+    return torch.empty_like(t).copy_(t)
 
 
 def _launch_activation(src: torch.Tensor, dst: torch.Tensor, activation: int, negative_slope: float) -> None:

@@ -358,6 +358,9 @@ def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) 
     stride = kernel if default_stride else _pool_pair(items["stride"], "stride")
     padding = _pool_pair(items["padding"], "padding")
     dilation = _pool_pair(items["dilation"], "dilation")
+    for name, pair in (("kernel_size", kernel), ("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if not all(-2**31 <= v < 2**31 for v in pair):     # torch narrows them to int first
+            raise RuntimeError(f"max_pool2d(): {name}={list(pair)} cannot be converted to type int without overflow")
     if input.dim() not in (3, 4):
         raise RuntimeError(f"max_pool2d(): expected a 3D or 4D (batch mode) 'input', got {input.dim()}D")
     for k, s, p, d in zip(kernel, stride, padding, dilation):

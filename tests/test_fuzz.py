@@ -25,7 +25,7 @@ from hypothesis import event, given, note, settings
 import nnlib.functional as F
 from kernels._runtime import count_launches
 from tests.fuzz_strategies import DRAFTS, TensorSpec, bad_cases, value_cases
-from tests.reference import TOLERANCES, assert_close, check_double_backward, check_op
+from tests.reference import TOLERANCES, assert_close, check_double_backward, check_op, to_reference
 
 
 def epilogue(out, activation=None, negative_slope=0.01, residual=None):
@@ -76,13 +76,13 @@ def assert_like_torch(out, expected) -> None:
 
 
 def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: bool = True, written: tuple = (),
-                 inplace: bool = False, double_backward: str | None = None) -> None:
-    """``check_op`` (outputs and gradients against float64 torch), then:
-    shapes, dtypes and strides against torch's own call in the inputs' dtypes
-    (``inplace``: the output is the input instead); the tensors at ``written``
-    (running stats) against the reference's; with ``double_backward`` ("kernels":
-    the second backward launches Triton kernels, "torch-ops": it need not),
-    ``check_double_backward``."""
+                 inplace: bool = False, double_backward: str | None = None, grad_scale: float = 1.0) -> None:
+    """``check_op`` (outputs and gradients against float64 torch, ``grad_scale``
+    widening the gradients' atol), then: shapes, dtypes and strides against
+    torch's own call in the inputs' dtypes (``inplace``: the output is the input
+    instead); the tensors at ``written`` (running stats) against the reference's;
+    with ``double_backward`` ("kernels": the second backward launches Triton
+    kernels, "torch-ops": it need not), ``check_double_backward``."""
     if not inplace:
         like = reference(*(_exact_copy(t) if i in written else t.detach() for i, t in enumerate(inputs)))
     reference_written = {}
@@ -90,7 +90,7 @@ def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: boo
     def recording_reference(*ref_inputs):
         reference_written.update((i, ref_inputs[i]) for i in written)
         return reference(*ref_inputs)
-    out, _ = check_op(ours, recording_reference, inputs, kind, inputs[0].dtype, expect_launch)
+    out, _ = check_op(ours, recording_reference, inputs, kind, inputs[0].dtype, expect_launch, grad_scale)
     if inplace:
         assert out is inputs[0], "an in-place op returns its input"
     else:
@@ -99,7 +99,7 @@ def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: boo
         assert_close(inputs[i], reference_written[i], coarsest(inputs[0].dtype, inputs[i].dtype), kind,
                      f"input {i} after the call")
     if double_backward:
-        check_double_backward(ours, reference, inputs, kind, expect_launch=double_backward == "kernels")
+        check_double_backward(ours, reference, inputs, kind, grad_scale, expect_launch=double_backward == "kernels")
 
 
 def _assert_same_result(out, expected, dtype: torch.dtype, kind: str, name: str) -> None:
@@ -139,10 +139,17 @@ def check_errors(ours, reference, inputs: list, kind: str) -> None:
     if raised is not None:
         raise AssertionError(f"torch accepts the call; nnlib raises {type(raised).__name__}: {raised}") from raised
     assert_like_torch(out, expected)
+    # Values against torch in float64 where it takes the same call (torch's own
+    # fp16 / bf16 CPU kernels can be far off), else against torch's result.
+    references = [to_reference(t) for t in before]
+    try:
+        expected = reference(*references)
+    except Exception:  # noqa: BLE001 -- float64 changed what torch accepts
+        references = copies
     for i, (o, e) in enumerate(zip(_outputs(out), _outputs(expected))):
         _assert_same_result(o, e, coarsest(o.dtype), kind, f"output {i}")
-    for i, (t, c) in enumerate(zip(inputs, copies)):
-        _assert_same_result(t, c, coarsest(inputs[0].dtype, t.dtype), kind, f"input {i} after the call")
+    for i, (t, r) in enumerate(zip(inputs, references)):
+        _assert_same_result(t, r, coarsest(inputs[0].dtype, t.dtype), kind, f"input {i} after the call")
 
 
 def _tensors(args: dict, *names) -> list:
@@ -496,3 +503,22 @@ def test_prelu_second_derivatives_at_nan_and_infinities(weight_grad, device):
                      requires_grad=True)
     w = torch.tensor([0.25, 0.5, 0.75, 1.5], device=device, requires_grad=weight_grad)
     check_double_backward(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
+
+
+@pytest.mark.parametrize("op", ["relu", "leaky_relu"])
+def test_activation_of_a_channel_sliced_channels_last_view(op, device):
+    """A non-dense view with channels_last strides: torch's output is
+    channels_last (its layout follows the input's stride order); nnlib's copy
+    for the kernel was contiguous, and so was its output."""
+    x = torch.randn(3, 6, 4, 5, device=device).contiguous(memory_format=torch.channels_last)[:, ::2]
+    check_values(getattr(F, op), getattr(TF, op), [x.requires_grad_()], "elementwise")
+
+
+@pytest.mark.parametrize("name,value", [("kernel_size", 2**31), ("stride", (1, 2**31)), ("dilation", 2**31),
+                                        ("padding", -2**31 - 1)])
+def test_max_pool2d_arguments_past_int32(name, value, device):
+    """torch narrows each pooling argument to a 32-bit int first (RuntimeError);
+    nnlib handed 2**31 to the kernel as a constexpr (an interpreter / compile error)."""
+    kwargs = {"kernel_size": 1, name: value}
+    x = torch.randn(2, 3, 1, 1, device=device)
+    check_errors(lambda t: F.max_pool2d(t, **kwargs), lambda t: TF.max_pool2d(t, **kwargs), [x], "elementwise")
