@@ -558,7 +558,7 @@ DOUBLE_BACKWARD = {
 def test_double_backward(name, layout, device):
     """Second derivatives (create_graph=True, a gradient penalty) of x, weight,
     bias, residual and the output gradient match torch's: the first derivatives
-    come from the Triton kernels, the second from NormBackwardFunction. A
+    come from the Triton kernels, the second from the norm_gradients operator's formula. A
     transposed x is copied for the kernels; its second derivatives must still
     reach x."""
     shape, ours, reference = DOUBLE_BACKWARD[name]
