@@ -7,7 +7,7 @@ the activation math; conv and norm kernels call them in their epilogues with
 
 Layouts: relu / leaky_relu run over the flat storage of any dense tensor
 (contiguous, channels_last, any dim permutation) without a copy; a non-dense
-view is copied once to contiguous. PReLU reads its input as (outer, C, inner)
+view is copied once, into the memory format torch gives its output. PReLU reads its input as (outer, C, inner)
 through strides, so most views need no copy; one whose dims cannot be merged
 that way is copied once.
 """
@@ -44,7 +44,7 @@ def apply_activation(x, ACTIVATION: tl.constexpr, negative_slope):
     if ACTIVATION == ACT_RELU:
         x = tl.where(x < 0, 0.0, x)
     elif ACTIVATION == ACT_LEAKY_RELU:
-        x = tl.where(x < 0, x * negative_slope, x)
+        x = tl.where(x > 0, x, x * negative_slope)     # torch's: 0 * a non-finite slope is NaN
     return x
 
 
@@ -163,10 +163,11 @@ def _flat_block(n: int) -> int:
 
 
 def _dense(t: torch.Tensor) -> torch.Tensor:
-    """t itself when its storage is dense (any dim order), else a contiguous copy."""
+    """t itself when its storage is dense (any dim order), else a dense copy in the
+    memory format torch gives its output (channels_last for channels_last strides)."""
     if t.is_contiguous() or t.is_contiguous(memory_format=torch.channels_last) or is_dense(t):
         return t
-    return t.contiguous()
+    return torch.empty_like(t).copy_(t)
 
 
 def _launch_activation(src: torch.Tensor, dst: torch.Tensor, activation: int, negative_slope: float) -> None:
@@ -217,7 +218,8 @@ def _as_3d(t: torch.Tensor):
         t = t.reshape(1, 1, -1)
     described = view_3d(t, 1)
     if described is None:
-        t = t.contiguous()
+        # An empty t counts as contiguous whatever its strides: give it contiguous ones.
+        t = t.contiguous() if t.numel() else t.new_empty(t.shape)
         described = view_3d(t, 1)
     return t, described[0], described[1]
 
@@ -364,6 +366,9 @@ def _prelu_backward(ctx, grad):
 
 def _prelu_grad_setup(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
+    # An output nobody differentiated gets None, not zeros: as in torch's formula,
+    # its term is absent (0 * x would be NaN at x = +-inf).
+    ctx.set_materialize_grads(False)
 
 
 def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
@@ -373,9 +378,9 @@ def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
     channel_shape = [1] * x.dim()
     if x.dim() >= 2 and weight.numel() > 1:
         channel_shape[1] = -1
-    # torch's second-derivative formulas count x == 0 as positive (its first
-    # derivative counts it as negative); follow them.
-    negative = x < 0
+    # torch's second-derivative formulas take x >= 0 as the positive side (its first
+    # derivative counts x == 0 as negative; NaN is negative in both); follow them.
+    negative = ~(x >= 0)
     d_grad = d_x = d_w = None
     if grad_grad_x is not None:
         d_grad = grad_grad_x * torch.where(negative, weight.reshape(channel_shape), 1)

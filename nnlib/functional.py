@@ -189,12 +189,12 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 # Convolution
 
-def _conv_ints(value, name: str) -> tuple:
-    """The items of an int or int-sequence argument; TypeError for anything else, as
-    torch's parser (ints or 0-d integer tensors; a bool only after the first)."""
+def _int_items(value, op: str, name: str) -> tuple:
+    """The items of an int or int-list argument; TypeError for anything else, as
+    torch's parser (ints or one-element integer tensors; a bool only after the first)."""
     items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,)
     if (items and isinstance(items[0], bool)) or not all(_is_int(i) for i in items):
-        raise TypeError(f"conv2d(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
+        raise TypeError(f"{op}(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
     return items
 
 
@@ -223,7 +223,7 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     # Argument types first (TypeError), as torch's parser, then values and shapes.
     if isinstance(groups, bool) or not _is_int(groups):
         raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
-    items = {name: _conv_ints(value, name) for name, value in (("stride", stride), ("padding", padding),
+    items = {name: _int_items(value, "conv2d", name) for name, value in (("stride", stride), ("padding", padding),
                                                               ("dilation", dilation))
              if not (name == "padding" and isinstance(value, str))}
     stride = _conv_pair(items["stride"], "stride")
@@ -258,7 +258,8 @@ def _check_conv2d(input, weight, bias, stride, padding, dilation, groups):
             raise RuntimeError(f"conv2d(): negative padding is not supported, got padding={(ph, pw)}")
         pad = (ph, pw, ph, pw)
     check_same_device("conv2d", input=input, weight=weight, bias=bias)
-    if weight.dtype != input.dtype:
+    # torch sends an empty batch to its empty backend, before any backend checks the weight's dtype.
+    if weight.dtype != input.dtype and not (input.dim() == 4 and input.shape[0] == 0):
         raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
     if bias is not None and bias.dtype != input.dtype:
         raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
@@ -322,17 +323,6 @@ _POOL_ARG_ERRORS = {
 }
 
 
-def _pool_items(value, name: str) -> tuple:
-    """The ints of an int or a sequence argument (TypeError for anything else, as
-    torch's parser)."""
-    items = value if isinstance(value, (tuple, list, torch.Size)) else (value,)
-    for item in items:
-        if isinstance(item, bool) or not _is_int(item):
-            raise TypeError(f"max_pool2d(): argument '{name}' must be tuple of ints, "
-                            f"not {type(value).__name__}")
-    return items
-
-
 def _pool_pair(items, name: str) -> tuple[int, int]:
     """One or two ints as an (h, w) pair (RuntimeError for another length)."""
     if len(items) not in (1, 2):
@@ -360,7 +350,7 @@ def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) 
     types first (TypeError), then lengths and values. Returns (kernel, stride,
     padding, dilation) as [h, w] lists."""
     default_stride = stride is None or (isinstance(stride, (tuple, list)) and not stride)
-    items = {name: _pool_items(value, name) for name, value in
+    items = {name: _int_items(value, "max_pool2d", name) for name, value in
              (("kernel_size", kernel_size), ("stride", kernel_size if default_stride else stride),
               ("padding", padding), ("dilation", dilation))}
     _check_flag(ceil_mode, "max_pool2d", "ceil_mode")
@@ -368,6 +358,9 @@ def _check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) 
     stride = kernel if default_stride else _pool_pair(items["stride"], "stride")
     padding = _pool_pair(items["padding"], "padding")
     dilation = _pool_pair(items["dilation"], "dilation")
+    for name, pair in (("kernel_size", kernel), ("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if not all(-2**31 <= v < 2**31 for v in pair):     # torch narrows them to int first
+            raise RuntimeError(f"max_pool2d(): {name}={list(pair)} cannot be converted to type int without overflow")
     if input.dim() not in (3, 4):
         raise RuntimeError(f"max_pool2d(): expected a 3D or 4D (batch mode) 'input', got {input.dim()}D")
     for k, s, p, d in zip(kernel, stride, padding, dilation):
@@ -583,7 +576,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     _check_residual(input, residual, op)
     _check_norm_dtype(input, op)
     if _on_torch_path(input):
-        if num_batches_tracked is not None:     # torch's module: count, then the factor (CPU tensors only here)
+        if num_batches_tracked is not None:     # as torch's module: count, then the factor (a host read)
             num_batches_tracked.add_(1)
             momentum = 1.0 / float(num_batches_tracked) if momentum is None else momentum
         out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)

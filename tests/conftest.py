@@ -56,7 +56,7 @@ def _seed():
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 _SLOW = [HealthCheck.too_slow, HealthCheck.data_too_large]
-settings.register_profile("ci", max_examples=10, derandomize=True, deadline=None, database=None,
+settings.register_profile("ci", max_examples=20, derandomize=True, deadline=None, database=None,
                           suppress_health_check=_SLOW, print_blob=True)
 settings.register_profile("fuzz", max_examples=400, deadline=None, database=None,
                           suppress_health_check=_SLOW, print_blob=True)

@@ -1,9 +1,10 @@
 """batch / layer / instance / group norm against the float64 torch reference:
 outputs, every gradient and the running stats after the call, in every mode,
 rank, layout and dtype; group counts that are not powers of two; reductions
-larger than a block and split across programs; the fused activation and
-residual; N = 0; bad arguments (torch's exception class, running stats left
-untouched); the modules against their torch twins."""
+larger than a block and split across programs (the looped path) and sets read
+once (the single-read path); the fused activation and residual; N = 0; the
+launch and device-op budgets of every mode; bad arguments (torch's exception
+class, running stats left untouched); the modules against their torch twins."""
 import contextlib
 
 import pytest
@@ -557,7 +558,7 @@ DOUBLE_BACKWARD = {
 def test_double_backward(name, layout, device):
     """Second derivatives (create_graph=True, a gradient penalty) of x, weight,
     bias, residual and the output gradient match torch's: the first derivatives
-    come from the Triton kernels, the second from NormBackwardFunction. A
+    come from the Triton kernels, the second from the norm_gradients operator's formula. A
     transposed x is copied for the kernels; its second derivatives must still
     reach x."""
     shape, ours, reference = DOUBLE_BACKWARD[name]

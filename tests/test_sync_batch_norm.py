@@ -32,7 +32,7 @@ import nnlib
 from nnlib.models import reference
 from tests.reference import assert_close
 
-TIMEOUT = datetime.timedelta(seconds=60)     # a collective that waits longer fails instead of hanging
+TIMEOUT = datetime.timedelta(seconds=120)     # a collective that waits longer fails instead of hanging
 
 
 def _free_port() -> int:
@@ -63,12 +63,12 @@ def _worker(rank: int, world: int, port: int, backend: str, scenarios: list[str]
 def run_ranks(world: int, scenarios: list[str], backend: str = "gloo") -> dict[str, list[str]]:
     """Start ``world`` processes, run ``scenarios`` in each: {scenario: the error text
     of each rank, "" where it passed}."""
-    # CPU processes fork this one (torch and the kernels already imported: seconds saved
-    # per process); CUDA cannot be forked once initialised.
-    start_method = "spawn" if backend == "nccl" else "fork"
+    # Spawned, not forked: a child forked from a process whose OpenMP or compile
+    # worker threads have run (any earlier test in this pytest worker) can hang in
+    # its first parallel region; and CUDA cannot be forked once initialised.
     with tempfile.TemporaryDirectory() as out:
         mp.start_processes(_worker, args=(world, _free_port(), backend, scenarios, out), nprocs=world, join=True,
-                           start_method=start_method)
+                           start_method="spawn")
         per_rank = []
         for rank in range(world):
             with open(os.path.join(out, f"{rank}.json")) as f:

@@ -18,8 +18,9 @@ channels_last is other strides (batch norm folds n into S there).
 
 * ``_kernels``: the Triton kernels.
 * ``_plan``: views, tilings (looped and single-read), the ticket counters.
-* ``ops``: the primitives (launchers taking schema types only), ``NormFunction``
-  / ``NormBackwardFunction`` and the entry points ``batch_norm``, ...
+* ``ops``: the primitives (launchers taking schema types only), the operators
+  registered from them (``norm_statistics_op``, ``norm_apply_op``, ...) and the
+  entry points ``batch_norm``, ...
 * ``sync``: batch norm across processes (SyncBatchNorm's Function).
 * ``_cases``: the compile cases, recorded from the primitives' own launches
   (``COMPILE_CASES``, built on first use: recording takes a while at import).
@@ -37,6 +38,10 @@ backward, batch statistics (looped)         2         5T; residual + activation 
 backward, single read                       1 (+1)    3T (+ a column sum of
                                                       per-program partials)
 backward, eval                              1         3T (dx and parameters)
+SyncBatchNorm forward                       3         3T, + one all_gather of
+                                                      (3, C) floats
+SyncBatchNorm backward                      2         5T, + one all_reduce of
+                                                      (2, C) floats
 ==========================================  ========  ===========================
 
 Running statistics, ``num_batches_tracked`` and the cumulative-average momentum
@@ -46,19 +51,20 @@ integer ticket that lets the last program merge them in a fixed order (no float
 atomics); the ticket counters are one persistent buffer per device and stream
 (``kernels._reduce.tickets``, shared with conv's split reductions).
 
-Second derivatives: ``NormFunction``'s backward is ``NormBackwardFunction``
-(the kernels above), whose own backward differentiates ``ops._reference_forward``,
-the same forward in torch ops, twice. Third derivatives raise.
+Second derivatives: the normalizations' backward is the ``norm_gradients``
+operator (the kernels above), whose own backward differentiates
+``ops._reference_forward``, the same forward in torch ops, twice. Third
+derivatives raise.
 """
 from __future__ import annotations
 
 from ._plan import Geometry
-from .ops import (NormBackwardFunction, NormFunction, batch_norm, group_norm, instance_norm, layer_norm,
-                  norm_apply, norm_apply_running, norm_backward, norm_backward_dx, norm_backward_reduce,
-                  norm_merge_moments, norm_moments, norm_single_read, norm_statistics, single_read_fits)
+from .ops import (batch_norm, group_norm, instance_norm, layer_norm, norm_apply, norm_apply_running, norm_backward,
+                  norm_backward_dx, norm_backward_reduce, norm_merge_moments, norm_moments, norm_single_read,
+                  norm_statistics, single_read_fits)
 from .sync import SyncNormFunction, sync_batch_norm
 
-__all__ = ["Geometry", "NormFunction", "NormBackwardFunction", "batch_norm", "instance_norm", "group_norm",
+__all__ = ["Geometry", "batch_norm", "instance_norm", "group_norm",
            "layer_norm", "norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
            "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
            "SyncNormFunction", "sync_batch_norm", "COMPILE_CASES"]

@@ -413,7 +413,8 @@ def _merge_kernel(part_ptr, mean_ptr, rstd_ptr, count_ptr, rm_ptr, rv_ptr, nbt_p
     """Batch statistics from several processes' moments. part: (num_parts, 3, C) fp32,
     (count, mean, M2) per channel of each part, as all_gather lays them out; merged in
     part order into mean, rstd and count (C,) fp32; running statistics and
-    num_batches_tracked as in _stats_kernel (the last program adds the 1)."""
+    num_batches_tracked as in _stats_kernel (the last program adds the 1). Moves
+    3 * num_parts * C floats, nothing activation-sized."""
     channels = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask = channels < C
     count, mean, m2 = _merge_moments(part_ptr, channels, mask, num_parts, 1, 3 * C, C, BLOCK_K)
@@ -528,7 +529,8 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
     part: fp32 partials, (2, C, num_n_chunks * num_s_chunks) for dw, db (either asked)
     then (2, num_stats, chunks) for s1, s2 (STAT_SUMS); the last program per channel block (dw, db) and
     per statistic set (s1, s2) merges them in a fixed order (tickets as in the
-    statistics kernel). Moves 2T (x, dy), +1T residual, +1T g, +1T dx."""
+    statistics kernel). Moves 2T (x, dy), +1T for the residual when the activation's
+    input is recomputed, +1T to write g, +1T to write dx."""
     pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end, offs_c, mask_c, local_group, first_group = _program_block(
         N, C, S, Cg, GPB, BPG, group_width, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, BLOCK_C, FULL_BLOCKS)
     rows = _index(tl.arange(0, BLOCK_S), INDEX_64)

@@ -30,10 +30,12 @@ MERGE_TILE = 1024
 MERGE_CHANNELS = 256        # channels per program of the merge across processes
 NUM_WARPS = 8
 # The single-read path holds a statistic's whole set (padded to powers of two) in
-# registers when it has at most SET_LIMIT elements, SET_TILE or so per tile.
+# registers when it has at most SET_LIMIT elements (16 per thread at NUM_WARPS warps:
+# the backward then needs 90-160 registers, spill-free; 8192 would spill or leave one
+# CTA per SM), SET_TILE or so per tile.
 # Layer norm rows run on at most ROW_PROGRAMS programs (each loops over rows), which
 # bounds the parameter-gradient partials they leave for a column sum.
-SET_LIMIT = 8192
+SET_LIMIT = 4096
 SET_TILE = 2048
 ROW_PROGRAMS = 256
 

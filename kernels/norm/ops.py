@@ -1,6 +1,6 @@
 """Host side of the norms: the primitives (launchers that take only schema
-types: tensors, ints, floats, bools), the autograd Functions built on them, and
-the four entry points.
+types: tensors, ints, floats, bools), the registered operators built on them,
+and the four entry points.
 
 Primitives (each one launch unless it says otherwise):
 
@@ -18,18 +18,17 @@ Primitives (each one launch unless it says otherwise):
   (SyncBatchNorm all-reduces the sums between them).
 
 Arguments are checked by the caller (nnlib.functional). Tensors the kernels
-cannot read as (N, C, S) through strides are copied once (by the Functions,
-before the primitives see them).
+cannot read as (N, C, S) through strides are copied once (by ``_norm``,
+before the operators see them).
 """
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
-
 import torch
 import torch.nn.functional as TF
 import triton
 
+from .._library import Operator
 from .._reduce import sum_partials, tickets
 from .._runtime import interpreting, launch, merge_dims, needs_int64
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
@@ -40,7 +39,8 @@ from ._plan import (MERGE_CHANNELS, MERGE_TILE, NUM_WARPS, Geometry, empty_outpu
 
 __all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
            "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
-           "NormFunction", "NormBackwardFunction", "batch_norm", "instance_norm", "group_norm", "layer_norm"]
+           "norm_gradients", "norm_statistics_op", "norm_apply_op", "norm_apply_running_op", "norm_single_read_op",
+           "norm_gradients_op", "batch_norm", "instance_norm", "group_norm", "layer_norm"]
 
 
 def _vector(t):
@@ -351,116 +351,213 @@ def _single_read_backward(plan, x, dy, dx, weight, bias, need_weight, need_bias,
 
 
 # ---------------------------------------------------------------------------
-# Autograd
-
-class _Spec(NamedTuple):
-    """What a norm call computed, beyond its tensors."""
-    geom: Geometry
-    eps: float
-    activation: int
-    negative_slope: float
-    use_input_stats: bool
-
-    @property
-    def stats_per_sample(self) -> bool:
-        return self.use_input_stats and self.geom.per_sample
-
+# Operators (kernels/_library.py)
+#
+# The statistics update running buffers in place, so ``norm_statistics`` is a
+# mutable operator with no autograd formula. The normalizations are functional:
+# ``norm_apply`` (the statistics of x that norm_statistics gave: its x gradient
+# includes theirs), ``norm_apply_running`` (constant statistics) and
+# ``norm_single_read`` (statistics and normalization in one launch). They share
+# one formula whose backward is the ``norm_gradients`` operator; that one's own
+# backward (second derivatives, a gradient penalty through a norm) differentiates
+# ``_reference_forward``, the same forward in torch ops, twice; third derivatives
+# raise. ``eps`` reaches the operators that do not launch with it for that.
 
 def _readable(t, geom: Geometry):
     """t, or one contiguous copy when the kernels cannot read it through strides."""
     return t if t is None or mergeable(t, geom) else t.contiguous()
 
 
-class NormFunction(torch.autograd.Function):
-    """The four norms: y = act((x - mean) * rstd * weight + bias [+ residual]).
+def _channels(x, lead: int, chan: int) -> int:
+    return math.prod(x.shape[lead:lead + chan])
 
-    x: any shape that ``geom`` describes as (N, C, S); weight, bias: C elements
-    (any shape, as torch allows) or None; residual: x's shape or None. With
+
+def _apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
+           bias: torch.Tensor | None, residual: torch.Tensor | None, lead: int, chan: int, groups: int,
+           per_sample: bool, keep_format: bool, eps: float, activation: int, negative_slope: float) -> torch.Tensor:
+    """``norm_apply`` with mean / rstd the statistics of x (eps: theirs)."""
+    return norm_apply(x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, keep_format, activation,
+                      negative_slope)
+
+
+def norm_gradients(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
+                   residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
+                   groups: int, per_sample: bool, batch_stats: bool, eps: float, activation: int,
+                   negative_slope: float, need_x: bool, need_weight: bool, need_bias: bool,
+                   need_g: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``norm_backward`` with an empty tensor for each gradient not asked, and for g
+    without an activation (where the residual's gradient is dy itself)."""
+    grads = norm_backward(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, batch_stats,
+                          activation, negative_slope, need_x, need_weight, need_bias, need_g)
+    return tuple(dy.new_empty(0) if t is None else t for t in grads)
+
+
+def _save(ctx, x, weight, bias, residual, mean, rstd, *args):
+    """args: (lead, chan, groups, per_sample, batch_stats, eps, activation, negative_slope)."""
+    ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
+    ctx.args = args
+
+
+def _apply_setup(ctx, inputs, output):
+    x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, _, eps, act, slope = inputs
+    _save(ctx, x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, True, eps, act, slope)
+
+
+def _apply_running_setup(ctx, inputs, output):
+    x, _, _, weight, bias, residual, lead, chan, _, eps, act, slope = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)     # no zeros for the statistics' gradients
+    _save(ctx, x, weight, bias, residual, mean, rstd, lead, chan, _channels(x, lead, chan), False, False, eps, act,
+          slope)
+
+
+def _single_read_setup(ctx, inputs, output):
+    x, weight, bias, lead, chan, groups, _, eps, act, slope = inputs
+    _, mean, rstd = output
+    ctx.mark_non_differentiable(mean, rstd)
+    ctx.set_materialize_grads(False)     # no zeros for the statistics' gradients
+    _save(ctx, x, weight, bias, None, mean, rstd, lead, chan, groups, True, True, eps, act, slope)
+
+
+def _gradients(ctx, dy, need_x, need_weight, need_bias, need_residual):
+    """(dx, dweight, dbias, dresidual) of a normalization, None where not needed."""
+    x, weight, bias, residual, mean, rstd = ctx.saved_tensors
+    activation = ctx.args[-2]
+    need_g = need_residual and activation != ACT_NONE.value
+    grads = norm_gradients_op(dy, x, weight, bias, residual, mean, rstd, *ctx.args, need_x, need_weight, need_bias,
+                              need_g)
+    dx, dw, db, g = (t if need else None for t, need in zip(grads, (need_x, need_weight, need_bias, need_g)))
+    return dx, dw, db, (g if need_g else dy) if need_residual else None
+
+
+def _apply_backward(ctx, dy):
+    need = ctx.needs_input_grad
+    dx, dw, db, dr = _gradients(ctx, dy, need[0], need[3], need[4], need[5])
+    return dx, None, None, dw, db, dr, *([None] * 8)
+
+
+def _apply_running_backward(ctx, dy, _mean, _rstd):
+    need = ctx.needs_input_grad
+    dx, dw, db, dr = _gradients(ctx, dy, need[0], need[3], need[4], need[5])
+    return dx, None, None, dw, db, dr, *([None] * 6)
+
+
+def _single_read_backward_formula(ctx, dy, _mean, _rstd):
+    need = ctx.needs_input_grad
+    dx, dw, db, _ = _gradients(ctx, dy, need[0], need[1], need[2], False)
+    return dx, dw, db, *([None] * 7)
+
+
+def _gradients_setup(ctx, inputs, output):
+    dy, x, weight, bias, residual, mean, rstd, *args = inputs
+    ctx.save_for_backward(dy, x, weight, bias, residual, mean, rstd)
+    ctx.args, ctx.needs = args[:8], args[8:]
+    ctx.set_materialize_grads(False)
+
+
+def _gradients_backward(ctx, *grad_grads):
+    """Second derivatives: the first derivatives of _reference_forward,
+    differentiated again against the incoming gradients of (dx, dw, db, g)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError("nnlib's norms support first and second derivatives, not third "
+                           "(create_graph=True through a second derivative)")
+    saved = ctx.saved_tensors
+    dy, x, weight, bias, residual = (None if t is None else t.detach().requires_grad_() for t in saved[:5])
+    lead, chan, groups, per_sample, batch_stats, eps, activation, negative_slope = ctx.args
+    with torch.enable_grad():
+        y = _reference_forward(x, weight, bias, residual, saved[5], saved[6], lead, chan, groups, per_sample,
+                               batch_stats, eps, activation, negative_slope)
+        inputs = [(t, g) for t, g, need in zip((x, weight, bias, residual), grad_grads, ctx.needs)
+                  if need and t is not None and g is not None]
+        if not inputs:
+            return (None,) * (7 + 12)
+        first = torch.autograd.grad(y, [t for t, _ in inputs], dy, create_graph=True)
+        wrt = [t for t in (dy, x, weight, bias, residual) if t is not None]
+        second = iter(torch.autograd.grad(first, wrt, [g for _, g in inputs], allow_unused=True))
+    return *(None if t is None else next(second) for t in (dy, x, weight, bias, residual)), *([None] * 14)
+
+
+def _statistics_fake(x, running_mean, running_var, num_batches_tracked, lead, chan, groups, per_sample, *_):
+    num_stats = math.prod(x.shape[:lead]) * groups if per_sample else groups
+    return tuple(torch.empty(num_stats, **_stats_options(x)) for _ in range(2))
+
+
+def _apply_fake(x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, keep_format, *_):
+    return empty_output(x, Geometry(lead, chan, groups, per_sample, keep_format))
+
+
+def _apply_running_fake(x, running_mean, running_var, weight, bias, residual, lead, chan, keep_format, *_):
+    C = _channels(x, lead, chan)
+    return (empty_output(x, Geometry(lead, chan, C, False, keep_format)),
+            *(torch.empty(C, **_stats_options(x)) for _ in range(2)))
+
+
+def _single_read_fake(x, weight, bias, lead, chan, groups, keep_format, *_):
+    num_stats = math.prod(x.shape[:lead]) * groups
+    return (empty_output(x, Geometry(lead, chan, groups, True, keep_format)),
+            *(torch.empty(num_stats, **_stats_options(x)) for _ in range(2)))
+
+
+def _gradients_fake(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, batch_stats, eps,
+                    activation, negative_slope, need_x, need_weight, need_bias, need_g):
+    def empty_like(t, need):
+        return torch.empty(t.shape, dtype=t.dtype, device=x.device) if need else dy.new_empty(0)
+    return (empty_like(x, need_x), empty_like(weight, need_weight), empty_like(bias, need_bias),
+            empty_like(residual, need_g and activation != ACT_NONE.value))
+
+
+norm_statistics_op = Operator("norm_statistics", norm_statistics, fake=_statistics_fake,
+                              mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+norm_apply_op = Operator("norm_apply", _apply, fake=_apply_fake, setup_context=_apply_setup,
+                         backward=_apply_backward)
+norm_apply_running_op = Operator("norm_apply_running", norm_apply_running, fake=_apply_running_fake,
+                                 setup_context=_apply_running_setup, backward=_apply_running_backward)
+norm_single_read_op = Operator("norm_single_read", norm_single_read, fake=_single_read_fake,
+                               setup_context=_single_read_setup, backward=_single_read_backward_formula)
+norm_gradients_op = Operator("norm_gradients", norm_gradients, fake=_gradients_fake, setup_context=_gradients_setup,
+                             backward=_gradients_backward)
+
+
+def _norm(x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom: Geometry, eps: float,
+          activation: int, negative_slope: float, momentum, use_input_stats: bool) -> torch.Tensor:
+    """y = act((x - mean) * rstd * weight + bias [+ residual]).
+
+    x: any shape that ``geom`` describes as (N, C, S); weight, bias: C elements (any
+    shape, as torch allows) or None; residual: x's shape or None. With
     ``use_input_stats`` the statistics come from x (and update the running stats
-    and num_batches_tracked in place when given; momentum None: cumulative average);
-    otherwise from the running stats, one per group. Forward: the single-read
-    kernel, or the statistics and normalize kernels, or (eval) the normalize kernel."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom: Geometry,
-                eps: float, activation: int, negative_slope: float, momentum, use_input_stats: bool):
-        ctx.spec = _Spec(geom, float(eps), activation, float(negative_slope), use_input_stats)
-        args = (geom.lead, geom.chan)
-        xk, rk = _readable(x, geom), _readable(residual, geom)
-        if not use_input_stats:
-            y, mean, rstd = norm_apply_running(xk, running_mean, running_var, weight, bias, rk, *args,
-                                               geom.keep_format, eps, activation, negative_slope)
-        elif geom.per_sample and running_mean is None and single_read_fits(xk, *args, geom.groups):
-            y, mean, rstd = norm_single_read(xk, weight, bias, *args, geom.groups, geom.keep_format, eps, activation,
-                                             negative_slope)
-        else:
-            mean, rstd = norm_statistics(xk, running_mean, running_var, num_batches_tracked, *args, geom.groups,
-                                         geom.per_sample, 0.0 if momentum is None else momentum, momentum is None,
-                                         eps)
-            y = norm_apply(xk, mean, rstd, weight, bias, rk, *args, geom.groups, geom.per_sample, geom.keep_format,
-                           activation, negative_slope)
-        # The caller's x and residual, not the copies a layout may have needed: the
-        # second derivatives must reach them (the backward copies again if it must).
-        ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
-        return y
-
-    @staticmethod
-    def backward(ctx, dy):
-        x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-        needs = tuple(ctx.needs_input_grad[:4])
-        grads = NormBackwardFunction.apply(dy, x, weight, bias, residual, mean, rstd, ctx.spec, needs)
-        return *grads, *([None] * 9)
+    and num_batches_tracked in place when given; momentum None: cumulative
+    average); otherwise from the running stats, one per channel."""
+    eps, negative_slope = float(eps), float(negative_slope)
+    lead, chan = geom.lead, geom.chan
+    x, residual = _readable(x, geom), _readable(residual, geom)
+    if not use_input_stats:
+        return norm_apply_running_op(x, running_mean, running_var, weight, bias, residual, lead, chan,
+                                     geom.keep_format, eps, activation, negative_slope)[0]
+    if geom.per_sample and running_mean is None and single_read_fits(x, lead, chan, geom.groups):
+        return norm_single_read_op(x, weight, bias, lead, chan, geom.groups, geom.keep_format, eps, activation,
+                                   negative_slope)[0]
+    mean, rstd = norm_statistics_op(x.detach(), running_mean, running_var, num_batches_tracked, lead, chan,
+                                    geom.groups, geom.per_sample, 0.0 if momentum is None else float(momentum),
+                                    momentum is None, eps)
+    return norm_apply_op(x, mean, rstd, weight, bias, residual, lead, chan, geom.groups, geom.per_sample,
+                         geom.keep_format, eps, activation, negative_slope)
 
 
-class NormBackwardFunction(torch.autograd.Function):
-    """(dx, dweight, dbias, dresidual) of NormFunction from the Triton kernels
-    (None where ``needs`` says so). Its own backward, the second derivatives (a
-    gradient penalty through a norm), differentiates a torch-ops statement of the
-    same forward (``_reference_forward``) twice; third derivatives raise."""
-
-    @staticmethod
-    def forward(ctx, dy, x, weight, bias, residual, mean, rstd, spec: _Spec, needs):
-        ctx.save_for_backward(dy, x, weight, bias, residual, mean, rstd)
-        ctx.spec = spec
-        need_x, need_w, need_b, need_r = needs
-        geom = spec.geom
-        dx, dw, db, g = norm_backward(
-            _readable(dy, geom), _readable(x, geom), weight, bias, _readable(residual, geom), mean, rstd, geom.lead,
-            geom.chan, geom.groups, spec.stats_per_sample, spec.use_input_stats, spec.activation,
-            spec.negative_slope, need_x, need_w, need_b, need_r)
-        return dx, dw, db, (g if g is not None else dy) if need_r else None
-
-    @staticmethod
-    def backward(ctx, *grad_grads):
-        if torch.is_grad_enabled():
-            raise RuntimeError("nnlib's norms support first and second derivatives, not third "
-                               "(create_graph=True through a second derivative)")
-        saved = ctx.saved_tensors
-        dy, x, weight, bias, residual = (None if t is None else t.detach().requires_grad_() for t in saved[:5])
-        with torch.enable_grad():
-            y = _reference_forward(x, weight, bias, residual, saved[5], saved[6], ctx.spec)
-            inputs = [(t, g) for t, g in zip((x, weight, bias, residual), grad_grads)
-                      if t is not None and g is not None]
-            first = torch.autograd.grad(y, [t for t, _ in inputs], dy, create_graph=True)
-            wrt = [t for t in (dy, x, weight, bias, residual) if t is not None]
-            second = iter(torch.autograd.grad(first, wrt, [g for _, g in inputs], allow_unused=True))
-        return *(None if t is None else next(second) for t in (dy, x, weight, bias, residual)), None, None, None, None
-
-
-def _reference_forward(x, weight, bias, residual, mean, rstd, spec: _Spec):
-    """NormFunction's forward in torch ops (fp32) on x seen as (N, G, Cg * S):
-    statistics from x when ``spec.use_input_stats``, else the given per-group
-    mean / rstd. Used only to differentiate the backward."""
-    geom = spec.geom
+def _reference_forward(x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, batch_stats, eps,
+                       activation, negative_slope):
+    """A normalization's forward in torch ops (fp32) on x seen as (N, G, Cg * S):
+    statistics from x when ``batch_stats``, else the given per-group mean / rstd.
+    Used only to differentiate the backward."""
     shape = x.shape
-    N = math.prod(shape[:geom.lead])
-    C = math.prod(shape[geom.lead:geom.lead + geom.chan])
-    G = geom.groups
+    N = math.prod(shape[:lead])
+    C = _channels(x, lead, chan)
+    G = groups
     xg = x.float().reshape(N, G, -1)
-    if spec.use_input_stats:
-        dims = (2,) if geom.per_sample else (0, 2)
+    if batch_stats:
+        dims = (2,) if per_sample else (0, 2)
         var, mu = torch.var_mean(xg, dims, correction=0, keepdim=True)
-        xhat = (xg - mu) * torch.rsqrt(var + spec.eps)
+        xhat = (xg - mu) * torch.rsqrt(var + eps)
     else:
         xhat = (xg - mean.view(1, G, 1)) * rstd.view(1, G, 1)
     v = xhat.reshape(N, C, -1)
@@ -470,10 +567,10 @@ def _reference_forward(x, weight, bias, residual, mean, rstd, spec: _Spec):
         v = v + bias.reshape(1, C, 1)
     if residual is not None:
         v = v + residual.reshape(N, C, -1)
-    if spec.activation == ACT_RELU.value:
+    if activation == ACT_RELU.value:
         v = torch.relu(v)
-    elif spec.activation == ACT_LEAKY_RELU.value:
-        v = TF.leaky_relu(v, spec.negative_slope)
+    elif activation == ACT_LEAKY_RELU.value:
+        v = TF.leaky_relu(v, negative_slope)
     return v.reshape(shape)
 
 
@@ -487,7 +584,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     None: the cumulative average, 1 / (num_batches_tracked + 1); ``num_batches_tracked``
     (training with running statistics) gains 1 in the statistics kernel."""
     geom = Geometry(1, 1, x.shape[1] if x.dim() > 1 else 1, per_sample=False, keep_format=True)
-    return NormFunction.apply(x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom, eps,
+    return _norm(x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom, eps,
                               activation, negative_slope, momentum, training)
 
 
@@ -495,14 +592,14 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
                   activation=ACT_NONE.value, negative_slope=0.01):
     """x: (N, C, *); statistics per (n, channel) over *; running stats per channel."""
     geom = Geometry(1, 1, x.shape[1], per_sample=True, keep_format=False)
-    return NormFunction.apply(x, weight, bias, None, running_mean, running_var, None, geom, eps, activation,
+    return _norm(x, weight, bias, None, running_mean, running_var, None, geom, eps, activation,
                               negative_slope, momentum, use_input_stats)
 
 
 def group_norm(x, num_groups, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01):
     """x: (N, C, *); statistics per (n, group of C / num_groups channels)."""
     geom = Geometry(1, 1, num_groups, per_sample=True, keep_format=True)
-    return NormFunction.apply(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0,
+    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0,
                               True)
 
 
@@ -511,5 +608,5 @@ def layer_norm(x, normalized_shape, weight, bias, eps, activation=ACT_NONE.value
     dims; weight, bias elementwise over normalized_shape (its "channels")."""
     k = len(normalized_shape)
     geom = Geometry(x.dim() - k, k, 1, per_sample=True, keep_format=False)
-    return NormFunction.apply(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0,
+    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0,
                               True)
