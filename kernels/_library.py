@@ -45,6 +45,26 @@ def tracing(x: torch.Tensor) -> bool:
     return type(x) not in _PLAIN or torch.compiler.is_compiling()
 
 
+def _unaliased(impl: Callable) -> Callable:
+    """``impl`` whose outputs share no memory with its inputs or with each other (a
+    registered operator's contract; the launchers may return views of one buffer,
+    which the eager path keeps): an aliasing output is cloned."""
+    def run(*args):
+        outputs = impl(*args)
+        if not isinstance(outputs, tuple):
+            return outputs
+        seen = {t.untyped_storage().data_ptr() for t in args if isinstance(t, torch.Tensor) and t.numel()}
+        unaliased = []
+        for t in outputs:
+            if t.numel():
+                if t.untyped_storage().data_ptr() in seen:
+                    t = t.clone()
+                seen.add(t.untyped_storage().data_ptr())
+            unaliased.append(t)
+        return tuple(unaliased)
+    return run
+
+
 def _eager_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
     """A torch.autograd.Function running ``impl`` with the registered formula."""
     def forward(ctx, *args):
@@ -70,7 +90,9 @@ class Operator:
         OPERATORS[name] = self
         self.name = name
         self.impl = impl
-        self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", impl, mutates_args=mutates_args)
+        schema = torch.library.infer_schema(impl, mutates_args=mutates_args)
+        self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", _unaliased(impl), mutates_args=mutates_args,
+                                          schema=schema)
         self.op.register_fake(fake)
         self.function = None
         if backward is not None:

@@ -54,6 +54,7 @@ def _samples():
                                 ("flat", (_t(flat.shape), flat, [2, 3, 5, 7], *WINDOW, False))],
         "max_pool2d_gather": [("local", (x, codes, *WINDOW)), ("flat", (_t((2, 3, 5, 7)), flat, *WINDOW))],
         **_conv_samples(),
+        **_norm_samples(),
     }
 
 
@@ -76,6 +77,47 @@ def _conv_samples():
                                ("direct", (_t((2, 4, 7, 6)), x3, w3, *gemm))],
         "conv2d_output_grad": [("relu-bias", (_t(y16.shape), y16, RELU, 0.0, True)),
                                ("bias-only", (_t((2, 4, 3, 5), "channels_last"), None, 0, 0.0, True))],
+    }
+
+
+def _norm_samples():
+    """Batch statistics with running buffers (momentum and cumulative), per-sample
+    groups, layer norm over two dims, eval, the single-read path, the fused
+    residual and activations, each gradient asked alone or together. Layouts the
+    kernels read through strides (others are copied before the operators)."""
+    from kernels.norm import ops as norm
+    x4 = _t((2, 4, 5, 3), "channels_last")
+    xg, xl = _t((2, 6, 7)), _t((3, 2, 4, 5))
+    w, b, r = _t((4,)), _t((4,)), _t((2, 4, 5, 3), "channels_last")
+    wl, bl = _t((4, 5)), _t((4, 5))
+    running = [torch.zeros(4, device=DEVICE), torch.ones(4, device=DEVICE),
+               torch.zeros((), dtype=torch.long, device=DEVICE)]
+    batch = (1, 1, 4, False)
+    mean, rstd = norm.norm_statistics(x4.detach(), None, None, None, *batch, 0.0, False, 1e-5)
+    gmean, grstd = norm.norm_statistics(xg.detach(), None, None, None, 1, 1, 3, True, 0.0, False, 1e-5)
+    rmean, rrstd = norm.norm_apply_running(x4.detach(), *running[:2], None, None, None, 1, 1, True, 1e-3, 0, 0.0)[1:]
+    return {
+        "norm_statistics": [("batch-momentum", (x4.detach(), *[t.clone() for t in running], *batch, 0.1, False, 1e-5)),
+                            ("batch-cumulative", (x4.detach(), *[t.clone() for t in running], *batch, 0.0, True, 0.1)),
+                            ("groups-per-sample", (xg.detach(), None, None, None, 1, 1, 3, True, 0.0, False, 1e-5)),
+                            ("layer-two-dims", (xl.detach(), None, None, None, 2, 2, 1, True, 0.0, False, 1e-5))],
+        "norm_apply": [("batch-residual-relu", (x4, mean, rstd, w, b, r, *batch, True, 1e-5, RELU, 0.0)),
+                       ("groups-leaky-no-affine", (xg, gmean, grstd, None, None, None, 1, 1, 3, True, True, 1e-5,
+                                                   LEAKY, 0.2))],
+        "norm_apply_running": [("eval-residual-leaky", (x4, *running[:2], w, b, r, 1, 1, True, 1e-3, LEAKY, 0.1)),
+                               ("eval-weight-only", (xg, torch.randn(6), torch.rand(6) + 0.5, _t((6,)), None, None,
+                                                     1, 1, False, 1e-5, 0, 0.0))],
+        "norm_single_read": [("layer-relu", (xl, wl, bl, 2, 2, 1, False, 1e-5, RELU, 0.0)),
+                             ("groups-no-affine", (xg, None, None, 1, 1, 3, True, 1e-5, 0, 0.0))],
+        "norm_gradients": [
+            ("batch-residual-relu", (_t(x4.shape), x4, w, b, r, mean, rstd, *batch, True, 1e-5, RELU, 0.0,
+                                     True, True, True, True)),
+            ("batch-weight-only", (_t(x4.shape), x4, w, b, None, mean, rstd, *batch, True, 1e-5, 0, 0.0,
+                                   False, True, False, False)),
+            ("eval", (_t(x4.shape), x4, w, None, None, rmean, rrstd, *batch, False, 1e-3, LEAKY, 0.1,
+                      True, True, False, False)),
+            ("per-sample-groups", (_t(xg.shape), xg, None, None, None, gmean, grstd, 1, 1, 3, True, True, 1e-5, 0,
+                                   0.0, True, False, False, False))],
     }
 
 
@@ -131,3 +173,111 @@ def test_compile_functional_fullgraph(backend, device):
     grads, ref_grads = (torch.autograd.grad(o.square().sum(), (x, w)) for o in (out, ref))
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r)
+
+
+# ---------------------------------------------------------------------------
+# Whole models under torch.compile and torch.export
+
+def _norm_zoo():
+    """Every layer kind but batch norm (the ResNets have it): conv (grouped, strided,
+    fused activation), group / instance (with running statistics) / layer norm,
+    PReLU, max pooling, leaky ReLU."""
+    import nnlib
+    return torch.nn.Sequential(
+        nnlib.Conv2d(3, 8, 3, padding=1, activation="relu"),
+        nnlib.GroupNorm(2, 8, activation="leaky_relu", negative_slope=0.1),
+        nnlib.Conv2d(8, 8, 3, stride=2, padding=1, groups=2),
+        nnlib.InstanceNorm2d(8, affine=True, track_running_stats=True),
+        nnlib.PReLU(8),
+        nnlib.MaxPool2d(2, ceil_mode=True),
+        nnlib.LayerNorm([8, 2, 2]),
+        nnlib.LeakyReLU(0.2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32, 5))
+
+
+def _models():
+    """name -> (builder, input shape, layout): small, so that the interpreter is quick."""
+    import nnlib
+    from nnlib import models
+    from nnlib.models import reference
+
+    def converted_resnet():
+        return nnlib.convert(reference.ResNet(reference.BasicBlock, [1, 1], 5, width=4, small_input=True))
+    return {
+        "resnet-basic": (lambda: models.ResNet(models.resnet.BasicBlock, [1, 1], 5, width=4, small_input=True),
+                         (2, 3, 8, 8), "channels_last"),
+        "resnet-bottleneck": (lambda: models.ResNet(models.resnet.Bottleneck, [1], 5, width=4, small_input=True),
+                              (2, 3, 8, 8), "contiguous"),
+        "converted-torch-resnet": (converted_resnet, (2, 3, 8, 8), "contiguous"),
+        "norm-zoo": (_norm_zoo, (2, 3, 8, 8), "contiguous"),
+    }
+
+
+MODELS = _models()
+
+
+def _train_step(model, x):
+    out = model(x)
+    out.square().mean().backward()
+    return out
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_compile_model_fullgraph(name, device):
+    """One graph for a training step's forward (batch statistics, running buffers
+    updated) and for eval; outputs, gradients and buffers equal eager mode's."""
+    import copy
+    torch._dynamo.reset()
+    build, shape, fmt = MODELS[name]
+    torch.manual_seed(0)
+    eager = build().to(device)
+    if fmt == "channels_last":
+        eager = eager.to(memory_format=torch.channels_last)
+    traced = copy.deepcopy(eager)
+    x = make_input(shape, torch.float32, device, fmt)
+    compiled = torch.compile(traced, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(_train_step(compiled, x), _train_step(eager, x))
+    for (key, a), b in zip(traced.state_dict().items(), eager.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"buffer or parameter {key}")
+    for (key, a), b in zip(traced.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=f"gradient of {key}")
+    traced.eval(), eager.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x))
+
+
+def test_export_eval_model(device):
+    """torch.export of an eval-mode model: our operators appear in the exported
+    program, which runs and matches eager mode."""
+    build, shape, _ = MODELS["resnet-basic"]
+    model = build().to(device).eval()
+    x = torch.randn(shape, device=device)
+    exported = torch.export.export(model, (x,))
+    targets = {str(node.target) for node in exported.graph.nodes if node.op == "call_function"}
+    assert {"nnlib.conv2d.default", "nnlib.norm_apply_running.default"} <= targets, targets
+    with torch.no_grad():
+        torch.testing.assert_close(exported.module()(x), model(x))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor with CUDA graphs needs a CUDA GPU")
+@pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
+def test_compile_inductor_on_cuda(mode):
+    """inductor (and its CUDA graphs) around our kernels: a few training steps and
+    eval equal eager mode's."""
+    import copy
+    torch._dynamo.reset()
+    build, shape, _ = MODELS["resnet-basic"]
+    torch.manual_seed(0)
+    eager = build().cuda()
+    traced = copy.deepcopy(eager)
+    compiled = torch.compile(traced, mode=mode, fullgraph=True)
+    for _ in range(3):
+        x = torch.randn(shape, device="cuda")
+        torch.testing.assert_close(_train_step(compiled, x), _train_step(eager, x))
+    for (key, a), b in zip(traced.named_parameters(), eager.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=f"gradient of {key}")
+    traced.eval(), eager.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x))

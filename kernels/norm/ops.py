@@ -501,10 +501,13 @@ def _single_read_fake(x, weight, bias, lead, chan, groups, keep_format, *_):
 
 def _gradients_fake(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, batch_stats, eps,
                     activation, negative_slope, need_x, need_weight, need_bias, need_g):
-    def empty_like(t, need):
+    def activation_sized(t, need):
+        return torch.empty_like(t) if need else dy.new_empty(0)
+
+    def parameter_sized(t, need):
         return torch.empty(t.shape, dtype=t.dtype, device=x.device) if need else dy.new_empty(0)
-    return (empty_like(x, need_x), empty_like(weight, need_weight), empty_like(bias, need_bias),
-            empty_like(residual, need_g and activation != ACT_NONE.value))
+    return (activation_sized(x, need_x), parameter_sized(weight, need_weight), parameter_sized(bias, need_bias),
+            activation_sized(residual, need_g and activation != ACT_NONE.value))
 
 
 norm_statistics_op = Operator("norm_statistics", norm_statistics, fake=_statistics_fake,

@@ -135,6 +135,7 @@ def _sync_batch_norm_torch(x, weight, bias, residual, running_mean, running_var,
     return y.to(x.dtype)
 
 
+@torch.compiler.disable     # collectives and their ordering stay eager: one graph break per layer
 def sync_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps, group, world: int,
                     activation: int = ACT_NONE.value, negative_slope: float = 0.01, residual=None,
                     num_batches_tracked=None):
