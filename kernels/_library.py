@@ -2,7 +2,9 @@
 
 A primitive is a launcher with schema types: Tensor, ``Tensor | None``, int,
 float, bool and ``list[int]`` in, a Tensor or a tuple of Tensors out (an empty
-tensor stands for "none"), or nothing for an in-place primitive. ``Operator``
+tensor stands for "none"; outputs never alias inputs or each other on the
+registered path), or nothing; a primitive that writes its arguments names them
+(``mutates_args``: ``activation_``, the norms' running statistics). ``Operator``
 registers it as ``torch.ops.nnlib.<name>`` (``torch.library.custom_op``) with a
 fake implementation (output shapes, dtypes and strides, computed without
 running anything) and, for a differentiable primitive, its autograd formula

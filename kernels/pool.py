@@ -373,6 +373,8 @@ def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, kernel: list[int], s
 def _forward_setup(ctx, inputs, output):
     x, kernel, stride, padding, dilation, ceil_mode, index_mode, activation = inputs
     y, idx = output
+    ctx.mark_non_differentiable(idx)
+    ctx.set_materialize_grads(False)     # no zeros for the indices' gradient
     ctx.window = (kernel, stride, padding, dilation)
     ctx.activation, ctx.has_indices = activation, index_mode != INDEX_NONE
     ctx.input_size, ctx.channels_last = list(x.shape), suggest_memory_format(x) == torch.channels_last

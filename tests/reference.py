@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as TF
 
 from kernels._runtime import count_launches
 from nnlib.testing import FLOAT_DTYPES, TOLERANCES, assert_close, tolerance  # noqa: F401 (re-exported)
@@ -157,3 +158,17 @@ def make_input(shape, dtype, device, layout: str = "contiguous", requires_grad: 
         assert layout == "contiguous", layout
         t = torch.randn(shape).to(dtype).to(device)
     return t.requires_grad_(requires_grad)
+
+
+def epilogue(out, activation=None, negative_slope=0.01, residual=None):
+    """torch's statement of nnlib's keyword-only extras: + residual, then the
+    activation; applied to the first output of a tuple."""
+    if isinstance(out, tuple):
+        return (epilogue(out[0], activation, negative_slope, residual), *out[1:])
+    if residual is not None:
+        out = out + residual
+    if activation == "relu":
+        return TF.relu(out)
+    if activation == "leaky_relu":
+        return TF.leaky_relu(out, negative_slope)
+    return out

@@ -315,14 +315,32 @@ def test_split_count():
     assert split_count(264, 52, 72, 8, cap=0) == 1
 
 
-def test_tf32_policy(device):
-    """fp32 follows cudnn.allow_tf32 (tf32 tensor cores on a GPU: looser tolerance)."""
+@pytest.mark.parametrize("allow_tf32", [True, False])
+def test_tf32_policy(allow_tf32, device, monkeypatch):
+    """Every GEMM launch of an fp32 conv (forward and both gradients) follows
+    cudnn.allow_tf32; fp16 always uses tensor cores. Values within tf32's
+    tolerance when allowed (a GPU's tensor cores), fp32's when not."""
+    import kernels.conv.ops as conv_ops
+    flags = []
+
+    def recording_launch(kernel, grid, *args, **kwargs):
+        flags.append(kwargs.get("ALLOW_TF32"))
+        return real_launch(kernel, grid, *args, **kwargs)
+    real_launch = conv_ops.launch
+    monkeypatch.setattr(conv_ops, "launch", recording_launch)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[0]
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
-    torch.backends.cudnn.allow_tf32 = True
     y = F.conv2d(x, w, b, stride, padding)
+    y.backward(torch.randn_like(y))
+    gemm_flags = [f for f in flags if f is not None]
+    assert len(gemm_flags) == 3 and all(f is allow_tf32 for f in gemm_flags), flags
     ref = TF.conv2d(x.detach().double().cpu(), w.detach().double().cpu(), b.detach().double().cpu(), stride, padding)
-    torch.testing.assert_close(y.detach().double().cpu(), ref, atol=2e-2, rtol=2e-2)
+    tol = 2e-2 if allow_tf32 else 1e-4
+    torch.testing.assert_close(y.detach().double().cpu(), ref, atol=tol, rtol=tol)
+    flags.clear()
+    F.conv2d(x.half(), w.half(), b.half(), stride, padding)
+    assert flags and all(f is True for f in flags if f is not None), flags
 
 
 def test_float64_takes_torch_path(device):

@@ -25,21 +25,7 @@ from hypothesis import event, given, note, settings
 import nnlib.functional as F
 from kernels._runtime import count_launches
 from tests.fuzz_strategies import DRAFTS, TensorSpec, bad_cases, value_cases
-from tests.reference import TOLERANCES, assert_close, check_double_backward, check_op, to_reference
-
-
-def epilogue(out, activation=None, negative_slope=0.01, residual=None):
-    """torch's statement of nnlib's keyword-only extras: + residual, then the
-    activation; applied to the first output of a tuple."""
-    if isinstance(out, tuple):
-        return (epilogue(out[0], activation, negative_slope, residual), *out[1:])
-    if residual is not None:
-        out = out + residual
-    if activation == "relu":
-        return TF.relu(out)
-    if activation == "leaky_relu":
-        return TF.leaky_relu(out, negative_slope)
-    return out
+from tests.reference import TOLERANCES, assert_close, check_double_backward, check_op, epilogue, to_reference
 
 
 def _outputs(out) -> tuple:

@@ -197,7 +197,8 @@ def _norm_zoo():
 
 
 def _models():
-    """name -> (builder, input shape, layout): small, so that the interpreter is quick."""
+    """name -> (builder, input shape, layout): every model family of nnlib.models and a
+    converted torch model, small, so that the interpreter is quick."""
     import nnlib
     from nnlib import models
     from nnlib.models import reference
@@ -211,6 +212,12 @@ def _models():
                               (2, 3, 8, 8), "contiguous"),
         "converted-torch-resnet": (converted_resnet, (2, 3, 8, 8), "contiguous"),
         "norm-zoo": (_norm_zoo, (2, 3, 8, 8), "contiguous"),
+        "lenet5": (lambda: models.lenet5(), (2, 1, 32, 32), "contiguous"),
+        "digits_cnn": (lambda: models.digits_cnn(width=4), (2, 1, 8, 8), "channels_last"),
+        "vgg11_bn": (lambda: models.vgg11_bn(5, width=2, hidden=8, pool_size=1, dropout=0.0), (2, 3, 32, 32),
+                     "channels_last"),
+        "drn_c26": (lambda: models.drn_c26(3, width=2), (2, 3, 16, 16), "contiguous"),
+        "nf_resnet": (lambda: models.NFResNet([1], 5, width=4), (2, 3, 16, 16), "contiguous"),
     }
 
 

@@ -18,17 +18,7 @@ from kernels.norm import _plan as norm_plan
 from kernels.norm import ops as norm_ops
 from kernels._reduce import tickets
 from kernels._runtime import count_launches, needs_int64
-from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, make_input
-
-
-def _epilogue(out, activation, slope, residual=None):
-    if residual is not None:
-        out = out + residual
-    if activation == "relu":
-        return TF.relu(out)
-    if activation == "leaky_relu":
-        return TF.leaky_relu(out, slope)
-    return out
+from tests.reference import FLOAT_DTYPES, assert_close, check_double_backward, check_op, epilogue, make_input
 
 
 def _params(C, dtype, device, affine=True, bias=True, shape=None):
@@ -60,7 +50,7 @@ def _check_batch_norm(x, w, b, running, training, momentum=0.1, eps=1e-5, activa
     out, _ = check_op(
         lambda x_, w_, b_, r_: F.batch_norm(x_, rm, rv, w_, b_, training, momentum, eps, activation=activation,
                                             negative_slope=slope, residual=r_),
-        lambda x_, w_, b_, r_: _epilogue(TF.batch_norm(x_, ref_rm, ref_rv, w_, b_, training, momentum, eps),
+        lambda x_, w_, b_, r_: epilogue(TF.batch_norm(x_, ref_rm, ref_rv, w_, b_, training, momentum, eps),
                                          activation, slope, r_),
         inputs, kind, dtype=x.dtype)
     if running is not None:
@@ -139,7 +129,7 @@ GN_CASES = [(6, 1), (6, 6), (6, 3), (12, 4), (6, 2), (5, 5)]   # (C, G): one gro
 def _check_group_norm(x, G, w, b, eps=1e-5, activation=None, slope=0.01):
     return check_op(
         lambda x_, w_, b_: F.group_norm(x_, G, w_, b_, eps, activation=activation, negative_slope=slope),
-        lambda x_, w_, b_: _epilogue(TF.group_norm(x_, G, w_, b_, eps), activation, slope),
+        lambda x_, w_, b_: epilogue(TF.group_norm(x_, G, w_, b_, eps), activation, slope),
         [x, w, b], "reduction", dtype=x.dtype)[0]
 
 
@@ -166,7 +156,7 @@ def test_group_norm_layouts_and_dtypes(layout, dtype, device):
 def _check_layer_norm(x, shape, w, b, eps=1e-5, activation=None, slope=0.01):
     return check_op(
         lambda x_, w_, b_: F.layer_norm(x_, shape, w_, b_, eps, activation=activation, negative_slope=slope),
-        lambda x_, w_, b_: _epilogue(TF.layer_norm(x_, shape, w_, b_, eps), activation, slope),
+        lambda x_, w_, b_: epilogue(TF.layer_norm(x_, shape, w_, b_, eps), activation, slope),
         [x, w, b], "reduction", dtype=x.dtype)[0]
 
 
@@ -222,7 +212,7 @@ def _check_instance_norm(x, w, b, running, use_input_stats, momentum=0.1, eps=1e
     out, _ = check_op(
         lambda x_, w_, b_: F.instance_norm(x_, rm, rv, w_, b_, use_input_stats, momentum, eps,
                                            activation=activation, negative_slope=slope),
-        lambda x_, w_, b_: _epilogue(TF.instance_norm(x_, ref_rm, ref_rv, w_, b_, use_input_stats, momentum, eps),
+        lambda x_, w_, b_: epilogue(TF.instance_norm(x_, ref_rm, ref_rv, w_, b_, use_input_stats, momentum, eps),
                                      activation, slope),
         [x, w, b], "reduction", dtype=x.dtype)
     if running is not None:

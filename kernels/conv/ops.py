@@ -434,9 +434,11 @@ def _forward_backward(ctx, dy):
     return dx, dw, db, None, None, None, None, None, None
 
 
-def _input_grad_setup(ctx, inputs, output):
-    g, w, _, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(g, w)
+def _gradient_setup(ctx, inputs, output):
+    """D(g, w) saves (g, w); W(g, x) saves (g, x): the first two inputs (the third
+    gives only a shape and a layout)."""
+    first, second, _, stride, padding, dilation, groups = inputs
+    ctx.save_for_backward(first, second)
     _save_conv_args(ctx, stride, padding, dilation, groups)
 
 
@@ -446,12 +448,6 @@ def _input_grad_backward(ctx, u):
     dg = conv2d_op(u, w, None, *_conv_args(ctx), 0, 0.0) if need_g else None
     dw = conv_weight_grad_op(g, u, w, *_conv_args(ctx)) if need_w else None
     return dg, dw, None, None, None, None, None
-
-
-def _weight_grad_setup(ctx, inputs, output):
-    g, x, _, stride, padding, dilation, groups = inputs
-    ctx.save_for_backward(g, x)
-    _save_conv_args(ctx, stride, padding, dilation, groups)
 
 
 def _weight_grad_backward(ctx, v):
@@ -499,12 +495,12 @@ conv2d_op = Operator("conv2d", conv2d_forward, fake=_forward_fake, setup_context
                      backward=_forward_backward)
 conv_input_grad_op = Operator("conv2d_input_grad", conv2d_input_grad,
                               fake=lambda g, w, x_like, *args: torch.empty_like(x_like),
-                              setup_context=_input_grad_setup, backward=_input_grad_backward)
+                              setup_context=_gradient_setup, backward=_input_grad_backward)
 conv_weight_grad_op = Operator(
     "conv2d_weight_grad", conv2d_weight_grad,
     fake=lambda g, x, w_like, *args: torch.empty(w_like.shape, dtype=w_like.dtype, device=w_like.device,
                                                  memory_format=_memory_format(w_like)),
-    setup_context=_weight_grad_setup, backward=_weight_grad_backward)
+    setup_context=_gradient_setup, backward=_weight_grad_backward)
 conv_output_grad_op = Operator("conv2d_output_grad", conv2d_output_grad, fake=_output_grad_fake,
                                setup_context=_output_grad_setup, backward=_output_grad_backward)
 
