@@ -2,6 +2,8 @@
 parameters, buffers and ``state_dict`` are torch's own; only ``forward`` changes."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.distributed as dist
 
@@ -9,6 +11,8 @@ from kernels.activation import ACTIVATIONS
 from kernels.norm.sync import sync_batch_norm
 
 from . import functional as F
+from ._checks import (check_norm_dtype, check_norm_params, check_residual, conv_activation, norm_activation,
+                      pool_activation)
 
 __all__ = ["ReLU", "LeakyReLU", "PReLU", "MaxPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
            "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm", "Conv2d"]
@@ -46,7 +50,7 @@ class Conv2d(torch.nn.Conv2d):
                  activation=None, negative_slope: float = 0.01):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
                          padding_mode, device, dtype)
-        F._conv_activation(activation, negative_slope)
+        conv_activation(activation, negative_slope)
         self.activation, self.negative_slope = activation, negative_slope
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -74,7 +78,7 @@ class MaxPool2d(torch.nn.MaxPool2d):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices: bool = False,
                  ceil_mode: bool = False, *, activation=None):
         super().__init__(kernel_size, stride, padding, dilation, return_indices, ceil_mode)
-        F._pool_activation(activation)
+        pool_activation(activation)
         self.activation = activation
 
     def forward(self, input: torch.Tensor):
@@ -95,7 +99,7 @@ class _FusedActivation:
 
     def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
         super().__init__(*args, **kwargs)          # the torch.nn twin's __init__
-        F._norm_activation(activation, negative_slope, type(self).__name__)
+        norm_activation(activation, negative_slope, type(self).__name__)
         self.activation = activation
         self.negative_slope = negative_slope
 
@@ -156,10 +160,10 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
         if group is None:
             return super().forward(input, residual)
         op = type(self).__name__
-        F._check_norm_params(input, op, weight=self.weight, bias=self.bias, running_mean=self.running_mean,
-                             running_var=self.running_var)
-        F._check_residual(input, residual, op)
-        F._check_norm_dtype(input, op)
+        check_norm_params(input, op, weight=self.weight, bias=self.bias, running_mean=self.running_mean,
+                          running_var=self.running_var)
+        check_residual(input, residual, op)
+        check_norm_dtype(input, op)
         tracking = self.track_running_stats and self.num_batches_tracked is not None
         return sync_batch_norm(input, self.running_mean if self.track_running_stats else None,
                                self.running_var if self.track_running_stats else None, self.weight, self.bias,
@@ -203,26 +207,48 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
 
 
 class _InstanceNorm(_FusedActivation):
-    """torch's _InstanceNorm.forward (dim checks, num_features warning, unbatched
-    input) runs unchanged; only its last step, the functional call, is ours."""
+    """torch's _InstanceNorm.forward, its checks copied with torch's messages (the
+    input's rank, the num_features mismatch: ValueError with affine, else a
+    warning; unbatched input), then nnlib's functional. Only public torch API is
+    used, so the module does not depend on torch's private methods."""
 
-    def _apply_instance_norm(self, input: torch.Tensor) -> torch.Tensor:
-        return F.instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
-                               self.training or not self.track_running_stats,
-                               self.momentum if self.momentum is not None else 0.0, self.eps,
-                               **self._act_kwargs())
+    _unbatched_rank: int      # an unbatched input's rank: C plus the spatial dims
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        rank = self._unbatched_rank
+        if input.dim() not in (rank, rank + 1):
+            raise ValueError(f"expected {rank}D or {rank + 1}D input (got {input.dim()}D input)")
+        feature_dim = input.dim() - rank
+        if input.size(feature_dim) != self.num_features:
+            if self.affine:
+                raise ValueError(f"expected input's size at dim={feature_dim} to match num_features"
+                                 f" ({self.num_features}), but got: {input.size(feature_dim)}.")
+            warnings.warn(f"input's size at dim={feature_dim} does not match num_features. You can silence this "
+                          "warning by not passing in num_features, which is not used because affine=False",
+                          stacklevel=2)
+        unbatched = input.dim() == rank
+        out = F.instance_norm(input.unsqueeze(0) if unbatched else input, self.running_mean, self.running_var,
+                              self.weight, self.bias, self.training or not self.track_running_stats,
+                              self.momentum if self.momentum is not None else 0.0, self.eps, **self._act_kwargs())
+        return out.squeeze(0) if unbatched else out
 
 
 class InstanceNorm1d(_InstanceNorm, torch.nn.InstanceNorm1d):
     """torch.nn.InstanceNorm1d; keyword-only activation / negative_slope."""
 
+    _unbatched_rank = 2
+
 
 class InstanceNorm2d(_InstanceNorm, torch.nn.InstanceNorm2d):
     """torch.nn.InstanceNorm2d; keyword-only activation / negative_slope."""
 
+    _unbatched_rank = 3
+
 
 class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
     """torch.nn.InstanceNorm3d; keyword-only activation / negative_slope."""
+
+    _unbatched_rank = 4
 
 
 class LayerNorm(_FusedActivation, torch.nn.LayerNorm):

@@ -6,6 +6,7 @@ once (the single-read path); the fused activation and residual; N = 0; the
 launch and device-op budgets of every mode; bad arguments (torch's exception
 class, running stats left untouched); the modules against their torch twins."""
 import contextlib
+import warnings
 
 import pytest
 import torch
@@ -764,12 +765,41 @@ def test_module_extras_and_checks(device):
         bn(torch.randn(2, 4, 3, device=device))
     with pytest.raises(ValueError):
         nnlib.GroupNorm(2, 6, activation="tanh")
-    with pytest.raises(ValueError, match="num_features"):
-        nnlib.InstanceNorm2d(4, affine=True)(torch.randn(2, 5, 3, 3, device=device))
-    # Unbatched input, handled by torch's own InstanceNorm forward.
-    inorm = nnlib.InstanceNorm1d(4, activation="leaky_relu", negative_slope=0.2).to(device)
-    x = torch.randn(4, 9, device=device)
-    assert_close(inorm(x), TF.leaky_relu(TF.instance_norm(x[None]), 0.2)[0], torch.float32, "reduction")
+
+
+def _outcome(call):
+    """call()'s (exception class and message or None, [(warning class, message)], result)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            result, error = call(), None
+        except Exception as e:
+            result, error = None, (type(e), str(e))
+    return error, [(w.category, str(w.message)) for w in caught], result
+
+
+def test_instance_norm_module_forward(device):
+    """nnlib's InstanceNormNd.forward (its own copy of torch's checks, no private
+    torch method): the fused activation on batched and unbatched input; torch's
+    exception, message, warning and result for each bad input, with and without
+    affine."""
+    for shape in ((2, 3, 4, 5), (3, 4, 5)):
+        x = torch.randn(shape, device=device)
+        ours = nnlib.InstanceNorm2d(3, activation="leaky_relu", negative_slope=0.2).to(device)
+        expected = TF.leaky_relu(torch.nn.InstanceNorm2d(3).to(device)(x), 0.2)
+        assert_close(ours(x), expected, torch.float32, "reduction", f"shape {shape}")
+    bad_inputs = [torch.randn(3, 4), torch.randn(1, 3, 2, 4, 5), [1.0],
+                  torch.randn(2, 4, 3, 3), torch.randn(4, 3, 3)]     # rank, rank, not a tensor, C = 4, C = 4
+    for affine in (False, True):
+        ours = nnlib.InstanceNorm2d(3, affine=affine).to(device)
+        twin = torch.nn.InstanceNorm2d(3, affine=affine).to(device)
+        for bad in bad_inputs:
+            bad = bad.to(device) if isinstance(bad, torch.Tensor) else bad
+            error, warned, result = _outcome(lambda: ours(bad))
+            twin_error, twin_warned, twin_result = _outcome(lambda: twin(bad))
+            assert (error, warned) == (twin_error, twin_warned), (affine, bad)
+            if result is not None:
+                assert_close(result, twin_result, torch.float32, "reduction", "mismatched channels")
 
 
 def test_module_failed_call_leaves_buffers(device):

@@ -1,0 +1,355 @@
+"""Argument checks and parsing shared by ``nnlib.functional`` and ``nnlib.layers``.
+
+The rule: a bad argument raises the exception class torch raises for it (TypeError
+from its argument parser, RuntimeError / ValueError / NotImplementedError from its
+checks), with a message naming the argument, in torch's order, and before anything
+is allocated or written. Each function here checks or parses; none computes.
+Parsers return the parsed value (an int pair, a float, a kernel activation code).
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+from kernels import activation as _act
+from kernels import pool as _pool
+from kernels._library import tracing
+from kernels._runtime import check_same_device
+
+
+# ---------------------------------------------------------------------------
+# Arguments as torch's parser takes them
+
+def is_int(value) -> bool:
+    """An int as torch's argument parser takes one: a Python or numpy integer (bool
+    included), or an integer or bool tensor of one element."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() == 1 and not (value.is_floating_point() or value.is_complex())
+    return not isinstance(value, float) and hasattr(value, "__index__")
+
+
+def int_items(value, op: str, name: str) -> tuple:
+    """The items of an int or int-list argument; TypeError for anything else, as
+    torch's parser (ints or one-element integer tensors; a bool only after the first)."""
+    items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,)
+    if (items and isinstance(items[0], bool)) or not all(is_int(i) for i in items):
+        raise TypeError(f"{op}(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
+    return items
+
+
+def check_flag(value, op: str, name: str) -> bool:
+    """A bool argument: torch's parser takes only Python bools (TypeError)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{op}(): argument '{name}' must be bool, not {type(value).__name__}")
+    return value
+
+
+def scalar(value, op: str, name: str):
+    """A Scalar argument as torch's parser takes it: a Python or numpy number, or a
+    0-d tensor that does not require grad (TypeError otherwise; OverflowError for
+    an integer past int64). Returns the Python number."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
+        value = value.item()
+    if not isinstance(value, numbers.Number):
+        raise TypeError(f"{op}(): argument '{name}' must be Number, not {type(value).__name__}")
+    if isinstance(value, numbers.Integral) and not -2**63 <= value < 2**63:
+        raise OverflowError(f"{op}(): argument '{name}' = {value} is too big to convert")
+    return value
+
+
+def as_float32(value, op: str, name: str) -> float:
+    """A Scalar converted to the float the kernels compute in, as torch converts it
+    for float32 / float16 / bfloat16 tensors (RuntimeError for an imaginary part or
+    a finite value past float32's range)."""
+    if isinstance(value, numbers.Complex) and not isinstance(value, numbers.Real):
+        if value.imag:
+            raise RuntimeError(f"{op}(): {name}={value} cannot be converted to type float without overflow")
+        value = value.real
+    value = float(value)
+    if math.isfinite(value) and abs(value) > torch.finfo(torch.float32).max:
+        raise RuntimeError(f"{op}(): {name}={value} cannot be converted to type float without overflow")
+    return value
+
+
+# ---------------------------------------------------------------------------
+# Activations
+
+def check_activation_input(input, op: str, allow_integer: bool = False, check_dtype: bool = True) -> None:
+    """torch's classes: TypeError for a non-tensor; relu (``allow_integer``) takes
+    integers but not bool (RuntimeError); the others take floating point only
+    (NotImplementedError, bool included)."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+    if not check_dtype:
+        return
+    if allow_integer and input.dtype == torch.bool:
+        raise RuntimeError(f"{op}(): Boolean inputs not supported for 'input'")
+    if not input.is_floating_point() and not allow_integer:
+        raise NotImplementedError(f"{op}(): 'input' of dtype {input.dtype} is not supported; "
+                                  "use a floating-point tensor")
+
+
+def check_inplace(input: torch.Tensor, op: str) -> None:
+    """What torch refuses before it writes ``input`` in place (RuntimeError): an
+    element stored for several (a stride-0 dim), and under grad mode a leaf that
+    requires grad or a view of one. The kernel must not run first: it would write.
+    (While tracing, torch.compile's functionalization and autograd check these.)"""
+    if tracing(input):
+        return
+    if input.numel() and any(stride == 0 and size > 1 for size, stride in zip(input.shape, input.stride())):
+        raise RuntimeError(f"{op}(): unsupported operation: more than one element of the written-to tensor refers "
+                           "to a single memory location. Please clone() the tensor before performing the operation.")
+    if torch.is_grad_enabled() and input.requires_grad:
+        if input.is_leaf:
+            raise RuntimeError(f"{op}(): a leaf Variable that requires grad is being used in an in-place operation.")
+        if input._is_view() and input._base.is_leaf:
+            raise RuntimeError(f"{op}(): a view of a leaf Variable that requires grad is being used in an in-place "
+                               "operation.")
+
+
+# ---------------------------------------------------------------------------
+# Convolution
+
+def conv_pair(items: tuple, name: str) -> tuple[int, int]:
+    """One or two ints as an (h, w) pair (RuntimeError for another length)."""
+    if len(items) not in (1, 2):
+        raise RuntimeError(f"conv2d(): expected {name} to be a single integer value or a list of 2 values to "
+                           f"match the convolution dimensions, but got {name}={[int(i) for i in items]}")
+    return int(items[0]), int(items[-1])
+
+
+def conv_activation(activation, negative_slope) -> int:
+    """The kernels' code for conv2d's ``activation=`` (None, "relu", "leaky_relu")."""
+    code = _act.activation_code(activation, "conv2d")
+    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"conv2d(): argument 'negative_slope' must be a number, not {type(negative_slope).__name__}")
+    return code
+
+
+def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
+    """torch's checks and exception classes; returns (stride, (top, left, bottom,
+    right) padding, dilation, groups)."""
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
+            raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    # Argument types first (TypeError), as torch's parser, then values and shapes.
+    if isinstance(groups, bool) or not is_int(groups):
+        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
+    items = {name: int_items(value, "conv2d", name)
+             for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation))
+             if not (name == "padding" and isinstance(value, str))}
+    stride = conv_pair(items["stride"], "stride")
+    dilation = conv_pair(items["dilation"], "dilation")
+    groups = int(groups)
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
+                           f"{list(input.shape)}")
+    if weight.dim() != 4:
+        raise RuntimeError(f"conv2d(): expected 'weight' of 4 dimensions (out_channels, in_channels / groups, kH, "
+                           f"kW), but got weight of size {list(weight.shape)}")
+    if groups <= 0:
+        raise RuntimeError("conv2d(): non-positive groups is not supported")
+    if min(stride) <= 0:
+        raise RuntimeError(f"conv2d(): non-positive stride is not supported, got stride={stride}")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"conv2d(): non-positive dilation is not supported, got dilation={dilation}")
+    kernel = tuple(weight.shape[2:])
+    if isinstance(padding, str):
+        if padding == "valid":
+            pad = (0, 0, 0, 0)
+        elif padding == "same":
+            if stride != (1, 1):
+                raise RuntimeError("conv2d(): padding='same' is not supported for strided convolutions")
+            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            pad = (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+        else:
+            raise RuntimeError(f"conv2d(): Invalid padding string: {padding!r}")
+    else:
+        ph, pw = conv_pair(items["padding"], "padding")
+        if min(ph, pw) < 0:
+            raise RuntimeError(f"conv2d(): negative padding is not supported, got padding={(ph, pw)}")
+        pad = (ph, pw, ph, pw)
+    check_same_device("conv2d", input=input, weight=weight, bias=bias)
+    # torch sends an empty batch to its empty backend, before any backend checks the weight's dtype.
+    if weight.dtype != input.dtype and not (input.dim() == 4 and input.shape[0] == 0):
+        raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
+    if bias is not None and bias.dtype != input.dtype:
+        raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
+    out_channels, group_channels = weight.shape[:2]
+    if out_channels == 0:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be at least 1 at dimension 0, but got "
+                           f"weight of size {list(weight.shape)} instead")
+    if out_channels % groups:
+        raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
+                           f"but got weight of size {list(weight.shape)} instead")
+    if input.shape[-3] != group_channels * groups:
+        raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
+                           f"{list(input.shape)} to have {group_channels * groups} channels, but got "
+                           f"{input.shape[-3]} channels instead")
+    if bias is not None and (bias.dim() != 1 or bias.numel() != out_channels):
+        raise RuntimeError(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
+                           f"{out_channels} elements, but got bias of size {list(bias.shape)} instead")
+    if 0 in input.shape[-2:]:
+        raise RuntimeError(f"conv2d(): only zero batch or zero channel inputs are supported, but got input shape: "
+                           f"{list(input.shape)}")
+    padded = [input.shape[-2] + pad[0] + pad[2], input.shape[-1] + pad[1] + pad[3]]
+    dilated = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
+    if padded[0] < dilated[0] or padded[1] < dilated[1]:
+        raise RuntimeError(f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
+                           f"({dilated[0]} x {dilated[1]}). Kernel size can't be greater than actual input size")
+    return stride, pad, dilation, groups
+
+
+# ---------------------------------------------------------------------------
+# Pooling
+
+POOL_ARG_ERRORS = {
+    "kernel_size": "max_pool2d: kernel_size must either be a single int, or a tuple of two ints",
+    "stride": "max_pool2d: stride must either be omitted, a single int, or a tuple of two ints",
+    "padding": "max_pool2d: padding must either be a single int, or a tuple of two ints",
+    "dilation": "max_pool2d: dilation must be either a single int, or a tuple of two ints",
+}
+
+
+def pool_pair(items, name: str) -> tuple[int, int]:
+    """One or two ints as an (h, w) pair (RuntimeError for another length)."""
+    if len(items) not in (1, 2):
+        raise RuntimeError(POOL_ARG_ERRORS[name])
+    items = [int(item) for item in items]
+    return (items[0], items[-1])
+
+
+def pool_activation(activation) -> int:
+    """The kernels' code for max_pool2d's ``activation=`` (None or "relu")."""
+    if activation not in (None, "relu"):
+        raise ValueError(f"max_pool2d(): activation must be None or 'relu', got {activation!r}")
+    return _act.activation_code(activation, "max_pool2d")
+
+
+def check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[list[int], ...]:
+    """torch's checks, in torch's order and with its exception classes: argument
+    types first (TypeError), then lengths and values. Returns (kernel, stride,
+    padding, dilation) as [h, w] lists."""
+    default_stride = stride is None or (isinstance(stride, (tuple, list)) and not stride)
+    items = {name: int_items(value, "max_pool2d", name) for name, value in
+             (("kernel_size", kernel_size), ("stride", kernel_size if default_stride else stride),
+              ("padding", padding), ("dilation", dilation))}
+    check_flag(ceil_mode, "max_pool2d", "ceil_mode")
+    kernel = pool_pair(items["kernel_size"], "kernel_size")
+    stride = kernel if default_stride else pool_pair(items["stride"], "stride")
+    padding = pool_pair(items["padding"], "padding")
+    dilation = pool_pair(items["dilation"], "dilation")
+    for name, pair in (("kernel_size", kernel), ("stride", stride), ("padding", padding), ("dilation", dilation)):
+        if not all(-2**31 <= v < 2**31 for v in pair):     # torch narrows them to int first
+            raise RuntimeError(f"max_pool2d(): {name}={list(pair)} cannot be converted to type int without overflow")
+    if input.dim() not in (3, 4):
+        raise RuntimeError(f"max_pool2d(): expected a 3D or 4D (batch mode) 'input', got {input.dim()}D")
+    for k, s, p, d in zip(kernel, stride, padding, dilation):
+        if s == 0:
+            raise RuntimeError("max_pool2d(): stride should not be zero")
+        if p < 0:
+            raise RuntimeError(f"max_pool2d(): pad must be non-negative, but got padding={padding}")
+        if p > ((k - 1) * d + 1) // 2:
+            raise RuntimeError(f"max_pool2d(): pad should be at most half of effective kernel size, but got "
+                               f"padding={padding}, kernel_size={kernel} and dilation={dilation}")
+    if min(kernel) <= 0:
+        raise RuntimeError(f"max_pool2d(): kernel size should be greater than zero, but got kernel_size={kernel}")
+    if min(stride) <= 0:
+        raise RuntimeError(f"max_pool2d(): stride should be greater than zero, but got stride={stride}")
+    if min(dilation) <= 0:
+        raise RuntimeError(f"max_pool2d(): dilation should be greater than zero, but got dilation={dilation}")
+    if 0 in input.shape[-3:]:
+        raise RuntimeError(f"max_pool2d(): expected 'input' with non-zero C, H and W (optional 0 batch size), "
+                           f"but got {list(input.shape)}")
+    if any(p > k // 2 for k, p in zip(kernel, padding)):
+        raise RuntimeError(f"max_pool2d(): pad should be smaller than or equal to half of kernel size, but got "
+                           f"padding={padding}, kernel_size={kernel}")
+    out = [_pool.output_shape(n, k, s, p, d, ceil_mode)
+           for n, k, s, p, d in zip(input.shape[-2:], kernel, stride, padding, dilation)]
+    if min(out) < 1:
+        raise RuntimeError(f"max_pool2d(): given input size {list(input.shape[-2:])}, the calculated output "
+                           f"size {out} is too small (kernel_size={kernel}, dilation={dilation})")
+    return list(kernel), list(stride), list(padding), list(dilation)
+
+
+# ---------------------------------------------------------------------------
+# Normalization
+
+def check_norm_input(input, op: str, attribute_error: bool = False) -> None:
+    """A non-tensor input raises what torch raises: AttributeError where torch's
+    Python code calls a method on it first (``attribute_error``), else TypeError."""
+    if not isinstance(input, torch.Tensor):
+        error = AttributeError if attribute_error else TypeError
+        raise error(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+
+
+def check_norm_dtype(input, op: str) -> None:
+    """Floating-point input only; torch checks this last (NotImplementedError)."""
+    if not input.is_floating_point():
+        raise NotImplementedError(f"{op}(): not implemented for 'input' of dtype {input.dtype}")
+
+
+def check_eps(eps, op: str) -> float:
+    """eps: a number or a one-element tensor, as torch's parser (TypeError)."""
+    if isinstance(eps, torch.Tensor) and eps.numel() == 1:
+        return float(eps)
+    if not isinstance(eps, (int, float)):
+        raise TypeError(f"{op}(): argument 'eps' must be float, not {type(eps).__name__}")
+    return float(eps)
+
+
+def check_momentum(momentum, op: str) -> float:
+    """momentum: a number, as torch's parser (TypeError); returned as a float."""
+    if not isinstance(momentum, (int, float)):
+        raise TypeError(f"{op}(): argument 'momentum' must be float, not {type(momentum).__name__}")
+    return float(momentum)
+
+
+def check_norm_params(input, op: str, any_dtype: tuple = (), **params) -> None:
+    """Parameters and running stats: tensors on input's device, all of one floating
+    dtype, which is input's or, for fp16 / bf16 input, float32 (mixed precision),
+    as torch requires; the names in ``any_dtype`` may have any floating dtype."""
+    given = {name: t for name, t in params.items() if t is not None}
+    for name, t in given.items():
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    check_same_device(op, input=input, **given)
+    for name in ("running_mean", "running_var"):
+        if name in given and given[name].requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"{op}(): '{name}' requires grad, but running statistics are not "
+                               "differentiable; pass a tensor that does not require grad")
+    dtypes = {t.dtype for name, t in given.items() if name not in any_dtype}
+    allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
+    if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in allowed):
+        found = ", ".join(f"'{name}' is {t.dtype}" for name, t in given.items())
+        raise RuntimeError(f"{op}(): expected parameters and running stats of one dtype, {input.dtype} "
+                           f"(input's) or torch.float32, but {found}")
+
+
+def check_numel(op: str, channels: int, **tensors) -> None:
+    """Each given tensor holds ``channels`` elements (RuntimeError)."""
+    for name, t in tensors.items():
+        if t is not None and t.numel() != channels:
+            raise RuntimeError(f"{op}(): {name} should contain {channels} elements not {t.numel()}")
+
+
+def norm_activation(activation, negative_slope, op: str) -> int:
+    """The kernels' code for a norm's ``activation=`` (None, "relu", "leaky_relu")."""
+    code = _act.activation_code(activation, op)
+    if code == _act.ACT_LEAKY_RELU.value and not isinstance(negative_slope, (int, float)):
+        raise TypeError(f"{op}(): negative_slope must be a number, not {type(negative_slope).__name__}")
+    return code
+
+
+def check_residual(input, residual, op: str) -> None:
+    """The fused residual: a tensor of input's shape, dtype and device, or None."""
+    if residual is None:
+        return
+    if not isinstance(residual, torch.Tensor):
+        raise TypeError(f"{op}(): argument 'residual' must be Tensor, not {type(residual).__name__}")
+    if residual.shape != input.shape or residual.dtype != input.dtype:
+        raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
+                           f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")
+    check_same_device(op, input=input, residual=residual)
