@@ -2,6 +2,7 @@
 # make bench  : run the benchmark suite (timings on a CUDA GPU; checks only on CPU)
 # make demo   : train the digits demo, nnlib against torch.nn
 # make fuzz   : the differential fuzzers (tests/test_fuzz.py) with a long budget and random seeds
+# make compile: the compile test for sm_90 and sm_80 under both tritons (CI runs it after make test)
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
@@ -32,8 +33,10 @@ demo: $(VENV)/.installed
 fuzz: $(VENV)/.installed
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest tests/test_fuzz.py -n $(JOBS) -q --hypothesis-show-statistics $(FUZZ_ARGS)
 
+# The compile test over the whole matrix (sm_90 and sm_80, CI's triton and 3.6); make test
+# compiles for sm_90 under CI's triton only. Registers and SASS of one module: $(PY) -m kernels._compile --sass conv
 compile: $(VENV)/.installed
-	$(PY) -m kernels._compile
+	NNLIB_COMPILE_MATRIX=full $(PY) -m pytest tests/test_compile.py -n $(JOBS) -q
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

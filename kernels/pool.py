@@ -386,6 +386,8 @@ def _forward_backward(ctx, grad, _grad_idx):
     if not ctx.has_indices:
         raise RuntimeError("nnlib::max_pool2d ran without indices (index_mode 0): it has no gradient; "
                            "call it with INDEX_LOCAL or INDEX_FLAT when the input requires grad")
+    if grad is None:      # no gradient reached y (grads are not materialized as zeros)
+        return (None,) * 8
     idx, y = ctx.saved_tensors
     if y is not None:
         grad = activation_grad_op(grad, y, ctx.activation, 0.0)
