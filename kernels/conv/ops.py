@@ -25,11 +25,10 @@ import math
 from typing import NamedTuple
 
 import torch
-import triton
 
 from .._library import Operator
 from .._reduce import tickets
-from .._runtime import dot_upcast, interpreting, launch, merge_dims, suggest_memory_format
+from .._runtime import cdiv, dot_upcast, interpreting, launch, merge_dims, next_power_of_2, suggest_memory_format
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
@@ -118,7 +117,7 @@ def split_count(programs_wanted: int, tiles: int, steps: int, min_steps: int, ca
     """How many ranges each of ``tiles`` tiles splits its reduction of ``steps``
     k-steps into: enough for ``programs_wanted`` programs when the tile grid alone
     is smaller, each split keeping ``min_steps`` k-steps, at most ``cap``; >= 1."""
-    splits = min(triton.cdiv(programs_wanted, max(tiles, 1)), steps // min_steps)
+    splits = min(cdiv(programs_wanted, max(tiles, 1)), steps // min_steps)
     return max(1, splits if cap is None else min(splits, cap))
 
 
@@ -158,9 +157,9 @@ def _direct_tiles(channels: int) -> tuple[int, int]:
     1024-element tile on a GPU (their strided 2-D gathers hold an int64 offset per
     element); up to 64 channels and 16x the elements under the interpreter."""
     if interpreting():
-        block_n = min(triton.next_power_of_2(max(channels, 1)), 64)
+        block_n = min(next_power_of_2(max(channels, 1)), 64)
         return min(1024, 16384 // block_n), block_n
-    block_n = min(triton.next_power_of_2(max(channels, 1)), 32)
+    block_n = min(next_power_of_2(max(channels, 1)), 32)
     return 1024 // block_n, block_n
 
 
@@ -212,7 +211,7 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     if geo.paths["forward"] == "direct":
         y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
         block_m, block_n = _direct_tiles(geo.K)
-        launch(_conv_fwd_direct_kernel, (triton.cdiv(M, block_m), triton.cdiv(geo.K, block_n)),
+        launch(_conv_fwd_direct_kernel, (cdiv(M, block_m), cdiv(geo.K, block_n)),
                x, w, y if b is None else b, y, *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
                *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **common)
@@ -224,12 +223,12 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     kernel = _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
 
     def tiles(meta):
-        return triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(geo.Kg, meta["BLOCK_N"])
+        return cdiv(M, meta["BLOCK_M"]) * cdiv(geo.Kg, meta["BLOCK_N"])
 
     def steps(meta):        # what a split divides: k-steps, or in FLAT mode column blocks of R k-steps each
         if flat:
-            return triton.cdiv(geo.S * geo.Cg, meta["BLOCK_K"])
-        return geo.R * geo.S * triton.cdiv(geo.Cg, meta["BLOCK_K"])
+            return cdiv(geo.S * geo.Cg, meta["BLOCK_K"])
+        return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
     grid, part, ticket = _split_launch(kernel, vec, x.device, tiles, geo.groups, steps)
     launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
            *geo.conv_args(), *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
@@ -244,12 +243,12 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
         return torch.empty_like(x_like)
     (stride_h, stride_w), (dil_h, dil_w) = geo.stride, geo.dilation
     steps_rs = (_step(stride_h, dil_h), _step(stride_w, dil_w))
-    m_max = geo.N * triton.cdiv(geo.H, stride_h) * triton.cdiv(geo.W, stride_w)      # pixels of the largest phase
+    m_max = geo.N * cdiv(geo.H, stride_h) * cdiv(geo.W, stride_w)      # pixels of the largest phase
     phases = stride_h * stride_w
     if geo.paths["input_grad"] == "direct":
         dx = torch.empty_like(x_like)
         block_m, block_n = _direct_tiles(geo.C)
-        launch(_conv_dgrad_direct_kernel, (triton.cdiv(m_max, block_m), triton.cdiv(geo.C, block_n), phases),
+        launch(_conv_dgrad_direct_kernel, (cdiv(m_max, block_m), cdiv(geo.C, block_n), phases),
                dy, w, dx, *geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs,
                *dy.stride(), *w.stride(), *dx.stride(), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
         return dx
@@ -257,13 +256,13 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
     dx = _gemm_buffer(x_like.shape, dy, fmt) if dy.device.type == "cuda" else torch.empty_like(x_like)
     vec = _vec([dy, w, dx], [geo.Cg, geo.Kg])
     kernel = _for_dtype(conv_dgrad_gemm, dy.dtype)
-    taps = triton.cdiv(geo.R, steps_rs[0]) * triton.cdiv(geo.S, steps_rs[1])     # of the phase with the most
+    taps = cdiv(geo.R, steps_rs[0]) * cdiv(geo.S, steps_rs[1])     # of the phase with the most
 
     def tiles(meta):
-        return triton.cdiv(m_max, meta["BLOCK_M"]) * triton.cdiv(geo.Cg, meta["BLOCK_N"])
+        return cdiv(m_max, meta["BLOCK_M"]) * cdiv(geo.Cg, meta["BLOCK_N"])
 
     def steps(meta):
-        return taps * triton.cdiv(geo.Kg, meta["BLOCK_K"])
+        return taps * cdiv(geo.Kg, meta["BLOCK_K"])
     grid, part, ticket = _split_launch(kernel, vec, dy.device, tiles, geo.groups * phases, steps)
     launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
            *geo.conv_args(), *steps_rs, *dy.stride(), *w.stride(), *dx.stride(),
@@ -282,9 +281,9 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     pixels = geo.N * geo.P * geo.Q
     if geo.paths["weight_grad"] == "direct":
         block_m, block_n = _direct_tiles(geo.K)
-        taps = triton.next_power_of_2(geo.R * geo.S)
-        programs = geo.Cg * triton.cdiv(geo.K, block_n)
-        splits = _splits(x.device, programs, triton.cdiv(pixels, block_m))
+        taps = next_power_of_2(geo.R * geo.S)
+        programs = geo.Cg * cdiv(geo.K, block_n)
+        splits = _splits(x.device, programs, cdiv(pixels, block_m))
         part = torch.empty(programs * splits * taps * block_n if splits > 1 else 1, dtype=torch.float32,
                            device=x.device)
         launch(_conv_wgrad_direct_kernel, (programs, 1, splits),
@@ -301,10 +300,10 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     input_bytes = (dy.numel() + x.numel()) * x.element_size()
 
     def tiles(meta):
-        return triton.cdiv(geo.Kg, meta["BLOCK_M"]) * triton.cdiv(cols, meta["BLOCK_N"])
+        return cdiv(geo.Kg, meta["BLOCK_M"]) * cdiv(cols, meta["BLOCK_N"])
 
     def steps(meta):
-        return triton.cdiv(pixels, meta["BLOCK_K"])
+        return cdiv(pixels, meta["BLOCK_K"])
 
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
         return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
@@ -325,8 +324,8 @@ def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: 
     if geo.K == 0 or (pixels == 0 and not bias_grad):
         return g, db
     block_m, block_n = (512, 64) if interpreting() else (32, 32)
-    k_tiles = triton.cdiv(geo.K, block_n)
-    splits = _splits(dy.device, k_tiles, triton.cdiv(pixels, block_m))
+    k_tiles = cdiv(geo.K, block_n)
+    splits = _splits(dy.device, k_tiles, cdiv(pixels, block_m))
     part = torch.empty(k_tiles * splits * block_n if splits > 1 else 1, dtype=torch.float32, device=dy.device)
     saved = dy if y is None else y
     launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), dy, saved, g, dy if db is None else db, part,

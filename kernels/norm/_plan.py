@@ -7,9 +7,8 @@ import functools
 from dataclasses import dataclass
 
 import torch
-import triton
 
-from .._runtime import merge_dims, suggest_memory_format
+from .._runtime import cdiv, merge_dims, next_power_of_2, suggest_memory_format
 
 # Tiling. A GPU tile holds TILE elements (8 per thread at NUM_WARPS warps: 16-byte
 # accesses of 2-byte types); the interpreter, which pays per program and per loop
@@ -57,10 +56,15 @@ class Geometry:
 def _describe(t: torch.Tensor, geom: Geometry):
     """((N, C, S), (stride_n, stride_c, stride_s)) of ``t``, or None when a part's dims
     cannot be merged into one stride."""
-    bounds = (0, geom.lead, geom.lead + geom.chan, t.dim())
+    return _describe_layout(tuple(t.shape), t.stride(), geom.lead, geom.chan)
+
+
+@functools.lru_cache(maxsize=4096)
+def _describe_layout(shape: tuple, stride: tuple, lead: int, chan: int):
+    bounds = (0, lead, lead + chan, len(shape))
     sizes, strides = [], []
     for lo, hi in zip(bounds, bounds[1:]):
-        merged = merge_dims(t.shape[lo:hi], t.stride()[lo:hi])
+        merged = merge_dims(shape[lo:hi], stride[lo:hi])
         if merged is None:
             return None
         sizes.append(merged[0])
@@ -145,7 +149,7 @@ class LoopPlan:
 
     @property
     def num_group_blocks(self) -> int:
-        return triton.cdiv(self.G, self.GPB)
+        return cdiv(self.G, self.GPB)
 
     @property
     def grid(self):
@@ -194,27 +198,27 @@ def loop_plan(sizes, G: int, stride_c: int, stride_s: int, interpreter: bool) ->
         # Positions innermost: long rows of few channels (at most ROW_CHANNELS on a
         # GPU, to bound the per-channel vectors each thread holds); one position
         # (layer norm): a row of channels.
-        width = max(1, tile // triton.next_power_of_2(S))
+        width = max(1, tile // next_power_of_2(S))
         if S > 1 and not interpreter:
             width = min(width, ROW_CHANNELS)
     if Cg >= width:
-        bpg, gpb, block_c = triton.cdiv(Cg, width), 1, width
+        bpg, gpb, block_c = cdiv(Cg, width), 1, width
     else:
         bpg, gpb = 1, min(width // Cg, G)
-        block_c = triton.next_power_of_2(gpb * Cg)
-    block_g = triton.next_power_of_2(gpb) if Cg > 1 else block_c
-    block_s = min(triton.next_power_of_2(S), max(1, tile // block_c))
+        block_c = next_power_of_2(gpb * Cg)
+    block_g = next_power_of_2(gpb) if Cg > 1 else block_c
+    block_s = min(next_power_of_2(S), max(1, tile // block_c))
     # Split (n, S) until the grid is large enough, keeping programs busy.
-    num_cblocks = triton.cdiv(G, gpb) * bpg
-    s_blocks = triton.cdiv(S, block_s)
+    num_cblocks = cdiv(G, gpb) * bpg
+    s_blocks = cdiv(S, block_s)
     per_block = max(1, (INTERPRETER_TARGET_PROGRAMS if interpreter else TARGET_PROGRAMS) // num_cblocks)
     per_block = min(per_block, max(1, N * s_blocks * block_s * block_c // MIN_PROGRAM_ELEMENTS))
     num_n_chunks = min(N, per_block)
-    n_per_prog = triton.cdiv(N, num_n_chunks)
-    num_n_chunks = triton.cdiv(N, n_per_prog)
+    n_per_prog = cdiv(N, num_n_chunks)
+    num_n_chunks = cdiv(N, n_per_prog)
     num_s_chunks = min(s_blocks, max(1, per_block // num_n_chunks))
-    s_per_prog = triton.cdiv(s_blocks, num_s_chunks) * block_s
-    num_s_chunks = triton.cdiv(S, s_per_prog)
+    s_per_prog = cdiv(s_blocks, num_s_chunks) * block_s
+    num_s_chunks = cdiv(S, s_per_prog)
     return LoopPlan(N, C, S, G, block_s, block_c, block_g, gpb, bpg, n_per_prog, num_n_chunks, s_per_prog,
                     num_s_chunks)
 
@@ -247,7 +251,7 @@ class SetPlan:
 
     @property
     def grid(self):
-        return (triton.cdiv(self.G, self.GPB) * self.num_n_chunks,)
+        return (cdiv(self.G, self.GPB) * self.num_n_chunks,)
 
     def shape_args(self) -> dict:
         return dict(N=self.N, C=self.C, S=self.S, G=self.G, Cg=self.Cg, GPB=self.GPB,
@@ -268,30 +272,30 @@ def set_plan(sizes, G: int, stride_c: int, interpreter: bool) -> SetPlan | None:
     target = INTERPRETER_TARGET_PROGRAMS if interpreter else TARGET_PROGRAMS
     tile = INTERPRETER_TILE if interpreter else SET_TILE
     if S == 1 and G == 1:
-        block_c = triton.next_power_of_2(C)
+        block_c = next_power_of_2(C)
         if block_c > SET_LIMIT:
             return None
-        block_m = min(triton.next_power_of_2(N), max(1, tile // block_c))
+        block_m = min(next_power_of_2(N), max(1, tile // block_c))
         gpb, block_g = 1, 1
-        num_n_chunks = min(triton.cdiv(N, block_m), target, ROW_PROGRAMS)
-        n_per_prog = triton.cdiv(triton.cdiv(N, num_n_chunks), block_m) * block_m
+        num_n_chunks = min(cdiv(N, block_m), target, ROW_PROGRAMS)
+        n_per_prog = cdiv(cdiv(N, num_n_chunks), block_m) * block_m
     else:
-        block_m = triton.next_power_of_2(S)
-        if block_m * triton.next_power_of_2(Cg) > SET_LIMIT:
+        block_m = next_power_of_2(S)
+        if block_m * next_power_of_2(Cg) > SET_LIMIT:
             return None
         # Whole groups, as many as a tile holds: up to a row of CHANNELS_LAST_WIDTH
         # channels when they are innermost (16-byte aligned and coalesced), else up to
         # ROW_CHANNELS rows of S.
         width, tile = (CHANNELS_LAST_WIDTH, SET_LIMIT) if stride_c == 1 else (ROW_CHANNELS, tile)
         gpb = max(1, min(G, width // Cg if Cg < width else 1, max(1, tile // block_m) // Cg))
-        while triton.next_power_of_2(gpb * Cg) * block_m > SET_LIMIT:
+        while next_power_of_2(gpb * Cg) * block_m > SET_LIMIT:
             gpb -= 1
         if stride_c == 1 and S > 1 and gpb * Cg < min(C, ROW_CHANNELS):
             return None     # rows of a few channels_last channels: uncoalesced; the looped path reads 64
-        block_c = triton.next_power_of_2(gpb * Cg)
-        block_g = triton.next_power_of_2(gpb) if Cg > 1 else block_c
-        num_n_chunks = min(N, max(1, target // triton.cdiv(G, gpb)))
-        n_per_prog = triton.cdiv(N, num_n_chunks)
-    num_n_chunks = triton.cdiv(N, n_per_prog)
+        block_c = next_power_of_2(gpb * Cg)
+        block_g = next_power_of_2(gpb) if Cg > 1 else block_c
+        num_n_chunks = min(N, max(1, target // cdiv(G, gpb)))
+        n_per_prog = cdiv(N, num_n_chunks)
+    num_n_chunks = cdiv(N, n_per_prog)
     warps = min(NUM_WARPS, max(1, block_m * block_c // 256))
     return SetPlan(N, C, S, G, S == 1 and G == 1, block_m, block_c, block_g, gpb, n_per_prog, num_n_chunks, warps)

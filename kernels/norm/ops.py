@@ -26,11 +26,10 @@ from __future__ import annotations
 import math
 import torch
 import torch.nn.functional as TF
-import triton
 
 from .._library import Operator
 from .._reduce import sum_partials, tickets
-from .._runtime import interpreting, launch, merge_dims, needs_int64
+from .._runtime import cdiv, interpreting, launch, merge_dims, needs_int64, next_power_of_2
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from ._kernels import (_bwd_dx_kernel, _bwd_reduce_kernel, _merge_kernel, _normalize_kernel, _set_bwd_kernel,
                        _set_fwd_kernel, _stats_kernel)
@@ -134,8 +133,8 @@ def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None,
     mean, rstd, count = (torch.empty(C, **_stats_options(moments)) for _ in range(3))
     running = running_mean is not None
     counters = tickets(moments.device, 1)
-    block_c = min(triton.next_power_of_2(C), MERGE_CHANNELS)
-    launch(_merge_kernel, (triton.cdiv(C, block_c),), part_ptr=moments.contiguous(), mean_ptr=mean, rstd_ptr=rstd,
+    block_c = min(next_power_of_2(C), MERGE_CHANNELS)
+    launch(_merge_kernel, (cdiv(C, block_c),), part_ptr=moments.contiguous(), mean_ptr=mean, rstd_ptr=rstd,
            count_ptr=count, rm_ptr=running_mean if running else mean, rv_ptr=running_var if running else rstd,
            nbt_ptr=num_batches_tracked if num_batches_tracked is not None else counters, ticket_ptr=counters, C=C,
            num_parts=P, stride_rm=_running_stride(running_mean) if running else 0,
