@@ -196,6 +196,24 @@ def test_layer_norm_layouts_and_dtypes(layout, dtype, device):
         assert out.is_contiguous()     # as torch
 
 
+@pytest.mark.parametrize("name", ["layer", "group", "batch"])
+def test_upstream_gradient_in_any_layout(name, device):
+    """The gradient autograd hands the backward may have any layout (here
+    channels_last, or transposed, where the output is contiguous): the backward
+    reads it through strides or copies it, as it does x."""
+    x = make_input((2, 6, 4, 5), torch.float32, device, "channels_last", requires_grad=True)
+    ours = {"layer": lambda t: F.layer_norm(t, t.shape[1:]), "group": lambda t: F.group_norm(t, 3),
+            "batch": lambda t: F.batch_norm(t, None, None, training=True)}[name]
+    theirs = {"layer": lambda t: TF.layer_norm(t, t.shape[1:]), "group": lambda t: TF.group_norm(t, 3),
+              "batch": lambda t: TF.batch_norm(t, None, None, training=True)}[name]
+    for layout in ("channels_last", "transposed"):
+        dy = make_input((2, 6, 4, 5), torch.float32, device, layout)
+        (dx,) = torch.autograd.grad(ours(x), x, dy)
+        xr = x.detach().double().cpu().requires_grad_()
+        (ref,) = torch.autograd.grad(theirs(xr), xr, dy.double().cpu())
+        assert_close(dx, ref, torch.float32, "reduction", f"dx ({layout} dy)")
+
+
 def test_layer_norm_rows(device):
     """A transformer-style (rows, features) input and a 1-D input."""
     x = make_input((37, 48), torch.float32, device, requires_grad=True)

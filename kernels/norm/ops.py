@@ -422,7 +422,8 @@ def _single_read_setup(ctx, inputs, output):
 def _gradients(ctx, dy, need_x, need_weight, need_bias, need_residual):
     """(dx, dweight, dbias, dresidual) of a normalization, None where not needed."""
     x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-    activation = ctx.args[-2]
+    lead, chan, groups, per_sample, *_, activation, _ = ctx.args
+    dy = _readable(dy, Geometry(lead, chan, groups, per_sample, False))    # any layout autograd hands us
     need_g = need_residual and activation != ACT_NONE.value
     grads = norm_gradients_op(dy, x, weight, bias, residual, mean, rstd, *ctx.args, need_x, need_weight, need_bias,
                               need_g)
