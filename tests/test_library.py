@@ -4,9 +4,11 @@
   against the real one, autograd registration, AOT dispatch with static and
   dynamic shapes), over samples that cover each argument mode; every
   registered operator must have samples here.
-* ``torch.compile(..., fullgraph=True)`` of the functional ops traces one
-  graph with no break, and outputs and gradients equal eager mode.
+* ``torch.compile(..., fullgraph=True)`` of the functional ops and of a model of
+  every family (train and eval) traces one graph with no break, and outputs,
+  gradients and buffers equal eager mode; ``torch.export`` of an eval model.
 * Eager calls do not go through the dispatcher (the direct path).
+* On CUDA: inductor, and its CUDA graphs (``mode="reduce-overhead"``).
 """
 from __future__ import annotations
 
