@@ -55,11 +55,14 @@ class Geometry:
 
 def _describe(t: torch.Tensor, geom: Geometry):
     """((N, C, S), (stride_n, stride_c, stride_s)) of ``t``, or None when a part's dims
-    cannot be merged into one stride."""
-    return _describe_layout(tuple(t.shape), t.stride(), geom.lead, geom.chan)
+    cannot be merged into one stride. Cached by layout (symbolic sizes, which a
+    tracer passes, are not)."""
+    shape, stride = tuple(t.shape), t.stride()
+    if all(type(n) is int for n in shape + stride):
+        return _cached_layout(shape, stride, geom.lead, geom.chan)
+    return _describe_layout(shape, stride, geom.lead, geom.chan)
 
 
-@functools.lru_cache(maxsize=4096)
 def _describe_layout(shape: tuple, stride: tuple, lead: int, chan: int):
     bounds = (0, lead, lead + chan, len(shape))
     sizes, strides = [], []
@@ -70,6 +73,9 @@ def _describe_layout(shape: tuple, stride: tuple, lead: int, chan: int):
         sizes.append(merged[0])
         strides.append(merged[1])
     return tuple(sizes), tuple(strides)
+
+
+_cached_layout = functools.lru_cache(maxsize=4096)(_describe_layout)
 
 
 def mergeable(t: torch.Tensor, geom: Geometry) -> bool:
