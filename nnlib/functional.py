@@ -17,7 +17,8 @@ from kernels._runtime import backend, check_same_device
 
 from ._checks import (as_float32, check_activation_input, check_conv2d, check_eps, check_flag, check_inplace,
                       check_max_pool2d, check_momentum, check_norm_dtype, check_norm_input, check_norm_params,
-                      check_numel, check_residual, conv_activation, norm_activation, pool_activation, scalar)
+                      check_numel, check_residual, conv_activation, int_items, norm_activation, pool_activation,
+                      scalar)
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
@@ -317,10 +318,10 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
     op = "layer_norm"
     check_norm_input(input, op)
     eps = check_eps(eps, op)
-    if isinstance(normalized_shape, int) or not all(isinstance(n, int) for n in normalized_shape):
+    if not isinstance(normalized_shape, (tuple, list, torch.Size)):
         raise TypeError(f"{op}(): argument 'normalized_shape' must be tuple of ints, not "
                         f"{type(normalized_shape).__name__}")
-    shape = list(normalized_shape)
+    shape = [int(n) for n in int_items(normalized_shape, op, "normalized_shape")]
     if not shape:
         raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
                            f"element, but got normalized_shape = {shape}")

@@ -696,6 +696,8 @@ def _bad_calls(device):
         "layer_norm-shape-not-trailing": (lambda f, rm, rv: f.layer_norm(x, (4, 6)), None),
         "layer_norm-shape-empty": (lambda f, rm, rv: f.layer_norm(x, ()), None),
         "layer_norm-shape-int": (lambda f, rm, rv: f.layer_norm(x, 5), None),
+        "layer_norm-shape-bool-first": (lambda f, rm, rv: f.layer_norm(x[..., :1], (True,)), None),
+        "layer_norm-shape-float-item": (lambda f, rm, rv: f.layer_norm(x, (4, 5.0)), None),
         "layer_norm-weight-of-5-for-4x5": (lambda f, rm, rv: f.layer_norm(x, (4, 5), ones(5)), None),
         "layer_norm-bias-of-4": (lambda f, rm, rv: f.layer_norm(x, (5,), ones(5), ones(4)), None),
         "layer_norm-int-input": (lambda f, rm, rv: f.layer_norm(x.long(), (5,)), None),
