@@ -17,8 +17,8 @@ from kernels._runtime import backend, check_same_device
 
 from ._checks import (as_float32, check_activation_input, check_conv2d, check_eps, check_flag, check_inplace,
                       check_max_pool2d, check_momentum, check_norm_dtype, check_norm_input, check_norm_params,
-                      check_numel, check_residual, conv_activation, int_items, norm_activation, pool_activation,
-                      scalar)
+                      check_numel, check_residual, conv_activation, int_items, is_int, norm_activation,
+                      pool_activation, scalar)
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
@@ -348,18 +348,20 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     any num_groups dividing C; weight, bias (C,)."""
     op = "group_norm"
     check_norm_input(input, op, attribute_error=True)
-    if isinstance(num_groups, (bool, float)) or not hasattr(num_groups, "__index__"):
-        raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type(num_groups).__name__}")
-    num_groups = int(num_groups)
-    eps = check_eps(eps, op)
     if input.dim() < 2:
         raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    # torch's Python divides by num_groups before its parser checks the type: the
+    # same ZeroDivisionError for 0 or False, ValueError for one value per group.
     count = input.shape[0] * input.shape[1] // num_groups
     for n in input.shape[2:]:
         count *= n
     if count == 1:
         raise ValueError("Expected more than 1 value per channel when training, got input size "
                          f"{[input.shape[0] * input.shape[1] // num_groups, num_groups, *input.shape[2:]]}")
+    if isinstance(num_groups, bool) or not is_int(num_groups):
+        raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type(num_groups).__name__}")
+    num_groups = int(num_groups)
+    eps = check_eps(eps, op)
     if num_groups <= 0:
         raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
     if input.shape[1] % num_groups:

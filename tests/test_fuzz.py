@@ -185,10 +185,6 @@ KNOWN = {
         lambda op, args: op == "instance_norm" and isinstance(args.get("input"), TensorSpec)
         and args["input"].dtype in (torch.float16, torch.bfloat16) and not _tensors(args, "weight")
         and any(t.dtype == torch.float32 for t in _tensors(args, "bias")),
-    "group_norm(x, False): torch divides by num_groups first (ZeroDivisionError), nnlib raises TypeError":
-        lambda op, args: op == "group_norm" and args.get("num_groups") is False,
-    "group_norm with num_groups a float or complex tensor: torch raises TypeError, nnlib takes it as an int":
-        lambda op, args: op == "group_norm" and isinstance(args.get("num_groups"), TensorSpec),
     "layer_norm / group_norm check normalized_shape / num_groups before the types of weight and bias (torch's "
     "parser checks every type first: TypeError)":
         lambda op, args: op in ("layer_norm", "group_norm") and any(
