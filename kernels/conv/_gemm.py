@@ -66,6 +66,20 @@ def _tile_ids(pid, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _next_step(k0, col, row, BLOCK_K: tl.constexpr, channels, cols):
+    """The reduction walk's next step, without division: channel block k0 fastest
+    (``channels`` per tap), then the tap column, then the tap row."""
+    k0 += BLOCK_K
+    next_tap = k0 >= channels
+    k0 = tl.where(next_tap, 0, k0)
+    col = tl.where(next_tap, col + 1, col)
+    next_row = col == cols
+    col = tl.where(next_row, 0, col)
+    row = tl.where(next_row, row + 1, row)
+    return k0, col, row
+
+
+@triton.jit
 def _mma(a, b, acc, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr):
     """acc + a @ b on tensor cores (tf32 for fp32 operands when ALLOW_TF32, exact
     fp32 otherwise). DOT_UPCAST: fp32 operands for the interpreter's bf16 dot."""
@@ -299,13 +313,7 @@ def _conv_fwd_gemm_kernel(
             b = tl.load(b_base + (r * stride_wr + s * stride_ws + c0 * stride_wc) // VEC * VEC,
                         mask=mask_c[:, None] & mask_n[None, :], other=0.0)
             acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
-            c0 += BLOCK_K
-            next_tap = c0 >= Cg
-            c0 = tl.where(next_tap, 0, c0)
-            s = tl.where(next_tap, s + 1, s)
-            next_row = s == S
-            s = tl.where(next_row, 0, s)
-            r = tl.where(next_row, r + 1, r)
+            c0, s, r = _next_step(c0, s, r, BLOCK_K, Cg, S)
 
     done = tl.num_programs(2) == 1
     if not done:
@@ -387,13 +395,7 @@ def _conv_dgrad_gemm_kernel(
         w_tap = tr * step_r * stride_wr + ts * step_s * stride_ws + k0 * stride_wk
         b = tl.load(b_base + w_tap // VEC * VEC, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
-        k0 += BLOCK_K
-        next_tap = k0 >= Kg
-        k0 = tl.where(next_tap, 0, k0)
-        ts = tl.where(next_tap, ts + 1, ts)
-        next_row = ts == n_s
-        ts = tl.where(next_row, 0, ts)
-        tr = tl.where(next_row, tr + 1, tr)
+        k0, ts, tr = _next_step(k0, ts, tr, BLOCK_K, Kg, n_s)
 
     done = tl.num_programs(2) == 1
     if not done:
