@@ -126,18 +126,19 @@ def _opcode(instruction: str) -> str:
 
 def main_loop(text: str) -> dict:
     """The loop of a SASS listing that issues the most ``HGMMA`` (``HMMA`` when none
-    does): a loop is the span from a backward branch's target to the branch.
-    {"instructions": its length, "hgmma": ..., "hmma": ...} (zeros when no loop
-    holds a tensor-core instruction)."""
+    does, ``FFMA`` when neither does): a loop is the span from a backward branch's
+    target to the branch. {"instructions": its length, "hgmma": ..., "hmma": ...,
+    "ffma": ...} (zeros when no loop holds one of them)."""
     lines = _sass_lines(text)
-    best = {"instructions": 0, "hgmma": 0, "hmma": 0}
+    counted = ("hgmma", "hmma", "ffma")
+    best = {"instructions": 0, **dict.fromkeys(counted, 0)}
     for address, ins in lines:
         branch = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\()?(0x[0-9a-f]+)", ins)
         if not branch or int(branch.group(1), 16) > address:
             continue
         body = [_opcode(i) for a, i in lines if int(branch.group(1), 16) <= a <= address]
-        loop = {"instructions": len(body), "hgmma": body.count("HGMMA"), "hmma": body.count("HMMA")}
-        if (loop["hgmma"], loop["hmma"]) > (best["hgmma"], best["hmma"]):
+        loop = {"instructions": len(body), **{key: body.count(key.upper()) for key in counted}}
+        if [loop[key] for key in counted] > [best[key] for key in counted]:
             best = loop
     return best
 

@@ -83,6 +83,12 @@ def expectation_failures(result: dict) -> list[str]:
         if per > expect["max_loop_instructions_per_hgmma"]:
             failures.append(f"main loop: {loop['instructions']} instructions for {loop['hgmma']} HGMMA "
                             f"> {expect['max_loop_instructions_per_hgmma']} per HGMMA")
+    if "max_loop_instructions_per_ffma" in expect:     # FMA kernels: the issue slots per multiply-add
+        loop = stats["main_loop"]
+        per = loop["instructions"] / loop["ffma"] if loop["ffma"] else float("inf")
+        if per > expect["max_loop_instructions_per_ffma"]:
+            failures.append(f"main loop: {loop['instructions']} instructions for {loop['ffma']} FFMA "
+                            f"> {expect['max_loop_instructions_per_ffma']} per FFMA")
     return failures
 
 

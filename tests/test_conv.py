@@ -1,6 +1,6 @@
 """conv2d against the float64 reference: outputs and the three gradients, every
 argument torch accepts, every kernel path (implicit GEMM, FLAT GEMM for few input
-channels, direct for few output channels per group), layouts, the fused
+channels, register-blocked depthwise, direct for few output channels per group), layouts, the fused
 activation, nnlib.Conv2d's padding modes, and torch's errors for bad input.
 
 Shapes are small and awkward (odd channel counts, tiny images, strides that do
@@ -31,7 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same'")
 
 # (id, N, C, H, W, K, (kh, kw), stride, padding, dilation, groups, path of each pass)
-G, FL, D = "gemm", "gemm-flat", "direct"
+G, FL, D, DW = "gemm", "gemm-flat", "direct", "depthwise"
 GEOMETRIES = [
     ("3x3-odd-channels", 2, 19, 9, 11, 21, (3, 3), 1, 1, 1, 1, (G, G, G)),
     ("1x1-stride2", 2, 17, 10, 7, 18, (1, 1), 2, 0, 1, 1, (G, G, G)),
@@ -46,12 +46,16 @@ GEOMETRIES = [
     ("rgb-stem-5x5", 2, 3, 15, 13, 17, (5, 5), 2, 2, 1, 1, (FL, D, FL)),
     ("C1-3x3", 2, 1, 9, 8, 16, (3, 3), 1, 1, 1, 1, (FL, D, FL)),
     ("flat-groups2-stride2", 2, 8, 9, 9, 32, (3, 3), 2, 1, 1, 2, (FL, D, FL)),
-    ("depthwise-stride2", 2, 6, 9, 11, 6, (3, 3), 2, 1, 1, 6, (D, D, D)),
+    ("depthwise-stride2", 2, 6, 9, 11, 6, (3, 3), 2, 1, 1, 6, (DW, DW, DW)),
     ("multiplier-dilation2", 2, 5, 8, 9, 10, (3, 3), 1, (2, 1), 2, 5, (D, D, D)),
     ("K1-same", 2, 3, 9, 9, 1, (3, 3), 1, "same", 1, 1, (D, D, D)),
     ("K3-from-16-stride32", 2, 16, 7, 8, 3, (3, 2), (3, 2), 2, 1, 1, (D, D, D)),
     ("groups4-3x1", 1, 12, 8, 8, 20, (3, 1), 1, 0, 1, 4, (D, D, D)),
-    ("depthwise-tiny-image-5x5", 2, 4, 2, 3, 4, (5, 5), 1, 2, 1, 4, (D, D, D)),
+    ("depthwise-tiny-image-5x5", 2, 4, 2, 3, 4, (5, 5), 1, 2, 1, 4, (DW, DW, DW)),
+    ("depthwise-33-stride2-dilation23", 2, 33, 12, 13, 33, (3, 3), 2, 1, (2, 3), 33, (DW, DW, DW)),
+    ("depthwise-7x7-stride32", 1, 10, 11, 9, 10, (7, 7), (3, 2), 3, 1, 10, (DW, DW, DW)),
+    ("depthwise-same-2x4", 2, 9, 6, 7, 9, (2, 4), 1, "same", 1, 9, (DW, DW, DW)),
+    ("depthwise-9x3-direct", 1, 3, 10, 9, 3, (9, 3), 1, 4, 1, 3, (D, D, D)),
 ]
 LAYOUTS = ["contiguous", "channels_last", "sliced", "transposed"]
 ACTIVATIONS = [None, "relu", None, "leaky_relu", None]
@@ -81,7 +85,8 @@ def _conv_fns(stride, padding, dilation, groups, activation=None, negative_slope
 
 def _check(geometry, dtype, device, layout, bias, activation, unbatched=False, **kw):
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, paths = geometry
-    assert tuple(conv_paths(C, K, groups).values()) == paths, "geometry no longer exercises its path"
+    assert tuple(conv_paths(C, K, groups, kernel).values()) == paths, \
+        "geometry no longer exercises its path"
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, dtype, device, layout, bias, unbatched)
     ours, reference = _conv_fns(stride, padding, dilation, groups, activation)
     return check_op(ours, reference, [x, w, b], "conv", **kw)
@@ -97,7 +102,7 @@ def test_conv2d_fp32(i, device):
 
 # fp16 on two or three geometries per path, bf16 on one or two (interpreter time).
 HALF = [(i, torch.float16) for i in (0, 5, 7, 10, 12, 13, 14, 17)] + \
-    [(i, torch.bfloat16) for i in (0, 5, 10, 13)]
+    [(i, torch.bfloat16) for i in (0, 5, 10, 13, 19)]
 
 
 @pytest.mark.parametrize("i,dtype", HALF, ids=[f"{GEOMETRIES[i][0]}-{str(d)[6:]}" for i, d in HALF])
@@ -108,8 +113,10 @@ def test_conv2d_half(i, dtype, device):
            activation="relu" if i % 2 else None)
 
 
-@pytest.mark.parametrize("i,activation", [(0, "relu"), (5, "leaky_relu"), (10, None), (13, "relu"), (16, None)],
-                         ids=["gemm-relu", "gemm-groups-stride-leaky", "flat", "depthwise-relu", "direct-K3"])
+@pytest.mark.parametrize("i,activation",
+                         [(0, "relu"), (5, "leaky_relu"), (10, None), (13, "relu"), (14, "relu"), (16, None)],
+                         ids=["gemm-relu", "gemm-groups-stride-leaky", "flat", "depthwise-relu", "multiplier-relu",
+                              "direct-K3"])
 def test_double_backward(i, activation, device):
     """Gradients of gradients (a gradient penalty): all three passes call each
     other's Functions, so second derivatives of x, w, b and the output gradient
@@ -120,12 +127,12 @@ def test_double_backward(i, activation, device):
     check_double_backward(ours, reference, [x, w, b], "conv")
 
 
-@pytest.mark.parametrize("i", [0, 13], ids=["gemm", "direct"])
+@pytest.mark.parametrize("i", [0, 13, 14], ids=["gemm", "depthwise", "direct"])
 def test_unbatched(i, device):
     _check(GEOMETRIES[i], torch.float32, device, "contiguous", bias=True, activation=None, unbatched=True)
 
 
-@pytest.mark.parametrize("i", [0, 10, 13], ids=["gemm", "flat", "direct"])
+@pytest.mark.parametrize("i", [0, 10, 13, 14], ids=["gemm", "flat", "depthwise", "direct"])
 def test_empty_batch(i, device):
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[i]
     x, w, b = _inputs(0, C, H, W, K, kernel, groups, torch.float32, device)
@@ -159,7 +166,7 @@ def test_weight_layouts_and_expanded_grad(device):
         torch.testing.assert_close(dw.double(), dwr, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("i", [0, 13], ids=["gemm", "direct"])
+@pytest.mark.parametrize("i", [0, 13, 14], ids=["gemm", "depthwise", "direct"])
 def test_memory_format_follows_torch(i, device):
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[i]
     cl = torch.channels_last
@@ -216,11 +223,12 @@ def test_unaligned_channels_tune_over_their_own_tiles():
 # Tiny geometries of the three paths (same fields as GEOMETRIES).
 SMALL = [("gemm", 1, 16, 5, 6, 16, (3, 3), 1, 1, 1, 1, (G, G, G)),
          ("flat", 1, 3, 7, 6, 16, (3, 3), 2, 1, 1, 1, (FL, D, FL)),
-         ("direct", 1, 4, 6, 5, 4, (3, 3), 1, 1, 1, 4, (D, D, D))]
+         ("depthwise", 1, 4, 6, 5, 4, (3, 3), 1, 1, 1, 4, (DW, DW, DW)),
+         ("direct", 1, 4, 6, 5, 8, (3, 3), 1, 1, 1, 4, (D, D, D))]
 
 
-@pytest.mark.parametrize("geometry,activation", [(SMALL[0], None), (SMALL[1], "relu"), (SMALL[2], None)],
-                         ids=[g[0] for g in SMALL])
+@pytest.mark.parametrize("geometry,activation", [(SMALL[0], None), (SMALL[1], "relu"), (SMALL[2], None),
+                                                 (SMALL[3], "relu")], ids=[g[0] for g in SMALL])
 def test_split_reductions(geometry, activation, device, monkeypatch):
     """Every reduction split three ways (the GPU splits small grids; the interpreter
     only when forced): forward and input gradient over k-steps, weight and bias
@@ -230,7 +238,7 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, paths = geometry
-    assert tuple(conv_paths(C, K, groups).values()) == paths
+    assert tuple(conv_paths(C, K, groups, kernel).values()) == paths
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
     ours, reference = _conv_fns(stride, padding, dilation, groups, activation)
     check_op(ours, reference, [x, w, b], "conv")
@@ -273,7 +281,7 @@ class _TorchOps(TorchDispatchMode):
 _ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "detach"}
 
 
-@pytest.mark.parametrize("geometry", [SMALL[0], SMALL[2]], ids=["gemm", "direct"])
+@pytest.mark.parametrize("geometry", [SMALL[0], SMALL[2], SMALL[3]], ids=["gemm", "depthwise", "direct"])
 def test_launch_budget(geometry, device, monkeypatch):
     """conv2d with bias and relu on a channels_last input: the forward is one
     launch, the backward (input, weight and bias gradients) three (activation and
@@ -451,7 +459,7 @@ def test_bad_input_raises_like_torch(name, device):
     assert launches.total == 0
 
 
-@pytest.mark.parametrize("i", [0, 13], ids=["gemm", "direct"])
+@pytest.mark.parametrize("i", [0, 13, 14], ids=["gemm", "depthwise", "direct"])
 def test_strided_bias(i, device):
     """A sliced or expanded bias is read through its strides (one small copy)."""
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[i]
@@ -461,6 +469,14 @@ def test_strided_bias(i, device):
     check_op(ours, reference, [x, w, sliced], "conv")
     expanded = torch.tensor(0.5, device=device).expand(K)
     check_op(ours, reference, [x, w, expanded], "conv")
+
+
+def test_depthwise_int64_offsets(device, monkeypatch):
+    """The depthwise kernels with int64 offsets inside an image (WIDE: the host sets
+    it for images of 2**31 elements, too large to test), on strided views."""
+    from kernels.conv import ops
+    monkeypatch.setattr(ops, "_wide", lambda *tensors: True)
+    _check(GEOMETRIES[19], torch.float32, device, "transposed", bias=True, activation="relu")
 
 
 def test_bool_after_first_int_is_accepted_like_torch(device):

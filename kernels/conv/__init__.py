@@ -3,17 +3,19 @@ direct kernels for few channels per group, fused bias + activation epilogue.
 
 * ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, wgrad), each
   with an in-kernel split of the reduction for small grids.
-* ``_direct``: depthwise / small-channel kernels and the backward epilogue.
+* ``_depthwise``: register-blocked depthwise kernels (one channel per group).
+* ``_direct``: small-channel kernels and the backward epilogue.
 * ``ops``: path choice, launchers, the operators (``conv2d_op`` and its gradients) and ``conv2d``.
 """
 from __future__ import annotations
 
 from .._runtime import CompileCase
 from ..activation import ACT_LEAKY_RELU, ACT_RELU
+from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
-from .ops import ConvGeometry, conv2d, conv2d_op, conv_paths, output_size
+from .ops import ConvGeometry, _depthwise_tiles, conv2d, conv2d_op, conv_paths, output_size
 
 __all__ = ["conv2d", "conv2d_op", "ConvGeometry", "conv_paths", "output_size", "COMPILE_CASES"]
 
@@ -96,6 +98,7 @@ def _compile_cases():
         divisible = ("Cg", "Kg", *_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))
         cases.append(gemm_case(conv_dgrad_gemm, sig, dict(VEC=vec, stride_dyk=1, stride_wc=1, stride_dxc=1),
                                divisible, "input_grad", label))
+    cases += _depthwise_cases()
     for dt in ("bf16",):
         for block_m, block_n in ((32, 32), (256, 4)):      # the GPU tiles of ops._direct_tiles
             direct = dict(BLOCK_M=block_m, BLOCK_N=block_n)
@@ -119,6 +122,70 @@ def _compile_cases():
                **_ints(*_strides("dy", "nkpq"), *_strides("y", "nkpq"), *_strides("g", "nkpq"))}
         cases.append(CompileCase(_conv_bwd_epilogue_kernel, sig,
                                  dict(ACTIVATION=ACT_LEAKY_RELU.value, HAS_BIAS=True, BLOCK_M=32, BLOCK_N=32), label=dt))
+    return cases
+
+
+# SASS budgets of the depthwise kernels on sm_90, instructions per FFMA in the main
+# loop (the direct kernels, which ran depthwise before, take 16.5 forward, 17.0 input
+# gradient, 22.9 weight gradient when specialised as a depthwise channels_last
+# launch), under triton 3.6 and 3.9; channels_last
+# cases also load x (and dy) as 16-byte vectors. Measured 2026-11-28 (3.9 / 3.6):
+# forward 4.7 / 4.5, input gradient 6.0 / 6.3, weight gradient 4.7 / 8.0; 7x7 5.6 /
+# 5.5, 7.6 / 7.9, 6.0 / 6.4; NCHW (scalar loads: the taps' shifts leave them
+# unaligned) 8.9 / 9.7, 13.8 / 13.7, 10.8 / 12.5.
+_DEPTHWISE_EXPECT = {
+    ("forward", "channels_last", 3): {"max_loop_instructions_per_ffma": 5.5, "ldg128_at_least": 12},
+    ("input_grad", "channels_last", 3): {"max_loop_instructions_per_ffma": 7, "ldg128_at_least": 12},
+    ("weight_grad", "channels_last", 3): {"max_loop_instructions_per_ffma": 8.5, "ldg128_at_least": 20},
+    ("forward", "channels_last", 7): {"max_loop_instructions_per_ffma": 6.5, "ldg128_at_least": 12},
+    ("input_grad", "channels_last", 7): {"max_loop_instructions_per_ffma": 8.5, "ldg128_at_least": 12},
+    ("weight_grad", "channels_last", 7): {"max_loop_instructions_per_ffma": 7, "ldg128_at_least": 20},
+    ("forward", "nchw", 3): {"max_loop_instructions_per_ffma": 10.5},
+    ("input_grad", "nchw", 3): {"max_loop_instructions_per_ffma": 14.5},
+    ("weight_grad", "nchw", 3): {"max_loop_instructions_per_ffma": 13},
+}
+
+
+def _depthwise_cases():
+    """The depthwise kernels in bf16 (they compute in fp32 whatever the storage) as a
+    GPU launch specialises them, for a MobileNet layer (144 channels, 56x56, 3x3)
+    in channels_last (channel stride 1, the others multiples of 16) and NCHW
+    (pixel stride 1), and a 7x7 (ConvNeXt; the widest kernel of the path) in
+    channels_last."""
+    cases = []
+    for layout, kernel_size in (("channels_last", 3), ("nchw", 3), ("channels_last", 7)):
+        contiguous = layout == "channels_last"
+        unit = "c" if contiguous else "w"            # the stride a launch specialises to 1
+        label = f"bf16,{layout},{kernel_size}x{kernel_size}"
+
+        def strides(prefix, axes):
+            names = _strides(prefix, axes)
+            return ({n: "i32" for n in names if not n.endswith(unit)}, {n: 1 for n in names if n.endswith(unit)},
+                    tuple(n for n in names if not n.endswith(unit)))
+        (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = strides("x", "nchw"), strides("y", "nchw"), strides("dy", "ncpq")
+        (dxs, dx1, dxd), ws = strides("dx", "nchw"), _ints(*_strides("w", "crs"))
+        geometry = dict(R=kernel_size, S=kernel_size, WIDE=False)
+        tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, interpreter=False)
+        tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
+        sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
+               **_ints("H", "W", "P", "Q", "C", *_CONV), **xs, **ws, **ys, "negative_slope": "fp32"}
+        cases.append(CompileCase(_conv_fwd_depthwise_kernel, sig,
+                                 dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, **x1, **y1, **geometry, **tiles),
+                                 label=label, divisible=("C", *xd, *yd),
+                                 expect=_DEPTHWISE_EXPECT[("forward", layout, kernel_size)]))
+        sig = {"dy_ptr": "*bf16", "w_ptr": "*bf16", "dx_ptr": "*bf16",
+               **_ints("H", "W", "P", "Q", "C", *_CONV), **dys, **ws, **dxs}
+        cases.append(CompileCase(_conv_dgrad_depthwise_kernel, sig, dict(**dy1, **dx1, **geometry, **tiles),
+                                 label=label, divisible=("C", *dyd, *dxd),
+                                 expect=_DEPTHWISE_EXPECT[("input_grad", layout, kernel_size)]))
+        wtaps = 16 if kernel_size == 3 else 64         # R*S rounded up to a power of two
+        tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, wtaps, interpreter=False)
+        sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": "*bf16", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+               **_ints("N", "H", "W", "P", "Q", "C", *_CONV), **dys, **xs, **_ints(*_strides("dw", "crs"))}
+        cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig,
+                                 dict(TAPS=wtaps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, **dy1, **x1, **geometry),
+                                 label=label, divisible=("C", *dyd, *xd),
+                                 expect=_DEPTHWISE_EXPECT[("weight_grad", layout, kernel_size)]))
     return cases
 
 

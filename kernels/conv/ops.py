@@ -2,6 +2,8 @@
 
 Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 
+* depthwise (Cg = Kg = 1, kernels up to ``DEPTHWISE_MAX_KERNEL`` on a side): the
+  register-blocked kernels of ``_depthwise``, for all three passes;
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
   when Cg < 16, e.g. an RGB stem), else the direct kernels;
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct.
@@ -29,17 +31,22 @@ import torch
 from .._library import Operator
 from .._reduce import tickets
 from .._runtime import cdiv, dot_upcast, interpreting, launch, merge_dims, next_power_of_2, suggest_memory_format
+from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
 
 GEMM_MIN_CHANNELS = 16
+DEPTHWISE_MAX_KERNEL = 7      # the depthwise kernels unroll a row of taps (S) and tile R*S taps (weight gradient)
 MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 
 
-def conv_paths(in_channels: int, out_channels: int, groups: int) -> dict:
-    """{"forward", "input_grad", "weight_grad"} -> "gemm", "gemm-flat" or "direct"."""
+def conv_paths(in_channels: int, out_channels: int, groups: int, kernel_size=(1, 1)) -> dict:
+    """{"forward", "input_grad", "weight_grad"} -> "gemm", "gemm-flat", "depthwise" or
+    "direct", for a kernel of ``kernel_size`` (R, S)."""
     cg, kg = in_channels // groups, out_channels // groups
+    if cg == 1 and kg == 1 and max(kernel_size) <= DEPTHWISE_MAX_KERNEL:
+        return dict.fromkeys(("forward", "input_grad", "weight_grad"), "depthwise")
     gemm = "gemm" if cg >= GEMM_MIN_CHANNELS else "gemm-flat"
     wide = kg >= GEMM_MIN_CHANNELS
     return {"forward": gemm if wide else "direct",
@@ -163,6 +170,36 @@ def _direct_tiles(channels: int) -> tuple[int, int]:
     return 1024 // block_n, block_n
 
 
+def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: bool, kernel_width: int,
+                     taps: int = 1, interpreter: bool | None = None) -> tuple[int, int, int]:
+    """(TILE_P, TILE_Q, BLOCK_C) of the depthwise kernels over ``rows`` x ``cols``
+    pixels. On a GPU, when channels are contiguous (16-byte channel vectors): up
+    to 64 channels by a patch up to 8 pixels wide, 4096 elements (the weight
+    gradient's (``taps``, pixels, channels) tile: 8192); else (pixel rows are
+    contiguous) 8 channels by a patch up to 32 pixels wide, half the elements.
+    Each thread then holds 4 pixels of 8 channels, so that the weights it loads
+    per tap serve 32 multiply-adds; half that for kernels wider than 3, whose
+    row of taps' loads would not fit the registers. The interpreter gets 16x the
+    elements. ``interpreter``: the interpreter's tiles (None: when interpreting)."""
+    scale = 16 if (interpreting() if interpreter is None else interpreter) else 1
+    elements = scale * (4096 if channels_contiguous else 2048)
+    if taps > 1:
+        elements = 2 * elements // taps
+    elif kernel_width > 3:
+        elements //= 2
+    block_c = min(next_power_of_2(channels), 64 if channels_contiguous else 8)
+    pixels = max(elements // block_c, 1)
+    tile_q = min(next_power_of_2(cols), scale * (8 if channels_contiguous else 32), pixels)
+    tile_p = min(next_power_of_2(rows), max(pixels // tile_q, 1))
+    return tile_p, tile_q, block_c
+
+
+def _wide(*tensors) -> bool:
+    """WIDE of the depthwise kernels: some image of ``tensors`` (N, C, H, W) spans,
+    with a kernel's reach past its edges, 2**31 elements or more (int64 offsets)."""
+    return any(sum((t.shape[d] + 64) * t.stride(d) for d in (1, 2, 3)) >= 2 ** 31 for t in tensors)
+
+
 def _step(stride: int, dilation: int) -> int:
     return stride // math.gcd(stride, dilation)
 
@@ -180,7 +217,7 @@ class ConvGeometry:
         self.pad = padding
         self.P = output_size(self.H, self.R, stride[0], padding[0], padding[2], dilation[0])
         self.Q = output_size(self.W, self.S, stride[1], padding[1], padding[3], dilation[1])
-        self.paths = conv_paths(self.C, self.K, groups)
+        self.paths = conv_paths(self.C, self.K, groups, (self.R, self.S))
 
     def dims(self):
         return self.N, self.H, self.W, self.P, self.Q
@@ -208,6 +245,15 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     M = geo.N * geo.P * geo.Q
     common = dict(HAS_BIAS=b is not None, ACTIVATION=activation)
+    if geo.paths["forward"] == "depthwise":
+        y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.stride(1) == 1, geo.S)
+        launch(_conv_fwd_depthwise_kernel, (geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c)),
+               x, w, y if b is None else b, y, geo.H, geo.W, geo.P, geo.Q, geo.K, *geo.conv_args(),
+               *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), float(negative_slope),
+               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, WIDE=_wide(x, y),
+               num_warps=4, **common)
+        return y
     if geo.paths["forward"] == "direct":
         y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
         block_m, block_n = _direct_tiles(geo.K)
@@ -245,6 +291,16 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
     steps_rs = (_step(stride_h, dil_h), _step(stride_w, dil_w))
     m_max = geo.N * cdiv(geo.H, stride_h) * cdiv(geo.W, stride_w)      # pixels of the largest phase
     phases = stride_h * stride_w
+    if geo.paths["input_grad"] == "depthwise":
+        dx = torch.empty_like(x_like)
+        tile_p, tile_q, block_c = _depthwise_tiles(cdiv(geo.H, stride_h), cdiv(geo.W, stride_w), geo.C,
+                                                   dy.stride(1) == 1, geo.S)
+        patches = cdiv(cdiv(geo.H, stride_h), tile_p) * cdiv(cdiv(geo.W, stride_w), tile_q)
+        launch(_conv_dgrad_depthwise_kernel, (geo.N * phases * patches, cdiv(geo.C, block_c)),
+               dy, w, dx, geo.H, geo.W, geo.P, geo.Q, geo.C, *geo.conv_args(),
+               *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
+               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, WIDE=_wide(dy, dx), num_warps=4)
+        return dx
     if geo.paths["input_grad"] == "direct":
         dx = torch.empty_like(x_like)
         block_m, block_n = _direct_tiles(geo.C)
@@ -279,6 +335,19 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     if dw.numel() == 0:
         return dw
     pixels = geo.N * geo.P * geo.Q
+    if geo.paths["weight_grad"] == "depthwise":
+        taps = next_power_of_2(geo.R * geo.S)
+        tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.stride(1) == 1, geo.S, taps)
+        programs = cdiv(geo.C, block_c)
+        splits = _splits(x.device, programs, geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q))
+        part = torch.empty(programs * splits * taps * block_c if splits > 1 else 1, dtype=torch.float32,
+                           device=x.device)
+        launch(_conv_wgrad_depthwise_kernel, (programs, 1, splits),
+               dy, x, dw, part, tickets(x.device, programs), *geo.dims(), geo.C, *geo.conv_args(),
+               *dy.stride(), *x.stride(), dw.stride(0), dw.stride(2), dw.stride(3),
+               R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, WIDE=_wide(dy, x),
+               num_warps=4)
+        return dw
     if geo.paths["weight_grad"] == "direct":
         block_m, block_n = _direct_tiles(geo.K)
         taps = next_power_of_2(geo.R * geo.S)
