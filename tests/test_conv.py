@@ -472,10 +472,10 @@ def test_strided_bias(i, device):
 
 
 def test_depthwise_int64_offsets(device, monkeypatch):
-    """The depthwise kernels with int64 offsets inside an image (WIDE: the host sets
-    it for images of 2**31 elements, too large to test), on strided views."""
+    """The depthwise kernels with int64 offsets inside an image (INDEX_64: the host
+    sets it for images of 2**31 elements, too large to test), on strided views."""
     from kernels.conv import ops
-    monkeypatch.setattr(ops, "_wide", lambda *tensors: True)
+    monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
     _check(GEOMETRIES[19], torch.float32, device, "transposed", bias=True, activation="relu")
 
 

@@ -164,7 +164,7 @@ def _depthwise_cases():
                     tuple(n for n in names if not n.endswith(unit)))
         (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = strides("x", "nchw"), strides("y", "nchw"), strides("dy", "ncpq")
         (dxs, dx1, dxd), ws = strides("dx", "nchw"), _ints(*_strides("w", "crs"))
-        geometry = dict(R=kernel_size, S=kernel_size, WIDE=False)
+        geometry = dict(R=kernel_size, S=kernel_size, INDEX_64=False)
         tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, interpreter=False)
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
         sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",

@@ -8,8 +8,8 @@ every tap is one masked load of the shifted patch, whose overlap with the
 other taps' patches the cache serves. In channels_last the channel axis is the
 contiguous one and a thread's loads are 16-byte vectors of channels; in NCHW
 the pixel axis is. Bounds are checked per patch row and per patch column, not
-per element. Offsets within an image are int32 (int64 with ``WIDE``, which the
-host sets when an image spans 2**31 elements); an image's base is int64.
+per element. Offsets within an image are int32 (int64 with ``INDEX_64``, which the
+host sets when they may pass 2**31); an image's base offset is int64.
 
 * forward: y[n, c, p, q] = act(b[c] + sum_rs x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw] w[c, r, s]).
 * input gradient, per stride phase (as ``_gemm``'s dgrad): the pixels h = a + i*sh
@@ -32,9 +32,9 @@ from ._gemm import _split_steps
 
 
 @triton.jit
-def _offsets(index, stride, WIDE: tl.constexpr):
-    """index * stride within one image: int32, int64 when WIDE."""
-    if WIDE:
+def _offsets(index, stride, INDEX_64: tl.constexpr):
+    """index * stride within one image: int32, or int64 with INDEX_64."""
+    if INDEX_64:
         return index.to(tl.int64) * stride
     return index * stride
 
@@ -49,7 +49,7 @@ def _conv_fwd_depthwise_kernel(
         stride_yn, stride_yc, stride_yh, stride_yw,
         negative_slope,
         R: tl.constexpr, S: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-        TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
+        TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
     """x: (N, C, H, W); w: (C, 1, R, S); b: (C,); y: (N, C, P, Q); strides.
     Program (n * patches + patch, c_block): y over one (TILE_P, TILE_Q) patch of
     output pixels and BLOCK_C channels."""
@@ -62,24 +62,24 @@ def _conv_fwd_depthwise_kernel(
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     x_img = x_ptr + n.to(tl.int64) * stride_xn
-    x_chan = _offsets(offs_c, stride_xc, WIDE)[None, None, :]
+    x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, None, :]
     w_chan = w_ptr + offs_c * stride_wc
     acc = tl.zeros((TILE_P, TILE_Q, BLOCK_C), dtype=tl.float32)
     for r in range(R):
         ih = offs_p * stride_h + (r * dil_h - pad_h)
         row_ok = (ih >= 0) & (ih < H)
-        x_rows = x_img + _offsets(ih, stride_xh, WIDE)[:, None, None]
+        x_rows = x_img + _offsets(ih, stride_xh, INDEX_64)[:, None, None]
         for s in tl.static_range(S):
             iw = offs_q * stride_w + (s * dil_w - pad_w)
             mask = row_ok[:, None, None] & ((iw >= 0) & (iw < W))[None, :, None] & mask_c[None, None, :]
-            xv = tl.load(x_rows + _offsets(iw, stride_xw, WIDE)[None, :, None] + x_chan, mask=mask, other=0.0)
+            xv = tl.load(x_rows + _offsets(iw, stride_xw, INDEX_64)[None, :, None] + x_chan, mask=mask, other=0.0)
             wv = tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, None, :]
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, None, :]
     acc = apply_activation(acc, ACTIVATION, negative_slope)
-    y_ptrs = (y_ptr + n.to(tl.int64) * stride_yn + _offsets(offs_p, stride_yh, WIDE)[:, None, None]
-              + _offsets(offs_q, stride_yw, WIDE)[None, :, None] + _offsets(offs_c, stride_yc, WIDE)[None, None, :])
+    y_ptrs = (y_ptr + n.to(tl.int64) * stride_yn + _offsets(offs_p, stride_yh, INDEX_64)[:, None, None]
+              + _offsets(offs_q, stride_yw, INDEX_64)[None, :, None] + _offsets(offs_c, stride_yc, INDEX_64)[None, None, :])
     mask = (offs_p < P)[:, None, None] & (offs_q < Q)[None, :, None] & mask_c[None, None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -93,7 +93,7 @@ def _conv_dgrad_depthwise_kernel(
         stride_wc, stride_wr, stride_ws,
         stride_dxn, stride_dxc, stride_dxh, stride_dxw,
         R: tl.constexpr, S: tl.constexpr,
-        TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
+        TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
     """dy: (N, C, P, Q); w: (C, 1, R, S); dx: (N, C, H, W); strides. Program
     (((n * phases + phase) * patches_i + i) * patches_j + j, c_block): dx over a
     (TILE_P, TILE_Q) patch of the input pixels of one stride phase,
@@ -110,7 +110,7 @@ def _conv_dgrad_depthwise_kernel(
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     dy_img = dy_ptr + n.to(tl.int64) * stride_dyn
-    dy_chan = _offsets(offs_c, stride_dyc, WIDE)[None, None, :]
+    dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, None, :]
     w_chan = w_ptr + offs_c * stride_wc
     acc = tl.zeros((TILE_P, TILE_Q, BLOCK_C), dtype=tl.float32)
     for r in range(R):
@@ -118,20 +118,20 @@ def _conv_dgrad_depthwise_kernel(
         if reach_h % stride_h == 0:
             p = offs_i + reach_h // stride_h
             row_ok = (p >= 0) & (p < P)
-            dy_rows = dy_img + _offsets(p, stride_dyp, WIDE)[:, None, None]
+            dy_rows = dy_img + _offsets(p, stride_dyp, INDEX_64)[:, None, None]
             for s in tl.static_range(S):
                 reach_w = phase_w + pad_w - s * dil_w
                 if reach_w % stride_w == 0:
                     q = offs_j + reach_w // stride_w
                     mask = row_ok[:, None, None] & ((q >= 0) & (q < Q))[None, :, None] & mask_c[None, None, :]
-                    dyv = tl.load(dy_rows + _offsets(q, stride_dyq, WIDE)[None, :, None] + dy_chan,
+                    dyv = tl.load(dy_rows + _offsets(q, stride_dyq, INDEX_64)[None, :, None] + dy_chan,
                                   mask=mask, other=0.0)
                     wv = tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0)
                     acc += dyv.to(tl.float32) * wv.to(tl.float32)[None, None, :]
     h = phase_h + offs_i * stride_h
     w = phase_w + offs_j * stride_w
-    dx_ptrs = (dx_ptr + n.to(tl.int64) * stride_dxn + _offsets(h, stride_dxh, WIDE)[:, None, None]
-               + _offsets(w, stride_dxw, WIDE)[None, :, None] + _offsets(offs_c, stride_dxc, WIDE)[None, None, :])
+    dx_ptrs = (dx_ptr + n.to(tl.int64) * stride_dxn + _offsets(h, stride_dxh, INDEX_64)[:, None, None]
+               + _offsets(w, stride_dxw, INDEX_64)[None, :, None] + _offsets(offs_c, stride_dxc, INDEX_64)[None, None, :])
     mask = (h < H)[:, None, None] & (w < W)[None, :, None] & mask_c[None, None, :]
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 
@@ -145,7 +145,7 @@ def _conv_wgrad_depthwise_kernel(
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwc, stride_dwr, stride_dws,
         R: tl.constexpr, S: tl.constexpr, TAPS: tl.constexpr,
-        TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, WIDE: tl.constexpr):
+        TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
     """dy: (N, C, P, Q); x: (N, C, H, W); dw: (C, 1, R, S) in the weight dtype;
     strides; part / ticket: the split workspace (``sum_splits``). Program
     (c_block, 0, split): dw for BLOCK_C channels and every tap, summed over the
@@ -159,8 +159,8 @@ def _conv_wgrad_depthwise_kernel(
     pix = tl.arange(0, TILE_P * TILE_Q)
     pix_p = pix // TILE_Q
     pix_q = pix % TILE_Q
-    dy_chan = _offsets(offs_c, stride_dyc, WIDE)[None, :]
-    x_chan = _offsets(offs_c, stride_xc, WIDE)[None, None, :]
+    dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
+    x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, None, :]
     patches_q = tl.cdiv(Q, TILE_Q)
     patches = tl.cdiv(P, TILE_P) * patches_q
     first, end = _split_steps(N * patches)
@@ -171,13 +171,13 @@ def _conv_wgrad_depthwise_kernel(
         q = (step % patches) % patches_q * TILE_Q + pix_q
         pix_ok = (p < P) & (q < Q)
         dy_ptrs = (dy_ptr + n.to(tl.int64) * stride_dyn
-                   + (_offsets(p, stride_dyp, WIDE) + _offsets(q, stride_dyq, WIDE))[:, None] + dy_chan)
+                   + (_offsets(p, stride_dyp, INDEX_64) + _offsets(q, stride_dyq, INDEX_64))[:, None] + dy_chan)
         dyv = tl.load(dy_ptrs, mask=pix_ok[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
         ih = (p * stride_h - pad_h)[None, :] + tap_h      # [TAPS, pixels]
         iw = (q * stride_w - pad_w)[None, :] + tap_w
         x_ok = tap_ok & pix_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
         x_ptrs = (x_ptr + n.to(tl.int64) * stride_xn
-                  + (_offsets(ih, stride_xh, WIDE) + _offsets(iw, stride_xw, WIDE))[:, :, None] + x_chan)
+                  + (_offsets(ih, stride_xh, INDEX_64) + _offsets(iw, stride_xw, INDEX_64))[:, :, None] + x_chan)
         xv = tl.load(x_ptrs, mask=x_ok[:, :, None] & mask_c[None, None, :], other=0.0)
         acc += xv.to(tl.float32) * dyv[None, :, :]
     total = tl.sum(acc, axis=1)                            # [TAPS, BLOCK_C]

@@ -1,9 +1,10 @@
-"""Direct convolution kernels for few channels per group (depthwise, channel
-multipliers, Kg or Cg < 16: too narrow for ``tl.dot``), and the backward
-epilogue (activation gradient and bias-gradient partials).
+"""Direct convolution kernels for few channels per group (channel multipliers,
+Kg or Cg < 16: too narrow for ``tl.dot``; depthwise kernels wider than
+``_depthwise`` takes), and the backward epilogue (activation gradient and
+bias-gradient partials).
 
 A program owns a (pixels, channels) tile spanning any number of groups: each
-column reads its own group's channels, so a depthwise tile covers BLOCK_N
+column reads its own group's channels, so a tile of narrow groups covers BLOCK_N
 channels at once. Multiply-adds are fp32 outer products; every tensor is
 addressed through its strides. Shapes as in ``_gemm``.
 """

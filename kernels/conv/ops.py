@@ -30,7 +30,8 @@ import torch
 
 from .._library import Operator
 from .._reduce import tickets
-from .._runtime import cdiv, dot_upcast, interpreting, launch, merge_dims, next_power_of_2, suggest_memory_format
+from .._runtime import (cdiv, dot_upcast, interpreting, launch, max_offset_of, merge_dims, next_power_of_2,
+                        suggest_memory_format)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
@@ -194,10 +195,13 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
     return tile_p, tile_q, block_c
 
 
-def _wide(*tensors) -> bool:
-    """WIDE of the depthwise kernels: some image of ``tensors`` (N, C, H, W) spans,
-    with a kernel's reach past its edges, 2**31 elements or more (int64 offsets)."""
-    return any(sum((t.shape[d] + 64) * t.stride(d) for d in (1, 2, 3)) >= 2 ** 31 for t in tensors)
+def _image_needs_int64(geo: ConvGeometry, *tensors) -> bool:
+    """INDEX_64 of the depthwise kernels: some offset inside one image of
+    ``tensors`` (N, C, H, W), reach of the kernel past its edges included, may
+    not fit in int32 (``needs_int64``'s rule, one image at a time)."""
+    reach_h, reach_w = geo.dilation[0] * geo.R + geo.pad[0], geo.dilation[1] * geo.S + geo.pad[1]
+    return any(max_offset_of((t.shape[1], t.shape[2] + 2 * reach_h, t.shape[3] + 2 * reach_w), t.stride()[1:])
+               >= 2 ** 31 - 1 for t in tensors)
 
 
 def _step(stride: int, dilation: int) -> int:
@@ -251,7 +255,7 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         launch(_conv_fwd_depthwise_kernel, (geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c)),
                x, w, y if b is None else b, y, geo.H, geo.W, geo.P, geo.Q, geo.K, *geo.conv_args(),
                *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), float(negative_slope),
-               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, WIDE=_wide(x, y),
+               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, x, y),
                num_warps=4, **common)
         return y
     if geo.paths["forward"] == "direct":
@@ -299,7 +303,7 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
         launch(_conv_dgrad_depthwise_kernel, (geo.N * phases * patches, cdiv(geo.C, block_c)),
                dy, w, dx, geo.H, geo.W, geo.P, geo.Q, geo.C, *geo.conv_args(),
                *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
-               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, WIDE=_wide(dy, dx), num_warps=4)
+               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, dx), num_warps=4)
         return dx
     if geo.paths["input_grad"] == "direct":
         dx = torch.empty_like(x_like)
@@ -345,7 +349,7 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
         launch(_conv_wgrad_depthwise_kernel, (programs, 1, splits),
                dy, x, dw, part, tickets(x.device, programs), *geo.dims(), geo.C, *geo.conv_args(),
                *dy.stride(), *x.stride(), dw.stride(0), dw.stride(2), dw.stride(3),
-               R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, WIDE=_wide(dy, x),
+               R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, x),
                num_warps=4)
         return dw
     if geo.paths["weight_grad"] == "direct":
