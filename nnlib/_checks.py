@@ -8,6 +8,7 @@ Parsers return the parsed value (an int pair, a float, a kernel activation code)
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 
@@ -128,34 +129,36 @@ def conv_activation(activation, negative_slope) -> int:
     return code
 
 
-def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
-    """torch's checks and exception classes; returns (stride, (top, left, bottom,
-    right) padding, dilation, groups)."""
-    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
-        if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
-            raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
-    # Argument types first (TypeError), as torch's parser, then values and shapes.
+def _conv_arg_types(stride, padding, dilation, groups) -> dict:
+    """Argument types first (TypeError), as torch's parser: the int items of
+    stride, padding (unless a string) and dilation."""
     if isinstance(groups, bool) or not is_int(groups):
         raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
-    items = {name: int_items(value, "conv2d", name)
-             for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation))
-             if not (name == "padding" and isinstance(value, str))}
-    stride = conv_pair(items["stride"], "stride")
-    dilation = conv_pair(items["dilation"], "dilation")
-    groups = int(groups)
+    return {name: int_items(value, "conv2d", name)
+            for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation))
+            if not (name == "padding" and isinstance(value, str))}
+
+
+def _check_conv_ranks(input, weight) -> None:
     if input.dim() not in (3, 4):
         raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
                            f"{list(input.shape)}")
     if weight.dim() != 4:
         raise RuntimeError(f"conv2d(): expected 'weight' of 4 dimensions (out_channels, in_channels / groups, kH, "
                            f"kW), but got weight of size {list(weight.shape)}")
+
+
+def _conv_arg_values(items: dict, padding, groups: int, kernel: tuple):
+    """(stride, (top, left, bottom, right) padding, dilation, groups) from the int
+    items (``_conv_arg_types``), checked as torch checks them (RuntimeError)."""
+    stride = conv_pair(items["stride"], "stride")
+    dilation = conv_pair(items["dilation"], "dilation")
     if groups <= 0:
         raise RuntimeError("conv2d(): non-positive groups is not supported")
     if min(stride) <= 0:
         raise RuntimeError(f"conv2d(): non-positive stride is not supported, got stride={stride}")
     if min(dilation) <= 0:
         raise RuntimeError(f"conv2d(): non-positive dilation is not supported, got dilation={dilation}")
-    kernel = tuple(weight.shape[2:])
     if isinstance(padding, str):
         if padding == "valid":
             pad = (0, 0, 0, 0)
@@ -171,6 +174,54 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
         if min(ph, pw) < 0:
             raise RuntimeError(f"conv2d(): negative padding is not supported, got padding={(ph, pw)}")
         pad = (ph, pw, ph, pw)
+    return stride, pad, dilation, groups
+
+
+def _plain_items(value):
+    """``value`` as a hashable key when it is a plain int or a tuple / list of plain
+    ints (no bool, tensor or numpy integer), else None."""
+    if type(value) is int:
+        return value
+    if type(value) in (tuple, list) and all(type(i) is int for i in value):
+        return tuple(value)
+    return None
+
+
+def _plain_conv_args(stride, padding, dilation, groups, kernel: tuple):
+    """The parsed arguments, from a cache, when every one is plain (``_plain_items``;
+    padding may be a string) and valid; None otherwise (the caller then parses in
+    torch's order, which raises where torch does). ``kernel``: the weight's
+    (kH, kW), for padding='same' (symbolic sizes are not plain)."""
+    key = (_plain_items(stride), padding if type(padding) is str else _plain_items(padding),
+           _plain_items(dilation), groups if type(groups) is int else None, _plain_items(kernel))
+    if None in key:
+        return None
+    try:
+        return _cached_conv_args(*key)
+    except RuntimeError:
+        return None
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_conv_args(stride, padding, dilation, groups, kernel):
+    return _conv_arg_values(_conv_arg_types(stride, padding, dilation, groups), padding, groups, kernel)
+
+
+def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
+    """torch's checks and exception classes; returns (stride, (top, left, bottom,
+    right) padding, dilation, groups)."""
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
+            raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    kernel = tuple(weight.shape[2:])
+    parsed = _plain_conv_args(stride, padding, dilation, groups, kernel)
+    if parsed is None:     # not plain or not valid: parse in torch's order, which raises where torch does
+        items = _conv_arg_types(stride, padding, dilation, groups)
+        _check_conv_ranks(input, weight)
+        parsed = _conv_arg_values(items, padding, int(groups), kernel)
+    else:
+        _check_conv_ranks(input, weight)
+    stride, pad, dilation, groups = parsed
     check_same_device("conv2d", input=input, weight=weight, bias=bias)
     # torch sends an empty batch to its empty backend, before any backend checks the weight's dtype.
     if weight.dtype != input.dtype and not (input.dim() == 4 and input.shape[0] == 0):
