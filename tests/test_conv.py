@@ -237,6 +237,7 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     interpreter runs programs in order, so a run-to-run check could not fail)."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
+    monkeypatch.setattr(ops, "_split_plans", {})         # plans cached without splits
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, paths = geometry
     assert tuple(conv_paths(C, K, groups, kernel).values()) == paths
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)

@@ -95,9 +95,17 @@ def _vec(tensors, counts) -> int:
     """VEC constexpr of the GEMM kernels: elements per 16 bytes when every tensor is
     channel-contiguous (dim 1) on a 16-byte aligned pointer with its other strides,
     and every channel count, multiples of it; else 1."""
-    vec = 16 // tensors[0].element_size()
-    for t in tensors:
-        if t.data_ptr() % 16 or t.stride(1) != 1 or any(s % vec for s in t.stride()[:1] + t.stride()[2:]):
+    if any(t.data_ptr() % 16 for t in tensors):
+        return 1
+    return _layout_vec(tuple(t.stride() for t in tensors), tensors[0].element_size(), tuple(counts))
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout_vec(strides: tuple, element_size: int, counts: tuple) -> int:
+    """``_vec`` of aligned tensors with these strides."""
+    vec = 16 // element_size
+    for stride in strides:
+        if stride[1] != 1 or any(s % vec for s in stride[:1] + stride[2:]):
             return 1
     return 1 if any(c % vec for c in counts) else vec
 
@@ -141,23 +149,34 @@ def _splits(device: torch.device, tiles: int, steps: int, cap: int | None = None
     return split_count(2 * _sm_count(index), tiles, steps, MIN_SPLIT_STEPS, cap)
 
 
-def _split_launch(kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
+def _split_launch(key, kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
     """Grid and split workspace of a launch whose grid is (tiles(meta), groups,
     splits(meta)) and whose tiles reduce over steps(meta) k-steps (``cap(meta)``
     bounds the splits): returns (grid, part, tickets), the fp32 partials sized for
-    the largest need among the configs the launch tunes over."""
-    def splits(meta):
-        return _splits(device, tiles(meta) * groups, steps(meta), None if cap is None else cap(meta))
+    the largest need among the configs the launch tunes over. The grid and the
+    sizes depend on the shapes only: they are cached under ``key`` (the pass and
+    its geometry), with vec and device."""
+    plan_key = (key, vec, device)
+    plan = _split_plans.get(plan_key)
+    if plan is None:
+        def splits(meta):
+            return _splits(device, tiles(meta) * groups, steps(meta), None if cap is None else cap(meta))
 
-    part_numel, ticket_count = 1, 1
-    for config in kernel.nnlib_configs_for({"VEC": vec}):
-        meta = config.kwargs
-        if splits(meta) > 1:
-            programs = tiles(meta) * groups
-            part_numel = max(part_numel, programs * splits(meta) * meta["BLOCK_M"] * meta["BLOCK_N"])
-            ticket_count = max(ticket_count, programs)
-    part = torch.empty(part_numel, dtype=torch.float32, device=device)
-    return (lambda meta: (tiles(meta), groups, splits(meta))), part, tickets(device, ticket_count)
+        part_numel, ticket_count = 1, 1
+        for config in kernel.nnlib_configs_for({"VEC": vec}):
+            meta = config.kwargs
+            if splits(meta) > 1:
+                programs = tiles(meta) * groups
+                part_numel = max(part_numel, programs * splits(meta) * meta["BLOCK_M"] * meta["BLOCK_N"])
+                ticket_count = max(ticket_count, programs)
+        if len(_split_plans) >= 4096:
+            _split_plans.clear()
+        plan = _split_plans[plan_key] = ((lambda meta: (tiles(meta), groups, splits(meta))), part_numel, ticket_count)
+    grid, part_numel, ticket_count = plan
+    return grid, torch.empty(part_numel, dtype=torch.float32, device=device), tickets(device, ticket_count)
+
+
+_split_plans: dict = {}
 
 
 def _direct_tiles(channels: int) -> tuple[int, int]:
@@ -279,7 +298,7 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         if flat:
             return cdiv(geo.S * geo.Cg, meta["BLOCK_K"])
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
-    grid, part, ticket = _split_launch(kernel, vec, x.device, tiles, geo.groups, steps)
+    grid, part, ticket = _split_launch(("forward", geo, x.dtype), kernel, vec, x.device, tiles, geo.groups, steps)
     launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
            *geo.conv_args(), *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
            FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
@@ -323,7 +342,8 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
 
     def steps(meta):
         return taps * cdiv(geo.Kg, meta["BLOCK_K"])
-    grid, part, ticket = _split_launch(kernel, vec, dy.device, tiles, geo.groups * phases, steps)
+    grid, part, ticket = _split_launch(("input_grad", geo, dy.dtype), kernel, vec, dy.device, tiles,
+                                       geo.groups * phases, steps)
     launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
            *geo.conv_args(), *steps_rs, *dy.stride(), *w.stride(), *dx.stride(),
            VEC=vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
@@ -380,7 +400,8 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
 
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
         return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
-    grid, part, ticket = _split_launch(kernel, vec, x.device, tiles, geo.groups * taps, steps, cap)
+    grid, part, ticket = _split_launch(("weight_grad", geo, x.dtype), kernel, vec, x.device, tiles,
+                                       geo.groups * taps, steps, cap)
     pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy.stride()[:1] + dy.stride()[2:])[1]
     launch(kernel, grid, dy, x, dw, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
            pixel_stride, dy.stride(1), *x.stride(), *dw.stride(),
