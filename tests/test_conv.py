@@ -472,6 +472,45 @@ def test_strided_bias(i, device):
     check_op(ours, reference, [x, w, expanded], "conv")
 
 
+# 1x1, stride 1, unpadded, on tensors whose pixels sit at stride 1: the planar kernels.
+PLANAR = [("groups2-fp32", 3, 34, 5, 7, 48, 2, torch.float32, "contiguous", "relu"),
+          ("channel-slice-fp32", 2, 19, 3, 5, 17, 1, torch.float32, "channel-slice", None),
+          ("aligned-fp16", 2, 32, 4, 4, 24, 1, torch.float16, "contiguous", "leaky_relu"),
+          ("odd-pixels-bf16", 1, 24, 3, 3, 16, 1, torch.bfloat16, "contiguous", None)]
+
+
+@pytest.mark.parametrize("N,C,H,W,K,groups,dtype,layout,activation", [p[1:] for p in PLANAR],
+                         ids=[p[0] for p in PLANAR])
+def test_planar_pointwise(N, C, H, W, K, groups, dtype, layout, activation, device):
+    """1x1 stride-1 convolutions of NCHW tensors (and channel slices of them) run on
+    the planar GEMMs, which read and write each image's (channels, pixels) matrix in
+    place (no channels_last copy on a GPU): forward with bias and activation, input
+    and weight gradients, against float64."""
+    if layout == "channel-slice":     # channels 2 .. C+1 of a larger NCHW tensor: pixels still at stride 1
+        x = make_input((N, C + 3, H, W), dtype, device)[:, 2:C + 2].detach().requires_grad_(True)
+    else:
+        x = make_input((N, C, H, W), dtype, device, layout, requires_grad=True)
+    w = (torch.randn(K, C // groups, 1, 1) / C ** 0.5).to(dtype).to(device).requires_grad_(True)
+    b = torch.randn(K).to(dtype).to(device).requires_grad_(True)
+    ours, reference = _conv_fns(1, 0, 1, groups, activation)
+    with count_launches() as launches:
+        check_op(ours, reference, [x, w, b], "conv")
+    assert launches.counts["_conv_planar_gemm_kernel"] == 2 and launches.counts["_conv_planar_wgrad_kernel"] == 1, \
+        launches.counts
+
+
+def test_planar_split_weight_grad_and_double_backward(device, monkeypatch):
+    """The planar weight gradient split three ways over its pixel blocks (summed in
+    the kernel in split order), and second derivatives through the planar passes."""
+    from kernels.conv import ops
+    x, w, b = _inputs(3, 20, 3, 5, 18, (1, 1), 2, torch.float32, device)
+    ours, reference = _conv_fns(1, 0, 1, 2, "relu")
+    check_double_backward(ours, reference, [x, w, b], "conv")
+    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
+    monkeypatch.setattr(ops, "_split_plans", {})
+    check_op(ours, reference, [x, w, b], "conv")
+
+
 def test_depthwise_int64_offsets(device, monkeypatch):
     """The depthwise kernels with int64 offsets inside an image (INDEX_64: the host
     sets it for images of 2**31 elements, too large to test), on strided views."""

@@ -14,7 +14,8 @@ from ..activation import ACT_LEAKY_RELU, ACT_RELU
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
-from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
+from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
+                    conv_planar_wgrad, conv_wgrad_flat, conv_wgrad_gemm)
 from .ops import ConvGeometry, _depthwise_tiles, conv2d, conv2d_op, conv_paths, output_size
 
 __all__ = ["conv2d", "conv2d_op", "ConvGeometry", "conv_paths", "output_size", "COMPILE_CASES"]
@@ -35,12 +36,15 @@ def _strides(prefix, axes):
 # SASS budgets of the largest tile of the 16-bit aligned GEMM cases on sm_90
 # (config 0: 128x128x64, 8 warps; FLAT forward: 128x64x32): two programs fit an
 # SM (<= 128 registers) and the main loop's instructions per warp per HGMMA
-# (4 HGMMA per 64-deep k-step).
+# (4 HGMMA per 64-deep k-step). Planar figures: triton 3.9 / 3.6, 2026-11-28.
 _GEMM_EXPECT = {
     "forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 50},
     "stem": {"max_loop_instructions_per_hgmma": 150},      # FLAT forward: 3x the forward's budget
     "input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 50},
     "weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 67},
+    "planar_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 40},     # measured 35 / 33
+    "planar_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 36},  # 31.5 / 29
+    "planar_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 42},  # 38 / 37
 }
 
 
@@ -98,6 +102,27 @@ def _compile_cases():
         divisible = ("Cg", "Kg", *_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))
         cases.append(gemm_case(conv_dgrad_gemm, sig, dict(VEC=vec, stride_dyk=1, stride_wc=1, stride_dxc=1),
                                divisible, "input_grad", label))
+        # Planar 1x1 (NCHW: pixel strides 1): the forward reads w along its input
+        # channels (stride_ak 1); the input gradient reads w transposed (stride_am 1), once.
+        sig = {"a_ptr": f"*{dt}", "b_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "out_ptr": f"*{dt}",
+               **_ints("HW", "Mg", "Kr", "G", "stride_ag", "stride_am", "stride_ak", "stride_bn", "stride_bc",
+                       "stride_on", "stride_oc"), "negative_slope": "fp32"}
+        divisible = ("HW", "Mg", "Kr", "stride_ag", "stride_am", "stride_ak", "stride_bn", "stride_bc",
+                     "stride_on", "stride_oc")
+        for pass_name, unit in (("planar_forward", "stride_ak"), ("planar_input_grad", "stride_am")):
+            if pass_name == "planar_input_grad" and label != "bf16":
+                continue
+            del_sig = {k: v for k, v in sig.items() if k != unit}
+            tuned = conv_planar_fwd if pass_name == "planar_forward" else conv_planar_dgrad
+            cases.append(gemm_case(tuned, del_sig,
+                                   dict(HAS_BIAS=pass_name == "planar_forward", ACTIVATION=ACT_RELU.value, VEC=vec,
+                                        stride_bp=1, stride_op=1, **{unit: 1}),
+                                   tuple(d for d in divisible if d != unit), pass_name, f"{label},{pass_name[7:]}"))
+        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+               **_ints("N", "HW", "Cg", "Kg", "stride_dyn", "stride_dyk", "stride_xn", "stride_xc", "stride_dwk")}
+        cases.append(gemm_case(conv_planar_wgrad, sig, dict(VEC=vec, stride_dyp=1, stride_xp=1, stride_dwc=1),
+                               ("HW", "Cg", "Kg", "stride_dyn", "stride_dyk", "stride_xn", "stride_xc", "stride_dwk"),
+                               "planar_weight_grad", label))
     cases += _depthwise_cases()
     for dt in ("bf16",):
         for block_m, block_n in ((32, 32), (256, 4)):      # the GPU tiles of ops._direct_tiles
@@ -182,8 +207,8 @@ def _depthwise_cases():
         tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, wtaps, interpreter=False)
         sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": "*bf16", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints("N", "H", "W", "P", "Q", "C", *_CONV), **dys, **xs, **_ints(*_strides("dw", "crs"))}
-        cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig,
-                                 dict(TAPS=wtaps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, **dy1, **x1, **geometry),
+        tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
+        cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig, dict(TAPS=wtaps, **tiles, **dy1, **x1, **geometry),
                                  label=label, divisible=("C", *dyd, *xd),
                                  expect=_DEPTHWISE_EXPECT[("weight_grad", layout, kernel_size)]))
     return cases

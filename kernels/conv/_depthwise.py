@@ -79,7 +79,8 @@ def _conv_fwd_depthwise_kernel(
         acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, None, :]
     acc = apply_activation(acc, ACTIVATION, negative_slope)
     y_ptrs = (y_ptr + n.to(tl.int64) * stride_yn + _offsets(offs_p, stride_yh, INDEX_64)[:, None, None]
-              + _offsets(offs_q, stride_yw, INDEX_64)[None, :, None] + _offsets(offs_c, stride_yc, INDEX_64)[None, None, :])
+              + _offsets(offs_q, stride_yw, INDEX_64)[None, :, None]
+              + _offsets(offs_c, stride_yc, INDEX_64)[None, None, :])
     mask = (offs_p < P)[:, None, None] & (offs_q < Q)[None, :, None] & mask_c[None, None, :]
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -131,7 +132,8 @@ def _conv_dgrad_depthwise_kernel(
     h = phase_h + offs_i * stride_h
     w = phase_w + offs_j * stride_w
     dx_ptrs = (dx_ptr + n.to(tl.int64) * stride_dxn + _offsets(h, stride_dxh, INDEX_64)[:, None, None]
-               + _offsets(w, stride_dxw, INDEX_64)[None, :, None] + _offsets(offs_c, stride_dxc, INDEX_64)[None, None, :])
+               + _offsets(w, stride_dxw, INDEX_64)[None, :, None]
+               + _offsets(offs_c, stride_dxc, INDEX_64)[None, None, :])
     mask = (h < H)[:, None, None] & (w < W)[None, :, None] & mask_c[None, None, :]
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
 

@@ -530,3 +530,112 @@ _WGRAD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC"]
 conv_wgrad_gemm = _tuned(_conv_wgrad_gemm_kernel, WGRAD_CONFIGS, FP32_CONFIGS, _WGRAD_KEY, WGRAD_INTERPRETER)
 conv_wgrad_flat = _tuned(_conv_wgrad_gemm_kernel, FLAT_WGRAD_CONFIGS, FP32_FLAT_WGRAD_CONFIGS, _WGRAD_KEY,
                          WGRAD_FLAT_INTERPRETER, flat=True)
+
+
+# ---------------------------------------------------------------------------
+# 1x1, stride 1, unpadded, on planar tensors (NCHW: the H*W pixels of a channel
+# at stride 1): per image and group a plain GEMM, read and written in place.
+
+@triton.jit
+def _conv_planar_gemm_kernel(
+        a_ptr, b_ptr, bias_ptr, out_ptr,
+        HW, Mg, Kr, G,
+        stride_ag, stride_am, stride_ak,
+        stride_bn, stride_bc, stride_bp,
+        stride_on, stride_oc, stride_op,
+        negative_slope,
+        HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, VEC: tl.constexpr,
+        ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """out[n, g*Mg + m, p] = act(bias[g*Mg + m] + sum_k A_g[m, k] * b[n, g*Kr + k, p]) over
+    the HW pixels p of each image; A_g[m, k] at a_ptr + g*stride_ag + m*stride_am +
+    k*stride_ak. b: (N, G*Kr, HW), out: (N, G*Mg, HW), through strides (pixel
+    strides 1 on the planar path). The forward is A = w (rows k, reduction c), the
+    input gradient A = w transposed (rows c, reduction k) with no bias. Program
+    (tile, n*G + g): BLOCK_M rows by BLOCK_N pixels of one image. VEC > 1: the
+    host proved the pixel rows of b and out 16-byte aligned (HW and the strides
+    multiples of VEC elements)."""
+    pid_z = tl.program_id(1)
+    n = pid_z // G
+    g = pid_z % G
+    HWb = HW // VEC * VEC                        # == HW, written so that the compiler sees its divisibility
+    pid_m, pid_p = _tile_ids(tl.program_id(0), tl.cdiv(Mg, BLOCK_M), tl.cdiv(HWb, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_p = pid_p * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < Mg
+    mask_p = offs_p < HWb
+    a_ptrs = a_ptr + g.to(tl.int64) * stride_ag + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
+    b_rows = _aligned(b_ptr, n.to(tl.int64) * stride_bn + ((g * Kr + offs_k) * (stride_bc // VEC * VEC)).to(tl.int64),
+                      VEC)
+    b_ptrs = b_rows[:, None] + offs_p[None, :] * stride_bp
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, Kr, BLOCK_K):
+        mask_k = offs_k < Kr - k0
+        a = tl.load(a_ptrs, mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_p[None, :], other=0.0)
+        acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * (stride_bc // VEC * VEC)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + g * Mg + offs_m, mask=mask_m, other=0.0).to(tl.float32)[:, None]
+    acc = apply_activation(acc, ACTIVATION, negative_slope)
+    out_rows = _aligned(out_ptr, n.to(tl.int64) * stride_on
+                        + ((g * Mg + offs_m) * (stride_oc // VEC * VEC)).to(tl.int64), VEC)
+    tl.store(out_rows[:, None] + offs_p[None, :] * stride_op, acc.to(out_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_p[None, :])
+
+
+_PLANAR_KEY = ["HW", "Mg", "Kr", "VEC"]
+conv_planar_fwd = _tuned(_conv_planar_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS, _PLANAR_KEY, FWD_INTERPRETER)
+conv_planar_dgrad = _tuned(_conv_planar_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS, _PLANAR_KEY,
+                           DGRAD_INTERPRETER)
+
+
+@triton.jit
+def _conv_planar_wgrad_kernel(
+        dy_ptr, x_ptr, dw_ptr, part_ptr, ticket_ptr,
+        N, HW, Cg, Kg,
+        stride_dyn, stride_dyk, stride_dyp,
+        stride_xn, stride_xc, stride_xp,
+        stride_dwk, stride_dwc,
+        VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """dw[g*Kg + m, c] = sum over images n and pixels p of dy[n, g*Kg + m, p] *
+    x[n, g*Cg + c, p] (a 1x1 weight gradient). dy: (N, G*Kg, HW), x: (N, G*Cg, HW),
+    dw: (G*Kg, Cg) in the weight dtype, through strides; part / ticket: the split
+    workspace (``sum_splits``). Program (tile, g, split): BLOCK_M output by BLOCK_N
+    input channels, reducing over its split of the N * cdiv(HW, BLOCK_K) pixel
+    blocks (a block never crosses images). VEC as in ``_conv_planar_gemm_kernel``."""
+    g = tl.program_id(1)
+    HWb = HW // VEC * VEC
+    pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(Kg, BLOCK_M), tl.cdiv(Cg, BLOCK_N), GROUP_M)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    mask_m = offs_m < Kg
+    mask_n = offs_n < Cg
+    dy_rows = _aligned(dy_ptr, ((g * Kg + offs_m) * (stride_dyk // VEC * VEC)).to(tl.int64), VEC)
+    x_cols = _aligned(x_ptr, ((g * Cg + offs_n) * (stride_xc // VEC * VEC)).to(tl.int64), VEC)
+    blocks = tl.cdiv(HWb, BLOCK_K)
+    first, end = _split_steps(N * blocks)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for step in range(first, end):
+        n = (step // blocks).to(tl.int64)
+        pix = step % blocks * BLOCK_K + offs_k
+        mask_k = pix < HWb
+        a = tl.load(dy_rows[:, None] + (n * (stride_dyn // VEC * VEC) + pix * stride_dyp)[None, :],
+                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+        b = tl.load(x_cols[None, :] + (n * (stride_xn // VEC * VEC) + pix * stride_xp)[:, None],
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+    done = tl.num_programs(2) == 1
+    if not done:
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, BLOCK_M, BLOCK_N)
+    if done:
+        dw_ptrs = dw_ptr + (g * Kg + offs_m).to(tl.int64)[:, None] * stride_dwk + offs_n[None, :] * stride_dwc
+        tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=mask_m[:, None] & mask_n[None, :])
+
+
+conv_planar_wgrad = _tuned(_conv_planar_wgrad_kernel, WGRAD_CONFIGS, FP32_CONFIGS, ["N", "HW", "Cg", "Kg", "VEC"],
+                           WGRAD_INTERPRETER)

@@ -35,7 +35,8 @@ from .._runtime import (cdiv, dot_upcast, interpreting, launch, max_offset_of, m
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
-from ._gemm import conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_wgrad_flat, conv_wgrad_gemm
+from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
+                    conv_planar_wgrad, conv_wgrad_flat, conv_wgrad_gemm)
 
 GEMM_MIN_CHANNELS = 16
 DEPTHWISE_MAX_KERNEL = 7      # the depthwise kernels unroll a row of taps (S) and tile R*S taps (weight gradient)
@@ -108,6 +109,32 @@ def _layout_vec(strides: tuple, element_size: int, counts: tuple) -> int:
         if stride[1] != 1 or any(s % vec for s in stride[:1] + stride[2:]):
             return 1
     return 1 if any(c % vec for c in counts) else vec
+
+
+def _pixel_stride(t: torch.Tensor) -> int | None:
+    """The one stride of the H*W pixels of ``t`` (N, C, H, W), or None when (H, W)
+    do not merge into one."""
+    merged = merge_dims(t.shape[2:], t.stride()[2:])
+    return None if merged is None else merged[1]
+
+
+def _planar(geo, *tensors) -> bool:
+    """The planar path of a 1x1 unpadded stride-1 convolution: every tensor has its
+    H*W pixels at stride 1 (NCHW and its batch / channel slices), so that each
+    image is a (channels, pixels) matrix the GEMM reads and writes in place; its
+    grid holds N * groups on axis 1."""
+    return geo.pointwise and geo.N * geo.groups <= 65535 and all(_pixel_stride(t) == 1 for t in tensors)
+
+
+def _planar_vec(tensors, pixels: int) -> int:
+    """VEC of the planar kernels: elements per 16 bytes when every tensor's pixel
+    rows are 16-byte aligned (aligned pointer, pixel stride 1, batch and channel
+    strides and the pixel count multiples of it); else 1."""
+    vec = 16 // tensors[0].element_size()
+    if pixels % vec or any(t.data_ptr() % 16 or _pixel_stride(t) != 1 or t.stride(0) % vec or t.stride(1) % vec
+                           for t in tensors):
+        return 1
+    return vec
 
 
 def _layout_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -241,6 +268,7 @@ class ConvGeometry:
         self.P = output_size(self.H, self.R, stride[0], padding[0], padding[2], dilation[0])
         self.Q = output_size(self.W, self.S, stride[1], padding[1], padding[3], dilation[1])
         self.paths = conv_paths(self.C, self.K, groups, (self.R, self.S))
+        self.pointwise = (self.R, self.S) == (1, 1) and tuple(stride) == (1, 1) and tuple(padding) == (0, 0, 0, 0)
 
     def dims(self):
         return self.N, self.H, self.W, self.P, self.Q
@@ -285,6 +313,11 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
                *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **common)
         return y
+    if geo.paths["forward"] == "gemm" and _planar(geo, x):
+        y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+        _launch_planar(conv_planar_fwd, w, x, b, y, geo, geo.Kg, geo.Cg, (w.stride(0), w.stride(1)), activation,
+                       negative_slope)
+        return y
     x, w = _gemm_operand(x), _gemm_operand(w)
     y = _gemm_buffer(shape, x, fmt)
     flat = geo.paths["forward"] == "gemm-flat"
@@ -322,7 +355,8 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
         launch(_conv_dgrad_depthwise_kernel, (geo.N * phases * patches, cdiv(geo.C, block_c)),
                dy, w, dx, geo.H, geo.W, geo.P, geo.Q, geo.C, *geo.conv_args(),
                *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
-               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, dx), num_warps=4)
+               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
+               INDEX_64=_image_needs_int64(geo, dy, dx), num_warps=4)
         return dx
     if geo.paths["input_grad"] == "direct":
         dx = torch.empty_like(x_like)
@@ -331,6 +365,12 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
                dy, w, dx, *geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs,
                *dy.stride(), *w.stride(), *dx.stride(), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
         return dx
+    if geo.paths["input_grad"] == "gemm" and geo.pointwise:
+        dx = torch.empty_like(x_like)
+        if _planar(geo, dy, dx):
+            _launch_planar(conv_planar_dgrad, w, dy, None, dx, geo, geo.Cg, geo.Kg, (w.stride(1), w.stride(0)),
+                           0, 0.0)
+            return dx
     dy, w = _gemm_operand(dy), _gemm_operand(w)
     dx = _gemm_buffer(x_like.shape, dy, fmt) if dy.device.type == "cuda" else torch.empty_like(x_like)
     vec = _vec([dy, w, dx], [geo.Cg, geo.Kg])
@@ -369,8 +409,8 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
         launch(_conv_wgrad_depthwise_kernel, (programs, 1, splits),
                dy, x, dw, part, tickets(x.device, programs), *geo.dims(), geo.C, *geo.conv_args(),
                *dy.stride(), *x.stride(), dw.stride(0), dw.stride(2), dw.stride(3),
-               R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, x),
-               num_warps=4)
+               R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
+               INDEX_64=_image_needs_int64(geo, dy, x), num_warps=4)
         return dw
     if geo.paths["weight_grad"] == "direct":
         block_m, block_n = _direct_tiles(geo.K)
@@ -383,6 +423,9 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
                dy, x, dw, part, tickets(x.device, programs), *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S,
                *geo.conv_args(), *dy.stride(), *x.stride(), *dw.stride(),
                TAPS=taps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+        return dw
+    if geo.paths["weight_grad"] == "gemm" and _planar(geo, dy, x):
+        _launch_planar_wgrad(dy, x, dw, geo)
         return dw
     dy, x = _pixel_linear(_gemm_operand(dy)), _gemm_operand(x)
     flat = geo.paths["weight_grad"] == "gemm-flat"
@@ -407,6 +450,45 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
            pixel_stride, dy.stride(1), *x.stride(), *dw.stride(),
            FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
     return dw
+
+
+def _launch_planar(tuned, w, src, b, out, geo: ConvGeometry, rows: int, reduction: int, w_strides,
+                   activation: int, negative_slope: float) -> None:
+    """out = act(b + A_g @ src) per image and group on the planar path: the forward
+    (``conv_planar_fwd``, src = x, A = w: ``rows`` = Kg, ``reduction`` = Cg,
+    ``w_strides`` = (row, reduction) strides of w) or the input gradient
+    (``conv_planar_dgrad``, src = dy, A = w transposed, no bias)."""
+    pixels = geo.H * geo.W
+    kernel = _for_dtype(tuned, src.dtype)
+    launch(kernel, lambda meta: (cdiv(rows, meta["BLOCK_M"]) * cdiv(pixels, meta["BLOCK_N"]), geo.N * geo.groups),
+           w, src, out if b is None else b, out, pixels, rows, reduction, geo.groups,
+           geo.Kg * w.stride(0), *w_strides, src.stride(0), src.stride(1), 1,
+           out.stride(0), out.stride(1), _pixel_stride(out), float(negative_slope),
+           HAS_BIAS=b is not None, ACTIVATION=activation, VEC=_planar_vec([src, out], pixels),
+           ALLOW_TF32=_allow_tf32(src.dtype), DOT_UPCAST=dot_upcast())
+
+
+def _launch_planar_wgrad(dy, x, dw, geo: ConvGeometry) -> None:
+    """dw (K, Cg, 1, 1) of a planar 1x1 convolution: one launch, the N*H*W pixels
+    split (``_split_launch``) as far as the partials stay below the inputs' bytes."""
+    pixels = geo.H * geo.W
+    vec = _planar_vec([dy, x], pixels)
+    kernel = _for_dtype(conv_planar_wgrad, x.dtype)
+    input_bytes = (dy.numel() + x.numel()) * x.element_size()
+
+    def tiles(meta):
+        return cdiv(geo.Kg, meta["BLOCK_M"]) * cdiv(geo.Cg, meta["BLOCK_N"])
+
+    def steps(meta):
+        return geo.N * cdiv(pixels, meta["BLOCK_K"])
+
+    def cap(meta):
+        return input_bytes // (8 * tiles(meta) * geo.groups * meta["BLOCK_M"] * meta["BLOCK_N"])
+    grid, part, ticket = _split_launch(("planar_weight_grad", geo, x.dtype), kernel, vec, x.device, tiles,
+                                       geo.groups, steps, cap)
+    launch(kernel, grid, dy, x, dw, part, ticket, geo.N, pixels, geo.Cg, geo.Kg, dy.stride(0), dy.stride(1), 1,
+           x.stride(0), x.stride(1), 1, dw.stride(0), dw.stride(1),
+           VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
 
 
 def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: float, bias_grad: bool):
@@ -514,8 +596,8 @@ def _forward_backward(ctx, dy):
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_db = need_b and ctx.has_bias
     geo = geometry(x.shape, w.shape, *_conv_args(ctx))
-    uses_gemm = geo.paths["input_grad"] != "direct" or geo.paths["weight_grad"] != "direct"
-    if uses_gemm and (need_x or need_w):
+    uses_gemm = bool({geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"})
+    if uses_gemm and (need_x or need_w) and not _planar(geo, x, dy):
         dy = _gemm_operand(dy)           # one channels_last copy (on a GPU) serves both passes
     db = None
     if ctx.activation or need_db:
