@@ -20,6 +20,9 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
   wasted multiply-adds.
 * wgrad: M = Kg, N = Cg per tap (or Cg*R*S in ``FLAT`` mode), reduction over
   the N*P*Q pixels.
+* planar (1x1, stride 1, no padding, pixels at stride 1: NCHW): per image and
+  group a plain GEMM, channels by pixels, for the forward and (w transposed) the
+  input gradient; the weight gradient reduces over images and pixel blocks.
 
 Main loops advance their position (tap, channel block, pixel) by additions
 and selects, never by division, and add it to pointer tiles built before the

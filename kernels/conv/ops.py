@@ -6,17 +6,21 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
   register-blocked kernels of ``_depthwise``, for all three passes;
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
   when Cg < 16, e.g. an RGB stem), else the direct kernels;
-* input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct.
+* input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct;
+* a GEMM pass of a 1x1 unpadded stride-1 convolution whose operands have their
+  pixels at stride 1 (NCHW) runs on the planar kernels instead (``_planar``):
+  per image and group a plain GEMM over the (channels, pixels) matrices.
 
 Layouts: every kernel takes strides, so any input (contiguous, channels_last,
 sliced, transposed, expanded gradients) runs without a copy, except the output
 gradient of the weight-gradient GEMM, read pixel-linear (``_pixel_linear``: one
-channels_last copy when it is not). On a GPU the GEMM
+channels_last copy when it is not). On a GPU the implicit-GEMM
 paths work in channels_last: one copy of each operand that is not already
 (input, weight, output gradient), outputs written channels_last and copied once
 to the caller's layout when that is NCHW, so that tiles load and store
 channel-contiguous 16-byte vectors (``VEC``, checked by ``_vec``). The
 interpreter skips those copies, so the strided addressing is what CI tests.
+The planar and depthwise kernels read NCHW in place on a GPU too.
 The output is channels_last when torch suggests channels_last for the input or
 the weight (``kernels._runtime.suggest_memory_format``), as torch does.
 """
