@@ -190,8 +190,11 @@ def _plain_items(value):
 def _plain_conv_args(stride, padding, dilation, groups, kernel: tuple):
     """The parsed arguments, from a cache, when every one is plain (``_plain_items``;
     padding may be a string) and valid; None otherwise (the caller then parses in
-    torch's order, which raises where torch does). ``kernel``: the weight's
-    (kH, kW), for padding='same' (symbolic sizes are not plain)."""
+    torch's order, which raises where torch does; so do weights that are not
+    4-D, and calls under torch.compile). ``kernel``: the weight's (kH, kW), for
+    padding='same' (symbolic sizes are not plain)."""
+    if len(kernel) != 2 or torch.compiler.is_compiling():     # a tracer would warn about the cache
+        return None
     key = (_plain_items(stride), padding if type(padding) is str else _plain_items(padding),
            _plain_items(dilation), groups if type(groups) is int else None, _plain_items(kernel))
     if None in key:

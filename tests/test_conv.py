@@ -418,6 +418,8 @@ def _bad_cases():
         "groups-not-dividing-K": ((x, torch.randn(5, 2, 3, 3)), {"groups": 2}),
         "groups-zero": ((x, w), {"groups": 0}),
         "weight-rank-3": ((x, torch.randn(6, 4, 3)), {}),
+        "weight-rank-3-same": ((x, torch.randn(6, 4, 3)), {"padding": "same"}),
+        "weight-rank-2-same": ((x, torch.randn(6, 4)), {"padding": "same"}),
         "input-rank-2": ((torch.randn(4, 8), w), {}),
         "input-rank-5": ((torch.randn(1, 2, 4, 8, 8), w), {}),
         "stride-zero": ((x, w), {"stride": 0}),
@@ -472,11 +474,12 @@ def test_strided_bias(i, device):
     check_op(ours, reference, [x, w, expanded], "conv")
 
 
-# 1x1, stride 1, unpadded, on tensors whose pixels sit at stride 1: the planar kernels.
-PLANAR = [("groups2-fp32", 3, 34, 5, 7, 48, 2, torch.float32, "contiguous", "relu"),
-          ("channel-slice-fp32", 2, 19, 3, 5, 17, 1, torch.float32, "channel-slice", None),
-          ("aligned-fp16", 2, 32, 4, 4, 24, 1, torch.float16, "contiguous", "leaky_relu"),
-          ("odd-pixels-bf16", 1, 24, 3, 3, 16, 1, torch.bfloat16, "contiguous", None)]
+# 1x1, stride 1, unpadded, on tensors whose pixels sit at stride 1 (at least
+# ops.PLANAR_MIN_PIXELS = 128 per image): the planar kernels.
+PLANAR = [("groups2-fp32", 3, 34, 9, 15, 48, 2, torch.float32, "contiguous", "relu"),
+          ("channel-slice-fp32", 2, 19, 12, 11, 17, 1, torch.float32, "channel-slice", None),
+          ("aligned-fp16", 2, 32, 16, 8, 24, 1, torch.float16, "contiguous", "leaky_relu"),
+          ("odd-pixels-bf16", 1, 24, 13, 11, 16, 1, torch.bfloat16, "contiguous", None)]
 
 
 @pytest.mark.parametrize("N,C,H,W,K,groups,dtype,layout,activation", [p[1:] for p in PLANAR],
@@ -501,14 +504,25 @@ def test_planar_pointwise(N, C, H, W, K, groups, dtype, layout, activation, devi
 
 def test_planar_split_weight_grad_and_double_backward(device, monkeypatch):
     """The planar weight gradient split three ways over its pixel blocks (summed in
-    the kernel in split order), and second derivatives through the planar passes."""
+    the kernel in split order; 3 images of 3 blocks, so splits cross images), and
+    second derivatives through the planar passes; small images (fewer pixels than
+    PLANAR_MIN_PIXELS) take the implicit GEMM."""
     from kernels.conv import ops
-    x, w, b = _inputs(3, 20, 3, 5, 18, (1, 1), 2, torch.float32, device)
+    x, w, b = _inputs(3, 40, 12, 11, 36, (1, 1), 2, torch.float32, device)
     ours, reference = _conv_fns(1, 0, 1, 2, "relu")
-    check_double_backward(ours, reference, [x, w, b], "conv")
+    with count_launches() as launches:
+        check_double_backward(ours, reference, [x, w, b], "conv")
+    assert launches.counts["_conv_planar_gemm_kernel"] and launches.counts["_conv_planar_wgrad_kernel"], \
+        launches.counts
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
     monkeypatch.setattr(ops, "_split_plans", {})
-    check_op(ours, reference, [x, w, b], "conv")
+    with count_launches() as launches:
+        check_op(ours, reference, [x, w, b], "conv")
+    assert launches.counts["_conv_planar_wgrad_kernel"] == 1, launches.counts
+    small = _inputs(2, 16, 5, 7, 16, (1, 1), 1, torch.float32, device)
+    with count_launches() as launches:
+        check_op(*_conv_fns(1, 0, 1, 1), small, "conv")
+    assert not any("planar" in name for name in launches.counts), launches.counts
 
 
 def test_depthwise_int64_offsets(device, monkeypatch):

@@ -103,21 +103,18 @@ def _compile_cases():
         cases.append(gemm_case(conv_dgrad_gemm, sig, dict(VEC=vec, stride_dyk=1, stride_wc=1, stride_dxc=1),
                                divisible, "input_grad", label))
         # Planar 1x1 (NCHW: pixel strides 1): the forward reads w along its input
-        # channels (stride_ak 1); the input gradient reads w transposed (stride_am 1), once.
-        sig = {"a_ptr": f"*{dt}", "b_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "out_ptr": f"*{dt}",
-               **_ints("HW", "Mg", "Kr", "G", "stride_ag", "stride_am", "stride_ak", "stride_bn", "stride_bc",
-                       "stride_on", "stride_oc"), "negative_slope": "fp32"}
-        divisible = ("HW", "Mg", "Kr", "stride_ag", "stride_am", "stride_ak", "stride_bn", "stride_bc",
-                     "stride_on", "stride_oc")
-        for pass_name, unit in (("planar_forward", "stride_ak"), ("planar_input_grad", "stride_am")):
-            if pass_name == "planar_input_grad" and label != "bf16":
-                continue
-            del_sig = {k: v for k, v in sig.items() if k != unit}
-            tuned = conv_planar_fwd if pass_name == "planar_forward" else conv_planar_dgrad
-            cases.append(gemm_case(tuned, del_sig,
-                                   dict(HAS_BIAS=pass_name == "planar_forward", ACTIVATION=ACT_RELU.value, VEC=vec,
-                                        stride_bp=1, stride_op=1, **{unit: 1}),
-                                   tuple(d for d in divisible if d != unit), pass_name, f"{label},{pass_name[7:]}"))
+        # channels (stride_ak 1), the input gradient reads w transposed (stride_am 1).
+        planar_ints = ("HW", "Mg", "Kr", "G", "stride_ag", "stride_am", "stride_ak", "stride_bn", "stride_bc",
+                       "stride_on", "stride_oc")
+        for tuned, pass_name, unit_stride, case_label in (
+                (conv_planar_fwd, "planar_forward", "stride_ak", f"{label},forward"),
+                (conv_planar_dgrad, "planar_input_grad", "stride_am", f"{label},input_grad")):
+            ints = tuple(name for name in planar_ints if name != unit_stride)
+            sig = {"a_ptr": f"*{dt}", "b_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "out_ptr": f"*{dt}", **_ints(*ints),
+                   "negative_slope": "fp32"}
+            cases.append(gemm_case(tuned, sig, dict(HAS_BIAS=tuned is conv_planar_fwd, ACTIVATION=ACT_RELU.value,
+                                                    VEC=vec, stride_bp=1, stride_op=1, **{unit_stride: 1}),
+                                   tuple(name for name in ints if name != "G"), pass_name, case_label))
         sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints("N", "HW", "Cg", "Kg", "stride_dyn", "stride_dyk", "stride_xn", "stride_xc", "stride_dwk")}
         cases.append(gemm_case(conv_planar_wgrad, sig, dict(VEC=vec, stride_dyp=1, stride_xp=1, stride_dwc=1),
@@ -175,13 +172,17 @@ def _depthwise_cases():
     """The depthwise kernels in bf16 (they compute in fp32 whatever the storage) as a
     GPU launch specialises them, for a MobileNet layer (144 channels, 56x56, 3x3)
     in channels_last (channel stride 1, the others multiples of 16) and NCHW
-    (pixel stride 1), and a 7x7 (ConvNeXt; the widest kernel of the path) in
-    channels_last."""
+    (pixel stride 1), a 7x7 (ConvNeXt; the widest kernel of the path) in
+    channels_last, and the NCHW 3x3 with int64 offsets."""
     cases = []
-    for layout, kernel_size in (("channels_last", 3), ("nchw", 3), ("channels_last", 7)):
+    for layout, kernel_size, index_64 in (("channels_last", 3, False), ("nchw", 3, False),
+                                          ("channels_last", 7, False), ("nchw", 3, True)):
         contiguous = layout == "channels_last"
         unit = "c" if contiguous else "w"            # the stride a launch specialises to 1
-        label = f"bf16,{layout},{kernel_size}x{kernel_size}"
+        label = f"bf16,{layout},{kernel_size}x{kernel_size}" + (",int64" if index_64 else "")
+
+        def expect(pass_name):                       # no budgets for int64 offsets
+            return {} if index_64 else _DEPTHWISE_EXPECT[(pass_name, layout, kernel_size)]
 
         def strides(prefix, axes):
             names = _strides(prefix, axes)
@@ -189,7 +190,7 @@ def _depthwise_cases():
                     tuple(n for n in names if not n.endswith(unit)))
         (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = strides("x", "nchw"), strides("y", "nchw"), strides("dy", "ncpq")
         (dxs, dx1, dxd), ws = strides("dx", "nchw"), _ints(*_strides("w", "crs"))
-        geometry = dict(R=kernel_size, S=kernel_size, INDEX_64=False)
+        geometry = dict(R=kernel_size, S=kernel_size, INDEX_64=index_64)
         tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, interpreter=False)
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
         sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
@@ -197,12 +198,12 @@ def _depthwise_cases():
         cases.append(CompileCase(_conv_fwd_depthwise_kernel, sig,
                                  dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, **x1, **y1, **geometry, **tiles),
                                  label=label, divisible=("C", *xd, *yd),
-                                 expect=_DEPTHWISE_EXPECT[("forward", layout, kernel_size)]))
+                                 expect=expect("forward")))
         sig = {"dy_ptr": "*bf16", "w_ptr": "*bf16", "dx_ptr": "*bf16",
                **_ints("H", "W", "P", "Q", "C", *_CONV), **dys, **ws, **dxs}
         cases.append(CompileCase(_conv_dgrad_depthwise_kernel, sig, dict(**dy1, **dx1, **geometry, **tiles),
                                  label=label, divisible=("C", *dyd, *dxd),
-                                 expect=_DEPTHWISE_EXPECT[("input_grad", layout, kernel_size)]))
+                                 expect=expect("input_grad")))
         wtaps = 16 if kernel_size == 3 else 64         # R*S rounded up to a power of two
         tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, wtaps, interpreter=False)
         sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": "*bf16", "part_ptr": "*fp32", "ticket_ptr": "*i32",
@@ -210,7 +211,7 @@ def _depthwise_cases():
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
         cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig, dict(TAPS=wtaps, **tiles, **dy1, **x1, **geometry),
                                  label=label, divisible=("C", *dyd, *xd),
-                                 expect=_DEPTHWISE_EXPECT[("weight_grad", layout, kernel_size)]))
+                                 expect=expect("weight_grad")))
     return cases
 
 

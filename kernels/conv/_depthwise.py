@@ -35,8 +35,20 @@ from ._gemm import _split_steps
 def _offsets(index, stride, INDEX_64: tl.constexpr):
     """index * stride within one image: int32, or int64 with INDEX_64."""
     if INDEX_64:
-        return index.to(tl.int64) * stride
+        index = index.to(tl.int64)
     return index * stride
+
+
+@triton.jit
+def _patch(pid, rows, cols, TILE_P: tl.constexpr, TILE_Q: tl.constexpr):
+    """Program ``pid`` of a grid whose fastest part walks the (TILE_P, TILE_Q)
+    patches of a rows x cols pixel grid: (pid // patches, the patch's row indices,
+    its column indices)."""
+    patches_q = tl.cdiv(cols, TILE_Q)
+    patches = tl.cdiv(rows, TILE_P) * patches_q
+    patch = pid % patches
+    return (pid // patches, patch // patches_q * TILE_P + tl.arange(0, TILE_P),
+            patch % patches_q * TILE_Q + tl.arange(0, TILE_Q))
 
 
 @triton.jit
@@ -53,12 +65,7 @@ def _conv_fwd_depthwise_kernel(
     """x: (N, C, H, W); w: (C, 1, R, S); b: (C,); y: (N, C, P, Q); strides.
     Program (n * patches + patch, c_block): y over one (TILE_P, TILE_Q) patch of
     output pixels and BLOCK_C channels."""
-    patches_q = tl.cdiv(Q, TILE_Q)
-    patches = tl.cdiv(P, TILE_P) * patches_q
-    pid = tl.program_id(0)
-    n = pid // patches
-    offs_p = (pid % patches) // patches_q * TILE_P + tl.arange(0, TILE_P)
-    offs_q = (pid % patches) % patches_q * TILE_Q + tl.arange(0, TILE_Q)
+    n, offs_p, offs_q = _patch(tl.program_id(0), P, Q, TILE_P, TILE_Q)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     x_img = x_ptr + n.to(tl.int64) * stride_xn
@@ -99,15 +106,12 @@ def _conv_dgrad_depthwise_kernel(
     (((n * phases + phase) * patches_i + i) * patches_j + j, c_block): dx over a
     (TILE_P, TILE_Q) patch of the input pixels of one stride phase,
     (phase // sw + i * sh, phase % sw + j * sw), and BLOCK_C channels."""
-    patches_j = tl.cdiv(tl.cdiv(W, stride_w), TILE_Q)
-    patches = tl.cdiv(tl.cdiv(H, stride_h), TILE_P) * patches_j
-    pid = tl.program_id(0)
-    phase = (pid // patches) % (stride_h * stride_w)
-    n = pid // patches // (stride_h * stride_w)
+    image_phase, offs_i, offs_j = _patch(tl.program_id(0), tl.cdiv(H, stride_h), tl.cdiv(W, stride_w),
+                                         TILE_P, TILE_Q)
+    phase = image_phase % (stride_h * stride_w)
+    n = image_phase // (stride_h * stride_w)
     phase_h = phase // stride_w
     phase_w = phase % stride_w
-    offs_i = (pid % patches) // patches_j * TILE_P + tl.arange(0, TILE_P)
-    offs_j = (pid % patches) % patches_j * TILE_Q + tl.arange(0, TILE_Q)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     dy_img = dy_ptr + n.to(tl.int64) * stride_dyn

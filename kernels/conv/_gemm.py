@@ -569,7 +569,7 @@ def _conv_planar_gemm_kernel(
     mask_m = offs_m < Mg
     mask_p = offs_p < HWb
     a_ptrs = a_ptr + g.to(tl.int64) * stride_ag + offs_m[:, None] * stride_am + offs_k[None, :] * stride_ak
-    b_rows = _aligned(b_ptr, n.to(tl.int64) * stride_bn + ((g * Kr + offs_k) * (stride_bc // VEC * VEC)).to(tl.int64),
+    b_rows = _aligned(b_ptr, n.to(tl.int64) * stride_bn + (g * Kr + offs_k).to(tl.int64) * (stride_bc // VEC * VEC),
                       VEC)
     b_ptrs = b_rows[:, None] + offs_p[None, :] * stride_bp
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
@@ -579,12 +579,12 @@ def _conv_planar_gemm_kernel(
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_p[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
         a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += BLOCK_K * (stride_bc // VEC * VEC)
+        b_ptrs += (stride_bc // VEC * VEC).to(tl.int64) * BLOCK_K
     if HAS_BIAS:
         acc += tl.load(bias_ptr + g * Mg + offs_m, mask=mask_m, other=0.0).to(tl.float32)[:, None]
     acc = apply_activation(acc, ACTIVATION, negative_slope)
     out_rows = _aligned(out_ptr, n.to(tl.int64) * stride_on
-                        + ((g * Mg + offs_m) * (stride_oc // VEC * VEC)).to(tl.int64), VEC)
+                        + (g * Mg + offs_m).to(tl.int64) * (stride_oc // VEC * VEC), VEC)
     tl.store(out_rows[:, None] + offs_p[None, :] * stride_op, acc.to(out_ptr.dtype.element_ty),
              mask=mask_m[:, None] & mask_p[None, :])
 
@@ -618,20 +618,26 @@ def _conv_planar_wgrad_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < Kg
     mask_n = offs_n < Cg
-    dy_rows = _aligned(dy_ptr, ((g * Kg + offs_m) * (stride_dyk // VEC * VEC)).to(tl.int64), VEC)
-    x_cols = _aligned(x_ptr, ((g * Cg + offs_n) * (stride_xc // VEC * VEC)).to(tl.int64), VEC)
+    dy_rows = _aligned(dy_ptr, (g * Kg + offs_m).to(tl.int64) * (stride_dyk // VEC * VEC), VEC)
+    x_cols = _aligned(x_ptr, (g * Cg + offs_n).to(tl.int64) * (stride_xc // VEC * VEC), VEC)
     blocks = tl.cdiv(HWb, BLOCK_K)
     first, end = _split_steps(N * blocks)
+    # k-step position: image n and first pixel p0, advanced by adds and a select
+    n = (first // blocks).to(tl.int64)
+    p0 = first % blocks * BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for step in range(first, end):
-        n = (step // blocks).to(tl.int64)
-        pix = step % blocks * BLOCK_K + offs_k
+    for _ in range(first, end):
+        pix = p0 + offs_k
         mask_k = pix < HWb
         a = tl.load(dy_rows[:, None] + (n * (stride_dyn // VEC * VEC) + pix * stride_dyp)[None, :],
                     mask=mask_m[:, None] & mask_k[None, :], other=0.0)
         b = tl.load(x_cols[None, :] + (n * (stride_xn // VEC * VEC) + pix * stride_xp)[:, None],
                     mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+        p0 += BLOCK_K
+        next_image = p0 >= HWb
+        p0 = tl.where(next_image, 0, p0)
+        n += next_image.to(tl.int64)
     done = tl.num_programs(2) == 1
     if not done:
         acc, done = sum_splits(acc, part_ptr, ticket_ptr, BLOCK_M, BLOCK_N)

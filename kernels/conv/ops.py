@@ -7,9 +7,11 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
   when Cg < 16, e.g. an RGB stem), else the direct kernels;
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct;
-* a GEMM pass of a 1x1 unpadded stride-1 convolution whose operands have their
-  pixels at stride 1 (NCHW) runs on the planar kernels instead (``_planar``):
-  per image and group a plain GEMM over the (channels, pixels) matrices.
+* an implicit-GEMM pass ("gemm", not FLAT) of a 1x1 unpadded stride-1
+  convolution whose operands have their pixels at stride 1 (NCHW), with at
+  least ``PLANAR_MIN_PIXELS`` per image, runs on the planar kernels instead
+  (``_planar``): per image and group a plain GEMM over the (channels, pixels)
+  matrices.
 
 Layouts: every kernel takes strides, so any input (contiguous, channels_last,
 sliced, transposed, expanded gradients) runs without a copy, except the output
@@ -43,11 +45,13 @@ from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_d
                     conv_planar_wgrad, conv_wgrad_flat, conv_wgrad_gemm)
 
 GEMM_MIN_CHANNELS = 16
+PLANAR_MIN_PIXELS = 128      # below, a planar tile (up to 256 pixels wide) is mostly empty: the
+                             # implicit GEMM tiles N*H*W pixels instead (a guess until a GPU measures it)
 DEPTHWISE_MAX_KERNEL = 7      # the depthwise kernels unroll a row of taps (S) and tile R*S taps (weight gradient)
 MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 
 
-def conv_paths(in_channels: int, out_channels: int, groups: int, kernel_size=(1, 1)) -> dict:
+def conv_paths(in_channels: int, out_channels: int, groups: int, kernel_size) -> dict:
     """{"forward", "input_grad", "weight_grad"} -> "gemm", "gemm-flat", "depthwise" or
     "direct", for a kernel of ``kernel_size`` (R, S)."""
     cg, kg = in_channels // groups, out_channels // groups
@@ -123,11 +127,17 @@ def _pixel_stride(t: torch.Tensor) -> int | None:
 
 
 def _planar(geo, *tensors) -> bool:
-    """The planar path of a 1x1 unpadded stride-1 convolution: every tensor has its
-    H*W pixels at stride 1 (NCHW and its batch / channel slices), so that each
-    image is a (channels, pixels) matrix the GEMM reads and writes in place; its
-    grid holds N * groups on axis 1."""
-    return geo.pointwise and geo.N * geo.groups <= 65535 and all(_pixel_stride(t) == 1 for t in tensors)
+    """The planar path of a 1x1 unpadded stride-1 convolution of images of at least
+    ``PLANAR_MIN_PIXELS`` pixels: every tensor has its H*W pixels at stride 1 (NCHW
+    and its batch / channel slices), so that each image is a (channels, pixels)
+    matrix the GEMM reads and writes in place."""
+    return (geo.pointwise and geo.H * geo.W >= PLANAR_MIN_PIXELS
+            and all(_pixel_stride(t) == 1 for t in tensors))
+
+
+def _planar_grid_fits(geo) -> bool:
+    """The planar forward / input gradient grids hold N * groups on axis 1."""
+    return geo.N * geo.groups <= 65535
 
 
 def _planar_vec(tensors, pixels: int) -> int:
@@ -228,9 +238,9 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
     to 64 channels by a patch up to 8 pixels wide, 4096 elements (the weight
     gradient's (``taps``, pixels, channels) tile: 8192); else (pixel rows are
     contiguous) 8 channels by a patch up to 32 pixels wide, half the elements.
-    Each thread then holds 4 pixels of 8 channels, so that the weights it loads
-    per tap serve 32 multiply-adds; half that for kernels wider than 3, whose
-    row of taps' loads would not fit the registers. The interpreter gets 16x the
+    In channels_last each thread then holds 4 pixels of 8 channels, so that the
+    weights it loads per tap serve 32 multiply-adds; tiles are half as large for
+    kernels wider than 3, whose row of taps' loads would not fit the registers. The interpreter gets 16x the
     elements. ``interpreter``: the interpreter's tiles (None: when interpreting)."""
     scale = 16 if (interpreting() if interpreter is None else interpreter) else 1
     elements = scale * (4096 if channels_contiguous else 2048)
@@ -317,7 +327,8 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
                *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
                BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **common)
         return y
-    if geo.paths["forward"] == "gemm" and _planar(geo, x):
+    if geo.paths["forward"] == "gemm" and fmt == torch.contiguous_format and _planar(geo, x) \
+            and _planar_grid_fits(geo):
         y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
         _launch_planar(conv_planar_fwd, w, x, b, y, geo, geo.Kg, geo.Cg, (w.stride(0), w.stride(1)), activation,
                        negative_slope)
@@ -369,12 +380,10 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
                dy, w, dx, *geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs,
                *dy.stride(), *w.stride(), *dx.stride(), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
         return dx
-    if geo.paths["input_grad"] == "gemm" and geo.pointwise:
-        dx = torch.empty_like(x_like)
-        if _planar(geo, dy, dx):
-            _launch_planar(conv_planar_dgrad, w, dy, None, dx, geo, geo.Cg, geo.Kg, (w.stride(1), w.stride(0)),
-                           0, 0.0)
-            return dx
+    if geo.paths["input_grad"] == "gemm" and _planar(geo, dy, x_like) and _planar_grid_fits(geo):
+        dx = torch.empty_like(x_like)      # pixels at stride 1 as x_like's (or contiguous when x_like is not dense)
+        _launch_planar(conv_planar_dgrad, w, dy, None, dx, geo, geo.Cg, geo.Kg, (w.stride(1), w.stride(0)), 0, 0.0)
+        return dx
     dy, w = _gemm_operand(dy), _gemm_operand(w)
     dx = _gemm_buffer(x_like.shape, dy, fmt) if dy.device.type == "cuda" else torch.empty_like(x_like)
     vec = _vec([dy, w, dx], [geo.Cg, geo.Kg])
