@@ -52,7 +52,7 @@ def checks() -> list[Check]:
     import nnlib.functional as F
     conv = [  # (name, x shape, weight shape, stride, padding, dilation, groups)
         ("conv2d 3x3", (2, 16, 9, 9), (24, 16, 3, 3), 1, 1, 1, 1),
-        ("conv2d 1x1", (2, 32, 9, 8), (24, 32, 1, 1), 1, 0, 1, 1),
+        ("conv2d 1x1", (2, 32, 12, 11), (24, 32, 1, 1), 1, 0, 1, 1),
         ("conv2d 1x1 stride 2", (2, 32, 9, 9), (16, 32, 1, 1), 2, 0, 1, 1),
         ("conv2d stem 7x7/2", (2, 3, 17, 17), (16, 3, 7, 7), 2, 3, 1, 1),
         ("conv2d dilated 3x3 d2", (2, 16, 11, 11), (16, 16, 3, 3), 1, 2, 2, 1),
