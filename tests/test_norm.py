@@ -388,6 +388,19 @@ def test_launch_plans_cached_per_layout(plans, device):
     assert planned[0] and planned[1] and not planned[2], planned
 
 
+def test_output_strides_as_torch(device):
+    """Output strides (cached per layout) are torch's in every layout, batch norm's
+    rule included: a non-contiguous channels_last-dense input whose suggested memory
+    format is contiguous still gives a channels_last output."""
+    ambiguous = torch.randn(4, device=device).as_strided((1, 2, 1, 2), (4, 1, 1, 2))
+    inputs = [make_input((2, 4, 3, 5), torch.float32, device, layout)
+              for layout in ("contiguous", "channels_last", "transposed", "sliced")] + [ambiguous]
+    for x in inputs:
+        for ours, theirs in ((F.batch_norm(x, None, None, training=True), TF.batch_norm(x, None, None, training=True)),
+                             (F.group_norm(x, 2), TF.group_norm(x, 2)), (F.instance_norm(x), TF.instance_norm(x))):
+            assert ours.stride() == theirs.stride(), (x.shape, x.stride())
+
+
 @pytest.mark.parametrize("shape", [(32, 64, 112, 112), (32, 256, 56, 56), (32, 2048, 7, 7)])
 def test_gpu_plan_splits_resnet_batch_norm(shape):
     """The GPU tiling at ResNet-50 sizes: batch norm runs on many more programs than
