@@ -63,7 +63,8 @@ _CACHES = []       # the caches ``clear_caches`` empties
 def by_layout(build):
     """``build(layouts, *args) -> value`` as ``cached(tensors, *args)``: each tensor's
     layout, (shape, stride) or None for None, is passed in its place, and the value is
-    cached per distinct (layouts, *args) (args hashable; the CACHE_SIZE latest kept).
+    cached per distinct (layouts, *args) (args hashable; the CACHE_SIZE most recently
+    used kept).
     Symbolic sizes (SymInt, which a tracer passes: they do not hash) are built each
     time, not cached (torch.compile traces through functools.lru_cache)."""
     values = functools.lru_cache(maxsize=CACHE_SIZE)(build)
@@ -74,7 +75,7 @@ def by_layout(build):
         key = (tuple([None if t is None else (t.shape, t.stride()) for t in tensors]), *args)
         try:
             return values(*key)
-        except TypeError:       # a SymInt in the key
+        except TypeError:       # a SymInt in the key (a TypeError of build's own is raised again)
             return build(*key)
     return cached
 
@@ -101,6 +102,7 @@ def _describe(shape, stride, lead: int, chan: int):
 
 @by_layout
 def _mergeable(layouts, lead: int, chan: int) -> bool:
+    """``mergeable`` of a tensor of this layout."""
     return _describe(*layouts[0], lead, chan) is not None
 
 
@@ -356,8 +358,12 @@ class LaunchPlan:
     args: dict
 
 
-def _strides(prefix: str, stride) -> dict:
-    return {f"stride_{prefix}n": stride[0], f"stride_{prefix}c": stride[1], f"stride_{prefix}s": stride[2]}
+def _view_args(plan, prefixes: tuple, strides) -> dict:
+    """The plan's shape arguments and stride_{prefix}{n, c, s} of each tensor."""
+    args = plan.shape_args()
+    for prefix, stride in zip(prefixes, strides):
+        args.update({f"stride_{prefix}n": stride[0], f"stride_{prefix}c": stride[1], f"stride_{prefix}s": stride[2]})
+    return args
 
 
 def _index_64(layouts) -> bool:
@@ -383,9 +389,7 @@ def loop_launch(layouts, prefixes: tuple, running: bool, geom: Geometry, merging
     views = layouts[:len(prefixes)]
     sizes, strides = ncs_views(views, geom)
     plan = loop_plan(sizes, geom.groups, strides[0][1], strides[0][2], interpreter)
-    args = plan.shape_args()
-    for prefix, stride in zip(prefixes, strides):
-        args.update(_strides(prefix, stride))
+    args = _view_args(plan, prefixes, strides)
     if running:
         args["stride_rm"], args["stride_rv"] = (0 if l is None else running_stride(l) for l in layouts[-2:])
     args.update(GROUPED=plan.Cg > 1, INDEX_64=_index_64(views), **plan.blocks(merging), num_warps=NUM_WARPS)
@@ -400,9 +404,7 @@ def set_launch(layouts, prefixes: tuple, geom: Geometry, interpreter: bool) -> L
     plan = set_plan(sizes, geom.groups, strides[0][1], interpreter)
     if plan is None:
         return None
-    args = plan.shape_args()
-    for prefix, stride in zip(prefixes, strides):
-        args.update(_strides(prefix, stride))
+    args = _view_args(plan, prefixes, strides)
     args.update(INDEX_64=_index_64(layouts), **plan.constexprs(), num_warps=plan.num_warps)
     return LaunchPlan(plan, plan.grid, 0, args)
 

@@ -119,11 +119,12 @@ def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None,
     running = running_mean is not None
     counters = tickets(moments.device, 1)
     block_c = min(next_power_of_2(C), MERGE_CHANNELS)
+    stride_rm, stride_rv = (running_stride((t.shape, t.stride())) if running else 0
+                            for t in (running_mean, running_var))
     launch(_merge_kernel, (cdiv(C, block_c),), part_ptr=moments.contiguous(), mean_ptr=mean, rstd_ptr=rstd,
            count_ptr=count, rm_ptr=running_mean if running else mean, rv_ptr=running_var if running else rstd,
            nbt_ptr=num_batches_tracked if num_batches_tracked is not None else counters, ticket_ptr=counters, C=C,
-           num_parts=P, stride_rm=running_stride((running_mean.shape, running_mean.stride())) if running else 0,
-           stride_rv=running_stride((running_var.shape, running_var.stride())) if running else 0, momentum=float(momentum), eps=float(eps),
+           num_parts=P, stride_rm=stride_rm, stride_rv=stride_rv, momentum=float(momentum), eps=float(eps),
            RUNNING=running, CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, BLOCK_C=block_c,
            BLOCK_K=max(1, MERGE_TILE // block_c))
     return mean, rstd, count
