@@ -17,7 +17,6 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 import nnlib
 import nnlib.functional as F
 from kernels.norm import _plan as norm_plan
-from kernels.norm import ops as norm_ops
 from kernels._reduce import tickets
 from kernels._runtime import count_launches, needs_int64
 from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
@@ -299,8 +298,8 @@ def test_mixed_precision_parameters(name, dtype, device):
 
 @pytest.fixture
 def plans(monkeypatch):
-    """Records the looped and single-read plans that the calls use (their caches
-    cleared, so every call plans)."""
+    """Records the looped and single-read plans that the calls use (the plan caches
+    cleared before and after, so that the calls plan under the test's constants)."""
     recorded = []
 
     def recording(planner):
@@ -309,11 +308,10 @@ def plans(monkeypatch):
             return recorded[-1]
         return plan
     for name in ("loop_plan", "set_plan"):
-        getattr(norm_plan, name).cache_clear()
-        monkeypatch.setattr(norm_ops, name, recording(getattr(norm_plan, name)))
+        monkeypatch.setattr(norm_plan, name, recording(getattr(norm_plan, name)))
+    norm_plan.clear_caches()
     yield recorded
-    for name in ("loop_plan", "set_plan"):
-        getattr(norm_plan, name).cache_clear()
+    norm_plan.clear_caches()
 
 
 @pytest.mark.parametrize("name", NORMS)
@@ -376,6 +374,31 @@ def test_single_read_on_several_programs(name, shape, plans, monkeypatch, device
     assert launches.counts["_set_fwd_kernel"] == 1 and launches.counts["_set_bwd_kernel"] == 1
     assert launches.counts["_sum_partials_kernel"] == 1 and launches.total == 3
     assert max(p.num_n_chunks for p in plans if isinstance(p, norm_plan.SetPlan)) > 1
+
+
+def test_launch_plans_cached_per_layout(plans, device):
+    """Launch plans are cached by layout: one shape in two layouts plans twice and
+    is right both times (its strides are in the key); a repeated call plans nothing."""
+    w, b = _params(6, torch.float32, device)
+    planned = []
+    for layout in ("contiguous", "channels_last", "contiguous"):
+        x = make_input((3, 6, 5, 7), torch.float32, device, layout, requires_grad=True)
+        _check_batch_norm(x, w, b, _running(6, torch.float32, device), True)
+        planned.append(len(plans) - sum(planned))
+    assert planned[0] and planned[1] and not planned[2], planned
+
+
+def test_output_strides_as_torch(device):
+    """Output strides (cached per layout) are torch's in every layout, batch norm's
+    rule included: a non-contiguous channels_last-dense input whose suggested memory
+    format is contiguous still gives a channels_last output."""
+    ambiguous = torch.randn(4, device=device).as_strided((1, 2, 1, 2), (4, 1, 1, 2))
+    inputs = [make_input((2, 4, 3, 5), torch.float32, device, layout)
+              for layout in ("contiguous", "channels_last", "transposed", "sliced")] + [ambiguous]
+    for x in inputs:
+        for ours, theirs in ((F.batch_norm(x, None, None, training=True), TF.batch_norm(x, None, None, training=True)),
+                             (F.group_norm(x, 2), TF.group_norm(x, 2)), (F.instance_norm(x), TF.instance_norm(x))):
+            assert ours.stride() == theirs.stride(), (x.shape, x.stride())
 
 
 @pytest.mark.parametrize("shape", [(32, 64, 112, 112), (32, 256, 56, 56), (32, 2048, 7, 7)])
@@ -480,7 +503,7 @@ def test_launch_and_device_op_budgets(name, monkeypatch, device):
     counters are back at zero after each launch."""
     if name == "layer-looped":
         monkeypatch.setattr(norm_plan, "SET_LIMIT", 0)
-        norm_plan.set_plan.cache_clear()
+        norm_plan.clear_caches()
     fwd_budget, bwd_budget, call, shape, channels_last = _budget_calls(device)[name]
     C = 6
     x = make_input(shape, torch.float32, device, "channels_last" if channels_last else "contiguous",
@@ -498,7 +521,7 @@ def test_launch_and_device_op_budgets(name, monkeypatch, device):
     assert forward.total == fwd_budget and not forward_ops, (forward, forward_ops)
     assert backward.total == bwd_budget and not backward_ops, (backward, backward_ops)
     assert not tickets(x.device, 1).any(), "a ticket counter was left non-zero"
-    norm_plan.set_plan.cache_clear()
+    norm_plan.clear_caches()
 
 
 @pytest.mark.parametrize("training", [True, False])

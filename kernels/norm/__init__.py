@@ -17,7 +17,8 @@ layer norm     (leading, normalized, 1)      1       yes          "channel"
 channels_last is other strides (batch norm folds n into S there).
 
 * ``_kernels``: the Triton kernels.
-* ``_plan``: views, tilings (looped and single-read), the ticket counters.
+* ``_plan``: views, tilings (looped and single-read), and the launch plans built
+  from them, cached per call layout (``by_layout``).
 * ``ops``: the primitives (launchers taking schema types only), the operators
   registered from them (``norm_statistics_op``, ``norm_apply_op``, ...) and the
   entry points ``batch_norm``, ...

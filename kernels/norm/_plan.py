@@ -1,14 +1,17 @@
 """How a norm call is laid out: its (N, C, S) views, the tiling of the looped
-and single-read paths, and the ticket counters the kernels merge with. Plans
-depend only on sizes and strides (cached)."""
+and single-read paths, the ticket counters the kernels merge with, and the
+launch plans built from them. Everything here depends only on sizes, strides
+and the call's geometry, and is cached by them (``by_layout``)."""
 from __future__ import annotations
 
 import functools
+import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from .._runtime import cdiv, merge_dims, next_power_of_2, suggest_memory_format
+from .._runtime import cdiv, max_offset_of, memory_format_of, merge_dims, next_power_of_2
 
 # Tiling. A GPU tile holds TILE elements (8 per thread at NUM_WARPS warps: 16-byte
 # accesses of 2-byte types); the interpreter, which pays per program and per loop
@@ -37,15 +40,16 @@ NUM_WARPS = 8
 SET_LIMIT = 4096
 SET_TILE = 2048
 ROW_PROGRAMS = 256
+CACHE_SIZE = 4096           # entries per layout cache
 
 
-@dataclass(frozen=True)
-class Geometry:
+class Geometry(NamedTuple):
     """How a norm reads its input. Dims [0, lead) form n, [lead, lead + chan) the
     channels, the rest S, each merged through strides. Statistics cover ``groups``
     groups of consecutive channels, per sample (``per_sample``) or over the whole
     batch; the output keeps a channels_last input's memory format when
-    ``keep_format``, else it is contiguous (as torch)."""
+    ``keep_format``, else it is contiguous (as torch). A named tuple: built, hashed
+    and compared (a plan cache key) at C speed."""
     lead: int
     chan: int
     groups: int
@@ -53,17 +57,38 @@ class Geometry:
     keep_format: bool
 
 
-def _describe(t: torch.Tensor, geom: Geometry):
-    """((N, C, S), (stride_n, stride_c, stride_s)) of ``t``, or None when a part's dims
-    cannot be merged into one stride. Cached by layout (symbolic sizes, which a
-    tracer passes, are not)."""
-    shape, stride = tuple(t.shape), t.stride()
-    if all(type(n) is int for n in shape + stride):
-        return _cached_layout(shape, stride, geom.lead, geom.chan)
-    return _describe_layout(shape, stride, geom.lead, geom.chan)
+_CACHES = []       # the caches ``clear_caches`` empties
 
 
-def _describe_layout(shape: tuple, stride: tuple, lead: int, chan: int):
+def by_layout(build):
+    """``build(layouts, *args) -> value`` as ``cached(tensors, *args)``: each tensor's
+    layout, (shape, stride) or None for None, is passed in its place, and the value is
+    cached per distinct (layouts, *args) (args hashable; the CACHE_SIZE most recently
+    used kept).
+    Symbolic sizes (SymInt, which a tracer passes: they do not hash) are built each
+    time, not cached (torch.compile traces through functools.lru_cache)."""
+    values = functools.lru_cache(maxsize=CACHE_SIZE)(build)
+    _CACHES.append(values)
+
+    @functools.wraps(build)
+    def cached(tensors, *args):
+        key = (tuple([None if t is None else (t.shape, t.stride()) for t in tensors]), *args)
+        try:
+            return values(*key)
+        except TypeError:       # a SymInt in the key (a TypeError of build's own is raised again)
+            return build(*key)
+    return cached
+
+
+def clear_caches() -> None:
+    """Empty every plan cache (tests that change the tiling constants call it)."""
+    for values in _CACHES:
+        values.cache_clear()
+
+
+def _describe(shape, stride, lead: int, chan: int):
+    """((N, C, S), (stride_n, stride_c, stride_s)) of a tensor of this layout, or None
+    when a part's dims cannot be merged into one stride."""
     bounds = (0, lead, lead + chan, len(shape))
     sizes, strides = [], []
     for lo, hi in zip(bounds, bounds[1:]):
@@ -75,30 +100,33 @@ def _describe_layout(shape: tuple, stride: tuple, lead: int, chan: int):
     return tuple(sizes), tuple(strides)
 
 
-_cached_layout = functools.lru_cache(maxsize=4096)(_describe_layout)
+@by_layout
+def _mergeable(layouts, lead: int, chan: int) -> bool:
+    """``mergeable`` of a tensor of this layout."""
+    return _describe(*layouts[0], lead, chan) is not None
 
 
 def mergeable(t: torch.Tensor, geom: Geometry) -> bool:
     """True when the kernels can read ``t`` as (N, C, S) through strides (no copy)."""
-    return _describe(t, geom) is not None
+    return _mergeable((t,), geom.lead, geom.chan)
 
 
-def ncs_views(tensors, geom: Geometry, fold: bool = True):
-    """Describe tensors of one shape (None allowed; each must be ``mergeable``) as
-    (N, C, S): returns ((N, C, S), strides per tensor, (0, 0, 0) for None). With
-    ``fold``, batch statistics fold n into S, (1, C, N * S), where every tensor allows
-    it (channels_last)."""
+def ncs_views(layouts, geom: Geometry):
+    """Describe the layouts of tensors of one shape (None allowed; each ``mergeable``)
+    as (N, C, S): returns ((N, C, S), strides per tensor, (0, 0, 0) for None). Batch
+    statistics fold n into S, (1, C, N * S), where every tensor allows it
+    (channels_last)."""
     strides, sizes = [], None
-    for t in tensors:
-        if t is None:
+    for layout in layouts:
+        if layout is None:
             strides.append((0, 0, 0))
             continue
-        sizes, stride = _describe(t, geom)
+        sizes, stride = _describe(*layout, geom.lead, geom.chan)
         strides.append(stride)
     N, C, S = sizes
-    if fold and not geom.per_sample and N > 1:
-        merged = [None if t is None else merge_dims((N, S), (st[0], st[2])) for t, st in zip(tensors, strides)]
-        if all(m is not None for t, m in zip(tensors, merged) if t is not None):
+    if not geom.per_sample and N > 1:
+        merged = [None if l is None else merge_dims((N, S), (st[0], st[2])) for l, st in zip(layouts, strides)]
+        if all(m is not None for l, m in zip(layouts, merged) if l is not None):
             sizes = (1, C, N * S)
             strides = [st if m is None else (0, st[1], m[1]) for st, m in zip(strides, merged)]
     return sizes, strides
@@ -109,14 +137,23 @@ def empty_output(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     the memory format torch suggests for x; batch norm that, or channels_last
     whenever x is a non-contiguous channels_last-dense tensor (torch's kernel
     tests that first)."""
+    return torch.empty_strided(x.shape, _output_stride((x,), geom.keep_format, geom.per_sample), dtype=x.dtype,
+                               device=x.device)
+
+
+@by_layout
+def _output_stride(layouts, keep_format: bool, per_sample: bool) -> tuple:
+    """Strides of ``empty_output`` for an x of this layout."""
+    (shape, stride), = layouts
     fmt = torch.contiguous_format
-    if geom.keep_format:
-        fmt = suggest_memory_format(x)
-        channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(x.dim())
-        if (not geom.per_sample and channels_last is not None and not x.is_contiguous()
-                and x.is_contiguous(memory_format=channels_last)):
+    if keep_format:
+        fmt = memory_format_of(shape, stride)
+        channels_last = {4: torch.channels_last, 5: torch.channels_last_3d}.get(len(shape))
+        probe = torch.empty_strided(shape, stride, device="meta")
+        if (not per_sample and channels_last is not None and not probe.is_contiguous()
+                and probe.is_contiguous(memory_format=channels_last)):
             fmt = channels_last
-    return torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    return torch.empty(shape, device="meta", memory_format=fmt).stride()
 
 
 def _full_blocks(C: int, Cg: int, GPB: int, BPG: int, BLOCK_C: int) -> bool:
@@ -192,8 +229,8 @@ class LoopPlan:
         return out
 
 
-@functools.lru_cache(maxsize=1024)
 def loop_plan(sizes, G: int, stride_c: int, stride_s: int, interpreter: bool) -> LoopPlan:
+    """The looped tiling of (N, C, S) in G groups, x's channel and position strides."""
     N, C, S = sizes
     tile = INTERPRETER_TILE if interpreter else TILE
     Cg = C // G
@@ -268,7 +305,6 @@ class SetPlan:
                     BLOCK_G=self.BLOCK_G, FULL_BLOCKS=_full_blocks(self.C, self.Cg, self.GPB, 1, self.BLOCK_C))
 
 
-@functools.lru_cache(maxsize=1024)
 def set_plan(sizes, G: int, stride_c: int, interpreter: bool) -> SetPlan | None:
     """The single-read tiling of per-sample statistics, or None when a set (Cg * S
     elements, padded to powers of two) is larger than SET_LIMIT, or when channels
@@ -305,3 +341,85 @@ def set_plan(sizes, G: int, stride_c: int, interpreter: bool) -> SetPlan | None:
     num_n_chunks = cdiv(N, n_per_prog)
     warps = min(NUM_WARPS, max(1, block_m * block_c // 256))
     return SetPlan(N, C, S, G, S == 1 and G == 1, block_m, block_c, block_g, gpb, n_per_prog, num_n_chunks, warps)
+
+
+# ---------------------------------------------------------------------------
+# Launch plans: what a launch passes that depends only on the call's layouts
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """One launch of a norm kernel, as far as its layouts decide it: the tiling
+    (LoopPlan or SetPlan), grid, ticket counters it may use, and its keyword
+    arguments that depend only on layouts (shape arguments, strides, tiling
+    constexprs, INDEX_64, num_warps). Read-only: a launch spreads ``args``."""
+    tiling: LoopPlan | SetPlan
+    grid: tuple
+    tickets: int
+    args: dict
+
+
+def _view_args(plan, prefixes: tuple, strides) -> dict:
+    """The plan's shape arguments and stride_{prefix}{n, c, s} of each tensor."""
+    args = plan.shape_args()
+    for prefix, stride in zip(prefixes, strides):
+        args.update({f"stride_{prefix}n": stride[0], f"stride_{prefix}c": stride[1], f"stride_{prefix}s": stride[2]})
+    return args
+
+
+def _index_64(layouts) -> bool:
+    """True when some offset into tensors of these layouts does not fit in int32."""
+    return any(layout is not None and max_offset_of(*layout) >= 2**31 - 1 for layout in layouts)
+
+
+def running_stride(layout) -> int:
+    """Element stride of running statistics (C elements in one arithmetic progression)."""
+    merged = merge_dims(*layout)
+    if merged is None:
+        raise RuntimeError("running statistics must be a 1-D view (one stride) of C elements")
+    return merged[1]
+
+
+@by_layout
+def loop_launch(layouts, prefixes: tuple, running: bool, geom: Geometry, merging: bool,
+                interpreter: bool) -> LaunchPlan:
+    """The plan of a looped kernel's launch. Tensors: the activation-sized ones that
+    ``prefixes`` name (x first: the tiling follows its strides; None allowed), then
+    with ``running`` the running mean and variance (None allowed: stride 0).
+    ``merging``: the kernel merges partials (BLOCK_K)."""
+    views = layouts[:len(prefixes)]
+    sizes, strides = ncs_views(views, geom)
+    plan = loop_plan(sizes, geom.groups, strides[0][1], strides[0][2], interpreter)
+    args = _view_args(plan, prefixes, strides)
+    if running:
+        args["stride_rm"], args["stride_rv"] = (0 if l is None else running_stride(l) for l in layouts[-2:])
+    args.update(GROUPED=plan.Cg > 1, INDEX_64=_index_64(views), **plan.blocks(merging), num_warps=NUM_WARPS)
+    return LaunchPlan(plan, plan.grid, plan.tickets(), args)
+
+
+@by_layout
+def set_launch(layouts, prefixes: tuple, geom: Geometry, interpreter: bool) -> LaunchPlan | None:
+    """The plan of a single-read kernel's launch over the tensors ``prefixes`` names
+    (x first), or None when the sets do not fit (``set_plan``)."""
+    sizes, strides = ncs_views(layouts, geom)
+    plan = set_plan(sizes, geom.groups, strides[0][1], interpreter)
+    if plan is None:
+        return None
+    args = _view_args(plan, prefixes, strides)
+    args.update(INDEX_64=_index_64(layouts), **plan.constexprs(), num_warps=plan.num_warps)
+    return LaunchPlan(plan, plan.grid, 0, args)
+
+
+@by_layout
+def fits_single_read(layouts, geom: Geometry, interpreter: bool) -> bool:
+    """True when each per-sample statistic's set of a tensor of this layout (or of its
+    contiguous copy, when the kernels cannot read it through strides) fits the
+    single-read kernels."""
+    (shape, stride), = layouts
+    described = _describe(shape, stride, geom.lead, geom.chan)
+    if described is not None:
+        sizes, stride_c = described[0], described[1][1]
+    else:
+        lead, chan = geom.lead, geom.chan
+        sizes = (math.prod(shape[:lead]), math.prod(shape[lead:lead + chan]), math.prod(shape[lead + chan:]))
+        stride_c = sizes[2]
+    return set_plan(sizes, geom.groups, stride_c, interpreter) is not None

@@ -29,12 +29,12 @@ import torch.nn.functional as TF
 
 from .._library import Operator
 from .._reduce import sum_partials, tickets
-from .._runtime import cdiv, interpreting, launch, merge_dims, needs_int64, next_power_of_2
+from .._runtime import cdiv, interpreting, launch, next_power_of_2
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from ._kernels import (_bwd_dx_kernel, _bwd_reduce_kernel, _merge_kernel, _normalize_kernel, _set_bwd_kernel,
                        _set_fwd_kernel, _stats_kernel)
-from ._plan import (MERGE_CHANNELS, MERGE_TILE, NUM_WARPS, Geometry, empty_output, loop_plan, mergeable, ncs_views,
-                    set_plan)
+from ._plan import (MERGE_CHANNELS, MERGE_TILE, Geometry, empty_output, fits_single_read, loop_launch, mergeable,
+                    running_stride, set_launch)
 
 __all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
            "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
@@ -44,19 +44,7 @@ __all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply"
 
 def _vector(t):
     """weight / bias as the C consecutive elements the kernels read (one copy when strided)."""
-    return None if t is None else t.reshape(-1).contiguous()
-
-
-def _running_stride(t) -> int:
-    """Element stride of running statistics (C elements in one arithmetic progression)."""
-    merged = merge_dims(t.shape, t.stride())
-    if merged is None:
-        raise RuntimeError("running statistics must be a 1-D view (one stride) of C elements")
-    return merged[1]
-
-
-def _strides(prefix: str, stride) -> dict:
-    return {f"stride_{prefix}n": stride[0], f"stride_{prefix}c": stride[1], f"stride_{prefix}s": stride[2]}
+    return None if t is None else t.contiguous()
 
 
 def _stats_options(x):
@@ -103,23 +91,20 @@ def norm_moments(x: torch.Tensor, lead: int, chan: int, groups: int) -> torch.Te
 def _launch_statistics(x, mean, rstd, moments, running_mean, running_var, num_batches_tracked, geom: Geometry,
                        momentum, cumulative, eps) -> None:
     """The statistics launch of norm_statistics (``moments`` None) and norm_moments."""
-    sizes, (stride_x,) = ncs_views([x], geom)
-    plan = loop_plan(sizes, geom.groups, stride_x[1], stride_x[2], interpreting())
+    planned = loop_launch((x, running_mean, running_var), ("x",), True, geom, True, interpreting())
+    plan = planned.tiling
     num_stats, chunks = plan.num_stats(geom.per_sample), plan.chunks(geom.per_sample)
     running = running_mean is not None
     part = torch.empty(3 * num_stats * chunks + (num_stats if running and geom.per_sample else 0),
                        **_stats_options(x))
-    counters = tickets(x.device, plan.tickets())
-    launch(_stats_kernel, plan.grid, x_ptr=x, part_ptr=part, mean_ptr=mean, rstd_ptr=rstd,
+    counters = tickets(x.device, planned.tickets)
+    launch(_stats_kernel, planned.grid, x_ptr=x, part_ptr=part, mean_ptr=mean, rstd_ptr=rstd,
            moments_ptr=moments if moments is not None else mean, rm_ptr=running_mean if running else mean,
            rv_ptr=running_var if running else rstd,
            nbt_ptr=num_batches_tracked if num_batches_tracked is not None else counters, ticket_ptr=counters,
-           **plan.shape_args(), **_strides("x", stride_x),
-           stride_rm=_running_stride(running_mean) if running else 0,
-           stride_rv=_running_stride(running_var) if running else 0, momentum=float(momentum), eps=float(eps),
-           PER_SAMPLE=geom.per_sample, GROUPED=plan.Cg > 1, MOMENTS_OUT=moments is not None, RUNNING=running,
-           CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, INDEX_64=needs_int64(x),
-           **plan.blocks(merging=True), num_warps=NUM_WARPS)
+           **planned.args, momentum=float(momentum), eps=float(eps), PER_SAMPLE=geom.per_sample,
+           MOMENTS_OUT=moments is not None, RUNNING=running, CUMULATIVE=cumulative,
+           TRACK=num_batches_tracked is not None)
 
 
 def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
@@ -134,11 +119,12 @@ def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None,
     running = running_mean is not None
     counters = tickets(moments.device, 1)
     block_c = min(next_power_of_2(C), MERGE_CHANNELS)
+    stride_rm, stride_rv = (running_stride((t.shape, t.stride())) if running else 0
+                            for t in (running_mean, running_var))
     launch(_merge_kernel, (cdiv(C, block_c),), part_ptr=moments.contiguous(), mean_ptr=mean, rstd_ptr=rstd,
            count_ptr=count, rm_ptr=running_mean if running else mean, rv_ptr=running_var if running else rstd,
            nbt_ptr=num_batches_tracked if num_batches_tracked is not None else counters, ticket_ptr=counters, C=C,
-           num_parts=P, stride_rm=_running_stride(running_mean) if running else 0,
-           stride_rv=_running_stride(running_var) if running else 0, momentum=float(momentum), eps=float(eps),
+           num_parts=P, stride_rm=stride_rm, stride_rv=stride_rv, momentum=float(momentum), eps=float(eps),
            RUNNING=running, CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, BLOCK_C=block_c,
            BLOCK_K=max(1, MERGE_TILE // block_c))
     return mean, rstd, count
@@ -150,20 +136,16 @@ def _normalize(x, weight, bias, residual, mean, rstd, running_mean, running_var,
     y = empty_output(x, geom)
     if x.numel() == 0:
         return y
-    sizes, (stride_x, stride_y, stride_r) = ncs_views([x, y, residual], geom)
-    plan = loop_plan(sizes, geom.groups, stride_x[1], stride_x[2], interpreting())
+    planned = loop_launch((x, y, residual, running_mean, running_var), ("x", "y", "r"), True, geom, False,
+                          interpreting())
     w, b = _vector(weight), _vector(bias)
     running = running_mean is not None
-    launch(_normalize_kernel, plan.grid, x_ptr=x, y_ptr=y, res_ptr=residual if residual is not None else x,
+    launch(_normalize_kernel, planned.grid, x_ptr=x, y_ptr=y, res_ptr=residual if residual is not None else x,
            mean_ptr=mean, rstd_ptr=rstd, rm_ptr=running_mean if running else mean,
            rv_ptr=running_var if running else rstd, w_ptr=w if w is not None else mean,
-           b_ptr=b if b is not None else mean, **plan.shape_args(), **_strides("x", stride_x),
-           **_strides("y", stride_y), **_strides("r", stride_r),
-           stride_rm=_running_stride(running_mean) if running else 0,
-           stride_rv=_running_stride(running_var) if running else 0, eps=float(eps),
-           negative_slope=float(negative_slope), STATS_PER_SAMPLE=geom.per_sample, FROM_RUNNING=running,
-           GROUPED=plan.Cg > 1, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, HAS_RESIDUAL=residual is not None,
-           ACTIVATION=activation, INDEX_64=needs_int64(x, y, residual), **plan.blocks(), num_warps=NUM_WARPS)
+           b_ptr=b if b is not None else mean, **planned.args, eps=float(eps), negative_slope=float(negative_slope),
+           STATS_PER_SAMPLE=geom.per_sample, FROM_RUNNING=running, HAS_WEIGHT=w is not None,
+           HAS_BIAS=b is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation)
     return y
 
 
@@ -193,14 +175,7 @@ def norm_apply_running(x: torch.Tensor, running_mean: torch.Tensor, running_var:
 def single_read_fits(x: torch.Tensor, lead: int, chan: int, groups: int) -> bool:
     """True when each per-sample statistic's set of x (or of its contiguous copy, when
     the kernels cannot read x through strides) fits the single-read kernels."""
-    geom = Geometry(lead, chan, groups, True, False)
-    if x.numel() == 0:
-        return False
-    if mergeable(x, geom):
-        sizes, (stride_x,) = ncs_views([x], geom)
-        return set_plan(sizes, groups, stride_x[1], interpreting()) is not None
-    sizes = (math.prod(x.shape[:lead]), math.prod(x.shape[lead:lead + chan]), math.prod(x.shape[lead + chan:]))
-    return set_plan(sizes, groups, sizes[2], interpreting()) is not None
+    return x.numel() > 0 and fits_single_read((x,), Geometry(lead, chan, groups, True, False), interpreting())
 
 
 def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, lead: int, chan: int,
@@ -210,15 +185,13 @@ def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     (y, mean, rstd), mean / rstd (N * groups,) fp32. Needs ``single_read_fits``."""
     geom = Geometry(lead, chan, groups, True, keep_format)
     y = empty_output(x, geom)
-    sizes, (stride_x, stride_y) = ncs_views([x, y], geom)
-    plan = set_plan(sizes, groups, stride_x[1], interpreting())
-    mean, rstd = (torch.empty(plan.N * groups, **_stats_options(x)) for _ in range(2))
+    planned = set_launch((x, y), ("x", "y"), geom, interpreting())
+    mean, rstd = (torch.empty(planned.tiling.N * groups, **_stats_options(x)) for _ in range(2))
     w, b = _vector(weight), _vector(bias)
-    launch(_set_fwd_kernel, plan.grid, x_ptr=x, y_ptr=y, mean_ptr=mean, rstd_ptr=rstd,
-           w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean, **plan.shape_args(),
-           **_strides("x", stride_x), **_strides("y", stride_y), eps=float(eps), negative_slope=float(negative_slope),
-           HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, ACTIVATION=activation, INDEX_64=needs_int64(x, y),
-           **plan.constexprs(), num_warps=plan.num_warps)
+    launch(_set_fwd_kernel, planned.grid, x_ptr=x, y_ptr=y, mean_ptr=mean, rstd_ptr=rstd,
+           w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean, **planned.args, eps=float(eps),
+           negative_slope=float(negative_slope), HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+           ACTIVATION=activation)
     return y, mean, rstd
 
 
@@ -242,11 +215,10 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
     if need_x and batch_stats and per_sample and residual is None:
         geom = Geometry(lead, chan, groups, per_sample, False)
         dx = torch.empty_like(x)
-        sizes, (stride_x, stride_dy, stride_dx) = ncs_views([x, dy, dx], geom)
-        plan = set_plan(sizes, groups, stride_x[1], interpreting())
-        if plan is not None:
-            dw, db = _single_read_backward(plan, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd,
-                                           stride_x, stride_dy, stride_dx, activation, negative_slope)
+        planned = set_launch((x, dy, dx), ("x", "dy", "dx"), geom, interpreting())
+        if planned is not None:
+            dw, db = _single_read_backward(planned, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd,
+                                           activation, negative_slope)
             return dx, dw, db, None
     dx, dw, db, sums, g = norm_backward_reduce(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups,
                                                per_sample, batch_stats, activation, negative_slope, need_x,
@@ -257,20 +229,19 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
     return dx, dw, db, g
 
 
-def _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom: Geometry, activation, negative_slope):
-    """(plan, launch arguments) the two looped backward kernels share."""
-    sizes, strides = ncs_views([x, dy, residual, g, dx], geom)
-    plan = loop_plan(sizes, geom.groups, strides[0][1], strides[0][2], interpreting())
+def _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom: Geometry, merging: bool, activation,
+                     negative_slope):
+    """(launch plan, launch arguments) of a looped backward kernel (``merging``: the
+    reduction pass), the arguments both kernels share."""
+    planned = loop_launch((x, dy, residual, g, dx), ("x", "dy", "r", "g", "dx"), False, geom, merging,
+                          interpreting())
     w, b = _vector(weight), _vector(bias)
-    views = {"x": x, "dy": dy, "r": residual, "g": g, "dx": dx}
-    return plan, dict(
+    return planned, dict(
         x_ptr=x, dy_ptr=dy, res_ptr=residual if residual is not None else x, g_ptr=g if g is not None else x,
         dx_ptr=dx if dx is not None else x, mean_ptr=mean, rstd_ptr=rstd, w_ptr=w if w is not None else mean,
-        b_ptr=b if b is not None else mean, **plan.shape_args(),
-        **{k: v for prefix, st in zip(views, strides) for k, v in _strides(prefix, st).items()},
-        negative_slope=float(negative_slope), STATS_PER_SAMPLE=geom.per_sample, GROUPED=plan.Cg > 1,
-        HAS_WEIGHT=w is not None, HAS_BIAS=b is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation,
-        INDEX_64=needs_int64(*views.values()), num_warps=NUM_WARPS)
+        b_ptr=b if b is not None else mean, **planned.args, negative_slope=float(negative_slope),
+        STATS_PER_SAMPLE=geom.per_sample, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+        HAS_RESIDUAL=residual is not None, ACTIVATION=activation)
 
 
 def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -289,8 +260,9 @@ def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device) if need_weight else None
     db = torch.empty(bias.shape, dtype=bias.dtype, device=x.device) if need_bias else None
     stat_sums = batch_stats and need_x
-    plan, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, activation,
-                                  negative_slope)
+    planned, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, True, activation,
+                                     negative_slope)
+    plan = planned.tiling
     num_stats, chunks = plan.num_stats(per_sample), plan.chunks(per_sample)
     sums = torch.empty((2, num_stats), **_stats_options(x)) if stat_sums else None
     if not (need_weight or need_bias or stat_sums or write_g or dx is not None):
@@ -298,11 +270,11 @@ def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     rows = plan.num_n_chunks * plan.num_s_chunks
     part = torch.empty(2 * rows * plan.C * (need_weight or need_bias) + 2 * num_stats * chunks * stat_sums,
                        **_stats_options(x))
-    launch(_bwd_reduce_kernel, plan.grid, **args, part_ptr=part, dw_ptr=dw if dw is not None else mean,
+    launch(_bwd_reduce_kernel, planned.grid, **args, part_ptr=part, dw_ptr=dw if dw is not None else mean,
            db_ptr=db if db is not None else mean, s1_ptr=sums[0] if stat_sums else mean,
-           s2_ptr=sums[1] if stat_sums else mean, ticket_ptr=tickets(x.device, plan.tickets()),
+           s2_ptr=sums[1] if stat_sums else mean, ticket_ptr=tickets(x.device, planned.tickets),
            STAT_SUMS=stat_sums, WRITE_DW=need_weight, WRITE_DB=need_bias, WRITE_G=write_g,
-           WRITE_DX=dx is not None, **plan.blocks(merging=True))
+           WRITE_DX=dx is not None)
     return dx, dw, db, sums, g
 
 
@@ -316,20 +288,21 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
     count over all processes) or, when None, the elements per statistic of x."""
     geom = Geometry(lead, chan, groups, per_sample, False)
     dx = torch.empty_like(x)
-    plan, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, activation,
-                                  negative_slope)
-    launch(_bwd_dx_kernel, plan.grid, **args, s1_ptr=sums[0], s2_ptr=sums[1],
+    planned, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, False, activation,
+                                     negative_slope)
+    plan = planned.tiling
+    launch(_bwd_dx_kernel, planned.grid, **args, s1_ptr=sums[0], s2_ptr=sums[1],
            inv_count=1.0 / ((1 if per_sample else plan.N) * plan.Cg * plan.S),
-           count_ptr=count if count is not None else mean, READ_G=g is not None, DEVICE_COUNT=count is not None,
-           **plan.blocks())
+           count_ptr=count if count is not None else mean, READ_G=g is not None, DEVICE_COUNT=count is not None)
     return dx
 
 
-def _single_read_backward(plan, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd, stride_x, stride_dy,
-                          stride_dx, activation, negative_slope):
-    """The single-read backward: writes dx; returns (dweight, dbias) as asked, views of
-    one buffer the kernel fills (when it ran on one program per channel block) or a
-    column sum of its partials (a second launch)."""
+def _single_read_backward(planned, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd, activation,
+                          negative_slope):
+    """The single-read backward (``planned``: its set_launch plan): writes dx; returns
+    (dweight, dbias) as asked, views of one buffer the kernel fills (when it ran on
+    one program per channel block) or a column sum of its partials (a second launch)."""
+    plan = planned.tiling
     C = plan.C
     param = weight if need_weight else bias if need_bias else None
     if param is not None and plan.num_n_chunks == 1:
@@ -337,11 +310,10 @@ def _single_read_backward(plan, x, dy, dx, weight, bias, need_weight, need_bias,
     else:
         dwb = torch.empty((plan.num_n_chunks, 2 * C), **_stats_options(x))
     w, b = _vector(weight), _vector(bias)
-    launch(_set_bwd_kernel, plan.grid, x_ptr=x, dy_ptr=dy, mean_ptr=mean, rstd_ptr=rstd,
+    launch(_set_bwd_kernel, planned.grid, x_ptr=x, dy_ptr=dy, mean_ptr=mean, rstd_ptr=rstd,
            w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean, dx_ptr=dx, dwb_ptr=dwb,
-           **plan.shape_args(), **_strides("x", stride_x), **_strides("dy", stride_dy), **_strides("dx", stride_dx),
-           negative_slope=float(negative_slope), HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
-           ACTIVATION=activation, INDEX_64=needs_int64(x, dy, dx), **plan.constexprs(), num_warps=plan.num_warps)
+           **planned.args, negative_slope=float(negative_slope), HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
+           ACTIVATION=activation)
     if param is None:
         return None, None
     if plan.num_n_chunks > 1:
