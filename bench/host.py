@@ -71,7 +71,7 @@ class _DeviceOps(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if _is_view(func):
+        if _is_view(func) or any(t.device.type == "meta" for t in _tensors(out)):    # meta: no memory, no work
             return out
         name = func.overloadpacket.__name__
         if name not in _ALLOCATING:
