@@ -240,8 +240,9 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
     contiguous) 8 channels by a patch up to 32 pixels wide, half the elements.
     In channels_last each thread then holds 4 pixels of 8 channels, so that the
     weights it loads per tap serve 32 multiply-adds; tiles are half as large for
-    kernels wider than 3, whose row of taps' loads would not fit the registers. The interpreter gets 16x the
-    elements. ``interpreter``: the interpreter's tiles (None: when interpreting)."""
+    kernels wider than 3, whose row of taps' loads would not fit the registers.
+    The interpreter gets 16x the elements. ``interpreter``: the interpreter's
+    tiles (None: when interpreting)."""
     scale = 16 if (interpreting() if interpreter is None else interpreter) else 1
     elements = scale * (4096 if channels_contiguous else 2048)
     if taps > 1:
