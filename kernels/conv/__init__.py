@@ -169,20 +169,21 @@ _DEPTHWISE_EXPECT = {
 
 
 def _depthwise_cases():
-    """The depthwise kernels in bf16 (they compute in fp32 whatever the storage) as a
-    GPU launch specialises them, for a MobileNet layer (144 channels, 56x56, 3x3)
-    in channels_last (channel stride 1, the others multiples of 16) and NCHW
-    (pixel stride 1), a 7x7 (ConvNeXt; the widest kernel of the path) in
-    channels_last, and the NCHW 3x3 with int64 offsets."""
+    """The depthwise kernels as a GPU launch specialises them, for a MobileNet layer
+    (144 channels, 56x56, 3x3) in bf16, channels_last (channel stride 1, the others
+    multiples of 16) and NCHW (pixel stride 1); a 7x7 (ConvNeXt; the widest kernel
+    of the path) in channels_last; the NCHW 3x3 with int64 offsets; and fp32
+    channels_last (four-channel vectors: more registers per element)."""
     cases = []
-    for layout, kernel_size, index_64 in (("channels_last", 3, False), ("nchw", 3, False),
-                                          ("channels_last", 7, False), ("nchw", 3, True)):
+    for dt, layout, kernel_size, index_64 in (("bf16", "channels_last", 3, False), ("bf16", "nchw", 3, False),
+                                              ("bf16", "channels_last", 7, False), ("bf16", "nchw", 3, True),
+                                              ("fp32", "channels_last", 3, False)):
         contiguous = layout == "channels_last"
         unit = "c" if contiguous else "w"            # the stride a launch specialises to 1
-        label = f"bf16,{layout},{kernel_size}x{kernel_size}" + (",int64" if index_64 else "")
+        label = f"{dt},{layout},{kernel_size}x{kernel_size}" + (",int64" if index_64 else "")
 
-        def expect(pass_name):                       # no budgets for int64 offsets
-            return {} if index_64 else _DEPTHWISE_EXPECT[(pass_name, layout, kernel_size)]
+        def expect(pass_name):                       # budgets for the bf16 int32 cases
+            return _DEPTHWISE_EXPECT[(pass_name, layout, kernel_size)] if dt == "bf16" and not index_64 else {}
 
         def strides(prefix, axes):
             names = _strides(prefix, axes)
@@ -191,22 +192,24 @@ def _depthwise_cases():
         (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = strides("x", "nchw"), strides("y", "nchw"), strides("dy", "ncpq")
         (dxs, dx1, dxd), ws = strides("dx", "nchw"), _ints(*_strides("w", "crs"))
         geometry = dict(R=kernel_size, S=kernel_size, INDEX_64=index_64)
-        tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, interpreter=False)
+        tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, 4 if dt == "fp32" else 2,
+                                                   interpreter=False)
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
-        sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
+        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
                **_ints("H", "W", "P", "Q", "C", *_CONV), **xs, **ws, **ys, "negative_slope": "fp32"}
         cases.append(CompileCase(_conv_fwd_depthwise_kernel, sig,
                                  dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, **x1, **y1, **geometry, **tiles),
                                  label=label, divisible=("C", *xd, *yd),
                                  expect=expect("forward")))
-        sig = {"dy_ptr": "*bf16", "w_ptr": "*bf16", "dx_ptr": "*bf16",
+        sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
                **_ints("H", "W", "P", "Q", "C", *_CONV), **dys, **ws, **dxs}
         cases.append(CompileCase(_conv_dgrad_depthwise_kernel, sig, dict(**dy1, **dx1, **geometry, **tiles),
                                  label=label, divisible=("C", *dyd, *dxd),
                                  expect=expect("input_grad")))
         wtaps = 16 if kernel_size == 3 else 64         # R*S rounded up to a power of two
-        tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, wtaps, interpreter=False)
-        sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": "*bf16", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+        tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, 4 if dt == "fp32" else 2, wtaps,
+                                                   interpreter=False)
+        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints("N", "H", "W", "P", "Q", "C", *_CONV), **dys, **xs, **_ints(*_strides("dw", "crs"))}
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
         cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig, dict(TAPS=wtaps, **tiles, **dy1, **x1, **geometry),

@@ -232,19 +232,22 @@ def _direct_tiles(channels: int) -> tuple[int, int]:
 
 
 def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: bool, kernel_width: int,
-                     taps: int = 1, interpreter: bool | None = None) -> tuple[int, int, int]:
+                     element_size: int, taps: int = 1, interpreter: bool | None = None) -> tuple[int, int, int]:
     """(TILE_P, TILE_Q, BLOCK_C) of the depthwise kernels over ``rows`` x ``cols``
-    pixels. On a GPU, when channels are contiguous (16-byte channel vectors): up
-    to 64 channels by a patch up to 8 pixels wide, 4096 elements (the weight
-    gradient's (``taps``, pixels, channels) tile: 8192); else (pixel rows are
+    pixels of ``element_size``-byte elements. On a GPU, when channels are
+    contiguous (16-byte channel vectors): up to 64 channels by a patch up to 8
+    pixels wide, 8 KB of elements (4096 of 2 bytes; the weight gradient's
+    (``taps``, pixels, channels) tile: twice that); else (pixel rows are
     contiguous) 8 channels by a patch up to 32 pixels wide, half the elements.
-    In channels_last each thread then holds 4 pixels of 8 channels, so that the
-    weights it loads per tap serve 32 multiply-adds; tiles are half as large for
+    In channels_last each thread then holds four 16-byte channel vectors (4
+    pixels of 8 channels in 2-byte types), so that the weights it loads per tap
+    serve several pixels' multiply-adds; tiles are half as large for
     kernels wider than 3, whose row of taps' loads would not fit the registers.
-    The interpreter gets 16x the elements. ``interpreter``: the interpreter's
-    tiles (None: when interpreting)."""
+    The interpreter gets 16x the 2-byte count whatever the element size.
+    ``interpreter``: the interpreter's tiles (None: when interpreting)."""
     scale = 16 if (interpreting() if interpreter is None else interpreter) else 1
-    elements = scale * (4096 if channels_contiguous else 2048)
+    elements = (4096 if channels_contiguous else 2048) * scale if scale > 1 else \
+        (8192 if channels_contiguous else 4096) // element_size
     if taps > 1:
         elements = 2 * elements // taps
     elif kernel_width > 3:
@@ -313,7 +316,7 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     common = dict(HAS_BIAS=b is not None, ACTIVATION=activation)
     if geo.paths["forward"] == "depthwise":
         y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-        tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.stride(1) == 1, geo.S)
+        tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.stride(1) == 1, geo.S, x.element_size())
         launch(_conv_fwd_depthwise_kernel, (geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c)),
                x, w, y if b is None else b, y, geo.H, geo.W, geo.P, geo.Q, geo.K, *geo.conv_args(),
                *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), float(negative_slope),
@@ -366,7 +369,7 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
     if geo.paths["input_grad"] == "depthwise":
         dx = torch.empty_like(x_like)
         tile_p, tile_q, block_c = _depthwise_tiles(cdiv(geo.H, stride_h), cdiv(geo.W, stride_w), geo.C,
-                                                   dy.stride(1) == 1, geo.S)
+                                                   dy.stride(1) == 1, geo.S, dy.element_size())
         patches = cdiv(cdiv(geo.H, stride_h), tile_p) * cdiv(cdiv(geo.W, stride_w), tile_q)
         launch(_conv_dgrad_depthwise_kernel, (geo.N * phases * patches, cdiv(geo.C, block_c)),
                dy, w, dx, geo.H, geo.W, geo.P, geo.Q, geo.C, *geo.conv_args(),
@@ -415,7 +418,7 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     pixels = geo.N * geo.P * geo.Q
     if geo.paths["weight_grad"] == "depthwise":
         taps = next_power_of_2(geo.R * geo.S)
-        tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.stride(1) == 1, geo.S, taps)
+        tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.stride(1) == 1, geo.S, x.element_size(), taps)
         programs = cdiv(geo.C, block_c)
         splits = _splits(x.device, programs, geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q))
         part = torch.empty(programs * splits * taps * block_c if splits > 1 else 1, dtype=torch.float32,
