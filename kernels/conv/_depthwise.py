@@ -2,10 +2,10 @@
 group), register-blocked: forward, input gradient and weight gradient.
 
 A program owns a (TILE_P, TILE_Q) patch of pixels of one image by BLOCK_C
-channels. The kernel size (R, S) is a constexpr, so the taps unroll: each
-program loads its channels' R*S weights once (they stay in registers), and
-every tap is one masked load of the shifted patch, whose overlap with the
-other taps' patches the cache serves. In channels_last the channel axis is the
+channels. The kernel size (R, S) is a constexpr, so a row of taps unrolls: each
+program loads each of its channels' R*S weights once, into registers, for all
+its pixels, and every tap is one masked load of the shifted patch, whose
+overlap with the other taps' patches the cache serves. In channels_last the channel axis is the
 contiguous one and a thread's loads are 16-byte vectors of channels; in NCHW
 the pixel axis is. Bounds are checked per patch row and per patch column, not
 per element. Offsets within an image are int32 (int64 with ``INDEX_64``, which the
