@@ -4,8 +4,8 @@ Sets: the 23 distinct convolutions of ResNet-50 (batch 32, 224x224 input; the
 first is the 7x7 stride-2 RGB stem), the stems alone (ResNet-50's and VGG-16's
 3-channel first layers), VGG-16's 3x3 convolutions (batch 16), dilated 3x3
 (dilation 2, 4, 8; 256 channels at 64x64 and 512 at 32x32, batch 8),
-MobileNet-v2's depthwise 3x3 (batch 32), and conv + bias + ReLU fused against
-torch's conv followed by relu. NCHW and channels_last (input and weight), fp32
+MobileNet-v2's depthwise 3x3 and ConvNeXt-T's depthwise 7x7 (batch 32), and
+conv + bias + ReLU fused against torch's conv followed by relu. NCHW and channels_last (input and weight), fp32
 (same tf32 policy on both sides: torch.backends.cudnn.allow_tf32), fp16, bf16.
 ``flops`` is 2*N*K*P*Q*(C/groups)*R*S for every pass, so the report gives
 TFLOP/s and % of the bf16 matmul rate measured in the same run, and the
@@ -36,6 +36,8 @@ VGG16 = [(3, 224, 64), (64, 224, 64), (64, 112, 128), (128, 112, 128), (128, 56,
          (256, 28, 512), (512, 28, 512), (512, 14, 512)]
 DILATED = [(256, 64), (512, 32)]
 STEMS = [(3, 224, 64, 7, 2, 3), (3, 224, 64, 3, 1, 1)]      # ResNet-50's, VGG-16's
+# ConvNeXt-T depthwise 7x7, padding 3: (channels, input size).
+DEPTHWISE_7X7 = [(96, 56), (192, 28), (384, 14), (768, 7)]
 # MobileNet-v2 depthwise 3x3: (channels, input size, stride).
 DEPTHWISE = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 2),
              (384, 14, 1), (576, 14, 1), (576, 14, 2), (960, 7, 1)]
@@ -101,16 +103,19 @@ def _gpu_specs():
     specs += [("vgg16", Spec(16, c, h, k, 3, 1, 1)) for c, h, k in VGG16]
     specs += [("dilated", Spec(8, c, h, c, 3, 1, d, d)) for c, h in DILATED for d in (2, 4, 8)]
     specs += [("depthwise", Spec(32, c, h, c, 3, s, 1, groups=c)) for c, h, s in DEPTHWISE]
+    specs += [("depthwise-7x7", Spec(32, c, h, c, 7, 1, 3, groups=c)) for c, h in DEPTHWISE_7X7]
     specs += [("fused-bias-relu", Spec(32, c, h, k, 3, 1, 1, bias=True, relu=True)) for c, h, k in FUSED]
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (about twenty cases), channels_last
-# unless marked NCHW.
+# --quick: bf16, a few shapes per set and pass (about twenty-five cases), channels_last
+# unless marked NCHW ("contiguous": ResNet-50's 1x1 at 56x56 runs the planar GEMMs there).
 QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6, "forward"),
          ("resnet50", 22, "forward"), ("resnet50", 10, "forward", "contiguous"), ("stem", 0, "forward"),
+         ("resnet50", 1, "forward", "contiguous"), ("resnet50", 1, "weight_grad", "contiguous"),
          ("dilated", 0, "forward"), ("dilated", 4, "forward"), ("depthwise", 2, "forward"),
-         ("fused-bias-relu", 2, "forward"),
+         ("depthwise", 2, "forward", "contiguous"), ("depthwise-7x7", 1, "forward"),
+         ("depthwise-7x7", 1, "weight_grad"), ("fused-bias-relu", 2, "forward"),
          ("resnet50", 2, "input_grad"), ("resnet50", 22, "input_grad"), ("dilated", 0, "input_grad"),
          ("depthwise", 2, "input_grad"),
          ("resnet50", 2, "weight_grad"), ("resnet50", 15, "weight_grad"), ("resnet50", 22, "weight_grad"),
