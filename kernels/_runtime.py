@@ -303,9 +303,14 @@ def max_offset_of(shape, strides) -> int:
     return sum((n - 1) * abs(s) for n, s in zip(shape, strides))
 
 
+def offsets_need_int64(shape, strides) -> bool:
+    """True when some offset into a tensor of ``shape`` / ``strides`` does not fit in int32."""
+    return max_offset_of(shape, strides) >= 2**31 - 1
+
+
 def needs_int64(*tensors: torch.Tensor) -> bool:
     """True when some offset into these tensors does not fit in int32."""
-    return any(t is not None and max_offset(t) >= 2**31 - 1 for t in tensors)
+    return any(t is not None and offsets_need_int64(t.shape, t.stride()) for t in tensors)
 
 
 # ---------------------------------------------------------------------------

@@ -28,8 +28,8 @@ import triton
 import triton.language as tl
 
 from ._library import Operator
-from ._runtime import (CompileCase, cdiv, interpreting, launch, max_offset_of, memory_format_of, needs_int64,
-                       next_power_of_2, suggest_memory_format)
+from ._runtime import (CompileCase, cdiv, interpreting, launch, memory_format_of, needs_int64, next_power_of_2,
+                       offsets_need_int64, suggest_memory_format)
 from .activation import activation_grad, activation_grad_op, apply_activation
 
 __all__ = ["INDEX_NONE", "INDEX_LOCAL", "INDEX_FLAT", "output_shape", "max_pool2d_op", "max_pool2d_backward_op",
@@ -284,7 +284,7 @@ def _forward_plan(shape: tuple, strides: tuple, kernel: tuple, stride: tuple, pa
     OH, OW = outputs.y_shape[-2:]
     y4_strides = torch.empty((N, C, OH, OW), device="meta", memory_format=outputs.memory_format).stride()
     block_p, block_c, merge_n, programs = _tiles(OH * OW, N, C, outputs.memory_format == torch.channels_last)
-    index_64 = max(max_offset_of(x4_shape, x4_strides), max_offset_of((N, C, OH, OW), y4_strides)) >= 2**31 - 1
+    index_64 = offsets_need_int64(x4_shape, x4_strides) or offsets_need_int64((N, C, OH, OW), y4_strides)
     constexprs = dict(KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
                       INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64, MERGE_N=merge_n,
                       BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)

@@ -207,8 +207,8 @@ def _depthwise_cases():
                                  label=label, divisible=("C", *dyd, *dxd),
                                  expect=expect("input_grad")))
         wtaps = 16 if kernel_size == 3 else 64         # R*S rounded up to a power of two
-        tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, 4 if dt == "fp32" else 2, wtaps,
-                                                   interpreter=False)
+        tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, 4 if dt == "fp32" else 2,
+                                                   wtaps, interpreter=False)
         sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints("N", "H", "W", "P", "Q", "C", *_CONV), **dys, **xs, **_ints(*_strides("dw", "crs"))}
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)

@@ -52,6 +52,17 @@ def _patch(pid, rows, cols, TILE_P: tl.constexpr, TILE_Q: tl.constexpr):
 
 
 @triton.jit
+def _store_patch(out_ptr, acc, n, rows, cols, offs_c, mask_c, num_rows, num_cols,
+                 stride_n, stride_c, stride_h, stride_w, INDEX_64: tl.constexpr):
+    """out[n, offs_c, rows, cols] = acc (TILE_P, TILE_Q, BLOCK_C) in out's dtype,
+    inside the num_rows x num_cols image and the channels of ``mask_c``."""
+    ptrs = (out_ptr + n.to(tl.int64) * stride_n + _offsets(rows, stride_h, INDEX_64)[:, None, None]
+            + _offsets(cols, stride_w, INDEX_64)[None, :, None] + _offsets(offs_c, stride_c, INDEX_64)[None, None, :])
+    mask = (rows < num_rows)[:, None, None] & (cols < num_cols)[None, :, None] & mask_c[None, None, :]
+    tl.store(ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _conv_fwd_depthwise_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr,
         H, W, P, Q, C,
@@ -85,11 +96,8 @@ def _conv_fwd_depthwise_kernel(
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, None, :]
     acc = apply_activation(acc, ACTIVATION, negative_slope)
-    y_ptrs = (y_ptr + n.to(tl.int64) * stride_yn + _offsets(offs_p, stride_yh, INDEX_64)[:, None, None]
-              + _offsets(offs_q, stride_yw, INDEX_64)[None, :, None]
-              + _offsets(offs_c, stride_yc, INDEX_64)[None, None, :])
-    mask = (offs_p < P)[:, None, None] & (offs_q < Q)[None, :, None] & mask_c[None, None, :]
-    tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    _store_patch(y_ptr, acc, n, offs_p, offs_q, offs_c, mask_c, P, Q, stride_yn, stride_yc, stride_yh, stride_yw,
+                 INDEX_64)
 
 
 @triton.jit
@@ -133,13 +141,8 @@ def _conv_dgrad_depthwise_kernel(
                                   mask=mask, other=0.0)
                     wv = tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0)
                     acc += dyv.to(tl.float32) * wv.to(tl.float32)[None, None, :]
-    h = phase_h + offs_i * stride_h
-    w = phase_w + offs_j * stride_w
-    dx_ptrs = (dx_ptr + n.to(tl.int64) * stride_dxn + _offsets(h, stride_dxh, INDEX_64)[:, None, None]
-               + _offsets(w, stride_dxw, INDEX_64)[None, :, None]
-               + _offsets(offs_c, stride_dxc, INDEX_64)[None, None, :])
-    mask = (h < H)[:, None, None] & (w < W)[None, :, None] & mask_c[None, None, :]
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=mask)
+    _store_patch(dx_ptr, acc, n, phase_h + offs_i * stride_h, phase_w + offs_j * stride_w, offs_c, mask_c, H, W,
+                 stride_dxn, stride_dxc, stride_dxh, stride_dxw, INDEX_64)
 
 
 @triton.jit

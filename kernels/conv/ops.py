@@ -36,7 +36,7 @@ import torch
 
 from .._library import Operator
 from .._reduce import tickets
-from .._runtime import (cdiv, dot_upcast, interpreting, launch, max_offset_of, merge_dims, next_power_of_2,
+from .._runtime import (cdiv, dot_upcast, interpreting, launch, merge_dims, next_power_of_2, offsets_need_int64,
                         suggest_memory_format)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
@@ -264,8 +264,8 @@ def _image_needs_int64(geo: ConvGeometry, *tensors) -> bool:
     ``tensors`` (N, C, H, W), reach of the kernel past its edges included, may
     not fit in int32 (``needs_int64``'s rule, one image at a time)."""
     reach_h, reach_w = geo.dilation[0] * geo.R + geo.pad[0], geo.dilation[1] * geo.S + geo.pad[1]
-    return any(max_offset_of((t.shape[1], t.shape[2] + 2 * reach_h, t.shape[3] + 2 * reach_w), t.stride()[1:])
-               >= 2 ** 31 - 1 for t in tensors)
+    return any(offsets_need_int64((t.shape[1], t.shape[2] + 2 * reach_h, t.shape[3] + 2 * reach_w), t.stride()[1:])
+               for t in tensors)
 
 
 def _step(stride: int, dilation: int) -> int:

@@ -11,7 +11,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._runtime import cdiv, max_offset_of, memory_format_of, merge_dims, next_power_of_2
+from .._runtime import cdiv, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64
 
 # Tiling. A GPU tile holds TILE elements (8 per thread at NUM_WARPS warps: 16-byte
 # accesses of 2-byte types); the interpreter, which pays per program and per loop
@@ -368,7 +368,7 @@ def _view_args(plan, prefixes: tuple, strides) -> dict:
 
 def _index_64(layouts) -> bool:
     """True when some offset into tensors of these layouts does not fit in int32."""
-    return any(layout is not None and max_offset_of(*layout) >= 2**31 - 1 for layout in layouts)
+    return any(layout is not None and offsets_need_int64(*layout) for layout in layouts)
 
 
 def running_stride(layout) -> int:
