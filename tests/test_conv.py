@@ -22,7 +22,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import nnlib
 import nnlib.functional as F
 from kernels.conv import conv_paths
-from kernels._runtime import count_launches
+from kernels._runtime import count_launches, kernel_name
 from tests.reference import assert_close, check_double_backward, check_op, make_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -523,6 +523,39 @@ def test_planar_split_weight_grad_and_double_backward(device, monkeypatch):
     with count_launches() as launches:
         check_op(*_conv_fns(1, 0, 1, 1), small, "conv")
     assert not any("planar" in name for name in launches.counts), launches.counts
+
+
+# (id, H, W, stride, layout, PIXEL_VEC of the forward / input gradient, per dtype size)
+NCHW_OUTPUTS = [("aligned-runs", 8, 8, 1, "contiguous", {4: (4, 4), 2: (8, 8)}),
+                ("odd-pixels", 5, 7, 1, "contiguous", {4: (1, 1), 2: (1, 1)}),
+                ("stride2-phases", 8, 8, 2, "contiguous", {4: (4, 0), 2: (8, 0)}),
+                ("channels-last", 8, 8, 1, "channels_last", {4: (0, 0), 2: (0, 0)})]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("H,W,stride,layout,pixel_vec", [c[1:] for c in NCHW_OUTPUTS], ids=[c[0] for c in NCHW_OUTPUTS])
+def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, device, monkeypatch):
+    """The implicit-GEMM forward and the stride-1 input gradient write NCHW outputs
+    in place along their pixels (PIXEL_VEC > 0: on a GPU no channels_last buffer and
+    copy where the runs are 16-byte aligned, PIXEL_VEC > 1); channels_last outputs
+    and a strided input gradient (one program per stride phase) keep channel rows
+    (PIXEL_VEC 0). Against float64, with the reductions split three ways."""
+    from kernels.conv import ops
+    seen = {}
+    launch = ops.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if "PIXEL_VEC" in kwargs:
+            seen[kernel_name(kernel)] = kwargs["PIXEL_VEC"]
+        return launch(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(ops, "launch", spy)
+    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
+    monkeypatch.setattr(ops, "_split_plans", {})
+    x, w, b = _inputs(2, 32, H, W, 24, (3, 3), 1, dtype, device, layout)
+    out, _ = check_op(*_conv_fns(stride, 1, 1, 1, "relu"), [x, w, b], "conv")
+    expected = pixel_vec[torch.empty((), dtype=dtype).element_size()]
+    assert (seen["_conv_fwd_gemm_kernel"], seen["_conv_dgrad_gemm_kernel"]) == expected, seen
+    assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
 def test_depthwise_int64_offsets(device, monkeypatch):

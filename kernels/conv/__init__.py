@@ -42,6 +42,13 @@ _GEMM_EXPECT = {
     "stem": {"max_loop_instructions_per_hgmma": 150},      # FLAT forward: 3x the forward's budget
     "input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 50},
     "weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 67},
+    # NCHW outputs written in place (PIXEL_VEC 8): 16-byte stores along the pixels (24
+    # STG.128 with the split partials'; scalar stores would leave 16). The stride-1
+    # input gradient specialises its tap walk to uniform registers: 201 / 196
+    # instructions per 4 HGMMA (forward 192 / 186, stem 165 / 210 per 2), 3.9 / 3.6.
+    "nchw_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 50, "stg128_at_least": 24},
+    "nchw_stem": {"max_loop_instructions_per_hgmma": 150, "stg128_at_least": 12},
+    "nchw_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 51, "stg128_at_least": 24},
     "planar_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 40},     # measured 35 / 33
     "planar_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 36},  # 31.5 / 29
     "planar_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 42},  # 38 / 37
@@ -72,7 +79,7 @@ def _compile_cases():
         def gemm_case(tuned, sig, constexprs, divisible, pass_name, case_label):
             kernel = tuned.half if half else tuned.fp32
             if constexprs.get("FLAT"):
-                pass_name = "stem" if pass_name == "forward" else None
+                pass_name = {"forward": "stem", "nchw_forward": "nchw_stem"}.get(pass_name)
             main = vec > 1 and half and pass_name is not None
             return CompileCase(kernel, sig, {**constexprs, **mma}, tensor_cores=tf32, label=case_label,
                                divisible=divisible if vec > 1 else (),
@@ -86,9 +93,18 @@ def _compile_cases():
             divisible = ("Kg", *_strides("y", "nhw")) + (() if flat else ("Cg", *_strides("x", "nhw"),
                                                                           *_strides("w", "krs")))
             cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, sig,
-                                   dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec,
+                                   dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec, PIXEL_VEC=0,
                                         stride_xc=1, stride_wc=1, stride_yc=1),
                                    divisible, "forward", f"{label},flat={int(flat)}"))
+            if vec > 1 and half:        # y NCHW, written in place: pixel stride 1, 16-byte pixel runs
+                planar_sig = {k: v for k, v in sig.items() if k != "stride_yw"}
+                planar_sig["stride_yc"] = "i32"
+                cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, planar_sig,
+                                       dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat,
+                                            VEC=1 if flat else vec, PIXEL_VEC=8, stride_xc=1, stride_wc=1,
+                                            stride_yw=1),
+                                       tuple(d for d in divisible if d != "stride_yw") + ("stride_yc",),
+                                       "nchw_stem" if flat else "nchw_forward", f"{label},flat={int(flat)},nchw"))
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
                    **_ints("stride_dym", *_strides("x", "nhw"), *_strides("dw", "kcrs"))}
@@ -100,8 +116,17 @@ def _compile_cases():
                **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
                **_ints(*_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))}
         divisible = ("Cg", "Kg", *_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))
-        cases.append(gemm_case(conv_dgrad_gemm, sig, dict(VEC=vec, stride_dyk=1, stride_wc=1, stride_dxc=1),
+        cases.append(gemm_case(conv_dgrad_gemm, sig,
+                               dict(VEC=vec, PIXEL_VEC=0, stride_dyk=1, stride_wc=1, stride_dxc=1),
                                divisible, "input_grad", label))
+        if vec > 1 and half:            # dx NCHW (stride 1), written in place
+            planar_sig = {k: v for k, v in sig.items() if k != "stride_dxw"}
+            planar_sig["stride_dxc"] = "i32"
+            cases.append(gemm_case(conv_dgrad_gemm, planar_sig,
+                                   dict(VEC=vec, PIXEL_VEC=8, stride_dyk=1, stride_wc=1, stride_dxw=1, stride_h=1,
+                                        stride_w=1, step_r=1, step_s=1),
+                                   tuple(d for d in divisible if d != "stride_dxw") + ("stride_dxc",),
+                                   "nchw_input_grad", f"{label},nchw"))
         # Planar 1x1 (NCHW: pixel strides 1): the forward reads w along its input
         # channels (stride_ak 1), the input gradient reads w transposed (stride_am 1).
         planar_ints = ("HW", "Mg", "Kr", "G", "stride_ag", "stride_am", "stride_ak", "stride_bn", "stride_bc",

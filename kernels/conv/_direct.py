@@ -60,7 +60,7 @@ def _conv_fwd_direct_kernel(
         wv = tl.load(w_cols + c * stride_wc + r * stride_wr + s * stride_ws, mask=mask_n, other=0.0).to(tl.float32)
         acc += xv * wv[None, :]
     _store_output(acc, b_ptr, y_ptr, offs_m, offs_n, N * P * Q, P, Q, K,
-                  stride_yn, stride_yc, stride_yh, stride_yw, negative_slope, HAS_BIAS, ACTIVATION, 1)
+                  stride_yn, stride_yc, stride_yh, stride_yw, negative_slope, HAS_BIAS, ACTIVATION, 1, 0)
 
 
 @triton.jit

@@ -134,21 +134,41 @@ def _split_steps(steps):
 
 
 @triton.jit
+def _planar_rows(base, offs_m, pixels, stride_n, PIXEL_VEC: tl.constexpr):
+    """``base`` + the offsets of pixels ``offs_m`` = n * ``pixels`` + i (i < pixels)
+    of a tensor whose pixels merge into one axis at stride 1 (NCHW): runs of
+    ``PIXEL_VEC`` consecutive pixels, which the host proved 16-byte aligned when
+    PIXEL_VEC > 1 (pixels and the batch stride multiples of it, aligned pointer),
+    so that the stores along the pixels vectorize."""
+    pixels = pixels // PIXEL_VEC * PIXEL_VEC     # == pixels: shows the compiler its divisibility
+    return base + ((offs_m // pixels).to(tl.int64) * (stride_n // PIXEL_VEC * PIXEL_VEC) + offs_m % pixels)
+
+
+@triton.jit
 def _store_output(acc, b_ptr, y_ptr, offs_m, offs_k, M, P, Q, K_end,
                   stride_yn, stride_yc, stride_yh, stride_yw, negative_slope,
-                  HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, VEC: tl.constexpr):
+                  HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, VEC: tl.constexpr, PIXEL_VEC: tl.constexpr):
     """The forward epilogue: y[n, k, p, q] = act(acc + b[k]) for the tile of output
     pixels ``offs_m`` (< M) and channels ``offs_k`` (< K_end). The pixel decode is
-    redone here so that nothing per row stays live across the main loop."""
+    redone here so that nothing per row stays live across the main loop.
+    PIXEL_VEC = 0: rows through the (n, h, w) strides, channel vectors of VEC;
+    else y's pixels merge at stride 1 (``_planar_rows``: NCHW written in place)."""
     mask_k = offs_k < K_end
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs_k, mask=mask_k, other=0.0).to(tl.float32)[None, :]
     acc = apply_activation(acc, ACTIVATION, negative_slope)
-    y_rows = _aligned(y_ptr, (offs_m // (P * Q)).to(tl.int64) * stride_yn
-                      + ((offs_m % (P * Q)) // Q).to(tl.int64) * stride_yh + (offs_m % Q).to(tl.int64) * stride_yw,
-                      VEC)
-    tl.store(y_rows[:, None] + offs_k[None, :] * stride_yc, acc.to(y_ptr.dtype.element_ty),
-             mask=(offs_m < M)[:, None] & mask_k[None, :])
+    if PIXEL_VEC > 0:
+        y_rows = _planar_rows(y_ptr, offs_m, P * Q, stride_yn, PIXEL_VEC)
+        y_cols = offs_k * (stride_yc // PIXEL_VEC * PIXEL_VEC)
+        mask_m = offs_m < M // PIXEL_VEC * PIXEL_VEC
+    else:
+        y_rows = _aligned(y_ptr, (offs_m // (P * Q)).to(tl.int64) * stride_yn
+                          + ((offs_m % (P * Q)) // Q).to(tl.int64) * stride_yh
+                          + (offs_m % Q).to(tl.int64) * stride_yw, VEC)
+        y_cols = offs_k * stride_yc
+        mask_m = offs_m < M
+    tl.store(y_rows[:, None] + y_cols[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_k[None, :])
 
 
 # ---------------------------------------------------------------------------
@@ -244,7 +264,7 @@ def _conv_fwd_gemm_kernel(
         stride_yn, stride_yc, stride_yh, stride_yw,
         negative_slope,
         HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, FLAT: tl.constexpr, VEC: tl.constexpr,
-        ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
+        PIXEL_VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """x: (N, G*Cg, H, W); w: (G*Kg, Cg, R, S); b: (G*Kg,); y: (N, G*Kg, P, Q);
     all through strides; part / ticket: the split workspace (``sum_splits``).
@@ -252,7 +272,9 @@ def _conv_fwd_gemm_kernel(
     BLOCK_N output channels of group g; pad_h / pad_w are the top / left padding
     (the bottom / right padding only shows in P / Q). VEC > 1: the host proved
     x, w, y channel-contiguous with rows, Cg and Kg multiples of VEC elements
-    (16 bytes) on 16-byte aligned pointers (FLAT: y only)."""
+    (16 bytes) on 16-byte aligned pointers (FLAT: y only). PIXEL_VEC > 0: y is
+    written with its pixels at stride 1 instead (``_store_output``; VEC then
+    concerns x and w only)."""
     g = tl.program_id(1)
     M = N * P * Q
     Kb = Kg // VEC * VEC                         # == Kg, written so that the compiler sees its divisibility
@@ -324,10 +346,10 @@ def _conv_fwd_gemm_kernel(
     if done:
         _store_output(acc, b_ptr, y_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M), g * Kb + offs_n, M, P, Q,
                       g * Kb + Kb, stride_yn, stride_yc, stride_yh, stride_yw, negative_slope,
-                      HAS_BIAS, ACTIVATION, VEC)
+                      HAS_BIAS, ACTIVATION, VEC, PIXEL_VEC)
 
 
-_FWD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC"]
+_FWD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC", "PIXEL_VEC"]
 conv_fwd_gemm = _tuned(_conv_fwd_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS, _FWD_KEY, FWD_INTERPRETER)
 conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_FWD_CONFIGS, FP32_FLAT_FWD_CONFIGS, _FWD_KEY, FLAT_INTERPRETER,
                        flat=True)
@@ -344,14 +366,15 @@ def _conv_dgrad_gemm_kernel(
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_wk, stride_wc, stride_wr, stride_ws,
         stride_dxn, stride_dxc, stride_dxh, stride_dxw,
-        VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
+        VEC: tl.constexpr, PIXEL_VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """dy: (N, G*Kg, P, Q); w: (G*Kg, Cg, R, S); dx: (N, G*Cg, H, W); all through
     strides; part / ticket: the split workspace. Program (tile, g*stride_h*stride_w
     + phase, split): dx over BLOCK_M input pixels of one stride phase and BLOCK_N
     input channels of group g, a GEMM over (tap, output channel) with only the
     taps that reach the phase. step_r / step_s: stride / gcd(stride, dilation)
-    per axis. VEC as in the forward."""
+    per axis. VEC and PIXEL_VEC (dx's pixels at stride 1; stride 1 only: one
+    phase) as in the forward."""
     pid_z = tl.program_id(1)
     num_phases = stride_h * stride_w
     g = pid_z // num_phases
@@ -406,16 +429,24 @@ def _conv_dgrad_gemm_kernel(
     if done:
         # The pixel decode again (nothing per row lives across the loop).
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        ih = first_h + ((offs_m % HWp) // Wp1) * stride_h
-        iw = first_w + (offs_m % Wp1) * stride_w
-        dx_rows = _aligned(dx_ptr, (offs_m // HWp).to(tl.int64) * stride_dxn + ih.to(tl.int64) * stride_dxh
-                           + iw.to(tl.int64) * stride_dxw, VEC)
-        tl.store(dx_rows[:, None] + (g * Cb + offs_n)[None, :] * stride_dxc, acc.to(dx_ptr.dtype.element_ty),
-                 mask=(offs_m < M)[:, None] & mask_n[None, :])
+        if PIXEL_VEC > 0:
+            dx_rows = _planar_rows(dx_ptr, offs_m, H * W, stride_dxn, PIXEL_VEC)
+            dx_cols = (g * Cb + offs_n) * (stride_dxc // PIXEL_VEC * PIXEL_VEC)
+            mask_m = offs_m < M // PIXEL_VEC * PIXEL_VEC
+        else:
+            ih = first_h + ((offs_m % HWp) // Wp1) * stride_h
+            iw = first_w + (offs_m % Wp1) * stride_w
+            dx_rows = _aligned(dx_ptr, (offs_m // HWp).to(tl.int64) * stride_dxn + ih.to(tl.int64) * stride_dxh
+                               + iw.to(tl.int64) * stride_dxw, VEC)
+            dx_cols = (g * Cb + offs_n) * stride_dxc
+            mask_m = offs_m < M
+        tl.store(dx_rows[:, None] + dx_cols[None, :], acc.to(dx_ptr.dtype.element_ty),
+                 mask=mask_m[:, None] & mask_n[None, :])
 
 
 conv_dgrad_gemm = _tuned(_conv_dgrad_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS,
-                         ["N", "H", "W", "Cg", "Kg", "R", "S", "stride_h", "stride_w", "VEC"], DGRAD_INTERPRETER)
+                         ["N", "H", "W", "Cg", "Kg", "R", "S", "stride_h", "stride_w", "VEC", "PIXEL_VEC"],
+                         DGRAD_INTERPRETER)
 
 
 # ---------------------------------------------------------------------------

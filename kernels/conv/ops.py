@@ -17,12 +17,14 @@ Layouts: every kernel takes strides, so any input (contiguous, channels_last,
 sliced, transposed, expanded gradients) runs without a copy, except the output
 gradient of the weight-gradient GEMM, read pixel-linear (``_pixel_linear``: one
 channels_last copy when it is not). On a GPU the implicit-GEMM
-paths work in channels_last: one copy of each operand that is not already
-(input, weight, output gradient), outputs written channels_last and copied once
-to the caller's layout when that is NCHW, so that tiles load and store
-channel-contiguous 16-byte vectors (``VEC``, checked by ``_vec``). The
-interpreter skips those copies, so the strided addressing is what CI tests.
-The planar and depthwise kernels read NCHW in place on a GPU too.
+paths read channels_last: one copy of each operand that is not already
+(input, weight, output gradient), so that tiles load channel-contiguous
+16-byte vectors (``VEC``, checked by ``_vec``). Their outputs (y, and dx of a
+stride-1 convolution) are written in the caller's layout: NCHW in place along
+the pixels where 16-byte runs allow it (``PIXEL_VEC``, ``_gemm_output``), else
+through a channels_last buffer copied once. The interpreter skips the copies,
+so the strided addressing is what CI tests. The planar and depthwise kernels
+read NCHW in place on a GPU too.
 The output is channels_last when torch suggests channels_last for the input or
 the weight (``kernels._runtime.suggest_memory_format``), as torch does.
 """
@@ -85,11 +87,31 @@ def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def _gemm_buffer(shape, like: torch.Tensor, fmt) -> torch.Tensor:
-    """Output buffer of a GEMM kernel: channels_last on a GPU (vector stores), else ``fmt``."""
-    if like.device.type == "cuda":
-        fmt = torch.channels_last
-    return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+def _gemm_output(out: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, int]:
+    """(buffer, PIXEL_VEC) through which a GEMM pass writes ``out`` (N, C, H, W), the
+    tensor it returns. With its pixels merged at stride 1 (NCHW) and ``in_place``,
+    ``out`` itself and PIXEL_VEC = ``_pixel_vec(out)``: the epilogue stores along the
+    pixels. Else PIXEL_VEC 0 and, in the interpreter, ``out`` (strided rows); on a
+    GPU ``out`` when it is channels_last, or else a channels_last buffer (channel
+    vectors) the caller copies into ``out``. A GPU takes the NCHW store only where
+    it vectorizes (PIXEL_VEC > 1): a scalar one would scatter each warp's stores
+    over as many channels."""
+    pixel_vec = _pixel_vec(out) if in_place else 0
+    if out.device.type != "cuda" or pixel_vec > 1 or out.is_contiguous(memory_format=torch.channels_last):
+        return out, pixel_vec
+    return torch.empty(out.shape, dtype=out.dtype, device=out.device, memory_format=torch.channels_last), 0
+
+
+def _pixel_vec(t: torch.Tensor) -> int:
+    """PIXEL_VEC of ``t`` (N, C, H, W) written along its pixels: 0 unless the H*W pixels
+    merge at stride 1; then elements per 16 bytes when the pointer, H*W and the
+    batch and channel strides are multiples of 16 bytes, else 1."""
+    if _pixel_stride(t) != 1:
+        return 0
+    vec = 16 // t.element_size()
+    if t.data_ptr() % 16 or (t.shape[2] * t.shape[3]) % vec or t.stride(0) % vec or t.stride(1) % vec:
+        return 1
+    return vec
 
 
 def _pixel_linear(t: torch.Tensor) -> torch.Tensor:
@@ -149,20 +171,6 @@ def _planar_vec(tensors, pixels: int) -> int:
                            for t in tensors):
         return 1
     return vec
-
-
-def _layout_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``t`` (a channels_last GEMM buffer) in ``torch.empty_like(like)``'s layout: the
-    input gradient's, as the operator's fake implementation states it."""
-    if like.is_contiguous():
-        return t.contiguous()
-    if like.is_contiguous(memory_format=torch.channels_last):
-        return t
-    return torch.empty_like(like).copy_(t)
-
-
-def _as_format(t: torch.Tensor, fmt) -> torch.Tensor:
-    return t if t.is_contiguous(memory_format=fmt) else t.contiguous(memory_format=fmt)
 
 
 @functools.lru_cache(maxsize=None)
@@ -338,9 +346,11 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
                        negative_slope)
         return y
     x, w = _gemm_operand(x), _gemm_operand(w)
-    y = _gemm_buffer(shape, x, fmt)
+    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    y, pixel_vec = _gemm_output(out, True)
+    y_vec = [] if pixel_vec else [y]      # VEC: the channel-contiguous tensors
     flat = geo.paths["forward"] == "gemm-flat"
-    vec = _vec([y], [geo.Kg]) if flat else _vec([x, w, y], [geo.Cg, geo.Kg])
+    vec = (_vec(y_vec, [geo.Kg]) if y_vec else 1) if flat else _vec([x, w, *y_vec], [geo.Cg, geo.Kg])
     kernel = _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
 
     def tiles(meta):
@@ -353,13 +363,12 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     grid, part, ticket = _split_launch(("forward", geo, x.dtype), kernel, vec, x.device, tiles, geo.groups, steps)
     launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
            *geo.conv_args(), *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
-           FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
-    return _as_format(y, fmt)
+           FLAT=flat, VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
+    return y if y is out else out.copy_(y)
 
 
 def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
     """dx (N, C, H, W) in x_like's layout: the transposed convolution of dy."""
-    fmt = _memory_format(x_like)
     if x_like.numel() == 0:
         return torch.empty_like(x_like)
     (stride_h, stride_w), (dil_h, dil_w) = geo.stride, geo.dilation
@@ -389,8 +398,9 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
         _launch_planar(conv_planar_dgrad, w, dy, None, dx, geo, geo.Cg, geo.Kg, (w.stride(1), w.stride(0)), 0, 0.0)
         return dx
     dy, w = _gemm_operand(dy), _gemm_operand(w)
-    dx = _gemm_buffer(x_like.shape, dy, fmt) if dy.device.type == "cuda" else torch.empty_like(x_like)
-    vec = _vec([dy, w, dx], [geo.Cg, geo.Kg])
+    out = torch.empty_like(x_like)
+    dx, pixel_vec = _gemm_output(out, phases == 1)
+    vec = _vec([dy, w] + ([] if pixel_vec else [dx]), [geo.Cg, geo.Kg])
     kernel = _for_dtype(conv_dgrad_gemm, dy.dtype)
     taps = cdiv(geo.R, steps_rs[0]) * cdiv(geo.S, steps_rs[1])     # of the phase with the most
 
@@ -403,8 +413,8 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
                                        geo.groups * phases, steps)
     launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
            *geo.conv_args(), *steps_rs, *dy.stride(), *w.stride(), *dx.stride(),
-           VEC=vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
-    return dx if dx.device.type != "cuda" else _layout_like(dx, x_like)
+           VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
+    return dx if dx is out else out.copy_(dx)
 
 
 def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
