@@ -67,10 +67,18 @@ def activation_grad(grad, v, ACTIVATION: tl.constexpr, negative_slope):
 def _activation_fwd_kernel(x_ptr, y_ptr, n_elements, negative_slope,
                            ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
     """x, y: flat dense storage of n_elements. y = act(x), computed in fp32
-    (integer x for relu stays integer)."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_elements
+    (integer x for relu stays integer). Full blocks go unmasked, so that their
+    loads and stores are 16-byte vectors whatever n_elements; the last block masked."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n_elements:
+        _activation_fwd_block(x_ptr, y_ptr, offs, None, negative_slope, ACTIVATION)
+    else:
+        _activation_fwd_block(x_ptr, y_ptr, offs, offs < n_elements, negative_slope, ACTIVATION)
+
+
+@triton.jit
+def _activation_fwd_block(x_ptr, y_ptr, offs, mask, negative_slope, ACTIVATION: tl.constexpr):
     x = tl.load(x_ptr + offs, mask=mask)
     if x.dtype.is_floating():
         y = apply_activation(x.to(tl.float32), ACTIVATION, negative_slope)
@@ -83,10 +91,17 @@ def _activation_fwd_kernel(x_ptr, y_ptr, n_elements, negative_slope,
 def _activation_bwd_kernel(grad_ptr, v_ptr, grad_in_ptr, n_elements, negative_slope,
                            ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
     """grad, v, grad_in: flat dense storage of n_elements, one layout.
-    grad_in = grad * act'(v), v the saved input (or output)."""
-    pid = tl.program_id(0).to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n_elements
+    grad_in = grad * act'(v), v the saved input (or output); blocks as in the forward."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    if start + BLOCK <= n_elements:
+        _activation_bwd_block(grad_ptr, v_ptr, grad_in_ptr, offs, None, negative_slope, ACTIVATION)
+    else:
+        _activation_bwd_block(grad_ptr, v_ptr, grad_in_ptr, offs, offs < n_elements, negative_slope, ACTIVATION)
+
+
+@triton.jit
+def _activation_bwd_block(grad_ptr, v_ptr, grad_in_ptr, offs, mask, negative_slope, ACTIVATION: tl.constexpr):
     grad = tl.load(grad_ptr + offs, mask=mask).to(tl.float32)
     v = tl.load(v_ptr + offs, mask=mask).to(tl.float32)
     grad_in = activation_grad(grad, v, ACTIVATION, negative_slope)
@@ -406,18 +421,25 @@ prelu_grad_op = Operator("prelu_backward", prelu_backward,
 # Compile cases
 
 def _compile_cases():
+    """The flat kernels with an element count of unknown divisibility (a launch's, when
+    it is not a multiple of 16): full blocks still move 16-byte vectors (the SASS
+    expectation; the masked last block is scalar). The PReLU kernels with every stride
+    a runtime value."""
     cases = []
     for dt in ("fp32", "fp16", "bf16"):
+        vectors = 2 if dt == "fp32" else 1          # 16-byte vectors per thread of a 1024-element block (4 warps)
         for act in (ACT_RELU.value, ACT_LEAKY_RELU.value):
             cases.append(CompileCase(
                 _activation_fwd_kernel,
                 {"x_ptr": f"*{dt}", "y_ptr": f"*{dt}", "n_elements": "i64", "negative_slope": "fp32"},
-                {"ACTIVATION": act, "BLOCK": _BLOCK}, label=f"{dt},act={act}"))
+                {"ACTIVATION": act, "BLOCK": _BLOCK}, label=f"{dt},act={act}",
+                expect={"ldg128_at_least": vectors, "stg128_at_least": vectors}))
             cases.append(CompileCase(
                 _activation_bwd_kernel,
                 {"grad_ptr": f"*{dt}", "v_ptr": f"*{dt}", "grad_in_ptr": f"*{dt}", "n_elements": "i64",
                  "negative_slope": "fp32"},
-                {"ACTIVATION": act, "BLOCK": _BLOCK}, label=f"{dt},act={act}"))
+                {"ACTIVATION": act, "BLOCK": _BLOCK}, label=f"{dt},act={act}",
+                expect={"ldg128_at_least": 2 * vectors, "stg128_at_least": vectors}))
         strides = {f"stride_{t}{a}": "i64" for t in ("x", "y") for a in "oci"}
         for block_c in (1, 32):
             _, block_r = _prelu_tiles(block_c)
