@@ -214,26 +214,41 @@ def _max_pool2d_gather_kernel(src_ptr, idx_ptr, out_ptr, N, C, H, W, OH, OW,
 
 _TILE = 512                  # elements per program on a GPU
 _NUM_WARPS = 8               # 2 elements per thread: no spills on sm_80 or sm_90
+_CL_NUM_WARPS = 4            # channels_last forward tiles: 4 channels per thread (8-byte vectors in 2-byte types)
 _INTERPRETER_TILE = 1 << 14  # the interpreter pays per program: one large tile
 
 
-def _tiles(positions: int, batch: int, channels: int, channels_last: bool) -> tuple[int, int, bool, int]:
-    """(BLOCK_P, BLOCK_C, MERGE_N, programs) for a grid over samples x channels x
-    positions. channels_last tiles run along C first (contiguous); NCHW tiles along
-    positions, adding channels when a plane is small. When one sample's planes fill
-    less than a tile, a tile spans samples too (MERGE_N: blocks of the N * C planes)."""
+class _Tiling(NamedTuple):
+    block_p: int
+    block_c: int
+    merge_n: bool
+    programs: int
+    num_warps: int
+
+
+def _tiles(positions: int, batch: int, channels: int, channels_last: bool, vectors: bool = False) -> _Tiling:
+    """The tiling of a grid over samples x channels x positions. channels_last tiles
+    run along C first (contiguous); NCHW tiles along positions, adding channels
+    when a plane is small. When one sample's planes fill less than a tile, a tile
+    spans samples too (MERGE_N: blocks of the N * C planes). ``vectors`` (the
+    forward): channels_last tiles on a GPU take 4 channels per thread, so that
+    each tap loads one vector (8 bytes in 2-byte types, 16 in fp32; 8 channels
+    spilled on sm_80; the backward's gathers would not vectorize)."""
     tile = _INTERPRETER_TILE if interpreting() else _TILE
+    num_warps = _NUM_WARPS
     if channels_last and not interpreting():
         block_c = min(next_power_of_2(channels), 64)
         block_p = tile // block_c
+        if vectors:
+            num_warps = _CL_NUM_WARPS
     else:
         block_p = min(next_power_of_2(positions), tile)
         block_c = min(next_power_of_2(channels), tile // block_p)
     p_blocks = cdiv(positions, block_p)
     if batch > 1 and p_blocks == 1 and block_p * next_power_of_2(channels) < tile:
         block_c = min(tile // block_p, next_power_of_2(batch * channels))
-        return block_p, block_c, True, cdiv(batch * channels, block_c)
-    return block_p, block_c, False, batch * cdiv(channels, block_c) * p_blocks
+        return _Tiling(block_p, block_c, True, cdiv(batch * channels, block_c), num_warps)
+    return _Tiling(block_p, block_c, False, batch * cdiv(channels, block_c) * p_blocks, num_warps)
 
 
 def _local_index_dtype(kernel) -> torch.dtype:
@@ -283,12 +298,13 @@ def _forward_plan(shape: tuple, strides: tuple, kernel: tuple, stride: tuple, pa
     N, C, H, W = x4_shape
     OH, OW = outputs.y_shape[-2:]
     y4_strides = torch.empty((N, C, OH, OW), device="meta", memory_format=outputs.memory_format).stride()
-    block_p, block_c, merge_n, programs = _tiles(OH * OW, N, C, outputs.memory_format == torch.channels_last)
+    tiling = _tiles(OH * OW, N, C, outputs.memory_format == torch.channels_last, vectors=True)
     index_64 = offsets_need_int64(x4_shape, x4_strides) or offsets_need_int64((N, C, OH, OW), y4_strides)
     constexprs = dict(KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-                      INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64, MERGE_N=merge_n,
-                      BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
-    return _ForwardPlan(outputs, (programs,), (N, C, H, W, OH, OW, *x4_strides, *y4_strides, *padding), constexprs)
+                      INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64, MERGE_N=tiling.merge_n,
+                      BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c, num_warps=tiling.num_warps)
+    return _ForwardPlan(outputs, (tiling.programs,), (N, C, H, W, OH, OW, *x4_strides, *y4_strides, *padding),
+                        constexprs)
 
 
 def _forward_buffers(x: torch.Tensor, outputs: _Outputs):
@@ -336,12 +352,12 @@ def max_pool2d_backward(grad: torch.Tensor, idx: torch.Tensor, input_size: list[
             grad_x4 = grad_x
         N, C, OH, OW = idx.shape
         H, W = input_size[-2:]
-        block_p, block_c, merge_n, programs = _tiles(H * W, N, C, channels_last)
-        launch(_max_pool2d_bwd_kernel, (programs,), grad, idx, grad_x4, N, C, H, W, OH, OW,
+        tiling = _tiles(H * W, N, C, channels_last)
+        launch(_max_pool2d_bwd_kernel, (tiling.programs,), grad, idx, grad_x4, N, C, H, W, OH, OW,
                *grad.stride(), *idx.stride(), *grad_x4.stride(), *padding,
                KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(grad, idx, grad_x4), MERGE_N=merge_n,
-               BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(grad, idx, grad_x4),
+               MERGE_N=tiling.merge_n, BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c, num_warps=tiling.num_warps)
     return grad_x
 
 
@@ -355,13 +371,12 @@ def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, kernel: list[int], s
         src4, idx4, out4 = (t.unsqueeze(0) for t in (src, idx, out)) if src.dim() == 3 else (src, idx, out)
         N, C, H, W = src4.shape
         OH, OW = idx4.shape[-2:]
-        block_p, block_c, merge_n, programs = _tiles(OH * OW, N, C,
-                                                     suggest_memory_format(out4) == torch.channels_last)
-        launch(_max_pool2d_gather_kernel, (programs,), src4, idx4, out4, N, C, H, W, OH, OW,
+        tiling = _tiles(OH * OW, N, C, suggest_memory_format(out4) == torch.channels_last)
+        launch(_max_pool2d_gather_kernel, (tiling.programs,), src4, idx4, out4, N, C, H, W, OH, OW,
                *src4.stride(), *idx4.stride(), *out4.stride(), *padding,
                KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out4), MERGE_N=merge_n,
-               BLOCK_P=block_p, BLOCK_C=block_c, num_warps=_NUM_WARPS)
+               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out4), MERGE_N=tiling.merge_n,
+               BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c, num_warps=tiling.num_warps)
     return out
 
 
@@ -454,6 +469,11 @@ def _compile_cases():
         block_p, block_c = (_TILE, 1) if not channels_last else (_TILE // 64, 64)
         if merge:
             block_p, block_c = 16, _TILE // 16
+        num_warps, expect = _NUM_WARPS, {}
+        if kernel is _max_pool2d_fwd_kernel and channels_last and not merge:
+            num_warps = _CL_NUM_WARPS           # 4 channels per thread: one vector per tap (at least a row's)
+            width = 128 if dt == "fp32" else 64
+            expect = {f"ldg{width}_at_least": pool[0][1], f"stg{width}_at_least": 1}
         unit = "c" if channels_last else "w"
         signature = {**pointers, **sizes}
         fixed = {}
@@ -467,8 +487,8 @@ def _compile_cases():
         return CompileCase(kernel, signature,
                            {"KH": kh, "KW": kw, "SH": sh, "SW": sw, "DH": dh, "DW": dw, "INDEX_64": int64,
                             "MERGE_N": merge, "BLOCK_P": block_p, "BLOCK_C": block_c, **fixed, **constexprs},
-                           num_warps=_NUM_WARPS,
-                           divisible=tuple(k for k in signature if k.startswith("stride_") and k[-1] != "n"),
+                           num_warps=num_warps, expect=expect,
+                           divisible=("C",) + tuple(k for k in signature if k.startswith("stride_")),
                            label=f"{label},{dt},{pool},{'cl' if channels_last else 'nchw'}"
                                  + (",int64" if int64 else "") + (",merged" if merge else ""))
 

@@ -69,10 +69,11 @@ def expectation_failures(result: dict) -> list[str]:
     if "max_registers" in expect and result["registers"] > expect["max_registers"]:
         failures.append(f"{result['registers']} registers > {expect['max_registers']}")
     for op in ("LDG", "STG"):
-        key = f"{op.lower()}128_at_least"
-        found = stats["widths"].get(op, {}).get("128", 0)
-        if key in expect and found < expect[key]:
-            failures.append(f"{found} 128-bit {op} < {expect[key]} (widths: {stats['widths'].get(op)})")
+        for width in ("64", "128"):
+            key = f"{op.lower()}{width}_at_least"
+            found = stats["widths"].get(op, {}).get(width, 0)
+            if key in expect and found < expect[key]:
+                failures.append(f"{found} {width}-bit {op} < {expect[key]} (widths: {stats['widths'].get(op)})")
     if "max_instructions_per_hgmma" in expect:
         per = stats["instructions"] / max(stats["hgmma"], 1)
         if per > expect["max_instructions_per_hgmma"]:
