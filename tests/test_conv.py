@@ -525,11 +525,12 @@ def test_planar_split_weight_grad_and_double_backward(device, monkeypatch):
     assert not any("planar" in name for name in launches.counts), launches.counts
 
 
-# (id, H, W, stride, layout, PIXEL_VEC of the forward / input gradient, per dtype size)
-NCHW_OUTPUTS = [("aligned-runs", 8, 8, 1, "contiguous", {4: (4, 4), 2: (8, 8)}),
-                ("odd-pixels", 5, 7, 1, "contiguous", {4: (1, 1), 2: (1, 1)}),
-                ("stride2-phases", 8, 8, 2, "contiguous", {4: (4, 0), 2: (8, 0)}),
-                ("channels-last", 8, 8, 1, "channels_last", {4: (0, 0), 2: (0, 0)})]
+# (id, H, W, stride, layout, PIXEL_VEC of the forward / input gradient / backward
+# epilogue, per dtype size)
+NCHW_OUTPUTS = [("aligned-runs", 8, 8, 1, "contiguous", {4: (4, 4, 4), 2: (8, 8, 8)}),
+                ("odd-pixels", 5, 7, 1, "contiguous", {4: (1, 1, 1), 2: (1, 1, 1)}),
+                ("stride2-phases", 8, 8, 2, "contiguous", {4: (4, 0, 4), 2: (8, 0, 8)}),
+                ("channels-last", 8, 8, 1, "channels_last", {4: (0, 0, 0), 2: (0, 0, 0)})]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
@@ -539,7 +540,8 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
     in place along their pixels (PIXEL_VEC > 0: on a GPU no channels_last buffer and
     copy where the runs are 16-byte aligned, PIXEL_VEC > 1); channels_last outputs
     and a strided input gradient (one program per stride phase) keep channel rows
-    (PIXEL_VEC 0). Against float64, with the reductions split three ways."""
+    (PIXEL_VEC 0). The bias / activation gradient tiles NCHW along the pixels too.
+    Against float64, with the reductions split three ways."""
     from kernels.conv import ops
     seen = {}
     launch = ops.launch
@@ -554,7 +556,8 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
     x, w, b = _inputs(2, 32, H, W, 24, (3, 3), 1, dtype, device, layout)
     out, _ = check_op(*_conv_fns(stride, 1, 1, 1, "relu"), [x, w, b], "conv")
     expected = pixel_vec[torch.empty((), dtype=dtype).element_size()]
-    assert (seen["_conv_fwd_gemm_kernel"], seen["_conv_dgrad_gemm_kernel"]) == expected, seen
+    assert tuple(seen[name] for name in ("_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel",
+                                         "_conv_bwd_epilogue_kernel")) == expected, seen
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 

@@ -164,11 +164,18 @@ def _compile_cases():
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
                    **_ints(*_strides("dy", "nkpq"), *_strides("x", "nchw"), *_strides("dw", "kcrs"))}
             cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **direct), label=tile))
-        sig = {"dy_ptr": f"*{dt}", "y_ptr": f"*{dt}", "g_ptr": f"*{dt}", "db_ptr": f"*{dt}", "part_ptr": "*fp32",
-               "ticket_ptr": "*i32", **_ints("N", "K", "P", "Q"), "negative_slope": "fp32",
-               **_ints(*_strides("dy", "nkpq"), *_strides("y", "nkpq"), *_strides("g", "nkpq"))}
-        cases.append(CompileCase(_conv_bwd_epilogue_kernel, sig,
-                                 dict(ACTIVATION=ACT_LEAKY_RELU.value, HAS_BIAS=True, BLOCK_M=32, BLOCK_N=32), label=dt))
+        # The backward epilogue as a launch specialises it: channels_last (channel strides 1)
+        # and NCHW (pixel strides 1, PIXEL_VEC 8), 16-byte vectors of dy, y and g either way.
+        for layout, unit, pixel_vec in (("channels_last", "k", 0), ("nchw", "q", 8)):
+            names = [*_strides("dy", "nkpq"), *_strides("y", "nkpq"), *_strides("g", "nkpq")]
+            sig = {"dy_ptr": f"*{dt}", "y_ptr": f"*{dt}", "g_ptr": f"*{dt}", "db_ptr": f"*{dt}", "part_ptr": "*fp32",
+                   "ticket_ptr": "*i32", **_ints("N", "K", "P", "Q"), "negative_slope": "fp32",
+                   **_ints(*(n for n in names if not n.endswith(unit)))}
+            cases.append(CompileCase(_conv_bwd_epilogue_kernel, sig,
+                                     dict(ACTIVATION=ACT_LEAKY_RELU.value, HAS_BIAS=True, PIXEL_VEC=pixel_vec,
+                                          BLOCK_M=32, BLOCK_N=32, **{n: 1 for n in names if n.endswith(unit)}),
+                                     label=f"{dt},{layout}", divisible=("K", *(n for n in names if not n.endswith(unit))),
+                                     expect={"ldg128_at_least": 2, "stg128_at_least": 1}))
     return cases
 
 

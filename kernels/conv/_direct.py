@@ -15,7 +15,7 @@ import triton.language as tl
 
 from ..activation import activation_grad
 from .._reduce import sum_splits
-from ._gemm import _split_steps, _store_output, _stride_phase
+from ._gemm import _planar_rows, _split_steps, _store_output, _stride_phase
 
 
 @triton.jit
@@ -181,31 +181,40 @@ def _conv_bwd_epilogue_kernel(
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_yn, stride_yk, stride_yp, stride_yq,
         stride_gn, stride_gk, stride_gp, stride_gq,
-        ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, PIXEL_VEC: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dy, y (the saved output), g: (N, K, P, Q) through strides; db: (K,) in the
     bias dtype; part / ticket: the split workspace (``sum_splits``). Program
     (k_tile, 0, split), over its split of the N*P*Q pixels: g = dy * act'(y) when
-    ACTIVATION, and when HAS_BIAS db[k] = sum of g (fp32, in split order)."""
+    ACTIVATION, and when HAS_BIAS db[k] = sum of g (fp32, in split order).
+    PIXEL_VEC > 0: every tensor has its pixels at stride 1 (NCHW; ``_planar_rows``),
+    so that the tiles run along them, in 16-byte vectors when PIXEL_VEC > 1."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < K
     PQ = P * Q
     first, end = _split_steps(tl.cdiv(N * PQ, BLOCK_M))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    k = offs_n.to(tl.int64)[None, :]
     for step in range(first, end):
         offs_m = step * BLOCK_M + tl.arange(0, BLOCK_M)
-        mask = (offs_m < N * PQ)[:, None] & mask_n[None, :]
-        n = (offs_m // PQ).to(tl.int64)[:, None]
-        p = ((offs_m % PQ) // Q).to(tl.int64)[:, None]
-        q = (offs_m % Q).to(tl.int64)[:, None]
-        k = offs_n.to(tl.int64)[None, :]
-        grad = tl.load(dy_ptr + n * stride_dyn + k * stride_dyk + p * stride_dyp + q * stride_dyq,
-                       mask=mask, other=0.0).to(tl.float32)
+        if PIXEL_VEC > 0:
+            mask = (offs_m < N * PQ // PIXEL_VEC * PIXEL_VEC)[:, None] & mask_n[None, :]
+            dy_ptrs = _planar_rows(dy_ptr, offs_m, PQ, stride_dyn, PIXEL_VEC)[:, None] + k * stride_dyk
+            y_ptrs = _planar_rows(y_ptr, offs_m, PQ, stride_yn, PIXEL_VEC)[:, None] + k * stride_yk
+            g_ptrs = _planar_rows(g_ptr, offs_m, PQ, stride_gn, PIXEL_VEC)[:, None] + k * stride_gk
+        else:
+            mask = (offs_m < N * PQ)[:, None] & mask_n[None, :]
+            n = (offs_m // PQ).to(tl.int64)[:, None]
+            p = ((offs_m % PQ) // Q).to(tl.int64)[:, None]
+            q = (offs_m % Q).to(tl.int64)[:, None]
+            dy_ptrs = dy_ptr + n * stride_dyn + k * stride_dyk + p * stride_dyp + q * stride_dyq
+            y_ptrs = y_ptr + n * stride_yn + k * stride_yk + p * stride_yp + q * stride_yq
+            g_ptrs = g_ptr + n * stride_gn + k * stride_gk + p * stride_gp + q * stride_gq
+        grad = tl.load(dy_ptrs, mask=mask, other=0.0).to(tl.float32)
         if ACTIVATION != 0:
-            y = tl.load(y_ptr + n * stride_yn + k * stride_yk + p * stride_yp + q * stride_yq,
-                        mask=mask, other=0.0).to(tl.float32)
+            y = tl.load(y_ptrs, mask=mask, other=0.0).to(tl.float32)
             grad = activation_grad(grad, y, ACTIVATION, negative_slope)
-            tl.store(g_ptr + n * stride_gn + k * stride_gk + p * stride_gp + q * stride_gq,
-                     grad.to(g_ptr.dtype.element_ty), mask=mask)
+            tl.store(g_ptrs, grad.to(g_ptr.dtype.element_ty), mask=mask)
         if HAS_BIAS:
             acc += grad                       # masked lanes hold 0
     if HAS_BIAS:

@@ -531,10 +531,11 @@ def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: 
     splits = _splits(dy.device, k_tiles, cdiv(pixels, block_m))
     part = torch.empty(k_tiles * splits * block_n if splits > 1 else 1, dtype=torch.float32, device=dy.device)
     saved = dy if y is None else y
+    pixel_vec = min(_pixel_vec(t) for t in (dy, saved, g))      # > 0: all NCHW, tiles along the pixels
     launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), dy, saved, g, dy if db is None else db, part,
            tickets(dy.device, k_tiles), geo.N, geo.K, geo.P, geo.Q, float(negative_slope),
-           *dy.stride(), *saved.stride(), *g.stride(),
-           ACTIVATION=activation, HAS_BIAS=bias_grad, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+           *dy.stride(), *saved.stride(), *g.stride(), ACTIVATION=activation, HAS_BIAS=bias_grad,
+           PIXEL_VEC=pixel_vec, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
     return g, db
 
 
