@@ -458,7 +458,8 @@ _OTHER_POOLS = [((2, 2), (2, 2), (1, 1)), ((3, 3), (1, 1), (1, 1)), ((3, 3), (2,
 
 def _compile_cases():
     """Launch-like specialisations (unit strides as the constexpr 1 Triton makes
-    of them, other strides multiples of 16): every index mode and layout at the
+    of them, other strides and C multiples of 16; the channels_last forward over
+    its 4 warps, with a vector per tap expected): every index mode and layout at the
     stem geometry in fp32 and bf16, fp16 at the other geometries, planes merged
     across samples (MERGE_N), int64 offsets once per kernel, the double
     backward's gather in each index form."""
