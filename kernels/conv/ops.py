@@ -106,12 +106,18 @@ def _pixel_vec(t: torch.Tensor) -> int:
     """PIXEL_VEC of ``t`` (N, C, H, W) written along its pixels: 0 unless the H*W pixels
     merge at stride 1; then elements per 16 bytes when the pointer, H*W and the
     batch and channel strides are multiples of 16 bytes, else 1."""
-    if _pixel_stride(t) != 1:
+    vec = _layout_pixel_vec(t.shape, t.stride(), t.element_size())
+    return 1 if vec > 1 and t.data_ptr() % 16 else vec
+
+
+@functools.lru_cache(maxsize=4096)
+def _layout_pixel_vec(shape: tuple, strides: tuple, element_size: int) -> int:
+    """``_pixel_vec`` of an aligned tensor of this shape and these strides."""
+    merged = merge_dims(shape[2:], strides[2:])
+    if merged is None or merged[1] != 1:
         return 0
-    vec = 16 // t.element_size()
-    if t.data_ptr() % 16 or (t.shape[2] * t.shape[3]) % vec or t.stride(0) % vec or t.stride(1) % vec:
-        return 1
-    return vec
+    vec = 16 // element_size
+    return 1 if (shape[2] * shape[3]) % vec or strides[0] % vec or strides[1] % vec else vec
 
 
 def _pixel_linear(t: torch.Tensor) -> torch.Tensor:
