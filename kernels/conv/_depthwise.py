@@ -17,9 +17,10 @@ host sets when they may pass 2**31); an image's base offset is int64.
   dy row i + (a + ph - r*dh) / sh: a tap that misses the phase costs one scalar
   test, not a masked load.
 * weight gradient: the taps are a tensor axis (TAPS = R*S rounded up to a power
-  of two), so one pass over the pixels reads each block of dy once and gathers
-  x for every tap in one load; the (TAPS, BLOCK_C) sums are split over grid
-  axis 2 and reduced in fixed order (``sum_splits``).
+  of two; 3x3: 8 taps on the axis and the ninth apart), so one pass over the
+  pixels reads each block of dy once and gathers x for every tap in one load;
+  the (TAPS, BLOCK_C) sums are split over grid axis 2 and reduced in fixed
+  order (``sum_splits``).
 """
 from __future__ import annotations
 
@@ -158,22 +159,28 @@ def _conv_wgrad_depthwise_kernel(
     """dy: (N, C, P, Q); x: (N, C, H, W); dw: (C, 1, R, S) in the weight dtype;
     strides; part / ticket: the split workspace (``sum_splits``). Program
     (c_block, 0, split): dw for BLOCK_C channels and every tap, summed over the
-    (TILE_P, TILE_Q) output patches of its split of the N images' patches."""
+    (TILE_P, TILE_Q) output patches of its split of the N images' patches.
+    TAPS = R*S rounded up to a power of two; when R*S is one more than half of it
+    (3x3: 9 = 8 + 1), the tap axis holds the first TAPS / 2 taps and the last tap
+    has an accumulator of its own, so that no lane multiplies a padded tap."""
+    LAST_APART: tl.constexpr = R * S == TAPS // 2 + 1
+    GROUP: tl.constexpr = TAPS // 2 if LAST_APART else TAPS
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    taps = tl.arange(0, TAPS)
-    tap_h = (taps // S * dil_h)[:, None]                   # [TAPS, 1] input offsets of each tap
+    taps = tl.arange(0, GROUP)
+    tap_h = (taps // S * dil_h)[:, None]                   # [GROUP, 1] input offsets of each tap
     tap_w = (taps % S * dil_w)[:, None]
     tap_ok = (taps < R * S)[:, None]
     pix = tl.arange(0, TILE_P * TILE_Q)
     pix_p = pix // TILE_Q
     pix_q = pix % TILE_Q
     dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
-    x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, None, :]
+    x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
     patches_q = tl.cdiv(Q, TILE_Q)
     patches = tl.cdiv(P, TILE_P) * patches_q
     first, end = _split_steps(N * patches)
-    acc = tl.zeros((TAPS, TILE_P * TILE_Q, BLOCK_C), dtype=tl.float32)
+    acc = tl.zeros((GROUP, TILE_P * TILE_Q, BLOCK_C), dtype=tl.float32)
+    acc_last = tl.zeros((TILE_P * TILE_Q, BLOCK_C), dtype=tl.float32)
     for step in range(first, end):
         n = step // patches
         p = (step % patches) // patches_q * TILE_P + pix_p
@@ -182,17 +189,32 @@ def _conv_wgrad_depthwise_kernel(
         dy_ptrs = (dy_ptr + n.to(tl.int64) * stride_dyn
                    + (_offsets(p, stride_dyp, INDEX_64) + _offsets(q, stride_dyq, INDEX_64))[:, None] + dy_chan)
         dyv = tl.load(dy_ptrs, mask=pix_ok[:, None] & mask_c[None, :], other=0.0).to(tl.float32)
-        ih = (p * stride_h - pad_h)[None, :] + tap_h      # [TAPS, pixels]
-        iw = (q * stride_w - pad_w)[None, :] + tap_w
+        x_img = x_ptr + n.to(tl.int64) * stride_xn
+        ih0 = p * stride_h - pad_h
+        iw0 = q * stride_w - pad_w
+        ih = ih0[None, :] + tap_h                          # [GROUP, pixels]
+        iw = iw0[None, :] + tap_w
         x_ok = tap_ok & pix_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        x_ptrs = (x_ptr + n.to(tl.int64) * stride_xn
-                  + (_offsets(ih, stride_xh, INDEX_64) + _offsets(iw, stride_xw, INDEX_64))[:, :, None] + x_chan)
+        x_ptrs = x_img + (_offsets(ih, stride_xh, INDEX_64) + _offsets(iw, stride_xw, INDEX_64))[:, :, None] \
+            + x_chan[None, :, :]
         xv = tl.load(x_ptrs, mask=x_ok[:, :, None] & mask_c[None, None, :], other=0.0)
         acc += xv.to(tl.float32) * dyv[None, :, :]
-    total = tl.sum(acc, axis=1)                            # [TAPS, BLOCK_C]
+        if LAST_APART:
+            ih = ih0 + (R - 1) * dil_h
+            iw = iw0 + (S - 1) * dil_w
+            x_ok = pix_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_ptrs = x_img + (_offsets(ih, stride_xh, INDEX_64) + _offsets(iw, stride_xw, INDEX_64))[:, None] + x_chan
+            xv = tl.load(x_ptrs, mask=x_ok[:, None] & mask_c[None, :], other=0.0)
+            acc_last += xv.to(tl.float32) * dyv
+    total = tl.sum(acc, axis=1)                            # [GROUP, BLOCK_C]
+    if LAST_APART:                                         # rows GROUP.. of [TAPS, BLOCK_C]: the last tap, zeros
+        last = tl.where((taps == 0)[:, None], tl.sum(acc_last, axis=0)[None, :], 0.0)
+        total = tl.reshape(tl.permute(tl.join(total, last), (2, 0, 1)), (TAPS, BLOCK_C))
     done = tl.num_programs(2) == 1
     if not done:
         total, done = sum_splits(total, part_ptr, ticket_ptr, TAPS, BLOCK_C)
     if done:
-        dw_ptrs = dw_ptr + (offs_c * stride_dwc)[None, :] + (taps // S * stride_dwr + taps % S * stride_dws)[:, None]
-        tl.store(dw_ptrs, total.to(dw_ptr.dtype.element_ty), mask=tap_ok & mask_c[None, :])
+        all_taps = tl.arange(0, TAPS)
+        dw_ptrs = (dw_ptr + (offs_c * stride_dwc)[None, :]
+                   + (all_taps // S * stride_dwr + all_taps % S * stride_dws)[:, None])
+        tl.store(dw_ptrs, total.to(dw_ptr.dtype.element_ty), mask=(all_taps < R * S)[:, None] & mask_c[None, :])
