@@ -26,8 +26,9 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
 
 Main loops advance their position (tap, channel block, pixel) by additions
 and selects, never by division, and add it to pointer tiles built before the
-loop: the address arithmetic per k-step stays small next to the tensor-core
-work. Offsets are int64 where they cross images (a batch may pass 2**31
+loop, times steps (a tap row, a tap column, a channel block) computed once
+before it, where they show the compiler their 16-byte alignment: the address
+arithmetic per k-step stays small next to the tensor-core work. Offsets are int64 where they cross images (a batch may pass 2**31
 elements) and int32 inside one image. Rows past the end of the tile get a position
 far outside the image, so one bounds check per tap covers them.
 
@@ -69,17 +70,17 @@ def _tile_ids(pid, num_m, num_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
-def _next_step(k0, col, row, BLOCK_K: tl.constexpr, channels, cols):
-    """The reduction walk's next step, without division: channel block k0 fastest
-    (``channels`` per tap), then the tap column, then the tap row."""
-    k0 += BLOCK_K
-    next_tap = k0 >= channels
-    k0 = tl.where(next_tap, 0, k0)
+def _next_step(block, col, row, blocks, cols):
+    """The reduction walk's next step, without division: the channel block fastest
+    (``blocks`` per tap), then the tap column, then the tap row."""
+    block += 1
+    next_tap = block == blocks
+    block = tl.where(next_tap, 0, block)
     col = tl.where(next_tap, col + 1, col)
     next_row = col == cols
     col = tl.where(next_row, 0, col)
     row = tl.where(next_row, row + 1, row)
-    return k0, col, row
+    return block, col, row
 
 
 @triton.jit
@@ -321,24 +322,33 @@ def _conv_fwd_gemm_kernel(
         a_base = x_rows[:, None] + offs_k[None, :] * stride_xc
         w_cols = _aligned(w_ptr, (g * Kb + offs_n).to(tl.int64) * stride_wk, VEC)
         b_base = w_cols[None, :] + offs_k[:, None] * stride_wc
-        # k-step position: tap (r, s) and first channel c0, advanced by selects
+        # The steps of a tap row / column / channel block in x and w, multiples of VEC
+        # (x // VEC * VEC == x: shows the compiler the 16-byte alignment, once, outside
+        # the loop); int32: offsets inside one image.
+        x_row_step = dil_h * stride_xh // VEC * VEC
+        x_col_step = dil_w * stride_xw // VEC * VEC
+        x_c_step = stride_xc // VEC * VEC * BLOCK_K
+        w_row_step = stride_wr // VEC * VEC
+        w_col_step = stride_ws // VEC * VEC
+        w_c_step = stride_wc // VEC * VEC * BLOCK_K
+        # k-step position: tap (r, s) and channel block cb (first channel cb * BLOCK_K),
+        # advanced by selects
         c_blocks = tl.cdiv(Cg, BLOCK_K)
         first, end = _split_steps(R * S * c_blocks)
         r = first // c_blocks // S
         s = first // c_blocks % S
-        c0 = first % c_blocks * BLOCK_K
+        cb = first % c_blocks
         for _ in range(first, end):
             ih = ih0 + r * dil_h
             iw = iw0 + s * dil_w
             mask_rows = (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            mask_c = offs_k < Cb - c0
-            # (x // VEC * VEC == x here: it shows the compiler the 16-byte alignment)
-            x_tap = (r * dil_h).to(tl.int64) * stride_xh + (s * dil_w).to(tl.int64) * stride_xw + c0 * stride_xc
-            a = tl.load(a_base + x_tap // VEC * VEC, mask=mask_rows[:, None] & mask_c[None, :], other=0.0)
-            b = tl.load(b_base + (r * stride_wr + s * stride_ws + c0 * stride_wc) // VEC * VEC,
+            mask_c = offs_k < Cb - cb * BLOCK_K
+            a = tl.load(a_base + (r * x_row_step + s * x_col_step + cb * x_c_step),
+                        mask=mask_rows[:, None] & mask_c[None, :], other=0.0)
+            b = tl.load(b_base + (r * w_row_step + s * w_col_step + cb * w_c_step),
                         mask=mask_c[:, None] & mask_n[None, :], other=0.0)
             acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
-            c0, s, r = _next_step(c0, s, r, BLOCK_K, Cg, S)
+            cb, s, r = _next_step(cb, s, r, c_blocks, S)
 
     done = tl.num_programs(2) == 1
     if not done:
@@ -402,26 +412,33 @@ def _conv_dgrad_gemm_kernel(
                       + (r0 * stride_wr + s0 * stride_ws), VEC)
     b_base = w_cols[None, :] + offs_k[:, None] * stride_wk
 
-    # k-step position: tap (r0 + tr*step_r, s0 + ts*step_s) and first channel k0,
+    # k-step position: tap (r0 + tr*step_r, s0 + ts*step_s) and channel block kb,
     # advanced by selects; the tap meets output pixel (p0 - tr*dstep_h, q0 - ts*dstep_w).
+    # The steps of a tap row / column / channel block in dy and w, multiples of VEC
+    # (x // VEC * VEC == x: shows the compiler the 16-byte alignment, once, outside the loop).
+    dy_row_step = dstep_h * stride_dyp // VEC * VEC          # int32: offsets inside one image
+    dy_col_step = dstep_w * stride_dyq // VEC * VEC
+    dy_k_step = stride_dyk // VEC * VEC * BLOCK_K
+    w_row_step = step_r * stride_wr // VEC * VEC
+    w_col_step = step_s * stride_ws // VEC * VEC
+    w_k_step = stride_wk // VEC * VEC * BLOCK_K
     k_blocks = tl.cdiv(Kg, BLOCK_K)
     first, end = _split_steps(tl.where(pid_m * BLOCK_M < M, n_r * n_s * k_blocks, 0))
     tr = first // k_blocks // tl.maximum(n_s, 1)
     ts = first // k_blocks % tl.maximum(n_s, 1)
-    k0 = first % k_blocks * BLOCK_K
+    kb = first % k_blocks                        # channel block: k0 = kb * BLOCK_K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(first, end):
         p = p0 - tr * dstep_h
         q = q0 - ts * dstep_w
         mask_rows = (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-        mask_k = offs_k < Kb - k0
-        dy_tap = (tr * dstep_h).to(tl.int64) * stride_dyp + (ts * dstep_w).to(tl.int64) * stride_dyq
-        a = tl.load(a_base + (k0 * stride_dyk - dy_tap) // VEC * VEC,
+        mask_k = offs_k < Kb - kb * BLOCK_K
+        a = tl.load(a_base + (kb * dy_k_step - tr * dy_row_step - ts * dy_col_step),
                     mask=mask_rows[:, None] & mask_k[None, :], other=0.0)
-        w_tap = tr * step_r * stride_wr + ts * step_s * stride_ws + k0 * stride_wk
-        b = tl.load(b_base + w_tap // VEC * VEC, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        b = tl.load(b_base + (tr * w_row_step + ts * w_col_step + kb * w_k_step),
+                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
-        k0, ts, tr = _next_step(k0, ts, tr, BLOCK_K, Kg, n_s)
+        kb, ts, tr = _next_step(kb, ts, tr, k_blocks, n_s)
 
     done = tl.num_programs(2) == 1
     if not done:
