@@ -47,7 +47,7 @@ _GEMM_EXPECT = {
     "weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 67},
     # NCHW outputs written in place (PIXEL_VEC 8): 16-byte stores along the pixels (24
     # STG.128 with the split partials'; scalar stores would leave 16); the input
-    # gradient's case is a stride-1 launch. Forward 163 / 153, input gradient 175 / 174.
+    # NCHW cases are stride-1 launches. Forward 163 / 157, input gradient 175 / 174.
     "nchw_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 43, "stg128_at_least": 24},
     "nchw_stem": {"max_loop_instructions_per_hgmma": 150, "stg128_at_least": 12},
     "nchw_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 46, "stg128_at_least": 24},
@@ -98,13 +98,14 @@ def _compile_cases():
                                    dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec, PIXEL_VEC=0,
                                         stride_xc=1, stride_wc=1, stride_yc=1),
                                    divisible, "forward", f"{label},flat={int(flat)}"))
-            if vec > 1 and half:        # y NCHW, written in place: pixel stride 1, 16-byte pixel runs
+            if vec > 1 and half:        # y NCHW, written in place: pixel stride 1, 16-byte pixel runs;
+                # a stride-1 launch (the cases above: any stride), the stem a strided one
                 planar_sig = {k: v for k, v in sig.items() if k != "stride_yw"}
                 planar_sig["stride_yc"] = "i32"
                 cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, planar_sig,
                                        dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat,
                                             VEC=1 if flat else vec, PIXEL_VEC=8, stride_xc=1, stride_wc=1,
-                                            stride_yw=1),
+                                            stride_yw=1, **({} if flat else dict(stride_h=1, stride_w=1))),
                                        tuple(d for d in divisible if d != "stride_yw") + ("stride_yc",),
                                        "nchw_stem" if flat else "nchw_forward", f"{label},flat={int(flat)},nchw"))
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",

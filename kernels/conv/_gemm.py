@@ -469,7 +469,10 @@ conv_dgrad_gemm = _tuned(_conv_dgrad_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS,
 # ---------------------------------------------------------------------------
 # Weight gradient
 
-@triton.jit
+# Not specialised on a stride of 1: the 128x128 tile at 128 registers spilled 48 bytes
+# so on sm_90 under triton 3.9 (and an fp32 FLAT tile on sm_80 under 3.6), and the
+# stride only moves pixel offsets outside the tensor-core work.
+@triton.jit(do_not_specialize=["stride_h", "stride_w"])
 def _conv_wgrad_gemm_kernel(
         dy_ptr, x_ptr, dw_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, Cg, Kg, R, S,
