@@ -181,16 +181,20 @@ def test_memory_format_follows_torch(i, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_aligned_channels_last(dtype, device):
+@pytest.mark.parametrize("C,H,W,K,groups,stride", [(32, 9, 10, 48, 2, 2), (144, 6, 7, 80, 1, 1)],
+                         ids=["grouped-strided", "channel-blocks"])
+def test_aligned_channels_last(C, H, W, K, groups, stride, dtype, device):
     """channels_last input and weight with 16-byte channel rows: the GEMM kernels get
-    VEC > 1 (the alignment promise of the GPU path), grouped and strided."""
+    VEC > 1 (the alignment promise of the GPU path), grouped and strided, and with
+    several channel blocks per tap in every pass (144 input, 80 output channels)."""
     from kernels.conv.ops import _vec
     cl = torch.channels_last
-    x = make_input((2, 32, 9, 10), dtype, device, "channels_last", requires_grad=True)
-    w = (torch.randn(48, 16, 3, 3) / 12).to(dtype).to(device).contiguous(memory_format=cl).requires_grad_(True)
-    b = torch.randn(48).to(dtype).to(device).requires_grad_(True)
-    assert _vec([x, w], [16, 24]) > 1
-    ours, reference = _conv_fns(2, 1, 1, 2, "relu")
+    x = make_input((2, C, H, W), dtype, device, "channels_last", requires_grad=True)
+    w = (torch.randn(K, C // groups, 3, 3) / (3 * (C // groups) ** 0.5)).to(dtype).to(device)
+    w = w.contiguous(memory_format=cl).requires_grad_(True)
+    b = torch.randn(K).to(dtype).to(device).requires_grad_(True)
+    assert _vec([x, w], [C // groups, K // groups]) > 1
+    ours, reference = _conv_fns(stride, 1, 1, groups, "relu")
     out, _ = check_op(ours, reference, [x, w, b], "conv")
     assert out.is_contiguous(memory_format=cl)
 

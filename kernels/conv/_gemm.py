@@ -26,9 +26,10 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
 
 Main loops advance their position (tap, channel block, pixel) by additions
 and selects, never by division, and add it to pointer tiles built before the
-loop, times steps (a tap row, a tap column, a channel block) computed once
-before it, where they show the compiler their 16-byte alignment: the address
-arithmetic per k-step stays small next to the tensor-core work. Offsets are int64 where they cross images (a batch may pass 2**31
+loop (the forward: times steps, a tap row, a tap column, a channel block,
+computed once before it, where they show the compiler their 16-byte
+alignment): the address arithmetic per k-step stays small next to the
+tensor-core work. Offsets are int64 where they cross images (a batch may pass 2**31
 elements) and int32 inside one image. Rows past the end of the tile get a position
 far outside the image, so one bounds check per tap covers them.
 
@@ -327,10 +328,10 @@ def _conv_fwd_gemm_kernel(
         # the loop); int32: offsets inside one image.
         x_row_step = dil_h * stride_xh // VEC * VEC
         x_col_step = dil_w * stride_xw // VEC * VEC
-        x_c_step = stride_xc // VEC * VEC * BLOCK_K
+        x_c_step = stride_xc * BLOCK_K           # a multiple of BLOCK_K >= VEC
         w_row_step = stride_wr // VEC * VEC
         w_col_step = stride_ws // VEC * VEC
-        w_c_step = stride_wc // VEC * VEC * BLOCK_K
+        w_c_step = stride_wc * BLOCK_K
         # k-step position: tap (r, s) and channel block cb (first channel cb * BLOCK_K),
         # advanced by selects
         c_blocks = tl.cdiv(Cg, BLOCK_K)
@@ -414,29 +415,25 @@ def _conv_dgrad_gemm_kernel(
 
     # k-step position: tap (r0 + tr*step_r, s0 + ts*step_s) and channel block kb,
     # advanced by selects; the tap meets output pixel (p0 - tr*dstep_h, q0 - ts*dstep_w).
-    # The steps of a tap row / column / channel block in dy and w, multiples of VEC
-    # (x // VEC * VEC == x: shows the compiler the 16-byte alignment, once, outside the loop).
-    dy_row_step = dstep_h * stride_dyp // VEC * VEC          # int32: offsets inside one image
-    dy_col_step = dstep_w * stride_dyq // VEC * VEC
-    dy_k_step = stride_dyk // VEC * VEC * BLOCK_K
-    w_row_step = step_r * stride_wr // VEC * VEC
-    w_col_step = step_s * stride_ws // VEC * VEC
-    w_k_step = stride_wk // VEC * VEC * BLOCK_K
+    # (The forward's hoisted steps spilled 8 bytes here at 128 registers under triton 3.9.)
     k_blocks = tl.cdiv(Kg, BLOCK_K)
     first, end = _split_steps(tl.where(pid_m * BLOCK_M < M, n_r * n_s * k_blocks, 0))
     tr = first // k_blocks // tl.maximum(n_s, 1)
     ts = first // k_blocks % tl.maximum(n_s, 1)
-    kb = first % k_blocks                        # channel block: k0 = kb * BLOCK_K
+    kb = first % k_blocks
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for _ in range(first, end):
+        k0 = kb * BLOCK_K
         p = p0 - tr * dstep_h
         q = q0 - ts * dstep_w
         mask_rows = (p >= 0) & (p < P) & (q >= 0) & (q < Q)
-        mask_k = offs_k < Kb - kb * BLOCK_K
-        a = tl.load(a_base + (kb * dy_k_step - tr * dy_row_step - ts * dy_col_step),
+        mask_k = offs_k < Kb - k0
+        # (x // VEC * VEC == x here: it shows the compiler the 16-byte alignment)
+        dy_tap = (tr * dstep_h).to(tl.int64) * stride_dyp + (ts * dstep_w).to(tl.int64) * stride_dyq
+        a = tl.load(a_base + (k0 * stride_dyk - dy_tap) // VEC * VEC,
                     mask=mask_rows[:, None] & mask_k[None, :], other=0.0)
-        b = tl.load(b_base + (tr * w_row_step + ts * w_col_step + kb * w_k_step),
-                    mask=mask_k[:, None] & mask_n[None, :], other=0.0)
+        w_tap = tr * step_r * stride_wr + ts * step_s * stride_ws + k0 * stride_wk
+        b = tl.load(b_base + w_tap // VEC * VEC, mask=mask_k[:, None] & mask_n[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
         kb, ts, tr = _next_step(kb, ts, tr, k_blocks, n_s)
 
@@ -469,10 +466,11 @@ conv_dgrad_gemm = _tuned(_conv_dgrad_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS,
 # ---------------------------------------------------------------------------
 # Weight gradient
 
-# Not specialised on a stride of 1: the 128x128 tile at 128 registers spilled 48 bytes
-# so on sm_90 under triton 3.9 (and an fp32 FLAT tile on sm_80 under 3.6), and the
-# stride only moves pixel offsets outside the tensor-core work.
-@triton.jit(do_not_specialize=["stride_h", "stride_w"])
+# Not specialised on a stride, padding or dilation of 1 (the compile cases' runtime
+# values are then exactly what a launch compiles): specialised, the 128x128 tile at 128
+# registers spilled 16-48 bytes on sm_90 under triton 3.9 (and an fp32 FLAT tile on
+# sm_80 under 3.6); they only move pixel offsets, outside the tensor-core work.
+@triton.jit(do_not_specialize=["stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w"])
 def _conv_wgrad_gemm_kernel(
         dy_ptr, x_ptr, dw_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, Cg, Kg, R, S,
