@@ -102,12 +102,13 @@ def _gemm_output(out: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, int]:
     return torch.empty(out.shape, dtype=out.dtype, device=out.device, memory_format=torch.channels_last), 0
 
 
-def _pixel_vec(t: torch.Tensor) -> int:
-    """PIXEL_VEC of ``t`` (N, C, H, W) written along its pixels: 0 unless the H*W pixels
-    merge at stride 1; then elements per 16 bytes when the pointer, H*W and the
-    batch and channel strides are multiples of 16 bytes, else 1."""
-    vec = _layout_pixel_vec(t.shape, t.stride(), t.element_size())
-    return 1 if vec > 1 and t.data_ptr() % 16 else vec
+def _pixel_vec(*tensors: torch.Tensor) -> int:
+    """PIXEL_VEC of tensors (N, C, H, W) read or written along their pixels: 0 unless
+    every one's H*W pixels merge at stride 1; then elements per 16 bytes when every
+    pointer, H*W and the batch and channel strides are multiples of 16 bytes, else 1
+    (also the VEC of the planar kernels, whose operands all have stride-1 pixels)."""
+    vec = min(_layout_pixel_vec(t.shape, t.stride(), t.element_size()) for t in tensors)
+    return 1 if vec > 1 and any(t.data_ptr() % 16 for t in tensors) else vec
 
 
 @functools.lru_cache(maxsize=4096)
@@ -166,17 +167,6 @@ def _planar(geo, *tensors) -> bool:
 def _planar_grid_fits(geo) -> bool:
     """The planar forward / input gradient grids hold N * groups on axis 1."""
     return geo.N * geo.groups <= 65535
-
-
-def _planar_vec(tensors, pixels: int) -> int:
-    """VEC of the planar kernels: elements per 16 bytes when every tensor's pixel
-    rows are 16-byte aligned (aligned pointer, pixel stride 1, batch and channel
-    strides and the pixel count multiples of it); else 1."""
-    vec = 16 // tensors[0].element_size()
-    if pixels % vec or any(t.data_ptr() % 16 or _pixel_stride(t) != 1 or t.stride(0) % vec or t.stride(1) % vec
-                           for t in tensors):
-        return 1
-    return vec
 
 
 @functools.lru_cache(maxsize=None)
@@ -497,7 +487,7 @@ def _launch_planar(tuned, w, src, b, out, geo: ConvGeometry, rows: int, reductio
            w, src, out if b is None else b, out, pixels, rows, reduction, geo.groups,
            geo.Kg * w.stride(0), *w_strides, src.stride(0), src.stride(1), 1,
            out.stride(0), out.stride(1), _pixel_stride(out), float(negative_slope),
-           HAS_BIAS=b is not None, ACTIVATION=activation, VEC=_planar_vec([src, out], pixels),
+           HAS_BIAS=b is not None, ACTIVATION=activation, VEC=_pixel_vec(src, out),
            ALLOW_TF32=_allow_tf32(src.dtype), DOT_UPCAST=dot_upcast())
 
 
@@ -505,7 +495,7 @@ def _launch_planar_wgrad(dy, x, dw, geo: ConvGeometry) -> None:
     """dw (K, Cg, 1, 1) of a planar 1x1 convolution: one launch, the N*H*W pixels
     split (``_split_launch``) as far as the partials stay below the inputs' bytes."""
     pixels = geo.H * geo.W
-    vec = _planar_vec([dy, x], pixels)
+    vec = _pixel_vec(dy, x)
     kernel = _for_dtype(conv_planar_wgrad, x.dtype)
     input_bytes = (dy.numel() + x.numel()) * x.element_size()
 
@@ -537,7 +527,7 @@ def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: 
     splits = _splits(dy.device, k_tiles, cdiv(pixels, block_m))
     part = torch.empty(k_tiles * splits * block_n if splits > 1 else 1, dtype=torch.float32, device=dy.device)
     saved = dy if y is None else y
-    pixel_vec = min(_pixel_vec(t) for t in (dy, saved, g))      # > 0: all NCHW, tiles along the pixels
+    pixel_vec = _pixel_vec(dy, saved, g)      # > 0: all NCHW, tiles along the pixels
     launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), dy, saved, g, dy if db is None else db, part,
            tickets(dy.device, k_tiles), geo.N, geo.K, geo.P, geo.Q, float(negative_slope),
            *dy.stride(), *saved.stride(), *g.stride(), ACTIVATION=activation, HAS_BIAS=bias_grad,
