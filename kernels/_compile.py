@@ -67,7 +67,10 @@ def compile_case(case, config, arch: str):
     fn = case.kernel
     while not isinstance(fn, triton.runtime.JITFunction):
         fn = fn.fn
-    constexprs = dict(case.constexprs)
+    # Values of arguments the kernel does not specialise (do_not_specialize) stay runtime
+    # values, as in a launch.
+    constexprs = {a: v for a, v in case.constexprs.items()
+                  if not any(p.name == a and p.do_not_specialize for p in fn.params)}
     num_warps, num_stages = case.num_warps, case.num_stages
     options = {}
     if config is not None:

@@ -181,22 +181,35 @@ def test_memory_format_follows_torch(i, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("C,H,W,K,groups,stride", [(32, 9, 10, 48, 2, 2), (144, 6, 7, 80, 1, 1)],
-                         ids=["grouped-strided", "channel-blocks"])
-def test_aligned_channels_last(C, H, W, K, groups, stride, dtype, device):
-    """channels_last input and weight with 16-byte channel rows: the GEMM kernels get
-    VEC > 1 (the alignment promise of the GPU path), grouped and strided, and with
-    several channel blocks per tap in every pass (144 input, 80 output channels)."""
-    from kernels.conv.ops import _vec
-    cl = torch.channels_last
+@pytest.mark.parametrize("C,H,W,K,groups,stride,kernel", [(32, 9, 10, 48, 2, 2, 3), (144, 6, 7, 80, 1, 1, 3),
+                                                          (64, 5, 6, 40, 1, 1, 1), (32, 6, 1, 48, 1, 1, 3)],
+                         ids=["grouped-strided", "channel-blocks", "pointwise", "one-column"])
+def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device, monkeypatch):
+    """channels_last input with 16-byte channel rows: the three GEMM kernels get
+    VEC > 1 (the alignment promise of the GPU path), grouped and strided, with
+    several channel blocks per tap in every pass (144 input, 80 output channels),
+    for a 1x1 weight as torch lays it out (strides (C, 1, 1, 1)) and an image one
+    pixel wide (padded: masked rows at the column stride, which is free)."""
+    from kernels.conv import ops
+    seen = {}
+    launch = ops.launch
+
+    def spy(kernel_fn, grid, *args, **kwargs):
+        seen[kernel_name(kernel_fn)] = kwargs.get("VEC")
+        return launch(kernel_fn, grid, *args, **kwargs)
+    monkeypatch.setattr(ops, "launch", spy)
     x = make_input((2, C, H, W), dtype, device, "channels_last", requires_grad=True)
-    w = (torch.randn(K, C // groups, 3, 3) / (3 * (C // groups) ** 0.5)).to(dtype).to(device)
-    w = w.contiguous(memory_format=cl).requires_grad_(True)
+    w = (torch.randn(K, C // groups, kernel, kernel) / (kernel * (C // groups) ** 0.5)).to(dtype).to(device)
+    w = (w if kernel == 1 else w.contiguous(memory_format=torch.channels_last)).requires_grad_(True)
     b = torch.randn(K).to(dtype).to(device).requires_grad_(True)
-    assert _vec([x, w], [C // groups, K // groups]) > 1
-    ours, reference = _conv_fns(stride, 1, 1, groups, "relu")
+    ours, reference = _conv_fns(stride, kernel // 2, 1, groups, "relu")
     out, _ = check_op(ours, reference, [x, w, b], "conv")
-    assert out.is_contiguous(memory_format=cl)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    seen.clear()           # check_op's output gradient is NCHW: once more with a channels_last one
+    torch.autograd.grad(ours(x, w, b), [x, w], torch.randn_like(out))
+    vec = 16 // x.element_size()
+    assert [seen.get(name) for name in ("_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel",
+                                        "_conv_wgrad_gemm_kernel")] == [vec] * 3, seen
 
 
 _PRUNE_CHECK = """

@@ -27,6 +27,12 @@ def _ints(*names):
 
 _DIMS = ("N", "H", "W", "P", "Q")
 _CONV = ("stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w")
+# What a launch specialises (integer arguments equal to 1 become constants, except
+# those a kernel declares do_not_specialize): a 3x3 convolution padded by 1 of stride
+# 2 and of stride 1, and the 7x7 stride-2 stem padded by 3.
+_3X3_STRIDE_2 = dict(pad_h=1, pad_w=1, dil_h=1, dil_w=1)
+_3X3_STRIDE_1 = dict(stride_h=1, stride_w=1, **_3X3_STRIDE_2)
+_STEM_7X7 = dict(dil_h=1, dil_w=1)
 
 
 def _strides(prefix, axes):
@@ -37,21 +43,22 @@ def _strides(prefix, axes):
 # (config 0: 128x128x64, 8 warps; FLAT forward: 128x64x32): two programs fit an
 # SM (<= 128 registers) and the main loop's instructions per warp per HGMMA
 # (4 HGMMA per 64-deep k-step). Measured 2026-11-28, triton 3.9 / 3.6, per 4
-# HGMMA: forward 164 / 154 (the tap and channel-block steps hoisted out of the
-# loop; before, 185 / 178), input gradient 198 / 189 (hoisting there spilled 8
-# bytes at 128 registers under 3.9), stem 165 / 210 per 2.
+# HGMMA: forward 143 / 140 as a 3x3 stride-1 launch (the tap and channel-block
+# steps hoisted out of the loop, and each tap mask one unsigned compare per axis,
+# ``_in_range``; 185 / 178 before either), input gradient 184 / 175 as a stride-2
+# launch (198 / 189 with signed compares; hoisting there spilled 8 bytes at 128
+# registers under 3.9), weight gradient 258 / 253, stem 164 / 210 per 2.
 _GEMM_EXPECT = {
-    "forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 43},
+    "forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 38},
     "stem": {"max_loop_instructions_per_hgmma": 150},      # FLAT forward: 3x the forward's budget
-    "input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 50},
+    "input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 47},
     "weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 67},
     # NCHW outputs written in place (PIXEL_VEC 8): 16-byte stores along the pixels (24
-    # STG.128 with the split partials'; scalar stores would leave 16). The NCHW cases
-    # are stride-1 launches: forward 164 / 154, input gradient 202 / 197 (its tap walk
-    # specialised to uniform registers: two over the issue's 200 under 3.9).
-    "nchw_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 43, "stg128_at_least": 24},
+    # STG.128 with the split partials'; scalar stores would leave 16). Forward 142 / 140
+    # as a stride-2 launch, input gradient 184 / 175 as a stride-1 one.
+    "nchw_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 38, "stg128_at_least": 24},
     "nchw_stem": {"max_loop_instructions_per_hgmma": 150, "stg128_at_least": 12},
-    "nchw_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 51, "stg128_at_least": 24},
+    "nchw_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 47, "stg128_at_least": 24},
     "planar_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 40},     # measured 35 / 33
     "planar_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 36},  # 31.5 / 29
     "planar_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 42},  # 38 / 37
@@ -97,16 +104,16 @@ def _compile_cases():
                                                                           *_strides("w", "krs")))
             cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, sig,
                                    dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec, PIXEL_VEC=0,
-                                        stride_xc=1, stride_wc=1, stride_yc=1),
+                                        stride_xc=1, stride_wc=1, stride_yc=1,
+                                        **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
                                    divisible, "forward", f"{label},flat={int(flat)}"))
-            if vec > 1 and half:        # y NCHW, written in place: pixel stride 1, 16-byte pixel runs;
-                # a stride-1 launch (the cases above: any stride), the stem a strided one
+            if vec > 1 and half:        # y NCHW, written in place: pixel stride 1, 16-byte pixel runs
                 planar_sig = {k: v for k, v in sig.items() if k != "stride_yw"}
                 planar_sig["stride_yc"] = "i32"
                 cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, planar_sig,
                                        dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat,
                                             VEC=1 if flat else vec, PIXEL_VEC=8, stride_xc=1, stride_wc=1,
-                                            stride_yw=1, **({} if flat else dict(stride_h=1, stride_w=1))),
+                                            stride_yw=1, **(_STEM_7X7 if flat else _3X3_STRIDE_2)),
                                        tuple(d for d in divisible if d != "stride_yw") + ("stride_yc",),
                                        "nchw_stem" if flat else "nchw_forward", f"{label},flat={int(flat)},nchw"))
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
@@ -114,21 +121,22 @@ def _compile_cases():
                    **_ints("stride_dym", *_strides("x", "nhw"), *_strides("dw", "kcrs"))}
             divisible = ("Kg", "stride_dym") + (() if flat else ("Cg", *_strides("x", "nhw")))
             cases.append(gemm_case(conv_wgrad_flat if flat else conv_wgrad_gemm, sig,
-                                   dict(FLAT=flat, VEC=vec, stride_dyk=1, stride_xc=1),
+                                   dict(FLAT=flat, VEC=vec, stride_dyk=1, stride_xc=1,
+                                        **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
                                    divisible, "weight_grad", f"{label},flat={int(flat)}"))
         sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
                **_ints(*_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))}
         divisible = ("Cg", "Kg", *_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))
         cases.append(gemm_case(conv_dgrad_gemm, sig,
-                               dict(VEC=vec, PIXEL_VEC=0, stride_dyk=1, stride_wc=1, stride_dxc=1),
+                               dict(VEC=vec, PIXEL_VEC=0, stride_dyk=1, stride_wc=1, stride_dxc=1, **_3X3_STRIDE_2),
                                divisible, "input_grad", label))
         if vec > 1 and half:            # dx NCHW (stride 1), written in place
             planar_sig = {k: v for k, v in sig.items() if k != "stride_dxw"}
             planar_sig["stride_dxc"] = "i32"
             cases.append(gemm_case(conv_dgrad_gemm, planar_sig,
-                                   dict(VEC=vec, PIXEL_VEC=8, stride_dyk=1, stride_wc=1, stride_dxw=1, stride_h=1,
-                                        stride_w=1, step_r=1, step_s=1),
+                                   dict(VEC=vec, PIXEL_VEC=8, stride_dyk=1, stride_wc=1, stride_dxw=1, **_3X3_STRIDE_1,
+                                        step_r=1, step_s=1),
                                    tuple(d for d in divisible if d != "stride_dxw") + ("stride_dxc",),
                                    "nchw_input_grad", f"{label},nchw"))
         # Planar 1x1 (NCHW: pixel strides 1): the forward reads w along its input
@@ -188,9 +196,9 @@ def _compile_cases():
 # gradient, 22.9 weight gradient when specialised as a depthwise channels_last
 # launch), under triton 3.6 and 3.9; channels_last
 # cases also load x (and dy) as 16-byte vectors. Measured 2026-11-28 (3.9 / 3.6):
-# forward 4.7 / 4.5, input gradient 6.0 / 6.3, weight gradient 7.4 / 9.3; 7x7 5.6 /
-# 5.5, 7.6 / 7.9, 6.0 / 6.4; NCHW (scalar loads: the taps' shifts leave them
-# unaligned) 8.9 / 9.7, 13.8 / 13.7, 18.3 / 16.6. Every FFMA counted is useful: the
+# forward 4.6 / 4.5, input gradient 5.9 / 6.0, weight gradient 7.1 / 8.9; 7x7 5.5 /
+# 5.5, 7.5 / 7.7, 5.7 / 6.3; NCHW (scalar loads: the taps' shifts leave them
+# unaligned) 8.5 / 9.7, 12.7 / 13.5, 17.0 / 16.3. Every FFMA counted is useful: the
 # 3x3 weight gradient's ninth tap has its own accumulator (16 tap lanes, 7 of them
 # padding, took 8.4 / 14.2 instructions per useful FFMA in channels_last, 19.2 /
 # 22.2 in NCHW).

@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ..activation import apply_activation
 from .._reduce import sum_splits
-from ._gemm import _split_steps
+from ._gemm import _in_range, _split_steps
 
 
 @triton.jit
@@ -86,11 +86,11 @@ def _conv_fwd_depthwise_kernel(
     acc = tl.zeros((TILE_P, TILE_Q, BLOCK_C), dtype=tl.float32)
     for r in range(R):
         ih = offs_p * stride_h + (r * dil_h - pad_h)
-        row_ok = (ih >= 0) & (ih < H)
+        row_ok = _in_range(ih, H)
         x_rows = x_img + _offsets(ih, stride_xh, INDEX_64)[:, None, None]
         for s in tl.static_range(S):
             iw = offs_q * stride_w + (s * dil_w - pad_w)
-            mask = row_ok[:, None, None] & ((iw >= 0) & (iw < W))[None, :, None] & mask_c[None, None, :]
+            mask = row_ok[:, None, None] & _in_range(iw, W)[None, :, None] & mask_c[None, None, :]
             xv = tl.load(x_rows + _offsets(iw, stride_xw, INDEX_64)[None, :, None] + x_chan, mask=mask, other=0.0)
             wv = tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0)
             acc += xv.to(tl.float32) * wv.to(tl.float32)[None, None, :]
@@ -131,13 +131,13 @@ def _conv_dgrad_depthwise_kernel(
         reach_h = phase_h + pad_h - r * dil_h              # a multiple of sh when tap r meets the phase
         if reach_h % stride_h == 0:
             p = offs_i + reach_h // stride_h
-            row_ok = (p >= 0) & (p < P)
+            row_ok = _in_range(p, P)
             dy_rows = dy_img + _offsets(p, stride_dyp, INDEX_64)[:, None, None]
             for s in tl.static_range(S):
                 reach_w = phase_w + pad_w - s * dil_w
                 if reach_w % stride_w == 0:
                     q = offs_j + reach_w // stride_w
-                    mask = row_ok[:, None, None] & ((q >= 0) & (q < Q))[None, :, None] & mask_c[None, None, :]
+                    mask = row_ok[:, None, None] & _in_range(q, Q)[None, :, None] & mask_c[None, None, :]
                     dyv = tl.load(dy_rows + _offsets(q, stride_dyq, INDEX_64)[None, :, None] + dy_chan,
                                   mask=mask, other=0.0)
                     wv = tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0)
@@ -194,7 +194,7 @@ def _conv_wgrad_depthwise_kernel(
         iw0 = q * stride_w - pad_w
         ih = ih0[None, :] + tap_h                          # [GROUP, pixels]
         iw = iw0[None, :] + tap_w
-        x_ok = tap_ok & pix_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        x_ok = tap_ok & pix_ok[None, :] & _in_range(ih, H) & _in_range(iw, W)
         x_ptrs = x_img + (_offsets(ih, stride_xh, INDEX_64) + _offsets(iw, stride_xw, INDEX_64))[:, :, None] \
             + x_chan[None, :, :]
         xv = tl.load(x_ptrs, mask=x_ok[:, :, None] & mask_c[None, None, :], other=0.0)
@@ -202,7 +202,7 @@ def _conv_wgrad_depthwise_kernel(
         if LAST_APART:
             ih = ih0 + (R - 1) * dil_h
             iw = iw0 + (S - 1) * dil_w
-            x_ok = pix_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            x_ok = pix_ok & _in_range(ih, H) & _in_range(iw, W)
             x_ptrs = x_img + (_offsets(ih, stride_xh, INDEX_64) + _offsets(iw, stride_xw, INDEX_64))[:, None] + x_chan
             xv = tl.load(x_ptrs, mask=x_ok[:, None] & mask_c[None, :], other=0.0)
             acc_last += xv.to(tl.float32) * dyv

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from ..activation import activation_grad
 from .._reduce import sum_splits
-from ._gemm import _planar_rows, _split_steps, _store_output, _stride_phase
+from ._gemm import _in_range, _planar_rows, _split_steps, _store_output, _stride_phase
 
 
 @triton.jit
@@ -53,7 +53,7 @@ def _conv_fwd_direct_kernel(
         s = (t // Cg) % S
         ih = ih0 + r * dil_h
         iw = iw0 + s * dil_w
-        mask_rows = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        mask_rows = mask_m & _in_range(ih, H) & _in_range(iw, W)
         a_rows = x_rows + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
         xv = tl.load(a_rows[:, None] + (x_cols + c.to(tl.int64) * stride_xc)[None, :],
                      mask=mask_rows[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
@@ -105,7 +105,7 @@ def _conv_dgrad_direct_kernel(
         q = j + (dq0 - ts * dstep_w)
         r = r0 + tr * step_r
         s = s0 + ts * step_s
-        mask_rows = mask_m & (p >= 0) & (p < P) & (q >= 0) & (q < Q)
+        mask_rows = mask_m & _in_range(p, P) & _in_range(q, Q)
         a_rows = dy_rows + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
         dyv = tl.load(a_rows[:, None] + (dy_cols + kk.to(tl.int64) * stride_dyk)[None, :],
                       mask=mask_rows[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
@@ -161,7 +161,7 @@ def _conv_wgrad_direct_kernel(
             s = tap % S
             ih = ih0 + r * dil_h
             iw = iw0 + s * dil_w
-            mask_x = mask_m & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            mask_x = mask_m & _in_range(ih, H) & _in_range(iw, W)
             xv = tl.load(x_rows[:, None] + (r * dil_h * stride_xh + s * dil_w * stride_xw) + x_cols[None, :],
                          mask=mask_x[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
             acc += tl.where(taps[:, None] == tap, tl.sum(dyv * xv, axis=0)[None, :], 0.0)

@@ -87,6 +87,15 @@ def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def _gemm_strides(t: torch.Tensor) -> tuple:
+    """The strides an implicit-GEMM kernel gets for ``t``: those of its size-1 dims
+    0. Any stride addresses a size-1 dim's one index, and torch leaves it free (a
+    1x1 weight (K, C, 1, 1) has strides (C, 1, 1, 1), even as channels_last); 0
+    keeps every row offset a multiple of ``VEC``, masked rows' too, so that such a
+    tensor keeps its 16-byte vectors."""
+    return tuple(0 if n == 1 else s for n, s in zip(t.shape, t.stride()))
+
+
 def _gemm_output(out: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, int]:
     """(buffer, PIXEL_VEC) through which a GEMM pass writes ``out`` (N, C, H, W), the
     tensor it returns. With its pixels merged at stride 1 (NCHW) and ``in_place``,
@@ -135,7 +144,7 @@ def _vec(tensors, counts) -> int:
     and every channel count, multiples of it; else 1."""
     if any(t.data_ptr() % 16 for t in tensors):
         return 1
-    return _layout_vec(tuple(t.stride() for t in tensors), tensors[0].element_size(), tuple(counts))
+    return _layout_vec(tuple(_gemm_strides(t) for t in tensors), tensors[0].element_size(), tuple(counts))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -358,7 +367,7 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
     grid, part, ticket = _split_launch(("forward", geo, x.dtype), kernel, vec, x.device, tiles, geo.groups, steps)
     launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
-           *geo.conv_args(), *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
+           *geo.conv_args(), *_gemm_strides(x), *_gemm_strides(w), *_gemm_strides(y), float(negative_slope),
            FLAT=flat, VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
     return y if y is out else out.copy_(y)
 
@@ -408,7 +417,7 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
     grid, part, ticket = _split_launch(("input_grad", geo, dy.dtype), kernel, vec, dy.device, tiles,
                                        geo.groups * phases, steps)
     launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
-           *geo.conv_args(), *steps_rs, *dy.stride(), *w.stride(), *dx.stride(),
+           *geo.conv_args(), *steps_rs, *_gemm_strides(dy), *_gemm_strides(w), *_gemm_strides(dx),
            VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
     return dx if dx is out else out.copy_(dx)
 
@@ -470,7 +479,7 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
                                        geo.groups * taps, steps, cap)
     pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy.stride()[:1] + dy.stride()[2:])[1]
     launch(kernel, grid, dy, x, dw, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
-           pixel_stride, dy.stride(1), *x.stride(), *dw.stride(),
+           pixel_stride, dy.stride(1), *_gemm_strides(x), *dw.stride(),
            FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
     return dw
 
