@@ -29,10 +29,11 @@ _DIMS = ("N", "H", "W", "P", "Q")
 _CONV = ("stride_h", "stride_w", "pad_h", "pad_w", "dil_h", "dil_w")
 # What a launch specialises (integer arguments equal to 1 become constants, except
 # those a kernel declares do_not_specialize): a 3x3 convolution padded by 1 of stride
-# 2 and of stride 1, and the 7x7 stride-2 stem padded by 3.
+# 2 and of stride 1, the 7x7 stride-2 stem padded by 3 and a 1x1 convolution.
 _3X3_STRIDE_2 = dict(pad_h=1, pad_w=1, dil_h=1, dil_w=1)
 _3X3_STRIDE_1 = dict(stride_h=1, stride_w=1, **_3X3_STRIDE_2)
 _STEM_7X7 = dict(dil_h=1, dil_w=1)
+_1X1 = dict(R=1, S=1, stride_h=1, stride_w=1, dil_h=1, dil_w=1)      # unpadded: pad 0, divisible
 
 
 def _strides(prefix, axes):
@@ -59,6 +60,7 @@ _GEMM_EXPECT = {
     "nchw_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 38, "stg128_at_least": 24},
     "nchw_stem": {"max_loop_instructions_per_hgmma": 150, "stg128_at_least": 12},
     "nchw_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 47, "stg128_at_least": 24},
+    "pointwise_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 41},  # 158 / 140 per 4
     "planar_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 40},     # measured 35 / 33
     "planar_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 36},  # 31.5 / 29
     "planar_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 42},  # 38 / 37
@@ -107,6 +109,12 @@ def _compile_cases():
                                         stride_xc=1, stride_wc=1, stride_yc=1,
                                         **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
                                    divisible, "forward", f"{label},flat={int(flat)}"))
+            if not flat:                # the most frequent launch: ResNets' 1x1 convolutions
+                cases.append(gemm_case(conv_fwd_gemm, sig,
+                                       dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=False, VEC=vec,
+                                            PIXEL_VEC=0, stride_xc=1, stride_wc=1, stride_yc=1, **_1X1),
+                                       divisible + ("pad_h", "pad_w"), "pointwise_forward",
+                                       f"{label},flat=0,1x1"))
             if vec > 1 and half:        # y NCHW, written in place: pixel stride 1, 16-byte pixel runs
                 planar_sig = {k: v for k, v in sig.items() if k != "stride_yw"}
                 planar_sig["stride_yc"] = "i32"

@@ -376,9 +376,10 @@ conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_FWD_CONFIGS, FP32_FLAT_FWD_CO
 # ---------------------------------------------------------------------------
 # Input gradient
 
-# Not specialised on a stride of 1 (it only sets the phase count): specialised, the
-# 128x64 tile compiled to 128 registers with 16 bytes of spill on sm_80 under triton 3.9.
-@triton.jit(do_not_specialize=["stride_h", "stride_w"])
+# Not specialised on a stride or a kernel size of 1 (they only set the phase count and
+# the tap walk): specialised, a stride-1 launch's 128x64 tile compiled to 128 registers
+# with 16 bytes of spill on sm_80 under triton 3.9, a 1x1 launch's fp32 one 8 on sm_90.
+@triton.jit(do_not_specialize=["stride_h", "stride_w", "R", "S"])
 def _conv_dgrad_gemm_kernel(
         dy_ptr, w_ptr, dx_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, Cg, Kg, R, S,
