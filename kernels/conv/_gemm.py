@@ -23,6 +23,9 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
 * planar (1x1, stride 1, no padding, pixels at stride 1: NCHW): per image and
   group a plain GEMM, channels by pixels, for the forward and (w transposed) the
   input gradient; the weight gradient reduces over images and pixel blocks.
+* pointwise (1x1, stride 1, no padding, channel-contiguous: channels_last): the
+  forward as a plain GEMM, pixels by output channels, its operand tiles loaded
+  through tensor descriptors (TMA on Hopper).
 
 Main loops advance their position (tap, channel block, pixel) by additions
 and selects, never by division, and add it to pointer tiles built before the
@@ -709,3 +712,52 @@ def _conv_planar_wgrad_kernel(
 
 conv_planar_wgrad = _tuned(_conv_planar_wgrad_kernel, WGRAD_CONFIGS, FP32_CONFIGS, ["N", "HW", "Cg", "Kg", "VEC"],
                            WGRAD_INTERPRETER)
+
+
+# ---------------------------------------------------------------------------
+# 1x1, stride 1, unpadded, channel-contiguous (channels_last): per group a plain
+# GEMM over the (pixels, channels) matrices, its operand tiles loaded through
+# tensor descriptors (TMA on Hopper: no address arithmetic in the main loop).
+
+@triton.jit
+def _conv_pointwise_gemm_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr,
+        M, P, Q, Cg, Kg,
+        stride_xm, stride_wk,
+        stride_yn, stride_yc, stride_yh, stride_yw,
+        negative_slope,
+        HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, VEC: tl.constexpr, PIXEL_VEC: tl.constexpr,
+        ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """y[m, g*Kg + k] = act(b[g*Kg + k] + sum_c x[m, g*Cg + c] * w[g*Kg + k, c]) over the
+    M = N*P*Q pixels m. x: (N, G*Cg, P, Q) with its pixels merged at stride_xm and
+    channels at stride 1; w: (G*Kg, Cg, 1, 1) rows at stride_wk, channels at stride
+    1; y and the epilogue as in the forward (``_store_output``); part / ticket: the
+    split workspace. Program (tile, g, split). The host proved the descriptors'
+    rules: 16-byte aligned pointers, stride_xm, stride_wk and Cg (VEC > 1)."""
+    g = tl.program_id(1)
+    pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(Kg, BLOCK_N), GROUP_M)
+    Cb = Cg // VEC * VEC                         # == Cg: shows the compiler the 16-byte group offsets
+    x_desc = tl.make_tensor_descriptor(x_ptr + g * Cb, shape=[M, Cg], strides=[stride_xm, 1],
+                                       block_shape=[BLOCK_M, BLOCK_K])
+    w_desc = tl.make_tensor_descriptor(w_ptr + (g * Kg).to(tl.int64) * stride_wk, shape=[Kg, Cg],
+                                       strides=[stride_wk, 1], block_shape=[BLOCK_N, BLOCK_K])
+    first, end = _split_steps(tl.cdiv(Cg, BLOCK_K))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for kb in range(first, end):
+        a = x_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
+        b = w_desc.load([pid_n * BLOCK_N, kb * BLOCK_K])
+        acc = _mma(a, tl.trans(b), acc, ALLOW_TF32, DOT_UPCAST)
+    done = tl.num_programs(2) == 1
+    if not done:
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, BLOCK_M, BLOCK_N)
+    if done:
+        Kb = Kg // VEC * VEC
+        _store_output(acc, b_ptr, y_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M),
+                      g * Kb + pid_n * BLOCK_N + tl.arange(0, BLOCK_N), M, P, Q, g * Kb + Kb,
+                      stride_yn, stride_yc, stride_yh, stride_yw, negative_slope,
+                      HAS_BIAS, ACTIVATION, VEC, PIXEL_VEC)
+
+
+conv_pointwise_fwd = _tuned(_conv_pointwise_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS,
+                            ["M", "Cg", "Kg", "VEC", "PIXEL_VEC"], FWD_INTERPRETER)

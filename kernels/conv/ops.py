@@ -11,7 +11,12 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
   convolution whose operands have their pixels at stride 1 (NCHW), with at
   least ``PLANAR_MIN_PIXELS`` per image, runs on the planar kernels instead
   (``_planar``): per image and group a plain GEMM over the (channels, pixels)
-  matrices.
+  matrices;
+* the forward of such a convolution on channel-contiguous operands (16-byte
+  channel rows, pixels at one stride), on tensor cores (16-bit, or fp32 as tf32):
+  a plain GEMM over the (pixels, channels) matrices whose tiles come through
+  tensor descriptors (``conv_pointwise_fwd``; TMA, so on a GPU from Hopper on;
+  ``_descriptor_pixel_stride``).
 
 Layouts: every kernel takes strides, so any input (contiguous, channels_last,
 sliced, transposed, expanded gradients) runs without a copy, except the output
@@ -35,6 +40,8 @@ import math
 from typing import NamedTuple
 
 import torch
+import triton
+from triton.runtime import _allocation as triton_allocation
 
 from .._library import Operator
 from .._reduce import tickets
@@ -44,7 +51,7 @@ from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
-                    conv_planar_wgrad, conv_wgrad_flat, conv_wgrad_gemm)
+                    conv_planar_wgrad, conv_pointwise_fwd, conv_wgrad_flat, conv_wgrad_gemm)
 
 GEMM_MIN_CHANNELS = 16
 PLANAR_MIN_PIXELS = 128      # below, a planar tile (up to 256 pixels wide) is mostly empty: the
@@ -356,7 +363,15 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     y_vec = [] if pixel_vec else [y]      # VEC: the channel-contiguous tensors
     flat = geo.paths["forward"] == "gemm-flat"
     vec = (_vec(y_vec, [geo.Kg]) if y_vec else 1) if flat else _vec([x, w, *y_vec], [geo.Cg, geo.Kg])
-    kernel = _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
+    pixel_stride = None if flat else _descriptor_pixel_stride(geo, x, vec)
+    if pixel_stride is not None:        # 1x1: a plain GEMM, operands through tensor descriptors
+        _use_descriptor_allocator(x.device)
+        path, kernel = "pointwise", _for_dtype(conv_pointwise_fwd, x.dtype)
+        args = (M, geo.P, geo.Q, geo.Cg, geo.Kg, pixel_stride, w.stride(0))
+    else:
+        path, kernel = "forward", _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
+        args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *_gemm_strides(x), *_gemm_strides(w))
+        common["FLAT"] = flat
 
     def tiles(meta):
         return cdiv(M, meta["BLOCK_M"]) * cdiv(geo.Kg, meta["BLOCK_N"])
@@ -365,11 +380,43 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         if flat:
             return cdiv(geo.S * geo.Cg, meta["BLOCK_K"])
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
-    grid, part, ticket = _split_launch(("forward", geo, x.dtype), kernel, vec, x.device, tiles, geo.groups, steps)
-    launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
-           *geo.conv_args(), *_gemm_strides(x), *_gemm_strides(w), *_gemm_strides(y), float(negative_slope),
-           FLAT=flat, VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
+    grid, part, ticket = _split_launch((path, geo, x.dtype), kernel, vec, x.device, tiles, geo.groups, steps)
+    launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *args, *_gemm_strides(y), float(negative_slope),
+           VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
     return y if y is out else out.copy_(y)
+
+
+def _descriptor_pixel_stride(geo: ConvGeometry, x: torch.Tensor, vec: int) -> int | None:
+    """The one stride of x's N*H*W pixels when a 1x1 forward takes the tensor-descriptor
+    GEMM (``conv_pointwise_fwd``), else None. It takes it on tensor cores (16-bit, or
+    fp32 as tf32) with 16-byte channel rows (VEC > 1: the descriptors' alignment
+    rules) and pixels at one stride that is a multiple of VEC; on a GPU, one with
+    TMA (Hopper and later; before it the descriptors load as the implicit GEMM does)."""
+    if not (geo.pointwise and vec > 1 and (x.dtype != torch.float32 or _allow_tf32(x.dtype))):
+        return None
+    if x.device.type == "cuda" and not _has_tma(x.device.index):
+        return None
+    merged = merge_dims((geo.N, geo.H, geo.W), x.stride()[:1] + x.stride()[2:])
+    return merged[1] if merged is not None and merged[1] % vec == 0 else None
+
+
+@functools.lru_cache(maxsize=None)
+def _has_tma(index: int) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
+
+
+def _descriptor_scratch(size: int, alignment: int, stream) -> torch.Tensor:
+    """Global memory for the tensor descriptors a kernel builds (torch allocations are
+    512-byte aligned)."""
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _use_descriptor_allocator(device: torch.device) -> None:
+    """A GPU kernel that builds tensor descriptors takes their memory from triton's
+    allocator, a context variable that starts unset in every thread (autograd's
+    workers too): set ours where none is set."""
+    if device.type == "cuda" and isinstance(triton_allocation._allocator.get(), triton_allocation.NullAllocator):
+        triton.set_allocator(_descriptor_scratch)
 
 
 def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
