@@ -209,42 +209,49 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
     torch.autograd.grad(ours(x, w, b), [x, w], torch.randn_like(out))
     vec = 16 // x.element_size()
     descriptors = kernel == 1 and dtype != torch.float32       # fp32 without tf32 (the tests' default): FMA dots
-    forward = "_conv_pointwise_gemm_kernel" if descriptors else "_conv_fwd_gemm_kernel"
-    assert [seen.get(name) for name in (forward, "_conv_dgrad_gemm_kernel",
-                                        "_conv_wgrad_gemm_kernel")] == [vec] * 3, seen
+    names = ["_conv_pointwise_gemm_kernel"] if descriptors else ["_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel"]
+    assert [seen.get(name) for name in names + ["_conv_wgrad_gemm_kernel"]] == [vec] * (len(names) + 1), seen
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("groups,channel_slice", [(1, False), (2, False), (2, True)],
                          ids=["plain", "grouped", "grouped-channel-slice"])
-def test_pointwise_descriptor_forward(groups, channel_slice, dtype, device, monkeypatch):
-    """A 1x1 stride-1 convolution of a channels_last input runs its forward as a plain
-    GEMM through tensor descriptors (``_conv_pointwise_gemm_kernel``): per group (the
-    descriptors stop at the group's channels), with partial tiles (70 pixels, 32
-    channels per group), the reduction split three ways, and on a channel slice of
-    a wider tensor (pixels at a stride of 80 channels, not C). Against float64,
-    gradients included (fp32 as tf32); an fp32 convolution without tf32 keeps the
-    implicit GEMM."""
+def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monkeypatch):
+    """A 1x1 stride-1 convolution of channels_last tensors runs its forward and its
+    input gradient as plain GEMMs through tensor descriptors
+    (``_conv_pointwise_gemm_kernel``): per group (the descriptors stop at the group's
+    channels), with partial tiles (70 pixels, 32 channels per group), the reductions
+    split three ways, and on a channel slice of a wider tensor (pixels at a stride
+    of 80 channels, not C). Against float64 (fp32 as tf32, with fp16's margin); an
+    fp32 convolution without tf32 keeps the implicit GEMM."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
     monkeypatch.setattr(ops, "_split_plans", {})
-    C = 64
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    C, K = 64, 48
     if channel_slice:
         wide = torch.randn(2, C + 16, 5, 7).to(dtype).to(device).contiguous(memory_format=torch.channels_last)
         x = wide[:, 8:8 + C].detach().requires_grad_(True)
     else:
         x = make_input((2, C, 5, 7), dtype, device, "channels_last", requires_grad=True)
-    _, w, b = _inputs(2, C, 5, 7, 48, (1, 1), groups, dtype, device)
+    _, w, b = _inputs(2, C, 5, 7, K, (1, 1), groups, dtype, device)
     ours, reference = _conv_fns(1, 0, 1, groups, "relu")
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
-    tf32_scale = 100.0 if dtype == torch.float32 else 1.0             # fp32 on a GPU's tensor cores: fp16's atol
+    scale = 100.0 if dtype == torch.float32 else 1.0          # tf32: fp16's atol
     with count_launches() as launches:
-        check_op(ours, reference, [x, w, b], "conv", grad_scale=tf32_scale, out_scale=tf32_scale)
-    assert launches.counts["_conv_pointwise_gemm_kernel"] == 1, launches.counts
+        check_op(ours, reference, [x, w, b], "conv", grad_scale=scale, out_scale=scale)
+    assert launches.counts["_conv_pointwise_gemm_kernel"] >= 1, launches.counts
+    # the input gradient takes descriptors from a channels_last output gradient
+    dy = torch.randn(2, K, 5, 7).to(dtype).to(device).contiguous(memory_format=torch.channels_last)
+    with count_launches() as launches:
+        dx, = torch.autograd.grad(ours(x, w, b), x, dy)
+    assert launches.counts["_conv_pointwise_gemm_kernel"] == 2, launches.counts
+    x64, w64, b64 = (t.detach().cpu().double().requires_grad_(True) for t in (x, w, b))
+    dx64, = torch.autograd.grad(reference(x64, w64, b64), x64, dy.cpu().double())
+    assert_close(dx, dx64, dtype, "conv", "input gradient", scale=scale)
     if dtype == torch.float32:
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
         with count_launches() as launches:
-            ours(x, w, b)
+            torch.autograd.grad(ours(x, w, b), x, dy)
         assert "_conv_pointwise_gemm_kernel" not in launches.counts, launches.counts
 
 

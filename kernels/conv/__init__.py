@@ -15,7 +15,8 @@ from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
-                    conv_planar_wgrad, conv_pointwise_fwd, conv_wgrad_flat, conv_wgrad_gemm)
+                    conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd, conv_wgrad_flat,
+                    conv_wgrad_gemm)
 from .ops import ConvGeometry, _depthwise_tiles, conv2d, conv2d_op, conv_paths, output_size
 
 __all__ = ["conv2d", "conv2d_op", "ConvGeometry", "conv_paths", "output_size", "COMPILE_CASES"]
@@ -63,6 +64,7 @@ _GEMM_EXPECT = {
     "pointwise_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 41},  # 158 / 140 per 4
     # 1x1 channels_last through tensor descriptors (UTMALDG, no address arithmetic): 72 / 72
     "descriptor_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22},
+    "descriptor_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22},
     "planar_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 40},     # measured 35 / 33
     "planar_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 36},  # 31.5 / 29
     "planar_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 42},  # 38 / 37
@@ -150,13 +152,17 @@ def _compile_cases():
                                    tuple(d for d in divisible if d != "stride_dxw") + ("stride_dxc",),
                                    "nchw_input_grad", f"{label},nchw"))
         if vec > 1 and tf32:            # 1x1 channels_last through tensor descriptors (tensor cores only)
-            sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}", "part_ptr": "*fp32",
-                   "ticket_ptr": "*i32", **_ints("M", "P", "Q", "Cg", "Kg", "stride_xm", "stride_wk",
-                                                 *_strides("y", "nhw")), "negative_slope": "fp32"}
-            cases.append(gemm_case(conv_pointwise_fwd, sig,
-                                   dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, VEC=vec, PIXEL_VEC=0, stride_yc=1),
-                                   ("Cg", "Kg", "stride_xm", "stride_wk", *_strides("y", "nhw")),
-                                   "descriptor_forward", label))
+            sig = {"a_ptr": f"*{dt}", "w_ptr": f"*{dt}", "bias_ptr": f"*{dt}", "out_ptr": f"*{dt}",
+                   "part_ptr": "*fp32", "ticket_ptr": "*i32", **_ints("M", "P", "Q", "Cg", "Kg", "stride_am",
+                                                                   "stride_wk", *_strides("o", "nhw")),
+                   "negative_slope": "fp32"}
+            divisible = ("Cg", "Kg", "stride_am", "stride_wk", *_strides("o", "nhw"))
+            for tuned, forward, pass_name in ((conv_pointwise_fwd, True, "descriptor_forward"),
+                                              (conv_pointwise_dgrad, False, "descriptor_input_grad")):
+                cases.append(gemm_case(tuned, sig, dict(FORWARD=forward, HAS_BIAS=forward,
+                                                        ACTIVATION=ACT_RELU.value if forward else 0, VEC=vec,
+                                                        PIXEL_VEC=0, stride_oc=1),
+                                       divisible, pass_name, f"{label},{pass_name.split('_', 1)[1]}"))
         # Planar 1x1 (NCHW: pixel strides 1): the forward reads w along its input
         # channels (stride_ak 1), the input gradient reads w transposed (stride_am 1).
         planar_ints = ("HW", "Mg", "Kr", "G", "stride_ag", "stride_am", "stride_ak", "stride_bn", "stride_bc",

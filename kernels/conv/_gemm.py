@@ -24,8 +24,8 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
   group a plain GEMM, channels by pixels, for the forward and (w transposed) the
   input gradient; the weight gradient reduces over images and pixel blocks.
 * pointwise (1x1, stride 1, no padding, channel-contiguous: channels_last): the
-  forward as a plain GEMM, pixels by output channels, its operand tiles loaded
-  through tensor descriptors (TMA on Hopper).
+  forward and the input gradient as plain GEMMs, pixels by channels, their
+  operand tiles loaded through tensor descriptors (TMA on Hopper).
 
 Main loops advance their position (tap, channel block, pixel) by additions
 and selects, never by division, and add it to pointer tiles built before the
@@ -721,43 +721,63 @@ conv_planar_wgrad = _tuned(_conv_planar_wgrad_kernel, WGRAD_CONFIGS, FP32_CONFIG
 
 @triton.jit
 def _conv_pointwise_gemm_kernel(
-        x_ptr, w_ptr, b_ptr, y_ptr, part_ptr, ticket_ptr,
+        a_ptr, w_ptr, bias_ptr, out_ptr, part_ptr, ticket_ptr,
         M, P, Q, Cg, Kg,
-        stride_xm, stride_wk,
-        stride_yn, stride_yc, stride_yh, stride_yw,
+        stride_am, stride_wk,
+        stride_on, stride_oc, stride_oh, stride_ow,
         negative_slope,
-        HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, VEC: tl.constexpr, PIXEL_VEC: tl.constexpr,
-        ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
+        FORWARD: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, VEC: tl.constexpr,
+        PIXEL_VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
-    """y[m, g*Kg + k] = act(b[g*Kg + k] + sum_c x[m, g*Cg + c] * w[g*Kg + k, c]) over the
-    M = N*P*Q pixels m. x: (N, G*Cg, P, Q) with its pixels merged at stride_xm and
-    channels at stride 1; w: (G*Kg, Cg, 1, 1) rows at stride_wk, channels at stride
-    1; y and the epilogue as in the forward (``_store_output``); part / ticket: the
-    split workspace. Program (tile, g, split). The host proved the descriptors'
-    rules: 16-byte aligned pointers, stride_xm, stride_wk and Cg (VEC > 1)."""
+    """out = act(bias + A_g @ B_g) over the M = N*P*Q pixels of each group g. FORWARD:
+    A = x (N, G*Cg, P, Q), B_g = w_g transposed (reduction over the Cg input channels,
+    Kg output columns); else the input gradient: A = dy (N, G*Kg, P, Q), B_g = w_g
+    (reduction over Kg, Cg columns, no bias). A has its pixels merged at stride_am
+    and channels at stride 1; w: (G*Kg, Cg, 1, 1), rows at stride_wk, channels at
+    stride 1; out and the epilogue as in the forward (``_store_output``, with P, Q
+    the image size); part / ticket: the split workspace. Program (tile, g, split).
+    The host proved the descriptors' rules: 16-byte aligned pointers, stride_am,
+    stride_wk, Cg and Kg (VEC > 1)."""
     g = tl.program_id(1)
-    pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(Kg, BLOCK_N), GROUP_M)
-    Cb = Cg // VEC * VEC                         # == Cg: shows the compiler the 16-byte group offsets
-    x_desc = tl.make_tensor_descriptor(x_ptr + g * Cb, shape=[M, Cg], strides=[stride_xm, 1],
+    Cb = Cg // VEC * VEC                         # == Cg, Kg: shows the compiler the 16-byte group offsets
+    Kb = Kg // VEC * VEC
+    if FORWARD:
+        reduction = Cb
+        cols = Kb
+    else:
+        reduction = Kb
+        cols = Cb
+    pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(cols, BLOCK_N), GROUP_M)
+    a_desc = tl.make_tensor_descriptor(a_ptr + g * reduction, shape=[M, reduction], strides=[stride_am, 1],
                                        block_shape=[BLOCK_M, BLOCK_K])
-    w_desc = tl.make_tensor_descriptor(w_ptr + (g * Kg).to(tl.int64) * stride_wk, shape=[Kg, Cg],
-                                       strides=[stride_wk, 1], block_shape=[BLOCK_N, BLOCK_K])
-    first, end = _split_steps(tl.cdiv(Cg, BLOCK_K))
+    w_group = w_ptr + (g * Kb).to(tl.int64) * stride_wk
+    if FORWARD:                                  # tiles of w's (output channel, input channel) rows
+        w_desc = tl.make_tensor_descriptor(w_group, shape=[Kb, Cb], strides=[stride_wk, 1],
+                                           block_shape=[BLOCK_N, BLOCK_K])
+    else:
+        w_desc = tl.make_tensor_descriptor(w_group, shape=[Kb, Cb], strides=[stride_wk, 1],
+                                           block_shape=[BLOCK_K, BLOCK_N])
+    first, end = _split_steps(tl.cdiv(reduction, BLOCK_K))
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kb in range(first, end):
-        a = x_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
-        b = w_desc.load([pid_n * BLOCK_N, kb * BLOCK_K])
-        acc = _mma(a, tl.trans(b), acc, ALLOW_TF32, DOT_UPCAST)
+        a = a_desc.load([pid_m * BLOCK_M, kb * BLOCK_K])
+        if FORWARD:
+            b = tl.trans(w_desc.load([pid_n * BLOCK_N, kb * BLOCK_K]))
+        else:
+            b = w_desc.load([kb * BLOCK_K, pid_n * BLOCK_N])
+        acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
     done = tl.num_programs(2) == 1
     if not done:
         acc, done = sum_splits(acc, part_ptr, ticket_ptr, BLOCK_M, BLOCK_N)
     if done:
-        Kb = Kg // VEC * VEC
-        _store_output(acc, b_ptr, y_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M),
-                      g * Kb + pid_n * BLOCK_N + tl.arange(0, BLOCK_N), M, P, Q, g * Kb + Kb,
-                      stride_yn, stride_yc, stride_yh, stride_yw, negative_slope,
+        _store_output(acc, bias_ptr, out_ptr, pid_m * BLOCK_M + tl.arange(0, BLOCK_M),
+                      g * cols + pid_n * BLOCK_N + tl.arange(0, BLOCK_N), M, P, Q, g * cols + cols,
+                      stride_on, stride_oc, stride_oh, stride_ow, negative_slope,
                       HAS_BIAS, ACTIVATION, VEC, PIXEL_VEC)
 
 
-conv_pointwise_fwd = _tuned(_conv_pointwise_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS,
-                            ["M", "Cg", "Kg", "VEC", "PIXEL_VEC"], FWD_INTERPRETER)
+_POINTWISE_KEY = ["M", "Cg", "Kg", "VEC", "PIXEL_VEC"]
+conv_pointwise_fwd = _tuned(_conv_pointwise_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS, _POINTWISE_KEY,
+                            FWD_INTERPRETER)
+conv_pointwise_dgrad = _tuned(_conv_pointwise_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS, _POINTWISE_KEY,
+                              DGRAD_INTERPRETER)

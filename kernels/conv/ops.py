@@ -12,11 +12,11 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
   least ``PLANAR_MIN_PIXELS`` per image, runs on the planar kernels instead
   (``_planar``): per image and group a plain GEMM over the (channels, pixels)
   matrices;
-* the forward of such a convolution on channel-contiguous operands (16-byte
-  channel rows, pixels at one stride), on tensor cores (16-bit, or fp32 as tf32):
-  a plain GEMM over the (pixels, channels) matrices whose tiles come through
-  tensor descriptors (``conv_pointwise_fwd``; TMA, so on a GPU from Hopper on;
-  ``_descriptor_pixel_stride``).
+* the forward and the input gradient of such a convolution on channel-contiguous
+  operands (16-byte channel rows, pixels at one stride), on tensor cores (16-bit,
+  or fp32 as tf32): plain GEMMs over the (pixels, channels) matrices whose tiles
+  come through tensor descriptors (``conv_pointwise_fwd`` / ``_dgrad``; TMA, so on
+  a GPU from Hopper on; ``_descriptor_pixel_stride``).
 
 Layouts: every kernel takes strides, so any input (contiguous, channels_last,
 sliced, transposed, expanded gradients) runs without a copy, except the output
@@ -51,7 +51,8 @@ from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
-                    conv_planar_wgrad, conv_pointwise_fwd, conv_wgrad_flat, conv_wgrad_gemm)
+                    conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd, conv_wgrad_flat,
+                    conv_wgrad_gemm)
 
 GEMM_MIN_CHANNELS = 16
 PLANAR_MIN_PIXELS = 128      # below, a planar tile (up to 256 pixels wide) is mostly empty: the
@@ -366,8 +367,9 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     pixel_stride = None if flat else _descriptor_pixel_stride(geo, x, vec)
     if pixel_stride is not None:        # 1x1: a plain GEMM, operands through tensor descriptors
         _use_descriptor_allocator(x.device)
-        path, kernel = "pointwise", _for_dtype(conv_pointwise_fwd, x.dtype)
+        path, kernel = "pointwise_forward", _for_dtype(conv_pointwise_fwd, x.dtype)
         args = (M, geo.P, geo.Q, geo.Cg, geo.Kg, pixel_stride, w.stride(0))
+        common["FORWARD"] = True
     else:
         path, kernel = "forward", _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
         args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *_gemm_strides(x), *_gemm_strides(w))
@@ -386,17 +388,18 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     return y if y is out else out.copy_(y)
 
 
-def _descriptor_pixel_stride(geo: ConvGeometry, x: torch.Tensor, vec: int) -> int | None:
-    """The one stride of x's N*H*W pixels when a 1x1 forward takes the tensor-descriptor
-    GEMM (``conv_pointwise_fwd``), else None. It takes it on tensor cores (16-bit, or
+def _descriptor_pixel_stride(geo: ConvGeometry, a: torch.Tensor, vec: int) -> int | None:
+    """The one stride of the N*H*W pixels of ``a`` (x of a forward, dy of an input
+    gradient) when a 1x1 pass takes the tensor-descriptor GEMM (``conv_pointwise_fwd``
+    / ``conv_pointwise_dgrad``), else None. It takes it on tensor cores (16-bit, or
     fp32 as tf32) with 16-byte channel rows (VEC > 1: the descriptors' alignment
     rules) and pixels at one stride that is a multiple of VEC; on a GPU, one with
     TMA (Hopper and later; before it the descriptors load as the implicit GEMM does)."""
-    if not (geo.pointwise and vec > 1 and (x.dtype != torch.float32 or _allow_tf32(x.dtype))):
+    if not (geo.pointwise and vec > 1 and (a.dtype != torch.float32 or _allow_tf32(a.dtype))):
         return None
-    if x.device.type == "cuda" and not _has_tma(x.device.index):
+    if a.device.type == "cuda" and not _has_tma(a.device.index):
         return None
-    merged = merge_dims((geo.N, geo.H, geo.W), x.stride()[:1] + x.stride()[2:])
+    merged = merge_dims((geo.N, geo.H, geo.W), a.stride()[:1] + a.stride()[2:])
     return merged[1] if merged is not None and merged[1] % vec == 0 else None
 
 
@@ -453,7 +456,9 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
     out = torch.empty_like(x_like)
     dx, pixel_vec = _gemm_output(out, phases == 1)
     vec = _vec([dy, w] + ([] if pixel_vec else [dx]), [geo.Cg, geo.Kg])
-    kernel = _for_dtype(conv_dgrad_gemm, dy.dtype)
+    pixel_stride = _descriptor_pixel_stride(geo, dy, vec)
+    path = "input_grad" if pixel_stride is None else "pointwise_input_grad"
+    kernel = _for_dtype(conv_dgrad_gemm if pixel_stride is None else conv_pointwise_dgrad, dy.dtype)
     taps = cdiv(geo.R, steps_rs[0]) * cdiv(geo.S, steps_rs[1])     # of the phase with the most
 
     def tiles(meta):
@@ -461,11 +466,16 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
 
     def steps(meta):
         return taps * cdiv(geo.Kg, meta["BLOCK_K"])
-    grid, part, ticket = _split_launch(("input_grad", geo, dy.dtype), kernel, vec, dy.device, tiles,
+    grid, part, ticket = _split_launch((path, geo, dy.dtype), kernel, vec, dy.device, tiles,
                                        geo.groups * phases, steps)
-    launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
-           *geo.conv_args(), *steps_rs, *_gemm_strides(dy), *_gemm_strides(w), *_gemm_strides(dx),
-           VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
+    common = dict(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
+    if pixel_stride is None:
+        launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
+               *geo.conv_args(), *steps_rs, *_gemm_strides(dy), *_gemm_strides(w), *_gemm_strides(dx), **common)
+    else:                               # 1x1: a plain GEMM, operands through tensor descriptors
+        _use_descriptor_allocator(dy.device)
+        launch(kernel, grid, dy, w, dx, dx, part, ticket, m_max, geo.H, geo.W, geo.Cg, geo.Kg, pixel_stride,
+               w.stride(0), *_gemm_strides(dx), 0.0, FORWARD=False, HAS_BIAS=False, ACTIVATION=0, **common)
     return dx if dx is out else out.copy_(dx)
 
 
