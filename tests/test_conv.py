@@ -209,17 +209,18 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
     torch.autograd.grad(ours(x, w, b), [x, w], torch.randn_like(out))
     vec = 16 // x.element_size()
     descriptors = kernel == 1 and dtype != torch.float32       # fp32 without tf32 (the tests' default): FMA dots
-    names = ["_conv_pointwise_gemm_kernel"] if descriptors else ["_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel"]
-    assert [seen.get(name) for name in names + ["_conv_wgrad_gemm_kernel"]] == [vec] * (len(names) + 1), seen
+    names = (["_conv_pointwise_gemm_kernel", "_conv_pointwise_wgrad_kernel"] if descriptors
+             else ["_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel", "_conv_wgrad_gemm_kernel"])
+    assert [seen.get(name) for name in names] == [vec] * len(names), seen
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("groups,channel_slice", [(1, False), (2, False), (2, True)],
                          ids=["plain", "grouped", "grouped-channel-slice"])
 def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monkeypatch):
-    """A 1x1 stride-1 convolution of channels_last tensors runs its forward and its
-    input gradient as plain GEMMs through tensor descriptors
-    (``_conv_pointwise_gemm_kernel``): per group (the descriptors stop at the group's
+    """A 1x1 stride-1 convolution of channels_last tensors runs its three passes as
+    plain GEMMs through tensor descriptors (``_conv_pointwise_gemm_kernel``: forward,
+    input gradient; ``_conv_pointwise_wgrad_kernel``): per group (the descriptors stop at the group's
     channels), with partial tiles (70 pixels, 32 channels per group), the reductions
     split three ways, and on a channel slice of a wider tensor (pixels at a stride
     of 80 channels, not C). Against float64 (fp32 as tf32, with fp16's margin); an
@@ -240,19 +241,21 @@ def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monke
     with count_launches() as launches:
         check_op(ours, reference, [x, w, b], "conv", grad_scale=scale, out_scale=scale)
     assert launches.counts["_conv_pointwise_gemm_kernel"] >= 1, launches.counts
+    assert launches.counts["_conv_pointwise_wgrad_kernel"] == 1, launches.counts
     # the input gradient takes descriptors from a channels_last output gradient
     dy = torch.randn(2, K, 5, 7).to(dtype).to(device).contiguous(memory_format=torch.channels_last)
     with count_launches() as launches:
-        dx, = torch.autograd.grad(ours(x, w, b), x, dy)
+        dx, dw = torch.autograd.grad(ours(x, w, b), (x, w), dy)
     assert launches.counts["_conv_pointwise_gemm_kernel"] == 2, launches.counts
     x64, w64, b64 = (t.detach().cpu().double().requires_grad_(True) for t in (x, w, b))
-    dx64, = torch.autograd.grad(reference(x64, w64, b64), x64, dy.cpu().double())
+    dx64, dw64 = torch.autograd.grad(reference(x64, w64, b64), (x64, w64), dy.cpu().double())
     assert_close(dx, dx64, dtype, "conv", "input gradient", scale=scale)
+    assert_close(dw, dw64, dtype, "conv", "weight gradient", scale=scale)
     if dtype == torch.float32:
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
         with count_launches() as launches:
-            torch.autograd.grad(ours(x, w, b), x, dy)
-        assert "_conv_pointwise_gemm_kernel" not in launches.counts, launches.counts
+            torch.autograd.grad(ours(x, w, b), (x, w), dy)
+        assert not any("pointwise" in name for name in launches.counts), launches.counts
 
 
 def test_descriptor_allocator_set_where_unset():

@@ -15,8 +15,8 @@ from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
-                    conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd, conv_wgrad_flat,
-                    conv_wgrad_gemm)
+                    conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd, conv_pointwise_wgrad,
+                    conv_wgrad_flat, conv_wgrad_gemm)
 from .ops import ConvGeometry, _depthwise_tiles, conv2d, conv2d_op, conv_paths, output_size
 
 __all__ = ["conv2d", "conv2d_op", "ConvGeometry", "conv_paths", "output_size", "COMPILE_CASES"]
@@ -62,9 +62,11 @@ _GEMM_EXPECT = {
     "nchw_stem": {"max_loop_instructions_per_hgmma": 150, "stg128_at_least": 12},
     "nchw_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 47, "stg128_at_least": 24},
     "pointwise_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 41},  # 158 / 140 per 4
-    # 1x1 channels_last through tensor descriptors (UTMALDG, no address arithmetic): 72 / 72
+    # 1x1 channels_last through tensor descriptors (UTMALDG, no address arithmetic): forward 72 / 72,
+    # input gradient 71 / 71, weight gradient 76 / 76 per 4
     "descriptor_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22},
     "descriptor_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22},
+    "descriptor_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22},
     "planar_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 40},     # measured 35 / 33
     "planar_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 36},  # 31.5 / 29
     "planar_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 42},  # 38 / 37
@@ -163,6 +165,11 @@ def _compile_cases():
                                                         ACTIVATION=ACT_RELU.value if forward else 0, VEC=vec,
                                                         PIXEL_VEC=0, stride_oc=1),
                                        divisible, pass_name, f"{label},{pass_name.split('_', 1)[1]}"))
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32",
+                   "ticket_ptr": "*i32", **_ints("M", "Cg", "Kg", "stride_dym", "stride_xm", "stride_dwk")}
+            cases.append(gemm_case(conv_pointwise_wgrad, sig, dict(VEC=vec, stride_dwc=1),
+                                   ("Cg", "Kg", "stride_dym", "stride_xm", "stride_dwk"), "descriptor_weight_grad",
+                                   f"{label},weight_grad"))
         # Planar 1x1 (NCHW: pixel strides 1): the forward reads w along its input
         # channels (stride_ak 1), the input gradient reads w transposed (stride_am 1).
         planar_ints = ("HW", "Mg", "Kr", "G", "stride_ag", "stride_am", "stride_ak", "stride_bn", "stride_bc",

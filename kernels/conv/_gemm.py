@@ -24,7 +24,7 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
   group a plain GEMM, channels by pixels, for the forward and (w transposed) the
   input gradient; the weight gradient reduces over images and pixel blocks.
 * pointwise (1x1, stride 1, no padding, channel-contiguous: channels_last): the
-  forward and the input gradient as plain GEMMs, pixels by channels, their
+  three passes as plain GEMMs over the (pixels, channels) matrices, their
   operand tiles loaded through tensor descriptors (TMA on Hopper).
 
 Main loops advance their position (tap, channel block, pixel) by additions
@@ -781,3 +781,45 @@ conv_pointwise_fwd = _tuned(_conv_pointwise_gemm_kernel, FWD_CONFIGS, FP32_CONFI
                             FWD_INTERPRETER)
 conv_pointwise_dgrad = _tuned(_conv_pointwise_gemm_kernel, DGRAD_CONFIGS, FP32_CONFIGS, _POINTWISE_KEY,
                               DGRAD_INTERPRETER)
+
+
+@triton.jit
+def _conv_pointwise_wgrad_kernel(
+        dy_ptr, x_ptr, dw_ptr, part_ptr, ticket_ptr,
+        M, Cg, Kg,
+        stride_dym, stride_xm, stride_dwk, stride_dwc,
+        VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+    """dw[g*Kg + k, c] = sum over the M = N*H*W pixels m of dy[m, g*Kg + k] * x[m, g*Cg + c]
+    (a 1x1 weight gradient). dy: (N, G*Kg, H, W), x: (N, G*Cg, H, W), each with its
+    pixels merged at one stride and channels at stride 1; dw: (G*Kg, Cg) in the
+    weight dtype; part / ticket: the split workspace. Program (tile, g, split):
+    BLOCK_M output by BLOCK_N input channels over its split of the pixel blocks,
+    both operands through tensor descriptors (rules as in
+    ``_conv_pointwise_gemm_kernel``)."""
+    g = tl.program_id(1)
+    Cb = Cg // VEC * VEC
+    Kb = Kg // VEC * VEC
+    pid_m, pid_n = _tile_ids(tl.program_id(0), tl.cdiv(Kb, BLOCK_M), tl.cdiv(Cb, BLOCK_N), GROUP_M)
+    dy_desc = tl.make_tensor_descriptor(dy_ptr + g * Kb, shape=[M, Kb], strides=[stride_dym, 1],
+                                        block_shape=[BLOCK_K, BLOCK_M])
+    x_desc = tl.make_tensor_descriptor(x_ptr + g * Cb, shape=[M, Cb], strides=[stride_xm, 1],
+                                       block_shape=[BLOCK_K, BLOCK_N])
+    first, end = _split_steps(tl.cdiv(M, BLOCK_K))
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for mb in range(first, end):
+        a = tl.trans(dy_desc.load([mb * BLOCK_K, pid_m * BLOCK_M]))
+        b = x_desc.load([mb * BLOCK_K, pid_n * BLOCK_N])
+        acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+    done = tl.num_programs(2) == 1
+    if not done:
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, BLOCK_M, BLOCK_N)
+    if done:
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        dw_ptrs = dw_ptr + (g * Kb + offs_m).to(tl.int64)[:, None] * stride_dwk + offs_n[None, :] * stride_dwc
+        tl.store(dw_ptrs, acc.to(dw_ptr.dtype.element_ty), mask=(offs_m < Kb)[:, None] & (offs_n < Cb)[None, :])
+
+
+conv_pointwise_wgrad = _tuned(_conv_pointwise_wgrad_kernel, WGRAD_CONFIGS, FP32_CONFIGS, ["M", "Cg", "Kg", "VEC"],
+                              WGRAD_INTERPRETER)

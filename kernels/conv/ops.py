@@ -12,10 +12,10 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
   least ``PLANAR_MIN_PIXELS`` per image, runs on the planar kernels instead
   (``_planar``): per image and group a plain GEMM over the (channels, pixels)
   matrices;
-* the forward and the input gradient of such a convolution on channel-contiguous
-  operands (16-byte channel rows, pixels at one stride), on tensor cores (16-bit,
-  or fp32 as tf32): plain GEMMs over the (pixels, channels) matrices whose tiles
-  come through tensor descriptors (``conv_pointwise_fwd`` / ``_dgrad``; TMA, so on
+* the three passes of such a convolution on channel-contiguous operands (16-byte
+  channel rows, pixels at one stride), on tensor cores (16-bit, or fp32 as tf32):
+  plain GEMMs over the (pixels, channels) matrices whose tiles come through
+  tensor descriptors (``conv_pointwise_fwd`` / ``_dgrad`` / ``_wgrad``; TMA, so on
   a GPU from Hopper on; ``_descriptor_pixel_stride``).
 
 Layouts: every kernel takes strides, so any input (contiguous, channels_last,
@@ -51,8 +51,8 @@ from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
-                    conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd, conv_wgrad_flat,
-                    conv_wgrad_gemm)
+                    conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd, conv_pointwise_wgrad,
+                    conv_wgrad_flat, conv_wgrad_gemm)
 
 GEMM_MIN_CHANNELS = 16
 PLANAR_MIN_PIXELS = 128      # below, a planar tile (up to 256 pixels wide) is mostly empty: the
@@ -389,12 +389,13 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
 
 
 def _descriptor_pixel_stride(geo: ConvGeometry, a: torch.Tensor, vec: int) -> int | None:
-    """The one stride of the N*H*W pixels of ``a`` (x of a forward, dy of an input
-    gradient) when a 1x1 pass takes the tensor-descriptor GEMM (``conv_pointwise_fwd``
-    / ``conv_pointwise_dgrad``), else None. It takes it on tensor cores (16-bit, or
-    fp32 as tf32) with 16-byte channel rows (VEC > 1: the descriptors' alignment
-    rules) and pixels at one stride that is a multiple of VEC; on a GPU, one with
-    TMA (Hopper and later; before it the descriptors load as the implicit GEMM does)."""
+    """The one stride of the N*H*W pixels of ``a`` (x of a forward or a weight
+    gradient, dy of an input gradient) when a 1x1 pass takes the tensor-descriptor
+    GEMMs (``conv_pointwise_fwd`` / ``_dgrad`` / ``_wgrad``), else None. It takes
+    them on tensor cores (16-bit, or fp32 as tf32) with 16-byte channel rows (VEC >
+    1: the descriptors' alignment rules) and pixels at one stride that is a multiple
+    of VEC; on a GPU, one with TMA (Hopper and later; before it the descriptors
+    load as the implicit GEMM does)."""
     if not (geo.pointwise and vec > 1 and (a.dtype != torch.float32 or _allow_tf32(a.dtype))):
         return None
     if a.device.type == "cuda" and not _has_tma(a.device.index):
@@ -521,7 +522,11 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     cols = geo.Cg * geo.R * geo.S if flat else geo.Cg
     taps = 1 if flat else geo.R * geo.S
     vec = _vec([dy], [geo.Kg]) if flat else _vec([dy, x], [geo.Cg, geo.Kg])
-    kernel = _for_dtype(conv_wgrad_flat if flat else conv_wgrad_gemm, x.dtype)
+    pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy.stride()[:1] + dy.stride()[2:])[1]
+    x_pixel_stride = None if flat or pixel_stride % vec else _descriptor_pixel_stride(geo, x, vec)
+    path = "weight_grad" if x_pixel_stride is None else "pointwise_weight_grad"
+    kernel = _for_dtype(conv_wgrad_flat if flat else conv_pointwise_wgrad if x_pixel_stride is not None
+                        else conv_wgrad_gemm, x.dtype)
     input_bytes = (dy.numel() + x.numel()) * x.element_size()
 
     def tiles(meta):
@@ -532,12 +537,16 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
 
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
         return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
-    grid, part, ticket = _split_launch(("weight_grad", geo, x.dtype), kernel, vec, x.device, tiles,
+    grid, part, ticket = _split_launch((path, geo, x.dtype), kernel, vec, x.device, tiles,
                                        geo.groups * taps, steps, cap)
-    pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy.stride()[:1] + dy.stride()[2:])[1]
-    launch(kernel, grid, dy, x, dw, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
-           pixel_stride, dy.stride(1), *_gemm_strides(x), *dw.stride(),
-           FLAT=flat, VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+    common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+    if x_pixel_stride is None:
+        launch(kernel, grid, dy, x, dw, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
+               pixel_stride, dy.stride(1), *_gemm_strides(x), *dw.stride(), FLAT=flat, **common)
+    else:                               # 1x1: a plain GEMM, operands through tensor descriptors
+        _use_descriptor_allocator(x.device)
+        launch(kernel, grid, dy, x, dw, part, ticket, pixels, geo.Cg, geo.Kg, pixel_stride, x_pixel_stride,
+               dw.stride(0), dw.stride(1), **common)
     return dw
 
 
