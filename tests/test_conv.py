@@ -219,12 +219,13 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
                          ids=["plain", "grouped", "grouped-channel-slice"])
 def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monkeypatch):
     """A 1x1 stride-1 convolution of channels_last tensors runs its three passes as
-    plain GEMMs through tensor descriptors (``_conv_pointwise_gemm_kernel``: forward,
-    input gradient; ``_conv_pointwise_wgrad_kernel``): per group (the descriptors stop at the group's
-    channels), with partial tiles (70 pixels, 32 channels per group), the reductions
-    split three ways, and on a channel slice of a wider tensor (pixels at a stride
-    of 80 channels, not C). Against float64 (fp32 as tf32, with fp16's margin); an
-    fp32 convolution without tf32 keeps the implicit GEMM."""
+    plain GEMMs through tensor descriptors (``_conv_pointwise_gemm_kernel``: forward
+    and input gradient; ``_conv_pointwise_wgrad_kernel``): per group (the
+    descriptors stop at the group's channels), with partial tiles (70 pixels, 32
+    channels per group), the reductions split three ways, and on a channel slice
+    of a wider tensor (pixels at a stride of 80 channels, not C). Against float64
+    (fp32 as tf32, with fp16's margin); an fp32 convolution without tf32 keeps the
+    implicit GEMM."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
     monkeypatch.setattr(ops, "_split_plans", {})
