@@ -150,7 +150,7 @@ _MEMORY = re.compile(r"^(?:@!?U?P\w+\s+)?((?:LDGSTS|LDG|STG|LDS|STS)(?:\.[\w]+)*
 
 
 def sass_stats(instructions: list[str]) -> dict:
-    """Figures read from SASS: instruction count, ``HGMMA`` / ``HMMA`` counts, and
+    """Figures read from SASS: instruction count, ``HGMMA`` / ``HMMA`` / ``UTMALDG`` counts, and
     memory accesses by width in bits (``{"LDG": {"128": 4, "32": 1}, "LDGSTS": ...}``;
     an access without a width suffix is 32 bits, ``.U16`` / ``.64`` say so)."""
     widths: dict[str, dict[str, int]] = {}
@@ -165,7 +165,7 @@ def sass_stats(instructions: list[str]) -> dict:
         widths[parts[0]][width] += 1
     opcode = [_opcode(ins) for ins in instructions]
     return {"instructions": len(instructions), "hgmma": opcode.count("HGMMA"), "hmma": opcode.count("HMMA"),
-            "widths": widths}
+            "utmaldg": opcode.count("UTMALDG"), "widths": widths}
 
 
 def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1, all_sass: bool = False):

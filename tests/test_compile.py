@@ -74,6 +74,8 @@ def expectation_failures(result: dict) -> list[str]:
             found = stats["widths"].get(op, {}).get(width, 0)
             if key in expect and found < expect[key]:
                 failures.append(f"{found} {width}-bit {op} < {expect[key]} (widths: {stats['widths'].get(op)})")
+    if "utmaldg_at_least" in expect and stats["utmaldg"] < expect["utmaldg_at_least"]:    # TMA tile loads
+        failures.append(f"{stats['utmaldg']} UTMALDG < {expect['utmaldg_at_least']}")
     if "max_instructions_per_hgmma" in expect:
         per = stats["instructions"] / max(stats["hgmma"], 1)
         if per > expect["max_instructions_per_hgmma"]:

@@ -64,9 +64,9 @@ _GEMM_EXPECT = {
     "pointwise_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 41},  # 158 / 140 per 4
     # 1x1 channels_last through tensor descriptors (UTMALDG, no address arithmetic): forward 72 / 72,
     # input gradient 71 / 71, weight gradient 76 / 76 per 4
-    "descriptor_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22},
-    "descriptor_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22},
-    "descriptor_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22},
+    "descriptor_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22, "utmaldg_at_least": 2},
+    "descriptor_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22, "utmaldg_at_least": 2},
+    "descriptor_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 22, "utmaldg_at_least": 2},
     "planar_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 40},     # measured 35 / 33
     "planar_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 36},  # 31.5 / 29
     "planar_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 42},  # 38 / 37
