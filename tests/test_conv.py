@@ -259,6 +259,32 @@ def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monke
         assert not any("pointwise" in name for name in launches.counts), launches.counts
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
+    """What a GPU does with an NCHW 1x1 convolution of images under PLANAR_MIN_PIXELS:
+    one channels_last copy of each operand (``_gemm_operand``, made to copy here as
+    on a GPU), the descriptor GEMMs, and the outputs (y, dx) written back into NCHW
+    in place along the pixels (PIXEL_VEC > 1). Against float64."""
+    from kernels.conv import ops
+    seen = {}
+    launch = ops.launch
+
+    def spy(kernel_fn, grid, *args, **kwargs):
+        seen.setdefault(kernel_name(kernel_fn), []).append(kwargs.get("PIXEL_VEC"))
+        return launch(kernel_fn, grid, *args, **kwargs)
+    monkeypatch.setattr(ops, "launch", spy)
+    monkeypatch.setattr(ops, "_gemm_operand", lambda t: t.contiguous(memory_format=torch.channels_last))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    x, w, b = _inputs(2, 64, 4, 8, 48, (1, 1), 2, dtype, device)       # 32 pixels < PLANAR_MIN_PIXELS
+    ours, reference = _conv_fns(1, 0, 1, 2, "relu")
+    scale = 100.0 if dtype == torch.float32 else 1.0                   # tf32: fp16's atol
+    out, _ = check_op(ours, reference, [x, w, b], "conv", grad_scale=scale, out_scale=scale)
+    assert out.is_contiguous()
+    vec = 16 // x.element_size()
+    assert seen["_conv_pointwise_gemm_kernel"] == [vec, vec], seen     # forward, input gradient
+    assert "_conv_pointwise_wgrad_kernel" in seen, seen
+
+
 def test_descriptor_allocator_set_where_unset():
     """On a GPU the descriptor GEMM's descriptors live in memory from triton's
     allocator, a context variable that every new thread (autograd's workers) starts

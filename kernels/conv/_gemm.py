@@ -29,8 +29,8 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
 
 Main loops advance their position (tap, channel block, pixel) by additions
 and selects, never by division, and add it to pointer tiles built before the
-loop (the forward: times steps, a tap row, a tap column, a channel block,
-computed once before it, where they show the compiler their 16-byte
+loop (the forward: multiples of a tap-row, a tap-column and a channel-block
+step, each computed once before it, where it shows the compiler its 16-byte
 alignment): the address arithmetic per k-step stays small next to the
 tensor-core work. Offsets are int64 where they cross images (a batch may pass 2**31
 elements) and int32 inside one image. Rows past the end of the tile get a position
