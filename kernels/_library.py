@@ -19,6 +19,10 @@ derivatives run the same kernels). Calling an Operator:
   about 15 us per call (``python -m bench --host``), more than many of our
   kernels take on a GPU.
 
+Either way the launcher runs with its first tensor's GPU as the current device
+(``_on_own_device``): Triton launches on the current device, so a model on
+cuda:1 called while cuda:0 is current would otherwise run on the wrong GPU.
+
 Why ``custom_op`` and not ``torch.library.triton_op``: a triton_op's body is
 traced with fake tensors and its kernels through ``wrap_triton``, which needs
 each kernel's real arguments; our launchers read data pointers (alignment
@@ -31,6 +35,8 @@ cannot fuse into our kernels, which do their own fusion (epilogues).
 from __future__ import annotations
 
 from typing import Callable
+
+import contextlib
 
 import torch
 
@@ -45,6 +51,20 @@ def tracing(x: torch.Tensor) -> bool:
     """True while torch.compile / torch.export trace, or for a tensor subclass
     (FakeTensor, FunctionalTensor, ...): calls must go through the operator."""
     return type(x) not in _PLAIN or torch.compiler.is_compiling()
+
+
+_NO_GUARD = contextlib.nullcontext()
+
+
+def _on_own_device(impl: Callable) -> Callable:
+    """``impl`` run with its first argument's GPU as the current device (torch's ops
+    do the same through a device guard)."""
+    def run(x, *args):
+        guard = (torch.cuda.device(x.get_device()) if x.is_cuda and x.get_device() != torch.cuda.current_device()
+                 else _NO_GUARD)
+        with guard:
+            return impl(x, *args)
+    return run
 
 
 def _unaliased(impl: Callable) -> Callable:
@@ -91,8 +111,8 @@ class Operator:
             raise RuntimeError(f"operator {NAMESPACE}::{name} is registered twice")
         OPERATORS[name] = self
         self.name = name
-        self.impl = impl
         schema = torch.library.infer_schema(impl, mutates_args=mutates_args)
+        impl = self.impl = _on_own_device(impl)
         self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", _unaliased(impl), mutates_args=mutates_args,
                                           schema=schema)
         self.op.register_fake(fake)

@@ -7,7 +7,8 @@
 * ``torch.compile(..., fullgraph=True)`` of the functional ops and of a model of
   every family (train and eval) traces one graph with no break, and outputs,
   gradients and buffers equal eager mode; ``torch.export`` of an eval model.
-* Eager calls do not go through the dispatcher (the direct path).
+* Eager calls do not go through the dispatcher (the direct path); every
+  launcher runs on its first tensor's GPU.
 * On CUDA: inductor, and its CUDA graphs (``mode="reduce-overhead"``).
 """
 from __future__ import annotations
@@ -151,6 +152,34 @@ def test_eager_calls_skip_the_dispatcher(device):
     with Seen():
         F.max_pool2d(F.relu(x), 2).sum().backward()
     assert Seen.names and "nnlib" not in Seen.names
+
+
+def test_launchers_run_on_their_tensors_gpu(monkeypatch):
+    """Triton launches on the current device: an operator given tensors on another
+    GPU makes theirs current while its launcher runs, and leaves it alone
+    otherwise (a fake cuda:1 tensor stands for one; no GPU needed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from kernels._library import _on_own_device
+    current, seen = [0], []
+
+    class Guard:                        # torch.cuda.device, recorded
+        def __init__(self, index):
+            self.index = index
+
+        def __enter__(self):
+            self.saved, current[0] = current[0], self.index
+
+        def __exit__(self, *exc):
+            current[0] = self.saved
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
+    monkeypatch.setattr(torch.cuda, "device", Guard)
+    launcher = _on_own_device(lambda x, scale: seen.append((current[0], scale)))
+    with FakeTensorMode():
+        on_1, on_0 = torch.empty(2, device="cuda:1"), torch.empty(2, device="cuda:0")
+    launcher(on_1, 2.0)
+    launcher(on_0, 3.0)
+    launcher(torch.empty(2), 4.0)
+    assert seen == [(1, 2.0), (0, 3.0), (0, 4.0)] and current[0] == 0
 
 
 def _functional_chain(x, w):
