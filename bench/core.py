@@ -28,10 +28,12 @@ class Case:
     """One benchmark row. ``setup()`` allocates the inputs (the harness seeds torch
     first) and returns ``(ours, baseline)``: two thunks doing the same work.
     ``bytes`` is the minimal traffic (read once, written once), ``flops`` the
-    arithmetic. The check compares both sides' results with twice the test
-    suite's tolerance for ``kind`` (nnlib.testing: each side may be off from the
-    exact result by one tolerance), or with ``atol`` / ``rtol`` when no kind is
-    given (whole models)."""
+    arithmetic; ``extra`` goes into the row (``alternative``: a path nnlib does
+    not take by default, timed for comparison, left out of the geomeans). The
+    check compares both sides' results with twice the test suite's tolerance for
+    ``kind`` (nnlib.testing: each side may be off from the exact result by one
+    tolerance), or with ``atol`` / ``rtol`` when no kind is given (whole
+    models)."""
     op: str
     set: str
     shape: tuple
@@ -155,11 +157,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
             fmt(r.get("ours_ms"), ".4f"), fmt(r.get("baseline_ms"), ".4f"), fmt(r.get("speedup"), ".2f"),
             fmt(r.get("gbps"), ".0f"), fmt(r.get("pct_copy_bw"), ".0f"), fmt(r.get("tflops"), ".1f"),
             fmt(r.get("pct_bf16_matmul"), ".0f")]) + " |")
-    lines += ["", "Geomean speedup per op, set, dtype and pass:", "", "| op | set | dtype | pass | geomean |",
-              "|---|---|---|---|---|"]
+    lines += ["", "Geomean speedup per op, set, dtype and pass (of the paths nnlib takes: rows marked "
+              "\"alternative\" left out):", "", "| op | set | dtype | pass | geomean |", "|---|---|---|---|---|"]
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["op"], r["set"], r["dtype"], r["pass"]), []).append(r.get("speedup"))
+        if not r.get("alternative"):
+            groups.setdefault((r["op"], r["set"], r["dtype"], r["pass"]), []).append(r.get("speedup"))
     for key, values in sorted(groups.items()):
         lines.append(f"| {' | '.join(key)} | {geomean(values):.2f} |")
     return "\n".join(lines) + "\n"

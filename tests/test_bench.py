@@ -29,3 +29,17 @@ def test_bench(benchmark, case, side):
         fn()
         torch.cuda.synchronize()
     benchmark(run)
+
+
+def test_report_geomeans_leave_alternatives_out():
+    """The report's geomeans cover the paths nnlib takes: a row timed as an
+    alternative (conv2d's "nchw-in-place") is listed but not averaged in."""
+    from bench.core import markdown
+    meta = {"gpu": "GPU", "date": "today", "torch": "t", "triton": "t",
+            "ceilings": {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0}}
+    rows = [{"op": "conv2d", "set": "resnet50", "shape": [1], "dtype": "bfloat16", "layout": layout,
+             "pass": "forward", "speedup": speedup, **extra}
+            for layout, speedup, extra in (("channels_last", 2.0, {}), ("contiguous", 0.5, {}),
+                                           ("nchw-in-place", 0.01, {"alternative": True}))]
+    report = markdown(rows, meta)
+    assert "nchw-in-place" in report and "| conv2d | resnet50 | bfloat16 | forward | 1.00 |" in report

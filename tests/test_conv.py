@@ -285,6 +285,33 @@ def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
     assert "_conv_pointwise_wgrad_kernel" in seen, seen
 
 
+def test_gemm_operands_copied_to_channels_last_on_a_gpu():
+    """On a GPU an implicit-GEMM operand that is not channels_last is copied to it,
+    except inside ``read_nchw_in_place`` (the benchmark's alternative), which
+    restores the copy on leaving (a stand-in CUDA tensor: no GPU needed)."""
+    from kernels.conv import ops
+
+    class OnGpu:                # what _gemm_operand reads of a tensor
+        device = torch.device("cuda", 0)
+
+        def __init__(self, channels_last):
+            self.channels_last = channels_last
+
+        def is_contiguous(self, memory_format):
+            return self.channels_last and memory_format == torch.channels_last
+
+        def contiguous(self, memory_format):
+            return OnGpu(memory_format == torch.channels_last)
+    nchw, channels_last = OnGpu(False), OnGpu(True)
+    assert ops._gemm_operand(nchw).channels_last
+    assert ops._gemm_operand(channels_last) is channels_last
+    with ops.read_nchw_in_place():
+        assert ops._gemm_operand(nchw) is nchw
+    assert ops._gemm_operand(nchw) is not nchw
+    cpu = torch.empty(2, 16, 5, 7)
+    assert ops._gemm_operand(cpu) is cpu            # the interpreter reads every layout in place
+
+
 def test_descriptor_allocator_set_where_unset():
     """On a GPU the descriptor GEMM's descriptors live in memory from triton's
     allocator, a context variable that every new thread (autograd's workers) starts

@@ -12,14 +12,23 @@ TFLOP/s and % of the bf16 matmul rate measured in the same run, and the
 speedup against cuDNN (torch with cudnn.benchmark). Targets on an H100 (issue
 11): geomean >= 0.9x cuDNN forward, >= 0.7x input and weight gradient, >= 1.5x
 on dilated and depthwise.
+
+Layout "nchw-in-place" (quick run only): NCHW operands that the implicit-GEMM
+passes read as they are (``read_nchw_in_place``) instead of copying them to
+channels_last, against the same cuDNN call: beside the "contiguous" and
+"channels_last" rows of one shape it says what the copies cost and what reading
+NCHW in place would (issue 11's open choice).
 """
 from __future__ import annotations
+
+import contextlib
 
 import torch
 import torch.nn.functional as TF
 
 import nnlib.functional as F
 from bench.core import Case
+from kernels.conv.ops import read_nchw_in_place
 
 # (C, H, K, kernel, stride, padding): square images and kernels.
 RESNET50 = [
@@ -77,9 +86,11 @@ def _setup(spec: Spec, dtype, layout, device, pass_name):
             x = x.contiguous(memory_format=torch.channels_last)
             w = w.contiguous(memory_format=torch.channels_last)
         args = (spec.stride, spec.padding, spec.dilation, spec.groups)
+        reading = read_nchw_in_place if layout == "nchw-in-place" else contextlib.nullcontext
 
         def ours():
-            return F.conv2d(x, w, b, *args, activation="relu" if spec.relu else None)
+            with reading():
+                return F.conv2d(x, w, b, *args, activation="relu" if spec.relu else None)
 
         def baseline():
             y = TF.conv2d(x, w, b, *args)
@@ -92,8 +103,12 @@ def _setup(spec: Spec, dtype, layout, device, pass_name):
         g = torch.randn_like(y_torch)
         if pass_name == "weight_grad":       # keep the weight gradient O(1): it sums N*P*Q terms
             g = g / (spec.N * spec.P * spec.P) ** 0.5
-        return ((lambda: torch.autograd.grad(y_ours, wrt, g, retain_graph=True)),
-                (lambda: torch.autograd.grad(y_torch, wrt, g, retain_graph=True)))
+
+
+        def ours_grad():
+            with reading():
+                return torch.autograd.grad(y_ours, wrt, g, retain_graph=True)
+        return ours_grad, (lambda: torch.autograd.grad(y_torch, wrt, g, retain_graph=True))
     return setup
 
 
@@ -108,11 +123,14 @@ def _gpu_specs():
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (22 cases: bench/gpu_check.sh gives the
-# quick run of every suite 150 s), channels_last unless marked NCHW ("contiguous":
-# ResNet-50's 1x1 at 56x56 runs the planar GEMMs there).
+# --quick: bf16, a few shapes per set and pass (26 cases: bench/gpu_check.sh gives the
+# quick run of every suite 180 s), channels_last unless marked NCHW ("contiguous":
+# ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or "nchw-in-place" (a 3x3
+# and the stem in all three layouts).
 QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6, "forward"),
          ("resnet50", 22, "forward"), ("resnet50", 10, "forward", "contiguous"), ("stem", 0, "forward"),
+         ("resnet50", 10, "forward"), ("resnet50", 10, "forward", "nchw-in-place"),
+         ("stem", 0, "forward", "nchw-in-place"), ("stem", 0, "forward", "contiguous"),
          ("resnet50", 1, "forward", "contiguous"), ("resnet50", 1, "weight_grad", "contiguous"),
          ("dilated", 0, "forward"), ("dilated", 4, "forward"), ("depthwise", 2, "forward"),
          ("depthwise-7x7", 1, "forward"), ("fused-bias-relu", 2, "forward"),
@@ -132,8 +150,9 @@ def _cpu_specs():
 
 def _case(set_name, spec, dtype, layout, pass_name, device):
     tol = {torch.float32: 1e-2, torch.float16: 1e-2, torch.bfloat16: 3e-2}[dtype]
+    extra = {"alternative": True} if layout == "nchw-in-place" else {}
     return Case("conv2d", set_name, spec.shape, dtype, layout, pass_name, _setup(spec, dtype, layout, device, pass_name),
-                flops=spec.flops, atol=tol, rtol=tol)
+                flops=spec.flops, atol=tol, rtol=tol, extra=extra)
 
 
 def cases(device: str, quick: bool) -> list[Case]:

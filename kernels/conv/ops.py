@@ -29,12 +29,16 @@ stride-1 convolution) are written in the caller's layout: NCHW in place along
 the pixels where 16-byte runs allow it (``PIXEL_VEC``, ``_gemm_output``), else
 through a channels_last buffer copied once. The interpreter skips the copies,
 so the strided addressing is what CI tests. The planar and depthwise kernels
-read NCHW in place on a GPU too.
+read NCHW in place on a GPU too. Whether the copies beat reading NCHW in place
+(scalar gathers: 5x / 8x the main-loop instructions per multiply-add in sm_90
+SASS under triton 3.6 / 3.9, no spill) waits for a GPU measurement: the conv
+benchmark times both (``read_nchw_in_place``).
 The output is channels_last when torch suggests channels_last for the input or
 the weight (``kernels._runtime.suggest_memory_format``), as torch does.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import NamedTuple
@@ -88,9 +92,26 @@ def _for_dtype(kernels, dtype: torch.dtype):
     return kernels.fp32 if dtype == torch.float32 else kernels.half
 
 
+_copy_operands = True       # False inside read_nchw_in_place()
+
+
+@contextlib.contextmanager
+def read_nchw_in_place():
+    """Inside, the implicit-GEMM passes read their operands on a GPU in the layout
+    they come in, as the interpreter does, instead of copying them to
+    channels_last: the benchmark's "nchw-in-place" rows time the alternative."""
+    global _copy_operands
+    saved, _copy_operands = _copy_operands, False
+    try:
+        yield
+    finally:
+        _copy_operands = saved
+
+
 def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
-    """On a GPU, ``t`` as channels_last (one copy when it is not); unchanged in the interpreter."""
-    if t.device.type == "cuda" and not t.is_contiguous(memory_format=torch.channels_last):
+    """On a GPU, ``t`` as channels_last (one copy when it is not); unchanged in the
+    interpreter and inside ``read_nchw_in_place``."""
+    if t.device.type == "cuda" and _copy_operands and not t.is_contiguous(memory_format=torch.channels_last):
         return t.contiguous(memory_format=torch.channels_last)
     return t
 
