@@ -145,7 +145,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"torch {meta['torch']}, triton {meta['triton']}. Baseline: torch with "
              "cudnn.benchmark = True, same tf32 policy. Median of do_bench (L2 flushed).", "",
              f"Ceilings measured in this run: copy {meta['ceilings']['copy_gbps']:.0f} GB/s, "
-             f"bf16 matmul {meta['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s.", "",
+             f"bf16 matmul {meta['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s. "
+             f"Cases timed: {meta.get('cases_done', len(rows))}.", "",
              "| op | set | shape | dtype | layout | pass | ours ms | torch ms | speedup | GB/s | % copy | TFLOP/s | % mma |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -213,6 +214,11 @@ def run(ops: list[str] | None, quick: bool, out_dir: str) -> int:
     ceilings = measure_ceilings(device)
     print(f"copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s",
           flush=True)
+    date = datetime.date.today().isoformat()
+    meta = {"gpu": gpu, "date": date, "torch": torch.__version__, "triton": triton.__version__,
+            "ceilings": ceilings, "quick": quick, "ops": ops}
+    os.makedirs(out_dir, exist_ok=True)
+    stem = os.path.join(out_dir, f"{gpu.replace(' ', '_').replace('/', '_')}-{date}")
     rows = []
     for i, case in enumerate(cases, 1):
         try:
@@ -225,15 +231,12 @@ def run(ops: list[str] | None, quick: bool, out_dir: str) -> int:
         rows.append(row)
         print(f"[{i}/{len(cases)}] {case.id}: {msg}", flush=True)
         torch.cuda.empty_cache()
-    date = datetime.date.today().isoformat()
-    meta = {"gpu": gpu, "date": date, "torch": torch.__version__, "triton": triton.__version__,
-            "ceilings": ceilings, "quick": quick, "ops": ops}
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, f"{gpu.replace(' ', '_').replace('/', '_')}-{date}")
-    with open(stem + ".json", "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(rows, meta))
+        # rewritten after every case: a run stopped early (gpu_check's time box) keeps its rows
+        meta["cases_done"] = f"{i} of {len(cases)}"
+        with open(stem + ".json", "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        with open(stem + ".md", "w") as f:
+            f.write(markdown(rows, meta))
     plot(rows, stem + ".png", f"nnlib vs torch, {gpu}, {date}")
     print(f"wrote {stem}.json / .md / .png")
     errors = sum("error" in r for r in rows)

@@ -43,3 +43,30 @@ def test_report_geomeans_leave_alternatives_out():
                                            ("nchw-in-place", 0.01, {"alternative": True}))]
     report = markdown(rows, meta)
     assert "nchw-in-place" in report and "| conv2d | resnet50 | bfloat16 | forward | 1.00 |" in report
+
+
+def test_gpu_run_keeps_its_rows_when_stopped_early(tmp_path, monkeypatch):
+    """``python -m bench`` on a GPU rewrites its JSON and Markdown after every case,
+    so a run that gpu_check's time box stops keeps what it timed (the GPU side
+    stood in for: fake ceilings and timings, a stop after the second case)."""
+    import json
+    from bench import core
+    timed = []
+
+    def time_case(case, ceilings):
+        if len(timed) == 2:
+            raise SystemExit("time box")
+        timed.append(case.id)
+        return {**core.row_of(case), "ours_ms": 1.0, "baseline_ms": 2.0, "speedup": 2.0}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(core, "measure_ceilings", lambda device: {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0})
+    monkeypatch.setattr(core, "time_case", time_case)
+    total = len(core.collect(["conv2d"], "cuda", True))
+    with pytest.raises(SystemExit):
+        core.run(["conv2d"], True, str(tmp_path))
+    (result,) = tmp_path.glob("Fake_GPU-*.json")
+    saved = json.loads(result.read_text())
+    assert [r["id"] for r in saved["rows"]] == timed and saved["meta"]["cases_done"] == f"2 of {total}"
+    assert f"Cases timed: 2 of {total}." in result.with_suffix(".md").read_text()
