@@ -31,8 +31,9 @@ rc=0
 step selftest 120 $PY -m nnlib.selftest --quick || rc=1
 # Every test that can run on CUDA does (the compile test is the CPU's stand-in for a GPU: skipped here).
 # Compiling every kernel once dominates a fresh machine's run: 8 workers share the CPU's 16 cores.
+# A test that hangs (a kernel that never returns) loses its worker after 120 s, not the summary.
 step tests 240 env NNLIB_AUTOTUNE=0 $PY -m pytest tests -q -n 8 -p no:cacheprovider --ignore=tests/test_compile.py \
-  --junitxml="$out/tests.xml" -o junit_family=xunit2 || rc=1
+  --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 || rc=1
 step bench 180 $PY -m bench --quick --out "$out" "$@" || rc=1
 echo "gpu_check rc=$rc" | tee -a "$out/summary.txt"
 exit $rc
