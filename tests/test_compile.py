@@ -68,7 +68,7 @@ def expectation_failures(result: dict) -> list[str]:
     stats, failures = result["sass"], []
     if "max_registers" in expect and result["registers"] > expect["max_registers"]:
         failures.append(f"{result['registers']} registers > {expect['max_registers']}")
-    for op in ("LDG", "STG"):
+    for op in ("LDG", "LDGSTS", "STG"):
         for width in ("64", "128"):
             key = f"{op.lower()}{width}_at_least"
             found = stats["widths"].get(op, {}).get(width, 0)

@@ -214,6 +214,53 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
     assert [seen.get(name) for name in names] == [vec] * len(names), seen
 
 
+@pytest.mark.parametrize("C,layout,dilation,groups,dtype,pad_c", [
+    (3, "contiguous", 1, 1, torch.bfloat16, 4), (3, "transposed", 1, 1, torch.float32, 4),
+    (6, "sliced", 1, 1, torch.float16, 8), (3, "channels_last", 1, 1, torch.float16, 0),
+    (3, "contiguous", (1, 2), 1, torch.float32, 0), (6, "contiguous", 1, 2, torch.float32, 0)],
+    ids=["nchw-bf16", "transposed-fp32", "6-channels-sliced-fp16", "channels-last", "column-dilation", "groups"])
+def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device, monkeypatch):
+    """A FLAT forward (few input channels: an RGB stem) of an x that is not
+    channels_last copies x and w into channels_last buffers zero-padded to PAD_C
+    channels (``_pad_channels_kernel``: one launch each), whose kernel rows the
+    GEMM loads as aligned vectors; channels_last x, column dilation, groups and
+    ``read_nchw_in_place`` keep x and w as they are. Against float64, gradients
+    included (they read the unpadded x and w)."""
+    from kernels.conv import ops
+    seen = []
+    launch = ops.launch
+
+    def spy(kernel_fn, grid, *args, **kwargs):
+        seen.append((kernel_name(kernel_fn), kwargs.get("PAD_C")))
+        return launch(kernel_fn, grid, *args, **kwargs)
+    monkeypatch.setattr(ops, "launch", spy)
+    x, w, b = _inputs(2, C, 13, 11, 32, (5, 5), groups, dtype, device, layout)
+    ours, reference = _conv_fns(2, 2, dilation, groups, "relu")
+    assert conv_paths(C, 32, groups, (5, 5))["forward"] == FL
+    seen.clear()
+    ours(x, w, b)
+    pads = [("_pad_channels_kernel", pad_c)] * 2 if pad_c else []
+    assert seen == pads + [("_conv_fwd_gemm_kernel", pad_c)], seen
+    seen.clear()
+    with ops.read_nchw_in_place():              # the benchmark's alternative: no copy
+        ours(x, w, b)
+    assert seen == [("_conv_fwd_gemm_kernel", 0)], seen
+    check_op(ours, reference, [x, w, b], "conv")
+
+
+def test_padded_channels_are_zero(device, monkeypatch):
+    """The padded copy's extra channels are written as zeros, whatever the memory
+    held (NaN here): the GEMM multiplies them by w's zero channels."""
+    from kernels.conv import ops
+    empty = torch.empty
+    monkeypatch.setattr(ops.torch, "empty", lambda *a, **k: empty(*a, **k).fill_(float("nan")))
+    x = make_input((2, 3, 5, 4), torch.float16, device, "sliced")
+    padded = ops._padded_channels_last(x, 4)
+    monkeypatch.undo()
+    assert padded.shape == (2, 4, 5, 4) and padded.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(padded[:, :3], x) and torch.equal(padded[:, 3:], torch.zeros_like(padded[:, 3:]))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("groups,channel_slice", [(1, False), (2, False), (2, True)],
                          ids=["plain", "grouped", "grouped-channel-slice"])

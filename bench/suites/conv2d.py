@@ -15,7 +15,8 @@ on dilated and depthwise.
 
 Layout "nchw-in-place" (quick run only): NCHW operands that the implicit-GEMM
 passes read as they are (``read_nchw_in_place``) instead of copying them to
-channels_last, against the same cuDNN call: beside the "contiguous" and
+channels_last (the stem: to 4 zero-padded channels), against the same cuDNN
+call: beside the "contiguous" and
 "channels_last" rows of one shape it says what the copies cost and what reading
 NCHW in place would (issue 11's open choice).
 """

@@ -14,9 +14,9 @@ from ..activation import ACT_LEAKY_RELU, ACT_RELU
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
-from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
-                    conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd, conv_pointwise_wgrad,
-                    conv_wgrad_flat, conv_wgrad_gemm)
+from ._gemm import (_pad_channels_kernel, conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad,
+                    conv_planar_fwd, conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd,
+                    conv_pointwise_wgrad, conv_wgrad_flat, conv_wgrad_gemm)
 from .ops import ConvGeometry, _depthwise_tiles, conv2d, conv2d_op, conv_paths, output_size
 
 __all__ = ["conv2d", "conv2d_op", "ConvGeometry", "conv_paths", "output_size", "COMPILE_CASES"]
@@ -49,7 +49,9 @@ def _strides(prefix, axes):
 # steps hoisted out of the loop, and each tap mask one unsigned compare per axis,
 # ``_in_range``; 185 / 178 before either), input gradient 184 / 175 as a stride-2
 # launch (198 / 189 with signed compares; hoisting there spilled 8 bytes at 128
-# registers under 3.9), weight gradient 258 / 253, stem 164 / 210 per 2.
+# registers under 3.9), weight gradient 258 / 253, stem 164 / 210 per 2 (scalar
+# loads of x and w), 102 / 102 per 2 from the zero-padded copies of an NCHW stem
+# (PAD_C 4: cp.async of 8 bytes, 111 / 112 registers; 160 / 254 unpadded).
 _GEMM_EXPECT = {
     "forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 38},
     "stem": {"max_loop_instructions_per_hgmma": 150},      # FLAT forward: 3x the forward's budget
@@ -60,6 +62,8 @@ _GEMM_EXPECT = {
     # as a stride-2 launch, input gradient 184 / 175 as a stride-1 one.
     "nchw_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 38, "stg128_at_least": 24},
     "nchw_stem": {"max_loop_instructions_per_hgmma": 150, "stg128_at_least": 12},
+    "nchw_padded_stem": {"max_registers": 128, "max_loop_instructions_per_hgmma": 55, "ldgsts64_at_least": 12,
+                         "stg128_at_least": 12},
     "nchw_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 47, "stg128_at_least": 24},
     "pointwise_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 41},  # 158 / 140 per 4
     # 1x1 channels_last through tensor descriptors (UTMALDG, no address arithmetic): forward 72 / 72,
@@ -96,8 +100,8 @@ def _compile_cases():
 
         def gemm_case(tuned, sig, constexprs, divisible, pass_name, case_label):
             kernel = tuned.half if half else tuned.fp32
-            if constexprs.get("FLAT"):
-                pass_name = {"forward": "stem", "nchw_forward": "nchw_stem"}.get(pass_name)
+            if constexprs.get("FLAT"):      # the stem's budgets; its weight gradient has none
+                pass_name = {"forward": "stem", "weight_grad": None}.get(pass_name, pass_name)
             main = vec > 1 and half and pass_name is not None
             return CompileCase(kernel, sig, {**constexprs, **mma}, tensor_cores=tf32, label=case_label,
                                divisible=divisible if vec > 1 else (),
@@ -112,24 +116,32 @@ def _compile_cases():
                                                                           *_strides("w", "krs")))
             cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, sig,
                                    dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec, PIXEL_VEC=0,
-                                        stride_xc=1, stride_wc=1, stride_yc=1,
+                                        PAD_C=0, stride_xc=1, stride_wc=1, stride_yc=1,
                                         **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
                                    divisible, "forward", f"{label},flat={int(flat)}"))
+            if flat:                    # an NCHW stem: x and w copied to 4 zero-padded channels
+                cases.append(gemm_case(conv_fwd_flat, sig,
+                                       dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=True, VEC=vec,
+                                            PIXEL_VEC=0, PAD_C=4, stride_xc=1, stride_wc=1, stride_yc=1,
+                                            **_STEM_7X7),
+                                       divisible, None, f"{label},flat=1,pad_c=4"))
             if not flat:                # the most frequent launch: ResNets' 1x1 convolutions
                 cases.append(gemm_case(conv_fwd_gemm, sig,
                                        dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=False, VEC=vec,
-                                            PIXEL_VEC=0, stride_xc=1, stride_wc=1, stride_yc=1, **_1X1),
+                                            PIXEL_VEC=0, PAD_C=0, stride_xc=1, stride_wc=1, stride_yc=1, **_1X1),
                                        divisible + ("pad_h", "pad_w"), "pointwise_forward",
                                        f"{label},flat=0,1x1"))
             if vec > 1 and half:        # y NCHW, written in place: pixel stride 1, 16-byte pixel runs
                 planar_sig = {k: v for k, v in sig.items() if k != "stride_yw"}
                 planar_sig["stride_yc"] = "i32"
-                cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, planar_sig,
-                                       dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat,
-                                            VEC=1 if flat else vec, PIXEL_VEC=8, stride_xc=1, stride_wc=1,
-                                            stride_yw=1, **(_STEM_7X7 if flat else _3X3_STRIDE_2)),
-                                       tuple(d for d in divisible if d != "stride_yw") + ("stride_yc",),
-                                       "nchw_stem" if flat else "nchw_forward", f"{label},flat={int(flat)},nchw"))
+                for pad_c in (0, 4) if flat else (0,):     # a stem read as it is; padded copies
+                    cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, planar_sig,
+                                           dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat,
+                                                VEC=1 if flat else vec, PIXEL_VEC=8, PAD_C=pad_c, stride_xc=1,
+                                                stride_wc=1, stride_yw=1, **(_STEM_7X7 if flat else _3X3_STRIDE_2)),
+                                           tuple(d for d in divisible if d != "stride_yw") + ("stride_yc",),
+                                           "nchw_padded_stem" if pad_c else "nchw_stem" if flat else "nchw_forward",
+                                           f"{label},flat={int(flat)},nchw" + (",pad_c=4" if pad_c else "")))
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
                    **_ints("stride_dym", *_strides("x", "nhw"), *_strides("dw", "kcrs"))}
@@ -188,6 +200,12 @@ def _compile_cases():
         cases.append(gemm_case(conv_planar_wgrad, sig, dict(VEC=vec, stride_dyp=1, stride_xp=1, stride_dwc=1),
                                ("HW", "Cg", "Kg", "stride_dyn", "stride_dyk", "stride_xn", "stride_xc", "stride_dwk"),
                                "planar_weight_grad", label))
+    for dt, store in (("bf16", "stg64_at_least"), ("fp32", "stg128_at_least")):
+        # the FLAT forward's zero-padded channels_last copy of an NCHW x (pixel stride 1)
+        cases.append(CompileCase(_pad_channels_kernel,
+                                 {"src_ptr": f"*{dt}", "dst_ptr": f"*{dt}",
+                                  **_ints("HW", "C", "W", "stride_n", "stride_c", "stride_h")},
+                                 dict(PAD_C=4, BLOCK=512, stride_w=1), label=dt, expect={store: 1}))
     cases += _depthwise_cases()
     for dt in ("bf16",):
         for block_m, block_n in ((32, 32), (256, 4)):      # the GPU tiles of ops._direct_tiles

@@ -12,7 +12,9 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
   BLOCK_K channels (Cg >= 16). ``FLAT`` mode (a handful of input channels: the
   RGB stem) walks blocks of the S*Cg (s, c) columns of a kernel row and,
   inside each, the kernel rows r, so few channels still fill the tiles and
-  the column decode happens once per block.
+  the column decode happens once per block. Given zero-padded channels_last
+  copies of x and w (``PAD_C``: 4 or 8 channels, ``_pad_channels_kernel``), a
+  pixel's kernel row is one aligned run, loaded in vectors through cp.async.
 * dgrad: dx(h, w) gathers dy(p, q) with p = (h + pad - r*dil) / stride. The
   pixels of one stride phase (h + pad = a mod stride) see the same taps r,
   every ``step = stride / gcd(stride, dil)``-th starting at r0, so a program
@@ -277,7 +279,8 @@ def _conv_fwd_gemm_kernel(
         negative_slope,
         HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, FLAT: tl.constexpr, VEC: tl.constexpr,
         PIXEL_VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        PAD_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr):
     """x: (N, G*Cg, H, W); w: (G*Kg, Cg, R, S); b: (G*Kg,); y: (N, G*Kg, P, Q);
     all through strides; part / ticket: the split workspace (``sum_splits``).
     Program (tile, g, split): y = act(conv + b) over BLOCK_M output pixels and
@@ -286,7 +289,9 @@ def _conv_fwd_gemm_kernel(
     x, w, y channel-contiguous with rows, Cg and Kg multiples of VEC elements
     (16 bytes) on 16-byte aligned pointers (FLAT: y only). PIXEL_VEC > 0: y is
     written with its pixels at stride 1 instead (``_store_output``; VEC then
-    concerns x and w only)."""
+    concerns x and w only). PAD_C > 0 (FLAT, one group, dil_w 1): x and w are
+    channels_last with PAD_C channels, the real ones zero-padded
+    (``_pad_channels_kernel``)."""
     g = tl.program_id(1)
     M = N * P * Q
     Kb = Kg // VEC * VEC                         # == Kg, written so that the compiler sees its divisibility
@@ -302,30 +307,49 @@ def _conv_fwd_gemm_kernel(
     iw0 = q * stride_w - pad_w
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     if FLAT:
-        # Reduction over blocks of the S*Cg columns j = s*Cg + c of a kernel row (one
+        # Reduction over blocks of the S*C columns j = s*C + c of a kernel row (one
         # block for the stem), each decoded once with its column bounds and offsets,
         # then over the kernel rows r: a k-step adds a row offset and one row check.
-        x_rows = x_ptr + (n.to(tl.int64) * stride_xn + (g * Cg).to(tl.int64) * stride_xc
-                          + ih0.to(tl.int64) * stride_xh + iw0.to(tl.int64) * stride_xw)
-        w_cols = w_ptr + (g * Kb + offs_n).to(tl.int64) * stride_wk
-        row_cols = S * Cg
+        # PAD_C > 0: x and w are the host's zero-padded channels_last copies of PAD_C
+        # channels (groups 1, column dilation 1), so that a pixel's kernel row is one
+        # run of S*PAD_C elements from a PAD_C-aligned start: vector loads, cp.async.
+        if PAD_C > 0:
+            # (offsets written as multiples of PAD_C: the compiler sees the alignment)
+            x_rows = x_ptr + (n.to(tl.int64) * (stride_xn // PAD_C * PAD_C)
+                              + ih0.to(tl.int64) * (stride_xh // PAD_C * PAD_C) + iw0.to(tl.int64) * PAD_C)
+            w_cols = w_ptr + offs_n.to(tl.int64) * (stride_wk // PAD_C * PAD_C)
+            x_row_step = dil_h * stride_xh // PAD_C * PAD_C
+            w_row_step = stride_wr // PAD_C * PAD_C
+            channels = PAD_C
+        else:
+            x_rows = x_ptr + (n.to(tl.int64) * stride_xn + (g * Cg).to(tl.int64) * stride_xc
+                              + ih0.to(tl.int64) * stride_xh + iw0.to(tl.int64) * stride_xw)
+            w_cols = w_ptr + (g * Kb + offs_n).to(tl.int64) * stride_wk
+            x_row_step = dil_h * stride_xh
+            w_row_step = stride_wr
+            channels = Cg
+        row_cols = S * channels
         first, end = _split_steps(tl.cdiv(row_cols, BLOCK_K))       # splits over column blocks
         for col_block in range(first, end):
             j = col_block * BLOCK_K + offs_k
-            s = j // Cg
-            c = j % Cg
-            # A^T (BLOCK_K, BLOCK_M): no contiguity to exploit, so the lanes run along the pixels.
+            s = j // channels
+            c = j % channels
+            # A^T (BLOCK_K, BLOCK_M): the lanes run along the pixels, or along j in
+            # PAD_C-element vectors when PAD_C > 0.
             iw = iw0[None, :] + (s * dil_w)[:, None]
-            # (signed compares: ``_in_range`` here spilled 16-24 bytes in an fp32 tile under 3.6)
             mask_cols = (iw >= 0) & (iw < W) & (j < row_cols)[:, None]
-            a_base = x_rows[None, :] + (s * dil_w * stride_xw + c * stride_xc)[:, None]
-            b_base = w_cols[None, :] + (s * stride_ws + c * stride_wc)[:, None]
+            if PAD_C > 0:
+                a_base = x_rows[None, :] + j[:, None]
+                b_base = w_cols[None, :] + j[:, None]
+            else:
+                a_base = x_rows[None, :] + (s * dil_w * stride_xw + c * stride_xc)[:, None]
+                b_base = w_cols[None, :] + (s * stride_ws + c * stride_wc)[:, None]
             mask_b = (j < row_cols)[:, None] & mask_n[None, :]
             for r in range(0, R):
                 ih = ih0 + r * dil_h
-                a = tl.load(a_base + r * dil_h * stride_xh, mask=mask_cols & ((ih >= 0) & (ih < H))[None, :],
-                            other=0.0)
-                b = tl.load(b_base + r * stride_wr, mask=mask_b, other=0.0)
+                # (signed compares: ``_in_range`` here spilled 8-24 bytes in an fp32 tile under 3.6)
+                a = tl.load(a_base + r * x_row_step, mask=mask_cols & ((ih >= 0) & (ih < H))[None, :], other=0.0)
+                b = tl.load(b_base + r * w_row_step, mask=mask_b, other=0.0)
                 acc = _mma(tl.trans(a), b, acc, ALLOW_TF32, DOT_UPCAST)
     else:
         Cb = Cg // VEC * VEC
@@ -375,6 +399,22 @@ _FWD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC", "PIXEL_VEC"]
 conv_fwd_gemm = _tuned(_conv_fwd_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS, _FWD_KEY, FWD_INTERPRETER)
 conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_FWD_CONFIGS, FP32_FLAT_FWD_CONFIGS, _FWD_KEY, FLAT_INTERPRETER,
                        flat=True)
+
+
+@triton.jit
+def _pad_channels_kernel(src_ptr, dst_ptr, HW, C, W, stride_n, stride_c, stride_h, stride_w,
+                         PAD_C: tl.constexpr, BLOCK: tl.constexpr):
+    """dst (N, H*W, PAD_C), contiguous = src (N, C, H, W) through its strides, its
+    C <= PAD_C channels then zeros: the FLAT forward's channels_last x and w with
+    PAD_C channels. Program (n, block): BLOCK pixels of image n (int32 decode)."""
+    n = tl.program_id(0).to(tl.int64)
+    offs_p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    offs_c = tl.arange(0, PAD_C)
+    src = src_ptr + n * stride_n + ((offs_p // W).to(tl.int64) * stride_h
+                                    + (offs_p % W).to(tl.int64) * stride_w)[:, None] + (offs_c * stride_c)[None, :]
+    mask_p = (offs_p < HW)[:, None]
+    values = tl.load(src, mask=mask_p & (offs_c < C)[None, :], other=0.0)
+    tl.store(dst_ptr + (n * HW + offs_p)[:, None] * PAD_C + offs_c[None, :], values, mask=mask_p)
 
 
 # ---------------------------------------------------------------------------

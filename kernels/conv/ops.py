@@ -5,7 +5,9 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 * depthwise (Cg = Kg = 1, kernels up to ``DEPTHWISE_MAX_KERNEL`` on a side): the
   register-blocked kernels of ``_depthwise``, for all three passes;
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
-  when Cg < 16, e.g. an RGB stem), else the direct kernels;
+  when Cg < 16, e.g. an RGB stem, whose forward reads zero-padded channels_last
+  copies of an x that is not channels_last and of w: ``_flat_padding``), else
+  the direct kernels;
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct;
 * an implicit-GEMM pass ("gemm", not FLAT) of a 1x1 unpadded stride-1
   convolution whose operands have their pixels at stride 1 (NCHW), with at
@@ -54,9 +56,9 @@ from .._runtime import (cdiv, dot_upcast, interpreting, launch, merge_dims, next
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
-from ._gemm import (conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad, conv_planar_fwd,
-                    conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd, conv_pointwise_wgrad,
-                    conv_wgrad_flat, conv_wgrad_gemm)
+from ._gemm import (_pad_channels_kernel, conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad,
+                    conv_planar_fwd, conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd,
+                    conv_pointwise_wgrad, conv_wgrad_flat, conv_wgrad_gemm)
 
 GEMM_MIN_CHANNELS = 16
 PLANAR_MIN_PIXELS = 128      # below, a planar tile (up to 256 pixels wide) is mostly empty: the
@@ -97,9 +99,11 @@ _copy_operands = True       # False inside read_nchw_in_place()
 
 @contextlib.contextmanager
 def read_nchw_in_place():
-    """Inside, the implicit-GEMM passes read their operands on a GPU in the layout
-    they come in, as the interpreter does, instead of copying them to
-    channels_last: the benchmark's "nchw-in-place" rows time the alternative."""
+    """Inside, the implicit-GEMM passes read their operands in the layout they come
+    in (on a GPU, as the interpreter does), instead of copying them to
+    channels_last (or, for a stem, to zero-padded channels_last,
+    ``_flat_padding``): the benchmark's "nchw-in-place" rows time the
+    alternative."""
     global _copy_operands
     saved, _copy_operands = _copy_operands, False
     try:
@@ -379,11 +383,15 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         _launch_planar(conv_planar_fwd, w, x, b, y, geo, geo.Kg, geo.Cg, (w.stride(0), w.stride(1)), activation,
                        negative_slope)
         return y
-    x, w = _gemm_operand(x), _gemm_operand(w)
+    flat = geo.paths["forward"] == "gemm-flat"
+    pad_c = _flat_padding(geo, x) if flat else 0
+    if pad_c:
+        x, w = _padded_channels_last(x, pad_c), _padded_channels_last(w, pad_c)
+    else:
+        x, w = _gemm_operand(x), _gemm_operand(w)
     out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     y, pixel_vec = _gemm_output(out, True)
     y_vec = [] if pixel_vec else [y]      # VEC: the channel-contiguous tensors
-    flat = geo.paths["forward"] == "gemm-flat"
     vec = (_vec(y_vec, [geo.Kg]) if y_vec else 1) if flat else _vec([x, w, *y_vec], [geo.Cg, geo.Kg])
     pixel_stride = None if flat else _descriptor_pixel_stride(geo, x, vec)
     if pixel_stride is not None:        # 1x1: a plain GEMM, operands through tensor descriptors
@@ -394,19 +402,42 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     else:
         path, kernel = "forward", _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
         args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *_gemm_strides(x), *_gemm_strides(w))
-        common["FLAT"] = flat
+        common.update(FLAT=flat, PAD_C=pad_c)
 
     def tiles(meta):
         return cdiv(M, meta["BLOCK_M"]) * cdiv(geo.Kg, meta["BLOCK_N"])
 
     def steps(meta):        # what a split divides: k-steps, or in FLAT mode column blocks of R k-steps each
         if flat:
-            return cdiv(geo.S * geo.Cg, meta["BLOCK_K"])
+            return cdiv(geo.S * (pad_c or geo.Cg), meta["BLOCK_K"])
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
     grid, part, ticket = _split_launch((path, geo, x.dtype), kernel, vec, x.device, tiles, geo.groups, steps)
     launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *args, *_gemm_strides(y), float(negative_slope),
            VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
     return y if y is out else out.copy_(y)
+
+
+def _flat_padding(geo: ConvGeometry, x: torch.Tensor) -> int:
+    """PAD_C of a FLAT forward: when x is not channels_last (a GPU would copy it
+    anyway), x and w are copied into zero-padded channels_last buffers of 4
+    channels (8 for 5 to 8), whose kernel rows load as aligned vectors through
+    cp.async; 0 (x and w as they are) for channels_last x, groups, column
+    dilation, more channels or inside ``read_nchw_in_place``."""
+    if (geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 8 or not _copy_operands
+            or x.is_contiguous(memory_format=torch.channels_last)):
+        return 0
+    return 4 if geo.Cg <= 4 else 8
+
+
+def _padded_channels_last(t: torch.Tensor, pad_c: int) -> torch.Tensor:
+    """t (N, C, H, W) copied to a channels_last (N, pad_c, H, W) whose channels past
+    C are zero (a NaN-free filler for the multiply-adds with w's zero channels): one
+    launch."""
+    N, C, H, W = t.shape
+    out = torch.empty((N, H, W, pad_c), dtype=t.dtype, device=t.device)
+    block = max(8192 if interpreting() else 512, next_power_of_2(cdiv(H * W, 65535)))     # grid axis 1 < 2**16
+    launch(_pad_channels_kernel, (N, cdiv(H * W, block)), t, out, H * W, C, W, *t.stride(), PAD_C=pad_c, BLOCK=block)
+    return out.permute(0, 3, 1, 2)
 
 
 def _descriptor_pixel_stride(geo: ConvGeometry, a: torch.Tensor, vec: int) -> int | None:
