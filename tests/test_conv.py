@@ -223,9 +223,10 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
     """A FLAT forward (few input channels: an RGB stem) of an x that is not
     channels_last copies x and w into channels_last buffers zero-padded to PAD_C
     channels (``_pad_channels_kernel``: one launch each), whose kernel rows the
-    GEMM loads as aligned vectors; channels_last x, column dilation, groups and
-    ``read_nchw_in_place`` keep x and w as they are. Against float64, gradients
-    included (they read the unpadded x and w)."""
+    GEMM loads as aligned vectors, and its weight gradient x likewise;
+    channels_last x, column dilation, groups and ``read_nchw_in_place`` keep them
+    as they are. Against float64, gradients and the padded columns of the weight
+    gradient (dropped on store) included."""
     from kernels.conv import ops
     seen = []
     launch = ops.launch
@@ -241,6 +242,12 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
     ours(x, w, b)
     pads = [("_pad_channels_kernel", pad_c)] * 2 if pad_c else []
     assert seen == pads + [("_conv_fwd_gemm_kernel", pad_c)], seen
+    y = ours(x, w, b)
+    seen.clear()
+    torch.autograd.grad(y, w, torch.randn_like(y))
+    pads = [("_pad_channels_kernel", pad_c)] if pad_c else []
+    assert [call for call in seen if call[0] in ("_pad_channels_kernel", "_conv_wgrad_gemm_kernel")] == \
+        pads + [("_conv_wgrad_gemm_kernel", pad_c)], seen
     seen.clear()
     with ops.read_nchw_in_place():              # the benchmark's alternative: no copy
         ours(x, w, b)

@@ -51,7 +51,9 @@ def _strides(prefix, axes):
 # launch (198 / 189 with signed compares; hoisting there spilled 8 bytes at 128
 # registers under 3.9), weight gradient 258 / 253, stem 164 / 210 per 2 (scalar
 # loads of x and w), 102 / 102 per 2 from the zero-padded copies of an NCHW stem
-# (PAD_C 4: cp.async of 8 bytes, 111 / 112 registers; 160 / 254 unpadded).
+# (PAD_C 4: cp.async of 8 bytes, 111 / 112 registers; 160 / 254 unpadded); the
+# stem's weight gradient 738 / 345 per 2, 226 / 222 from the padded copy of x
+# (121 / 128 registers, 254 / 193 unpadded).
 _GEMM_EXPECT = {
     "forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 38},
     "stem": {"max_loop_instructions_per_hgmma": 150},      # FLAT forward: 3x the forward's budget
@@ -64,6 +66,8 @@ _GEMM_EXPECT = {
     "nchw_stem": {"max_loop_instructions_per_hgmma": 150, "stg128_at_least": 12},
     "nchw_padded_stem": {"max_registers": 128, "max_loop_instructions_per_hgmma": 55, "ldgsts64_at_least": 12,
                          "stg128_at_least": 12},
+    "padded_stem_weight_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 120,
+                                "ldgsts64_at_least": 12},
     "nchw_input_grad": {"max_registers": 128, "max_loop_instructions_per_hgmma": 47, "stg128_at_least": 24},
     "pointwise_forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 41},  # 158 / 140 per 4
     # 1x1 channels_last through tensor descriptors (UTMALDG, no address arithmetic): forward 72 / 72,
@@ -100,7 +104,7 @@ def _compile_cases():
 
         def gemm_case(tuned, sig, constexprs, divisible, pass_name, case_label):
             kernel = tuned.half if half else tuned.fp32
-            if constexprs.get("FLAT"):      # the stem's budgets; its weight gradient has none
+            if constexprs.get("FLAT"):      # the stem's budgets; its unpadded weight gradient has none
                 pass_name = {"forward": "stem", "weight_grad": None}.get(pass_name, pass_name)
             main = vec > 1 and half and pass_name is not None
             return CompileCase(kernel, sig, {**constexprs, **mma}, tensor_cores=tf32, label=case_label,
@@ -146,10 +150,12 @@ def _compile_cases():
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
                    **_ints("stride_dym", *_strides("x", "nhw"), *_strides("dw", "kcrs"))}
             divisible = ("Kg", "stride_dym") + (() if flat else ("Cg", *_strides("x", "nhw")))
-            cases.append(gemm_case(conv_wgrad_flat if flat else conv_wgrad_gemm, sig,
-                                   dict(FLAT=flat, VEC=vec, stride_dyk=1, stride_xc=1,
-                                        **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
-                                   divisible, "weight_grad", f"{label},flat={int(flat)}"))
+            for pad_c in (0, 4) if flat else (0,):     # an NCHW stem's x: copied to 4 zero-padded channels
+                cases.append(gemm_case(conv_wgrad_flat if flat else conv_wgrad_gemm, sig,
+                                       dict(FLAT=flat, VEC=vec, PAD_C=pad_c, stride_dyk=1, stride_xc=1,
+                                            **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
+                                       divisible, "padded_stem_weight_grad" if pad_c else "weight_grad",
+                                       f"{label},flat={int(flat)}" + (",pad_c=4" if pad_c else "")))
         sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
                **_ints(*_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))}

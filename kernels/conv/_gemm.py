@@ -533,20 +533,23 @@ def _conv_wgrad_gemm_kernel(
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwk, stride_dwc, stride_dwr, stride_dws,
         FLAT: tl.constexpr, VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
+        PAD_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+        GROUP_M: tl.constexpr):
     """dy: (N, G*Kg, P, Q) with pixel m = (n*P + p)*Q + q at m * stride_dym (channels_last);
     x: (N, G*Cg, H, W); dw: (G*Kg, Cg, R, S) in the weight dtype; through strides;
     part / ticket: the split workspace. Program (tile, g*R*S + tap, split) (FLAT:
     (tile, g, split)): dw = sum over the N*P*Q pixels of dy[k] * x[c shifted by
     the tap], for BLOCK_M output channels k and BLOCK_N input channels c (FLAT:
     BLOCK_N (r, s, c) columns), the pixels split over grid axis 2. VEC > 1: dy
-    and x channel-contiguous and 16-byte aligned, as in the forward."""
+    and x channel-contiguous and 16-byte aligned, as in the forward. PAD_C > 0
+    (FLAT, one group): x is channels_last with PAD_C channels, the real ones
+    zero-padded (``_pad_channels_kernel``); dw gets the real ones."""
     pid_z = tl.program_id(1)
     Kb = Kg // VEC * VEC
     if FLAT:
         g = pid_z
         Cb = Cg
-        n_cols = R * S * Cg
+        n_cols = R * S * (PAD_C if PAD_C > 0 else Cg)      # PAD_C > 0: x has PAD_C channels, Cg of them real
     else:
         g = pid_z // (R * S)
         Cb = Cg // VEC * VEC
@@ -557,10 +560,11 @@ def _conv_wgrad_gemm_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     mask_m = offs_m < Kb
     mask_n = offs_n < n_cols
-    if FLAT:
-        c = offs_n % Cg
-        r = offs_n // Cg // S
-        s = (offs_n // Cg) % S
+    if FLAT:        # columns (r, s, c) of C channels: Cg, or PAD_C when padded
+        channels = PAD_C if PAD_C > 0 else Cg
+        c = offs_n % channels
+        r = offs_n // channels // S
+        s = (offs_n // channels) % S
     else:
         c = offs_n
         r = (pid_z % (R * S)) // S
@@ -568,7 +572,9 @@ def _conv_wgrad_gemm_kernel(
     # the tap's pixel shift (per column in FLAT mode)
     shift_h = r * dil_h - pad_h
     shift_w = s * dil_w - pad_w
-    if FLAT:    # per column, int32 (inside one image)
+    if PAD_C > 0:   # per column, c included: runs of PAD_C from PAD_C-aligned starts
+        x_shift = shift_h * (stride_xh // PAD_C * PAD_C) + shift_w * PAD_C + c
+    elif FLAT:    # per column, int32 (inside one image)
         x_shift = g * Cb * stride_xc + shift_h * stride_xh + shift_w * stride_xw
     else:
         x_shift = (g * Cb).to(tl.int64) * stride_xc + shift_h.to(tl.int64) * stride_xh \
@@ -603,8 +609,15 @@ def _conv_wgrad_gemm_kernel(
         if FLAT:
             ih = ih[:, None] + shift_h[None, :]
             iw = iw[:, None] + shift_w[None, :]
-            mask_b = mask_k[:, None] & mask_n[None, :] & _in_range(ih, H) & _in_range(iw, W)
-            b = tl.load(x_ptr + x_pix[:, None] + (x_shift + c * stride_xc)[None, :], mask=mask_b, other=0.0)
+            if PAD_C > 0:
+                # signed compares: ``_in_range`` here spilled 8 bytes in an fp16 VEC = 1 tile on sm_80
+                mask_b = mask_k[:, None] & mask_n[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                # the pixels' offsets are multiples of PAD_C (triton 3.9 needs telling)
+                x_rows = tl.multiple_of(x_ptr + x_pix, PAD_C * x_ptr.dtype.element_ty.primitive_bitwidth // 8)
+                b = tl.load(x_rows[:, None] + x_shift[None, :], mask=mask_b, other=0.0)
+            else:
+                mask_b = mask_k[:, None] & mask_n[None, :] & _in_range(ih, H) & _in_range(iw, W)
+                b = tl.load(x_ptr + x_pix[:, None] + (x_shift + c * stride_xc)[None, :], mask=mask_b, other=0.0)
         else:
             ih += shift_h
             iw += shift_w
@@ -630,7 +643,7 @@ def _conv_wgrad_gemm_kernel(
         dw_rows = dw_ptr + (g * Kb + offs_m).to(tl.int64) * stride_dwk
         dw_cols = c * stride_dwc + r * stride_dwr + s * stride_dws          # < Cg*R*S: int32
         tl.store(dw_rows[:, None] + dw_cols[None, :], acc.to(dw_ptr.dtype.element_ty),
-                 mask=mask_m[:, None] & mask_n[None, :])
+                 mask=mask_m[:, None] & (mask_n & (c < Cg))[None, :])
 
 
 _WGRAD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC"]

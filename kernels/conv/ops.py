@@ -5,9 +5,9 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 * depthwise (Cg = Kg = 1, kernels up to ``DEPTHWISE_MAX_KERNEL`` on a side): the
   register-blocked kernels of ``_depthwise``, for all three passes;
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
-  when Cg < 16, e.g. an RGB stem, whose forward reads zero-padded channels_last
-  copies of an x that is not channels_last and of w: ``_flat_padding``), else
-  the direct kernels;
+  when Cg < 16, e.g. an RGB stem, which reads a zero-padded channels_last copy
+  of an x that is not channels_last, and the forward one of w:
+  ``_flat_padding``), else the direct kernels;
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct;
 * an implicit-GEMM pass ("gemm", not FLAT) of a 1x1 unpadded stride-1
   convolution whose operands have their pixels at stride 1 (NCHW), with at
@@ -418,11 +418,12 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
 
 
 def _flat_padding(geo: ConvGeometry, x: torch.Tensor) -> int:
-    """PAD_C of a FLAT forward: when x is not channels_last (a GPU would copy it
-    anyway), x and w are copied into zero-padded channels_last buffers of 4
-    channels (8 for 5 to 8), whose kernel rows load as aligned vectors through
-    cp.async; 0 (x and w as they are) for channels_last x, groups, column
-    dilation, more channels or inside ``read_nchw_in_place``."""
+    """PAD_C of a FLAT forward or weight gradient: when x is not channels_last (a
+    GPU would copy it anyway), x (and the forward's w) are copied into
+    zero-padded channels_last buffers of 4 channels (8 for 5 to 8), whose
+    kernel rows load as aligned vectors through cp.async; 0 (as they are) for
+    channels_last x, groups, column dilation, more channels or inside
+    ``read_nchw_in_place``."""
     if (geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 8 or not _copy_operands
             or x.is_contiguous(memory_format=torch.channels_last)):
         return 0
@@ -569,9 +570,10 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     if geo.paths["weight_grad"] == "gemm" and _planar(geo, dy, x):
         _launch_planar_wgrad(dy, x, dw, geo)
         return dw
-    dy, x = _pixel_linear(_gemm_operand(dy)), _gemm_operand(x)
     flat = geo.paths["weight_grad"] == "gemm-flat"
-    cols = geo.Cg * geo.R * geo.S if flat else geo.Cg
+    pad_c = _flat_padding(geo, x) if flat else 0
+    dy, x = _pixel_linear(_gemm_operand(dy)), _padded_channels_last(x, pad_c) if pad_c else _gemm_operand(x)
+    cols = (pad_c or geo.Cg) * geo.R * geo.S if flat else geo.Cg
     taps = 1 if flat else geo.R * geo.S
     vec = _vec([dy], [geo.Kg]) if flat else _vec([dy, x], [geo.Cg, geo.Kg])
     pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy.stride()[:1] + dy.stride()[2:])[1]
@@ -594,7 +596,7 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
     if x_pixel_stride is None:
         launch(kernel, grid, dy, x, dw, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
-               pixel_stride, dy.stride(1), *_gemm_strides(x), *dw.stride(), FLAT=flat, **common)
+               pixel_stride, dy.stride(1), *_gemm_strides(x), *dw.stride(), FLAT=flat, PAD_C=pad_c, **common)
     else:                               # 1x1: a plain GEMM, operands through tensor descriptors
         _use_descriptor_allocator(x.device)
         launch(kernel, grid, dy, x, dw, part, ticket, pixels, geo.Cg, geo.Kg, pixel_stride, x_pixel_stride,
