@@ -34,9 +34,8 @@ cannot fuse into our kernels, which do their own fusion (epilogues).
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import contextlib
+from typing import Callable
 
 import torch
 

@@ -16,9 +16,9 @@ on dilated and depthwise.
 Layout "nchw-in-place" (quick run only): NCHW operands that the implicit-GEMM
 passes read as they are (``read_nchw_in_place``) instead of copying them to
 channels_last (the stem: to 4 zero-padded channels), against the same cuDNN
-call: beside the "contiguous" and
-"channels_last" rows of one shape it says what the copies cost and what reading
-NCHW in place would (issue 11's open choice).
+call: beside the "contiguous" and "channels_last" rows of one shape it says
+what the copies cost and what reading NCHW in place would (issue 11's open
+choice).
 """
 from __future__ import annotations
 
@@ -104,7 +104,6 @@ def _setup(spec: Spec, dtype, layout, device, pass_name):
         g = torch.randn_like(y_torch)
         if pass_name == "weight_grad":       # keep the weight gradient O(1): it sums N*P*Q terms
             g = g / (spec.N * spec.P * spec.P) ** 0.5
-
 
         def ours_grad():
             with reading():

@@ -29,8 +29,8 @@ paths read channels_last: one copy of each operand that is not already
 16-byte vectors (``VEC``, checked by ``_vec``). Their outputs (y, and dx of a
 stride-1 convolution) are written in the caller's layout: NCHW in place along
 the pixels where 16-byte runs allow it (``PIXEL_VEC``, ``_gemm_output``), else
-through a channels_last buffer copied once. The interpreter skips the copies,
-so the strided addressing is what CI tests. The planar and depthwise kernels
+through a channels_last buffer copied once. The interpreter skips the copies
+(not the stems' zero-padded ones), so the strided addressing is what CI tests. The planar and depthwise kernels
 read NCHW in place on a GPU too. Whether the copies beat reading NCHW in place
 (scalar gathers: 5x / 8x the main-loop instructions per multiply-add in sm_90
 SASS under triton 3.6 / 3.9, no spill) waits for a GPU measurement: the conv
@@ -100,9 +100,8 @@ _copy_operands = True       # False inside read_nchw_in_place()
 @contextlib.contextmanager
 def read_nchw_in_place():
     """Inside, the implicit-GEMM passes read their operands in the layout they come
-    in (on a GPU, as the interpreter does), instead of copying them to
-    channels_last (or, for a stem, to zero-padded channels_last,
-    ``_flat_padding``): the benchmark's "nchw-in-place" rows time the
+    in: no channels_last copies on a GPU, no zero-padded ones for a stem
+    (``_flat_padding``). The benchmark's "nchw-in-place" rows time this
     alternative."""
     global _copy_operands
     saved, _copy_operands = _copy_operands, False
