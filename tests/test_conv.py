@@ -216,9 +216,11 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
 
 @pytest.mark.parametrize("C,layout,dilation,groups,dtype,pad_c", [
     (3, "contiguous", 1, 1, torch.bfloat16, 4), (3, "transposed", 1, 1, torch.float32, 4),
-    (6, "sliced", 1, 1, torch.float16, 8), (3, "channels_last", 1, 1, torch.float16, 0),
-    (3, "contiguous", (1, 2), 1, torch.float32, 0), (6, "contiguous", 1, 2, torch.float32, 0)],
-    ids=["nchw-bf16", "transposed-fp32", "6-channels-sliced-fp16", "channels-last", "column-dilation", "groups"])
+    (2, "sliced", 1, 1, torch.float16, 4), (3, "channels_last", 1, 1, torch.float16, 0),
+    (3, "contiguous", (1, 2), 1, torch.float32, 0), (6, "contiguous", 1, 2, torch.float32, 0),
+    (5, "contiguous", 1, 1, torch.float32, 0)],
+    ids=["nchw-bf16", "transposed-fp32", "2-channels-sliced-fp16", "channels-last", "column-dilation", "groups",
+         "5-channels"])
 def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device, monkeypatch):
     """A FLAT forward (few input channels: an RGB stem) of an x that is not
     channels_last copies x and w into channels_last buffers zero-padded to PAD_C
@@ -253,6 +255,21 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
         ours(x, w, b)
     assert seen == [("_conv_fwd_gemm_kernel", 0)], seen
     check_op(ours, reference, [x, w, b], "conv")
+
+
+def test_stem_weight_grad_plans_per_padding(device):
+    """One geometry's weight gradient, first on a channels_last x (147 columns of a
+    3-channel 7x7), then on an NCHW one (padded: 196 columns, one tile more): each
+    gets its own launch plan (a shared one left dw's last columns unwritten)."""
+    from kernels.conv import ops
+    ops._split_plans.clear()
+    w = torch.randn(16, 3, 7, 7).to(device)
+    for layout in ("channels_last", "contiguous"):
+        x = make_input((1, 3, 9, 9), torch.float32, device, layout)
+        dy = torch.randn(1, 16, 9, 9).to(device)
+        dw = ops.conv2d_weight_grad(dy, x, w, [1, 1], [3, 3, 3, 3], [1, 1], 1)
+        ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=3)
+        assert_close(dw, ref, torch.float32, "conv")
 
 
 def test_padded_channels_are_zero(device, monkeypatch):

@@ -180,6 +180,7 @@ def test_launchers_run_on_their_tensors_gpu(monkeypatch):
     launcher(on_0, 3.0)
     launcher(torch.empty(2), 4.0)
     assert seen == [(1, 2.0), (0, 3.0), (0, 4.0)] and current[0] == 0
+    assert all(op.impl.__qualname__.startswith("_on_own_device") for op in OPERATORS.values())
 
 
 def _functional_chain(x, w):

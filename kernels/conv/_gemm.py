@@ -13,8 +13,9 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
   RGB stem) walks blocks of the S*Cg (s, c) columns of a kernel row and,
   inside each, the kernel rows r, so few channels still fill the tiles and
   the column decode happens once per block. Given zero-padded channels_last
-  copies of x and w (``PAD_C``: 4 or 8 channels, ``_pad_channels_kernel``), a
-  pixel's kernel row is one aligned run, loaded in vectors through cp.async.
+  copies of x and w (``PAD_C`` channels, ``_pad_channels_kernel``), a pixel's
+  kernel row is one aligned run, loaded in vectors through cp.async (the weight
+  gradient reads x so too).
 * dgrad: dx(h, w) gathers dy(p, q) with p = (h + pad - r*dil) / stride. The
   pixels of one stride phase (h + pad = a mod stride) see the same taps r,
   every ``step = stride / gcd(stride, dil)``-th starting at r0, so a program
@@ -333,7 +334,6 @@ def _conv_fwd_gemm_kernel(
         for col_block in range(first, end):
             j = col_block * BLOCK_K + offs_k
             s = j // channels
-            c = j % channels
             # A^T (BLOCK_K, BLOCK_M): the lanes run along the pixels, or along j in
             # PAD_C-element vectors when PAD_C > 0.
             iw = iw0[None, :] + (s * dil_w)[:, None]
@@ -342,6 +342,7 @@ def _conv_fwd_gemm_kernel(
                 a_base = x_rows[None, :] + j[:, None]
                 b_base = w_cols[None, :] + j[:, None]
             else:
+                c = j % channels
                 a_base = x_rows[None, :] + (s * dil_w * stride_xw + c * stride_xc)[:, None]
                 b_base = w_cols[None, :] + (s * stride_ws + c * stride_wc)[:, None]
             mask_b = (j < row_cols)[:, None] & mask_n[None, :]
@@ -395,7 +396,7 @@ def _conv_fwd_gemm_kernel(
                       HAS_BIAS, ACTIVATION, VEC, PIXEL_VEC)
 
 
-_FWD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC", "PIXEL_VEC"]
+_FWD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC", "PIXEL_VEC", "PAD_C"]
 conv_fwd_gemm = _tuned(_conv_fwd_gemm_kernel, FWD_CONFIGS, FP32_CONFIGS, _FWD_KEY, FWD_INTERPRETER)
 conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_FWD_CONFIGS, FP32_FLAT_FWD_CONFIGS, _FWD_KEY, FLAT_INTERPRETER,
                        flat=True)
@@ -405,13 +406,14 @@ conv_fwd_flat = _tuned(_conv_fwd_gemm_kernel, FLAT_FWD_CONFIGS, FP32_FLAT_FWD_CO
 def _pad_channels_kernel(src_ptr, dst_ptr, HW, C, W, stride_n, stride_c, stride_h, stride_w,
                          PAD_C: tl.constexpr, BLOCK: tl.constexpr):
     """dst (N, H*W, PAD_C), contiguous = src (N, C, H, W) through its strides, its
-    C <= PAD_C channels then zeros: the FLAT forward's channels_last x and w with
-    PAD_C channels. Program (n, block): BLOCK pixels of image n (int32 decode)."""
+    C <= PAD_C channels then zeros: the channels_last x (and w) with PAD_C
+    channels of the FLAT passes. Program (n, block): BLOCK pixels of image n
+    (int32 decode)."""
     n = tl.program_id(0).to(tl.int64)
     offs_p = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     offs_c = tl.arange(0, PAD_C)
-    src = src_ptr + n * stride_n + ((offs_p // W).to(tl.int64) * stride_h
-                                    + (offs_p % W).to(tl.int64) * stride_w)[:, None] + (offs_c * stride_c)[None, :]
+    pixel = (offs_p // W).to(tl.int64) * stride_h + (offs_p % W).to(tl.int64) * stride_w
+    src = src_ptr + n * stride_n + pixel[:, None] + (offs_c.to(tl.int64) * stride_c)[None, :]
     mask_p = (offs_p < HW)[:, None]
     values = tl.load(src, mask=mask_p & (offs_c < C)[None, :], other=0.0)
     tl.store(dst_ptr + (n * HW + offs_p)[:, None] * PAD_C + offs_c[None, :], values, mask=mask_p)
@@ -646,7 +648,7 @@ def _conv_wgrad_gemm_kernel(
                  mask=mask_m[:, None] & (mask_n & (c < Cg))[None, :])
 
 
-_WGRAD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC"]
+_WGRAD_KEY = ["N", "P", "Q", "Cg", "Kg", "R", "S", "VEC", "PAD_C"]
 conv_wgrad_gemm = _tuned(_conv_wgrad_gemm_kernel, WGRAD_CONFIGS, FP32_CONFIGS, _WGRAD_KEY, WGRAD_INTERPRETER)
 conv_wgrad_flat = _tuned(_conv_wgrad_gemm_kernel, FLAT_WGRAD_CONFIGS, FP32_FLAT_WGRAD_CONFIGS, _WGRAD_KEY,
                          WGRAD_FLAT_INTERPRETER, flat=True)

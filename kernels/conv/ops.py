@@ -102,7 +102,7 @@ def read_nchw_in_place():
     """Inside, the implicit-GEMM passes read their operands in the layout they come
     in: no channels_last copies on a GPU, no zero-padded ones for a stem
     (``_flat_padding``). The benchmark's "nchw-in-place" rows time this
-    alternative."""
+    alternative. Read when a call runs: a CUDA graph keeps what it captured."""
     global _copy_operands
     saved, _copy_operands = _copy_operands, False
     try:
@@ -410,23 +410,23 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         if flat:
             return cdiv(geo.S * (pad_c or geo.Cg), meta["BLOCK_K"])
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
-    grid, part, ticket = _split_launch((path, geo, x.dtype), kernel, vec, x.device, tiles, geo.groups, steps)
+    grid, part, ticket = _split_launch((path, geo, x.dtype, pad_c), kernel, vec, x.device, tiles, geo.groups, steps)
     launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *args, *_gemm_strides(y), float(negative_slope),
            VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
     return y if y is out else out.copy_(y)
 
 
 def _flat_padding(geo: ConvGeometry, x: torch.Tensor) -> int:
-    """PAD_C of a FLAT forward or weight gradient: when x is not channels_last (a
-    GPU would copy it anyway), x (and the forward's w) are copied into
-    zero-padded channels_last buffers of 4 channels (8 for 5 to 8), whose
-    kernel rows load as aligned vectors through cp.async; 0 (as they are) for
-    channels_last x, groups, column dilation, more channels or inside
-    ``read_nchw_in_place``."""
-    if (geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 8 or not _copy_operands
+    """PAD_C of a FLAT forward or weight gradient (part of their launch plans'
+    keys): when x is not channels_last (a GPU would copy it anyway), x (and the
+    forward's w) are copied into channels_last buffers of 4 channels, the real
+    ones (up to 4: RGB) zero-padded, whose kernel rows load as aligned vectors
+    through cp.async; 0 (as they are) for channels_last x, groups, column
+    dilation, more channels or inside ``read_nchw_in_place``."""
+    if (geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 4 or not _copy_operands
             or x.is_contiguous(memory_format=torch.channels_last)):
         return 0
-    return 4 if geo.Cg <= 4 else 8
+    return 4
 
 
 def _padded_channels_last(t: torch.Tensor, pad_c: int) -> torch.Tensor:
@@ -590,7 +590,7 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
 
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
         return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
-    grid, part, ticket = _split_launch((path, geo, x.dtype), kernel, vec, x.device, tiles,
+    grid, part, ticket = _split_launch((path, geo, x.dtype, pad_c), kernel, vec, x.device, tiles,
                                        geo.groups * taps, steps, cap)
     common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
     if x_pixel_stride is None:
