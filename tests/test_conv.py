@@ -214,21 +214,22 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
     assert [seen.get(name) for name in names] == [vec] * len(names), seen
 
 
-@pytest.mark.parametrize("C,layout,dilation,groups,dtype,pad_c", [
-    (3, "contiguous", 1, 1, torch.bfloat16, 4), (3, "transposed", 1, 1, torch.float32, 4),
-    (2, "sliced", 1, 1, torch.float16, 4), (3, "channels_last", 1, 1, torch.float16, 0),
-    (3, "contiguous", (1, 2), 1, torch.float32, 0), (6, "contiguous", 1, 2, torch.float32, 0),
-    (5, "contiguous", 1, 1, torch.float32, 0)],
-    ids=["nchw-bf16", "transposed-fp32", "2-channels-sliced-fp16", "channels-last", "column-dilation", "groups",
-         "5-channels"])
-def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device, monkeypatch):
-    """A FLAT forward (few input channels: an RGB stem) of an x that is not
-    channels_last copies x and w into channels_last buffers zero-padded to PAD_C
-    channels (``_pad_channels_kernel``: one launch each), whose kernel rows the
-    GEMM loads as aligned vectors, and its weight gradient x likewise;
-    channels_last x, column dilation, groups and ``read_nchw_in_place`` keep them
-    as they are. Against float64, gradients and the padded columns of the weight
-    gradient (dropped on store) included."""
+@pytest.mark.parametrize("C,layout,dilation,groups,dtype,forward_pad,grad_pad", [
+    (3, "contiguous", 1, 1, torch.bfloat16, 4, 4), (3, "transposed", 1, 1, torch.float32, 4, 4),
+    (2, "sliced", 1, 1, torch.float16, 4, 4), (3, "channels_last", 1, 1, torch.float16, 0, 4),
+    (4, "channels_last", 1, 1, torch.float32, 4, 4), (3, "contiguous", (1, 2), 1, torch.float32, 0, 0),
+    (6, "contiguous", 1, 2, torch.float32, 0, 0), (5, "contiguous", 1, 1, torch.float32, 0, 0)],
+    ids=["nchw-bf16", "transposed-fp32", "2-channels-sliced-fp16", "channels-last", "4-channels-channels-last",
+         "column-dilation", "groups", "5-channels"])
+def test_stem_padded_channels(C, layout, dilation, groups, dtype, forward_pad, grad_pad, device, monkeypatch):
+    """A FLAT weight gradient (few input channels: an RGB stem) reads x as a
+    channels_last tensor zero-padded to PAD_C channels, whose kernel rows the GEMM
+    loads as aligned vectors: a copy (``_pad_channels_kernel``, one launch)
+    unless x is one already (4 channels, channels_last). The forward reads x and
+    w so unless x is channels_last with fewer channels. Column dilation, groups,
+    more channels and ``read_in_place`` keep them as they are. Against float64,
+    gradients and the padded columns of the weight gradient (dropped on store)
+    included."""
     from kernels.conv import ops
     seen = []
     launch = ops.launch
@@ -238,22 +239,27 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
         return launch(kernel_fn, grid, *args, **kwargs)
     monkeypatch.setattr(ops, "launch", spy)
     x, w, b = _inputs(2, C, 13, 11, 32, (5, 5), groups, dtype, device, layout)
+    if layout == "channels_last":
+        w = w.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     ours, reference = _conv_fns(2, 2, dilation, groups, "relu")
     assert conv_paths(C, 32, groups, (5, 5))["forward"] == FL
+    padded_already = C == 4 and layout == "channels_last"
+
+    def copies(pad_c):
+        return [] if padded_already or not pad_c else [("_pad_channels_kernel", pad_c)]
     seen.clear()
     ours(x, w, b)
-    pads = [("_pad_channels_kernel", pad_c)] * 2 if pad_c else []
-    assert seen == pads + [("_conv_fwd_gemm_kernel", pad_c)], seen
+    assert seen == copies(forward_pad) * 2 + [("_conv_fwd_gemm_kernel", forward_pad)], seen
     y = ours(x, w, b)
     seen.clear()
     torch.autograd.grad(y, w, torch.randn_like(y))
-    pads = [("_pad_channels_kernel", pad_c)] if pad_c else []
     assert [call for call in seen if call[0] in ("_pad_channels_kernel", "_conv_wgrad_gemm_kernel")] == \
-        pads + [("_conv_wgrad_gemm_kernel", pad_c)], seen
+        copies(grad_pad) + [("_conv_wgrad_gemm_kernel", grad_pad)], seen
     seen.clear()
-    with ops.read_nchw_in_place():              # the benchmark's alternative: no copy
-        ours(x, w, b)
-    assert seen == [("_conv_fwd_gemm_kernel", 0)], seen
+    with ops.read_in_place():                   # the benchmark's alternative: no copy
+        torch.autograd.grad(ours(x, w, b), w, torch.randn_like(y))
+    assert [call for call in seen if call[1] is not None] == \
+        [("_conv_fwd_gemm_kernel", 0), ("_conv_wgrad_gemm_kernel", 0)], seen
     check_op(ours, reference, [x, w, b], "conv")
 
 
@@ -358,7 +364,7 @@ def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
 
 def test_gemm_operands_copied_to_channels_last_on_a_gpu():
     """On a GPU an implicit-GEMM operand that is not channels_last is copied to it,
-    except inside ``read_nchw_in_place`` (the benchmark's alternative), which
+    except inside ``read_in_place`` (the benchmark's alternative), which
     restores the copy on leaving (a stand-in CUDA tensor: no GPU needed)."""
     from kernels.conv import ops
 
@@ -376,7 +382,7 @@ def test_gemm_operands_copied_to_channels_last_on_a_gpu():
     nchw, channels_last = OnGpu(False), OnGpu(True)
     assert ops._gemm_operand(nchw).channels_last
     assert ops._gemm_operand(channels_last) is channels_last
-    with ops.read_nchw_in_place():
+    with ops.read_in_place():
         assert ops._gemm_operand(nchw) is nchw
     assert ops._gemm_operand(nchw) is not nchw
     cpu = torch.empty(2, 16, 5, 7)
@@ -456,23 +462,32 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     check_op(ours, reference, [x, w, b], "conv")
 
 
-@pytest.mark.parametrize("N,C,H,W,padding", [(2, 16, 6, 20, 1), (2, 16, 4, 5, 0), (3, 16, 5, 5, 0), (2, 3, 6, 5, 1)],
-                         ids=["q-wraps", "p-wraps", "n-steps", "flat"])
-def test_weight_grad_pixel_walk(N, C, H, W, padding, device, monkeypatch):
+@pytest.mark.parametrize("N,C,H,W,stride,padding,layout,splits", [
+    (2, 16, 6, 20, 1, 1, "contiguous", 1), (2, 16, 4, 5, 1, 0, "contiguous", 1), (3, 16, 5, 5, 1, 0, "contiguous", 1),
+    (2, 3, 7, 5, 1, 1, "contiguous", 4), (2, 3, 5, 40, 2, 1, "channels_last", 3),
+    (2, 3, 9, 40, 2, 1, "contiguous", 1), (3, 3, 4, 16, 1, 1, "contiguous", 4)],
+    ids=["q-wraps", "p-wraps", "n-steps", "flat-rows", "flat-row-blocks", "flat-row-blocks-padded", "flat-split"])
+def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, device, monkeypatch):
     """The weight-gradient GEMM walks N*P*Q pixels BLOCK_K at a time, advancing
     (n, p, q) by carries: with 16-pixel steps, steps shorter than a row, longer
-    than a row and longer than an image (3x3 taps, output rows of 20, 3 and 5)."""
-    from kernels.conv import _gemm
+    than a row and longer than an image (3x3 taps, output rows of 20, 3 and 5).
+    The FLAT walk (3 channels; padded to 4 when not channels_last) steps by whole
+    rows: 3 rows of 5 pixels (7 rows: the last step holds one), rows of 20 (stride
+    2) in blocks of 16 and 4, rows of exactly 16; split into ranges that start
+    inside rows and images."""
+    from kernels.conv import _gemm, ops
     for tuned in (*_gemm.conv_wgrad_gemm, *_gemm.conv_wgrad_flat):
         config = tuned.configs[0]
         monkeypatch.setattr(tuned, "configs", [triton.Config({**config.kwargs, "BLOCK_K": 16}, num_warps=4)])
-    x = torch.randn(N, C, H, W, device=device)
+    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: splits)
+    monkeypatch.setattr(ops, "_split_plans", {})
+    x = make_input((N, C, H, W), torch.float32, device, layout)
     w = (torch.randn(16, C, 3, 3) / 12).to(device).requires_grad_(True)
-    y = F.conv2d(x, w, None, 1, padding)
+    y = F.conv2d(x, w, None, stride, padding)
     g = torch.randn_like(y)
     (dw,) = torch.autograd.grad(y, (w,), g)
     wr = w.detach().double().cpu().requires_grad_(True)
-    (dwr,) = torch.autograd.grad(TF.conv2d(x.double().cpu(), wr, None, 1, padding), (wr,), g.double().cpu())
+    (dwr,) = torch.autograd.grad(TF.conv2d(x.double().cpu(), wr, None, stride, padding), (wr,), g.double().cpu())
     assert_close(dw, dwr, torch.float32, "conv")
 
 

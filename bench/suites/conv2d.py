@@ -13,12 +13,12 @@ speedup against cuDNN (torch with cudnn.benchmark). Targets on an H100 (issue
 11): geomean >= 0.9x cuDNN forward, >= 0.7x input and weight gradient, >= 1.5x
 on dilated and depthwise.
 
-Layout "nchw-in-place" (quick run only): NCHW operands that the implicit-GEMM
-passes read as they are (``read_nchw_in_place``) instead of copying them to
-channels_last (the stem: to 4 zero-padded channels), against the same cuDNN
-call: beside the "contiguous" and "channels_last" rows of one shape it says
-what the copies cost and what reading NCHW in place would (issue 11's open
-choice).
+Layouts "nchw-in-place" and "channels_last-in-place" (quick run only):
+operands that the implicit-GEMM passes read as they are (``read_in_place``)
+instead of copying NCHW ones to channels_last and a stem's to 4 zero-padded
+channels, against the same cuDNN call: beside the "contiguous" and
+"channels_last" rows of one shape they say what the copies cost and what
+reading in place would (issue 11's open choices).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import torch.nn.functional as TF
 
 import nnlib.functional as F
 from bench.core import Case
-from kernels.conv.ops import read_nchw_in_place
+from kernels.conv.ops import read_in_place
 
 # (C, H, K, kernel, stride, padding): square images and kernels.
 RESNET50 = [
@@ -83,11 +83,11 @@ def _setup(spec: Spec, dtype, layout, device, pass_name):
         w = (torch.randn(spec.K, spec.C // spec.groups, spec.kernel, spec.kernel, device=device)
              / fan_in ** 0.5).to(dtype)
         b = torch.randn(spec.K, device=device, dtype=dtype) if spec.bias else None
-        if layout == "channels_last":
+        if layout.startswith("channels_last"):
             x = x.contiguous(memory_format=torch.channels_last)
             w = w.contiguous(memory_format=torch.channels_last)
         args = (spec.stride, spec.padding, spec.dilation, spec.groups)
-        reading = read_nchw_in_place if layout == "nchw-in-place" else contextlib.nullcontext
+        reading = read_in_place if layout.endswith("-in-place") else contextlib.nullcontext
 
         def ours():
             with reading():
@@ -123,10 +123,12 @@ def _gpu_specs():
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (26 cases: bench/gpu_check.sh gives the
+# --quick: bf16, a few shapes per set and pass (27 cases: bench/gpu_check.sh gives the
 # quick run of every suite 180 s), channels_last unless marked NCHW ("contiguous":
-# ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or "nchw-in-place" (a 3x3
-# and the stem in all three layouts).
+# ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or read in place (a 3x3 and
+# the stem's forward in three layouts, the stem's weight gradient in two: the
+# channels_last stem's forward reads x in place by default, its weight gradient
+# a padded copy).
 QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6, "forward"),
          ("resnet50", 22, "forward"), ("resnet50", 10, "forward", "contiguous"), ("stem", 0, "forward"),
          ("resnet50", 10, "forward"), ("resnet50", 10, "forward", "nchw-in-place"),
@@ -137,7 +139,8 @@ QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6,
          ("resnet50", 2, "input_grad"), ("resnet50", 22, "input_grad"), ("dilated", 0, "input_grad"),
          ("depthwise", 2, "input_grad"),
          ("resnet50", 2, "weight_grad"), ("resnet50", 15, "weight_grad"), ("resnet50", 22, "weight_grad"),
-         ("stem", 0, "weight_grad"), ("depthwise", 2, "weight_grad")]
+         ("stem", 0, "weight_grad"), ("stem", 0, "weight_grad", "channels_last-in-place"),
+         ("depthwise", 2, "weight_grad")]
 
 
 def _cpu_specs():
@@ -150,7 +153,7 @@ def _cpu_specs():
 
 def _case(set_name, spec, dtype, layout, pass_name, device):
     tol = {torch.float32: 1e-2, torch.float16: 1e-2, torch.bfloat16: 3e-2}[dtype]
-    extra = {"alternative": True} if layout == "nchw-in-place" else {}
+    extra = {"alternative": True} if layout.endswith("-in-place") else {}
     return Case("conv2d", set_name, spec.shape, dtype, layout, pass_name, _setup(spec, dtype, layout, device, pass_name),
                 flops=spec.flops, atol=tol, rtol=tol, extra=extra)
 

@@ -574,69 +574,98 @@ def _conv_wgrad_gemm_kernel(
     # the tap's pixel shift (per column in FLAT mode)
     shift_h = r * dil_h - pad_h
     shift_w = s * dil_w - pad_w
-    if PAD_C > 0:   # per column, c included: runs of PAD_C from PAD_C-aligned starts
-        x_shift = shift_h * (stride_xh // PAD_C * PAD_C) + shift_w * PAD_C + c
-    elif FLAT:    # per column, int32 (inside one image)
-        x_shift = g * Cb * stride_xc + shift_h * stride_xh + shift_w * stride_xw
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if FLAT:
+        # The pixels by whole rows, so that a k-step moves scalars only: lane j is pixel
+        # (p0 + j // QB, q0 + j % QB) of image n, QB = min(Q, BLOCK_K) columns of ROWS rows
+        # (lanes past ROWS * QB idle), and each (lane, column)'s tap coordinates relative
+        # to (p0, q0) are computed once. Columns past n_cols get a row no pixel reaches.
+        QB = tl.minimum(Q, BLOCK_K)
+        ROWS = BLOCK_K // QB
+        q_blocks = tl.cdiv(Q, QB)
+        image_steps = tl.cdiv(P, ROWS) * q_blocks
+        first, end = _split_steps(N * image_steps)
+        n = first // image_steps
+        p0 = first % image_steps // q_blocks * ROWS
+        q0 = first % q_blocks * QB
+        lane_p = offs_k // QB
+        lane_q = offs_k % QB
+        lane_live = offs_k < ROWS * QB
+        dy_cols = _aligned(dy_ptr, ((lane_p * Q + lane_q) * stride_dym).to(tl.int64), VEC)
+        a_base = dy_cols[None, :] + (g * Kb + offs_m).to(tl.int64)[:, None] * stride_dyk
+        ih_lane = (lane_p * stride_h)[:, None] + tl.where(mask_n, shift_h, -(1 << 30))[None, :]
+        iw_lane = (lane_q * stride_w)[:, None] + shift_w[None, :]
+        # x's offsets from ih and iw in the loop (held as a third lane tensor, they spilled fp32 tiles)
+        if PAD_C > 0:   # rows of x_row pixels of PAD_C channels: the factors show runs of PAD_C aligned
+            x_row = stride_xh // PAD_C
+            x_col = c
+        else:
+            x_col = (g * Cb + c) * stride_xc
+        for _ in range(first, end):
+            pixel_live = lane_live & (lane_p < P - p0) & (lane_q < Q - q0)
+            m_start = (n * P + p0).to(tl.int64) * Q + q0
+            a = tl.load(a_base + m_start * stride_dym // VEC * VEC,
+                        mask=mask_m[:, None] & pixel_live[None, :], other=0.0)
+            ih = ih_lane + p0 * stride_h
+            iw = iw_lane + q0 * stride_w
+            if PAD_C > 0:
+                x_image = x_ptr + n.to(tl.int64) * (stride_xn // PAD_C) * PAD_C
+                x_offs = (ih * x_row + iw) * PAD_C + x_col[None, :]
+            else:       # int32 inside one image
+                x_image = x_ptr + n.to(tl.int64) * stride_xn
+                x_offs = ih * stride_xh + iw * stride_xw + x_col[None, :]
+            b = tl.load(x_image + x_offs, mask=pixel_live[:, None] & _in_range(ih, H) & _in_range(iw, W), other=0.0)
+            acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+            q0 += QB
+            next_row = q0 >= Q
+            q0 = tl.where(next_row, 0, q0)
+            p0 = tl.where(next_row, p0 + ROWS, p0)
+            next_image = p0 >= P
+            p0 = tl.where(next_image, 0, p0)
+            n = tl.where(next_image, n + 1, n)
     else:
         x_shift = (g * Cb).to(tl.int64) * stride_xc + shift_h.to(tl.int64) * stride_xh \
             + shift_w.to(tl.int64) * stride_xw
-    dy_cols = _aligned(dy_ptr, (offs_k * stride_dym).to(tl.int64), VEC)
-    a_base = dy_cols[None, :] + (g * Kb + offs_m).to(tl.int64)[:, None] * stride_dyk
+        dy_cols = _aligned(dy_ptr, (offs_k * stride_dym).to(tl.int64), VEC)
+        a_base = dy_cols[None, :] + (g * Kb + offs_m).to(tl.int64)[:, None] * stride_dyk
 
-    # k-step position: pixels m0 + offs_k of N*P*Q. dy is read at m * stride_dym; x
-    # needs each pixel's (p, q) for the bounds and its offset x_pix, advanced by
-    # BLOCK_K pixels with carries (q wraps into p, p into n).
-    PQ = P * Q
-    first, end = _split_steps(tl.cdiv(N * PQ, BLOCK_K))
-    pixel_end = tl.minimum(end * BLOCK_K, N * PQ)
-    m0 = first * BLOCK_K
-    p = (m0 + offs_k) % PQ // Q
-    q = (m0 + offs_k) % Q
-    x_pix = ((m0 + offs_k) // PQ).to(tl.int64) * stride_xn + (p * stride_h).to(tl.int64) * stride_xh \
-        + (q * stride_w).to(tl.int64) * stride_xw
-    step_q = BLOCK_K % Q
-    step_p = BLOCK_K // Q % P
-    step_x = (BLOCK_K // PQ).to(tl.int64) * stride_xn + (step_p * stride_h).to(tl.int64) * stride_xh \
-        + (step_q * stride_w).to(tl.int64) * stride_xw
-    carry_q_x = (stride_h * stride_xh).to(tl.int64) - (Q * stride_w).to(tl.int64) * stride_xw   # q -= Q, p += 1
-    carry_p_x = stride_xn - (P * stride_h).to(tl.int64) * stride_xh                             # p -= P, n += 1
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for _ in range(first, end):
-        mask_k = m0 + offs_k < pixel_end
-        a = tl.load(a_base + m0.to(tl.int64) * stride_dym // VEC * VEC,
-                    mask=mask_m[:, None] & mask_k[None, :], other=0.0)
-        ih = p * stride_h
-        iw = q * stride_w
-        if FLAT:
-            ih = ih[:, None] + shift_h[None, :]
-            iw = iw[:, None] + shift_w[None, :]
-            if PAD_C > 0:
-                # signed compares: ``_in_range`` here spilled 8 bytes in an fp16 VEC = 1 tile on sm_80
-                mask_b = mask_k[:, None] & mask_n[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-                # the pixels' offsets are multiples of PAD_C (triton 3.9 needs telling)
-                x_rows = tl.multiple_of(x_ptr + x_pix, PAD_C * x_ptr.dtype.element_ty.primitive_bitwidth // 8)
-                b = tl.load(x_rows[:, None] + x_shift[None, :], mask=mask_b, other=0.0)
-            else:
-                mask_b = mask_k[:, None] & mask_n[None, :] & _in_range(ih, H) & _in_range(iw, W)
-                b = tl.load(x_ptr + x_pix[:, None] + (x_shift + c * stride_xc)[None, :], mask=mask_b, other=0.0)
-        else:
-            ih += shift_h
-            iw += shift_w
+        # k-step position: pixels m0 + offs_k of N*P*Q. dy is read at m * stride_dym; x
+        # needs each pixel's (p, q) for the bounds and its offset x_pix, advanced by
+        # BLOCK_K pixels with carries (q wraps into p, p into n).
+        PQ = P * Q
+        first, end = _split_steps(tl.cdiv(N * PQ, BLOCK_K))
+        pixel_end = tl.minimum(end * BLOCK_K, N * PQ)
+        m0 = first * BLOCK_K
+        p = (m0 + offs_k) % PQ // Q
+        q = (m0 + offs_k) % Q
+        x_pix = ((m0 + offs_k) // PQ).to(tl.int64) * stride_xn + (p * stride_h).to(tl.int64) * stride_xh \
+            + (q * stride_w).to(tl.int64) * stride_xw
+        step_q = BLOCK_K % Q
+        step_p = BLOCK_K // Q % P
+        step_x = (BLOCK_K // PQ).to(tl.int64) * stride_xn + (step_p * stride_h).to(tl.int64) * stride_xh \
+            + (step_q * stride_w).to(tl.int64) * stride_xw
+        carry_q_x = (stride_h * stride_xh).to(tl.int64) - (Q * stride_w).to(tl.int64) * stride_xw   # q -= Q, p += 1
+        carry_p_x = stride_xn - (P * stride_h).to(tl.int64) * stride_xh                             # p -= P, n += 1
+        for _ in range(first, end):
+            mask_k = m0 + offs_k < pixel_end
+            a = tl.load(a_base + m0.to(tl.int64) * stride_dym // VEC * VEC,
+                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            ih = p * stride_h + shift_h
+            iw = q * stride_w + shift_w
             # (signed compares: ``_in_range`` here spilled 16 bytes at 128 registers under 3.9)
             mask_rows = mask_k & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             x_rows = _aligned(x_ptr, x_pix + x_shift, VEC)
             b = tl.load(x_rows[:, None] + offs_n[None, :] * stride_xc,
                         mask=mask_rows[:, None] & mask_n[None, :], other=0.0)
-        acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
-        m0 += BLOCK_K
-        q += step_q
-        carry_q = q >= Q
-        q = tl.where(carry_q, q - Q, q)
-        p += step_p + carry_q.to(tl.int32)
-        carry_p = p >= P
-        p = tl.where(carry_p, p - P, p)
-        x_pix += step_x + tl.where(carry_q, carry_q_x, 0) + tl.where(carry_p, carry_p_x, 0)
+            acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
+            m0 += BLOCK_K
+            q += step_q
+            carry_q = q >= Q
+            q = tl.where(carry_q, q - Q, q)
+            p += step_p + carry_q.to(tl.int32)
+            carry_p = p >= P
+            p = tl.where(carry_p, p - P, p)
+            x_pix += step_x + tl.where(carry_q, carry_q_x, 0) + tl.where(carry_p, carry_p_x, 0)
 
     done = tl.num_programs(2) == 1
     if not done:

@@ -5,9 +5,9 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 * depthwise (Cg = Kg = 1, kernels up to ``DEPTHWISE_MAX_KERNEL`` on a side): the
   register-blocked kernels of ``_depthwise``, for all three passes;
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
-  when Cg < 16, e.g. an RGB stem, which reads a zero-padded channels_last copy
-  of an x that is not channels_last, and the forward one of w:
-  ``_flat_padding``), else the direct kernels;
+  when Cg < 16; an RGB stem's weight gradient reads x as a channels_last copy
+  zero-padded to 4 channels, and its forward x and w likewise unless x is
+  channels_last: ``_flat_padding``), else the direct kernels;
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct;
 * an implicit-GEMM pass ("gemm", not FLAT) of a 1x1 unpadded stride-1
   convolution whose operands have their pixels at stride 1 (NCHW), with at
@@ -33,8 +33,9 @@ through a channels_last buffer copied once. The interpreter skips the copies
 (not the stems' zero-padded ones), so the strided addressing is what CI tests. The planar and depthwise kernels
 read NCHW in place on a GPU too. Whether the copies beat reading NCHW in place
 (scalar gathers: 5x / 8x the main-loop instructions per multiply-add in sm_90
-SASS under triton 3.6 / 3.9, no spill) waits for a GPU measurement: the conv
-benchmark times both (``read_nchw_in_place``).
+SASS under triton 3.6 / 3.9, no spill), and whether the stems' padded copies
+beat their scalar gathers, wait for a GPU measurement: the conv benchmark times
+both (``read_in_place``).
 The output is channels_last when torch suggests channels_last for the input or
 the weight (``kernels._runtime.suggest_memory_format``), as torch does.
 """
@@ -94,15 +95,15 @@ def _for_dtype(kernels, dtype: torch.dtype):
     return kernels.fp32 if dtype == torch.float32 else kernels.half
 
 
-_copy_operands = True       # False inside read_nchw_in_place()
+_copy_operands = True       # False inside read_in_place()
 
 
 @contextlib.contextmanager
-def read_nchw_in_place():
-    """Inside, the implicit-GEMM passes read their operands in the layout they come
-    in: no channels_last copies on a GPU, no zero-padded ones for a stem
-    (``_flat_padding``). The benchmark's "nchw-in-place" rows time this
-    alternative. Read when a call runs: a CUDA graph keeps what it captured."""
+def read_in_place():
+    """Inside, the implicit-GEMM passes read their operands as they come: no
+    channels_last copies on a GPU, no zero-padded ones for a stem
+    (``_flat_padding``). The benchmark's "in-place" rows time this alternative.
+    Read when a call runs: a CUDA graph keeps what it captured."""
     global _copy_operands
     saved, _copy_operands = _copy_operands, False
     try:
@@ -113,7 +114,7 @@ def read_nchw_in_place():
 
 def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
     """On a GPU, ``t`` as channels_last (one copy when it is not); unchanged in the
-    interpreter and inside ``read_nchw_in_place``."""
+    interpreter and inside ``read_in_place``."""
     if t.device.type == "cuda" and _copy_operands and not t.is_contiguous(memory_format=torch.channels_last):
         return t.contiguous(memory_format=torch.channels_last)
     return t
@@ -383,7 +384,7 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
                        negative_slope)
         return y
     flat = geo.paths["forward"] == "gemm-flat"
-    pad_c = _flat_padding(geo, x) if flat else 0
+    pad_c = _flat_padding(geo, x, weight_grad=False) if flat else 0
     if pad_c:
         x, w = _padded_channels_last(x, pad_c), _padded_channels_last(w, pad_c)
     else:
@@ -416,15 +417,22 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     return y if y is out else out.copy_(y)
 
 
-def _flat_padding(geo: ConvGeometry, x: torch.Tensor) -> int:
+def _flat_padding(geo: ConvGeometry, x: torch.Tensor, weight_grad: bool) -> int:
     """PAD_C of a FLAT forward or weight gradient (part of their launch plans'
-    keys): when x is not channels_last (a GPU would copy it anyway), x (and the
-    forward's w) are copied into channels_last buffers of 4 channels, the real
-    ones (up to 4: RGB) zero-padded, whose kernel rows load as aligned vectors
-    through cp.async; 0 (as they are) for channels_last x, groups, column
-    dilation, more channels or inside ``read_nchw_in_place``."""
-    if (geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 4 or not _copy_operands
-            or x.is_contiguous(memory_format=torch.channels_last)):
+    keys): 4 when x (and the forward's w) are to be read as channels_last tensors
+    of 4 channels, the real ones (up to 4: RGB) zero-padded
+    (``_padded_channels_last``), whose kernel rows load as aligned vectors through
+    cp.async; unpadded, a 3-channel row starts at any element and gathers one at
+    a time. By sm_90 SASS (triton 3.9 / 3.6; not a time) the weight gradient's
+    main loop takes 2.5x / 2x the instructions per k-step unpadded: every such x
+    is padded for it. The forward's takes 1.6x / 2.1x: its x is padded when it is
+    not channels_last (a GPU copies it anyway) or has 4 channels already, not
+    when the copies of x and w would be new traffic and two more launches (the
+    benchmark's channels_last stem rows time both). 0 (as they are) for groups,
+    column dilation, more channels or inside ``read_in_place``."""
+    if geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 4 or not _copy_operands:
+        return 0
+    if not weight_grad and geo.Cg < 4 and x.is_contiguous(memory_format=torch.channels_last):
         return 0
     return 4
 
@@ -432,8 +440,10 @@ def _flat_padding(geo: ConvGeometry, x: torch.Tensor) -> int:
 def _padded_channels_last(t: torch.Tensor, pad_c: int) -> torch.Tensor:
     """t (N, C, H, W) copied to a channels_last (N, pad_c, H, W) whose channels past
     C are zero (a NaN-free filler for the multiply-adds with w's zero channels): one
-    launch."""
+    launch; t itself when it is that already."""
     N, C, H, W = t.shape
+    if C == pad_c and t.is_contiguous(memory_format=torch.channels_last):
+        return t
     out = torch.empty((N, H, W, pad_c), dtype=t.dtype, device=t.device)
     block = max(8192 if interpreting() else 512, next_power_of_2(cdiv(H * W, 65535)))     # grid axis 1 < 2**16
     launch(_pad_channels_kernel, (N, cdiv(H * W, block)), t, out, H * W, C, W, *t.stride(), PAD_C=pad_c, BLOCK=block)
@@ -570,7 +580,7 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
         _launch_planar_wgrad(dy, x, dw, geo)
         return dw
     flat = geo.paths["weight_grad"] == "gemm-flat"
-    pad_c = _flat_padding(geo, x) if flat else 0
+    pad_c = _flat_padding(geo, x, weight_grad=True) if flat else 0
     dy, x = _pixel_linear(_gemm_operand(dy)), _padded_channels_last(x, pad_c) if pad_c else _gemm_operand(x)
     cols = (pad_c or geo.Cg) * geo.R * geo.S if flat else geo.Cg
     taps = 1 if flat else geo.R * geo.S
@@ -586,6 +596,9 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
         return cdiv(geo.Kg, meta["BLOCK_M"]) * cdiv(cols, meta["BLOCK_N"])
 
     def steps(meta):
+        if flat:            # whole rows of QB <= BLOCK_K pixels (``_conv_wgrad_gemm_kernel``)
+            row_pixels = min(geo.Q, meta["BLOCK_K"])
+            return geo.N * cdiv(geo.P, meta["BLOCK_K"] // row_pixels) * cdiv(geo.Q, row_pixels)
         return cdiv(pixels, meta["BLOCK_K"])
 
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
