@@ -8,6 +8,7 @@ not divide): the interpreter pays per program and per loop iteration.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -264,16 +265,17 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, forward_pad, g
 
 
 def test_stem_weight_grad_plans_per_padding(device):
-    """One geometry's weight gradient, first on a channels_last x (147 columns of a
-    3-channel 7x7), then on an NCHW one (padded: 196 columns, one tile more): each
+    """One geometry's weight gradient, first on an x read in place (147 columns of
+    a 3-channel 7x7), then on its padded copy (196 columns, one tile more): each
     gets its own launch plan (a shared one left dw's last columns unwritten)."""
     from kernels.conv import ops
     ops._split_plans.clear()
     w = torch.randn(16, 3, 7, 7).to(device)
-    for layout in ("channels_last", "contiguous"):
-        x = make_input((1, 3, 9, 9), torch.float32, device, layout)
+    for in_place in (True, False):
+        x = make_input((1, 3, 9, 9), torch.float32, device)
         dy = torch.randn(1, 16, 9, 9).to(device)
-        dw = ops.conv2d_weight_grad(dy, x, w, [1, 1], [3, 3, 3, 3], [1, 1], 1)
+        with ops.read_in_place() if in_place else contextlib.nullcontext():
+            dw = ops.conv2d_weight_grad(dy, x, w, [1, 1], [3, 3, 3, 3], [1, 1], 1)
         ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=3)
         assert_close(dw, ref, torch.float32, "conv")
 
@@ -464,14 +466,14 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
 
 @pytest.mark.parametrize("N,C,H,W,stride,padding,layout,splits", [
     (2, 16, 6, 20, 1, 1, "contiguous", 1), (2, 16, 4, 5, 1, 0, "contiguous", 1), (3, 16, 5, 5, 1, 0, "contiguous", 1),
-    (2, 3, 7, 5, 1, 1, "contiguous", 4), (2, 3, 5, 40, 2, 1, "channels_last", 3),
-    (2, 3, 9, 40, 2, 1, "contiguous", 1), (3, 3, 4, 16, 1, 1, "contiguous", 4)],
+    (2, 3, 7, 5, 1, 1, "contiguous", 4), (2, 3, 5, 40, 2, 1, "in-place", 3),
+    (2, 3, 9, 40, 2, 1, "channels_last", 1), (3, 3, 4, 16, 1, 1, "in-place", 4)],
     ids=["q-wraps", "p-wraps", "n-steps", "flat-rows", "flat-row-blocks", "flat-row-blocks-padded", "flat-split"])
 def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, device, monkeypatch):
     """The weight-gradient GEMM walks N*P*Q pixels BLOCK_K at a time, advancing
     (n, p, q) by carries: with 16-pixel steps, steps shorter than a row, longer
     than a row and longer than an image (3x3 taps, output rows of 20, 3 and 5).
-    The FLAT walk (3 channels; padded to 4 when not channels_last) steps by whole
+    The FLAT walk (3 channels: x padded to 4, or read in place) steps by whole
     rows: 3 rows of 5 pixels (7 rows: the last step holds one), rows of 20 (stride
     2) in blocks of 16 and 4, rows of exactly 16; split into ranges that start
     inside rows and images."""
@@ -481,11 +483,12 @@ def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, dev
         monkeypatch.setattr(tuned, "configs", [triton.Config({**config.kwargs, "BLOCK_K": 16}, num_warps=4)])
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: splits)
     monkeypatch.setattr(ops, "_split_plans", {})
-    x = make_input((N, C, H, W), torch.float32, device, layout)
+    x = make_input((N, C, H, W), torch.float32, device, "channels_last" if layout == "in-place" else layout)
     w = (torch.randn(16, C, 3, 3) / 12).to(device).requires_grad_(True)
-    y = F.conv2d(x, w, None, stride, padding)
-    g = torch.randn_like(y)
-    (dw,) = torch.autograd.grad(y, (w,), g)
+    with ops.read_in_place() if layout == "in-place" else contextlib.nullcontext():
+        y = F.conv2d(x, w, None, stride, padding)
+        g = torch.randn_like(y)
+        (dw,) = torch.autograd.grad(y, (w,), g)
     wr = w.detach().double().cpu().requires_grad_(True)
     (dwr,) = torch.autograd.grad(TF.conv2d(x.double().cpu(), wr, None, stride, padding), (wr,), g.double().cpu())
     assert_close(dw, dwr, torch.float32, "conv")
@@ -793,6 +796,18 @@ def test_depthwise_int64_offsets(device, monkeypatch):
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
     _check(GEOMETRIES[19], torch.float32, device, "transposed", bias=True, activation="relu")
+
+
+@pytest.mark.parametrize("in_place", [False, True], ids=["padded", "in-place"])
+def test_flat_weight_grad_int64_offsets(in_place, device, monkeypatch):
+    """The FLAT weight gradient with int64 offsets inside an image of x (INDEX_64,
+    as the depthwise kernels), on x's padded copy and on a transposed x read in
+    place."""
+    from kernels.conv import ops
+    monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
+    x, w, b = _inputs(2, 3, 13, 11, 32, (5, 5), 1, torch.float32, device, "transposed")
+    with ops.read_in_place() if in_place else contextlib.nullcontext():
+        check_op(*_conv_fns(2, 2, 1, 1, "relu"), [x, w, b], "conv")
 
 
 def test_bool_after_first_int_is_accepted_like_torch(device):

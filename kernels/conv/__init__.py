@@ -53,9 +53,10 @@ def _strides(prefix, axes):
 # loads of x and w), 102 / 102 per 2 from the zero-padded copies of x and w
 # (PAD_C 4: cp.async of 8 bytes, 111 / 112 registers; 160 / 254 unpadded); the
 # stem's weight gradient, its pixels walked by whole rows (the lanes' tap
-# coordinates fixed, a k-step moving scalars), 183 / 179 per 2 from the padded
-# copy of x (122 / 128 registers; 226 / 222 walked by carries), 457 / 365 unpadded
-# (238 / 182 registers; 738 / 345 by carries).
+# coordinates fixed, a k-step moving scalars; 8/7 as many k-steps at Q = 112),
+# 183 / 179 per 2 from the padded copy of x (122 / 128 registers; 226 / 222
+# walked by carries), 457 / 365 unpadded (238 / 182 registers; 738 / 345 by
+# carries).
 _GEMM_EXPECT = {
     "forward": {"max_registers": 128, "max_loop_instructions_per_hgmma": 38},
     "stem": {"max_loop_instructions_per_hgmma": 150},      # FLAT forward: 3x the forward's budget
@@ -153,12 +154,17 @@ def _compile_cases():
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
                    **_ints("stride_dym", *_strides("x", "nhw"), *_strides("dw", "kcrs"))}
             divisible = ("Kg", "stride_dym") + (() if flat else ("Cg", *_strides("x", "nhw")))
-            for pad_c in (0, 4) if flat else (0,):     # an NCHW stem's x: copied to 4 zero-padded channels
+            for pad_c in (0, 4) if flat else (0,):     # a stem's x: copied to 4 zero-padded channels
                 cases.append(gemm_case(conv_wgrad_flat if flat else conv_wgrad_gemm, sig,
-                                       dict(FLAT=flat, VEC=vec, PAD_C=pad_c, stride_dyk=1, stride_xc=1,
-                                            **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
+                                       dict(FLAT=flat, VEC=vec, PAD_C=pad_c, INDEX_64=False, stride_dyk=1,
+                                            stride_xc=1, **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
                                        divisible, "padded_stem_weight_grad" if pad_c else "weight_grad",
                                        f"{label},flat={int(flat)}" + (",pad_c=4" if pad_c else "")))
+            if flat and vec > 1 and half:           # offsets inside an image of x past int32
+                cases.append(gemm_case(conv_wgrad_flat, sig,
+                                       dict(FLAT=True, VEC=vec, PAD_C=0, INDEX_64=True, stride_dyk=1, stride_xc=1,
+                                            **_STEM_7X7),
+                                       divisible, None, f"{label},flat=1,index_64"))
         sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
                **_ints(*_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))}

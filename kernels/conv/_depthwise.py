@@ -29,15 +29,7 @@ import triton.language as tl
 
 from ..activation import apply_activation
 from .._reduce import sum_splits
-from ._gemm import _in_range, _split_steps
-
-
-@triton.jit
-def _offsets(index, stride, INDEX_64: tl.constexpr):
-    """index * stride within one image: int32, or int64 with INDEX_64."""
-    if INDEX_64:
-        index = index.to(tl.int64)
-    return index * stride
+from ._gemm import _in_range, _offsets, _split_steps
 
 
 @triton.jit

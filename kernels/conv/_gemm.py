@@ -128,6 +128,14 @@ def _in_range(i, n):
 
 
 @triton.jit
+def _offsets(index, stride, INDEX_64: tl.constexpr):
+    """index * stride within one image: int32, or int64 with INDEX_64."""
+    if INDEX_64:
+        index = index.to(tl.int64)
+    return index * stride
+
+
+@triton.jit
 def _aligned(base, offsets, VEC: tl.constexpr):
     """``base + offsets``: 1-D row or column starts of a channel-contiguous operand,
     promised 16-byte aligned when the host proved it (VEC > 1) so that loads and
@@ -291,8 +299,8 @@ def _conv_fwd_gemm_kernel(
     (16 bytes) on 16-byte aligned pointers (FLAT: y only). PIXEL_VEC > 0: y is
     written with its pixels at stride 1 instead (``_store_output``; VEC then
     concerns x and w only). PAD_C > 0 (FLAT, one group, dil_w 1): x and w are
-    channels_last with PAD_C channels, the real ones zero-padded
-    (``_pad_channels_kernel``)."""
+    channels_last with PAD_C channels, the real ones zero-padded (the host's
+    copies, or a caller's 4-channel tensors)."""
     g = tl.program_id(1)
     M = N * P * Q
     Kb = Kg // VEC * VEC                         # == Kg, written so that the compiler sees its divisibility
@@ -311,8 +319,8 @@ def _conv_fwd_gemm_kernel(
         # Reduction over blocks of the S*C columns j = s*C + c of a kernel row (one
         # block for the stem), each decoded once with its column bounds and offsets,
         # then over the kernel rows r: a k-step adds a row offset and one row check.
-        # PAD_C > 0: x and w are the host's zero-padded channels_last copies of PAD_C
-        # channels (groups 1, column dilation 1), so that a pixel's kernel row is one
+        # PAD_C > 0: x and w are channels_last with PAD_C channels, the real ones
+        # zero-padded (groups 1, column dilation 1), so that a pixel's kernel row is one
         # run of S*PAD_C elements from a PAD_C-aligned start: vector loads, cp.async.
         if PAD_C > 0:
             # (offsets written as multiples of PAD_C: the compiler sees the alignment)
@@ -535,8 +543,8 @@ def _conv_wgrad_gemm_kernel(
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwk, stride_dwc, stride_dwr, stride_dws,
         FLAT: tl.constexpr, VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
-        PAD_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr):
+        PAD_C: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """dy: (N, G*Kg, P, Q) with pixel m = (n*P + p)*Q + q at m * stride_dym (channels_last);
     x: (N, G*Cg, H, W); dw: (G*Kg, Cg, R, S) in the weight dtype; through strides;
     part / ticket: the split workspace. Program (tile, g*R*S + tap, split) (FLAT:
@@ -545,7 +553,8 @@ def _conv_wgrad_gemm_kernel(
     BLOCK_N (r, s, c) columns), the pixels split over grid axis 2. VEC > 1: dy
     and x channel-contiguous and 16-byte aligned, as in the forward. PAD_C > 0
     (FLAT, one group): x is channels_last with PAD_C channels, the real ones
-    zero-padded (``_pad_channels_kernel``); dw gets the real ones."""
+    zero-padded; dw gets the real ones. FLAT offsets inside an image of x are
+    int32, int64 with INDEX_64 (the host's ``_image_needs_int64``)."""
     pid_z = tl.program_id(1)
     Kb = Kg // VEC * VEC
     if FLAT:
@@ -600,7 +609,7 @@ def _conv_wgrad_gemm_kernel(
             x_row = stride_xh // PAD_C
             x_col = c
         else:
-            x_col = (g * Cb + c) * stride_xc
+            x_col = _offsets(g * Cb + c, stride_xc, INDEX_64)
         for _ in range(first, end):
             pixel_live = lane_live & (lane_p < P - p0) & (lane_q < Q - q0)
             m_start = (n * P + p0).to(tl.int64) * Q + q0
@@ -610,10 +619,10 @@ def _conv_wgrad_gemm_kernel(
             iw = iw_lane + q0 * stride_w
             if PAD_C > 0:
                 x_image = x_ptr + n.to(tl.int64) * (stride_xn // PAD_C) * PAD_C
-                x_offs = (ih * x_row + iw) * PAD_C + x_col[None, :]
-            else:       # int32 inside one image
+                x_offs = (_offsets(ih, x_row, INDEX_64) + iw) * PAD_C + x_col[None, :]
+            else:
                 x_image = x_ptr + n.to(tl.int64) * stride_xn
-                x_offs = ih * stride_xh + iw * stride_xw + x_col[None, :]
+                x_offs = _offsets(ih, stride_xh, INDEX_64) + _offsets(iw, stride_xw, INDEX_64) + x_col[None, :]
             b = tl.load(x_image + x_offs, mask=pixel_live[:, None] & _in_range(ih, H) & _in_range(iw, W), other=0.0)
             acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
             q0 += QB

@@ -7,7 +7,7 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
   when Cg < 16; an RGB stem's weight gradient reads x as a channels_last copy
   zero-padded to 4 channels, and its forward x and w likewise unless x is
-  channels_last: ``_flat_padding``), else the direct kernels;
+  channels_last with fewer: ``_flat_padding``), else the direct kernels;
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct;
 * an implicit-GEMM pass ("gemm", not FLAT) of a 1x1 unpadded stride-1
   convolution whose operands have their pixels at stride 1 (NCHW), with at
@@ -306,9 +306,10 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 
 
 def _image_needs_int64(geo: ConvGeometry, *tensors) -> bool:
-    """INDEX_64 of the depthwise kernels: some offset inside one image of
-    ``tensors`` (N, C, H, W), reach of the kernel past its edges included, may
-    not fit in int32 (``needs_int64``'s rule, one image at a time)."""
+    """INDEX_64 of the depthwise kernels and of the FLAT weight gradient: some
+    offset inside one image of ``tensors`` (N, C, H, W), reach of the kernel past
+    its edges included, may not fit in int32 (``needs_int64``'s rule, one image
+    at a time)."""
     reach_h, reach_w = geo.dilation[0] * geo.R + geo.pad[0], geo.dilation[1] * geo.S + geo.pad[1]
     return any(offsets_need_int64((t.shape[1], t.shape[2] + 2 * reach_h, t.shape[3] + 2 * reach_w), t.stride()[1:])
                for t in tensors)
@@ -608,7 +609,8 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
     common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
     if x_pixel_stride is None:
         launch(kernel, grid, dy, x, dw, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
-               pixel_stride, dy.stride(1), *_gemm_strides(x), *dw.stride(), FLAT=flat, PAD_C=pad_c, **common)
+               pixel_stride, dy.stride(1), *_gemm_strides(x), *dw.stride(), FLAT=flat, PAD_C=pad_c,
+               INDEX_64=flat and _image_needs_int64(geo, x), **common)
     else:                               # 1x1: a plain GEMM, operands through tensor descriptors
         _use_descriptor_allocator(x.device)
         launch(kernel, grid, dy, x, dw, part, ticket, pixels, geo.Cg, geo.Kg, pixel_stride, x_pixel_stride,
