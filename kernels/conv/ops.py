@@ -429,7 +429,8 @@ def _flat_padding(geo: ConvGeometry, x: torch.Tensor, weight_grad: bool) -> int:
     is padded for it. The forward's takes 1.6x / 2.1x: its x is padded when it is
     not channels_last (a GPU copies it anyway) or has 4 channels already, not
     when the copies of x and w would be new traffic and two more launches (the
-    benchmark's channels_last stem rows time both). 0 (as they are) for groups,
+    benchmark times the stem forward channels_last, unpadded, beside NCHW,
+    padded). 0 (as they are) for groups,
     column dilation, more channels or inside ``read_in_place``."""
     if geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 4 or not _copy_operands:
         return 0
