@@ -127,7 +127,7 @@ def _compile_cases():
                                         PAD_C=0, stride_xc=1, stride_wc=1, stride_yc=1,
                                         **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
                                    divisible, "forward", f"{label},flat={int(flat)}"))
-            if flat:    # an NCHW stem: x and w copied to 4 zero-padded channels (budgets: the NCHW-y case)
+            if flat:    # a stem read as 4 zero-padded channels (its budgets: the NCHW-y case below)
                 cases.append(gemm_case(conv_fwd_flat, sig,
                                        dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=True, VEC=vec,
                                             PIXEL_VEC=0, PAD_C=4, stride_xc=1, stride_wc=1, stride_yc=1,

@@ -12,10 +12,10 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
   BLOCK_K channels (Cg >= 16). ``FLAT`` mode (a handful of input channels: the
   RGB stem) walks blocks of the S*Cg (s, c) columns of a kernel row and,
   inside each, the kernel rows r, so few channels still fill the tiles and
-  the column decode happens once per block. Given zero-padded channels_last
-  copies of x and w (``PAD_C`` channels, ``_pad_channels_kernel``), a pixel's
-  kernel row is one aligned run, loaded in vectors through cp.async (the weight
-  gradient reads x so too).
+  the column decode happens once per block. Given x and w channels_last with
+  ``PAD_C`` channels, the real ones zero-padded (``_pad_channels_kernel``'s
+  copies, or a caller's 4-channel tensors), a pixel's kernel row is one aligned
+  run, loaded in vectors through cp.async (the weight gradient reads x so too).
 * dgrad: dx(h, w) gathers dy(p, q) with p = (h + pad - r*dil) / stride. The
   pixels of one stride phase (h + pad = a mod stride) see the same taps r,
   every ``step = stride / gcd(stride, dil)``-th starting at r0, so a program

@@ -30,8 +30,8 @@ paths read channels_last: one copy of each operand that is not already
 stride-1 convolution) are written in the caller's layout: NCHW in place along
 the pixels where 16-byte runs allow it (``PIXEL_VEC``, ``_gemm_output``), else
 through a channels_last buffer copied once. The interpreter skips the copies
-(not the stems' zero-padded ones), so the strided addressing is what CI tests. The planar and depthwise kernels
-read NCHW in place on a GPU too. Whether the copies beat reading NCHW in place
+(not the stems' zero-padded ones), so the strided addressing is what CI tests.
+The planar and depthwise kernels read NCHW in place on a GPU too. Whether the copies beat reading NCHW in place
 (scalar gathers: 5x / 8x the main-loop instructions per multiply-add in sm_90
 SASS under triton 3.6 / 3.9, no spill), and whether the stems' padded copies
 beat their scalar gathers, wait for a GPU measurement: the conv benchmark times
