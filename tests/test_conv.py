@@ -215,22 +215,21 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
     assert [seen.get(name) for name in names] == [vec] * len(names), seen
 
 
-@pytest.mark.parametrize("C,layout,dilation,groups,dtype,forward_pad,grad_pad", [
-    (3, "contiguous", 1, 1, torch.bfloat16, 4, 4), (3, "transposed", 1, 1, torch.float32, 4, 4),
-    (2, "sliced", 1, 1, torch.float16, 4, 4), (3, "channels_last", 1, 1, torch.float16, 0, 4),
-    (4, "channels_last", 1, 1, torch.float32, 4, 4), (3, "contiguous", (1, 2), 1, torch.float32, 0, 0),
-    (6, "contiguous", 1, 2, torch.float32, 0, 0), (5, "contiguous", 1, 1, torch.float32, 0, 0)],
+@pytest.mark.parametrize("C,layout,dilation,groups,dtype,pad_c", [
+    (3, "contiguous", 1, 1, torch.bfloat16, 4), (3, "transposed", 1, 1, torch.float32, 4),
+    (2, "sliced", 1, 1, torch.float16, 4), (3, "channels_last", 1, 1, torch.float16, 4),
+    (4, "channels_last", 1, 1, torch.float32, 4), (3, "contiguous", (1, 2), 1, torch.float32, 0),
+    (6, "contiguous", 1, 2, torch.float32, 0), (5, "contiguous", 1, 1, torch.float32, 0)],
     ids=["nchw-bf16", "transposed-fp32", "2-channels-sliced-fp16", "channels-last", "4-channels-channels-last",
          "column-dilation", "groups", "5-channels"])
-def test_stem_padded_channels(C, layout, dilation, groups, dtype, forward_pad, grad_pad, device, monkeypatch):
-    """A FLAT weight gradient (few input channels: an RGB stem) reads x as a
-    channels_last tensor zero-padded to PAD_C channels, whose kernel rows the GEMM
-    loads as aligned vectors: a copy (``_pad_channels_kernel``, one launch)
-    unless x is one already (4 channels, channels_last). The forward reads x and
-    w so unless x is channels_last with fewer channels. Column dilation, groups,
-    more channels and ``read_in_place`` keep them as they are. Against float64,
-    gradients and the padded columns of the weight gradient (dropped on store)
-    included."""
+def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device, monkeypatch):
+    """A FLAT forward and weight gradient (few input channels: an RGB stem) read x
+    (and the forward w) as channels_last tensors zero-padded to PAD_C channels,
+    whose kernel rows the GEMM loads as aligned vectors: a copy
+    (``_pad_channels_kernel``, one launch) unless the tensor is one already (4
+    channels, channels_last). Column dilation, groups, more channels and
+    ``read_in_place`` keep them as they are. Against float64, gradients and the
+    padded columns of the weight gradient (dropped on store) included."""
     from kernels.conv import ops
     seen = []
     launch = ops.launch
@@ -250,12 +249,12 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, forward_pad, g
         return [] if padded_already or not pad_c else [("_pad_channels_kernel", pad_c)]
     seen.clear()
     ours(x, w, b)
-    assert seen == copies(forward_pad) * 2 + [("_conv_fwd_gemm_kernel", forward_pad)], seen
+    assert seen == copies(pad_c) * 2 + [("_conv_fwd_gemm_kernel", pad_c)], seen
     y = ours(x, w, b)
     seen.clear()
     torch.autograd.grad(y, w, torch.randn_like(y))
     assert [call for call in seen if call[0] in ("_pad_channels_kernel", "_conv_wgrad_gemm_kernel")] == \
-        copies(grad_pad) + [("_conv_wgrad_gemm_kernel", grad_pad)], seen
+        copies(pad_c) + [("_conv_wgrad_gemm_kernel", pad_c)], seen
     seen.clear()
     with ops.read_in_place():                   # the benchmark's alternative: no copy
         torch.autograd.grad(ours(x, w, b), w, torch.randn_like(y))

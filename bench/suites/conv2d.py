@@ -123,14 +123,14 @@ def _gpu_specs():
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (27 cases: bench/gpu_check.sh gives the
+# --quick: bf16, a few shapes per set and pass (28 cases: bench/gpu_check.sh gives the
 # quick run of every suite 180 s), channels_last unless marked NCHW ("contiguous":
-# ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or read in place (a 3x3 and
-# the stem's forward in three layouts, the stem's weight gradient in two: the
-# channels_last stem's forward reads x in place by default, its weight gradient
-# a padded copy).
+# ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or read in place (a 3x3, the
+# stem's forward and weight gradient, each beside its copied layouts: the stem reads
+# zero-padded copies of x by default, channels_last included).
 QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6, "forward"),
          ("resnet50", 22, "forward"), ("resnet50", 10, "forward", "contiguous"), ("stem", 0, "forward"),
+         ("stem", 0, "forward", "channels_last-in-place"),
          ("resnet50", 10, "forward"), ("resnet50", 10, "forward", "nchw-in-place"),
          ("stem", 0, "forward", "nchw-in-place"), ("stem", 0, "forward", "contiguous"),
          ("resnet50", 1, "forward", "contiguous"), ("resnet50", 1, "weight_grad", "contiguous"),

@@ -5,9 +5,8 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 * depthwise (Cg = Kg = 1, kernels up to ``DEPTHWISE_MAX_KERNEL`` on a side): the
   register-blocked kernels of ``_depthwise``, for all three passes;
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
-  when Cg < 16; an RGB stem's weight gradient reads x as a channels_last copy
-  zero-padded to 4 channels, and its forward x and w likewise unless x is
-  channels_last with fewer: ``_flat_padding``), else the direct kernels;
+  when Cg < 16; an RGB stem reads x, and its forward w, as channels_last copies
+  zero-padded to 4 channels: ``_flat_padding``), else the direct kernels;
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct;
 * an implicit-GEMM pass ("gemm", not FLAT) of a 1x1 unpadded stride-1
   convolution whose operands have their pixels at stride 1 (NCHW), with at
@@ -385,7 +384,7 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
                        negative_slope)
         return y
     flat = geo.paths["forward"] == "gemm-flat"
-    pad_c = _flat_padding(geo, x, weight_grad=False) if flat else 0
+    pad_c = _flat_padding(geo) if flat else 0
     if pad_c:
         x, w = _padded_channels_last(x, pad_c), _padded_channels_last(w, pad_c)
     else:
@@ -418,23 +417,22 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
     return y if y is out else out.copy_(y)
 
 
-def _flat_padding(geo: ConvGeometry, x: torch.Tensor, weight_grad: bool) -> int:
+def _flat_padding(geo: ConvGeometry) -> int:
     """PAD_C of a FLAT forward or weight gradient (part of their launch plans'
     keys): 4 when x (and the forward's w) are to be read as channels_last tensors
     of 4 channels, the real ones (up to 4: RGB) zero-padded
-    (``_padded_channels_last``), whose kernel rows load as aligned vectors through
-    cp.async; unpadded, a 3-channel row starts at any element and gathers one at
-    a time. By sm_90 SASS (triton 3.9 / 3.6; not a time) the weight gradient's
-    main loop takes 2.5x / 2x the instructions per k-step unpadded: every such x
-    is padded for it. The forward's takes 1.6x / 2.1x: its x is padded when it is
-    not channels_last (a GPU copies it anyway) or has 4 channels already, not
-    when the copies of x and w would be new traffic and two more launches (the
-    benchmark times the stem forward channels_last, unpadded, beside NCHW,
-    padded). 0 (as they are) for groups,
-    column dilation, more channels or inside ``read_in_place``."""
+    (``_padded_channels_last``; a caller's 4-channel channels_last tensors as they
+    are), whose kernel rows load as aligned vectors through cp.async; unpadded, a
+    3-channel row starts at any element and gathers one at a time. In sm_90 SASS
+    (triton 3.9 / 3.6; not a time) the main loop takes 1.6x / 2.1x the
+    instructions per k-step unpadded in the forward (and 157 / 254 registers
+    against 111 / 112), 2.5x / 2x in the weight gradient, for as many k-steps.
+    Judged by that count (no GPU has timed it yet), the copies (a launch each;
+    x's moves 7/3 of its bytes) are taken in every layout, channels_last
+    included; the benchmark's "in-place" rows time the stems without them. 0
+    (as they are) for groups, column dilation, more channels or inside
+    ``read_in_place``."""
     if geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 4 or not _copy_operands:
-        return 0
-    if not weight_grad and geo.Cg < 4 and x.is_contiguous(memory_format=torch.channels_last):
         return 0
     return 4
 
@@ -582,7 +580,7 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
         _launch_planar_wgrad(dy, x, dw, geo)
         return dw
     flat = geo.paths["weight_grad"] == "gemm-flat"
-    pad_c = _flat_padding(geo, x, weight_grad=True) if flat else 0
+    pad_c = _flat_padding(geo) if flat else 0
     dy, x = _pixel_linear(_gemm_operand(dy)), _padded_channels_last(x, pad_c) if pad_c else _gemm_operand(x)
     cols = (pad_c or geo.Cg) * geo.R * geo.S if flat else geo.Cg
     taps = 1 if flat else geo.R * geo.S
