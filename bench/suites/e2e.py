@@ -5,7 +5,10 @@ network in torch.nn on cuDNN, from the same weights. The "train-unfused-tails" s
 runs ``nnlib.convert`` of the torch model instead: nnlib's kernels with every block
 tail as three ops (batch norm, add, ReLU), where nnlib's own ResNet fuses them into
 the batch norm (``bn(x, residual=identity)`` with ``activation="relu"``); the two
-train rows give the fused tails' share of the step.
+train rows give the fused tails' share of the step. The "train-graphed" step is
+"train" captured in a CUDA graph on both sides and replayed: the GPU's time without
+the host's (Python, launches), so that beside "train" it tells how much of a gap is
+host overhead.
 
 ``Case.extra["images"]`` (the batch) makes the harness report images/s of both sides
 (``images_per_s``, ``torch_images_per_s``) from the same median times as the speedup.
@@ -70,11 +73,33 @@ def _calibrate(model: nn.Module, x: torch.Tensor) -> None:
         m.momentum = momentum
 
 
+def _graphed(step):
+    """``step`` (a training step that returns its loss) captured in a CUDA graph after
+    three warm-up steps on a side stream (autotuning, cuDNN's algorithm search, the
+    gradients' first allocation), as torch's whole-network capture does; returns a
+    replay that gives the captured loss."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        loss = step()
+
+    def replay():
+        graph.replay()
+        return loss
+    return replay
+
+
 def _setup(case: Case, build, shape, pass_name: str, device: str):
     bf16 = case.dtype == torch.bfloat16
 
-    def autocast():
-        return torch.autocast(device, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    def autocast():     # a captured step casts each time it replays: no cast cache (torch's recipe)
+        return (torch.autocast(device, dtype=torch.bfloat16, cache_enabled=pass_name != "train-graphed") if bf16
+                else contextlib.nullcontext())
 
     def setup():
         torch.manual_seed(0)
@@ -102,6 +127,8 @@ def _setup(case: Case, build, shape, pass_name: str, device: str):
                     loss.backward()
                     return loss.detach()
                 return run
+            if pass_name == "train-graphed":
+                return _graphed(step(ours)), _graphed(step(theirs))
             return step(ours), step(theirs)
         _calibrate(theirs, x)
         ours.load_state_dict(theirs.state_dict())
@@ -126,7 +153,7 @@ def cases(device: str, quick: bool) -> list[Case]:
         def build():
             return reference.resnet50(CLASSES), models.resnet50(CLASSES)
         dtypes = [torch.bfloat16] if quick else [torch.bfloat16, torch.float32]
-        passes = ["train", "train-unfused-tails", "inference", "inference-fused"]
+        passes = ["train", "train-graphed", "train-unfused-tails", "inference", "inference-fused"]
     else:
         shape, name = (2, 3, 32, 32), "resnet-tiny"
         kw = dict(num_classes=10, width=8)
