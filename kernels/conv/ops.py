@@ -429,7 +429,9 @@ def _flat_padding(geo: ConvGeometry) -> int:
     3-channel row starts at any element and gathers one at a time. In sm_90 SASS
     (triton 3.9 / 3.6; not a time) the main loop takes 1.6x / 2.1x the
     instructions per k-step unpadded in the forward (and 157 / 254 registers
-    against 111 / 112), 2.5x / 2x in the weight gradient, for as many k-steps.
+    against 111 / 112), 2.5x / 2x in the weight gradient, per k-step of a tile
+    (the forward's k-steps are as many; the weight gradient's padded columns can
+    take a third more tiles).
     Judged by that count (no GPU has timed it yet), the copies (a launch each;
     x's moves 7/3 of its bytes) are taken in every layout, channels_last
     included; the benchmark's "in-place" rows time the stems without them. 0
