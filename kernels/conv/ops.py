@@ -450,7 +450,9 @@ def _padded_channels_last(t: torch.Tensor, pad_c: int) -> torch.Tensor:
     if C == pad_c and t.is_contiguous(memory_format=torch.channels_last):
         return t
     out = torch.empty((N, H, W, pad_c), dtype=t.dtype, device=t.device)
-    block = max(8192 if interpreting() else 512, next_power_of_2(cdiv(H * W, 65535)))     # grid axis 1 < 2**16
+    # (the interpreter pays per element of a block: up to an image's pixels)
+    block = max(min(8192, next_power_of_2(H * W)) if interpreting() else 512,
+                next_power_of_2(cdiv(H * W, 65535)))     # grid axis 1 < 2**16
     launch(_pad_channels_kernel, (N, cdiv(H * W, block)), t, out, H * W, C, W, *t.stride(), PAD_C=pad_c, BLOCK=block)
     return out.permute(0, 3, 1, 2)
 
