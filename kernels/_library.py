@@ -15,9 +15,13 @@ derivatives run the same kernels). Calling an Operator:
   a FakeTensor) runs the registered operator, one opaque node in their graphs;
 * in eager mode runs the launcher directly, inside a plain
   ``torch.autograd.Function`` built from the same ``setup_context`` and
-  ``backward`` when the primitive is differentiable. The dispatcher would add
-  about 15 us per call (``python -m bench --host``), more than many of our
-  kernels take on a GPU.
+  ``backward`` when the primitive is differentiable and autograd has to see
+  the call (``Operator.recorded``); the dispatcher would add about 15 us per
+  call (``python -m bench --host``), more than many of our kernels take on a
+  GPU. A call autograd does not see (grad mode off, as in a backward pass
+  without ``create_graph`` or under ``torch.no_grad``, or no tensor argument
+  that requires grad) runs the bare launcher: there the Function would record
+  nothing and cost about 15 us more.
 
 Either way the launcher runs with its first tensor's GPU as the current device
 (``_on_own_device``): Triton launches on the current device, so a model on
@@ -38,6 +42,7 @@ import contextlib
 from typing import Callable
 
 import torch
+import torch.autograd.forward_ad as forward_ad
 
 __all__ = ["NAMESPACE", "OPERATORS", "Operator", "tracing"]
 
@@ -116,6 +121,9 @@ class Operator:
                                           schema=schema)
         self.op.register_fake(fake)
         self.function = None
+        arguments = getattr(getattr(torch.ops, NAMESPACE), name).default._schema.arguments
+        self.tensor_args = tuple(i for i, a in enumerate(arguments)       # positions of Tensor and Tensor?
+                                 if a.type.isSubtypeOf(torch._C.OptionalType.ofTensor()))
         if backward is not None:
             self.op.register_autograd(backward, setup_context=setup_context)
             self.function = _eager_function(name, impl, setup_context, backward)
@@ -123,9 +131,18 @@ class Operator:
     def __call__(self, *args):
         if tracing(args[0]):
             return self.op(*args)
-        if self.function is None:
+        if self.function is None or not self.recorded(args):
             return self.impl(*args)
         return self.function.apply(*args)
+
+    def recorded(self, args) -> bool:
+        """Whether an eager call must go through the autograd.Function: grad mode on
+        and a tensor argument that requires grad, or forward AD or a functorch
+        transform active (the Function raises there, as it has no jvp or vmap rule)."""
+        if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+            return True
+        return torch.is_grad_enabled() and any(args[i] is not None and args[i].requires_grad
+                                               for i in self.tensor_args)
 
     def __repr__(self) -> str:
         return f"Operator({NAMESPACE}::{self.name})"

@@ -7,8 +7,9 @@
 * ``torch.compile(..., fullgraph=True)`` of the functional ops and of a model of
   every family (train and eval) traces one graph with no break, and outputs,
   gradients and buffers equal eager mode; ``torch.export`` of an eval model.
-* Eager calls do not go through the dispatcher (the direct path); every
-  launcher runs on its first tensor's GPU.
+* Eager calls do not go through the dispatcher (the direct path), nor through
+  the autograd.Function where autograd records nothing; every launcher runs on
+  its first tensor's GPU.
 * On CUDA: inductor, and its CUDA graphs (``mode="reduce-overhead"``).
 """
 from __future__ import annotations
@@ -152,6 +153,35 @@ def test_eager_calls_skip_the_dispatcher(device):
     with Seen():
         F.max_pool2d(F.relu(x), 2).sum().backward()
     assert Seen.names and "nnlib" not in Seen.names
+
+
+def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
+    """A call autograd does not see (no_grad, a backward pass without create_graph,
+    no input that requires grad) runs the bare launcher, not the
+    autograd.Function; one that needs a graph goes through it, and so do calls
+    under forward AD or vmap, which still raise as the Function does (no jvp or
+    vmap rule) instead of dropping tangents or reading batched tensors."""
+    import torch.autograd.forward_ad as fwAD
+    applied = []
+    for op in OPERATORS.values():
+        if op.function is not None:
+            monkeypatch.setattr(op.function, "apply", staticmethod(
+                lambda *args, _apply=op.function.apply, _name=op.name: applied.append(_name) or _apply(*args)))
+    x = _t((2, 3, 5, 7))
+    w = _t((4, 3, 3, 3))
+    with torch.no_grad():
+        F.relu(x)
+        F.conv2d(x, w)
+    F.conv2d(x.detach(), w.detach())
+    assert applied == []
+    F.conv2d(x, w).sum().backward()         # the backward's input and weight gradients: not recorded
+    assert applied == ["conv2d"]
+    torch.autograd.grad(F.conv2d(x, w).sum(), (x, w), create_graph=True)
+    assert applied[1:] == ["conv2d", "conv2d_input_grad", "conv2d_weight_grad"]
+    with fwAD.dual_level(), torch.no_grad(), pytest.raises(NotImplementedError, match="jvp"):
+        F.relu(fwAD.make_dual(x.detach(), torch.ones_like(x)))
+    with torch.no_grad(), pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.vmap(F.relu)(x.detach())
 
 
 def test_launchers_run_on_their_tensors_gpu(monkeypatch):
