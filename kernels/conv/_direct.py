@@ -6,7 +6,9 @@ bias-gradient partials).
 A program owns a (pixels, channels) tile spanning any number of groups: each
 column reads its own group's channels, so a tile of narrow groups covers BLOCK_N
 channels at once. Multiply-adds are fp32 outer products; every tensor is
-addressed through its strides. Shapes as in ``_gemm``.
+addressed through its strides. The forward and input gradient walk the taps,
+and within a tap the channels they reduce over from that tap's pointers and
+mask, one stride a step. Shapes as in ``_gemm``.
 """
 from __future__ import annotations
 
@@ -47,18 +49,20 @@ def _conv_fwd_direct_kernel(
     w_cols = w_ptr + offs_n.to(tl.int64) * stride_wk
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for t in range(0, R * S * Cg):
-        c = t % Cg
-        r = t // Cg // S
-        s = (t // Cg) % S
+    for tap in range(0, R * S):         # per tap: its rows' pointers and mask; then Cg steps of one stride
+        r = tap // S
+        s = tap % S
         ih = ih0 + r * dil_h
         iw = iw0 + s * dil_w
-        mask_rows = mask_m & _in_range(ih, H) & _in_range(iw, W)
-        a_rows = x_rows + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw
-        xv = tl.load(a_rows[:, None] + (x_cols + c.to(tl.int64) * stride_xc)[None, :],
-                     mask=mask_rows[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        wv = tl.load(w_cols + c * stride_wc + r * stride_wr + s * stride_ws, mask=mask_n, other=0.0).to(tl.float32)
-        acc += xv * wv[None, :]
+        mask = (mask_m & _in_range(ih, H) & _in_range(iw, W))[:, None] & mask_n[None, :]
+        x_ptrs = (x_rows + ih.to(tl.int64) * stride_xh + iw.to(tl.int64) * stride_xw)[:, None] + x_cols[None, :]
+        w_ptrs = w_cols + r * stride_wr + s * stride_ws
+        for _ in range(0, Cg):
+            xv = tl.load(x_ptrs, mask=mask, other=0.0).to(tl.float32)
+            wv = tl.load(w_ptrs, mask=mask_n, other=0.0).to(tl.float32)
+            acc += xv * wv[None, :]
+            x_ptrs += stride_xc
+            w_ptrs += stride_wc
     _store_output(acc, b_ptr, y_ptr, offs_m, offs_n, N * P * Q, P, Q, K,
                   stride_yn, stride_yc, stride_yh, stride_yw, negative_slope, HAS_BIAS, ACTIVATION, 1, 0)
 
@@ -90,27 +94,26 @@ def _conv_dgrad_direct_kernel(
     n = offs_m // HWp
     i = (offs_m % HWp) // tl.maximum(Wp, 1)
     j = offs_m % tl.maximum(Wp, 1)
-    k_first = (offs_n // Cg * Kg).to(tl.int64)                               # [BLOCK_N]
+    col = tl.minimum(offs_n, C - 1)          # columns past C read column C - 1 (not stored): no column mask
+    k_first = (col // Cg * Kg).to(tl.int64)                                  # [BLOCK_N]
     dy_rows = dy_ptr + n.to(tl.int64) * stride_dyn
     dy_cols = k_first * stride_dyk
-    w_cols = w_ptr + k_first * stride_wk + (offs_n % Cg).to(tl.int64) * stride_wc
+    w_cols = w_ptr + k_first * stride_wk + (col % Cg).to(tl.int64) * stride_wc
 
-    n_iter = tl.where(pid_m * BLOCK_M < M, n_r * n_s * Kg, 0)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for t in range(0, n_iter):
-        kk = t % Kg
-        tr = t // Kg // n_s
-        ts = (t // Kg) % n_s
+    for tap in range(0, tl.where(pid_m * BLOCK_M < M, n_r * n_s, 0)):     # per tap as the forward, Kg steps each
+        tr = tap // n_s
+        ts = tap % n_s
         p = i + (dp0 - tr * dstep_h)
         q = j + (dq0 - ts * dstep_w)
-        r = r0 + tr * step_r
-        s = s0 + ts * step_s
-        mask_rows = mask_m & _in_range(p, P) & _in_range(q, Q)
-        a_rows = dy_rows + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq
-        dyv = tl.load(a_rows[:, None] + (dy_cols + kk.to(tl.int64) * stride_dyk)[None, :],
-                      mask=mask_rows[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
-        wv = tl.load(w_cols + kk * stride_wk + r * stride_wr + s * stride_ws, mask=mask_n, other=0.0).to(tl.float32)
-        acc += dyv * wv[None, :]
+        mask = (mask_m & _in_range(p, P) & _in_range(q, Q))[:, None]
+        dy_ptrs = (dy_rows + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq)[:, None] + dy_cols[None, :]
+        w_ptrs = w_cols + (r0 + tr * step_r) * stride_wr + (s0 + ts * step_s) * stride_ws
+        for kk in range(0, Kg):
+            dyv = tl.load(dy_ptrs, mask=mask, other=0.0).to(tl.float32)
+            wv = tl.load(w_ptrs + kk * stride_wk).to(tl.float32)
+            acc += dyv * wv[None, :]
+            dy_ptrs += stride_dyk
     ih = first_h + i * stride_h
     iw = first_w + j * stride_w
     dx_rows = n.to(tl.int64) * stride_dxn + ih.to(tl.int64) * stride_dxh + iw.to(tl.int64) * stride_dxw

@@ -268,13 +268,15 @@ def _split_launch(key, kernel, vec: int, device: torch.device, tiles, groups: in
 _split_plans: dict = {}
 
 
-def _direct_tiles(channels: int) -> tuple[int, int]:
-    """(BLOCK_M, BLOCK_N) of the direct kernels: up to 32 channels by pixels for a
-    1024-element tile on a GPU (their strided 2-D gathers hold an int64 offset per
-    element); up to 64 channels and 16x the elements under the interpreter."""
+def _direct_tiles(channels: int, pixels: int) -> tuple[int, int]:
+    """(BLOCK_M, BLOCK_N) of the direct kernels over ``pixels`` rows: up to 32
+    channels by pixels for a 1024-element tile on a GPU (their strided 2-D gathers
+    hold an int64 offset per element); under the interpreter, which pays per
+    element of a block, up to 64 channels and 16x the elements, at most
+    ``pixels`` rounded up to a power of two."""
     if interpreting():
         block_n = min(next_power_of_2(max(channels, 1)), 64)
-        return min(1024, 16384 // block_n), block_n
+        return min(1024, 16384 // block_n, max(next_power_of_2(pixels), 16)), block_n
     block_n = min(next_power_of_2(max(channels, 1)), 32)
     return 1024 // block_n, block_n
 
@@ -374,7 +376,7 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         return y
     if geo.paths["forward"] == "direct":
         y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-        block_m, block_n = _direct_tiles(geo.K)
+        block_m, block_n = _direct_tiles(geo.K, M)
         launch(_conv_fwd_direct_kernel, (cdiv(M, block_m), cdiv(geo.K, block_n)),
                x, w, y if b is None else b, y, *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
                *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
@@ -513,7 +515,7 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
         return dx
     if geo.paths["input_grad"] == "direct":
         dx = torch.empty_like(x_like)
-        block_m, block_n = _direct_tiles(geo.C)
+        block_m, block_n = _direct_tiles(geo.C, m_max)
         launch(_conv_dgrad_direct_kernel, (cdiv(m_max, block_m), cdiv(geo.C, block_n), phases),
                dy, w, dx, *geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs,
                *dy.stride(), *w.stride(), *dx.stride(), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
@@ -572,7 +574,7 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
                INDEX_64=_image_needs_int64(geo, dy, x), num_warps=4)
         return dw
     if geo.paths["weight_grad"] == "direct":
-        block_m, block_n = _direct_tiles(geo.K)
+        block_m, block_n = _direct_tiles(geo.K, pixels)
         taps = next_power_of_2(geo.R * geo.S)
         programs = geo.Cg * cdiv(geo.K, block_n)
         splits = _splits(x.device, programs, cdiv(pixels, block_m))
