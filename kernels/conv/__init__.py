@@ -222,30 +222,8 @@ def _compile_cases():
                                   **_ints("HW", "C", "W", "stride_n", "stride_c", "stride_h")},
                                  dict(PAD_C=4, BLOCK=512, stride_w=1), label=dt, expect={store: 1}))
     cases += _depthwise_cases()
-    # The direct kernels' main loops, per FFMA on sm_90 (bf16, runtime arguments), triton
-    # 3.9 / 3.6, measured 2026-11-29: forward 9.9 / 16.3 (32x32 tile) and 9.9 / 12.5
-    # (256x4), input gradient 9.9 / 11.9 and 9.9 / 10.1. They were 35 / 29 and 36 / 29
-    # before each tap's pointers and mask were hoisted out of the channel loop.
+    cases += _direct_cases()
     for dt in ("bf16",):
-        for block_m, block_n in ((32, 32), (256, 4)):      # the GPU tiles of ops._direct_tiles
-            direct = dict(BLOCK_M=block_m, BLOCK_N=block_n)
-            tile = f"{dt},{block_m}x{block_n}"
-            sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
-                   **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
-                   **_ints(*_strides("x", "nchw"), *_strides("w", "kcrs"), *_strides("y", "nchw")),
-                   "negative_slope": "fp32"}
-            cases.append(CompileCase(_conv_fwd_direct_kernel, sig,
-                                     dict(HAS_BIAS=True, ACTIVATION=ACT_LEAKY_RELU.value, **direct), label=tile,
-                                     expect={"max_loop_instructions_per_ffma": 17}))
-            sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
-                   **_ints(*_DIMS, "C", "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
-                   **_ints(*_strides("dy", "nkpq"), *_strides("w", "kcrs"), *_strides("dx", "nchw"))}
-            cases.append(CompileCase(_conv_dgrad_direct_kernel, sig, direct, label=tile,
-                                     expect={"max_loop_instructions_per_ffma": 12.5}))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
-                   **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S", *_CONV),
-                   **_ints(*_strides("dy", "nkpq"), *_strides("x", "nchw"), *_strides("dw", "kcrs"))}
-            cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **direct), label=tile))
         # The backward epilogue as a launch specialises it: channels_last (channel strides 1)
         # and NCHW (pixel strides 1, PIXEL_VEC 8), 16-byte vectors of dy, y and g either way.
         for layout, unit, pixel_vec in (("channels_last", "k", 0), ("nchw", "q", 8)):
@@ -332,6 +310,51 @@ def _depthwise_cases():
         cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig, dict(TAPS=wtaps, **tiles, **dy1, **x1, **geometry),
                                  label=label, divisible=("C", *dyd, *xd),
                                  expect=expect("weight_grad")))
+    return cases
+
+
+
+# SASS budgets of the direct kernels on sm_90 (bf16), instructions per FFMA in the
+# main loop, as a 3x3 stride-1 launch specialises them. Measured 2026-11-29 (3.9 /
+# 3.6; 32x32 and 256x4 tiles): forward 7.6 / 13.1 and 7.6 / 9.9 in channels_last,
+# 10.4 / 17.0 and 10.4 / 12.5 in NCHW; input gradient 8.0 / 11.9 and 8.0 / 8.4,
+# 9.6 / 11.9 and 9.6 / 10.1; weight gradient 35 / 23 and 34 / 41 (one cross-thread
+# sum per tap and pixel block). The forward and input gradient took 35 / 29 and 36 / 29 (with
+# runtime arguments) before each tap's pointers and mask left the channel loop.
+_DIRECT_EXPECT = {"forward": 17.5, "input_grad": 12.5, "weight_grad": 41}
+
+
+def _direct_cases():
+    """The direct kernels (few channels per group) as a 3x3 stride-1 launch
+    specialises them, in bf16, channels_last (channel strides 1) and NCHW (column
+    strides 1), at the two GPU tiles of ``ops._direct_tiles``."""
+    cases = []
+    for layout, units in (("channels_last", dict(x="c", y="c", w="c", dy="k", dx="c", dw="c")),
+                          ("nchw", dict(x="w", y="w", w="s", dy="q", dx="w", dw="s"))):
+        def strides(prefix, axes):             # (runtime strides, the unit one as a constant)
+            names = _strides(prefix, axes)
+            return ({n: "i32" for n in names if not n.endswith(units[prefix])},
+                    {n: 1 for n in names if n.endswith(units[prefix])})
+        (xs, x1), (ys, y1), (ws, w1) = strides("x", "nchw"), strides("y", "nchw"), strides("w", "kcrs")
+        (dys, dy1), (dxs, dx1), (dws, dw1) = strides("dy", "nkpq"), strides("dx", "nchw"), strides("dw", "kcrs")
+        for block_m, block_n in ((32, 32), (256, 4)):
+            direct = dict(BLOCK_M=block_m, BLOCK_N=block_n, **_3X3_STRIDE_1)
+            label = f"bf16,{layout},{block_m}x{block_n}"
+            sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
+                   **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **xs, **ws, **ys, "negative_slope": "fp32"}
+            cases.append(CompileCase(_conv_fwd_direct_kernel, sig,
+                                     dict(HAS_BIAS=True, ACTIVATION=ACT_LEAKY_RELU.value, **x1, **w1, **y1, **direct),
+                                     label=label, expect={"max_loop_instructions_per_ffma": _DIRECT_EXPECT["forward"]}))
+            sig = {"dy_ptr": "*bf16", "w_ptr": "*bf16", "dx_ptr": "*bf16",
+                   **_ints(*_DIMS, "C", "Cg", "Kg", "R", "S"), **dys, **ws, **dxs}
+            cases.append(CompileCase(_conv_dgrad_direct_kernel, sig,
+                                     dict(step_r=1, step_s=1, **dy1, **w1, **dx1, **direct), label=label,
+                                     expect={"max_loop_instructions_per_ffma": _DIRECT_EXPECT["input_grad"]}))
+            sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": "*bf16", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+                   **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **dys, **xs, **dws}
+            cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **dy1, **x1, **dw1, **direct),
+                                     label=label,
+                                     expect={"max_loop_instructions_per_ffma": _DIRECT_EXPECT["weight_grad"]}))
     return cases
 
 
