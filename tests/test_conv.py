@@ -57,6 +57,7 @@ GEOMETRIES = [
     ("depthwise-7x7-stride32", 1, 10, 11, 9, 10, (7, 7), (3, 2), 3, 1, 10, (DW, DW, DW)),
     ("depthwise-same-2x4", 2, 9, 6, 7, 9, (2, 4), 1, "same", 1, 9, (DW, DW, DW)),
     ("depthwise-9x3-direct", 1, 3, 10, 9, 3, (9, 3), 1, 4, 1, 3, (D, D, D)),
+    ("depthwise-1x1-stride2", 2, 5, 7, 6, 5, (1, 1), 2, 0, 1, 5, (DW, DW, DW)),
 ]
 LAYOUTS = ["contiguous", "channels_last", "sliced", "transposed"]
 ACTIVATIONS = [None, "relu", None, "leaky_relu", None]

@@ -154,8 +154,9 @@ def _conv_wgrad_depthwise_kernel(
     (TILE_P, TILE_Q) output patches of its split of the N images' patches.
     TAPS = R*S rounded up to a power of two; when R*S is one more than half of it
     (3x3: 9 = 8 + 1), the tap axis holds the first TAPS / 2 taps and the last tap
-    has an accumulator of its own, so that no lane multiplies a padded tap."""
-    LAST_APART: tl.constexpr = R * S == TAPS // 2 + 1
+    has an accumulator of its own, so that no lane multiplies a padded tap (not
+    for a 1x1 kernel: one tap, no padding)."""
+    LAST_APART: tl.constexpr = 2 * (R * S - 1) == TAPS
     GROUP: tl.constexpr = TAPS // 2 if LAST_APART else TAPS
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
