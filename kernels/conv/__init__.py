@@ -313,14 +313,14 @@ def _depthwise_cases():
     return cases
 
 
-
 # SASS budgets of the direct kernels on sm_90 (bf16), instructions per FFMA in the
 # main loop, as a 3x3 stride-1 launch specialises them. Measured 2026-11-29 (3.9 /
 # 3.6; 32x32 and 256x4 tiles): forward 7.6 / 13.1 and 7.6 / 9.9 in channels_last,
 # 10.4 / 17.0 and 10.4 / 12.5 in NCHW; input gradient 8.0 / 11.9 and 8.0 / 8.4,
 # 9.6 / 11.9 and 9.6 / 10.1; weight gradient 35 / 23 and 34 / 41 (one cross-thread
-# sum per tap and pixel block). The forward and input gradient took 35 / 29 and 36 / 29 (with
-# runtime arguments) before each tap's pointers and mask left the channel loop.
+# sum per tap and pixel block). The forward and input gradient took 35 / 29 and
+# 36 / 29 (runtime arguments) before each tap's pointers and mask left the channel
+# loop.
 _DIRECT_EXPECT = {"forward": 17.5, "input_grad": 12.5, "weight_grad": 41}
 
 
