@@ -63,6 +63,16 @@ LAYOUTS = ["contiguous", "channels_last", "sliced", "transposed"]
 ACTIVATIONS = [None, "relu", None, "leaky_relu", None]
 
 
+@pytest.fixture(autouse=True)
+def _own_launch_plans(monkeypatch):
+    """Each test builds its own launch plans (``kernels.conv.ops._plans``), dropped
+    after it: tests patch what plans are built from (``_splits``, tile configs,
+    ``_image_needs_int64``), which a plan cached before would not see, and their
+    patched plans must not serve later tests."""
+    from kernels.conv import ops
+    monkeypatch.setattr(ops, "_plans", {})
+
+
 def _inputs(N, C, H, W, K, kernel, groups, dtype, device, layout="contiguous", bias=True, unbatched=False):
     shape = (C, H, W) if unbatched else (N, C, H, W)
     x = make_input(shape, dtype, device, layout, requires_grad=True)
@@ -270,7 +280,6 @@ def test_stem_weight_grad_plans_per_padding(device):
     a 3-channel 7x7), then on its padded copy (196 columns, one tile more): each
     gets its own launch plan (a shared one left dw's last columns unwritten)."""
     from kernels.conv import ops
-    ops._split_plans.clear()
     w = torch.randn(16, 3, 7, 7).to(device)
     for in_place in (True, False):
         x = make_input((1, 3, 9, 9), torch.float32, device)
@@ -308,7 +317,6 @@ def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monke
     implicit GEMM."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
-    monkeypatch.setattr(ops, "_split_plans", {})
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     C, K = 64, 48
     if channel_slice:
@@ -342,7 +350,7 @@ def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monke
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
     """What a GPU does with an NCHW 1x1 convolution of images under PLANAR_MIN_PIXELS:
-    one channels_last copy of each operand (``_gemm_operand``, made to copy here as
+    one channels_last copy of each operand (``_copied_to_channels_last``, made to copy here as
     on a GPU), the descriptor GEMMs, and the outputs (y, dx) written back into NCHW
     in place along the pixels (PIXEL_VEC > 1). Against float64."""
     from kernels.conv import ops
@@ -353,7 +361,7 @@ def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
         seen.setdefault(kernel_name(kernel_fn), []).append(kwargs.get("PIXEL_VEC"))
         return launch(kernel_fn, grid, *args, **kwargs)
     monkeypatch.setattr(ops, "launch", spy)
-    monkeypatch.setattr(ops, "_gemm_operand", lambda t: t.contiguous(memory_format=torch.channels_last))
+    monkeypatch.setattr(ops, "_copied_to_channels_last", lambda t: True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     x, w, b = _inputs(2, 64, 4, 8, 48, (1, 1), 2, dtype, device)       # 32 pixels < PLANAR_MIN_PIXELS
     ours, reference = _conv_fns(1, 0, 1, 2, "relu")
@@ -366,30 +374,22 @@ def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
 
 
 def test_gemm_operands_copied_to_channels_last_on_a_gpu():
-    """On a GPU an implicit-GEMM operand that is not channels_last is copied to it,
-    except inside ``read_in_place`` (the benchmark's alternative), which
-    restores the copy on leaving (a stand-in CUDA tensor: no GPU needed)."""
+    """On a GPU an implicit-GEMM operand that is not channels_last is read through a
+    channels_last copy, except inside ``read_in_place`` (the benchmark's
+    alternative), which restores the copy on leaving (Operands of CUDA tensors:
+    no GPU needed)."""
     from kernels.conv import ops
-
-    class OnGpu:                # what _gemm_operand reads of a tensor
-        device = torch.device("cuda", 0)
-
-        def __init__(self, channels_last):
-            self.channels_last = channels_last
-
-        def is_contiguous(self, memory_format):
-            return self.channels_last and memory_format == torch.channels_last
-
-        def contiguous(self, memory_format):
-            return OnGpu(memory_format == torch.channels_last)
-    nchw, channels_last = OnGpu(False), OnGpu(True)
-    assert ops._gemm_operand(nchw).channels_last
-    assert ops._gemm_operand(channels_last) is channels_last
+    shape, gpu = (2, 16, 5, 7), torch.device("cuda", 0)
+    nchw = ops.Operand(shape, (560, 35, 7, 1), torch.float16, gpu, True)
+    channels_last = ops.Operand(shape, (560, 1, 112, 16), torch.float16, gpu, True)
+    assert nchw.channels_last() == channels_last
+    assert ops._gemm_read(nchw) == channels_last
+    assert ops._gemm_read(channels_last) is channels_last
     with ops.read_in_place():
-        assert ops._gemm_operand(nchw) is nchw
-    assert ops._gemm_operand(nchw) is not nchw
-    cpu = torch.empty(2, 16, 5, 7)
-    assert ops._gemm_operand(cpu) is cpu            # the interpreter reads every layout in place
+        assert ops._gemm_read(nchw) is nchw
+    assert ops._gemm_read(nchw) == channels_last
+    cpu = ops.Operand.of(torch.empty(shape))
+    assert ops._gemm_read(cpu) is cpu            # the interpreter reads every layout in place
 
 
 def test_descriptor_allocator_set_where_unset():
@@ -457,7 +457,6 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     interpreter runs programs in order, so a run-to-run check could not fail)."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
-    monkeypatch.setattr(ops, "_split_plans", {})         # plans cached without splits
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, paths = geometry
     assert tuple(conv_paths(C, K, groups, kernel).values()) == paths
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
@@ -483,7 +482,6 @@ def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, dev
         config = tuned.configs[0]
         monkeypatch.setattr(tuned, "configs", [triton.Config({**config.kwargs, "BLOCK_K": 16}, num_warps=4)])
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: splits)
-    monkeypatch.setattr(ops, "_split_plans", {})
     x = make_input((N, C, H, W), torch.float32, device, "channels_last" if layout == "in-place" else layout)
     w = (torch.randn(16, C, 3, 3) / 12).to(device).requires_grad_(True)
     with ops.read_in_place() if layout == "in-place" else contextlib.nullcontext():
@@ -552,6 +550,47 @@ def test_split_count():
     assert split_count(264, 52, 20, 8) == 2          # short reductions split less
     assert split_count(264, 52, 72, 8, cap=3) == 3
     assert split_count(264, 52, 72, 8, cap=0) == 1
+
+
+def test_launch_plans_follow_what_they_decide_from(device, monkeypatch):
+    """A launch plan serves only calls that repeat what it was decided from: the
+    same shapes and strides on a pointer of the same 16-byte alignment (VEC 4 on
+    an aligned fp32 channels_last x, 1 on one shifted by an element), and the
+    same switches (cudnn.allow_tf32 for fp32). Each pass's launch flags, call
+    after call (the input gradient does not read x: VEC 4 throughout), against
+    float64."""
+    from kernels.conv import ops
+    seen = []
+    launch = ops.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if "VEC" in kwargs:
+            seen.append((kernel_name(kernel), kwargs["VEC"], kwargs["ALLOW_TF32"]))
+        return launch(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(ops, "launch", spy)
+    shape = (2, 16, 5, 6)
+    storage = torch.randn(2 * 16 * 5 * 6 + 1, device=device)
+    aligned = storage[:-1].view(2, 5, 6, 16).permute(0, 3, 1, 2)
+    shifted = storage[1:].view(2, 5, 6, 16).permute(0, 3, 1, 2)
+    assert aligned.shape == shifted.shape == shape and aligned.stride() == shifted.stride()
+    w = (torch.randn(16, 16, 3, 3, device=device) / 12).contiguous(memory_format=torch.channels_last)
+    passes = ["_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel", "_conv_wgrad_gemm_kernel"]
+    for x, vecs, tf32 in [(aligned, (4, 4, 4), False), (shifted, (1, 4, 1), False), (aligned, (4, 4, 4), False),
+                          (aligned, (4, 4, 4), True)]:
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+        seen.clear()
+        x = x.detach().requires_grad_(True)
+        w.requires_grad_(True)
+        y = F.conv2d(x, w, None, 1, 1)
+        dy = torch.randn_like(y)
+        dx, dw = torch.autograd.grad(y, (x, w), dy)
+        assert seen == [(name, vec, tf32) for name, vec in zip(passes, vecs)], seen
+        x64, w64 = (t.detach().double().cpu().requires_grad_(True) for t in (x, w))
+        y64 = TF.conv2d(x64, w64, None, 1, 1)
+        dx64, dw64 = torch.autograd.grad(y64, (x64, w64), dy.double().cpu())
+        scale = 100.0 if tf32 else 1.0
+        for ours, ref, what in ((y, y64, "output"), (dx, dx64, "input gradient"), (dw, dw64, "weight gradient")):
+            assert_close(ours, ref, torch.float32, "conv", what, scale=scale)
 
 
 @pytest.mark.parametrize("allow_tf32", [True, False])
@@ -745,7 +784,7 @@ def test_planar_split_weight_grad_and_double_backward(device, monkeypatch):
     assert launches.counts["_conv_planar_gemm_kernel"] and launches.counts["_conv_planar_wgrad_kernel"], \
         launches.counts
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
-    monkeypatch.setattr(ops, "_split_plans", {})
+    monkeypatch.setattr(ops, "_plans", {})             # the plans above were built unsplit
     with count_launches() as launches:
         check_op(ours, reference, [x, w, b], "conv")
     assert launches.counts["_conv_planar_wgrad_kernel"] == 1, launches.counts
@@ -782,7 +821,6 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
         return launch(kernel, grid, *args, **kwargs)
     monkeypatch.setattr(ops, "launch", spy)
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
-    monkeypatch.setattr(ops, "_split_plans", {})
     x, w, b = _inputs(2, 32, H, W, 24, (3, 3), 1, dtype, device, layout)
     out, _ = check_op(*_conv_fns(stride, 1, 1, 1, "relu"), [x, w, b], "conv")
     expected = pixel_vec[torch.empty((), dtype=dtype).element_size()]

@@ -36,7 +36,7 @@ instructions per multiply-add in sm_90 SASS under triton 3.6 / 3.9, no spill),
 and whether the stems' padded copies beat their scalar gathers, wait for a GPU
 measurement: the conv benchmark times both (``read_in_place``).
 The output is channels_last when torch suggests channels_last for the input or
-the weight (``kernels._runtime.suggest_memory_format``), as torch does.
+the weight (``kernels._runtime.memory_format_of``), as torch does.
 """
 from __future__ import annotations
 
@@ -51,8 +51,8 @@ from triton.runtime import _allocation as triton_allocation
 
 from .._library import Operator
 from .._reduce import tickets
-from .._runtime import (cdiv, dot_upcast, interpreting, launch, merge_dims, next_power_of_2, offsets_need_int64,
-                        suggest_memory_format)
+from .._runtime import (cdiv, dot_upcast, interpreting, launch, memory_format_of, merge_dims, next_power_of_2,
+                        offsets_need_int64)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
@@ -111,27 +111,96 @@ def read_in_place():
         _copy_operands = saved
 
 
-def _gemm_operand(t: torch.Tensor) -> torch.Tensor:
-    """On a GPU, ``t`` as channels_last (one copy when it is not); unchanged in the
-    interpreter and inside ``read_in_place``."""
-    if t.device.type == "cuda" and _copy_operands and not t.is_contiguous(memory_format=torch.channels_last):
-        return t.contiguous(memory_format=torch.channels_last)
-    return t
+class Operand(NamedTuple):
+    """What a launch plan reads of a tensor: sizes, strides, dtype, device, and
+    whether its data pointer is 16-byte aligned; part of the plan's key
+    (``_plan_key``). Also the layout of a tensor a launch will allocate or copy
+    (``channels_last``, ``padded``, ``empty_like``: fresh storage is aligned)."""
+    shape: tuple
+    strides: tuple
+    dtype: torch.dtype
+    device: torch.device
+    aligned: bool
+
+    @staticmethod
+    def of(t: torch.Tensor) -> "Operand":
+        return Operand(t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+
+    @staticmethod
+    def empty(shape, dtype: torch.dtype, device: torch.device, memory_format=torch.contiguous_format) -> "Operand":
+        """A new tensor's layout, as ``torch.empty(shape, memory_format=...)`` gives it."""
+        strides = torch.empty(shape, dtype=dtype, device="meta", memory_format=memory_format).stride()
+        return Operand(tuple(shape), strides, dtype, device, True)
+
+    def empty_like(self) -> "Operand":
+        """The layout ``torch.empty_like`` gives a tensor of this one's."""
+        meta = torch.empty_strided(self.shape, self.strides, dtype=self.dtype, device="meta")
+        return Operand(self.shape, torch.empty_like(meta).stride(), self.dtype, self.device, True)
+
+    def channels_last(self) -> "Operand":
+        """The layout of ``t.contiguous(memory_format=torch.channels_last)``."""
+        return Operand.empty(self.shape, self.dtype, self.device, torch.channels_last)
+
+    def padded(self, pad_c: int) -> "Operand":
+        """The layout of ``_padded_channels_last(t, pad_c)``."""
+        if self.shape[1] == pad_c and self.is_channels_last():
+            return self
+        return Operand.empty((self.shape[0], pad_c, *self.shape[2:]), self.dtype, self.device, torch.channels_last)
+
+    def stride(self) -> tuple:
+        return self.strides
+
+    def element_size(self) -> int:
+        return self.dtype.itemsize
+
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def is_channels_last(self) -> bool:
+        return _is_channels_last(self.shape, self.strides)
 
 
-def _gemm_strides(t: torch.Tensor) -> tuple:
+def _is_channels_last(shape, strides) -> bool:
+    """``t.is_contiguous(memory_format=torch.channels_last)`` of a 4-D tensor of this
+    shape and these strides: dense with strides growing through C, W, H, N (those
+    of size-1 dims free)."""
+    expected = 1
+    for dim in (1, 3, 2, 0):
+        if shape[dim] != 1:
+            if strides[dim] != expected:
+                return False
+            expected *= shape[dim]
+    return True
+
+
+def _copied_to_channels_last(t) -> bool:
+    """Whether an implicit-GEMM pass reads ``t`` (a tensor or an Operand) through a
+    channels_last copy: on a GPU, when it is not channels_last already, except
+    inside ``read_in_place`` (the interpreter reads every layout in place)."""
+    return t.device.type == "cuda" and _copy_operands and not _is_channels_last(t.shape, t.stride())
+
+
+def _gemm_read(t: Operand) -> Operand:
+    """The layout in which an implicit-GEMM pass reads ``t``."""
+    return t.channels_last() if _copied_to_channels_last(t) else t
+
+
+def _read_copy(t: torch.Tensor, pad_c: int = 0) -> torch.Tensor:
+    """The copy of ``t`` that a plan reads instead (``_gemm_read``, ``Operand.padded``):
+    zero-padded to ``pad_c`` channels, or channels_last."""
+    return _padded_channels_last(t, pad_c) if pad_c else t.contiguous(memory_format=torch.channels_last)
+
+
+def _gemm_strides(t: Operand) -> tuple:
     """The strides an implicit-GEMM kernel gets for ``t``: those of its size-1 dims
     0. Any stride addresses a size-1 dim's one index, and torch leaves it free (a
     1x1 weight (K, C, 1, 1) has strides (C, 1, 1, 1), even as channels_last); 0
     keeps every row offset a multiple of ``VEC``, masked rows' too, so that such a
     tensor keeps its 16-byte vectors."""
-    shape, strides = t.shape, t.stride()
-    if 1 not in shape:          # most calls: no new tuple (it cost 0.7 us a call)
-        return strides
-    return tuple(0 if n == 1 else s for n, s in zip(shape, strides))
+    return tuple(0 if n == 1 else s for n, s in zip(t.shape, t.strides))
 
 
-def _gemm_output(out: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, int]:
+def _gemm_output(out: Operand, in_place: bool) -> tuple[Operand, int]:
     """(buffer, PIXEL_VEC) through which a GEMM pass writes ``out`` (N, C, H, W), the
     tensor it returns. With its pixels merged at stride 1 (NCHW) and ``in_place``,
     ``out`` itself and PIXEL_VEC = ``_pixel_vec(out)``: the epilogue stores along the
@@ -141,18 +210,18 @@ def _gemm_output(out: torch.Tensor, in_place: bool) -> tuple[torch.Tensor, int]:
     it vectorizes (PIXEL_VEC > 1): a scalar one would scatter each warp's stores
     over as many channels."""
     pixel_vec = _pixel_vec(out) if in_place else 0
-    if out.device.type != "cuda" or pixel_vec > 1 or out.is_contiguous(memory_format=torch.channels_last):
+    if out.device.type != "cuda" or pixel_vec > 1 or out.is_channels_last():
         return out, pixel_vec
-    return torch.empty(out.shape, dtype=out.dtype, device=out.device, memory_format=torch.channels_last), 0
+    return out.channels_last(), 0
 
 
-def _pixel_vec(*tensors: torch.Tensor) -> int:
+def _pixel_vec(*tensors: Operand) -> int:
     """PIXEL_VEC of tensors (N, C, H, W) read or written along their pixels: 0 unless
     every one's H*W pixels merge at stride 1; then elements per 16 bytes when every
     pointer, H*W and the batch and channel strides are multiples of 16 bytes, else 1
     (also the VEC of the planar kernels, whose operands all have stride-1 pixels)."""
-    vec = min(_layout_pixel_vec(t.shape, t.stride(), t.element_size()) for t in tensors)
-    return 1 if vec > 1 and any(t.data_ptr() % 16 for t in tensors) else vec
+    vec = min(_layout_pixel_vec(t.shape, t.strides, t.element_size()) for t in tensors)
+    return 1 if vec > 1 and not all(t.aligned for t in tensors) else vec
 
 
 @functools.lru_cache(maxsize=4096)
@@ -165,36 +234,29 @@ def _layout_pixel_vec(shape: tuple, strides: tuple, element_size: int) -> int:
     return 1 if (shape[2] * shape[3]) % vec or strides[0] % vec or strides[1] % vec else vec
 
 
-def _pixel_linear(t: torch.Tensor) -> torch.Tensor:
-    """``t`` (N, C, P, Q) with pixel (n, p, q) at ((n*P + p)*Q + q) * one stride (channels_last
-    and its views), else a channels_last copy: the weight-gradient GEMM reads it so."""
-    if merge_dims((t.shape[0], t.shape[2], t.shape[3]), t.stride()[:1] + t.stride()[2:]) is None:
-        return t.contiguous(memory_format=torch.channels_last)
-    return t
+def _pixel_linear(t: Operand) -> bool:
+    """Whether ``t`` (N, C, P, Q) has pixel (n, p, q) at ((n*P + p)*Q + q) * one
+    stride (channels_last and its views), as the weight-gradient GEMM reads it."""
+    return merge_dims((t.shape[0], t.shape[2], t.shape[3]), t.strides[:1] + t.strides[2:]) is not None
 
 
 def _vec(tensors, counts) -> int:
     """VEC constexpr of the GEMM kernels: elements per 16 bytes when every tensor is
     channel-contiguous (dim 1) on a 16-byte aligned pointer with its other strides,
     and every channel count, multiples of it; else 1."""
-    if any(t.data_ptr() % 16 for t in tensors):
+    if not all(t.aligned for t in tensors):
         return 1
-    return _layout_vec(tuple(_gemm_strides(t) for t in tensors), tensors[0].element_size(), tuple(counts))
-
-
-@functools.lru_cache(maxsize=4096)
-def _layout_vec(strides: tuple, element_size: int, counts: tuple) -> int:
-    """``_vec`` of aligned tensors with these strides."""
-    vec = 16 // element_size
-    for stride in strides:
-        if stride[1] != 1 or any(s % vec for s in stride[:1] + stride[2:]):
+    vec = 16 // tensors[0].element_size()
+    for t in tensors:
+        strides = _gemm_strides(t)
+        if strides[1] != 1 or any(s % vec for s in strides[:1] + strides[2:]):
             return 1
     return 1 if any(c % vec for c in counts) else vec
 
 
-def _pixel_stride(t: torch.Tensor) -> int | None:
-    """The one stride of the H*W pixels of ``t`` (N, C, H, W), or None when (H, W)
-    do not merge into one."""
+def _pixel_stride(t) -> int | None:
+    """The one stride of the H*W pixels of ``t`` (N, C, H, W; a tensor or an
+    Operand), or None when (H, W) do not merge into one."""
     merged = merge_dims(t.shape[2:], t.stride()[2:])
     return None if merged is None else merged[1]
 
@@ -238,34 +300,40 @@ def _splits(device: torch.device, tiles: int, steps: int, cap: int | None = None
     return split_count(2 * _sm_count(index), tiles, steps, MIN_SPLIT_STEPS, cap)
 
 
-def _split_launch(key, kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
-    """Grid and split workspace of a launch whose grid is (tiles(meta), groups,
-    splits(meta)) and whose tiles reduce over steps(meta) k-steps (``cap(meta)``
-    bounds the splits): returns (grid, part, tickets), the fp32 partials sized for
-    the largest need among the configs the launch tunes over. The grid and the
-    sizes depend on the shapes only: they are cached under ``key`` (the pass and
-    its geometry), with vec and device."""
-    plan_key = (key, vec, device)
-    plan = _split_plans.get(plan_key)
-    if plan is None:
-        def splits(meta):
-            return _splits(device, tiles(meta) * groups, steps(meta), None if cap is None else cap(meta))
+class _Workspace(NamedTuple):
+    """The fp32 partials (``partials`` elements; 1: no split, so none is written)
+    and the ticket counters of a launch that may split its reductions."""
+    partials: int
+    tickets: int
 
-        part_numel, ticket_count = 1, 1
-        for config in kernel.nnlib_configs_for({"VEC": vec}):
-            meta = config.kwargs
-            if splits(meta) > 1:
-                programs = tiles(meta) * groups
-                part_numel = max(part_numel, programs * splits(meta) * meta["BLOCK_M"] * meta["BLOCK_N"])
-                ticket_count = max(ticket_count, programs)
-        if len(_split_plans) >= 4096:
-            _split_plans.clear()
-        plan = _split_plans[plan_key] = ((lambda meta: (tiles(meta), groups, splits(meta))), part_numel, ticket_count)
-    grid, part_numel, ticket_count = plan
-    return grid, torch.empty(part_numel, dtype=torch.float32, device=device), tickets(device, ticket_count)
+    def __call__(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        part = (torch.empty(self.partials, dtype=torch.float32, device=device) if self.partials > 1
+                else _unwritten_partials(device))
+        return part, tickets(device, self.tickets)
 
 
-_split_plans: dict = {}
+@functools.lru_cache(maxsize=None)
+def _unwritten_partials(device: torch.device) -> torch.Tensor:
+    """The partials argument of a launch that does not split: never read or written."""
+    return torch.empty(1, dtype=torch.float32, device=device)
+
+
+def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
+    """(grid, workspace) of a launch whose grid is (tiles(meta), groups, splits(meta))
+    and whose tiles reduce over steps(meta) k-steps (``cap(meta)`` bounds the
+    splits): the fp32 partials sized for the largest need among the configs the
+    launch tunes over."""
+    def splits(meta):
+        return _splits(device, tiles(meta) * groups, steps(meta), None if cap is None else cap(meta))
+
+    part_numel, ticket_count = 1, 1
+    for config in kernel.nnlib_configs_for({"VEC": vec}):
+        meta = config.kwargs
+        if splits(meta) > 1:
+            programs = tiles(meta) * groups
+            part_numel = max(part_numel, programs * splits(meta) * meta["BLOCK_M"] * meta["BLOCK_N"])
+            ticket_count = max(ticket_count, programs)
+    return (lambda meta: (tiles(meta), groups, splits(meta))), _Workspace(part_numel, ticket_count)
 
 
 def _direct_tiles(channels: int, pixels: int) -> tuple[int, int]:
@@ -311,9 +379,9 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 
 def _image_needs_int64(geo: ConvGeometry, *tensors) -> bool:
     """INDEX_64 of the depthwise kernels and of the FLAT weight gradient: some
-    offset inside one image of ``tensors`` (N, C, H, W), reach of the kernel past
-    its edges included, may not fit in int32 (``needs_int64``'s rule, one image
-    at a time)."""
+    offset inside one image of ``tensors`` (N, C, H, W; tensors or Operands) may
+    not fit in int32, reach of the kernel past its edges included
+    (``needs_int64``'s rule, one image at a time)."""
     reach_h, reach_w = geo.dilation[0] * geo.R + geo.pad[0], geo.dilation[1] * geo.S + geo.pad[1]
     return any(offsets_need_int64((t.shape[1], t.shape[2] + 2 * reach_h, t.shape[3] + 2 * reach_w), t.stride()[1:])
                for t in tensors)
@@ -348,66 +416,103 @@ class ConvGeometry:
 
 
 # ---------------------------------------------------------------------------
-# Launchers
+# Launch plans
+#
+# What a pass's launcher decides (path, operand copies, output buffer, tiles,
+# VEC / PIXEL_VEC, descriptor path, split plan, the launch's scalar arguments)
+# depends only on its operands' Operands, the convolution's arguments and the
+# switches (``read_in_place``, cuDNN's tf32 flag for fp32). A launch plan is those
+# decisions as a function of the tensors: run(a, b, c, ...) allocates the
+# output, makes the copies decided and launches. Plans are cached by all of
+# that (``_plan_key``), so a call repeating a layer's shapes and layouts
+# costs a key and a dict lookup before its launch.
+
+_plans: dict = {}
+PLAN_CACHE_SIZE = 4096
+
+
+def _plan_key(pass_name: str, operands: tuple, conv: tuple, *extra) -> tuple:
+    """The cache key of a pass's launch plan: everything its decisions read."""
+    return (pass_name, operands, conv, _copy_operands, _allow_tf32(operands[0].dtype), *extra)
+
+
+def _store_plan(key: tuple, plan):
+    """``plan``, cached under ``key`` (the cache starts over when full)."""
+    if len(_plans) >= PLAN_CACHE_SIZE:
+        _plans.clear()
+    _plans[key] = plan
+    return plan
+
 
 def _memory_format(*tensors):
-    """torch's output layout: channels_last when the input or the weight suggests it."""
-    return (torch.channels_last if any(suggest_memory_format(t) == torch.channels_last for t in tensors)
+    """torch's output layout: channels_last when the input or the weight suggests it
+    (``kernels._runtime.memory_format_of``; tensors or Operands)."""
+    return (torch.channels_last if any(memory_format_of(t.shape, t.stride()) == torch.channels_last for t in tensors)
             else torch.contiguous_format)
 
 
-def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: float) -> torch.Tensor:
-    """y = act(conv(x, w) + b): (N, K, P, Q) in x's dtype, channels_last when x or w is."""
+def _forward_plan(x: Operand, w: Operand, has_bias: bool, geo: ConvGeometry, activation: int):
+    """run(x, w, b, negative_slope) -> y = act(conv(x, w) + b): (N, K, P, Q) in x's
+    dtype, channels_last when x or w is."""
     fmt = _memory_format(x, w)
-    b = None if b is None else b.contiguous()     # the kernels read K consecutive elements
     shape = (geo.N, geo.K, geo.P, geo.Q)
-    if geo.N * geo.K * geo.P * geo.Q == 0:
-        return torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    new_output = functools.partial(torch.empty, shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    if 0 in shape:
+        return lambda x, w, b, negative_slope: new_output()
+    y = Operand.empty(shape, x.dtype, x.device, fmt)
     M = geo.N * geo.P * geo.Q
-    common = dict(HAS_BIAS=b is not None, ACTIVATION=activation)
-    if geo.paths["forward"] == "depthwise":
-        y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-        tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.stride(1) == 1, geo.S, x.element_size())
-        launch(_conv_fwd_depthwise_kernel, (geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c)),
-               x, w, y if b is None else b, y, geo.H, geo.W, geo.P, geo.Q, geo.K, *geo.conv_args(),
-               *x.stride(), w.stride(0), w.stride(2), w.stride(3), *y.stride(), float(negative_slope),
-               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, x, y),
-               num_warps=4, **common)
-        return y
-    if geo.paths["forward"] == "direct":
-        y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-        block_m, block_n = _direct_tiles(geo.K, M)
-        launch(_conv_fwd_direct_kernel, (cdiv(M, block_m), cdiv(geo.K, block_n)),
-               x, w, y if b is None else b, y, *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
-               *x.stride(), *w.stride(), *y.stride(), float(negative_slope),
-               BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, **common)
-        return y
-    if geo.paths["forward"] == "gemm" and fmt == torch.contiguous_format and _planar(geo, x) \
-            and _planar_grid_fits(geo):
-        y = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-        _launch_planar(conv_planar_fwd, w, x, b, y, geo, geo.Kg, geo.Cg, (w.stride(0), w.stride(1)), activation,
-                       negative_slope)
-        return y
-    flat = geo.paths["forward"] == "gemm-flat"
+    common = dict(HAS_BIAS=has_bias, ACTIVATION=activation)
+    path = geo.paths["forward"]
+    if path in ("depthwise", "direct"):
+        if path == "depthwise":
+            tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.strides[1] == 1, geo.S,
+                                                       x.element_size())
+            kernel, grid = _conv_fwd_depthwise_kernel, (geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q),
+                                                        cdiv(geo.K, block_c))
+            args = (geo.H, geo.W, geo.P, geo.Q, geo.K, *geo.conv_args(), *x.strides, w.strides[0], w.strides[2],
+                    w.strides[3], *y.strides)
+            common.update(R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
+                          INDEX_64=_image_needs_int64(geo, x, y))
+        else:
+            block_m, block_n = _direct_tiles(geo.K, M)
+            kernel, grid = _conv_fwd_direct_kernel, (cdiv(M, block_m), cdiv(geo.K, block_n))
+            args = (*geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *x.strides, *w.strides,
+                    *y.strides)
+            common.update(BLOCK_M=block_m, BLOCK_N=block_n)
+
+        def run(x, w, b, negative_slope):
+            y = new_output()
+            launch(kernel, grid, x, w, y if b is None else b.contiguous(), y, *args, negative_slope, num_warps=4,
+                   **common)
+            return y
+        return run
+    if path == "gemm" and fmt == torch.contiguous_format and _planar(geo, x) and _planar_grid_fits(geo):
+        planar = _planar_plan(conv_planar_fwd, w, x, y, geo, geo.Kg, geo.Cg, (w.strides[0], w.strides[1]),
+                              has_bias, activation)
+
+        def run(x, w, b, negative_slope):
+            y = new_output()
+            planar(w, x, None if b is None else b.contiguous(), y, negative_slope)
+            return y
+        return run
+    flat = path == "gemm-flat"
     pad_c = _flat_padding(geo) if flat else 0
-    if pad_c:
-        x, w = _padded_channels_last(x, pad_c), _padded_channels_last(w, pad_c)
-    else:
-        x, w = _gemm_operand(x), _gemm_operand(w)
-    out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    y, pixel_vec = _gemm_output(out, True)
-    y_vec = [] if pixel_vec else [y]      # VEC: the channel-contiguous tensors
-    vec = (_vec(y_vec, [geo.Kg]) if y_vec else 1) if flat else _vec([x, w, *y_vec], [geo.Cg, geo.Kg])
-    pixel_stride = None if flat else _descriptor_pixel_stride(geo, x, vec)
+    x_read, w_read = (x.padded(pad_c), w.padded(pad_c)) if pad_c else (_gemm_read(x), _gemm_read(w))
+    y_buffer, pixel_vec = _gemm_output(y, True)
+    y_vec = [] if pixel_vec else [y_buffer]     # VEC: the channel-contiguous tensors
+    vec = (_vec(y_vec, [geo.Kg]) if y_vec else 1) if flat else _vec([x_read, w_read, *y_vec], [geo.Cg, geo.Kg])
+    pixel_stride = None if flat else _descriptor_pixel_stride(geo, x_read, vec)
     if pixel_stride is not None:        # 1x1: a plain GEMM, operands through tensor descriptors
-        _use_descriptor_allocator(x.device)
-        path, kernel = "pointwise_forward", _for_dtype(conv_pointwise_fwd, x.dtype)
-        args = (M, geo.P, geo.Q, geo.Cg, geo.Kg, pixel_stride, w.stride(0))
+        kernel = _for_dtype(conv_pointwise_fwd, x.dtype)
+        args = (M, geo.P, geo.Q, geo.Cg, geo.Kg, pixel_stride, w_read.strides[0])
         common["FORWARD"] = True
     else:
-        path, kernel = "forward", _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
-        args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *_gemm_strides(x), *_gemm_strides(w))
+        kernel = _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
+        args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *_gemm_strides(x_read),
+                *_gemm_strides(w_read))
         common.update(FLAT=flat, PAD_C=pad_c)
+    args += _gemm_strides(y_buffer)
+    common.update(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
 
     def tiles(meta):
         return cdiv(M, meta["BLOCK_M"]) * cdiv(geo.Kg, meta["BLOCK_N"])
@@ -416,10 +521,25 @@ def conv_forward(x, w, b, geo: ConvGeometry, activation: int, negative_slope: fl
         if flat:
             return cdiv(geo.S * (pad_c or geo.Cg), meta["BLOCK_K"])
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
-    grid, part, ticket = _split_launch((path, geo, x.dtype, pad_c), kernel, vec, x.device, tiles, geo.groups, steps)
-    launch(kernel, grid, x, w, y if b is None else b, y, part, ticket, *args, *_gemm_strides(y), float(negative_slope),
-           VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast(), **common)
-    return y if y is out else out.copy_(y)
+    grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups, steps)
+    descriptors = pixel_stride is not None
+    buffered = y_buffer is not y
+    new_buffer = functools.partial(torch.empty, shape, dtype=x.dtype, device=x.device,
+                                   memory_format=torch.channels_last)
+
+    copy_x, copy_w = x_read is not x, w_read is not w
+
+    def run(x, w, b, negative_slope):
+        x = _read_copy(x, pad_c) if copy_x else x
+        w = _read_copy(w, pad_c) if copy_w else w
+        if descriptors:
+            _use_descriptor_allocator(x.device)
+        out = new_output()
+        y = new_buffer() if buffered else out
+        launch(kernel, grid, x, w, y if b is None else b.contiguous(), y, *workspace(x.device), *args,
+               negative_slope, **common)
+        return out.copy_(y) if buffered else out
+    return run
 
 
 def _flat_padding(geo: ConvGeometry) -> int:
@@ -494,42 +614,53 @@ def _use_descriptor_allocator(device: torch.device) -> None:
         triton.set_allocator(_descriptor_scratch)
 
 
-def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
-    """dx (N, C, H, W) in x_like's layout: the transposed convolution of dy."""
+def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry):
+    """run(dy, w, x_like) -> dx (N, C, H, W) in ``torch.empty_like(x_like)``'s layout:
+    the transposed convolution of dy."""
     if x_like.numel() == 0:
-        return torch.empty_like(x_like)
+        return lambda dy, w, x_like: torch.empty_like(x_like)
+    dx = x_like.empty_like()
     (stride_h, stride_w), (dil_h, dil_w) = geo.stride, geo.dilation
     steps_rs = (_step(stride_h, dil_h), _step(stride_w, dil_w))
     m_max = geo.N * cdiv(geo.H, stride_h) * cdiv(geo.W, stride_w)      # pixels of the largest phase
     phases = stride_h * stride_w
-    if geo.paths["input_grad"] == "depthwise":
-        dx = torch.empty_like(x_like)
-        tile_p, tile_q, block_c = _depthwise_tiles(cdiv(geo.H, stride_h), cdiv(geo.W, stride_w), geo.C,
-                                                   dy.stride(1) == 1, geo.S, dy.element_size())
-        patches = cdiv(cdiv(geo.H, stride_h), tile_p) * cdiv(cdiv(geo.W, stride_w), tile_q)
-        launch(_conv_dgrad_depthwise_kernel, (geo.N * phases * patches, cdiv(geo.C, block_c)),
-               dy, w, dx, geo.H, geo.W, geo.P, geo.Q, geo.C, *geo.conv_args(),
-               *dy.stride(), w.stride(0), w.stride(2), w.stride(3), *dx.stride(),
-               R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
-               INDEX_64=_image_needs_int64(geo, dy, dx), num_warps=4)
-        return dx
-    if geo.paths["input_grad"] == "direct":
-        dx = torch.empty_like(x_like)
-        block_m, block_n = _direct_tiles(geo.C, m_max)
-        launch(_conv_dgrad_direct_kernel, (cdiv(m_max, block_m), cdiv(geo.C, block_n), phases),
-               dy, w, dx, *geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs,
-               *dy.stride(), *w.stride(), *dx.stride(), BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
-        return dx
-    if geo.paths["input_grad"] == "gemm" and _planar(geo, dy, x_like) and _planar_grid_fits(geo):
-        dx = torch.empty_like(x_like)      # pixels at stride 1 as x_like's (or contiguous when x_like is not dense)
-        _launch_planar(conv_planar_dgrad, w, dy, None, dx, geo, geo.Cg, geo.Kg, (w.stride(1), w.stride(0)), 0, 0.0)
-        return dx
-    dy, w = _gemm_operand(dy), _gemm_operand(w)
-    out = torch.empty_like(x_like)
-    dx, pixel_vec = _gemm_output(out, phases == 1)
-    vec = _vec([dy, w] + ([] if pixel_vec else [dx]), [geo.Cg, geo.Kg])
-    pixel_stride = _descriptor_pixel_stride(geo, dy, vec)
-    path = "input_grad" if pixel_stride is None else "pointwise_input_grad"
+    path = geo.paths["input_grad"]
+    if path in ("depthwise", "direct"):
+        if path == "depthwise":
+            tile_p, tile_q, block_c = _depthwise_tiles(cdiv(geo.H, stride_h), cdiv(geo.W, stride_w), geo.C,
+                                                       dy.strides[1] == 1, geo.S, dy.element_size())
+            patches = cdiv(cdiv(geo.H, stride_h), tile_p) * cdiv(cdiv(geo.W, stride_w), tile_q)
+            kernel, grid = _conv_dgrad_depthwise_kernel, (geo.N * phases * patches, cdiv(geo.C, block_c))
+            args = (geo.H, geo.W, geo.P, geo.Q, geo.C, *geo.conv_args(), *dy.strides, w.strides[0], w.strides[2],
+                    w.strides[3], *dx.strides)
+            constexprs = dict(R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
+                              INDEX_64=_image_needs_int64(geo, dy, dx))
+        else:
+            block_m, block_n = _direct_tiles(geo.C, m_max)
+            kernel, grid = _conv_dgrad_direct_kernel, (cdiv(m_max, block_m), cdiv(geo.C, block_n), phases)
+            args = (*geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs, *dy.strides,
+                    *w.strides, *dx.strides)
+            constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n)
+
+        def run(dy, w, x_like):
+            dx = torch.empty_like(x_like)
+            launch(kernel, grid, dy, w, dx, *args, num_warps=4, **constexprs)
+            return dx
+        return run
+    if path == "gemm" and _planar(geo, dy, x_like) and _planar_grid_fits(geo):
+        # dx's pixels at stride 1 as x_like's (or contiguous when x_like is not dense)
+        planar = _planar_plan(conv_planar_dgrad, w, dy, dx, geo, geo.Cg, geo.Kg, (w.strides[1], w.strides[0]),
+                              False, 0)
+
+        def run(dy, w, x_like):
+            dx = torch.empty_like(x_like)
+            planar(w, dy, None, dx, 0.0)
+            return dx
+        return run
+    dy_read, w_read = _gemm_read(dy), _gemm_read(w)
+    dx_buffer, pixel_vec = _gemm_output(dx, phases == 1)
+    vec = _vec([dy_read, w_read] + ([] if pixel_vec else [dx_buffer]), [geo.Cg, geo.Kg])
+    pixel_stride = _descriptor_pixel_stride(geo, dy_read, vec)
     kernel = _for_dtype(conv_dgrad_gemm if pixel_stride is None else conv_pointwise_dgrad, dy.dtype)
     taps = cdiv(geo.R, steps_rs[0]) * cdiv(geo.S, steps_rs[1])     # of the phase with the most
 
@@ -538,68 +669,95 @@ def conv_input_grad(dy, w, x_like, geo: ConvGeometry) -> torch.Tensor:
 
     def steps(meta):
         return taps * cdiv(geo.Kg, meta["BLOCK_K"])
-    grid, part, ticket = _split_launch((path, geo, dy.dtype), kernel, vec, dy.device, tiles,
-                                       geo.groups * phases, steps)
+    grid, workspace = _split_plan(kernel, vec, dy.device, tiles, geo.groups * phases, steps)
     common = dict(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
-    if pixel_stride is None:
-        launch(kernel, grid, dy, w, dx, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S,
-               *geo.conv_args(), *steps_rs, *_gemm_strides(dy), *_gemm_strides(w), *_gemm_strides(dx), **common)
-    else:                               # 1x1: a plain GEMM, operands through tensor descriptors
-        _use_descriptor_allocator(dy.device)
-        launch(kernel, grid, dy, w, dx, dx, part, ticket, m_max, geo.H, geo.W, geo.Cg, geo.Kg, pixel_stride,
-               w.stride(0), *_gemm_strides(dx), 0.0, FORWARD=False, HAS_BIAS=False, ACTIVATION=0, **common)
-    return dx if dx is out else out.copy_(dx)
+    descriptors = pixel_stride is not None
+    if descriptors:                     # 1x1: a plain GEMM, operands through tensor descriptors
+        args = (m_max, geo.H, geo.W, geo.Cg, geo.Kg, pixel_stride, w_read.strides[0], *_gemm_strides(dx_buffer), 0.0)
+        common.update(FORWARD=False, HAS_BIAS=False, ACTIVATION=0)
+    else:
+        args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs, *_gemm_strides(dy_read),
+                *_gemm_strides(w_read), *_gemm_strides(dx_buffer))
+    copy_dy, copy_w, buffered = dy_read is not dy, w_read is not w, dx_buffer is not dx
+    new_buffer = functools.partial(torch.empty, dx.shape, dtype=dx.dtype, device=dx.device,
+                                   memory_format=torch.channels_last)
+
+    def run(dy, w, x_like):
+        dy = _read_copy(dy) if copy_dy else dy
+        w = _read_copy(w) if copy_w else w
+        out = torch.empty_like(x_like)
+        dx = new_buffer() if buffered else out
+        if descriptors:
+            _use_descriptor_allocator(dy.device)
+            launch(kernel, grid, dy, w, dx, dx, *workspace(dy.device), *args, **common)
+        else:
+            launch(kernel, grid, dy, w, dx, *workspace(dy.device), *args, **common)
+        return out.copy_(dx) if buffered else out
+    return run
 
 
-def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
-    """dw (K, Cg, R, S) in w_like's memory format, written in the weight dtype by one
-    launch: the reduction over the N*P*Q pixels is split (``_split_launch``) only
-    as far as its fp32 partials, written and read once, stay below the bytes of
-    dy and x."""
-    dw = torch.empty(w_like.shape, dtype=w_like.dtype, device=w_like.device, memory_format=_memory_format(w_like))
-    if dw.numel() == 0:
-        return dw
+def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometry):
+    """run(dy, x, w_like) -> dw (K, Cg, R, S) in w_like's memory format, written in
+    the weight dtype by one launch: the reduction over the N*P*Q pixels is split
+    (``_split_plan``) only as far as its fp32 partials, written and read once, stay
+    below the bytes of dy and x."""
+    fmt = _memory_format(w_like)
+    new_output = functools.partial(torch.empty, w_like.shape, dtype=w_like.dtype, device=w_like.device,
+                                   memory_format=fmt)
+    if w_like.numel() == 0:
+        return lambda dy, x, w_like: new_output()
+    dw = Operand.empty(w_like.shape, w_like.dtype, w_like.device, fmt)
     pixels = geo.N * geo.P * geo.Q
-    if geo.paths["weight_grad"] == "depthwise":
+    path = geo.paths["weight_grad"]
+    if path in ("depthwise", "direct"):
         taps = next_power_of_2(geo.R * geo.S)
-        tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.stride(1) == 1, geo.S, x.element_size(), taps)
-        programs = cdiv(geo.C, block_c)
-        splits = _splits(x.device, programs, geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q))
-        part = torch.empty(programs * splits * taps * block_c if splits > 1 else 1, dtype=torch.float32,
-                           device=x.device)
-        launch(_conv_wgrad_depthwise_kernel, (programs, 1, splits),
-               dy, x, dw, part, tickets(x.device, programs), *geo.dims(), geo.C, *geo.conv_args(),
-               *dy.stride(), *x.stride(), dw.stride(0), dw.stride(2), dw.stride(3),
-               R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
-               INDEX_64=_image_needs_int64(geo, dy, x), num_warps=4)
-        return dw
-    if geo.paths["weight_grad"] == "direct":
-        block_m, block_n = _direct_tiles(geo.K, pixels)
-        taps = next_power_of_2(geo.R * geo.S)
-        programs = geo.Cg * cdiv(geo.K, block_n)
-        splits = _splits(x.device, programs, cdiv(pixels, block_m))
-        part = torch.empty(programs * splits * taps * block_n if splits > 1 else 1, dtype=torch.float32,
-                           device=x.device)
-        launch(_conv_wgrad_direct_kernel, (programs, 1, splits),
-               dy, x, dw, part, tickets(x.device, programs), *geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S,
-               *geo.conv_args(), *dy.stride(), *x.stride(), *dw.stride(),
-               TAPS=taps, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
-        return dw
-    if geo.paths["weight_grad"] == "gemm" and _planar(geo, dy, x):
-        _launch_planar_wgrad(dy, x, dw, geo)
-        return dw
-    flat = geo.paths["weight_grad"] == "gemm-flat"
+        if path == "depthwise":
+            tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.strides[1] == 1, geo.S,
+                                                       x.element_size(), taps)
+            programs, block = cdiv(geo.C, block_c), block_c
+            splits = _splits(x.device, programs, geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q))
+            kernel = _conv_wgrad_depthwise_kernel
+            args = (*geo.dims(), geo.C, *geo.conv_args(), *dy.strides, *x.strides, dw.strides[0], dw.strides[2],
+                    dw.strides[3])
+            constexprs = dict(R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
+                              INDEX_64=_image_needs_int64(geo, dy, x))
+        else:
+            block_m, block = _direct_tiles(geo.K, pixels)
+            programs = geo.Cg * cdiv(geo.K, block)
+            splits = _splits(x.device, programs, cdiv(pixels, block_m))
+            kernel = _conv_wgrad_direct_kernel
+            args = (*geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *dy.strides, *x.strides,
+                    *dw.strides)
+            constexprs = dict(TAPS=taps, BLOCK_M=block_m, BLOCK_N=block)
+        workspace = _Workspace(programs * splits * taps * block if splits > 1 else 1, programs)
+
+        def run(dy, x, w_like):
+            dw = new_output()
+            launch(kernel, (programs, 1, splits), dy, x, dw, *workspace(x.device), *args, num_warps=4, **constexprs)
+            return dw
+        return run
+    if path == "gemm" and _planar(geo, dy, x):
+        planar = _planar_wgrad_plan(dy, x, dw, geo)
+
+        def run(dy, x, w_like):
+            dw = new_output()
+            planar(dy, x, dw)
+            return dw
+        return run
+    flat = path == "gemm-flat"
     pad_c = _flat_padding(geo) if flat else 0
-    dy, x = _pixel_linear(_gemm_operand(dy)), _padded_channels_last(x, pad_c) if pad_c else _gemm_operand(x)
+    dy_read = _gemm_read(dy)
+    dy_read = dy_read if _pixel_linear(dy_read) else dy.channels_last()
+    x_read = x.padded(pad_c) if pad_c else _gemm_read(x)
     cols = (pad_c or geo.Cg) * geo.R * geo.S if flat else geo.Cg
     taps = 1 if flat else geo.R * geo.S
-    vec = _vec([dy], [geo.Kg]) if flat else _vec([dy, x], [geo.Cg, geo.Kg])
-    pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy.stride()[:1] + dy.stride()[2:])[1]
-    x_pixel_stride = None if flat or pixel_stride % vec else _descriptor_pixel_stride(geo, x, vec)
-    path = "weight_grad" if x_pixel_stride is None else "pointwise_weight_grad"
-    kernel = _for_dtype(conv_wgrad_flat if flat else conv_pointwise_wgrad if x_pixel_stride is not None
-                        else conv_wgrad_gemm, x.dtype)
-    input_bytes = (dy.numel() + x.numel()) * x.element_size()
+    vec = _vec([dy_read], [geo.Kg]) if flat else _vec([dy_read, x_read], [geo.Cg, geo.Kg])
+    pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy_read.strides[:1] + dy_read.strides[2:])[1]
+    x_pixel_stride = None if flat or pixel_stride % vec else _descriptor_pixel_stride(geo, x_read, vec)
+    descriptors = x_pixel_stride is not None
+    kernel = _for_dtype(conv_wgrad_flat if flat else conv_pointwise_wgrad if descriptors else conv_wgrad_gemm,
+                        x.dtype)
+    input_bytes = (dy_read.numel() + x_read.numel()) * x.element_size()
 
     def tiles(meta):
         return cdiv(geo.Kg, meta["BLOCK_M"]) * cdiv(cols, meta["BLOCK_N"])
@@ -612,39 +770,53 @@ def conv_weight_grad(dy, x, w_like, geo: ConvGeometry) -> torch.Tensor:
 
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
         return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
-    grid, part, ticket = _split_launch((path, geo, x.dtype, pad_c), kernel, vec, x.device, tiles,
-                                       geo.groups * taps, steps, cap)
+    grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups * taps, steps, cap)
     common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
-    if x_pixel_stride is None:
-        launch(kernel, grid, dy, x, dw, part, ticket, *geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(),
-               pixel_stride, dy.stride(1), *_gemm_strides(x), *dw.stride(), FLAT=flat, PAD_C=pad_c,
-               INDEX_64=flat and _image_needs_int64(geo, x), **common)
-    else:                               # 1x1: a plain GEMM, operands through tensor descriptors
-        _use_descriptor_allocator(x.device)
-        launch(kernel, grid, dy, x, dw, part, ticket, pixels, geo.Cg, geo.Kg, pixel_stride, x_pixel_stride,
-               dw.stride(0), dw.stride(1), **common)
-    return dw
+    if descriptors:                     # 1x1: a plain GEMM, operands through tensor descriptors
+        args = (pixels, geo.Cg, geo.Kg, pixel_stride, x_pixel_stride, dw.strides[0], dw.strides[1])
+    else:
+        args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), pixel_stride, dy_read.strides[1],
+                *_gemm_strides(x_read), *dw.strides)
+        common.update(FLAT=flat, PAD_C=pad_c, INDEX_64=flat and _image_needs_int64(geo, x_read))
+    copy_dy, copy_x = dy_read is not dy, x_read is not x
+
+    def run(dy, x, w_like):
+        dy = _read_copy(dy) if copy_dy else dy
+        x = _read_copy(x, pad_c) if copy_x else x
+        if descriptors:
+            _use_descriptor_allocator(x.device)
+        dw = new_output()
+        launch(kernel, grid, dy, x, dw, *workspace(x.device), *args, **common)
+        return dw
+    return run
 
 
-def _launch_planar(tuned, w, src, b, out, geo: ConvGeometry, rows: int, reduction: int, w_strides,
-                   activation: int, negative_slope: float) -> None:
-    """out = act(b + A_g @ src) per image and group on the planar path: the forward
-    (``conv_planar_fwd``, src = x, A = w: ``rows`` = Kg, ``reduction`` = Cg,
-    ``w_strides`` = (row, reduction) strides of w) or the input gradient
-    (``conv_planar_dgrad``, src = dy, A = w transposed, no bias)."""
+def _planar_plan(tuned, w: Operand, src: Operand, out: Operand, geo: ConvGeometry, rows: int, reduction: int,
+                 w_strides, has_bias: bool, activation: int):
+    """run(w, src, b, out, negative_slope): out = act(b + A_g @ src) per image and
+    group on the planar path: the forward (``conv_planar_fwd``, src = x, A = w:
+    ``rows`` = Kg, ``reduction`` = Cg, ``w_strides`` = (row, reduction) strides of
+    w) or the input gradient (``conv_planar_dgrad``, src = dy, A = w transposed, no
+    bias)."""
     pixels = geo.H * geo.W
     kernel = _for_dtype(tuned, src.dtype)
-    launch(kernel, lambda meta: (cdiv(rows, meta["BLOCK_M"]) * cdiv(pixels, meta["BLOCK_N"]), geo.N * geo.groups),
-           w, src, out if b is None else b, out, pixels, rows, reduction, geo.groups,
-           geo.Kg * w.stride(0), *w_strides, src.stride(0), src.stride(1), 1,
-           out.stride(0), out.stride(1), _pixel_stride(out), float(negative_slope),
-           HAS_BIAS=b is not None, ACTIVATION=activation, VEC=_pixel_vec(src, out),
-           ALLOW_TF32=_allow_tf32(src.dtype), DOT_UPCAST=dot_upcast())
+    args = (pixels, rows, reduction, geo.groups, geo.Kg * w.strides[0], *w_strides, src.strides[0], src.strides[1], 1,
+            out.strides[0], out.strides[1], _pixel_stride(out))
+    constexprs = dict(HAS_BIAS=has_bias, ACTIVATION=activation, VEC=_pixel_vec(src, out),
+                      ALLOW_TF32=_allow_tf32(src.dtype), DOT_UPCAST=dot_upcast())
+
+    def grid(meta):
+        return cdiv(rows, meta["BLOCK_M"]) * cdiv(pixels, meta["BLOCK_N"]), geo.N * geo.groups
+
+    def run(w, src, b, out, negative_slope):
+        launch(kernel, grid, w, src, out if b is None else b, out, *args, negative_slope, **constexprs)
+    return run
 
 
-def _launch_planar_wgrad(dy, x, dw, geo: ConvGeometry) -> None:
-    """dw (K, Cg, 1, 1) of a planar 1x1 convolution: one launch, the N*H*W pixels
-    split (``_split_launch``) as far as the partials stay below the inputs' bytes."""
+def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry):
+    """run(dy, x, dw): dw (K, Cg, 1, 1) of a planar 1x1 convolution, one launch, the
+    N*H*W pixels split (``_split_plan``) as far as the partials stay below the
+    inputs' bytes."""
     pixels = geo.H * geo.W
     vec = _pixel_vec(dy, x)
     kernel = _for_dtype(conv_planar_wgrad, x.dtype)
@@ -658,11 +830,14 @@ def _launch_planar_wgrad(dy, x, dw, geo: ConvGeometry) -> None:
 
     def cap(meta):
         return input_bytes // (8 * tiles(meta) * geo.groups * meta["BLOCK_M"] * meta["BLOCK_N"])
-    grid, part, ticket = _split_launch(("planar_weight_grad", geo, x.dtype), kernel, vec, x.device, tiles,
-                                       geo.groups, steps, cap)
-    launch(kernel, grid, dy, x, dw, part, ticket, geo.N, pixels, geo.Cg, geo.Kg, dy.stride(0), dy.stride(1), 1,
-           x.stride(0), x.stride(1), 1, dw.stride(0), dw.stride(1),
-           VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+    grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups, steps, cap)
+    args = (geo.N, pixels, geo.Cg, geo.Kg, dy.strides[0], dy.strides[1], 1, x.strides[0], x.strides[1], 1,
+            dw.strides[0], dw.strides[1])
+    constexprs = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+
+    def run(dy, x, dw):
+        launch(kernel, grid, dy, x, dw, *workspace(x.device), *args, **constexprs)
+    return run
 
 
 def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: float, bias_grad: bool):
@@ -678,7 +853,7 @@ def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: 
     splits = _splits(dy.device, k_tiles, cdiv(pixels, block_m))
     part = torch.empty(k_tiles * splits * block_n if splits > 1 else 1, dtype=torch.float32, device=dy.device)
     saved = dy if y is None else y
-    pixel_vec = _pixel_vec(dy, saved, g)      # > 0: all NCHW, tiles along the pixels
+    pixel_vec = _pixel_vec(*map(Operand.of, (dy, saved, g)))      # > 0: all NCHW, tiles along the pixels
     launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), dy, saved, g, dy if db is None else db, part,
            tickets(dy.device, k_tiles), geo.N, geo.K, geo.P, geo.Q, float(negative_slope),
            *dy.stride(), *saved.stride(), *g.stride(), ACTIVATION=activation, HAS_BIAS=bias_grad,
@@ -713,25 +888,40 @@ def geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometr
 
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
                    dilation: list[int], groups: int, activation: int, negative_slope: float) -> torch.Tensor:
-    """act(conv(x, w) + b) of x (N, C, H, W): see ``conv_forward``."""
-    geo = geometry(x.shape, w.shape, stride, padding, dilation, groups)
-    return conv_forward(x, w, b, geo, activation, negative_slope)
+    """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``."""
+    conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    operands = (Operand.of(x), Operand.of(w))
+    key = _plan_key("forward", operands, conv, b is None, activation)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _store_plan(key, _forward_plan(*operands, b is not None, geometry(x.shape, w.shape, *conv), activation))
+    return plan(x, w, b, float(negative_slope))
 
 
 def conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, x_like: torch.Tensor, stride: list[int],
                       padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
     """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q), in
     ``torch.empty_like(x_like)``'s layout (x_like gives shape and layout only)."""
-    geo = geometry(x_like.shape, w.shape, stride, padding, dilation, groups)
-    return conv_input_grad(g, w, x_like, geo)
+    conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    operands = (Operand.of(g), Operand.of(w), Operand.of(x_like))
+    key = _plan_key("input_grad", operands, conv)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _store_plan(key, _input_grad_plan(*operands, geometry(x_like.shape, w.shape, *conv)))
+    return plan(g, w, x_like)
 
 
 def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, stride: list[int],
                        padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
     """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and input
     x, in w_like's memory format (w_like gives shape and layout only)."""
-    geo = geometry(x.shape, w_like.shape, stride, padding, dilation, groups)
-    return conv_weight_grad(g, x, w_like, geo)
+    conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
+    operands = (Operand.of(g), Operand.of(x), Operand.of(w_like))
+    key = _plan_key("weight_grad", operands, conv)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _store_plan(key, _weight_grad_plan(*operands, geometry(x.shape, w_like.shape, *conv)))
+    return plan(g, x, w_like)
 
 
 def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int, negative_slope: float,
@@ -770,10 +960,10 @@ def _forward_backward(ctx, dy):
     x, w, y = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_db = need_b and ctx.has_bias
-    geo = geometry(x.shape, w.shape, *_conv_args(ctx))
-    uses_gemm = bool({geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"})
-    if uses_gemm and (need_x or need_w) and not _planar(geo, x, dy):
-        dy = _gemm_operand(dy)           # one channels_last copy (on a GPU) serves both passes
+    if (need_x or need_w) and _copied_to_channels_last(dy):
+        geo = geometry(x.shape, w.shape, *_conv_args(ctx))
+        if {geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"} and not _planar(geo, x, dy):
+            dy = _read_copy(dy)         # one channels_last copy (on a GPU) serves both passes
     db = None
     if ctx.activation or need_db:
         g, db = conv_output_grad_op(dy, y, ctx.activation, ctx.negative_slope, need_db)
