@@ -141,8 +141,11 @@ class Operator:
         transform active (the Function raises there, as it has no jvp or vmap rule)."""
         if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
             return True
-        return torch.is_grad_enabled() and any(args[i] is not None and args[i].requires_grad
-                                               for i in self.tensor_args)
+        if torch.is_grad_enabled():
+            for i in self.tensor_args:
+                if args[i] is not None and args[i].requires_grad:
+                    return True
+        return False
 
     def __repr__(self) -> str:
         return f"Operator({NAMESPACE}::{self.name})"

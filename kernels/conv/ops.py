@@ -37,6 +37,9 @@ and whether the stems' padded copies beat their scalar gathers, wait for a GPU
 measurement: the conv benchmark times both (``read_in_place``).
 The output is channels_last when torch suggests channels_last for the input or
 the weight (``kernels._runtime.memory_format_of``), as torch does.
+
+All of the above is decided once per layer's shapes, layouts and switches: each
+pass's launcher is a launch plan, cached (``_plan_key``).
 """
 from __future__ import annotations
 
@@ -123,8 +126,14 @@ class Operand(NamedTuple):
     aligned: bool
 
     @staticmethod
+    def fields(t: torch.Tensor) -> tuple:
+        """An Operand's fields for ``t``, as a plain tuple (a key part built at the
+        cost of a tuple; ``Operand(*fields)`` when a plan is built)."""
+        return t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0
+
+    @staticmethod
     def of(t: torch.Tensor) -> "Operand":
-        return Operand(t.shape, t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0)
+        return Operand(*Operand.fields(t))
 
     @staticmethod
     def empty(shape, dtype: torch.dtype, device: torch.device, memory_format=torch.contiguous_format) -> "Operand":
@@ -432,8 +441,9 @@ PLAN_CACHE_SIZE = 4096
 
 
 def _plan_key(pass_name: str, operands: tuple, conv: tuple, *extra) -> tuple:
-    """The cache key of a pass's launch plan: everything its decisions read."""
-    return (pass_name, operands, conv, _copy_operands, _allow_tf32(operands[0].dtype), *extra)
+    """The cache key of a pass's launch plan: everything its decisions read (its
+    operands' ``Operand.fields``, the conv arguments, the switches, ``extra``)."""
+    return (pass_name, operands, conv, _copy_operands, _allow_tf32(operands[0][2]), *extra)
 
 
 def _store_plan(key: tuple, plan):
@@ -890,11 +900,12 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, str
                    dilation: list[int], groups: int, activation: int, negative_slope: float) -> torch.Tensor:
     """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    operands = (Operand.of(x), Operand.of(w))
-    key = _plan_key("forward", operands, conv, b is None, activation)
+    fields = (Operand.fields(x), Operand.fields(w))
+    key = _plan_key("forward", fields, conv, b is None, activation)
     plan = _plans.get(key)
     if plan is None:
-        plan = _store_plan(key, _forward_plan(*operands, b is not None, geometry(x.shape, w.shape, *conv), activation))
+        plan = _store_plan(key, _forward_plan(*(Operand(*f) for f in fields), b is not None,
+                                              geometry(x.shape, w.shape, *conv), activation))
     return plan(x, w, b, float(negative_slope))
 
 
@@ -903,11 +914,12 @@ def conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, x_like: torch.Tensor, st
     """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q), in
     ``torch.empty_like(x_like)``'s layout (x_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    operands = (Operand.of(g), Operand.of(w), Operand.of(x_like))
-    key = _plan_key("input_grad", operands, conv)
+    fields = (Operand.fields(g), Operand.fields(w), Operand.fields(x_like))
+    key = _plan_key("input_grad", fields, conv)
     plan = _plans.get(key)
     if plan is None:
-        plan = _store_plan(key, _input_grad_plan(*operands, geometry(x_like.shape, w.shape, *conv)))
+        plan = _store_plan(key, _input_grad_plan(*(Operand(*f) for f in fields),
+                                                 geometry(x_like.shape, w.shape, *conv)))
     return plan(g, w, x_like)
 
 
@@ -916,11 +928,12 @@ def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, s
     """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and input
     x, in w_like's memory format (w_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    operands = (Operand.of(g), Operand.of(x), Operand.of(w_like))
-    key = _plan_key("weight_grad", operands, conv)
+    fields = (Operand.fields(g), Operand.fields(x), Operand.fields(w_like))
+    key = _plan_key("weight_grad", fields, conv)
     plan = _plans.get(key)
     if plan is None:
-        plan = _store_plan(key, _weight_grad_plan(*operands, geometry(x.shape, w_like.shape, *conv)))
+        plan = _store_plan(key, _weight_grad_plan(*(Operand(*f) for f in fields),
+                                                  geometry(x.shape, w_like.shape, *conv)))
     return plan(g, x, w_like)
 
 
