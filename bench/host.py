@@ -4,9 +4,11 @@ For each op (forward, and forward + backward) and for one ResNet-50 training
 step, on CPU tensors with the Triton path on (``TRITON_INTERPRET=1``) and every
 kernel launch counted but not run (``kernels._runtime.dry_run``):
 
-* host time: the median wall time of our Python per call, beside the floor (an
-  empty ``torch.autograd.Function`` that allocates its output with one
-  ``torch.empty``) measured in the same run;
+* host time: the wall time of our Python per call, beside the floor (an empty
+  ``torch.autograd.Function`` that allocates its output with one
+  ``torch.empty``) timed alongside it, samples alternating: each the least of
+  several repeats, so that a shared machine's slow spells (up to 1.6x) fall
+  out of both;
 * counts: Triton launches, other device ops (aten ops that do work on the
   device, as a ``TorchDispatchMode`` sees them: on a GPU each is a launch or a
   copy; views and ``empty*`` allocations are not) and allocations (tensors with
@@ -39,7 +41,7 @@ import nnlib.functional as F
 from kernels._runtime import count_launches, dry_run
 from nnlib.models import reference
 
-__all__ = ["OpCounts", "count_ops", "host_us", "floor_us", "cases", "measure", "main"]
+__all__ = ["OpCounts", "count_ops", "host_us", "floor_call", "cases", "measure", "main"]
 
 
 # ---------------------------------------------------------------------------
@@ -108,23 +110,28 @@ def count_ops(fn: Callable, run_kernels: bool = False) -> OpCounts:
 # ---------------------------------------------------------------------------
 # Timing
 
-def host_us(fn: Callable, min_seconds: float = 0.2, repeats: int = 5) -> float:
-    """Median over ``repeats`` of the mean wall time of ``fn()`` in microseconds,
-    kernels counted but not run."""
+def host_us(*fns: Callable, min_seconds: float = 0.2, repeats: int = 5) -> list[float]:
+    """Per ``fn``, the least over ``repeats`` of the mean wall time of ``fn()`` in
+    microseconds, kernels counted but not run. The functions' samples alternate,
+    so that each sees the machine's slow spells as often as the others."""
     with dry_run():
-        for _ in range(3):
-            fn()
-        calls, start = 0, time.perf_counter()
-        while time.perf_counter() - start < min_seconds / repeats:
-            fn()
-            calls += 1
-        samples = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            for _ in range(calls):
+        counts = []
+        for fn in fns:
+            for _ in range(3):
                 fn()
-            samples.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(samples)
+            calls, start = 0, time.perf_counter()
+            while time.perf_counter() - start < min_seconds / repeats:
+                fn()
+                calls += 1
+            counts.append(calls)
+        samples = [[] for _ in fns]
+        for _ in range(repeats):
+            for fn, calls, out in zip(fns, counts, samples):
+                start = time.perf_counter()
+                for _ in range(calls):
+                    fn()
+                out.append((time.perf_counter() - start) / calls * 1e6)
+    return [min(out) for out in samples]
 
 
 class _EmptyFunction(torch.autograd.Function):
@@ -139,9 +146,10 @@ class _EmptyFunction(torch.autograd.Function):
         return grad
 
 
-def floor_us(min_seconds: float = 0.2) -> float:
+def floor_call() -> Callable:
+    """The floor's call: ``_EmptyFunction`` on a small leaf that requires grad."""
     x = torch.empty(8, 8, requires_grad=True)
-    return host_us(lambda: _EmptyFunction.apply(x), min_seconds)
+    return lambda: _EmptyFunction.apply(x)
 
 
 # ---------------------------------------------------------------------------
@@ -225,29 +233,34 @@ def cases(quick: bool = False) -> list[HostCase]:
 
 
 def measure(quick: bool = False) -> dict:
-    """Rows of host time and counts for every case, with the floor."""
+    """Rows of host time and counts for every case, each with the floor timed
+    alongside it."""
     seconds = 0.05 if quick else 0.3
-    floor = floor_us(seconds)
     rows = []
     for case in cases(quick):
         ours, theirs = count_ops(case.ours), count_ops(case.theirs, run_kernels=True)
         step = case.name.startswith("resnet50")
-        us = host_us(case.ours, 2 * seconds if step else seconds, repeats=3 if step else 5)
-        rows.append({"case": case.name, "host_us": us, "floors": us / floor, "target_floors": case.target,
+        us, floor = host_us(case.ours, floor_call(), min_seconds=2 * seconds if step else seconds,
+                            repeats=5 if step else 9)
+        rows.append({"case": case.name, "host_us": us, "floor_us": floor, "floors": us / floor,
+                     "target_floors": case.target,
                      "launches": ours.launches, "device_ops": ours.device_ops, "allocations": ours.allocations,
                      "ops": dict(ours.ops), "torch_device_ops": theirs.device_ops,
                      "torch_allocations": theirs.allocations, "torch_ops": dict(theirs.ops)})
         print(f"{case.name}: {us:.1f} us ({us / floor:.1f} floors), {ours.launches} launches + "
               f"{ours.device_ops} other ops, {ours.allocations} allocations; torch: {theirs.device_ops} ops, "
               f"{theirs.allocations} allocations", flush=True)
-    return {"floor_us": floor, "rows": rows}
+    floors = [r["floor_us"] for r in rows]
+    return {"floor_us": statistics.median(floors), "floor_range_us": [min(floors), max(floors)], "rows": rows}
 
 
 def markdown(result: dict, meta: dict) -> str:
     lines = [f"# nnlib host cost: {meta['machine']}, {meta['date']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}, Python {meta['python']}. Kernel launches counted, "
-             "not run; times are our Python per call (median). Floor: an empty autograd.Function with one "
-             f"torch.empty, {result['floor_us']:.1f} us in this run. torch's counts: the same call in torch eager.",
+             "not run; times are our Python per call, the least of several repeats. Floor: an empty "
+             "autograd.Function with one torch.empty, timed alongside each case ("
+             f"{result['floor_range_us'][0]:.1f} to {result['floor_range_us'][1]:.1f} us in this run). torch's "
+             "counts: the same call in torch eager.",
              "", "| case | host us | floors | budget | Triton launches | other device ops | allocations | "
              "torch device ops | torch allocations |", "|---|---|---|---|---|---|---|---|---|"]
     for r in result["rows"]:
