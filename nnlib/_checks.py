@@ -361,16 +361,36 @@ def check_momentum(momentum, op: str) -> float:
     return float(momentum)
 
 
+_RUNNING_STATS = ("running_mean", "running_var")
+
+
 def check_norm_params(input, op: str, any_dtype: tuple = (), **params) -> None:
     """Parameters and running stats: tensors on input's device, all of one floating
     dtype, which is input's or, for fp16 / bf16 input, float32 (mixed precision),
-    as torch requires; the names in ``any_dtype`` may have any floating dtype."""
+    as torch requires; the names in ``any_dtype`` may have any floating dtype. One
+    pass accepts valid ones; anything else goes through the checks in torch's
+    order, which raise."""
+    device, grad = input.device, torch.is_grad_enabled()
+    allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
+    dtype = None
+    for name, t in params.items():
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor) or t.device != device or \
+                (grad and t.requires_grad and name in _RUNNING_STATS):
+            break
+        if name not in any_dtype:
+            if t.dtype not in allowed or dtype not in (None, t.dtype):
+                break
+            dtype = t.dtype
+    else:
+        return
     given = {name: t for name, t in params.items() if t is not None}
     for name, t in given.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
     check_same_device(op, input=input, **given)
-    for name in ("running_mean", "running_var"):
+    for name in _RUNNING_STATS:
         if name in given and given[name].requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"{op}(): '{name}' requires grad, but running statistics are not "
                                "differentiable; pass a tensor that does not require grad")

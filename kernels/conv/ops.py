@@ -579,7 +579,7 @@ def _padded_channels_last(t: torch.Tensor, pad_c: int) -> torch.Tensor:
     C are zero (a NaN-free filler for the multiply-adds with w's zero channels): one
     launch; t itself when it is that already."""
     N, C, H, W = t.shape
-    if C == pad_c and t.is_contiguous(memory_format=torch.channels_last):
+    if C == pad_c and _is_channels_last(t.shape, t.stride()):
         return t
     out = torch.empty((N, H, W, pad_c), dtype=t.dtype, device=t.device)
     # (the interpreter pays per element of a block: up to an image's pixels)

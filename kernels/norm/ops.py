@@ -66,7 +66,8 @@ def norm_statistics(x: torch.Tensor, running_mean: torch.Tensor | None, running_
     ``chan`` the channels (one stride each)."""
     N = math.prod(x.shape[:lead])
     num_stats = N * groups if per_sample else groups
-    mean, rstd = (torch.empty(num_stats, **_stats_options(x)) for _ in range(2))
+    mean = torch.empty(num_stats, device=x.device, dtype=torch.float32)
+    rstd = torch.empty(num_stats, device=x.device, dtype=torch.float32)
     if x.numel() == 0:
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
