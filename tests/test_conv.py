@@ -361,7 +361,7 @@ def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
         seen.setdefault(kernel_name(kernel_fn), []).append(kwargs.get("PIXEL_VEC"))
         return launch(kernel_fn, grid, *args, **kwargs)
     monkeypatch.setattr(ops, "launch", spy)
-    monkeypatch.setattr(ops, "_copied_to_channels_last", lambda t: True)
+    monkeypatch.setattr(ops, "_copied_to_channels_last", lambda t, copy_operands: True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     x, w, b = _inputs(2, 64, 4, 8, 48, (1, 1), 2, dtype, device)       # 32 pixels < PLANAR_MIN_PIXELS
     ours, reference = _conv_fns(1, 0, 1, 2, "relu")
@@ -375,21 +375,42 @@ def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
 
 def test_gemm_operands_copied_to_channels_last_on_a_gpu():
     """On a GPU an implicit-GEMM operand that is not channels_last is read through a
-    channels_last copy, except inside ``read_in_place`` (the benchmark's
-    alternative), which restores the copy on leaving (Operands of CUDA tensors:
-    no GPU needed)."""
+    channels_last copy, unless copies are off: inside ``read_in_place`` (the
+    benchmark's alternative), which restores them on leaving (Operands of CUDA
+    tensors: no GPU needed)."""
     from kernels.conv import ops
     shape, gpu = (2, 16, 5, 7), torch.device("cuda", 0)
     nchw = ops.Operand(shape, (560, 35, 7, 1), torch.float16, gpu, True)
     channels_last = ops.Operand(shape, (560, 1, 112, 16), torch.float16, gpu, True)
     assert nchw.channels_last() == channels_last
-    assert ops._gemm_read(nchw) == channels_last
-    assert ops._gemm_read(channels_last) is channels_last
+    assert ops._gemm_read(nchw, True) == channels_last
+    assert ops._gemm_read(channels_last, True) is channels_last
+    assert ops._gemm_read(nchw, False) is nchw
+    assert ops.Switches.now().copy_operands
     with ops.read_in_place():
-        assert ops._gemm_read(nchw) is nchw
-    assert ops._gemm_read(nchw) == channels_last
+        assert not ops.Switches.now().copy_operands
+    assert ops.Switches.now().copy_operands
     cpu = ops.Operand.of(torch.empty(shape))
-    assert ops._gemm_read(cpu) is cpu            # the interpreter reads every layout in place
+    assert ops._gemm_read(cpu, True) is cpu            # the interpreter reads every layout in place
+
+
+def test_operand_layouts_match_torch():
+    """The layouts plans compute for tensors a launch allocates or copies are the
+    ones torch gives: ``empty_like`` (strides kept for dense tensors, size-1 dims'
+    too; else the suggested format), channels_last copies, channels_last tests."""
+    from kernels.conv import ops
+    base = torch.empty(2 * 3 * 4 * 5 * 2)
+    views = [base[:120].view(2, 3, 4, 5), base[:120].view(2, 3, 4, 5).contiguous(memory_format=torch.channels_last),
+             base[:120].view(1, 6, 4, 5)[:, :, :, :].as_strided((1, 2, 2, 3), (6, 6, 3, 1)),
+             base.view(2, 3, 4, 10)[..., ::2], base[:120].view(2, 5, 4, 3).permute(0, 3, 2, 1),
+             base[:120].view(2, 4, 5, 3).permute(0, 3, 1, 2), base[:60].view(1, 3, 4, 5).expand(2, 3, 4, 5),
+             base[:24].view(1, 4, 3, 2).permute(0, 3, 2, 1)]
+    for t in views:
+        op = ops.Operand.of(t)
+        assert op.empty_like().strides == torch.empty_like(t).stride(), (t.shape, t.stride())
+        assert op.channels_last().strides == t.contiguous(memory_format=torch.channels_last).stride() or \
+            t.is_contiguous(memory_format=torch.channels_last)
+        assert op.is_channels_last() == t.is_contiguous(memory_format=torch.channels_last), (t.shape, t.stride())
 
 
 def test_descriptor_allocator_set_where_unset():

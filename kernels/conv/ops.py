@@ -39,7 +39,7 @@ The output is channels_last when torch suggests channels_last for the input or
 the weight (``kernels._runtime.memory_format_of``), as torch does.
 
 All of the above is decided once per layer's shapes, layouts and switches: each
-pass's launcher is a launch plan, cached (``_plan_key``).
+pass's launcher is a launch plan, cached ("Launch plans" below).
 """
 from __future__ import annotations
 
@@ -87,9 +87,10 @@ def output_size(size: int, kernel: int, stride: int, pad_before: int, pad_after:
     return (size + pad_before + pad_after - dilation * (kernel - 1) - 1) // stride + 1
 
 
-def _allow_tf32(dtype: torch.dtype) -> bool:
-    """fp32 follows cuDNN's tf32 switch; fp16 / bf16 always use tensor cores."""
-    return dtype != torch.float32 or bool(torch.backends.cudnn.allow_tf32)
+def _allow_tf32(dtype: torch.dtype, tf32: bool) -> bool:
+    """fp32 follows cuDNN's tf32 switch (``tf32``: its value, ``Switches``); fp16 /
+    bf16 always use tensor cores."""
+    return dtype != torch.float32 or tf32
 
 
 def _for_dtype(kernels, dtype: torch.dtype):
@@ -117,7 +118,7 @@ def read_in_place():
 class Operand(NamedTuple):
     """What a launch plan reads of a tensor: sizes, strides, dtype, device, and
     whether its data pointer is 16-byte aligned; part of the plan's key
-    (``_plan_key``). Also the layout of a tensor a launch will allocate or copy
+    ("Launch plans"). Also the layout of a tensor a launch will allocate or copy
     (``channels_last``, ``padded``, ``empty_like``: fresh storage is aligned)."""
     shape: tuple
     strides: tuple
@@ -142,9 +143,12 @@ class Operand(NamedTuple):
         return Operand(tuple(shape), strides, dtype, device, True)
 
     def empty_like(self) -> "Operand":
-        """The layout ``torch.empty_like`` gives a tensor of this one's."""
-        meta = torch.empty_strided(self.shape, self.strides, dtype=self.dtype, device="meta")
-        return Operand(self.shape, torch.empty_like(meta).stride(), self.dtype, self.device, True)
+        """The layout ``torch.empty_like`` gives a tensor of this one's: its strides
+        when it is non-overlapping and dense, else the memory format torch suggests
+        (as aten's empty_like; a meta tensor's would recompute size-1 dims' strides)."""
+        if _non_overlapping_and_dense(self.shape, self.strides):
+            return self._replace(aligned=True)
+        return Operand.empty(self.shape, self.dtype, self.device, memory_format_of(self.shape, self.strides))
 
     def channels_last(self) -> "Operand":
         """The layout of ``t.contiguous(memory_format=torch.channels_last)``."""
@@ -169,6 +173,17 @@ class Operand(NamedTuple):
         return _is_channels_last(self.shape, self.strides)
 
 
+def _non_overlapping_and_dense(shape, strides) -> bool:
+    """torch's ``is_non_overlapping_and_dense``: the dims of size >= 2, by increasing
+    stride, are each as far apart as the ones before hold elements."""
+    expected = 1
+    for size, stride in sorted(((n, s) for n, s in zip(shape, strides) if n >= 2), key=lambda d: d[1]):
+        if stride != expected:
+            return False
+        expected *= size
+    return True
+
+
 def _is_channels_last(shape, strides) -> bool:
     """``t.is_contiguous(memory_format=torch.channels_last)`` of a 4-D tensor of this
     shape and these strides: dense with strides growing through C, W, H, N (those
@@ -182,16 +197,17 @@ def _is_channels_last(shape, strides) -> bool:
     return True
 
 
-def _copied_to_channels_last(t) -> bool:
+def _copied_to_channels_last(t, copy_operands: bool) -> bool:
     """Whether an implicit-GEMM pass reads ``t`` (a tensor or an Operand) through a
-    channels_last copy: on a GPU, when it is not channels_last already, except
-    inside ``read_in_place`` (the interpreter reads every layout in place)."""
-    return t.device.type == "cuda" and _copy_operands and not _is_channels_last(t.shape, t.stride())
+    channels_last copy: on a GPU, when it is not channels_last already, unless
+    ``copy_operands`` is off (``read_in_place``; the interpreter reads every
+    layout in place)."""
+    return t.device.type == "cuda" and copy_operands and not _is_channels_last(t.shape, t.stride())
 
 
-def _gemm_read(t: Operand) -> Operand:
+def _gemm_read(t: Operand, copy_operands: bool) -> Operand:
     """The layout in which an implicit-GEMM pass reads ``t``."""
-    return t.channels_last() if _copied_to_channels_last(t) else t
+    return t.channels_last() if _copied_to_channels_last(t, copy_operands) else t
 
 
 def _read_copy(t: torch.Tensor, pad_c: int = 0) -> torch.Tensor:
@@ -328,21 +344,24 @@ def _unwritten_partials(device: torch.device) -> torch.Tensor:
 
 
 def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
-    """(grid, workspace) of a launch whose grid is (tiles(meta), groups, splits(meta))
-    and whose tiles reduce over steps(meta) k-steps (``cap(meta)`` bounds the
-    splits): the fp32 partials sized for the largest need among the configs the
-    launch tunes over."""
-    def splits(meta):
-        return _splits(device, tiles(meta) * groups, steps(meta), None if cap is None else cap(meta))
-
-    part_numel, ticket_count = 1, 1
+    """(grid, workspace) of a launch whose grid is (tiles(meta), groups, splits) and
+    whose tiles reduce over steps(meta) k-steps (``cap(meta)`` bounds the splits):
+    the splits of every config the launch tunes over, decided here (a config of
+    other blocks does not split), and the fp32 partials sized for the largest
+    need among them."""
+    part_numel, ticket_count, splits = 1, 1, {}
     for config in kernel.nnlib_configs_for({"VEC": vec}):
         meta = config.kwargs
-        if splits(meta) > 1:
+        blocks = meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]
+        splits[blocks] = _splits(device, tiles(meta) * groups, steps(meta), None if cap is None else cap(meta))
+        if splits[blocks] > 1:
             programs = tiles(meta) * groups
-            part_numel = max(part_numel, programs * splits(meta) * meta["BLOCK_M"] * meta["BLOCK_N"])
+            part_numel = max(part_numel, programs * splits[blocks] * meta["BLOCK_M"] * meta["BLOCK_N"])
             ticket_count = max(ticket_count, programs)
-    return (lambda meta: (tiles(meta), groups, splits(meta))), _Workspace(part_numel, ticket_count)
+
+    def grid(meta):
+        return tiles(meta), groups, splits.get((meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]), 1)
+    return grid, _Workspace(part_numel, ticket_count)
 
 
 def _direct_tiles(channels: int, pixels: int) -> tuple[int, int]:
@@ -430,20 +449,28 @@ class ConvGeometry:
 # What a pass's launcher decides (path, operand copies, output buffer, tiles,
 # VEC / PIXEL_VEC, descriptor path, split plan, the launch's scalar arguments)
 # depends only on its operands' Operands, the convolution's arguments and the
-# switches (``read_in_place``, cuDNN's tf32 flag for fp32). A launch plan is those
+# switches (``Switches``: ``read_in_place``, cuDNN's tf32 flag for fp32), which
+# the builders take as arguments and read nowhere else. A launch plan is those
 # decisions as a function of the tensors: run(a, b, c, ...) allocates the
-# output, makes the copies decided and launches. Plans are cached by all of
-# that (``_plan_key``), so a call repeating a layer's shapes and layouts
-# costs a key and a dict lookup before its launch.
+# output, makes the copies decided and launches. ``conv2d_forward`` /
+# ``conv2d_input_grad`` / ``conv2d_weight_grad`` cache plans by all of that (the
+# pass, its operands' ``Operand.fields``, the conv arguments, the switches), so a
+# call repeating a layer's shapes and layouts costs a key and a dict lookup
+# before its launch.
 
 _plans: dict = {}
 PLAN_CACHE_SIZE = 4096
 
 
-def _plan_key(pass_name: str, operands: tuple, conv: tuple, *extra) -> tuple:
-    """The cache key of a pass's launch plan: everything its decisions read (its
-    operands' ``Operand.fields``, the conv arguments, the switches, ``extra``)."""
-    return (pass_name, operands, conv, _copy_operands, _allow_tf32(operands[0][2]), *extra)
+class Switches(NamedTuple):
+    """The global switches a plan follows, read once per call (part of its key):
+    operand copies (off inside ``read_in_place``) and cuDNN's tf32 flag."""
+    copy_operands: bool
+    tf32: bool
+
+    @staticmethod
+    def now() -> "Switches":
+        return Switches(_copy_operands, torch.backends.cudnn.allow_tf32)
 
 
 def _store_plan(key: tuple, plan):
@@ -461,7 +488,7 @@ def _memory_format(*tensors):
             else torch.contiguous_format)
 
 
-def _forward_plan(x: Operand, w: Operand, has_bias: bool, geo: ConvGeometry, activation: int):
+def _forward_plan(x: Operand, w: Operand, has_bias: bool, geo: ConvGeometry, activation: int, switches: Switches):
     """run(x, w, b, negative_slope) -> y = act(conv(x, w) + b): (N, K, P, Q) in x's
     dtype, channels_last when x or w is."""
     fmt = _memory_format(x, w)
@@ -498,7 +525,7 @@ def _forward_plan(x: Operand, w: Operand, has_bias: bool, geo: ConvGeometry, act
         return run
     if path == "gemm" and fmt == torch.contiguous_format and _planar(geo, x) and _planar_grid_fits(geo):
         planar = _planar_plan(conv_planar_fwd, w, x, y, geo, geo.Kg, geo.Cg, (w.strides[0], w.strides[1]),
-                              has_bias, activation)
+                              has_bias, activation, switches.tf32)
 
         def run(x, w, b, negative_slope):
             y = new_output()
@@ -506,12 +533,13 @@ def _forward_plan(x: Operand, w: Operand, has_bias: bool, geo: ConvGeometry, act
             return y
         return run
     flat = path == "gemm-flat"
-    pad_c = _flat_padding(geo) if flat else 0
-    x_read, w_read = (x.padded(pad_c), w.padded(pad_c)) if pad_c else (_gemm_read(x), _gemm_read(w))
+    pad_c = _flat_padding(geo, switches.copy_operands) if flat else 0
+    x_read, w_read = ((x.padded(pad_c), w.padded(pad_c)) if pad_c else
+                      (_gemm_read(x, switches.copy_operands), _gemm_read(w, switches.copy_operands)))
     y_buffer, pixel_vec = _gemm_output(y, True)
     y_vec = [] if pixel_vec else [y_buffer]     # VEC: the channel-contiguous tensors
     vec = (_vec(y_vec, [geo.Kg]) if y_vec else 1) if flat else _vec([x_read, w_read, *y_vec], [geo.Cg, geo.Kg])
-    pixel_stride = None if flat else _descriptor_pixel_stride(geo, x_read, vec)
+    pixel_stride = None if flat else _descriptor_pixel_stride(geo, x_read, vec, switches.tf32)
     if pixel_stride is not None:        # 1x1: a plain GEMM, operands through tensor descriptors
         kernel = _for_dtype(conv_pointwise_fwd, x.dtype)
         args = (M, geo.P, geo.Q, geo.Cg, geo.Kg, pixel_stride, w_read.strides[0])
@@ -522,7 +550,8 @@ def _forward_plan(x: Operand, w: Operand, has_bias: bool, geo: ConvGeometry, act
                 *_gemm_strides(w_read))
         common.update(FLAT=flat, PAD_C=pad_c)
     args += _gemm_strides(y_buffer)
-    common.update(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+    common.update(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype, switches.tf32),
+                  DOT_UPCAST=dot_upcast())
 
     def tiles(meta):
         return cdiv(M, meta["BLOCK_M"]) * cdiv(geo.Kg, meta["BLOCK_N"])
@@ -552,7 +581,7 @@ def _forward_plan(x: Operand, w: Operand, has_bias: bool, geo: ConvGeometry, act
     return run
 
 
-def _flat_padding(geo: ConvGeometry) -> int:
+def _flat_padding(geo: ConvGeometry, copy_operands: bool) -> int:
     """PAD_C of a FLAT forward or weight gradient (part of their launch plans'
     keys): 4 when x (and the forward's w) are to be read as channels_last tensors
     of 4 channels, the real ones (up to 4: RGB) zero-padded
@@ -567,9 +596,9 @@ def _flat_padding(geo: ConvGeometry) -> int:
     Judged by that count (no GPU has timed it yet), the copies (a launch each;
     x's moves 7/3 of its bytes) are taken in every layout, channels_last
     included; the benchmark's "in-place" rows time the stems without them. 0
-    (as they are) for groups, column dilation, more channels or inside
-    ``read_in_place``."""
-    if geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 4 or not _copy_operands:
+    (as they are) for groups, column dilation, more channels or without
+    ``copy_operands`` (``read_in_place``)."""
+    if geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 4 or not copy_operands:
         return 0
     return 4
 
@@ -589,7 +618,7 @@ def _padded_channels_last(t: torch.Tensor, pad_c: int) -> torch.Tensor:
     return out.permute(0, 3, 1, 2)
 
 
-def _descriptor_pixel_stride(geo: ConvGeometry, a: torch.Tensor, vec: int) -> int | None:
+def _descriptor_pixel_stride(geo: ConvGeometry, a: Operand, vec: int, tf32: bool) -> int | None:
     """The one stride of the N*H*W pixels of ``a`` (x of a forward or a weight
     gradient, dy of an input gradient) when a 1x1 pass takes the tensor-descriptor
     GEMMs (``conv_pointwise_fwd`` / ``_dgrad`` / ``_wgrad``), else None. It takes
@@ -597,7 +626,7 @@ def _descriptor_pixel_stride(geo: ConvGeometry, a: torch.Tensor, vec: int) -> in
     1: the descriptors' alignment rules) and pixels at one stride that is a multiple
     of VEC; on a GPU, one with TMA (Hopper and later; before it the descriptors
     load as the implicit GEMM does)."""
-    if not (geo.pointwise and vec > 1 and (a.dtype != torch.float32 or _allow_tf32(a.dtype))):
+    if not (geo.pointwise and vec > 1 and _allow_tf32(a.dtype, tf32)):
         return None
     if a.device.type == "cuda" and not _has_tma(a.device.index):
         return None
@@ -624,7 +653,7 @@ def _use_descriptor_allocator(device: torch.device) -> None:
         triton.set_allocator(_descriptor_scratch)
 
 
-def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry):
+def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry, switches: Switches):
     """run(dy, w, x_like) -> dx (N, C, H, W) in ``torch.empty_like(x_like)``'s layout:
     the transposed convolution of dy."""
     if x_like.numel() == 0:
@@ -660,17 +689,17 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry
     if path == "gemm" and _planar(geo, dy, x_like) and _planar_grid_fits(geo):
         # dx's pixels at stride 1 as x_like's (or contiguous when x_like is not dense)
         planar = _planar_plan(conv_planar_dgrad, w, dy, dx, geo, geo.Cg, geo.Kg, (w.strides[1], w.strides[0]),
-                              False, 0)
+                              False, 0, switches.tf32)
 
         def run(dy, w, x_like):
             dx = torch.empty_like(x_like)
             planar(w, dy, None, dx, 0.0)
             return dx
         return run
-    dy_read, w_read = _gemm_read(dy), _gemm_read(w)
+    dy_read, w_read = _gemm_read(dy, switches.copy_operands), _gemm_read(w, switches.copy_operands)
     dx_buffer, pixel_vec = _gemm_output(dx, phases == 1)
     vec = _vec([dy_read, w_read] + ([] if pixel_vec else [dx_buffer]), [geo.Cg, geo.Kg])
-    pixel_stride = _descriptor_pixel_stride(geo, dy_read, vec)
+    pixel_stride = _descriptor_pixel_stride(geo, dy_read, vec, switches.tf32)
     kernel = _for_dtype(conv_dgrad_gemm if pixel_stride is None else conv_pointwise_dgrad, dy.dtype)
     taps = cdiv(geo.R, steps_rs[0]) * cdiv(geo.S, steps_rs[1])     # of the phase with the most
 
@@ -680,7 +709,8 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry
     def steps(meta):
         return taps * cdiv(geo.Kg, meta["BLOCK_K"])
     grid, workspace = _split_plan(kernel, vec, dy.device, tiles, geo.groups * phases, steps)
-    common = dict(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype), DOT_UPCAST=dot_upcast())
+    common = dict(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype, switches.tf32),
+                  DOT_UPCAST=dot_upcast())
     descriptors = pixel_stride is not None
     if descriptors:                     # 1x1: a plain GEMM, operands through tensor descriptors
         args = (m_max, geo.H, geo.W, geo.Cg, geo.Kg, pixel_stride, w_read.strides[0], *_gemm_strides(dx_buffer), 0.0)
@@ -706,7 +736,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry
     return run
 
 
-def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometry):
+def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometry, switches: Switches):
     """run(dy, x, w_like) -> dw (K, Cg, R, S) in w_like's memory format, written in
     the weight dtype by one launch: the reduction over the N*P*Q pixels is split
     (``_split_plan``) only as far as its fp32 partials, written and read once, stay
@@ -747,7 +777,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometr
             return dw
         return run
     if path == "gemm" and _planar(geo, dy, x):
-        planar = _planar_wgrad_plan(dy, x, dw, geo)
+        planar = _planar_wgrad_plan(dy, x, dw, geo, switches.tf32)
 
         def run(dy, x, w_like):
             dw = new_output()
@@ -755,15 +785,16 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometr
             return dw
         return run
     flat = path == "gemm-flat"
-    pad_c = _flat_padding(geo) if flat else 0
-    dy_read = _gemm_read(dy)
+    pad_c = _flat_padding(geo, switches.copy_operands) if flat else 0
+    dy_read = _gemm_read(dy, switches.copy_operands)
     dy_read = dy_read if _pixel_linear(dy_read) else dy.channels_last()
-    x_read = x.padded(pad_c) if pad_c else _gemm_read(x)
+    x_read = x.padded(pad_c) if pad_c else _gemm_read(x, switches.copy_operands)
     cols = (pad_c or geo.Cg) * geo.R * geo.S if flat else geo.Cg
     taps = 1 if flat else geo.R * geo.S
     vec = _vec([dy_read], [geo.Kg]) if flat else _vec([dy_read, x_read], [geo.Cg, geo.Kg])
     pixel_stride = merge_dims((geo.N, geo.P, geo.Q), dy_read.strides[:1] + dy_read.strides[2:])[1]
-    x_pixel_stride = None if flat or pixel_stride % vec else _descriptor_pixel_stride(geo, x_read, vec)
+    x_pixel_stride = None if flat or pixel_stride % vec else _descriptor_pixel_stride(geo, x_read, vec,
+                                                                                       switches.tf32)
     descriptors = x_pixel_stride is not None
     kernel = _for_dtype(conv_wgrad_flat if flat else conv_pointwise_wgrad if descriptors else conv_wgrad_gemm,
                         x.dtype)
@@ -781,7 +812,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometr
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
         return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
     grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups * taps, steps, cap)
-    common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+    common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype, switches.tf32), DOT_UPCAST=dot_upcast())
     if descriptors:                     # 1x1: a plain GEMM, operands through tensor descriptors
         args = (pixels, geo.Cg, geo.Kg, pixel_stride, x_pixel_stride, dw.strides[0], dw.strides[1])
     else:
@@ -802,7 +833,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometr
 
 
 def _planar_plan(tuned, w: Operand, src: Operand, out: Operand, geo: ConvGeometry, rows: int, reduction: int,
-                 w_strides, has_bias: bool, activation: int):
+                 w_strides, has_bias: bool, activation: int, tf32: bool):
     """run(w, src, b, out, negative_slope): out = act(b + A_g @ src) per image and
     group on the planar path: the forward (``conv_planar_fwd``, src = x, A = w:
     ``rows`` = Kg, ``reduction`` = Cg, ``w_strides`` = (row, reduction) strides of
@@ -813,7 +844,7 @@ def _planar_plan(tuned, w: Operand, src: Operand, out: Operand, geo: ConvGeometr
     args = (pixels, rows, reduction, geo.groups, geo.Kg * w.strides[0], *w_strides, src.strides[0], src.strides[1], 1,
             out.strides[0], out.strides[1], _pixel_stride(out))
     constexprs = dict(HAS_BIAS=has_bias, ACTIVATION=activation, VEC=_pixel_vec(src, out),
-                      ALLOW_TF32=_allow_tf32(src.dtype), DOT_UPCAST=dot_upcast())
+                      ALLOW_TF32=_allow_tf32(src.dtype, tf32), DOT_UPCAST=dot_upcast())
 
     def grid(meta):
         return cdiv(rows, meta["BLOCK_M"]) * cdiv(pixels, meta["BLOCK_N"]), geo.N * geo.groups
@@ -823,7 +854,7 @@ def _planar_plan(tuned, w: Operand, src: Operand, out: Operand, geo: ConvGeometr
     return run
 
 
-def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry):
+def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry, tf32: bool):
     """run(dy, x, dw): dw (K, Cg, 1, 1) of a planar 1x1 convolution, one launch, the
     N*H*W pixels split (``_split_plan``) as far as the partials stay below the
     inputs' bytes."""
@@ -843,7 +874,7 @@ def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry):
     grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups, steps, cap)
     args = (geo.N, pixels, geo.Cg, geo.Kg, dy.strides[0], dy.strides[1], 1, x.strides[0], x.strides[1], 1,
             dw.strides[0], dw.strides[1])
-    constexprs = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype), DOT_UPCAST=dot_upcast())
+    constexprs = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype, tf32), DOT_UPCAST=dot_upcast())
 
     def run(dy, x, dw):
         launch(kernel, grid, dy, x, dw, *workspace(x.device), *args, **constexprs)
@@ -900,12 +931,12 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, str
                    dilation: list[int], groups: int, activation: int, negative_slope: float) -> torch.Tensor:
     """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    fields = (Operand.fields(x), Operand.fields(w))
-    key = _plan_key("forward", fields, conv, b is None, activation)
+    fields, switches = (Operand.fields(x), Operand.fields(w)), Switches.now()
+    key = ("forward", fields, conv, switches, b is None, activation)
     plan = _plans.get(key)
     if plan is None:
         plan = _store_plan(key, _forward_plan(*(Operand(*f) for f in fields), b is not None,
-                                              geometry(x.shape, w.shape, *conv), activation))
+                                              geometry(x.shape, w.shape, *conv), activation, switches))
     return plan(x, w, b, float(negative_slope))
 
 
@@ -914,12 +945,12 @@ def conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, x_like: torch.Tensor, st
     """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q), in
     ``torch.empty_like(x_like)``'s layout (x_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    fields = (Operand.fields(g), Operand.fields(w), Operand.fields(x_like))
-    key = _plan_key("input_grad", fields, conv)
+    fields, switches = (Operand.fields(g), Operand.fields(w), Operand.fields(x_like)), Switches.now()
+    key = ("input_grad", fields, conv, switches)
     plan = _plans.get(key)
     if plan is None:
         plan = _store_plan(key, _input_grad_plan(*(Operand(*f) for f in fields),
-                                                 geometry(x_like.shape, w.shape, *conv)))
+                                                 geometry(x_like.shape, w.shape, *conv), switches))
     return plan(g, w, x_like)
 
 
@@ -928,12 +959,12 @@ def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, s
     """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and input
     x, in w_like's memory format (w_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    fields = (Operand.fields(g), Operand.fields(x), Operand.fields(w_like))
-    key = _plan_key("weight_grad", fields, conv)
+    fields, switches = (Operand.fields(g), Operand.fields(x), Operand.fields(w_like)), Switches.now()
+    key = ("weight_grad", fields, conv, switches)
     plan = _plans.get(key)
     if plan is None:
         plan = _store_plan(key, _weight_grad_plan(*(Operand(*f) for f in fields),
-                                                  geometry(x.shape, w_like.shape, *conv)))
+                                                  geometry(x.shape, w_like.shape, *conv), switches))
     return plan(g, x, w_like)
 
 
@@ -973,7 +1004,7 @@ def _forward_backward(ctx, dy):
     x, w, y = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_db = need_b and ctx.has_bias
-    if (need_x or need_w) and _copied_to_channels_last(dy):
+    if (need_x or need_w) and _copied_to_channels_last(dy, _copy_operands):
         geo = geometry(x.shape, w.shape, *_conv_args(ctx))
         if {geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"} and not _planar(geo, x, dy):
             dy = _read_copy(dy)         # one channels_last copy (on a GPU) serves both passes
