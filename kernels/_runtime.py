@@ -317,15 +317,17 @@ def needs_int64(*tensors: torch.Tensor) -> bool:
 # Argument checks shared by the ops (torch's exception classes)
 
 def check_same_device(op: str, **tensors: torch.Tensor | None) -> None:
-    named = [(n, t) for n, t in tensors.items() if t is not None]
-    if not named:
-        return
-    first_name, first = named[0]
-    for name, t in named[1:]:
-        if t.device != first.device:
+    """RuntimeError naming the first tensor not on the first one's device (None skipped)."""
+    first_name = first_device = None
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if first_device is None:
+            first_name, first_device = name, t.device
+        elif t.device != first_device:
             raise RuntimeError(
                 f"{op}(): expected all tensors to be on the same device, but '{name}' is on "
-                f"{t.device} and '{first_name}' is on {first.device}")
+                f"{t.device} and '{first_name}' is on {first_device}")
 
 
 # ---------------------------------------------------------------------------
