@@ -452,11 +452,10 @@ class ConvGeometry:
 # switches (``Switches``: ``read_in_place``, cuDNN's tf32 flag for fp32), which
 # the builders take as arguments and read nowhere else. A launch plan is those
 # decisions as a function of the tensors: run(a, b, c, ...) allocates the
-# output, makes the copies decided and launches. ``conv2d_forward`` /
-# ``conv2d_input_grad`` / ``conv2d_weight_grad`` cache plans by all of that (the
-# pass, its operands' ``Operand.fields``, the conv arguments, the switches), so a
-# call repeating a layer's shapes and layouts costs a key and a dict lookup
-# before its launch.
+# output, makes the copies decided and launches. ``_plan`` caches plans by all
+# of that (the pass's builder, its operands' ``Operand.fields``, the conv
+# arguments, the switches), so a call repeating a layer's shapes and layouts
+# costs a key and a dict lookup before its launch.
 
 _plans: dict = {}
 PLAN_CACHE_SIZE = 4096
@@ -473,11 +472,20 @@ class Switches(NamedTuple):
         return Switches(_copy_operands, torch.backends.cudnn.allow_tf32)
 
 
-def _store_plan(key: tuple, plan):
-    """``plan``, cached under ``key`` (the cache starts over when full)."""
-    if len(_plans) >= PLAN_CACHE_SIZE:
-        _plans.clear()
-    _plans[key] = plan
+def _plan(build, tensors: tuple, conv: tuple, x_shape, w_shape, *extra):
+    """The launch plan that ``build`` (a pass's builder) makes for ``tensors``, the
+    conv arguments ``conv`` (stride, padding, dilation, groups) and ``extra``:
+    cached under all of them and the switches, built on a miss from their
+    Operands, the geometry of ``x_shape`` / ``w_shape`` and the switches (the
+    cache starts over when full)."""
+    fields, switches = tuple([Operand.fields(t) for t in tensors]), Switches.now()
+    key = (build, fields, conv, switches, *extra)
+    plan = _plans.get(key)
+    if plan is None:
+        if len(_plans) >= PLAN_CACHE_SIZE:
+            _plans.clear()
+        plan = _plans[key] = build(*(Operand(*f) for f in fields), geometry(x_shape, w_shape, *conv), switches,
+                                   *extra)
     return plan
 
 
@@ -488,7 +496,7 @@ def _memory_format(*tensors):
             else torch.contiguous_format)
 
 
-def _forward_plan(x: Operand, w: Operand, has_bias: bool, geo: ConvGeometry, activation: int, switches: Switches):
+def _forward_plan(x: Operand, w: Operand, geo: ConvGeometry, switches: Switches, has_bias: bool, activation: int):
     """run(x, w, b, negative_slope) -> y = act(conv(x, w) + b): (N, K, P, Q) in x's
     dtype, channels_last when x or w is."""
     fmt = _memory_format(x, w)
@@ -931,12 +939,7 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, str
                    dilation: list[int], groups: int, activation: int, negative_slope: float) -> torch.Tensor:
     """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    fields, switches = (Operand.fields(x), Operand.fields(w)), Switches.now()
-    key = ("forward", fields, conv, switches, b is None, activation)
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _store_plan(key, _forward_plan(*(Operand(*f) for f in fields), b is not None,
-                                              geometry(x.shape, w.shape, *conv), activation, switches))
+    plan = _plan(_forward_plan, (x, w), conv, x.shape, w.shape, b is not None, activation)
     return plan(x, w, b, float(negative_slope))
 
 
@@ -945,13 +948,7 @@ def conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, x_like: torch.Tensor, st
     """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q), in
     ``torch.empty_like(x_like)``'s layout (x_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    fields, switches = (Operand.fields(g), Operand.fields(w), Operand.fields(x_like)), Switches.now()
-    key = ("input_grad", fields, conv, switches)
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _store_plan(key, _input_grad_plan(*(Operand(*f) for f in fields),
-                                                 geometry(x_like.shape, w.shape, *conv), switches))
-    return plan(g, w, x_like)
+    return _plan(_input_grad_plan, (g, w, x_like), conv, x_like.shape, w.shape)(g, w, x_like)
 
 
 def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, stride: list[int],
@@ -959,13 +956,7 @@ def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, s
     """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and input
     x, in w_like's memory format (w_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    fields, switches = (Operand.fields(g), Operand.fields(x), Operand.fields(w_like)), Switches.now()
-    key = ("weight_grad", fields, conv, switches)
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _store_plan(key, _weight_grad_plan(*(Operand(*f) for f in fields),
-                                                  geometry(x.shape, w_like.shape, *conv), switches))
-    return plan(g, x, w_like)
+    return _plan(_weight_grad_plan, (g, x, w_like), conv, x.shape, w_like.shape)(g, x, w_like)
 
 
 def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int, negative_slope: float,
