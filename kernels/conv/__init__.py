@@ -326,8 +326,9 @@ _DIRECT_EXPECT = {"forward": 17.5, "input_grad": 12.5, "weight_grad": 41}
 
 def _direct_cases():
     """The direct kernels (few channels per group) as a 3x3 stride-1 launch
-    specialises them, in bf16, channels_last (channel strides 1) and NCHW (column
-    strides 1), at the two GPU tiles of ``ops._direct_tiles``."""
+    specialises them, channels_last (channel strides 1) and NCHW (column strides
+    1): bf16 at the two GPU tiles of ``ops._direct_tiles`` (with the SASS budgets),
+    fp32 at its 32-channel tile (spill-free; its tiles hold half the elements)."""
     cases = []
     for layout, units in (("channels_last", dict(x="c", y="c", w="c", dy="k", dx="c", dw="c")),
                           ("nchw", dict(x="w", y="w", w="s", dy="q", dx="w", dw="s"))):
@@ -337,24 +338,25 @@ def _direct_cases():
                     {n: 1 for n in names if n.endswith(units[prefix])})
         (xs, x1), (ys, y1), (ws, w1) = strides("x", "nchw"), strides("y", "nchw"), strides("w", "kcrs")
         (dys, dy1), (dxs, dx1), (dws, dw1) = strides("dy", "nkpq"), strides("dx", "nchw"), strides("dw", "kcrs")
-        for block_m, block_n in ((32, 32), (256, 4)):
+        for dt, block_m, block_n in (("bf16", 32, 32), ("bf16", 256, 4), ("fp32", 16, 32)):
             direct = dict(BLOCK_M=block_m, BLOCK_N=block_n, **_3X3_STRIDE_1)
-            label = f"bf16,{layout},{block_m}x{block_n}"
-            sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
+            label = f"{dt},{layout},{block_m}x{block_n}"
+            expect = {name: {"max_loop_instructions_per_ffma": budget} if dt == "bf16" else {}
+                      for name, budget in _DIRECT_EXPECT.items()}
+            sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **xs, **ws, **ys, "negative_slope": "fp32"}
             cases.append(CompileCase(_conv_fwd_direct_kernel, sig,
                                      dict(HAS_BIAS=True, ACTIVATION=ACT_LEAKY_RELU.value, **x1, **w1, **y1, **direct),
-                                     label=label, expect={"max_loop_instructions_per_ffma": _DIRECT_EXPECT["forward"]}))
-            sig = {"dy_ptr": "*bf16", "w_ptr": "*bf16", "dx_ptr": "*bf16",
+                                     label=label, expect=expect["forward"]))
+            sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
                    **_ints(*_DIMS, "C", "Cg", "Kg", "R", "S"), **dys, **ws, **dxs}
             cases.append(CompileCase(_conv_dgrad_direct_kernel, sig,
                                      dict(step_r=1, step_s=1, **dy1, **w1, **dx1, **direct), label=label,
-                                     expect={"max_loop_instructions_per_ffma": _DIRECT_EXPECT["input_grad"]}))
-            sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": "*bf16", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+                                     expect=expect["input_grad"]))
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **dys, **xs, **dws}
             cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **dy1, **x1, **dw1, **direct),
-                                     label=label,
-                                     expect={"max_loop_instructions_per_ffma": _DIRECT_EXPECT["weight_grad"]}))
+                                     label=label, expect=expect["weight_grad"]))
     return cases
 
 

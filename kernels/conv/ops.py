@@ -364,17 +364,19 @@ def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, step
     return grid, _Workspace(part_numel, ticket_count)
 
 
-def _direct_tiles(channels: int, pixels: int) -> tuple[int, int]:
+def _direct_tiles(channels: int, pixels: int, element_size: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) of the direct kernels over ``pixels`` rows: up to 32
-    channels by pixels for a 1024-element tile on a GPU (their strided 2-D gathers
-    hold an int64 offset per element); under the interpreter, which pays per
-    element of a block, up to 64 channels and 16x the elements, at most
-    ``pixels`` rounded up to a power of two."""
+    channels by pixels for a 2 KB tile on a GPU, 1024 elements of 2 bytes or 512 of
+    4 (their strided 2-D gathers hold an int64 offset per element: 1024 fp32 ones
+    took 128 registers and a spill in the input gradient on sm_80 under triton
+    3.9); under the interpreter, which pays per element of a block, up to 64
+    channels and 16x the 2-byte elements, at most ``pixels`` rounded up to a power
+    of two."""
     if interpreting():
         block_n = min(next_power_of_2(max(channels, 1)), 64)
         return min(1024, 16384 // block_n, max(next_power_of_2(pixels), 16)), block_n
     block_n = min(next_power_of_2(max(channels, 1)), 32)
-    return 1024 // block_n, block_n
+    return 2048 // element_size // block_n, block_n
 
 
 def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: bool, kernel_width: int,
@@ -519,7 +521,7 @@ def _forward_plan(x: Operand, w: Operand, geo: ConvGeometry, switches: Switches,
             common.update(R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
                           INDEX_64=_image_needs_int64(geo, x, y))
         else:
-            block_m, block_n = _direct_tiles(geo.K, M)
+            block_m, block_n = _direct_tiles(geo.K, M, x.element_size())
             kernel, grid = _conv_fwd_direct_kernel, (cdiv(M, block_m), cdiv(geo.K, block_n))
             args = (*geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *x.strides, *w.strides,
                     *y.strides)
@@ -683,7 +685,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry
             constexprs = dict(R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
                               INDEX_64=_image_needs_int64(geo, dy, dx))
         else:
-            block_m, block_n = _direct_tiles(geo.C, m_max)
+            block_m, block_n = _direct_tiles(geo.C, m_max, dy.element_size())
             kernel, grid = _conv_dgrad_direct_kernel, (cdiv(m_max, block_m), cdiv(geo.C, block_n), phases)
             args = (*geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs, *dy.strides,
                     *w.strides, *dx.strides)
@@ -770,7 +772,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometr
             constexprs = dict(R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
                               INDEX_64=_image_needs_int64(geo, dy, x))
         else:
-            block_m, block = _direct_tiles(geo.K, pixels)
+            block_m, block = _direct_tiles(geo.K, pixels, x.element_size())
             programs = geo.Cg * cdiv(geo.K, block)
             splits = _splits(x.device, programs, cdiv(pixels, block_m))
             kernel = _conv_wgrad_direct_kernel
