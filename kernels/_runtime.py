@@ -248,19 +248,57 @@ def memory_format_of(shape, strides) -> torch.memory_format:
     return torch.channels_last if rank == 4 else torch.channels_last_3d
 
 
-def is_dense(t: torch.Tensor) -> bool:
-    """True when ``t`` covers exactly ``numel`` consecutive elements of storage in
-    some dim order (contiguous, channels_last, any permutation): an elementwise
-    kernel can then run over the flat storage without a copy."""
-    if t.numel() <= 1:
+def empty_like_strides(shape, strides) -> tuple:
+    """The strides ``torch.empty_like`` gives a strided tensor of ``shape`` /
+    ``strides`` (aten's rule): its own when it is non-overlapping and dense, else
+    dense strides in the order of its own (aten's infer_dense_strides: the dims
+    sorted innermost first by a stable insertion sort on their strides, where a
+    stride of 0 compares with nothing and, of equal strides, the smaller dim goes
+    first)."""
+    if non_overlapping_and_dense(shape, strides):
+        return tuple(strides)
+
+    def order(a: int, b: int) -> int:           # > 0: dim a goes after dim b
+        if strides[a] == 0 or strides[b] == 0:
+            return 0
+        if strides[a] != strides[b]:
+            return 1 if strides[a] > strides[b] else -1
+        return 1 if shape[a] > shape[b] else 0
+    dims = list(range(len(shape)))[::-1]
+    for i in range(1, len(dims)):
+        moving = i
+        for j in range(i - 1, -1, -1):
+            step = order(dims[j], dims[moving])
+            if step > 0:
+                dims[j], dims[moving] = dims[moving], dims[j]
+                moving = j
+            elif step < 0:
+                break
+    out, stride = [0] * len(shape), 1
+    for d in dims:
+        out[d] = stride
+        stride *= max(shape[d], 1)
+    return tuple(out)
+
+
+def non_overlapping_and_dense(shape, strides) -> bool:
+    """torch's ``is_non_overlapping_and_dense``: no elements, or the dims of size >= 2,
+    by increasing stride, each as far apart as the ones before hold elements."""
+    if 0 in shape:
         return True
-    dims = sorted((s, n) for s, n in zip(t.stride(), t.shape) if n != 1)
     expected = 1
-    for stride, size in dims:
+    for size, stride in sorted(((n, s) for n, s in zip(shape, strides) if n >= 2), key=lambda d: d[1]):
         if stride != expected:
             return False
         expected *= size
     return True
+
+
+def is_dense(t: torch.Tensor) -> bool:
+    """True when ``t`` covers exactly ``numel`` consecutive elements of storage in
+    some dim order (contiguous, channels_last, any permutation): an elementwise
+    kernel can then run over the flat storage without a copy."""
+    return t.numel() <= 1 or non_overlapping_and_dense(t.shape, t.stride())
 
 
 def merge_dims(sizes, strides):

@@ -396,21 +396,41 @@ def test_gemm_operands_copied_to_channels_last_on_a_gpu():
 
 def test_operand_layouts_match_torch():
     """The layouts plans compute for tensors a launch allocates or copies are the
-    ones torch gives: ``empty_like`` (strides kept for dense tensors, size-1 dims'
-    too; else the suggested format), channels_last copies, channels_last tests."""
+    ones torch gives, on 3000 random 4-D views (permuted, sliced, expanded, size-1
+    and size-0 dims): ``empty_like`` (a dense tensor's own strides, size-1 dims'
+    too; else dense ones in its stride order), channels_last copies and tests."""
     from kernels.conv import ops
-    base = torch.empty(2 * 3 * 4 * 5 * 2)
-    views = [base[:120].view(2, 3, 4, 5), base[:120].view(2, 3, 4, 5).contiguous(memory_format=torch.channels_last),
-             base[:120].view(1, 6, 4, 5)[:, :, :, :].as_strided((1, 2, 2, 3), (6, 6, 3, 1)),
-             base.view(2, 3, 4, 10)[..., ::2], base[:120].view(2, 5, 4, 3).permute(0, 3, 2, 1),
-             base[:120].view(2, 4, 5, 3).permute(0, 3, 1, 2), base[:60].view(1, 3, 4, 5).expand(2, 3, 4, 5),
-             base[:24].view(1, 4, 3, 2).permute(0, 3, 2, 1)]
-    for t in views:
+    gen = torch.Generator().manual_seed(0)
+
+    def randint(low, high):
+        return int(torch.randint(low, high, (), generator=gen))
+    for _ in range(3000):
+        shape = [randint(0, 4) if randint(0, 12) == 0 else randint(1, 5) for _ in range(4)]
+        steps = [randint(1, 3) for _ in range(4)]
+        t = torch.empty([n * s for n, s in zip(shape, steps)])[tuple(slice(None, None, s) for s in steps)]
+        t = t.permute(*torch.randperm(4, generator=gen).tolist())
+        dim = randint(0, 4)
+        if randint(0, 4) == 0 and t.shape[dim]:
+            t = t.narrow(dim, 0, 1).expand(*t.shape[:dim], 3, *t.shape[dim + 1:])
         op = ops.Operand.of(t)
         assert op.empty_like().strides == torch.empty_like(t).stride(), (t.shape, t.stride())
-        assert op.channels_last().strides == t.contiguous(memory_format=torch.channels_last).stride() or \
-            t.is_contiguous(memory_format=torch.channels_last)
         assert op.is_channels_last() == t.is_contiguous(memory_format=torch.channels_last), (t.shape, t.stride())
+        if not op.is_channels_last():
+            assert op.channels_last().strides == t.contiguous(memory_format=torch.channels_last).stride()
+
+
+def test_input_gradient_of_strided_inputs(device):
+    """dx in ``torch.empty_like(x)``'s layout for inputs whose stride order is not
+    a memory format's (a transposed slice, an expanded batch, a permuted slice):
+    the input gradient's launch plan writes through the strides torch gives dx.
+    Against float64, on the implicit-GEMM and direct paths."""
+    base = torch.randn(2, 16, 7, 6)
+    views = [base.transpose(2, 3)[:, :, 1:], torch.randn(1, 5, 5, 16).permute(0, 3, 1, 2).expand(3, 16, 5, 5),
+             torch.randn(4, 2, 16, 10)[..., ::2].permute(1, 2, 0, 3), torch.randn(4, 2, 3, 10)[..., ::2].permute(1, 2, 0, 3)]
+    for x in views:
+        x = x.to(device).requires_grad_(True)
+        w = (torch.randn(16, x.shape[1], 3, 3) / 12).to(device).requires_grad_(True)
+        check_op(lambda x, w: F.conv2d(x, w, None, 1, 1), lambda x, w: TF.conv2d(x, w, None, 1, 1), [x, w], "conv")
 
 
 def test_descriptor_allocator_set_where_unset():
@@ -500,15 +520,24 @@ def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, dev
     inside rows and images."""
     from kernels.conv import _gemm, ops
     for tuned in (*_gemm.conv_wgrad_gemm, *_gemm.conv_wgrad_flat):
-        config = tuned.configs[0]
-        monkeypatch.setattr(tuned, "configs", [triton.Config({**config.kwargs, "BLOCK_K": 16}, num_warps=4)])
+        configs = [triton.Config({**tuned.configs[0].kwargs, "BLOCK_K": 16}, num_warps=4)]
+        monkeypatch.setattr(tuned, "configs", configs)
+        monkeypatch.setattr(tuned, "nnlib_configs_for", lambda constexprs, capability=None, configs=configs: configs)
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: splits)
+    launched_splits, launch = [], ops.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel_name(kernel) == "_conv_wgrad_gemm_kernel":
+            launched_splits.append(grid(kernel.configs[0].kwargs)[2])
+        return launch(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(ops, "launch", spy)
     x = make_input((N, C, H, W), torch.float32, device, "channels_last" if layout == "in-place" else layout)
     w = (torch.randn(16, C, 3, 3) / 12).to(device).requires_grad_(True)
     with ops.read_in_place() if layout == "in-place" else contextlib.nullcontext():
         y = F.conv2d(x, w, None, stride, padding)
         g = torch.randn_like(y)
         (dw,) = torch.autograd.grad(y, (w,), g)
+    assert launched_splits == [splits], launched_splits
     wr = w.detach().double().cpu().requires_grad_(True)
     (dwr,) = torch.autograd.grad(TF.conv2d(x.double().cpu(), wr, None, stride, padding), (wr,), g.double().cpu())
     assert_close(dw, dwr, torch.float32, "conv")

@@ -327,8 +327,8 @@ _DIRECT_EXPECT = {"forward": 17.5, "input_grad": 12.5, "weight_grad": 41}
 def _direct_cases():
     """The direct kernels (few channels per group) as a 3x3 stride-1 launch
     specialises them, channels_last (channel strides 1) and NCHW (column strides
-    1): bf16 at the two GPU tiles of ``ops._direct_tiles`` (with the SASS budgets),
-    fp32 at its 32-channel tile (spill-free; its tiles hold half the elements)."""
+    1), at the two GPU tiles of ``ops._direct_tiles`` (32 and 4 channels wide): bf16
+    with the SASS budgets, fp32 (tiles of half the elements) spill-free."""
     cases = []
     for layout, units in (("channels_last", dict(x="c", y="c", w="c", dy="k", dx="c", dw="c")),
                           ("nchw", dict(x="w", y="w", w="s", dy="q", dx="w", dw="s"))):
@@ -338,7 +338,7 @@ def _direct_cases():
                     {n: 1 for n in names if n.endswith(units[prefix])})
         (xs, x1), (ys, y1), (ws, w1) = strides("x", "nchw"), strides("y", "nchw"), strides("w", "kcrs")
         (dys, dy1), (dxs, dx1), (dws, dw1) = strides("dy", "nkpq"), strides("dx", "nchw"), strides("dw", "kcrs")
-        for dt, block_m, block_n in (("bf16", 32, 32), ("bf16", 256, 4), ("fp32", 16, 32)):
+        for dt, block_m, block_n in (("bf16", 32, 32), ("bf16", 256, 4), ("fp32", 16, 32), ("fp32", 128, 4)):
             direct = dict(BLOCK_M=block_m, BLOCK_N=block_n, **_3X3_STRIDE_1)
             label = f"{dt},{layout},{block_m}x{block_n}"
             expect = {name: {"max_loop_instructions_per_ffma": budget} if dt == "bf16" else {}

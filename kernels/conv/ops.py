@@ -54,8 +54,8 @@ from triton.runtime import _allocation as triton_allocation
 
 from .._library import Operator
 from .._reduce import tickets
-from .._runtime import (cdiv, dot_upcast, interpreting, launch, memory_format_of, merge_dims, next_power_of_2,
-                        offsets_need_int64)
+from .._runtime import (cdiv, dot_upcast, empty_like_strides, interpreting, launch, memory_format_of, merge_dims,
+                        next_power_of_2, offsets_need_int64)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
@@ -143,12 +143,10 @@ class Operand(NamedTuple):
         return Operand(tuple(shape), strides, dtype, device, True)
 
     def empty_like(self) -> "Operand":
-        """The layout ``torch.empty_like`` gives a tensor of this one's: its strides
-        when it is non-overlapping and dense, else the memory format torch suggests
-        (as aten's empty_like; a meta tensor's would recompute size-1 dims' strides)."""
-        if _non_overlapping_and_dense(self.shape, self.strides):
-            return self._replace(aligned=True)
-        return Operand.empty(self.shape, self.dtype, self.device, memory_format_of(self.shape, self.strides))
+        """The layout ``torch.empty_like`` gives a tensor of this one's
+        (``kernels._runtime.empty_like_strides``; a meta tensor's would recompute
+        size-1 dims' strides)."""
+        return self._replace(strides=empty_like_strides(self.shape, self.strides), aligned=True)
 
     def channels_last(self) -> "Operand":
         """The layout of ``t.contiguous(memory_format=torch.channels_last)``."""
@@ -171,17 +169,6 @@ class Operand(NamedTuple):
 
     def is_channels_last(self) -> bool:
         return _is_channels_last(self.shape, self.strides)
-
-
-def _non_overlapping_and_dense(shape, strides) -> bool:
-    """torch's ``is_non_overlapping_and_dense``: the dims of size >= 2, by increasing
-    stride, are each as far apart as the ones before hold elements."""
-    expected = 1
-    for size, stride in sorted(((n, s) for n, s in zip(shape, strides) if n >= 2), key=lambda d: d[1]):
-        if stride != expected:
-            return False
-        expected *= size
-    return True
 
 
 def _is_channels_last(shape, strides) -> bool:
@@ -346,8 +333,8 @@ def _unwritten_partials(device: torch.device) -> torch.Tensor:
 def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
     """(grid, workspace) of a launch whose grid is (tiles(meta), groups, splits) and
     whose tiles reduce over steps(meta) k-steps (``cap(meta)`` bounds the splits):
-    the splits of every config the launch tunes over, decided here (a config of
-    other blocks does not split), and the fp32 partials sized for the largest
+    the splits of every config the launch tunes over, decided here (the grid looks
+    them up by the config's blocks), and the fp32 partials sized for the largest
     need among them."""
     part_numel, ticket_count, splits = 1, 1, {}
     for config in kernel.nnlib_configs_for({"VEC": vec}):
@@ -360,7 +347,7 @@ def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, step
             ticket_count = max(ticket_count, programs)
 
     def grid(meta):
-        return tiles(meta), groups, splits.get((meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]), 1)
+        return tiles(meta), groups, splits[meta["BLOCK_M"], meta["BLOCK_N"], meta["BLOCK_K"]]
     return grid, _Workspace(part_numel, ticket_count)
 
 
