@@ -148,6 +148,11 @@ class Operand(NamedTuple):
         size-1 dims' strides)."""
         return self._replace(strides=empty_like_strides(self.shape, self.strides), aligned=True)
 
+    def allocator(self):
+        """A function that allocates a tensor of exactly this layout (a plan's outputs
+        and buffers: what it launches with is what it decided)."""
+        return functools.partial(torch.empty_strided, self.shape, self.strides, dtype=self.dtype, device=self.device)
+
     def channels_last(self) -> "Operand":
         """The layout of ``t.contiguous(memory_format=torch.channels_last)``."""
         return Operand.empty(self.shape, self.dtype, self.device, torch.channels_last)
@@ -488,12 +493,11 @@ def _memory_format(*tensors):
 def _forward_plan(x: Operand, w: Operand, geo: ConvGeometry, switches: Switches, has_bias: bool, activation: int):
     """run(x, w, b, negative_slope) -> y = act(conv(x, w) + b): (N, K, P, Q) in x's
     dtype, channels_last when x or w is."""
-    fmt = _memory_format(x, w)
-    shape = (geo.N, geo.K, geo.P, geo.Q)
-    new_output = functools.partial(torch.empty, shape, dtype=x.dtype, device=x.device, memory_format=fmt)
+    fmt, shape = _memory_format(x, w), (geo.N, geo.K, geo.P, geo.Q)
+    y = Operand.empty(shape, x.dtype, x.device, fmt)
+    new_output = y.allocator()
     if 0 in shape:
         return lambda x, w, b, negative_slope: new_output()
-    y = Operand.empty(shape, x.dtype, x.device, fmt)
     M = geo.N * geo.P * geo.Q
     common = dict(HAS_BIAS=has_bias, ACTIVATION=activation)
     path = geo.paths["forward"]
@@ -559,10 +563,7 @@ def _forward_plan(x: Operand, w: Operand, geo: ConvGeometry, switches: Switches,
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
     grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups, steps)
     descriptors = pixel_stride is not None
-    buffered = y_buffer is not y
-    new_buffer = functools.partial(torch.empty, shape, dtype=x.dtype, device=x.device,
-                                   memory_format=torch.channels_last)
-
+    buffered, new_buffer = y_buffer is not y, y_buffer.allocator()
     copy_x, copy_w = x_read is not x, w_read is not w
 
     def run(x, w, b, negative_slope):
@@ -656,6 +657,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry
     if x_like.numel() == 0:
         return lambda dy, w, x_like: torch.empty_like(x_like)
     dx = x_like.empty_like()
+    new_output = dx.allocator()
     (stride_h, stride_w), (dil_h, dil_w) = geo.stride, geo.dilation
     steps_rs = (_step(stride_h, dil_h), _step(stride_w, dil_w))
     m_max = geo.N * cdiv(geo.H, stride_h) * cdiv(geo.W, stride_w)      # pixels of the largest phase
@@ -679,17 +681,16 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry
             constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n)
 
         def run(dy, w, x_like):
-            dx = torch.empty_like(x_like)
+            dx = new_output()
             launch(kernel, grid, dy, w, dx, *args, num_warps=4, **constexprs)
             return dx
         return run
-    if path == "gemm" and _planar(geo, dy, x_like) and _planar_grid_fits(geo):
-        # dx's pixels at stride 1 as x_like's (or contiguous when x_like is not dense)
+    if path == "gemm" and _planar(geo, dy, dx) and _planar_grid_fits(geo):
         planar = _planar_plan(conv_planar_dgrad, w, dy, dx, geo, geo.Cg, geo.Kg, (w.strides[1], w.strides[0]),
                               False, 0, switches.tf32)
 
         def run(dy, w, x_like):
-            dx = torch.empty_like(x_like)
+            dx = new_output()
             planar(w, dy, None, dx, 0.0)
             return dx
         return run
@@ -716,13 +717,12 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry
         args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs, *_gemm_strides(dy_read),
                 *_gemm_strides(w_read), *_gemm_strides(dx_buffer))
     copy_dy, copy_w, buffered = dy_read is not dy, w_read is not w, dx_buffer is not dx
-    new_buffer = functools.partial(torch.empty, dx.shape, dtype=dx.dtype, device=dx.device,
-                                   memory_format=torch.channels_last)
+    new_buffer = dx_buffer.allocator()
 
     def run(dy, w, x_like):
         dy = _read_copy(dy) if copy_dy else dy
         w = _read_copy(w) if copy_w else w
-        out = torch.empty_like(x_like)
+        out = new_output()
         dx = new_buffer() if buffered else out
         if descriptors:
             _use_descriptor_allocator(dy.device)
@@ -738,12 +738,10 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometr
     the weight dtype by one launch: the reduction over the N*P*Q pixels is split
     (``_split_plan``) only as far as its fp32 partials, written and read once, stay
     below the bytes of dy and x."""
-    fmt = _memory_format(w_like)
-    new_output = functools.partial(torch.empty, w_like.shape, dtype=w_like.dtype, device=w_like.device,
-                                   memory_format=fmt)
+    dw = Operand.empty(w_like.shape, w_like.dtype, w_like.device, _memory_format(w_like))
+    new_output = dw.allocator()
     if w_like.numel() == 0:
         return lambda dy, x, w_like: new_output()
-    dw = Operand.empty(w_like.shape, w_like.dtype, w_like.device, fmt)
     pixels = geo.N * geo.P * geo.Q
     path = geo.paths["weight_grad"]
     if path in ("depthwise", "direct"):
