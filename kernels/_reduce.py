@@ -63,6 +63,7 @@ def sum_splits(acc, part_ptr, ticket_ptr, TILE_M: tl.constexpr, TILE_N: tl.const
 
 
 _TICKETS: dict = {}
+_OUTGROWN: list = []    # ticket buffers replaced by larger ones, kept alive (see ``tickets``)
 
 
 def tickets(device: torch.device, count: int) -> torch.Tensor:
@@ -70,11 +71,14 @@ def tickets(device: torch.device, count: int) -> torch.Tensor:
     zero between launches: the last program of each ticket resets the counter it
     used. One buffer per device and stream (launches on one stream run in order, so
     two never share counters at once), zero-filled once when it is created or
-    grown, never per call."""
+    grown, never per call. A buffer outgrown is kept, not freed: a CUDA graph
+    captured before the growth still launches on it."""
     stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
     key = (str(device), stream)
     buf = _TICKETS.get(key)
     if buf is None or buf.numel() < count:
+        if buf is not None:
+            _OUTGROWN.append(buf)
         size = max(count, 4096, 2 * (0 if buf is None else buf.numel()))
         buf = torch.zeros(size, dtype=torch.int32, device=device)
         _TICKETS[key] = buf

@@ -114,3 +114,18 @@ def test_backend_and_fallback(device):
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_outgrown_ticket_buffers_stay_alive():
+    """A ticket buffer replaced by a larger one is kept alive (a CUDA graph captured
+    before the growth still launches on it), zero, and the new one is zero too."""
+    import weakref
+    from kernels import _reduce
+    device = torch.device("cpu")
+    first = _reduce.tickets(device, 1)
+    alive = weakref.ref(first)
+    grown = _reduce.tickets(device, first.numel() + 1)
+    assert grown.numel() > first.numel() and grown.data_ptr() != first.data_ptr()
+    del first
+    assert alive() is not None and not alive().any() and not grown.any()
+    assert _reduce.tickets(device, 1) is grown
