@@ -172,21 +172,14 @@ class Operand(NamedTuple):
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    def is_contiguous(self, memory_format=torch.contiguous_format) -> bool:
+        """The tensor's ``is_contiguous`` (torch's rule, asked of a meta tensor of this
+        layout: plans are built once)."""
+        meta = torch.empty_strided(self.shape, self.strides, dtype=self.dtype, device="meta")
+        return meta.is_contiguous(memory_format=memory_format)
+
     def is_channels_last(self) -> bool:
-        return _is_channels_last(self.shape, self.strides)
-
-
-def _is_channels_last(shape, strides) -> bool:
-    """``t.is_contiguous(memory_format=torch.channels_last)`` of a 4-D tensor of this
-    shape and these strides: dense with strides growing through C, W, H, N (those
-    of size-1 dims free)."""
-    expected = 1
-    for dim in (1, 3, 2, 0):
-        if shape[dim] != 1:
-            if strides[dim] != expected:
-                return False
-            expected *= shape[dim]
-    return True
+        return self.is_contiguous(memory_format=torch.channels_last)
 
 
 def _copied_to_channels_last(t, copy_operands: bool) -> bool:
@@ -194,7 +187,7 @@ def _copied_to_channels_last(t, copy_operands: bool) -> bool:
     channels_last copy: on a GPU, when it is not channels_last already, unless
     ``copy_operands`` is off (``read_in_place``; the interpreter reads every
     layout in place)."""
-    return t.device.type == "cuda" and copy_operands and not _is_channels_last(t.shape, t.stride())
+    return t.device.type == "cuda" and copy_operands and not t.is_contiguous(memory_format=torch.channels_last)
 
 
 def _gemm_read(t: Operand, copy_operands: bool) -> Operand:
@@ -606,7 +599,7 @@ def _padded_channels_last(t: torch.Tensor, pad_c: int) -> torch.Tensor:
     C are zero (a NaN-free filler for the multiply-adds with w's zero channels): one
     launch; t itself when it is that already."""
     N, C, H, W = t.shape
-    if C == pad_c and _is_channels_last(t.shape, t.stride()):
+    if C == pad_c and t.is_contiguous(memory_format=torch.channels_last):
         return t
     out = torch.empty((N, H, W, pad_c), dtype=t.dtype, device=t.device)
     # (the interpreter pays per element of a block: up to an image's pixels)
