@@ -10,8 +10,9 @@ helpers that every op shares.
   compile test. ``NNLIB_AUTOTUNE=0`` in the environment makes GPU runs use the
   first config of each list too (correctness runs that must not spend minutes
   tuning: bench/gpu_check.sh's test step).
-* ``launch(kernel, grid, *args, **kwargs)``: every launch goes through here and
-  is counted, so tests can prove that a Triton kernel ran; ``dry_run()``
+* ``launch(kernel, grid, *args, **kwargs)``: every launch goes through here (or
+  through a launcher ``bind`` made, for plans that fix a launch's arguments once)
+  and is counted, so tests can prove that a Triton kernel ran; ``dry_run()``
   counts launches without running them (the host benchmark times our Python).
 * ``DOT_UPCAST``: pass as a constexpr to kernels that ``tl.dot`` bf16 tiles;
   the interpreter's bf16 dot is wrong, so they upcast to fp32 there.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,7 +30,8 @@ import torch
 import triton
 
 __all__ = [
-    "interpreting", "backend", "autotune", "for_gpus", "launch", "LaunchCounter", "count_launches", "dry_run",
+    "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "kernel_parameters", "LaunchCounter",
+    "count_launches", "dry_run",
     "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
     "check_same_device", "CompileCase",
@@ -155,11 +158,22 @@ _counters: list[LaunchCounter] = []
 _dry_run = False
 
 
-def kernel_name(kernel) -> str:
+def python_function(kernel):
+    """The Python function under a jitted (possibly autotuned) kernel."""
     fn = kernel
     while hasattr(fn, "fn"):
         fn = fn.fn
+    return fn
+
+
+def kernel_name(kernel) -> str:
+    fn = python_function(kernel)
     return getattr(fn, "__name__", repr(fn))
+
+
+def kernel_parameters(kernel) -> dict:
+    """A kernel's parameters (``inspect.Parameter`` by name, in order)."""
+    return dict(inspect.signature(python_function(kernel)).parameters)
 
 
 def _cached_name(kernel) -> str:
@@ -190,11 +204,38 @@ def _checked_grid(name: str, grid):
 def launch(kernel, grid, *args, **kwargs):
     """Launch ``kernel[grid](*args, **kwargs)`` and count it."""
     name = _cached_name(kernel)
+    return _run(kernel, name, _checked_grid(name, grid), args, kwargs)
+
+
+def _run(kernel, name: str, grid, args: tuple, options: dict):
+    """Count, then (unless ``dry_run``) launch ``kernel[grid](*args, **options)``."""
     for counter in _counters:
         counter.counts[name] += 1
     if _dry_run:
         return None
-    return kernel[_checked_grid(name, grid)](*args, **kwargs)
+    return kernel[grid](*args, **options)
+
+
+def bind(kernel, grid, pointers: tuple, num_warps: int, **values):
+    """``launch`` of ``kernel[grid]`` with every parameter fixed now but the leading
+    ``pointers`` (names, in the kernel's order): returns ``run(*tensors)``, which
+    passes them and then the fixed ``values`` positionally (a launch plan binds
+    once what its layouts decide; a call with fifty keywords costs ~3 us of Python
+    where positional arguments cost ~0.4). The grid is checked here, once."""
+    names = list(kernel_parameters(kernel))
+    given = tuple(names[:len(pointers)])
+    if given != tuple(pointers) or set(names[len(pointers):]) != set(values):
+        missing = set(names[len(pointers):]) - set(values)
+        raise TypeError(f"bind({kernel_name(kernel)}): pointers {pointers} do not lead its parameters {given}, or "
+                        f"values miss {sorted(missing)} / add {sorted(set(values) - set(names))}")
+    name = _cached_name(kernel)
+    grid = _checked_grid(name, grid)
+    fixed = tuple(values[n] for n in names[len(pointers):])
+    options = {"num_warps": num_warps}
+
+    def run(*tensors):
+        return _run(kernel, name, grid, tensors + fixed, options)
+    return run
 
 
 @contextlib.contextmanager

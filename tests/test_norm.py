@@ -388,6 +388,26 @@ def test_launch_plans_cached_per_layout(plans, device):
     assert planned[0] and planned[1] and not planned[2], planned
 
 
+def test_launch_plans_follow_their_arguments(device):
+    """A plan binds its scalar arguments and flags (momentum, eps, slope, which
+    parameters and gradients there are): calls of one layout that differ in only one
+    of them each get their own plan, and each is right against torch."""
+    shape = (3, 6, 5, 7)
+    x = make_input(shape, torch.float32, device, "channels_last", requires_grad=True)
+    residual = make_input(shape, torch.float32, device, "channels_last", requires_grad=True)
+    w, b = _params(6, torch.float32, device)
+    for momentum, eps, slope in ((0.1, 1e-5, 0.1), (0.5, 1e-5, 0.1), (0.1, 0.5, 0.1), (0.1, 1e-5, 0.4)):
+        _check_batch_norm(x, w, b, _running(6, torch.float32, device), True, momentum, eps, "leaky_relu", slope,
+                          residual)
+        _check_batch_norm(x, w, b, _running(6, torch.float32, device), False, momentum, eps, "leaky_relu", slope,
+                          residual)
+    for weight, bias in ((w, b), (w, None), (None, None)):
+        _check_batch_norm(x, weight, bias, None, True)
+        _check_group_norm(x, 3, weight, bias, eps=0.5)
+    x.requires_grad_(False)
+    _check_batch_norm(x, w, b, None, True)      # parameter gradients only
+
+
 def test_output_strides_as_torch(device):
     """Output strides (cached per layout) are torch's in every layout, batch norm's
     rule included: a non-contiguous channels_last-dense input whose suggested memory

@@ -8,12 +8,11 @@ channels_last channels are contiguous and aligned."""
 from __future__ import annotations
 
 import contextlib
-import inspect
 
 import torch
 
-from .. import _reduce
-from .._runtime import CompileCase, kernel_name
+from .. import _runtime
+from .._runtime import CompileCase, kernel_name, kernel_parameters
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from . import ops
 
@@ -23,25 +22,21 @@ _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", 
 
 @contextlib.contextmanager
 def _recording(records: list):
-    """Primitives called inside record (kernel, kwargs) instead of launching, and plan
-    for the GPU."""
-    def record(kernel, grid, *args, **kwargs):
-        records.append((kernel, kwargs))
-    saved = ops.launch, _reduce.launch, ops.interpreting
-    ops.launch = _reduce.launch = record
-    ops.interpreting = lambda: False
+    """Primitives called inside record (kernel, arguments by name) instead of
+    launching, and plan for the GPU."""
+    def record(kernel, name, grid, args, options):
+        records.append((kernel, {**dict(zip(kernel_parameters(kernel), args)), **options}))
+    saved = _runtime._run, ops.interpreting
+    _runtime._run, ops.interpreting = record, (lambda: False)
     try:
         yield
     finally:
-        ops.launch, _reduce.launch, ops.interpreting = saved
+        _runtime._run, ops.interpreting = saved
 
 
 def _constexpr_names(kernel) -> set:
     """The kernel's parameters annotated ``tl.constexpr``."""
-    fn = kernel
-    while hasattr(fn, "fn"):
-        fn = fn.fn
-    return {name for name, p in inspect.signature(fn).parameters.items() if "constexpr" in str(p.annotation)}
+    return {name for name, p in kernel_parameters(kernel).items() if "constexpr" in str(p.annotation)}
 
 
 def _case(kernel, kwargs: dict, label: str, expect: dict) -> CompileCase:

@@ -508,7 +508,7 @@ def _store_stat_sums(stat_part, stat_size, s1_ptr, s2_ptr, stats, mask_g, chunks
 
 @triton.jit
 def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
-                       g_ptr, dx_ptr, part_ptr, dw_ptr, db_ptr, s1_ptr, s2_ptr, ticket_ptr,
+                       g_ptr, dx_ptr, part_ptr, dw_ptr, db_ptr, sums_ptr, ticket_ptr,
                        N, C, S, G, Cg, GPB, BPG, group_width,
                        stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
                        stride_rn, stride_rc, stride_rs, stride_gn, stride_gc, stride_gs,
@@ -523,7 +523,7 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
     rstd per statistic as in the forward. g = dy through the activation (its input
     recomputed from x and the residual), xhat = (x - mean) * rstd.
     WRITE_DW / WRITE_DB: dw = sum(g * xhat), db = sum(g) per channel, in their dtype (C,).
-    STAT_SUMS: s1 = sum(w g), s2 = sum(w g xhat) per statistic, fp32 (num_stats,).
+    STAT_SUMS: sums (2, num_stats) fp32, s1 = sum(w g) then s2 = sum(w g xhat) per statistic.
     WRITE_G: g (the residual's gradient); WRITE_DX (statistics that are constants,
     eval mode): dx = rstd * w * g.
     part: fp32 partials, (2, C, num_n_chunks * num_s_chunks) for dw, db (either asked)
@@ -599,26 +599,28 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
         if _take_ticket(ticket_ptr, num_cblocks + stat_key, chunks):
             groups = first_group + tl.arange(0, BLOCK_G)
             if STATS_PER_SAMPLE:
+                s2_ptr = sums_ptr + N * G
                 for n in range(n_start, n_end):
-                    _store_stat_sums(stat_part, stat_size, s1_ptr, s2_ptr, n * G + groups, mask_g, chunks, BLOCK_K)
+                    _store_stat_sums(stat_part, stat_size, sums_ptr, s2_ptr, n * G + groups, mask_g, chunks, BLOCK_K)
             else:
-                _store_stat_sums(stat_part, stat_size, s1_ptr, s2_ptr, groups, mask_g, chunks, BLOCK_K)
+                _store_stat_sums(stat_part, stat_size, sums_ptr, sums_ptr + G, groups, mask_g, chunks, BLOCK_K)
 
 
 @triton.jit
-def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, s1_ptr, s2_ptr, dx_ptr,
+def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, sums_ptr, dx_ptr, count_ptr,
                    N, C, S, G, Cg, GPB, BPG, group_width,
                    stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
                    stride_rn, stride_rc, stride_rs, stride_gn, stride_gc, stride_gs,
                    stride_dxn, stride_dxc, stride_dxs,
-                   n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, negative_slope, inv_count, count_ptr,
+                   n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, negative_slope, inv_count,
                    STATS_PER_SAMPLE: tl.constexpr, GROUPED: tl.constexpr, READ_G: tl.constexpr,
                    DEVICE_COUNT: tl.constexpr,
                    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                    ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr, FULL_BLOCKS: tl.constexpr,
                    BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
     """The input gradient of batch statistics. x, dy, residual, g, dx: (N, C, S)
-    through strides; mean, rstd, s1 = sum(w g), s2 = sum(w g xhat) per statistic;
+    through strides; mean, rstd per statistic; sums (2, num_stats): s1 = sum(w g) then
+    s2 = sum(w g xhat) per statistic;
     inv_count = 1 / elements per statistic, or (DEVICE_COUNT: SyncBatchNorm's count over
     every process) 1 / count[0].
     dx = rstd * (w g - (s1 + xhat s2) * inv_count), g read (READ_G: the reduction
@@ -630,6 +632,11 @@ def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_p
     offs_cc = _index(offs_c, INDEX_64)[None, :]
     w, b = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, HAS_BIAS)
     mean, rstd = _load_stats(mean_ptr, rstd_ptr, first_group, local_group, mask_c, GROUPED, BLOCK_G)
+    s1_ptr = sums_ptr
+    if STATS_PER_SAMPLE:
+        s2_ptr = sums_ptr + N * G
+    else:
+        s2_ptr = sums_ptr + G
     s1, s2 = _load_stats(s1_ptr, s2_ptr, first_group, local_group, mask_c, GROUPED, BLOCK_G)
     if DEVICE_COUNT:
         inv_count = 1.0 / tl.load(count_ptr)

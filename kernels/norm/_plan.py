@@ -66,17 +66,22 @@ def by_layout(build):
     cached per distinct (layouts, *args) (args hashable; the CACHE_SIZE most recently
     used kept).
     Symbolic sizes (SymInt, which a tracer passes: they do not hash) are built each
-    time, not cached (torch.compile traces through functools.lru_cache)."""
+    time, not cached (torch.compile traces through functools.lru_cache).
+    ``cached.of_layouts(layouts, *args)``: the same from layouts (a plan built from
+    other plans)."""
     values = functools.lru_cache(maxsize=CACHE_SIZE)(build)
     _CACHES.append(values)
 
+    def of_layouts(layouts, *args):
+        try:
+            return values(layouts, *args)
+        except TypeError:       # a SymInt in the key (a TypeError of build's own is raised again)
+            return build(layouts, *args)
+
     @functools.wraps(build)
     def cached(tensors, *args):
-        key = (tuple([None if t is None else (t.shape, t.stride()) for t in tensors]), *args)
-        try:
-            return values(*key)
-        except TypeError:       # a SymInt in the key (a TypeError of build's own is raised again)
-            return build(*key)
+        return of_layouts(tuple([None if t is None else (t.shape, t.stride()) for t in tensors]), *args)
+    cached.of_layouts = of_layouts
     return cached
 
 
@@ -137,12 +142,12 @@ def empty_output(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
     the memory format torch suggests for x; batch norm that, or channels_last
     whenever x is a non-contiguous channels_last-dense tensor (torch's kernel
     tests that first)."""
-    return torch.empty_strided(x.shape, _output_stride((x,), geom.keep_format, geom.per_sample), dtype=x.dtype,
+    return torch.empty_strided(x.shape, output_stride((x,), geom.keep_format, geom.per_sample), dtype=x.dtype,
                                device=x.device)
 
 
 @by_layout
-def _output_stride(layouts, keep_format: bool, per_sample: bool) -> tuple:
+def output_stride(layouts, keep_format: bool, per_sample: bool) -> tuple:
     """Strides of ``empty_output`` for an x of this layout."""
     (shape, stride), = layouts
     fmt = torch.contiguous_format

@@ -23,18 +23,20 @@ before the operators see them).
 """
 from __future__ import annotations
 
+import functools
 import math
+
 import torch
 import torch.nn.functional as TF
 
 from .._library import Operator
 from .._reduce import sum_partials, tickets
-from .._runtime import cdiv, interpreting, launch, next_power_of_2
+from .._runtime import bind, cdiv, empty_like_strides, interpreting, next_power_of_2
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from ._kernels import (_bwd_dx_kernel, _bwd_reduce_kernel, _merge_kernel, _normalize_kernel, _set_bwd_kernel,
                        _set_fwd_kernel, _stats_kernel)
-from ._plan import (MERGE_CHANNELS, MERGE_TILE, Geometry, empty_output, fits_single_read, loop_launch, mergeable,
-                    running_stride, set_launch)
+from ._plan import (MERGE_CHANNELS, MERGE_TILE, Geometry, by_layout, empty_output, fits_single_read, loop_launch,
+                    mergeable, output_stride, running_stride, set_launch)
 
 __all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
            "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
@@ -42,13 +44,273 @@ __all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply"
            "norm_gradients_op", "batch_norm", "instance_norm", "group_norm", "layer_norm"]
 
 
-def _vector(t):
-    """weight / bias as the C consecutive elements the kernels read (one copy when strided)."""
-    return None if t is None else t.contiguous()
+def _vector(t, placeholder):
+    """weight / bias as the C consecutive elements the kernels read (one copy when
+    strided), or ``placeholder`` for None (a pointer the kernel does not read)."""
+    return placeholder if t is None else t.contiguous()
 
 
 def _stats_options(x):
     return {"device": x.device, "dtype": torch.float32}
+
+
+def _fp32(size, device) -> torch.Tensor:
+    return torch.empty(size, device=device, dtype=torch.float32)
+
+
+def _like(layout):
+    """The layout ``torch.empty_like`` gives a tensor of ``layout`` (None for None)."""
+    return None if layout is None else (layout[0], empty_like_strides(*layout))
+
+
+def _allocator(layout):
+    """new(dtype=, device=): a tensor of exactly ``layout``."""
+    return functools.partial(torch.empty_strided, *layout)
+
+
+# ---------------------------------------------------------------------------
+# Launch plans. What a primitive does for one call is decided once per layout and
+# argument values (``by_layout``): its tiling, the buffers it allocates, and its
+# launches, bound with every argument but the tensors (``kernels._runtime.bind``).
+# A primitive looks up its plan and runs it on the call's tensors.
+
+_STATS_POINTERS = ("x_ptr", "part_ptr", "mean_ptr", "rstd_ptr", "moments_ptr", "rm_ptr", "rv_ptr", "nbt_ptr",
+                   "ticket_ptr")
+_MERGE_POINTERS = ("part_ptr", "mean_ptr", "rstd_ptr", "count_ptr", "rm_ptr", "rv_ptr", "nbt_ptr", "ticket_ptr")
+_NORMALIZE_POINTERS = ("x_ptr", "y_ptr", "res_ptr", "mean_ptr", "rstd_ptr", "rm_ptr", "rv_ptr", "w_ptr", "b_ptr")
+_SET_FWD_POINTERS = ("x_ptr", "y_ptr", "mean_ptr", "rstd_ptr", "w_ptr", "b_ptr")
+_REDUCE_POINTERS = ("x_ptr", "dy_ptr", "res_ptr", "mean_ptr", "rstd_ptr", "w_ptr", "b_ptr", "g_ptr", "dx_ptr",
+                    "part_ptr", "dw_ptr", "db_ptr", "sums_ptr", "ticket_ptr")
+_DX_POINTERS = ("x_ptr", "dy_ptr", "res_ptr", "g_ptr", "mean_ptr", "rstd_ptr", "w_ptr", "b_ptr", "sums_ptr", "dx_ptr",
+                "count_ptr")
+_SET_BWD_POINTERS = ("x_ptr", "dy_ptr", "mean_ptr", "rstd_ptr", "w_ptr", "b_ptr", "dx_ptr", "dwb_ptr")
+
+
+@by_layout
+def _statistics_plan(layouts, geom: Geometry, track: bool, moments_out: bool, momentum: float, cumulative: bool,
+                     eps: float, interpreter: bool):
+    """run(x, running_mean, running_var, num_batches_tracked) of a non-empty x (layouts:
+    x, running_mean, running_var): (mean, rstd) (num_stats,) fp32, or with
+    ``moments_out`` the (3, G) moments (``norm_moments``)."""
+    planned = loop_launch.of_layouts(layouts, ("x",), True, geom, True, interpreter)
+    plan = planned.tiling
+    running = layouts[1] is not None
+    num_stats, chunks = plan.num_stats(geom.per_sample), plan.chunks(geom.per_sample)
+    part_size = 3 * num_stats * chunks + (num_stats if running and geom.per_sample else 0)
+    num_tickets = planned.tickets
+    statistics = bind(_stats_kernel, planned.grid, _STATS_POINTERS, **planned.args, momentum=momentum, eps=eps,
+                      PER_SAMPLE=geom.per_sample, MOMENTS_OUT=moments_out, RUNNING=running, CUMULATIVE=cumulative,
+                      TRACK=track)
+
+    def run(x, running_mean, running_var, num_batches_tracked):
+        device = x.device
+        part, counters = _fp32(part_size, device), tickets(device, num_tickets)
+        if moments_out:
+            moments = _fp32((3, geom.groups), device)
+            mean = rstd = moments[1]
+        else:
+            moments = mean = _fp32(num_stats, device)
+            rstd = _fp32(num_stats, device)
+        statistics(x, part, mean, rstd, moments, running_mean if running else mean, running_var if running else rstd,
+                   num_batches_tracked if track else counters, counters)
+        return moments if moments_out else (mean, rstd)
+    return run
+
+
+@by_layout
+def _merge_plan(layouts, track: bool, momentum: float, cumulative: bool, eps: float):
+    """run(moments, running_mean, running_var, num_batches_tracked) -> (mean, rstd, count)
+    (C,) fp32 of (P, 3, C) moments (layouts: moments, running_mean, running_var)."""
+    (P, _, C), _ = layouts[0]
+    running = layouts[1] is not None
+    block_c = min(next_power_of_2(C), MERGE_CHANNELS)
+    stride_rm, stride_rv = (running_stride(layout) if running else 0 for layout in layouts[1:])
+    merge = bind(_merge_kernel, (cdiv(C, block_c),), _MERGE_POINTERS, num_warps=4, C=C, num_parts=P,
+                 stride_rm=stride_rm, stride_rv=stride_rv, momentum=momentum, eps=eps, RUNNING=running,
+                 CUMULATIVE=cumulative, TRACK=track, BLOCK_C=block_c, BLOCK_K=max(1, MERGE_TILE // block_c))
+
+    def run(moments, running_mean, running_var, num_batches_tracked):
+        device = moments.device
+        mean, rstd, count, counters = _fp32(C, device), _fp32(C, device), _fp32(C, device), tickets(device, 1)
+        merge(moments.contiguous(), mean, rstd, count, running_mean if running else mean,
+              running_var if running else rstd, num_batches_tracked if track else counters, counters)
+        return mean, rstd, count
+    return run
+
+
+@by_layout
+def _normalize_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, eps: float, activation: int,
+                    negative_slope: float, interpreter: bool):
+    """run(x, residual, mean, rstd, running_mean, running_var, weight, bias) -> y in torch's
+    layout (``empty_output``); the statistics come from running_mean / running_var when
+    they are given (layouts: x, residual, running_mean, running_var)."""
+    x_layout, r_layout, rm_layout, rv_layout = layouts
+    y_layout = (x_layout[0], output_stride.of_layouts((x_layout,), geom.keep_format, geom.per_sample))
+    new_output = _allocator(y_layout)
+    if 0 in x_layout[0]:
+        return lambda x, *_: new_output(dtype=x.dtype, device=x.device)
+    planned = loop_launch.of_layouts((x_layout, y_layout, r_layout, rm_layout, rv_layout), ("x", "y", "r"), True,
+                                     geom, False, interpreter)
+    running = rm_layout is not None
+    normalize = bind(_normalize_kernel, planned.grid, _NORMALIZE_POINTERS, **planned.args, eps=eps,
+                     negative_slope=negative_slope, STATS_PER_SAMPLE=geom.per_sample, FROM_RUNNING=running,
+                     HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, HAS_RESIDUAL=r_layout is not None,
+                     ACTIVATION=activation)
+
+    def run(x, residual, mean, rstd, running_mean, running_var, weight, bias):
+        y = new_output(dtype=x.dtype, device=x.device)
+        normalize(x, y, x if residual is None else residual, mean, rstd, running_mean if running else mean,
+                  running_var if running else rstd, _vector(weight, mean), _vector(bias, mean))
+        return y
+    return run
+
+
+@by_layout
+def _single_read_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, eps: float, activation: int,
+                      negative_slope: float, interpreter: bool):
+    """run(x, weight, bias) -> (y, mean, rstd) of ``norm_single_read`` (layouts: x)."""
+    x_layout, = layouts
+    y_layout = (x_layout[0], output_stride.of_layouts((x_layout,), geom.keep_format, geom.per_sample))
+    new_output = _allocator(y_layout)
+    planned = set_launch.of_layouts((x_layout, y_layout), ("x", "y"), geom, interpreter)
+    num_stats = planned.tiling.N * geom.groups
+    single_read = bind(_set_fwd_kernel, planned.grid, _SET_FWD_POINTERS, **planned.args, eps=eps,
+                       negative_slope=negative_slope, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
+                       ACTIVATION=activation)
+
+    def run(x, weight, bias):
+        device = x.device
+        y, mean, rstd = new_output(dtype=x.dtype, device=device), _fp32(num_stats, device), _fp32(num_stats, device)
+        single_read(x, y, mean, rstd, _vector(weight, mean), _vector(bias, mean))
+        return y, mean, rstd
+    return run
+
+
+@by_layout
+def _reduce_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool, has_bias: bool, activation: int,
+                 negative_slope: float, need_x: bool, need_weight: bool, need_bias: bool, need_g: bool,
+                 interpreter: bool):
+    """run(dy, x, weight, bias, residual, mean, rstd) -> (dx, dweight, dbias, sums, g) of
+    ``norm_backward_reduce`` (layouts: dy, x, residual)."""
+    dy_layout, x_layout, r_layout = layouts
+    write_g = need_g and activation != ACT_NONE.value
+    stat_sums = batch_stats and need_x
+    g_layout = _like(r_layout) if write_g else None
+    dx_layout = _like(x_layout) if need_x and not batch_stats else None
+    if not (need_weight or need_bias or stat_sums or write_g or dx_layout):
+        return lambda *_: (None,) * 5
+    planned = loop_launch.of_layouts((x_layout, dy_layout, r_layout, g_layout, dx_layout), ("x", "dy", "r", "g", "dx"),
+                                     False, geom, True, interpreter)
+    plan = planned.tiling
+    num_stats, chunks = plan.num_stats(geom.per_sample), plan.chunks(geom.per_sample)
+    part_size = (2 * plan.num_n_chunks * plan.num_s_chunks * plan.C * (need_weight or need_bias)
+                 + 2 * num_stats * chunks * stat_sums)
+    num_tickets = planned.tickets
+    new_g, new_dx = (None if layout is None else _allocator(layout) for layout in (g_layout, dx_layout))
+    reduce = bind(_bwd_reduce_kernel, planned.grid, _REDUCE_POINTERS, **planned.args, negative_slope=negative_slope,
+                  STATS_PER_SAMPLE=geom.per_sample, STAT_SUMS=stat_sums, WRITE_DW=need_weight, WRITE_DB=need_bias,
+                  WRITE_G=write_g, WRITE_DX=dx_layout is not None, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
+                  HAS_RESIDUAL=r_layout is not None, ACTIVATION=activation)
+
+    def run(dy, x, weight, bias, residual, mean, rstd):
+        device = x.device
+        g = new_g(dtype=residual.dtype, device=device) if write_g else None
+        dx = new_dx(dtype=x.dtype, device=device) if new_dx else None
+        dw = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_weight else None
+        db = torch.empty(bias.shape, dtype=bias.dtype, device=device) if need_bias else None
+        sums = _fp32((2, num_stats), device) if stat_sums else None
+        reduce(x, dy, x if residual is None else residual, mean, rstd, _vector(weight, mean), _vector(bias, mean),
+               x if g is None else g, x if dx is None else dx, _fp32(part_size, device), mean if dw is None else dw,
+               mean if db is None else db, mean if sums is None else sums, tickets(device, num_tickets))
+        return dx, dw, db, sums, g
+    return run
+
+
+@by_layout
+def _dx_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, activation: int, negative_slope: float,
+             device_count: bool, interpreter: bool):
+    """run(dy, x, g, weight, bias, residual, mean, rstd, sums, count) -> dx of
+    ``norm_backward_dx`` (layouts: dy, x, residual, g)."""
+    dy_layout, x_layout, r_layout, g_layout = layouts
+    dx_layout = _like(x_layout)
+    new_dx = _allocator(dx_layout)
+    planned = loop_launch.of_layouts((x_layout, dy_layout, r_layout, g_layout, dx_layout), ("x", "dy", "r", "g", "dx"),
+                                     False, geom, False, interpreter)
+    plan = planned.tiling
+    input_grad = bind(_bwd_dx_kernel, planned.grid, _DX_POINTERS, **planned.args, negative_slope=negative_slope,
+                      inv_count=1.0 / ((1 if geom.per_sample else plan.N) * plan.Cg * plan.S),
+                      STATS_PER_SAMPLE=geom.per_sample, READ_G=g_layout is not None, DEVICE_COUNT=device_count,
+                      HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, HAS_RESIDUAL=r_layout is not None,
+                      ACTIVATION=activation)
+
+    def run(dy, x, g, weight, bias, residual, mean, rstd, sums, count):
+        dx = new_dx(dtype=x.dtype, device=x.device)
+        input_grad(x, dy, x if residual is None else residual, x if g is None else g, mean, rstd,
+                   _vector(weight, mean), _vector(bias, mean), sums, dx, mean if count is None else count)
+        return dx
+    return run
+
+
+def _single_read_backward_plan(planned, dx_layout, has_weight: bool, has_bias: bool, need_weight: bool,
+                               need_bias: bool, activation: int, negative_slope: float):
+    """run(dy, x, weight, bias, residual, mean, rstd) -> (dx, dweight, dbias, None) of the
+    single-read backward (``planned``: its set_launch plan). dweight and dbias are
+    views of one buffer that the kernel fills when it runs on one program per channel
+    block, else a column sum of its partials (a second launch)."""
+    plan = planned.tiling
+    C, rows = plan.C, plan.num_n_chunks
+    new_dx = _allocator(dx_layout)
+    need_param = need_weight or need_bias
+    single_read = bind(_set_bwd_kernel, planned.grid, _SET_BWD_POINTERS, **planned.args,
+                       negative_slope=negative_slope, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, ACTIVATION=activation)
+
+    def run(dy, x, weight, bias, residual, mean, rstd):
+        device = x.device
+        dx = new_dx(dtype=x.dtype, device=device)
+        param = (weight if need_weight else bias) if need_param else None
+        if param is not None and rows == 1:
+            dwb = torch.empty(2 * C, dtype=param.dtype, device=device)
+        else:
+            dwb = _fp32((rows, 2 * C), device)
+        single_read(x, dy, mean, rstd, _vector(weight, mean), _vector(bias, mean), dx, dwb)
+        if param is None:
+            return dx, None, None, None
+        if rows > 1:
+            dwb = sum_partials(dwb, param.dtype)
+        dw = dwb[:C].view(weight.shape) if need_weight else None
+        return dx, dw, dwb[C:].view(bias.shape) if need_bias else None, None
+    return run
+
+
+@by_layout
+def _backward_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool, has_bias: bool, activation: int,
+                   negative_slope: float, need_x: bool, need_weight: bool, need_bias: bool, need_g: bool,
+                   interpreter: bool):
+    """run(dy, x, weight, bias, residual, mean, rstd) -> (dx, dweight, dbias, g) of
+    ``norm_backward`` for a non-empty x (layouts: dy, x, residual)."""
+    dy_layout, x_layout, r_layout = layouts
+    if need_x and batch_stats and geom.per_sample and r_layout is None:
+        dx_layout = _like(x_layout)
+        planned = set_launch.of_layouts((x_layout, dy_layout, dx_layout), ("x", "dy", "dx"), geom, interpreter)
+        if planned is not None:
+            return _single_read_backward_plan(planned, dx_layout, has_weight, has_bias, need_weight, need_bias,
+                                              activation, negative_slope)
+    flags = (has_weight, has_bias, activation, negative_slope)
+    reduce = _reduce_plan.of_layouts(layouts, geom, batch_stats, *flags, need_x, need_weight, need_bias, need_g,
+                                     interpreter)
+    if not (need_x and batch_stats):
+        def run(dy, x, weight, bias, residual, mean, rstd):
+            dx, dw, db, _, g = reduce(dy, x, weight, bias, residual, mean, rstd)
+            return dx, dw, db, g
+        return run
+    write_g = need_g and activation != ACT_NONE.value
+    input_grad = _dx_plan.of_layouts((dy_layout, x_layout, r_layout, _like(r_layout) if write_g else None), geom,
+                                     *flags, False, interpreter)
+
+    def run(dy, x, weight, bias, residual, mean, rstd):
+        _, dw, db, sums, g = reduce(dy, x, weight, bias, residual, mean, rstd)
+        return input_grad(dy, x, g, weight, bias, residual, mean, rstd, sums, None), dw, db, g
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -64,17 +326,15 @@ def norm_statistics(x: torch.Tensor, running_mean: torch.Tensor | None, running_
     ``cumulative`` (read on the device: no host synchronisation);
     ``num_batches_tracked``, when given, gains 1. x: dims [0, lead) are n, the next
     ``chan`` the channels (one stride each)."""
-    N = math.prod(x.shape[:lead])
-    num_stats = N * groups if per_sample else groups
-    mean = torch.empty(num_stats, device=x.device, dtype=torch.float32)
-    rstd = torch.empty(num_stats, device=x.device, dtype=torch.float32)
     if x.numel() == 0:
+        num_stats = math.prod(x.shape[:lead]) * groups if per_sample else groups
         if num_batches_tracked is not None:
             num_batches_tracked.add_(1)
-        return mean, rstd
-    _launch_statistics(x, mean, rstd, None, running_mean, running_var, num_batches_tracked,
-                       Geometry(lead, chan, groups, per_sample, False), momentum, cumulative, eps)
-    return mean, rstd
+        return _fp32(num_stats, x.device), _fp32(num_stats, x.device)
+    plan = _statistics_plan((x, running_mean, running_var), Geometry(lead, chan, groups, per_sample, False),
+                            num_batches_tracked is not None, False, float(momentum), cumulative, float(eps),
+                            interpreting())
+    return plan(x, running_mean, running_var, num_batches_tracked)
 
 
 def norm_moments(x: torch.Tensor, lead: int, chan: int, groups: int) -> torch.Tensor:
@@ -83,29 +343,9 @@ def norm_moments(x: torch.Tensor, lead: int, chan: int, groups: int) -> torch.Te
     which ``norm_merge_moments`` merges with the other processes'."""
     if x.numel() == 0:
         return torch.zeros((3, groups), **_stats_options(x))
-    moments = torch.empty((3, groups), **_stats_options(x))
-    _launch_statistics(x, moments[1], moments[1], moments, None, None, None,
-                       Geometry(lead, chan, groups, False, False), 0.0, False, 0.0)
-    return moments
-
-
-def _launch_statistics(x, mean, rstd, moments, running_mean, running_var, num_batches_tracked, geom: Geometry,
-                       momentum, cumulative, eps) -> None:
-    """The statistics launch of norm_statistics (``moments`` None) and norm_moments."""
-    planned = loop_launch((x, running_mean, running_var), ("x",), True, geom, True, interpreting())
-    plan = planned.tiling
-    num_stats, chunks = plan.num_stats(geom.per_sample), plan.chunks(geom.per_sample)
-    running = running_mean is not None
-    part = torch.empty(3 * num_stats * chunks + (num_stats if running and geom.per_sample else 0),
-                       **_stats_options(x))
-    counters = tickets(x.device, planned.tickets)
-    launch(_stats_kernel, planned.grid, x_ptr=x, part_ptr=part, mean_ptr=mean, rstd_ptr=rstd,
-           moments_ptr=moments if moments is not None else mean, rm_ptr=running_mean if running else mean,
-           rv_ptr=running_var if running else rstd,
-           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else counters, ticket_ptr=counters,
-           **planned.args, momentum=float(momentum), eps=float(eps), PER_SAMPLE=geom.per_sample,
-           MOMENTS_OUT=moments is not None, RUNNING=running, CUMULATIVE=cumulative,
-           TRACK=num_batches_tracked is not None)
+    plan = _statistics_plan((x, None, None), Geometry(lead, chan, groups, False, False), False, True, 0.0, False, 0.0,
+                            interpreting())
+    return plan(x, None, None, None)
 
 
 def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None,
@@ -115,39 +355,9 @@ def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None,
     ``norm_moments`` (as all_gather stacks them), merged in process order into fp32
     (mean, rstd, count) (C,) in one launch, count being the elements over all
     processes; running statistics and num_batches_tracked as ``norm_statistics``."""
-    P, _, C = moments.shape
-    mean, rstd, count = (torch.empty(C, **_stats_options(moments)) for _ in range(3))
-    running = running_mean is not None
-    counters = tickets(moments.device, 1)
-    block_c = min(next_power_of_2(C), MERGE_CHANNELS)
-    stride_rm, stride_rv = (running_stride((t.shape, t.stride())) if running else 0
-                            for t in (running_mean, running_var))
-    launch(_merge_kernel, (cdiv(C, block_c),), part_ptr=moments.contiguous(), mean_ptr=mean, rstd_ptr=rstd,
-           count_ptr=count, rm_ptr=running_mean if running else mean, rv_ptr=running_var if running else rstd,
-           nbt_ptr=num_batches_tracked if num_batches_tracked is not None else counters, ticket_ptr=counters, C=C,
-           num_parts=P, stride_rm=stride_rm, stride_rv=stride_rv, momentum=float(momentum), eps=float(eps),
-           RUNNING=running, CUMULATIVE=cumulative, TRACK=num_batches_tracked is not None, BLOCK_C=block_c,
-           BLOCK_K=max(1, MERGE_TILE // block_c))
-    return mean, rstd, count
-
-
-def _normalize(x, weight, bias, residual, mean, rstd, running_mean, running_var, geom: Geometry, eps, activation,
-               negative_slope):
-    """The normalize launch shared by norm_apply and norm_apply_running."""
-    y = empty_output(x, geom)
-    if x.numel() == 0:
-        return y
-    planned = loop_launch((x, y, residual, running_mean, running_var), ("x", "y", "r"), True, geom, False,
-                          interpreting())
-    w, b = _vector(weight), _vector(bias)
-    running = running_mean is not None
-    launch(_normalize_kernel, planned.grid, x_ptr=x, y_ptr=y, res_ptr=residual if residual is not None else x,
-           mean_ptr=mean, rstd_ptr=rstd, rm_ptr=running_mean if running else mean,
-           rv_ptr=running_var if running else rstd, w_ptr=w if w is not None else mean,
-           b_ptr=b if b is not None else mean, **planned.args, eps=float(eps), negative_slope=float(negative_slope),
-           STATS_PER_SAMPLE=geom.per_sample, FROM_RUNNING=running, HAS_WEIGHT=w is not None,
-           HAS_BIAS=b is not None, HAS_RESIDUAL=residual is not None, ACTIVATION=activation)
-    return y
+    plan = _merge_plan((moments, running_mean, running_var), num_batches_tracked is not None, float(momentum),
+                       cumulative, float(eps))
+    return plan(moments, running_mean, running_var, num_batches_tracked)
 
 
 def norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
@@ -155,8 +365,9 @@ def norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: 
                per_sample: bool, keep_format: bool, activation: int, negative_slope: float) -> torch.Tensor:
     """y = act((x - mean) * rstd * weight + bias [+ residual]) in torch's output
     layout, statistics as ``norm_statistics`` returns them; one launch."""
-    return _normalize(x, weight, bias, residual, mean, rstd, None, None,
-                      Geometry(lead, chan, groups, per_sample, keep_format), 0.0, activation, negative_slope)
+    plan = _normalize_plan((x, residual, None, None), Geometry(lead, chan, groups, per_sample, keep_format),
+                           weight is not None, bias is not None, 0.0, activation, float(negative_slope), interpreting())
+    return plan(x, residual, mean, rstd, None, None, weight, bias)
 
 
 def norm_apply_running(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
@@ -166,11 +377,11 @@ def norm_apply_running(x: torch.Tensor, running_mean: torch.Tensor, running_var:
     """``norm_apply`` with mean = running_mean, rstd = 1 / sqrt(running_var + eps) per
     channel; also returns those fp32 (mean, rstd) (C,) for the backward. One launch."""
     C = math.prod(x.shape[lead:lead + chan])
-    geom = Geometry(lead, chan, C, False, keep_format)
-    mean, rstd = (torch.empty(C, **_stats_options(x)) for _ in range(2))
-    y = _normalize(x, weight, bias, residual, mean, rstd, running_mean, running_var, geom, eps, activation,
-                   negative_slope)
-    return y, mean, rstd
+    mean, rstd = _fp32(C, x.device), _fp32(C, x.device)
+    plan = _normalize_plan((x, residual, running_mean, running_var), Geometry(lead, chan, C, False, keep_format),
+                           weight is not None, bias is not None, float(eps), activation, float(negative_slope),
+                           interpreting())
+    return plan(x, residual, mean, rstd, running_mean, running_var, weight, bias), mean, rstd
 
 
 def single_read_fits(x: torch.Tensor, lead: int, chan: int, groups: int) -> bool:
@@ -184,16 +395,9 @@ def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
                      negative_slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample statistics and normalization in one launch reading x once:
     (y, mean, rstd), mean / rstd (N * groups,) fp32. Needs ``single_read_fits``."""
-    geom = Geometry(lead, chan, groups, True, keep_format)
-    y = empty_output(x, geom)
-    planned = set_launch((x, y), ("x", "y"), geom, interpreting())
-    mean, rstd = (torch.empty(planned.tiling.N * groups, **_stats_options(x)) for _ in range(2))
-    w, b = _vector(weight), _vector(bias)
-    launch(_set_fwd_kernel, planned.grid, x_ptr=x, y_ptr=y, mean_ptr=mean, rstd_ptr=rstd,
-           w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean, **planned.args, eps=float(eps),
-           negative_slope=float(negative_slope), HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
-           ACTIVATION=activation)
-    return y, mean, rstd
+    plan = _single_read_plan((x,), Geometry(lead, chan, groups, True, keep_format), weight is not None,
+                             bias is not None, float(eps), activation, float(negative_slope), interpreting())
+    return plan(x, weight, bias)
 
 
 # ---------------------------------------------------------------------------
@@ -213,36 +417,10 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
         return (torch.empty_like(x) if need_x else None, torch.zeros_like(weight) if need_weight else None,
                 torch.zeros_like(bias) if need_bias else None,
                 torch.empty_like(residual) if need_g and activation != ACT_NONE.value else None)
-    if need_x and batch_stats and per_sample and residual is None:
-        geom = Geometry(lead, chan, groups, per_sample, False)
-        dx = torch.empty_like(x)
-        planned = set_launch((x, dy, dx), ("x", "dy", "dx"), geom, interpreting())
-        if planned is not None:
-            dw, db = _single_read_backward(planned, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd,
-                                           activation, negative_slope)
-            return dx, dw, db, None
-    dx, dw, db, sums, g = norm_backward_reduce(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups,
-                                               per_sample, batch_stats, activation, negative_slope, need_x,
-                                               need_weight, need_bias, need_g)
-    if need_x and batch_stats:
-        dx = norm_backward_dx(dy, x, g, weight, bias, residual, mean, rstd, sums, None, lead, chan, groups,
-                              per_sample, activation, negative_slope)
-    return dx, dw, db, g
-
-
-def _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom: Geometry, merging: bool, activation,
-                     negative_slope):
-    """(launch plan, launch arguments) of a looped backward kernel (``merging``: the
-    reduction pass), the arguments both kernels share."""
-    planned = loop_launch((x, dy, residual, g, dx), ("x", "dy", "r", "g", "dx"), False, geom, merging,
-                          interpreting())
-    w, b = _vector(weight), _vector(bias)
-    return planned, dict(
-        x_ptr=x, dy_ptr=dy, res_ptr=residual if residual is not None else x, g_ptr=g if g is not None else x,
-        dx_ptr=dx if dx is not None else x, mean_ptr=mean, rstd_ptr=rstd, w_ptr=w if w is not None else mean,
-        b_ptr=b if b is not None else mean, **planned.args, negative_slope=float(negative_slope),
-        STATS_PER_SAMPLE=geom.per_sample, HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
-        HAS_RESIDUAL=residual is not None, ACTIVATION=activation)
+    plan = _backward_plan((dy, x, residual), Geometry(lead, chan, groups, per_sample, False), batch_stats,
+                          weight is not None, bias is not None, activation, float(negative_slope), need_x, need_weight,
+                          need_bias, need_g, interpreting())
+    return plan(dy, x, weight, bias, residual, mean, rstd)
 
 
 def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -254,29 +432,10 @@ def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     this pass); sums (2, num_stats) fp32 = (sum(w g), sum(w g xhat)) per statistic when
     dx of batch statistics is asked (``norm_backward_dx`` reads them; SyncBatchNorm
     all-reduces them first); g as ``norm_backward``."""
-    geom = Geometry(lead, chan, groups, per_sample, False)
-    write_g = need_g and activation != ACT_NONE.value
-    g = torch.empty_like(residual) if write_g else None
-    dx = torch.empty_like(x) if need_x and not batch_stats else None
-    dw = torch.empty(weight.shape, dtype=weight.dtype, device=x.device) if need_weight else None
-    db = torch.empty(bias.shape, dtype=bias.dtype, device=x.device) if need_bias else None
-    stat_sums = batch_stats and need_x
-    planned, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, True, activation,
-                                     negative_slope)
-    plan = planned.tiling
-    num_stats, chunks = plan.num_stats(per_sample), plan.chunks(per_sample)
-    sums = torch.empty((2, num_stats), **_stats_options(x)) if stat_sums else None
-    if not (need_weight or need_bias or stat_sums or write_g or dx is not None):
-        return dx, dw, db, sums, g
-    rows = plan.num_n_chunks * plan.num_s_chunks
-    part = torch.empty(2 * rows * plan.C * (need_weight or need_bias) + 2 * num_stats * chunks * stat_sums,
-                       **_stats_options(x))
-    launch(_bwd_reduce_kernel, planned.grid, **args, part_ptr=part, dw_ptr=dw if dw is not None else mean,
-           db_ptr=db if db is not None else mean, s1_ptr=sums[0] if stat_sums else mean,
-           s2_ptr=sums[1] if stat_sums else mean, ticket_ptr=tickets(x.device, planned.tickets),
-           STAT_SUMS=stat_sums, WRITE_DW=need_weight, WRITE_DB=need_bias, WRITE_G=write_g,
-           WRITE_DX=dx is not None)
-    return dx, dw, db, sums, g
+    plan = _reduce_plan((dy, x, residual), Geometry(lead, chan, groups, per_sample, False), batch_stats,
+                        weight is not None, bias is not None, activation, float(negative_slope), need_x, need_weight,
+                        need_bias, need_g, interpreting())
+    return plan(dy, x, weight, bias, residual, mean, rstd)
 
 
 def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, weight: torch.Tensor | None,
@@ -284,42 +443,13 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
                      sums: torch.Tensor, count: torch.Tensor | None, lead: int, chan: int, groups: int,
                      per_sample: bool, activation: int, negative_slope: float) -> torch.Tensor:
     """dx of batch statistics, one launch: rstd (w g - (s1 + xhat s2) / count), g read
-    when given (the reduction pass wrote it) else recomputed from dy; sums as
-    ``norm_backward_reduce`` returns them; ``count`` (a device tensor: SyncBatchNorm's
-    count over all processes) or, when None, the elements per statistic of x."""
-    geom = Geometry(lead, chan, groups, per_sample, False)
-    dx = torch.empty_like(x)
-    planned, args = _looped_backward(x, dy, residual, g, dx, weight, bias, mean, rstd, geom, False, activation,
-                                     negative_slope)
-    plan = planned.tiling
-    launch(_bwd_dx_kernel, planned.grid, **args, s1_ptr=sums[0], s2_ptr=sums[1],
-           inv_count=1.0 / ((1 if per_sample else plan.N) * plan.Cg * plan.S),
-           count_ptr=count if count is not None else mean, READ_G=g is not None, DEVICE_COUNT=count is not None)
-    return dx
-
-
-def _single_read_backward(planned, x, dy, dx, weight, bias, need_weight, need_bias, mean, rstd, activation,
-                          negative_slope):
-    """The single-read backward (``planned``: its set_launch plan): writes dx; returns
-    (dweight, dbias) as asked, views of one buffer the kernel fills (when it ran on
-    one program per channel block) or a column sum of its partials (a second launch)."""
-    plan = planned.tiling
-    C = plan.C
-    param = weight if need_weight else bias if need_bias else None
-    if param is not None and plan.num_n_chunks == 1:
-        dwb = torch.empty(2 * C, dtype=param.dtype, device=x.device)
-    else:
-        dwb = torch.empty((plan.num_n_chunks, 2 * C), **_stats_options(x))
-    w, b = _vector(weight), _vector(bias)
-    launch(_set_bwd_kernel, planned.grid, x_ptr=x, dy_ptr=dy, mean_ptr=mean, rstd_ptr=rstd,
-           w_ptr=w if w is not None else mean, b_ptr=b if b is not None else mean, dx_ptr=dx, dwb_ptr=dwb,
-           **planned.args, negative_slope=float(negative_slope), HAS_WEIGHT=w is not None, HAS_BIAS=b is not None,
-           ACTIVATION=activation)
-    if param is None:
-        return None, None
-    if plan.num_n_chunks > 1:
-        dwb = sum_partials(dwb, param.dtype)
-    return (dwb[:C].view(weight.shape) if need_weight else None, dwb[C:].view(bias.shape) if need_bias else None)
+    when given (the reduction pass wrote it) else recomputed from dy; sums (2,
+    num_stats) contiguous, as ``norm_backward_reduce`` returns them; ``count`` (a
+    device tensor: SyncBatchNorm's count over all processes) or, when None, the
+    elements per statistic of x."""
+    plan = _dx_plan((dy, x, residual, g), Geometry(lead, chan, groups, per_sample, False), weight is not None,
+                    bias is not None, activation, float(negative_slope), count is not None, interpreting())
+    return plan(dy, x, g, weight, bias, residual, mean, rstd, sums, count)
 
 
 # ---------------------------------------------------------------------------
