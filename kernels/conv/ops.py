@@ -435,14 +435,15 @@ class ConvGeometry:
 #
 # What a pass's launcher decides (path, operand copies, output buffer, tiles,
 # VEC / PIXEL_VEC, descriptor path, split plan, the launch's scalar arguments)
-# depends only on its operands' Operands, the convolution's arguments and the
-# switches (``Switches``: ``read_in_place``, cuDNN's tf32 flag for fp32), which
-# the builders take as arguments and read nowhere else. A launch plan is those
+# depends only on its operands' Operands, the convolution's arguments (for the
+# bias / activation gradient: its flags and slope) and the switches
+# (``Switches``: ``read_in_place``, cuDNN's tf32 flag for fp32), which the
+# builders take as arguments and read nowhere else. A launch plan is those
 # decisions as a function of the tensors: run(a, b, c, ...) allocates the
 # output, makes the copies decided and launches. ``_plan`` caches plans by all
-# of that (the pass's builder, its operands' ``Operand.fields``, the conv
-# arguments, the switches), so a call repeating a layer's shapes and layouts
-# costs a key and a dict lookup before its launch.
+# of that (the pass's builder, its operands' ``Operand.fields``, the arguments,
+# the switches), so a call repeating a layer's shapes and layouts costs a key
+# and a dict lookup before its launch.
 
 _plans: dict = {}
 PLAN_CACHE_SIZE = 4096
@@ -459,20 +460,18 @@ class Switches(NamedTuple):
         return Switches(_copy_operands, torch.backends.cudnn.allow_tf32)
 
 
-def _plan(build, tensors: tuple, conv: tuple, x_shape, w_shape, *extra):
-    """The launch plan that ``build`` (a pass's builder) makes for ``tensors``, the
-    conv arguments ``conv`` (stride, padding, dilation, groups) and ``extra``:
-    cached under all of them and the switches, built on a miss from their
-    Operands, the geometry of ``x_shape`` / ``w_shape`` and the switches (the
-    cache starts over when full)."""
+def _plan(build, tensors: tuple, *extra):
+    """The launch plan that ``build`` (a pass's builder) makes for ``tensors`` and
+    ``extra`` (hashable: the conv arguments (stride, padding, dilation, groups),
+    flags): cached under all of them and the switches, built on a miss as
+    ``build(*Operands, switches, *extra)`` (the cache starts over when full)."""
     fields, switches = tuple([Operand.fields(t) for t in tensors]), Switches.now()
-    key = (build, fields, conv, switches, *extra)
+    key = (build, fields, switches, *extra)
     plan = _plans.get(key)
     if plan is None:
         if len(_plans) >= PLAN_CACHE_SIZE:
             _plans.clear()
-        plan = _plans[key] = build(*(Operand(*f) for f in fields), geometry(x_shape, w_shape, *conv), switches,
-                                   *extra)
+        plan = _plans[key] = build(*(Operand(*f) for f in fields), switches, *extra)
     return plan
 
 
@@ -483,9 +482,10 @@ def _memory_format(*tensors):
             else torch.contiguous_format)
 
 
-def _forward_plan(x: Operand, w: Operand, geo: ConvGeometry, switches: Switches, has_bias: bool, activation: int):
+def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_bias: bool, activation: int):
     """run(x, w, b, negative_slope) -> y = act(conv(x, w) + b): (N, K, P, Q) in x's
     dtype, channels_last when x or w is."""
+    geo = geometry(x.shape, w.shape, *conv)
     fmt, shape = _memory_format(x, w), (geo.N, geo.K, geo.P, geo.Q)
     y = Operand.empty(shape, x.dtype, x.device, fmt)
     new_output = y.allocator()
@@ -644,9 +644,10 @@ def _use_descriptor_allocator(device: torch.device) -> None:
         triton.set_allocator(_descriptor_scratch)
 
 
-def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry, switches: Switches):
+def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switches, conv: tuple):
     """run(dy, w, x_like) -> dx (N, C, H, W) in ``torch.empty_like(x_like)``'s layout:
     the transposed convolution of dy."""
+    geo = geometry(x_like.shape, w.shape, *conv)
     if x_like.numel() == 0:
         return lambda dy, w, x_like: torch.empty_like(x_like)
     dx = x_like.empty_like()
@@ -726,11 +727,12 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, geo: ConvGeometry
     return run
 
 
-def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, geo: ConvGeometry, switches: Switches):
+def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switches, conv: tuple):
     """run(dy, x, w_like) -> dw (K, Cg, R, S) in w_like's memory format, written in
     the weight dtype by one launch: the reduction over the N*P*Q pixels is split
     (``_split_plan``) only as far as its fp32 partials, written and read once, stay
     below the bytes of dy and x."""
+    geo = geometry(x.shape, w_like.shape, *conv)
     dw = Operand.empty(w_like.shape, w_like.dtype, w_like.device, _memory_format(w_like))
     new_output = dw.allocator()
     if w_like.numel() == 0:
@@ -869,25 +871,34 @@ def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry, 
     return run
 
 
-def conv_output_grad(dy, y, geo: ConvGeometry, activation: int, negative_slope: float, bias_grad: bool):
-    """(g, db): g = dy * act'(y) (dy itself without an activation) and, when
-    ``bias_grad``, db (K,) in dy's dtype, summed over N*P*Q in fp32 by one launch."""
-    pixels = geo.N * geo.P * geo.Q
-    g = torch.empty_like(dy) if activation else dy
-    db = torch.empty(geo.K, dtype=dy.dtype, device=dy.device) if bias_grad else None
-    if geo.K == 0 or (pixels == 0 and not bias_grad):
-        return g, db
+def _output_grad_plan(dy: Operand, saved: Operand, switches: Switches, activation: int, negative_slope: float,
+                      bias_grad: bool):
+    """run(dy, saved) -> (g, db) of dy (N, K, P, Q) and ``saved`` (the forward's output
+    y with an activation, else dy): g = dy * act'(y) (dy itself without an
+    activation) and, when ``bias_grad``, db (K,) in dy's dtype, summed over N*P*Q in
+    fp32; one launch."""
+    N, K, P, Q = dy.shape
+    g = dy.empty_like() if activation else dy
+    new_g = g.allocator() if activation else None
+    new_db = functools.partial(torch.empty, K, dtype=dy.dtype, device=dy.device)
+    pixels = N * P * Q
+    if K == 0 or (pixels == 0 and not bias_grad):
+        return lambda dy, saved: (new_g() if activation else dy, new_db() if bias_grad else None)
     block_m, block_n = (512, 64) if interpreting() else (32, 32)
-    k_tiles = cdiv(geo.K, block_n)
+    k_tiles = cdiv(K, block_n)
     splits = _splits(dy.device, k_tiles, cdiv(pixels, block_m))
-    part = torch.empty(k_tiles * splits * block_n if splits > 1 else 1, dtype=torch.float32, device=dy.device)
-    saved = dy if y is None else y
-    pixel_vec = _pixel_vec(*map(Operand.of, (dy, saved, g)))      # > 0: all NCHW, tiles along the pixels
-    launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), dy, saved, g, dy if db is None else db, part,
-           tickets(dy.device, k_tiles), geo.N, geo.K, geo.P, geo.Q, float(negative_slope),
-           *dy.stride(), *saved.stride(), *g.stride(), ACTIVATION=activation, HAS_BIAS=bias_grad,
-           PIXEL_VEC=pixel_vec, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
-    return g, db
+    workspace = _Workspace(k_tiles * splits * block_n if splits > 1 else 1, k_tiles)
+    args = (N, K, P, Q, float(negative_slope), *dy.strides, *saved.strides, *g.strides)
+    common = dict(ACTIVATION=activation, HAS_BIAS=bias_grad, PIXEL_VEC=_pixel_vec(dy, saved, g),
+                  BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+
+    def run(dy, saved):
+        g = new_g() if activation else dy
+        db = new_db() if bias_grad else None
+        launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), dy, saved, g, dy if db is None else db,
+               *workspace(dy.device), *args, **common)
+        return g, db
+    return run
 
 
 # ---------------------------------------------------------------------------
@@ -919,7 +930,7 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, str
                    dilation: list[int], groups: int, activation: int, negative_slope: float) -> torch.Tensor:
     """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    plan = _plan(_forward_plan, (x, w), conv, x.shape, w.shape, b is not None, activation)
+    plan = _plan(_forward_plan, (x, w), conv, b is not None, activation)
     return plan(x, w, b, float(negative_slope))
 
 
@@ -928,7 +939,7 @@ def conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, x_like: torch.Tensor, st
     """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q), in
     ``torch.empty_like(x_like)``'s layout (x_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    return _plan(_input_grad_plan, (g, w, x_like), conv, x_like.shape, w.shape)(g, w, x_like)
+    return _plan(_input_grad_plan, (g, w, x_like), conv)(g, w, x_like)
 
 
 def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, stride: list[int],
@@ -936,24 +947,17 @@ def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, s
     """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and input
     x, in w_like's memory format (w_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    return _plan(_weight_grad_plan, (g, x, w_like), conv, x.shape, w_like.shape)(g, x, w_like)
+    return _plan(_weight_grad_plan, (g, x, w_like), conv)(g, x, w_like)
 
 
 def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int, negative_slope: float,
                        bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(g, db) of dy (N, K, P, Q) and the saved output y: g = dy * act'(y) (empty
     without an activation), db (K,) in dy's dtype (empty unless ``bias_grad``)."""
-    g, db = conv_output_grad(dy, y, _OutputGeometry(*dy.shape), activation, negative_slope, bias_grad)
+    saved = dy if y is None else y
+    g, db = _plan(_output_grad_plan, (dy, saved), activation, float(negative_slope), bias_grad)(dy, saved)
     empty = dy.new_empty(0)
     return (g if activation else empty), (db if bias_grad else empty)
-
-
-class _OutputGeometry(NamedTuple):
-    """What conv_output_grad reads of a geometry: the output's sizes."""
-    N: int
-    K: int
-    P: int
-    Q: int
 
 
 def _conv_args(ctx):
