@@ -17,9 +17,10 @@ layer norm     (leading, normalized, 1)      1       yes          "channel"
 channels_last is other strides (batch norm folds n into S there).
 
 * ``_kernels``: the Triton kernels.
-* ``_plan``: views, tilings (looped and single-read), and the launch plans built
-  from them, cached per call layout (``by_layout``).
-* ``ops``: the primitives (launchers taking schema types only), the operators
+* ``_plan``: views, tilings (looped and single-read) and each launch's
+  layout-decided arguments, cached per call layout (``by_layout``).
+* ``ops``: the primitives (launchers taking schema types only, each running a
+  launch plan cached per layout and arguments), the operators
   registered from them (``norm_statistics_op``, ``norm_apply_op``, ...) and the
   entry points ``batch_norm``, ...
 * ``sync``: batch norm across processes (SyncBatchNorm's Function).

@@ -17,6 +17,9 @@ Primitives (each one launch unless it says otherwise):
   ``norm_backward_reduce`` and ``norm_backward_dx`` for the looped path
   (SyncBatchNorm all-reduces the sums between them).
 
+Each primitive runs a launch plan ("Launch plans" below): what it does for a
+call's layouts, flags and scalar arguments, decided once and cached.
+
 Arguments are checked by the caller (nnlib.functional). Tensors the kernels
 cannot read as (N, C, S) through strides are copied once (by ``_norm``,
 before the operators see them).
