@@ -1,16 +1,15 @@
 """nnlib's registered PyTorch operators: one ``Operator`` per primitive.
 
-A primitive is a launcher with schema types: Tensor and ``Tensor | None``
-first, then int, float, bool and ``list[int]``, in; a Tensor or a tuple of
-Tensors out (an empty tensor stands for "none"; outputs never alias inputs or
-each other on the registered path), or nothing; a primitive that writes its
-arguments names them (``mutates_args``: ``activation_``, the norms' running
-statistics). ``Operator`` registers it as ``torch.ops.nnlib.<name>``
-(``torch.library.custom_op``) with a fake implementation (output shapes,
-dtypes and strides, computed without running anything) and, for a
-differentiable primitive, its autograd formula (``setup_context`` +
-``backward``, written with other Operators, so second derivatives run the same
-kernels). Calling an Operator:
+A primitive is a launcher with schema types: Tensor, ``Tensor | None``, int,
+float, bool and ``list[int]`` in, a Tensor or a tuple of Tensors out (an empty
+tensor stands for "none"; outputs never alias inputs or each other on the
+registered path), or nothing; a primitive that writes its arguments names them
+(``mutates_args``: ``activation_``, the norms' running statistics). ``Operator``
+registers it as ``torch.ops.nnlib.<name>`` (``torch.library.custom_op``) with a
+fake implementation (output shapes, dtypes and strides, computed without
+running anything) and, for a differentiable primitive, its autograd formula
+(``setup_context`` + ``backward``, written with other Operators, so second
+derivatives run the same kernels). Calling an Operator:
 
 * while torch.compile or torch.export traces (or on a tensor subclass such as
   a FakeTensor) runs the registered operator, one opaque node in their graphs;
@@ -92,22 +91,14 @@ def _unaliased(impl: Callable) -> Callable:
     return run
 
 
-def _eager_function(name: str, impl: Callable, setup_context: Callable, backward: Callable, num_tensors: int):
-    """A torch.autograd.Function running ``impl`` with the registered formula, applied
-    as ``apply(*tensors, rest)``: the op's ``num_tensors`` leading (tensor)
-    arguments, which autograd tracks, then its other arguments as one tuple (each
-    argument of ``apply`` costs ~0.2 us). The formula sees the op's arguments, reads
-    ``needs_input_grad`` of its tensors only, and returns a gradient per argument."""
-    def forward(ctx, *packed):
-        args = packed[:-1] + packed[-1]
+def _eager_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
+    """A torch.autograd.Function running ``impl`` with the registered formula."""
+    def forward(ctx, *args):
         output = impl(*args)
         setup_context(ctx, args, output)
         return output
-
-    def backward_packed(ctx, *grads):
-        return *backward(ctx, *grads)[:num_tensors], None
     return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
-                                                     "backward": staticmethod(backward_packed)})
+                                                     "backward": staticmethod(backward)})
 
 
 class Operator:
@@ -131,20 +122,18 @@ class Operator:
         self.op.register_fake(fake)
         self.function = None
         arguments = getattr(getattr(torch.ops, NAMESPACE), name).default._schema.arguments
-        tensor = [a.type.isSubtypeOf(torch._C.OptionalType.ofTensor()) for a in arguments]   # Tensor, Tensor?
-        self.num_tensors = tensor.index(False) if False in tensor else len(tensor)
-        if any(tensor[self.num_tensors:]):
-            raise TypeError(f"{NAMESPACE}::{name}: tensor arguments come first")
+        self.tensor_args = tuple(i for i, a in enumerate(arguments)       # positions of Tensor and Tensor?
+                                 if a.type.isSubtypeOf(torch._C.OptionalType.ofTensor()))
         if backward is not None:
             self.op.register_autograd(backward, setup_context=setup_context)
-            self.function = _eager_function(name, impl, setup_context, backward, self.num_tensors)
+            self.function = _eager_function(name, impl, setup_context, backward)
 
     def __call__(self, *args):
         if tracing(args[0]):
             return self.op(*args)
         if self.function is None or not self.recorded(args):
             return self.impl(*args)
-        return self.function.apply(*args[:self.num_tensors], args[self.num_tensors:])
+        return self.function.apply(*args)
 
     def recorded(self, args) -> bool:
         """Whether an eager call must go through the autograd.Function: grad mode on
@@ -153,8 +142,8 @@ class Operator:
         if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
             return True
         if torch.is_grad_enabled():
-            for t in args[:self.num_tensors]:
-                if t is not None and t.requires_grad:
+            for i in self.tensor_args:
+                if args[i] is not None and args[i].requires_grad:
                     return True
         return False
 
