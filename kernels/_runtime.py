@@ -191,6 +191,8 @@ def _checked_grid(name: str, grid):
     RuntimeError naming the kernel when an axis passes ``GRID_LIMITS``, before the
     launch (the interpreter has no limit, so CPU runs raise where a GPU would)."""
     def check(dims):
+        if dims[0] <= GRID_LIMITS[0] and (len(dims) == 1 or max(dims[1:]) <= GRID_LIMITS[1]):
+            return dims
         for axis, (programs, limit) in enumerate(zip(dims, GRID_LIMITS)):
             if programs > limit:
                 raise RuntimeError(f"{name}: {programs} programs on grid axis {axis}, more than CUDA allows "
