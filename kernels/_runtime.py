@@ -223,7 +223,10 @@ def bind(kernel, grid, pointers: tuple, num_warps: int, **values):
     ``pointers`` (names, in the kernel's order): returns ``run(*tensors)``, which
     passes them and then the fixed ``values`` positionally (a launch plan binds
     once what its layouts decide; a call with fifty keywords costs ~3 us of Python
-    where positional arguments cost ~0.4). The grid is checked here, once."""
+    where positional arguments cost ~0.4). The grid is checked here, once. Plain
+    jitted kernels only: an autotuner passes its configs' arguments itself."""
+    if isinstance(kernel, triton.runtime.Autotuner):
+        raise TypeError(f"bind({kernel_name(kernel)}): an autotuned kernel")
     names = list(kernel_parameters(kernel))
     given = tuple(names[:len(pointers)])
     if given != tuple(pointers) or set(names[len(pointers):]) != set(values):

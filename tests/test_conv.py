@@ -643,6 +643,32 @@ def test_launch_plans_follow_what_they_decide_from(device, monkeypatch):
             assert_close(ours, ref, torch.float32, "conv", what, scale=scale)
 
 
+def test_autotuned_launches_go_straight_to_the_chosen_config(device, monkeypatch):
+    """A plan's autotuned GEMM goes through Triton's autotuner until a launch of it
+    has run (a dry run chooses nothing), then to the config the autotuner chose,
+    passed as the autotuner passes it; every call right against float64."""
+    from kernels.conv import ops
+    from kernels._runtime import dry_run
+    seen = []
+    launch = ops.launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if kernel_name(kernel) == "_conv_fwd_gemm_kernel":
+            seen.append((isinstance(kernel, triton.runtime.Autotuner), kwargs.get("BLOCK_M")))
+        return launch(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(ops, "launch", spy)
+    x = make_input((2, 16, 5, 6), torch.float32, device, "channels_last")
+    w = (torch.randn(16, 16, 3, 3, device=device) / 12).contiguous(memory_format=torch.channels_last)
+    with dry_run():
+        F.conv2d(x, w, None, 1, 1)
+    for _ in range(3):
+        assert_close(F.conv2d(x, w, None, 1, 1), TF.conv2d(x.double().cpu(), w.double().cpu(), None, 1, 1),
+                     torch.float32, "conv", "output")
+    tuned = ops._for_dtype(ops.conv_fwd_gemm, torch.float32)
+    chosen = tuned.best_config.kwargs["BLOCK_M"]
+    assert seen == [(True, None), (True, None), (False, chosen), (False, chosen)], seen
+
+
 @pytest.mark.parametrize("allow_tf32", [True, False])
 def test_tf32_policy(allow_tf32, device, monkeypatch):
     """Every GEMM launch of an fp32 conv (forward and both gradients) follows

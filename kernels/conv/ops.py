@@ -46,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import threading
 from typing import NamedTuple
 
 import torch
@@ -349,6 +350,34 @@ def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, step
     return grid, _Workspace(part_numel, ticket_count)
 
 
+_choosing = threading.Lock()      # serialises the autotuner's first launches (``_tuned_launch``)
+
+
+def _tuned_launch(kernel):
+    """``run(grid, *args, **kwargs)``: the launches of one launch plan's autotuned
+    kernel. They go through Triton's autotuner until one of them has run and the
+    autotuner has chosen its config (the autotuner's key, the key arguments and
+    the tensors' dtypes, is the same at every call of a plan), then straight to
+    that config's kernel: the autotuner's Python costs ~13 us a launch on a GPU
+    (a dict of all ~45 arguments and the key rebuilt each call), a direct launch
+    ~1 us. The choice is taken under a lock from ``best_config``, which every
+    launch of the kernel writes: reset first, so that a launch that did not run
+    (a dry run) chooses nothing."""
+    chosen = {}
+
+    def run(grid, *args, **kwargs):
+        if chosen:
+            return launch(kernel.fn, grid, *args, **kwargs, **chosen)
+        with _choosing:
+            kernel.best_config = None
+            out = launch(kernel, grid, *args, **kwargs)
+            config = kernel.best_config
+            if config is not None and config.pre_hook is None:
+                chosen.update(config.all_kwargs())
+        return out
+    return run
+
+
 def _direct_tiles(channels: int, pixels: int, element_size: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) of the direct kernels over ``pixels`` rows: up to 32
     channels by pixels for a 2 KB tile on a GPU, 1024 elements of 2 bytes or 512 of
@@ -438,7 +467,8 @@ class ConvGeometry:
 # depends only on its operands' Operands, the convolution's arguments (for the
 # bias / activation gradient: its flags and slope) and the switches
 # (``Switches``: ``read_in_place``, cuDNN's tf32 flag for fp32), which the
-# builders take as arguments and read nowhere else. A launch plan is those
+# builders take as arguments and read nowhere else (besides ``interpreting()``,
+# fixed for the process). A launch plan is those
 # decisions as a function of the tensors: run(a, b, c, ...) allocates the
 # output, makes the copies decided and launches. ``_plan`` caches plans by all
 # of that (the pass's builder, its operands' ``Operand.fields``, the arguments,
@@ -555,6 +585,7 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
             return cdiv(geo.S * (pad_c or geo.Cg), meta["BLOCK_K"])
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
     grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups, steps)
+    tuned_launch = _tuned_launch(kernel)
     descriptors = pixel_stride is not None
     buffered, new_buffer = y_buffer is not y, y_buffer.allocator()
     copy_x, copy_w = x_read is not x, w_read is not w
@@ -566,8 +597,8 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
             _use_descriptor_allocator(x.device)
         out = new_output()
         y = new_buffer() if buffered else out
-        launch(kernel, grid, x, w, y if b is None else b.contiguous(), y, *workspace(x.device), *args,
-               negative_slope, **common)
+        tuned_launch(grid, x, w, y if b is None else b.contiguous(), y, *workspace(x.device), *args, negative_slope,
+                     **common)
         return out.copy_(y) if buffered else out
     return run
 
@@ -701,6 +732,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     def steps(meta):
         return taps * cdiv(geo.Kg, meta["BLOCK_K"])
     grid, workspace = _split_plan(kernel, vec, dy.device, tiles, geo.groups * phases, steps)
+    tuned_launch = _tuned_launch(kernel)
     common = dict(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype, switches.tf32),
                   DOT_UPCAST=dot_upcast())
     descriptors = pixel_stride is not None
@@ -720,9 +752,9 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
         dx = new_buffer() if buffered else out
         if descriptors:
             _use_descriptor_allocator(dy.device)
-            launch(kernel, grid, dy, w, dx, dx, *workspace(dy.device), *args, **common)
+            tuned_launch(grid, dy, w, dx, dx, *workspace(dy.device), *args, **common)
         else:
-            launch(kernel, grid, dy, w, dx, *workspace(dy.device), *args, **common)
+            tuned_launch(grid, dy, w, dx, *workspace(dy.device), *args, **common)
         return out.copy_(dx) if buffered else out
     return run
 
@@ -802,6 +834,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
         return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
     grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups * taps, steps, cap)
+    tuned_launch = _tuned_launch(kernel)
     common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype, switches.tf32), DOT_UPCAST=dot_upcast())
     if descriptors:                     # 1x1: a plain GEMM, operands through tensor descriptors
         args = (pixels, geo.Cg, geo.Kg, pixel_stride, x_pixel_stride, dw.strides[0], dw.strides[1])
@@ -817,7 +850,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
         if descriptors:
             _use_descriptor_allocator(x.device)
         dw = new_output()
-        launch(kernel, grid, dy, x, dw, *workspace(x.device), *args, **common)
+        tuned_launch(grid, dy, x, dw, *workspace(x.device), *args, **common)
         return dw
     return run
 
@@ -839,8 +872,10 @@ def _planar_plan(tuned, w: Operand, src: Operand, out: Operand, geo: ConvGeometr
     def grid(meta):
         return cdiv(rows, meta["BLOCK_M"]) * cdiv(pixels, meta["BLOCK_N"]), geo.N * geo.groups
 
+    tuned_launch = _tuned_launch(kernel)
+
     def run(w, src, b, out, negative_slope):
-        launch(kernel, grid, w, src, out if b is None else b, out, *args, negative_slope, **constexprs)
+        tuned_launch(grid, w, src, out if b is None else b, out, *args, negative_slope, **constexprs)
     return run
 
 
@@ -866,8 +901,10 @@ def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry, 
             dw.strides[0], dw.strides[1])
     constexprs = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype, tf32), DOT_UPCAST=dot_upcast())
 
+    tuned_launch = _tuned_launch(kernel)
+
     def run(dy, x, dw):
-        launch(kernel, grid, dy, x, dw, *workspace(x.device), *args, **constexprs)
+        tuned_launch(grid, dy, x, dw, *workspace(x.device), *args, **constexprs)
     return run
 
 

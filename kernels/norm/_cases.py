@@ -22,8 +22,8 @@ _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", 
 
 @contextlib.contextmanager
 def _recording(records: list):
-    """Primitives called inside record (kernel, arguments by name) instead of
-    launching, and plan for the GPU."""
+    """Every launch inside (of any kernel) is recorded as (kernel, arguments by
+    name) instead of run, and the norms plan for the GPU."""
     def record(kernel, name, grid, args, options):
         records.append((kernel, {**dict(zip(kernel_parameters(kernel), args)), **options}))
     saved = _runtime._run, ops.interpreting

@@ -1,7 +1,8 @@
 """How a norm call is laid out: its (N, C, S) views, the tiling of the looped
-and single-read paths, the ticket counters the kernels merge with, and the
-launch plans built from them. Everything here depends only on sizes, strides
-and the call's geometry, and is cached by them (``by_layout``)."""
+and single-read paths, the ticket counters the kernels merge with, and each
+launch's arguments that follow from them (``LaunchPlan``, from which
+``ops``'s launch plans are built). Everything here depends only on sizes,
+strides and the call's geometry, and is cached by them (``by_layout``)."""
 from __future__ import annotations
 
 import functools

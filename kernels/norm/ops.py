@@ -249,7 +249,7 @@ def _dx_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, activati
     def run(dy, x, g, weight, bias, residual, mean, rstd, sums, count):
         dx = new_dx(dtype=x.dtype, device=x.device)
         input_grad(x, dy, x if residual is None else residual, x if g is None else g, mean, rstd,
-                   _vector(weight, mean), _vector(bias, mean), sums, dx, mean if count is None else count)
+                   _vector(weight, mean), _vector(bias, mean), sums.contiguous(), dx, mean if count is None else count)
         return dx
     return run
 
@@ -447,7 +447,8 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
                      per_sample: bool, activation: int, negative_slope: float) -> torch.Tensor:
     """dx of batch statistics, one launch: rstd (w g - (s1 + xhat s2) / count), g read
     when given (the reduction pass wrote it) else recomputed from dy; sums (2,
-    num_stats) contiguous, as ``norm_backward_reduce`` returns them; ``count`` (a
+    num_stats) as ``norm_backward_reduce`` returns them (the kernel reads one
+    contiguous buffer: another layout is copied); ``count`` (a
     device tensor: SyncBatchNorm's count over all processes) or, when None, the
     elements per statistic of x."""
     plan = _dx_plan((dy, x, residual, g), Geometry(lead, chan, groups, per_sample, False), weight is not None,
