@@ -358,9 +358,9 @@ def _tuned_launch(kernel):
     kernel. They go through Triton's autotuner until one of them has run and the
     autotuner has chosen its config (the autotuner's key, the key arguments and
     the tensors' dtypes, is the same at every call of a plan), then straight to
-    that config's kernel: the autotuner's Python costs ~13 us a launch on a GPU
-    (a dict of all ~45 arguments and the key rebuilt each call), a direct launch
-    ~1 us. The choice is taken under a lock from ``best_config``, which every
+    that config's kernel: the autotuner's Python costs ~16 us a launch (a dict
+    of all ~45 arguments and its key rebuilt each call; this CPU, the kernel's
+    run stubbed), a direct launch ~1.4 us. The choice is taken under a lock from ``best_config``, which every
     launch of the kernel writes: reset first, so that a launch that did not run
     (a dry run) chooses nothing."""
     chosen = {}
@@ -468,12 +468,12 @@ class ConvGeometry:
 # bias / activation gradient: its flags and slope) and the switches
 # (``Switches``: ``read_in_place``, cuDNN's tf32 flag for fp32), which the
 # builders take as arguments and read nowhere else (besides ``interpreting()``,
-# fixed for the process). A launch plan is those
-# decisions as a function of the tensors: run(a, b, c, ...) allocates the
-# output, makes the copies decided and launches. ``_plan`` caches plans by all
-# of that (the pass's builder, its operands' ``Operand.fields``, the arguments,
-# the switches), so a call repeating a layer's shapes and layouts costs a key
-# and a dict lookup before its launch.
+# fixed for the process). A launch plan is those decisions as a function of the
+# tensors: run(a, b, c, ...) allocates the output, makes the copies decided and
+# launches. ``_plan`` caches plans by all of that (the pass's builder, its
+# operands' ``Operand.fields``, the arguments, the switches), so a call
+# repeating a layer's shapes and layouts costs a key and a dict lookup before
+# its launch.
 
 _plans: dict = {}
 PLAN_CACHE_SIZE = 4096
