@@ -360,9 +360,9 @@ def _tuned_launch(kernel):
     the tensors' dtypes, is the same at every call of a plan), then straight to
     that config's kernel: the autotuner's Python costs ~16 us a launch (a dict
     of all ~45 arguments and its key rebuilt each call; this CPU, the kernel's
-    run stubbed), a direct launch ~1.4 us. The choice is taken under a lock from ``best_config``, which every
-    launch of the kernel writes: reset first, so that a launch that did not run
-    (a dry run) chooses nothing."""
+    run stubbed), a direct launch ~1.4 us. The choice is taken under a lock
+    from ``best_config``, which every launch of the kernel writes: reset first,
+    so that a launch that did not run (a dry run) chooses nothing."""
     chosen = {}
 
     def run(grid, *args, **kwargs):
