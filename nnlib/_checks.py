@@ -226,10 +226,12 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
         _check_conv_ranks(input, weight)
     stride, pad, dilation, groups = parsed
     check_same_device("conv2d", input=input, weight=weight, bias=bias)
-    # torch sends an empty batch to its empty backend, before any backend checks the weight's dtype.
-    if weight.dtype != input.dtype and not (input.dim() == 4 and input.shape[0] == 0):
+    # torch sends an empty batch to its empty backend before any backend checks the weight's dtype, and the
+    # bias's too when padding is a string (its padding-mode path checks the bias only in a backend).
+    empty_batch = input.dim() == 4 and input.shape[0] == 0
+    if weight.dtype != input.dtype and not empty_batch:
         raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
-    if bias is not None and bias.dtype != input.dtype:
+    if bias is not None and bias.dtype != input.dtype and not (empty_batch and isinstance(padding, str)):
         raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
     out_channels, group_channels = weight.shape[:2]
     if out_channels == 0:
@@ -364,6 +366,14 @@ def check_momentum(momentum, op: str) -> float:
 _RUNNING_STATS = ("running_mean", "running_var")
 
 
+def check_optional_tensors(op: str, **tensors) -> None:
+    """Each a tensor or None (TypeError, as torch's argument parser raises before
+    any other check of its C++ ops)."""
+    for name, t in tensors.items():
+        if t is not None and not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+
+
 def check_norm_params(input, op: str, any_dtype: tuple = (), **params) -> None:
     """Parameters and running stats: tensors on input's device, all of one floating
     dtype, which is input's or, for fp16 / bf16 input, float32 (mixed precision),
@@ -386,9 +396,7 @@ def check_norm_params(input, op: str, any_dtype: tuple = (), **params) -> None:
     else:
         return
     given = {name: t for name, t in params.items() if t is not None}
-    for name, t in given.items():
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+    check_optional_tensors(op, **given)
     check_same_device(op, input=input, **given)
     for name in _RUNNING_STATS:
         if name in given and given[name].requires_grad and torch.is_grad_enabled():

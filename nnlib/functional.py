@@ -17,8 +17,8 @@ from kernels._runtime import backend, check_same_device
 
 from ._checks import (as_float32, check_activation_input, check_conv2d, check_eps, check_flag, check_inplace,
                       check_max_pool2d, check_momentum, check_norm_dtype, check_norm_input, check_norm_params,
-                      check_numel, check_residual, conv_activation, int_items, is_int, norm_activation,
-                      pool_activation, scalar)
+                      check_numel, check_optional_tensors, check_residual, conv_activation, int_items, is_int,
+                      norm_activation, pool_activation, scalar)
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
@@ -228,6 +228,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
             count *= n
         if count == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if input.dim() < 2 and input.numel():
         if training and running_mean is None and weight is None:
             raise IndexError(message)
@@ -287,6 +288,7 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
             count *= n
         if count == 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if input.dim() < 2:
         raise RuntimeError(f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input")
     momentum = check_momentum(momentum, op)
@@ -322,6 +324,7 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
         raise TypeError(f"{op}(): argument 'normalized_shape' must be tuple of ints, not "
                         f"{type(normalized_shape).__name__}")
     shape = [int(n) for n in int_items(normalized_shape, op, "normalized_shape")]
+    check_optional_tensors(op, weight=weight, bias=bias)
     if not shape:
         raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
                            f"element, but got normalized_shape = {shape}")
@@ -361,6 +364,7 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     if isinstance(num_groups, bool) or not is_int(num_groups):
         raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type(num_groups).__name__}")
     num_groups = int(num_groups)
+    check_optional_tensors(op, weight=weight, bias=bias)
     eps = check_eps(eps, op)
     if num_groups <= 0:
         raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")

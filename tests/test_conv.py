@@ -152,6 +152,27 @@ def test_empty_batch(i, device):
     check_op(ours, reference, [x, w, b], "conv", expect_launch=False)
 
 
+def test_empty_batch_with_other_dtypes(device):
+    """torch sends an empty batch to its empty backend before it checks the
+    weight's dtype, and the bias's too when padding is a string: an empty output in
+    the input's dtype where torch gives one, its exception class where it raises."""
+    x = torch.randn(0, 2, 3, 3, device=device)
+    w32, b32 = torch.randn(2, 1, 1, 1, device=device), torch.randn(2, device=device)
+    for padding in (0, "valid", "same"):
+        for w, b in ((w32, b32.double()), (w32.double(), None), (w32.double(), b32)):
+            args = (None if b is None else b.cpu(), 1, padding, 1, 2)
+            try:
+                theirs, error = TF.conv2d(x.cpu(), w.cpu(), *args), None
+            except RuntimeError as e:
+                error = e
+            if error is not None:
+                with pytest.raises(RuntimeError):
+                    F.conv2d(x, w, b, 1, padding, 1, 2)
+                continue
+            ours = F.conv2d(x, w, b, 1, padding, 1, 2)
+            assert (ours.shape, ours.dtype) == (theirs.shape, theirs.dtype), (padding, w.dtype, b)
+
+
 def test_negative_slope_leaky_relu(device):
     """A negative slope flips the output's sign, so conv2d runs the activation as
     its own kernel; gradients still match."""

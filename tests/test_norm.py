@@ -767,6 +767,13 @@ def _bad_calls(device):
         "group_norm-int-input-groups-not-dividing": (lambda f, rm, rv: f.group_norm(x.long(), 4), None),
         "instance_norm-weight-2d":
             (lambda f, rm, rv: f.instance_norm(x, rm, rv, torch.ones(6, 1, device=device)), None),
+        # torch's argument parser refuses a non-tensor (TypeError) before its ops check anything
+        "batch_norm-running-mean-float-var-missing":
+            (lambda f, rm, rv: f.batch_norm(x, 1.0, None, None, None, True), None),
+        "batch_norm-eval-running-mean-float": (lambda f, rm, rv: f.batch_norm(x, 1.0, None, None, None, False), None),
+        "instance_norm-running-mean-float-var-missing": (lambda f, rm, rv: f.instance_norm(x, 1.0, None), None),
+        "layer_norm-weight-float-shape-empty": (lambda f, rm, rv: f.layer_norm(x, (), 1.0), None),
+        "group_norm-bias-float-negative-groups": (lambda f, rm, rv: f.group_norm(x, -2, None, 1.0), None),
     }
 
 
