@@ -289,11 +289,11 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
         if count == 1:
             raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
     check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    if input.dim() < 2:
-        raise RuntimeError(f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input")
     momentum = check_momentum(momentum, op)
     if not use_input_stats and (running_mean is None or running_var is None):
         raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    if input.dim() < 2:     # reached without use_input_stats only; torch indexes the missing dim
+        raise IndexError(f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     # torch's instance_norm repeats the running stats and copies them back: any dtype.

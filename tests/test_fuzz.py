@@ -188,6 +188,16 @@ KNOWN = {
     "RuntimeError); nnlib raises RuntimeError, floating running stats only":
         lambda op, args: op == "batch_norm" and args.get("training") is not True and any(
             not t.dtype.is_floating_point for t in _tensors(args, "running_mean", "running_var")),
+    "conv2d with string padding, fp16 / bf16 input and a float32 bias: torch's CPU fallback accepts it (numeric "
+    "padding and other dtype pairs raise RuntimeError); nnlib raises RuntimeError":
+        lambda op, args: op == "conv2d" and isinstance(args.get("padding"), str) and isinstance(
+            args.get("input"), TensorSpec) and any(t.dtype != args["input"].dtype for t in _tensors(args, "bias")),
+    "group_norm / layer_norm on integer input with an integer weight and a floating bias: torch raises "
+    "NotImplementedError (its CPU mixed-dtype check reads the first parameter only); nnlib raises RuntimeError":
+        lambda op, args: op in ("group_norm", "layer_norm") and isinstance(args.get("input"), TensorSpec)
+        and not args["input"].dtype.is_floating_point and any(
+            not t.dtype.is_floating_point for t in _tensors(args, "weight")) and any(
+            t.dtype.is_floating_point for t in _tensors(args, "bias")),
     # Documented in README ("Known differences from torch"):
     "instance_norm accepts fp16 / bf16 input with a float32 bias and no weight (torch's CPU kernel refuses)":
         lambda op, args: op == "instance_norm" and isinstance(args.get("input"), TensorSpec)

@@ -774,6 +774,10 @@ def _bad_calls(device):
         "instance_norm-running-mean-float-var-missing": (lambda f, rm, rv: f.instance_norm(x, 1.0, None), None),
         "layer_norm-weight-float-shape-empty": (lambda f, rm, rv: f.layer_norm(x, (), 1.0), None),
         "group_norm-bias-float-negative-groups": (lambda f, rm, rv: f.group_norm(x, -2, None, 1.0), None),
+        "instance_norm-input-1d-running-stats":
+            (lambda f, rm, rv: f.instance_norm(w6, rm, rv, use_input_stats=False), None),
+        "instance_norm-input-1d-no-running-stats":
+            (lambda f, rm, rv: f.instance_norm(w6, None, None, use_input_stats=False), None),
     }
 
 
