@@ -255,6 +255,13 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     if padded[0] < dilated[0] or padded[1] < dilated[1]:
         raise RuntimeError(f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
                            f"({dilated[0]} x {dilated[1]}). Kernel size can't be greater than actual input size")
+    # What cannot change the result is made small, so that any call torch takes fits the kernels' int32
+    # arguments (torch takes a dilation of 2**31): the dilation of a one-tap axis becomes 1, the stride
+    # of an axis with one output position at most its span of start positions (plain sizes only: a
+    # tracer's symbolic ones would guard).
+    if all(type(n) is int for n in (*kernel, *padded)):
+        dilation = tuple(1 if k == 1 else d for d, k in zip(dilation, kernel))
+        stride = tuple(min(s, p - d + 1) for s, p, d in zip(stride, padded, dilated))
     return stride, pad, dilation, groups
 
 

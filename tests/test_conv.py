@@ -173,6 +173,17 @@ def test_empty_batch_with_other_dtypes(device):
             assert (ours.shape, ours.dtype) == (theirs.shape, theirs.dtype), (padding, w.dtype, b)
 
 
+@pytest.mark.parametrize("groups", [1, 4])
+def test_arguments_that_cannot_matter(groups, device):
+    """torch takes a dilation of 2**31 on a one-tap kernel axis and a stride of 2**31
+    on an axis with one output position (past the kernels' int32 arguments): the
+    same values and gradients (GEMM and depthwise paths)."""
+    x = make_input((2, 4, 3, 5), torch.float32, device, requires_grad=True)
+    w = make_input((16 if groups == 1 else 4, 4 // groups, 1, 3), torch.float32, device, requires_grad=True)
+    ours, reference = _conv_fns((2**31, 1), 0, (2**31, 1), groups)
+    check_op(ours, reference, [x, w, None], "conv")
+
+
 def test_negative_slope_leaky_relu(device):
     """A negative slope flips the output's sign, so conv2d runs the activation as
     its own kernel; gradients still match."""

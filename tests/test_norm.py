@@ -408,6 +408,15 @@ def test_launch_plans_follow_their_arguments(device):
     _check_batch_norm(x, w, b, None, True)      # parameter gradients only
 
 
+@pytest.mark.parametrize("momentum", [6.4e-233, 1e-40, 1e-3])
+def test_running_stats_of_a_tiny_momentum(momentum, device):
+    """bf16 running statistics moved by a momentum below fp32's normal range (the
+    kernels compute in fp32) stay what torch leaves them."""
+    x = make_input((4, 3, 5), torch.bfloat16, device, requires_grad=True)
+    _check_batch_norm(x, None, None, _running(3, torch.bfloat16, device), True, momentum)
+    _check_instance_norm(x, None, None, _running(3, torch.bfloat16, device), True, momentum)
+
+
 def test_output_strides_as_torch(device):
     """Output strides (cached per layout) are torch's in every layout, batch norm's
     rule included: a non-contiguous channels_last-dense input whose suggested memory
