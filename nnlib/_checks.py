@@ -218,39 +218,54 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
             raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
     kernel = tuple(weight.shape[2:])
     parsed = _plain_conv_args(stride, padding, dilation, groups, kernel)
-    if parsed is None:     # not plain or not valid: parse in torch's order, which raises where torch does
+    plain = parsed is not None
+    if not plain:     # not plain or not valid, or compiling: parse in torch's order, which raises where torch does
         items = _conv_arg_types(stride, padding, dilation, groups)
         _check_conv_ranks(input, weight)
         parsed = _conv_arg_values(items, padding, int(groups), kernel)
     else:
         _check_conv_ranks(input, weight)
-    stride, pad, dilation, groups = parsed
     check_same_device("conv2d", input=input, weight=weight, bias=bias)
+    key = (input.shape, weight.shape, input.dtype, weight.dtype, None if bias is None else bias.shape,
+           None if bias is None else bias.dtype, isinstance(padding, str), *parsed)
+    if not plain:
+        return _check_conv_shapes(*key)
+    try:
+        return _cached_conv_shapes(*key)
+    except TypeError:       # symbolic sizes (a tracer's), which do not hash
+        return _check_conv_shapes(*key)
+
+
+def _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bias_shape, bias_dtype,
+                       string_padding: bool, stride, pad, dilation, groups):
+    """check_conv2d's checks of sizes and dtypes (RuntimeError, in torch's order),
+    after those of the arguments; returns its result."""
     # torch sends an empty batch to its empty backend before any backend checks the weight's dtype, and the
     # bias's too when padding is a string (its padding-mode path checks the bias only in a backend).
-    empty_batch = input.dim() == 4 and input.shape[0] == 0
-    if weight.dtype != input.dtype and not empty_batch:
-        raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and weight type ({weight.dtype}) should be the same")
-    if bias is not None and bias.dtype != input.dtype and not (empty_batch and isinstance(padding, str)):
-        raise RuntimeError(f"conv2d(): Input type ({input.dtype}) and bias type ({bias.dtype}) should be the same")
-    out_channels, group_channels = weight.shape[:2]
+    empty_batch = len(input_shape) == 4 and input_shape[0] == 0
+    if weight_dtype != input_dtype and not empty_batch:
+        raise RuntimeError(f"conv2d(): Input type ({input_dtype}) and weight type ({weight_dtype}) should be the same")
+    if bias_shape is not None and bias_dtype != input_dtype and not (empty_batch and string_padding):
+        raise RuntimeError(f"conv2d(): Input type ({input_dtype}) and bias type ({bias_dtype}) should be the same")
+    out_channels, group_channels = weight_shape[:2]
+    kernel = tuple(weight_shape[2:])
     if out_channels == 0:
         raise RuntimeError(f"Given groups={groups}, expected weight to be at least 1 at dimension 0, but got "
-                           f"weight of size {list(weight.shape)} instead")
+                           f"weight of size {list(weight_shape)} instead")
     if out_channels % groups:
         raise RuntimeError(f"Given groups={groups}, expected weight to be divisible by {groups} at dimension 0, "
-                           f"but got weight of size {list(weight.shape)} instead")
-    if input.shape[-3] != group_channels * groups:
-        raise RuntimeError(f"Given groups={groups}, weight of size {list(weight.shape)}, expected input"
-                           f"{list(input.shape)} to have {group_channels * groups} channels, but got "
-                           f"{input.shape[-3]} channels instead")
-    if bias is not None and (bias.dim() != 1 or bias.numel() != out_channels):
-        raise RuntimeError(f"Given weight of size {list(weight.shape)}, expected bias to be 1-dimensional with "
-                           f"{out_channels} elements, but got bias of size {list(bias.shape)} instead")
-    if 0 in input.shape[-2:]:
+                           f"but got weight of size {list(weight_shape)} instead")
+    if input_shape[-3] != group_channels * groups:
+        raise RuntimeError(f"Given groups={groups}, weight of size {list(weight_shape)}, expected input"
+                           f"{list(input_shape)} to have {group_channels * groups} channels, but got "
+                           f"{input_shape[-3]} channels instead")
+    if bias_shape is not None and (len(bias_shape) != 1 or bias_shape[0] != out_channels):
+        raise RuntimeError(f"Given weight of size {list(weight_shape)}, expected bias to be 1-dimensional with "
+                           f"{out_channels} elements, but got bias of size {list(bias_shape)} instead")
+    if 0 in input_shape[-2:]:
         raise RuntimeError(f"conv2d(): only zero batch or zero channel inputs are supported, but got input shape: "
-                           f"{list(input.shape)}")
-    padded = [input.shape[-2] + pad[0] + pad[2], input.shape[-1] + pad[1] + pad[3]]
+                           f"{list(input_shape)}")
+    padded = [input_shape[-2] + pad[0] + pad[2], input_shape[-1] + pad[1] + pad[3]]
     dilated = [d * (k - 1) + 1 for d, k in zip(dilation, kernel)]
     if padded[0] < dilated[0] or padded[1] < dilated[1]:
         raise RuntimeError(f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
@@ -263,6 +278,9 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
         dilation = tuple(1 if k == 1 else d for d, k in zip(dilation, kernel))
         stride = tuple(min(s, p - d + 1) for s, p, d in zip(stride, padded, dilated))
     return stride, pad, dilation, groups
+
+
+_cached_conv_shapes = functools.lru_cache(maxsize=1024)(_check_conv_shapes)
 
 
 # ---------------------------------------------------------------------------

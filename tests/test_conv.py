@@ -173,6 +173,23 @@ def test_empty_batch_with_other_dtypes(device):
             assert (ours.shape, ours.dtype) == (theirs.shape, theirs.dtype), (padding, w.dtype, b)
 
 
+def test_checks_after_a_good_call_of_the_same_shapes(device):
+    """check_conv2d caches its checks of sizes and dtypes: a call that differs from a
+    good one in a dtype, or in padding given as a string rather than as the same
+    numbers, is still checked (torch's class), and the good call still passes."""
+    x, w = torch.randn(2, 4, 5, 5, device=device), torch.randn(6, 4, 3, 3, device=device)
+    b = torch.randn(6, device=device)
+    empty = torch.randn(0, 4, 5, 5, device=device)
+    for _ in range(2):
+        F.conv2d(x, w, b)
+        F.conv2d(empty, w, b.double(), 1, "valid")      # torch returns this (string padding, empty batch)
+        for args in ((x, w, b.half()), (x, w.half(), b), (x.half(), w, b), (empty, w, b.double(), 1, 0)):
+            with pytest.raises(RuntimeError):
+                TF.conv2d(*(a.cpu() if isinstance(a, torch.Tensor) else a for a in args))
+            with pytest.raises(RuntimeError):
+                F.conv2d(*args)
+
+
 @pytest.mark.parametrize("groups", [1, 4])
 def test_arguments_that_cannot_matter(groups, device):
     """torch takes a dilation of 2**31 on a one-tap kernel axis and a stride of 2**31
