@@ -14,6 +14,9 @@ helpers that every op shares.
   through a launcher ``bind`` made, for plans that fix a launch's arguments once)
   and is counted, so tests can prove that a Triton kernel ran; ``dry_run()``
   counts launches without running them (the host benchmark times our Python).
+* ``plan_cache(build)``: a launch plan (what a launch's sizes, strides, flags
+  and arguments decide) built once per distinct key; every op caches its plans
+  this way.
 * ``DOT_UPCAST``: pass as a constexpr to kernels that ``tl.dot`` bf16 tiles;
   the interpreter's bf16 dot is wrong, so they upcast to fp32 there.
 """
@@ -31,6 +34,7 @@ import triton
 
 __all__ = [
     "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "kernel_parameters", "LaunchCounter",
+    "plan_cache", "clear_plan_caches",
     "count_launches", "dry_run",
     "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
@@ -241,6 +245,34 @@ def bind(kernel, grid, pointers: tuple, num_warps: int, **values):
     def run(*tensors):
         return _run(kernel, name, grid, tensors + fixed, options)
     return run
+
+
+PLAN_CACHE_SIZE = 4096      # plans kept per cache (the most recently used)
+_plan_caches: list = []     # the caches ``clear_plan_caches`` empties
+
+
+def plan_cache(build):
+    """``build(*key)`` cached per distinct key: a launch plan, which depends only on
+    its key (sizes, strides, dtypes, flags, scalar arguments, switches; hashable),
+    the PLAN_CACHE_SIZE most recently used kept. A key holding symbolic sizes
+    (SymInt, which a tracer passes to fake implementations: they do not hash) is
+    built each time."""
+    values = functools.lru_cache(maxsize=PLAN_CACHE_SIZE)(build)
+    _plan_caches.append(values)
+
+    @functools.wraps(build)
+    def cached(*key):
+        try:
+            return values(*key)
+        except TypeError:       # a SymInt in the key (a TypeError of build's own is raised again)
+            return build(*key)
+    return cached
+
+
+def clear_plan_caches() -> None:
+    """Empty every plan cache (tests that change what plans are built from call it)."""
+    for values in _plan_caches:
+        values.cache_clear()
 
 
 @contextlib.contextmanager

@@ -20,7 +20,6 @@ input's suggested memory format, as torch (channels_last in, channels_last out).
 """
 from __future__ import annotations
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -29,7 +28,7 @@ import triton.language as tl
 
 from ._library import Operator
 from ._runtime import (CompileCase, cdiv, interpreting, launch, memory_format_of, needs_int64, next_power_of_2,
-                       offsets_need_int64, suggest_memory_format)
+                       offsets_need_int64, plan_cache, suggest_memory_format)
 from .activation import activation_grad, activation_grad_op, apply_activation
 
 __all__ = ["INDEX_NONE", "INDEX_LOCAL", "INDEX_FLAT", "output_shape", "max_pool2d_op", "max_pool2d_backward_op",
@@ -290,7 +289,7 @@ class _ForwardPlan(NamedTuple):
     constexprs: dict
 
 
-@functools.lru_cache(maxsize=4096)
+@plan_cache
 def _forward_plan(shape: tuple, strides: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
                   ceil_mode: bool, index_mode: int, activation: int) -> _ForwardPlan:
     outputs = _outputs(shape, strides, kernel, stride, padding, dilation, ceil_mode, index_mode)

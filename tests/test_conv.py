@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import nnlib
 import nnlib.functional as F
 from kernels.conv import conv_paths
-from kernels._runtime import count_launches, kernel_name
+from kernels._runtime import clear_plan_caches, count_launches, kernel_name
 from tests.reference import assert_close, check_double_backward, check_op, make_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -64,13 +64,14 @@ ACTIVATIONS = [None, "relu", None, "leaky_relu", None]
 
 
 @pytest.fixture(autouse=True)
-def _own_launch_plans(monkeypatch):
-    """Each test builds its own launch plans (``kernels.conv.ops._plans``), dropped
-    after it: tests patch what plans are built from (``_splits``, tile configs,
+def _own_launch_plans():
+    """Each test builds its own launch plans (the plan caches emptied before and
+    after it): tests patch what plans are built from (``_splits``, tile configs,
     ``_image_needs_int64``), which a plan cached before would not see, and their
     patched plans must not serve later tests."""
-    from kernels.conv import ops
-    monkeypatch.setattr(ops, "_plans", {})
+    clear_plan_caches()
+    yield
+    clear_plan_caches()
 
 
 def _inputs(N, C, H, W, K, kernel, groups, dtype, device, layout="contiguous", bias=True, unbatched=False):
@@ -909,7 +910,7 @@ def test_planar_split_weight_grad_and_double_backward(device, monkeypatch):
     assert launches.counts["_conv_planar_gemm_kernel"] and launches.counts["_conv_planar_wgrad_kernel"], \
         launches.counts
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
-    monkeypatch.setattr(ops, "_plans", {})             # the plans above were built unsplit
+    clear_plan_caches()             # the plans above were built unsplit
     with count_launches() as launches:
         check_op(ours, reference, [x, w, b], "conv")
     assert launches.counts["_conv_planar_wgrad_kernel"] == 1, launches.counts

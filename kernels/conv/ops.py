@@ -56,7 +56,7 @@ from triton.runtime import _allocation as triton_allocation
 from .._library import Operator
 from .._reduce import tickets
 from .._runtime import (cdiv, dot_upcast, empty_like_strides, interpreting, launch, memory_format_of, merge_dims,
-                        next_power_of_2, offsets_need_int64)
+                        next_power_of_2, offsets_need_int64, plan_cache)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
@@ -470,13 +470,10 @@ class ConvGeometry:
 # builders take as arguments and read nowhere else (besides ``interpreting()``,
 # fixed for the process). A launch plan is those decisions as a function of the
 # tensors: run(a, b, c, ...) allocates the output, makes the copies decided and
-# launches. ``_plan`` caches plans by all of that (the pass's builder, its
-# operands' ``Operand.fields``, the arguments, the switches), so a call
-# repeating a layer's shapes and layouts costs a key and a dict lookup before
-# its launch.
-
-_plans: dict = {}
-PLAN_CACHE_SIZE = 4096
+# launches. ``by_operands`` caches plans by all of that (its operands'
+# ``Operand.fields``, the arguments, the switches; ``plan_cache``), so a call
+# repeating a layer's shapes and layouts costs a key and a lookup before its
+# launch.
 
 
 class Switches(NamedTuple):
@@ -490,19 +487,19 @@ class Switches(NamedTuple):
         return Switches(_copy_operands, torch.backends.cudnn.allow_tf32)
 
 
-def _plan(build, tensors: tuple, *extra):
-    """The launch plan that ``build`` (a pass's builder) makes for ``tensors`` and
-    ``extra`` (hashable: the conv arguments (stride, padding, dilation, groups),
-    flags): cached under all of them and the switches, built on a miss as
-    ``build(*Operands, switches, *extra)`` (the cache starts over when full)."""
-    fields, switches = tuple([Operand.fields(t) for t in tensors]), Switches.now()
-    key = (build, fields, switches, *extra)
-    plan = _plans.get(key)
-    if plan is None:
-        if len(_plans) >= PLAN_CACHE_SIZE:
-            _plans.clear()
-        plan = _plans[key] = build(*(Operand(*f) for f in fields), switches, *extra)
-    return plan
+def by_operands(build):
+    """A pass's builder ``build(*Operands, switches, *extra)`` as ``cached(tensors,
+    *extra)``: the launch plan for ``tensors`` and ``extra`` (hashable: the conv
+    arguments (stride, padding, dilation, groups), flags), cached (``plan_cache``)
+    under the tensors' ``Operand.fields``, ``extra`` and the switches now."""
+    def build_from_fields(fields, switches, *extra):
+        return build(*(Operand(*f) for f in fields), switches, *extra)
+    plans = plan_cache(build_from_fields)
+
+    @functools.wraps(build)
+    def cached(tensors, *extra):
+        return plans(tuple([Operand.fields(t) for t in tensors]), Switches.now(), *extra)
+    return cached
 
 
 def _memory_format(*tensors):
@@ -512,6 +509,7 @@ def _memory_format(*tensors):
             else torch.contiguous_format)
 
 
+@by_operands
 def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_bias: bool, activation: int):
     """run(x, w, b, negative_slope) -> y = act(conv(x, w) + b): (N, K, P, Q) in x's
     dtype, channels_last when x or w is."""
@@ -675,6 +673,7 @@ def _use_descriptor_allocator(device: torch.device) -> None:
         triton.set_allocator(_descriptor_scratch)
 
 
+@by_operands
 def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switches, conv: tuple):
     """run(dy, w, x_like) -> dx (N, C, H, W) in ``torch.empty_like(x_like)``'s layout:
     the transposed convolution of dy."""
@@ -759,6 +758,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     return run
 
 
+@by_operands
 def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switches, conv: tuple):
     """run(dy, x, w_like) -> dw (K, Cg, R, S) in w_like's memory format, written in
     the weight dtype by one launch: the reduction over the N*P*Q pixels is split
@@ -908,6 +908,7 @@ def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry, 
     return run
 
 
+@by_operands
 def _output_grad_plan(dy: Operand, saved: Operand, switches: Switches, activation: int, negative_slope: float,
                       bias_grad: bool):
     """run(dy, saved) -> (g, db) of dy (N, K, P, Q) and ``saved`` (the forward's output
@@ -949,25 +950,21 @@ def _output_grad_plan(dy: Operand, saved: Operand, switches: Switches, activatio
 # The operators take schema types: stride / dilation as [h, w], padding as
 # [top, left, bottom, right]; ConvGeometry is rebuilt from them (cached).
 
-@functools.lru_cache(maxsize=4096)
-def _cached_geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
+@plan_cache
+def _geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
     return ConvGeometry(x_shape, w_shape, stride, padding, dilation, groups)
 
 
 def geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometry:
-    """The ConvGeometry of a call, cached by its arguments (symbolic shapes, which a
-    tracer passes to fake implementations, are not cached)."""
-    args = (tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
-    if all(type(n) is int for n in args[0] + args[1]):
-        return _cached_geometry(*args)
-    return ConvGeometry(*args)
+    """The ConvGeometry of a call, cached by its arguments (``plan_cache``)."""
+    return _geometry(tuple(x_shape), tuple(w_shape), tuple(stride), tuple(padding), tuple(dilation), groups)
 
 
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
                    dilation: list[int], groups: int, activation: int, negative_slope: float) -> torch.Tensor:
     """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    plan = _plan(_forward_plan, (x, w), conv, b is not None, activation)
+    plan = _forward_plan((x, w), conv, b is not None, activation)
     return plan(x, w, b, float(negative_slope))
 
 
@@ -976,7 +973,7 @@ def conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, x_like: torch.Tensor, st
     """D(g, w): the input gradient (N, C, H, W) of output gradient g (N, K, P, Q), in
     ``torch.empty_like(x_like)``'s layout (x_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    return _plan(_input_grad_plan, (g, w, x_like), conv)(g, w, x_like)
+    return _input_grad_plan((g, w, x_like), conv)(g, w, x_like)
 
 
 def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, stride: list[int],
@@ -984,7 +981,7 @@ def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, s
     """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and input
     x, in w_like's memory format (w_like gives shape and layout only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    return _plan(_weight_grad_plan, (g, x, w_like), conv)(g, x, w_like)
+    return _weight_grad_plan((g, x, w_like), conv)(g, x, w_like)
 
 
 def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int, negative_slope: float,
@@ -992,7 +989,7 @@ def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int
     """(g, db) of dy (N, K, P, Q) and the saved output y: g = dy * act'(y) (empty
     without an activation), db (K,) in dy's dtype (empty unless ``bias_grad``)."""
     saved = dy if y is None else y
-    g, db = _plan(_output_grad_plan, (dy, saved), activation, float(negative_slope), bias_grad)(dy, saved)
+    g, db = _output_grad_plan((dy, saved), activation, float(negative_slope), bias_grad)(dy, saved)
     empty = dy.new_empty(0)
     return (g if activation else empty), (db if bias_grad else empty)
 

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import torch
 
-from .._runtime import cdiv, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64
+from .._runtime import cdiv, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64, plan_cache
 
 # Tiling. A GPU tile holds TILE elements (8 per thread at NUM_WARPS warps: 16-byte
 # accesses of 2-byte types); the interpreter, which pays per program and per loop
@@ -41,7 +41,6 @@ NUM_WARPS = 8
 SET_LIMIT = 4096
 SET_TILE = 2048
 ROW_PROGRAMS = 256
-CACHE_SIZE = 4096           # entries per layout cache
 
 
 class Geometry(NamedTuple):
@@ -58,38 +57,19 @@ class Geometry(NamedTuple):
     keep_format: bool
 
 
-_CACHES = []       # the caches ``clear_caches`` empties
-
-
 def by_layout(build):
     """``build(layouts, *args) -> value`` as ``cached(tensors, *args)``: each tensor's
     layout, (shape, stride) or None for None, is passed in its place, and the value is
-    cached per distinct (layouts, *args) (args hashable; the CACHE_SIZE most recently
-    used kept).
-    Symbolic sizes (SymInt, which a tracer passes: they do not hash) are built each
-    time, not cached (torch.compile traces through functools.lru_cache).
+    cached per distinct (layouts, *args) (``plan_cache``; args hashable).
     ``cached.of_layouts(layouts, *args)``: the same from layouts (a plan built from
     other plans)."""
-    values = functools.lru_cache(maxsize=CACHE_SIZE)(build)
-    _CACHES.append(values)
-
-    def of_layouts(layouts, *args):
-        try:
-            return values(layouts, *args)
-        except TypeError:       # a SymInt in the key (a TypeError of build's own is raised again)
-            return build(layouts, *args)
+    of_layouts = plan_cache(build)
 
     @functools.wraps(build)
     def cached(tensors, *args):
         return of_layouts(tuple([None if t is None else (t.shape, t.stride()) for t in tensors]), *args)
     cached.of_layouts = of_layouts
     return cached
-
-
-def clear_caches() -> None:
-    """Empty every plan cache (tests that change the tiling constants call it)."""
-    for values in _CACHES:
-        values.cache_clear()
 
 
 def _describe(shape, stride, lead: int, chan: int):
