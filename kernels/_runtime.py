@@ -6,8 +6,8 @@ helpers that every op shares.
   fallback).
 * ``autotune(configs, key, interpreter_config)``: ``triton.autotune`` with the
   full list on a GPU and the single interpreter config (the largest tiles)
-  when interpreting; the full list stays on ``kernel.nnlib_configs`` for the
-  compile test. ``NNLIB_AUTOTUNE=0`` in the environment makes GPU runs use the
+  when interpreting; the compile test compiles every config a GPU could tune
+  over (``kernel.nnlib_configs_for``). ``NNLIB_AUTOTUNE=0`` in the environment makes GPU runs use the
   first config of each list too (correctness runs that must not spend minutes
   tuning: bench/gpu_check.sh's test step).
 * ``launch(kernel, grid, *args, **kwargs)``: every launch goes through here (or
@@ -455,13 +455,14 @@ class CompileCase:
 
     ``signature`` maps each runtime argument to its Triton type ("*fp16", "i32",
     "fp32"); ``constexprs`` maps constexpr arguments to values. Autotuned
-    kernels are compiled once per config in ``kernel.nnlib_configs`` (the config's
+    kernels are compiled once per config of ``kernel.nnlib_configs_for(constexprs,
+    capability)`` (the config's
     kwargs join ``constexprs``); plain kernels use ``num_warps`` / ``num_stages``.
     ``tensor_cores`` asks the test to find wgmma (sm_90) / mma (sm_80) in the PTX.
     Pointers compile 16-byte aligned, as torch allocates them; ``divisible`` names
     the integer arguments a launch passes as multiples of 16 (strides of aligned
     rows), which Triton specialises on. ``expect`` states SASS figures the compile
-    test asserts (see ``tests/test_compile.py``), e.g. ``{"min_ldg_bits": 128}``.
+    test asserts on sm_90 (see ``tests/test_compile.py``), e.g. ``{"ldg128_at_least": 2}``.
     """
     kernel: object
     signature: dict

@@ -3,8 +3,8 @@ sm_90 and sm_80 on this machine (no GPU needed; ``make test`` compiles for
 sm_90 under CI's triton, ``make compile`` the whole matrix: see ``MATRIX``),
 without register spills,
 under CI's triton and under triton 3.6 (torch 2.11's, the GPU machines'); GEMM
-kernels that ask for it use tensor cores (wgmma on sm_90, mma on sm_80), and
-the SASS figures a case expects (``CompileCase.expect``; its ``"per_config"``
+kernels that ask for it use tensor cores (wgmma on sm_90, mma on sm_80), and,
+on sm_90, the SASS figures a case expects (``CompileCase.expect``; its ``"per_config"``
 entry, {config index: figures}, adds figures for single autotune configs) hold.
 
 Kernel modules list their specialisations in ``COMPILE_CASES``; the compiling

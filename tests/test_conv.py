@@ -328,7 +328,7 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
 def test_stem_weight_grad_plans_per_padding(device):
     """One geometry's weight gradient, first on an x read in place (147 columns of
     a 3-channel 7x7), then on its padded copy (196 columns, one tile more): each
-    gets its own launch plan (a shared one left dw's last columns unwritten)."""
+    gets its own launch plan (a shared one would leave dw's last columns unwritten)."""
     from kernels.conv import ops
     w = torch.randn(16, 3, 7, 7).to(device)
     for in_place in (True, False):

@@ -4,13 +4,15 @@
   against the real one, autograd registration, AOT dispatch with static and
   dynamic shapes), over samples that cover each argument mode; every
   registered operator must have samples here.
-* ``torch.compile(..., fullgraph=True)`` of the functional ops and of a model of
-  every family (train and eval) traces one graph with no break, and outputs,
-  gradients and buffers equal eager mode; ``torch.export`` of an eval model.
+* ``torch.compile(..., fullgraph=True)`` of the functional ops (aot_eager and
+  inductor) and of a model of every family traces one graph with no break; for
+  the functional ops and the "step" models (the ResNets, a converted torch
+  ResNet, the norm zoo, the digits CNN: train and eval) outputs, gradients and
+  buffers equal eager mode; ``torch.export`` of an eval model.
 * Eager calls do not go through the dispatcher (the direct path), nor through
   the autograd.Function where autograd records nothing; every launcher runs on
   its first tensor's GPU.
-* On CUDA: inductor, and its CUDA graphs (``mode="reduce-overhead"``).
+* On CUDA: inductor for models, and its CUDA graphs (``mode="reduce-overhead"``).
 """
 from __future__ import annotations
 

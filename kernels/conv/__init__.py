@@ -1,8 +1,9 @@
 """conv2d in Triton: implicit-GEMM forward, input gradient and weight gradient,
 direct kernels for few channels per group, fused bias + activation epilogue.
 
-* ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, wgrad), each
-  with an in-kernel split of the reduction for small grids.
+* ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, wgrad), all
+  but the planar forward / input gradient with an in-kernel split of the
+  reduction for small grids.
 * ``_depthwise``: register-blocked depthwise kernels (one channel per group).
 * ``_direct``: small-channel kernels and the backward epilogue.
 * ``ops``: path choice, launchers, the operators (``conv2d_op`` and its gradients) and ``conv2d``.

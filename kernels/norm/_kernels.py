@@ -239,7 +239,7 @@ def _moving_average(ptr, stride, offs, mask, value, factor):
     """ptr[offs * stride] = (1 - factor) * ptr[...] + factor * value (fp32 math, stored
     in the buffer's dtype). ``factor`` is cast to fp32 first: the interpreter passes a
     float argument as a Python float, and one below fp32's normal range (a momentum of
-    1e-40) reached this arithmetic as fp64, whose cast to bf16 came out 0."""
+    1e-40) would reach this arithmetic as fp64, whose cast to bf16 comes out 0."""
     factor = tl.cast(factor, tl.float32)
     old = tl.load(ptr + offs * stride, mask=mask, other=0.0).to(tl.float32)
     tl.store(ptr + offs * stride, (old * (1.0 - factor) + value * factor).to(ptr.dtype.element_ty), mask=mask)
