@@ -270,6 +270,12 @@ def _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bia
     if padded[0] < dilated[0] or padded[1] < dilated[1]:
         raise RuntimeError(f"Calculated padded input size per channel: ({padded[0]} x {padded[1]}). Kernel size: "
                            f"({dilated[0]} x {dilated[1]}). Kernel size can't be greater than actual input size")
+    if 0 in kernel:     # torch's empty-input path multiplies by the weight's first element; its backends refuse
+        if 0 not in input_shape:
+            raise RuntimeError(f"conv2d(): kernel size should be greater than zero, but got kernel_height: "
+                               f"{kernel[0]} kernel_width: {kernel[1]}")
+        if input_shape[-3]:
+            raise IndexError(f"conv2d(): index 0 is out of range for the empty weight of size {list(weight_shape)}")
     # What cannot change the result is made small, so that any call torch takes fits the kernels' int32
     # arguments (torch takes a dilation of 2**31): the dilation of a one-tap axis becomes 1, the stride
     # of an axis with one output position at most its span of start positions (plain sizes only: a

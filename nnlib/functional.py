@@ -138,6 +138,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return _torch_epilogue(out, activation, negative_slope)
     stride, pad, dilation, groups = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
     x = input.unsqueeze(0) if input.dim() == 3 else input
+    if x.shape[1] == 0:     # as torch's empty-input path: no input channels, no output channels either
+        weight, bias = weight[:0], None if bias is None else bias[:0]
     if code == _act.ACT_LEAKY_RELU.value and negative_slope < 0:
         # The fused backward reads the output's sign, which a negative slope flips:
         # convolve, then apply leaky_relu (a Triton kernel too) on its own.

@@ -153,6 +153,22 @@ def test_empty_batch(i, device):
     check_op(ours, reference, [x, w, b], "conv", expect_launch=False)
 
 
+@pytest.mark.parametrize("kernel", [(3, 3), (0, 2)])
+def test_input_without_channels(kernel, device):
+    """An input of zero channels: torch's empty-input path gives (N, 0, P, Q) whatever
+    the weight's K, gradients of zeros for the bias; so do we (batched or not, any
+    kernel size, zero included)."""
+    for shape in ((2, 0, 5, 6), (0, 5, 6)):
+        tensors = [torch.randn(*s, device=device, requires_grad=True) for s in (shape, (6, 0, *kernel), (6,))]
+        copies = [t.detach().cpu().requires_grad_(True) for t in tensors]
+        ours, theirs = F.conv2d(*tensors, 2, 1), TF.conv2d(*copies, 2, 1)
+        assert ours.shape == theirs.shape, (ours.shape, theirs.shape)
+        ours.sum().backward()
+        theirs.sum().backward()
+        for t, c in zip(tensors, copies):
+            assert t.grad.shape == c.grad.shape and torch.equal(t.grad.cpu(), c.grad)
+
+
 def test_empty_batch_with_other_dtypes(device):
     """torch sends an empty batch to its empty backend before it checks the
     weight's dtype, and the bias's too when padding is a string: an empty output in
@@ -200,6 +216,22 @@ def test_arguments_that_cannot_matter(groups, device):
     w = make_input((16 if groups == 1 else 4, 4 // groups, 1, 3), torch.float32, device, requires_grad=True)
     ours, reference = _conv_fns((2**31, 1), 0, (2**31, 1), groups)
     check_op(ours, reference, [x, w, None], "conv")
+
+
+@pytest.mark.parametrize("channels", [(1, 1, 1), (8, 8, 1), (32, 32, 1), (8, 8, 8), (6, 4, 2)],
+                         ids=["stem", "gemm-flat", "gemm", "depthwise", "direct"])
+def test_arguments_past_int32(channels, device):
+    """torch takes a stride, padding and dilation of 2**31 where the padded input
+    still holds the dilated kernel: a 2-tap row, each output column meeting one tap
+    (two output columns, each from another tap), and padding='same' whose taps all
+    fall in the padding. Values and gradients on every path (the kernels' tap masks
+    take int64 rows)."""
+    C, K, groups = channels
+    x = make_input((2, C, 2, 3), torch.float32, device, requires_grad=True)
+    w = make_input((K, C // groups, 1, 2), torch.float32, device, requires_grad=True)
+    b = make_input((K,), torch.float32, device, requires_grad=True)
+    check_op(*_conv_fns((1, 2**31), (0, 2**31), (1, 2**31), groups, "relu"), [x, w, b], "conv")
+    check_op(*_conv_fns(1, "same", (1, 2**31), groups), [x, w, b], "conv")
 
 
 def test_negative_slope_leaky_relu(device):
@@ -833,6 +865,9 @@ def _bad_cases():
         "bias-shape": ((x, w, torch.randn(5)), {}),
         "bias-2d": ((x, w, torch.randn(6, 1)), {}),
         "no-output-channels": ((x, torch.randn(0, 4, 3, 3)), {}),
+        "kernel-height-zero": ((x, torch.randn(6, 4, 0, 3)), {"padding": "same"}),
+        "kernel-width-zero-unbatched": ((x[0], torch.randn(6, 4, 3, 0)), {}),
+        "kernel-zero-empty-batch": ((x[:0], torch.randn(6, 4, 0, 3)), {}),     # torch: IndexError
         "input-not-tensor": ((3.0, w), {}),
         # torch's parser checks argument types before shapes
         "stride-float-with-bad-rank": ((torch.randn(1, 1, 3, 6, 6), w), {"stride": 1.5}),

@@ -167,7 +167,7 @@ def _compile_cases():
                                             **_STEM_7X7),
                                        divisible, None, f"{label},flat=1,index_64"))
         sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
-               **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s"),
+               **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s", "phases_h", "phases_w"),
                **_ints(*_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))}
         divisible = ("Cg", "Kg", *_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))
         cases.append(gemm_case(conv_dgrad_gemm, sig,
@@ -178,7 +178,7 @@ def _compile_cases():
             planar_sig["stride_dxc"] = "i32"
             cases.append(gemm_case(conv_dgrad_gemm, planar_sig,
                                    dict(VEC=vec, PIXEL_VEC=8, stride_dyk=1, stride_wc=1, stride_dxw=1, **_3X3_STRIDE_1,
-                                        step_r=1, step_s=1),
+                                        step_r=1, step_s=1, phases_h=1, phases_w=1),
                                    tuple(d for d in divisible if d != "stride_dxw") + ("stride_dxc",),
                                    "nchw_input_grad", f"{label},nchw"))
         if vec > 1 and tf32:            # 1x1 channels_last through tensor descriptors (tensor cores only)
@@ -298,7 +298,7 @@ def _depthwise_cases():
                                  label=label, divisible=("C", *xd, *yd),
                                  expect=expect("forward")))
         sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
-               **_ints("H", "W", "P", "Q", "C", *_CONV), **dys, **ws, **dxs}
+               **_ints("H", "W", "P", "Q", "C", *_CONV, "phases_h", "phases_w"), **dys, **ws, **dxs}
         cases.append(CompileCase(_conv_dgrad_depthwise_kernel, sig, dict(**dy1, **dx1, **geometry, **tiles),
                                  label=label, divisible=("C", *dyd, *dxd),
                                  expect=expect("input_grad")))
@@ -352,7 +352,7 @@ def _direct_cases():
             sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
                    **_ints(*_DIMS, "C", "Cg", "Kg", "R", "S"), **dys, **ws, **dxs}
             cases.append(CompileCase(_conv_dgrad_direct_kernel, sig,
-                                     dict(step_r=1, step_s=1, **dy1, **w1, **dx1, **direct), label=label,
+                                     dict(step_r=1, step_s=1, phases_w=1, **dy1, **w1, **dx1, **direct), label=label,
                                      expect=expect["input_grad"]))
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **dys, **xs, **dws}

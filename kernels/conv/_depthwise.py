@@ -13,7 +13,7 @@ host sets when they may pass 2**31); an image's base offset is int64.
 
 * forward: y[n, c, p, q] = act(b[c] + sum_rs x[n, c, p*sh - ph + r*dh, q*sw - pw + s*dw] w[c, r, s]).
 * input gradient, per stride phase (as ``_gemm``'s dgrad): the pixels h = a + i*sh
-  of phase a see tap r only when (a + ph - r*dh) is a multiple of sh, and then
+  of phase a (a < min(sh, H)) see tap r only when (a + ph - r*dh) is a multiple of sh, and then
   dy row i + (a + ph - r*dh) / sh: a tap that misses the phase costs one scalar
   test, not a masked load.
 * weight gradient: the taps are a tensor axis (TAPS = R*S rounded up to a power
@@ -97,22 +97,24 @@ def _conv_fwd_depthwise_kernel(
 def _conv_dgrad_depthwise_kernel(
         dy_ptr, w_ptr, dx_ptr,
         H, W, P, Q, C,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, phases_h, phases_w,
         stride_dyn, stride_dyc, stride_dyp, stride_dyq,
         stride_wc, stride_wr, stride_ws,
         stride_dxn, stride_dxc, stride_dxh, stride_dxw,
         R: tl.constexpr, S: tl.constexpr,
         TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
     """dy: (N, C, P, Q); w: (C, 1, R, S); dx: (N, C, H, W); strides. Program
-    (((n * phases + phase) * patches_i + i) * patches_j + j, c_block): dx over a
-    (TILE_P, TILE_Q) patch of the input pixels of one stride phase,
-    (phase // sw + i * sh, phase % sw + j * sw), and BLOCK_C channels."""
+    (((n * phases + phase) * patches_i + i) * patches_j + j, c_block), phases =
+    phases_h * phases_w (min(sh, H) * min(sw, W)): dx over a (TILE_P, TILE_Q) patch
+    of the input pixels of one stride phase, (phase // phases_w + i * sh, phase %
+    phases_w + j * sw), and BLOCK_C channels."""
     image_phase, offs_i, offs_j = _patch(tl.program_id(0), tl.cdiv(H, stride_h), tl.cdiv(W, stride_w),
                                          TILE_P, TILE_Q)
-    phase = image_phase % (stride_h * stride_w)
-    n = image_phase // (stride_h * stride_w)
-    phase_h = phase // stride_w
-    phase_w = phase % stride_w
+    num_phases = phases_h * phases_w
+    phase = image_phase % num_phases
+    n = image_phase // num_phases
+    phase_h = phase // phases_w
+    phase_w = phase % phases_w
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     dy_img = dy_ptr + n.to(tl.int64) * stride_dyn

@@ -71,20 +71,23 @@ def _conv_fwd_direct_kernel(
 def _conv_dgrad_direct_kernel(
         dy_ptr, w_ptr, dx_ptr,
         N, H, W, P, Q, C, Cg, Kg, R, S,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_r, step_s,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_r, step_s, phases_w,
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_wk, stride_wc, stride_wr, stride_ws,
         stride_dxn, stride_dxc, stride_dxh, stride_dxw,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dy: (N, K, P, Q); w: (K, Cg, R, S); dx: (N, C, H, W); strides.
-    Program (m, n, phase): dx over BLOCK_M input pixels of one stride phase and
+    Program (m, n, phase), min(stride_h, H) * phases_w phases (phases_w =
+    min(stride_w, W)): dx over BLOCK_M input pixels of one stride phase and
     BLOCK_N input channels c, summing dy[(c // Cg)*Kg + kk] over kk < Kg and the
     taps that reach the phase (see ``_gemm._stride_phase``)."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     phase = tl.program_id(2)
-    first_h, Hp, r0, n_r, dp0, dstep_h = _stride_phase(phase // stride_w, H, pad_h, stride_h, dil_h, R, step_r)
-    first_w, Wp, s0, n_s, dq0, dstep_w = _stride_phase(phase % stride_w, W, pad_w, stride_w, dil_w, S, step_s)
+    first_h, Hp, r0, n_r, dp0, dstep_h = _stride_phase((phase // phases_w + pad_h) % stride_h, H, pad_h, stride_h,
+                                                       dil_h, R, step_r)
+    first_w, Wp, s0, n_s, dq0, dstep_w = _stride_phase((phase % phases_w + pad_w) % stride_w, W, pad_w, stride_w,
+                                                       dil_w, S, step_s)
     M = N * Hp * Wp
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)

@@ -17,7 +17,8 @@ output y (N, K, P, Q); G groups, Cg = C/G and Kg = K/G channels per group.
   copies, or a caller's 4-channel tensors), a pixel's kernel row is one aligned
   run, loaded in vectors through cp.async (the weight gradient reads x so too).
 * dgrad: dx(h, w) gathers dy(p, q) with p = (h + pad - r*dil) / stride. The
-  pixels of one stride phase (h + pad = a mod stride) see the same taps r,
+  pixels of one stride phase (h = a mod stride, a < min(stride, H): no phase
+  without pixels, so a stride past the image costs no programs) see the same taps r,
   every ``step = stride / gcd(stride, dil)``-th starting at r0, so a program
   walks only the taps that reach its phase: no zero-inserted gradient, no
   wasted multiply-adds.
@@ -108,7 +109,9 @@ def _mma(a, b, acc, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr):
 def _stride_phase(residue, size, pad, stride, dil, taps, step):
     """The input pixels h with (h + pad) % stride == residue and the taps that reach
     them. Returns (first pixel, count, first tap r0, number of taps, d0, dstep):
-    pixel first + i*stride, tap r0 + t*step, meets output row i + d0 - t*dstep."""
+    pixel first + i*stride, tap r0 + t*step, meets output row i + d0 - t*dstep.
+    A program of phase index a < min(stride, size) (a phase that holds pixels: the
+    first is a) passes residue (a + pad) % stride."""
     first = ((residue - pad) % stride + stride) % stride
     count = tl.cdiv(size - first, stride)
     r0 = taps
@@ -122,8 +125,11 @@ def _stride_phase(residue, size, pad, stride, dil, taps, step):
 
 @triton.jit
 def _in_range(i, n):
-    """0 <= i < n, for int32 ``i`` and ``n >= 0``, in one unsigned compare (a negative
-    i wraps above n): the tap masks of the main loops, one instruction per row each."""
+    """0 <= i < n, for ``n >= 0``: the tap masks of the main loops, for int32 ``i`` one
+    unsigned compare per row (a negative i wraps above n); two for the int64 ``i`` of
+    a call whose stride, padding or dilation passes int32 (torch takes 2**31)."""
+    if i.dtype == tl.int64:
+        return (i >= 0) & (i < n)
     return i.to(tl.uint32, bitcast=True) < n
 
 
@@ -437,27 +443,30 @@ def _pad_channels_kernel(src_ptr, dst_ptr, HW, C, W, stride_n, stride_c, stride_
 def _conv_dgrad_gemm_kernel(
         dy_ptr, w_ptr, dx_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, Cg, Kg, R, S,
-        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_r, step_s,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, step_r, step_s, phases_h, phases_w,
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_wk, stride_wc, stride_wr, stride_ws,
         stride_dxn, stride_dxc, stride_dxh, stride_dxw,
         VEC: tl.constexpr, PIXEL_VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """dy: (N, G*Kg, P, Q); w: (G*Kg, Cg, R, S); dx: (N, G*Cg, H, W); all through
-    strides; part / ticket: the split workspace. Program (tile, g*stride_h*stride_w
-    + phase, split): dx over BLOCK_M input pixels of one stride phase and BLOCK_N
+    strides; part / ticket: the split workspace. Program (tile, g*phases_h*phases_w
+    + phase, split), phases_h = min(stride_h, H) (phases_w so): dx over BLOCK_M input
+    pixels of one stride phase and BLOCK_N
     input channels of group g, a GEMM over (tap, output channel) with only the
     taps that reach the phase. step_r / step_s: stride / gcd(stride, dilation)
     per axis. VEC and PIXEL_VEC (dx's pixels at stride 1; stride 1 only: one
     phase) as in the forward."""
     pid_z = tl.program_id(1)
-    num_phases = stride_h * stride_w
+    num_phases = phases_h * phases_w
     g = pid_z // num_phases
     phase = pid_z % num_phases
     Cb = Cg // VEC * VEC
     Kb = Kg // VEC * VEC
-    first_h, Hp, r0, n_r, dp0, dstep_h = _stride_phase(phase // stride_w, H, pad_h, stride_h, dil_h, R, step_r)
-    first_w, Wp, s0, n_s, dq0, dstep_w = _stride_phase(phase % stride_w, W, pad_w, stride_w, dil_w, S, step_s)
+    first_h, Hp, r0, n_r, dp0, dstep_h = _stride_phase((phase // phases_w + pad_h) % stride_h, H, pad_h, stride_h,
+                                                       dil_h, R, step_r)
+    first_w, Wp, s0, n_s, dq0, dstep_w = _stride_phase((phase % phases_w + pad_w) % stride_w, W, pad_w, stride_w,
+                                                       dil_w, S, step_s)
     M = N * Hp * Wp
     num_m = tl.cdiv(N * tl.cdiv(H, stride_h) * tl.cdiv(W, stride_w), BLOCK_M)   # the largest phase
     pid_m, pid_n = _tile_ids(tl.program_id(0), num_m, tl.cdiv(Cg, BLOCK_N), GROUP_M)

@@ -685,7 +685,8 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     (stride_h, stride_w), (dil_h, dil_w) = geo.stride, geo.dilation
     steps_rs = (_step(stride_h, dil_h), _step(stride_w, dil_w))
     m_max = geo.N * cdiv(geo.H, stride_h) * cdiv(geo.W, stride_w)      # pixels of the largest phase
-    phases = stride_h * stride_w
+    phases_hw = (min(stride_h, geo.H), min(stride_w, geo.W))      # the phases that hold pixels
+    phases = phases_hw[0] * phases_hw[1]
     path = geo.paths["input_grad"]
     if path in ("depthwise", "direct"):
         if path == "depthwise":
@@ -693,15 +694,15 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
                                                        dy.strides[1] == 1, geo.S, dy.element_size())
             patches = cdiv(cdiv(geo.H, stride_h), tile_p) * cdiv(cdiv(geo.W, stride_w), tile_q)
             kernel, grid = _conv_dgrad_depthwise_kernel, (geo.N * phases * patches, cdiv(geo.C, block_c))
-            args = (geo.H, geo.W, geo.P, geo.Q, geo.C, *geo.conv_args(), *dy.strides, w.strides[0], w.strides[2],
-                    w.strides[3], *dx.strides)
+            args = (geo.H, geo.W, geo.P, geo.Q, geo.C, *geo.conv_args(), *phases_hw, *dy.strides, w.strides[0],
+                    w.strides[2], w.strides[3], *dx.strides)
             constexprs = dict(R=geo.R, S=geo.S, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
                               INDEX_64=_image_needs_int64(geo, dy, dx))
         else:
             block_m, block_n = _direct_tiles(geo.C, m_max, dy.element_size())
             kernel, grid = _conv_dgrad_direct_kernel, (cdiv(m_max, block_m), cdiv(geo.C, block_n), phases)
-            args = (*geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs, *dy.strides,
-                    *w.strides, *dx.strides)
+            args = (*geo.dims(), geo.C, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs, phases_hw[1],
+                    *dy.strides, *w.strides, *dx.strides)
             constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n)
 
         def run(dy, w, x_like):
@@ -719,7 +720,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
             return dx
         return run
     dy_read, w_read = _gemm_read(dy, switches.copy_operands), _gemm_read(w, switches.copy_operands)
-    dx_buffer, pixel_vec = _gemm_output(dx, phases == 1)
+    dx_buffer, pixel_vec = _gemm_output(dx, stride_h * stride_w == 1)
     vec = _vec([dy_read, w_read] + ([] if pixel_vec else [dx_buffer]), [geo.Cg, geo.Kg])
     pixel_stride = _descriptor_pixel_stride(geo, dy_read, vec, switches.tf32)
     kernel = _for_dtype(conv_dgrad_gemm if pixel_stride is None else conv_pointwise_dgrad, dy.dtype)
@@ -739,8 +740,8 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
         args = (m_max, geo.H, geo.W, geo.Cg, geo.Kg, pixel_stride, w_read.strides[0], *_gemm_strides(dx_buffer), 0.0)
         common.update(FORWARD=False, HAS_BIAS=False, ACTIVATION=0)
     else:
-        args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs, *_gemm_strides(dy_read),
-                *_gemm_strides(w_read), *_gemm_strides(dx_buffer))
+        args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *steps_rs, *phases_hw,
+                *_gemm_strides(dy_read), *_gemm_strides(w_read), *_gemm_strides(dx_buffer))
     copy_dy, copy_w, buffered = dy_read is not dy, w_read is not w, dx_buffer is not dx
     new_buffer = dx_buffer.allocator()
 
