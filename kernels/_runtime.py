@@ -104,6 +104,12 @@ def _capability(device: int) -> int:
     return 10 * major + minor
 
 
+def _no_timing(kernel_call, quantiles):
+    """An autotuner's timing under ``NNLIB_AUTOTUNE=0``: none (nothing runs; every
+    config reads 0 ms, so the first, the only one pruning leaves, is chosen)."""
+    return [0.0] * len(quantiles)
+
+
 def autotune(configs: list[triton.Config], key: list[str],
              interpreter_config: triton.Config | None = None, alternatives: tuple | None = None, **kwargs):
     """``triton.autotune`` with ``configs`` on a GPU and only ``interpreter_config``
@@ -136,6 +142,8 @@ def autotune(configs: list[triton.Config], key: list[str],
                 capability = _capability(torch.cuda.current_device()) if torch.cuda.is_available() else None
                 kept = [c for c, o in zip(candidates, owner) if o == wanted and _serves(c, capability)]
                 return kept if _AUTOTUNING else kept[:1]      # NNLIB_AUTOTUNE=0: the first that serves
+            if not _AUTOTUNING:     # triton 3.6 times even a single remaining config (~0.1 s a key)
+                kwargs.setdefault("do_bench", _no_timing)
             tuned = triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune},
                                     **kwargs)(fn)
         tuned.nnlib_configs = list(configs)

@@ -35,6 +35,31 @@ def test_autotune_gating():
     assert torch.equal(out.cpu(), torch.arange(300, dtype=torch.float32))
 
 
+@pytest.mark.parametrize("autotuning", [True, False])
+def test_autotune_off_times_nothing(autotuning, monkeypatch):
+    """On a GPU with NNLIB_AUTOTUNE=0 a launch takes the first config that serves it
+    and times nothing (triton 3.6's autotuner would time even a lone config, 0.1 s
+    a key); with tuning on, triton's own timing."""
+    from kernels import _runtime
+    monkeypatch.setattr(_runtime, "_INTERPRETING", False)
+    monkeypatch.setattr(_runtime, "_AUTOTUNING", autotuning)
+    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 256})]
+
+    @autotune(configs, key=["n"])
+    @triton.jit
+    def _fill(out_ptr, n, BLOCK: tl.constexpr):
+        tl.store(out_ptr + tl.arange(0, BLOCK), 1.0)
+
+    def never_run():
+        raise AssertionError("a config was run to time it")
+    assert len(_fill.configs) == 2
+    kept = _fill.early_config_prune(_fill.configs, {"n": 10})
+    if autotuning:
+        assert kept == configs and _fill._do_bench is None        # triton's own timing
+    else:
+        assert kept == configs[:1] and _fill.do_bench(never_run, quantiles=(0.5, 0.2, 0.8)) == [0.0, 0.0, 0.0]
+
+
 @triton.jit
 def _mark(out_ptr):
     tl.store(out_ptr + tl.program_id(0), 1.0)
