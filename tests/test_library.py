@@ -189,9 +189,11 @@ def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
 def test_launchers_run_on_their_tensors_gpu(monkeypatch):
     """Triton launches on the current device: an operator given tensors on another
     GPU makes theirs current while its launcher runs, and leaves it alone
-    otherwise (a fake cuda:1 tensor stands for one; no GPU needed)."""
+    otherwise (a fake cuda:1 tensor stands for one; no GPU needed); so does
+    SyncBatchNorm's Function, whose launchers are not operators."""
     from torch._subclasses.fake_tensor import FakeTensorMode
     from kernels._library import _on_own_device
+    from kernels.norm import sync
     current, seen = [0], []
 
     class Guard:                        # torch.cuda.device, recorded
@@ -213,6 +215,10 @@ def test_launchers_run_on_their_tensors_gpu(monkeypatch):
     launcher(torch.empty(2), 4.0)
     assert seen == [(1, 2.0), (0, 3.0), (0, 4.0)] and current[0] == 0
     assert all(op.impl.__qualname__.startswith("_on_own_device") for op in OPERATORS.values())
+    monkeypatch.setattr(sync, "backend", lambda x: "triton")
+    monkeypatch.setattr(sync.SyncNormFunction, "apply", lambda x, *args: seen.append((current[0], "sync")))
+    sync.sync_batch_norm(on_1, None, None, None, None, 0.1, 1e-5, None, 2)
+    assert seen[-1] == (1, "sync") and current[0] == 0
 
 
 def _functional_chain(x, w):

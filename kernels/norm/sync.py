@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as TF
 
+from .._library import _on_own_device
 from .._runtime import backend
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from ._plan import Geometry
@@ -146,4 +147,4 @@ def sync_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps, g
             activation, float(negative_slope), group, world)
     if backend(x) == "torch":
         return _sync_batch_norm_torch(*args)
-    return SyncNormFunction.apply(*args)
+    return _on_own_device(SyncNormFunction.apply)(*args)    # its launchers are not Operators, which guard
