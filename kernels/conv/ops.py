@@ -1014,15 +1014,15 @@ def _forward_backward(ctx, dy):
     x, w, y = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
     need_db = need_b and ctx.has_bias
+    db = None
+    if ctx.activation or need_db:       # reads dy and y in one layout (the forward's output)
+        g, db = conv_output_grad_op(dy, y, ctx.activation, ctx.negative_slope, need_db)
+        dy = g if ctx.activation else dy
+        db = db if need_db else None
     if (need_x or need_w) and _copied_to_channels_last(dy, _copy_operands):
         geo = geometry(x.shape, w.shape, *_conv_args(ctx))
         if {geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"} and not _planar(geo, x, dy):
             dy = _read_copy(dy)         # one channels_last copy (on a GPU) serves both passes
-    db = None
-    if ctx.activation or need_db:
-        g, db = conv_output_grad_op(dy, y, ctx.activation, ctx.negative_slope, need_db)
-        dy = g if ctx.activation else dy
-        db = db if need_db else None
     dx = conv_input_grad_op(dy, w, x, *_conv_args(ctx)) if need_x else None
     dw = conv_weight_grad_op(dy, x, w, *_conv_args(ctx)) if need_w else None
     return dx, dw, db, None, None, None, None, None, None
