@@ -358,8 +358,10 @@ def test_export_eval_model(device):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor with CUDA graphs needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])
 def test_compile_inductor_on_cuda(mode):
-    """inductor (and its CUDA graphs) around our kernels: a few training steps and
-    eval equal eager mode's."""
+    """inductor (and its CUDA graphs) around our kernels: a few training steps, eval,
+    and training again (graphs recorded for one mode replayed after the other's
+    warm-up: the ticket counters and other buffers our launchers keep across calls
+    must survive cudagraph trees' memory pool) equal eager mode's."""
     import copy
     torch._dynamo.reset()
     eager, x = _build("resnet-basic", "cuda")
@@ -374,3 +376,9 @@ def test_compile_inductor_on_cuda(mode):
     traced.eval(), eager.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x), eager(x))
+    traced.train(), eager.train()
+    for _ in range(2):
+        x = torch.randn(shape, device="cuda")
+        torch.testing.assert_close(_train_step(compiled, x), _train_step(eager, x))
+    for (key, a), b in zip(traced.state_dict().items(), eager.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=f"buffer or parameter {key}")
