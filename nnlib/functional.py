@@ -230,15 +230,15 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
             count *= n
         if count == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    if training and eps <= 0.0:     # torch's Python checks, before its parser's
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if input.dim() < 2 and input.numel():
         if training and running_mean is None and weight is None:
             raise IndexError(message)
         raise RuntimeError(message)
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     if num_batches_tracked is not None:
         if not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1:
             raise TypeError(f"{op}(): num_batches_tracked must be a one-element tensor")

@@ -211,7 +211,8 @@ KNOWN = {
     "conv2d with dilation 0 on an empty batch: torch returns an empty output (it checks dilation 0 only in a "
     "backend, -1 before), nnlib raises RuntimeError":
         lambda op, args: op == "conv2d" and _empty(args.get("input")) and 0 in (
-            (args.get("dilation"),) if isinstance(args.get("dilation"), int) else tuple(args.get("dilation") or ())),
+            (args.get("dilation"),) if isinstance(args.get("dilation"), int)
+            else tuple(args["dilation"]) if isinstance(args.get("dilation"), (tuple, list)) else ()),
     # Documented in README ("Known differences from torch"):
     "instance_norm accepts fp16 / bf16 input with a float32 bias and no weight (torch's CPU kernel refuses)":
         lambda op, args: op == "instance_norm" and isinstance(args.get("input"), TensorSpec)

@@ -785,6 +785,11 @@ def _bad_calls(device):
         "batch_norm-running-mean-float-var-missing":
             (lambda f, rm, rv: f.batch_norm(x, 1.0, None, None, None, True), None),
         "batch_norm-eval-running-mean-float": (lambda f, rm, rv: f.batch_norm(x, 1.0, None, None, None, False), None),
+        # ... but batch_norm's Python checks eps before it calls the parser (ValueError)
+        "batch_norm-running-mean-float-eps-negative":
+            (lambda f, rm, rv: f.batch_norm(x, 1.0, None, None, None, True, 0.0, -1.0), None),
+        "batch_norm-eval-weight-float-eps-negative":
+            (lambda f, rm, rv: f.batch_norm(x, rm, rv, 1.0, None, False, 0.1, -1.0), None),
         "instance_norm-running-mean-float-var-missing": (lambda f, rm, rv: f.instance_norm(x, 1.0, None), None),
         "layer_norm-weight-float-shape-empty": (lambda f, rm, rv: f.layer_norm(x, (), 1.0), None),
         "group_norm-bias-float-negative-groups": (lambda f, rm, rv: f.group_norm(x, -2, None, 1.0), None),
