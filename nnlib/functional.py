@@ -236,9 +236,12 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
     check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if input.dim() < 2 and input.numel():
-        if training and running_mean is None and weight is None:
-            raise IndexError(message)
-        raise RuntimeError(message)
+        # torch checks every given parameter's size against 0 channels (RuntimeError), and
+        # the running stats of an eval call, before it indexes the missing dim (IndexError)
+        given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
+        if any(t.numel() for t in given) or (not training and (running_mean is None or running_var is None)):
+            raise RuntimeError(message)
+        raise IndexError(message)
     if num_batches_tracked is not None:
         if not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1:
             raise TypeError(f"{op}(): num_batches_tracked must be a one-element tensor")
