@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import CompileCase, cdiv, interpreting, launch
+from ._runtime import CompileCase, cdiv, interpreting, launch, persistent
 
 __all__ = ["sum_partials", "sum_splits", "tickets", "COMPILE_CASES"]
 
@@ -71,8 +71,9 @@ def tickets(device: torch.device, count: int) -> torch.Tensor:
     zero between launches: the last program of each ticket resets the counter it
     used. One buffer per device and stream (launches on one stream run in order, so
     two never share counters at once), zero-filled once when it is created or
-    grown, never per call. A buffer outgrown is kept, not freed: a CUDA graph
-    captured before the growth still launches on it."""
+    grown, never per call, outside CUDA graph pools (``persistent``). A buffer
+    outgrown is kept, not freed: a CUDA graph captured before the growth still
+    launches on it."""
     stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
     key = (str(device), stream)
     buf = _TICKETS.get(key)
@@ -80,7 +81,7 @@ def tickets(device: torch.device, count: int) -> torch.Tensor:
         if buf is not None:
             _OUTGROWN.append(buf)
         size = max(count, 4096, 2 * (0 if buf is None else buf.numel()))
-        buf = torch.zeros(size, dtype=torch.int32, device=device)
+        buf = persistent(lambda: torch.zeros(size, dtype=torch.int32, device=device), device)
         _TICKETS[key] = buf
     return buf
 

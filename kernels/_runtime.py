@@ -34,7 +34,7 @@ import triton
 
 __all__ = [
     "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "kernel_parameters", "LaunchCounter",
-    "plan_cache", "clear_plan_caches",
+    "plan_cache", "clear_plan_caches", "persistent",
     "count_launches", "dry_run",
     "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
@@ -281,6 +281,30 @@ def clear_plan_caches() -> None:
     """Empty every plan cache (tests that change what plans are built from call it)."""
     for values in _plan_caches:
         values.cache_clear()
+
+
+_ALLOCATION_STREAMS: dict = {}    # device index -> the stream ``persistent`` allocates on
+
+
+def persistent(allocate, device: torch.device) -> torch.Tensor:
+    """``allocate()`` (a tensor factory on ``device``) for a buffer kept across calls
+    (ticket counters, placeholders), made outside any CUDA graph's private memory
+    pool: a pool takes what its stream allocates (a capture's; a cudagraph tree's
+    warm-up, whose pool it may later free under tensors it does not track), so on a
+    GPU the buffer is made on a stream of our own, which the current one then waits
+    for. Inside a capture (no waiting on another stream) and on CPU: allocated here."""
+    if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
+        return allocate()
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    side = _ALLOCATION_STREAMS.get(index)
+    if side is None:
+        side = _ALLOCATION_STREAMS[index] = torch.cuda.Stream(index)
+    current = torch.cuda.current_stream(index)
+    side.wait_stream(current)
+    with torch.cuda.stream(side):
+        buffer = allocate()
+    current.wait_stream(side)
+    return buffer
 
 
 @contextlib.contextmanager

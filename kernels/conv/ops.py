@@ -56,7 +56,7 @@ from triton.runtime import _allocation as triton_allocation
 from .._library import Operator
 from .._reduce import tickets
 from .._runtime import (cdiv, dot_upcast, empty_like_strides, interpreting, launch, memory_format_of, merge_dims,
-                        next_power_of_2, offsets_need_int64, plan_cache)
+                        next_power_of_2, offsets_need_int64, persistent, plan_cache)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
@@ -325,8 +325,9 @@ class _Workspace(NamedTuple):
 
 @functools.lru_cache(maxsize=None)
 def _unwritten_partials(device: torch.device) -> torch.Tensor:
-    """The partials argument of a launch that does not split: never read or written."""
-    return torch.empty(1, dtype=torch.float32, device=device)
+    """The partials argument of a launch that does not split: never read or written
+    (kept outside CUDA graph pools: ``persistent``)."""
+    return persistent(lambda: torch.empty(1, dtype=torch.float32, device=device), device)
 
 
 def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
