@@ -208,6 +208,10 @@ KNOWN = {
     "the float64 reference keeps it (inf)":
         lambda op, args: op.startswith("leaky_relu") and isinstance(args.get("negative_slope"), float)
         and 0 < abs(args["negative_slope"]) < torch.finfo(torch.float32).tiny,
+    "conv2d of a floating input on an empty batch with a complex weight: torch's empty-input path multiplies "
+    "the input by a weight element, so its empty output is complex; nnlib's is in the input's dtype":
+        lambda op, args: op == "conv2d" and _empty(args.get("input")) and isinstance(args.get("weight"), TensorSpec)
+        and args["weight"].dtype.is_complex,
     "conv2d with dilation 0 on an empty batch: torch returns an empty output (it checks dilation 0 only in a "
     "backend, -1 before), nnlib raises RuntimeError":
         lambda op, args: op == "conv2d" and _empty(args.get("input")) and 0 in (
