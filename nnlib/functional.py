@@ -123,6 +123,19 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------
 # Convolution
 
+# The conv kernels index rows and columns in int32: row = q * stride - pad + tap * dilation
+# and the like stay below 2**31, with a factor of two to spare, while the padded input is
+# below this (it holds the dilated kernel, and check_conv2d leaves no stride past it).
+_CONV_INT32_EXTENT = 2**30
+
+
+def _conv_past_int32(input, stride, pad, dilation, groups) -> bool:
+    """Whether a checked conv2d call's padded input reaches ``_CONV_INT32_EXTENT``
+    (torch takes padding and dilation of 2**31 and more): torch's convolution runs it."""
+    H, W = input.shape[-2:]
+    return max(H + pad[0] + pad[2], W + pad[1] + pad[3]) >= _CONV_INT32_EXTENT
+
+
 def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
            dilation=1, groups=1, *, activation=None, negative_slope: float = 0.01) -> torch.Tensor:
     """2-D convolution of input (N, C, H, W) or (C, H, W) with weight
@@ -136,7 +149,11 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _FLOAT_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, negative_slope)
-    stride, pad, dilation, groups = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    checked = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    if _conv_past_int32(input, *checked):
+        out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
+        return _torch_epilogue(out, activation, negative_slope)
+    stride, pad, dilation, groups = checked
     x = input.unsqueeze(0) if input.dim() == 3 else input
     if x.shape[1] == 0:     # as torch's empty-input path: no input channels, no output channels either
         weight, bias = weight[:0], None if bias is None else bias[:0]

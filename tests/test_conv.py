@@ -218,20 +218,28 @@ def test_arguments_that_cannot_matter(groups, device):
     check_op(ours, reference, [x, w, None], "conv")
 
 
-@pytest.mark.parametrize("channels", [(1, 1, 1), (8, 8, 1), (32, 32, 1), (8, 8, 8), (6, 4, 2)],
-                         ids=["stem", "gemm-flat", "gemm", "depthwise", "direct"])
-def test_arguments_past_int32(channels, device):
+@pytest.mark.parametrize("channels,path", [((3, 16, 1), FL), ((32, 32, 1), G), ((8, 8, 8), DW), ((6, 4, 2), D)],
+                         ids=["gemm-flat", "gemm", "depthwise", "direct"])
+@pytest.mark.parametrize("extent", [2**31, 2**29 - 2], ids=["past-int32", "just-below"])
+def test_large_padding_and_dilation(channels, path, extent, device, monkeypatch):
     """torch takes a stride, padding and dilation of 2**31 where the padded input
     still holds the dilated kernel: a 2-tap row, each output column meeting one tap
     (two output columns, each from another tap), and padding='same' whose taps all
-    fall in the padding. Values and gradients on every path (the kernels' tap masks
-    take int64 rows)."""
+    fall in the padding. Where the padded input reaches 2**30, past what the
+    kernels' int32 rows hold, torch's convolution runs (no launch); below it our
+    kernels, on every path. Values and gradients, outputs allocated NaN-filled."""
+    from kernels.conv import ops
     C, K, groups = channels
+    assert tuple(conv_paths(C, K, groups, (1, 2)).values())[0] == path
+    empty_strided = torch.empty_strided
+    monkeypatch.setattr(ops.torch, "empty_strided", lambda *a, **k: empty_strided(*a, **k).fill_(float("nan")))
     x = make_input((2, C, 2, 3), torch.float32, device, requires_grad=True)
     w = make_input((K, C // groups, 1, 2), torch.float32, device, requires_grad=True)
     b = make_input((K,), torch.float32, device, requires_grad=True)
-    check_op(*_conv_fns((1, 2**31), (0, 2**31), (1, 2**31), groups, "relu"), [x, w, b], "conv")
-    check_op(*_conv_fns(1, "same", (1, 2**31), groups), [x, w, b], "conv")
+    ours_launch = extent < 2**30
+    check_op(*_conv_fns((1, extent), (0, extent), (1, extent), groups, "relu"), [x, w, b], "conv",
+             expect_launch=ours_launch)
+    check_op(*_conv_fns(1, "same", (1, 2 * extent), groups), [x, w, b], "conv", expect_launch=ours_launch)
 
 
 def test_negative_slope_leaky_relu(device):

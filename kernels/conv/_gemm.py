@@ -125,11 +125,8 @@ def _stride_phase(residue, size, pad, stride, dil, taps, step):
 
 @triton.jit
 def _in_range(i, n):
-    """0 <= i < n, for ``n >= 0``: the tap masks of the main loops, for int32 ``i`` one
-    unsigned compare per row (a negative i wraps above n); two for the int64 ``i`` of
-    a call whose stride, padding or dilation passes int32 (torch takes 2**31)."""
-    if i.dtype == tl.int64:
-        return (i >= 0) & (i < n)
+    """0 <= i < n, for int32 ``i`` and ``n >= 0``, in one unsigned compare (a negative
+    i wraps above n): the tap masks of the main loops, one instruction per row each."""
     return i.to(tl.uint32, bitcast=True) < n
 
 
