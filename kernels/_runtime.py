@@ -26,6 +26,7 @@ import contextlib
 import functools
 import inspect
 import os
+import threading
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -283,28 +284,33 @@ def clear_plan_caches() -> None:
         values.cache_clear()
 
 
-_ALLOCATION_STREAMS: dict = {}    # device index -> the stream ``persistent`` allocates on
-
-
 def persistent(allocate, device: torch.device) -> torch.Tensor:
     """``allocate()`` (a tensor factory on ``device``) for a buffer kept across calls
     (ticket counters, placeholders), made outside any CUDA graph's private memory
-    pool: a pool takes what its stream allocates (a capture's; a cudagraph tree's
-    warm-up, whose pool it may later free under tensors it does not track), so on a
-    GPU the buffer is made on a stream of our own, which the current one then waits
-    for. Inside a capture (no waiting on another stream) and on CPU: allocated here."""
+    pool. A pool takes what the thread that captures or warms a graph allocates
+    (torch.cuda.graph, a cudagraph tree's warm-up, which may later free the pool
+    under tensors it does not track), so on a GPU the buffer is made by a thread of
+    ours, which synchronises its stream once (the buffer's fill is done before any
+    stream reads it). Inside a capture (no synchronising there) and on CPU: made
+    here."""
     if device.type != "cuda" or torch.cuda.is_current_stream_capturing():
         return allocate()
     index = device.index if device.index is not None else torch.cuda.current_device()
-    side = _ALLOCATION_STREAMS.get(index)
-    if side is None:
-        side = _ALLOCATION_STREAMS[index] = torch.cuda.Stream(index)
-    current = torch.cuda.current_stream(index)
-    side.wait_stream(current)
-    with torch.cuda.stream(side):
-        buffer = allocate()
-    current.wait_stream(side)
-    return buffer
+    made = []
+
+    def make():
+        try:
+            with torch.cuda.device(index):
+                made.append(allocate())
+                torch.cuda.current_stream(index).synchronize()
+        except BaseException as error:      # raised again in the caller's thread
+            made.append(error)
+    thread = threading.Thread(target=make, name="nnlib-persistent")
+    thread.start()
+    thread.join()
+    if isinstance(made[0], BaseException):
+        raise made[0]
+    return made[0]
 
 
 @contextlib.contextmanager
