@@ -166,7 +166,10 @@ def _conv_arg_values(items: dict, padding, groups: int, kernel: tuple):
             if stride != (1, 1):
                 raise RuntimeError("conv2d(): padding='same' is not supported for strided convolutions")
             total = [d * (k - 1) for d, k in zip(dilation, kernel)]
-            pad = (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+            half = [t // 2 if t >= 0 else -(-t // 2) for t in total]     # C++'s division (a kernel of size 0)
+            if min(half) < 0:
+                raise RuntimeError(f"conv2d(): negative padding is not supported, got padding={tuple(half)}")
+            pad = (half[0], half[1], total[0] - half[0], total[1] - half[1])
         else:
             raise RuntimeError(f"conv2d(): Invalid padding string: {padding!r}")
     else:

@@ -256,7 +256,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         # torch checks every given parameter's size against 0 channels (RuntimeError), and
         # the running stats of an eval call, before it indexes the missing dim (IndexError)
         given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
-        if any(t.numel() for t in given) or (not training and (running_mean is None or running_var is None)):
+        if input.dim() == 0 or any(t.numel() for t in given) or (
+                not training and (running_mean is None or running_var is None)):
             raise RuntimeError(message)
         raise IndexError(message)
     if num_batches_tracked is not None:

@@ -884,6 +884,9 @@ def _bad_cases():
         "kernel-height-zero": ((x, torch.randn(6, 4, 0, 3)), {"padding": "same"}),
         "kernel-width-zero-unbatched": ((x[0], torch.randn(6, 4, 3, 0)), {}),
         "kernel-zero-empty-batch": ((x[:0], torch.randn(6, 4, 0, 3)), {}),     # torch: IndexError
+        # 'same' pads a kernel of size 0 by (dilation * -1) / 2 rounded toward zero: negative from dilation 2
+        "kernel-zero-same-dilated-no-channels": ((x[:, :0], torch.randn(6, 0, 0, 3)), {"padding": "same",
+                                                                                     "dilation": 2}),
         "input-not-tensor": ((3.0, w), {}),
         # torch's parser checks argument types before shapes
         "stride-float-with-bad-rank": ((torch.randn(1, 1, 3, 6, 6), w), {"stride": 1.5}),

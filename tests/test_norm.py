@@ -788,6 +788,8 @@ def _bad_calls(device):
         "batch_norm-input-1d-bias-only": (lambda f, rm, rv: f.batch_norm(w6, None, None, None, ones(6), True), None),
         "batch_norm-input-1d-empty-parameters":
             (lambda f, rm, rv: f.batch_norm(w6, None, None, ones(0), ones(0), True), None),
+        "batch_norm-eval-input-0d-empty-running-stats":
+            (lambda f, rm, rv: f.batch_norm(w6[0], ones(0), ones(0), None, None, False), None),
         "batch_norm-eval-input-1d-empty-running-stats":
             (lambda f, rm, rv: f.batch_norm(w6, ones(0), ones(0), None, None, False), None),
         # ... but batch_norm's Python checks eps before it calls the parser (ValueError)
