@@ -7,16 +7,17 @@ helpers that every op shares.
 * ``autotune(configs, key, interpreter_config)``: ``triton.autotune`` with the
   full list on a GPU and the single interpreter config (the largest tiles)
   when interpreting; the compile test compiles every config a GPU could tune
-  over (``kernel.nnlib_configs_for``). ``NNLIB_AUTOTUNE=0`` in the environment makes GPU runs use the
-  first config of each list too (correctness runs that must not spend minutes
-  tuning: bench/gpu_check.sh's test step).
+  over (``kernel.nnlib_configs_for``). ``NNLIB_AUTOTUNE=0`` in the environment
+  makes GPU runs use the first config of each list too, timing nothing
+  (correctness runs that must not spend minutes tuning: bench/gpu_check.sh's
+  test step).
 * ``launch(kernel, grid, *args, **kwargs)``: every launch goes through here (or
   through a launcher ``bind`` made, for plans that fix a launch's arguments once)
   and is counted, so tests can prove that a Triton kernel ran; ``dry_run()``
   counts launches without running them (the host benchmark times our Python).
-* ``plan_cache(build)``: a launch plan (what a launch's sizes, strides, flags
-  and arguments decide) built once per distinct key; every op caches its plans
-  this way.
+* ``plan_cache(build)``: a value that depends only on its key (a launch plan:
+  what a launch's sizes, strides, flags and arguments decide; a check of
+  sizes) built once per distinct key; every op caches its plans this way.
 * ``DOT_UPCAST``: pass as a constexpr to kernels that ``tl.dot`` bf16 tiles;
   the interpreter's bf16 dot is wrong, so they upcast to fp32 there.
 """
@@ -261,8 +262,9 @@ _plan_caches: list = []     # the caches ``clear_plan_caches`` empties
 
 
 def plan_cache(build):
-    """``build(*key)`` cached per distinct key: a launch plan, which depends only on
-    its key (sizes, strides, dtypes, flags, scalar arguments, switches; hashable),
+    """``build(*key)`` cached per distinct key: a launch plan or a check, which
+    depends only on its key (sizes, strides, dtypes, flags, scalar arguments,
+    switches; hashable),
     the PLAN_CACHE_SIZE most recently used kept. A key holding symbolic sizes
     (SymInt, which a tracer passes to fake implementations: they do not hash) is
     built each time."""
@@ -494,8 +496,8 @@ class CompileCase:
     ``signature`` maps each runtime argument to its Triton type ("*fp16", "i32",
     "fp32"); ``constexprs`` maps constexpr arguments to values. Autotuned
     kernels are compiled once per config of ``kernel.nnlib_configs_for(constexprs,
-    capability)`` (the config's
-    kwargs join ``constexprs``); plain kernels use ``num_warps`` / ``num_stages``.
+    capability)`` (the config's kwargs join ``constexprs``); plain kernels use
+    ``num_warps`` / ``num_stages``.
     ``tensor_cores`` asks the test to find wgmma (sm_90) / mma (sm_80) in the PTX.
     Pointers compile 16-byte aligned, as torch allocates them; ``divisible`` names
     the integer arguments a launch passes as multiples of 16 (strides of aligned

@@ -17,7 +17,7 @@ import torch
 from kernels import activation as _act
 from kernels import pool as _pool
 from kernels._library import tracing
-from kernels._runtime import check_same_device
+from kernels._runtime import check_same_device, plan_cache
 
 
 # ---------------------------------------------------------------------------
@@ -231,12 +231,7 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     check_same_device("conv2d", input=input, weight=weight, bias=bias)
     key = (input.shape, weight.shape, input.dtype, weight.dtype, None if bias is None else bias.shape,
            None if bias is None else bias.dtype, isinstance(padding, str), *parsed)
-    if not plain:
-        return _check_conv_shapes(*key)
-    try:
-        return _cached_conv_shapes(*key)
-    except TypeError:       # symbolic sizes (a tracer's), which do not hash
-        return _check_conv_shapes(*key)
+    return _cached_conv_shapes(*key) if plain else _check_conv_shapes(*key)
 
 
 def _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bias_shape, bias_dtype,
@@ -289,7 +284,7 @@ def _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bia
     return stride, pad, dilation, groups
 
 
-_cached_conv_shapes = functools.lru_cache(maxsize=1024)(_check_conv_shapes)
+_cached_conv_shapes = plan_cache(_check_conv_shapes)
 
 
 # ---------------------------------------------------------------------------

@@ -129,7 +129,7 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 _CONV_INT32_EXTENT = 2**30
 
 
-def _conv_past_int32(input, stride, pad, dilation, groups) -> bool:
+def _conv_past_int32(input, pad) -> bool:
     """Whether a checked conv2d call's padded input reaches ``_CONV_INT32_EXTENT``
     (torch takes padding and dilation of 2**31 and more): torch's convolution runs it."""
     H, W = input.shape[-2:]
@@ -150,7 +150,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, negative_slope)
     checked = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
-    if _conv_past_int32(input, *checked):
+    if _conv_past_int32(input, checked[1]):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, negative_slope)
     stride, pad, dilation, groups = checked
