@@ -235,22 +235,25 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     cumulative average 1 / num_batches_tracked, read on the device (torch's module
     semantics without a host synchronisation)."""
     op = "batch_norm"
-    check_norm_input(input, op, attribute_error=bool(training))
-    check_flag(training, op, "training")
-    eps = check_eps(eps, op)
-    message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
+    # torch's Python reads a training input's batch size, then compares eps (the errors
+    # Python raises for what does not compare), before its parser checks the types
     if training:
+        check_norm_input(input, op, attribute_error=True)
         if input.dim() == 0:
-            raise IndexError(message)     # torch's classes: it indexes the missing dims
+            raise IndexError(f"{op}(): expected input with at least 2 dims (N, C, *), got 0D input")
         count = input.shape[0]
         for n in input.shape[2:]:
             count *= n
         if count == 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
-    if training and eps <= 0.0:     # torch's Python checks, before its parser's
+    if training and eps <= 0.0:
         raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
     if eps < 0.0:
         raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    check_norm_input(input, op)
+    check_flag(training, op, "training")
+    eps = check_eps(eps, op)
+    message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
     check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if input.dim() < 2 and input.numel():
         # torch checks every given parameter's size against 0 channels (RuntimeError), and

@@ -797,6 +797,12 @@ def _bad_calls(device):
             (lambda f, rm, rv: f.batch_norm(x, 1.0, None, None, None, True, 0.0, -1.0), None),
         "batch_norm-eval-weight-float-eps-negative":
             (lambda f, rm, rv: f.batch_norm(x, rm, rv, 1.0, None, False, 0.1, -1.0), None),
+        "batch_norm-eval-input-none-eps-negative":
+            (lambda f, rm, rv: f.batch_norm(None, rm, rv, None, None, False, 0.1, -1.0), None),
+        "batch_norm-training-int-eps-zero": (lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, 1, 0.1, 0.0), None),
+        "batch_norm-eps-string": (lambda f, rm, rv: f.batch_norm(None, rm, rv, None, None, False, 0.1, "1"), None),
+        "batch_norm-eps-two-elements":
+            (lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, False, 0.1, ones(2)), None),
         "instance_norm-running-mean-float-var-missing": (lambda f, rm, rv: f.instance_norm(x, 1.0, None), None),
         "layer_norm-weight-float-shape-empty": (lambda f, rm, rv: f.layer_norm(x, (), 1.0), None),
         "group_norm-bias-float-negative-groups": (lambda f, rm, rv: f.group_norm(x, -2, None, 1.0), None),
