@@ -9,6 +9,7 @@ written out here (torchvision is not a dependency).
 from __future__ import annotations
 
 import copy
+import io
 
 import pytest
 import torch
@@ -395,9 +396,8 @@ def test_fuse_resnet(device):
     assert rel_err(out, ref) < 1e-5
 
 
-def test_fuse_torch_sequential_and_shared_relu(device):
-    """A torch.nn model (converted on the way): conv-bn-relu and conv-leaky_relu fuse;
-    torchvision's BasicBlock reuses one ReLU module twice, which stays."""
+def test_fuse_torch_sequential(device):
+    """A torch.nn model (converted on the way): conv-bn-relu and conv-leaky_relu fuse."""
     seq = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
                         nn.MaxPool2d(2), nn.Conv2d(6, 4, 3), nn.LeakyReLU(0.3), nn.Flatten())
     seq = _randomize_bn(seq).eval().to(device)
@@ -410,14 +410,81 @@ def test_fuse_torch_sequential_and_shared_relu(device):
     with torch.no_grad():
         torch.testing.assert_close(fused(x), seq(x), atol=1e-5, rtol=1e-5)
 
-    twin = _randomize_bn(reference.ResNet(reference.BasicBlock, [1, 1], num_classes=5, width=8)).eval().to(device)
+
+@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
+def test_fuse_shared_relu_rewrites_its_owner(device, block):
+    """torchvision's blocks call one ReLU module two or three times: the calls that
+    follow a conv (and its folded batch norm) leave the block's forward, which becomes
+    a GraphModule of the block's name; the call after the residual add stays. The
+    stem's ReLU, called once, becomes nn.Identity. The fused model deep-copies,
+    pickles, fuses again and compiles."""
+    twin = _randomize_bn(reference.ResNet(getattr(reference, block), [1, 1], num_classes=5, width=8))
+    twin = twin.eval().to(device)
     fused = nnlib.fuse(twin)
-    assert isinstance(fused.relu, nn.Identity)                          # the stem's ReLU is called once
-    assert isinstance(fused.layer1[0].bn1, nn.Identity) and fused.layer1[0].conv1.activation is None
-    assert type(fused.layer1[0].relu) is layers.ReLU                    # called twice per block: kept
+    assert type(fused) is reference.ResNet and isinstance(fused.relu, nn.Identity)
+    for owner in (fused.layer1[0], fused.layer2[0]):
+        assert isinstance(owner, torch.fx.GraphModule) and type(owner).__name__ == block
+        assert type(owner.relu) is layers.ReLU
+        assert owner.conv1.activation == "relu" and owner.conv2.activation == ("relu" if block == "Bottleneck"
+                                                                              else None)
+    assert isinstance(fused.layer2[0].downsample[1], nn.Identity)      # containers stay whole
+    folded = ("bn", "downsample.1.")
+    convs = [name for name, m in fused.named_modules() if isinstance(m, nn.Conv2d)]
+    assert set(fused.state_dict()) == ({k for k in twin.state_dict() if not any(f in k for f in folded)}
+                                       | {f"{c}.bias" for c in convs})
     x = torch.randn(2, 3, 16, 16, device=device)
+    with nnlib.count_launches() as before, torch.no_grad():
+        ref = nnlib.convert(twin)(x)
+    with nnlib.count_launches() as after, torch.no_grad():
+        out = fused(x)
+    relus = 3 + 2 * (block == "Bottleneck")     # stem, conv1 of each block, conv2 of each Bottleneck
+    assert after.counts["_activation_fwd_kernel"] == before.counts["_activation_fwd_kernel"] - relus == 2
+    assert rel_err(out, ref) < 1e-5
+    if block == "Bottleneck":
+        return
+    buffer = io.BytesIO()
+    torch.save(fused, buffer)
+    buffer.seek(0)
     with torch.no_grad():
-        assert rel_err(fused(x), twin(x)) < 1e-5
+        for again in (copy.deepcopy(fused), torch.load(buffer, weights_only=False), nnlib.fuse(fused),
+                      torch.compile(fused, backend="eager")):
+            torch.testing.assert_close(again(x), out)
+
+
+def test_fuse_shared_relu_of_the_model_itself():
+    """A model whose own forward calls one ReLU after every layer: fuse returns a
+    GraphModule of it (``inplace`` too: its modules are the model's, fused in place)."""
+    model = reference.LeNet5().eval()
+    x = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        ref = model(x)
+    fused = nnlib.fuse(model, inplace=True)
+    assert isinstance(fused, torch.fx.GraphModule) and type(fused).__name__ == "LeNet5"
+    assert fused.conv3 is model.conv3 and model.conv3.activation == "relu"
+    assert type(fused.relu) is layers.ReLU          # after fc1, a Linear: kept
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_leaves_a_shared_relu_it_cannot_remove():
+    """The owner's forward calls a grandchild, or is a container: the ReLU stays
+    unfused there (its conv keeps no activation) and the owner stays as it is."""
+    class Grandchild(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.relu = nn.Sequential(nn.Conv2d(3, 4, 1)), nn.ReLU()
+
+        def forward(self, x):
+            return self.relu(self.body[0](x)) + self.relu(x).sum()
+    relu = nn.ReLU()
+    shared_in_sequential = nn.Sequential(nn.Conv2d(3, 3, 1), relu, nn.Conv2d(3, 3, 1), relu)
+    for model in (Grandchild().eval(), shared_in_sequential.eval()):
+        fused = nnlib.fuse(model)
+        assert type(fused) is type(model)
+        assert all(m.activation is None for m in fused.modules() if isinstance(m, layers.Conv2d))
+        x = torch.randn(1, 3, 4, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), model(x))
 
 
 def test_fuse_leaves_what_it_cannot_fold():
