@@ -43,12 +43,17 @@ from typing import Callable
 
 import torch
 import torch.autograd.forward_ad as forward_ad
+from torch._C._functorch import unwrap_if_dead
 
 __all__ = ["NAMESPACE", "OPERATORS", "Operator", "tracing"]
 
 NAMESPACE = "nnlib"
 OPERATORS: dict[str, "Operator"] = {}     # name -> Operator, every one registered
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
+# torch.autograd.Function.apply without its Python wrapper (which binds no defaults for
+# our Functions, defers to functorch when a transform is active and unwraps dead
+# transforms' tensors: __call__ does the last two itself), about 2 us less a call
+_FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
 
 
 def tracing(x: torch.Tensor) -> bool:
@@ -127,13 +132,20 @@ class Operator:
         if backward is not None:
             self.op.register_autograd(backward, setup_context=setup_context)
             self.function = _eager_function(name, impl, setup_context, backward)
+            self.record = _FUNCTION_APPLY.__get__(None, self.function)
 
     def __call__(self, *args):
         if tracing(args[0]):
             return self.op(*args)
         if self.function is None or not self.recorded(args):
             return self.impl(*args)
-        return self.function.apply(*args)
+        if torch._C._are_functorch_transforms_active():
+            return self.function.apply(*args)       # raises: the Function has no vmap or jvp rule
+        args = list(args)
+        for i in self.tensor_args:                  # as Function.apply: a dead transform's wrapper unwrapped
+            if args[i] is not None:
+                args[i] = unwrap_if_dead(args[i])
+        return self.record(*args)
 
     def recorded(self, args) -> bool:
         """Whether an eager call must go through the autograd.Function: grad mode on

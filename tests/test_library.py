@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as TF
 
 import nnlib.functional as F
 from kernels import activation as act
@@ -167,8 +168,8 @@ def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
     applied = []
     for op in OPERATORS.values():
         if op.function is not None:
-            monkeypatch.setattr(op.function, "apply", staticmethod(
-                lambda *args, _apply=op.function.apply, _name=op.name: applied.append(_name) or _apply(*args)))
+            monkeypatch.setattr(op, "record",
+                                lambda *args, _record=op.record, _name=op.name: applied.append(_name) or _record(*args))
     x = _t((2, 3, 5, 7))
     w = _t((4, 3, 3, 3))
     with torch.no_grad():
@@ -184,6 +185,20 @@ def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
         F.relu(fwAD.make_dual(x.detach(), torch.ones_like(x)))
     with torch.no_grad(), pytest.raises(RuntimeError, match="functorch transforms"):
         torch.func.vmap(F.relu)(x.detach())
+
+
+def test_dead_transform_wrappers_are_unwrapped(device):
+    """A tensor that escaped a finished torch.func transform (a dead wrapper, without
+    storage) reaches the recorded call unwrapped, as torch's Function.apply unwraps
+    it: the launchers read its data."""
+    leaked = []
+    torch.func.grad(lambda t: leaked.append(t) or t.sum())(_t((1, 2, 5, 5)).detach())
+    x, w = leaked[0], _t((3, 2, 3, 3))
+    assert torch._C._functorch.is_functorch_wrapped_tensor(x)
+    y = F.conv2d(x, w)
+    torch.testing.assert_close(y, TF.conv2d(x, w), atol=1e-2, rtol=1e-2)     # tf32 on a GPU
+    y.sum().backward()
+    assert w.grad is not None
 
 
 def test_launchers_run_on_their_tensors_gpu(monkeypatch):
