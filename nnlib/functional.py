@@ -253,11 +253,11 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     check_norm_input(input, op)
     check_flag(training, op, "training")
     eps = check_eps(eps, op)
-    message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
     check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if input.dim() < 2 and input.numel():
         # torch checks every given parameter's size against 0 channels (RuntimeError), and
         # the running stats of an eval call, before it indexes the missing dim (IndexError)
+        message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
         given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
         if input.dim() == 0 or any(t.numel() for t in given) or (
                 not training and (running_mean is None or running_var is None)):
