@@ -106,6 +106,15 @@ def _capability(device: int) -> int:
     return 10 * major + minor
 
 
+def _short_timing(kernel_call, quantiles):
+    """An autotuner's timing of one config: Triton's ``do_bench`` (L2 flushed before
+    each run) over 20 ms after 5 ms of warm-up, where Triton's autotuner takes 100
+    after 25. Ranking configs needs far fewer runs than a benchmark figure (20 ms
+    holds 200 runs of a 100 us kernel), and every new shape of a model tunes
+    every config of its kernels: five times shorter, a first step's tuning is too."""
+    return triton.testing.do_bench(kernel_call, warmup=5, rep=20, quantiles=quantiles)
+
+
 def _no_timing(kernel_call, quantiles):
     """An autotuner's timing under ``NNLIB_AUTOTUNE=0``: none (nothing runs; every
     config reads 0 ms, so the first, the only one pruning leaves, is chosen)."""
@@ -144,8 +153,8 @@ def autotune(configs: list[triton.Config], key: list[str],
                 capability = _capability(torch.cuda.current_device()) if torch.cuda.is_available() else None
                 kept = [c for c, o in zip(candidates, owner) if o == wanted and _serves(c, capability)]
                 return kept if _AUTOTUNING else kept[:1]      # NNLIB_AUTOTUNE=0: the first that serves
-            if not _AUTOTUNING:     # triton 3.6 times even a single remaining config (~0.1 s a key)
-                kwargs.setdefault("do_bench", _no_timing)
+            # NNLIB_AUTOTUNE=0: no timing (triton 3.6 times even a single remaining config)
+            kwargs.setdefault("do_bench", _short_timing if _AUTOTUNING else _no_timing)
             tuned = triton.autotune(configs=every, key=key, prune_configs_by={"early_config_prune": prune},
                                     **kwargs)(fn)
         tuned.nnlib_configs = list(configs)

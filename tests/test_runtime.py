@@ -39,7 +39,7 @@ def test_autotune_gating():
 def test_autotune_off_times_nothing(autotuning, monkeypatch):
     """On a GPU with NNLIB_AUTOTUNE=0 a launch takes the first config that serves it
     and times nothing (triton 3.6's autotuner would time even a lone config, 0.1 s
-    a key); with tuning on, triton's own timing."""
+    a key); with tuning on, triton's do_bench over 20 ms a config, not 100."""
     from kernels import _runtime
     monkeypatch.setattr(_runtime, "_INTERPRETING", False)
     monkeypatch.setattr(_runtime, "_AUTOTUNING", autotuning)
@@ -55,7 +55,10 @@ def test_autotune_off_times_nothing(autotuning, monkeypatch):
     assert len(_fill.configs) == 2
     kept = _fill.early_config_prune(_fill.configs, {"n": 10})
     if autotuning:
-        assert kept == configs and _fill._do_bench is None        # triton's own timing
+        timed = []
+        monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: timed.append(kw) or [1.0, 1.0, 1.0])
+        assert kept == configs and _fill.do_bench(never_run, quantiles=(0.5, 0.2, 0.8)) == [1.0, 1.0, 1.0]
+        assert timed == [{"warmup": 5, "rep": 20, "quantiles": (0.5, 0.2, 0.8)}]
     else:
         assert kept == configs[:1] and _fill.do_bench(never_run, quantiles=(0.5, 0.2, 0.8)) == [0.0, 0.0, 0.0]
 
