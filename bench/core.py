@@ -60,10 +60,9 @@ def suite_names() -> list[str]:
 
 
 def collect(ops: list[str] | None, device: str, quick: bool) -> list[Case]:
+    """The cases of the suites ``ops`` in that order (None: every suite, by name)."""
     cases = []
-    for name in suite_names():
-        if ops and name not in ops:
-            continue
+    for name in ops or suite_names():
         module = importlib.import_module(f"bench.suites.{name}")
         cases.extend(module.cases(device, quick))
     return cases
@@ -246,7 +245,8 @@ def run(ops: list[str] | None, quick: bool, out_dir: str) -> int:
 def main(argv=None) -> int:
     import argparse
     parser = argparse.ArgumentParser(prog="python -m bench", description="nnlib benchmarks against torch / cuDNN")
-    parser.add_argument("--ops", help=f"comma-separated suites (default all: {','.join(suite_names())})")
+    parser.add_argument("--ops", help=f"comma-separated suites, run in that order (default all: "
+                                      f"{','.join(suite_names())})")
     parser.add_argument("--quick", action="store_true", help="a few representative shapes per suite")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                         help="results folder (default bench/results)")

@@ -36,6 +36,10 @@ step selftest 120 $PY -m nnlib.selftest --quick || rc=1
 # A test that hangs (a kernel that never returns) loses its worker after 120 s, not the summary.
 step tests 240 env NNLIB_AUTOTUNE=0 $PY -m pytest tests -q -n 16 -p no:cacheprovider --ignore=tests/test_compile.py \
   --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 || rc=1
+# Suites in the order that keeps most rows if the box ends early: each case's row is written as it
+# ends; the cheap suites first, then conv (a row per case), then the ResNet-50 step (one row, which
+# reuses conv's compiled kernels).
+(( $# )) || set -- --ops activation,max_pool2d,norm,conv2d,e2e
 step bench 180 $PY -m bench --quick --out "$out" "$@" || rc=1
 echo "gpu_check rc=$rc" | tee -a "$out/summary.txt"
 exit $rc

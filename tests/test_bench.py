@@ -70,3 +70,10 @@ def test_gpu_run_keeps_its_rows_when_stopped_early(tmp_path, monkeypatch):
     saved = json.loads(result.read_text())
     assert [r["id"] for r in saved["rows"]] == timed and saved["meta"]["cases_done"] == f"2 of {total}"
     assert f"Cases timed: 2 of {total}." in result.with_suffix(".md").read_text()
+
+
+def test_suites_run_in_the_order_asked():
+    """gpu_check asks for the suites in the order that keeps most rows when its box ends."""
+    norm, activation = (collect([suite], DEVICE, quick=True) for suite in ("norm", "activation"))
+    assert norm and activation
+    assert [c.id for c in collect(["norm", "activation"], DEVICE, quick=True)] == [c.id for c in norm + activation]
