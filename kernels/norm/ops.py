@@ -695,7 +695,7 @@ def batch_norm(x, running_mean, running_var, weight, bias, training, momentum, e
     (training with running statistics) gains 1 in the statistics kernel."""
     geom = Geometry(1, 1, x.shape[1] if x.dim() > 1 else 1, per_sample=False, keep_format=True)
     return _norm(x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom, eps,
-                              activation, negative_slope, momentum, training)
+                 activation, negative_slope, momentum, training)
 
 
 def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
@@ -703,14 +703,13 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
     """x: (N, C, *); statistics per (n, channel) over *; running stats per channel."""
     geom = Geometry(1, 1, x.shape[1], per_sample=True, keep_format=False)
     return _norm(x, weight, bias, None, running_mean, running_var, None, geom, eps, activation,
-                              negative_slope, momentum, use_input_stats)
+                 negative_slope, momentum, use_input_stats)
 
 
 def group_norm(x, num_groups, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01):
     """x: (N, C, *); statistics per (n, group of C / num_groups channels)."""
     geom = Geometry(1, 1, num_groups, per_sample=True, keep_format=True)
-    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0,
-                              True)
+    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0, True)
 
 
 def layer_norm(x, normalized_shape, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01):
@@ -718,5 +717,4 @@ def layer_norm(x, normalized_shape, weight, bias, eps, activation=ACT_NONE.value
     dims; weight, bias elementwise over normalized_shape (its "channels")."""
     k = len(normalized_shape)
     geom = Geometry(x.dim() - k, k, 1, per_sample=True, keep_format=False)
-    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0,
-                              True)
+    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0, True)
