@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import collections
-import contextlib
 import copy
 import functools
 from dataclasses import dataclass
@@ -73,19 +72,52 @@ class _LeafTracer(torch.fx.Tracer):
         return isinstance(m, tuple(getattr(nn, n) for n in TWINS)) or super().is_leaf_module(m, qualname)
 
 
-class _ChildrenTracer(torch.fx.Tracer):
-    """torch.fx tracer of one module's own forward: every submodule call is a leaf."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return True
-
-
 @dataclass
 class _Chain:
     conv: str                     # qualified names in the model
     bn: str | None = None
     act: str | None = None        # a ReLU / LeakyReLU module to fold into the conv
-    act_calls: int = 1            # how often the model calls act (more than once: its owner's forward is rewritten)
+    act_shared: bool = False      # whether the model may call act elsewhere too (it then stays: ``_Passing``)
+
+
+# An activation module that a model calls after a conv and elsewhere too (torchvision's
+# blocks call one ReLU two or three times) cannot become nn.Identity, and the model's
+# forward stays as it is. The conv takes the activation into its epilogue and notes on
+# its output what it applied (``_ActivatedConv2d``); the module, now ``_Passing``,
+# returns the tensor so noted as it is, once (the graph showed that call to be the only
+# use of the conv's output: a later call on the same tensor, written since, applies
+# the activation), and applies itself to anything else.
+_ACTIVATED = "_nnlib_activated"     # tensor attribute: (activation, negative_slope)
+
+
+class _ActivatedConv2d(layers.Conv2d):
+    """A Conv2d whose output notes the activation its epilogue applied (``_ACTIVATED``)."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        out = super().forward(input)
+        setattr(out, _ACTIVATED, (self.activation, self.negative_slope))
+        return out
+
+
+class _Passing:
+    """An activation module that returns, once, a tensor noted as its own output."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if getattr(input, _ACTIVATED, None) == _act_of(self):
+            setattr(input, _ACTIVATED, None)
+            return input
+        return super().forward(input)
+
+
+class _PassingReLU(_Passing, layers.ReLU):
+    pass
+
+
+class _PassingLeakyReLU(_Passing, layers.LeakyReLU):
+    pass
+
+
+_PASSING = {layers.ReLU: _PassingReLU, layers.LeakyReLU: _PassingLeakyReLU}
 
 
 def _plain_conv(module: nn.Module) -> bool:
@@ -98,28 +130,31 @@ def _foldable_bn(module: nn.Module) -> bool:
 
 
 def _act_of(module: nn.Module) -> tuple[str, float] | None:
-    """(activation, negative_slope) of an nnlib ReLU / LeakyReLU module, else None."""
-    if type(module) is layers.LeakyReLU:
+    """(activation, negative_slope) of an nnlib ReLU / LeakyReLU module (or its
+    ``_Passing`` form), else None."""
+    if type(module) in (layers.LeakyReLU, _PassingLeakyReLU):
         return "leaky_relu", module.negative_slope
-    if type(module) is layers.ReLU:
+    if type(module) in (layers.ReLU, _PassingReLU):
         return "relu", 0.01
     return None
 
 
-def _traced(model: nn.Module, tracer: type[torch.fx.Tracer] = _LeafTracer) -> torch.fx.Graph | None:
+def _traced(model: nn.Module) -> torch.fx.Graph | None:
     """The torch.fx graph of ``model``, or None when torch.fx cannot trace it: its
     forward branches or loops on data, iterates or converts a traced value
-    (TraceError), or calls what symbolic values do not support (TypeError)."""
+    (TraceError), takes ``len`` of one (RuntimeError), calls what symbolic values do
+    not support (TypeError), calls a module it does not register (NameError), ...:
+    whatever symbolic tracing raises."""
     try:
-        return tracer().trace(model)
-    except (torch.fx.proxy.TraceError, TypeError):
+        return _LeafTracer().trace(model)
+    except Exception:  # noqa: BLE001 -- any failure of symbolic tracing: fuse within Sequentials instead
         return None
 
 
 def _chains_from_graph(model: nn.Module, graph: torch.fx.Graph) -> list[_Chain]:
     """conv -> batch norm -> ReLU chains in the traced graph: conv and batch norm each
     called once, each intermediate result used only by the next module of the chain
-    (the activation module may be called elsewhere too: ``act_calls``)."""
+    (the activation module may be called elsewhere too: ``act_shared``)."""
     calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
 
     def only_user(node, accept, once=True):
@@ -142,71 +177,17 @@ def _chains_from_graph(model: nn.Module, graph: torch.fx.Graph) -> list[_Chain]:
         if chain.bn is None or model.get_submodule(chain.bn).activation is None:
             act_node = only_user(last, lambda m: _act_of(m) is not None, once=False)
             if act_node is not None:
-                chain.act, chain.act_calls = act_node.target, calls[act_node.target]
+                chain.act, chain.act_shared = act_node.target, calls[act_node.target] > 1
         if chain.bn is not None or chain.act is not None:
             chains.append(chain)
     return chains
 
 
-def _own_forward(owner: nn.Module) -> torch.fx.Graph | None:
-    """The graph of ``owner``'s own forward, its children as leaves; None for a
-    container, a forward torch.fx cannot trace, or one that reaches a grandchild (a
-    GraphModule would hold that one's parent as a bare Module)."""
-    if isinstance(owner, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-        return None
-    graph = _traced(owner, _ChildrenTracer)
-    if graph is None or any(n.op in ("call_module", "get_attr") and "." in n.target for n in graph.nodes):
-        return None
-    return graph
-
-
-def _without_shared_activations(model: nn.Module, chains: list[_Chain]) -> dict[str, torch.fx.Graph]:
-    """For the chains whose activation module the model calls more than once: the
-    graphs of the forwards of the modules owning those activations (owner's
-    qualified name -> ``_own_forward``), without the calls that follow the chains.
-    A chain whose call is not removed so loses its ``act``; a call is removed only
-    when its owner's forward makes every call of the module (the owner runs once)."""
-    by_owner = collections.defaultdict(list)
-    for chain in chains:
-        if chain.act is not None and chain.act_calls > 1:
-            by_owner[chain.act.rpartition(".")[0]].append(chain)
-    graphs = {}
-    for owner_name, owned in by_owner.items():
-        prefix = owner_name + "." if owner_name else ""
-        act = owned[0].act.removeprefix(prefix)
-        graph = _own_forward(model.get_submodule(owner_name))
-        calls = [] if graph is None else [n for n in graph.nodes if n.op == "call_module"]
-        if sum(n.target == act for n in calls) == owned[0].act_calls:
-            modules = {n.target: n for n in calls}
-            for chain in owned:
-                name = chain.bn or chain.conv
-                source = modules.get(name.removeprefix(prefix)) if name.startswith(prefix) else None
-                users = [] if source is None else list(source.users)
-                if len(users) == 1 and users[0].target == act and users[0].args == (source,):
-                    users[0].replace_all_uses_with(source)
-                    graph.erase_node(users[0])
-                    graphs[owner_name] = graph
-                    chain.act_calls = 0         # removed from the graph
-        for chain in owned:
-            if chain.act_calls:
-                chain.act = None
-    return graphs
-
-
-def _rewritten(owner: nn.Module, graph: torch.fx.Graph) -> torch.fx.GraphModule:
-    """``owner`` running ``graph``: a GraphModule of its class name holding what the
-    graph uses (torch.fx's rules: the owner's other attributes and its hooks stay
-    behind, as a deep copy or a pickle of a GraphModule would leave them)."""
-    for node in graph.nodes:
-        if isinstance(node.type, str):  # a postponed annotation (PEP 563): fx's pickling takes only types
-            node.type = None
-    return torch.fx.GraphModule(owner, graph, class_name=type(owner).__name__)
-
-
 def _chains_from_sequentials(model: nn.Module) -> list[_Chain]:
     """conv -> batch norm -> ReLU runs of consecutive children of ``nn.Sequential``
-    containers (for models torch.fx cannot trace); modules that appear more than once in
-    the model are left alone."""
+    containers (for models torch.fx cannot trace); a conv or batch norm that appears
+    more than once in the model is left alone, and the activation module stays (its
+    calls are not known: ``act_shared``)."""
     seen = collections.Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     chains = []
     for prefix, seq in model.named_modules():
@@ -221,8 +202,8 @@ def _chains_from_sequentials(model: nn.Module) -> list[_Chain]:
             if j < len(children) and _foldable_bn(children[j]) and seen[id(children[j])] == 1:
                 chain.bn, j = names[j], j + 1
             if (chain.bn is None or children[j - 1].activation is None) and j < len(children) \
-                    and _act_of(children[j]) is not None and seen[id(children[j])] == 1:
-                chain.act = names[j]
+                    and _act_of(children[j]) is not None:
+                chain.act, chain.act_shared = names[j], True
             if chain.bn is not None or chain.act is not None:
                 chains.append(chain)
     return chains
@@ -259,15 +240,12 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     activation moves to the convolution's epilogue. A ``ReLU`` / ``LeakyReLU`` module
     that alone consumes the result (conv or folded batch norm) is fused into the
     epilogue too: replaced by ``nn.Identity`` when called only there; when called
-    elsewhere as well (torchvision's blocks call one ReLU two or three times), that
-    call is removed from the forward of the module owning the ReLU, which becomes a
-    ``torch.fx.GraphModule`` of the same class name holding the submodules, parameters
-    and buffers its forward uses (not its hooks or other attributes; not for
-    containers, nor an owner whose forward calls grandchildren). The graph
-    is found by torch.fx; a model it cannot trace gets the same treatment within
-    ``nn.Sequential`` containers (a module called more than once stays). Returns the
-    fused model: a deep copy, or ``model`` when ``inplace`` (its modules fused in
-    place), unless the model itself owns such a ReLU: then the GraphModule.
+    elsewhere as well (torchvision's blocks call one ReLU two or three times), it stays
+    and returns the convolution's output as it is (the convolution notes on its output
+    the activation it applied). The graph is found by torch.fx; a model it cannot
+    trace gets the same treatment within ``nn.Sequential`` containers (its activation
+    modules stay, as their calls are not known). Returns the fused model: a deep copy,
+    or ``model`` when ``inplace``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse(): model must be a torch.nn.Module, not {type(model).__name__}")
@@ -279,7 +257,6 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     model = convert(model, inplace)
     graph = _traced(model)
     chains = _chains_from_sequentials(model) if graph is None else _chains_from_graph(model, graph)
-    rewrites = _without_shared_activations(model, chains)
     for chain in chains:
         conv = model.get_submodule(chain.conv)
         if chain.bn is not None:
@@ -288,13 +265,11 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
             conv.activation, conv.negative_slope = bn.activation, bn.negative_slope
             _replace(model, chain.bn, nn.Identity().eval())
         if chain.act is not None:
-            conv.activation, conv.negative_slope = _act_of(model.get_submodule(chain.act))
-            if chain.act_calls == 1:
+            act = model.get_submodule(chain.act)
+            conv.activation, conv.negative_slope = _act_of(act)
+            if chain.act_shared:
+                conv.__class__ = _ActivatedConv2d
+                act.__class__ = _PASSING.get(type(act), type(act))
+            else:
                 _replace(model, chain.act, nn.Identity().eval())
-    for owner_name in sorted(rewrites, key=lambda name: (name == "", -name.count("."))):   # deepest first
-        owner = _rewritten(model.get_submodule(owner_name), rewrites[owner_name])
-        if owner_name:
-            _replace(model, owner_name, owner)
-        else:
-            model = owner
     return model
