@@ -13,6 +13,10 @@ derivatives run the same kernels). Calling an Operator:
 
 * while torch.compile or torch.export traces (or on a tensor subclass such as
   a FakeTensor) runs the registered operator, one opaque node in their graphs;
+  so it does under a torch.func transform: ``vmap`` runs it per sample (torch's
+  fallback; the norms' statistics, which write running stats, have no batching
+  rule and raise), and ``grad`` / ``jacrev`` raise, as for any custom operator;
+  the launchers never see a transform's wrapped tensors;
 * in eager mode runs the launcher directly, inside a plain
   ``torch.autograd.Function`` built from the same ``setup_context`` and
   ``backward`` when the primitive is differentiable and autograd has to see
@@ -51,15 +55,18 @@ NAMESPACE = "nnlib"
 OPERATORS: dict[str, "Operator"] = {}     # name -> Operator, every one registered
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 # torch.autograd.Function.apply without its Python wrapper (which binds no defaults for
-# our Functions, defers to functorch when a transform is active and unwraps dead
-# transforms' tensors: __call__ does the last two itself), about 2 us less a call
+# our Functions, defers to functorch when a transform is active, a call ``tracing``
+# sends to the operator, and unwraps dead transforms' tensors, as __call__ does),
+# about 2 us less a call
 _FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
 
 
 def tracing(x: torch.Tensor) -> bool:
-    """True while torch.compile / torch.export trace, or for a tensor subclass
-    (FakeTensor, FunctionalTensor, ...): calls must go through the operator."""
-    return type(x) not in _PLAIN or torch.compiler.is_compiling()
+    """True while torch.compile / torch.export trace, for a tensor subclass
+    (FakeTensor, FunctionalTensor, ...), or under a torch.func transform (whose
+    wrapped tensors the launchers cannot read; the operator unwraps them, or raises
+    as torch's custom operators do): calls must go through the operator."""
+    return type(x) not in _PLAIN or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
 _NO_GUARD = contextlib.nullcontext()
@@ -139,8 +146,6 @@ class Operator:
             return self.op(*args)
         if self.function is None or not self.recorded(args):
             return self.impl(*args)
-        if torch._C._are_functorch_transforms_active():
-            return self.function.apply(*args)       # raises: the Function has no vmap or jvp rule
         args = list(args)
         for i in self.tensor_args:                  # as Function.apply: a dead transform's wrapper unwrapped
             if args[i] is not None:
@@ -149,9 +154,9 @@ class Operator:
 
     def recorded(self, args) -> bool:
         """Whether an eager call must go through the autograd.Function: grad mode on
-        and a tensor argument that requires grad, or forward AD or a functorch
-        transform active (the Function raises there, as it has no jvp or vmap rule)."""
-        if forward_ad._current_level >= 0 or torch._C._are_functorch_transforms_active():
+        and a tensor argument that requires grad, or forward AD active (the Function
+        raises there, as it has no jvp rule)."""
+        if forward_ad._current_level >= 0:
             return True
         if torch.is_grad_enabled():
             for i in self.tensor_args:

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as TF
 
 import nnlib.functional as F
+from kernels import _reduce
 from kernels import activation as act
 from kernels import pool
 from kernels.conv import ops as conv
@@ -183,8 +184,24 @@ def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
     assert applied[1:] == ["conv2d", "conv2d_input_grad", "conv2d_weight_grad"]
     with fwAD.dual_level(), torch.no_grad(), pytest.raises(NotImplementedError, match="jvp"):
         F.relu(fwAD.make_dual(x.detach(), torch.ones_like(x)))
-    with torch.no_grad(), pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.func.vmap(F.relu)(x.detach())
+
+
+def test_functorch_transforms_call_the_operators(monkeypatch, device):
+    """Under torch.func the operators run (vmap: torch's per-sample fallback, the
+    values of torch's ops) or raise (grad: as any custom operator with an autograd
+    formula), and the launchers never see a wrapped tensor: a batch norm under grad
+    (whose statistics allocate the buffers kept across calls) leaves eager calls
+    working."""
+    x = _t((2, 3, 5, 7), grad=False)
+    w = _t((4, 3, 3, 3), grad=False)
+    for ours, theirs in ((F.relu, TF.relu), (lambda t: F.conv2d(t, w), lambda t: TF.conv2d(t, w)),
+                         (lambda t: F.group_norm(t, 3), lambda t: TF.group_norm(t, 3))):
+        torch.testing.assert_close(torch.func.vmap(ours)(x[:, None]), torch.func.vmap(theirs)(x[:, None]),
+                                   atol=1e-2, rtol=1e-2)        # tf32 on a GPU
+    monkeypatch.setattr(_reduce, "_TICKETS", {})              # allocated first under the transform
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.grad(lambda t: F.batch_norm(t, None, None, training=True).sum())(x)
+    torch.testing.assert_close(F.batch_norm(x, None, None, training=True), TF.batch_norm(x, None, None, training=True))
 
 
 def test_dead_transform_wrappers_are_unwrapped(device):
