@@ -23,9 +23,9 @@ derivatives run the same kernels). Calling an Operator:
   the call (``Operator.recorded``); the dispatcher would add about 15 us per
   call (``python -m bench --host``), more than many of our kernels take on a
   GPU. A call autograd does not see (grad mode off, as in a backward pass
-  without ``create_graph`` or under ``torch.no_grad``, or no tensor argument
-  that requires grad) runs the bare launcher: there the Function would record
-  nothing and cost about 15 us more.
+  without ``create_graph`` or under ``torch.no_grad``, inference mode, or no
+  tensor argument that requires grad) runs the bare launcher: there the
+  Function would record nothing and cost about 15 us more.
 
 Either way the launcher runs with its first tensor's GPU as the current device
 (``_on_own_device``): Triton launches on the current device, so a model on
@@ -154,11 +154,12 @@ class Operator:
 
     def recorded(self, args) -> bool:
         """Whether an eager call must go through the autograd.Function: grad mode on
-        and a tensor argument that requires grad, or forward AD active (the Function
-        raises there, as it has no jvp rule)."""
+        outside inference mode (which records nothing, grad mode or not) and a tensor
+        argument that requires grad, or forward AD active (the Function raises there,
+        as it has no jvp rule)."""
         if forward_ad._current_level >= 0:
             return True
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() and not torch.is_inference_mode_enabled():
             for i in self.tensor_args:
                 if args[i] is not None and args[i].requires_grad:
                     return True

@@ -177,6 +177,8 @@ def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
         F.relu(x)
         F.conv2d(x, w)
     F.conv2d(x.detach(), w.detach())
+    with torch.inference_mode(), torch.enable_grad():       # records nothing, as torch's ops there
+        assert F.conv2d(x, w).grad_fn is None and not F.relu(x).requires_grad
     assert applied == []
     F.conv2d(x, w).sum().backward()         # the backward's input and weight gradients: not recorded
     assert applied == ["conv2d"]
