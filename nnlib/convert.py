@@ -103,7 +103,7 @@ class _Passing:
     """An activation module that returns, once, a tensor noted as its own output."""
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if getattr(input, _ACTIVATED, None) == _act_of(self):
+        if getattr(input, _ACTIVATED, None) == _activation_of(self):
             setattr(input, _ACTIVATED, None)
             return input
         return super().forward(input)
@@ -120,23 +120,35 @@ class _PassingLeakyReLU(_Passing, layers.LeakyReLU):
 _PASSING = {layers.ReLU: _PassingReLU, layers.LeakyReLU: _PassingLeakyReLU}
 
 
+def _hooked(module: nn.Module) -> bool:
+    """Whether ``module`` has forward hooks or pre-hooks (weight_norm's among them),
+    which folding would skip or run on what the module did not compute."""
+    return bool(module._forward_hooks or module._forward_pre_hooks)
+
+
 def _plain_conv(module: nn.Module) -> bool:
-    """An nnlib Conv2d (not a subclass with its own weight transform) without a fused activation."""
-    return type(module) is layers.Conv2d and module.activation is None
+    """An nnlib Conv2d (not a subclass with its own weight transform) without a fused
+    activation or hooks."""
+    return type(module) is layers.Conv2d and module.activation is None and not _hooked(module)
 
 
 def _foldable_bn(module: nn.Module) -> bool:
-    return type(module) is layers.BatchNorm2d and module.running_mean is not None
+    return type(module) is layers.BatchNorm2d and module.running_mean is not None and not _hooked(module)
 
 
-def _act_of(module: nn.Module) -> tuple[str, float] | None:
+def _activation_of(module: nn.Module) -> tuple[str, float] | None:
     """(activation, negative_slope) of an nnlib ReLU / LeakyReLU module (or its
     ``_Passing`` form), else None."""
     if type(module) in (layers.LeakyReLU, _PassingLeakyReLU):
-        return "leaky_relu", module.negative_slope
+        return "leaky_relu", float(module.negative_slope)     # LeakyReLU(True) means a slope of 1.0
     if type(module) in (layers.ReLU, _PassingReLU):
         return "relu", 0.01
     return None
+
+
+def _act_of(module: nn.Module) -> tuple[str, float] | None:
+    """``_activation_of`` a module that can be folded (no hooks), else None."""
+    return None if _hooked(module) else _activation_of(module)
 
 
 def _traced(model: nn.Module) -> torch.fx.Graph | None:
@@ -191,7 +203,7 @@ def _chains_from_sequentials(model: nn.Module) -> list[_Chain]:
     seen = collections.Counter(id(m) for _, m in model.named_modules(remove_duplicate=False))
     chains = []
     for prefix, seq in model.named_modules():
-        if not isinstance(seq, nn.Sequential):
+        if type(seq) is not nn.Sequential:      # a subclass may run its children otherwise
             continue
         names = [f"{prefix}.{k}" if prefix else k for k in seq._modules]
         children = list(seq)
@@ -210,8 +222,12 @@ def _chains_from_sequentials(model: nn.Module) -> list[_Chain]:
 
 
 def _replace(model: nn.Module, qualname: str, new: nn.Module) -> None:
-    parent, _, attr = qualname.rpartition(".")
-    setattr(model.get_submodule(parent), attr, new)
+    """The module at ``qualname`` replaced by ``new`` wherever the model holds it (a
+    module registered under several names is called through any of them)."""
+    old = model.get_submodule(qualname)
+    for name in [n for n, m in model.named_modules(remove_duplicate=False) if m is old]:
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, new)
 
 
 def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
@@ -242,10 +258,11 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     epilogue too: replaced by ``nn.Identity`` when called only there; when called
     elsewhere as well (torchvision's blocks call one ReLU two or three times), it stays
     and returns the convolution's output as it is (the convolution notes on its output
-    the activation it applied). The graph is found by torch.fx; a model it cannot
-    trace gets the same treatment within ``nn.Sequential`` containers (its activation
-    modules stay, as their calls are not known). Returns the fused model: a deep copy,
-    or ``model`` when ``inplace``.
+    the activation it applied). Modules with forward hooks or pre-hooks are not
+    folded. The graph is found by torch.fx; a model it cannot trace gets the same
+    treatment within its ``nn.Sequential`` containers (not subclasses), taken to run
+    their children in order (the activation modules stay, as their calls are not
+    known). Returns the fused model: a deep copy, or ``model`` when ``inplace``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse(): model must be a torch.nn.Module, not {type(model).__name__}")

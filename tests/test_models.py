@@ -488,6 +488,54 @@ def test_fuse_shared_relu_of_the_model_itself():
         torch.testing.assert_close(fused(x), ref, atol=1e-5, rtol=1e-5)
 
 
+def test_fuse_keeps_what_folding_would_change():
+    """A module registered under two names is folded under both; a conv, batch norm or
+    activation with hooks (weight_norm's among them) is not folded; LeakyReLU(True)
+    (a slope of 1) folds as a number; a Sequential subclass, which may run its
+    children otherwise, is not fused in an untraceable model."""
+    class Wrapper(nn.Module):       # a backbone's stem registered again as layer0
+        def __init__(self):
+            super().__init__()
+            self.backbone = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.LeakyReLU(True))
+            self.layer0 = nn.Sequential(*self.backbone)
+
+        def forward(self, x):
+            return self.layer0(x)
+
+    class Hooked(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(3, 4, 1), nn.BatchNorm2d(4), nn.ReLU()
+            self.conv2, self.bn2, self.act2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4), nn.LeakyReLU(0.1)
+            self.conv.register_forward_hook(lambda module, args, out: out.mul_(-2.0))
+            self.act2.register_forward_pre_hook(lambda module, args: (args[0] - 1.0,))
+
+        def forward(self, x):
+            return self.act2(self.conv2(self.act(self.bn(self.conv(x)))))
+
+    class Reversed(nn.Sequential):
+        def forward(self, x):
+            for module in reversed(self):
+                x = module(x)
+            return x
+
+    class Untraceable(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = Reversed(nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.ReLU())     # runs ReLU, BN, conv
+
+        def forward(self, x):
+            return self.body(x if x.sum() > 0 else -x)
+    for model in (Wrapper(), Hooked(), Untraceable()):
+        model = _randomize_bn(model).eval()
+        x = torch.randn(2, 3, 6, 5)
+        with torch.no_grad():
+            ref = model(x.clone())
+            fused = nnlib.fuse(model)
+            torch.testing.assert_close(fused(x.clone()), ref, atol=1e-5, rtol=1e-5)
+    assert fused.body[0].activation is None and type(fused.body[1]) is layers.BatchNorm2d
+
+
 def test_fuse_leaves_what_it_cannot_fold():
     class TwoUsers(nn.Module):
         def __init__(self):
