@@ -54,10 +54,11 @@ __all__ = ["NAMESPACE", "OPERATORS", "Operator", "tracing"]
 NAMESPACE = "nnlib"
 OPERATORS: dict[str, "Operator"] = {}     # name -> Operator, every one registered
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
-# torch.autograd.Function.apply without its Python wrapper (which binds no defaults for
-# our Functions, defers to functorch when a transform is active, a call ``tracing``
-# sends to the operator, and unwraps dead transforms' tensors, as __call__ does),
-# about 2 us less a call
+# torch.autograd.Function.apply without its Python wrapper, about 2 us less a call. What
+# the wrapper does is done here or not needed: it binds defaults only for a Function
+# with setup_context (ours have none), defers to functorch under a transform (such a
+# call goes to the operator: ``tracing``) and unwraps dead transforms' tensors
+# (``Operator.__call__`` does).
 _FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
 
 
