@@ -156,11 +156,22 @@ def _traced(model: nn.Module) -> torch.fx.Graph | None:
     forward branches or loops on data, iterates or converts a traced value
     (TraceError), takes ``len`` of one (RuntimeError), calls what symbolic values do
     not support (TypeError), calls a module it does not register (NameError), ...:
-    whatever symbolic tracing raises."""
+    whatever symbolic tracing raises. The modules' attributes are as before."""
+    # The trace runs forward on the model fuse returns: what forward stores on its modules
+    # (a lazily made tensor, a call counter) would stay there, as torch.fx Proxies.
+    saved = [(m, dict(vars(m)), *(dict(d) for d in (m._parameters, m._buffers, m._modules)))
+             for m in model.modules()]
     try:
         return _LeafTracer().trace(model)
     except Exception:  # noqa: BLE001 -- any failure of symbolic tracing: fuse within Sequentials instead
         return None
+    finally:
+        for m, attributes, *registered in saved:
+            vars(m).clear()
+            vars(m).update(attributes)
+            for d, kept in zip((m._parameters, m._buffers, m._modules), registered):
+                d.clear()
+                d.update(kept)
 
 
 def _chains_from_graph(model: nn.Module, graph: torch.fx.Graph) -> list[_Chain]:

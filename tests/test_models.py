@@ -492,7 +492,8 @@ def test_fuse_keeps_what_folding_would_change():
     """A module registered under two names is folded under both; a conv, batch norm or
     activation with hooks (weight_norm's among them) is not folded; LeakyReLU(True)
     (a slope of 1) folds as a number; a Sequential subclass, which may run its
-    children otherwise, is not fused in an untraceable model."""
+    children otherwise, is not fused in an untraceable model; what forward stores on
+    the model while fuse traces it does not stay."""
     class Wrapper(nn.Module):       # a backbone's stem registered again as layer0
         def __init__(self):
             super().__init__()
@@ -526,14 +527,25 @@ def test_fuse_keeps_what_folding_would_change():
 
         def forward(self, x):
             return self.body(x if x.sum() > 0 else -x)
-    for model in (Wrapper(), Hooked(), Untraceable()):
+    class Lazy(nn.Module):          # forward stores what it makes: tracing must not leave a Proxy there
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.act = nn.Conv2d(3, 3, 1), nn.BatchNorm2d(3), nn.ReLU()
+            self.offset = None
+
+        def forward(self, x):
+            if self.offset is None:
+                self.offset = x.new_full((1, 3, 1, 1), 0.5)
+            return self.act(self.bn(self.conv(x))) + self.offset
+    for model in (Wrapper(), Hooked(), Untraceable(), Lazy()):
         model = _randomize_bn(model).eval()
         x = torch.randn(2, 3, 6, 5)
+        fused = nnlib.fuse(model)
         with torch.no_grad():
-            ref = model(x.clone())
-            fused = nnlib.fuse(model)
-            torch.testing.assert_close(fused(x.clone()), ref, atol=1e-5, rtol=1e-5)
-    assert fused.body[0].activation is None and type(fused.body[1]) is layers.BatchNorm2d
+            torch.testing.assert_close(fused(x.clone()), model(x.clone()), atol=1e-5, rtol=1e-5)
+        if isinstance(model, Untraceable):
+            assert fused.body[0].activation is None and type(fused.body[1]) is layers.BatchNorm2d
+    assert isinstance(fused.bn, nn.Identity) and torch.equal(fused.offset, torch.full((1, 3, 1, 1), 0.5))
 
 
 def test_fuse_leaves_what_it_cannot_fold():
