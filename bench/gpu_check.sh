@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one GPU check, in one device call of at most 9 minutes: environment report,
-# nnlib.selftest, the whole test suite on CUDA (one autotune config per kernel),
-# then the quick benchmark (autotuned for real). Each step is time-boxed, so a hang
-# in one still leaves the others' results in the folder given as first argument.
+# the whole test suite on CUDA (one autotune config per kernel), nnlib.selftest
+# (mostly kernels the tests compiled), then the quick benchmark (autotuned for real).
+# Each step is time-boxed, so a hang in one still leaves the others' results in the
+# folder given as first argument.
 #   bash bench/gpu_check.sh OUTDIR [bench args, e.g. --ops conv2d]
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [bench args]}
@@ -28,7 +29,6 @@ step() {   # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.txt, remember
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 rc=0
-step selftest 120 $PY -m nnlib.selftest --quick || rc=1
 # Every test that can run on CUDA does (the compile test is the CPU's stand-in for a GPU: skipped here).
 # Compiling every kernel once dominates a fresh machine's run: the suite launches about 2400 distinct
 # kernel specialisations (counted under the interpreter, 2026-11-29), some 0.5 s of one core each to
@@ -36,6 +36,7 @@ step selftest 120 $PY -m nnlib.selftest --quick || rc=1
 # A test that hangs (a kernel that never returns) loses its worker after 120 s, not the summary.
 step tests 240 env NNLIB_AUTOTUNE=0 $PY -m pytest tests -q -n 16 -p no:cacheprovider --ignore=tests/test_compile.py \
   --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 || rc=1
+step selftest 120 $PY -m nnlib.selftest --quick || rc=1
 # Suites in the order that keeps most rows if the box ends early: each case's row is written as it
 # ends; the cheap suites first, then conv (a row per case), then the ResNet-50 step (one row, which
 # reuses conv's compiled kernels).
