@@ -88,6 +88,11 @@ def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: boo
     except AssertionError:
         if kind != "reduction" or not _torch_misses_too(reference, inputs, kind, grad_scale, rng):
             raise
+        # Ill-conditioned, as torch's own call shows: ours within 100 times the tolerance
+        # (a wrong kernel misses by far more).
+        torch.set_rng_state(rng)
+        check_op(ours, reference, inputs, kind, inputs[0].dtype, expect_launch, 100 * grad_scale, out_scale=100,
+                 backward_launch=backward_launch)
         return
     if inplace:
         assert out is inputs[0], "an in-place op returns its input"
