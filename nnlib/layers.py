@@ -54,11 +54,16 @@ class Conv2d(torch.nn.Conv2d):
         self.activation, self.negative_slope = activation, negative_slope
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(input, self.weight, self.bias)
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        """torch's hook for subclasses and parametrizations: ``input`` convolved with
+        ``weight`` and ``bias`` by this module's geometry, then its activation."""
         padding = self.padding
         if self.padding_mode != "zeros":
             input = torch.nn.functional.pad(input, self._reversed_padding_repeated_twice, mode=self.padding_mode)
             padding = 0
-        return F.conv2d(input, self.weight, self.bias, self.stride, padding, self.dilation, self.groups,
+        return F.conv2d(input, weight, bias, self.stride, padding, self.dilation, self.groups,
                         activation=self.activation, negative_slope=self.negative_slope)
 
     def extra_repr(self) -> str:

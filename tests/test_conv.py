@@ -812,7 +812,8 @@ def test_float64_takes_torch_path(device):
 @pytest.mark.parametrize("padding_mode", ["zeros", "reflect", "replicate", "circular"])
 def test_module_padding_modes(padding_mode, device):
     """Same weights as torch.nn.Conv2d, every padding mode, 'same' padding with an
-    even kernel in one case; outputs and all three gradients."""
+    even kernel in one case; outputs and all three gradients; ``_conv_forward`` (what
+    subclasses and parametrizations call) with another weight and no bias."""
     torch.manual_seed(0)
     even = padding_mode == "circular"
     kwargs = dict(kernel_size=(2, 3) if even else 3, padding="same" if even else (2, 1),
@@ -828,6 +829,12 @@ def test_module_padding_modes(padding_mode, device):
     assert launches.total > 0
     yr = ref(xr)
     torch.testing.assert_close(y.double().cpu(), yr, atol=1e-4, rtol=1e-4)
+    other = torch.randn_like(ours.weight)
+    with torch.no_grad(), count_launches() as launches:
+        y_other = ours._conv_forward(x, other, None)
+    assert launches.total > 0
+    torch.testing.assert_close(y_other.double().cpu(), ref._conv_forward(xr, other.double().cpu(), None).detach(),
+                               atol=1e-4, rtol=1e-4)
     g = torch.randn_like(yr)
     y.backward(g.float().to(device))
     yr.backward(g)

@@ -450,7 +450,7 @@ def test_fuse_shared_relu(device, block):
 def test_fuse_shared_leaky_relu_applies_itself_to_what_changed():
     """A shared activation that is not idempotent (leaky ReLU) passes a fused conv's
     output once: a second call on the same tensor, written in place since, applies
-    the activation."""
+    the activation. The convs apply the module's slope as it is when called."""
     class Block(nn.Module):
         def __init__(self):
             super().__init__()
@@ -473,6 +473,9 @@ def test_fuse_shared_leaky_relu_applies_itself_to_what_changed():
         torch.testing.assert_close(fused(x), ref)
         with torch.inference_mode():
             torch.testing.assert_close(fused(x), ref)
+        model.act.negative_slope = fused.act.negative_slope = 0.5
+        assert fused.conv.negative_slope == 0.5 and "negative_slope=0.5" in repr(fused.conv)
+        torch.testing.assert_close(fused(x), model(x))
 
 
 def test_fuse_shared_relu_of_the_model_itself():
