@@ -13,10 +13,11 @@ derivatives run the same kernels). Calling an Operator:
 
 * while torch.compile or torch.export traces (or on a tensor subclass such as
   a FakeTensor) runs the registered operator, one opaque node in their graphs;
-  so it does under a torch.func transform: ``vmap`` runs it per sample (torch's
-  fallback; the norms' statistics, which write running stats, have no batching
-  rule and raise), and ``grad`` / ``jacrev`` raise, as for any custom operator;
-  the launchers never see a transform's wrapped tensors;
+  so it does under a torch.func transform (``nnlib.functional`` runs torch's ops
+  there instead, which have batching and forward-derivative rules: a custom
+  operator's ``vmap`` falls back to a per-sample loop or raises, its ``grad``
+  raises, its ``jvp`` tangent is silently zero), and the launchers never see a
+  transform's wrapped tensors;
 * in eager mode runs the launcher directly, inside a plain
   ``torch.autograd.Function`` built from the same ``setup_context`` and
   ``backward`` when the primitive is differentiable and autograd has to see

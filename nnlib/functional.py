@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 
 from kernels import activation as _act
 from kernels import conv as _conv
@@ -25,8 +26,12 @@ __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", 
 
 
 def _on_torch_path(input: torch.Tensor) -> bool:
-    """True when ``input`` takes torch's path (see ``nnlib.backend``)."""
-    return backend(input) == "torch"
+    """True when ``input`` takes torch's path (see ``nnlib.backend``), or under a
+    torch.func transform or forward-mode AD: torch's ops have batching and
+    forward-derivative rules, nnlib's kernels none (a custom operator's tangent
+    would silently be zero; its ``grad`` raises)."""
+    return (backend(input) == "torch" or torch._C._are_functorch_transforms_active()
+            or forward_ad._current_level >= 0)
 
 
 # ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from kernels import activation as act
 from kernels import pool
 from kernels.conv import ops as conv
 from kernels._library import OPERATORS
+from kernels._runtime import count_launches
 from tests.reference import make_input
 
 RELU, LEAKY = act.ACT_RELU.value, act.ACT_LEAKY_RELU.value
@@ -162,9 +163,10 @@ def test_eager_calls_skip_the_dispatcher(device):
 def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
     """A call autograd does not see (no_grad, a backward pass without create_graph,
     no input that requires grad) runs the bare launcher, not the
-    autograd.Function; one that needs a graph goes through it, and so do calls
-    under forward AD or vmap, which still raise as the Function does (no jvp or
-    vmap rule) instead of dropping tangents or reading batched tensors."""
+    autograd.Function; one that needs a graph goes through it, and so does an
+    operator called under forward AD, which raises as the Function does (no jvp
+    rule) instead of dropping tangents (nnlib.functional takes torch's path there:
+    ``test_functorch_transforms_and_forward_ad_take_torchs_path``)."""
     import torch.autograd.forward_ad as fwAD
     applied = []
     for op in OPERATORS.values():
@@ -185,24 +187,41 @@ def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
     torch.autograd.grad(F.conv2d(x, w).sum(), (x, w), create_graph=True)
     assert applied[1:] == ["conv2d", "conv2d_input_grad", "conv2d_weight_grad"]
     with fwAD.dual_level(), torch.no_grad(), pytest.raises(NotImplementedError, match="jvp"):
-        F.relu(fwAD.make_dual(x.detach(), torch.ones_like(x)))
+        OPERATORS["activation"](fwAD.make_dual(x.detach(), torch.ones_like(x)), RELU, 0.0)
 
 
-def test_functorch_transforms_call_the_operators(monkeypatch, device):
-    """Under torch.func the operators run (vmap: torch's per-sample fallback, the
-    values of torch's ops) or raise (grad: as any custom operator with an autograd
-    formula), and the launchers never see a wrapped tensor: a batch norm under grad
-    (whose statistics allocate the buffers kept across calls) leaves eager calls
-    working."""
+def test_functorch_transforms_and_forward_ad_take_torchs_path(monkeypatch, device):
+    """Under a torch.func transform or forward-mode AD, nnlib.functional runs
+    torch's ops, which have batching and forward-derivative rules (a custom
+    operator's tangent would silently be zero, and its grad raises): the values,
+    gradients and tangents of torch, no launch. An operator called directly under
+    a transform runs the registered operator, so the launchers never see a
+    wrapped tensor: a batch norm's statistics (which allocate buffers kept across
+    calls) under vmap raise, and leave eager calls working."""
+    import torch.autograd.forward_ad as fwAD
     x = _t((2, 3, 5, 7), grad=False)
     w = _t((4, 3, 3, 3), grad=False)
-    for ours, theirs in ((F.relu, TF.relu), (lambda t: F.conv2d(t, w), lambda t: TF.conv2d(t, w)),
-                         (lambda t: F.group_norm(t, 3), lambda t: TF.group_norm(t, 3))):
-        torch.testing.assert_close(torch.func.vmap(ours)(x[:, None]), torch.func.vmap(theirs)(x[:, None]),
-                                   atol=1e-2, rtol=1e-2)        # tf32 on a GPU
+    v = torch.randn_like(x)
+    pairs = ((F.relu, TF.relu), (lambda t: F.conv2d(t, w), lambda t: TF.conv2d(t, w)),
+             (lambda t: F.max_pool2d(t, 2), lambda t: TF.max_pool2d(t, 2)),
+             (lambda t: F.batch_norm(t, None, None, training=True), lambda t: TF.batch_norm(t, None, None,
+                                                                                           training=True)),
+             (lambda t: F.group_norm(t, 3), lambda t: TF.group_norm(t, 3)))
+    for ours, theirs in pairs:
+        with count_launches() as launches:
+            results = [torch.func.vmap(ours)(x[:, None]), torch.func.grad(lambda t: ours(t).square().sum())(x),
+                       torch.func.jvp(ours, (x,), (v,))[1]]
+            with fwAD.dual_level():
+                results.append(fwAD.unpack_dual(ours(fwAD.make_dual(x, v))).tangent)
+        assert launches.total == 0
+        expected = [torch.func.vmap(theirs)(x[:, None]), torch.func.grad(lambda t: theirs(t).square().sum())(x),
+                    torch.func.jvp(theirs, (x,), (v,))[1]]
+        for got, want in zip(results, expected + expected[-1:]):
+            torch.testing.assert_close(got, want)
     monkeypatch.setattr(_reduce, "_TICKETS", {})              # allocated first under the transform
-    with pytest.raises(RuntimeError, match="functorch transforms"):
-        torch.func.grad(lambda t: F.batch_norm(t, None, None, training=True).sum())(x)
+    with pytest.raises(RuntimeError, match="[Bb]atching rule"):
+        torch.func.vmap(lambda t: OPERATORS["norm_statistics"](t, None, None, None, 1, 1, 3, False, 0.1, False,
+                                                               1e-5))(x[:, None])
     torch.testing.assert_close(F.batch_norm(x, None, None, training=True), TF.batch_norm(x, None, None, training=True))
 
 
