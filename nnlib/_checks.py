@@ -376,20 +376,29 @@ def check_norm_dtype(input, op: str) -> None:
         raise NotImplementedError(f"{op}(): not implemented for 'input' of dtype {input.dtype}")
 
 
+def _double(value, op: str, name: str) -> float:
+    """A float argument as torch's parser takes it: a Python bool, int or float, a
+    numpy scalar number (complex: its real part), or a 0-d tensor that does not
+    require grad (TypeError otherwise); returned as a float."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() == 0 and not value.requires_grad:
+            return float(value.real if value.is_complex() else value)
+    elif isinstance(value, (int, float)):
+        return float(value)
+    elif type(value).__module__ == "numpy" and getattr(value, "shape", None) == () and \
+            type(value).__name__ != "ndarray" and value.dtype.kind in "biufc":
+        return float(value.real)
+    raise TypeError(f"{op}(): argument '{name}' must be float, not {type(value).__name__}")
+
+
 def check_eps(eps, op: str) -> float:
-    """eps: a number or a one-element tensor, as torch's parser (TypeError)."""
-    if isinstance(eps, torch.Tensor) and eps.numel() == 1:
-        return float(eps)
-    if not isinstance(eps, (int, float)):
-        raise TypeError(f"{op}(): argument 'eps' must be float, not {type(eps).__name__}")
-    return float(eps)
+    """eps as torch's parser takes a float (TypeError)."""
+    return _double(eps, op, "eps")
 
 
 def check_momentum(momentum, op: str) -> float:
-    """momentum: a number, as torch's parser (TypeError); returned as a float."""
-    if not isinstance(momentum, (int, float)):
-        raise TypeError(f"{op}(): argument 'momentum' must be float, not {type(momentum).__name__}")
-    return float(momentum)
+    """momentum as torch's parser takes a float (TypeError)."""
+    return _double(momentum, op, "momentum")
 
 
 _RUNNING_STATS = ("running_mean", "running_var")

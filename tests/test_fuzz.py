@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -250,11 +249,6 @@ KNOWN = {
     "per channel by truthiness (ValueError) before its parser refuses the flag (TypeError); nnlib refuses first":
         lambda op, args: op in ("batch_norm", "instance_norm")
         and type(args.get("training" if op == "batch_norm" else "use_input_stats", False)) is not bool,
-    "the norms' eps / momentum are not parsed as torch's float: torch takes a 0-d tensor or a numpy number "
-    "(nnlib: TypeError for momentum, and for a numpy eps) and refuses a 1-element 1-D tensor (nnlib takes it as "
-    "eps)":
-        lambda op, args: op.endswith("norm") and any(
-            isinstance(args.get(n), (TensorSpec, np.generic)) for n in ("eps", "momentum")),
     "an eps below float32's normal range on a set of (near) zero variance: the statistics are fp32, so "
     "1 / sqrt(var + eps) overflows (inf, then NaN) where float64 torch stays finite (torch's fp32 kernels are off "
     "by orders of magnitude there too)":

@@ -826,6 +826,52 @@ def test_bad_arguments_raise_and_write_nothing(name, device):
     check_raises_like_torch(functools.partial(call, F), theirs, (rm, rv), unchanged=(rm, rv))
 
 
+FLOAT_ARGUMENTS = [0.25, 1, True, "np.float32", "np.int64", "np.bool_", "np.complex64", "0-d", "0-d int", "1-d",
+                   "0-d grad", 0.25j, "Fraction", "0-d array"]
+
+
+def _float_argument(form):
+    """A float argument in one of the forms torch's parser takes or refuses."""
+    import fractions
+
+    import numpy as np
+    forms = {"np.float32": np.float32(0.25), "np.int64": np.int64(1), "np.bool_": np.bool_(True),
+             "np.complex64": np.complex64(0.25), "0-d": torch.tensor(0.25), "0-d int": torch.tensor(1),
+             "1-d": torch.tensor([0.25]), "0-d grad": torch.tensor(0.25, requires_grad=True),
+             "Fraction": fractions.Fraction(1, 4), "0-d array": np.array(0.25)}
+    return forms.get(form, form) if isinstance(form, str) else form
+
+
+@pytest.mark.parametrize("form", FLOAT_ARGUMENTS, ids=str)
+def test_eps_and_momentum_parsed_as_torch(form, device):
+    """eps and momentum of every norm accept what torch's parser takes as a float
+    (Python and numpy numbers, 0-d tensors without grad) with torch's result, and
+    refuse the rest with TypeError."""
+    value = _float_argument(form)
+    x = torch.randn(2, 3, 4, 5, device=device)
+    calls = {"batch_norm eps": lambda f, rm, rv: f.batch_norm(x, rm, rv, training=True, eps=value),
+             "batch_norm momentum": lambda f, rm, rv: f.batch_norm(x, rm, rv, training=True, momentum=value),
+             "instance_norm momentum": lambda f, rm, rv: f.instance_norm(x, rm, rv, momentum=value),
+             "instance_norm eps": lambda f, rm, rv: f.instance_norm(x, eps=value),
+             "layer_norm eps": lambda f, rm, rv: f.layer_norm(x, (5,), eps=value),
+             "group_norm eps": lambda f, rm, rv: f.group_norm(x, 3, eps=value)}
+    def outcome(functional, call):
+        torch.manual_seed(0)
+        rm, rv = _running(3, torch.float32, device)
+        try:
+            return (call(functional, rm, rv), rm, rv), None
+        except Exception as e:  # noqa: BLE001 -- compared with torch's
+            return None, type(e)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")         # numpy's ComplexWarning, as torch takes the real part
+        for name, call in calls.items():
+            (ours, raised), (theirs, expected) = outcome(F, call), outcome(TF, call)
+            assert raised is expected, f"{name}: torch {expected}, nnlib {raised}"
+            if theirs is not None:
+                for got, want in zip(ours, theirs):
+                    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, msg=name)
+
+
 # ---------------------------------------------------------------------------
 # Modules against their torch twins
 
