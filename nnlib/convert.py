@@ -98,6 +98,7 @@ class _ActivatedConv2d(layers.Conv2d):
     activation = property(lambda self: _activation_of(self.__dict__["_shared_activation"])[0])
     negative_slope = property(lambda self: _activation_of(self.__dict__["_shared_activation"])[1])
 
+    @layers.traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         out = super().forward(input)
         setattr(out, _ACTIVATED, (self.activation, self.negative_slope))
@@ -107,6 +108,7 @@ class _ActivatedConv2d(layers.Conv2d):
 class _Passing:
     """An activation module that returns, once, a tensor noted as its own output."""
 
+    @layers.traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if getattr(input, _ACTIVATED, None) == _activation_of(self):
             setattr(input, _ACTIVATED, None)

@@ -27,11 +27,13 @@ __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", 
 
 def _on_torch_path(input: torch.Tensor) -> bool:
     """True when ``input`` takes torch's path (see ``nnlib.backend``), or under a
-    torch.func transform or forward-mode AD: torch's ops have batching and
-    forward-derivative rules, nnlib's kernels none (a custom operator's tangent
-    would silently be zero; its ``grad`` raises)."""
+    torch.func transform or forward-mode AD (torch's ops have batching and
+    forward-derivative rules, nnlib's kernels none: a custom operator's tangent
+    would silently be zero, its ``grad`` raises), or while ``torch.jit.trace``
+    records (it reads sizes as tensors, and records torch's ops, which
+    TorchScript and ONNX export know)."""
     return (backend(input) == "torch" or torch._C._are_functorch_transforms_active()
-            or forward_ad._current_level >= 0)
+            or forward_ad._current_level >= 0 or torch.jit.is_tracing())
 
 
 # ---------------------------------------------------------------------------

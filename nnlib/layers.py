@@ -2,6 +2,7 @@
 parameters, buffers and ``state_dict`` are torch's own; only ``forward`` changes."""
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
@@ -18,20 +19,39 @@ __all__ = ["ReLU", "LeakyReLU", "PReLU", "MaxPool2d", "BatchNorm1d", "BatchNorm2
            "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm", "Conv2d"]
 
 
+def traced_as_leaf(forward):
+    """``forward``, except that torch.fx records a call of the module inside a traced
+    model as one node (``call_module``), as it records torch.nn's own layers: its
+    default tracer keeps only modules defined in torch.nn as leaves, and would trace
+    into ours, whose checks branch on the input. (A module traced alone, the root,
+    has no name to call: its forward is traced, and fails as before.)"""
+    @functools.wraps(forward)
+    def run(self, input, *args, **kwargs):
+        if isinstance(input, torch.fx.Proxy):
+            name = input.tracer.path_of_module(self)
+            if name:
+                return input.tracer.create_proxy("call_module", name, (input, *args), kwargs)
+        return forward(self, input, *args, **kwargs)
+    return run
+
+
 # ---------------------------------------------------------------------------
 # Activations
 
 class ReLU(torch.nn.ReLU):
+    @traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.relu(input, inplace=self.inplace)
 
 
 class LeakyReLU(torch.nn.LeakyReLU):
+    @traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(input, self.negative_slope, self.inplace)
 
 
 class PReLU(torch.nn.PReLU):
+    @traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.prelu(input, self.weight)
 
@@ -53,6 +73,7 @@ class Conv2d(torch.nn.Conv2d):
         conv_activation(activation, negative_slope)
         self.activation, self.negative_slope = activation, negative_slope
 
+    @traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return self._conv_forward(input, self.weight, self.bias)
 
@@ -86,6 +107,7 @@ class MaxPool2d(torch.nn.MaxPool2d):
         pool_activation(activation)
         self.activation = activation
 
+    @traced_as_leaf
     def forward(self, input: torch.Tensor):
         return F.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
                             ceil_mode=self.ceil_mode, return_indices=self.return_indices,
@@ -125,6 +147,7 @@ class _BatchNorm(_FusedActivation):
     it for the cumulative average of momentum=None: no host synchronisation (CUDA
     graphs), and nothing moves when the call raises."""
 
+    @traced_as_leaf
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input_dim(input)
         tracking = self.training and self.track_running_stats and self.num_batches_tracked is not None
@@ -158,6 +181,7 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
     activation / negative_slope; forward(input, residual=None). Unlike torch's, it
     also runs on CPU (gloo)."""
 
+    @traced_as_leaf
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
@@ -219,6 +243,7 @@ class _InstanceNorm(_FusedActivation):
 
     _unbatched_rank: int      # an unbatched input's rank: C plus the spatial dims
 
+    @traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         rank = self._unbatched_rank
         if input.dim() not in (rank, rank + 1):
@@ -259,6 +284,7 @@ class InstanceNorm3d(_InstanceNorm, torch.nn.InstanceNorm3d):
 class LayerNorm(_FusedActivation, torch.nn.LayerNorm):
     """torch.nn.LayerNorm; keyword-only activation / negative_slope."""
 
+    @traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps, **self._act_kwargs())
 
@@ -266,5 +292,6 @@ class LayerNorm(_FusedActivation, torch.nn.LayerNorm):
 class GroupNorm(_FusedActivation, torch.nn.GroupNorm):
     """torch.nn.GroupNorm; keyword-only activation / negative_slope."""
 
+    @traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.group_norm(input, self.num_groups, self.weight, self.bias, self.eps, **self._act_kwargs())

@@ -351,6 +351,40 @@ def test_convert_model_keeps_state():
         nnlib.convert(torch.zeros(1))
 
 
+def test_converted_model_traces_with_torch_fx(device):
+    """torch.fx's default tracer keeps nnlib's layers as leaves, as it keeps
+    torch.nn's: a converted (and a fused) model traces to call_module nodes, and
+    the GraphModule runs nnlib's kernels with the model's values (tools built on
+    torch.fx: feature extractors, graph passes)."""
+    model = _randomize_bn(reference.ResNet(reference.BasicBlock, [1, 1], num_classes=5, width=8)).eval()
+    converted = nnlib.convert(model).to(device)
+    x = torch.randn(2, 3, 16, 16, device=device)
+    for version in (converted, nnlib.fuse(converted)):
+        graph_module = torch.fx.symbolic_trace(version)
+        called = {n.target for n in graph_module.graph.nodes if n.op == "call_module"}
+        assert {"conv1", "relu", "maxpool", "layer1.0.conv2", "layer2.0.relu"} <= called
+        with torch.no_grad(), nnlib.count_launches() as launches:
+            out = graph_module(x)
+        assert launches.total > 0
+        with torch.no_grad():
+            torch.testing.assert_close(out, version(x))
+
+
+def test_jit_trace_records_torchs_ops(device):
+    """torch.jit.trace of a converted model records torch's ops (nnlib takes
+    torch's path while it records: TorchScript and ONNX export know those), with
+    the model's values."""
+    model = nnlib.convert(_randomize_bn(reference.ResNet(reference.BasicBlock, [1, 1], num_classes=5,
+                                                         width=8)).eval()).to(device)
+    x = torch.randn(2, 3, 16, 16, device=device)
+    with nnlib.count_launches() as launches:
+        traced = torch.jit.trace(model, x, check_trace=False)
+    assert launches.total == 0
+    assert "aten::_convolution" in str(traced.inlined_graph)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), model(x), atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------
 # fuse
 
