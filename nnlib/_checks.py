@@ -371,7 +371,7 @@ def check_norm_input(input, op: str, attribute_error: bool = False) -> None:
 
 
 def check_norm_dtype(input, op: str) -> None:
-    """Floating-point input only; torch checks this last (NotImplementedError)."""
+    """Floating-point input only (NotImplementedError, when torch dispatches on input's dtype)."""
     if not input.is_floating_point():
         raise NotImplementedError(f"{op}(): not implemented for 'input' of dtype {input.dtype}")
 
@@ -412,12 +412,14 @@ def check_optional_tensors(op: str, **tensors) -> None:
             raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
 
 
-def check_norm_params(input, op: str, any_dtype: tuple = (), **params) -> None:
+def check_norm_params(input, op: str, any_dtype: tuple = (), input_dtype_first: bool = False, **params) -> None:
     """Parameters and running stats: tensors on input's device, all of one floating
     dtype, which is input's or, for fp16 / bf16 input, float32 (mixed precision),
     as torch requires; the names in ``any_dtype`` may have any floating dtype. One
     pass accepts valid ones; anything else goes through the checks in torch's
-    order, which raise."""
+    order, which raise. ``input_dtype_first`` (batch / instance norm, which torch
+    dispatches on input's dtype before it compares the parameters'): a
+    non-floating input raises NotImplementedError before the dtypes are compared."""
     device, grad = input.device, torch.is_grad_enabled()
     allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
     dtype = None
@@ -443,6 +445,8 @@ def check_norm_params(input, op: str, any_dtype: tuple = (), **params) -> None:
     dtypes = {t.dtype for name, t in given.items() if name not in any_dtype}
     allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
     if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in allowed):
+        if input_dtype_first:
+            check_norm_dtype(input, op)
         found = ", ".join(f"'{name}' is {t.dtype}" for name, t in given.items())
         raise RuntimeError(f"{op}(): expected parameters and running stats of one dtype, {input.dtype} "
                            f"(input's) or torch.float32, but {found}")

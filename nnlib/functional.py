@@ -282,7 +282,6 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     if not training and (running_mean is None or running_var is None):
         missing = "running_mean" if running_mean is None else "running_var"
         raise RuntimeError(f"{missing} must be defined in evaluation mode")
-    check_norm_params(input, op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     if input.dim() > 1:
         check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean,
                      running_var=running_var)
@@ -290,6 +289,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         for name, t in (("weight", weight), ("bias", bias)):
             if t is not None and t.numel() == 0:
                 raise IndexError(f"{op}(): index 0 is out of bounds for {name} of size 0")
+    check_norm_params(input, op, input_dtype_first=True, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var)
     code = norm_activation(activation, negative_slope, op)
     check_residual(input, residual, op)
     check_norm_dtype(input, op)
@@ -330,9 +331,9 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     # torch's instance_norm repeats the running stats and copies them back: any dtype.
-    check_norm_params(input, op, ("running_mean", "running_var"), weight=weight, bias=bias,
-                       running_mean=running_mean, running_var=running_var)
     check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    check_norm_params(input, op, ("running_mean", "running_var"), input_dtype_first=True, weight=weight, bias=bias,
+                      running_mean=running_mean, running_var=running_var)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dim() > 1:
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")

@@ -185,6 +185,8 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
         self._check_input_dim(input)
         self._check_non_zero_input_channels(input)
+        if self.training and self.track_running_stats and self.num_batches_tracked is None:
+            raise AssertionError("num_batches_tracked must not be None")       # as torch's
         group = self._sync_group()
         if group is None:
             return super().forward(input, residual)

@@ -717,6 +717,11 @@ def _bad_calls(device):
         "batch_norm-5-channels-running-stats-of-6":
             (lambda f, rm, rv: f.batch_norm(torch.randn(2, 5, 4, device=device), rm, rv, None, None, True), None),
         "batch_norm-half-weight": (lambda f, rm, rv: f.batch_norm(x, rm, rv, w6.half(), None, True), None),
+        "batch_norm-integer-input": (lambda f, rm, rv: f.batch_norm(x.long(), rm, rv, w6, w6, True), None),
+        "batch_norm-eval-integer-input": (lambda f, rm, rv: f.batch_norm(x.long(), rm, rv, w6, w6, False), None),
+        "batch_norm-integer-input-weight-of-4":
+            (lambda f, rm, rv: f.batch_norm(x.long(), rm, rv, ones(4), None, True), None),
+        "instance_norm-integer-input": (lambda f, rm, rv: f.instance_norm(x.long(), rm, rv, w6, w6), None),
         "batch_norm-running-var-missing": (lambda f, rm, rv: f.batch_norm(x, rm, None, None, None, True), None),
         "batch_norm-eval-running-var-missing": (lambda f, rm, rv: f.batch_norm(x, rm, None, None, None, False), None),
         "batch_norm-eps-zero": (lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, eps=0.0), None),

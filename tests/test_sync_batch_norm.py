@@ -288,3 +288,9 @@ def test_outside_a_process_group_is_batch_norm(device):
     assert type(ours) is nnlib.SyncBatchNorm and list(ours.state_dict()) == list(theirs.state_dict())
     assert_close(ours(x), theirs(x), torch.float32, "reduction")
     assert_close(ours.running_var, theirs.running_var, torch.float32, "reduction")
+    ours.num_batches_tracked = theirs.num_batches_tracked = None      # torch's module refuses that in training
+    before = ours.running_mean.clone()
+    for module in (theirs, ours):
+        with pytest.raises(AssertionError, match="num_batches_tracked"):
+            module(x)
+    assert torch.equal(ours.running_mean, before)
