@@ -379,10 +379,16 @@ def check_norm_dtype(input, op: str) -> None:
 def _double(value, op: str, name: str) -> float:
     """A float argument as torch's parser takes it: a Python bool, int or float, a
     numpy scalar number (complex: its real part), or a 0-d tensor that does not
-    require grad (TypeError otherwise); returned as a float."""
+    require grad (TypeError otherwise; RuntimeError for a complex one with an
+    imaginary part); returned as a float."""
     if isinstance(value, torch.Tensor):
         if value.dim() == 0 and not value.requires_grad:
-            return float(value.real if value.is_complex() else value)
+            if value.is_complex():
+                if value.imag != 0:
+                    raise RuntimeError(f"{op}(): {name}={value.item()} cannot be converted to type double "
+                                       "without overflow")
+                value = value.real
+            return float(value)
     elif isinstance(value, (int, float)):
         return float(value)
     elif type(value).__module__ == "numpy" and getattr(value, "shape", None) == () and \

@@ -92,14 +92,15 @@ _ACTIVATED = "_nnlib_activated"     # tensor attribute: (activation, negative_sl
 
 class _ActivatedConv2d(layers.Conv2d):
     """A Conv2d whose epilogue applies the activation of a module the model calls
-    elsewhere too (``_shared_activation``: read at each call, so a later change of its
-    slope holds), noting it on its output (``_ACTIVATED``)."""
-
-    activation = property(lambda self: _activation_of(self.__dict__["_shared_activation"])[0])
-    negative_slope = property(lambda self: _activation_of(self.__dict__["_shared_activation"])[1])
+    elsewhere too (``_shared_activation``, a reference, not a submodule: taken from it
+    at each call, so a later change of its slope holds), noting it on its output
+    (``_ACTIVATED``)."""
 
     @layers.traced_as_leaf
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        live = _activation_of(self.__dict__.get("_shared_activation"))   # None: a model fused before it was kept
+        if live is not None and live != (self.activation, self.negative_slope):
+            self.activation, self.negative_slope = live
         out = super().forward(input)
         setattr(out, _ACTIVATED, (self.activation, self.negative_slope))
         return out
@@ -301,12 +302,11 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
             _replace(model, chain.bn, nn.Identity().eval())
         if chain.act is not None:
             act = model.get_submodule(chain.act)
+            conv.activation, conv.negative_slope = _act_of(act)
             if chain.act_shared:
-                act.__class__ = _PASSING.get(type(act), type(act))
-                del conv.activation, conv.negative_slope      # read from act from now on (properties)
                 conv.__class__ = _ActivatedConv2d
                 conv.__dict__["_shared_activation"] = act     # a reference, not a submodule
+                act.__class__ = _PASSING.get(type(act), type(act))
             else:
-                conv.activation, conv.negative_slope = _act_of(act)
                 _replace(model, chain.act, nn.Identity().eval())
     return model

@@ -23,16 +23,26 @@ def traced_as_leaf(forward):
     """``forward``, except that torch.fx records a call of the module inside a traced
     model as one node (``call_module``), as it records torch.nn's own layers: its
     default tracer keeps only modules defined in torch.nn as leaves, and would trace
-    into ours, whose checks branch on the input. (A module traced alone, the root,
-    has no name to call: its forward is traced, and fails as before.)"""
+    into ours, whose checks branch on the input. Only where the node's call does what
+    this call does: not for the root (which has no name to call), a module with
+    forward hooks or pre-hooks (the tracer has run them already, the node would run
+    them again), or a subclass whose own forward calls this one; those are traced
+    into, and fail as before."""
     @functools.wraps(forward)
     def run(self, input, *args, **kwargs):
-        if isinstance(input, torch.fx.Proxy):
+        if isinstance(input, torch.fx.Proxy) and type(self).forward is run and not _hooked(self):
             name = input.tracer.path_of_module(self)
             if name:
                 return input.tracer.create_proxy("call_module", name, (input, *args), kwargs)
         return forward(self, input, *args, **kwargs)
     return run
+
+
+def _hooked(module: torch.nn.Module) -> bool:
+    """Whether a call of ``module`` runs forward hooks or pre-hooks, its own or global."""
+    from torch.nn.modules import module as registry
+    return bool(module._forward_hooks or module._forward_pre_hooks or registry._global_forward_hooks
+                or registry._global_forward_pre_hooks)
 
 
 # ---------------------------------------------------------------------------

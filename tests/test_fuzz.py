@@ -198,13 +198,11 @@ KNOWN = {
     "(RuntimeError or ValueError), nnlib raises ValueError":
         lambda op, args: op in ("batch_norm", "instance_norm") and len(_tensors(args, "running_mean",
                                                                                  "running_var")) == 1,
-    "batch_norm / instance_norm on a non-dense integer input with integer parameters or running stats: torch "
-    "may raise RuntimeError (training), nnlib raises NotImplementedError, as torch does for every other integer "
-    "input":
+    "batch_norm / instance_norm on a non-dense integer input: torch may raise RuntimeError (training, with "
+    "integer or no parameters), nnlib raises NotImplementedError, as torch does for a dense integer input":
         lambda op, args: op in ("batch_norm", "instance_norm") and isinstance(args.get("input"), TensorSpec)
         and not args["input"].dtype.is_floating_point
-        and args["input"].layout not in ("contiguous", "channels_last") and any(
-            not t.dtype.is_floating_point for t in _tensors(args, "weight", "bias", "running_mean", "running_var")),
+        and args["input"].layout not in ("contiguous", "channels_last"),
     "batch_norm / instance_norm training with expanded (overlapping) running stats: the error comes from "
     "their final update, after the statistics kernels ran (batch_norm: torch writes the overlapping memory, "
     "nnlib raises RuntimeError)":

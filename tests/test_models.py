@@ -355,7 +355,8 @@ def test_converted_model_traces_with_torch_fx(device):
     """torch.fx's default tracer keeps nnlib's layers as leaves, as it keeps
     torch.nn's: a converted (and a fused) model traces to call_module nodes, and
     the GraphModule runs nnlib's kernels with the model's values (tools built on
-    torch.fx: feature extractors, graph passes)."""
+    torch.fx: feature extractors, graph passes); a layer with hooks, or a
+    subclass's forward, is traced into (and fails) rather than called twice."""
     model = _randomize_bn(reference.ResNet(reference.BasicBlock, [1, 1], num_classes=5, width=8)).eval()
     converted = nnlib.convert(model).to(device)
     x = torch.randn(2, 3, 16, 16, device=device)
@@ -368,6 +369,17 @@ def test_converted_model_traces_with_torch_fx(device):
         assert launches.total > 0
         with torch.no_grad():
             torch.testing.assert_close(out, version(x))
+    # Where the node's call would not do what the traced call does, the layer is traced
+    # into and fails: hooks (the tracer ran them, the node would again), a subclass's forward.
+    hooked = nn.Sequential(nnlib.Conv2d(3, 4, 3))
+    hooked[0].register_forward_hook(lambda module, args, out: out * 2)
+
+    class Shifted(nnlib.Conv2d):
+        def forward(self, input):
+            return super().forward(input + 1)
+    for model in (hooked, nn.Sequential(Shifted(3, 4, 3))):
+        with pytest.raises(TypeError, match="Proxy"):
+            torch.fx.symbolic_trace(model)
 
 
 def test_jit_trace_records_torchs_ops(device):
@@ -508,8 +520,8 @@ def test_fuse_shared_leaky_relu_applies_itself_to_what_changed():
         with torch.inference_mode():
             torch.testing.assert_close(fused(x), ref)
         model.act.negative_slope = fused.act.negative_slope = 0.5
-        assert fused.conv.negative_slope == 0.5 and "negative_slope=0.5" in repr(fused.conv)
         torch.testing.assert_close(fused(x), model(x))
+        assert fused.conv.negative_slope == 0.5 and "negative_slope=0.5" in repr(fused.conv)
 
 
 def test_fuse_shared_relu_of_the_model_itself():

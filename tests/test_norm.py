@@ -832,7 +832,7 @@ def test_bad_arguments_raise_and_write_nothing(name, device):
 
 
 FLOAT_ARGUMENTS = [0.25, 1, True, "np.float32", "np.int64", "np.bool_", "np.complex64", "0-d", "0-d int", "1-d",
-                   "0-d grad", 0.25j, "Fraction", "0-d array"]
+                   "0-d grad", "0-d complex", 0.25j, "Fraction", "0-d array"]
 
 
 def _float_argument(form):
@@ -842,7 +842,7 @@ def _float_argument(form):
     import numpy as np
     forms = {"np.float32": np.float32(0.25), "np.int64": np.int64(1), "np.bool_": np.bool_(True),
              "np.complex64": np.complex64(0.25), "0-d": torch.tensor(0.25), "0-d int": torch.tensor(1),
-             "1-d": torch.tensor([0.25]), "0-d grad": torch.tensor(0.25, requires_grad=True),
+             "1-d": torch.tensor([0.25]), "0-d complex": torch.tensor(0.25 + 1j), "0-d grad": torch.tensor(0.25, requires_grad=True),
              "Fraction": fractions.Fraction(1, 4), "0-d array": np.array(0.25)}
     return forms.get(form, form) if isinstance(form, str) else form
 
