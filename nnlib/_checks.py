@@ -60,6 +60,9 @@ def scalar(value, op: str, name: str):
     return value
 
 
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
 def as_float32(value, op: str, name: str) -> float:
     """A Scalar converted to the float the kernels compute in, as torch converts it
     for float32 / float16 / bfloat16 tensors (RuntimeError for an imaginary part or
@@ -69,7 +72,7 @@ def as_float32(value, op: str, name: str) -> float:
             raise RuntimeError(f"{op}(): {name}={value} cannot be converted to type float without overflow")
         value = value.real
     value = float(value)
-    if math.isfinite(value) and abs(value) > torch.finfo(torch.float32).max:
+    if _FLOAT32_MAX < abs(value) < math.inf:       # comparisons: a traced SymFloat takes them, not isfinite
         raise RuntimeError(f"{op}(): {name}={value} cannot be converted to type float without overflow")
     return value
 

@@ -283,6 +283,19 @@ def _functional_chain(x, w):
     return z, idx
 
 
+def test_compile_after_a_float_argument_changes(device):
+    """A module's float attribute changed after a compiled call (a leaky ReLU's
+    slope) is traced again as a symbolic float, which the argument checks take
+    without a graph break."""
+    from nnlib import layers
+    module = layers.LeakyReLU(0.2)
+    compiled = torch.compile(module, backend="eager", fullgraph=True)
+    x = _t((4, 5), grad=False)
+    for slope in (0.2, 0.5):
+        module.negative_slope = slope
+        torch.testing.assert_close(compiled(x), TF.leaky_relu(x, slope))
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compile_functional_fullgraph(backend, device):
     torch._dynamo.reset()
