@@ -276,12 +276,15 @@ def plan_cache(build):
     switches; hashable),
     the PLAN_CACHE_SIZE most recently used kept. A key holding symbolic sizes
     (SymInt, which a tracer passes to fake implementations: they do not hash) is
-    built each time."""
+    built each time, and so is every value while torch.compile traces the caller
+    (Dynamo would warn about the cache, and trace through it)."""
     values = functools.lru_cache(maxsize=PLAN_CACHE_SIZE)(build)
     _plan_caches.append(values)
 
     @functools.wraps(build)
     def cached(*key):
+        if torch.compiler.is_compiling():
+            return build(*key)
         try:
             return values(*key)
         except TypeError:       # a SymInt in the key (a TypeError of build's own is raised again)

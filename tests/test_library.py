@@ -296,6 +296,21 @@ def test_compile_after_a_float_argument_changes(device):
         torch.testing.assert_close(compiled(x), TF.leaky_relu(x, slope))
 
 
+def test_compile_warns_about_no_cache(device):
+    """Dynamo traces the host code around the operators: the plan caches there are
+    bypassed while it does, so it does not warn about an lru_cache it traces through."""
+    import warnings
+
+    from nnlib import layers
+    x = _t((2, 4, 6, 6), grad=False)
+    for module in (layers.BatchNorm2d(4), layers.LayerNorm(6), layers.GroupNorm(2, 4), layers.Conv2d(4, 4, 3)):
+        torch._dynamo.reset()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.compile(module.to(device), backend="eager", fullgraph=True)(x)
+        assert not [w for w in caught if "lru_cache" in str(w.message)], type(module).__name__
+
+
 @pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
 def test_compile_functional_fullgraph(backend, device):
     torch._dynamo.reset()
