@@ -296,6 +296,16 @@ def test_compile_after_a_float_argument_changes(device):
         torch.testing.assert_close(compiled(x), TF.leaky_relu(x, slope))
 
 
+def test_import_leaves_dynamo_unloaded():
+    """import nnlib does not import torch._dynamo (about a second of every process's
+    start): SyncBatchNorm's eager region is marked by torch's lazy decorator."""
+    import subprocess
+    import sys
+    code = "import sys, nnlib; print('torch._dynamo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
+
+
 def test_compile_warns_about_no_cache(device):
     """Dynamo traces the host code around the operators: the plan caches there are
     bypassed while it does, so it does not warn about an lru_cache it traces through."""

@@ -170,6 +170,20 @@ def _cumulative_average(rank, world, device):
     _check_against_full_batch(rank, world, device, sizes=[3, 2][:world], spatial=(5,), momentum=None, steps=2)
 
 
+def _compiled(rank, world, device):
+    """Under torch.compile the collectives stay eager, one graph break per layer, and
+    the outputs and running statistics are the eager module's."""
+    C = 3
+    compiled, eager = nnlib.SyncBatchNorm(C).to(device), nnlib.SyncBatchNorm(C).to(device)
+    x = (torch.randn(2 * world, C, 3, 5) * 2 + 0.5)[_parts([2] * world, rank)].to(device)
+    layer = nnlib.SyncBatchNorm(C).to(device)
+    explained = torch._dynamo.explain(lambda t: layer(t * 2) + 1)(x)
+    y, expected = torch.compile(compiled, backend="eager")(x), eager(x)
+    assert explained.graph_break_count == 1, explained.break_reasons
+    assert_close(y, expected, torch.float32, "reduction", "output")
+    assert_close(compiled.running_var, eager.running_var, torch.float32, "reduction", "running_var")
+
+
 def _eval_and_single_process_rule(rank, world, device):
     """Eval (and training in a group of one process) is BatchNorm: no collective."""
     bn = nnlib.SyncBatchNorm(3).to(device)
@@ -246,7 +260,7 @@ SCENARIOS = {
     "unequal-batches": _unequal, "empty-part": _empty_part, "channels-last-fused-tail": _channels_last_fused_tail,
     "fp16-bf16-input": _half_input, "cumulative-average": _cumulative_average, "float64-torch-path": _torch_path,
     "eval-and-one-process": _eval_and_single_process_rule, "convert-state-dict": _convert_state_dict,
-    "ddp-resnet": _ddp_resnet,
+    "ddp-resnet": _ddp_resnet, "compiled": _compiled,
 }
 TWO_RANKS = list(SCENARIOS)
 THREE_RANKS = ["unequal-batches", "empty-part", "channels-last-fused-tail", "float64-torch-path"]

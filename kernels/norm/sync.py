@@ -136,7 +136,12 @@ def _sync_batch_norm_torch(x, weight, bias, residual, running_mean, running_var,
     return y.to(x.dtype)
 
 
-@torch.compiler.disable     # collectives and their ordering stay eager: one graph break per layer
+# Collectives and their ordering stay eager: one graph break per layer. torch's lazy form of
+# torch.compiler.disable, which imports torch._dynamo at the first call, not with nnlib (~1 s).
+_eager = getattr(torch, "_disable_dynamo", torch.compiler.disable)
+
+
+@_eager
 def sync_batch_norm(x, running_mean, running_var, weight, bias, momentum, eps, group, world: int,
                     activation: int = ACT_NONE.value, negative_slope: float = 0.01, residual=None,
                     num_batches_tracked=None):
