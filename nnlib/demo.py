@@ -13,6 +13,7 @@ minute and a half on two cores); ``--steps 0`` trains the full epochs.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import sys
@@ -39,6 +40,12 @@ def _positive(kind):
     return parse
 
 
+def _missing_extras() -> list[str]:
+    """The demo's optional dependencies (the ``demo`` extra) that are not installed."""
+    return [name for module, name in (("sklearn", "scikit-learn"), ("matplotlib", "matplotlib"))
+            if importlib.util.find_spec(module) is None]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m nnlib.demo", description=__doc__.split("\n\n")[0],
@@ -56,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="auto: cuda when available, else cpu (Triton interpreter)")
     parser.add_argument("--out", default="demo_out", help="folder for the loss-curve PNG (default demo_out)")
     args = parser.parse_args(argv)
+    missing = _missing_extras()
+    if missing:     # before any training: the data and the plot need them
+        parser.error(f"needs {' and '.join(missing)}: pip install 'nnlib-triton[demo]'")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():

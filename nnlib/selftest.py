@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -136,19 +137,22 @@ def run_check(check: Check, dtype: torch.dtype, device: str, layout: str) -> flo
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nnlib.selftest", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nnlib.selftest", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="float32 and bfloat16, one layout per op")
-    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
+                        help="auto (the default): CUDA when a GPU is visible, else the CPU through Triton's "
+                             "interpreter")
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible")
     from kernels._runtime import interpreting
     if device == "cpu" and not interpreting():
-        # Triton reads TRITON_INTERPRET when it is imported: start again with it set.
-        os.environ["TRITON_INTERPRET"] = "1"
+        # Triton reads TRITON_INTERPRET when it is imported: run again in a process with it set.
         sys.stdout.flush()
-        os.execv(sys.executable, [sys.executable, "-m", "nnlib.selftest", *(argv or sys.argv[1:])])
+        return subprocess.call([sys.executable, "-m", "nnlib.selftest", *argv],
+                               env={**os.environ, "TRITON_INTERPRET": "1"})
     import triton
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter)"
     print(f"nnlib selftest on {name}: torch {torch.__version__}, triton {triton.__version__}", flush=True)

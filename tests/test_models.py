@@ -707,8 +707,13 @@ def test_receptive_field_dilated_network_keeps_resolution():
 # the demo (arguments and model pairs; a training run takes minutes here)
 
 
-def test_demo_arguments_and_twins(tmp_path, capsys):
+def test_demo_arguments_and_twins(tmp_path, capsys, monkeypatch):
     from nnlib import demo
+    monkeypatch.setattr(demo, "_missing_extras", lambda: ["scikit-learn"])
+    with pytest.raises(SystemExit):
+        demo.parse_args(["--out", str(tmp_path)])
+    assert "nnlib-triton[demo]" in capsys.readouterr().err
+    monkeypatch.setattr(demo, "_missing_extras", lambda: [])      # a machine without them checks the rest
     for bad, message in ((["--epochs", "0"], "positive int"), (["--model", "vgg"], "invalid choice"),
                          (["--batch-size", "x"], "positive int"), (["--lr", "-1"], "positive float"),
                          (["--out", str(tmp_path / "f" / "x")], None)):

@@ -30,7 +30,7 @@ from nnlib.demo import load_digits
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m nnlib.examples.ddp_train", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nnlib.examples.ddp_train", description=__doc__.split("\n\n")[0])
     parser.add_argument("--epochs", type=int, default=5, help="passes over the training set (default 5)")
     parser.add_argument("--batch-size", type=int, default=32, help="images per process per step (default 32)")
     parser.add_argument("--lr", type=float, default=0.05, help="SGD learning rate (default 0.05)")
