@@ -54,6 +54,24 @@ def interpreting() -> bool:
     return _INTERPRETING
 
 
+def _index_scalars_as_later_interpreters() -> None:
+    """Triton 3.6's interpreter turns a scalar (a 1-element array) into an index by
+    ``int(array)``, which NumPy 2.4 refuses for an array that is not 0-d, so every
+    loop over a runtime bound failed; 3.7 squeezes the array first. The same, patched
+    into 3.6's set-up of ``tl.tensor`` (the interpreter applies it per launch)."""
+    from triton.runtime import interpreter
+    patch_tensor = interpreter._patch_lang_tensor
+
+    def patched(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+    interpreter._patch_lang_tensor = patched
+
+
+if _INTERPRETING and triton.__version__.startswith("3.6."):
+    _index_scalars_as_later_interpreters()
+
+
 def cdiv(a: int, b: int) -> int:
     """ceil(a / b) for host integers (``triton.cdiv`` costs ~3 us a call on the host)."""
     return -(-a // b)

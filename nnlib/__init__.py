@@ -5,7 +5,16 @@ their ``torch.nn`` twins. ``nnlib.backend(tensor)`` tells which path a tensor
 takes: "triton" (CUDA), "triton-interpreter" (CPU with TRITON_INTERPRET=1) or
 "torch" (the fallback).
 """
-from kernels._runtime import backend, count_launches
+import os as _os
+
+try:
+    from kernels._runtime import backend, count_launches
+except ImportError as _error:       # another package named kernels found first (a user's folder, a PyPI one)
+    import kernels as _found
+    _ours = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "kernels")
+    raise ImportError(f"nnlib needs its own 'kernels' package ({_ours}), but 'import kernels' finds "
+                      f"{getattr(_found, '__file__', None) or list(getattr(_found, '__path__', []))}: "
+                      "rename or move that one off sys.path") from _error
 
 from . import functional, models
 from .convert import convert, fuse

@@ -65,7 +65,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     missing = _missing_extras()
     if missing:     # before any training: the data and the plot need them
-        parser.error(f"needs {' and '.join(missing)}: pip install 'nnlib-triton[demo]'")
+        parser.error(f"needs {' and '.join(missing)} (the demo extra): pip install {' '.join(missing)}")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():

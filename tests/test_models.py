@@ -712,7 +712,7 @@ def test_demo_arguments_and_twins(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(demo, "_missing_extras", lambda: ["scikit-learn"])
     with pytest.raises(SystemExit):
         demo.parse_args(["--out", str(tmp_path)])
-    assert "nnlib-triton[demo]" in capsys.readouterr().err
+    assert "pip install scikit-learn" in capsys.readouterr().err
     monkeypatch.setattr(demo, "_missing_extras", lambda: [])      # a machine without them checks the rest
     for bad, message in ((["--epochs", "0"], "positive int"), (["--model", "vgg"], "invalid choice"),
                          (["--batch-size", "x"], "positive int"), (["--lr", "-1"], "positive float"),

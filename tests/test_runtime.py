@@ -177,3 +177,24 @@ def test_outgrown_ticket_buffers_stay_alive():
     del first
     assert alive() is not None and not alive().any() and not grown.any()
     assert _reduce.tickets(device, 1) is grown
+
+
+def test_interpreter_under_triton_3_6():
+    """Triton 3.6 (torch 2.11's) runs the kernels in its interpreter with NumPy 2.4,
+    whose int() refuses the 1-element arrays that interpreter indexes loops with
+    (``_index_scalars_as_later_interpreters``): values as torch's."""
+    from kernels._compile import triton_path
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = triton_path("3.6")
+    if not os.path.isdir(path):
+        pytest.skip(f"triton 3.6 is not installed at {path} (make test installs it)")
+    code = ("import os; os.environ['TRITON_INTERPRET'] = '1'\n"
+            "import torch, triton, torch.nn.functional as TF, nnlib.functional as F\n"
+            "assert triton.__version__.startswith('3.6'), triton.__version__\n"
+            "x, w = torch.randn(2, 6, 5, 7), torch.randn(4, 6, 3, 3)\n"
+            "torch.testing.assert_close(F.group_norm(x, 3), TF.group_norm(x, 3), atol=1e-5, rtol=1e-5)\n"
+            "torch.testing.assert_close(F.conv2d(x, w, padding=1), TF.conv2d(x, w, padding=1), atol=1e-4, rtol=1e-4)\n"
+            "print('ok')")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, root])}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.stdout.strip() == "ok", proc.stderr[-3000:]
