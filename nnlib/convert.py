@@ -128,20 +128,14 @@ class _PassingLeakyReLU(_Passing, layers.LeakyReLU):
 _PASSING = {layers.ReLU: _PassingReLU, layers.LeakyReLU: _PassingLeakyReLU}
 
 
-def _hooked(module: nn.Module) -> bool:
-    """Whether ``module`` has forward hooks or pre-hooks (weight_norm's among them),
-    which folding would skip or run on what the module did not compute."""
-    return bool(module._forward_hooks or module._forward_pre_hooks)
-
-
 def _plain_conv(module: nn.Module) -> bool:
     """An nnlib Conv2d (not a subclass with its own weight transform) without a fused
     activation or hooks."""
-    return type(module) is layers.Conv2d and module.activation is None and not _hooked(module)
+    return type(module) is layers.Conv2d and module.activation is None and not layers.hooked(module)
 
 
 def _foldable_bn(module: nn.Module) -> bool:
-    return type(module) is layers.BatchNorm2d and module.running_mean is not None and not _hooked(module)
+    return type(module) is layers.BatchNorm2d and module.running_mean is not None and not layers.hooked(module)
 
 
 def _activation_of(module: nn.Module) -> tuple[str, float] | None:
@@ -156,7 +150,7 @@ def _activation_of(module: nn.Module) -> tuple[str, float] | None:
 
 def _act_of(module: nn.Module) -> tuple[str, float] | None:
     """``_activation_of`` a module that can be folded (no hooks), else None."""
-    return None if _hooked(module) else _activation_of(module)
+    return None if layers.hooked(module) else _activation_of(module)
 
 
 def _traced(model: nn.Module) -> torch.fx.Graph | None:

@@ -30,7 +30,7 @@ def traced_as_leaf(forward):
     into, and fail as before."""
     @functools.wraps(forward)
     def run(self, input, *args, **kwargs):
-        if isinstance(input, torch.fx.Proxy) and type(self).forward is run and not _hooked(self):
+        if isinstance(input, torch.fx.Proxy) and type(self).forward is run and not hooked(self):
             name = input.tracer.path_of_module(self)
             if name:
                 return input.tracer.create_proxy("call_module", name, (input, *args), kwargs)
@@ -38,8 +38,10 @@ def traced_as_leaf(forward):
     return run
 
 
-def _hooked(module: torch.nn.Module) -> bool:
-    """Whether a call of ``module`` runs forward hooks or pre-hooks, its own or global."""
+def hooked(module: torch.nn.Module) -> bool:
+    """Whether a call of ``module`` runs forward hooks or pre-hooks, its own or global
+    (weight_norm's among them): what a tracer's node or a fused layer would skip or
+    run on what the module did not compute."""
     from torch.nn.modules import module as registry
     return bool(module._forward_hooks or module._forward_pre_hooks or registry._global_forward_hooks
                 or registry._global_forward_pre_hooks)
