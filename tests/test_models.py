@@ -695,6 +695,8 @@ def test_receptive_field_by_hand():
 def test_receptive_field_dilated_network_keeps_resolution():
     with torch.device("meta"):
         model = models.drn_c26(19)
+    # DRN-C-26's 26 weight layers: the 1x1 shortcut projections aside
+    assert sum(isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1) for m in model.modules()) + 1 == 26
     rows = {r.name: r for r in nnlib.receptive_field(model, (3, 64, 64))}
     assert rows["classifier"].output_size == (8, 8) and rows["classifier"].jump == (8, 8)
     # Dilation grows the field without striding: each 3x3 conv of layer6 (dilation 4,

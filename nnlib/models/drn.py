@@ -3,8 +3,8 @@
 
 The network downsamples by 8 only; the last two residual stages replace further
 striding by dilation 2 and 4, so the receptive field keeps growing while the
-resolution stays. Two plain dilated convolutions (dilation 2, then 1) without
-residuals remove the gridding that dilation leaves, and a 1x1 convolution
+resolution stays. Two stages of plain dilated convolutions (dilation 2, then 1;
+two convolutions each, without residuals) remove the gridding that dilation leaves, and a 1x1 convolution
 classifies every pixel; bilinear upsampling brings the logits to the input size.
 
 Fused forms: batch norm + ReLU (+ the shortcut at the end of each residual block) in
@@ -30,7 +30,8 @@ class DRN(nn.Module):
     """DRN-C. ``channels`` and ``blocks``: eight entries each, for the stem
     (``layer0``, a 7x7 convolution), six residual stages (``layer1``..``layer6``:
     stride 1, 2, 2, 2, then dilation 2 and 4 at stride 1) and two degridding
-    stages (``layer7``, ``layer8``: dilation 2 then 1, no residual)."""
+    stages (``layer7``, ``layer8``: dilation 2 then 1; basic blocks without the
+    residual, two convolutions each)."""
 
     def __init__(self, blocks: Sequence[int] = (1, 1, 2, 2, 2, 2, 1, 1),
                  channels: Sequence[int] = (16, 32, 64, 128, 256, 512, 512, 512),
@@ -64,8 +65,10 @@ class DRN(nn.Module):
         return nn.Sequential(*out)
 
     def _plain_stage(self, planes: int, blocks: int, dilation: int) -> nn.Sequential:
+        """DRN-C's degridding blocks: a basic block without its residual, two 3x3
+        convolutions (+ batch norm + ReLU) each."""
         out: list[nn.Module] = []
-        for _ in range(blocks):
+        for _ in range(2 * blocks):
             out += [conv3x3(self.inplanes, planes, dilation=dilation), nl.BatchNorm2d(planes, activation="relu")]
             self.inplanes = planes
         return nn.Sequential(*out)
@@ -79,6 +82,7 @@ class DRN(nn.Module):
 
 def drn_c26(num_classes: int = 19, *, width: int = 16, in_channels: int = 3) -> DRN:
     """DRN-C-26: blocks (1, 1, 2, 2, 2, 2, 1, 1), channels ``width`` times
-    (1, 2, 4, 8, 16, 32, 32, 32) (width 16: the paper's DRN-C-26)."""
+    (1, 2, 4, 8, 16, 32, 32, 32) (width 16: the paper's DRN-C-26: 26 weight layers,
+    the 1x1 shortcut projections aside)."""
     return DRN((1, 1, 2, 2, 2, 2, 1, 1), [width * m for m in (1, 2, 4, 8, 16, 32, 32, 32)], num_classes,
                in_channels)
