@@ -81,28 +81,80 @@ def _union(fields: list[_Field]) -> _Field:
                   start)
 
 
-def _module_field(module: nn.Module, field: _Field, in_hw, out_hw) -> _Field | None:
-    """The output field of a window layer, or None for another layer."""
+def _conv_field(field: _Field, kernel, stride, padding, dilation) -> _Field:
+    kernel, dilation = _pair(kernel), _pair(dilation)
+    if padding == "valid":
+        padding = (0, 0)
+    elif padding == "same":
+        padding = tuple(dilation[d] * (kernel[d] - 1) // 2 for d in range(2))
+    return _window(field, kernel, _pair(stride), _pair(padding), dilation)
+
+
+def _pool_field(field: _Field, kernel, stride=None, padding=0, dilation=1) -> _Field:
+    kernel = _pair(kernel)
+    stride = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) else _pair(stride)
+    return _window(field, kernel, stride, _pair(padding), _pair(dilation))
+
+
+def _adaptive_field(field: _Field, in_hw, out_hw) -> _Field:
+    # Output j pools rows floor(j * i / o) .. ceil((j + 1) * i / o) - 1.
+    kernel = tuple(max(math.ceil((j + 1) * i / o) - (j * i) // o for j in range(o)) for i, o in zip(in_hw, out_hw))
+    out = _window(field, kernel, (1, 1), (0, 0), (1, 1))
+    return _Field(out.size, tuple(field.jump[d] * in_hw[d] / out_hw[d] for d in range(2)), out.start)
+
+
+def _padded_field(field: _Field, pad) -> _Field:
+    """Padding (F.pad's (left, right, top, bottom); negative: cropping) moves the
+    start back by the left / top padding; size and jump stay."""
+    before = (pad[2] if len(pad) > 2 else 0, pad[0])
+    return _Field(field.size, field.jump, tuple(field.start[d] - before[d] * field.jump[d] for d in range(2)))
+
+
+def _module_field(module: nn.Module, field: _Field, in_hw, out_hw) -> tuple[_Field, bool] | None:
+    """(output field, whether the layer gets a row: convolutions and pools) of a
+    window layer or a padding layer, or None for another layer."""
     if isinstance(module, nn.Conv2d):
-        kernel, dilation = module.kernel_size, module.dilation
-        if module.padding == "valid":
-            padding = (0, 0)
-        elif module.padding == "same":
-            padding = tuple(dilation[d] * (kernel[d] - 1) // 2 for d in range(2))
-        else:
-            padding = module.padding
-        return _window(field, kernel, module.stride, padding, dilation)
-    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        kernel = _pair(module.kernel_size)
-        stride = _pair(module.stride if module.stride is not None else module.kernel_size)
-        dilation = _pair(getattr(module, "dilation", 1))
-        return _window(field, kernel, stride, _pair(module.padding), dilation)
+        return _conv_field(field, module.kernel_size, module.stride, module.padding, module.dilation), True
+    if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)):
+        return _pool_field(field, module.kernel_size, module.stride, getattr(module, "padding", 0),
+                           getattr(module, "dilation", 1)), True
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        # Output j pools rows floor(j * i / o) .. ceil((j + 1) * i / o) - 1.
-        kernel = tuple(max(math.ceil((j + 1) * i / o) - (j * i) // o for j in range(o)) for i, o in zip(in_hw, out_hw))
-        out = _window(field, kernel, (1, 1), (0, 0), (1, 1))
-        return _Field(out.size, tuple(field.jump[d] * in_hw[d] / out_hw[d] for d in range(2)), out.start)
+        return _adaptive_field(field, in_hw, out_hw), True
+    if type(module).__module__ == "torch.nn.modules.padding" and len(getattr(module, "padding", ())) == 4:
+        return _padded_field(field, module.padding), False
     return None
+
+
+# torch functions that move a field, by name: their parameters after the input, in order.
+_FUNCTION_PARAMETERS = {
+    "conv2d": ("weight", "bias", "stride", "padding", "dilation"),
+    "max_pool2d": ("kernel_size", "stride", "padding", "dilation"),
+    "max_pool2d_with_indices": ("kernel_size", "stride", "padding", "dilation"),
+    "avg_pool2d": ("kernel_size", "stride", "padding"),
+    "lp_pool2d": ("norm_type", "kernel_size", "stride"),
+    "adaptive_avg_pool2d": ("output_size",),
+    "adaptive_max_pool2d": ("output_size",),
+    "adaptive_max_pool2d_with_indices": ("output_size",),
+    "pad": ("pad",),
+}
+
+
+def _function_field(func, args, kwargs, field: _Field, in_hw, out_hw) -> tuple[_Field, bool] | None:
+    """``_module_field`` of a torch function called between modules (F.max_pool2d, F.pad, ...)."""
+    name = getattr(func, "__name__", None)
+    parameters = _FUNCTION_PARAMETERS.get(name)
+    if parameters is None or not args:
+        return None
+    given = {**dict(zip(parameters, args[1:])), **{k: v for k, v in kwargs.items() if k in parameters}}
+    if name == "conv2d":
+        return _conv_field(field, given["weight"].shape[-2:], given.get("stride", 1), given.get("padding", 0),
+                           given.get("dilation", 1)), True
+    if name == "pad":
+        return _padded_field(field, given["pad"]), False
+    if name.startswith("adaptive"):
+        return _adaptive_field(field, in_hw, out_hw), True
+    return _pool_field(field, given["kernel_size"], given.get("stride"), given.get("padding", 0),
+                       given.get("dilation", 1)), True
 
 
 def _resampled(field: _Field, in_hw, out_hw) -> _Field:
@@ -136,15 +188,29 @@ class _FieldTracker(TorchFunctionMode):
             if isinstance(t, torch.Tensor):
                 self.fields[id(t)] = (t, field if t.dim() == 4 else None)
 
-    def propagate(self, known, out) -> _Field | None:
-        fields = [f for _, f in known if f is not None]
-        if not fields or len(fields) != len(known):
-            return None       # no spatial input, or one already global (flattened)
-        field = _union(fields) if len(fields) > 1 else fields[0]
-        first = next((t for t in _flatten(out) if isinstance(t, torch.Tensor)), None)
+    def window(self, name: str, kind: str, known, out, moved) -> _Field | None:
+        """The field of ``out``, computed from the ``known`` inputs (their union):
+        ``moved(field, in_hw, out_hw)`` for a window or padding layer (with whether
+        it gets a row), else resampled (a pointwise or interpolating layer). An
+        input broadcast over the image (spatial 1x1, as a squeeze-and-excitation
+        gate) adds no window; another without a field (one already global:
+        flattened) leaves the result's unknown (None)."""
+        first = _first_tensor(out)
         if first is None or first.dim() != 4:
             return None
-        return _resampled(field, known[0][0].shape[-2:], first.shape[-2:])
+        out_hw = tuple(first.shape[-2:])
+        spatial = [(t, f) for t, f in known if not (t.dim() == 4 and tuple(t.shape[-2:]) == (1, 1) != out_hw)]
+        fields = [f for _, f in spatial if f is not None]
+        if not fields or len(fields) != len(spatial):
+            return None
+        field, in_hw = _union(fields) if len(fields) > 1 else fields[0], tuple(spatial[0][0].shape[-2:])
+        result = moved(field, in_hw, out_hw)
+        if result is None:
+            return _resampled(field, in_hw, out_hw)
+        field, row = result
+        if row:
+            self.rows.append(LayerField(name, kind, out_hw, field.size, field.jump, field.start))
+        return field
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -152,7 +218,8 @@ class _FieldTracker(TorchFunctionMode):
         if self.depth == 0:
             known = self.inputs(args, kwargs)
             if known:
-                self.set_outputs(out, self.propagate(known, out))
+                self.set_outputs(out, self.window(getattr(func, "__name__", "function"), "function", known, out,
+                                                  functools.partial(_function_field, func, args, kwargs)))
         return out
 
     def pre_hook(self, module, args, kwargs):
@@ -161,17 +228,14 @@ class _FieldTracker(TorchFunctionMode):
     def hook(self, name, module, args, kwargs, out):
         self.depth -= 1
         known = self.inputs(args, kwargs)
-        if not known:
-            return
-        field = self.propagate(known, out)
-        if field is not None and isinstance(out, torch.Tensor):
-            in_hw, out_hw = known[0][0].shape[-2:], out.shape[-2:]
-            window = _module_field(module, _union([f for _, f in known]), in_hw, out_hw)
-            if window is not None:
-                field = window
-                self.rows.append(LayerField(name, type(module).__name__, tuple(out_hw), field.size, field.jump,
-                                            field.start))
-        self.set_outputs(out, field)
+        if known:
+            self.set_outputs(out, self.window(name, type(module).__name__, known, out,
+                                              functools.partial(_module_field, module)))
+
+
+def _first_tensor(value) -> torch.Tensor | None:
+    """The first tensor of an output (a pool's values, not its indices)."""
+    return next((t for t in _flatten(value) if isinstance(t, torch.Tensor)), None)
 
 
 def _flatten(value):
@@ -188,7 +252,10 @@ def receptive_field(model: nn.Module, input_size) -> ReceptiveFieldTable:
     (N, C, H, W)). Runs the forward pass once on meta tensors (no data, no compute,
     ``model`` untouched) and follows kernel, stride, padding and dilation through it,
     including residual branches (a result computed from several inputs sees their
-    union) and resampling (which rescales the jump). ``print()`` the result for a table.
+    union; a gate broadcast over the image, as squeeze-and-excitation's, is left
+    out), padding layers and F.pad (which move the start), pooling and convolution
+    called as functions (rows named after the function) and resampling (which
+    rescales the jump). ``print()`` the result for a table.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"receptive_field(): model must be a torch.nn.Module, not {type(model).__name__}")
@@ -200,7 +267,8 @@ def receptive_field(model: nn.Module, input_size) -> ReceptiveFieldTable:
     tensors = dict(itertools.chain(model.named_parameters(), model.named_buffers()))
     dtype = next((t.dtype for t in tensors.values() if t.is_floating_point()), torch.float32)
     meta = {name: torch.empty_like(t, device="meta") for name, t in tensors.items()}
-    x = torch.zeros(input_size, dtype=dtype, device="meta")
+    # a batch of two at least: a batch norm in training mode needs two values per channel
+    x = torch.zeros((max(2, input_size[0]), *input_size[1:]), dtype=dtype, device="meta")
     tracker = _FieldTracker()
     tracker.fields[id(x)] = (x, _Field((1, 1), (1, 1), (0, 0)))
     handles = []

@@ -692,6 +692,36 @@ def test_receptive_field_by_hand():
         nnlib.receptive_field(Net(), (20, 21))
 
 
+def test_receptive_field_of_functions_padding_gates_and_training_mode():
+    """Pooling and convolution called as torch functions get their rows; a padding
+    layer or F.pad moves the start (jump and size stay); a squeeze-and-excitation
+    gate (broadcast over the image) leaves the field as it is; a pool returning
+    indices is a window; a model in training mode with batch norm runs."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.pad = nn.ReflectionPad2d(3)
+            self.a = nn.Conv2d(3, 4, 7)
+            self.bn = nn.BatchNorm1d(4)
+            self.fc = nn.Linear(4, 4)
+            self.pool = nn.MaxPool2d(2, return_indices=True)
+            self.b = nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            y = torch.relu(self.a(self.pad(x)))                       # 7 / 1 / -3
+            y = nn.functional.max_pool2d(y, 2)                        # 8 / 2 / -3
+            gate = torch.sigmoid(self.fc(self.bn(y.mean((2, 3)))))
+            y = y * gate.view(*gate.shape, 1, 1)
+            y, _ = self.pool(nn.functional.pad(y, (1, 0, 2, 0)))       # start -3 - (2, 1) * 2; 10 / 4
+            return self.b(y)                                          # 18 / 4
+    rows = {r.name: r for r in nnlib.receptive_field(Net(), (3, 32, 32))}
+    assert list(rows) == ["a", "max_pool2d", "pool", "b"]
+    assert (rows["a"].size, rows["a"].jump, rows["a"].start) == ((7, 7), (1, 1), (-3, -3))
+    assert (rows["max_pool2d"].size, rows["max_pool2d"].jump, rows["max_pool2d"].start) == ((8, 8), (2, 2), (-3, -3))
+    assert (rows["pool"].size, rows["pool"].jump, rows["pool"].start) == ((10, 10), (4, 4), (-7, -5))
+    assert (rows["b"].size, rows["b"].jump, rows["b"].start) == ((18, 18), (4, 4), (-7, -5))
+
+
 def test_receptive_field_dilated_network_keeps_resolution():
     with torch.device("meta"):
         model = models.drn_c26(19)
