@@ -384,14 +384,16 @@ def _width_of(pair) -> int | None:
 
 def torch_cpu_conv_crashes(draft: Draft) -> bool:
     """Whether torch's CPU conv2d (oneDNN, torch 2.13) may die of a segmentation fault
-    on ``draft``, killing the tests' process: a bfloat16 channels_last input with
-    stride and dilation above 1 and padding along the width (found by make fuzz on
-    inputs of width 1 and 2, reproduced outside nnlib, 2026-11-29)."""
-    x = draft.value("input")
+    on ``draft``, killing the tests' process: bfloat16, a channels_last input or
+    weight (its channels_last path), stride and dilation above 1 and padding along
+    the width (found by make fuzz on inputs of width 1 and 2, reproduced outside
+    nnlib, 2026-11-29)."""
+    x, w = draft.value("input"), draft.value("weight")
     if torch.cuda.is_available() or not isinstance(x, TensorSpec) or len(x.shape) != 4:
         return False
+    channels_last = x.layout.startswith("channels_last") or (isinstance(w, TensorSpec) and w.layout == "channels_last")
     stride, dilation, padding = (_width_of(draft.value(n)) for n in ("stride", "dilation", "padding"))
-    return (x.dtype == torch.bfloat16 and x.layout.startswith("channels_last")
+    return (x.dtype == torch.bfloat16 and channels_last
             and None not in (stride, dilation, padding) and stride > 1 and dilation > 1 and padding > 0)
 
 
