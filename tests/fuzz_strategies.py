@@ -384,17 +384,23 @@ def _width_of(pair) -> int | None:
 
 def torch_cpu_conv_crashes(draft: Draft) -> bool:
     """Whether torch's CPU conv2d (oneDNN, torch 2.13) may die of a segmentation fault
-    on ``draft``, killing the tests' process: bfloat16, a channels_last input or
-    weight (its channels_last path), stride and dilation above 1 and padding along
-    the width (found by make fuzz on inputs of width 1 and 2, reproduced outside
-    nnlib, 2026-11-29)."""
+    on ``draft``, killing the tests' process: bfloat16 with a channels_last input or
+    weight (its channels_last path), and either stride and dilation above 1 and
+    padding along the width (found by make fuzz on inputs of width 1 and 2), or a
+    dilation of 2**31 with padding 'same' (found by make fuzz); reproduced outside
+    nnlib, 2026-11-29."""
     x, w = draft.value("input"), draft.value("weight")
     if torch.cuda.is_available() or not isinstance(x, TensorSpec) or len(x.shape) != 4:
         return False
     channels_last = x.layout.startswith("channels_last") or (isinstance(w, TensorSpec) and w.layout == "channels_last")
+    if x.dtype != torch.bfloat16 or not channels_last:
+        return False
+    dilations = draft.value("dilation")
+    dilations = dilations if isinstance(dilations, (tuple, list)) else (dilations,)
+    if any(type(d) is int and d >= 2**31 for d in dilations):
+        return True
     stride, dilation, padding = (_width_of(draft.value(n)) for n in ("stride", "dilation", "padding"))
-    return (x.dtype == torch.bfloat16 and channels_last
-            and None not in (stride, dilation, padding) and stride > 1 and dilation > 1 and padding > 0)
+    return None not in (stride, dilation, padding) and stride > 1 and dilation > 1 and padding > 0
 
 
 def pool_output_size(n: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
