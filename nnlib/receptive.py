@@ -143,10 +143,13 @@ def _function_field(func, args, kwargs, field: _Field, in_hw, out_hw) -> tuple[_
     """``_module_field`` of a torch function called between modules (F.max_pool2d, F.pad, ...)."""
     name = getattr(func, "__name__", None)
     parameters = _FUNCTION_PARAMETERS.get(name)
-    if parameters is None or not args:
+    if parameters is None:
         return None
+    # the input by position or keyword (torch's builtins get the caller's arguments as given)
     given = {**dict(zip(parameters, args[1:])), **{k: v for k, v in kwargs.items() if k in parameters}}
     if name == "conv2d":
+        if not isinstance(given.get("weight"), torch.Tensor):
+            return None
         return _conv_field(field, given["weight"].shape[-2:], given.get("stride", 1), given.get("padding", 0),
                            given.get("dilation", 1)), True
     if name == "pad":
@@ -193,13 +196,14 @@ class _FieldTracker(TorchFunctionMode):
         ``moved(field, in_hw, out_hw)`` for a window or padding layer (with whether
         it gets a row), else resampled (a pointwise or interpolating layer). An
         input broadcast over the image (spatial 1x1, as a squeeze-and-excitation
-        gate) adds no window; another without a field (one already global:
-        flattened) leaves the result's unknown (None)."""
+        gate, beside a larger one) adds no window; another without a field (one
+        already global: flattened) leaves the result's unknown (None)."""
         first = _first_tensor(out)
         if first is None or first.dim() != 4:
             return None
         out_hw = tuple(first.shape[-2:])
         spatial = [(t, f) for t, f in known if not (t.dim() == 4 and tuple(t.shape[-2:]) == (1, 1) != out_hw)]
+        spatial = spatial or known        # only 1x1 inputs: upsampled (an image-pooling branch), not a gate
         fields = [f for _, f in spatial if f is not None]
         if not fields or len(fields) != len(spatial):
             return None

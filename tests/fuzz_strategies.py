@@ -390,7 +390,7 @@ def torch_cpu_conv_crashes(draft: Draft) -> bool:
     dilation of 2**31 with padding 'same' (found by make fuzz); reproduced outside
     nnlib, 2026-11-29."""
     x, w = draft.value("input"), draft.value("weight")
-    if torch.cuda.is_available() or not isinstance(x, TensorSpec) or len(x.shape) != 4:
+    if torch.cuda.is_available() or not isinstance(x, TensorSpec) or len(x.shape) not in (3, 4):
         return False
     channels_last = x.layout.startswith("channels_last") or (isinstance(w, TensorSpec) and w.layout == "channels_last")
     if x.dtype != torch.bfloat16 or not channels_last:

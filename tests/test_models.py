@@ -693,9 +693,10 @@ def test_receptive_field_by_hand():
 
 
 def test_receptive_field_of_functions_padding_gates_and_training_mode():
-    """Pooling and convolution called as torch functions get their rows; a padding
-    layer or F.pad moves the start (jump and size stay); a squeeze-and-excitation
-    gate (broadcast over the image) leaves the field as it is; a pool returning
+    """Pooling and convolution called as torch functions get their rows (input by
+    position or keyword); a padding layer or F.pad moves the start (jump and size
+    stay); a squeeze-and-excitation gate (broadcast over the image) leaves the field
+    as it is, an image-pooling branch upsampled back joins it; a pool returning
     indices is a window; a model in training mode with batch norm runs."""
     class Net(nn.Module):
         def __init__(self):
@@ -714,6 +715,19 @@ def test_receptive_field_of_functions_padding_gates_and_training_mode():
             y = y * gate.view(*gate.shape, 1, 1)
             y, _ = self.pool(nn.functional.pad(y, (1, 0, 2, 0)))       # start -3 - (2, 1) * 2; 10 / 4
             return self.b(y)                                          # 18 / 4
+    class ImagePooling(nn.Module):      # a global branch upsampled back: not a gate
+        def __init__(self):
+            super().__init__()
+            self.stem, self.pool = nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.AdaptiveAvgPool2d(1)
+            self.head = nn.Conv2d(8, 4, 3, padding=1)
+
+        def forward(self, x):
+            y = self.stem(x)                                                    # 3 / 2 / -1
+            pooled = nn.functional.interpolate(self.pool(y), size=y.shape[-2:])  # 33 / 2 / -1
+            z = self.head(torch.cat([y, pooled], 1))                            # 37 / 2 / -3
+            return nn.functional.conv2d(input=z, weight=self.head.weight[:, :4], padding=1)   # 41 / 2 / -5
+    rows = [(r.name, r.size[0], r.jump[0], r.start[0]) for r in nnlib.receptive_field(ImagePooling(), (3, 32, 32))]
+    assert rows == [("stem", 3, 2, -1), ("pool", 33, 32, -1), ("head", 37, 2, -3), ("conv2d", 41, 2, -5)]
     rows = {r.name: r for r in nnlib.receptive_field(Net(), (3, 32, 32))}
     assert list(rows) == ["a", "max_pool2d", "pool", "b"]
     assert (rows["a"].size, rows["a"].jump, rows["a"].start) == ((7, 7), (1, 1), (-3, -3))
