@@ -595,6 +595,8 @@ def value_cases(draw, drafts):
         options.append(("written", written))
     if (call.op.endswith("_") or args.get("inplace")) and not x.clone:
         options.append(("inplace", True))
+    if dict(call.extras).get("activation") is not None:
+        options.append(("fused_activation", True))
     slope = dict(call.extras).get("negative_slope")
     if call.op == "conv2d" and slope is not None and x.dtype in HALF_DTYPES:
         # The leaky relu's gradient dy * slope is stored in fp16 / bf16 before the

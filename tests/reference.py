@@ -25,14 +25,29 @@ def to_reference(t):
     return ref.requires_grad_(t.requires_grad)
 
 
+def _at_kink(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Elements of a fused activation's output at its kink in both results (the
+    float64 reference within its own rounding of zero, ours within fp32's), but not
+    both exactly zero: which side of the kink each lands on is rounding (an input
+    equal to the mean it is normalised by: exactly 0 in one, 3e-17 in the other),
+    and so is whether its gradient passes."""
+    o, r = out.detach().cpu().double(), ref.detach()
+    if not r.numel():
+        return r != r
+    near = (r.abs() <= 1e-12 * r.abs().max().clamp_min(1)) & (o.abs() <= 2**-16 * o.abs().max().clamp_min(1))
+    return near & ~((r == 0) & (o == 0))
+
+
 def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None = None,
              expect_launch: bool = True, grad_scale: float = 1.0, out_scale: float = 1.0,
-             backward_launch: bool = True):
+             backward_launch: bool = True, kinks: bool = False):
     """Run ``ours(*inputs)`` and ``reference(*float64 copies)``; compare outputs
     (a tensor or a tuple of tensors, non-float parts exactly) and gradients of
     every input with requires_grad; with ``expect_launch``, a Triton kernel ran
     in the call and (unless ``backward_launch`` is False: the gradients asked
-    need no kernel) in the backward. Returns (our outputs, reference outputs)."""
+    need no kernel) in the backward. ``kinks`` (a fused activation): no output
+    gradient at elements on the activation's kink in both results (``_at_kink``).
+    Returns (our outputs, reference outputs)."""
     tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
     dtype = dtype or next(t.dtype for t in tensors if t.is_floating_point())
     ref_inputs = [to_reference(t) for t in inputs]
@@ -53,6 +68,8 @@ def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None
     float_outs = [(o, r) for o, r in zip(outs, ref_outs) if r.is_floating_point() and r.requires_grad]
     if wants_grad and float_outs:
         grads_out = [torch.randn(r.shape, dtype=torch.float64) for _, r in float_outs]
+        if kinks:
+            grads_out = [g.masked_fill(_at_kink(o, r), 0) for g, (o, r) in zip(grads_out, float_outs)]
         with count_launches() as bwd_launches:
             grads = torch.autograd.grad([o for o, _ in float_outs], [inputs[i] for i in wants_grad],
                                         [g.to(o.dtype).to(o.device) for g, (o, _) in zip(grads_out, float_outs)],

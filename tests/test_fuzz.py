@@ -64,7 +64,7 @@ def assert_like_torch(out, expected) -> None:
 
 def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: bool = True, written: tuple = (),
                  inplace: bool = False, double_backward: str | None = None, grad_scale: float = 1.0,
-                 backward_launch: bool = True) -> None:
+                 backward_launch: bool = True, fused_activation: bool = False) -> None:
     """``check_op`` (outputs and gradients against float64 torch, ``grad_scale``
     widening the gradients' atol), then: shapes, dtypes and strides against
     torch's own call in the inputs' dtypes (``inplace``: the output is the input
@@ -72,7 +72,7 @@ def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: boo
     with ``double_backward`` ("kernels": the second backward launches Triton
     kernels, "torch-ops": it need not), ``check_double_backward``;
     ``backward_launch`` False: the backward need launch nothing (a residual's
-    gradient is the output's own)."""
+    gradient is the output's own); ``fused_activation``: ``check_op``'s ``kinks``."""
     if not inplace:
         like = reference(*(_exact_copy(t) if i in written else t.detach() for i, t in enumerate(inputs)))
     reference_written = {}
@@ -83,15 +83,15 @@ def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: boo
     rng = torch.get_rng_state()
     try:
         out, _ = check_op(ours, recording_reference, inputs, kind, inputs[0].dtype, expect_launch, grad_scale,
-                          backward_launch=backward_launch)
+                          backward_launch=backward_launch, kinks=fused_activation)
     except AssertionError:
-        if kind != "reduction" or not _torch_misses_too(reference, inputs, kind, grad_scale, rng):
+        if kind != "reduction" or not _torch_misses_too(reference, inputs, kind, grad_scale, rng, fused_activation):
             raise
         # Ill-conditioned, as torch's own call shows: ours within 100 times the tolerance
         # (a wrong kernel misses by far more).
         torch.set_rng_state(rng)
         check_op(ours, reference, inputs, kind, inputs[0].dtype, expect_launch, 100 * grad_scale, out_scale=100,
-                 backward_launch=backward_launch)
+                 backward_launch=backward_launch, kinks=fused_activation)
         return
     if inplace:
         assert out is inputs[0], "an in-place op returns its input"
@@ -104,14 +104,16 @@ def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: boo
         check_double_backward(ours, reference, inputs, kind, grad_scale, expect_launch=double_backward == "kernels")
 
 
-def _torch_misses_too(reference, inputs: list, kind: str, grad_scale: float, rng: torch.Tensor) -> bool:
+def _torch_misses_too(reference, inputs: list, kind: str, grad_scale: float, rng: torch.Tensor,
+                      kinks: bool) -> bool:
     """Whether torch's own call in the inputs' dtype, with the same random output
     gradients (``rng``), misses the float64 reference by more than the tolerance
     too: an ill-conditioned case (a norm over a few nearly equal values, whose
     gradient's rounding grows as the square of mean / std), not a wrong kernel."""
     torch.set_rng_state(rng)
     try:
-        check_op(reference, reference, inputs, kind, inputs[0].dtype, expect_launch=False, grad_scale=grad_scale)
+        check_op(reference, reference, inputs, kind, inputs[0].dtype, expect_launch=False, grad_scale=grad_scale,
+                 kinks=kinks)
     except AssertionError:
         return True
     return False
