@@ -189,11 +189,14 @@ def test_interpreter_under_triton_3_6():
     if not os.path.isdir(path):
         pytest.skip(f"triton 3.6 is not installed at {path} (make test installs it)")
     code = ("import os; os.environ['TRITON_INTERPRET'] = '1'\n"
-            "import torch, triton, torch.nn.functional as TF, nnlib.functional as F\n"
+            "import torch, triton, torch.nn.functional as TF, nnlib, nnlib.functional as F\n"
             "assert triton.__version__.startswith('3.6'), triton.__version__\n"
             "x, w = torch.randn(2, 6, 5, 7), torch.randn(4, 6, 3, 3)\n"
-            "torch.testing.assert_close(F.group_norm(x, 3), TF.group_norm(x, 3), atol=1e-5, rtol=1e-5)\n"
-            "torch.testing.assert_close(F.conv2d(x, w, padding=1), TF.conv2d(x, w, padding=1), atol=1e-4, rtol=1e-4)\n"
+            "with nnlib.count_launches() as launches:\n"
+            "    y, z = F.group_norm(x, 3), F.conv2d(x, w, padding=1)\n"
+            "assert launches.total >= 2, launches\n"       # the interpreter ran them, not torch's path
+            "torch.testing.assert_close(y, TF.group_norm(x, 3), atol=1e-5, rtol=1e-5)\n"
+            "torch.testing.assert_close(z, TF.conv2d(x, w, padding=1), atol=1e-4, rtol=1e-4)\n"
             "print('ok')")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, root])}
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
