@@ -20,7 +20,7 @@ from kernels.norm import _plan as norm_plan
 from kernels._reduce import tickets
 from kernels._runtime import clear_plan_caches, count_launches, needs_int64
 from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
-                             epilogue, make_input)
+                             epilogue, make_input, rel_err)
 
 
 def _params(C, dtype, device, affine=True, bias=True, shape=None):
@@ -641,12 +641,67 @@ def test_double_backward(name, layout, device):
     check_double_backward(ours, reference, inputs, "reduction", expect_launch=False)
 
 
-def test_third_derivative_raises(device):
-    x = torch.randn(2, 3, 5, device=device, requires_grad=True)
-    (grad,) = torch.autograd.grad(F.group_norm(x, 3).pow(3).sum(), x, create_graph=True)
-    torch.autograd.grad(grad.pow(2).sum(), x)                  # second derivatives: fine
-    with pytest.raises(RuntimeError, match="not third"):      # a graph for third ones: a clear error
-        torch.autograd.grad(grad.pow(2).sum(), x, create_graph=True)
+def _normalized(x, dims, groups=None, eps=1e-5):
+    """(x - mean) / sqrt(var + eps) in plain torch ops: statistics over ``dims``, or
+    per sample and channel group of ``groups``."""
+    xs = x.reshape(x.shape[0], groups, -1) if groups else x
+    var, mean = torch.var_mean(xs, -1 if groups else dims, correction=0, keepdim=True)
+    return ((xs - mean) * torch.rsqrt(var + eps)).reshape(x.shape)
+
+
+def _per_channel(t, x):
+    return t.reshape(1, -1, *([1] * (x.dim() - 2)))
+
+
+# The forwards of DOUBLE_BACKWARD composed of plain torch ops: torch's fused
+# batch / layer / instance norms give wrong third derivatives in training
+# (pytorch/pytorch#186256, #175754: their double backward treats the saved
+# statistics as constants), so they cannot be the reference past second order.
+COMPOSED = {
+    "batch-train-relu-residual": lambda x, w, b, r, rm, rv: TF.relu(
+        _normalized(x, (0, 2, 3)) * _per_channel(w, x) + _per_channel(b, x) + r),
+    "batch-eval-leaky": lambda x, w, b, r, rm, rv: TF.leaky_relu(
+        (x - _per_channel(rm, x)) * _per_channel(torch.rsqrt(rv + 1e-5) * w, x) + _per_channel(b, x), 0.2),
+    "layer-chw": lambda x, w, b, r, rm, rv: _normalized(x, (1, 2, 3)) * w + b,
+    "instance": lambda x, w, b, r, rm, rv: _normalized(x, (2, 3)) * _per_channel(w, x) + _per_channel(b, x),
+    "group-3-of-6": lambda x, w, b, r, rm, rv: _normalized(x, None, groups=3) * _per_channel(w, x)
+    + _per_channel(b, x),
+}
+
+
+@pytest.mark.parametrize("name", list(DOUBLE_BACKWARD))
+def test_third_derivatives(name, device):
+    """Derivatives past the second (create_graph=True through a second derivative)
+    follow the norm_gradients operator's torch-ops formula: third derivatives of
+    a nonlinear function of the output, with respect to every input, match the
+    float64 composed forward. The output gradient depends on x here, which an
+    autograd.grad of the formula would count twice."""
+    shape, ours, reference = DOUBLE_BACKWARD[name]
+    C = shape[-1] if name.startswith("layer") else shape[1]
+    param_shape = shape[1:] if name.startswith("layer") else (C,)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen)
+    w, b = torch.rand(param_shape, generator=gen) + 0.5, torch.randn(param_shape, generator=gen)
+    r = torch.randn(shape, generator=gen) if "residual" in name else None
+    rm, rv = (torch.randn(C, generator=gen), torch.rand(C, generator=gen) + 0.5) if "eval" in name else (None, None)
+    leaves = [x, w, b, r]
+    probes = [torch.randn(t.shape, generator=gen) for t in leaves if t is not None]
+    results = []
+    for fn, dtype in ((ours, torch.float32), (COMPOSED[name], torch.float64)):
+        inputs = [None if t is None else t.to(device, dtype).requires_grad_(i < 4) for i, t in
+                  enumerate(leaves + [rm, rv])]
+        wrt = [t for t in inputs[:4] if t is not None]
+        out = fn(*inputs)
+        if dtype == torch.float64:                  # the composed forward is torch's
+            torch.testing.assert_close(out, reference(*inputs))
+        scalar = out.pow(3).sum()
+        for order in range(3):
+            grads = torch.autograd.grad(scalar, wrt, create_graph=order < 2, allow_unused=True)
+            grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, wrt)]
+            scalar = sum((g.pow(2) * p.to(g)).sum() for g, p in zip(grads, probes))
+        results.append(grads)
+    for i, (g, ref) in enumerate(zip(*results)):
+        assert rel_err(g, ref) < 1e-4, f"third derivative of input {i}: relative error {rel_err(g, ref):.2e}"
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

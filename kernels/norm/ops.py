@@ -466,8 +466,8 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
 # ``norm_single_read`` (statistics and normalization in one launch). They share
 # one formula whose backward is the ``norm_gradients`` operator; that one's own
 # backward (second derivatives, a gradient penalty through a norm) differentiates
-# ``_reference_forward``, the same forward in torch ops, twice; third derivatives
-# raise. ``eps`` reaches the operators that do not launch with it for that.
+# ``_reference_forward``, the same forward in torch ops, twice (and higher
+# derivatives go on through those torch ops). ``eps`` reaches the operators that do not launch with it for that.
 
 def _readable(t, geom: Geometry):
     """t, or one contiguous copy when the kernels cannot read it through strides."""
@@ -565,24 +565,36 @@ def _gradients_setup(ctx, inputs, output):
 
 def _gradients_backward(ctx, *grad_grads):
     """Second derivatives: the first derivatives of _reference_forward,
-    differentiated again against the incoming gradients of (dx, dw, db, g)."""
-    if torch.is_grad_enabled():
-        raise RuntimeError("nnlib's norms support first and second derivatives, not third "
-                           "(create_graph=True through a second derivative)")
+    differentiated again against the incoming gradients of (dx, dw, db, g).
+    Both are torch.func transforms of torch ops on the saved tensors, so under
+    create_graph derivatives of any higher order follow through torch's autograd
+    (autograd.grad would also follow dy back into x where dy depends on x)."""
     saved = ctx.saved_tensors
-    dy, x, weight, bias, residual = (None if t is None else t.detach().requires_grad_() for t in saved[:5])
-    lead, chan, groups, per_sample, batch_stats, eps, activation, negative_slope = ctx.args
-    with torch.enable_grad():
-        y = _reference_forward(x, weight, bias, residual, saved[5], saved[6], lead, chan, groups, per_sample,
-                               batch_stats, eps, activation, negative_slope)
-        inputs = [(t, g) for t, g, need in zip((x, weight, bias, residual), grad_grads, ctx.needs)
-                  if need and t is not None and g is not None]
-        if not inputs:
-            return (None,) * (7 + 12)
-        first = torch.autograd.grad(y, [t for t, _ in inputs], dy, create_graph=True)
-        wrt = [t for t in (dy, x, weight, bias, residual) if t is not None]
-        second = iter(torch.autograd.grad(first, wrt, [g for _, g in inputs], allow_unused=True))
-    return *(None if t is None else next(second) for t in (dy, x, weight, bias, residual)), *([None] * 14)
+    mean, rstd = saved[5:]
+    operands = saved[1:5]                                   # x, weight, bias, residual
+    wanted = [i for i, (t, g, need) in enumerate(zip(operands, grad_grads, ctx.needs))
+              if need and t is not None and g is not None]
+    if not wanted:
+        return (None,) * (7 + 12)
+    present = [i for i, t in enumerate(saved[:5]) if t is not None]    # of dy, x, weight, bias, residual
+
+    def first_derivatives(*tensors):
+        """(dy, x, weight, bias, residual), those present -> the wanted gradients."""
+        full = [None] * 5
+        for i, t in zip(present, tensors):
+            full[i] = t
+        dy, *inputs = full
+
+        def forward(*variables):
+            for i, t in zip(wanted, variables):
+                inputs[i] = t
+            return _reference_forward(*inputs, mean, rstd, *ctx.args)
+        y, pullback = torch.func.vjp(forward, *(inputs[i] for i in wanted))
+        return pullback(dy.to(y.dtype))
+
+    _, pullback = torch.func.vjp(first_derivatives, *(saved[i] for i in present))
+    second = iter(pullback(tuple(grad_grads[i] for i in wanted)))
+    return *(next(second) if t is not None else None for t in saved[:5]), *([None] * 14)
 
 
 def _statistics_fake(x, running_mean, running_var, num_batches_tracked, lead, chan, groups, per_sample, *_):
