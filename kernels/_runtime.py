@@ -85,8 +85,9 @@ def next_power_of_2(n: int) -> int:
 def backend(tensor: torch.Tensor) -> str:
     """Which path nnlib takes for ``tensor``: "triton" (CUDA), "triton-interpreter"
     (CPU with ``TRITON_INTERPRET=1``) or "torch" (the fallback: CPU without the
-    interpreter, or float64 / complex data, for which nnlib has no kernels)."""
-    if tensor.dtype is torch.float64 or tensor.is_complex():
+    interpreter, or float64 / complex / quantized data or a sparse layout, for
+    which nnlib has no kernels)."""
+    if tensor.dtype is torch.float64 or tensor.is_complex() or tensor.layout != torch.strided or tensor.is_quantized:
         return "torch"
     if tensor.is_cuda:
         return "triton"

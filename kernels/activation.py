@@ -13,6 +13,8 @@ that way is copied once.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -39,10 +41,10 @@ def activation_code(activation: str | None, op: str) -> int:
 
 @triton.jit
 def apply_activation(x, ACTIVATION: tl.constexpr, negative_slope):
-    """Activation of fp32 ``x``: identity, relu, or leaky relu with ``negative_slope``.
-    NaN propagates, as in torch."""
+    """Activation of ``x`` (fp32; relu: any dtype, integers kept exact): identity,
+    relu, or leaky relu with ``negative_slope``. NaN propagates, as in torch."""
     if ACTIVATION == ACT_RELU:
-        x = tl.where(x < 0, 0.0, x)
+        x = tl.where(x < 0, 0, x)
     elif ACTIVATION == ACT_LEAKY_RELU:
         x = tl.where(x > 0, x, x * negative_slope)     # torch's: 0 * a non-finite slope is NaN
     return x
@@ -203,11 +205,14 @@ def activation_forward(x: torch.Tensor, activation: int, negative_slope: float) 
 
 
 def activation_forward_(x: torch.Tensor, activation: int, negative_slope: float) -> None:
-    """x = act(x) in place (through one contiguous copy when x is not dense)."""
+    """x = act(x) in place (through one contiguous copy when x is not dense). x's
+    version is left to the caller, which makes torch's one bump."""
     if _dense(x) is x:
         _launch_activation(x, x, activation, negative_slope)
-    else:
-        x.copy_(activation_forward(x, activation, negative_slope))
+        return
+    y = activation_forward(x, activation, negative_slope)
+    with contextlib.nullcontext() if x.is_inference() else torch.autograd._unsafe_preserve_version_counter(x):
+        x.copy_(y)
 
 
 def activation_backward(grad: torch.Tensor, saved: torch.Tensor, activation: int,
@@ -349,7 +354,7 @@ class _InplaceActivation(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        if ctx.activation == ACT_LEAKY_RELU.value and ctx.negative_slope < 0:
+        if ctx.activation == ACT_LEAKY_RELU.value and not ctx.negative_slope >= 0:     # NaN too, as torch
             raise RuntimeError(
                 "In-place leakyReLu backward calculation is triggered with a negative slope which is "
                 "not supported. This is caused by calling in-place forward function with a negative "
@@ -358,10 +363,15 @@ class _InplaceActivation(torch.autograd.Function):
 
 
 def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
-    """x = act(x) in place; returns x. Traced with autograd, as torch's in-place
-    ops are functionalized: the functional operator, then a copy into x."""
+    """x = act(x) in place; returns x. Recorded by autograd through
+    _InplaceActivation; traced with autograd, as torch's in-place ops are
+    functionalized: the functional operator, then a copy into x."""
     if not tracing(x):
-        return _InplaceActivation.apply(x, activation, negative_slope)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _InplaceActivation.apply(x, activation, negative_slope)
+        activation_forward_(x, activation, negative_slope)
+        torch.autograd.graph.increment_version(x)
+        return x
     if torch.is_grad_enabled() and x.requires_grad:
         return x.copy_(activation_op(x, activation, negative_slope))
     activation_inplace_op(x, activation, negative_slope)

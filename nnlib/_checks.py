@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import sys
 
 import torch
 
@@ -34,9 +35,13 @@ def is_int(value) -> bool:
 def int_items(value, op: str, name: str) -> tuple:
     """The items of an int or int-list argument; TypeError for anything else, as
     torch's parser (ints or one-element integer tensors; a bool only after the first)."""
-    items = tuple(value) if isinstance(value, (tuple, list, torch.Size)) else (value,)
+    sequence = isinstance(value, (tuple, list, torch.Size))
+    items = tuple(value) if sequence else (value,)
     if (items and isinstance(items[0], bool)) or not all(is_int(i) for i in items):
         raise TypeError(f"{op}(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
+    if not all(-2**63 <= item < 2**63 for item in items):       # torch's parser unpacks int64s
+        raise (TypeError if sequence else ValueError)(f"{op}(): argument '{name}' = {value}: overflow when "
+                                                      "unpacking long long")
     return items
 
 
@@ -48,14 +53,20 @@ def check_flag(value, op: str, name: str) -> bool:
 
 
 def scalar(value, op: str, name: str):
-    """A Scalar argument as torch's parser takes it: a Python or numpy number, or a
-    0-d tensor that does not require grad (TypeError otherwise; OverflowError for
-    an integer past int64). Returns the Python number."""
+    """A Scalar argument as torch's parser takes it: a Python or numpy bool, int,
+    float or complex, or a 0-d tensor that does not require grad (TypeError
+    otherwise: fractions, decimals, a numpy uint64 past int64; OverflowError for
+    a Python int outside [-2**63, 2**64)). Returns the Python number."""
     if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
         value = value.item()
-    if not isinstance(value, numbers.Number):
+    numpy = sys.modules.get("numpy")        # only an imported numpy can have made the value
+    if numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufc":
+        value = value.item()
+        if isinstance(value, int) and value >= 2**63:        # a uint64 past int64: torch's parser refuses it
+            raise TypeError(f"{op}(): argument '{name}' must be Number, not an unsigned integer past int64")
+    if not isinstance(value, (int, float, complex, torch.SymInt, torch.SymFloat, torch.SymBool)):
         raise TypeError(f"{op}(): argument '{name}' must be Number, not {type(value).__name__}")
-    if isinstance(value, numbers.Integral) and not -2**63 <= value < 2**63:
+    if isinstance(value, int) and not -2**63 <= value < 2**64:
         raise OverflowError(f"{op}(): argument '{name}' = {value} is too big to convert")
     return value
 
@@ -98,7 +109,7 @@ def check_activation_input(input, op: str, allow_integer: bool = False, check_dt
 def check_inplace(input: torch.Tensor, op: str) -> None:
     """What torch refuses before it writes ``input`` in place (RuntimeError): an
     element stored for several (a stride-0 dim), and under grad mode a leaf that
-    requires grad or a view of one. The kernel must not run first: it would write.
+    requires grad, a view of one, or a view autograd cannot rebase. The kernel must not run first: it would write.
     (While tracing, torch.compile's functionalization and autograd check these.)"""
     if tracing(input):
         return
@@ -108,9 +119,20 @@ def check_inplace(input: torch.Tensor, op: str) -> None:
     if torch.is_grad_enabled() and input.requires_grad:
         if input.is_leaf:
             raise RuntimeError(f"{op}(): a leaf Variable that requires grad is being used in an in-place operation.")
-        if input._is_view() and input._base.is_leaf:
-            raise RuntimeError(f"{op}(): a view of a leaf Variable that requires grad is being used in an in-place "
-                               "operation.")
+        if input._is_view():
+            created = torch._C._autograd._get_creation_meta(input)
+            if created != torch._C._autograd.CreationMeta.DEFAULT:
+                raise RuntimeError(f"{op}(): the view comes from {_VIEW_ORIGINS[created.name]}; autograd does "
+                                   "not allow it to be modified in place. Clone it first.")
+            if input._base.is_leaf:
+                raise RuntimeError(f"{op}(): a view of a leaf Variable that requires grad is being used in an "
+                                   "in-place operation.")
+
+
+# Views autograd does not let an in-place op rebase (torch's CreationMeta).
+_VIEW_ORIGINS = {"MULTI_OUTPUT_NODE": "a function that returns several views (unbind, split, chunk)",
+                 "IN_CUSTOM_FUNCTION": "a custom autograd.Function", "NO_GRAD_MODE": "no_grad mode",
+                 "INFERENCE_MODE": "inference mode"}
 
 
 # ---------------------------------------------------------------------------

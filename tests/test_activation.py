@@ -1,5 +1,9 @@
 """relu / leaky_relu / prelu against the float64 torch reference."""
 
+import decimal
+import fractions
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -43,10 +47,14 @@ def test_gradient_at_zero_and_nan(device):
         check_op(ours, ref, [x], "elementwise")
 
 
-def test_relu_integer_and_bool(device):
-    x = torch.tensor([-3, 0, 5], device=device)
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int32, torch.int64])
+def test_relu_integer_and_bool(dtype, device):
+    """Integers stay exact (past float32's 2**24 as well)."""
+    big = torch.iinfo(dtype).max
+    values = [-3, 0, 5, big, -big, 2**24 + 1 if big > 2**24 else 7]
+    x = torch.tensor(values, dtype=dtype, device=device)
     with count_launches() as launches:
-        assert torch.equal(F.relu(x).cpu(), torch.tensor([0, 0, 5]))
+        assert torch.equal(F.relu(x).cpu(), TF.relu(x.cpu()))
     assert launches.total == 1
     with pytest.raises(RuntimeError, match="Boolean"):
         F.relu(torch.tensor([True], device=device))
@@ -64,8 +72,60 @@ def test_inplace(op, layout, device):
     version = base._version
     out = F.relu_(base) if op == "relu" else F.leaky_relu_(base, 0.1)
     assert out is base
-    assert base._version > version
+    assert base._version == version + 1          # torch's one bump (a sliced tensor's copy-back makes none)
     assert_close(base, expected, torch.float32, "elementwise")
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "inference_mode"])
+@pytest.mark.parametrize("layout", ["contiguous", "sliced"])
+def test_inplace_without_recording_returns_the_input(layout, mode, device):
+    """Under no_grad / inference_mode an in-place activation of a tensor that
+    requires grad (a Parameter) writes it and returns that same object."""
+    param = torch.nn.Parameter(make_input((3, 8), torch.float32, device, layout))
+    expected, version = TF.relu(param.detach()), param._version
+    with getattr(torch, mode)():
+        out = F.relu_(param)
+        module_out = nnlib.LeakyReLU(0.1, inplace=True)(param)
+    assert out is param and module_out is param and param.requires_grad
+    assert param._version == version + 2
+    assert_close(param.detach(), expected, torch.float32, "elementwise")
+
+
+VIEWS_AUTOGRAD_WILL_NOT_REBASE = {
+    "unbind": lambda t: t.unbind(0)[0],
+    "split": lambda t: t.split(1)[0],
+    "no_grad": lambda t: _taken_without_grad(t),
+    "custom-function": lambda t: _ViewOf.apply(t),
+}
+
+
+def _taken_without_grad(t):
+    with torch.no_grad():
+        return t[0]
+
+
+class _ViewOf(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, t):
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+
+
+@pytest.mark.parametrize("view", list(VIEWS_AUTOGRAD_WILL_NOT_REBASE))
+@pytest.mark.parametrize("op", ["relu_", "leaky_relu_"])
+def test_inplace_on_a_view_autograd_refuses_writes_nothing(op, view, device):
+    """torch refuses these in-place before writing (RuntimeError); so do we."""
+    base = torch.tensor([[-1.0, 2.0], [-3.0, 4.0]], device=device, requires_grad=True) * 1
+    before = base.detach().clone()
+    make_view = VIEWS_AUTOGRAD_WILL_NOT_REBASE[view]
+    with pytest.raises(RuntimeError):
+        getattr(TF, op)(make_view(base))
+    with count_launches() as launches, pytest.raises(RuntimeError, match=op.rstrip("_")):
+        getattr(F, op)(make_view(base))
+    assert launches.total == 0 and torch.equal(base, before)
 
 
 @pytest.mark.parametrize("op", ["relu", "leaky_relu"])
@@ -81,6 +141,9 @@ def test_inplace_under_autograd(op, device):
 def test_inplace_leaky_negative_slope_raises_in_backward(device):
     x = torch.randn(5, device=device, requires_grad=True)
     y = F.leaky_relu(x * 1, -0.5, inplace=True)
+    with pytest.raises(RuntimeError, match="negative slope"):
+        y.sum().backward()
+    y = F.leaky_relu(x * 1, float("nan"), inplace=True)      # torch's test is slope >= 0
     with pytest.raises(RuntimeError, match="negative slope"):
         y.sum().backward()
     # Out of place, a negative slope is fine.
@@ -192,7 +255,32 @@ BAD = {  # name: (functional name, args); torch raises for each
     "leaky-relu-bool": ("leaky_relu", lambda d: (torch.tensor([True, False], device=d),)),
     "leaky-relu-inplace-bool": ("leaky_relu_", lambda d: (torch.tensor([True, False], device=d),)),
     "leaky-relu-int": ("leaky_relu", lambda d: (torch.arange(3, device=d),)),
+    "leaky-relu-fraction-slope": ("leaky_relu", lambda d: (torch.randn(3, device=d), fractions.Fraction(1, 4))),
+    "leaky-relu-decimal-slope": ("leaky_relu", lambda d: (torch.randn(3, device=d), decimal.Decimal("0.25"))),
+    "leaky-relu-numpy-uint64-slope": ("leaky_relu", lambda d: (torch.randn(3, device=d), np.uint64(2**63))),
+    "leaky-relu-slope-past-uint64": ("leaky_relu", lambda d: (torch.randn(3, device=d), 2**64)),
 }
+
+
+@pytest.mark.parametrize("slope", [np.bool_(True), np.float16(0.5), np.int8(-2), np.uint64(3), 2**63, -2**63, torch.tensor(0.25)],
+                         ids=repr)
+def test_leaky_relu_slopes_torch_parses(slope, device):
+    """Every Scalar torch's parser takes: numpy bools, ints and floats, ints up
+    to uint64's range, 0-d tensors."""
+    x = torch.randn(2, 5, device=device)
+    assert torch.equal(F.leaky_relu(x, slope), TF.leaky_relu(x, slope))
+
+
+def test_sparse_and_quantized_take_torchs_path(device):
+    """No kernel reads a sparse layout or quantized data: torch's ops run them."""
+    sparse = torch.tensor([[-1.0, 0.0], [0.0, 2.0]], device=device).to_sparse()
+    quantized = torch.quantize_per_tensor(torch.tensor([-1.0, 0.5, 2.0]), 0.1, 10, torch.quint8)
+    assert nnlib.backend(sparse) == nnlib.backend(quantized) == "torch"
+    with count_launches() as launches:
+        assert torch.equal(F.relu(sparse).to_dense(), TF.relu(sparse).to_dense())
+        assert torch.equal(F.relu(quantized).dequantize(), TF.relu(quantized).dequantize())
+        assert torch.equal(F.leaky_relu(quantized, 0.1).dequantize(), TF.leaky_relu(quantized, 0.1).dequantize())
+    assert launches.total == 0
 
 
 @pytest.mark.parametrize("name", list(BAD))

@@ -312,6 +312,9 @@ BAD = {  # name: (input shape, kwargs); torch raises for each
     "types-before-lengths": ((2, 3, 8, 8), dict(kernel_size=(1, 2, 3), stride=True)),   # as torch's parser
     "ceil-mode-int": ((2, 3, 8, 8), dict(kernel_size=2, ceil_mode=1)),
     "ceil-mode-none": ((2, 3, 8, 8), dict(kernel_size=2, ceil_mode=None)),
+    "kernel-past-int64": ((2, 3, 8, 8), dict(kernel_size=2**63)),                      # ValueError, as torch's
+    "kernel-pair-past-int64": ((2, 3, 8, 8), dict(kernel_size=(2, 2**63))),            # TypeError in a sequence
+    "padding-below-int64": ((2, 3, 8, 8), dict(kernel_size=2, padding=-2**63 - 1)),
 }
 
 
