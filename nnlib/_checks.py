@@ -39,7 +39,7 @@ def int_items(value, op: str, name: str) -> tuple:
     items = tuple(value) if sequence else (value,)
     if (items and isinstance(items[0], bool)) or not all(is_int(i) for i in items):
         raise TypeError(f"{op}(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
-    if not all(-2**63 <= item < 2**63 for item in items):       # torch's parser unpacks int64s
+    if not all(-2**63 <= int(item) < 2**63 for item in items):       # torch's parser unpacks int64s
         raise (TypeError if sequence else ValueError)(f"{op}(): argument '{name}' = {value}: overflow when "
                                                       "unpacking long long")
     return items

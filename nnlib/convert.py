@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import copy
 import functools
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -153,8 +154,8 @@ def _act_of(module: nn.Module) -> tuple[str, float] | None:
     return None if layers.hooked(module) else _activation_of(module)
 
 
-def _traced(model: nn.Module) -> torch.fx.Graph | None:
-    """The torch.fx graph of ``model``, or None when torch.fx cannot trace it: its
+def _traced(model: nn.Module) -> torch.fx.Graph | Exception:
+    """The torch.fx graph of ``model``, or what symbolic tracing raised: its
     forward branches or loops on data, iterates or converts a traced value
     (TraceError), takes ``len`` of one (RuntimeError), calls what symbolic values do
     not support (TypeError), calls a module it does not register (NameError), ...:
@@ -165,8 +166,8 @@ def _traced(model: nn.Module) -> torch.fx.Graph | None:
              for m in model.modules()]
     try:
         return _LeafTracer().trace(model)
-    except Exception:  # noqa: BLE001 -- any failure of symbolic tracing: fuse within Sequentials instead
-        return None
+    except Exception as error:  # noqa: BLE001 -- any failure of symbolic tracing: fuse within Sequentials instead
+        return error
     finally:
         for m, attributes, *registered in saved:
             vars(m).clear()
@@ -273,9 +274,11 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     and returns the convolution's output as it is (the convolution notes on its output
     the activation it applied). Modules with forward hooks or pre-hooks are not
     folded. The graph is found by torch.fx; a model it cannot trace gets the same
-    treatment within its ``nn.Sequential`` containers (not subclasses), taken to run
-    their children in order (the activation modules stay, as their calls are not
-    known). Returns the fused model: a deep copy, or ``model`` when ``inplace``.
+    treatment within its ``nn.Sequential`` containers (not subclasses), taken to be
+    called as a whole (the activation modules stay, as their calls are not known),
+    with a UserWarning: a model that calls a container's children itself and keeps
+    their outputs would read fused values. Returns the fused model: a deep copy, or
+    ``model`` when ``inplace``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"fuse(): model must be a torch.nn.Module, not {type(model).__name__}")
@@ -286,7 +289,16 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
                            "call model.eval() first")
     model = convert(model, inplace)
     graph = _traced(model)
-    chains = _chains_from_sequentials(model) if graph is None else _chains_from_graph(model, graph)
+    if isinstance(graph, torch.fx.Graph):
+        chains = _chains_from_graph(model, graph)
+    else:
+        chains = _chains_from_sequentials(model)
+        if chains:
+            warnings.warn(f"fuse(): torch.fx cannot trace {type(model).__name__} ({type(graph).__name__}: {graph}); "
+                          f"fused {len(chains)} run(s) within nn.Sequential containers, taking each container to be "
+                          "called as a whole. A model that calls a container's children itself and keeps their "
+                          "outputs would see the fused ones (a convolution's output after its batch norm and "
+                          "activation).", UserWarning, stacklevel=2)
     for chain in chains:
         conv = model.get_submodule(chain.conv)
         if chain.bn is not None:

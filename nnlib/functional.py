@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch.autograd import forward_ad
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from kernels import activation as _act
 from kernels import conv as _conv
@@ -67,6 +68,8 @@ def _autocast(policy: str, input, *others):
 
 def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     """max(input, 0), any shape and dtype torch accepts; ``inplace`` writes input."""
+    if has_torch_function_variadic(input):
+        return handle_torch_function(relu, (input,), input, inplace=inplace)
     check_activation_input(input, "relu", allow_integer=True)
     if _on_torch_path(input):
         return F.relu(input, inplace=inplace)
@@ -85,6 +88,8 @@ def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool 
     """input where input > 0, else input * negative_slope; ``inplace`` writes input.
     torch's order of checks: argument types, in-place writability, dtype, the
     slope's conversion."""
+    if has_torch_function_variadic(input):
+        return handle_torch_function(leaky_relu, (input,), input, negative_slope, inplace=inplace)
     check_activation_input(input, "leaky_relu", check_dtype=False)
     slope = scalar(negative_slope, "leaky_relu", "negative_slope")
     if _on_torch_path(input):
@@ -106,6 +111,8 @@ def leaky_relu_(input: torch.Tensor, negative_slope: float = 0.01) -> torch.Tens
 def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """input where input > 0, else weight[c] * input, c the channel (dim 1; one
     channel below rank 2). weight: (1,), a scalar, or (C,)."""
+    if has_torch_function_variadic(input, weight):
+        return handle_torch_function(prelu, (input, weight), input, weight)
     check_activation_input(input, "prelu", check_dtype=False)
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"prelu(): argument 'weight' must be Tensor, not {type(weight).__name__}")
@@ -151,6 +158,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     (int or pair; padding 'valid' / 'same' too); ``activation`` None, "relu" or
     "leaky_relu" (with ``negative_slope``) is applied after the bias, in the
     kernel's epilogue."""
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
+                                     groups, activation=activation, negative_slope=negative_slope)
     code = conv_activation(activation, negative_slope)
     input, weight, bias = _autocast(_LOWER_PRECISION, input, weight, bias)
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _FLOAT_DTYPES):
@@ -183,6 +193,9 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, paddi
     within each plane (torch's choice among ties, NaN is the maximum).
     ``activation="relu"`` applies relu to the pooled values; indices are those of
     the maxima before it."""
+    if has_torch_function_variadic(input):
+        return handle_torch_function(max_pool2d_with_indices, (input,), input, kernel_size, stride, padding,
+                                     dilation, ceil_mode, return_indices, activation=activation)
     code = pool_activation(activation)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"max_pool2d(): argument 'input' must be Tensor, not {type(input).__name__}")
@@ -199,6 +212,9 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     (N, C, H, W) or (C, H, W) input; output (N, C, OH, OW) in input's memory
     format, plus int64 indices when ``return_indices``. Keyword-only
     ``activation="relu"`` applies relu to the pooled values."""
+    if has_torch_function_variadic(input):
+        return handle_torch_function(max_pool2d, (input,), input, kernel_size, stride, padding, dilation, ceil_mode,
+                                     return_indices, activation=activation)
     if return_indices:
         return max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode,
                                        activation=activation)
@@ -241,6 +257,11 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
     incremented with the running statistics, and ``momentum=None`` then means the
     cumulative average 1 / num_batches_tracked, read on the device (torch's module
     semantics without a host synchronisation)."""
+    tensors = (input, running_mean, running_var, weight, bias, residual, num_batches_tracked)
+    if has_torch_function_variadic(*tensors):
+        return handle_torch_function(batch_norm, tensors, input, running_mean, running_var, weight, bias, training,
+                                     momentum, eps, activation=activation, negative_slope=negative_slope,
+                                     residual=residual, num_batches_tracked=num_batches_tracked)
     op = "batch_norm"
     # torch's Python reads a training input's batch size, then compares eps (the errors
     # Python raises for what does not compare), before its parser checks the types
@@ -312,6 +333,10 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
     """Instance norm of input (N, C, *) over * per (sample, channel). With
     use_input_stats the running stats (C,), when given, move toward the batch
     average of the instance statistics; without it they normalize."""
+    if has_torch_function_variadic(input, running_mean, running_var, weight, bias):
+        return handle_torch_function(instance_norm, (input, running_mean, running_var, weight, bias), input,
+                                     running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
+                                     activation=activation, negative_slope=negative_slope)
     op = "instance_norm"
     check_norm_input(input, op, attribute_error=bool(use_input_stats))
     check_flag(use_input_stats, op, "use_input_stats")
@@ -351,6 +376,9 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
                negative_slope: float = 0.01) -> torch.Tensor:
     """Layer norm of input (*, *normalized_shape) over the trailing dims, weight and
     bias of shape normalized_shape (elementwise)."""
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(layer_norm, (input, weight, bias), input, normalized_shape, weight, bias, eps,
+                                     activation=activation, negative_slope=negative_slope)
     op = "layer_norm"
     check_norm_input(input, op)
     eps = check_eps(eps, op)
@@ -383,6 +411,9 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
                negative_slope: float = 0.01) -> torch.Tensor:
     """Group norm of input (N, C, *) over (C / num_groups, *) per (sample, group),
     any num_groups dividing C; weight, bias (C,)."""
+    if has_torch_function_variadic(input, weight, bias):
+        return handle_torch_function(group_norm, (input, weight, bias), input, num_groups, weight, bias, eps,
+                                     activation=activation, negative_slope=negative_slope)
     op = "group_norm"
     check_norm_input(input, op, attribute_error=True)
     if input.dim() < 2:

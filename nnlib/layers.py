@@ -3,6 +3,7 @@ parameters, buffers and ``state_dict`` are torch's own; only ``forward`` changes
 from __future__ import annotations
 
 import functools
+import inspect
 import warnings
 
 import torch
@@ -132,9 +133,30 @@ class MaxPool2d(torch.nn.MaxPool2d):
 # ---------------------------------------------------------------------------
 # Normalization
 
+class _ClassSignature:
+    """``__signature__`` for inspect.signature of a class: its
+    ``_constructor_signature``; None on an instance (whose signature is forward's)."""
+
+    def __get__(self, instance, owner):
+        return None if instance is not None else getattr(owner, "_constructor_signature", None)
+
+
 class _FusedActivation:
     """Keyword-only ``activation=None | "relu" | "leaky_relu"`` and ``negative_slope``
-    for the norm modules: stored, shown in the repr, passed to the functional."""
+    for the norm modules: stored, shown in the repr, passed to the functional. A
+    subclass's signature is its torch.nn twin's with those two added."""
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        twin = next((base for base in cls.__mro__ if base.__module__.startswith("torch.nn")), None)
+        if twin is not None:
+            params = list(inspect.signature(twin).parameters.values())
+            extras = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default)
+                      for name, default in (("activation", None), ("negative_slope", 0.01))]
+            cut = next((i for i, p in enumerate(params) if p.kind == p.VAR_KEYWORD), len(params))
+            cls._constructor_signature = inspect.Signature(params[:cut] + extras + params[cut:])
+
+    __signature__ = _ClassSignature()
 
     def __init__(self, *args, activation=None, negative_slope: float = 0.01, **kwargs):
         super().__init__(*args, **kwargs)          # the torch.nn twin's __init__

@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+import nnlib
 import nnlib.functional as F
 from kernels import _reduce
 from kernels import activation as act
@@ -473,3 +474,64 @@ def test_compile_inductor_on_cuda(mode):
         torch.testing.assert_close(_train_step(compiled, x), _train_step(eager, x))
     for (key, a), b in zip(traced.state_dict().items(), eager.state_dict().values()):
         torch.testing.assert_close(a, b, msg=f"buffer or parameter {key}")
+
+
+class _Recorder(torch.overrides.TorchFunctionMode):
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+class _Tagged(torch.Tensor):
+    """A subclass whose __torch_function__ counts the calls it is given."""
+    calls = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        cls.calls.append(func)
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+def test_torch_function_protocol(device):
+    """Every nnlib.functional op follows torch's __torch_function__ protocol, as
+    torch.nn.functional's do: a TorchFunctionMode and a tensor subclass see the
+    calls (nnlib's layers included) and what they return is the result, and
+    torch.fx traces a module that calls them into call_function nodes whose
+    GraphModule runs our kernels."""
+    x = _t((2, 4, 6, 6), grad=False)
+    w, ones = _t((4, 4, 3, 3), grad=False), torch.ones(4, device=device)
+    calls = {F.relu: (x,), F.leaky_relu: (x, 0.2), F.prelu: (x, ones), F.conv2d: (x, w),
+             F.max_pool2d: (x, 2), F.max_pool2d_with_indices: (x, 2),
+             F.batch_norm: (x, None, None, ones, ones, True), F.instance_norm: (x,),
+             F.layer_norm: (x, (6, 6)), F.group_norm: (x, 2, ones)}
+    layers = nnlib.convert(torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3), torch.nn.BatchNorm2d(4),
+                                               torch.nn.ReLU())).to(device)
+    with _Recorder() as mode:
+        for fn, args in calls.items():
+            fn(*args)
+        layers(x)
+    assert [f for f in mode.seen if getattr(f, "__module__", None) == F.__name__] == [*calls, F.conv2d, F.batch_norm,
+                                                                                    F.relu]
+    _Tagged.calls.clear()
+    out = F.group_norm(x.as_subclass(_Tagged), 2, ones)
+    assert _Tagged.calls[0] is F.group_norm and type(out) is _Tagged
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(w.clone())
+
+        def forward(self, t):
+            t = F.conv2d(t, self.weight, padding=1, activation="relu")
+            return F.group_norm(F.max_pool2d(t, 2), 2)
+    block = Block()
+    graph_module = torch.fx.symbolic_trace(block)
+    targets = [n.target for n in graph_module.graph.nodes if n.op == "call_function"]
+    assert targets == [F.conv2d, F.max_pool2d, F.group_norm]
+    with count_launches() as launches:
+        torch.testing.assert_close(graph_module(x), block(x))
+    assert launches.total > 0

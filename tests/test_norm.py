@@ -7,6 +7,7 @@ launch and device-op budgets of every mode; bad arguments (torch's exception
 class, running stats left untouched); the modules against their torch twins."""
 import contextlib
 import functools
+import inspect
 import warnings
 
 import pytest
@@ -1032,6 +1033,19 @@ def test_instance_norm_module_forward(device):
             assert (error, warned) == (twin_error, twin_warned), (affine, bad)
             if result is not None:
                 assert_close(result, twin_result, torch.float32, "reduction", "mismatched channels")
+
+
+@pytest.mark.parametrize("name", ["BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "InstanceNorm1d", "InstanceNorm2d",
+                                  "InstanceNorm3d", "LayerNorm", "GroupNorm", "SyncBatchNorm"])
+def test_module_signatures_are_torchs(name):
+    """inspect.signature of a norm class is its torch twin's plus the keyword-only
+    extras (tools that read constructors see torch's names and defaults); an
+    instance's is still its call's."""
+    ours, theirs = inspect.signature(getattr(nnlib, name)), inspect.signature(getattr(torch.nn, name))
+    extras = [p for p in ours.parameters.values() if p.name in ("activation", "negative_slope")]
+    assert [p.kind for p in extras] == [inspect.Parameter.KEYWORD_ONLY] * 2
+    assert [p for p in ours.parameters.values() if p not in extras] == list(theirs.parameters.values())
+    assert str(inspect.signature(nnlib.GroupNorm(2, 4))) == str(inspect.signature(torch.nn.GroupNorm(2, 4)))
 
 
 def test_module_failed_call_leaves_buffers(device):
