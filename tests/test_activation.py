@@ -262,8 +262,8 @@ BAD = {  # name: (functional name, args); torch raises for each
 }
 
 
-@pytest.mark.parametrize("slope", [np.bool_(True), np.float16(0.5), np.int8(-2), np.uint64(3), 2**63, -2**63, torch.tensor(0.25)],
-                         ids=repr)
+@pytest.mark.parametrize("slope", [np.bool_(True), np.float16(0.5), np.int8(-2), np.uint64(3), 2**63, -2**63,
+                                   torch.tensor(0.25)], ids=repr)
 def test_leaky_relu_slopes_torch_parses(slope, device):
     """Every Scalar torch's parser takes: numpy bools, ints and floats, ints up
     to uint64's range, 0-d tensors."""

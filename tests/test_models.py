@@ -356,7 +356,8 @@ def test_converted_model_traces_with_torch_fx(device):
     torch.nn's: a converted (and a fused) model traces to call_module nodes, and
     the GraphModule runs nnlib's kernels with the model's values (tools built on
     torch.fx: feature extractors, graph passes); a layer with hooks, or a
-    subclass's forward, is traced into (and fails) rather than called twice."""
+    subclass's forward, is traced into (nnlib.functional's calls become
+    call_function nodes) rather than called with its hooks run twice."""
     model = _randomize_bn(reference.ResNet(reference.BasicBlock, [1, 1], num_classes=5, width=8)).eval()
     converted = nnlib.convert(model).to(device)
     x = torch.randn(2, 3, 16, 16, device=device)
@@ -370,16 +371,20 @@ def test_converted_model_traces_with_torch_fx(device):
         with torch.no_grad():
             torch.testing.assert_close(out, version(x))
     # Where the node's call would not do what the traced call does, the layer is traced
-    # into and fails: hooks (the tracer ran them, the node would again), a subclass's forward.
-    hooked = nn.Sequential(nnlib.Conv2d(3, 4, 3))
+    # into: hooks (the tracer ran them, the node would again), a subclass's forward.
+    hooked = nn.Sequential(nnlib.Conv2d(3, 4, 3)).to(device)
     hooked[0].register_forward_hook(lambda module, args, out: out * 2)
 
     class Shifted(nnlib.Conv2d):
         def forward(self, input):
             return super().forward(input + 1)
-    for model in (hooked, nn.Sequential(Shifted(3, 4, 3))):
-        with pytest.raises(TypeError, match="Proxy"):
-            torch.fx.symbolic_trace(model)
+    for model in (hooked, nn.Sequential(Shifted(3, 4, 3)).to(device)):
+        graph_module = torch.fx.symbolic_trace(model)
+        assert [n.target for n in graph_module.graph.nodes if n.op == "call_module"] == []
+        with torch.no_grad():
+            torch.testing.assert_close(graph_module(x), model(x))
+    with torch.no_grad():
+        torch.testing.assert_close(hooked(x), nnlib.functional.conv2d(x, hooked[0].weight, hooked[0].bias) * 2)
 
 
 def test_jit_trace_records_torchs_ops(device):
