@@ -109,8 +109,9 @@ def check_activation_input(input, op: str, allow_integer: bool = False, check_dt
 def check_inplace(input: torch.Tensor, op: str) -> None:
     """What torch refuses before it writes ``input`` in place (RuntimeError): an
     element stored for several (a stride-0 dim), and under grad mode a leaf that
-    requires grad, a view of one, or a view autograd cannot rebase. The kernel must not run first: it would write.
-    (While tracing, torch.compile's functionalization and autograd check these.)"""
+    requires grad, a view of one, or a view autograd cannot rebase. The kernel
+    must not run first: it would write. (While tracing, torch.compile's
+    functionalization and autograd check these.)"""
     if tracing(input):
         return
     if input.numel() and any(stride == 0 and size > 1 for size, stride in zip(input.shape, input.stride())):

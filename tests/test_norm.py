@@ -1047,6 +1047,11 @@ def test_module_signatures_are_torchs(name):
     assert [p for p in ours.parameters.values() if p not in extras] == list(theirs.parameters.values())
     assert str(inspect.signature(nnlib.GroupNorm(2, 4))) == str(inspect.signature(torch.nn.GroupNorm(2, 4)))
 
+    class Own(getattr(nnlib, name)):         # a subclass's own __init__ is its signature
+        def __init__(self, channels, scale=2.0):
+            super().__init__(channels)
+    assert list(inspect.signature(Own).parameters) == ["channels", "scale"]
+
 
 def test_module_failed_call_leaves_buffers(device):
     """A wrong channel count raises before num_batches_tracked or the running stats move."""

@@ -466,8 +466,9 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
 # ``norm_single_read`` (statistics and normalization in one launch). They share
 # one formula whose backward is the ``norm_gradients`` operator; that one's own
 # backward (second derivatives, a gradient penalty through a norm) differentiates
-# ``_reference_forward``, the same forward in torch ops, twice (and higher
-# derivatives go on through those torch ops). ``eps`` reaches the operators that do not launch with it for that.
+# ``_reference_forward``, the same forward in torch ops, twice (higher
+# derivatives go on through those torch ops). ``eps`` reaches the operators
+# that do not launch with it for that.
 
 def _readable(t, geom: Geometry):
     """t, or one contiguous copy when the kernels cannot read it through strides."""
