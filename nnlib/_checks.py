@@ -52,6 +52,13 @@ def check_flag(value, op: str, name: str) -> bool:
     return value
 
 
+def _numpy_number(value) -> bool:
+    """Whether ``value`` is a numpy scalar bool, int, float or complex (only an
+    imported numpy can have made one)."""
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufc"
+
+
 def scalar(value, op: str, name: str):
     """A Scalar argument as torch's parser takes it: a Python or numpy bool, int,
     float or complex, or a 0-d tensor that does not require grad (TypeError
@@ -59,8 +66,7 @@ def scalar(value, op: str, name: str):
     a Python int outside [-2**63, 2**64)). Returns the Python number."""
     if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.requires_grad:
         value = value.item()
-    numpy = sys.modules.get("numpy")        # only an imported numpy can have made the value
-    if numpy is not None and isinstance(value, numpy.generic) and value.dtype.kind in "biufc":
+    if _numpy_number(value):
         value = value.item()
         if isinstance(value, int) and value >= 2**63:        # a uint64 past int64: torch's parser refuses it
             raise TypeError(f"{op}(): argument '{name}' must be Number, not an unsigned integer past int64")
@@ -417,8 +423,7 @@ def _double(value, op: str, name: str) -> float:
             return float(value)
     elif isinstance(value, (int, float)):
         return float(value)
-    elif type(value).__module__ == "numpy" and getattr(value, "shape", None) == () and \
-            type(value).__name__ != "ndarray" and value.dtype.kind in "biufc":
+    elif _numpy_number(value):
         return float(value.real)
     raise TypeError(f"{op}(): argument '{name}' must be float, not {type(value).__name__}")
 

@@ -587,9 +587,10 @@ def _gradients_backward(ctx, *grad_grads):
         dy, *inputs = full
 
         def forward(*variables):
+            operands = list(inputs)
             for i, t in zip(wanted, variables):
-                inputs[i] = t
-            return _reference_forward(*inputs, mean, rstd, *ctx.args)
+                operands[i] = t
+            return _reference_forward(*operands, mean, rstd, *ctx.args)
         y, pullback = torch.func.vjp(forward, *(inputs[i] for i in wanted))
         return pullback(dy.to(y.dtype))
 

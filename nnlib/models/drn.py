@@ -4,8 +4,9 @@
 The network downsamples by 8 only; the last two residual stages replace further
 striding by dilation 2 and 4, so the receptive field keeps growing while the
 resolution stays. Two stages of plain dilated convolutions (dilation 2, then 1;
-two convolutions each, without residuals) remove the gridding that dilation leaves, and a 1x1 convolution
-classifies every pixel; bilinear upsampling brings the logits to the input size.
+two convolutions each, without residuals) remove the gridding that dilation
+leaves, and a 1x1 convolution classifies every pixel; bilinear upsampling brings
+the logits to the input size.
 
 Fused forms: batch norm + ReLU (+ the shortcut at the end of each residual block) in
 one pass, as in :mod:`nnlib.models.resnet`.
