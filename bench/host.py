@@ -11,8 +11,10 @@ kernel launch counted but not run (``kernels._runtime.dry_run``):
   out of both;
 * counts: Triton launches, other device ops (aten ops that do work on the
   device, as a ``TorchDispatchMode`` sees them: on a GPU each is a launch or a
-  copy; views and ``empty*`` allocations are not) and allocations (tensors with
-  new storage), beside torch eager's counts for the same call (torch on CPU: ``native_batch_norm`` where cuDNN would run
+  copy; views and ``empty*`` allocations are not; under ``launchers_in_sight``,
+  so that our calls take the eager path they take without a mode) and
+  allocations (tensors with new storage), beside torch eager's counts for the
+  same call (torch on CPU: ``native_batch_norm`` where cuDNN would run
   ``cudnn_batch_norm``, same count).
 
 The counts are exact and repeatable (``tests/test_host.py`` keeps them from
@@ -38,6 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import nnlib
 import nnlib.functional as F
+from kernels._library import launchers_in_sight
 from kernels._runtime import count_launches, dry_run
 from nnlib.models import reference
 
@@ -102,7 +105,8 @@ def _tensors(value):
 def count_ops(fn: Callable, run_kernels: bool = False) -> OpCounts:
     """Counts of one ``fn()`` (kernels counted, not run, unless ``run_kernels``)."""
     mode = _DeviceOps()
-    with count_launches() as launches, (contextlib.nullcontext() if run_kernels else dry_run()), mode:
+    with count_launches() as launches, (contextlib.nullcontext() if run_kernels else dry_run()), launchers_in_sight(), \
+            mode:
         fn()
     return OpCounts(launches.total, mode.ops, mode.allocations)
 

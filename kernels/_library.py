@@ -17,7 +17,10 @@ derivatives run the same kernels). Calling an Operator:
   there instead, which have batching and forward-derivative rules: a custom
   operator's ``vmap`` falls back to a per-sample loop or raises, its ``grad``
   raises, its ``jvp`` tangent is silently zero), and the launchers never see a
-  transform's wrapped tensors;
+  transform's wrapped tensors; and so it does under a ``TorchDispatchMode``
+  (FlopCounterMode, whose FLOP formulas for our convolutions the conv package
+  registers; a FakeTensorMode; selective activation checkpointing), which sees
+  our operators as it sees torch's ops;
 * in eager mode runs the launcher directly, inside a plain
   ``torch.autograd.Function`` built from the same ``setup_context`` and
   ``backward`` when the primitive is differentiable and autograd has to see
@@ -50,7 +53,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch._C._functorch import unwrap_if_dead
 
-__all__ = ["NAMESPACE", "OPERATORS", "Operator", "tracing"]
+__all__ = ["NAMESPACE", "OPERATORS", "Operator", "dispatching", "launchers_in_sight", "tracing"]
 
 NAMESPACE = "nnlib"
 OPERATORS: dict[str, "Operator"] = {}     # name -> Operator, every one registered
@@ -69,6 +72,31 @@ def tracing(x: torch.Tensor) -> bool:
     wrapped tensors the launchers cannot read; the operator unwraps them, or raises
     as torch's custom operators do): calls must go through the operator."""
     return type(x) not in _PLAIN or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+_launchers_in_sight = 0      # > 0 inside ``launchers_in_sight()``
+
+
+def dispatching(x: torch.Tensor) -> bool:
+    """``tracing(x)``, or a ``TorchDispatchMode`` active (FlopCounterMode, a
+    FakeTensorMode, selective activation checkpointing, a user's logging mode):
+    such a mode sees nnlib's operators as it sees torch's, so the call goes
+    through the dispatcher (outside ``launchers_in_sight``)."""
+    return tracing(x) or (torch._C._len_torch_dispatch_stack() > 0 and not _launchers_in_sight)
+
+
+@contextlib.contextmanager
+def launchers_in_sight():
+    """Eager calls run their launchers directly even under a TorchDispatchMode,
+    which then sees the torch ops the launchers make instead of nnlib's
+    operators: for tools that count what the eager path does (``bench --host``,
+    the launch and host-synchronisation tests)."""
+    global _launchers_in_sight
+    _launchers_in_sight += 1
+    try:
+        yield
+    finally:
+        _launchers_in_sight -= 1
 
 
 _NO_GUARD = contextlib.nullcontext()
@@ -144,7 +172,7 @@ class Operator:
             self.record = _FUNCTION_APPLY.__get__(None, self.function)
 
     def __call__(self, *args):
-        if tracing(args[0]):
+        if dispatching(args[0]):
             return self.op(*args)
         if self.function is None or not self.recorded(args):
             return self.impl(*args)

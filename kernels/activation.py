@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._reduce import sum_partials
-from ._library import Operator, tracing
+from ._library import Operator, dispatching
 from ._runtime import CompileCase, cdiv, interpreting, is_dense, launch, next_power_of_2, view_3d
 
 # The activation codes, one definition: constexpr globals for the kernels; host
@@ -366,7 +366,7 @@ def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torc
     """x = act(x) in place; returns x. Recorded by autograd through
     _InplaceActivation; traced with autograd, as torch's in-place ops are
     functionalized: the functional operator, then a copy into x."""
-    if not tracing(x):
+    if not dispatching(x):
         if torch.is_grad_enabled() and x.requires_grad:
             return _InplaceActivation.apply(x, activation, negative_slope)
         activation_forward_(x, activation, negative_slope)

@@ -23,6 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import nnlib
 import nnlib.functional as F
 from kernels.conv import conv_paths
+from kernels._library import launchers_in_sight
 from kernels._runtime import clear_plan_caches, count_launches, kernel_name
 from tests.reference import assert_close, check_double_backward, check_op, make_input
 
@@ -641,6 +642,34 @@ def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, dev
     assert_close(dw, dwr, torch.float32, "conv")
 
 
+FLOP_CASES = [g for g in GEOMETRIES if g[0] in ("groups2-dilation13-stride2", "rgb-stem-5x5", "depthwise-stride2",
+                                                  "same-dilation2")]
+
+
+@pytest.mark.parametrize("input_grad", [True, False], ids=["input-grad", "no-input-grad"])
+@pytest.mark.parametrize("geometry", FLOP_CASES, ids=[g[0] for g in FLOP_CASES])
+def test_flop_counter_counts_as_torch(geometry, input_grad, device):
+    """torch.utils.flop_counter.FlopCounterMode sees our convolutions (a dispatch
+    mode: the calls go through the dispatcher) and counts each pass as torch's
+    convolution and convolution_backward (grouped weight gradients included, as
+    torch counts them); no input gradient, no input-gradient FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = geometry
+    x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
+    x.requires_grad_(input_grad)
+    counts = []
+    for fn in _conv_fns(stride, padding, dilation, groups, "relu"):
+        with FlopCounterMode(display=False) as counter:
+            y = fn(x, w, b)
+            y.backward(torch.ones_like(y))
+        counts.append({str(op): n for op, n in counter.get_flop_counts()["Global"].items()})
+    ours, theirs = counts
+    assert ours["nnlib.conv2d"] == theirs["aten.convolution"] > 0
+    assert ours.get("nnlib.conv2d_input_grad", 0) + ours["nnlib.conv2d_weight_grad"] == \
+        theirs["aten.convolution_backward"]
+    assert ("nnlib.conv2d_input_grad" in ours) == input_grad
+
+
 class _TorchOps(TorchDispatchMode):
     """Records the aten ops that run outside Triton launches (the interpreter's own
     host copies inside a launch do not count)."""
@@ -682,11 +711,11 @@ def test_launch_budget(geometry, device, monkeypatch):
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device, "channels_last")
     w = w.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     tickets(torch.device(device), 1)              # the ticket buffer, zero-filled once per process
-    with count_launches() as launches, _TorchOps(in_launch) as torch_ops:
+    with count_launches() as launches, launchers_in_sight(), _TorchOps(in_launch) as torch_ops:
         y = F.conv2d(x, w, b, stride, padding, dilation, groups, activation="relu")
     assert launches.total == 1 and set(torch_ops.ops) <= _ALLOCATIONS, (launches, torch_ops.ops)
     g = torch.randn_like(y)
-    with count_launches() as launches, _TorchOps(in_launch) as torch_ops:
+    with count_launches() as launches, launchers_in_sight(), _TorchOps(in_launch) as torch_ops:
         torch.autograd.grad(y, (x, w, b), g)
     assert launches.total == 3 and set(torch_ops.ops) <= _ALLOCATIONS, (launches, torch_ops.ops)
 

@@ -9,9 +9,10 @@
   the functional ops and the "step" models (the ResNets, a converted torch
   ResNet, the norm zoo, the digits CNN: train and eval) outputs, gradients and
   buffers equal eager mode; ``torch.export`` of an eval model.
-* Eager calls do not go through the dispatcher (the direct path), nor through
-  the autograd.Function where autograd records nothing; every launcher runs on
-  its first tensor's GPU.
+* Eager calls do not go through the dispatcher (the direct path) unless a
+  TorchDispatchMode is active (it sees our operators then: selective
+  checkpointing saves them), nor through the autograd.Function where autograd
+  records nothing; every launcher runs on its first tensor's GPU.
 * On CUDA: inductor for models, and its CUDA graphs (``mode="reduce-overhead"``).
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as TF
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import nnlib
 import nnlib.functional as F
@@ -26,7 +28,7 @@ from kernels import _reduce
 from kernels import activation as act
 from kernels import pool
 from kernels.conv import ops as conv
-from kernels._library import OPERATORS
+from kernels._library import OPERATORS, launchers_in_sight
 from kernels._runtime import count_launches
 from tests.reference import make_input
 
@@ -144,21 +146,87 @@ def test_opcheck(name, args, device):
     torch.library.opcheck(OPERATORS[name].op, args)
 
 
-def test_eager_calls_skip_the_dispatcher(device):
-    """In eager mode an operator runs its launcher directly: no nnlib:: op reaches
-    the dispatcher (a TorchDispatchMode would see it)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
+class _Seen(TorchDispatchMode):
+    """Records the namespace of every op it sees."""
 
-    class Seen(TorchDispatchMode):
-        names: list = []
+    def __init__(self):
+        super().__init__()
+        self.namespaces = []
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            Seen.names.append(func.namespace)
-            return func(*args, **(kwargs or {}))
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.namespaces.append(func.namespace)
+        return func(*args, **(kwargs or {}))
+
+
+def _pool_relu_step(x):
+    with count_launches() as launches:
+        out = F.max_pool2d(F.relu(x), 2)
+        (grad,) = torch.autograd.grad(out.square().sum(), (x,))
+    assert launches.total == 4
+    return out, grad
+
+
+def test_dispatch_modes_see_our_operators(device):
+    """Under a TorchDispatchMode (a user's, FlopCounterMode, selective
+    checkpointing) a call goes through the dispatcher, forward and backward, so
+    the mode sees nnlib's operators as it sees torch's, and the kernels still
+    run, with eager mode's values; without a mode, and under
+    ``launchers_in_sight`` (the tools that count the eager path's torch ops), no
+    nnlib:: op reaches the dispatcher."""
     x = _t((2, 3, 5, 7))
-    with Seen():
-        F.max_pool2d(F.relu(x), 2).sum().backward()
-    assert Seen.names and "nnlib" not in Seen.names
+    out, grad = _pool_relu_step(x)
+    seen = _Seen()
+    with seen:
+        out_seen, grad_seen = _pool_relu_step(x)
+    assert seen.namespaces.count("nnlib") == 4          # activation, max_pool2d and their backwards
+    assert torch.equal(out_seen, out) and torch.equal(grad_seen, grad)
+    seen = _Seen()
+    with launchers_in_sight(), seen:
+        _pool_relu_step(x)
+    assert seen.namespaces and "nnlib" not in seen.namespaces
+
+
+def test_inplace_activation_under_a_dispatch_mode(device):
+    """relu_ under a mode: the in-place operator (unrecorded) or the functional one
+    and a copy (recorded), values and gradients as eager; the checks before a
+    write still raise first."""
+    base = _t((3, 4), grad=False)
+    x = base.clone()
+    with _Seen() as seen:
+        assert F.relu_(x) is x
+        with pytest.raises(RuntimeError, match="leaf Variable"):
+            F.relu_(_t((3, 4)))
+    assert torch.equal(x, base.clamp(min=0)) and "nnlib" in seen.namespaces
+    leaf = _t((3, 4))
+    with _Seen():
+        (grad,) = torch.autograd.grad(F.relu_(leaf * 2).sum(), (leaf,))
+    assert torch.equal(grad, 2.0 * (leaf > 0))
+
+
+def test_selective_checkpointing_saves_our_operators(device):
+    """torch.utils.checkpoint with a selective policy that saves nnlib's conv2d:
+    the backward recomputes the batch norm and relu but not the convolution, and
+    the gradients equal the plain ones."""
+    import functools
+
+    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+    x, w = _t((2, 16, 6, 6)), _t((16, 16, 3, 3))
+
+    def block(x):
+        return F.relu(F.batch_norm(F.conv2d(x, w, padding=1), None, None, training=True))
+
+    def policy(ctx, op, *args, **kwargs):
+        return (CheckpointPolicy.MUST_SAVE if op == torch.ops.nnlib.conv2d.default
+                else CheckpointPolicy.PREFER_RECOMPUTE)
+    expected = torch.autograd.grad(block(x).square().sum(), (x, w))
+    out = checkpoint(block, x, use_reentrant=False,
+                     context_fn=functools.partial(create_selective_checkpoint_contexts, policy))
+    with count_launches() as backward:
+        grads = torch.autograd.grad(out.square().sum(), (x, w))
+    recomputed = {name for name in backward.counts if "fwd" in name or "stats" in name or "normalize" in name}
+    assert recomputed and not any(name.startswith("_conv_fwd") for name in recomputed), backward
+    for g, e in zip(grads, expected):
+        assert torch.equal(g, e)
 
 
 def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):

@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 import nnlib
 import nnlib.functional as F
 from kernels.norm import _plan as norm_plan
+from kernels._library import launchers_in_sight
 from kernels._reduce import tickets
 from kernels._runtime import clear_plan_caches, count_launches, needs_int64
 from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
@@ -492,7 +493,7 @@ def device_ops():
             return run(self, *args, **kwargs)
     GridExecutor.__call__ = quiet
     try:
-        with Recorder():
+        with launchers_in_sight(), Recorder():
             yield ops
     finally:
         GridExecutor.__call__ = run

@@ -51,6 +51,7 @@ from typing import NamedTuple
 
 import torch
 import triton
+from torch.utils.flop_counter import flop_registry, register_flop_formula
 from triton.runtime import _allocation as triton_allocation
 
 from .._library import Operator
@@ -1098,6 +1099,33 @@ conv_weight_grad_op = Operator(
     setup_context=_gradient_setup, backward=_weight_grad_backward)
 conv_output_grad_op = Operator("conv2d_output_grad", conv2d_output_grad, fake=_output_grad_fake,
                                setup_context=_output_grad_setup, backward=_output_grad_backward)
+
+
+# FLOP formulas for torch.utils.flop_counter.FlopCounterMode (a TorchDispatchMode: it
+# sees our operators, ``kernels._library.dispatching``): torch's own convolution
+# formulas on the same shapes, so a model counts what its torch twin counts. Shapes
+# in, as torch's registry passes them (``out_shape``: the operator's output).
+_NO_PADDING = [0, 0]
+
+
+@register_flop_formula(torch.ops.nnlib.conv2d)
+def _forward_flops(x, w, b, stride, padding, dilation, groups, *args, out_shape):
+    return flop_registry[torch.ops.aten.convolution](x, w, b, stride, padding, dilation, False, _NO_PADDING, groups,
+                                                     out_val=out_shape)
+
+
+@register_flop_formula(torch.ops.nnlib.conv2d_input_grad)
+def _input_grad_flops(g, w, x_like, stride, padding, dilation, groups, *, out_shape):
+    return flop_registry[torch.ops.aten.convolution_backward](
+        g, x_like, w, None, stride, padding, dilation, False, _NO_PADDING, groups, [True, False, False],
+        out_val=(out_shape, None, None))
+
+
+@register_flop_formula(torch.ops.nnlib.conv2d_weight_grad)
+def _weight_grad_flops(g, x, w_like, stride, padding, dilation, groups, *, out_shape):
+    return flop_registry[torch.ops.aten.convolution_backward](
+        g, x, w_like, None, stride, padding, dilation, False, _NO_PADDING, groups, [False, True, False],
+        out_val=(None, out_shape, None))
 
 
 def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01):
