@@ -364,8 +364,9 @@ class _InplaceActivation(torch.autograd.Function):
 
 def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
     """x = act(x) in place; returns x. Recorded by autograd through
-    _InplaceActivation; traced with autograd, as torch's in-place ops are
-    functionalized: the functional operator, then a copy into x."""
+    _InplaceActivation; traced with autograd (or under a dispatch mode, which
+    sees the operators), as torch's in-place ops are functionalized: the
+    functional operator, then a copy into x."""
     if not dispatching(x):
         if torch.is_grad_enabled() and x.requires_grad:
             return _InplaceActivation.apply(x, activation, negative_slope)

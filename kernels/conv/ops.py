@@ -1105,26 +1105,26 @@ conv_output_grad_op = Operator("conv2d_output_grad", conv2d_output_grad, fake=_o
 # sees our operators, ``kernels._library.dispatching``): torch's own convolution
 # formulas on the same shapes, so a model counts what its torch twin counts. Shapes
 # in, as torch's registry passes them (``out_shape``: the operator's output).
-_NO_PADDING = [0, 0]
+_NO_OUTPUT_PADDING = [0, 0]
 
 
 @register_flop_formula(torch.ops.nnlib.conv2d)
 def _forward_flops(x, w, b, stride, padding, dilation, groups, *args, out_shape):
-    return flop_registry[torch.ops.aten.convolution](x, w, b, stride, padding, dilation, False, _NO_PADDING, groups,
-                                                     out_val=out_shape)
+    return flop_registry[torch.ops.aten.convolution](x, w, b, stride, padding, dilation, False, _NO_OUTPUT_PADDING,
+                                                     groups, out_val=out_shape)
 
 
 @register_flop_formula(torch.ops.nnlib.conv2d_input_grad)
 def _input_grad_flops(g, w, x_like, stride, padding, dilation, groups, *, out_shape):
     return flop_registry[torch.ops.aten.convolution_backward](
-        g, x_like, w, None, stride, padding, dilation, False, _NO_PADDING, groups, [True, False, False],
+        g, x_like, w, None, stride, padding, dilation, False, _NO_OUTPUT_PADDING, groups, [True, False, False],
         out_val=(out_shape, None, None))
 
 
 @register_flop_formula(torch.ops.nnlib.conv2d_weight_grad)
 def _weight_grad_flops(g, x, w_like, stride, padding, dilation, groups, *, out_shape):
     return flop_registry[torch.ops.aten.convolution_backward](
-        g, x, w_like, None, stride, padding, dilation, False, _NO_PADDING, groups, [False, True, False],
+        g, x, w_like, None, stride, padding, dilation, False, _NO_OUTPUT_PADDING, groups, [False, True, False],
         out_val=(None, out_shape, None))
 
 
