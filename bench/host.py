@@ -11,7 +11,7 @@ kernel launch counted but not run (``kernels._runtime.dry_run``):
   out of both;
 * counts: Triton launches, other device ops (aten ops that do work on the
   device, as a ``TorchDispatchMode`` sees them: on a GPU each is a launch or a
-  copy; views and ``empty*`` allocations are not; under ``launchers_in_sight``,
+  copy; views and ``empty*`` allocations are not; a ``LaunchersInSight`` mode,
   so that our calls take the eager path they take without a mode) and
   allocations (tensors with new storage), beside torch eager's counts for the
   same call (torch on CPU: ``native_batch_norm`` where cuDNN would run
@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import nnlib
 import nnlib.functional as F
-from kernels._library import launchers_in_sight
+from kernels._library import LaunchersInSight
 from kernels._runtime import count_launches, dry_run
 from nnlib.models import reference
 
@@ -65,7 +65,7 @@ class OpCounts:
 _ALLOCATING = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
 
-class _DeviceOps(TorchDispatchMode):
+class _DeviceOps(LaunchersInSight, TorchDispatchMode):
     """Counts the aten ops that do device work (not views, not bare allocations)
     and the new storages every op returns."""
 
@@ -105,8 +105,7 @@ def _tensors(value):
 def count_ops(fn: Callable, run_kernels: bool = False) -> OpCounts:
     """Counts of one ``fn()`` (kernels counted, not run, unless ``run_kernels``)."""
     mode = _DeviceOps()
-    with count_launches() as launches, (contextlib.nullcontext() if run_kernels else dry_run()), launchers_in_sight(), \
-            mode:
+    with count_launches() as launches, (contextlib.nullcontext() if run_kernels else dry_run()), mode:
         fn()
     return OpCounts(launches.total, mode.ops, mode.allocations)
 

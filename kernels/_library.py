@@ -17,10 +17,12 @@ derivatives run the same kernels). Calling an Operator:
   there instead, which have batching and forward-derivative rules: a custom
   operator's ``vmap`` falls back to a per-sample loop or raises, its ``grad``
   raises, its ``jvp`` tangent is silently zero), and the launchers never see a
-  transform's wrapped tensors; and so it does under a ``TorchDispatchMode``
-  (FlopCounterMode, whose FLOP formulas for our convolutions the conv package
-  registers; a FakeTensorMode; selective activation checkpointing), which sees
-  our operators as it sees torch's ops;
+  transform's wrapped tensors; and so it does in eager mode under a
+  ``TorchDispatchMode`` (``modes_see_operators``: FlopCounterMode, whose FLOP
+  formulas for our convolutions the conv package registers; a FakeTensorMode;
+  selective activation checkpointing), which sees our operators as it sees
+  torch's ops (a mutating operator there leaves the version counters as the
+  direct path does);
 * in eager mode runs the launcher directly, inside a plain
   ``torch.autograd.Function`` built from the same ``setup_context`` and
   ``backward`` when the primitive is differentiable and autograd has to see
@@ -53,7 +55,7 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch._C._functorch import unwrap_if_dead
 
-__all__ = ["NAMESPACE", "OPERATORS", "Operator", "dispatching", "launchers_in_sight", "tracing"]
+__all__ = ["NAMESPACE", "OPERATORS", "LaunchersInSight", "Operator", "modes_see_operators", "tracing"]
 
 NAMESPACE = "nnlib"
 OPERATORS: dict[str, "Operator"] = {}     # name -> Operator, every one registered
@@ -74,29 +76,23 @@ def tracing(x: torch.Tensor) -> bool:
     return type(x) not in _PLAIN or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
 
 
-_launchers_in_sight = 0      # > 0 inside ``launchers_in_sight()``
+class LaunchersInSight:
+    """A mixin for a ``TorchDispatchMode`` that looks at what the eager path does
+    (``bench --host``, the launch and host-synchronisation tests): under such
+    modes only, eager calls run their launchers directly, and the mode sees the
+    torch ops the launchers make instead of nnlib's operators. A property of the
+    mode, not of a thread: autograd's worker threads (a CUDA backward) inherit
+    the mode stack."""
 
 
-def dispatching(x: torch.Tensor) -> bool:
-    """``tracing(x)``, or a ``TorchDispatchMode`` active (FlopCounterMode, a
-    FakeTensorMode, selective activation checkpointing, a user's logging mode):
-    such a mode sees nnlib's operators as it sees torch's, so the call goes
-    through the dispatcher (outside ``launchers_in_sight``)."""
-    return tracing(x) or (torch._C._len_torch_dispatch_stack() > 0 and not _launchers_in_sight)
-
-
-@contextlib.contextmanager
-def launchers_in_sight():
-    """Eager calls run their launchers directly even under a TorchDispatchMode,
-    which then sees the torch ops the launchers make instead of nnlib's
-    operators: for tools that count what the eager path does (``bench --host``,
-    the launch and host-synchronisation tests)."""
-    global _launchers_in_sight
-    _launchers_in_sight += 1
-    try:
-        yield
-    finally:
-        _launchers_in_sight -= 1
+def modes_see_operators() -> bool:
+    """A ``TorchDispatchMode`` is active (FlopCounterMode, a FakeTensorMode,
+    selective activation checkpointing, a user's logging mode) that is not a
+    ``LaunchersInSight``: eager calls go through the dispatcher, so that it sees
+    nnlib's operators as it sees torch's ops."""
+    depth = torch._C._len_torch_dispatch_stack()
+    return depth > 0 and not all(isinstance(torch._C._get_dispatch_stack_at(i), LaunchersInSight)
+                                 for i in range(depth))
 
 
 _NO_GUARD = contextlib.nullcontext()
@@ -162,6 +158,7 @@ class Operator:
         self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", _unaliased(impl), mutates_args=mutates_args,
                                           schema=schema)
         self.op.register_fake(fake)
+        self.mutates = bool(mutates_args)
         self.function = None
         arguments = getattr(getattr(torch.ops, NAMESPACE), name).default._schema.arguments
         self.tensor_args = tuple(i for i, a in enumerate(arguments)       # positions of Tensor and Tensor?
@@ -172,7 +169,14 @@ class Operator:
             self.record = _FUNCTION_APPLY.__get__(None, self.function)
 
     def __call__(self, *args):
-        if dispatching(args[0]):
+        if tracing(args[0]):
+            return self.op(*args)
+        if modes_see_operators():
+            if self.mutates:
+                # the arguments' version counters as on the direct path: torch's batch norm
+                # leaves its running stats' alone, and activation_'s caller bumps x's once
+                with torch._C._AutoDispatchBelowADInplaceOrView():
+                    return self.op(*args)
             return self.op(*args)
         if self.function is None or not self.recorded(args):
             return self.impl(*args)

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._reduce import sum_partials
-from ._library import Operator, dispatching
+from ._library import Operator, tracing
 from ._runtime import CompileCase, cdiv, interpreting, is_dense, launch, next_power_of_2, view_3d
 
 # The activation codes, one definition: constexpr globals for the kernels; host
@@ -346,7 +346,7 @@ class _InplaceActivation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, activation, negative_slope):
-        activation_forward_(x, activation, negative_slope)
+        activation_inplace_op(x, activation, negative_slope)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         ctx.activation, ctx.negative_slope = activation, negative_slope
@@ -364,13 +364,14 @@ class _InplaceActivation(torch.autograd.Function):
 
 def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
     """x = act(x) in place; returns x. Recorded by autograd through
-    _InplaceActivation; traced with autograd (or under a dispatch mode, which
-    sees the operators), as torch's in-place ops are functionalized: the
+    _InplaceActivation, else one version bump (as torch's in-place ops); the
+    in-place operator runs directly, or through the dispatcher under a dispatch
+    mode. Traced with autograd as torch's in-place ops are functionalized: the
     functional operator, then a copy into x."""
-    if not dispatching(x):
+    if not tracing(x):
         if torch.is_grad_enabled() and x.requires_grad:
             return _InplaceActivation.apply(x, activation, negative_slope)
-        activation_forward_(x, activation, negative_slope)
+        activation_inplace_op(x, activation, negative_slope)
         torch.autograd.graph.increment_version(x)
         return x
     if torch.is_grad_enabled() and x.requires_grad:

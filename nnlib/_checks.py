@@ -38,17 +38,29 @@ def int_items(value, op: str, name: str) -> tuple:
     sequence = isinstance(value, (tuple, list, torch.Size))
     items = tuple(value) if sequence else (value,)
     if (items and isinstance(items[0], bool)) or not all(is_int(i) for i in items):
-        raise TypeError(f"{op}(): argument '{name}' must be tuple of ints, not {type(value).__name__}")
+        raise TypeError(f"{op}(): argument '{name}' must be tuple of ints, not {type_name(value)}")
     if not all(-2**63 <= int(item) < 2**63 for item in items):       # torch's parser unpacks int64s
         raise (TypeError if sequence else ValueError)(f"{op}(): argument '{name}' = {value}: overflow when "
                                                       "unpacking long long")
     return items
 
 
+def type_name(value) -> str:
+    """The type name torch's argument parser prints: a C type's full name
+    ("numpy.bool", "torch.Size"), a Python class's or a builtin's bare name."""
+    t = type(value)
+    if t.__flags__ & _HEAP_TYPE or t.__module__ == "builtins":
+        return t.__name__
+    return f"{t.__module__}.{t.__name__}"
+
+
+_HEAP_TYPE = 1 << 9         # Py_TPFLAGS_HEAPTYPE: a class defined in Python
+
+
 def check_flag(value, op: str, name: str) -> bool:
     """A bool argument: torch's parser takes only Python bools (TypeError)."""
     if not isinstance(value, bool):
-        raise TypeError(f"{op}(): argument '{name}' must be bool, not {type(value).__name__}")
+        raise TypeError(f"{op}(): argument '{name}' must be bool, not {type_name(value)}")
     return value
 
 
@@ -71,7 +83,7 @@ def scalar(value, op: str, name: str):
         if isinstance(value, int) and value >= 2**63:        # a uint64 past int64: torch's parser refuses it
             raise TypeError(f"{op}(): argument '{name}' must be Number, not an unsigned integer past int64")
     if not isinstance(value, (int, float, complex, torch.SymInt, torch.SymFloat, torch.SymBool)):
-        raise TypeError(f"{op}(): argument '{name}' must be Number, not {type(value).__name__}")
+        raise TypeError(f"{op}(): argument '{name}' must be Number, not {type_name(value)}")
     if isinstance(value, int) and not -2**63 <= value < 2**64:
         raise OverflowError(f"{op}(): argument '{name}' = {value} is too big to convert")
     return value
@@ -102,7 +114,7 @@ def check_activation_input(input, op: str, allow_integer: bool = False, check_dt
     integers but not bool (RuntimeError); the others take floating point only
     (NotImplementedError, bool included)."""
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+        raise TypeError(f"{op}(): argument 'input' must be Tensor, not {type_name(input)}")
     if not check_dtype:
         return
     if allow_integer and input.dtype == torch.bool:
@@ -157,7 +169,7 @@ def conv_activation(activation, negative_slope) -> int:
     """The kernels' code for conv2d's ``activation=`` (None, "relu", "leaky_relu")."""
     code = _act.activation_code(activation, "conv2d")
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(f"conv2d(): argument 'negative_slope' must be a number, not {type(negative_slope).__name__}")
+        raise TypeError(f"conv2d(): argument 'negative_slope' must be a number, not {type_name(negative_slope)}")
     return code
 
 
@@ -165,7 +177,7 @@ def _conv_arg_types(stride, padding, dilation, groups) -> dict:
     """Argument types first (TypeError), as torch's parser: the int items of
     stride, padding (unless a string) and dilation."""
     if isinstance(groups, bool) or not is_int(groups):
-        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type(groups).__name__}")
+        raise TypeError(f"conv2d(): argument 'groups' must be int, not {type_name(groups)}")
     return {name: int_items(value, "conv2d", name)
             for name, value in (("stride", stride), ("padding", padding), ("dilation", dilation))
             if not (name == "padding" and isinstance(value, str))}
@@ -250,7 +262,7 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     right) padding, dilation, groups)."""
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
         if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
-            raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type(t).__name__}")
+            raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type_name(t)}")
     kernel = tuple(weight.shape[2:])
     parsed = _plain_conv_args(stride, padding, dilation, groups, kernel)
     plain = parsed is not None
@@ -399,7 +411,7 @@ def check_norm_input(input, op: str, attribute_error: bool = False) -> None:
     Python code calls a method on it first (``attribute_error``), else TypeError."""
     if not isinstance(input, torch.Tensor):
         error = AttributeError if attribute_error else TypeError
-        raise error(f"{op}(): argument 'input' must be Tensor, not {type(input).__name__}")
+        raise error(f"{op}(): argument 'input' must be Tensor, not {type_name(input)}")
 
 
 def check_norm_dtype(input, op: str) -> None:
@@ -425,7 +437,7 @@ def _double(value, op: str, name: str) -> float:
         return float(value)
     elif _numpy_number(value):
         return float(value.real)
-    raise TypeError(f"{op}(): argument '{name}' must be float, not {type(value).__name__}")
+    raise TypeError(f"{op}(): argument '{name}' must be float, not {type_name(value)}")
 
 
 def check_eps(eps, op: str) -> float:
@@ -446,7 +458,7 @@ def check_optional_tensors(op: str, **tensors) -> None:
     any other check of its C++ ops)."""
     for name, t in tensors.items():
         if t is not None and not isinstance(t, torch.Tensor):
-            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type(t).__name__}")
+            raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type_name(t)}")
 
 
 def check_norm_params(input, op: str, any_dtype: tuple = (), input_dtype_first: bool = False, **params) -> None:
@@ -496,11 +508,19 @@ def check_numel(op: str, channels: int, **tensors) -> None:
             raise RuntimeError(f"{op}(): {name} should contain {channels} elements not {t.numel()}")
 
 
+def check_running_stats_1d(op: str, running_mean, running_var) -> None:
+    """Running statistics given are 1-D (C,): torch's batch and instance norms
+    index them as vectors (RuntimeError), even where their elements would do."""
+    for name, t in (("running_mean", running_mean), ("running_var", running_var)):
+        if t is not None and t.dim() != 1:
+            raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
+
+
 def norm_activation(activation, negative_slope, op: str) -> int:
     """The kernels' code for a norm's ``activation=`` (None, "relu", "leaky_relu")."""
     code = _act.activation_code(activation, op)
     if code == _act.ACT_LEAKY_RELU.value and not isinstance(negative_slope, (int, float)):
-        raise TypeError(f"{op}(): negative_slope must be a number, not {type(negative_slope).__name__}")
+        raise TypeError(f"{op}(): negative_slope must be a number, not {type_name(negative_slope)}")
     return code
 
 
@@ -509,7 +529,7 @@ def check_residual(input, residual, op: str) -> None:
     if residual is None:
         return
     if not isinstance(residual, torch.Tensor):
-        raise TypeError(f"{op}(): argument 'residual' must be Tensor, not {type(residual).__name__}")
+        raise TypeError(f"{op}(): argument 'residual' must be Tensor, not {type_name(residual)}")
     if residual.shape != input.shape or residual.dtype != input.dtype:
         raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
                            f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")

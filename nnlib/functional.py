@@ -19,8 +19,8 @@ from kernels._runtime import backend, check_same_device
 
 from ._checks import (as_float32, check_activation_input, check_conv2d, check_eps, check_flag, check_inplace,
                       check_max_pool2d, check_momentum, check_norm_dtype, check_norm_input, check_norm_params,
-                      check_numel, check_optional_tensors, check_residual, conv_activation, int_items, is_int,
-                      norm_activation, pool_activation, scalar)
+                      check_numel, check_optional_tensors, check_residual, check_running_stats_1d, conv_activation,
+                      int_items, is_int, norm_activation, pool_activation, scalar, type_name)
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
@@ -115,7 +115,7 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return handle_torch_function(prelu, (input, weight), input, weight)
     check_activation_input(input, "prelu", check_dtype=False)
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"prelu(): argument 'weight' must be Tensor, not {type(weight).__name__}")
+        raise TypeError(f"prelu(): argument 'weight' must be Tensor, not {type_name(weight)}")
     input, weight = _autocast(_LOWER_PRECISION, input, weight)
     # torch's order: dtypes must agree, then shapes, then the dtype must be floating point.
     if weight.dtype != input.dtype:
@@ -198,7 +198,7 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, paddi
                                      dilation, ceil_mode, return_indices, activation=activation)
     code = pool_activation(activation)
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"max_pool2d(): argument 'input' must be Tensor, not {type(input).__name__}")
+        raise TypeError(f"max_pool2d(): argument 'input' must be Tensor, not {type_name(input)}")
     if _on_torch_path(input) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         out, indices = F.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode, True)
         return (F.relu(out) if activation else out), indices
@@ -220,7 +220,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
                                        activation=activation)
     code = pool_activation(activation)
     if not isinstance(input, torch.Tensor):
-        raise TypeError(f"max_pool2d(): argument 'input' must be Tensor, not {type(input).__name__}")
+        raise TypeError(f"max_pool2d(): argument 'input' must be Tensor, not {type_name(input)}")
     if _on_torch_path(input) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         out = F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
         return F.relu(out) if activation else out
@@ -312,6 +312,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
                 raise IndexError(f"{op}(): index 0 is out of bounds for {name} of size 0")
     check_norm_params(input, op, input_dtype_first=True, weight=weight, bias=bias, running_mean=running_mean,
                       running_var=running_var)
+    if input.numel():       # torch returns an empty batch before it reads the running stats
+        check_running_stats_1d(op, running_mean, running_var)
     code = norm_activation(activation, negative_slope, op)
     check_residual(input, residual, op)
     check_norm_dtype(input, op)
@@ -362,6 +364,7 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dim() > 1:
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
+    check_running_stats_1d(op, running_mean, running_var)
     code = norm_activation(activation, negative_slope, op)
     check_norm_dtype(input, op)
     if _on_torch_path(input):
@@ -384,7 +387,7 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
     eps = check_eps(eps, op)
     if not isinstance(normalized_shape, (tuple, list, torch.Size)):
         raise TypeError(f"{op}(): argument 'normalized_shape' must be tuple of ints, not "
-                        f"{type(normalized_shape).__name__}")
+                        f"{type_name(normalized_shape)}")
     shape = [int(n) for n in int_items(normalized_shape, op, "normalized_shape")]
     check_optional_tensors(op, weight=weight, bias=bias)
     if not shape:
@@ -427,7 +430,7 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
         raise ValueError("Expected more than 1 value per channel when training, got input size "
                          f"{[input.shape[0] * input.shape[1] // num_groups, num_groups, *input.shape[2:]]}")
     if isinstance(num_groups, bool) or not is_int(num_groups):
-        raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type(num_groups).__name__}")
+        raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type_name(num_groups)}")
     num_groups = int(num_groups)
     check_optional_tensors(op, weight=weight, bias=bias)
     eps = check_eps(eps, op)

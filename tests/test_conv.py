@@ -23,7 +23,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import nnlib
 import nnlib.functional as F
 from kernels.conv import conv_paths
-from kernels._library import launchers_in_sight
+from kernels._library import LaunchersInSight
 from kernels._runtime import clear_plan_caches, count_launches, kernel_name
 from tests.reference import assert_close, check_double_backward, check_op, make_input
 
@@ -670,7 +670,7 @@ def test_flop_counter_counts_as_torch(geometry, input_grad, device):
     assert ("nnlib.conv2d_input_grad" in ours) == input_grad
 
 
-class _TorchOps(TorchDispatchMode):
+class _TorchOps(LaunchersInSight, TorchDispatchMode):
     """Records the aten ops that run outside Triton launches (the interpreter's own
     host copies inside a launch do not count)."""
 
@@ -711,11 +711,11 @@ def test_launch_budget(geometry, device, monkeypatch):
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device, "channels_last")
     w = w.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     tickets(torch.device(device), 1)              # the ticket buffer, zero-filled once per process
-    with count_launches() as launches, launchers_in_sight(), _TorchOps(in_launch) as torch_ops:
+    with count_launches() as launches, _TorchOps(in_launch) as torch_ops:
         y = F.conv2d(x, w, b, stride, padding, dilation, groups, activation="relu")
     assert launches.total == 1 and set(torch_ops.ops) <= _ALLOCATIONS, (launches, torch_ops.ops)
     g = torch.randn_like(y)
-    with count_launches() as launches, launchers_in_sight(), _TorchOps(in_launch) as torch_ops:
+    with count_launches() as launches, _TorchOps(in_launch) as torch_ops:
         torch.autograd.grad(y, (x, w, b), g)
     assert launches.total == 3 and set(torch_ops.ops) <= _ALLOCATIONS, (launches, torch_ops.ops)
 

@@ -17,14 +17,15 @@ import torch.nn.functional as TF
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import nnlib
-from kernels._library import launchers_in_sight
+from kernels._library import LaunchersInSight
 from nnlib import models
 
 SYNCING = {"_local_scalar_dense", "item", "nonzero", "is_nonzero", "equal", "allclose", "tolist"}
 
 
-class NoHostSync(TorchDispatchMode):
-    """Raises on any op that reads a device value on the host."""
+class NoHostSync(LaunchersInSight, TorchDispatchMode):
+    """Raises on any op that reads a device value on the host (our launchers' ops
+    included: ``LaunchersInSight``)."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func.overloadpacket.__name__ in SYNCING:
@@ -56,7 +57,7 @@ def test_training_step_makes_no_host_sync(momentum, device):
     x = torch.randn(2, 3, 16, 16, device=device).contiguous(memory_format=torch.channels_last)
     y = torch.tensor([1, 3], device=device)
     _step(model, optimizer, x, y)             # first step: optimizer state, autotuning
-    with launchers_in_sight(), NoHostSync(), nnlib.count_launches() as launches:
+    with NoHostSync(), nnlib.count_launches() as launches:
         _step(model, optimizer, x, y)
     assert launches.total > 0
 

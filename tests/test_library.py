@@ -28,7 +28,7 @@ from kernels import _reduce
 from kernels import activation as act
 from kernels import pool
 from kernels.conv import ops as conv
-from kernels._library import OPERATORS, launchers_in_sight
+from kernels._library import OPERATORS, LaunchersInSight
 from kernels._runtime import count_launches
 from tests.reference import make_input
 
@@ -166,12 +166,16 @@ def _pool_relu_step(x):
     return out, grad
 
 
+class _SeenLaunchers(LaunchersInSight, _Seen):
+    """_Seen, looking at the eager path."""
+
+
 def test_dispatch_modes_see_our_operators(device):
     """Under a TorchDispatchMode (a user's, FlopCounterMode, selective
     checkpointing) a call goes through the dispatcher, forward and backward, so
     the mode sees nnlib's operators as it sees torch's, and the kernels still
-    run, with eager mode's values; without a mode, and under
-    ``launchers_in_sight`` (the tools that count the eager path's torch ops), no
+    run, with eager mode's values; without a mode, and under modes that are all
+    ``LaunchersInSight`` (the tools that count the eager path's torch ops), no
     nnlib:: op reaches the dispatcher."""
     x = _t((2, 3, 5, 7))
     out, grad = _pool_relu_step(x)
@@ -180,27 +184,65 @@ def test_dispatch_modes_see_our_operators(device):
         out_seen, grad_seen = _pool_relu_step(x)
     assert seen.namespaces.count("nnlib") == 4          # activation, max_pool2d and their backwards
     assert torch.equal(out_seen, out) and torch.equal(grad_seen, grad)
-    seen = _Seen()
-    with launchers_in_sight(), seen:
+    inner = _SeenLaunchers()
+    with _SeenLaunchers(), inner:
         _pool_relu_step(x)
-    assert seen.namespaces and "nnlib" not in seen.namespaces
+    assert inner.namespaces and "nnlib" not in inner.namespaces
+    with _Seen() as outer, _SeenLaunchers():            # one mode that is not: the operators
+        _pool_relu_step(x)
+    assert outer.namespaces.count("nnlib") == 4
 
 
-def test_inplace_activation_under_a_dispatch_mode(device):
-    """relu_ under a mode: the in-place operator (unrecorded) or the functional one
-    and a copy (recorded), values and gradients as eager; the checks before a
-    write still raise first."""
+@pytest.mark.parametrize("slope", [None, 0.2, -0.5], ids=["relu", "leaky", "negative-slope"])
+def test_inplace_activation_under_a_dispatch_mode(slope, device):
+    """relu_ / leaky_relu_ under a mode: the in-place operator, recorded by
+    autograd as without a mode (the input's storage written, the output saved,
+    one version bump), values and gradients as eager; a negative slope's
+    backward raises as torch's; the checks before a write still raise first."""
+    def inplace(t):
+        return F.relu_(t) if slope is None else F.leaky_relu_(t, slope)
     base = _t((3, 4), grad=False)
     x = base.clone()
     with _Seen() as seen:
-        assert F.relu_(x) is x
+        assert inplace(x) is x and x._version == 1
         with pytest.raises(RuntimeError, match="leaf Variable"):
-            F.relu_(_t((3, 4)))
-    assert torch.equal(x, base.clamp(min=0)) and "nnlib" in seen.namespaces
+            inplace(_t((3, 4)))
+    expected = TF.relu(base) if slope is None else TF.leaky_relu(base, slope)
+    assert torch.equal(x, expected) and "nnlib" in seen.namespaces
     leaf = _t((3, 4))
     with _Seen():
-        (grad,) = torch.autograd.grad(F.relu_(leaf * 2).sum(), (leaf,))
-    assert torch.equal(grad, 2.0 * (leaf > 0))
+        y = leaf * 2
+        out = inplace(y)
+        assert out is y and y._version == 1
+        if slope is not None and slope < 0:
+            with pytest.raises(RuntimeError, match="negative slope"):
+                torch.autograd.grad(out.sum(), (leaf,))
+            return
+        (grad,) = torch.autograd.grad(out.sum(), (leaf,))
+    (expected,) = torch.autograd.grad(inplace(leaf * 2).sum(), (leaf,))
+    assert torch.equal(grad, expected)
+
+
+def test_running_stats_versions_under_a_dispatch_mode(device):
+    """A training batch / instance norm under a mode writes the running stats
+    without bumping their version counters, as torch's and the direct path: a
+    checkpointed function that takes them as arguments still runs its backward
+    (under selective checkpointing, or any mode), once per recomputation."""
+    import functools
+
+    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+    def recompute(ctx, op, *args, **kwargs):
+        return CheckpointPolicy.PREFER_RECOMPUTE
+    for norm in (F.batch_norm, F.instance_norm):
+        x, rm, rv = _t((2, 4, 3, 3)), torch.zeros(4, device=DEVICE), torch.ones(4, device=DEVICE)
+        with _Seen():
+            norm(x, rm, rv, None, None, True)
+        assert rm._version == rv._version == 0 and rm.abs().sum() > 0
+        out = checkpoint(norm, x, rm, rv, None, None, True, use_reentrant=False,
+                         context_fn=functools.partial(create_selective_checkpoint_contexts, recompute))
+        out.square().sum().backward()
+        assert x.grad is not None and rm._version == rv._version == 0
 
 
 def test_selective_checkpointing_saves_our_operators(device):

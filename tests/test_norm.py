@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 import nnlib
 import nnlib.functional as F
 from kernels.norm import _plan as norm_plan
-from kernels._library import launchers_in_sight
+from kernels._library import LaunchersInSight
 from kernels._reduce import tickets
 from kernels._runtime import clear_plan_caches, count_launches, needs_int64
 from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
@@ -480,7 +480,7 @@ def device_ops():
     not aten ops; the interpreter's own copies around a launch are left out."""
     ops = []
 
-    class Recorder(TorchDispatchMode):
+    class Recorder(LaunchersInSight, TorchDispatchMode):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func.overloadpacket.__name__ not in _ALLOCATIONS and not func.is_view:
                 ops.append(str(func))
@@ -493,7 +493,7 @@ def device_ops():
             return run(self, *args, **kwargs)
     GridExecutor.__call__ = quiet
     try:
-        with launchers_in_sight(), Recorder():
+        with Recorder():
             yield ops
     finally:
         GridExecutor.__call__ = run
@@ -780,6 +780,11 @@ def _bad_calls(device):
             (lambda f, rm, rv: f.batch_norm(x.long(), rm, rv, ones(4), None, True), None),
         "instance_norm-integer-input": (lambda f, rm, rv: f.instance_norm(x.long(), rm, rv, w6, w6), None),
         "batch_norm-running-var-missing": (lambda f, rm, rv: f.batch_norm(x, rm, None, None, None, True), None),
+        "batch_norm-running-stats-2d":
+            (lambda f, rm, rv: f.batch_norm(x, rm.view(6, 1), rv.view(6, 1), None, None, True), None),
+        "batch_norm-eval-running-stats-2d":
+            (lambda f, rm, rv: f.batch_norm(x, rm.view(6, 1), rv.view(6, 1), None, None, False), None),
+        "instance_norm-running-stats-2d": (lambda f, rm, rv: f.instance_norm(x, rm.view(6, 1), rv.view(6, 1)), None),
         "batch_norm-eval-running-var-missing": (lambda f, rm, rv: f.batch_norm(x, rm, None, None, None, False), None),
         "batch_norm-eps-zero": (lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, eps=0.0), None),
         "batch_norm-one-value-per-channel":
@@ -886,6 +891,18 @@ def test_bad_arguments_raise_and_write_nothing(name, device):
             raise nnlib_only
     rm, rv = _running(6, torch.float32, device)
     check_raises_like_torch(functools.partial(call, F), theirs, (rm, rv), unchanged=(rm, rv))
+
+
+def test_type_errors_name_the_type_as_torch():
+    """A wrong-typed argument's TypeError names its type as torch's parser does:
+    a numpy scalar by its full name (a bare "bool" read "must be bool, not bool")."""
+    import numpy as np
+    x = torch.randn(2, 3, 4)
+    for f in (F, TF):
+        with pytest.raises(TypeError, match="must be bool, not numpy.bool$"):
+            f.batch_norm(x, None, None, training=np.bool_(True))
+        with pytest.raises(TypeError, match="must be bool, not numpy.bool$"):
+            f.instance_norm(x, use_input_stats=np.bool_(False))
 
 
 FLOAT_ARGUMENTS = [0.25, 1, True, "np.float32", "np.int64", "np.bool_", "np.complex64", "0-d", "0-d int", "1-d",

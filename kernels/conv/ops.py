@@ -1102,9 +1102,9 @@ conv_output_grad_op = Operator("conv2d_output_grad", conv2d_output_grad, fake=_o
 
 
 # FLOP formulas for torch.utils.flop_counter.FlopCounterMode (a TorchDispatchMode: it
-# sees our operators, ``kernels._library.dispatching``): torch's own convolution
-# formulas on the same shapes, so a model counts what its torch twin counts. Shapes
-# in, as torch's registry passes them (``out_shape``: the operator's output).
+# sees our operators, ``kernels._library.modes_see_operators``): torch's own convolution
+# formulas on the same shapes, so a model's forward and backward count what its torch
+# twin's do. Shapes in, as torch's registry passes them (``out_shape``: the output).
 _NO_OUTPUT_PADDING = [0, 0]
 
 
