@@ -22,7 +22,8 @@ derivatives run the same kernels). Calling an Operator:
   formulas for our convolutions the conv package registers; a FakeTensorMode;
   selective activation checkpointing), which sees our operators as it sees
   torch's ops (a mutating operator there leaves the version counters as the
-  direct path does);
+  direct path does; in-place activations, whose operator returns nothing that
+  a caching mode could replay, run their launcher directly);
 * in eager mode runs the launcher directly, inside a plain
   ``torch.autograd.Function`` built from the same ``setup_context`` and
   ``backward`` when the primitive is differentiable and autograd has to see
@@ -171,10 +172,10 @@ class Operator:
     def __call__(self, *args):
         if tracing(args[0]):
             return self.op(*args)
-        if modes_see_operators():
+        if modes_see_operators() and forward_ad._current_level < 0:     # forward AD: the Function raises
             if self.mutates:
-                # the arguments' version counters as on the direct path: torch's batch norm
-                # leaves its running stats' alone, and activation_'s caller bumps x's once
+                # the arguments' version counters as on the direct path (torch's batch norm
+                # leaves its running stats' alone)
                 with torch._C._AutoDispatchBelowADInplaceOrView():
                     return self.op(*args)
             return self.op(*args)

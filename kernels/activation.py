@@ -346,7 +346,7 @@ class _InplaceActivation(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, activation, negative_slope):
-        activation_inplace_op(x, activation, negative_slope)
+        activation_forward_(x, activation, negative_slope)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         ctx.activation, ctx.negative_slope = activation, negative_slope
@@ -365,13 +365,14 @@ class _InplaceActivation(torch.autograd.Function):
 def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
     """x = act(x) in place; returns x. Recorded by autograd through
     _InplaceActivation, else one version bump (as torch's in-place ops); the
-    in-place operator runs directly, or through the dispatcher under a dispatch
-    mode. Traced with autograd as torch's in-place ops are functionalized: the
-    functional operator, then a copy into x."""
+    launcher runs directly, under a dispatch mode too: a mode that caches ops
+    (selective checkpointing) would replay the in-place operator's empty result
+    and skip its write. Traced with autograd as torch's in-place ops are
+    functionalized: the functional operator, then a copy into x."""
     if not tracing(x):
         if torch.is_grad_enabled() and x.requires_grad:
             return _InplaceActivation.apply(x, activation, negative_slope)
-        activation_inplace_op(x, activation, negative_slope)
+        activation_forward_(x, activation, negative_slope)
         torch.autograd.graph.increment_version(x)
         return x
     if torch.is_grad_enabled() and x.requires_grad:

@@ -46,8 +46,10 @@ def int_items(value, op: str, name: str) -> tuple:
 
 
 def type_name(value) -> str:
-    """The type name torch's argument parser prints: a C type's full name
-    ("numpy.bool", "torch.Size"), a Python class's or a builtin's bare name."""
+    """The type name torch's argument parser prints for most values: a static C
+    type's full name ("numpy.bool", "torch.Size"), a Python class's or a
+    builtin's bare name (also, unlike torch, for the few C types made at run time,
+    such as functools.partial)."""
     t = type(value)
     if t.__flags__ & _HEAP_TYPE or t.__module__ == "builtins":
         return t.__name__
@@ -508,11 +510,13 @@ def check_numel(op: str, channels: int, **tensors) -> None:
             raise RuntimeError(f"{op}(): {name} should contain {channels} elements not {t.numel()}")
 
 
-def check_running_stats_1d(op: str, running_mean, running_var) -> None:
-    """Running statistics given are 1-D (C,): torch's batch and instance norms
-    index them as vectors (RuntimeError), even where their elements would do."""
+def check_running_stats_1d(op: str, running_mean, running_var, allow_0d: bool = False) -> None:
+    """Running statistics given are 1-D (C,), or 0-D where ``allow_0d``: torch's
+    batch norm indexes them as vectors, its instance norm repeats them and, with
+    input statistics, copies back into them (RuntimeError), even where their
+    elements would do."""
     for name, t in (("running_mean", running_mean), ("running_var", running_var)):
-        if t is not None and t.dim() != 1:
+        if t is not None and t.dim() != 1 and not (allow_0d and t.dim() == 0):
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
 
 

@@ -364,7 +364,7 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dim() > 1:
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
-    check_running_stats_1d(op, running_mean, running_var)
+    check_running_stats_1d(op, running_mean, running_var, allow_0d=not use_input_stats)
     code = norm_activation(activation, negative_slope, op)
     check_norm_dtype(input, op)
     if _on_torch_path(input):

@@ -17,6 +17,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as TF
@@ -30,7 +32,7 @@ from kernels import pool
 from kernels.conv import ops as conv
 from kernels._library import OPERATORS, LaunchersInSight
 from kernels._runtime import count_launches
-from tests.reference import make_input
+from tests.reference import assert_close, make_input
 
 RELU, LEAKY = act.ACT_RELU.value, act.ACT_LEAKY_RELU.value
 WINDOW = ([3, 3], [2, 2], [1, 1], [1, 1])
@@ -195,10 +197,11 @@ def test_dispatch_modes_see_our_operators(device):
 
 @pytest.mark.parametrize("slope", [None, 0.2, -0.5], ids=["relu", "leaky", "negative-slope"])
 def test_inplace_activation_under_a_dispatch_mode(slope, device):
-    """relu_ / leaky_relu_ under a mode: the in-place operator, recorded by
-    autograd as without a mode (the input's storage written, the output saved,
-    one version bump), values and gradients as eager; a negative slope's
-    backward raises as torch's; the checks before a write still raise first."""
+    """relu_ / leaky_relu_ under a mode: the launcher, directly (a caching mode
+    would replay the in-place operator's empty result), recorded by autograd as
+    without a mode (the input's storage written, the output saved, one version
+    bump), values and gradients as eager; a negative slope's backward raises as
+    torch's; the checks before a write still raise first."""
     def inplace(t):
         return F.relu_(t) if slope is None else F.leaky_relu_(t, slope)
     base = _t((3, 4), grad=False)
@@ -208,7 +211,7 @@ def test_inplace_activation_under_a_dispatch_mode(slope, device):
         with pytest.raises(RuntimeError, match="leaf Variable"):
             inplace(_t((3, 4)))
     expected = TF.relu(base) if slope is None else TF.leaky_relu(base, slope)
-    assert torch.equal(x, expected) and "nnlib" in seen.namespaces
+    assert torch.equal(x, expected) and "nnlib" not in seen.namespaces
     leaf = _t((3, 4))
     with _Seen():
         y = leaf * 2
@@ -225,9 +228,10 @@ def test_inplace_activation_under_a_dispatch_mode(slope, device):
 
 def test_running_stats_versions_under_a_dispatch_mode(device):
     """A training batch / instance norm under a mode writes the running stats
-    without bumping their version counters, as torch's and the direct path: a
-    checkpointed function that takes them as arguments still runs its backward
-    (under selective checkpointing, or any mode), once per recomputation."""
+    without bumping their version counters, as the direct path and torch's batch
+    norm (its instance norm bumps them, and fails below): a checkpointed
+    function that takes them as arguments still runs its backward (under
+    selective checkpointing, or any mode)."""
     import functools
 
     from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
@@ -271,6 +275,29 @@ def test_selective_checkpointing_saves_our_operators(device):
         assert torch.equal(g, e)
 
 
+def test_selective_checkpointing_saving_every_operator(device):
+    """A policy that saves every nnlib operator but the norms' on a conv, batch
+    norm, in-place relu, conv block: the gradients equal the plain ones (the
+    in-place relu is never cached, so its recomputation writes)."""
+    import functools
+
+    from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
+
+    def policy(ctx, op, *args, **kwargs):
+        return (CheckpointPolicy.MUST_SAVE if op.namespace == "nnlib" and "norm" not in op.name()
+                else CheckpointPolicy.PREFER_RECOMPUTE)
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(nnlib.Conv2d(3, 16, 3, padding=1), nnlib.BatchNorm2d(16), nnlib.ReLU(inplace=True),
+                                nnlib.Conv2d(16, 16, 3, padding=1)).to(DEVICE)
+    x = _t((2, 3, 6, 6))
+    leaves = [x, *block.parameters()]
+    expected = torch.autograd.grad(block(x).square().sum(), leaves)
+    out = checkpoint(block, x, use_reentrant=False,
+                     context_fn=functools.partial(create_selective_checkpoint_contexts, policy))
+    for g, e in zip(torch.autograd.grad(out.square().sum(), leaves), expected):
+        assert_close(g, e, torch.float32, "conv")
+
+
 def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
     """A call autograd does not see (no_grad, a backward pass without create_graph,
     no input that requires grad) runs the bare launcher, not the
@@ -297,8 +324,9 @@ def test_unrecorded_calls_skip_the_autograd_function(monkeypatch, device):
     assert applied == ["conv2d"]
     torch.autograd.grad(F.conv2d(x, w).sum(), (x, w), create_graph=True)
     assert applied[1:] == ["conv2d", "conv2d_input_grad", "conv2d_weight_grad"]
-    with fwAD.dual_level(), torch.no_grad(), pytest.raises(NotImplementedError, match="jvp"):
-        OPERATORS["activation"](fwAD.make_dual(x.detach(), torch.ones_like(x)), RELU, 0.0)
+    for mode in (contextlib.nullcontext, _Seen):        # a dispatch mode does not take the call past it
+        with mode(), fwAD.dual_level(), torch.no_grad(), pytest.raises(NotImplementedError, match="jvp"):
+            OPERATORS["activation"](fwAD.make_dual(x.detach(), torch.ones_like(x)), RELU, 0.0)
 
 
 def test_functorch_transforms_and_forward_ad_take_torchs_path(monkeypatch, device):

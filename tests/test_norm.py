@@ -785,6 +785,8 @@ def _bad_calls(device):
         "batch_norm-eval-running-stats-2d":
             (lambda f, rm, rv: f.batch_norm(x, rm.view(6, 1), rv.view(6, 1), None, None, False), None),
         "instance_norm-running-stats-2d": (lambda f, rm, rv: f.instance_norm(x, rm.view(6, 1), rv.view(6, 1)), None),
+        "instance_norm-running-stats-0d":
+            (lambda f, rm, rv: f.instance_norm(x[:, :1], rm[0], rv[0]), None),
         "batch_norm-eval-running-var-missing": (lambda f, rm, rv: f.batch_norm(x, rm, None, None, None, False), None),
         "batch_norm-eps-zero": (lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, eps=0.0), None),
         "batch_norm-one-value-per-channel":
@@ -891,6 +893,16 @@ def test_bad_arguments_raise_and_write_nothing(name, device):
             raise nnlib_only
     rm, rv = _running(6, torch.float32, device)
     check_raises_like_torch(functools.partial(call, F), theirs, (rm, rv), unchanged=(rm, rv))
+
+
+def test_instance_norm_eval_takes_0d_running_stats_of_one_channel(device):
+    """torch's instance norm repeats its running stats, so in eval 0-D ones serve
+    one channel (training copies back into them: refused, a bad call above)."""
+    x = torch.randn(2, 1, 5, device=device)
+    mean, var = torch.tensor(0.5, device=device), torch.tensor(2.0, device=device)
+    assert_close(F.instance_norm(x, mean, var, use_input_stats=False),
+                 TF.instance_norm(x.double(), mean.double(), var.double(), use_input_stats=False), torch.float32,
+                 "reduction")
 
 
 def test_type_errors_name_the_type_as_torch():
