@@ -95,14 +95,15 @@ class NFBottleneck(nn.Module):
 
 
 class NFResNet(nn.Module):
-    """NF-ResNet: a 7x7 stride-2 stem (standardized conv, scaled ReLU) and 3x3
-    stride-2 max pool, bottleneck stages of ``width * 2**i`` planes (stride 2 from the
+    """NF-ResNet: a 7x7 stride-2 stem (a standardized conv, no activation: the first
+    block's pre-activation follows, as in the paper's and timm's ``7x7_pool`` stem)
+    and 3x3 stride-2 max pool, bottleneck stages of ``width * 2**i`` planes (stride 2 from the
     second), a final ReLU, global average pooling and a linear classifier."""
 
     def __init__(self, layers: Sequence[int], num_classes: int = 1000, *, width: int = 64, alpha: float = 0.2,
                  in_channels: int = 3) -> None:
         super().__init__()
-        self.stem = ScaledStdConv2d(in_channels, width, 7, 2, padding=3, out_scale=RELU_GAIN, activation="relu")
+        self.stem = ScaledStdConv2d(in_channels, width, 7, 2, padding=3)
         self.stem_pool = nl.MaxPool2d(3, 2, padding=1)
         expected_var = 1.0
         inplanes = width

@@ -6,7 +6,7 @@ model's ``state_dict`` into the other and both start from the same weights.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -67,13 +67,17 @@ class BasicBlock(nn.Module):
     expansion = 1
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, dilation: int = 1) -> None:
+                 groups: int = 1, base_width: int = 64, dilation: int = 1,
+                 norm_layer: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
+        if groups != 1 or base_width != 64:
+            raise ValueError("BasicBlock only supports groups=1 and base_width=64")
+        norm_layer = norm_layer or nn.BatchNorm2d
         self.conv1 = _conv3x3(inplanes, planes, stride, dilation=dilation)
-        self.bn1 = nn.BatchNorm2d(planes)
+        self.bn1 = norm_layer(planes)
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = _conv3x3(planes, planes, dilation=dilation)
-        self.bn2 = nn.BatchNorm2d(planes)
+        self.bn2 = norm_layer(planes)
         self.downsample = downsample
         self.stride = stride
 
@@ -89,15 +93,17 @@ class Bottleneck(nn.Module):
     expansion = 4
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None,
-                 groups: int = 1, base_width: int = 64, dilation: int = 1) -> None:
+                 groups: int = 1, base_width: int = 64, dilation: int = 1,
+                 norm_layer: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
+        norm_layer = norm_layer or nn.BatchNorm2d
         width = int(planes * (base_width / 64.0)) * groups
         self.conv1 = _conv1x1(inplanes, width)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = _conv3x3(width, width, stride, groups, dilation)
-        self.bn2 = nn.BatchNorm2d(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = _conv1x1(width, planes * self.expansion)
-        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.bn3 = norm_layer(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
@@ -115,9 +121,12 @@ class ResNet(nn.Module):
     """torch.nn twin of :class:`nnlib.models.ResNet` (same arguments)."""
 
     def __init__(self, block, layers: Sequence[int], num_classes: int = 1000, zero_init_residual: bool = False,
-                 groups: int = 1, width_per_group: int = 64, *, width: int = 64, in_channels: int = 3,
+                 groups: int = 1, width_per_group: int = 64, replace_stride_with_dilation: Sequence[bool] | None = None,
+                 norm_layer: Callable[[int], nn.Module] | None = None, *, width: int = 64, in_channels: int = 3,
                  small_input: bool = False) -> None:
         super().__init__()
+        self._norm_layer = norm_layer = norm_layer or nn.BatchNorm2d
+        dilate = list(replace_stride_with_dilation or [False] * (len(layers) - 1))
         self.groups = groups
         self.base_width = width_per_group
         self.inplanes = width
@@ -126,11 +135,12 @@ class ResNet(nn.Module):
             self.conv1 = _conv3x3(in_channels, width)
         else:
             self.conv1 = nn.Conv2d(in_channels, width, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(width)
+        self.bn1 = norm_layer(width)
         self.relu = nn.ReLU(inplace=True)
         self.maxpool = nn.Identity() if small_input else nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
         for i, blocks in enumerate(layers):
-            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2 ** i, blocks, stride=1 if i == 0 else 2))
+            setattr(self, f"layer{i + 1}", self._make_layer(block, width * 2 ** i, blocks, stride=1 if i == 0 else 2,
+                                                            dilate=i > 0 and dilate[i - 1]))
         self.num_stages = len(layers)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(width * 2 ** (len(layers) - 1) * block.expansion, num_classes)
@@ -142,15 +152,20 @@ class ResNet(nn.Module):
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.constant_(m.bn2.weight if isinstance(m, BasicBlock) else m.bn3.weight, 0)
 
-    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
+    def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
         downsample = None
+        previous_dilation = self.dilation
+        if dilate:
+            self.dilation *= stride
+            stride = 1
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(_conv1x1(self.inplanes, planes * block.expansion, stride),
-                                       nn.BatchNorm2d(planes * block.expansion))
-        out = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, self.dilation)]
+                                       self._norm_layer(planes * block.expansion))
+        out = [block(self.inplanes, planes, stride, downsample, self.groups, self.base_width, previous_dilation,
+                     self._norm_layer)]
         self.inplanes = planes * block.expansion
         out += [block(self.inplanes, planes, groups=self.groups, base_width=self.base_width,
-                      dilation=self.dilation) for _ in range(1, blocks)]
+                      dilation=self.dilation, norm_layer=self._norm_layer) for _ in range(1, blocks)]
         return nn.Sequential(*out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

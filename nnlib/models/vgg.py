@@ -1,10 +1,13 @@
-"""VGG-11 and VGG-16 (Simonyan and Zisserman 2015), with and without batch norm, from
-nnlib layers, with torchvision's ``state_dict`` keys (``features.<i>``, ``classifier.<i>``).
+"""VGG-11 / 13 / 16 / 19 (Simonyan and Zisserman 2015), with and without batch norm,
+from nnlib layers, with torchvision's builders and ``state_dict`` keys
+(``features.<i>``, ``classifier.<i>``).
 
 Fused forms: without batch norm each convolution applies bias + ReLU in its epilogue
 (``Conv2d(..., activation="relu")``); with batch norm the batch norm applies the ReLU
 (``BatchNorm2d(..., activation="relu")``). The ReLU's slot in ``features`` holds an
-``nn.Identity`` so the indices, hence the keys, stay torchvision's.
+``nn.Identity`` so the indices, hence the keys, stay torchvision's. So a slice or a
+hook that ends at a convolution (or its batch norm) sees the ReLU's output, where
+torchvision's sees the value before it.
 
 Input (N, C, H, W) with H, W >= 32, contiguous or channels_last; output (N, num_classes).
 """
@@ -14,13 +17,17 @@ import torch
 from torch import nn
 
 from .. import layers as nl
+from ._builders import build
 
-__all__ = ["VGG", "make_features", "vgg11", "vgg11_bn", "vgg16", "vgg16_bn", "CONFIGS"]
+__all__ = ["VGG", "make_features", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+           "CONFIGS"]
 
 # Output channels of each 3x3 convolution at width 64; "M" is a 2x2 max pool.
 CONFIGS = {
     "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],
 }
 
 
@@ -44,9 +51,9 @@ def make_features(config, batch_norm: bool = False, width: int = 64, in_channels
 
 class VGG(nn.Module):
     """torchvision's VGG with nnlib features. Keyword-only extras (defaults give
-    torchvision's network): ``width`` (first stage's channels: 64), ``hidden`` (the
-    classifier's hidden size: 4096), ``pool_size`` (the adaptive average pool's
-    output: 7), ``in_channels`` (3)."""
+    torchvision's network): ``hidden`` (the classifier's hidden size: 4096),
+    ``pool_size`` (the adaptive average pool's output: 7); the builders also take
+    ``width`` (first stage's channels: 64) and ``in_channels`` (3)."""
 
     def __init__(self, features: nn.Sequential, num_classes: int = 1000, init_weights: bool = True,
                  dropout: float = 0.5, *, hidden: int = 4096, pool_size: int = 7) -> None:
@@ -75,27 +82,50 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _vgg(name: str, batch_norm: bool, num_classes: int, width: int = 64, in_channels: int = 3,
-         **kwargs) -> VGG:
-    return VGG(make_features(CONFIGS[name], batch_norm, width, in_channels), num_classes, **kwargs)
+def _vgg(name: str, batch_norm: bool, num_classes: int, weights, progress: bool, width: int = 64,
+         in_channels: int = 3, **kwargs) -> VGG:
+    config = CONFIGS[name.removesuffix("_bn")]
+    return build(name, lambda classes: VGG(make_features(config, batch_norm, width, in_channels), classes, **kwargs),
+                 num_classes, weights, progress)
 
 
-def vgg11(num_classes: int = 1000, **kwargs) -> VGG:
-    """VGG-11 (configuration A). ``kwargs``: ``width``, ``in_channels`` and
+def vgg11(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
+    """VGG-11 (configuration A). ``weights`` / ``progress``: torchvision's
+    (``nnlib.models._builders``); ``kwargs``: ``width``, ``in_channels`` and
     :class:`VGG`'s arguments."""
-    return _vgg("vgg11", False, num_classes, **kwargs)
+    return _vgg("vgg11", False, num_classes, weights, progress, **kwargs)
 
 
-def vgg11_bn(num_classes: int = 1000, **kwargs) -> VGG:
+def vgg11_bn(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-11 with batch norm."""
-    return _vgg("vgg11", True, num_classes, **kwargs)
+    return _vgg("vgg11_bn", True, num_classes, weights, progress, **kwargs)
 
 
-def vgg16(num_classes: int = 1000, **kwargs) -> VGG:
+def vgg13(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
+    """VGG-13 (configuration B)."""
+    return _vgg("vgg13", False, num_classes, weights, progress, **kwargs)
+
+
+def vgg13_bn(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
+    """VGG-13 with batch norm."""
+    return _vgg("vgg13_bn", True, num_classes, weights, progress, **kwargs)
+
+
+def vgg16(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-16 (configuration D)."""
-    return _vgg("vgg16", False, num_classes, **kwargs)
+    return _vgg("vgg16", False, num_classes, weights, progress, **kwargs)
 
 
-def vgg16_bn(num_classes: int = 1000, **kwargs) -> VGG:
+def vgg16_bn(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-16 with batch norm."""
-    return _vgg("vgg16", True, num_classes, **kwargs)
+    return _vgg("vgg16_bn", True, num_classes, weights, progress, **kwargs)
+
+
+def vgg19(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
+    """VGG-19 (configuration E)."""
+    return _vgg("vgg19", False, num_classes, weights, progress, **kwargs)
+
+
+def vgg19_bn(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
+    """VGG-19 with batch norm."""
+    return _vgg("vgg19_bn", True, num_classes, weights, progress, **kwargs)

@@ -1,0 +1,49 @@
+"""torchvision's builder protocol for the models that have torchvision twins:
+``builder(num_classes=1000, *, weights=None, progress=True, **kwargs)``.
+
+``weights``: None (random initialisation), a torchvision ``WeightsEnum`` member
+(``ResNet50_Weights.IMAGENET1K_V2``) or its name as a string (needs torchvision):
+its ``state_dict`` loads with ``strict=True`` (our keys are torchvision's), and
+``num_classes`` must be its category count, as torchvision requires.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from torch import nn
+
+__all__ = ["build", "fixed"]
+
+
+def _resolve(weights, name: str):
+    """A string names a member of the builder's torchvision weights enum."""
+    if not isinstance(weights, str):
+        return weights
+    try:
+        import torchvision
+    except ImportError as error:
+        raise ImportError(f"{name}(weights={weights!r}): a weights name needs torchvision; pass None or a "
+                          "torchvision WeightsEnum member") from error
+    return torchvision.models.get_model_weights(name).verify(weights)
+
+
+def build(name: str, make: Callable[[int], nn.Module], num_classes: int, weights, progress: bool) -> nn.Module:
+    """``make(num_classes)``, then ``weights`` loaded into it (see the module docstring)."""
+    weights = _resolve(weights, name)
+    if weights is not None:
+        categories = len(weights.meta["categories"])
+        if num_classes != categories:
+            raise ValueError(f"{name}(): weights {weights} have {categories} categories, got num_classes="
+                             f"{num_classes}")
+    model = make(num_classes)
+    if weights is not None:
+        model.load_state_dict(weights.get_state_dict(progress=progress, check_hash=True))
+    return model
+
+
+def fixed(kwargs: dict, name: str, value, builder: str) -> dict:
+    """``kwargs`` with ``name`` set to the builder's ``value`` (a different value given
+    raises ValueError, as torchvision's builders)."""
+    if kwargs.get(name, value) != value:
+        raise ValueError(f"{builder}(): {name} is {value!r} for this network, got {kwargs[name]!r}")
+    return {**kwargs, name: value}
