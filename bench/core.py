@@ -190,6 +190,12 @@ def plot(rows: list[dict], path: str, title: str) -> None:
 
 def run(ops: list[str] | None, quick: bool, out_dir: str) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        from kernels._runtime import interpreting
+        if not interpreting():      # nnlib would take torch's path: torch against torch
+            print("No CUDA GPU and TRITON_INTERPRET is not 1: nnlib's kernels cannot run here. Run "
+                  "`python -m bench` with TRITON_INTERPRET unset or 1.")
+            return 2
     cases = collect(ops, device, quick)
     if device == "cpu":
         print(f"No CUDA GPU: running {len(cases)} cases once on small shapes through the Triton "

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The one GPU check, in one device call of at most 9 minutes: environment report,
 # the whole test suite on CUDA (one autotune config per kernel), nnlib.selftest
-# (mostly kernels the tests compiled), then the quick benchmark (autotuned for real).
+# --quick (autotuned: compiles more configs than the tests), then the quick
+# benchmark (autotuned for real).
 # Each step is time-boxed, so a hang in one still leaves the others' results in the
 # folder given as first argument.
 #   bash bench/gpu_check.sh OUTDIR [bench args, e.g. --ops conv2d]
@@ -9,6 +10,8 @@ set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [bench args]}
 shift
 mkdir -p "$out"
+out=$(cd "$out" && pwd)     # absolute: the steps run from the repository root
+rm -f "$out/summary.txt" "$out/tests.xml"     # a rerun into the same folder starts clean
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_DEFAULT_FP_FUSION=1
@@ -24,8 +27,8 @@ step() {   # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.txt, remember
 }
 {
   date -u
-  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
-  $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+  timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+  timeout 60 $PY -c "import sys, torch, triton; print('python', sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
 } > "$out/env.txt" 2>&1
 cat "$out/env.txt"
 rc=0

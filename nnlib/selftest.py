@@ -4,16 +4,20 @@ right on this machine?
 Runs every op, forward and backward, on the chosen device (CUDA, or the CPU
 through Triton's interpreter) on a spread of shapes, dtypes and layouts, and
 compares outputs and the gradients of every input with torch in float64 on the
-CPU, with the test suite's tolerances (``nnlib.testing``). Prints one row per
-check (worst error as a fraction of the tolerance) and exits with status 0 only
-if every check passes. For an installed package, which has no tests folder:
-run it on a new GPU, driver or triton. ``--quick`` keeps float32 and bfloat16
-and one layout per op: seconds on a GPU, after a first run's compiling (about
-110 kernel specialisations, of the order of a minute of one CPU core).
+CPU, with the test suite's tolerances (``nnlib.testing``), TF32 off (float32
+is checked as float32). A NaN or infinity where the reference has none fails.
+Prints one row per check (worst error as a fraction of the tolerance) and
+exits with status 0 only if every check passes, forward and backward each
+having run a Triton kernel. For an installed package, which has no tests
+folder: run it on a new GPU, driver or triton. ``--quick`` keeps float32
+(contiguous) and bfloat16 (channels_last where the op takes it): seconds on a
+GPU, after a first run's compiling (about 110 kernel specialisations, of the
+order of a minute of one CPU core).
 """
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -111,7 +115,8 @@ def _leaf(t):
 
 def run_check(check: Check, dtype: torch.dtype, device: str, layout: str) -> float:
     """Worst |ours - reference| / (atol + rtol |reference|) over the output and every
-    input gradient: <= 1 passes. Raises if no Triton kernel ran."""
+    input gradient (inf where one is NaN or infinite and the other not): <= 1
+    passes. Raises if the forward or the backward ran no Triton kernel."""
     from kernels._runtime import count_launches
     from nnlib.testing import tolerance
     torch.manual_seed(0)
@@ -124,21 +129,27 @@ def run_check(check: Check, dtype: torch.dtype, device: str, layout: str) -> flo
     ref = check.theirs(*refs)
     grad = torch.randn(ref.shape, dtype=torch.float64)
     wants = [i for i, t in enumerate(inputs) if t.requires_grad]
-    grads = torch.autograd.grad(out, [inputs[i] for i in wants], grad.to(out.dtype).to(out.device))
+    with count_launches() as launches:
+        grads = torch.autograd.grad(out, [inputs[i] for i in wants], grad.to(out.dtype).to(out.device))
+    if launches.total == 0:
+        raise RuntimeError("no Triton kernel ran in the backward: it took torch's path")
     ref_grads = torch.autograd.grad(ref, [refs[i] for i in wants], grad.to(out.dtype).double())
     atol, rtol = tolerance(dtype, check.kind)
     worst = 0.0
     for got, want in [(out, ref), *zip(grads, ref_grads)]:
         got, want = got.detach().cpu().double(), want.detach().double()
         if got.shape != want.shape:
-            return float("inf")
-        worst = max(worst, ((got - want).abs() / (atol + rtol * want.abs())).max().item())
+            return math.inf
+        same = (got == want) | (got.isnan() & want.isnan())
+        ratio = ((got - want).abs() / (atol + rtol * want.abs())).nan_to_num(nan=math.inf).masked_fill(same, 0.0)
+        worst = max(worst, ratio.max().item() if ratio.numel() else 0.0)
     return worst
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nnlib.selftest", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="float32 and bfloat16, one layout per op")
+    parser.add_argument("--quick", action="store_true",
+                        help="float32 (contiguous) and bfloat16 (channels_last where the op takes it)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
                         help="auto (the default): CUDA when a GPU is visible, else the CPU through Triton's "
                              "interpreter")
@@ -157,11 +168,24 @@ def main(argv=None) -> int:
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU (Triton interpreter)"
     print(f"nnlib selftest on {name}: torch {torch.__version__}, triton {triton.__version__}", flush=True)
     dtypes = [torch.float32, torch.bfloat16] if args.quick else [torch.float32, torch.float16, torch.bfloat16]
-    failed, rows, start = 0, 0, time.perf_counter()
+    start = time.perf_counter()
     print(f"{'op':26s} {'dtype':9s} {'layout':14s} {'error / tolerance':>18s}")
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        failed, rows = _sweep(dtypes, device, args.quick)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+    print(f"{rows - failed} of {rows} checks passed in {time.perf_counter() - start:.0f} s")
+    return 1 if failed else 0
+
+
+def _sweep(dtypes, device: str, quick: bool) -> tuple[int, int]:
+    """Runs and prints every check; returns (failed, rows)."""
+    failed = rows = 0
     for check in checks():
-        for dtype in dtypes:
-            for layout in check.layouts[:1] if args.quick else check.layouts:
+        for i, dtype in enumerate(dtypes):
+            for layout in [check.layouts[i % len(check.layouts)]] if quick else check.layouts:
                 try:
                     ratio = run_check(check, dtype, device, layout)
                     status = f"{ratio:18.3f}" + ("" if ratio <= 1 else "  FAIL")
@@ -171,8 +195,7 @@ def main(argv=None) -> int:
                     failed += 1
                 rows += 1
                 print(f"{check.op:26s} {str(dtype).replace('torch.', ''):9s} {layout:14s} {status}", flush=True)
-    print(f"{rows - failed} of {rows} checks passed in {time.perf_counter() - start:.0f} s")
-    return 1 if failed else 0
+    return failed, rows
 
 
 if __name__ == "__main__":

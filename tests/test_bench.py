@@ -77,3 +77,14 @@ def test_suites_run_in_the_order_asked():
     norm, activation = (collect([suite], DEVICE, quick=True) for suite in ("norm", "activation"))
     assert norm and activation
     assert [c.id for c in collect(["norm", "activation"], DEVICE, quick=True)] == [c.id for c in norm + activation]
+
+
+def test_cpu_run_without_the_interpreter_refuses(monkeypatch, tmp_path, capsys):
+    """Without a GPU and without the interpreter nnlib takes torch's path: the
+    benchmark says so and fails instead of checking torch against torch."""
+    from bench import core
+    from kernels import _runtime
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(_runtime, "interpreting", lambda: False)
+    assert core.run(["activation"], True, str(tmp_path)) == 2
+    assert "TRITON_INTERPRET" in capsys.readouterr().out

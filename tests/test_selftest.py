@@ -1,6 +1,7 @@
 """python -m nnlib.selftest: its checks pass on this device and fail on a wrong op."""
 import dataclasses
 
+import pytest
 import torch
 
 import nnlib.functional as F
@@ -13,6 +14,43 @@ def test_selftest_checks_pass_and_catch_a_wrong_op(device):
         assert selftest.run_check(by_op[op], torch.float32, device, "channels_last") <= 1, op
     off_by_a_little = dataclasses.replace(by_op["relu"], ours=lambda x: F.relu(x) * 1.001)
     assert selftest.run_check(off_by_a_little, torch.float32, device, "contiguous") > 1
+
+
+def _one_nan(x):
+    y = F.relu(x)
+    return torch.where(torch.arange(y.numel(), device=y.device).view(y.shape) == 3, float("nan"), y)
+
+
+def test_selftest_fails_nan_and_a_backward_on_torchs_path(device):
+    """A NaN where torch has a number fails (max() dropped NaN: an all-NaN relu
+    passed), as does an infinity; a backward that runs no Triton kernel raises."""
+    relu = {c.op: c for c in selftest.checks()}["relu"]
+    for ours in (_one_nan, lambda x: F.relu(x) * float("nan"), lambda x: F.relu(x) + float("inf")):
+        assert selftest.run_check(dataclasses.replace(relu, ours=ours), torch.float32, device, "contiguous") > 1
+
+    def torch_backward(x):      # our forward, torch's backward
+        return F.relu(x.detach()) + (torch.relu(x) - torch.relu(x).detach())
+    with pytest.raises(RuntimeError, match="backward"):
+        selftest.run_check(dataclasses.replace(relu, ours=torch_backward), torch.float32, device, "contiguous")
+
+
+def test_main_checks_float32_without_tf32_and_restores_it(monkeypatch, capsys):
+    """The sweep runs with TF32 off (float32 checked as float32; a correct GPU
+    kernel under cuDNN's default TF32 failed the float32 tolerance) and puts the
+    switches back; --quick covers channels_last through bfloat16."""
+    seen = []
+
+    def sweep(dtypes, device, quick):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return 0, 1
+    monkeypatch.setattr(selftest, "_sweep", sweep)
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
+    try:
+        assert selftest.main(["--quick", "--device", "cpu"]) == 0
+        assert seen == [(False, False)]
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 
 
 def test_main_on_a_cpu_without_the_interpreter_runs_a_child_and_returns(monkeypatch):
