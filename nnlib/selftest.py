@@ -5,7 +5,9 @@ Runs every op, forward and backward, on the chosen device (CUDA, or the CPU
 through Triton's interpreter) on a spread of shapes, dtypes and layouts, and
 compares outputs and the gradients of every input with torch in float64 on the
 CPU, with the test suite's tolerances (``nnlib.testing``), TF32 off (float32
-is checked as float32). A NaN or infinity where the reference has none fails.
+is checked as float32); on a GPU the convolutions are also checked with TF32 on
+(cuDNN's default, which nnlib follows) at float16's tolerance. A NaN or
+infinity where the reference has none fails.
 Prints one row per check (worst error as a fraction of the tolerance) and
 exits with status 0 only if every check passes, forward and backward each
 having run a Triton kernel. For an installed package, which has no tests
@@ -113,10 +115,12 @@ def _leaf(t):
     return t.detach().requires_grad_() if isinstance(t, torch.Tensor) and t.requires_grad else t
 
 
-def run_check(check: Check, dtype: torch.dtype, device: str, layout: str) -> float:
+def run_check(check: Check, dtype: torch.dtype, device: str, layout: str,
+              tolerance_of: torch.dtype | None = None) -> float:
     """Worst |ours - reference| / (atol + rtol |reference|) over the output and every
     input gradient (inf where one is NaN or infinite and the other not): <= 1
-    passes. Raises if the forward or the backward ran no Triton kernel."""
+    passes. Raises if the forward or the backward ran no Triton kernel.
+    ``tolerance_of``: the dtype whose tolerance applies (default ``dtype``)."""
     from kernels._runtime import count_launches
     from nnlib.testing import tolerance
     torch.manual_seed(0)
@@ -134,14 +138,14 @@ def run_check(check: Check, dtype: torch.dtype, device: str, layout: str) -> flo
     if launches.total == 0:
         raise RuntimeError("no Triton kernel ran in the backward: it took torch's path")
     ref_grads = torch.autograd.grad(ref, [refs[i] for i in wants], grad.to(out.dtype).double())
-    atol, rtol = tolerance(dtype, check.kind)
+    atol, rtol = tolerance(tolerance_of or dtype, check.kind)
     worst = 0.0
     for got, want in [(out, ref), *zip(grads, ref_grads)]:
         got, want = got.detach().cpu().double(), want.detach().double()
         if got.shape != want.shape:
             return math.inf
         same = (got == want) | (got.isnan() & want.isnan())
-        ratio = ((got - want).abs() / (atol + rtol * want.abs())).nan_to_num(nan=math.inf).masked_fill(same, 0.0)
+        ratio = ((got - want).abs() / (atol + rtol * want.abs())).nan_to_num(math.inf, math.inf).masked_fill(same, 0.0)
         worst = max(worst, ratio.max().item() if ratio.numel() else 0.0)
     return worst
 
@@ -181,20 +185,28 @@ def main(argv=None) -> int:
 
 
 def _sweep(dtypes, device: str, quick: bool) -> tuple[int, int]:
-    """Runs and prints every check; returns (failed, rows)."""
+    """Runs and prints every check (TF32 off; on a GPU the convolutions once more
+    with TF32 on); returns (failed, rows)."""
     failed = rows = 0
     for check in checks():
-        for i, dtype in enumerate(dtypes):
-            for layout in [check.layouts[i % len(check.layouts)]] if quick else check.layouts:
-                try:
-                    ratio = run_check(check, dtype, device, layout)
-                    status = f"{ratio:18.3f}" + ("" if ratio <= 1 else "  FAIL")
-                    failed += ratio > 1
-                except Exception as exc:     # report every check, then fail
-                    status = f"{'ERROR':>18s}  {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                    failed += 1
-                rows += 1
-                print(f"{check.op:26s} {str(dtype).replace('torch.', ''):9s} {layout:14s} {status}", flush=True)
+        runs = [(dtype, layout, False) for i, dtype in enumerate(dtypes)
+                for layout in ([check.layouts[i % len(check.layouts)]] if quick else check.layouts)]
+        if device == "cuda" and check.kind == "conv":
+            runs.append((torch.float32, check.layouts[-1], True))
+        for dtype, layout, tf32 in runs:
+            torch.backends.cudnn.allow_tf32 = tf32
+            try:
+                ratio = run_check(check, dtype, device, layout, torch.float16 if tf32 else None)
+                status = f"{ratio:18.3f}" + ("" if ratio <= 1 else "  FAIL")
+                failed += ratio > 1
+            except Exception as exc:     # report every check, then fail
+                status = f"{'ERROR':>18s}  {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                failed += 1
+            finally:
+                torch.backends.cudnn.allow_tf32 = False
+            rows += 1
+            name = "tf32" if tf32 else str(dtype).replace("torch.", "")
+            print(f"{check.op:26s} {name:9s} {layout:14s} {status}", flush=True)
     return failed, rows
 
 

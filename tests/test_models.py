@@ -265,6 +265,9 @@ def test_builders_take_torchvision_weights():
     assert models.vgg11(weights=None, progress=True, width=8, hidden=16).classifier[-1].out_features == 1000
     with pytest.raises(ValueError, match="categories"):
         models.resnet18(10, weights=weights, **kw)
+    features = _FakeWeights(models.vgg11(3, width=8, hidden=16).state_dict())
+    features.meta = {"categories": None}         # as torchvision's VGG16_Weights.IMAGENET1K_FEATURES
+    assert models.vgg11(3, weights=features, width=8, hidden=16).classifier[-1].out_features == 3
     with pytest.raises(RuntimeError, match="Missing key"):
         models.resnet34(7, weights=weights, **kw)
     with pytest.raises(ValueError, match="groups"):
@@ -291,12 +294,13 @@ def test_resnet_torchvision_arguments_match_the_twin(case, device):
     elif case == "group-norm":
         ours_kw["norm_layer"] = functools.partial(nnlib.GroupNorm, 4)
         twin_kw["norm_layer"] = functools.partial(nn.GroupNorm, 4)
-    else:
+    else:       # torch's class, as torchvision's detection backbones pass it: nnlib's, fused
         ours_kw["norm_layer"] = twin_kw["norm_layer"] = nn.BatchNorm2d
     twin = reference.ResNet(reference.Bottleneck, [1, 1, 2], **twin_kw).to(device)
     ours = models.ResNet(models.Bottleneck, [1, 1, 2], **ours_kw).to(device)
     ours.load_state_dict(twin.state_dict())
     twin.double()
+    assert isinstance(ours.layer1[0].bn3, nnlib.BatchNorm2d) == (case != "group-norm")
     if case == "dilation":       # as torchvision: the stage's first block keeps the previous dilation
         assert ours.layer3[0].conv2.stride == (1, 1) and ours.layer3[1].conv2.dilation == (2, 2)
         assert ours.forward_features(torch.randn(1, 3, 32, 32, device=device)).shape[-1] == 4

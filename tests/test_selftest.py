@@ -46,7 +46,8 @@ def test_main_checks_float32_without_tf32_and_restores_it(monkeypatch, capsys):
     monkeypatch.setattr(selftest, "_sweep", sweep)
     torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, True
     try:
-        assert selftest.main(["--quick", "--device", "cpu"]) == 0
+        device = "cuda" if torch.cuda.is_available() else "cpu"     # cpu on a GPU machine: a child process
+        assert selftest.main(["--quick", "--device", device]) == 0
         assert seen == [(False, False)]
         assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
     finally:
@@ -63,3 +64,21 @@ def test_main_on_a_cpu_without_the_interpreter_runs_a_child_and_returns(monkeypa
                         lambda command, env: calls.append((command[1:], env["TRITON_INTERPRET"])) or 3)
     assert selftest.main(["--quick", "--device", "cpu"]) == 3
     assert calls == [(["-m", "nnlib.selftest", "--quick", "--device", "cpu"], "1")]
+
+
+def test_sweep_on_a_gpu_checks_convolutions_with_tf32_too(monkeypatch, capsys):
+    """On a GPU each convolution runs once more with TF32 on (cuDNN's default,
+    which nnlib follows) at float16's tolerance, and TF32 is off for every other
+    row (the run_check stood in for: no GPU here)."""
+    runs = []
+
+    def run_check(check, dtype, device, layout, tolerance_of=None):
+        runs.append((check.kind, dtype, tolerance_of, torch.backends.cudnn.allow_tf32))
+        return 0.5
+    monkeypatch.setattr(selftest, "run_check", run_check)
+    failed, rows = selftest._sweep([torch.float32, torch.bfloat16], "cuda", True)
+    convs = sum(c.kind == "conv" for c in selftest.checks())
+    assert failed == 0 and rows == len(runs) == 2 * len(selftest.checks()) + convs
+    tf32 = [r for r in runs if r[3]]
+    assert tf32 == [("conv", torch.float32, torch.float16, True)] * convs
+    assert not torch.backends.cudnn.allow_tf32

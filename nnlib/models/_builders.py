@@ -2,9 +2,11 @@
 ``builder(num_classes=1000, *, weights=None, progress=True, **kwargs)``.
 
 ``weights``: None (random initialisation), a torchvision ``WeightsEnum`` member
-(``ResNet50_Weights.IMAGENET1K_V2``) or its name as a string (needs torchvision):
-its ``state_dict`` loads with ``strict=True`` (our keys are torchvision's), and
-``num_classes`` must be its category count, as torchvision requires.
+(``ResNet50_Weights.IMAGENET1K_V2``) or its name as a string (needs torchvision;
+with torchvision installed a member of another model's enum is refused before
+any download): its ``state_dict`` loads with ``strict=True`` (our keys are
+torchvision's), and ``num_classes`` must be its category count where it has
+one, as torchvision requires.
 """
 from __future__ import annotations
 
@@ -16,12 +18,15 @@ __all__ = ["build", "fixed"]
 
 
 def _resolve(weights, name: str):
-    """A string names a member of the builder's torchvision weights enum."""
-    if not isinstance(weights, str):
-        return weights
+    """The builder's torchvision weights enum member that ``weights`` is or names
+    (torchvision's ``verify``, where torchvision is installed)."""
+    if weights is None:
+        return None
     try:
         import torchvision
     except ImportError as error:
+        if not isinstance(weights, str):
+            return weights
         raise ImportError(f"{name}(weights={weights!r}): a weights name needs torchvision; pass None or a "
                           "torchvision WeightsEnum member") from error
     return torchvision.models.get_model_weights(name).verify(weights)
@@ -30,7 +35,7 @@ def _resolve(weights, name: str):
 def build(name: str, make: Callable[[int], nn.Module], num_classes: int, weights, progress: bool) -> nn.Module:
     """``make(num_classes)``, then ``weights`` loaded into it (see the module docstring)."""
     weights = _resolve(weights, name)
-    if weights is not None:
+    if weights is not None and weights.meta.get("categories") is not None:
         categories = len(weights.meta["categories"])
         if num_classes != categories:
             raise ValueError(f"{name}(): weights {weights} have {categories} categories, got num_classes="

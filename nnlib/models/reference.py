@@ -127,6 +127,8 @@ class ResNet(nn.Module):
         super().__init__()
         self._norm_layer = norm_layer = norm_layer or nn.BatchNorm2d
         dilate = list(replace_stride_with_dilation or [False] * (len(layers) - 1))
+        if len(dilate) != len(layers) - 1:
+            raise ValueError(f"replace_stride_with_dilation should be None or a {len(layers) - 1}-element tuple")
         self.groups = groups
         self.base_width = width_per_group
         self.inplanes = width
@@ -149,8 +151,9 @@ class ResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         if zero_init_residual:
             for m in self.modules():
-                if isinstance(m, (BasicBlock, Bottleneck)):
-                    nn.init.constant_(m.bn2.weight if isinstance(m, BasicBlock) else m.bn3.weight, 0)
+                last = m.bn2 if isinstance(m, BasicBlock) else m.bn3 if isinstance(m, Bottleneck) else None
+                if last is not None and getattr(last, "weight", None) is not None:
+                    nn.init.constant_(last.weight, 0)
 
     def _make_layer(self, block, planes: int, blocks: int, stride: int = 1, dilate: bool = False) -> nn.Sequential:
         downsample = None

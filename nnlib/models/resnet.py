@@ -40,17 +40,18 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nl.Conv2d:
     return nl.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
+def _fuses(norm_layer) -> bool:
+    """Whether ``norm_layer`` is plain batch norm (None, torch's or nnlib's class), which
+    nnlib's fused BatchNorm2d serves."""
+    return norm_layer is None or norm_layer is nl.BatchNorm2d or norm_layer is nn.BatchNorm2d
+
+
 def _norm(norm_layer: Callable[[int], nn.Module] | None, channels: int, activation: str | None = None) -> nn.Module:
-    """nnlib's batch norm with ``activation`` fused when ``norm_layer`` is None or
-    nnlib's BatchNorm2d, else ``norm_layer(channels)`` (the block then applies the
-    ReLU itself)."""
-    if norm_layer is None or norm_layer is nl.BatchNorm2d:
+    """nnlib's batch norm with ``activation`` fused for plain batch norm (``_fuses``),
+    else ``norm_layer(channels)`` (the block then applies the ReLU itself)."""
+    if _fuses(norm_layer):
         return nl.BatchNorm2d(channels, activation=activation)
     return norm_layer(channels)
-
-
-def _fuses(norm_layer) -> bool:
-    return norm_layer is None or norm_layer is nl.BatchNorm2d
 
 
 class BasicBlock(nn.Module):
@@ -118,9 +119,10 @@ class Bottleneck(nn.Module):
 class ResNet(nn.Module):
     """torchvision's ResNet from nnlib layers, with torchvision's arguments:
     ``replace_stride_with_dilation`` (one bool per stage after the first: dilate
-    instead of striding, as segmentation backbones do) and ``norm_layer`` (a
-    factory of norm modules, e.g. torchvision's FrozenBatchNorm2d; the blocks then
-    run torchvision's unfused forward; None: nnlib's BatchNorm2d, fused).
+    instead of striding, as segmentation backbones do; BasicBlock stages too,
+    which torchvision refuses) and ``norm_layer`` (a factory of norm modules, e.g.
+    torchvision's FrozenBatchNorm2d; the blocks then run torchvision's unfused
+    forward; None or a batch norm class, torch's or nnlib's: nnlib's, fused).
 
     Extras, keyword-only (defaults give torchvision's network): ``width`` (channels
     of the first stage: 64), ``in_channels`` (3), ``small_input`` (a 3x3 stride-1

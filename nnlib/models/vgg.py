@@ -85,6 +85,8 @@ class VGG(nn.Module):
 def _vgg(name: str, batch_norm: bool, num_classes: int, weights, progress: bool, width: int = 64,
          in_channels: int = 3, **kwargs) -> VGG:
     config = CONFIGS[name.removesuffix("_bn")]
+    if weights is not None:
+        kwargs["init_weights"] = False      # as torchvision: the checkpoint replaces them
     return build(name, lambda classes: VGG(make_features(config, batch_norm, width, in_channels), classes, **kwargs),
                  num_classes, weights, progress)
 
