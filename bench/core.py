@@ -154,7 +154,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     for r in rows:
         lines.append("| " + " | ".join([
             r["op"], r["set"], "x".join(map(str, r["shape"])), r["dtype"], r["layout"], r["pass"],
-            fmt(r.get("ours_ms"), ".4f"), fmt(r.get("baseline_ms"), ".4f"), fmt(r.get("speedup"), ".2f"),
+            "error" if "error" in r else fmt(r.get("ours_ms"), ".4f"), fmt(r.get("baseline_ms"), ".4f"),
+            fmt(r.get("speedup"), ".2f"),
             fmt(r.get("gbps"), ".0f"), fmt(r.get("pct_copy_bw"), ".0f"), fmt(r.get("tflops"), ".1f"),
             fmt(r.get("pct_bf16_matmul"), ".0f")]) + " |")
     lines += ["", "Geomean speedup per op, set, dtype and pass (of the paths nnlib takes: rows marked "
@@ -165,6 +166,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
             groups.setdefault((r["op"], r["set"], r["dtype"], r["pass"]), []).append(r.get("speedup"))
     for key, values in sorted(groups.items()):
         lines.append(f"| {' | '.join(key)} | {geomean(values):.2f} |")
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        lines += ["", "Cases that failed (left out of the geomeans):", ""]
+        lines += [f"- {r['id']}: {r['error']}" for r in failed]
     return "\n".join(lines) + "\n"
 
 

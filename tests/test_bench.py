@@ -43,6 +43,10 @@ def test_report_geomeans_leave_alternatives_out():
                                            ("nchw-in-place", 0.01, {"alternative": True}))]
     report = markdown(rows, meta)
     assert "nchw-in-place" in report and "| conv2d | resnet50 | bfloat16 | forward | 1.00 |" in report
+    failed = {**rows[0], "id": "conv2d-broken", "layout": "broken", "speedup": None, "error": "out of memory"}
+    report = markdown([*rows, failed], meta)     # a failed case: marked, listed, out of the geomean
+    assert "| broken | forward | error |" in report and "- conv2d-broken: out of memory" in report
+    assert "| conv2d | resnet50 | bfloat16 | forward | 1.00 |" in report
 
 
 def test_gpu_run_keeps_its_rows_when_stopped_early(tmp_path, monkeypatch):
