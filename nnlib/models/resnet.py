@@ -10,7 +10,7 @@ are kept under the same names (they hold no parameters) but the forward does not
 call them: their work happens inside the batch norms. So a forward hook on a
 batch norm sees its fused output (after the ReLU, and the shortcut for a block's
 last one), and hooks on the ``relu`` modules never run. A ``norm_layer`` other than
-nnlib's batch norm gives torchvision's unfused forward.
+batch norm (torch's or nnlib's class) gives torchvision's unfused forward.
 
 Input (N, C, H, W), contiguous or channels_last; output (N, num_classes).
 """

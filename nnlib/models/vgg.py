@@ -82,8 +82,10 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
-def _vgg(name: str, batch_norm: bool, num_classes: int, weights, progress: bool, width: int = 64,
-         in_channels: int = 3, **kwargs) -> VGG:
+def _vgg(name: str, num_classes: int, weights, progress: bool, width: int = 64, in_channels: int = 3,
+         **kwargs) -> VGG:
+    """torchvision's builder ``name`` ("vgg16", "vgg16_bn", ...)."""
+    batch_norm = name.endswith("_bn")
     config = CONFIGS[name.removesuffix("_bn")]
     if weights is not None:
         kwargs["init_weights"] = False      # as torchvision: the checkpoint replaces them
@@ -95,39 +97,39 @@ def vgg11(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwa
     """VGG-11 (configuration A). ``weights`` / ``progress``: torchvision's
     (``nnlib.models._builders``); ``kwargs``: ``width``, ``in_channels`` and
     :class:`VGG`'s arguments."""
-    return _vgg("vgg11", False, num_classes, weights, progress, **kwargs)
+    return _vgg("vgg11", num_classes, weights, progress, **kwargs)
 
 
 def vgg11_bn(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-11 with batch norm."""
-    return _vgg("vgg11_bn", True, num_classes, weights, progress, **kwargs)
+    return _vgg("vgg11_bn", num_classes, weights, progress, **kwargs)
 
 
 def vgg13(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-13 (configuration B)."""
-    return _vgg("vgg13", False, num_classes, weights, progress, **kwargs)
+    return _vgg("vgg13", num_classes, weights, progress, **kwargs)
 
 
 def vgg13_bn(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-13 with batch norm."""
-    return _vgg("vgg13_bn", True, num_classes, weights, progress, **kwargs)
+    return _vgg("vgg13_bn", num_classes, weights, progress, **kwargs)
 
 
 def vgg16(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-16 (configuration D)."""
-    return _vgg("vgg16", False, num_classes, weights, progress, **kwargs)
+    return _vgg("vgg16", num_classes, weights, progress, **kwargs)
 
 
 def vgg16_bn(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-16 with batch norm."""
-    return _vgg("vgg16_bn", True, num_classes, weights, progress, **kwargs)
+    return _vgg("vgg16_bn", num_classes, weights, progress, **kwargs)
 
 
 def vgg19(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-19 (configuration E)."""
-    return _vgg("vgg19", False, num_classes, weights, progress, **kwargs)
+    return _vgg("vgg19", num_classes, weights, progress, **kwargs)
 
 
 def vgg19_bn(num_classes: int = 1000, *, weights=None, progress: bool = True, **kwargs) -> VGG:
     """VGG-19 with batch norm."""
-    return _vgg("vgg19_bn", True, num_classes, weights, progress, **kwargs)
+    return _vgg("vgg19_bn", num_classes, weights, progress, **kwargs)
