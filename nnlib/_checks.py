@@ -382,7 +382,8 @@ def check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -
             raise RuntimeError("max_pool2d(): stride should not be zero")
         if p < 0:
             raise RuntimeError(f"max_pool2d(): pad must be non-negative, but got padding={padding}")
-        if p > ((k - 1) * d + 1) // 2:
+        effective = (k - 1) * d + 1
+        if p > (effective // 2 if effective >= 0 else -(-effective // 2)):     # C++ division: toward zero
             raise RuntimeError(f"max_pool2d(): pad should be at most half of effective kernel size, but got "
                                f"padding={padding}, kernel_size={kernel} and dilation={dilation}")
     if min(kernel) <= 0:
