@@ -643,6 +643,39 @@ def test_double_backward(name, layout, device):
     check_double_backward(ours, reference, inputs, "reduction", expect_launch=False)
 
 
+
+PENALTY = {
+    "batch-train": lambda F, x, w, b: F.batch_norm(x, None, None, w, b, True),
+    "batch-eval": lambda F, x, w, b: F.batch_norm(x, torch.zeros(6, device=x.device),
+                                                  torch.ones(6, device=x.device), w, b, False),
+    "layer": lambda F, x, w, b: F.layer_norm(x, (5,), w[:5], b[:5]),
+    "instance": lambda F, x, w, b: F.instance_norm(x, weight=w, bias=b),
+    "group": lambda F, x, w, b: F.group_norm(x, 2, w, b),
+}
+
+
+@pytest.mark.parametrize("name", list(PENALTY))
+def test_gradient_penalty_leaves_unread_operands_without_gradient(name, device):
+    """A gradient penalty through a norm without an activation: no first derivative
+    reads the bias (nor x, with constant statistics), so their .grad stays None, as
+    torch's (zeros would be a gradient to an optimizer's weight decay)."""
+    grads = {}
+    for tag, ops in (("ours", F), ("torch", TF)):
+        torch.manual_seed(0)
+        x = torch.randn(4, 6, 5, 5, device=device, requires_grad=True)
+        w = (torch.rand(6) + 0.5).to(device).requires_grad_()
+        b = torch.randn(6, device=device, requires_grad=True)
+        y = PENALTY[name](ops, x, w, b)
+        (gx,) = torch.autograd.grad((y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum(), x,
+                                    create_graph=True)
+        gx.pow(2).sum().backward()
+        grads[tag] = [t.grad for t in (x, w, b)]
+    for ours, theirs in zip(grads["ours"], grads["torch"]):
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
 def _normalized(x, dims, groups=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) in plain torch ops: statistics over ``dims``, or
     per sample and channel group of ``groups``."""

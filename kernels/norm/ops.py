@@ -596,7 +596,16 @@ def _gradients_backward(ctx, *grad_grads):
 
     _, pullback = torch.func.vjp(first_derivatives, *(saved[i] for i in present))
     second = iter(pullback(tuple(grad_grads[i] for i in wanted)))
-    return *(next(second) if t is not None else None for t in saved[:5]), *([None] * 14)
+    grads = [next(second) if t is not None else None for t in saved[:5]]
+    # Without an activation no first derivative reads the bias, and with constant
+    # statistics only dw reads x: None there, as torch (vjp's zeros would count as a
+    # gradient, for an optimizer's weight decay too).
+    _, _, _, _, batch_stats, _, activation, _ = ctx.args
+    if activation == ACT_NONE.value:
+        grads[3] = None
+        if not batch_stats and 1 not in wanted:
+            grads[1] = None
+    return *grads, *([None] * 14)
 
 
 def _statistics_fake(x, running_mean, running_var, num_batches_tracked, lead, chan, groups, per_sample, *_):
