@@ -35,7 +35,7 @@ import torch
 import triton
 
 __all__ = [
-    "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "kernel_parameters", "LaunchCounter",
+    "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "bind_config", "kernel_parameters", "LaunchCounter",
     "plan_cache", "clear_plan_caches", "persistent",
     "count_launches", "dry_run",
     "cdiv", "next_power_of_2",
@@ -266,9 +266,28 @@ def bind(kernel, grid, pointers: tuple, num_warps: int, **values):
     passes them and then the fixed ``values`` positionally (a launch plan binds
     once what its layouts decide; a call with fifty keywords costs ~3 us of Python
     where positional arguments cost ~0.4). The grid is checked here, once. Plain
-    jitted kernels only: an autotuner passes its configs' arguments itself."""
+    jitted kernels only: an autotuner passes its configs' arguments itself
+    (``bind_config`` binds the config it chose)."""
     if isinstance(kernel, triton.runtime.Autotuner):
         raise TypeError(f"bind({kernel_name(kernel)}): an autotuned kernel")
+    return _bind(kernel, grid, pointers, {"num_warps": num_warps}, values)
+
+
+def bind_config(tuner, grid, leading: int, constexprs: dict, config):
+    """``bind`` of the config an autotuner ``tuner`` chose: ``run(*args)`` launches
+    ``tuner.fn`` with the ``leading`` arguments, then ``constexprs`` and the
+    config's parameters positionally, its launch options (num_warps, num_stages,
+    ...) as keywords, on ``grid`` (a tuple, or a function of the meta-parameters
+    evaluated here, once): the launch the autotuner makes with that config,
+    without its ~16 us of Python."""
+    options = {**constexprs, **config.all_kwargs()}
+    names = list(kernel_parameters(tuner.fn))
+    values = {name: options.pop(name) for name in names[leading:] if name in options}
+    fixed = grid({**constexprs, **config.all_kwargs()}) if callable(grid) else grid
+    return _bind(tuner.fn, fixed, tuple(names[:leading]), options, values)
+
+
+def _bind(kernel, grid, pointers: tuple, options: dict, values: dict):
     names = list(kernel_parameters(kernel))
     given = tuple(names[:len(pointers)])
     if given != tuple(pointers) or set(names[len(pointers):]) != set(values):
@@ -278,7 +297,6 @@ def bind(kernel, grid, pointers: tuple, num_warps: int, **values):
     name = _cached_name(kernel)
     grid = _checked_grid(name, grid)
     fixed = tuple(values[n] for n in names[len(pointers):])
-    options = {"num_warps": num_warps}
 
     def run(*tensors):
         return _run(kernel, name, grid, tensors + fixed, options)

@@ -8,7 +8,6 @@ Parsers return the parsed value (an int pair, a float, a kernel activation code)
 """
 from __future__ import annotations
 
-import functools
 import math
 import numbers
 import sys
@@ -185,13 +184,13 @@ def _conv_arg_types(stride, padding, dilation, groups) -> dict:
             if not (name == "padding" and isinstance(value, str))}
 
 
-def _check_conv_ranks(input, weight) -> None:
-    if input.dim() not in (3, 4):
+def _check_conv_ranks(input_shape, weight_shape) -> None:
+    if len(input_shape) not in (3, 4):
         raise RuntimeError(f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: "
-                           f"{list(input.shape)}")
-    if weight.dim() != 4:
+                           f"{list(input_shape)}")
+    if len(weight_shape) != 4:
         raise RuntimeError(f"conv2d(): expected 'weight' of 4 dimensions (out_channels, in_channels / groups, kH, "
-                           f"kW), but got weight of size {list(weight.shape)}")
+                           f"kW), but got weight of size {list(weight_shape)}")
 
 
 def _conv_arg_values(items: dict, padding, groups: int, kernel: tuple):
@@ -226,58 +225,60 @@ def _conv_arg_values(items: dict, padding, groups: int, kernel: tuple):
     return stride, pad, dilation, groups
 
 
-def _plain_items(value):
+def _plain(value):
     """``value`` as a hashable key when it is a plain int or a tuple / list of plain
     ints (no bool, tensor or numpy integer), else None."""
     if type(value) is int:
         return value
-    if type(value) in (tuple, list) and all(type(i) is int for i in value):
+    if type(value) is tuple or type(value) is list:
+        for item in value:
+            if type(item) is not int:
+                return None
         return tuple(value)
     return None
 
 
-def _plain_conv_args(stride, padding, dilation, groups, kernel: tuple):
-    """The parsed arguments, from a cache, when every one is plain (``_plain_items``;
-    padding may be a string) and valid; None otherwise (the caller then parses in
-    torch's order, which raises where torch does; so do weights that are not
-    4-D, and calls under torch.compile). ``kernel``: the weight's (kH, kW), for
-    padding='same' (symbolic sizes are not plain)."""
-    if len(kernel) != 2 or torch.compiler.is_compiling():     # a tracer would warn about the cache
-        return None
-    key = (_plain_items(stride), padding if type(padding) is str else _plain_items(padding),
-           _plain_items(dilation), groups if type(groups) is int else None, _plain_items(kernel))
-    if None in key:
-        return None
-    try:
-        return _cached_conv_args(*key)
-    except RuntimeError:
-        return None
-
-
-@functools.lru_cache(maxsize=1024)
-def _cached_conv_args(stride, padding, dilation, groups, kernel):
-    return _conv_arg_values(_conv_arg_types(stride, padding, dilation, groups), padding, groups, kernel)
-
-
 def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     """torch's checks and exception classes; returns (stride, (top, left, bottom,
-    right) padding, dilation, groups)."""
-    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
-        if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
-            raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type_name(t)}")
-    kernel = tuple(weight.shape[2:])
-    parsed = _plain_conv_args(stride, padding, dilation, groups, kernel)
-    plain = parsed is not None
-    if not plain:     # not plain or not valid, or compiling: parse in torch's order, which raises where torch does
-        items = _conv_arg_types(stride, padding, dilation, groups)
-        _check_conv_ranks(input, weight)
-        parsed = _conv_arg_values(items, padding, int(groups), kernel)
+    right) padding, dilation, groups). A call whose arguments are plain
+    (``_plain``; padding may be a string) is checked once per distinct sizes,
+    dtypes, devices and arguments (``plan_cache``, which also checks calls under
+    torch.compile each time); the others each time, in torch's order."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"conv2d(): argument 'input' must be Tensor, not {type_name(input)}")
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"conv2d(): argument 'weight' must be Tensor, not {type_name(weight)}")
+    if bias is None:
+        bias_meta = None, None, None
+    elif isinstance(bias, torch.Tensor):
+        bias_meta = bias.shape, bias.dtype, bias.device
     else:
-        _check_conv_ranks(input, weight)
-    check_same_device("conv2d", input=input, weight=weight, bias=bias)
-    key = (input.shape, weight.shape, input.dtype, weight.dtype, None if bias is None else bias.shape,
-           None if bias is None else bias.dtype, isinstance(padding, str), *parsed)
-    return _cached_conv_shapes(*key) if plain else _check_conv_shapes(*key)
+        raise TypeError(f"conv2d(): argument 'bias' must be Tensor, not {type_name(bias)}")
+    tensors = (input.shape, weight.shape, input.dtype, weight.dtype, input.device, weight.device, *bias_meta)
+    plain = (_plain(stride), padding if type(padding) is str else _plain(padding), _plain(dilation),
+             groups if type(groups) is int else None)
+    if None in plain:
+        return _check_conv(*tensors, stride, padding, dilation, groups)
+    return _cached_conv_check(*tensors, *plain)
+
+
+def _check_conv(input_shape, weight_shape, input_dtype, weight_dtype, input_device, weight_device, bias_shape,
+                bias_dtype, bias_device, stride, padding, dilation, groups):
+    """check_conv2d's checks after the tensors' types, in torch's order: the
+    arguments' types (TypeError), the ranks, the arguments' values, the devices,
+    then sizes and dtypes (RuntimeError); returns its result."""
+    items = _conv_arg_types(stride, padding, dilation, groups)
+    _check_conv_ranks(input_shape, weight_shape)
+    parsed = _conv_arg_values(items, padding, int(groups), tuple(weight_shape[2:]))
+    for name, device in (("weight", weight_device), ("bias", bias_device)):
+        if device is not None and device != input_device:
+            raise RuntimeError(f"conv2d(): expected all tensors to be on the same device, but '{name}' is on "
+                               f"{device} and 'input' is on {input_device}")
+    return _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bias_shape, bias_dtype,
+                              isinstance(padding, str), *parsed)
+
+
+_cached_conv_check = plan_cache(_check_conv)
 
 
 def _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bias_shape, bias_dtype,
@@ -328,9 +329,6 @@ def _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bia
         dilation = tuple(1 if k == 1 else d for d, k in zip(dilation, kernel))
         stride = tuple(min(s, p - d + 1) for s, p, d in zip(stride, padded, dilated))
     return stride, pad, dilation, groups
-
-
-_cached_conv_shapes = plan_cache(_check_conv_shapes)
 
 
 # ---------------------------------------------------------------------------

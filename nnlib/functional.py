@@ -50,6 +50,8 @@ _FLOAT32_ON_CUDA = "float32_on_cuda"     # layer_norm, group_norm: float32 under
 def _autocast(policy: str, input, *others):
     """(input, *others) cast as torch.autocast casts an op of ``policy`` when it
     is enabled for input's device; float32 / float16 / bfloat16 tensors only."""
+    if not torch._C._is_any_autocast_enabled():
+        return (input, *others)
     device = input.device.type if isinstance(input, torch.Tensor) else None
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return (input, *others)

@@ -1,6 +1,7 @@
 """Test set-up: the Triton interpreter on machines without a GPU, the ``device``
 fixture, and exact fp32 arithmetic (no tf32) unless a test asks for it."""
 import os
+from typing import NamedTuple
 
 import torch
 
@@ -32,6 +33,29 @@ def pytest_report_header(config):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+class Launch(NamedTuple):
+    """One kernel launch as ``launch_log`` saw it."""
+    name: str           # the kernel's name
+    args: dict          # its arguments by parameter name, and the launch options (num_warps, ...)
+    grid: object        # a tuple, or a function of the meta-parameters (an autotuner's launch)
+    kernel: object      # a jitted kernel, or Triton's autotuner (before it chose: no config values in args)
+
+
+@pytest.fixture
+def launch_log(monkeypatch):
+    """The test's kernel launches, in order (``Launch``), as they reach
+    ``kernels._runtime._run``: plain, bound (``bind``, ``bind_config``) and
+    autotuned launches alike."""
+    log, run = [], runtime._run
+
+    def logged(kernel, name, grid, args, options):
+        named = dict(zip(runtime.kernel_parameters(kernel), args), **options)
+        log.append(Launch(name, named, grid, kernel))
+        return run(kernel, name, grid, args, options)
+    monkeypatch.setattr(runtime, "_run", logged)
+    return log
 
 
 @pytest.fixture(autouse=True)

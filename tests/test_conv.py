@@ -24,7 +24,7 @@ import nnlib
 import nnlib.functional as F
 from kernels.conv import conv_paths
 from kernels._library import LaunchersInSight
-from kernels._runtime import clear_plan_caches, count_launches, kernel_name
+from kernels._runtime import clear_plan_caches, count_launches
 from tests.reference import assert_close, check_double_backward, check_op, make_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -289,20 +289,12 @@ def test_memory_format_follows_torch(i, device):
 @pytest.mark.parametrize("C,H,W,K,groups,stride,kernel", [(32, 9, 10, 48, 2, 2, 3), (144, 6, 7, 80, 1, 1, 3),
                                                           (64, 5, 6, 40, 1, 1, 1), (32, 6, 1, 48, 1, 1, 3)],
                          ids=["grouped-strided", "channel-blocks", "pointwise", "one-column"])
-def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device, monkeypatch):
+def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device, launch_log):
     """channels_last input with 16-byte channel rows: the three GEMM kernels get
     VEC > 1 (the alignment promise of the GPU path), grouped and strided, with
     several channel blocks per tap in every pass (144 input, 80 output channels),
     for a 1x1 weight as torch lays it out (strides (C, 1, 1, 1)) and an image one
     pixel wide (padded: masked rows at the column stride, which is free)."""
-    from kernels.conv import ops
-    seen = {}
-    launch = ops.launch
-
-    def spy(kernel_fn, grid, *args, **kwargs):
-        seen[kernel_name(kernel_fn)] = kwargs.get("VEC")
-        return launch(kernel_fn, grid, *args, **kwargs)
-    monkeypatch.setattr(ops, "launch", spy)
     x = make_input((2, C, H, W), dtype, device, "channels_last", requires_grad=True)
     w = (torch.randn(K, C // groups, kernel, kernel) / (kernel * (C // groups) ** 0.5)).to(dtype).to(device)
     w = (w if kernel == 1 else w.contiguous(memory_format=torch.channels_last)).requires_grad_(True)
@@ -310,8 +302,9 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
     ours, reference = _conv_fns(stride, kernel // 2, 1, groups, "relu")
     out, _ = check_op(ours, reference, [x, w, b], "conv")
     assert out.is_contiguous(memory_format=torch.channels_last)
-    seen.clear()           # check_op's output gradient is NCHW: once more with a channels_last one
+    launch_log.clear()     # check_op's output gradient is NCHW: once more with a channels_last one
     torch.autograd.grad(ours(x, w, b), [x, w], torch.randn_like(out))
+    seen = {launch.name: launch.args.get("VEC") for launch in launch_log}
     vec = 16 // x.element_size()
     descriptors = kernel == 1 and dtype != torch.float32       # fp32 without tf32 (the tests' default): FMA dots
     names = (["_conv_pointwise_gemm_kernel", "_conv_pointwise_wgrad_kernel"] if descriptors
@@ -326,7 +319,7 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
     (6, "contiguous", 1, 2, torch.float32, 0), (5, "contiguous", 1, 1, torch.float32, 0)],
     ids=["nchw-bf16", "transposed-fp32", "2-channels-sliced-fp16", "channels-last", "4-channels-channels-last",
          "column-dilation", "groups", "5-channels"])
-def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device, monkeypatch):
+def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device, launch_log):
     """A FLAT forward and weight gradient (few input channels: an RGB stem) read x
     (and the forward w) as channels_last tensors zero-padded to PAD_C channels,
     whose kernel rows the GEMM loads as aligned vectors: a copy
@@ -335,13 +328,9 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
     ``read_in_place`` keep them as they are. Against float64, gradients and the
     padded columns of the weight gradient (dropped on store) included."""
     from kernels.conv import ops
-    seen = []
-    launch = ops.launch
 
-    def spy(kernel_fn, grid, *args, **kwargs):
-        seen.append((kernel_name(kernel_fn), kwargs.get("PAD_C")))
-        return launch(kernel_fn, grid, *args, **kwargs)
-    monkeypatch.setattr(ops, "launch", spy)
+    def seen():
+        return [(launch.name, launch.args.get("PAD_C")) for launch in launch_log]
     x, w, b = _inputs(2, C, 13, 11, 32, (5, 5), groups, dtype, device, layout)
     x = x.detach()          # (as a stem's images: x's gradient, a direct kernel's, is tested elsewhere)
     if layout == "channels_last":
@@ -352,19 +341,19 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
 
     def copies(pad_c):
         return [] if padded_already or not pad_c else [("_pad_channels_kernel", pad_c)]
-    seen.clear()
+    launch_log.clear()
     ours(x, w, b)
-    assert seen == copies(pad_c) * 2 + [("_conv_fwd_gemm_kernel", pad_c)], seen
+    assert seen() == copies(pad_c) * 2 + [("_conv_fwd_gemm_kernel", pad_c)], seen()
     y = ours(x, w, b)
-    seen.clear()
+    launch_log.clear()
     torch.autograd.grad(y, w, torch.randn_like(y))
-    assert [call for call in seen if call[0] in ("_pad_channels_kernel", "_conv_wgrad_gemm_kernel")] == \
-        copies(pad_c) + [("_conv_wgrad_gemm_kernel", pad_c)], seen
-    seen.clear()
+    assert [call for call in seen() if call[0] in ("_pad_channels_kernel", "_conv_wgrad_gemm_kernel")] == \
+        copies(pad_c) + [("_conv_wgrad_gemm_kernel", pad_c)], seen()
+    launch_log.clear()
     with ops.read_in_place():                   # the benchmark's alternative: no copy
         torch.autograd.grad(ours(x, w, b), w, torch.randn_like(y))
-    assert [call for call in seen if call[1] is not None] == \
-        [("_conv_fwd_gemm_kernel", 0), ("_conv_wgrad_gemm_kernel", 0)], seen
+    assert [call for call in seen() if call[1] is not None] == \
+        [("_conv_fwd_gemm_kernel", 0), ("_conv_wgrad_gemm_kernel", 0)], seen()
     check_op(ours, reference, [x, w, b], "conv")
 
 
@@ -441,19 +430,12 @@ def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monke
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
+def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch, launch_log):
     """What a GPU does with an NCHW 1x1 convolution of images under PLANAR_MIN_PIXELS:
     one channels_last copy of each operand (``_copied_to_channels_last``, made to copy here as
     on a GPU), the descriptor GEMMs, and the outputs (y, dx) written back into NCHW
     in place along the pixels (PIXEL_VEC > 1). Against float64."""
     from kernels.conv import ops
-    seen = {}
-    launch = ops.launch
-
-    def spy(kernel_fn, grid, *args, **kwargs):
-        seen.setdefault(kernel_name(kernel_fn), []).append(kwargs.get("PIXEL_VEC"))
-        return launch(kernel_fn, grid, *args, **kwargs)
-    monkeypatch.setattr(ops, "launch", spy)
     monkeypatch.setattr(ops, "_copied_to_channels_last", lambda t, copy_operands: True)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     x, w, b = _inputs(2, 64, 4, 8, 48, (1, 1), 2, dtype, device)       # 32 pixels < PLANAR_MIN_PIXELS
@@ -461,6 +443,9 @@ def test_pointwise_descriptor_nchw_small_images(dtype, device, monkeypatch):
     scale = 100.0 if dtype == torch.float32 else 1.0                   # tf32: fp16's atol
     out, _ = check_op(ours, reference, [x, w, b], "conv", grad_scale=scale, out_scale=scale)
     assert out.is_contiguous()
+    seen = {}
+    for launch in launch_log:
+        seen.setdefault(launch.name, []).append(launch.args.get("PIXEL_VEC"))
     vec = 16 // x.element_size()
     assert seen["_conv_pointwise_gemm_kernel"] == [vec, vec], seen     # forward, input gradient
     assert "_conv_pointwise_wgrad_kernel" in seen, seen
@@ -479,10 +464,10 @@ def test_gemm_operands_copied_to_channels_last_on_a_gpu():
     assert ops._gemm_read(nchw, True) == channels_last
     assert ops._gemm_read(channels_last, True) is channels_last
     assert ops._gemm_read(nchw, False) is nchw
-    assert ops.Switches.now().copy_operands
+    assert ops.Switches(*ops.Switches.now()).copy_operands
     with ops.read_in_place():
-        assert not ops.Switches.now().copy_operands
-    assert ops.Switches.now().copy_operands
+        assert not ops.Switches(*ops.Switches.now()).copy_operands
+    assert ops.Switches(*ops.Switches.now()).copy_operands
     cpu = ops.Operand.of(torch.empty(shape))
     assert ops._gemm_read(cpu, True) is cpu            # the interpreter reads every layout in place
 
@@ -609,7 +594,7 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     (2, 3, 7, 5, 1, 1, "contiguous", 4), (2, 3, 5, 40, 2, 1, "in-place", 3),
     (2, 3, 9, 40, 2, 1, "channels_last", 1), (3, 3, 4, 16, 1, 1, "in-place", 4)],
     ids=["q-wraps", "p-wraps", "n-steps", "flat-rows", "flat-row-blocks", "flat-row-blocks-padded", "flat-split"])
-def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, device, monkeypatch):
+def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, device, monkeypatch, launch_log):
     """The weight-gradient GEMM walks N*P*Q pixels BLOCK_K at a time, advancing
     (n, p, q) by carries: with 16-pixel steps, steps shorter than a row, longer
     than a row and longer than an image (3x3 taps, output rows of 20, 3 and 5).
@@ -623,19 +608,14 @@ def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, dev
         monkeypatch.setattr(tuned, "configs", configs)
         monkeypatch.setattr(tuned, "nnlib_configs_for", lambda constexprs, capability=None, configs=configs: configs)
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: splits)
-    launched_splits, launch = [], ops.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if kernel_name(kernel) == "_conv_wgrad_gemm_kernel":
-            launched_splits.append(grid(kernel.configs[0].kwargs)[2])
-        return launch(kernel, grid, *args, **kwargs)
-    monkeypatch.setattr(ops, "launch", spy)
     x = make_input((N, C, H, W), torch.float32, device, "channels_last" if layout == "in-place" else layout)
     w = (torch.randn(16, C, 3, 3) / 12).to(device).requires_grad_(True)
     with ops.read_in_place() if layout == "in-place" else contextlib.nullcontext():
         y = F.conv2d(x, w, None, stride, padding)
         g = torch.randn_like(y)
         (dw,) = torch.autograd.grad(y, (w,), g)
+    launched_splits = [(launch.grid(launch.kernel.configs[0].kwargs) if callable(launch.grid) else launch.grid)[2]
+                       for launch in launch_log if launch.name == "_conv_wgrad_gemm_kernel"]
     assert launched_splits == [splits], launched_splits
     wr = w.detach().double().cpu().requires_grad_(True)
     (dwr,) = torch.autograd.grad(TF.conv2d(x.double().cpu(), wr, None, stride, padding), (wr,), g.double().cpu())
@@ -695,18 +675,18 @@ def test_launch_budget(geometry, device, monkeypatch):
     bias gradient, input gradient, weight gradient: the split reductions finish in
     the kernels), and around them torch only allocates: no copy, no zero fill, no
     partial sum, no cast."""
+    from kernels import _runtime
     from kernels._reduce import tickets
-    from kernels.conv import ops
     in_launch = [False]
 
-    def launch(*args, **kwargs):
+    def run(*args):
         in_launch[0] = True
         try:
-            return real_launch(*args, **kwargs)
+            return real_run(*args)
         finally:
             in_launch[0] = False
-    real_launch = ops.launch
-    monkeypatch.setattr(ops, "launch", launch)
+    real_run = _runtime._run
+    monkeypatch.setattr(_runtime, "_run", run)
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = geometry
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device, "channels_last")
     w = w.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
@@ -731,22 +711,13 @@ def test_split_count():
     assert split_count(264, 52, 72, 8, cap=0) == 1
 
 
-def test_launch_plans_follow_what_they_decide_from(device, monkeypatch):
+def test_launch_plans_follow_what_they_decide_from(device, monkeypatch, launch_log):
     """A launch plan serves only calls that repeat what it was decided from: the
     same shapes and strides on a pointer of the same 16-byte alignment (VEC 4 on
     an aligned fp32 channels_last x, 1 on one shifted by an element), and the
     same switches (cudnn.allow_tf32 for fp32). Each pass's launch flags, call
     after call (the input gradient does not read x: VEC 4 throughout), against
     float64."""
-    from kernels.conv import ops
-    seen = []
-    launch = ops.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if "VEC" in kwargs:
-            seen.append((kernel_name(kernel), kwargs["VEC"], kwargs["ALLOW_TF32"]))
-        return launch(kernel, grid, *args, **kwargs)
-    monkeypatch.setattr(ops, "launch", spy)
     shape = (2, 16, 5, 6)
     storage = torch.randn(2 * 16 * 5 * 6 + 1, device=device)
     aligned = storage[:-1].view(2, 5, 6, 16).permute(0, 3, 1, 2)
@@ -757,12 +728,14 @@ def test_launch_plans_follow_what_they_decide_from(device, monkeypatch):
     for x, vecs, tf32 in [(aligned, (4, 4, 4), False), (shifted, (1, 4, 1), False), (aligned, (4, 4, 4), False),
                           (aligned, (4, 4, 4), True)]:
         monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
-        seen.clear()
+        launch_log.clear()
         x = x.detach().requires_grad_(True)
         w.requires_grad_(True)
         y = F.conv2d(x, w, None, 1, 1)
         dy = torch.randn_like(y)
         dx, dw = torch.autograd.grad(y, (x, w), dy)
+        seen = [(launch.name, launch.args["VEC"], launch.args["ALLOW_TF32"]) for launch in launch_log
+                if "VEC" in launch.args]
         assert seen == [(name, vec, tf32) for name, vec in zip(passes, vecs)], seen
         x64, w64 = (t.detach().double().cpu().requires_grad_(True) for t in (x, w))
         y64 = TF.conv2d(x64, w64, None, 1, 1)
@@ -772,20 +745,12 @@ def test_launch_plans_follow_what_they_decide_from(device, monkeypatch):
             assert_close(ours, ref, torch.float32, "conv", what, scale=scale)
 
 
-def test_autotuned_launches_go_straight_to_the_chosen_config(device, monkeypatch):
+def test_autotuned_launches_go_straight_to_the_chosen_config(device, launch_log):
     """A plan's autotuned GEMM goes through Triton's autotuner until a launch of it
-    has run (a dry run chooses nothing), then to the config the autotuner chose,
-    passed as the autotuner passes it; every call right against float64."""
+    has run (a dry run chooses nothing), then straight to the kernel with the
+    config the autotuner chose (``bind_config``); every call right against float64."""
     from kernels.conv import ops
     from kernels._runtime import dry_run
-    seen = []
-    launch = ops.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if kernel_name(kernel) == "_conv_fwd_gemm_kernel":
-            seen.append((isinstance(kernel, triton.runtime.Autotuner), kwargs.get("BLOCK_M")))
-        return launch(kernel, grid, *args, **kwargs)
-    monkeypatch.setattr(ops, "launch", spy)
     x = make_input((2, 16, 5, 6), torch.float32, device, "channels_last")
     w = (torch.randn(16, 16, 3, 3, device=device) / 12).contiguous(memory_format=torch.channels_last)
     with dry_run():
@@ -795,34 +760,30 @@ def test_autotuned_launches_go_straight_to_the_chosen_config(device, monkeypatch
                      torch.float32, "conv", "output")
     tuned = ops._for_dtype(ops.conv_fwd_gemm, torch.float32)
     chosen = tuned.best_config.kwargs["BLOCK_M"]
+    seen = [(isinstance(launch.kernel, triton.runtime.Autotuner), launch.args.get("BLOCK_M")) for launch in launch_log
+            if launch.name == "_conv_fwd_gemm_kernel"]
     assert seen == [(True, None), (True, None), (False, chosen), (False, chosen)], seen
 
 
 @pytest.mark.parametrize("allow_tf32", [True, False])
-def test_tf32_policy(allow_tf32, device, monkeypatch):
+def test_tf32_policy(allow_tf32, device, monkeypatch, launch_log):
     """Every GEMM launch of an fp32 conv (forward and both gradients) follows
     cudnn.allow_tf32; fp16 always uses tensor cores. Values within tf32's
     tolerance when allowed (a GPU's tensor cores), fp32's when not."""
-    import kernels.conv.ops as conv_ops
-    flags = []
-
-    def recording_launch(kernel, grid, *args, **kwargs):
-        flags.append(kwargs.get("ALLOW_TF32"))
-        return real_launch(kernel, grid, *args, **kwargs)
-    real_launch = conv_ops.launch
-    monkeypatch.setattr(conv_ops, "launch", recording_launch)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", allow_tf32)
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = GEOMETRIES[0]
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
     y = F.conv2d(x, w, b, stride, padding)
     y.backward(torch.randn_like(y))
+    flags = [launch.args.get("ALLOW_TF32") for launch in launch_log]
     gemm_flags = [f for f in flags if f is not None]
     assert len(gemm_flags) == 3 and all(f is allow_tf32 for f in gemm_flags), flags
     ref = TF.conv2d(x.detach().double().cpu(), w.detach().double().cpu(), b.detach().double().cpu(), stride, padding)
     tol = 2e-2 if allow_tf32 else 1e-4
     torch.testing.assert_close(y.detach().double().cpu(), ref, atol=tol, rtol=tol)
-    flags.clear()
+    launch_log.clear()
     F.conv2d(x.half(), w.half(), b.half(), stride, padding)
+    flags = [launch.args.get("ALLOW_TF32") for launch in launch_log]
     assert flags and all(f is True for f in flags if f is not None), flags
 
 
@@ -1023,7 +984,7 @@ NCHW_OUTPUTS = [("aligned-runs", 8, 8, 1, "contiguous", {4: (4, 4, 4), 2: (8, 8,
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("H,W,stride,layout,pixel_vec", [c[1:] for c in NCHW_OUTPUTS], ids=[c[0] for c in NCHW_OUTPUTS])
-def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, device, monkeypatch):
+def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, device, monkeypatch, launch_log):
     """The implicit-GEMM forward and the stride-1 input gradient write NCHW outputs
     in place along their pixels (PIXEL_VEC > 0: on a GPU no channels_last buffer and
     copy where the runs are 16-byte aligned, PIXEL_VEC > 1); channels_last outputs
@@ -1031,17 +992,10 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
     (PIXEL_VEC 0). The bias / activation gradient tiles NCHW along the pixels too.
     Against float64, with the reductions split three ways."""
     from kernels.conv import ops
-    seen = {}
-    launch = ops.launch
-
-    def spy(kernel, grid, *args, **kwargs):
-        if "PIXEL_VEC" in kwargs:
-            seen[kernel_name(kernel)] = kwargs["PIXEL_VEC"]
-        return launch(kernel, grid, *args, **kwargs)
-    monkeypatch.setattr(ops, "launch", spy)
     monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
     x, w, b = _inputs(2, 32, H, W, 24, (3, 3), 1, dtype, device, layout)
     out, _ = check_op(*_conv_fns(stride, 1, 1, 1, "relu"), [x, w, b], "conv")
+    seen = {launch.name: launch.args["PIXEL_VEC"] for launch in launch_log if "PIXEL_VEC" in launch.args}
     expected = pixel_vec.get(torch.device(device).type, pixel_vec[torch.empty((), dtype=dtype).element_size()])
     assert tuple(seen[name] for name in ("_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel",
                                          "_conv_bwd_epilogue_kernel")) == expected, seen

@@ -56,7 +56,7 @@ from triton.runtime import _allocation as triton_allocation
 
 from .._library import Operator
 from .._reduce import tickets
-from .._runtime import (cdiv, dot_upcast, empty_like_strides, interpreting, launch, memory_format_of, merge_dims,
+from .._runtime import (bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, launch, memory_format_of, merge_dims,
                         next_power_of_2, offsets_need_int64, persistent, plan_cache)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
@@ -319,16 +319,17 @@ class _Workspace(NamedTuple):
     tickets: int
 
     def __call__(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        part = (torch.empty(self.partials, dtype=torch.float32, device=device) if self.partials > 1
-                else _unwritten_partials(device))
-        return part, tickets(device, self.tickets)
+        if self.partials == 1:
+            return _unsplit_workspace(device)
+        return torch.empty(self.partials, dtype=torch.float32, device=device), tickets(device, self.tickets)
 
 
 @functools.lru_cache(maxsize=None)
-def _unwritten_partials(device: torch.device) -> torch.Tensor:
-    """The partials argument of a launch that does not split: never read or written
-    (kept outside CUDA graph pools: ``persistent``)."""
-    return persistent(lambda: torch.empty(1, dtype=torch.float32, device=device), device)
+def _unsplit_workspace(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (partials, tickets) arguments of a launch that does not split: never read
+    or written (kept outside CUDA graph pools: ``persistent``)."""
+    return (persistent(lambda: torch.empty(1, dtype=torch.float32, device=device), device),
+            persistent(lambda: torch.empty(1, dtype=torch.int32, device=device), device))
 
 
 def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, steps, cap=None):
@@ -355,27 +356,29 @@ def _split_plan(kernel, vec: int, device: torch.device, tiles, groups: int, step
 _choosing = threading.Lock()      # serialises the autotuner's first launches (``_tuned_launch``)
 
 
-def _tuned_launch(kernel):
-    """``run(grid, *args, **kwargs)``: the launches of one launch plan's autotuned
-    kernel. They go through Triton's autotuner until one of them has run and the
-    autotuner has chosen its config (the autotuner's key, the key arguments and
-    the tensors' dtypes, is the same at every call of a plan), then straight to
-    that config's kernel: the autotuner's Python costs ~16 us a launch (a dict
-    of all ~45 arguments and its key rebuilt each call; this CPU, the kernel's
-    run stubbed), a direct launch ~1.4 us. The choice is taken under a lock
-    from ``best_config``, which every launch of the kernel writes: reset first,
-    so that a launch that did not run (a dry run) chooses nothing."""
-    chosen = {}
+def _tuned_launch(kernel, grid, **constexprs):
+    """``run(*args)``: the launches of one launch plan's autotuned kernel on ``grid``
+    (a function of the config's blocks) with the plan's ``constexprs``. They go
+    through Triton's autotuner until one of them has run and the autotuner has
+    chosen its config (the autotuner's key, the key arguments and the tensors'
+    dtypes, is the same at every call of a plan), then through a launcher bound to
+    that config (``bind_config``: arguments positional, the grid computed once):
+    the autotuner's Python costs ~16 us a launch (a dict of all ~45 arguments and
+    its key rebuilt each call; this CPU, the kernel's run stubbed), a bound launch
+    under 1 us. The choice is taken under a lock from ``best_config``, which
+    every launch of the kernel writes: reset first, so that a launch that did
+    not run (a dry run) chooses nothing."""
+    bound = []
 
-    def run(grid, *args, **kwargs):
-        if chosen:
-            return launch(kernel.fn, grid, *args, **kwargs, **chosen)
+    def run(*args):
+        if bound:
+            return bound[0](*args)
         with _choosing:
             kernel.best_config = None
-            out = launch(kernel, grid, *args, **kwargs)
+            out = launch(kernel, grid, *args, **constexprs)
             config = kernel.best_config
-            if config is not None and config.pre_hook is None:
-                chosen.update(config.all_kwargs())
+            if config is not None and config.pre_hook is None and not bound:
+                bound.append(bind_config(kernel, grid, len(args), constexprs, config))
         return out
     return run
 
@@ -485,8 +488,10 @@ class Switches(NamedTuple):
     tf32: bool
 
     @staticmethod
-    def now() -> "Switches":
-        return Switches(_copy_operands, torch.backends.cudnn.allow_tf32)
+    def now() -> tuple:
+        """The switches now, as a plain tuple (a key part built at the cost of a
+        tuple; ``Switches(*now)`` when a plan is built)."""
+        return _copy_operands, torch._C._get_cudnn_allow_tf32()
 
 
 def by_operands(build):
@@ -495,7 +500,7 @@ def by_operands(build):
     arguments (stride, padding, dilation, groups), flags), cached (``plan_cache``)
     under the tensors' ``Operand.fields``, ``extra`` and the switches now."""
     def build_from_fields(fields, switches, *extra):
-        return build(*(Operand(*f) for f in fields), switches, *extra)
+        return build(*(Operand(*f) for f in fields), Switches(*switches), *extra)
     plans = plan_cache(build_from_fields)
 
     @functools.wraps(build)
@@ -585,7 +590,7 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
             return cdiv(geo.S * (pad_c or geo.Cg), meta["BLOCK_K"])
         return geo.R * geo.S * cdiv(geo.Cg, meta["BLOCK_K"])
     grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups, steps)
-    tuned_launch = _tuned_launch(kernel)
+    tuned_launch = _tuned_launch(kernel, grid, **common)
     descriptors = pixel_stride is not None
     buffered, new_buffer = y_buffer is not y, y_buffer.allocator()
     copy_x, copy_w = x_read is not x, w_read is not w
@@ -597,8 +602,7 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
             _use_descriptor_allocator(x.device)
         out = new_output()
         y = new_buffer() if buffered else out
-        tuned_launch(grid, x, w, y if b is None else b.contiguous(), y, *workspace(x.device), *args, negative_slope,
-                     **common)
+        tuned_launch(x, w, y if b is None else b.contiguous(), y, *workspace(x.device), *args, negative_slope)
         return out.copy_(y) if buffered else out
     return run
 
@@ -734,7 +738,6 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     def steps(meta):
         return taps * cdiv(geo.Kg, meta["BLOCK_K"])
     grid, workspace = _split_plan(kernel, vec, dy.device, tiles, geo.groups * phases, steps)
-    tuned_launch = _tuned_launch(kernel)
     common = dict(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(dy.dtype, switches.tf32),
                   DOT_UPCAST=dot_upcast())
     descriptors = pixel_stride is not None
@@ -746,6 +749,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
                 *_gemm_strides(dy_read), *_gemm_strides(w_read), *_gemm_strides(dx_buffer))
     copy_dy, copy_w, buffered = dy_read is not dy, w_read is not w, dx_buffer is not dx
     new_buffer = dx_buffer.allocator()
+    tuned_launch = _tuned_launch(kernel, grid, **common)
 
     def run(dy, w, x_like):
         dy = _read_copy(dy) if copy_dy else dy
@@ -754,9 +758,9 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
         dx = new_buffer() if buffered else out
         if descriptors:
             _use_descriptor_allocator(dy.device)
-            tuned_launch(grid, dy, w, dx, dx, *workspace(dy.device), *args, **common)
+            tuned_launch(dy, w, dx, dx, *workspace(dy.device), *args)
         else:
-            tuned_launch(grid, dy, w, dx, *workspace(dy.device), *args, **common)
+            tuned_launch(dy, w, dx, *workspace(dy.device), *args)
         return out.copy_(dx) if buffered else out
     return run
 
@@ -837,7 +841,6 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     def cap(meta):          # partial bytes: splits x programs x tile x 4 bytes, written and read
         return input_bytes // (8 * tiles(meta) * geo.groups * taps * meta["BLOCK_M"] * meta["BLOCK_N"])
     grid, workspace = _split_plan(kernel, vec, x.device, tiles, geo.groups * taps, steps, cap)
-    tuned_launch = _tuned_launch(kernel)
     common = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype, switches.tf32), DOT_UPCAST=dot_upcast())
     if descriptors:                     # 1x1: a plain GEMM, operands through tensor descriptors
         args = (pixels, geo.Cg, geo.Kg, pixel_stride, x_pixel_stride, dw.strides[0], dw.strides[1])
@@ -846,6 +849,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
                 *_gemm_strides(x_read), *dw.strides)
         common.update(FLAT=flat, PAD_C=pad_c, INDEX_64=flat and _image_needs_int64(geo, x_read))
     copy_dy, copy_x = dy_read is not dy, x_read is not x
+    tuned_launch = _tuned_launch(kernel, grid, **common)
 
     def run(dy, x, w_like):
         dy = _read_copy(dy) if copy_dy else dy
@@ -853,7 +857,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
         if descriptors:
             _use_descriptor_allocator(x.device)
         dw = new_output()
-        tuned_launch(grid, dy, x, dw, *workspace(x.device), *args, **common)
+        tuned_launch(dy, x, dw, *workspace(x.device), *args)
         return dw
     return run
 
@@ -875,10 +879,10 @@ def _planar_plan(tuned, w: Operand, src: Operand, out: Operand, geo: ConvGeometr
     def grid(meta):
         return cdiv(rows, meta["BLOCK_M"]) * cdiv(pixels, meta["BLOCK_N"]), geo.N * geo.groups
 
-    tuned_launch = _tuned_launch(kernel)
+    tuned_launch = _tuned_launch(kernel, grid, **constexprs)
 
     def run(w, src, b, out, negative_slope):
-        tuned_launch(grid, w, src, out if b is None else b, out, *args, negative_slope, **constexprs)
+        tuned_launch(w, src, out if b is None else b, out, *args, negative_slope)
     return run
 
 
@@ -904,10 +908,10 @@ def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry, 
             dw.strides[0], dw.strides[1])
     constexprs = dict(VEC=vec, ALLOW_TF32=_allow_tf32(x.dtype, tf32), DOT_UPCAST=dot_upcast())
 
-    tuned_launch = _tuned_launch(kernel)
+    tuned_launch = _tuned_launch(kernel, grid, **constexprs)
 
     def run(dy, x, dw):
-        tuned_launch(grid, dy, x, dw, *workspace(x.device), *args, **constexprs)
+        tuned_launch(dy, x, dw, *workspace(x.device), *args)
     return run
 
 
@@ -1131,4 +1135,4 @@ def _weight_grad_flops(g, x, w_like, stride, padding, dilation, groups, *, out_s
 def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01):
     """Checked arguments in (see ``nnlib.functional.conv2d``): x 4-D, padding a
     4-tuple (top, left, bottom, right); returns act(conv(x, w) + b)."""
-    return conv2d_op(x, w, b, list(stride), list(padding), list(dilation), groups, activation, negative_slope)
+    return conv2d_op(x, w, b, stride, padding, dilation, groups, activation, negative_slope)
