@@ -49,7 +49,6 @@ cannot fuse into our kernels, which do their own fusion (epilogues).
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Callable
 
 import torch
@@ -96,17 +95,14 @@ def modes_see_operators() -> bool:
                                  for i in range(depth))
 
 
-_NO_GUARD = contextlib.nullcontext()
-
-
 def _on_own_device(impl: Callable) -> Callable:
     """``impl`` run with its first argument's GPU as the current device (torch's ops
     do the same through a device guard)."""
     def run(x, *args):
-        guard = (torch.cuda.device(x.get_device()) if x.is_cuda and x.get_device() != torch.cuda.current_device()
-                 else _NO_GUARD)
-        with guard:
-            return impl(x, *args)
+        if x.is_cuda and x.get_device() != torch.cuda.current_device():
+            with torch.cuda.device(x.get_device()):
+                return impl(x, *args)
+        return impl(x, *args)
     return run
 
 

@@ -74,8 +74,11 @@ def tickets(device: torch.device, count: int) -> torch.Tensor:
     grown, never per call, outside CUDA graph pools (``persistent``). A buffer
     outgrown is kept, not freed: a CUDA graph captured before the growth still
     launches on it."""
-    stream = torch.cuda.current_stream(device).stream_id if device.type == "cuda" else 0
-    key = (str(device), stream)
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        key = (index, torch._C._cuda_getCurrentStream(index)[0])    # (stream id, device index, device type)
+    else:
+        key = device
     buf = _TICKETS.get(key)
     if buf is None or buf.numel() < count:
         if buf is not None:

@@ -8,6 +8,7 @@ Parsers return the parsed value (an int pair, a float, a kernel activation code)
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import sys
@@ -17,7 +18,57 @@ import torch
 from kernels import activation as _act
 from kernels import pool as _pool
 from kernels._library import tracing
-from kernels._runtime import check_same_device, plan_cache
+from kernels._runtime import PLAN_CACHE_SIZE, check_same_device, plan_cache
+
+
+# ---------------------------------------------------------------------------
+# Checks made once per call signature
+
+_PLAIN_VALUES = (bool, int, float, str, type(None))
+
+
+def call_key(tensors: tuple, values: tuple) -> tuple | None:
+    """What a call's checks can read of its arguments, hashable: grad mode, each
+    tensor's shape, dtype, device and requires_grad (None for None) and each
+    value's type and value. None when a tensor is not a plain Tensor or Parameter
+    or a value not a bool, int, float, str or None (a tensor's value, an array's,
+    can change between calls)."""
+    key = [torch.is_grad_enabled()]
+    for t in tensors:
+        if t is None:
+            key.append(None)
+        elif type(t) is torch.Tensor or type(t) is torch.nn.Parameter:
+            key.append((t.shape, t.dtype, t.device, t.requires_grad))
+        else:
+            return None
+    for value in values:
+        if type(value) not in _PLAIN_VALUES:
+            return None
+        key.append(type(value))
+        key.append(value)
+    return tuple(key)
+
+
+def checks_once(check):
+    """``check(*tensors, *values)``, whose result (or exception) depends only on
+    ``call_key(tensors, values)``, as ``checked(tensors, values)``: run once per
+    distinct key, its result kept (the PLAN_CACHE_SIZE most recent keys); run at
+    every call that has no key, and while torch.compile traces."""
+    results: dict = {}
+
+    @functools.wraps(check)
+    def checked(tensors: tuple, values: tuple):
+        key = None if torch.compiler.is_compiling() else call_key(tensors, values)
+        if key is None:
+            return check(*tensors, *values)
+        result = results.get(key)
+        if result is None:
+            result = check(*tensors, *values)
+            if len(results) >= PLAN_CACHE_SIZE:
+                del results[next(iter(results))]
+            results[key] = result
+        return result
+    return checked
 
 
 # ---------------------------------------------------------------------------
@@ -537,3 +588,66 @@ def check_residual(input, residual, op: str) -> None:
         raise RuntimeError(f"{op}(): residual must match input's shape {tuple(input.shape)} and dtype "
                            f"{input.dtype}, got {tuple(residual.shape)} and {residual.dtype}")
     check_same_device(op, input=input, residual=residual)
+
+
+@checks_once
+def check_batch_norm(input, running_mean, running_var, weight, bias, residual, num_batches_tracked, training,
+                     momentum, eps, activation, negative_slope):
+    """batch_norm's checks, in torch's order; returns (momentum: a float, or None for
+    the cumulative average with ``num_batches_tracked``, eps, the activation's code)."""
+    op = "batch_norm"
+    # torch's Python reads a training input's batch size, then compares eps (the errors
+    # Python raises for what does not compare), before its parser checks the types
+    if training:
+        check_norm_input(input, op, attribute_error=True)
+        if input.dim() == 0:
+            raise IndexError(f"{op}(): expected input with at least 2 dims (N, C, *), got 0D input")
+        count = input.shape[0]
+        for n in input.shape[2:]:
+            count *= n
+        if count == 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
+    if training and eps <= 0.0:
+        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
+    if eps < 0.0:
+        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
+    check_norm_input(input, op)
+    check_flag(training, op, "training")
+    eps = check_eps(eps, op)
+    check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    if input.dim() < 2 and input.numel():
+        # torch checks every given parameter's size against 0 channels (RuntimeError), and
+        # the running stats of an eval call, before it indexes the missing dim (IndexError)
+        message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
+        given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
+        if input.dim() == 0 or any(t.numel() for t in given) or (
+                not training and (running_mean is None or running_var is None)):
+            raise RuntimeError(message)
+        raise IndexError(message)
+    if num_batches_tracked is not None:
+        if not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1:
+            raise TypeError(f"{op}(): num_batches_tracked must be a one-element tensor")
+        if not training:
+            raise ValueError(f"{op}(): num_batches_tracked counts training calls; got training=False")
+    if momentum is not None or num_batches_tracked is None:
+        momentum = check_momentum(momentum, op)
+    if training and (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    if not training and (running_mean is None or running_var is None):
+        missing = "running_mean" if running_mean is None else "running_var"
+        raise RuntimeError(f"{missing} must be defined in evaluation mode")
+    if input.dim() > 1:
+        check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean,
+                     running_var=running_var)
+    else:   # empty 1-D input: torch returns it (times weight[0], plus bias[0]) and checks nothing else
+        for name, t in (("weight", weight), ("bias", bias)):
+            if t is not None and t.numel() == 0:
+                raise IndexError(f"{op}(): index 0 is out of bounds for {name} of size 0")
+    check_norm_params(input, op, input_dtype_first=True, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var)
+    if input.numel():       # torch returns an empty batch before it reads the running stats
+        check_running_stats_1d(op, running_mean, running_var)
+    code = norm_activation(activation, negative_slope, op)
+    check_residual(input, residual, op)
+    check_norm_dtype(input, op)
+    return momentum, eps, code

@@ -17,10 +17,10 @@ from kernels import norm as _norm
 from kernels import pool as _pool
 from kernels._runtime import backend, check_same_device
 
-from ._checks import (as_float32, check_activation_input, check_conv2d, check_eps, check_flag, check_inplace,
-                      check_max_pool2d, check_momentum, check_norm_dtype, check_norm_input, check_norm_params,
-                      check_numel, check_optional_tensors, check_residual, check_running_stats_1d, conv_activation,
-                      int_items, is_int, norm_activation, pool_activation, scalar, type_name)
+from ._checks import (as_float32, check_activation_input, check_batch_norm, check_conv2d, check_eps, check_flag,
+                      check_inplace, check_max_pool2d, check_momentum, check_norm_dtype, check_norm_input,
+                      check_norm_params, check_numel, check_optional_tensors, check_running_stats_1d,
+                      conv_activation, int_items, is_int, norm_activation, pool_activation, scalar, type_name)
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
@@ -264,61 +264,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         return handle_torch_function(batch_norm, tensors, input, running_mean, running_var, weight, bias, training,
                                      momentum, eps, activation=activation, negative_slope=negative_slope,
                                      residual=residual, num_batches_tracked=num_batches_tracked)
-    op = "batch_norm"
-    # torch's Python reads a training input's batch size, then compares eps (the errors
-    # Python raises for what does not compare), before its parser checks the types
-    if training:
-        check_norm_input(input, op, attribute_error=True)
-        if input.dim() == 0:
-            raise IndexError(f"{op}(): expected input with at least 2 dims (N, C, *), got 0D input")
-        count = input.shape[0]
-        for n in input.shape[2:]:
-            count *= n
-        if count == 1:
-            raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.size()}")
-    if training and eps <= 0.0:
-        raise ValueError(f"batch_norm eps must be positive during training, but got {eps}")
-    if eps < 0.0:
-        raise ValueError(f"batch_norm eps must be non-negative, but got {eps}")
-    check_norm_input(input, op)
-    check_flag(training, op, "training")
-    eps = check_eps(eps, op)
-    check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    if input.dim() < 2 and input.numel():
-        # torch checks every given parameter's size against 0 channels (RuntimeError), and
-        # the running stats of an eval call, before it indexes the missing dim (IndexError)
-        message = f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input"
-        given = [t for t in (weight, bias, running_mean, running_var) if t is not None]
-        if input.dim() == 0 or any(t.numel() for t in given) or (
-                not training and (running_mean is None or running_var is None)):
-            raise RuntimeError(message)
-        raise IndexError(message)
-    if num_batches_tracked is not None:
-        if not isinstance(num_batches_tracked, torch.Tensor) or num_batches_tracked.numel() != 1:
-            raise TypeError(f"{op}(): num_batches_tracked must be a one-element tensor")
-        if not training:
-            raise ValueError(f"{op}(): num_batches_tracked counts training calls; got training=False")
-    if momentum is not None or num_batches_tracked is None:
-        momentum = check_momentum(momentum, op)
-    if training and (running_mean is None) != (running_var is None):
-        raise ValueError("running_mean and running_var must either both be None or neither be None")
-    if not training and (running_mean is None or running_var is None):
-        missing = "running_mean" if running_mean is None else "running_var"
-        raise RuntimeError(f"{missing} must be defined in evaluation mode")
-    if input.dim() > 1:
-        check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean,
-                     running_var=running_var)
-    else:   # empty 1-D input: torch returns it (times weight[0], plus bias[0]) and checks nothing else
-        for name, t in (("weight", weight), ("bias", bias)):
-            if t is not None and t.numel() == 0:
-                raise IndexError(f"{op}(): index 0 is out of bounds for {name} of size 0")
-    check_norm_params(input, op, input_dtype_first=True, weight=weight, bias=bias, running_mean=running_mean,
-                      running_var=running_var)
-    if input.numel():       # torch returns an empty batch before it reads the running stats
-        check_running_stats_1d(op, running_mean, running_var)
-    code = norm_activation(activation, negative_slope, op)
-    check_residual(input, residual, op)
-    check_norm_dtype(input, op)
+    momentum, eps, code = check_batch_norm(tensors, (training, momentum, eps, activation, negative_slope))
     if _on_torch_path(input):
         if num_batches_tracked is not None:     # as torch's module: count, then the factor (a host read)
             num_batches_tracked.add_(1)

@@ -928,6 +928,38 @@ def test_bad_arguments_raise_and_write_nothing(name, device):
     check_raises_like_torch(functools.partial(call, F), theirs, (rm, rv), unchanged=(rm, rv))
 
 
+def test_batch_norm_checks_after_a_good_call_of_the_same_shapes(device):
+    """batch_norm's checks run once per call signature (``checks_once``): after a
+    good call, a call that differs from it in anything a check reads (a dtype, a
+    parameter's size, running stats that require grad in grad mode, a flag's type,
+    a value, the extras) is still refused with torch's class (nnlib's for its
+    extras), and the good call still passes, under no_grad too."""
+    x = torch.randn(2, 6, 5, device=device)
+    ones = functools.partial(torch.ones, device=device)
+    w, b = ones(6), ones(6)
+    rm, rv = _running(6, torch.float32, device)
+    good = dict(input=x, running_mean=rm, running_var=rv, weight=w, bias=b, training=True, momentum=0.1, eps=1e-5)
+    torch_calls = {"running_mean": rm.clone().requires_grad_(True), "weight": w.double(), "bias": ones(5),
+                   "training": 1, "momentum": "0.1", "eps": -1.0, "input": x.int()}
+    nnlib_calls = {"activation": ("gelu", ValueError), "residual": (ones(2, 6, 4), RuntimeError),
+                   "num_batches_tracked": (torch.zeros(2, dtype=torch.long, device=device), TypeError)}
+    with torch.no_grad():       # running stats that require grad: taken under no_grad, refused in grad mode, as torch
+        F.batch_norm(**{**good, "running_mean": torch_calls["running_mean"]})
+    for _ in range(2):
+        for grad in (True, False):
+            with torch.set_grad_enabled(grad):
+                F.batch_norm(**good)
+        for name, value in torch_calls.items():
+            call = {**good, name: value}
+            check_raises_like_torch(lambda **kw: F.batch_norm(**kw), lambda **kw: TF.batch_norm(**kw), (), call,
+                                    unchanged=(rm, rv))
+        for name, (value, error) in nnlib_calls.items():
+            with pytest.raises(error):
+                F.batch_norm(**{**good, name: value})
+        with pytest.raises(TypeError):
+            F.batch_norm(**good, activation="leaky_relu", negative_slope="0.1")
+
+
 def test_instance_norm_eval_takes_0d_running_stats_of_one_channel(device):
     """torch's instance norm repeats its running stats, so in eval 0-D ones serve
     one channel (training copies back into them: refused, a bad call above)."""

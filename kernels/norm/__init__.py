@@ -55,8 +55,9 @@ atomics); the ticket counters are one persistent buffer per device and stream
 
 Second derivatives: the normalizations' backward is the ``norm_gradients``
 operator (the kernels above), whose own backward differentiates
-``ops._reference_forward``, the same forward in torch ops, twice. Third
-derivatives raise.
+``ops._reference_forward``, the same forward in torch ops, twice with
+torch.func; under ``create_graph`` that is a torch graph, so third and higher
+derivatives follow.
 """
 from __future__ import annotations
 
