@@ -651,3 +651,39 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, residual, n
     check_residual(input, residual, op)
     check_norm_dtype(input, op)
     return momentum, eps, code
+
+
+@checks_once
+def check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, activation,
+                        negative_slope):
+    """instance_norm's checks, in torch's order; returns (momentum, eps, the
+    activation's code)."""
+    op = "instance_norm"
+    check_norm_input(input, op, attribute_error=bool(use_input_stats))
+    check_flag(use_input_stats, op, "use_input_stats")
+    eps = check_eps(eps, op)
+    if use_input_stats:
+        count = 1
+        for n in input.shape[2:]:
+            count *= n
+        if count == 1:
+            raise ValueError(f"Expected more than 1 spatial element when training, got input size {input.size()}")
+    check_optional_tensors(op, weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    momentum = check_momentum(momentum, op)
+    if not use_input_stats and (running_mean is None or running_var is None):
+        raise RuntimeError("Expected running_mean and running_var to be defined when use_input_stats is false")
+    if input.dim() < 2:     # reached without use_input_stats only; torch indexes the missing dim
+        raise IndexError(f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input")
+    if (running_mean is None) != (running_var is None):
+        raise ValueError("running_mean and running_var must either both be None or neither be None")
+    # torch's instance_norm repeats the running stats and copies them back: any dtype.
+    check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    check_norm_params(input, op, ("running_mean", "running_var"), input_dtype_first=True, weight=weight, bias=bias,
+                      running_mean=running_mean, running_var=running_var)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.dim() > 1:
+            raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
+    check_running_stats_1d(op, running_mean, running_var, allow_0d=not use_input_stats)
+    code = norm_activation(activation, negative_slope, op)
+    check_norm_dtype(input, op)
+    return momentum, eps, code

@@ -928,12 +928,13 @@ def test_bad_arguments_raise_and_write_nothing(name, device):
     check_raises_like_torch(functools.partial(call, F), theirs, (rm, rv), unchanged=(rm, rv))
 
 
-def test_batch_norm_checks_after_a_good_call_of_the_same_shapes(device):
-    """batch_norm's checks run once per call signature (``checks_once``): after a
-    good call, a call that differs from it in anything a check reads (a dtype, a
-    parameter's size, running stats that require grad in grad mode, a flag's type,
-    a value, the extras) is still refused with torch's class (nnlib's for its
-    extras), and the good call still passes, under no_grad too."""
+def test_checks_after_a_good_call_of_the_same_shapes(device):
+    """batch_norm's and instance_norm's checks run once per call signature
+    (``checks_once``): after a good call, a call that differs from it in anything
+    a check reads (a dtype, a parameter's size, running stats that require grad
+    in grad mode, a flag's type, a value, the extras) is still refused with
+    torch's class (nnlib's for its extras), and the good call still passes, under
+    no_grad too."""
     x = torch.randn(2, 6, 5, device=device)
     ones = functools.partial(torch.ones, device=device)
     w, b = ones(6), ones(6)
@@ -958,6 +959,14 @@ def test_batch_norm_checks_after_a_good_call_of_the_same_shapes(device):
                 F.batch_norm(**{**good, name: value})
         with pytest.raises(TypeError):
             F.batch_norm(**good, activation="leaky_relu", negative_slope="0.1")
+    good = dict(input=x, running_mean=rm, running_var=rv, weight=w, bias=b, use_input_stats=True, momentum=0.1,
+                eps=1e-5)
+    for _ in range(2):
+        F.instance_norm(**good)
+        for name, value in {"use_input_stats": 1, "weight": w.double(), "momentum": "0.1", "running_var": None,
+                            "input": x.int()}.items():
+            check_raises_like_torch(lambda **kw: F.instance_norm(**kw), lambda **kw: TF.instance_norm(**kw), (),
+                                    {**good, name: value}, unchanged=(rm, rv))
 
 
 def test_instance_norm_eval_takes_0d_running_stats_of_one_channel(device):
