@@ -262,8 +262,9 @@ def measure(quick: bool = False) -> dict:
 
 def markdown(result: dict, meta: dict) -> str:
     lines = [f"# nnlib host cost: {meta['machine']}, {meta['date']}", "",
-             f"torch {meta['torch']}, triton {meta['triton']}, Python {meta['python']}. Kernel launches counted, "
-             "not run; times are our Python per call, the least of several repeats. Floor: an empty "
+             f"torch {meta['torch']}, triton {meta['triton']}, Python {meta['python']}. After one call that runs "
+             "its kernels (the autotuners choose), kernel launches counted, not run; times are our Python per call, "
+             "the least of several repeats. Floor: an empty "
              "autograd.Function with one torch.empty, timed alongside each case ("
              f"{result['floor_range_us'][0]:.1f} to {result['floor_range_us'][1]:.1f} us in this run). torch's "
              "counts: the same call in torch eager.",
