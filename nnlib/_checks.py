@@ -31,8 +31,8 @@ def call_key(tensors: tuple, values: tuple) -> tuple | None:
     """What a call's checks can read of its arguments, hashable: grad mode, each
     tensor's shape, dtype, device and requires_grad (None for None) and each
     value's type and value. None when a tensor is not a plain Tensor or Parameter
-    or a value not a bool, int, float, str or None (a tensor's value, an array's,
-    can change between calls)."""
+    or a value not a bool, int, float, str, None or a tuple / list of plain ints
+    (``_plain``; a tensor's value, an array's, can change between calls)."""
     key = [torch.is_grad_enabled()]
     for t in tensors:
         if t is None:
@@ -42,9 +42,14 @@ def call_key(tensors: tuple, values: tuple) -> tuple | None:
         else:
             return None
     for value in values:
-        if type(value) not in _PLAIN_VALUES:
+        kind = type(value)
+        if kind is tuple or kind is list:
+            value = _plain(value)
+            if value is None:
+                return None
+        elif kind not in _PLAIN_VALUES:
             return None
-        key.append(type(value))
+        key.append(kind)
         key.append(value)
     return tuple(key)
 
@@ -408,10 +413,11 @@ def pool_activation(activation) -> int:
     return _act.activation_code(activation, "max_pool2d")
 
 
-def check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[list[int], ...]:
+@checks_once
+def check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -> tuple[tuple[int, int], ...]:
     """torch's checks, in torch's order and with its exception classes: argument
     types first (TypeError), then lengths and values. Returns (kernel, stride,
-    padding, dilation) as [h, w] lists."""
+    padding, dilation) as (h, w) pairs."""
     default_stride = stride is None or (isinstance(stride, (tuple, list)) and not stride)
     items = {name: int_items(value, "max_pool2d", name) for name, value in
              (("kernel_size", kernel_size), ("stride", kernel_size if default_stride else stride),
@@ -452,7 +458,7 @@ def check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode) -
     if min(out) < 1:
         raise RuntimeError(f"max_pool2d(): given input size {list(input.shape[-2:])}, the calculated output "
                            f"size {out} is too small (kernel_size={kernel}, dilation={dilation})")
-    return list(kernel), list(stride), list(padding), list(dilation)
+    return kernel, stride, padding, dilation
 
 
 # ---------------------------------------------------------------------------

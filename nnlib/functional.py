@@ -204,7 +204,7 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, paddi
     if _on_torch_path(input) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         out, indices = F.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode, True)
         return (F.relu(out) if activation else out), indices
-    params = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
+    params = check_max_pool2d((input,), (kernel_size, stride, padding, dilation, ceil_mode))
     return _pool.max_pool2d_op(input, *params, ceil_mode, _pool.INDEX_FLAT, code)
 
 
@@ -226,7 +226,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     if _on_torch_path(input) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         out = F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
         return F.relu(out) if activation else out
-    params = check_max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
+    params = check_max_pool2d((input,), (kernel_size, stride, padding, dilation, ceil_mode))
     index_mode = _pool.INDEX_LOCAL if torch.is_grad_enabled() and input.requires_grad else _pool.INDEX_NONE
     return _pool.max_pool2d_op(input, *params, ceil_mode, index_mode, code)[0]
 

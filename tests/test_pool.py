@@ -326,11 +326,31 @@ def test_bad_arguments(name, return_indices, device):
                             {**kwargs, "return_indices": return_indices})
 
 
+def test_checks_after_a_good_call_of_the_same_shapes(device):
+    """max_pool2d's checks run once per call signature (``checks_once``): after a
+    good call, calls on the same input that differ in an argument's value or type
+    (an int where a bool goes, a bool leading a tuple, a float) are still refused
+    with torch's class, and the good calls still pass."""
+    x = torch.randn(2, 3, 8, 8, device=device)
+    good = [dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(3, 3), stride=[2, 2], padding=1, dilation=1),
+            dict(kernel_size=2, ceil_mode=True)]
+    bad = [dict(kernel_size=3, stride=0, padding=1), dict(kernel_size=3, stride=2, padding=2),
+           dict(kernel_size=2, ceil_mode=1), dict(kernel_size=(True, 3)), dict(kernel_size=3.0),
+           dict(kernel_size=(3, 3), stride=[2, 2], padding=1, dilation=0), dict(kernel_size=(3, 3, 3))]
+    for _ in range(2):
+        for kwargs in good:
+            F.max_pool2d(x, **kwargs)
+        for kwargs in bad:
+            check_raises_like_torch(F.max_pool2d, TF.max_pool2d, (x,), kwargs)
+        check_raises_like_torch(F.max_pool2d, TF.max_pool2d, (x[0, 0],), good[0])
+
+
 def test_bad_messages_name_the_argument(device):
     x = torch.randn(2, 3, 8, 8, device=device)
     for kwargs, word in [(dict(kernel_size=2, stride=0), "stride"), (dict(kernel_size=3, padding=2), "pad"),
-                         (dict(kernel_size=-1), "kernel size should"), (dict(kernel_size=(2, -1)), "kernel size should"), (dict(kernel_size=2, dilation=0), "dilation"),
-                         (dict(kernel_size=2.5), "kernel_size"), (dict(kernel_size=9), "output size")]:
+                         (dict(kernel_size=-1), "kernel size should"), (dict(kernel_size=(2, -1)), "kernel size should"),
+                         (dict(kernel_size=2, dilation=0), "dilation"), (dict(kernel_size=2.5), "kernel_size"),
+                         (dict(kernel_size=9), "output size")]:
         with pytest.raises((RuntimeError, TypeError), match=word):
             F.max_pool2d(x, **kwargs)
     with pytest.raises(TypeError, match="input"):
