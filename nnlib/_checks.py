@@ -12,6 +12,7 @@ import functools
 import math
 import numbers
 import sys
+import threading
 
 import torch
 
@@ -30,9 +31,10 @@ _PLAIN_VALUES = (bool, int, float, str, type(None))
 def call_key(tensors: tuple, values: tuple) -> tuple | None:
     """What a call's checks can read of its arguments, hashable: grad mode, each
     tensor's shape, dtype, device and requires_grad (None for None) and each
-    value's type and value. None when a tensor is not a plain Tensor or Parameter
-    or a value not a bool, int, float, str, None or a tuple / list of plain ints
-    (``_plain``; a tensor's value, an array's, can change between calls)."""
+    value's type and value (a float's sign too). None when a tensor is not a
+    plain Tensor or Parameter or a value not a bool, int, float, str, None or a
+    tuple / list of plain ints (``_plain``; a tensor's value, an array's, can
+    change between calls)."""
     key = [torch.is_grad_enabled()]
     for t in tensors:
         if t is None:
@@ -43,7 +45,9 @@ def call_key(tensors: tuple, values: tuple) -> tuple | None:
             return None
     for value in values:
         kind = type(value)
-        if kind is tuple or kind is list:
+        if kind is float:       # -0.0 apart from 0.0 (a check returns the value), every NaN alike
+            value = (value, math.copysign(1.0, value)) if value == value else "nan"
+        elif kind is tuple or kind is list:
             value = _plain(value)
             if value is None:
                 return None
@@ -57,21 +61,27 @@ def call_key(tensors: tuple, values: tuple) -> tuple | None:
 def checks_once(check):
     """``check(*tensors, *values)``, whose result (or exception) depends only on
     ``call_key(tensors, values)``, as ``checked(tensors, values)``: run once per
-    distinct key, its result kept (the PLAN_CACHE_SIZE most recent keys); run at
-    every call that has no key, and while torch.compile traces."""
+    distinct key, its result kept (the PLAN_CACHE_SIZE first kept until then,
+    then the oldest dropped); run at every call that has no key or a symbolic
+    size in it (a tracer's SymInt does not hash), and while torch.compile traces."""
     results: dict = {}
+    storing = threading.Lock()
 
     @functools.wraps(check)
     def checked(tensors: tuple, values: tuple):
         key = None if torch.compiler.is_compiling() else call_key(tensors, values)
         if key is None:
             return check(*tensors, *values)
-        result = results.get(key)
+        try:
+            result = results.get(key)
+        except TypeError:       # a SymInt in a shape
+            return check(*tensors, *values)
         if result is None:
             result = check(*tensors, *values)
-            if len(results) >= PLAN_CACHE_SIZE:
-                del results[next(iter(results))]
-            results[key] = result
+            with storing:
+                if len(results) >= PLAN_CACHE_SIZE:
+                    del results[next(iter(results))]
+                results[key] = result
         return result
     return checked
 

@@ -969,6 +969,60 @@ def test_checks_after_a_good_call_of_the_same_shapes(device):
                                     {**good, name: value}, unchanged=(rm, rv))
 
 
+def test_cached_checks_keep_the_sign_of_zero():
+    """The checks' cache tells -0.0 from 0.0 (it returns the momentum it parsed):
+    momentum -0.0 after 0.0 updates a -0.0 running mean as torch does (float64:
+    torch's path, after nnlib's checks)."""
+    def signbit(f, momentum):
+        x = torch.ones(2, 1, 3, dtype=torch.float64)
+        rm, rv = torch.tensor([-0.0], dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+        f(x, rm, rv, None, None, True, momentum, 1e-5)
+        return torch.signbit(rm).item()
+    for momentum in (0.0, -0.0, 0.0):
+        assert signbit(F.batch_norm, momentum) == signbit(TF.batch_norm, momentum), momentum
+
+
+def test_symbolic_sizes_are_checked_without_the_cache():
+    """A traced call whose tensors have symbolic sizes (vmap under make_fx's
+    symbolic tracing) is checked without the checks' cache (a SymInt does not
+    hash) and traces as torch's."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+    x = torch.randn(3, 2, 4, 5)
+    for norm in (lambda xi: F.batch_norm(xi, None, None, None, None, True), F.instance_norm):
+        traced = make_fx(lambda x: torch.vmap(norm)(x), tracing_mode="symbolic")(x)
+        assert_close(traced(x), torch.vmap(norm)(x.double()), torch.float32, "reduction")
+
+
+def test_check_cache_is_thread_safe(monkeypatch):
+    """checks_once drops its oldest entry under a lock: threads storing at once
+    (a two-entry cache, switching threads every microsecond) raise nothing."""
+    import sys
+    import threading
+
+    from nnlib import _checks
+    monkeypatch.setattr(_checks, "PLAN_CACHE_SIZE", 2)
+    checked = _checks.checks_once(lambda first, second: (first, second))
+    errors = []
+
+    def store(offset):
+        try:
+            for i in range(5000):
+                checked((), (offset * 10**6 + i, 0))
+        except Exception as error:      # any error fails the test
+            errors.append(error)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=store, args=(k,)) for k in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:3]
+
+
 def test_instance_norm_eval_takes_0d_running_stats_of_one_channel(device):
     """torch's instance norm repeats its running stats, so in eval 0-D ones serve
     one channel (training copies back into them: refused, a bad call above)."""
