@@ -35,7 +35,8 @@ import torch
 import triton
 
 __all__ = [
-    "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "bind_config", "kernel_parameters", "LaunchCounter",
+    "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "bind_config", "kernel_parameters",
+    "LaunchCounter",
     "plan_cache", "clear_plan_caches", "persistent",
     "count_launches", "dry_run",
     "cdiv", "next_power_of_2",

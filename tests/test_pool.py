@@ -348,7 +348,8 @@ def test_checks_after_a_good_call_of_the_same_shapes(device):
 def test_bad_messages_name_the_argument(device):
     x = torch.randn(2, 3, 8, 8, device=device)
     for kwargs, word in [(dict(kernel_size=2, stride=0), "stride"), (dict(kernel_size=3, padding=2), "pad"),
-                         (dict(kernel_size=-1), "kernel size should"), (dict(kernel_size=(2, -1)), "kernel size should"),
+                         (dict(kernel_size=-1), "kernel size should"),
+                         (dict(kernel_size=(2, -1)), "kernel size should"),
                          (dict(kernel_size=2, dilation=0), "dilation"), (dict(kernel_size=2.5), "kernel_size"),
                          (dict(kernel_size=9), "output size")]:
         with pytest.raises((RuntimeError, TypeError), match=word):

@@ -56,8 +56,8 @@ from triton.runtime import _allocation as triton_allocation
 
 from .._library import Operator
 from .._reduce import tickets
-from .._runtime import (bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, launch, memory_format_of, merge_dims,
-                        next_power_of_2, offsets_need_int64, persistent, plan_cache)
+from .._runtime import (bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, launch, memory_format_of,
+                        merge_dims, next_power_of_2, offsets_need_int64, persistent, plan_cache)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
