@@ -703,3 +703,68 @@ def check_instance_norm(input, running_mean, running_var, weight, bias, use_inpu
     code = norm_activation(activation, negative_slope, op)
     check_norm_dtype(input, op)
     return momentum, eps, code
+
+
+@checks_once
+def check_layer_norm(input, weight, bias, normalized_shape, eps, activation, negative_slope):
+    """layer_norm's checks, in torch's order, of tensors as autocast has cast them
+    (a cast raises nothing); returns (normalized_shape as a tuple of ints, eps,
+    the activation's code)."""
+    op = "layer_norm"
+    check_norm_input(input, op)
+    eps = check_eps(eps, op)
+    if not isinstance(normalized_shape, (tuple, list, torch.Size)):
+        raise TypeError(f"{op}(): argument 'normalized_shape' must be tuple of ints, not "
+                        f"{type_name(normalized_shape)}")
+    shape = [int(n) for n in int_items(normalized_shape, op, "normalized_shape")]
+    check_optional_tensors(op, weight=weight, bias=bias)
+    if not shape:
+        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
+                           f"element, but got normalized_shape = {shape}")
+    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
+        raise RuntimeError(f"Given normalized_shape={shape}, expected input with shape [*, "
+                           f"{', '.join(map(str, shape))}], but got input of size{list(input.shape)}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if isinstance(t, torch.Tensor) and list(t.shape) != shape:
+            raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
+                               f"{list(t.shape)} and normalized_shape = {shape}")
+    check_norm_params(input, op, weight=weight, bias=bias)
+    code = norm_activation(activation, negative_slope, op)
+    check_norm_dtype(input, op)
+    return tuple(shape), eps, code
+
+
+@checks_once
+def check_group_norm(input, weight, bias, num_groups, eps, activation, negative_slope):
+    """group_norm's checks, in torch's order, of tensors as autocast has cast them
+    (a cast raises nothing); returns (num_groups, eps, the activation's code)."""
+    op = "group_norm"
+    check_norm_input(input, op, attribute_error=True)
+    if input.dim() < 2:
+        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
+    # torch's Python divides by num_groups before its parser checks the type: the
+    # same ZeroDivisionError for 0 or False, ValueError for one value per group.
+    count = input.shape[0] * input.shape[1] // num_groups
+    for n in input.shape[2:]:
+        count *= n
+    if count == 1:
+        raise ValueError("Expected more than 1 value per channel when training, got input size "
+                         f"{[input.shape[0] * input.shape[1] // num_groups, num_groups, *input.shape[2:]]}")
+    if isinstance(num_groups, bool) or not is_int(num_groups):
+        raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type_name(num_groups)}")
+    num_groups = int(num_groups)
+    check_optional_tensors(op, weight=weight, bias=bias)
+    eps = check_eps(eps, op)
+    if num_groups <= 0:
+        raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
+    if input.shape[1] % num_groups:
+        raise RuntimeError("Expected number of channels in input to be divisible by num_groups, but got input of "
+                           f"shape {list(input.shape)} and num_groups={num_groups}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if isinstance(t, torch.Tensor) and (t.dim() != 1 or t.numel() != input.shape[1]):
+            raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of channels in input, "
+                               f"but got {name} of shape {list(t.shape)} and input of shape {list(input.shape)}")
+    check_norm_params(input, op, weight=weight, bias=bias)
+    code = norm_activation(activation, negative_slope, op)
+    check_norm_dtype(input, op)
+    return num_groups, eps, code

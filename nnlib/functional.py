@@ -17,10 +17,9 @@ from kernels import norm as _norm
 from kernels import pool as _pool
 from kernels._runtime import backend, check_same_device
 
-from ._checks import (as_float32, check_activation_input, check_batch_norm, check_conv2d, check_eps, check_inplace,
-                      check_instance_norm, check_max_pool2d, check_norm_dtype, check_norm_input, check_norm_params,
-                      check_optional_tensors, conv_activation, int_items, is_int, norm_activation, pool_activation,
-                      scalar, type_name)
+from ._checks import (as_float32, check_activation_input, check_batch_norm, check_conv2d, check_group_norm,
+                      check_inplace, check_instance_norm, check_layer_norm, check_max_pool2d, conv_activation,
+                      pool_activation, scalar, type_name)
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
@@ -304,28 +303,8 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(layer_norm, (input, weight, bias), input, normalized_shape, weight, bias, eps,
                                      activation=activation, negative_slope=negative_slope)
-    op = "layer_norm"
-    check_norm_input(input, op)
-    eps = check_eps(eps, op)
-    if not isinstance(normalized_shape, (tuple, list, torch.Size)):
-        raise TypeError(f"{op}(): argument 'normalized_shape' must be tuple of ints, not "
-                        f"{type_name(normalized_shape)}")
-    shape = [int(n) for n in int_items(normalized_shape, op, "normalized_shape")]
-    check_optional_tensors(op, weight=weight, bias=bias)
-    if not shape:
-        raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
-                           f"element, but got normalized_shape = {shape}")
-    if input.dim() < len(shape) or list(input.shape[input.dim() - len(shape):]) != shape:
-        raise RuntimeError(f"Given normalized_shape={shape}, expected input with shape [*, "
-                           f"{', '.join(map(str, shape))}], but got input of size{list(input.shape)}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if isinstance(t, torch.Tensor) and list(t.shape) != shape:
-            raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
-                               f"{list(t.shape)} and normalized_shape = {shape}")
-    input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)
-    check_norm_params(input, op, weight=weight, bias=bias)
-    code = norm_activation(activation, negative_slope, op)
-    check_norm_dtype(input, op)
+    input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)   # casts raise nothing: checks after
+    shape, eps, code = check_layer_norm((input, weight, bias), (normalized_shape, eps, activation, negative_slope))
     if _on_torch_path(input):
         return _torch_epilogue(F.layer_norm(input, shape, weight, bias, eps), activation, negative_slope)
     return _norm.layer_norm(input, shape, weight, bias, eps, code, float(negative_slope))
@@ -339,36 +318,8 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(group_norm, (input, weight, bias), input, num_groups, weight, bias, eps,
                                      activation=activation, negative_slope=negative_slope)
-    op = "group_norm"
-    check_norm_input(input, op, attribute_error=True)
-    if input.dim() < 2:
-        raise RuntimeError(f"Expected at least 2 dimensions for input tensor but received {input.dim()}")
-    # torch's Python divides by num_groups before its parser checks the type: the
-    # same ZeroDivisionError for 0 or False, ValueError for one value per group.
-    count = input.shape[0] * input.shape[1] // num_groups
-    for n in input.shape[2:]:
-        count *= n
-    if count == 1:
-        raise ValueError("Expected more than 1 value per channel when training, got input size "
-                         f"{[input.shape[0] * input.shape[1] // num_groups, num_groups, *input.shape[2:]]}")
-    if isinstance(num_groups, bool) or not is_int(num_groups):
-        raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type_name(num_groups)}")
-    num_groups = int(num_groups)
-    check_optional_tensors(op, weight=weight, bias=bias)
-    eps = check_eps(eps, op)
-    if num_groups <= 0:
-        raise RuntimeError(f"Expected num groups to be greater than 0, got {num_groups}")
-    if input.shape[1] % num_groups:
-        raise RuntimeError("Expected number of channels in input to be divisible by num_groups, but got input of "
-                           f"shape {list(input.shape)} and num_groups={num_groups}")
-    for name, t in (("weight", weight), ("bias", bias)):
-        if isinstance(t, torch.Tensor) and (t.dim() != 1 or t.numel() != input.shape[1]):
-            raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of channels in input, "
-                               f"but got {name} of shape {list(t.shape)} and input of shape {list(input.shape)}")
-    input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)
-    check_norm_params(input, op, weight=weight, bias=bias)
-    code = norm_activation(activation, negative_slope, op)
-    check_norm_dtype(input, op)
+    input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)   # casts raise nothing: checks after
+    num_groups, eps, code = check_group_norm((input, weight, bias), (num_groups, eps, activation, negative_slope))
     if _on_torch_path(input):
         return _torch_epilogue(F.group_norm(input, num_groups, weight, bias, eps), activation, negative_slope)
     return _norm.group_norm(input, num_groups, weight, bias, eps, code, float(negative_slope))

@@ -929,12 +929,11 @@ def test_bad_arguments_raise_and_write_nothing(name, device):
 
 
 def test_checks_after_a_good_call_of_the_same_shapes(device):
-    """batch_norm's and instance_norm's checks run once per call signature
-    (``checks_once``): after a good call, a call that differs from it in anything
-    a check reads (a dtype, a parameter's size, running stats that require grad
-    in grad mode, a flag's type, a value, the extras) is still refused with
-    torch's class (nnlib's for its extras), and the good call still passes, under
-    no_grad too."""
+    """Each norm's checks run once per call signature (``checks_once``): after a
+    good call, a call that differs from it in anything a check reads (a dtype, a
+    parameter's size, running stats that require grad in grad mode, a flag's type,
+    a value, the extras) is still refused with torch's class (nnlib's for its
+    extras), and the good call still passes, under no_grad too."""
     x = torch.randn(2, 6, 5, device=device)
     ones = functools.partial(torch.ones, device=device)
     w, b = ones(6), ones(6)
@@ -967,6 +966,17 @@ def test_checks_after_a_good_call_of_the_same_shapes(device):
                             "input": x.int()}.items():
             check_raises_like_torch(lambda **kw: F.instance_norm(**kw), lambda **kw: TF.instance_norm(**kw), (),
                                     {**good, name: value}, unchanged=(rm, rv))
+    w2 = ones(6, 5)
+    for norm, good, bad in [
+            ("group_norm", dict(input=x, num_groups=3, weight=w, bias=b, eps=1e-5),
+             dict(num_groups=True, eps="x", weight=w.double(), bias=ones(5), input=x.int())),
+            ("layer_norm", dict(input=x, normalized_shape=(6, 5), weight=w2, bias=w2, eps=1e-5),
+             dict(normalized_shape=[6, 4], eps="x", weight=w2.double(), bias=ones(5), input=x.int()))]:
+        for _ in range(2):
+            getattr(F, norm)(**good)
+            for name, value in bad.items():
+                check_raises_like_torch(lambda **kw: getattr(F, norm)(**kw), lambda **kw: getattr(TF, norm)(**kw), (),
+                                        {**good, name: value})
 
 
 def test_cached_checks_keep_the_sign_of_zero():
