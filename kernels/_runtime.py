@@ -281,11 +281,11 @@ def bind_config(tuner, grid, leading: int, constexprs: dict, config):
     ...) as keywords, on ``grid`` (a tuple, or a function of the meta-parameters
     evaluated here, once): the launch the autotuner makes with that config,
     without its ~16 us of Python."""
-    options = {**constexprs, **config.all_kwargs()}
+    meta = {**constexprs, **config.all_kwargs()}
     names = list(kernel_parameters(tuner.fn))
-    values = {name: options.pop(name) for name in names[leading:] if name in options}
-    fixed = grid({**constexprs, **config.all_kwargs()}) if callable(grid) else grid
-    return _bind(tuner.fn, fixed, tuple(names[:leading]), options, values)
+    values = {name: meta[name] for name in names[leading:] if name in meta}
+    options = {name: value for name, value in meta.items() if name not in values}
+    return _bind(tuner.fn, grid(meta) if callable(grid) else grid, tuple(names[:leading]), options, values)
 
 
 def _bind(kernel, grid, pointers: tuple, options: dict, values: dict):

@@ -19,7 +19,7 @@ import torch
 from kernels import activation as _act
 from kernels import pool as _pool
 from kernels._library import tracing
-from kernels._runtime import PLAN_CACHE_SIZE, check_same_device, plan_cache
+from kernels._runtime import PLAN_CACHE_SIZE, check_same_device
 
 
 # ---------------------------------------------------------------------------
@@ -304,47 +304,22 @@ def _plain(value):
     return None
 
 
+@checks_once
 def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
-    """torch's checks and exception classes; returns (stride, (top, left, bottom,
-    right) padding, dilation, groups). A call whose arguments are plain
-    (``_plain``; padding may be a string) is checked once per distinct sizes,
-    dtypes, devices and arguments (``plan_cache``, which also checks calls under
-    torch.compile each time); the others each time, in torch's order."""
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"conv2d(): argument 'input' must be Tensor, not {type_name(input)}")
-    if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"conv2d(): argument 'weight' must be Tensor, not {type_name(weight)}")
-    if bias is None:
-        bias_meta = None, None, None
-    elif isinstance(bias, torch.Tensor):
-        bias_meta = bias.shape, bias.dtype, bias.device
-    else:
-        raise TypeError(f"conv2d(): argument 'bias' must be Tensor, not {type_name(bias)}")
-    tensors = (input.shape, weight.shape, input.dtype, weight.dtype, input.device, weight.device, *bias_meta)
-    plain = (_plain(stride), padding if type(padding) is str else _plain(padding), _plain(dilation),
-             groups if type(groups) is int else None)
-    if None in plain:
-        return _check_conv(*tensors, stride, padding, dilation, groups)
-    return _cached_conv_check(*tensors, *plain)
-
-
-def _check_conv(input_shape, weight_shape, input_dtype, weight_dtype, input_device, weight_device, bias_shape,
-                bias_dtype, bias_device, stride, padding, dilation, groups):
-    """check_conv2d's checks after the tensors' types, in torch's order: the
+    """torch's checks and exception classes, in torch's order: the tensors' and
     arguments' types (TypeError), the ranks, the arguments' values, the devices,
-    then sizes and dtypes (RuntimeError); returns its result."""
+    then sizes and dtypes (RuntimeError); returns (stride, (top, left, bottom,
+    right) padding, dilation, groups)."""
+    for name, t in (("input", input), ("weight", weight), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) and (t is not None or name != "bias"):
+            raise TypeError(f"conv2d(): argument '{name}' must be Tensor, not {type_name(t)}")
     items = _conv_arg_types(stride, padding, dilation, groups)
-    _check_conv_ranks(input_shape, weight_shape)
-    parsed = _conv_arg_values(items, padding, int(groups), tuple(weight_shape[2:]))
-    for name, device in (("weight", weight_device), ("bias", bias_device)):
-        if device is not None and device != input_device:
-            raise RuntimeError(f"conv2d(): expected all tensors to be on the same device, but '{name}' is on "
-                               f"{device} and 'input' is on {input_device}")
-    return _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bias_shape, bias_dtype,
+    _check_conv_ranks(input.shape, weight.shape)
+    parsed = _conv_arg_values(items, padding, int(groups), tuple(weight.shape[2:]))
+    check_same_device("conv2d", input=input, weight=weight, bias=bias)
+    return _check_conv_shapes(input.shape, weight.shape, input.dtype, weight.dtype,
+                              None if bias is None else bias.shape, None if bias is None else bias.dtype,
                               isinstance(padding, str), *parsed)
-
-
-_cached_conv_check = plan_cache(_check_conv)
 
 
 def _check_conv_shapes(input_shape, weight_shape, input_dtype, weight_dtype, bias_shape, bias_dtype,

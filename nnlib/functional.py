@@ -167,7 +167,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _FLOAT_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, negative_slope)
-    checked = check_conv2d(input, weight, bias, stride, padding, dilation, groups)
+    checked = check_conv2d((input, weight, bias), (stride, padding, dilation, groups))
     if _conv_past_int32(input, checked[1]):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, negative_slope)

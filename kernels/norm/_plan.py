@@ -93,8 +93,9 @@ def _mergeable(layouts, lead: int, chan: int) -> bool:
 
 
 def mergeable(t: torch.Tensor, geom: Geometry) -> bool:
-    """True when the kernels can read ``t`` as (N, C, S) through strides (no copy)."""
-    return _mergeable((t,), geom.lead, geom.chan)
+    """True when the kernels can read ``t`` as (N, C, S) through strides (no copy):
+    always when ``t`` is contiguous, else per its layout (cached)."""
+    return t.is_contiguous() or _mergeable((t,), geom.lead, geom.chan)
 
 
 def ncs_views(layouts, geom: Geometry):

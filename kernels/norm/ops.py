@@ -472,7 +472,7 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
 
 def _readable(t, geom: Geometry):
     """t, or one contiguous copy when the kernels cannot read it through strides."""
-    return t if t is None or t.is_contiguous() or mergeable(t, geom) else t.contiguous()
+    return t if t is None or mergeable(t, geom) else t.contiguous()
 
 
 def _channels(x, lead: int, chan: int) -> int:
