@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The one GPU check, in one device call of at most 9 minutes: environment report,
-# the whole test suite on CUDA (one autotune config per kernel), nnlib.selftest
-# --quick (autotuned: compiles more configs than the tests), then the quick
-# benchmark (autotuned for real).
+# The one GPU check, in one device call of at most 9.5 minutes: environment report,
+# direct launches against Triton's path (bench.launches), the whole test suite on
+# CUDA (one autotune config per kernel), nnlib.selftest --quick (autotuned: compiles
+# more configs than the tests), then the quick benchmark (autotuned for real).
 # Each step is time-boxed, so a hang in one still leaves the others' results in the
 # folder given as first argument.
 #   bash bench/gpu_check.sh OUTDIR [bench args, e.g. --ops conv2d]
@@ -37,9 +37,17 @@ rc=0
 # kernel specialisations (counted under the interpreter, 2026-11-29), some 0.5 s of one core each to
 # compile (sm_90, this project's CPU), so one worker per core of the device's 16.
 # A test that hangs (a kernel that never returns) loses its worker after 120 s, not the summary.
+# Direct launches (a bound launch straight to Triton's compiled kernel) against JITFunction.run: host time
+# per call, and the same bits; if they differ or fail, the rest runs with Triton's path
+# (NNLIB_DIRECT_LAUNCH=0) and the summary says so.
+if ! step launches 45 env NNLIB_AUTOTUNE=0 $PY -m bench.launches "$out"; then
+  rc=1
+  export NNLIB_DIRECT_LAUNCH=0
+  echo "launches: failed; the steps below run with NNLIB_DIRECT_LAUNCH=0" | tee -a "$out/summary.txt"
+fi
 step tests 240 env NNLIB_AUTOTUNE=0 $PY -m pytest tests -q -n 16 -p no:cacheprovider --ignore=tests/test_compile.py \
   --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 || rc=1
-step selftest 120 $PY -m nnlib.selftest --quick || rc=1
+step selftest 105 $PY -m nnlib.selftest --quick || rc=1
 # Suites in the order that keeps most rows if the box ends early: each case's row is written as it
 # ends; the cheap suites first, then conv (a row per case), then the ResNet-50 step (one row, which
 # reuses conv's compiled kernels).

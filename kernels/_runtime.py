@@ -15,6 +15,8 @@ helpers that every op shares.
   through a launcher ``bind`` made, for plans that fix a launch's arguments once)
   and is counted, so tests can prove that a Triton kernel ran; ``dry_run()``
   counts launches without running them (the host benchmark times our Python).
+  On a GPU a bound launch calls the kernel Triton compiled for it straight,
+  past ``JITFunction.run`` (``NNLIB_DIRECT_LAUNCH=0``: always through it).
 * ``plan_cache(build)``: a value that depends only on its key (a launch plan:
   what a launch's sizes, strides, flags and arguments decide; a check of
   sizes) built once per distinct key; every op caches its plans this way.
@@ -48,6 +50,11 @@ __all__ = [
 # Triton reads TRITON_INTERPRET once, when it is imported (so does nnlib).
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _AUTOTUNING = os.environ.get("NNLIB_AUTOTUNE", "1") not in ("", "0")
+_DIRECT = not _INTERPRETING and os.environ.get("NNLIB_DIRECT_LAUNCH", "1") not in ("", "0")
+try:        # Triton's CUDA driver reads the current device and stream as torch has them
+    from torch._C import _cuda_getCurrentRawStream as _current_stream, _cuda_getDevice as _current_device
+except ImportError:     # a CPU build of torch: nothing launches on a GPU
+    _DIRECT = False
 
 
 def interpreting() -> bool:
@@ -254,11 +261,14 @@ def launch(kernel, grid, *args, **kwargs):
 
 def _run(kernel, name: str, grid, args: tuple, options: dict):
     """Count, then (unless ``dry_run``) launch ``kernel[grid](*args, **options)``."""
+    return kernel[grid](*args, **options) if _counted(name) else None
+
+
+def _counted(name: str) -> bool:
+    """Count a launch of kernel ``name``; False under ``dry_run`` (do not launch)."""
     for counter in _counters:
         counter.counts[name] += 1
-    if _dry_run:
-        return None
-    return kernel[grid](*args, **options)
+    return not _dry_run
 
 
 def bind(kernel, grid, pointers: tuple, num_warps: int, **values):
@@ -298,9 +308,45 @@ def _bind(kernel, grid, pointers: tuple, options: dict, values: dict):
     name = _cached_name(kernel)
     grid = _checked_grid(name, grid)
     fixed = tuple(values[n] for n in names[len(pointers):])
+    if _DIRECT and isinstance(grid, tuple):
+        return _direct(kernel, name, grid, fixed, options)
 
     def run(*tensors):
         return _run(kernel, name, grid, tensors + fixed, options)
+    return run
+
+
+DIRECT_LAUNCHERS = 16       # specialisations kept per bound launch (more go through JITFunction.run)
+
+
+def _direct(kernel, name: str, grid: tuple, fixed: tuple, options: dict):
+    """A bound launch's ``run(*leading)`` on a GPU: the first call of each
+    specialisation, (current device, each leading tensor's dtype and whether its
+    address is a multiple of 16), goes through ``JITFunction.run``, which compiles
+    or finds the kernel for all the arguments' specialisation and returns it; later
+    calls go straight to that kernel's launcher (``CompiledKernel[grid]``, the
+    launch ``JITFunction.run`` makes, with the same launch hooks), past the ~10 us
+    of Python with which Triton re-derives the specialisation and its cache key
+    from ~40 arguments at every call (issue #6064 of triton-lang/triton). Tensors
+    are all a bound launch's leading arguments can specialise by: its other
+    arguments, ints its plan fixed and floats (never specialised), take the same
+    specialisation at every call (tests/test_runtime.py checks this against
+    Triton's own specialisation of each launch)."""
+    grid3 = (*grid, 1, 1)[:3]
+    launchers: dict = {}
+
+    def run(*leading):
+        if not _counted(name):
+            return None
+        device = _current_device()
+        key = (device, *[(t.dtype, t.data_ptr() % 16 == 0) for t in leading if isinstance(t, torch.Tensor)])
+        launcher = launchers.get(key)
+        if launcher is not None:
+            return launcher(*leading, *fixed, stream=_current_stream(device))
+        compiled = kernel[grid](*leading, *fixed, **options)
+        if compiled is not None and len(launchers) < DIRECT_LAUNCHERS:
+            launchers[key] = compiled[grid3]
+        return compiled
     return run
 
 

@@ -12,8 +12,8 @@ import triton.language as tl
 
 import nnlib
 import nnlib.functional as F
-from kernels._runtime import (autotune, count_launches, interpreting, is_dense, launch, max_offset, merge_dims,
-                              needs_int64, view_3d)
+from kernels._runtime import (autotune, clear_plan_caches, count_launches, interpreting, is_dense, launch, max_offset,
+                              merge_dims, needs_int64, view_3d)
 
 
 def test_autotune_gating():
@@ -201,3 +201,85 @@ def test_interpreter_under_triton_3_6():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([path, root])}
     proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def _specialisation(args) -> tuple:
+    """Triton's specialisation of a launch's arguments (what ``JITFunction.run``
+    compiles a kernel for): a tensor's dtype and 16-byte alignment, an int's
+    divisibility by 16 (1 as a constant), a float's type; other values as they are."""
+    from triton._C.libtriton import native_specialize_impl
+    from triton.backends.compiler import BaseBackend
+    return tuple(native_specialize_impl(BaseBackend, a, False, True, True)
+                 if a is None or isinstance(a, (torch.Tensor, int, float)) else a for a in args)
+
+
+@pytest.fixture
+def direct_launches(monkeypatch):
+    """The GPU's direct launches (``kernels._runtime._direct``), simulated in the
+    interpreter: a launch through the jitted kernel returns a stand-in for the
+    kernel Triton compiled, which remembers Triton's specialisation of that launch;
+    its launcher asserts that every launch it takes has the same, then runs it.
+    Yields the names of the kernels launched directly."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from kernels import _runtime
+    run, direct = InterpretedFunction.run, []
+
+    class Compiled:
+        def __init__(self, fn, args, options):
+            self.fn, self.specialisation, self.options = fn, _specialisation(args), options
+
+        def __getitem__(self, grid):
+            def launcher(*args, stream):
+                assert stream == "stream of 0"
+                assert _specialisation(args) == self.specialisation, f"{self.fn.__name__}: another specialisation"
+                direct.append(self.fn.__name__)
+                run(self.fn, *args, grid=grid, warmup=False, **self.options)
+            return launcher
+
+    def compiling_run(self, *args, grid, warmup, **options):
+        run(self, *args, grid=grid, warmup=warmup, **options)
+        return Compiled(self, args, options)
+    monkeypatch.setattr(InterpretedFunction, "run", compiling_run)
+    monkeypatch.setattr(_runtime, "_DIRECT", True)
+    monkeypatch.setattr(_runtime, "_current_device", lambda: 0, raising=False)
+    monkeypatch.setattr(_runtime, "_current_stream", lambda device: f"stream of {device}", raising=False)
+    clear_plan_caches()
+    try:
+        yield direct
+    finally:
+        clear_plan_caches()     # their launches are bound to the stand-ins
+
+
+def test_direct_launches_reuse_only_kernels_of_their_specialisation(direct_launches):
+    """On a GPU a bound launch (conv, norms) reuses the kernel Triton compiled for
+    an earlier call of the same specialisation, found by the tensors' dtypes and
+    alignment alone: calls of one plan in another dtype (a norm's plan is
+    dtype-blind) or at an address off 16 bytes take Triton's path and their own
+    kernel, and every direct launch has exactly the specialisation its kernel was
+    compiled for (ints fixed by its plan, floats free)."""
+    torch.manual_seed(0)
+    w = torch.randn(16, 16, 3, 3, requires_grad=True)
+    for slope in (0.1, 0.2, 0.1):
+        x = torch.randn(2, 16, 6, 5, requires_grad=True)
+        y = F.conv2d(x, w, padding=1, activation="leaky_relu", negative_slope=slope)
+        dx, dw = torch.autograd.grad(y.square().sum(), (x, w))
+        ref = TF.leaky_relu(TF.conv2d(x.double(), w.double(), padding=1), slope)
+        rdx, rdw = torch.autograd.grad(ref.square().sum(), (x, w))
+        for ours, theirs in ((y, ref), (dx, rdx), (dw, rdw)):
+            torch.testing.assert_close(ours.double(), theirs.double(), atol=1e-3, rtol=1e-4)
+    assert {"_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel", "_conv_wgrad_gemm_kernel"} <= set(direct_launches)
+    conv_launches = len(direct_launches)
+    storage = torch.randn(2 * 4 * 6 * 5 + 1)
+    inputs = [storage[:-1].view(2, 4, 6, 5), storage[:-1].view(2, 4, 6, 5).half(),
+              storage[1:].view(2, 4, 6, 5), storage[:-1].view(2, 4, 6, 5)]     # fp32, fp16, 4 bytes off, fp32
+    for x in inputs:
+        x = x.detach().requires_grad_()
+        weight = torch.randn(4, dtype=x.dtype, requires_grad=True)
+        y = F.batch_norm(x, None, None, weight, None, True)
+        dx, = torch.autograd.grad(y.float().square().sum(), x)
+        ref = TF.batch_norm(x.double(), None, None, weight.double(), None, True)
+        rdx, = torch.autograd.grad(ref.square().sum(), x)
+        tolerance = 2e-3 if x.dtype == torch.half else 1e-5
+        torch.testing.assert_close(y.double(), ref, atol=tolerance, rtol=tolerance)
+        torch.testing.assert_close(dx.double(), rdx.double(), atol=tolerance * 10, rtol=tolerance * 10)
+    assert len(direct_launches) > conv_launches

@@ -1,0 +1,98 @@
+"""``python -m bench.launches [OUTDIR]``: on a GPU, a bound launch's host time
+straight to the kernel Triton compiled (``kernels._runtime._direct``, the default)
+against through ``JITFunction.run`` (``NNLIB_DIRECT_LAUNCH=0``), and that both
+give the same bits.
+
+Calls small enough that the host, not the GPU, sets their pace (a 3x3 conv2d and
+a batch-norm training step on 2x64x8x8, channels_last, fp16), each timed as the
+least of five means over 200 calls, with the plans built with direct launches on,
+then off. Prints a table, writes ``launches.json`` to OUTDIR when given, exits 1
+when the two ways give different results. bench/gpu_check.sh runs it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import torch
+
+import nnlib.functional as F
+from kernels import _runtime
+
+CALLS = 200
+REPEATS = 5
+
+
+def _cases():
+    """name -> call returning the tensors to compare."""
+    torch.manual_seed(0)
+    cl = torch.channels_last
+    x = torch.randn(2, 64, 8, 8, device="cuda", dtype=torch.half).contiguous(memory_format=cl).requires_grad_()
+    w = torch.randn(64, 64, 3, 3, device="cuda", dtype=torch.half).contiguous(memory_format=cl).requires_grad_()
+    weight = torch.ones(64, device="cuda", dtype=torch.half, requires_grad=True)
+    bias = torch.zeros(64, device="cuda", dtype=torch.half, requires_grad=True)
+
+    def conv_forward():
+        with torch.no_grad():
+            return [F.conv2d(x, w, padding=1)]
+
+    def conv_step():
+        y = F.conv2d(x, w, padding=1)
+        return [y, *torch.autograd.grad(y.float().square().sum(), (x, w))]
+
+    def batch_norm_step():
+        y = F.batch_norm(x, None, None, weight, bias, True, activation="relu")
+        return [y, *torch.autograd.grad(y.float().square().sum(), (x, weight, bias))]
+    return {"conv2d 3x3 forward": conv_forward, "conv2d 3x3 forward+backward": conv_step,
+            "batch_norm + relu train forward+backward": batch_norm_step}
+
+
+def _measure(direct: bool) -> dict:
+    """name -> (outputs, us per call) with direct launches on or off."""
+    _runtime._DIRECT = direct
+    _runtime.clear_plan_caches()
+    results = {}
+    for name, call in _cases().items():
+        outputs = call()            # compiles, tunes, binds
+        call()
+        torch.cuda.synchronize()
+        best = float("inf")
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            for _ in range(CALLS):
+                call()
+            torch.cuda.synchronize()
+            best = min(best, (time.perf_counter() - start) / CALLS)
+        results[name] = ([t.detach().clone() for t in outputs], best * 1e6)
+    return results
+
+
+def main(argv: list[str]) -> int:
+    if not torch.cuda.is_available():
+        print("bench.launches: no CUDA GPU (direct launches exist only there)")
+        return 0
+    direct_on = _runtime._DIRECT
+    try:
+        direct, through = _measure(True), _measure(False)
+    finally:
+        _runtime._DIRECT = direct_on
+        _runtime.clear_plan_caches()
+    rows, same_everywhere = [], True
+    print(f"{torch.cuda.get_device_name()}: us per call (wall over {CALLS} calls, least of {REPEATS})")
+    print("| case | direct | JITFunction.run | same results |\n|---|---|---|---|")
+    for name in direct:
+        (ours, direct_us), (theirs, through_us) = direct[name], through[name]
+        same = all(torch.equal(a, b) for a, b in zip(ours, theirs))
+        same_everywhere &= same
+        rows.append({"case": name, "direct_us": direct_us, "jit_run_us": through_us, "same": same})
+        print(f"| {name} | {direct_us:.1f} | {through_us:.1f} | {same} |")
+    if argv:
+        with open(os.path.join(argv[0], "launches.json"), "w") as f:
+            json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+    return 0 if same_everywhere else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
