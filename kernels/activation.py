@@ -21,7 +21,8 @@ import triton.language as tl
 
 from ._reduce import sum_partials
 from ._library import Operator, tracing
-from ._runtime import CompileCase, cdiv, interpreting, is_dense, launch, next_power_of_2, view_3d
+from ._runtime import (CompileCase, bind, cdiv, interpreting, is_dense, kernel_parameters, launch,
+                       next_power_of_2, plan_cache, view_3d)
 
 # The activation codes, one definition: constexpr globals for the kernels; host
 # code uses their ``.value`` (plain ints; ``ACTIVATIONS`` maps the names).
@@ -66,7 +67,7 @@ def activation_grad(grad, v, ACTIVATION: tl.constexpr, negative_slope):
 # Kernels
 
 @triton.jit
-def _activation_fwd_kernel(x_ptr, y_ptr, n_elements, negative_slope,
+def _activation_fwd_kernel(x_ptr, y_ptr, negative_slope, n_elements,
                            ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
     """x, y: flat dense storage of n_elements. y = act(x), computed in fp32
     (integer x for relu stays integer). Full blocks go unmasked, so that their
@@ -90,7 +91,7 @@ def _activation_fwd_block(x_ptr, y_ptr, offs, mask, negative_slope, ACTIVATION: 
 
 
 @triton.jit
-def _activation_bwd_kernel(grad_ptr, v_ptr, grad_in_ptr, n_elements, negative_slope,
+def _activation_bwd_kernel(grad_ptr, v_ptr, grad_in_ptr, negative_slope, n_elements,
                            ACTIVATION: tl.constexpr, BLOCK: tl.constexpr):
     """grad, v, grad_in: flat dense storage of n_elements, one layout.
     grad_in = grad * act'(v), v the saved input (or output); blocks as in the forward."""
@@ -187,13 +188,22 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t).copy_(t)
 
 
+@plan_cache
+def _flat_launch(kernel, n: int, activation: int):
+    """``run(*tensors, negative_slope)``: ``kernel`` (the forward or backward) over n
+    elements, bound once per (n, activation); its leading arguments are the tensors
+    and the slope (a float, which a kernel's specialisation ignores)."""
+    block = _flat_block(n)
+    names = list(kernel_parameters(kernel))
+    leading = tuple(names[:names.index("negative_slope") + 1])
+    return bind(kernel, (cdiv(n, block),), leading, 4, n_elements=n, ACTIVATION=activation, BLOCK=block)
+
+
 def _launch_activation(src: torch.Tensor, dst: torch.Tensor, activation: int, negative_slope: float) -> None:
     """dst = act(src), both dense with the same strides."""
     n = src.numel()
     if n:
-        block = _flat_block(n)
-        launch(_activation_fwd_kernel, (cdiv(n, block),), src, dst, n, negative_slope,
-               ACTIVATION=activation, BLOCK=block)
+        _flat_launch(_activation_fwd_kernel, n, activation)(src, dst, float(negative_slope))
 
 
 def activation_forward(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
@@ -225,9 +235,7 @@ def activation_backward(grad: torch.Tensor, saved: torch.Tensor, activation: int
     grad_in = torch.empty_like(saved)
     n = saved.numel()
     if n:
-        block = _flat_block(n)
-        launch(_activation_bwd_kernel, (cdiv(n, block),), grad, saved, grad_in, n,
-               negative_slope, ACTIVATION=activation, BLOCK=block)
+        _flat_launch(_activation_bwd_kernel, n, activation)(grad, saved, grad_in, float(negative_slope))
     return grad_in
 
 

@@ -20,15 +20,15 @@ input's suggested memory format, as torch (channels_last in, channels_last out).
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from ._library import Operator
-from ._runtime import (CompileCase, cdiv, interpreting, launch, memory_format_of, needs_int64, next_power_of_2,
-                       offsets_need_int64, plan_cache, suggest_memory_format)
+from ._runtime import (CompileCase, bind, cdiv, interpreting, kernel_parameters, launch, memory_format_of,
+                       needs_int64, next_power_of_2, offsets_need_int64, plan_cache, suggest_memory_format)
 from .activation import activation_grad, activation_grad_op, apply_activation
 
 __all__ = ["INDEX_NONE", "INDEX_LOCAL", "INDEX_FLAT", "output_shape", "max_pool2d_op", "max_pool2d_backward_op",
@@ -284,9 +284,7 @@ def _outputs(shape, strides, kernel, stride, padding, dilation, ceil_mode: bool,
 class _ForwardPlan(NamedTuple):
     """A forward launch, computed from the call's geometry once (cached)."""
     outputs: _Outputs
-    grid: tuple
-    launch_args: tuple       # (N, C, H, W, OH, OW, *x strides, *y strides, pad_h, pad_w)
-    constexprs: dict
+    launch: Callable         # launch(x, y, idx): the kernel, every other argument bound
 
 
 @plan_cache
@@ -299,11 +297,22 @@ def _forward_plan(shape: tuple, strides: tuple, kernel: tuple, stride: tuple, pa
     y4_strides = torch.empty((N, C, OH, OW), device="meta", memory_format=outputs.memory_format).stride()
     tiling = _tiles(OH * OW, N, C, outputs.memory_format == torch.channels_last, vectors=True)
     index_64 = offsets_need_int64(x4_shape, x4_strides) or offsets_need_int64((N, C, OH, OW), y4_strides)
-    constexprs = dict(KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-                      INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64, MERGE_N=tiling.merge_n,
-                      BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c, num_warps=tiling.num_warps)
-    return _ForwardPlan(outputs, (tiling.programs,), (N, C, H, W, OH, OW, *x4_strides, *y4_strides, *padding),
-                        constexprs)
+    sizes = (N, C, H, W, OH, OW, *x4_strides, *y4_strides, *padding)
+    run = bind(_max_pool2d_fwd_kernel, (tiling.programs,), _FWD_POINTERS, tiling.num_warps,
+               **_named(_max_pool2d_fwd_kernel, sizes), KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
+               DH=dilation[0], DW=dilation[1], INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64,
+               MERGE_N=tiling.merge_n, BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c)
+    return _ForwardPlan(outputs, run)
+
+
+_FWD_POINTERS = ("x_ptr", "y_ptr", "idx_ptr")
+_BWD_POINTERS = ("grad_ptr", "idx_ptr", "grad_x_ptr")
+
+
+def _named(kernel, sizes: tuple) -> dict:
+    """The sizes, strides and padding a pool kernel takes after its three
+    pointers, by parameter name."""
+    return dict(zip(list(kernel_parameters(kernel))[3:], sizes))
 
 
 def _forward_buffers(x: torch.Tensor, outputs: _Outputs):
@@ -325,8 +334,7 @@ def max_pool2d_forward(x: torch.Tensor, kernel: list[int], stride: list[int], pa
                          ceil_mode, index_mode, activation)
     y, idx = _forward_buffers(x, plan.outputs)
     if y.numel():
-        launch(_max_pool2d_fwd_kernel, plan.grid, x, y, y if plan.outputs.idx_dtype is None else idx,
-               *plan.launch_args, **plan.constexprs)
+        plan.launch(x, y, y if plan.outputs.idx_dtype is None else idx)
     return y, idx
 
 
@@ -349,15 +357,28 @@ def max_pool2d_backward(grad: torch.Tensor, idx: torch.Tensor, input_size: list[
             grad, idx, grad_x4 = grad.unsqueeze(0), idx.unsqueeze(0), grad_x.unsqueeze(0)
         else:
             grad_x4 = grad_x
-        N, C, OH, OW = idx.shape
-        H, W = input_size[-2:]
-        tiling = _tiles(H * W, N, C, channels_last)
-        launch(_max_pool2d_bwd_kernel, (tiling.programs,), grad, idx, grad_x4, N, C, H, W, OH, OW,
-               *grad.stride(), *idx.stride(), *grad_x4.stride(), *padding,
-               KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(grad, idx, grad_x4),
-               MERGE_N=tiling.merge_n, BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c, num_warps=tiling.num_warps)
+        _backward_launch(idx.shape, grad.stride(), idx.stride(), idx.dtype == torch.int64, grad_x4.shape,
+                         grad_x4.stride(), channels_last, tuple(kernel), tuple(stride), tuple(padding),
+                         tuple(dilation))(grad, idx, grad_x4)
     return grad_x
+
+
+@plan_cache
+def _backward_launch(shape: tuple, grad_strides: tuple, idx_strides: tuple, flat_index: bool, x_shape: tuple,
+                     x_strides: tuple, channels_last: bool, kernel: tuple, stride: tuple, padding: tuple,
+                     dilation: tuple):
+    """``launch(grad, idx, grad_x)`` of the backward kernel for these layouts (4-D:
+    idx's shape, which grad has too, and grad_x's), every other argument bound."""
+    N, C, OH, OW = shape
+    H, W = x_shape[-2:]
+    tiling = _tiles(H * W, N, C, channels_last)
+    index_64 = (offsets_need_int64(shape, grad_strides) or offsets_need_int64(shape, idx_strides)
+                or offsets_need_int64(x_shape, x_strides))
+    sizes = (N, C, H, W, OH, OW, *grad_strides, *idx_strides, *x_strides, *padding)
+    return bind(_max_pool2d_bwd_kernel, (tiling.programs,), _BWD_POINTERS, tiling.num_warps,
+                **_named(_max_pool2d_bwd_kernel, sizes), KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
+                DH=dilation[0], DW=dilation[1], FLAT_INDEX=flat_index, INDEX_64=index_64, MERGE_N=tiling.merge_n,
+                BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c)
 
 
 def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, kernel: list[int], stride: list[int],

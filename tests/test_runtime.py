@@ -251,7 +251,7 @@ def direct_launches(monkeypatch):
 
 
 def test_direct_launches_reuse_only_kernels_of_their_specialisation(direct_launches):
-    """On a GPU a bound launch (conv, norms) reuses the kernel Triton compiled for
+    """On a GPU a bound launch (conv, norms, activations, max pool) reuses the kernel Triton compiled for
     an earlier call of the same specialisation, found by the tensors' dtypes and
     alignment alone: calls of one plan in another dtype (a norm's plan is
     dtype-blind) or at an address off 16 bytes take Triton's path and their own
@@ -283,3 +283,13 @@ def test_direct_launches_reuse_only_kernels_of_their_specialisation(direct_launc
         torch.testing.assert_close(y.double(), ref, atol=tolerance, rtol=tolerance)
         torch.testing.assert_close(dx.double(), rdx.double(), atol=tolerance * 10, rtol=tolerance * 10)
     assert len(direct_launches) > conv_launches
+    for x, slope in zip(inputs, (0.1, 0, 0.1, 0.2)):
+        x = x.detach().requires_grad_()
+        y = F.max_pool2d(F.leaky_relu(x, slope), 2)
+        dx, = torch.autograd.grad(y.float().square().sum(), x)
+        ref = TF.max_pool2d(TF.leaky_relu(x.double(), slope), 2)
+        rdx, = torch.autograd.grad(ref.square().sum(), x)
+        torch.testing.assert_close(y.double(), ref, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(dx.double(), rdx.double(), atol=1e-2, rtol=1e-3)
+    assert {"_activation_fwd_kernel", "_activation_bwd_kernel", "_max_pool2d_fwd_kernel",
+            "_max_pool2d_bwd_kernel"} <= set(direct_launches)

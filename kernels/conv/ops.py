@@ -56,8 +56,9 @@ from triton.runtime import _allocation as triton_allocation
 
 from .._library import Operator
 from .._reduce import tickets
-from .._runtime import (bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, launch, memory_format_of,
-                        merge_dims, next_power_of_2, offsets_need_int64, persistent, plan_cache)
+from .._runtime import (bind, bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, kernel_parameters,
+                        launch, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64, persistent,
+                        plan_cache)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
@@ -383,6 +384,14 @@ def _tuned_launch(kernel, grid, **constexprs):
     return run
 
 
+def _plain_launch(kernel, grid: tuple, leading: int, **constexprs):
+    """``run(*args)``: a plan's launches of the plain jitted ``kernel`` (4 warps) on
+    ``grid``, its first ``leading`` arguments passed at each call (tensors, then the
+    plan's own ints and the float slope: on a GPU only the tensors choose the
+    compiled kernel), the constexprs bound once (``bind``)."""
+    return bind(kernel, grid, tuple(kernel_parameters(kernel))[:leading], 4, **constexprs)
+
+
 def _direct_tiles(channels: int, pixels: int, element_size: int) -> tuple[int, int]:
     """(BLOCK_M, BLOCK_N) of the direct kernels over ``pixels`` rows: up to 32
     channels by pixels for a 2 KB tile on a GPU, 1024 elements of 2 bytes or 512 of
@@ -546,10 +555,11 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
                     *y.strides)
             common.update(BLOCK_M=block_m, BLOCK_N=block_n)
 
+        direct = _plain_launch(kernel, grid, 4 + len(args) + 1, **common)
+
         def run(x, w, b, negative_slope):
             y = new_output()
-            launch(kernel, grid, x, w, y if b is None else b.contiguous(), y, *args, negative_slope, num_warps=4,
-                   **common)
+            direct(x, w, y if b is None else b.contiguous(), y, *args, negative_slope)
             return y
         return run
     if path == "gemm" and fmt == torch.contiguous_format and _planar(geo, x) and _planar_grid_fits(geo):
@@ -711,9 +721,11 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
                     *dy.strides, *w.strides, *dx.strides)
             constexprs = dict(BLOCK_M=block_m, BLOCK_N=block_n)
 
+        direct = _plain_launch(kernel, grid, 3 + len(args), **constexprs)
+
         def run(dy, w, x_like):
             dx = new_output()
-            launch(kernel, grid, dy, w, dx, *args, num_warps=4, **constexprs)
+            direct(dy, w, dx, *args)
             return dx
         return run
     if path == "gemm" and _planar(geo, dy, dx) and _planar_grid_fits(geo):
@@ -800,9 +812,11 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
             constexprs = dict(TAPS=taps, BLOCK_M=block_m, BLOCK_N=block)
         workspace = _Workspace(programs * splits * taps * block if splits > 1 else 1, programs)
 
+        direct = _plain_launch(kernel, (programs, 1, splits), 5 + len(args), **constexprs)
+
         def run(dy, x, w_like):
             dw = new_output()
-            launch(kernel, (programs, 1, splits), dy, x, dw, *workspace(x.device), *args, num_warps=4, **constexprs)
+            direct(dy, x, dw, *workspace(x.device), *args)
             return dw
         return run
     if path == "gemm" and _planar(geo, dy, x):
@@ -934,14 +948,14 @@ def _output_grad_plan(dy: Operand, saved: Operand, switches: Switches, activatio
     splits = _splits(dy.device, k_tiles, cdiv(pixels, block_m))
     workspace = _Workspace(k_tiles * splits * block_n if splits > 1 else 1, k_tiles)
     args = (N, K, P, Q, float(negative_slope), *dy.strides, *saved.strides, *g.strides)
-    common = dict(ACTIVATION=activation, HAS_BIAS=bias_grad, PIXEL_VEC=_pixel_vec(dy, saved, g),
-                  BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4)
+    epilogue = _plain_launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), 6 + len(args), ACTIVATION=activation,
+                             HAS_BIAS=bias_grad, PIXEL_VEC=_pixel_vec(dy, saved, g), BLOCK_M=block_m,
+                             BLOCK_N=block_n)
 
     def run(dy, saved):
         g = new_g() if activation else dy
         db = new_db() if bias_grad else None
-        launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), dy, saved, g, dy if db is None else db,
-               *workspace(dy.device), *args, **common)
+        epilogue(dy, saved, g, dy if db is None else db, *workspace(dy.device), *args)
         return g, db
     return run
 
