@@ -126,6 +126,22 @@ def _unaliased(impl: Callable) -> Callable:
     return run
 
 
+def _as_torchs(setup_context: Callable, backward: Callable, num_inputs: int) -> tuple[Callable, Callable]:
+    """The formula as torch's own ops apply theirs: when no gradient reaches any
+    output (a later op gave none), no input gets one (None, where a Function would
+    pass zeros through its backward); otherwise ``backward`` runs, given None for
+    an output that got no gradient (grads are not materialized as zeros)."""
+    def setup(ctx, inputs, output):
+        ctx.set_materialize_grads(False)
+        setup_context(ctx, inputs, output)
+
+    def run(ctx, *grads):
+        if all(g is None for g in grads):
+            return (None,) * num_inputs
+        return backward(ctx, *grads)
+    return setup, run
+
+
 def _eager_function(name: str, impl: Callable, setup_context: Callable, backward: Callable):
     """A torch.autograd.Function running ``impl`` with the registered formula."""
     def forward(ctx, *args):
@@ -161,6 +177,7 @@ class Operator:
         self.tensor_args = tuple(i for i, a in enumerate(arguments)       # positions of Tensor and Tensor?
                                  if a.type.isSubtypeOf(torch._C.OptionalType.ofTensor()))
         if backward is not None:
+            setup_context, backward = _as_torchs(setup_context, backward, len(arguments))
             self.op.register_autograd(backward, setup_context=setup_context)
             self.function = _eager_function(name, impl, setup_context, backward)
             self.record = _FUNCTION_APPLY.__get__(None, self.function)

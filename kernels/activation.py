@@ -333,10 +333,12 @@ def _activation_grad_setup(ctx, inputs, output):
 
 
 def _activation_grad_backward(ctx, grad_grad):
-    """Linear in grad; act' is piecewise constant, so saved gets no gradient (as
-    torch's threshold_backward)."""
+    """Linear in grad; act' is piecewise constant, so saved gets a gradient of
+    zeros (as from torch's threshold_backward and leaky_relu_backward: zeros, not
+    none, so what saved came from gets zero gradients, not none, as in torch)."""
     (saved,) = ctx.saved_tensors
-    return activation_grad_op(grad_grad, saved, ctx.activation, ctx.negative_slope), None, None, None
+    zeros = torch.zeros_like(saved) if ctx.needs_input_grad[1] else None
+    return activation_grad_op(grad_grad, saved, ctx.activation, ctx.negative_slope), zeros, None, None
 
 
 activation_op = Operator("activation", activation_forward, fake=lambda x, a, s: torch.empty_like(_dense(x)),
@@ -358,10 +360,13 @@ class _InplaceActivation(torch.autograd.Function):
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
         ctx.activation, ctx.negative_slope = activation, negative_slope
+        ctx.set_materialize_grads(False)    # as the operators (kernels._library._as_torchs)
         return x
 
     @staticmethod
     def backward(ctx, grad):
+        if grad is None:
+            return None, None, None
         if ctx.activation == ACT_LEAKY_RELU.value and not ctx.negative_slope >= 0:     # NaN too, as torch
             raise RuntimeError(
                 "In-place leakyReLu backward calculation is triggered with a negative slope which is "
@@ -389,7 +394,7 @@ def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torc
     return x
 
 
-def _prelu_setup(ctx, inputs, output):
+def _save_inputs(ctx, inputs, output):
     ctx.save_for_backward(*inputs)
 
 
@@ -398,13 +403,6 @@ def _prelu_backward(ctx, grad):
     grad_x, grad_w = prelu_grad_op(grad, x, weight)
     return (grad_x if ctx.needs_input_grad[0] else None,
             grad_w if ctx.needs_input_grad[1] else None)
-
-
-def _prelu_grad_setup(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
-    # An output nobody differentiated gets None, not zeros: as in torch's formula,
-    # its term is absent (0 * x would be NaN at x = +-inf).
-    ctx.set_materialize_grads(False)
 
 
 def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
@@ -417,7 +415,10 @@ def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
     # torch's second-derivative formulas take x >= 0 as the positive side (its first
     # derivative counts x == 0 as negative; NaN is negative in both); follow them.
     negative = ~(x >= 0)
-    d_grad = d_x = d_w = None
+    d_grad = None
+    # Without the other incoming gradient, x and weight get zeros, not none (torch's formulas)
+    d_x = torch.zeros_like(x) if grad_grad_w is None and ctx.needs_input_grad[1] else None
+    d_w = torch.zeros_like(weight) if grad_grad_x is None and ctx.needs_input_grad[2] else None
     if grad_grad_x is not None:
         d_grad = grad_grad_x * torch.where(negative, weight.reshape(channel_shape), 1)
         dims = [d for d in range(x.dim()) if d != 1 or weight.numel() == 1]
@@ -431,11 +432,11 @@ def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
 
 
 prelu_op = Operator("prelu", prelu_forward, fake=lambda x, w: torch.empty_like(x),
-                    setup_context=_prelu_setup, backward=_prelu_backward)
+                    setup_context=_save_inputs, backward=_prelu_backward)
 prelu_grad_op = Operator("prelu_backward", prelu_backward,
                          fake=lambda g, x, w: (_prelu_grad_x_buffer(x).reshape(x.shape),
                                                 torch.empty(w.shape, dtype=w.dtype, device=w.device)),
-                         setup_context=_prelu_grad_setup, backward=_prelu_grad_backward)
+                         setup_context=_save_inputs, backward=_prelu_grad_backward)
 
 
 # ---------------------------------------------------------------------------

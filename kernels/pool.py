@@ -409,7 +409,6 @@ def _forward_setup(ctx, inputs, output):
     x, kernel, stride, padding, dilation, ceil_mode, index_mode, activation = inputs
     y, idx = output
     ctx.mark_non_differentiable(idx)
-    ctx.set_materialize_grads(False)     # no zeros for the indices' gradient
     ctx.window = (kernel, stride, padding, dilation)
     ctx.activation, ctx.has_indices = activation, index_mode != INDEX_NONE
     ctx.input_size, ctx.channels_last = list(x.shape), suggest_memory_format(x) == torch.channels_last
@@ -421,8 +420,6 @@ def _forward_backward(ctx, grad, _grad_idx):
     if not ctx.has_indices:
         raise RuntimeError("nnlib::max_pool2d ran without indices (index_mode 0): it has no gradient; "
                            "call it with INDEX_LOCAL or INDEX_FLAT when the input requires grad")
-    if grad is None:      # no gradient reached y (grads are not materialized as zeros)
-        return (None,) * 8
     idx, y = ctx.saved_tensors
     if y is not None:
         grad = activation_grad_op(grad, y, ctx.activation, 0.0)

@@ -673,3 +673,51 @@ def test_torch_function_protocol(device):
     with count_launches() as launches:
         torch.testing.assert_close(graph_module(x), block(x))
     assert launches.total > 0
+
+
+class _NoGradient(torch.autograd.Function):
+    """Passes y on and gives it no gradient (None), as some later op may."""
+
+    @staticmethod
+    def forward(ctx, y):
+        return y.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+NO_GRADIENT_CALLS = {
+    "group_norm": lambda ops, x, w: ops.group_norm(x, 2, w),
+    "layer_norm": lambda ops, x, w: ops.layer_norm(x, (3, 3)),
+    "batch_norm-eval": lambda ops, x, w: ops.batch_norm(x, torch.zeros(4, device=x.device),
+                                                        torch.ones(4, device=x.device), w, None, False),
+    "batch_norm-train": lambda ops, x, w: ops.batch_norm(x, None, None, w, None, True),
+    "instance_norm": lambda ops, x, w: ops.instance_norm(x, weight=w),
+    "max_pool2d": lambda ops, x, w: ops.max_pool2d(x, 2),
+    "conv2d": lambda ops, x, w: ops.conv2d(x, w.view(4, 1, 1, 1).expand(4, 4, 1, 1), groups=1),
+    "leaky_relu": lambda ops, x, w: ops.leaky_relu(x, 0.1),
+    "relu_": lambda ops, x, w: ops.relu(x * 1, inplace=True),
+    "prelu": lambda ops, x, w: ops.prelu(x, w),
+}
+
+
+@pytest.mark.parametrize("name", list(NO_GRADIENT_CALLS))
+def test_no_gradient_in_no_gradient_out(name, device):
+    """When a later op gives an nnlib op's output no gradient (None), its inputs get
+    none either, as from torch's ops (an autograd.Function would pass zeros on: a
+    gradient to an optimizer's weight decay, and launches on zeros)."""
+    grads = {}
+    for tag, ops in (("ours", F), ("torch", TF)):
+        x = torch.randn(2, 4, 3, 3, device=device, requires_grad=True)
+        w = torch.ones(4, device=device, requires_grad=True)
+        y = NO_GRADIENT_CALLS[name](ops, x, w)
+        with count_launches() as launches:
+            (_NoGradient.apply(y) + x).sum().backward()
+        grads[tag] = (x.grad, w.grad)
+        if tag == "ours":
+            assert launches.total == 0, launches
+    for ours, theirs in zip(*grads.values()):
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            torch.testing.assert_close(ours, theirs)

@@ -676,6 +676,31 @@ def test_gradient_penalty_leaves_unread_operands_without_gradient(name, device):
             torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("activation", ["leaky_relu", "prelu"])
+@pytest.mark.parametrize("name", list(PENALTY))
+def test_gradient_penalty_through_a_separate_activation(name, activation, device):
+    """A gradient penalty whose loss is linear in an activation applied after the
+    norm (a WGAN-GP critic's D(x).sum() through LeakyReLU): the activation's second
+    derivative gives the norm's output no gradient (None, not zeros), which the
+    norm's double backward passes on as none (it raised); gradients as torch's."""
+    grads = {}
+    for tag, ops in (("ours", F), ("torch", TF)):
+        torch.manual_seed(0)
+        x = torch.randn(4, 6, 5, 5, device=device, requires_grad=True)
+        w = (torch.rand(6) + 0.5).to(device).requires_grad_()
+        b = torch.randn(6, device=device, requires_grad=True)
+        slope = torch.full((6,), 0.25, device=device, requires_grad=True)
+        y = PENALTY[name](ops, x, w, b)
+        y = ops.leaky_relu(y, 0.2) if activation == "leaky_relu" else ops.prelu(y, slope)
+        (gx,) = torch.autograd.grad(y.sum(), x, create_graph=True)
+        gx.pow(2).sum().backward()
+        grads[tag] = [t.grad for t in (x, w, b, slope)]
+    for ours, theirs in zip(grads["ours"], grads["torch"]):
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
 def _normalized(x, dims, groups=None, eps=1e-5):
     """(x - mean) / sqrt(var + eps) in plain torch ops: statistics over ``dims``, or
     per sample and channel group of ``groups``."""

@@ -1077,7 +1077,6 @@ def _output_grad_setup(ctx, inputs, output):
     ctx.save_for_backward(y)
     ctx.activation, ctx.negative_slope, ctx.bias_grad = activation, negative_slope, bias_grad
     ctx.dy_shape, ctx.dy_dtype = dy.shape, dy.dtype
-    ctx.set_materialize_grads(False)
 
 
 def _output_grad_backward(ctx, grad_g, grad_db):

@@ -514,7 +514,6 @@ def _apply_running_setup(ctx, inputs, output):
     x, _, _, weight, bias, residual, lead, chan, _, eps, act, slope = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
-    ctx.set_materialize_grads(False)     # no zeros for the statistics' gradients
     _save(ctx, x, weight, bias, residual, mean, rstd, lead, chan, _channels(x, lead, chan), False, False, eps, act,
           slope)
 
@@ -523,7 +522,6 @@ def _single_read_setup(ctx, inputs, output):
     x, weight, bias, lead, chan, groups, _, eps, act, slope = inputs
     _, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
-    ctx.set_materialize_grads(False)     # no zeros for the statistics' gradients
     _save(ctx, x, weight, bias, None, mean, rstd, lead, chan, groups, True, True, eps, act, slope)
 
 
@@ -561,7 +559,6 @@ def _gradients_setup(ctx, inputs, output):
     dy, x, weight, bias, residual, mean, rstd, *args = inputs
     ctx.save_for_backward(dy, x, weight, bias, residual, mean, rstd)
     ctx.args, ctx.needs = args[:8], args[8:]
-    ctx.set_materialize_grads(False)
 
 
 def _gradients_backward(ctx, *grad_grads):
