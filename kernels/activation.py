@@ -266,23 +266,23 @@ def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x: any shape, C = x.shape[1] (1 below rank 2); weight: (1,) or (C,).
     The output has ``torch.empty_like(x)``'s layout, as torch's."""
     x3, (outer, C, inner), x_strides = _as_3d(x)
-    y = torch.empty_like(x3)
-    _, _, y_strides = _as_3d(y)
+    y = torch.empty_like(x)
+    y3, _, y_strides = _as_3d(y)
     if y.numel():
         block_c, block_r = _prelu_tiles(C, interpreting())
         grid = (cdiv(outer * inner, block_r), cdiv(C, block_c))
-        launch(_prelu_fwd_kernel, grid, x3, _channel_weights(weight, C), y, outer, C, inner,
+        launch(_prelu_fwd_kernel, grid, x3, _channel_weights(weight, C), y3, outer, C, inner,
                *x_strides, *y_strides, BLOCK_R=block_r, BLOCK_C=block_c)
-    y = y.reshape(x.shape)
-    if x3 is x:                    # y = empty_like(x): torch's layout already
-        return y
-    like = torch.empty_like(x)     # x was copied: torch's layout is x's own where x is dense
-    return y if like.stride() == y.stride() else like.copy_(y)
+    return _written(y, y3)
 
 
-def _prelu_grad_x_buffer(x: torch.Tensor) -> torch.Tensor:
-    """The input gradient's buffer: x's (outer, C, inner) view's layout."""
-    return torch.empty_like(_as_3d(x)[0])
+def _written(out: torch.Tensor, out3: torch.Tensor) -> torch.Tensor:
+    """``out``, which a kernel wrote through ``out3 = _as_3d(out)[0]``: out itself or a
+    view of it, else (dims that do not merge) a copy, copied back. Not a view: a
+    caller may write the result in place, as torch's."""
+    if out3.untyped_storage().data_ptr() != out.untyped_storage().data_ptr():
+        out.copy_(out3)
+    return out
 
 
 def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,8 +291,8 @@ def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     channels too for one shared slope), rounded once to weight's dtype."""
     x3, (outer, C, inner), x_strides = _as_3d(x)
     g3, _, g_strides = _as_3d(grad)
-    grad_x = _prelu_grad_x_buffer(x)
-    _, _, dx_strides = _as_3d(grad_x)
+    grad_x = torch.empty_like(x)
+    dx3, _, dx_strides = _as_3d(grad_x)
     n_rows = outer * inner
     block_c, block_r = _prelu_tiles(C, interpreting())
     c_blocks = cdiv(C, block_c)
@@ -302,12 +302,12 @@ def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     num_chunks = cdiv(n_rows, rows_per_chunk)     # 0 without rows: the sums are then 0
     partials = torch.empty((num_chunks, C), dtype=torch.float32, device=x.device)
     if n_rows and C:
-        launch(_prelu_bwd_kernel, (num_chunks, c_blocks), g3, x3, _channel_weights(weight, C), grad_x,
+        launch(_prelu_bwd_kernel, (num_chunks, c_blocks), g3, x3, _channel_weights(weight, C), dx3,
                partials, outer, C, inner, *g_strides, *x_strides, *dx_strides, rows_per_chunk,
                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
     shared = weight.numel() == 1         # one slope: the sum over every channel too
     grad_w = sum_partials(partials.view(-1, 1) if shared else partials, weight.dtype)
-    return grad_x.reshape(x.shape), grad_w.reshape(weight.shape)
+    return _written(grad_x, dx3), grad_w if grad_w.shape == weight.shape else grad_w.reshape(weight.shape)
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +434,7 @@ def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
 prelu_op = Operator("prelu", prelu_forward, fake=lambda x, w: torch.empty_like(x),
                     setup_context=_save_inputs, backward=_prelu_backward)
 prelu_grad_op = Operator("prelu_backward", prelu_backward,
-                         fake=lambda g, x, w: (_prelu_grad_x_buffer(x).reshape(x.shape),
+                         fake=lambda g, x, w: (torch.empty_like(x),
                                                 torch.empty(w.shape, dtype=w.dtype, device=w.device)),
                          setup_context=_save_inputs, backward=_prelu_grad_backward)
 
