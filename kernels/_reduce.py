@@ -89,10 +89,12 @@ def tickets(device: torch.device, count: int) -> torch.Tensor:
     return buf
 
 
-def sum_partials(partials: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Column sums of fp32 ``partials`` (num_chunks, C) as a (C,) tensor of ``dtype``."""
+def sum_partials(partials: torch.Tensor, dtype: torch.dtype = torch.float32,
+                 shape: tuple | None = None) -> torch.Tensor:
+    """Column sums of fp32 ``partials`` (num_chunks, C) as a (C,) tensor of ``dtype``
+    (or of ``shape``, C elements)."""
     num_chunks, C = partials.shape
-    out = torch.empty(C, dtype=dtype, device=partials.device)
+    out = torch.empty(C if shape is None else shape, dtype=dtype, device=partials.device)
     if C == 0:
         return out
     BLOCK_C = 1024 if interpreting() else 64     # the interpreter pays per program

@@ -331,7 +331,9 @@ def _direct(kernel, name: str, grid: tuple, fixed: tuple, options: dict):
     are all a bound launch's leading arguments can specialise by: its other
     arguments, ints its plan fixed and floats (never specialised), take the same
     specialisation at every call (tests/test_runtime.py checks this against
-    Triton's own specialisation of each launch)."""
+    Triton's own specialisation of each launch). Triton's settings that enter its
+    cache key at each call (debug, instrumentation mode) are read at the first:
+    set them before, or run with NNLIB_DIRECT_LAUNCH=0."""
     grid3 = (*grid, 1, 1)[:3]
     launchers: dict = {}
 
@@ -345,6 +347,8 @@ def _direct(kernel, name: str, grid: tuple, fixed: tuple, options: dict):
             return launcher(*leading, *fixed, stream=_current_stream(device))
         compiled = kernel[grid](*leading, *fixed, **options)
         if compiled is not None and len(launchers) < DIRECT_LAUNCHERS:
+            if hasattr(compiled, "result"):     # a future (triton 3.9's AsyncCompileMode): the kernel it holds
+                compiled = compiled.result()
             launchers[key] = compiled[grid3]
         return compiled
     return run

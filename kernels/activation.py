@@ -306,8 +306,8 @@ def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
                partials, outer, C, inner, *g_strides, *x_strides, *dx_strides, rows_per_chunk,
                BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
     shared = weight.numel() == 1         # one slope: the sum over every channel too
-    grad_w = sum_partials(partials.view(-1, 1) if shared else partials, weight.dtype)
-    return _written(grad_x, dx3), grad_w if grad_w.shape == weight.shape else grad_w.reshape(weight.shape)
+    grad_w = sum_partials(partials.view(-1, 1) if shared else partials, weight.dtype, weight.shape)
+    return _written(grad_x, dx3), grad_w
 
 
 # ---------------------------------------------------------------------------

@@ -205,29 +205,25 @@ def test_prelu_double_backward(shape, C, device):
     check_double_backward(F.prelu, TF.prelu, [x, w], "reduction", expect_launch=False)
 
 
-@pytest.mark.parametrize("layout", ["contiguous", "hw-transposed", "rank-1"])
+@pytest.mark.parametrize("layout", ["contiguous", "hw-transposed", "rank-1", "0-d-weight"])
 def test_prelu_results_can_be_written_in_place(layout, device):
-    """prelu's output and its input gradient taken with create_graph are tensors of
-    their own, not views of a buffer made inside the operator, so a caller may write
-    them in place (a view would raise there), as torch's; layout and values as
-    torch's (a transposed x's dims do not merge: the kernel writes a copy)."""
+    """prelu's output and its gradients taken with create_graph are tensors of their
+    own, not views of a buffer made inside the operator, so a caller may write them
+    in place (a view would raise there), as torch's; layout and values as torch's
+    (a transposed x's dims do not merge: the kernel writes a copy)."""
     for ops in (F, TF):
         torch.manual_seed(0)
-        if layout == "rank-1":
-            x, w = torch.randn(7, device=device, requires_grad=True), torch.rand(1, device=device)
-        else:
-            x = torch.randn(3, 4, 5, 6, device=device)
-            x = (x.transpose(2, 3) if layout == "hw-transposed" else x).requires_grad_()
-            w = torch.rand(4, device=device)
-        w.requires_grad_()
-        (gx,) = torch.autograd.grad(ops.prelu(x, w).square().sum(), x, create_graph=True)
+        x = torch.randn(7, device=device) if layout == "rank-1" else torch.randn(3, 4, 5, 6, device=device)
+        x = (x.transpose(2, 3) if layout == "hw-transposed" else x).requires_grad_()
+        w = torch.rand({"rank-1": (1,), "0-d-weight": ()}.get(layout, (4,)), device=device, requires_grad=True)
+        gx, gw = torch.autograd.grad(ops.prelu(x, w).square().sum(), (x, w), create_graph=True)
         y = ops.prelu(x, w)
-        y.mul_(2)
-        gx.mul_(2)
-        (y.sum() + gx.sum()).backward()
+        for t in (y, gx, gw):
+            t.mul_(2)
+        (y.sum() + gx.sum() + gw.sum()).backward()
         if ops is F:
-            ours = (y, gx, x.grad, w.grad)
-    for a, b in zip(ours, (y, gx, x.grad, w.grad)):
+            ours = (y, gx, gw, x.grad, w.grad)
+    for a, b in zip(ours, (y, gx, gw, x.grad, w.grad)):
         assert a.stride() == b.stride()
         torch.testing.assert_close(a, b)
 

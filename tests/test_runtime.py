@@ -293,3 +293,29 @@ def test_direct_launches_reuse_only_kernels_of_their_specialisation(direct_launc
         torch.testing.assert_close(dx.double(), rdx.double(), atol=1e-2, rtol=1e-3)
     assert {"_activation_fwd_kernel", "_activation_bwd_kernel", "_max_pool2d_fwd_kernel",
             "_max_pool2d_bwd_kernel"} <= set(direct_launches)
+
+
+def test_direct_launch_keeps_the_kernel_a_future_holds(monkeypatch):
+    """Under triton 3.9's AsyncCompileMode, JITFunction.run returns a future of the
+    compiled kernel (no ``[grid]``): the direct launch keeps the kernel it holds."""
+    from kernels import _runtime
+    monkeypatch.setattr(_runtime, "_current_device", lambda: 0, raising=False)
+    monkeypatch.setattr(_runtime, "_current_stream", lambda device: "stream", raising=False)
+    launched = []
+
+    class Compiled:
+        def __getitem__(self, grid):
+            return lambda *args, stream: launched.append((grid, args, stream))
+
+    class Future:
+        def result(self):
+            return Compiled()
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **options: launched.append((grid, args, options)) or Future()
+    run = _runtime._direct(Kernel(), "kernel", (2,), (7,), {"num_warps": 4})
+    x = torch.zeros(4)
+    run(x)
+    run(x)
+    assert launched == [((2,), (x, 7), {"num_warps": 4}), ((2, 1, 1), (x, 7), "stream")]
