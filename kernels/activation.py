@@ -21,8 +21,8 @@ import triton.language as tl
 
 from ._reduce import sum_partials
 from ._library import Operator, tracing
-from ._runtime import (CompileCase, bind, cdiv, interpreting, is_dense, kernel_parameters, launch,
-                       next_power_of_2, plan_cache, view_3d)
+from ._runtime import (CompileCase, bind, cdiv, interpreting, is_dense, kernel_parameters, next_power_of_2,
+                       plan_cache, view_3d)
 
 # The activation codes, one definition: constexpr globals for the kernels; host
 # code uses their ``.value`` (plain ints; ``ACTIVATIONS`` maps the names).
@@ -262,18 +262,50 @@ def _channel_weights(weight: torch.Tensor, C: int) -> torch.Tensor:
     return weight.reshape(-1).expand(C).contiguous() if weight.numel() == 1 else weight.reshape(-1).contiguous()
 
 
+_AS_IS, _RESHAPED, _COPIED = 0, 1, 2      # how ``_read_3d`` reads a tensor as (outer, C, inner)
+
+
+def _layout_3d(shape: tuple, strides: tuple):
+    """(how, (outer, C, inner), strides) of ``_as_3d`` for a tensor of this layout:
+    read as it is, reshaped (rank below 2) or through a contiguous copy."""
+    t = torch.empty_strided(shape, strides, device="meta")
+    t3, dims, strides3 = _as_3d(t)
+    how = _AS_IS if t3 is t else _RESHAPED if len(shape) < 2 and t3._base is t else _COPIED
+    return how, dims, strides3
+
+
+def _read_3d(t: torch.Tensor, how: int) -> torch.Tensor:
+    """``_as_3d(t)[0]`` as ``_layout_3d`` found it."""
+    return t if how == _AS_IS else t.reshape(1, 1, -1) if how == _RESHAPED else t.contiguous()
+
+
+@plan_cache
+def _prelu_forward_plan(shape: tuple, strides: tuple):
+    """run(x, weight) -> y of x's layout: how x and y are read, the bound launch."""
+    x_how, (outer, C, inner), x_strides = _layout_3d(shape, strides)
+    y_like = torch.empty_like(torch.empty_strided(shape, strides, device="meta"))
+    y_how, _, y_strides = _layout_3d(y_like.shape, y_like.stride())
+    block_c, block_r = _prelu_tiles(C, interpreting())
+    forward = bind(_prelu_fwd_kernel, (cdiv(outer * inner, block_r), cdiv(C, block_c)),
+                   ("x_ptr", "weight_ptr", "y_ptr"), 4, outer=outer, C=C, inner=inner,
+                   **dict(zip(("stride_xo", "stride_xc", "stride_xi", "stride_yo", "stride_yc", "stride_yi"),
+                              (*x_strides, *y_strides))), BLOCK_R=block_r, BLOCK_C=block_c)
+    empty = outer * C * inner == 0
+
+    def run(x, weight):
+        y = torch.empty_like(x)
+        if empty:
+            return y
+        y3 = _read_3d(y, y_how)
+        forward(_read_3d(x, x_how), _channel_weights(weight, C), y3)
+        return _written(y, y3)
+    return run
+
+
 def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x: any shape, C = x.shape[1] (1 below rank 2); weight: (1,) or (C,).
     The output has ``torch.empty_like(x)``'s layout, as torch's."""
-    x3, (outer, C, inner), x_strides = _as_3d(x)
-    y = torch.empty_like(x)
-    y3, _, y_strides = _as_3d(y)
-    if y.numel():
-        block_c, block_r = _prelu_tiles(C, interpreting())
-        grid = (cdiv(outer * inner, block_r), cdiv(C, block_c))
-        launch(_prelu_fwd_kernel, grid, x3, _channel_weights(weight, C), y3, outer, C, inner,
-               *x_strides, *y_strides, BLOCK_R=block_r, BLOCK_C=block_c)
-    return _written(y, y3)
+    return _prelu_forward_plan(x.shape, x.stride())(x, weight)
 
 
 def _written(out: torch.Tensor, out3: torch.Tensor) -> torch.Tensor:
@@ -285,14 +317,15 @@ def _written(out: torch.Tensor, out3: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(grad_x, grad_weight). The weight gradient is reduced in two deterministic
-    passes: fp32 partials per (chunk, channel), then ``sum_partials`` (over the
-    channels too for one shared slope), rounded once to weight's dtype."""
-    x3, (outer, C, inner), x_strides = _as_3d(x)
-    g3, _, g_strides = _as_3d(grad)
-    grad_x = torch.empty_like(x)
-    dx3, _, dx_strides = _as_3d(grad_x)
+@plan_cache
+def _prelu_backward_plan(shape: tuple, grad_strides: tuple, x_strides: tuple, shared: bool):
+    """run(grad, x, weight) -> (grad_x, grad_weight) for these layouts (``shared``:
+    one slope for every channel): how each tensor is read, the chunks, the bound
+    launch."""
+    g_how, _, g_strides = _layout_3d(shape, grad_strides)
+    x_how, (outer, C, inner), x3_strides = _layout_3d(shape, x_strides)
+    dx_like = torch.empty_like(torch.empty_strided(shape, x_strides, device="meta"))
+    dx_how, _, dx_strides = _layout_3d(dx_like.shape, dx_like.stride())
     n_rows = outer * inner
     block_c, block_r = _prelu_tiles(C, interpreting())
     c_blocks = cdiv(C, block_c)
@@ -300,14 +333,30 @@ def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) ->
     num_chunks = max(1, min(cdiv(n_rows, block_r), 1024 // max(c_blocks, 1)))
     rows_per_chunk = cdiv(cdiv(max(n_rows, 1), num_chunks), block_r) * block_r
     num_chunks = cdiv(n_rows, rows_per_chunk)     # 0 without rows: the sums are then 0
-    partials = torch.empty((num_chunks, C), dtype=torch.float32, device=x.device)
-    if n_rows and C:
-        launch(_prelu_bwd_kernel, (num_chunks, c_blocks), g3, x3, _channel_weights(weight, C), dx3,
-               partials, outer, C, inner, *g_strides, *x_strides, *dx_strides, rows_per_chunk,
-               BLOCK_R=block_r, BLOCK_C=block_c, num_warps=8)
-    shared = weight.numel() == 1         # one slope: the sum over every channel too
-    grad_w = sum_partials(partials.view(-1, 1) if shared else partials, weight.dtype, weight.shape)
-    return _written(grad_x, dx3), grad_w
+    strides = dict(zip(("stride_go", "stride_gc", "stride_gi", "stride_xo", "stride_xc", "stride_xi",
+                        "stride_dxo", "stride_dxc", "stride_dxi"), (*g_strides, *x3_strides, *dx_strides)))
+    pointers = ("grad_ptr", "x_ptr", "weight_ptr", "grad_x_ptr", "partial_ptr")
+    backward = bind(_prelu_bwd_kernel, (num_chunks, c_blocks), pointers, 8, outer=outer, C=C, inner=inner,
+                    **strides, rows_per_chunk=rows_per_chunk, BLOCK_R=block_r, BLOCK_C=block_c)
+    launched = n_rows > 0 and C > 0
+
+    def run(grad, x, weight):
+        grad_x = torch.empty_like(x)
+        dx3 = _read_3d(grad_x, dx_how)
+        partials = torch.empty((num_chunks, C), dtype=torch.float32, device=x.device)
+        if launched:
+            backward(_read_3d(grad, g_how), _read_3d(x, x_how), _channel_weights(weight, C), dx3, partials)
+        # one slope: the sum over every channel too
+        grad_w = sum_partials(partials.view(-1, 1) if shared else partials, weight.dtype, weight.shape)
+        return _written(grad_x, dx3), grad_w
+    return run
+
+
+def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_weight). The weight gradient is reduced in two deterministic
+    passes: fp32 partials per (chunk, channel), then ``sum_partials`` (over the
+    channels too for one shared slope), rounded once to weight's dtype."""
+    return _prelu_backward_plan(x.shape, grad.stride(), x.stride(), weight.numel() == 1)(grad, x, weight)
 
 
 # ---------------------------------------------------------------------------
