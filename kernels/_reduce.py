@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._runtime import CompileCase, cdiv, interpreting, launch, persistent
+from ._runtime import CompileCase, bind, cdiv, interpreting, persistent, plan_cache
 
 __all__ = ["sum_partials", "sum_splits", "tickets", "COMPILE_CASES"]
 
@@ -97,10 +97,16 @@ def sum_partials(partials: torch.Tensor, dtype: torch.dtype = torch.float32,
     out = torch.empty(C if shape is None else shape, dtype=dtype, device=partials.device)
     if C == 0:
         return out
-    BLOCK_C = 1024 if interpreting() else 64     # the interpreter pays per program
-    launch(_sum_partials_kernel, (cdiv(C, BLOCK_C),),
-           partials.contiguous(), out, num_chunks, C, BLOCK_S=32, BLOCK_C=BLOCK_C)
+    _sum_launch(num_chunks, C)(partials.contiguous(), out)
     return out
+
+
+@plan_cache
+def _sum_launch(num_chunks: int, C: int):
+    """``run(partials, out)``: the column sums' launch, bound once per size."""
+    block_c = 1024 if interpreting() else 64     # the interpreter pays per program
+    return bind(_sum_partials_kernel, (cdiv(C, block_c),), ("partials_ptr", "out_ptr"), 4, num_chunks=num_chunks,
+                C=C, BLOCK_S=32, BLOCK_C=block_c)
 
 
 COMPILE_CASES = [
