@@ -287,6 +287,16 @@ class _ForwardPlan(NamedTuple):
     launch: Callable         # launch(x, y, idx): the kernel, every other argument bound
 
 
+_FWD_POINTERS = ("x_ptr", "y_ptr", "idx_ptr")
+_BWD_POINTERS = ("grad_ptr", "idx_ptr", "grad_x_ptr")
+
+
+def _named(kernel, sizes: tuple) -> dict:
+    """The sizes, strides and padding a pool kernel takes after its three
+    pointers, by parameter name."""
+    return dict(zip(list(kernel_parameters(kernel))[3:], sizes))
+
+
 @plan_cache
 def _forward_plan(shape: tuple, strides: tuple, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple,
                   ceil_mode: bool, index_mode: int, activation: int) -> _ForwardPlan:
@@ -303,16 +313,6 @@ def _forward_plan(shape: tuple, strides: tuple, kernel: tuple, stride: tuple, pa
                DH=dilation[0], DW=dilation[1], INDEX_MODE=index_mode, ACTIVATION=activation, INDEX_64=index_64,
                MERGE_N=tiling.merge_n, BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c)
     return _ForwardPlan(outputs, run)
-
-
-_FWD_POINTERS = ("x_ptr", "y_ptr", "idx_ptr")
-_BWD_POINTERS = ("grad_ptr", "idx_ptr", "grad_x_ptr")
-
-
-def _named(kernel, sizes: tuple) -> dict:
-    """The sizes, strides and padding a pool kernel takes after its three
-    pointers, by parameter name."""
-    return dict(zip(list(kernel_parameters(kernel))[3:], sizes))
 
 
 def _forward_buffers(x: torch.Tensor, outputs: _Outputs):
