@@ -136,9 +136,10 @@ def _as_torchs(setup_context: Callable, backward: Callable, num_inputs: int) -> 
         setup_context(ctx, inputs, output)
 
     def run(ctx, *grads):
-        if all(g is None for g in grads):
-            return (None,) * num_inputs
-        return backward(ctx, *grads)
+        for g in grads:
+            if g is not None:
+                return backward(ctx, *grads)
+        return (None,) * num_inputs
     return setup, run
 
 
