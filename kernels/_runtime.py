@@ -325,7 +325,7 @@ def _direct(kernel, name: str, grid: tuple, fixed: tuple, options: dict):
     address is a multiple of 16), goes through ``JITFunction.run``, which compiles
     or finds the kernel for all the arguments' specialisation and returns it; later
     calls go straight to that kernel's launcher (``CompiledKernel[grid]``, the
-    launch ``JITFunction.run`` makes, with the same launch hooks), past the ~10 us
+    launch ``JITFunction.run`` makes, with the same launch hooks), past the ~9 us
     of Python with which Triton re-derives the specialisation and its cache key
     from ~40 arguments at every call (issue #6064 of triton-lang/triton). Tensors
     are all a bound launch's leading arguments can specialise by: its other
