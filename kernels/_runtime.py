@@ -20,6 +20,7 @@ helpers that every op shares.
 * ``plan_cache(build)``: a value that depends only on its key (a launch plan:
   what a launch's sizes, strides, flags and arguments decide; a check of
   sizes) built once per distinct key; every op caches its plans this way.
+  A float in a key goes through ``plan_float`` (-0.0 keyed apart from 0.0).
 * ``DOT_UPCAST``: pass as a constexpr to kernels that ``tl.dot`` bf16 tiles;
   the interpreter's bf16 dot is wrong, so they upcast to fp32 there.
 """
@@ -28,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import math
 import os
 import threading
 from collections import Counter
@@ -39,7 +41,7 @@ import triton
 __all__ = [
     "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "bind_config", "kernel_parameters",
     "LaunchCounter",
-    "plan_cache", "clear_plan_caches", "persistent",
+    "plan_cache", "plan_float", "clear_plan_caches", "persistent",
     "count_launches", "dry_run",
     "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
@@ -307,7 +309,7 @@ def _bind(kernel, grid, pointers: tuple, options: dict, values: dict):
                         f"values miss {sorted(missing)} / add {sorted(set(values) - set(names))}")
     name = _cached_name(kernel)
     grid = _checked_grid(name, grid)
-    fixed = tuple(values[n] for n in names[len(pointers):])
+    fixed = tuple(float(v) if isinstance(v, float) else v for v in (values[n] for n in names[len(pointers):]))
     if _DIRECT and isinstance(grid, tuple):
         return _direct(kernel, name, grid, fixed, options)
 
@@ -378,6 +380,33 @@ def plan_cache(build):
         except TypeError:       # a SymInt in the key (a TypeError of build's own is raised again)
             return build(*key)
     return cached
+
+
+class _NegativeZero(float):
+    """-0.0 in a plan key: unequal to every other key (a float -0.0 equals 0.0, so
+    a plan built for one would serve the other, whose sign its results can show:
+    a running mean of -0.0 moved by a momentum of 0.0 or -0.0). ``bind`` passes
+    kernels a plain float."""
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return type(other) is _NegativeZero
+
+    def __ne__(self, other):
+        return type(other) is not _NegativeZero
+
+    def __hash__(self):
+        return 0x2D30       # any; equal keys hash alike
+
+
+_NEGATIVE_ZERO = _NegativeZero(-0.0)
+
+
+def plan_float(value) -> float:
+    """``float(value)`` as a plan key (momentum, eps, a fused activation's slope):
+    -0.0 keyed apart from 0.0."""
+    value = float(value)
+    return value if value or math.copysign(1.0, value) > 0 else _NEGATIVE_ZERO
 
 
 def clear_plan_caches() -> None:

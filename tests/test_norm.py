@@ -412,6 +412,24 @@ def test_launch_plans_follow_their_arguments(device):
     _check_batch_norm(x, w, b, None, True)      # parameter gradients only
 
 
+def test_launch_plans_tell_negative_zero_from_zero(device):
+    """A plan that binds a float is keyed by its sign too (-0.0 == 0.0 as floats):
+    a momentum of -0.0 after 0.0 moves a -0.0 running mean as torch does, and a
+    fused slope of -0.0 after 0.0 gives the signs of zero torch's leaky_relu gives."""
+    x = torch.ones(2, 3, 4, device=device)
+    x[:, :, 0] = 2.0
+
+    def running_signs(f, momentum):
+        rm, rv = torch.full((3,), -0.0, device=device), torch.ones(3, device=device)
+        f(x, rm, rv, None, None, True, momentum, 1e-5)
+        return torch.signbit(rm).tolist()
+    for momentum in (0.0, -0.0, 0.0):
+        assert running_signs(F.batch_norm, momentum) == running_signs(TF.batch_norm, momentum), momentum
+    for slope in (0.0, -0.0, 0.0):
+        ours = F.group_norm(x, 3, activation="leaky_relu", negative_slope=slope)
+        assert torch.equal(torch.signbit(ours), torch.signbit(TF.leaky_relu(TF.group_norm(x, 3), slope))), slope
+
+
 @pytest.mark.parametrize("momentum", [6.4e-233, 1e-40, 1e-3])
 def test_running_stats_of_a_tiny_momentum(momentum, device):
     """bf16 running statistics moved by a momentum below fp32's normal range (the

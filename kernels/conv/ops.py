@@ -58,7 +58,7 @@ from .._library import Operator
 from .._reduce import tickets
 from .._runtime import (bind, bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, kernel_parameters,
                         launch, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64, persistent,
-                        plan_cache)
+                        plan_cache, plan_float)
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
@@ -1010,7 +1010,7 @@ def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int
     """(g, db) of dy (N, K, P, Q) and the saved output y: g = dy * act'(y) (empty
     without an activation), db (K,) in dy's dtype (empty unless ``bias_grad``)."""
     saved = dy if y is None else y
-    g, db = _output_grad_plan((dy, saved), activation, float(negative_slope), bias_grad)(dy, saved)
+    g, db = _output_grad_plan((dy, saved), activation, plan_float(negative_slope), bias_grad)(dy, saved)
     empty = dy.new_empty(0)
     return (g if activation else empty), (db if bias_grad else empty)
 

@@ -34,7 +34,7 @@ import torch.nn.functional as TF
 
 from .._library import Operator
 from .._reduce import sum_partials, tickets
-from .._runtime import bind, cdiv, empty_like_strides, interpreting, next_power_of_2
+from .._runtime import bind, cdiv, empty_like_strides, interpreting, next_power_of_2, plan_float
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from ._kernels import (_bwd_dx_kernel, _bwd_reduce_kernel, _merge_kernel, _normalize_kernel, _set_bwd_kernel,
                        _set_fwd_kernel, _stats_kernel)
@@ -335,8 +335,8 @@ def norm_statistics(x: torch.Tensor, running_mean: torch.Tensor | None, running_
             num_batches_tracked.add_(1)
         return _fp32(num_stats, x.device), _fp32(num_stats, x.device)
     plan = _statistics_plan((x, running_mean, running_var), Geometry(lead, chan, groups, per_sample, False),
-                            num_batches_tracked is not None, False, float(momentum), cumulative, float(eps),
-                            interpreting())
+                            num_batches_tracked is not None, False, plan_float(momentum), cumulative,
+                            plan_float(eps), interpreting())
     return plan(x, running_mean, running_var, num_batches_tracked)
 
 
@@ -358,8 +358,8 @@ def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None,
     ``norm_moments`` (as all_gather stacks them), merged in process order into fp32
     (mean, rstd, count) (C,) in one launch, count being the elements over all
     processes; running statistics and num_batches_tracked as ``norm_statistics``."""
-    plan = _merge_plan((moments, running_mean, running_var), num_batches_tracked is not None, float(momentum),
-                       cumulative, float(eps))
+    plan = _merge_plan((moments, running_mean, running_var), num_batches_tracked is not None, plan_float(momentum),
+                       cumulative, plan_float(eps))
     return plan(moments, running_mean, running_var, num_batches_tracked)
 
 
@@ -369,7 +369,8 @@ def norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: 
     """y = act((x - mean) * rstd * weight + bias [+ residual]) in torch's output
     layout, statistics as ``norm_statistics`` returns them; one launch."""
     plan = _normalize_plan((x, residual, None, None), Geometry(lead, chan, groups, per_sample, keep_format),
-                           weight is not None, bias is not None, 0.0, activation, float(negative_slope), interpreting())
+                           weight is not None, bias is not None, 0.0, activation, plan_float(negative_slope),
+                           interpreting())
     return plan(x, residual, mean, rstd, None, None, weight, bias)
 
 
@@ -382,8 +383,8 @@ def norm_apply_running(x: torch.Tensor, running_mean: torch.Tensor, running_var:
     C = math.prod(x.shape[lead:lead + chan])
     mean, rstd = _fp32(C, x.device), _fp32(C, x.device)
     plan = _normalize_plan((x, residual, running_mean, running_var), Geometry(lead, chan, C, False, keep_format),
-                           weight is not None, bias is not None, float(eps), activation, float(negative_slope),
-                           interpreting())
+                           weight is not None, bias is not None, plan_float(eps), activation,
+                           plan_float(negative_slope), interpreting())
     return plan(x, residual, mean, rstd, running_mean, running_var, weight, bias), mean, rstd
 
 
@@ -399,7 +400,7 @@ def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     """Per-sample statistics and normalization in one launch reading x once:
     (y, mean, rstd), mean / rstd (N * groups,) fp32. Needs ``single_read_fits``."""
     plan = _single_read_plan((x,), Geometry(lead, chan, groups, True, keep_format), weight is not None,
-                             bias is not None, float(eps), activation, float(negative_slope), interpreting())
+                             bias is not None, plan_float(eps), activation, plan_float(negative_slope), interpreting())
     return plan(x, weight, bias)
 
 
@@ -421,8 +422,8 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
                 torch.zeros_like(bias) if need_bias else None,
                 torch.empty_like(residual) if need_g and activation != ACT_NONE.value else None)
     plan = _backward_plan((dy, x, residual), Geometry(lead, chan, groups, per_sample, False), batch_stats,
-                          weight is not None, bias is not None, activation, float(negative_slope), need_x, need_weight,
-                          need_bias, need_g, interpreting())
+                          weight is not None, bias is not None, activation, plan_float(negative_slope), need_x,
+                          need_weight, need_bias, need_g, interpreting())
     return plan(dy, x, weight, bias, residual, mean, rstd)
 
 
@@ -436,8 +437,8 @@ def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     dx of batch statistics is asked (``norm_backward_dx`` reads them; SyncBatchNorm
     all-reduces them first); g as ``norm_backward``."""
     plan = _reduce_plan((dy, x, residual), Geometry(lead, chan, groups, per_sample, False), batch_stats,
-                        weight is not None, bias is not None, activation, float(negative_slope), need_x, need_weight,
-                        need_bias, need_g, interpreting())
+                        weight is not None, bias is not None, activation, plan_float(negative_slope), need_x,
+                        need_weight, need_bias, need_g, interpreting())
     return plan(dy, x, weight, bias, residual, mean, rstd)
 
 
@@ -452,7 +453,7 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
     device tensor: SyncBatchNorm's count over all processes) or, when None, the
     elements per statistic of x."""
     plan = _dx_plan((dy, x, residual, g), Geometry(lead, chan, groups, per_sample, False), weight is not None,
-                    bias is not None, activation, float(negative_slope), count is not None, interpreting())
+                    bias is not None, activation, plan_float(negative_slope), count is not None, interpreting())
     return plan(dy, x, g, weight, bias, residual, mean, rstd, sums, count)
 
 
