@@ -114,10 +114,10 @@ def _activation_bwd_block(grad_ptr, v_ptr, grad_in_ptr, offs, mask, negative_slo
 @triton.jit
 def _prelu_fwd_kernel(x_ptr, weight_ptr, y_ptr, outer, C, inner,
                       stride_xo, stride_xc, stride_xi, stride_yo, stride_yc, stride_yi,
-                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """x, y: (outer, C, inner) through strides; weight: (C,) (C = 1 for one
-    shared slope). Program (r, c) covers BLOCK_R positions of outer*inner and
-    BLOCK_C channels."""
+                      W_STRIDE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """x, y: (outer, C, inner) through strides; weight: C contiguous slopes
+    (W_STRIDE 1) or one shared by every channel (W_STRIDE 0). Program (r, c)
+    covers BLOCK_R positions of outer*inner and BLOCK_C channels."""
     pid_r = tl.program_id(0).to(tl.int64)
     pid_c = tl.program_id(1)
     offs_r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -129,7 +129,7 @@ def _prelu_fwd_kernel(x_ptr, weight_ptr, y_ptr, outer, C, inner,
     x_offs = offs_o[:, None] * stride_xo + offs_c[None, :].to(tl.int64) * stride_xc + offs_i[:, None] * stride_xi
     y_offs = offs_o[:, None] * stride_yo + offs_c[None, :].to(tl.int64) * stride_yc + offs_i[:, None] * stride_yi
     x = tl.load(x_ptr + x_offs, mask=mask).to(tl.float32)
-    w = tl.load(weight_ptr + offs_c, mask=mask_c).to(tl.float32)
+    w = tl.load(weight_ptr + offs_c * W_STRIDE, mask=mask_c).to(tl.float32)
     y = tl.where(x > 0, x, x * w[None, :])
     tl.store(y_ptr + y_offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
@@ -138,8 +138,8 @@ def _prelu_fwd_kernel(x_ptr, weight_ptr, y_ptr, outer, C, inner,
 def _prelu_bwd_kernel(grad_ptr, x_ptr, weight_ptr, grad_x_ptr, partial_ptr, outer, C, inner,
                       stride_go, stride_gc, stride_gi, stride_xo, stride_xc, stride_xi,
                       stride_dxo, stride_dxc, stride_dxi, rows_per_chunk,
-                      BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
-    """grad, x, grad_x: (outer, C, inner) through strides; weight: (C,);
+                      W_STRIDE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """grad, x, grad_x: (outer, C, inner) through strides; weight as the forward's;
     partial: (num_chunks, C) fp32. Program (chunk, c) writes grad_x over its
     rows_per_chunk positions of outer*inner (a multiple of BLOCK_R) and its fp32 partial sum of the
     weight gradient x * grad over x <= 0 (NaN included, as torch)."""
@@ -147,7 +147,7 @@ def _prelu_bwd_kernel(grad_ptr, x_ptr, weight_ptr, grad_x_ptr, partial_ptr, oute
     pid_c = tl.program_id(1)
     offs_c = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    w = tl.load(weight_ptr + offs_c, mask=mask_c).to(tl.float32)
+    w = tl.load(weight_ptr + offs_c * W_STRIDE, mask=mask_c).to(tl.float32)
     acc = tl.zeros((BLOCK_R, BLOCK_C), dtype=tl.float32)
     n_rows = outer * inner
     chunk_start = pid_s.to(tl.int64) * rows_per_chunk
@@ -258,8 +258,10 @@ def _prelu_tiles(C: int, interpreter: bool = False):
     return block_c, max(32, 1024 // block_c) * (16 if interpreter else 1)
 
 
-def _channel_weights(weight: torch.Tensor, C: int) -> torch.Tensor:
-    return weight.reshape(-1).expand(C).contiguous() if weight.numel() == 1 else weight.reshape(-1).contiguous()
+def _slopes(weight: torch.Tensor) -> torch.Tensor:
+    """weight as the prelu kernels read it: its elements contiguous (one slope, or
+    C; a kernel reads one shared slope with W_STRIDE 0)."""
+    return weight if weight.is_contiguous() else weight.contiguous()
 
 
 _AS_IS, _RESHAPED, _COPIED = 0, 1, 2      # how ``_read_3d`` reads a tensor as (outer, C, inner)
@@ -280,8 +282,9 @@ def _read_3d(t: torch.Tensor, how: int) -> torch.Tensor:
 
 
 @plan_cache
-def _prelu_forward_plan(shape: tuple, strides: tuple):
-    """run(x, weight) -> y of x's layout: how x and y are read, the bound launch."""
+def _prelu_forward_plan(shape: tuple, strides: tuple, shared: bool):
+    """run(x, weight) -> y of x's layout (``shared``: one slope for every channel):
+    how x and y are read, the bound launch."""
     x_how, (outer, C, inner), x_strides = _layout_3d(shape, strides)
     y_like = torch.empty_like(torch.empty_strided(shape, strides, device="meta"))
     y_how, _, y_strides = _layout_3d(y_like.shape, y_like.stride())
@@ -289,7 +292,8 @@ def _prelu_forward_plan(shape: tuple, strides: tuple):
     forward = bind(_prelu_fwd_kernel, (cdiv(outer * inner, block_r), cdiv(C, block_c)),
                    ("x_ptr", "weight_ptr", "y_ptr"), 4, outer=outer, C=C, inner=inner,
                    **dict(zip(("stride_xo", "stride_xc", "stride_xi", "stride_yo", "stride_yc", "stride_yi"),
-                              (*x_strides, *y_strides))), BLOCK_R=block_r, BLOCK_C=block_c)
+                              (*x_strides, *y_strides))), W_STRIDE=0 if shared else 1, BLOCK_R=block_r,
+                   BLOCK_C=block_c)
     empty = outer * C * inner == 0
 
     def run(x, weight):
@@ -297,7 +301,7 @@ def _prelu_forward_plan(shape: tuple, strides: tuple):
         if empty:
             return y
         y3 = _read_3d(y, y_how)
-        forward(_read_3d(x, x_how), _channel_weights(weight, C), y3)
+        forward(_read_3d(x, x_how), _slopes(weight), y3)
         return _written(y, y3)
     return run
 
@@ -305,7 +309,7 @@ def _prelu_forward_plan(shape: tuple, strides: tuple):
 def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x: any shape, C = x.shape[1] (1 below rank 2); weight: (1,) or (C,).
     The output has ``torch.empty_like(x)``'s layout, as torch's."""
-    return _prelu_forward_plan(x.shape, x.stride())(x, weight)
+    return _prelu_forward_plan(x.shape, x.stride(), weight.numel() == 1)(x, weight)
 
 
 def _written(out: torch.Tensor, out3: torch.Tensor) -> torch.Tensor:
@@ -337,7 +341,8 @@ def _prelu_backward_plan(shape: tuple, grad_strides: tuple, x_strides: tuple, sh
                         "stride_dxo", "stride_dxc", "stride_dxi"), (*g_strides, *x3_strides, *dx_strides)))
     pointers = ("grad_ptr", "x_ptr", "weight_ptr", "grad_x_ptr", "partial_ptr")
     backward = bind(_prelu_bwd_kernel, (num_chunks, c_blocks), pointers, 8, outer=outer, C=C, inner=inner,
-                    **strides, rows_per_chunk=rows_per_chunk, BLOCK_R=block_r, BLOCK_C=block_c)
+                    **strides, rows_per_chunk=rows_per_chunk, W_STRIDE=0 if shared else 1, BLOCK_R=block_r,
+                    BLOCK_C=block_c)
     launched = n_rows > 0 and C > 0
 
     def run(grad, x, weight):
@@ -345,7 +350,7 @@ def _prelu_backward_plan(shape: tuple, grad_strides: tuple, x_strides: tuple, sh
         dx3 = _read_3d(grad_x, dx_how)
         partials = torch.empty((num_chunks, C), dtype=torch.float32, device=x.device)
         if launched:
-            backward(_read_3d(grad, g_how), _read_3d(x, x_how), _channel_weights(weight, C), dx3, partials)
+            backward(_read_3d(grad, g_how), _read_3d(x, x_how), _slopes(weight), dx3, partials)
         # one slope: the sum over every channel too
         grad_w = sum_partials(partials.view(-1, 1) if shared else partials, weight.dtype, weight.shape)
         return _written(grad_x, dx3), grad_w
@@ -512,20 +517,21 @@ def _compile_cases():
                 {"ACTIVATION": act, "BLOCK": _BLOCK}, label=f"{dt},act={act}",
                 expect={"ldg128_at_least": 2 * vectors, "stg128_at_least": vectors}))
         strides = {f"stride_{t}{a}": "i64" for t in ("x", "y") for a in "oci"}
-        for block_c in (1, 32):
+        for block_c, w_stride in ((1, 0), (32, 0), (32, 1)):      # C = 1 has one slope
             _, block_r = _prelu_tiles(block_c)
+            label = f"{dt},C={block_c},W_STRIDE={w_stride}"
             cases.append(CompileCase(
                 _prelu_fwd_kernel,
                 {"x_ptr": f"*{dt}", "weight_ptr": f"*{dt}", "y_ptr": f"*{dt}", "outer": "i64", "C": "i32",
                  "inner": "i64", **strides},
-                {"BLOCK_R": block_r, "BLOCK_C": block_c}, label=f"{dt},C={block_c}"))
+                {"W_STRIDE": w_stride, "BLOCK_R": block_r, "BLOCK_C": block_c}, label=label))
             cases.append(CompileCase(
                 _prelu_bwd_kernel,
                 {"grad_ptr": f"*{dt}", "x_ptr": f"*{dt}", "weight_ptr": f"*{dt}", "grad_x_ptr": f"*{dt}",
                  "partial_ptr": "*fp32", "outer": "i64", "C": "i32", "inner": "i64",
                  **{f"stride_{t}{a}": "i64" for t in ("g", "x", "dx") for a in "oci"},
                  "rows_per_chunk": "i64"},
-                {"BLOCK_R": block_r, "BLOCK_C": block_c}, num_warps=8, label=f"{dt},C={block_c}"))
+                {"W_STRIDE": w_stride, "BLOCK_R": block_r, "BLOCK_C": block_c}, num_warps=8, label=label))
     return cases
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 
+from bench import host
 import nnlib
 import nnlib.functional as F
 from kernels._runtime import count_launches, needs_int64
@@ -247,6 +248,19 @@ def test_prelu_autocast(dtype, device):
     assert out.dtype == expected.dtype == dtype and out_relu.dtype == expected_relu.dtype
     assert launches.total == 2
     assert_close(out, expected, dtype, "elementwise")
+
+
+@pytest.mark.parametrize("weight_shape", [(), (1,), (5,)])
+def test_prelu_reads_its_slopes_in_place(weight_shape, device):
+    """prelu's forward is one launch and its backward two (the kernel, the weight
+    gradient's sum), with no other device op: one slope shared by every channel
+    (nn.PReLU's default) is read where it is, not expanded to C copies."""
+    x = torch.randn(2, 5, 3, 4, device=device, requires_grad=True)
+    w = torch.rand(weight_shape, device=device, requires_grad=True)
+    counts = host.count_ops(lambda: F.prelu(x, w))
+    assert (counts.launches, counts.device_ops) == (1, 0), counts
+    counts = host.count_ops(lambda: F.prelu(x, w).backward(torch.ones_like(x)))
+    assert (counts.launches, dict(counts.ops)) == (3, {"ones_like": 1}), counts
 
 
 def test_prelu_bad_messages_name_the_argument(device):
