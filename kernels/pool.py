@@ -27,8 +27,8 @@ import triton
 import triton.language as tl
 
 from ._library import Operator
-from ._runtime import (CompileCase, bind, cdiv, interpreting, kernel_parameters, launch, memory_format_of,
-                       needs_int64, next_power_of_2, offsets_need_int64, plan_cache, suggest_memory_format)
+from ._runtime import (CompileCase, bind, cdiv, interpreting, kernel_parameters, memory_format_of, next_power_of_2,
+                       offsets_need_int64, plan_cache, suggest_memory_format)
 from .activation import activation_grad, activation_grad_op, apply_activation
 
 __all__ = ["INDEX_NONE", "INDEX_LOCAL", "INDEX_FLAT", "output_shape", "max_pool2d_op", "max_pool2d_backward_op",
@@ -389,15 +389,25 @@ def max_pool2d_gather(src: torch.Tensor, idx: torch.Tensor, kernel: list[int], s
     out = torch.empty_strided(idx.shape, idx.stride(), dtype=src.dtype, device=src.device)
     if out.numel():
         src4, idx4, out4 = (t.unsqueeze(0) for t in (src, idx, out)) if src.dim() == 3 else (src, idx, out)
-        N, C, H, W = src4.shape
-        OH, OW = idx4.shape[-2:]
-        tiling = _tiles(OH * OW, N, C, suggest_memory_format(out4) == torch.channels_last)
-        launch(_max_pool2d_gather_kernel, (tiling.programs,), src4, idx4, out4, N, C, H, W, OH, OW,
-               *src4.stride(), *idx4.stride(), *out4.stride(), *padding,
-               KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1], DH=dilation[0], DW=dilation[1],
-               FLAT_INDEX=idx.dtype == torch.int64, INDEX_64=needs_int64(src4, out4), MERGE_N=tiling.merge_n,
-               BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c, num_warps=tiling.num_warps)
+        _gather_launch(src4.shape, src4.stride(), idx4.shape, idx4.stride(), idx.dtype == torch.int64,
+                       tuple(kernel), tuple(stride), tuple(padding), tuple(dilation))(src4, idx4, out4)
     return out
+
+
+@plan_cache
+def _gather_launch(shape: tuple, strides: tuple, idx_shape: tuple, idx_strides: tuple, flat_index: bool,
+                   kernel: tuple, stride: tuple, padding: tuple, dilation: tuple):
+    """``launch(src, idx, out)`` of the gather kernel for these 4-D layouts (src's;
+    idx's, which out has too), every other argument bound."""
+    N, C, H, W = shape
+    OH, OW = idx_shape[-2:]
+    tiling = _tiles(OH * OW, N, C, memory_format_of(idx_shape, idx_strides) == torch.channels_last)
+    index_64 = offsets_need_int64(shape, strides) or offsets_need_int64(idx_shape, idx_strides)
+    sizes = (N, C, H, W, OH, OW, *strides, *idx_strides, *idx_strides, *padding)
+    return bind(_max_pool2d_gather_kernel, (tiling.programs,), ("src_ptr", "idx_ptr", "out_ptr"), tiling.num_warps,
+                **_named(_max_pool2d_gather_kernel, sizes), KH=kernel[0], KW=kernel[1], SH=stride[0], SW=stride[1],
+                DH=dilation[0], DW=dilation[1], FLAT_INDEX=flat_index, INDEX_64=index_64, MERGE_N=tiling.merge_n,
+                BLOCK_P=tiling.block_p, BLOCK_C=tiling.block_c)
 
 
 # ---------------------------------------------------------------------------

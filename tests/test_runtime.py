@@ -251,9 +251,9 @@ def direct_launches(monkeypatch):
 
 
 def test_direct_launches_reuse_only_kernels_of_their_specialisation(direct_launches):
-    """On a GPU a bound launch (conv, norms, activations, max pool) reuses the kernel Triton compiled for
-    an earlier call of the same specialisation, found by the tensors' dtypes and
-    alignment alone: calls of one plan in another dtype (a norm's plan is
+    """On a GPU a bound launch (conv and the stem's padded copies, norms, activations,
+    prelu, max pool and its double backward) reuses the kernel Triton compiled for an earlier call of the
+    same specialisation, found by the tensors' dtypes and alignment alone: calls of one plan in another dtype (a norm's plan is
     dtype-blind) or at an address off 16 bytes take Triton's path and their own
     kernel, and every direct launch has exactly the specialisation its kernel was
     compiled for (ints fixed by its plan, floats free)."""
@@ -293,6 +293,28 @@ def test_direct_launches_reuse_only_kernels_of_their_specialisation(direct_launc
         torch.testing.assert_close(dx.double(), rdx.double(), atol=1e-2, rtol=1e-3)
     assert {"_activation_fwd_kernel", "_activation_bwd_kernel", "_max_pool2d_fwd_kernel",
             "_max_pool2d_bwd_kernel"} <= set(direct_launches)
+    stem_w = torch.randn(32, 3, 5, 5, requires_grad=True)      # a FLAT pass: x, w padded to 4 channels
+    for slopes in [torch.full((32,), 0.25)] * 2 + [torch.tensor([0.25])] * 2:    # per channel, shared
+        x = torch.randn(2, 3, 13, 11, requires_grad=True)
+        slopes = slopes.detach().requires_grad_()
+        y = F.prelu(F.conv2d(x, stem_w, stride=2, padding=1), slopes)
+        grads = torch.autograd.grad(y.square().sum(), (x, stem_w, slopes))
+        ref = TF.prelu(TF.conv2d(x.double(), stem_w.double(), stride=2, padding=1), slopes.double())
+        ref_grads = torch.autograd.grad(ref.square().sum(), (x, stem_w, slopes))
+        for ours, theirs in zip((y, *grads), (ref, *ref_grads)):
+            torch.testing.assert_close(ours.double(), theirs.double(), atol=1e-3, rtol=1e-4)
+    for _ in range(2):      # max pool's double backward: its gather
+        x = torch.randn(2, 4, 6, 5, requires_grad=True)
+        probe = torch.randn(2, 4, 6, 5)
+        gathered = []
+        for f in (F.max_pool2d, TF.max_pool2d):
+            y = f(x, 2)
+            g = torch.randn_like(y).requires_grad_()
+            dx, = torch.autograd.grad(y, x, g, create_graph=True)
+            gathered += torch.autograd.grad(dx, g, probe)
+        torch.testing.assert_close(*gathered)
+    assert {"_pad_channels_kernel", "_prelu_fwd_kernel", "_prelu_bwd_kernel", "_sum_partials_kernel",
+            "_max_pool2d_gather_kernel"} <= set(direct_launches)
 
 
 def test_direct_launch_keeps_the_kernel_a_future_holds(monkeypatch):

@@ -643,15 +643,27 @@ def _padded_channels_last(t: torch.Tensor, pad_c: int) -> torch.Tensor:
     """t (N, C, H, W) copied to a channels_last (N, pad_c, H, W) whose channels past
     C are zero (a NaN-free filler for the multiply-adds with w's zero channels): one
     launch; t itself when it is that already."""
-    N, C, H, W = t.shape
-    if C == pad_c and t.is_contiguous(memory_format=torch.channels_last):
-        return t
-    out = torch.empty((N, H, W, pad_c), dtype=t.dtype, device=t.device)
+    return _padding_plan(t.shape, t.stride(), pad_c)(t)
+
+
+@plan_cache
+def _padding_plan(shape: tuple, strides: tuple, pad_c: int):
+    """``run(t)`` of ``_padded_channels_last`` for t of this layout: the bound copy."""
+    N, C, H, W = shape
+    as_is = torch.empty_strided(shape, strides, device="meta").is_contiguous(memory_format=torch.channels_last)
+    if C == pad_c and as_is:
+        return lambda t: t
     # (the interpreter pays per element of a block: up to an image's pixels)
     block = max(min(8192, next_power_of_2(H * W)) if interpreting() else 512,
                 next_power_of_2(cdiv(H * W, 65535)))     # grid axis 1 < 2**16
-    launch(_pad_channels_kernel, (N, cdiv(H * W, block)), t, out, H * W, C, W, *t.stride(), PAD_C=pad_c, BLOCK=block)
-    return out.permute(0, 3, 1, 2)
+    copy = bind(_pad_channels_kernel, (N, cdiv(H * W, block)), ("src_ptr", "dst_ptr"), 4, HW=H * W, C=C, W=W,
+                **dict(zip(("stride_n", "stride_c", "stride_h", "stride_w"), strides)), PAD_C=pad_c, BLOCK=block)
+
+    def run(t):
+        out = torch.empty((N, H, W, pad_c), dtype=t.dtype, device=t.device)
+        copy(t, out)
+        return out.permute(0, 3, 1, 2)
+    return run
 
 
 def _descriptor_pixel_stride(geo: ConvGeometry, a: Operand, vec: int, tf32: bool) -> int | None:
