@@ -250,6 +250,24 @@ def test_prelu_autocast(dtype, device):
     assert_close(out, expected, dtype, "elementwise")
 
 
+@pytest.mark.parametrize("slope", [1e39, -1e39, 10**40])
+def test_fused_slopes_are_taken_as_leaky_relu_takes_them(slope, device):
+    """A slope past float32's range (or an int past torch's scalar parser) fused into
+    conv2d or a norm raises what leaky_relu raises for it, before any launch."""
+    x = torch.randn(2, 4, 3, 3, device=device)
+    with pytest.raises(Exception) as expected:
+        TF.leaky_relu(x, slope)
+    fused = [lambda: F.conv2d(x, torch.ones(4, 4, 1, 1, device=device), activation="leaky_relu", negative_slope=slope),
+             lambda: F.batch_norm(x, None, None, training=True, activation="leaky_relu", negative_slope=slope),
+             lambda: F.instance_norm(x, activation="leaky_relu", negative_slope=slope),
+             lambda: F.group_norm(x, 2, activation="leaky_relu", negative_slope=slope),
+             lambda: F.layer_norm(x, (3,), activation="leaky_relu", negative_slope=slope)]
+    for call in fused:
+        with count_launches() as launches, pytest.raises(expected.type):
+            call()
+        assert launches.total == 0
+
+
 @pytest.mark.parametrize("weight_shape", [(), (1,), (5,)])
 def test_prelu_reads_its_slopes_in_place(weight_shape, device):
     """prelu's forward is one launch and its backward two (the kernel, the weight

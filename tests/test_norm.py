@@ -485,6 +485,26 @@ def test_statistics_of_offset_data(device):
     _check_group_norm(x, 1, w, b)
 
 
+def test_statistics_of_data_whose_squares_overflow(split, device):
+    """Values around 2e19 (their squares pass fp32's range; the variance does not),
+    each statistic merged from several chunks: outputs and running variance as
+    float64's, not NaN (the merge once took 0 * inf at its first chunk). NaN in a
+    set stays NaN in its variance, as in torch (on a GPU, Triton's maximum drops
+    a NaN unless told not to)."""
+    x = 2e19 * (1 + 0.01 * make_input((2, 6, 5, 7), torch.float32, device))
+    rm, rv = torch.zeros(6, device=device), torch.ones(6, device=device)
+    y = F.batch_norm(x, rm, rv, training=True, momentum=1.0)
+    torch.testing.assert_close(y.double(), TF.batch_norm(x.double(), None, None, training=True), atol=1e-4, rtol=0)
+    torch.testing.assert_close(rv.double(), x.double().var((0, 2, 3)), atol=0, rtol=1e-4)
+    for ours, theirs in ((F.group_norm(x, 3), TF.group_norm(x.double(), 3)),
+                         (F.instance_norm(x), TF.instance_norm(x.double())),
+                         (F.layer_norm(x, x.shape[1:]), TF.layer_norm(x.double(), x.shape[1:]))):
+        torch.testing.assert_close(ours.double(), theirs, atol=1e-4, rtol=0)
+    x[0, 1, 2, 3] = float("inf")
+    F.batch_norm(x, rm, rv, training=True, momentum=1.0)
+    assert rv[1].isnan() and not rv[[0, 2, 3, 4, 5]].isnan().any()
+
+
 # ---------------------------------------------------------------------------
 # Launch and device-op budgets
 

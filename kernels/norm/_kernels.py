@@ -213,7 +213,7 @@ def _merge_moments(part_ptr, stats, mask_g, chunks, stride_stat, stride_chunk, s
         delta = tl.where(b_count > 0, b_mean - mean, 0.0)
         frac = b_count / tl.maximum(new_total, 1.0)
         mean += delta * frac
-        m2 += b_m2 + delta * delta * total * frac
+        m2 += b_m2 + (delta * total) * (delta * frac)    # (not delta * delta first: inf * 0 at the first chunk)
         total = new_total
     return total, mean, m2
 
@@ -302,7 +302,7 @@ def _store_moments(acc1, acc2, shift, count, stat0, chunk, chunks, part_size, pa
     sum2 = tl.sum(acc2, axis=0)
     n = count.to(tl.float32)
     mean = shift + sum1 / n
-    m2 = tl.maximum(sum2 - sum1 * (sum1 / n), 0.0)
+    m2 = tl.maximum(sum2 - sum1 * (sum1 / n), 0.0, propagate_nan=tl.PropagateNan.ALL)    # NaN stays NaN
     g_count, g_mean, g_m2 = _group_welford(tl.where(mask_c, n, 0.0), mean, m2, local_group, mask_c, GROUPED,
                                            BLOCK_G)
     offs = (stat0 + tl.arange(0, BLOCK_G)).to(tl.int64) * chunks + chunk
@@ -760,7 +760,8 @@ def _set_fwd_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
         mean = _set_sums(x, local_group, mask_c, ROWS, GROUPED, BLOCK_G) / count
         d = tl.where(mask, x - _per_element(mean, local_group, ROWS, GROUPED, BLOCK_G), 0.0)
         shift = _set_sums(d, local_group, mask_c, ROWS, GROUPED, BLOCK_G) / count
-        var = tl.maximum(_set_sums(d * d, local_group, mask_c, ROWS, GROUPED, BLOCK_G) / count - shift * shift, 0.0)
+        var = tl.maximum(_set_sums(d * d, local_group, mask_c, ROWS, GROUPED, BLOCK_G) / count - shift * shift, 0.0,
+                         propagate_nan=tl.PropagateNan.ALL)
         rstd = 1.0 / tl.sqrt(var + eps)
         mean += shift
         d = tl.where(mask, x - _per_element(mean, local_group, ROWS, GROUPED, BLOCK_G), 0.0)
