@@ -234,7 +234,7 @@ def conv_pair(items: tuple, name: str) -> tuple[int, int]:
 
 def conv_activation(activation, negative_slope) -> int:
     """The kernels' code for conv2d's ``activation=`` (None, "relu", "leaky_relu");
-    a leaky slope as leaky_relu takes it (RuntimeError past float32's range)."""
+    a leaky slope taken as leaky_relu takes it (torch's scalar parser, then float32's range)."""
     code = _act.activation_code(activation, "conv2d")
     if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
         raise TypeError(f"conv2d(): argument 'negative_slope' must be a number, not {type_name(negative_slope)}")
@@ -566,7 +566,7 @@ def check_running_stats_1d(op: str, running_mean, running_var, allow_0d: bool = 
 
 def norm_activation(activation, negative_slope, op: str) -> int:
     """The kernels' code for a norm's ``activation=`` (None, "relu", "leaky_relu");
-    a leaky slope as leaky_relu takes it (RuntimeError past float32's range)."""
+    a leaky slope taken as leaky_relu takes it (torch's scalar parser, then float32's range)."""
     code = _act.activation_code(activation, op)
     if code == _act.ACT_LEAKY_RELU.value:
         if not isinstance(negative_slope, (int, float)):
