@@ -124,14 +124,16 @@ def _norm_samples():
         "norm_single_read": [("layer-relu", (xl, wl, bl, 2, 2, 1, False, 1e-5, RELU, 0.0)),
                              ("groups-no-affine", (xg, None, None, 1, 1, 3, True, 1e-5, 0, 0.0))],
         "norm_gradients": [
-            ("batch-residual-relu", (_t(x4.shape), x4, w, b, r, mean, rstd, *batch, True, 1e-5, RELU, 0.0,
+            ("batch-residual-relu", (_t(x4.shape), x4, w, b, r, mean, rstd, *batch, True, 1e-5, RELU, 0.0, False,
                                      True, True, True, True)),
-            ("batch-weight-only", (_t(x4.shape), x4, w, b, None, mean, rstd, *batch, True, 1e-5, 0, 0.0,
+            ("batch-output-mask-leaky", (_t(x4.shape), x4, w, b, r, mean, rstd, *batch, True, 1e-5, LEAKY, 0.2,
+                                         True, True, True, True, True)),    # r as the forward's output
+            ("batch-weight-only", (_t(x4.shape), x4, w, b, None, mean, rstd, *batch, True, 1e-5, 0, 0.0, False,
                                    False, True, False, False)),
-            ("eval", (_t(x4.shape), x4, w, None, None, rmean, rrstd, *batch, False, 1e-3, LEAKY, 0.1,
+            ("eval", (_t(x4.shape), x4, w, None, None, rmean, rrstd, *batch, False, 1e-3, LEAKY, 0.1, False,
                       True, True, False, False)),
             ("per-sample-groups", (_t(xg.shape), xg, None, None, None, gmean, grstd, 1, 1, 3, True, True, 1e-5, 0,
-                                   0.0, True, False, False, False))],
+                                   0.0, False, True, False, False, False))],
     }
 
 

@@ -21,6 +21,7 @@ from kernels.norm import _plan as norm_plan
 from kernels._library import LaunchersInSight
 from kernels._reduce import tickets
 from kernels._runtime import clear_plan_caches, count_launches, needs_int64
+from kernels.activation import activation_code
 from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
                              epilogue, make_input, rel_err)
 
@@ -122,6 +123,42 @@ def test_batch_norm_fused_residual_activation(layout, activation, slope, device)
                       activation=activation, slope=slope, residual=residual)
     _check_batch_norm(x, *_params(4, torch.float32, device), _running(4, torch.float32, device), training=False,
                       activation=activation, slope=slope, residual=residual)
+
+
+@pytest.mark.parametrize("sync", [False, True], ids=["batch_norm", "sync_batch_norm"])
+@pytest.mark.parametrize("activation,slope,residual_kept", [
+    (None, 0.0, False), ("relu", 0.0, False), ("leaky_relu", 0.2, False), ("leaky_relu", -0.0, False),
+    ("leaky_relu", -0.3, True)])
+def test_fused_residual_is_not_kept_for_the_backward(activation, slope, residual_kept, sync, device, monkeypatch):
+    """A fused residual is kept for the backward only where the activation's mask
+    needs it: without an activation nothing reads it, and where the output's sign
+    is the activation input's (relu, leaky ReLU of a slope >= 0) the backward reads
+    the output, which the next layer keeps anyway (a ResNet block's shortcut is
+    kept by nothing else). Gradients stay torch's."""
+    from kernels.norm import sync as sync_norm
+    if sync:        # SyncNormFunction in one process: its gathers and all-reduce are the identity
+        monkeypatch.setattr(sync_norm, "_gather", lambda moments, group, world: moments[None])
+        monkeypatch.setattr(sync_norm.dist, "all_reduce", lambda tensor, group=None: None)
+    x = make_input((3, 4, 5, 7), torch.float32, device, "channels_last", requires_grad=True)
+    residual = make_input((3, 4, 5, 7), torch.float32, device, "channels_last", requires_grad=True)
+    w, b = _params(4, torch.float32, device)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        if sync:
+            y = sync_norm.SyncNormFunction.apply(x, w, b, residual, None, None, None, 1e-5, 0.1,
+                                                 activation_code(activation, "batch_norm"), slope, None, 1)
+        else:
+            y = F.batch_norm(x, None, None, w, b, True, activation=activation, negative_slope=slope,
+                             residual=residual)
+    kept = {t.untyped_storage().data_ptr() for t in saved}
+    assert (residual.untyped_storage().data_ptr() in kept) == residual_kept
+    assert (y.untyped_storage().data_ptr() in kept) == (activation is not None and not residual_kept)
+    reference = epilogue(TF.batch_norm(x.double(), None, None, w.double(), b.double(), True) + residual.double(),
+                         activation, slope)
+    probe = torch.randn_like(y)
+    for ours, theirs in zip(torch.autograd.grad(y, (x, w, b, residual), probe),
+                            torch.autograd.grad(reference, (x, w, b, residual), probe.double())):
+        torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -652,6 +689,14 @@ DOUBLE_BACKWARD = {
         (3, 4, 5), lambda x, w, b, r, rm, rv: F.batch_norm(x, rm, rv, w, b, False, activation="leaky_relu",
                                                            negative_slope=0.2),
         lambda x, w, b, r, rm, rv: TF.leaky_relu(TF.batch_norm(x, rm, rv, w, b, False), 0.2)),
+    "batch-train-leaky-residual": (         # the activation's mask read from the output
+        (3, 4, 5, 3), lambda x, w, b, r, rm, rv: F.batch_norm(x, rm, rv, w, b, True, activation="leaky_relu",
+                                                              negative_slope=0.2, residual=r),
+        lambda x, w, b, r, rm, rv: TF.leaky_relu(TF.batch_norm(x, rm, rv, w, b, True) + r, 0.2)),
+    "batch-eval-negative-leaky-residual": (      # ... from the residual: the output's sign is not the input's
+        (3, 4, 5), lambda x, w, b, r, rm, rv: F.batch_norm(x, rm, rv, w, b, False, activation="leaky_relu",
+                                                           negative_slope=-0.3, residual=r),
+        lambda x, w, b, r, rm, rv: TF.leaky_relu(TF.batch_norm(x, rm, rv, w, b, False) + r, -0.3)),
     "layer-chw": ((2, 4, 3, 5), lambda x, w, b, r, rm, rv: F.layer_norm(x, (4, 3, 5), w, b),
                   lambda x, w, b, r, rm, rv: TF.layer_norm(x, (4, 3, 5), w, b)),
     "instance": ((2, 4, 6, 5), lambda x, w, b, r, rm, rv: F.instance_norm(x, weight=w, bias=b),
@@ -742,6 +787,10 @@ COMPOSED = {
         _normalized(x, (0, 2, 3)) * _per_channel(w, x) + _per_channel(b, x) + r),
     "batch-eval-leaky": lambda x, w, b, r, rm, rv: TF.leaky_relu(
         (x - _per_channel(rm, x)) * _per_channel(torch.rsqrt(rv + 1e-5) * w, x) + _per_channel(b, x), 0.2),
+    "batch-train-leaky-residual": lambda x, w, b, r, rm, rv: TF.leaky_relu(
+        _normalized(x, (0, 2, 3)) * _per_channel(w, x) + _per_channel(b, x) + r, 0.2),
+    "batch-eval-negative-leaky-residual": lambda x, w, b, r, rm, rv: TF.leaky_relu(
+        (x - _per_channel(rm, x)) * _per_channel(torch.rsqrt(rv + 1e-5) * w, x) + _per_channel(b, x) + r, -0.3),
     "layer-chw": lambda x, w, b, r, rm, rv: _normalized(x, (1, 2, 3)) * w + b,
     "instance": lambda x, w, b, r, rm, rv: _normalized(x, (2, 3)) * _per_channel(w, x) + _per_channel(b, x),
     "group-3-of-6": lambda x, w, b, r, rm, rv: _normalized(x, None, groups=3) * _per_channel(w, x)

@@ -252,8 +252,9 @@ def direct_launches(monkeypatch):
 
 def test_direct_launches_reuse_only_kernels_of_their_specialisation(direct_launches):
     """On a GPU a bound launch (conv and the stem's padded copies, norms, activations,
-    prelu, max pool and its double backward) reuses the kernel Triton compiled for an earlier call of the
-    same specialisation, found by the tensors' dtypes and alignment alone: calls of one plan in another dtype (a norm's plan is
+    prelu, max pool and its double backward) reuses the kernel Triton compiled for
+    an earlier call of the same specialisation, found by the tensors' dtypes and
+    alignment alone: calls of one plan in another dtype (a norm's plan is
     dtype-blind) or at an address off 16 bytes take Triton's path and their own
     kernel, and every direct launch has exactly the specialisation its kernel was
     compiled for (ints fixed by its plan, floats free)."""

@@ -82,19 +82,19 @@ def _norm_calls(kind, shape, dtype, channels_last, variant):
                                                        1e-5)
             sums = _meta((2, C), torch.float32)
             ops.norm_backward_dx(dy, x, None, w, b, None, mean, rstd, sums, count, 1, 1, C, False, ACT_RELU.value,
-                                 0.0)
+                                 0.0, False)
             return
         if variant == "eval":
             y, mean, rstd = ops.norm_apply_running(x, rm, rv, w, b, None, 1, 1, True, 1e-5, ACT_RELU.value, 0.0)
-            ops.norm_backward(dy, x, w, b, None, mean, rstd, 1, 1, C, False, False, ACT_RELU.value, 0.0,
+            ops.norm_backward(dy, x, w, b, None, mean, rstd, 1, 1, C, False, False, ACT_RELU.value, 0.0, False,
                               True, True, True, False)
             return
         residual = _meta(shape, dtype, channels_last)
         nbt = torch.empty((), dtype=torch.int64, device="meta")
         mean, rstd = ops.norm_statistics(x, rm, rv, nbt, 1, 1, C, False, 0.0, True, 1e-5)
-        ops.norm_apply(x, mean, rstd, w, b, residual, 1, 1, C, False, True, ACT_RELU.value, 0.0)
-        ops.norm_backward(dy, x, w, b, residual, mean, rstd, 1, 1, C, False, True, ACT_RELU.value, 0.0,
-                          True, True, True, True)
+        y = ops.norm_apply(x, mean, rstd, w, b, residual, 1, 1, C, False, True, ACT_RELU.value, 0.0)
+        ops.norm_backward(dy, x, w, b, y, mean, rstd, 1, 1, C, False, True, ACT_RELU.value, 0.0, True,     # the
+                          True, True, True, True)       # ResNet block's tail: the relu's mask read from y
         return
     if kind == "ln":
         lead, chan, groups, C = 1, len(shape) - 1, 1, 1
@@ -115,7 +115,7 @@ def _norm_calls(kind, shape, dtype, channels_last, variant):
     else:
         mean, rstd = ops.norm_statistics(x, None, None, None, lead, chan, groups, True, 0.0, False, 1e-5)
         ops.norm_apply(x, mean, rstd, w, b, None, lead, chan, groups, True, kind == "gn", act, 0.1)
-    ops.norm_backward(dy, x, w, b, None, mean, rstd, lead, chan, groups, True, True, act, 0.1,
+    ops.norm_backward(dy, x, w, b, None, mean, rstd, lead, chan, groups, True, True, act, 0.1, False,
                       True, True, True, False)
 
 

@@ -486,18 +486,23 @@ def _normalize_kernel(x_ptr, y_ptr, res_ptr, mean_ptr, rstd_ptr, rm_ptr, rv_ptr,
 def _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean, scale, b,
                      stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
                      stride_rn, stride_rc, stride_rs, negative_slope,
-                     HAS_RESIDUAL: tl.constexpr, ACTIVATION: tl.constexpr):
+                     HAS_RESIDUAL: tl.constexpr, MASK_FROM_OUTPUT: tl.constexpr, ACTIVATION: tl.constexpr):
     """fp32 tiles (x, g) of sample n_idx: g = dy through the activation, whose input
-    is recomputed from x (and the residual). Masked lanes hold 0."""
+    is recomputed from x (and the residual), or (MASK_FROM_OUTPUT: res_ptr holds
+    the forward's output, positive exactly where its input is: relu, leaky ReLU
+    of a slope >= 0) read as its output. Masked lanes hold 0."""
     x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
                 mask=mask, other=0.0).to(tl.float32)
     g = tl.load(dy_ptr + n_idx * stride_dyn + offs_ss * stride_dys + offs_cc * stride_dyc,
                 mask=mask, other=0.0).to(tl.float32)
     if ACTIVATION != ACT_NONE:
-        v = _affine(x, mean, scale, b)
-        if HAS_RESIDUAL:
-            v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
-                         mask=mask, other=0.0).to(tl.float32)
+        if MASK_FROM_OUTPUT:        # (its sign, in its own dtype)
+            v = tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc, mask=mask, other=0.0)
+        else:
+            v = _affine(x, mean, scale, b)
+            if HAS_RESIDUAL:
+                v += tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
+                             mask=mask, other=0.0).to(tl.float32)
         g = activation_grad(g, v, ACTIVATION, negative_slope)
     return x, g
 
@@ -520,11 +525,13 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
                        STATS_PER_SAMPLE: tl.constexpr, GROUPED: tl.constexpr, STAT_SUMS: tl.constexpr,
                        WRITE_DW: tl.constexpr, WRITE_DB: tl.constexpr, WRITE_G: tl.constexpr, WRITE_DX: tl.constexpr,
                        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                       ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr, FULL_BLOCKS: tl.constexpr,
-                       BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+                       MASK_FROM_OUTPUT: tl.constexpr, ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr,
+                       FULL_BLOCKS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr,
+                       BLOCK_K: tl.constexpr):
     """The reduction pass. x, dy, residual, g, dx: (N, C, S) through strides; mean,
     rstd per statistic as in the forward. g = dy through the activation (its input
-    recomputed from x and the residual), xhat = (x - mean) * rstd.
+    recomputed from x and the residual, or its mask read from the output in
+    res_ptr: ``_load_x_and_grad``), xhat = (x - mean) * rstd.
     WRITE_DW / WRITE_DB: dw = sum(g * xhat), db = sum(g) per channel, in their dtype (C,).
     STAT_SUMS: sums (2, num_stats) fp32, s1 = sum(w g) then s2 = sum(w g xhat) per statistic.
     WRITE_G: g (the residual's gradient); WRITE_DX (statistics that are constants,
@@ -532,8 +539,8 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
     part: fp32 partials, (2, C, num_n_chunks * num_s_chunks) for dw, db (either asked)
     then (2, num_stats, chunks) for s1, s2 (STAT_SUMS); the last program per channel block (dw, db) and
     per statistic set (s1, s2) merges them in a fixed order (tickets as in the
-    statistics kernel). Moves 2T (x, dy), +1T for the residual when the activation's
-    input is recomputed, +1T to write g, +1T to write dx."""
+    statistics kernel). Moves 2T (x, dy), +1T for the residual (or the output) when
+    the activation's mask needs it, +1T to write g, +1T to write dx."""
     pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end, offs_c, mask_c, local_group, first_group = _program_block(
         N, C, S, Cg, GPB, BPG, group_width, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, BLOCK_C, FULL_BLOCKS)
     rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
@@ -562,7 +569,8 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
             mask = (offs_ss < s_end) & mask_c[None, :]
             x, g = _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean, scale, b,
                                     stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
-                                    stride_rn, stride_rc, stride_rs, negative_slope, HAS_RESIDUAL, ACTIVATION)
+                                    stride_rn, stride_rc, stride_rs, negative_slope, HAS_RESIDUAL, MASK_FROM_OUTPUT,
+                                    ACTIVATION)
             if WRITE_G:
                 tl.store(g_ptr + n_idx * stride_gn + offs_ss * stride_gs + offs_cc * stride_gc,
                          g.to(g_ptr.dtype.element_ty), mask=mask)
@@ -581,6 +589,9 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
             tl.store(stat_part + stat_size + offs, _group_sums(w * col_gx, local_group, mask_c, GROUPED, BLOCK_G),
                      mask=mask_g)
     if STAT_SUMS and not STATS_PER_SAMPLE:
+        # w read again: held across the loop, which need not read it (the activation's mask
+        # read from the output, no dx), triton 3.6 made ptxas spill it
+        w, _ = _load_affine(w_ptr, b_ptr, offs_c, mask_c, HAS_WEIGHT, False)
         offs = (first_group + tl.arange(0, BLOCK_G)).to(tl.int64) * chunks + chunk
         tl.store(stat_part + offs, _group_sums(w * sum_g, local_group, mask_c, GROUPED, BLOCK_G), mask=mask_g)
         tl.store(stat_part + stat_size + offs, _group_sums(w * sum_gx, local_group, mask_c, GROUPED, BLOCK_G),
@@ -619,16 +630,16 @@ def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_p
                    STATS_PER_SAMPLE: tl.constexpr, GROUPED: tl.constexpr, READ_G: tl.constexpr,
                    DEVICE_COUNT: tl.constexpr,
                    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
-                   ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr, FULL_BLOCKS: tl.constexpr,
-                   BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+                   MASK_FROM_OUTPUT: tl.constexpr, ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr,
+                   FULL_BLOCKS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
     """The input gradient of batch statistics. x, dy, residual, g, dx: (N, C, S)
     through strides; mean, rstd per statistic; sums (2, num_stats): s1 = sum(w g) then
     s2 = sum(w g xhat) per statistic;
     inv_count = 1 / elements per statistic, or (DEVICE_COUNT: SyncBatchNorm's count over
     every process) 1 / count[0].
     dx = rstd * (w g - (s1 + xhat s2) * inv_count), g read (READ_G: the reduction
-    pass wrote it) or recomputed from dy through the activation.
-    Moves 3T (x, g or dy, dx), +1T for the residual when g is recomputed."""
+    pass wrote it) or recomputed from dy through the activation (as the reduction pass).
+    Moves 3T (x, g or dy, dx), +1T for the residual (or the output) when g is recomputed."""
     pid_c, pid_n, pid_s, n_start, n_end, s_start, s_end, offs_c, mask_c, local_group, first_group = _program_block(
         N, C, S, Cg, GPB, BPG, group_width, n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, BLOCK_C, FULL_BLOCKS)
     rows = _index(tl.arange(0, BLOCK_S), INDEX_64)
@@ -662,7 +673,8 @@ def _bwd_dx_kernel(x_ptr, dy_ptr, res_ptr, g_ptr, mean_ptr, rstd_ptr, w_ptr, b_p
             else:
                 x, g = _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean, scale, b,
                                         stride_xn, stride_xc, stride_xs, stride_dyn, stride_dyc, stride_dys,
-                                        stride_rn, stride_rc, stride_rs, negative_slope, HAS_RESIDUAL, ACTIVATION)
+                                        stride_rn, stride_rc, stride_rs, negative_slope, HAS_RESIDUAL,
+                                        MASK_FROM_OUTPUT, ACTIVATION)
             xhat = (x - mean[None, :]) * rstd[None, :]
             dx = scale[None, :] * g + k1[None, :] + k2[None, :] * xhat
             tl.store(dx_ptr + n_idx * stride_dxn + offs_ss * stride_dxs + offs_cc * stride_dxc,

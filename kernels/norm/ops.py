@@ -191,8 +191,8 @@ def _single_read_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool,
 
 @by_layout
 def _reduce_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool, has_bias: bool, activation: int,
-                 negative_slope: float, need_x: bool, need_weight: bool, need_bias: bool, need_g: bool,
-                 interpreter: bool):
+                 negative_slope: float, mask_from_output: bool, need_x: bool, need_weight: bool, need_bias: bool,
+                 need_g: bool, interpreter: bool):
     """run(dy, x, weight, bias, residual, mean, rstd) -> (dx, dweight, dbias, sums, g) of
     ``norm_backward_reduce`` (layouts: dy, x, residual)."""
     dy_layout, x_layout, r_layout = layouts
@@ -213,7 +213,7 @@ def _reduce_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool, h
     reduce = bind(_bwd_reduce_kernel, planned.grid, _REDUCE_POINTERS, **planned.args, negative_slope=negative_slope,
                   STATS_PER_SAMPLE=geom.per_sample, STAT_SUMS=stat_sums, WRITE_DW=need_weight, WRITE_DB=need_bias,
                   WRITE_G=write_g, WRITE_DX=dx_layout is not None, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
-                  HAS_RESIDUAL=r_layout is not None, ACTIVATION=activation)
+                  HAS_RESIDUAL=r_layout is not None, MASK_FROM_OUTPUT=mask_from_output, ACTIVATION=activation)
 
     def run(dy, x, weight, bias, residual, mean, rstd):
         device = x.device
@@ -231,7 +231,7 @@ def _reduce_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool, h
 
 @by_layout
 def _dx_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, activation: int, negative_slope: float,
-             device_count: bool, interpreter: bool):
+             mask_from_output: bool, device_count: bool, interpreter: bool):
     """run(dy, x, g, weight, bias, residual, mean, rstd, sums, count) -> dx of
     ``norm_backward_dx`` (layouts: dy, x, residual, g)."""
     dy_layout, x_layout, r_layout, g_layout = layouts
@@ -244,7 +244,7 @@ def _dx_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, activati
                       inv_count=1.0 / ((1 if geom.per_sample else plan.N) * plan.Cg * plan.S),
                       STATS_PER_SAMPLE=geom.per_sample, READ_G=g_layout is not None, DEVICE_COUNT=device_count,
                       HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, HAS_RESIDUAL=r_layout is not None,
-                      ACTIVATION=activation)
+                      MASK_FROM_OUTPUT=mask_from_output, ACTIVATION=activation)
 
     def run(dy, x, g, weight, bias, residual, mean, rstd, sums, count):
         dx = new_dx(dtype=x.dtype, device=x.device)
@@ -287,8 +287,8 @@ def _single_read_backward_plan(planned, dx_layout, has_weight: bool, has_bias: b
 
 @by_layout
 def _backward_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool, has_bias: bool, activation: int,
-                   negative_slope: float, need_x: bool, need_weight: bool, need_bias: bool, need_g: bool,
-                   interpreter: bool):
+                   negative_slope: float, mask_from_output: bool, need_x: bool, need_weight: bool, need_bias: bool,
+                   need_g: bool, interpreter: bool):
     """run(dy, x, weight, bias, residual, mean, rstd) -> (dx, dweight, dbias, g) of
     ``norm_backward`` for a non-empty x (layouts: dy, x, residual)."""
     dy_layout, x_layout, r_layout = layouts
@@ -298,7 +298,7 @@ def _backward_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool,
         if planned is not None:
             return _single_read_backward_plan(planned, dx_layout, has_weight, has_bias, need_weight, need_bias,
                                               activation, negative_slope)
-    flags = (has_weight, has_bias, activation, negative_slope)
+    flags = (has_weight, has_bias, activation, negative_slope, mask_from_output)
     reduce = _reduce_plan.of_layouts(layouts, geom, batch_stats, *flags, need_x, need_weight, need_bias, need_g,
                                      interpreter)
     if not (need_x and batch_stats):
@@ -410,42 +410,45 @@ def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
 def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                   residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
                   groups: int, per_sample: bool, batch_stats: bool, activation: int, negative_slope: float,
-                  need_x: bool, need_weight: bool, need_bias: bool, need_g: bool):
+                  mask_from_output: bool, need_x: bool, need_weight: bool, need_bias: bool, need_g: bool):
     """(dx, dweight, dbias, g) of the norm, each None unless asked for; g = dy through
     the activation (the residual's gradient; None without an activation, where it
-    is dy). ``batch_stats``: mean / rstd came from x (their gradient flows), else
-    they are constants (eval). At most two launches: the single-read kernel (plus a
-    column sum when it ran on several programs), or ``norm_backward_reduce`` and, for
-    dx of batch statistics, ``norm_backward_dx``."""
+    is dy). ``mask_from_output``: ``residual`` is the forward's output instead, whose
+    sign is the activation input's (``mask_source``). ``batch_stats``: mean / rstd
+    came from x (their gradient flows), else they are constants (eval). At most two
+    launches: the single-read kernel (plus a column sum when it ran on several
+    programs), or ``norm_backward_reduce`` and, for dx of batch statistics,
+    ``norm_backward_dx``."""
     if x.numel() == 0:
         return (torch.empty_like(x) if need_x else None, torch.zeros_like(weight) if need_weight else None,
                 torch.zeros_like(bias) if need_bias else None,
                 torch.empty_like(residual) if need_g and activation != ACT_NONE.value else None)
     plan = _backward_plan((dy, x, residual), Geometry(lead, chan, groups, per_sample, False), batch_stats,
-                          weight is not None, bias is not None, activation, plan_float(negative_slope), need_x,
-                          need_weight, need_bias, need_g, interpreting())
+                          weight is not None, bias is not None, activation, plan_float(negative_slope),
+                          mask_from_output, need_x, need_weight, need_bias, need_g, interpreting())
     return plan(dy, x, weight, bias, residual, mean, rstd)
 
 
 def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                          residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
                          groups: int, per_sample: bool, batch_stats: bool, activation: int, negative_slope: float,
-                         need_x: bool, need_weight: bool, need_bias: bool, need_g: bool):
+                         mask_from_output: bool, need_x: bool, need_weight: bool, need_bias: bool, need_g: bool):
     """The looped reduction pass (one launch, none when nothing is asked): returns
     (dx, dweight, dbias, sums, g). dx only for constant statistics (eval: written in
     this pass); sums (2, num_stats) fp32 = (sum(w g), sum(w g xhat)) per statistic when
     dx of batch statistics is asked (``norm_backward_dx`` reads them; SyncBatchNorm
     all-reduces them first); g as ``norm_backward``."""
     plan = _reduce_plan((dy, x, residual), Geometry(lead, chan, groups, per_sample, False), batch_stats,
-                        weight is not None, bias is not None, activation, plan_float(negative_slope), need_x,
-                        need_weight, need_bias, need_g, interpreting())
+                        weight is not None, bias is not None, activation, plan_float(negative_slope),
+                        mask_from_output, need_x, need_weight, need_bias, need_g, interpreting())
     return plan(dy, x, weight, bias, residual, mean, rstd)
 
 
 def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, weight: torch.Tensor | None,
                      bias: torch.Tensor | None, residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor,
                      sums: torch.Tensor, count: torch.Tensor | None, lead: int, chan: int, groups: int,
-                     per_sample: bool, activation: int, negative_slope: float) -> torch.Tensor:
+                     per_sample: bool, activation: int, negative_slope: float,
+                     mask_from_output: bool) -> torch.Tensor:
     """dx of batch statistics, one launch: rstd (w g - (s1 + xhat s2) / count), g read
     when given (the reduction pass wrote it) else recomputed from dy; sums (2,
     num_stats) as ``norm_backward_reduce`` returns them (the kernel reads one
@@ -453,7 +456,8 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
     device tensor: SyncBatchNorm's count over all processes) or, when None, the
     elements per statistic of x."""
     plan = _dx_plan((dy, x, residual, g), Geometry(lead, chan, groups, per_sample, False), weight is not None,
-                    bias is not None, activation, plan_float(negative_slope), count is not None, interpreting())
+                    bias is not None, activation, plan_float(negative_slope), mask_from_output, count is not None,
+                    interpreting())
     return plan(dy, x, g, weight, bias, residual, mean, rstd, sums, count)
 
 
@@ -491,45 +495,61 @@ def _apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torc
 def norm_gradients(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                    residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
                    groups: int, per_sample: bool, batch_stats: bool, eps: float, activation: int,
-                   negative_slope: float, need_x: bool, need_weight: bool, need_bias: bool,
+                   negative_slope: float, mask_from_output: bool, need_x: bool, need_weight: bool, need_bias: bool,
                    need_g: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """``norm_backward`` with an empty tensor for each gradient not asked, and for g
     without an activation (where the residual's gradient is dy itself)."""
     grads = norm_backward(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, batch_stats,
-                          activation, negative_slope, need_x, need_weight, need_bias, need_g)
+                          activation, negative_slope, mask_from_output, need_x, need_weight, need_bias, need_g)
     return tuple(dy.new_empty(0) if t is None else t for t in grads)
 
 
-def _save(ctx, x, weight, bias, residual, mean, rstd, *args):
-    """args: (lead, chan, groups, per_sample, batch_stats, eps, activation, negative_slope)."""
-    ctx.save_for_backward(x, weight, bias, residual, mean, rstd)
-    ctx.args = args
+def mask_source(residual: torch.Tensor | None, y: torch.Tensor, activation: int,
+                negative_slope: float) -> tuple[torch.Tensor | None, bool]:
+    """What a backward reads in the residual's place, and whether it is the output y:
+    nothing without a residual or an activation (g is dy, or the activation's input
+    is recomputed from x alone); y where its sign is the activation input's (relu,
+    leaky ReLU of a slope >= 0), which the next layer keeps anyway where a ResNet
+    block's shortcut may be kept by nothing else; else the residual."""
+    if residual is None or activation == ACT_NONE.value:
+        return None, False
+    if activation == ACT_RELU.value or negative_slope >= 0:
+        return y, True
+    return residual, False
+
+
+def _save(ctx, x, weight, bias, residual, y, mean, rstd, *args):
+    """args: (lead, chan, groups, per_sample, batch_stats, eps, activation, negative_slope);
+    ``mask_source`` decides what is kept of the residual and y."""
+    kept, from_output = mask_source(residual, y, args[-2], args[-1])
+    ctx.save_for_backward(x, weight, bias, kept, mean, rstd)
+    ctx.args = (*args, from_output)
 
 
 def _apply_setup(ctx, inputs, output):
     x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, _, eps, act, slope = inputs
-    _save(ctx, x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, True, eps, act, slope)
+    _save(ctx, x, weight, bias, residual, output, mean, rstd, lead, chan, groups, per_sample, True, eps, act, slope)
 
 
 def _apply_running_setup(ctx, inputs, output):
     x, _, _, weight, bias, residual, lead, chan, _, eps, act, slope = inputs
-    _, mean, rstd = output
+    y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
-    _save(ctx, x, weight, bias, residual, mean, rstd, lead, chan, _channels(x, lead, chan), False, False, eps, act,
-          slope)
+    _save(ctx, x, weight, bias, residual, y, mean, rstd, lead, chan, _channels(x, lead, chan), False, False, eps,
+          act, slope)
 
 
 def _single_read_setup(ctx, inputs, output):
     x, weight, bias, lead, chan, groups, _, eps, act, slope = inputs
-    _, mean, rstd = output
+    y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
-    _save(ctx, x, weight, bias, None, mean, rstd, lead, chan, groups, True, True, eps, act, slope)
+    _save(ctx, x, weight, bias, None, y, mean, rstd, lead, chan, groups, True, True, eps, act, slope)
 
 
 def _gradients(ctx, dy, need_x, need_weight, need_bias, need_residual):
     """(dx, dweight, dbias, dresidual) of a normalization, None where not needed."""
     x, weight, bias, residual, mean, rstd = ctx.saved_tensors
-    lead, chan, groups, per_sample, *_, activation, _ = ctx.args
+    lead, chan, groups, per_sample, _, _, activation, _, _ = ctx.args
     dy = _readable(dy, Geometry(lead, chan, groups, per_sample, False))    # any layout autograd hands us
     need_g = need_residual and activation != ACT_NONE.value
     grads = norm_gradients_op(dy, x, weight, bias, residual, mean, rstd, *ctx.args, need_x, need_weight, need_bias,
@@ -559,7 +579,7 @@ def _single_read_backward_formula(ctx, dy, _mean, _rstd):
 def _gradients_setup(ctx, inputs, output):
     dy, x, weight, bias, residual, mean, rstd, *args = inputs
     ctx.save_for_backward(dy, x, weight, bias, residual, mean, rstd)
-    ctx.args, ctx.needs = args[:8], args[8:]
+    ctx.args, ctx.needs = args[:9], args[9:]
 
 
 def _gradients_backward(ctx, *grad_grads):
@@ -574,8 +594,9 @@ def _gradients_backward(ctx, *grad_grads):
     wanted = [i for i, (t, g, need) in enumerate(zip(operands, grad_grads, ctx.needs))
               if need and t is not None and g is not None]
     if not wanted:
-        return (None,) * (7 + 12)
+        return (None,) * (7 + 13)
     present = [i for i, t in enumerate(saved[:5]) if t is not None]    # of dy, x, weight, bias, residual
+    *args, mask_from_output = ctx.args
 
     def first_derivatives(*tensors):
         """(dy, x, weight, bias, residual), those present -> the wanted gradients."""
@@ -583,12 +604,15 @@ def _gradients_backward(ctx, *grad_grads):
         for i, t in zip(present, tensors):
             full[i] = t
         dy, *inputs = full
+        mask = None
+        if mask_from_output:    # the residual's slot holds the output: the activation's mask, and a
+            mask, inputs[3] = inputs[3] > 0, torch.zeros_like(inputs[3])    # residual of any value
 
         def forward(*variables):
             operands = list(inputs)
             for i, t in zip(wanted, variables):
                 operands[i] = t
-            return _reference_forward(*operands, mean, rstd, *ctx.args)
+            return _reference_forward(*operands, mean, rstd, *args, mask)
         y, pullback = torch.func.vjp(forward, *(inputs[i] for i in wanted))
         return pullback(dy.to(y.dtype))
 
@@ -597,13 +621,15 @@ def _gradients_backward(ctx, *grad_grads):
     grads = [next(second) if t is not None else None for t in saved[:5]]
     # Without an activation no first derivative reads the bias, and with constant
     # statistics only dw reads x: None there, as torch (vjp's zeros would count as a
-    # gradient, for an optimizer's weight decay too).
-    _, _, _, _, batch_stats, _, activation, _ = ctx.args
+    # gradient, for an optimizer's weight decay too). The output (for its mask) gets none.
+    _, _, _, _, batch_stats, _, activation, _ = args
     if activation == ACT_NONE.value:
         grads[3] = None
         if not batch_stats and 1 not in wanted:
             grads[1] = None
-    return *grads, *([None] * 14)
+    if mask_from_output:
+        grads[4] = None
+    return *grads, *([None] * 15)
 
 
 def _statistics_fake(x, running_mean, running_var, num_batches_tracked, lead, chan, groups, per_sample, *_):
@@ -628,7 +654,7 @@ def _single_read_fake(x, weight, bias, lead, chan, groups, keep_format, *_):
 
 
 def _gradients_fake(dy, x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, batch_stats, eps,
-                    activation, negative_slope, need_x, need_weight, need_bias, need_g):
+                    activation, negative_slope, mask_from_output, need_x, need_weight, need_bias, need_g):
     def activation_sized(t, need):
         return torch.empty_like(t) if need else dy.new_empty(0)
 
@@ -676,9 +702,10 @@ def _norm(x, weight, bias, residual, running_mean, running_var, num_batches_trac
 
 
 def _reference_forward(x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, batch_stats, eps,
-                       activation, negative_slope):
+                       activation, negative_slope, mask=None):
     """A normalization's forward in torch ops (fp32) on x seen as (N, G, Cg * S):
-    statistics from x when ``batch_stats``, else the given per-group mean / rstd.
+    statistics from x when ``batch_stats``, else the given per-group mean / rstd;
+    the activation's mask (where its input is positive) computed, or ``mask``.
     Used only to differentiate the backward."""
     shape = x.shape
     N = math.prod(shape[:lead])
@@ -698,7 +725,10 @@ def _reference_forward(x, weight, bias, residual, mean, rstd, lead, chan, groups
         v = v + bias.reshape(1, C, 1)
     if residual is not None:
         v = v + residual.reshape(N, C, -1)
-    if activation == ACT_RELU.value:
+    if mask is not None:
+        mask = mask.reshape(N, C, -1)
+        v = v * mask if activation == ACT_RELU.value else torch.where(mask, v, v * negative_slope)
+    elif activation == ACT_RELU.value:
         v = torch.relu(v)
     elif activation == ACT_LEAKY_RELU.value:
         v = TF.leaky_relu(v, negative_slope)

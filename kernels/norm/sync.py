@@ -25,7 +25,8 @@ from .._library import _on_own_device
 from .._runtime import backend
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from ._plan import Geometry
-from .ops import _readable, norm_apply, norm_backward_dx, norm_backward_reduce, norm_merge_moments, norm_moments
+from .ops import (_readable, mask_source, norm_apply, norm_backward_dx, norm_backward_reduce, norm_merge_moments,
+                  norm_moments)
 
 __all__ = ["sync_batch_norm", "SyncNormFunction"]
 
@@ -57,22 +58,23 @@ class SyncNormFunction(torch.autograd.Function):
                                                num_batches_tracked, 0.0 if momentum is None else momentum,
                                                momentum is None, eps)
         y = norm_apply(x, mean, rstd, weight, bias, residual, 1, 1, C, False, True, activation, negative_slope)
-        ctx.save_for_backward(x, weight, bias, residual, mean, rstd, count)
-        ctx.args = (activation, negative_slope, group)
+        kept, from_output = mask_source(residual, y, activation, negative_slope)
+        ctx.save_for_backward(x, weight, bias, kept, mean, rstd, count)
+        ctx.args = (activation, negative_slope, from_output, group)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
-        x, weight, bias, residual, mean, rstd, count = ctx.saved_tensors
-        activation, negative_slope, group = ctx.args
+        x, weight, bias, residual, mean, rstd, count = ctx.saved_tensors     # residual: ``mask_source``'s
+        activation, negative_slope, from_output, group = ctx.args
         need_x, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
         C = x.shape[1]
         dy = _readable(dy, Geometry(1, 1, C, False, True))
         if x.numel():
             dx, dw, db, sums, g = norm_backward_reduce(dy, x, weight, bias, residual, mean, rstd, 1, 1, C, False,
-                                                       True, activation, negative_slope, need_x, need_weight,
-                                                       need_bias, need_residual)
+                                                       True, activation, negative_slope, from_output, need_x,
+                                                       need_weight, need_bias, need_residual)
         else:       # an empty batch here: nothing to sum, but the all-reduce needs this process
             dw = torch.zeros_like(weight) if need_weight else None
             db = torch.zeros_like(bias) if need_bias else None
@@ -80,7 +82,7 @@ class SyncNormFunction(torch.autograd.Function):
         if need_x:
             dist.all_reduce(sums, group=group)
             dx = (norm_backward_dx(dy, x, g, weight, bias, residual, mean, rstd, sums, count, 1, 1, C, False,
-                                   activation, negative_slope) if x.numel() else torch.empty_like(x))
+                                   activation, negative_slope, from_output) if x.numel() else torch.empty_like(x))
         g = dy if need_residual and g is None else g
         return dx, dw, db, g, *([None] * 9)
 
