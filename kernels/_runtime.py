@@ -20,7 +20,8 @@ helpers that every op shares.
 * ``plan_cache(build)``: a value that depends only on its key (a launch plan:
   what a launch's sizes, strides, flags and arguments decide; a check of
   sizes) built once per distinct key; every op caches its plans this way.
-  A float in a key goes through ``plan_float`` (-0.0 keyed apart from 0.0).
+  A float in a key goes through ``plan_float`` (-0.0 keyed apart from 0.0, every
+  NaN alike).
 * ``DOT_UPCAST``: pass as a constexpr to kernels that ``tl.dot`` bf16 tiles;
   the interpreter's bf16 dot is wrong, so they upcast to fp32 there.
 """
@@ -400,12 +401,15 @@ class _NegativeZero(float):
 
 
 _NEGATIVE_ZERO = _NegativeZero(-0.0)
+_NAN = float("nan")         # one NaN object: a NaN equals only itself, so every NaN keys as this one
 
 
 def plan_float(value) -> float:
     """``float(value)`` as a plan key (momentum, eps, a fused activation's slope):
-    -0.0 keyed apart from 0.0."""
+    -0.0 keyed apart from 0.0, every NaN alike."""
     value = float(value)
+    if value != value:
+        return _NAN
     return value if value or math.copysign(1.0, value) > 0 else _NEGATIVE_ZERO
 
 

@@ -232,15 +232,20 @@ def conv_pair(items: tuple, name: str) -> tuple[int, int]:
     return int(items[0]), int(items[-1])
 
 
-def conv_activation(activation, negative_slope) -> int:
-    """The kernels' code for conv2d's ``activation=`` (None, "relu", "leaky_relu");
-    a leaky slope taken as leaky_relu takes it (torch's scalar parser, then float32's range)."""
+def conv_activation(activation, negative_slope) -> tuple[int, float]:
+    """(the kernels' code, the slope) of conv2d's ``activation=`` (None, "relu",
+    "leaky_relu") and ``negative_slope`` (``fused_slope``)."""
     code = _act.activation_code(activation, "conv2d")
-    if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float)):
-        raise TypeError(f"conv2d(): argument 'negative_slope' must be a number, not {type_name(negative_slope)}")
-    if code == _act.ACT_LEAKY_RELU.value:
-        as_float32(scalar(negative_slope, "conv2d", "negative_slope"), "conv2d", "negative_slope")
-    return code
+    return code, fused_slope(code, negative_slope, "conv2d")
+
+
+def fused_slope(code: int, negative_slope, op: str) -> float:
+    """A fused activation's slope: for leaky_relu, the float leaky_relu parses it to
+    (torch's Scalar: a number, a numpy number or a 0-d tensor, else TypeError;
+    RuntimeError past float32's range); unused, 0.0, for the others."""
+    if code != _act.ACT_LEAKY_RELU.value:
+        return 0.0
+    return as_float32(scalar(negative_slope, op, "negative_slope"), op, "negative_slope")
 
 
 def _conv_arg_types(stride, padding, dilation, groups) -> dict:
@@ -564,15 +569,11 @@ def check_running_stats_1d(op: str, running_mean, running_var, allow_0d: bool = 
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
 
 
-def norm_activation(activation, negative_slope, op: str) -> int:
-    """The kernels' code for a norm's ``activation=`` (None, "relu", "leaky_relu");
-    a leaky slope taken as leaky_relu takes it (torch's scalar parser, then float32's range)."""
+def norm_activation(activation, negative_slope, op: str) -> tuple[int, float]:
+    """(the kernels' code, the slope) of a norm's ``activation=`` (None, "relu",
+    "leaky_relu") and ``negative_slope`` (``fused_slope``)."""
     code = _act.activation_code(activation, op)
-    if code == _act.ACT_LEAKY_RELU.value:
-        if not isinstance(negative_slope, (int, float)):
-            raise TypeError(f"{op}(): negative_slope must be a number, not {type_name(negative_slope)}")
-        as_float32(scalar(negative_slope, op, "negative_slope"), op, "negative_slope")
-    return code
+    return code, fused_slope(code, negative_slope, op)
 
 
 def check_residual(input, residual, op: str) -> None:
@@ -591,7 +592,8 @@ def check_residual(input, residual, op: str) -> None:
 def check_batch_norm(input, running_mean, running_var, weight, bias, residual, num_batches_tracked, training,
                      momentum, eps, activation, negative_slope):
     """batch_norm's checks, in torch's order; returns (momentum: a float, or None for
-    the cumulative average with ``num_batches_tracked``, eps, the activation's code)."""
+    the cumulative average with ``num_batches_tracked``, eps, the activation's code,
+    its slope)."""
     op = "batch_norm"
     # torch's Python reads a training input's batch size, then compares eps (the errors
     # Python raises for what does not compare), before its parser checks the types
@@ -644,17 +646,17 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, residual, n
                       running_var=running_var)
     if input.numel():       # torch returns an empty batch before it reads the running stats
         check_running_stats_1d(op, running_mean, running_var)
-    code = norm_activation(activation, negative_slope, op)
+    code, slope = norm_activation(activation, negative_slope, op)
     check_residual(input, residual, op)
     check_norm_dtype(input, op)
-    return momentum, eps, code
+    return momentum, eps, code, slope
 
 
 @checks_once
 def check_instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps, activation,
                         negative_slope):
     """instance_norm's checks, in torch's order; returns (momentum, eps, the
-    activation's code)."""
+    activation's code, its slope)."""
     op = "instance_norm"
     check_norm_input(input, op, attribute_error=bool(use_input_stats))
     check_flag(use_input_stats, op, "use_input_stats")
@@ -681,16 +683,16 @@ def check_instance_norm(input, running_mean, running_var, weight, bias, use_inpu
         if t is not None and t.dim() > 1:
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
     check_running_stats_1d(op, running_mean, running_var, allow_0d=not use_input_stats)
-    code = norm_activation(activation, negative_slope, op)
+    code, slope = norm_activation(activation, negative_slope, op)
     check_norm_dtype(input, op)
-    return momentum, eps, code
+    return momentum, eps, code, slope
 
 
 @checks_once
 def check_layer_norm(input, weight, bias, normalized_shape, eps, activation, negative_slope):
     """layer_norm's checks, in torch's order, of tensors as autocast has cast them
     (a cast raises nothing); returns (normalized_shape as a tuple of ints, eps,
-    the activation's code)."""
+    the activation's code, its slope)."""
     op = "layer_norm"
     check_norm_input(input, op)
     eps = check_eps(eps, op)
@@ -710,15 +712,16 @@ def check_layer_norm(input, weight, bias, normalized_shape, eps, activation, neg
             raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
                                f"{list(t.shape)} and normalized_shape = {shape}")
     check_norm_params(input, op, weight=weight, bias=bias)
-    code = norm_activation(activation, negative_slope, op)
+    code, slope = norm_activation(activation, negative_slope, op)
     check_norm_dtype(input, op)
-    return tuple(shape), eps, code
+    return tuple(shape), eps, code, slope
 
 
 @checks_once
 def check_group_norm(input, weight, bias, num_groups, eps, activation, negative_slope):
     """group_norm's checks, in torch's order, of tensors as autocast has cast them
-    (a cast raises nothing); returns (num_groups, eps, the activation's code)."""
+    (a cast raises nothing); returns (num_groups, eps, the activation's code, its
+    slope)."""
     op = "group_norm"
     check_norm_input(input, op, attribute_error=True)
     if input.dim() < 2:
@@ -746,6 +749,6 @@ def check_group_norm(input, weight, bias, num_groups, eps, activation, negative_
             raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of channels in input, "
                                f"but got {name} of shape {list(t.shape)} and input of shape {list(input.shape)}")
     check_norm_params(input, op, weight=weight, bias=bias)
-    code = norm_activation(activation, negative_slope, op)
+    code, slope = norm_activation(activation, negative_slope, op)
     check_norm_dtype(input, op)
-    return num_groups, eps, code
+    return num_groups, eps, code, slope

@@ -162,25 +162,25 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups, activation=activation, negative_slope=negative_slope)
-    code = conv_activation(activation, negative_slope)
+    code, slope = conv_activation(activation, negative_slope)
     input, weight, bias = _autocast(_LOWER_PRECISION, input, weight, bias)
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _FLOAT_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
-        return _torch_epilogue(out, activation, negative_slope)
+        return _torch_epilogue(out, activation, slope)
     checked = check_conv2d((input, weight, bias), (stride, padding, dilation, groups))
     if _conv_past_int32(input, checked[1]):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
-        return _torch_epilogue(out, activation, negative_slope)
+        return _torch_epilogue(out, activation, slope)
     stride, pad, dilation, groups = checked
     x = input.unsqueeze(0) if input.dim() == 3 else input
     if x.shape[1] == 0:     # as torch's empty-input path: no input channels, no output channels either
         weight, bias = weight[:0], None if bias is None else bias[:0]
-    if code == _act.ACT_LEAKY_RELU.value and negative_slope < 0:
+    if code == _act.ACT_LEAKY_RELU.value and slope < 0:
         # The fused backward reads the output's sign, which a negative slope flips:
         # convolve, then apply leaky_relu (a Triton kernel too) on its own.
-        out = leaky_relu(_conv.conv2d(x, weight, bias, stride, pad, dilation, groups), negative_slope)
+        out = leaky_relu(_conv.conv2d(x, weight, bias, stride, pad, dilation, groups), slope)
     else:
-        out = _conv.conv2d(x, weight, bias, stride, pad, dilation, groups, code, float(negative_slope))
+        out = _conv.conv2d(x, weight, bias, stride, pad, dilation, groups, code, slope)
     return out.squeeze(0) if input.dim() == 3 else out
 
 
@@ -263,15 +263,15 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
         return handle_torch_function(batch_norm, tensors, input, running_mean, running_var, weight, bias, training,
                                      momentum, eps, activation=activation, negative_slope=negative_slope,
                                      residual=residual, num_batches_tracked=num_batches_tracked)
-    momentum, eps, code = check_batch_norm(tensors, (training, momentum, eps, activation, negative_slope))
+    momentum, eps, code, slope = check_batch_norm(tensors, (training, momentum, eps, activation, negative_slope))
     if _on_torch_path(input):
         if num_batches_tracked is not None:     # as torch's module: count, then the factor (a host read)
             num_batches_tracked.add_(1)
             momentum = 1.0 / float(num_batches_tracked) if momentum is None else momentum
         out = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-        return _torch_epilogue(out, activation, negative_slope, residual)
-    return _norm.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, code,
-                            float(negative_slope), residual, num_batches_tracked)
+        return _torch_epilogue(out, activation, slope, residual)
+    return _norm.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, code, slope,
+                            residual, num_batches_tracked)
 
 
 def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
@@ -286,13 +286,13 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
         return handle_torch_function(instance_norm, (input, running_mean, running_var, weight, bias), input,
                                      running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
                                      activation=activation, negative_slope=negative_slope)
-    momentum, eps, code = check_instance_norm((input, running_mean, running_var, weight, bias),
-                                              (use_input_stats, momentum, eps, activation, negative_slope))
+    momentum, eps, code, slope = check_instance_norm((input, running_mean, running_var, weight, bias),
+                                                     (use_input_stats, momentum, eps, activation, negative_slope))
     if _on_torch_path(input):
         out = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
-        return _torch_epilogue(out, activation, negative_slope)
+        return _torch_epilogue(out, activation, slope)
     return _norm.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps,
-                               code, float(negative_slope))
+                               code, slope)
 
 
 def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | None = None,
@@ -304,10 +304,11 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
         return handle_torch_function(layer_norm, (input, weight, bias), input, normalized_shape, weight, bias, eps,
                                      activation=activation, negative_slope=negative_slope)
     input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)   # casts raise nothing: checks after
-    shape, eps, code = check_layer_norm((input, weight, bias), (normalized_shape, eps, activation, negative_slope))
+    shape, eps, code, slope = check_layer_norm((input, weight, bias),
+                                               (normalized_shape, eps, activation, negative_slope))
     if _on_torch_path(input):
-        return _torch_epilogue(F.layer_norm(input, shape, weight, bias, eps), activation, negative_slope)
-    return _norm.layer_norm(input, shape, weight, bias, eps, code, float(negative_slope))
+        return _torch_epilogue(F.layer_norm(input, shape, weight, bias, eps), activation, slope)
+    return _norm.layer_norm(input, shape, weight, bias, eps, code, slope)
 
 
 def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
@@ -319,7 +320,8 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
         return handle_torch_function(group_norm, (input, weight, bias), input, num_groups, weight, bias, eps,
                                      activation=activation, negative_slope=negative_slope)
     input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)   # casts raise nothing: checks after
-    num_groups, eps, code = check_group_norm((input, weight, bias), (num_groups, eps, activation, negative_slope))
+    num_groups, eps, code, slope = check_group_norm((input, weight, bias),
+                                                    (num_groups, eps, activation, negative_slope))
     if _on_torch_path(input):
-        return _torch_epilogue(F.group_norm(input, num_groups, weight, bias, eps), activation, negative_slope)
-    return _norm.group_norm(input, num_groups, weight, bias, eps, code, float(negative_slope))
+        return _torch_epilogue(F.group_norm(input, num_groups, weight, bias, eps), activation, slope)
+    return _norm.group_norm(input, num_groups, weight, bias, eps, code, slope)

@@ -127,14 +127,13 @@ def test_batch_norm_fused_residual_activation(layout, activation, slope, device)
 
 @pytest.mark.parametrize("sync", [False, True], ids=["batch_norm", "sync_batch_norm"])
 @pytest.mark.parametrize("activation,slope,residual_kept", [
-    (None, 0.0, False), ("relu", 0.0, False), ("leaky_relu", 0.2, False), ("leaky_relu", -0.0, False),
-    ("leaky_relu", -0.3, True)])
+    (None, 0.0, False), ("relu", 0.0, False), ("leaky_relu", 0.2, True), ("leaky_relu", -0.3, True)])
 def test_fused_residual_is_not_kept_for_the_backward(activation, slope, residual_kept, sync, device, monkeypatch):
     """A fused residual is kept for the backward only where the activation's mask
-    needs it: without an activation nothing reads it, and where the output's sign
-    is the activation input's (relu, leaky ReLU of a slope >= 0) the backward reads
-    the output, which the next layer keeps anyway (a ResNet block's shortcut is
-    kept by nothing else). Gradients stay torch's."""
+    needs it: without an activation nothing reads it, and after a relu the backward
+    reads the output, as torch's relu does, which the next layer keeps anyway (a
+    ResNet block's shortcut is kept by nothing else); torch's leaky_relu keeps its
+    input, so ours keeps the residual. Gradients stay torch's."""
     from kernels.norm import sync as sync_norm
     if sync:        # SyncNormFunction in one process: its gathers and all-reduce are the identity
         monkeypatch.setattr(sync_norm, "_gather", lambda moments, group, world: moments[None])
@@ -159,6 +158,27 @@ def test_fused_residual_is_not_kept_for_the_backward(activation, slope, residual
     for ours, theirs in zip(torch.autograd.grad(y, (x, w, b, residual), probe),
                             torch.autograd.grad(reference, (x, w, b, residual), probe.double())):
         torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+
+def test_fused_relu_residual_second_derivatives_as_torchs(device):
+    """After a fused relu the backward reads the mask from the output (the residual
+    is not kept): a gradient penalty differentiated with respect to the residual
+    gives torch's zeros, and a NaN that reaches the relu passes the gradient, in the
+    first and second derivatives, as torch's relu does."""
+    def run(f):
+        torch.manual_seed(0)
+        x = torch.randn(2, 3, 4, device=device, requires_grad=True)
+        w, b = torch.randn(3, device=device, requires_grad=True), torch.randn(3, device=device)
+        r = torch.randn(2, 3, 4, device=device)
+        r[0, 1, 2] = float("nan")
+        r.requires_grad_()
+        y = f(x, w, b, r)
+        gx, = torch.autograd.grad(y, x, torch.randn_like(y), create_graph=True)
+        return (gx[1], *torch.autograd.grad((gx[1] ** 2).sum(), (w, r)))      # sample 1 has no NaN
+    ours = run(lambda x, w, b, r: F.batch_norm(x, None, None, w, b, True, activation="relu", residual=r))
+    theirs = run(lambda x, w, b, r: TF.relu(TF.batch_norm(x, None, None, w, b, True) + r))
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------
@@ -689,11 +709,11 @@ DOUBLE_BACKWARD = {
         (3, 4, 5), lambda x, w, b, r, rm, rv: F.batch_norm(x, rm, rv, w, b, False, activation="leaky_relu",
                                                            negative_slope=0.2),
         lambda x, w, b, r, rm, rv: TF.leaky_relu(TF.batch_norm(x, rm, rv, w, b, False), 0.2)),
-    "batch-train-leaky-residual": (         # the activation's mask read from the output
+    "batch-train-leaky-residual": (         # the residual kept for the activation's mask
         (3, 4, 5, 3), lambda x, w, b, r, rm, rv: F.batch_norm(x, rm, rv, w, b, True, activation="leaky_relu",
                                                               negative_slope=0.2, residual=r),
         lambda x, w, b, r, rm, rv: TF.leaky_relu(TF.batch_norm(x, rm, rv, w, b, True) + r, 0.2)),
-    "batch-eval-negative-leaky-residual": (      # ... from the residual: the output's sign is not the input's
+    "batch-eval-negative-leaky-residual": (
         (3, 4, 5), lambda x, w, b, r, rm, rv: F.batch_norm(x, rm, rv, w, b, False, activation="leaky_relu",
                                                            negative_slope=-0.3, residual=r),
         lambda x, w, b, r, rm, rv: TF.leaky_relu(TF.batch_norm(x, rm, rv, w, b, False) + r, -0.3)),

@@ -489,15 +489,16 @@ def _load_x_and_grad(x_ptr, dy_ptr, res_ptr, n_idx, offs_ss, offs_cc, mask, mean
                      HAS_RESIDUAL: tl.constexpr, MASK_FROM_OUTPUT: tl.constexpr, ACTIVATION: tl.constexpr):
     """fp32 tiles (x, g) of sample n_idx: g = dy through the activation, whose input
     is recomputed from x (and the residual), or (MASK_FROM_OUTPUT: res_ptr holds
-    the forward's output, positive exactly where its input is: relu, leaky ReLU
-    of a slope >= 0) read as its output. Masked lanes hold 0."""
+    the forward's relu output, positive or NaN exactly where its input is) read
+    as its output. Masked lanes hold 0."""
     x = tl.load(x_ptr + n_idx * stride_xn + offs_ss * stride_xs + offs_cc * stride_xc,
                 mask=mask, other=0.0).to(tl.float32)
     g = tl.load(dy_ptr + n_idx * stride_dyn + offs_ss * stride_dys + offs_cc * stride_dyc,
                 mask=mask, other=0.0).to(tl.float32)
     if ACTIVATION != ACT_NONE:
-        if MASK_FROM_OUTPUT:        # (its sign, in its own dtype)
-            v = tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc, mask=mask, other=0.0)
+        if MASK_FROM_OUTPUT:
+            v = tl.load(res_ptr + n_idx * stride_rn + offs_ss * stride_rs + offs_cc * stride_rc,
+                        mask=mask, other=0.0).to(tl.float32)
         else:
             v = _affine(x, mean, scale, b)
             if HAS_RESIDUAL:

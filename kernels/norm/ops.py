@@ -413,8 +413,8 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
                   mask_from_output: bool, need_x: bool, need_weight: bool, need_bias: bool, need_g: bool):
     """(dx, dweight, dbias, g) of the norm, each None unless asked for; g = dy through
     the activation (the residual's gradient; None without an activation, where it
-    is dy). ``mask_from_output``: ``residual`` is the forward's output instead, whose
-    sign is the activation input's (``mask_source``). ``batch_stats``: mean / rstd
+    is dy). ``mask_from_output``: ``residual`` is the forward's relu output instead,
+    positive or NaN where its input is (``mask_source``). ``batch_stats``: mean / rstd
     came from x (their gradient flows), else they are constants (eval). At most two
     launches: the single-read kernel (plus a column sum when it ran on several
     programs), or ``norm_backward_reduce`` and, for dx of batch statistics,
@@ -508,12 +508,14 @@ def mask_source(residual: torch.Tensor | None, y: torch.Tensor, activation: int,
                 negative_slope: float) -> tuple[torch.Tensor | None, bool]:
     """What a backward reads in the residual's place, and whether it is the output y:
     nothing without a residual or an activation (g is dy, or the activation's input
-    is recomputed from x alone); y where its sign is the activation input's (relu,
-    leaky ReLU of a slope >= 0), which the next layer keeps anyway where a ResNet
-    block's shortcut may be kept by nothing else; else the residual."""
+    is recomputed from x alone); after a relu, y (positive or NaN where its input
+    is), which the next layer keeps anyway where a ResNet block's shortcut may be
+    kept by nothing else, and which torch's relu saves too (so an in-place change
+    of y raises in the backward in both); else (leaky ReLU: torch's saves its
+    input) the residual."""
     if residual is None or activation == ACT_NONE.value:
         return None, False
-    if activation == ACT_RELU.value or negative_slope >= 0:
+    if activation == ACT_RELU.value:
         return y, True
     return residual, False
 
@@ -605,8 +607,8 @@ def _gradients_backward(ctx, *grad_grads):
             full[i] = t
         dy, *inputs = full
         mask = None
-        if mask_from_output:    # the residual's slot holds the output: the activation's mask, and a
-            mask, inputs[3] = inputs[3] > 0, torch.zeros_like(inputs[3])    # residual of any value
+        if mask_from_output:    # the residual's slot holds the relu's output: its mask (NaN passes, as
+            mask, inputs[3] = ~(inputs[3] <= 0), torch.zeros_like(inputs[3])   # torch's), a residual of any value
 
         def forward(*variables):
             operands = list(inputs)
@@ -621,14 +623,15 @@ def _gradients_backward(ctx, *grad_grads):
     grads = [next(second) if t is not None else None for t in saved[:5]]
     # Without an activation no first derivative reads the bias, and with constant
     # statistics only dw reads x: None there, as torch (vjp's zeros would count as a
-    # gradient, for an optimizer's weight decay too). The output (for its mask) gets none.
+    # gradient, for an optimizer's weight decay too). The output (read for its mask) gets
+    # zeros: torch's relu gives its input zeros, which reach the residual.
     _, _, _, _, batch_stats, _, activation, _ = args
     if activation == ACT_NONE.value:
         grads[3] = None
         if not batch_stats and 1 not in wanted:
             grads[1] = None
     if mask_from_output:
-        grads[4] = None
+        grads[4] = torch.zeros_like(saved[4])
     return *grads, *([None] * 15)
 
 
@@ -705,7 +708,7 @@ def _reference_forward(x, weight, bias, residual, mean, rstd, lead, chan, groups
                        activation, negative_slope, mask=None):
     """A normalization's forward in torch ops (fp32) on x seen as (N, G, Cg * S):
     statistics from x when ``batch_stats``, else the given per-group mean / rstd;
-    the activation's mask (where its input is positive) computed, or ``mask``.
+    a relu's mask (where its input is positive or NaN) computed, or ``mask``.
     Used only to differentiate the backward."""
     shape = x.shape
     N = math.prod(shape[:lead])
@@ -725,9 +728,8 @@ def _reference_forward(x, weight, bias, residual, mean, rstd, lead, chan, groups
         v = v + bias.reshape(1, C, 1)
     if residual is not None:
         v = v + residual.reshape(N, C, -1)
-    if mask is not None:
-        mask = mask.reshape(N, C, -1)
-        v = v * mask if activation == ACT_RELU.value else torch.where(mask, v, v * negative_slope)
+    if mask is not None:        # a relu's
+        v = v * mask.reshape(N, C, -1)
     elif activation == ACT_RELU.value:
         v = torch.relu(v)
     elif activation == ACT_LEAKY_RELU.value:
