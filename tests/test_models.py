@@ -218,6 +218,36 @@ def test_model(name, device):
         assert out.shape == (shape[0], 10 if name in ("lenet5", "digits_cnn") else 5)
 
 
+def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the storages autograd keeps for the backward of one forward of
+    ``model`` (each storage once; parameters and buffers left out)."""
+    own = {t.untyped_storage().data_ptr() for t in (*model.parameters(), *model.buffers())}
+    saved = {}
+
+    def pack(t):
+        key = t.untyped_storage().data_ptr()
+        if t.numel() and key not in own:
+            saved[key] = t.untyped_storage().nbytes()
+        return t
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(saved.values())
+
+
+@pytest.mark.parametrize("block,layers", [("BasicBlock", [2, 2, 2, 2]), ("Bottleneck", [3, 4, 6, 3])],
+                         ids=["resnet18", "resnet50"])
+def test_resnet_keeps_less_for_the_backward_than_torchvisions(block, layers, device):
+    """A training forward keeps less memory for the backward than torchvision's
+    structure (the twin) keeps: the fused block tail saves the relu's output, which
+    the next block keeps anyway, not the shortcut; max pool keeps 1-byte window codes,
+    not its input and int64 indices."""
+    kw = dict(num_classes=5, width=8)
+    x = torch.randn(2, 3, 32, 32, device=device)
+    ours = _saved_bytes(models.ResNet(getattr(models, block), layers, **kw).to(device), x)
+    theirs = _saved_bytes(reference.ResNet(getattr(reference, block), layers, **kw).to(device), x)
+    assert ours < 0.97 * theirs, (ours, theirs)
+
+
 @pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
 def test_resnet_matches_torchvision_structured_twin(block, device):
     """nnlib's fused ResNet computes what torchvision's structure computes (the twin:
