@@ -504,8 +504,7 @@ def norm_gradients(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | Non
     return tuple(dy.new_empty(0) if t is None else t for t in grads)
 
 
-def mask_source(residual: torch.Tensor | None, y: torch.Tensor, activation: int,
-                negative_slope: float) -> tuple[torch.Tensor | None, bool]:
+def mask_source(residual: torch.Tensor | None, y: torch.Tensor, activation: int) -> tuple[torch.Tensor | None, bool]:
     """What a backward reads in the residual's place, and whether it is the output y:
     nothing without a residual or an activation (g is dy, or the activation's input
     is recomputed from x alone); after a relu, y (positive or NaN where its input
@@ -523,7 +522,7 @@ def mask_source(residual: torch.Tensor | None, y: torch.Tensor, activation: int,
 def _save(ctx, x, weight, bias, residual, y, mean, rstd, *args):
     """args: (lead, chan, groups, per_sample, batch_stats, eps, activation, negative_slope);
     ``mask_source`` decides what is kept of the residual and y."""
-    kept, from_output = mask_source(residual, y, args[-2], args[-1])
+    kept, from_output = mask_source(residual, y, args[-2])
     ctx.save_for_backward(x, weight, bias, kept, mean, rstd)
     ctx.args = (*args, from_output)
 

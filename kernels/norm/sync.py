@@ -58,7 +58,7 @@ class SyncNormFunction(torch.autograd.Function):
                                                num_batches_tracked, 0.0 if momentum is None else momentum,
                                                momentum is None, eps)
         y = norm_apply(x, mean, rstd, weight, bias, residual, 1, 1, C, False, True, activation, negative_slope)
-        kept, from_output = mask_source(residual, y, activation, negative_slope)
+        kept, from_output = mask_source(residual, y, activation)
         ctx.save_for_backward(x, weight, bias, kept, mean, rstd, count)
         ctx.args = (activation, negative_slope, from_output, group)
         return y
