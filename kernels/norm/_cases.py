@@ -93,8 +93,9 @@ def _norm_calls(kind, shape, dtype, channels_last, variant):
         nbt = torch.empty((), dtype=torch.int64, device="meta")
         mean, rstd = ops.norm_statistics(x, rm, rv, nbt, 1, 1, C, False, 0.0, True, 1e-5)
         y = ops.norm_apply(x, mean, rstd, w, b, residual, 1, 1, C, False, True, ACT_RELU.value, 0.0)
-        ops.norm_backward(dy, x, w, b, y, mean, rstd, 1, 1, C, False, True, ACT_RELU.value, 0.0, True,     # the
-                          True, True, True, True)       # ResNet block's tail: the relu's mask read from y
+        # the ResNet block's tail: the backward reads the relu's mask from y
+        ops.norm_backward(dy, x, w, b, y, mean, rstd, 1, 1, C, False, True, ACT_RELU.value, 0.0, True,
+                          True, True, True, True)
         return
     if kind == "ln":
         lead, chan, groups, C = 1, len(shape) - 1, 1, 1
