@@ -75,6 +75,8 @@ def checks() -> list[Check]:
               lambda x: F.leaky_relu(x, 0.1), lambda x: TF.leaky_relu(x, 0.1)),
         Check("prelu", "reduction", lambda dt, dev, lay: [_x((2, 5, 7, 9), dt, dev, lay), _param(5, dt, dev, 0.1, 0.3)],
               F.prelu, TF.prelu),
+        Check("prelu one slope", "reduction",
+              lambda dt, dev, lay: [_x((2, 5, 7, 9), dt, dev, lay), _param(1, dt, dev, 0.1, 0.3)], F.prelu, TF.prelu),
         Check("max_pool2d 3x3/2", "elementwise", lambda dt, dev, lay: [_x((2, 5, 11, 9), dt, dev, lay)],
               lambda x: F.max_pool2d(x, 3, 2, 1), lambda x: TF.max_pool2d(x, 3, 2, 1)),
         Check("batch_norm train", "reduction",
