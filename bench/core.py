@@ -122,10 +122,23 @@ def time_case(case: Case, ceilings: dict) -> dict:
     if case.flops:
         row["tflops"] = case.flops / ours_ms / 1e9
         row["pct_bf16_matmul"] = 100 * row["tflops"] / ceilings["bf16_matmul_tflops"]
-    if case.extra.get("images"):        # whole-model cases: throughput of both sides
+    if case.extra.get("images"):        # whole-model cases: throughput and a call's memory, both sides
         row["images_per_s"] = case.extra["images"] * 1e3 / ours_ms
         row["torch_images_per_s"] = case.extra["images"] * 1e3 / base_ms
+        row["peak_mib"], row["torch_peak_mib"] = peak_mib(ours), peak_mib(baseline)
     return row
+
+
+def peak_mib(fn) -> float:
+    """MiB of GPU memory that one call of ``fn`` takes at its peak beyond what was
+    allocated before it (a training step: activations kept for the backward, the
+    gradients, the workspaces)."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
 
 
 def row_of(case: Case) -> dict:
@@ -166,6 +179,14 @@ def markdown(rows: list[dict], meta: dict) -> str:
             groups.setdefault((r["op"], r["set"], r["dtype"], r["pass"]), []).append(r.get("speedup"))
     for key, values in sorted(groups.items()):
         lines.append(f"| {' | '.join(key)} | {geomean(values):.2f} |")
+    models = [r for r in rows if r.get("images_per_s")]
+    if models:
+        lines += ["", "Whole models: throughput and the peak memory one call takes beyond what was allocated "
+                  "before it:", "", "| op | dtype | pass | images/s | torch images/s | peak MiB | torch peak MiB |",
+                  "|---|---|---|---|---|---|---|"]
+        lines += [f"| {r['op']} | {r['dtype']} | {r['pass']} | {r['images_per_s']:.0f} | "
+                  f"{r['torch_images_per_s']:.0f} | {fmt(r.get('peak_mib'), '.0f')} | "
+                  f"{fmt(r.get('torch_peak_mib'), '.0f')} |" for r in models]
     failed = [r for r in rows if "error" in r]
     if failed:
         lines += ["", "Cases that failed (left out of the geomeans):", ""]

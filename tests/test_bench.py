@@ -49,6 +49,28 @@ def test_report_geomeans_leave_alternatives_out():
     assert "| conv2d | resnet50 | bfloat16 | forward | 1.00 |" in report
 
 
+def test_whole_model_rows_report_throughput_and_peak_memory(monkeypatch):
+    """A whole-model row carries both sides' images/s and the peak memory one call
+    takes beyond what was allocated before it (``peak_mib``; the GPU's counters
+    stood in for), and the report lists them."""
+    from bench import core
+    allocated = {"now": 3 * 2**20, "peak": 0}
+
+    def call():         # a call that allocates 5 MiB at its peak and frees them
+        allocated["peak"] = allocated["now"] + 5 * 2**20
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: allocated["now"])
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: allocated.update(peak=allocated["now"]))
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: allocated["peak"])
+    assert core.peak_mib(call) == 5.0
+    meta = {"gpu": "GPU", "date": "today", "torch": "t", "triton": "t",
+            "ceilings": {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0}}
+    row = {"op": "resnet50", "set": "e2e", "shape": [32], "dtype": "bfloat16", "layout": "channels_last",
+           "pass": "train", "speedup": 1.1, "images_per_s": 1100.0, "torch_images_per_s": 1000.0,
+           "peak_mib": 5000.0, "torch_peak_mib": 5300.0}
+    assert "| resnet50 | bfloat16 | train | 1100 | 1000 | 5000 | 5300 |" in core.markdown([row], meta)
+
+
 def test_gpu_run_keeps_its_rows_when_stopped_early(tmp_path, monkeypatch):
     """``python -m bench`` on a GPU rewrites its JSON and Markdown after every case,
     so a run that gpu_check's time box stops keeps what it timed (the GPU side
