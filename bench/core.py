@@ -122,17 +122,24 @@ def time_case(case: Case, ceilings: dict) -> dict:
     if case.flops:
         row["tflops"] = case.flops / ours_ms / 1e9
         row["pct_bf16_matmul"] = 100 * row["tflops"] / ceilings["bf16_matmul_tflops"]
-    if case.extra.get("images"):        # whole-model cases: throughput and a call's memory, both sides
-        row["images_per_s"] = case.extra["images"] * 1e3 / ours_ms
-        row["torch_images_per_s"] = case.extra["images"] * 1e3 / base_ms
-        row["peak_mib"], row["torch_peak_mib"] = peak_mib(ours), peak_mib(baseline)
+    if case.extra.get("images"):        # whole-model cases
+        row.update(whole_model_figures(case.extra["images"], ours, baseline, ours_ms, base_ms))
     return row
+
+
+def whole_model_figures(images: int, ours, baseline, ours_ms: float, base_ms: float) -> dict:
+    """Both sides' images/s (from the median times) and the peak memory of one call
+    of each (``peak_mib``)."""
+    return {"images_per_s": images * 1e3 / ours_ms, "torch_images_per_s": images * 1e3 / base_ms,
+            "peak_mib": peak_mib(ours), "torch_peak_mib": peak_mib(baseline)}
 
 
 def peak_mib(fn) -> float:
     """MiB of GPU memory that one call of ``fn`` takes at its peak beyond what was
-    allocated before it (a training step: activations kept for the backward, the
-    gradients, the workspaces)."""
+    allocated before it. A training step frees the last step's gradients and makes
+    its own: its figure is what it keeps for the backward and its workspaces; a
+    step replayed from a CUDA graph, whose memory the graph holds already, reads
+    about 0."""
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
@@ -182,7 +189,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
     models = [r for r in rows if r.get("images_per_s")]
     if models:
         lines += ["", "Whole models: throughput and the peak memory one call takes beyond what was allocated "
-                  "before it:", "", "| op | dtype | pass | images/s | torch images/s | peak MiB | torch peak MiB |",
+                  "before it (a training step's: what it keeps for the backward and its workspaces; a graphed "
+                  "step's: about 0):", "",
+                  "| op | dtype | pass | images/s | torch images/s | peak MiB | torch peak MiB |",
                   "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['op']} | {r['dtype']} | {r['pass']} | {r['images_per_s']:.0f} | "
                   f"{r['torch_images_per_s']:.0f} | {fmt(r.get('peak_mib'), '.0f')} | "

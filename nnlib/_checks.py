@@ -232,20 +232,27 @@ def conv_pair(items: tuple, name: str) -> tuple[int, int]:
     return int(items[0]), int(items[-1])
 
 
-def conv_activation(activation, negative_slope) -> tuple[int, float]:
+def conv_activation(activation, negative_slope, dtype=None) -> tuple[int, float]:
     """(the kernels' code, the slope) of conv2d's ``activation=`` (None, "relu",
-    "leaky_relu") and ``negative_slope`` (``fused_slope``)."""
+    "leaky_relu") and ``negative_slope`` for an input of ``dtype`` (``fused_slope``)."""
     code = _act.activation_code(activation, "conv2d")
-    return code, fused_slope(code, negative_slope, "conv2d")
+    return code, fused_slope(code, negative_slope, "conv2d", dtype)
 
 
-def fused_slope(code: int, negative_slope, op: str) -> float:
-    """A fused activation's slope: for leaky_relu, the float leaky_relu parses it to
-    (torch's Scalar: a number, a numpy number or a 0-d tensor, else TypeError;
-    RuntimeError past float32's range); unused, 0.0, for the others."""
+def fused_slope(code: int, negative_slope, op: str, dtype) -> float:
+    """A fused activation's slope as leaky_relu parses it for an input of ``dtype``:
+    torch's Scalar (a number, a numpy number or a 0-d tensor: TypeError otherwise,
+    OverflowError for an int past its range), then, for the float32 / float16 /
+    bfloat16 inputs the kernels take, a float (RuntimeError past float32's range
+    or for an imaginary part); for others (float64: torch's path) the Scalar as it
+    is. Unused, 0.0, without a leaky_relu."""
     if code != _act.ACT_LEAKY_RELU.value:
         return 0.0
-    return as_float32(scalar(negative_slope, op, "negative_slope"), op, "negative_slope")
+    value = scalar(negative_slope, op, "negative_slope")
+    return as_float32(value, op, "negative_slope") if dtype in KERNEL_DTYPES else value
+
+
+KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)     # what the kernels take (and autocast's)
 
 
 def _conv_arg_types(stride, padding, dilation, groups) -> dict:
@@ -569,11 +576,11 @@ def check_running_stats_1d(op: str, running_mean, running_var, allow_0d: bool = 
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
 
 
-def norm_activation(activation, negative_slope, op: str) -> tuple[int, float]:
+def norm_activation(activation, negative_slope, op: str, dtype=None) -> tuple[int, float]:
     """(the kernels' code, the slope) of a norm's ``activation=`` (None, "relu",
-    "leaky_relu") and ``negative_slope`` (``fused_slope``)."""
+    "leaky_relu") and ``negative_slope`` for an input of ``dtype`` (``fused_slope``)."""
     code = _act.activation_code(activation, op)
-    return code, fused_slope(code, negative_slope, op)
+    return code, fused_slope(code, negative_slope, op, dtype)
 
 
 def check_residual(input, residual, op: str) -> None:
@@ -646,7 +653,7 @@ def check_batch_norm(input, running_mean, running_var, weight, bias, residual, n
                       running_var=running_var)
     if input.numel():       # torch returns an empty batch before it reads the running stats
         check_running_stats_1d(op, running_mean, running_var)
-    code, slope = norm_activation(activation, negative_slope, op)
+    code, slope = norm_activation(activation, negative_slope, op, input.dtype)
     check_residual(input, residual, op)
     check_norm_dtype(input, op)
     return momentum, eps, code, slope
@@ -683,7 +690,7 @@ def check_instance_norm(input, running_mean, running_var, weight, bias, use_inpu
         if t is not None and t.dim() > 1:
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
     check_running_stats_1d(op, running_mean, running_var, allow_0d=not use_input_stats)
-    code, slope = norm_activation(activation, negative_slope, op)
+    code, slope = norm_activation(activation, negative_slope, op, input.dtype)
     check_norm_dtype(input, op)
     return momentum, eps, code, slope
 
@@ -712,7 +719,7 @@ def check_layer_norm(input, weight, bias, normalized_shape, eps, activation, neg
             raise RuntimeError(f"Expected {name} to be of same shape as normalized_shape, but got {name} of shape "
                                f"{list(t.shape)} and normalized_shape = {shape}")
     check_norm_params(input, op, weight=weight, bias=bias)
-    code, slope = norm_activation(activation, negative_slope, op)
+    code, slope = norm_activation(activation, negative_slope, op, input.dtype)
     check_norm_dtype(input, op)
     return tuple(shape), eps, code, slope
 
@@ -749,6 +756,6 @@ def check_group_norm(input, weight, bias, num_groups, eps, activation, negative_
             raise RuntimeError(f"Expected {name} to be a vector of size equal to the number of channels in input, "
                                f"but got {name} of shape {list(t.shape)} and input of shape {list(input.shape)}")
     check_norm_params(input, op, weight=weight, bias=bias)
-    code, slope = norm_activation(activation, negative_slope, op)
+    code, slope = norm_activation(activation, negative_slope, op, input.dtype)
     check_norm_dtype(input, op)
     return num_groups, eps, code, slope

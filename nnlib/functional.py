@@ -17,9 +17,9 @@ from kernels import norm as _norm
 from kernels import pool as _pool
 from kernels._runtime import backend, check_same_device
 
-from ._checks import (as_float32, check_activation_input, check_batch_norm, check_conv2d, check_group_norm,
-                      check_inplace, check_instance_norm, check_layer_norm, check_max_pool2d, conv_activation,
-                      pool_activation, scalar, type_name)
+from ._checks import (KERNEL_DTYPES, as_float32, check_activation_input, check_batch_norm, check_conv2d,
+                      check_group_norm, check_inplace, check_instance_norm, check_layer_norm, check_max_pool2d,
+                      conv_activation, pool_activation, scalar, type_name)
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
@@ -41,7 +41,6 @@ def _on_torch_path(input: torch.Tensor) -> bool:
 # per-op policy; nnlib's ops cast the same way (meta and other devices take
 # torch's path, which applies autocast itself).
 
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)   # autocast's, and the kernels'
 _LOWER_PRECISION = "lower_precision"     # conv2d, prelu: autocast's dtype, CPU and CUDA
 _FLOAT32_ON_CUDA = "float32_on_cuda"     # layer_norm, group_norm: float32 under CUDA autocast
 
@@ -60,7 +59,7 @@ def _autocast(policy: str, input, *others):
         dtype = torch.float32
     else:
         return (input, *others)
-    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in _FLOAT_DTYPES else t
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in KERNEL_DTYPES else t
                  for t in (input, *others))
 
 
@@ -162,9 +161,9 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups, activation=activation, negative_slope=negative_slope)
-    code, slope = conv_activation(activation, negative_slope)
+    code, slope = conv_activation(activation, negative_slope, getattr(input, "dtype", None))
     input, weight, bias = _autocast(_LOWER_PRECISION, input, weight, bias)
-    if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in _FLOAT_DTYPES):
+    if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in KERNEL_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, slope)
     checked = check_conv2d((input, weight, bias), (stride, padding, dilation, groups))
@@ -200,7 +199,7 @@ def max_pool2d_with_indices(input: torch.Tensor, kernel_size, stride=None, paddi
     code = pool_activation(activation)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"max_pool2d(): argument 'input' must be Tensor, not {type_name(input)}")
-    if _on_torch_path(input) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if _on_torch_path(input) or input.dtype not in KERNEL_DTYPES:
         out, indices = F.max_pool2d_with_indices(input, kernel_size, stride, padding, dilation, ceil_mode, True)
         return (F.relu(out) if activation else out), indices
     params = check_max_pool2d((input,), (kernel_size, stride, padding, dilation, ceil_mode))
@@ -222,7 +221,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     code = pool_activation(activation)
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"max_pool2d(): argument 'input' must be Tensor, not {type_name(input)}")
-    if _on_torch_path(input) or input.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    if _on_torch_path(input) or input.dtype not in KERNEL_DTYPES:
         out = F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
         return F.relu(out) if activation else out
     params = check_max_pool2d((input,), (kernel_size, stride, padding, dilation, ceil_mode))

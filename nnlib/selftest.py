@@ -13,7 +13,7 @@ exits with status 0 only if every check passes, forward and backward each
 having run a Triton kernel. For an installed package, which has no tests
 folder: run it on a new GPU, driver or triton. ``--quick`` keeps float32
 (contiguous) and bfloat16 (channels_last where the op takes it): seconds on a
-GPU, after a first run's compiling (about 110 kernel specialisations, of the
+GPU, after a first run's compiling (over a hundred kernel specialisations, of the
 order of a minute of one CPU core).
 """
 from __future__ import annotations

@@ -254,12 +254,14 @@ def test_prelu_autocast(dtype, device):
                                    0.2 + 0j, 0.2 + 1j, "0.2", None],
                          ids=["1e39", "-1e39", "int-past-int64", "np.float32", "np.int64", "0-d-tensor", "True",
                               "complex-real", "complex", "str", "None"])
-def test_fused_slopes_are_taken_as_leaky_relu_takes_them(slope, device):
-    """A fused leaky slope (conv2d, the norms) is parsed as leaky_relu parses it:
-    what torch's leaky_relu refuses raises its class before any launch, and what it
-    takes gives its result."""
-    x = torch.randn(2, 4, 3, 3, device=device)
-    w = torch.randn(4, 4, 1, 1, device=device)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_slopes_are_taken_as_leaky_relu_takes_them(slope, dtype, device):
+    """A fused leaky slope (conv2d, the norms) is parsed as leaky_relu parses it for
+    the input's dtype (float64 takes slopes past float32's range): what torch's
+    leaky_relu refuses raises its class before any launch, and what it takes gives
+    its result."""
+    x = torch.randn(2, 4, 3, 3, device=device, dtype=dtype)
+    w = torch.randn(4, 4, 1, 1, device=device, dtype=dtype)
     fused = [(lambda: F.conv2d(x, w, activation="leaky_relu", negative_slope=slope), lambda: TF.conv2d(x, w)),
              (lambda: F.batch_norm(x, None, None, training=True, activation="leaky_relu", negative_slope=slope),
               lambda: TF.batch_norm(x, None, None, training=True)),

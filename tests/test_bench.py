@@ -56,13 +56,14 @@ def test_whole_model_rows_report_throughput_and_peak_memory(monkeypatch):
     from bench import core
     allocated = {"now": 3 * 2**20, "peak": 0}
 
-    def call():         # a call that allocates 5 MiB at its peak and frees them
-        allocated["peak"] = allocated["now"] + 5 * 2**20
+    def call(mib):      # a call that allocates ``mib`` MiB at its peak and frees them
+        return lambda: allocated.update(peak=allocated["now"] + mib * 2**20)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda: allocated["now"])
     monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda: allocated.update(peak=allocated["now"]))
     monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda: allocated["peak"])
-    assert core.peak_mib(call) == 5.0
+    assert core.whole_model_figures(32, call(5), call(7), 20.0, 40.0) == {
+        "images_per_s": 1600.0, "torch_images_per_s": 800.0, "peak_mib": 5.0, "torch_peak_mib": 7.0}
     meta = {"gpu": "GPU", "date": "today", "torch": "t", "triton": "t",
             "ceilings": {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0}}
     row = {"op": "resnet50", "set": "e2e", "shape": [32], "dtype": "bfloat16", "layout": "channels_last",

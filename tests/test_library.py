@@ -126,8 +126,8 @@ def _norm_samples():
         "norm_gradients": [
             ("batch-residual-relu", (_t(x4.shape), x4, w, b, r, mean, rstd, *batch, True, 1e-5, RELU, 0.0, False,
                                      True, True, True, True)),
-            ("batch-output-mask-relu", (_t(x4.shape), x4, w, b, r, mean, rstd, *batch, True, 1e-5, RELU, 0.0,
-                                        True, True, True, True, True)),    # r as the forward's relu output
+            ("batch-output-mask-relu", (_t(x4.shape), x4, w, b, r.relu(), mean, rstd, *batch, True, 1e-5, RELU,
+                                        0.0, True, True, True, True, True)),    # in r's place a relu's output
             ("batch-weight-only", (_t(x4.shape), x4, w, b, None, mean, rstd, *batch, True, 1e-5, 0, 0.0, False,
                                    False, True, False, False)),
             ("eval", (_t(x4.shape), x4, w, None, None, rmean, rrstd, *batch, False, 1e-3, LEAKY, 0.1, False,

@@ -234,18 +234,19 @@ def _saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
     return sum(saved.values())
 
 
-@pytest.mark.parametrize("block,layers", [("BasicBlock", [2, 2, 2, 2]), ("Bottleneck", [3, 4, 6, 3])],
+@pytest.mark.parametrize("block,layers,ratio", [("BasicBlock", [2, 2, 2, 2], 0.84), ("Bottleneck", [3, 4, 6, 3], 0.97)],
                          ids=["resnet18", "resnet50"])
-def test_resnet_keeps_less_for_the_backward_than_torchvisions(block, layers, device):
+def test_resnet_keeps_less_for_the_backward_than_torchvisions(block, layers, ratio, device):
     """A training forward keeps less memory for the backward than torchvision's
     structure (the twin) keeps: the fused block tail saves the relu's output, which
     the next block keeps anyway, not the shortcut; max pool keeps 1-byte window codes,
-    not its input and int64 indices."""
+    not its input and int64 indices. (With the shortcut kept, the ratios were 0.854
+    and 1.010; they are 0.832 and 0.952.)"""
     kw = dict(num_classes=5, width=8)
     x = torch.randn(2, 3, 32, 32, device=device)
     ours = _saved_bytes(models.ResNet(getattr(models, block), layers, **kw).to(device), x)
     theirs = _saved_bytes(reference.ResNet(getattr(reference, block), layers, **kw).to(device), x)
-    assert ours < 0.97 * theirs, (ours, theirs)
+    assert ours < ratio * theirs, (ours, theirs)
 
 
 @pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])

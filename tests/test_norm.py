@@ -132,8 +132,8 @@ def test_fused_residual_is_not_kept_for_the_backward(activation, slope, residual
     """A fused residual is kept for the backward only where the activation's mask
     needs it: without an activation nothing reads it, and after a relu the backward
     reads the output, as torch's relu does, which the next layer keeps anyway (a
-    ResNet block's shortcut is kept by nothing else); torch's leaky_relu keeps its
-    input, so ours keeps the residual. Gradients stay torch's."""
+    downsampling ResNet block's shortcut is kept by nothing else); torch's
+    leaky_relu keeps its input, so ours keeps the residual. Gradients stay torch's."""
     from kernels.norm import sync as sync_norm
     if sync:        # SyncNormFunction in one process: its gathers and all-reduce are the identity
         monkeypatch.setattr(sync_norm, "_gather", lambda moments, group, world: moments[None])
@@ -545,9 +545,7 @@ def test_statistics_of_offset_data(device):
 def test_statistics_of_data_whose_squares_overflow(split, device):
     """Values around 2e19 (their squares pass fp32's range; the variance does not),
     each statistic merged from several chunks: outputs and running variance as
-    float64's, not NaN (the merge once took 0 * inf at its first chunk). NaN in a
-    set stays NaN in its variance, as in torch (on a GPU, Triton's maximum drops
-    a NaN unless told not to)."""
+    float64's, not NaN (the merge once took 0 * inf at its first chunk)."""
     x = 2e19 * (1 + 0.01 * make_input((2, 6, 5, 7), torch.float32, device))
     rm, rv = torch.zeros(6, device=device), torch.ones(6, device=device)
     y = F.batch_norm(x, rm, rv, training=True, momentum=1.0)
@@ -557,9 +555,21 @@ def test_statistics_of_data_whose_squares_overflow(split, device):
                          (F.instance_norm(x), TF.instance_norm(x.double())),
                          (F.layer_norm(x, x.shape[1:]), TF.layer_norm(x.double(), x.shape[1:]))):
         torch.testing.assert_close(ours.double(), theirs, atol=1e-4, rtol=0)
-    x[0, 1, 2, 3] = float("inf")
+
+
+def test_variance_of_a_set_holding_nan_is_nan(device):
+    """A NaN in a set makes its variance NaN, as torch's (Triton's maximum, which
+    clamps the variance at 0, drops a NaN unless told to keep it): the running
+    variance of a batch norm (the looped statistics) and the rstd of the
+    single-read kernel."""
+    from kernels.norm import ops
+    x = torch.randn(2, 3, 5, device=device)
+    x[0, 1, 2] = float("nan")
+    rm, rv = torch.zeros(3, device=device), torch.ones(3, device=device)
     F.batch_norm(x, rm, rv, training=True, momentum=1.0)
-    assert rv[1].isnan() and not rv[[0, 2, 3, 4, 5]].isnan().any()
+    assert rv[1].isnan() and not rv[[0, 2]].isnan().any()
+    _, _, rstd = ops.norm_single_read(x, None, None, 1, 1, 3, False, 1e-5, 0, 0.0)
+    assert rstd.view(2, 3)[0, 1].isnan() and not rstd.view(2, 3)[1].isnan().any()
 
 
 # ---------------------------------------------------------------------------

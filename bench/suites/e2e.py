@@ -12,7 +12,8 @@ host overhead.
 
 ``Case.extra["images"]`` (the batch) makes the harness report images/s of both sides
 (``images_per_s``, ``torch_images_per_s``) from the same median times as the speedup,
-and the peak memory of one call of each side (``peak_mib``, ``torch_peak_mib``).
+and the peak memory of one call of each side (``peak_mib``, ``torch_peak_mib``:
+``bench.core.peak_mib``).
 Before inference, batch norm running statistics are set from one batch (on the torch
 model, then copied), so that the logits compared by the check have a sensible scale.
 A bf16 case first checks that nnlib's convolution follows ``torch.autocast`` (returns

@@ -508,10 +508,11 @@ def mask_source(residual: torch.Tensor | None, y: torch.Tensor, activation: int)
     """What a backward reads in the residual's place, and whether it is the output y:
     nothing without a residual or an activation (g is dy, or the activation's input
     is recomputed from x alone); after a relu, y (positive or NaN where its input
-    is), which the next layer keeps anyway where a ResNet block's shortcut may be
-    kept by nothing else, and which torch's relu saves too (so an in-place change
-    of y raises in the backward in both); else (leaky ReLU: torch's saves its
-    input) the residual."""
+    is, in y's dtype, as for torch's relu of that dtype), which the next layer
+    keeps anyway where a downsampling ResNet block's shortcut is kept by nothing
+    else, and which torch's relu saves too (so an in-place change of y raises in
+    the backward in both); else (leaky ReLU: torch's saves its input) the
+    residual."""
     if residual is None or activation == ACT_NONE.value:
         return None, False
     if activation == ACT_RELU.value:
@@ -623,14 +624,12 @@ def _gradients_backward(ctx, *grad_grads):
     # Without an activation no first derivative reads the bias, and with constant
     # statistics only dw reads x: None there, as torch (vjp's zeros would count as a
     # gradient, for an optimizer's weight decay too). The output (read for its mask) gets
-    # zeros: torch's relu gives its input zeros, which reach the residual.
+    # vjp's zeros: torch's relu gives its input zeros, which reach the residual.
     _, _, _, _, batch_stats, _, activation, _ = args
     if activation == ACT_NONE.value:
         grads[3] = None
         if not batch_stats and 1 not in wanted:
             grads[1] = None
-    if mask_from_output:
-        grads[4] = torch.zeros_like(saved[4])
     return *grads, *([None] * 15)
 
 
