@@ -36,13 +36,15 @@ __all__ = ["Check", "checks", "run_check", "main"]
 @dataclass
 class Check:
     """One op call: ``ours`` / ``theirs`` take the same arguments, built by
-    ``make(dtype, device, layout)`` (tensors that require grad get gradients)."""
+    ``make(dtype, device, layout)`` (tensors that require grad get gradients);
+    ``dtypes``: the only dtypes it runs at (empty: every one of the sweep)."""
     op: str
     kind: str
     make: Callable
     ours: Callable
     theirs: Callable
     layouts: tuple = ("contiguous", "channels_last")
+    dtypes: tuple = ()
 
 
 def _x(shape, dtype, device, layout, grad=True):
@@ -110,7 +112,25 @@ def checks() -> list[Check]:
         def theirs(x, w, b, args=(stride, padding, dilation, groups)):
             return TF.conv2d(x, w, b, *args)
         out.append(Check(name, "conv", make, ours, theirs))
+    out.append(Check("conv2d 3x3 bf16 autocast", "conv",
+                     lambda dt, dev, lay: [_x((2, 16, 9, 9), torch.float32, dev, lay),
+                                           _x((24, 16, 3, 3), torch.float32, dev, lay) * (1 / 12),
+                                           _x((24,), torch.float32, dev, "contiguous")],
+                     _conv_under_autocast, _conv_of_bf16_operands, dtypes=(torch.bfloat16,)))
     return out
+
+
+def _conv_under_autocast(x, w, b):
+    """float32 operands under bf16 autocast: a bf16 output, the weight's gradient
+    written in float32 by the kernels."""
+    import nnlib.functional as F
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        return F.conv2d(x, w, b, 1, 1)
+
+
+def _conv_of_bf16_operands(x, w, b):
+    """The reference of ``_conv_under_autocast``: the operands rounded as autocast rounds them."""
+    return TF.conv2d(*(t.to(torch.bfloat16).to(t.dtype) for t in (x, w, b)), 1, 1)
 
 
 def _leaf(t):
@@ -191,9 +211,10 @@ def _sweep(dtypes, device: str, quick: bool) -> tuple[int, int]:
     with TF32 on); returns (failed, rows)."""
     failed = rows = 0
     for check in checks():
-        runs = [(dtype, layout, False) for i, dtype in enumerate(dtypes)
+        check_dtypes = [dtype for dtype in dtypes if not check.dtypes or dtype in check.dtypes]
+        runs = [(dtype, layout, False) for i, dtype in enumerate(check_dtypes)
                 for layout in ([check.layouts[i % len(check.layouts)]] if quick else check.layouts)]
-        if device == "cuda" and check.kind == "conv":
+        if device == "cuda" and check.kind == "conv" and not check.dtypes:
             runs.append((torch.float32, check.layouts[-1], True))
         for dtype, layout, tf32 in runs:
             torch.backends.cudnn.allow_tf32 = tf32

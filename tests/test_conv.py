@@ -367,7 +367,7 @@ def test_stem_weight_grad_plans_per_padding(device):
         x = make_input((1, 3, 9, 9), torch.float32, device)
         dy = torch.randn(1, 16, 9, 9).to(device)
         with ops.read_in_place() if in_place else contextlib.nullcontext():
-            dw = ops.conv2d_weight_grad(dy, x, w, [1, 1], [3, 3, 3, 3], [1, 1], 1)
+            dw = ops.conv2d_weight_grad(dy, x, w, [1, 1], [3, 3, 3, 3], [1, 1], 1, None)
         ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=3)
         assert_close(dw, ref, torch.float32, "conv")
 
@@ -1050,3 +1050,57 @@ def test_autocast_runs_in_lower_precision(device):
     assert out.dtype == expected.dtype == torch.bfloat16
     assert launches.total > 0
     assert_close(out, expected, torch.bfloat16, "conv", scale=4.0)
+
+
+@pytest.mark.parametrize("geometry,activation", [(SMALL[0], "relu"), (SMALL[1], None), (SMALL[2], "relu"),
+                                                 (SMALL[3], ("leaky_relu", -0.5))], ids=[g[0] for g in SMALL])
+def test_autocast_writes_the_weight_gradient_in_the_weights_dtype(geometry, activation, device):
+    """Under bf16 autocast the kernels write the weight gradient in the fp32
+    weight's dtype: fp32-exact against float64 on the bf16 operands autocast made
+    (torch's is rounded to bf16, then cast: about 3e-3 relative), and the backward
+    casts only x's and b's gradients back, as torch's (not the weight's). Every
+    weight-gradient path, and a negative leaky slope (its own leaky_relu op)."""
+    from kernels._runtime import dry_run
+    _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = geometry
+    x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
+    act, slope = activation if isinstance(activation, tuple) else (activation, 0.01)
+
+    def forward():
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return F.conv2d(x, w, b, stride, padding, dilation, groups, activation=act, negative_slope=slope)
+    y = forward()
+    g = torch.randn_like(y)
+    y.backward(g)
+    assert y.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    z = TF.conv2d(x.detach().bfloat16().double(), w.detach().bfloat16().double(), b.detach().bfloat16().double(),
+                  stride, padding, dilation, groups)
+    slope_of_z = {None: 1.0, "relu": 0.0, "leaky_relu": slope}[act]
+    dz = torch.where(z > 0, 1.0, slope_of_z) * g.double()
+    ref = torch.nn.grad.conv2d_weight(x.detach().bfloat16().double(), w.shape, dz, stride, padding, dilation, groups)
+    assert_close(w.grad, ref, torch.float32, "conv")
+    with dry_run(), _TorchOps([False]) as ops:
+        forward().backward(g)
+    assert ops.ops.count("_to_copy") == 2 + 3, ops.ops     # forward: x, w, b; backward: x, b
+
+
+def test_autocast_derivatives_of_any_order_reach_the_weight(device):
+    """A gradient penalty and a third derivative through a conv under bf16
+    autocast (the weight's gradient written in fp32): the weight and input get
+    torch's autocast derivatives (bf16 tolerance)."""
+    x, w, b = _inputs(2, 16, 6, 5, 16, (3, 3), 1, torch.float32, device)
+
+    def derivatives(conv):
+        results = []
+        for penalised in (x, w):
+            x.grad = w.grad = b.grad = None
+            with torch.autocast(device, dtype=torch.bfloat16):
+                y = conv(x, w, b, padding=1)
+            (first,) = torch.autograd.grad(y.float().square().sum(), penalised, create_graph=True)
+            (first.float().square().sum() / first.numel()).backward()
+            results += [first, x.grad, w.grad, b.grad]
+        return results
+    for ours, theirs in zip(derivatives(F.conv2d), derivatives(TF.conv2d)):
+        assert (ours is None) == (theirs is None)
+        if ours is not None:
+            assert ours.dtype == theirs.dtype
+            assert_close(ours, theirs, torch.bfloat16, "conv", scale=theirs.abs().max().item())

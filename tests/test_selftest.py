@@ -12,6 +12,7 @@ def test_selftest_checks_pass_and_catch_a_wrong_op(device):
     by_op = {c.op: c for c in selftest.checks()}
     for op in ("relu", "batch_norm + add + relu", "conv2d depthwise 3x3"):
         assert selftest.run_check(by_op[op], torch.float32, device, "channels_last") <= 1, op
+    assert selftest.run_check(by_op["conv2d 3x3 bf16 autocast"], torch.bfloat16, device, "channels_last") <= 1
     off_by_a_little = dataclasses.replace(by_op["relu"], ours=lambda x: F.relu(x) * 1.001)
     assert selftest.run_check(off_by_a_little, torch.float32, device, "contiguous") > 1
 
@@ -77,8 +78,9 @@ def test_sweep_on_a_gpu_checks_convolutions_with_tf32_too(monkeypatch, capsys):
         return 0.5
     monkeypatch.setattr(selftest, "run_check", run_check)
     failed, rows = selftest._sweep([torch.float32, torch.bfloat16], "cuda", True)
-    convs = sum(c.kind == "conv" for c in selftest.checks())
-    assert failed == 0 and rows == len(runs) == 2 * len(selftest.checks()) + convs
+    convs = sum(c.kind == "conv" and not c.dtypes for c in selftest.checks())      # the autocast one: bf16 only
+    rows_wanted = sum(1 if c.dtypes == (torch.bfloat16,) else 2 for c in selftest.checks()) + convs
+    assert failed == 0 and rows == len(runs) == rows_wanted
     tf32 = [r for r in runs if r[3]]
     assert tf32 == [("conv", torch.float32, torch.float16, True)] * convs
     assert not torch.backends.cudnn.allow_tf32

@@ -42,6 +42,13 @@ def _strides(prefix, axes):
     return tuple(f"stride_{prefix}{a}" for a in axes)
 
 
+def _dw(dt):
+    """The weight gradient's pointer type for operands of ``dt``: bf16 stands for
+    training under autocast, whose weight gradients the kernels write in the fp32
+    weight's dtype (``ops._forward_backward``); fp16 and fp32 keep their own."""
+    return "*fp32" if dt == "bf16" else f"*{dt}"
+
+
 # SASS budgets of the largest tile of the 16-bit aligned GEMM cases on sm_90
 # (config 0: 128x128x64, 8 warps; FLAT forward: 128x64x32): two programs fit an
 # SM (<= 128 registers) and the main loop's instructions per warp per HGMMA
@@ -151,7 +158,7 @@ def _compile_cases():
                                            tuple(d for d in divisible if d != "stride_yw") + ("stride_yc",),
                                            "nchw_padded_stem" if pad_c else "nchw_stem" if flat else "nchw_forward",
                                            f"{label},flat={int(flat)},nchw" + (",pad_c=4" if pad_c else "")))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32", "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
                    **_ints("stride_dym", *_strides("x", "nhw"), *_strides("dw", "kcrs"))}
             divisible = ("Kg", "stride_dym") + (() if flat else ("Cg", *_strides("x", "nhw")))
@@ -193,7 +200,7 @@ def _compile_cases():
                                                         ACTIVATION=ACT_RELU.value if forward else 0, VEC=vec,
                                                         PIXEL_VEC=0, stride_oc=1),
                                        divisible, pass_name, f"{label},{pass_name.split('_', 1)[1]}"))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32",
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32",
                    "ticket_ptr": "*i32", **_ints("M", "Cg", "Kg", "stride_dym", "stride_xm", "stride_dwk")}
             cases.append(gemm_case(conv_pointwise_wgrad, sig, dict(VEC=vec, stride_dwc=1),
                                    ("Cg", "Kg", "stride_dym", "stride_xm", "stride_dwk"), "descriptor_weight_grad",
@@ -211,7 +218,7 @@ def _compile_cases():
             cases.append(gemm_case(tuned, sig, dict(HAS_BIAS=tuned is conv_planar_fwd, ACTIVATION=ACT_RELU.value,
                                                     VEC=vec, stride_bp=1, stride_op=1, **{unit_stride: 1}),
                                    tuple(name for name in ints if name != "G"), pass_name, case_label))
-        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints("N", "HW", "Cg", "Kg", "stride_dyn", "stride_dyk", "stride_xn", "stride_xc", "stride_dwk")}
         cases.append(gemm_case(conv_planar_wgrad, sig, dict(VEC=vec, stride_dyp=1, stride_xp=1, stride_dwc=1),
                                ("HW", "Cg", "Kg", "stride_dyn", "stride_dyk", "stride_xn", "stride_xc", "stride_dwk"),
@@ -305,7 +312,7 @@ def _depthwise_cases():
         wtaps = 16 if kernel_size == 3 else 64         # R*S rounded up to a power of two
         tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, 4 if dt == "fp32" else 2,
                                                    wtaps, interpreter=False)
-        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints("N", "H", "W", "P", "Q", "C", *_CONV), **dys, **xs, **_ints(*_strides("dw", "crs"))}
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
         cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig, dict(TAPS=wtaps, **tiles, **dy1, **x1, **geometry),
@@ -354,7 +361,7 @@ def _direct_cases():
             cases.append(CompileCase(_conv_dgrad_direct_kernel, sig,
                                      dict(step_r=1, step_s=1, phases_w=1, **dy1, **w1, **dx1, **direct), label=label,
                                      expect=expect["input_grad"]))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32", "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **dys, **xs, **dws}
             cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **dy1, **x1, **dw1, **direct),
                                      label=label, expect=expect["weight_grad"]))

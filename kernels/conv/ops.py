@@ -518,6 +518,15 @@ def by_operands(build):
     return cached
 
 
+def _one_dtype(pass_name: str, a: Operand, b: Operand) -> None:
+    """A pass with work to do has operands of one dtype (the kernels' dot products
+    take one): an operator called with two (a weight's gradient in a master
+    weight's dtype, not cast back) raises here, when its plan is built, not in a
+    GPU compile."""
+    if a.dtype != b.dtype:
+        raise RuntimeError(f"conv2d {pass_name}: operands of two dtypes, {a.dtype} and {b.dtype}")
+
+
 def _memory_format(*tensors):
     """torch's output layout: channels_last when the input or the weight suggests it
     (``kernels._runtime.memory_format_of``; tensors or Operands)."""
@@ -535,6 +544,7 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
     new_output = y.allocator()
     if 0 in shape:
         return lambda x, w, b, negative_slope: new_output()
+    _one_dtype("forward", x, w)
     M = geo.N * geo.P * geo.Q
     common = dict(HAS_BIAS=has_bias, ACTIVATION=activation)
     path = geo.paths["forward"]
@@ -708,6 +718,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     geo = geometry(x_like.shape, w.shape, *conv)
     if x_like.numel() == 0:
         return lambda dy, w, x_like: torch.empty_like(x_like)
+    _one_dtype("input gradient", dy, w)
     dx = x_like.empty_like()
     new_output = dx.allocator()
     (stride_h, stride_w), (dil_h, dil_w) = geo.stride, geo.dilation
@@ -790,16 +801,18 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
 
 
 @by_operands
-def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switches, conv: tuple):
+def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switches, conv: tuple,
+                      dtype: torch.dtype | None):
     """run(dy, x, w_like) -> dw (K, Cg, R, S) in w_like's memory format, written in
-    the weight dtype by one launch: the reduction over the N*P*Q pixels is split
-    (``_split_plan``) only as far as its fp32 partials, written and read once, stay
-    below the bytes of dy and x."""
+    ``dtype`` (None: w_like's) by one launch: the reduction over the N*P*Q pixels is
+    split (``_split_plan``) only as far as its fp32 partials, written and read once,
+    stay below the bytes of dy and x."""
     geo = geometry(x.shape, w_like.shape, *conv)
-    dw = Operand.empty(w_like.shape, w_like.dtype, w_like.device, _memory_format(w_like))
+    dw = Operand.empty(w_like.shape, dtype or w_like.dtype, w_like.device, _memory_format(w_like))
     new_output = dw.allocator()
     if w_like.numel() == 0:
         return lambda dy, x, w_like: new_output()
+    _one_dtype("weight gradient", dy, x)
     pixels = geo.N * geo.P * geo.Q
     path = geo.paths["weight_grad"]
     if path in ("depthwise", "direct"):
@@ -994,8 +1007,11 @@ def geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometr
 
 
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
-                   dilation: list[int], groups: int, activation: int, negative_slope: float) -> torch.Tensor:
-    """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``."""
+                   dilation: list[int], groups: int, activation: int, negative_slope: float,
+                   master_weight: torch.Tensor | None) -> torch.Tensor:
+    """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``. ``master_weight``:
+    the weight before autocast cast it to w (read by nothing here): the weight
+    gradient goes to it, in its dtype, and w gets none (see ``_forward_backward``)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
     plan = _forward_plan((x, w), conv, b is not None, activation)
     return plan(x, w, b, float(negative_slope))
@@ -1010,11 +1026,12 @@ def conv2d_input_grad(g: torch.Tensor, w: torch.Tensor, x_like: torch.Tensor, st
 
 
 def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, stride: list[int],
-                       padding: list[int], dilation: list[int], groups: int) -> torch.Tensor:
+                       padding: list[int], dilation: list[int], groups: int, dtype: torch.dtype | None) -> torch.Tensor:
     """W(g, x): the weight gradient (K, C/groups, R, S) of output gradient g and input
-    x, in w_like's memory format (w_like gives shape and layout only)."""
+    x, in w_like's memory format and in ``dtype`` (None: w_like's; w_like gives
+    shape, layout and dtype only)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
-    return _weight_grad_plan((g, x, w_like), conv)(g, x, w_like)
+    return _weight_grad_plan((g, x, w_like), conv, dtype)(g, x, w_like)
 
 
 def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int, negative_slope: float,
@@ -1036,15 +1053,21 @@ def _save_conv_args(ctx, stride, padding, dilation, groups):
 
 
 def _forward_setup(ctx, inputs, output):
-    x, w, b, stride, padding, dilation, groups, activation, negative_slope = inputs
+    x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight = inputs
     ctx.save_for_backward(x, w, output if activation else None)
     _save_conv_args(ctx, stride, padding, dilation, groups)
     ctx.activation, ctx.negative_slope, ctx.has_bias = activation, negative_slope, b is not None
+    ctx.master_dtype = None if master_weight is None else master_weight.dtype
 
 
 def _forward_backward(ctx, dy):
+    """The gradients of x, w and b; with a master weight (autocast), w's gradient is
+    written in the master's dtype and goes to it, not to w (autocast's cast, which
+    made w from it, then gets none and does nothing: no gradient cast)."""
     x, w, y = ctx.saved_tensors
     need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    to_master = ctx.master_dtype is not None and ctx.needs_input_grad[9]
+    need_w = need_w or to_master
     need_db = need_b and ctx.has_bias
     db = None
     if ctx.activation or need_db:       # reads dy and y in one layout (the forward's output)
@@ -1056,14 +1079,16 @@ def _forward_backward(ctx, dy):
         if {geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"} and not _planar(geo, x, dy):
             dy = _read_copy(dy)         # one channels_last copy (on a GPU) serves both passes
     dx = conv_input_grad_op(dy, w, x, *_conv_args(ctx)) if need_x else None
-    dw = conv_weight_grad_op(dy, x, w, *_conv_args(ctx)) if need_w else None
-    return dx, dw, db, None, None, None, None, None, None
+    dw = conv_weight_grad_op(dy, x, w, *_conv_args(ctx), ctx.master_dtype if to_master else None) if need_w else None
+    if to_master:
+        return dx, None, db, None, None, None, None, None, None, dw
+    return dx, dw, db, None, None, None, None, None, None, None
 
 
 def _gradient_setup(ctx, inputs, output):
     """D(g, w) saves (g, w); W(g, x) saves (g, x): the first two inputs (the third
     gives only a shape and a layout)."""
-    first, second, _, stride, padding, dilation, groups = inputs
+    first, second, _, stride, padding, dilation, groups = inputs[:7]
     ctx.save_for_backward(first, second)
     _save_conv_args(ctx, stride, padding, dilation, groups)
 
@@ -1071,17 +1096,20 @@ def _gradient_setup(ctx, inputs, output):
 def _input_grad_backward(ctx, u):
     g, w = ctx.saved_tensors
     need_g, need_w = ctx.needs_input_grad[:2]
-    dg = conv2d_op(u, w, None, *_conv_args(ctx), 0, 0.0) if need_g else None
-    dw = conv_weight_grad_op(g, u, w, *_conv_args(ctx)) if need_w else None
+    dg = conv2d_op(u, w, None, *_conv_args(ctx), 0, 0.0, None) if need_g else None
+    dw = conv_weight_grad_op(g, u, w, *_conv_args(ctx), None) if need_w else None
     return dg, dw, None, None, None, None, None
 
 
 def _weight_grad_backward(ctx, v):
+    """v: the gradient of dw, in dw's dtype (a master weight's under autocast: cast
+    to g's, as autocast's cast of the weight differentiates)."""
     g, x = ctx.saved_tensors
     need_g, need_x = ctx.needs_input_grad[:2]
-    dg = conv2d_op(x, v, None, *_conv_args(ctx), 0, 0.0) if need_g else None
+    v = v.to(g.dtype)
+    dg = conv2d_op(x, v, None, *_conv_args(ctx), 0, 0.0, None) if need_g else None
     dx = conv_input_grad_op(g, v, x, *_conv_args(ctx)) if need_x else None
-    return dg, dx, None, None, None, None, None
+    return dg, dx, None, None, None, None, None, None
 
 
 def _output_grad_setup(ctx, inputs, output):
@@ -1104,7 +1132,7 @@ def _output_grad_backward(ctx, grad_g, grad_db):
     return total, None, None, None, None
 
 
-def _forward_fake(x, w, b, stride, padding, dilation, groups, activation, negative_slope):
+def _forward_fake(x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight):
     geo = geometry(x.shape, w.shape, stride, padding, dilation, groups)
     return torch.empty((geo.N, geo.K, geo.P, geo.Q), dtype=x.dtype, device=x.device,
                        memory_format=_memory_format(x, w))
@@ -1123,8 +1151,8 @@ conv_input_grad_op = Operator("conv2d_input_grad", conv2d_input_grad,
                               setup_context=_gradient_setup, backward=_input_grad_backward)
 conv_weight_grad_op = Operator(
     "conv2d_weight_grad", conv2d_weight_grad,
-    fake=lambda g, x, w_like, *args: torch.empty(w_like.shape, dtype=w_like.dtype, device=w_like.device,
-                                                 memory_format=_memory_format(w_like)),
+    fake=lambda g, x, w_like, stride, padding, dilation, groups, dtype: torch.empty(
+        w_like.shape, dtype=dtype or w_like.dtype, device=w_like.device, memory_format=_memory_format(w_like)),
     setup_context=_gradient_setup, backward=_weight_grad_backward)
 conv_output_grad_op = Operator("conv2d_output_grad", conv2d_output_grad, fake=_output_grad_fake,
                                setup_context=_output_grad_setup, backward=_output_grad_backward)
@@ -1151,13 +1179,14 @@ def _input_grad_flops(g, w, x_like, stride, padding, dilation, groups, *, out_sh
 
 
 @register_flop_formula(torch.ops.nnlib.conv2d_weight_grad)
-def _weight_grad_flops(g, x, w_like, stride, padding, dilation, groups, *, out_shape):
+def _weight_grad_flops(g, x, w_like, stride, padding, dilation, groups, dtype, *, out_shape):
     return flop_registry[torch.ops.aten.convolution_backward](
         g, x, w_like, None, stride, padding, dilation, False, _NO_OUTPUT_PADDING, groups, [False, True, False],
         out_val=(None, out_shape, None))
 
 
-def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01):
+def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01, master_weight=None):
     """Checked arguments in (see ``nnlib.functional.conv2d``): x 4-D, padding a
-    4-tuple (top, left, bottom, right); returns act(conv(x, w) + b)."""
-    return conv2d_op(x, w, b, stride, padding, dilation, groups, activation, negative_slope)
+    4-tuple (top, left, bottom, right); returns act(conv(x, w) + b). ``master_weight``:
+    the tensor autocast cast to w, which then takes w's gradient in its own dtype."""
+    return conv2d_op(x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight)
