@@ -162,7 +162,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups, activation=activation, negative_slope=negative_slope)
     code, slope = conv_activation(activation, negative_slope, getattr(input, "dtype", None))
-    master_weight = weight
+    masters = weight, bias
     input, weight, bias = _autocast(_LOWER_PRECISION, input, weight, bias)
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in KERNEL_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
@@ -172,19 +172,21 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, slope)
     stride, pad, dilation, groups = checked
-    # Autocast's cast of a weight that takes a gradient: the kernels write that gradient in
-    # the weight's own dtype (``master_weight``), where torch casts the cast's gradient back.
-    master_weight = master_weight if weight is not master_weight and master_weight.requires_grad else None
+    # Autocast's casts of a weight and bias that take gradients: the kernels write those
+    # gradients in their own dtypes (the masters), where torch casts the casts' gradients back.
+    master_weight, master_bias = (master if master is not cast and master.requires_grad else None
+                                  for master, cast in zip(masters, (weight, bias)))
     x = input.unsqueeze(0) if input.dim() == 3 else input
     if x.shape[1] == 0:     # as torch's empty-input path: no input channels, no output channels either
-        weight, bias = weight[:0], None if bias is None else bias[:0]
-        master_weight = None if master_weight is None else master_weight[:0]
+        weight, bias, master_weight, master_bias = (None if t is None else t[:0]
+                                                    for t in (weight, bias, master_weight, master_bias))
     if code == _act.ACT_LEAKY_RELU.value and slope < 0:
         # The fused backward reads the output's sign, which a negative slope flips:
         # convolve, then apply leaky_relu (a Triton kernel too) on its own.
-        out = leaky_relu(_conv.conv2d(x, weight, bias, stride, pad, dilation, groups, 0, 0.01, master_weight), slope)
+        out = leaky_relu(_conv.conv2d(x, weight, bias, stride, pad, dilation, groups, 0, 0.01, master_weight,
+                                      master_bias), slope)
     else:
-        out = _conv.conv2d(x, weight, bias, stride, pad, dilation, groups, code, slope, master_weight)
+        out = _conv.conv2d(x, weight, bias, stride, pad, dilation, groups, code, slope, master_weight, master_bias)
     return out.squeeze(0) if input.dim() == 3 else out
 
 

@@ -1054,12 +1054,12 @@ def test_autocast_runs_in_lower_precision(device):
 
 @pytest.mark.parametrize("geometry,activation", [(SMALL[0], "relu"), (SMALL[1], None), (SMALL[2], "relu"),
                                                  (SMALL[3], ("leaky_relu", -0.5))], ids=[g[0] for g in SMALL])
-def test_autocast_writes_the_weight_gradient_in_the_weights_dtype(geometry, activation, device):
-    """Under bf16 autocast the kernels write the weight gradient in the fp32
-    weight's dtype: fp32-exact against float64 on the bf16 operands autocast made
-    (torch's is rounded to bf16, then cast: about 3e-3 relative), and the backward
-    casts only x's and b's gradients back, as torch's (not the weight's). Every
-    weight-gradient path, and a negative leaky slope (its own leaky_relu op)."""
+def test_autocast_writes_weight_and_bias_gradients_in_their_dtypes(geometry, activation, device):
+    """Under bf16 autocast the kernels write the weight and bias gradients in the
+    fp32 parameters' dtype: fp32-exact against float64 on the bf16 operands
+    autocast made (torch's are rounded to bf16, then cast: about 3e-3 relative),
+    and the backward casts only x's gradient back, where torch's casts all three.
+    Every weight-gradient path, and a negative leaky slope (its own leaky_relu op)."""
     from kernels._runtime import dry_run
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = geometry
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
@@ -1071,27 +1071,29 @@ def test_autocast_writes_the_weight_gradient_in_the_weights_dtype(geometry, acti
     y = forward()
     g = torch.randn_like(y)
     y.backward(g)
-    assert y.dtype == torch.bfloat16 and w.grad.dtype == torch.float32
+    assert y.dtype == torch.bfloat16 and w.grad.dtype == b.grad.dtype == torch.float32
     z = TF.conv2d(x.detach().bfloat16().double(), w.detach().bfloat16().double(), b.detach().bfloat16().double(),
                   stride, padding, dilation, groups)
     slope_of_z = {None: 1.0, "relu": 0.0, "leaky_relu": slope}[act]
     dz = torch.where(z > 0, 1.0, slope_of_z) * g.double()
     ref = torch.nn.grad.conv2d_weight(x.detach().bfloat16().double(), w.shape, dz, stride, padding, dilation, groups)
     assert_close(w.grad, ref, torch.float32, "conv")
+    assert_close(b.grad, dz.sum((0, 2, 3)), torch.float32, "reduction")
     with dry_run(), _TorchOps([False]) as ops:
         forward().backward(g)
-    assert ops.ops.count("_to_copy") == 2 + 3, ops.ops     # forward: x, w, b; backward: x, b
+    assert ops.ops.count("_to_copy") == 3 + 1, ops.ops     # forward: x, w, b; backward: x
 
 
-def test_autocast_derivatives_of_any_order_reach_the_weight(device):
-    """A gradient penalty and a third derivative through a conv under bf16
-    autocast (the weight's gradient written in fp32): the weight and input get
-    torch's autocast derivatives (bf16 tolerance)."""
+def test_autocast_second_derivatives_reach_every_operand(device):
+    """Gradient penalties through a conv under bf16 autocast (the weight's and
+    bias's gradients written in fp32) on the input's, the weight's and the bias's
+    gradient: the penalised gradient and the penalty's gradients of input, weight
+    and bias are torch's autocast ones (bf16 tolerance)."""
     x, w, b = _inputs(2, 16, 6, 5, 16, (3, 3), 1, torch.float32, device)
 
     def derivatives(conv):
         results = []
-        for penalised in (x, w):
+        for penalised in (x, w, b):
             x.grad = w.grad = b.grad = None
             with torch.autocast(device, dtype=torch.bfloat16):
                 y = conv(x, w, b, padding=1)

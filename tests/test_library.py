@@ -80,21 +80,25 @@ def _conv_samples():
     x16, w16 = _t((2, 16, 6, 7), "channels_last"), _t((16, 16, 3, 3))
     x3, w3 = _t((2, 3, 7, 6), "transposed"), _t((4, 3, 3, 3), "channels_last")
     xg, wg = _t((1, 4, 5, 6)), _t((6, 2, 3, 2))
-    y16 = conv.conv2d_op(x16.detach(), w16.detach(), None, *gemm, RELU, 0.0, None)
+    y16 = conv.conv2d_op(x16.detach(), w16.detach(), None, *gemm, RELU, 0.0, None, None)
     xb, wb, master = _t((2, 16, 6, 7), dtype=torch.bfloat16), _t((16, 16, 3, 3), dtype=torch.bfloat16), _t(w16.shape)
     return {
-        "conv2d": [("gemm-relu", (x16, w16, _t((16,)), *gemm, RELU, 0.0, None)),
-                   ("direct-no-bias", (x3, w3, None, *gemm, 0, 0.0, None)),
-                   ("grouped-strided-leaky", (xg, wg, _t((6,)), *strided, LEAKY, 0.1, None)),
-                   ("bf16-master-weight", (xb, wb, None, *gemm, 0, 0.0, master))],
+        "conv2d": [("gemm-relu", (x16, w16, _t((16,)), *gemm, RELU, 0.0, None, None)),
+                   ("direct-no-bias", (x3, w3, None, *gemm, 0, 0.0, None, None)),
+                   ("grouped-strided-leaky", (xg, wg, _t((6,)), *strided, LEAKY, 0.1, None, None)),
+                   ("bf16-master-weight", (xb, wb, None, *gemm, 0, 0.0, master, None)),
+                   ("bf16-master-bias", (xb, wb, _t((16,), dtype=torch.bfloat16), *gemm, RELU, 0.0, None,
+                                         _t((16,))))],
         "conv2d_input_grad": [("gemm", (_t(y16.shape), w16, x16, *gemm)),
                               ("grouped-strided", (_t((1, 6, 3, 6)), wg, xg, *strided))],
         "conv2d_weight_grad": [("gemm", (_t(y16.shape), x16, w16, *gemm, None)),
                                ("direct", (_t((2, 4, 7, 6)), x3, w3, *gemm, None)),
                                ("bf16-in-float32", (_t(y16.shape, dtype=torch.bfloat16), xb, wb, *gemm,
                                                     torch.float32))],
-        "conv2d_output_grad": [("relu-bias", (_t(y16.shape), y16, RELU, 0.0, True)),
-                               ("bias-only", (_t((2, 4, 3, 5), "channels_last"), None, 0, 0.0, True))],
+        "conv2d_output_grad": [("relu-bias", (_t(y16.shape), y16, RELU, 0.0, torch.float32)),
+                               ("bias-only", (_t((2, 4, 3, 5), "channels_last"), None, 0, 0.0, torch.float32)),
+                               ("bf16-bias-in-float32", (_t((2, 4, 3, 5), dtype=torch.bfloat16), None, 0, 0.0,
+                                                         torch.float32))],
     }
 
 

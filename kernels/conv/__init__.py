@@ -42,10 +42,12 @@ def _strides(prefix, axes):
     return tuple(f"stride_{prefix}{a}" for a in axes)
 
 
-def _dw(dt):
-    """The weight gradient's pointer type for operands of ``dt``: bf16 stands for
-    training under autocast, whose weight gradients the kernels write in the fp32
-    weight's dtype (``ops._forward_backward``); fp16 and fp32 keep their own."""
+def _param_grad(dt):
+    """The pointer type of the weight's and bias's gradients for operands of
+    ``dt``: bf16 stands for training under autocast, whose gradients of the fp32
+    weight and bias the kernels write in fp32 (``ops._forward_backward``); fp16
+    and fp32 keep their own. (The forward reads autocast's bf16 copy of the bias:
+    an fp32 bias in the epilogue spills the 128x128 tile at 128 registers.)"""
     return "*fp32" if dt == "bf16" else f"*{dt}"
 
 
@@ -158,7 +160,8 @@ def _compile_cases():
                                            tuple(d for d in divisible if d != "stride_yw") + ("stride_yc",),
                                            "nchw_padded_stem" if pad_c else "nchw_stem" if flat else "nchw_forward",
                                            f"{label},flat={int(flat)},nchw" + (",pad_c=4" if pad_c else "")))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32", "ticket_ptr": "*i32",
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
+                   "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV),
                    **_ints("stride_dym", *_strides("x", "nhw"), *_strides("dw", "kcrs"))}
             divisible = ("Kg", "stride_dym") + (() if flat else ("Cg", *_strides("x", "nhw")))
@@ -200,7 +203,7 @@ def _compile_cases():
                                                         ACTIVATION=ACT_RELU.value if forward else 0, VEC=vec,
                                                         PIXEL_VEC=0, stride_oc=1),
                                        divisible, pass_name, f"{label},{pass_name.split('_', 1)[1]}"))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32",
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
                    "ticket_ptr": "*i32", **_ints("M", "Cg", "Kg", "stride_dym", "stride_xm", "stride_dwk")}
             cases.append(gemm_case(conv_pointwise_wgrad, sig, dict(VEC=vec, stride_dwc=1),
                                    ("Cg", "Kg", "stride_dym", "stride_xm", "stride_dwk"), "descriptor_weight_grad",
@@ -218,7 +221,8 @@ def _compile_cases():
             cases.append(gemm_case(tuned, sig, dict(HAS_BIAS=tuned is conv_planar_fwd, ACTIVATION=ACT_RELU.value,
                                                     VEC=vec, stride_bp=1, stride_op=1, **{unit_stride: 1}),
                                    tuple(name for name in ints if name != "G"), pass_name, case_label))
-        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32", "ticket_ptr": "*i32",
+        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
+               "ticket_ptr": "*i32",
                **_ints("N", "HW", "Cg", "Kg", "stride_dyn", "stride_dyk", "stride_xn", "stride_xc", "stride_dwk")}
         cases.append(gemm_case(conv_planar_wgrad, sig, dict(VEC=vec, stride_dyp=1, stride_xp=1, stride_dwc=1),
                                ("HW", "Cg", "Kg", "stride_dyn", "stride_dyk", "stride_xn", "stride_xc", "stride_dwk"),
@@ -236,8 +240,8 @@ def _compile_cases():
         # and NCHW (pixel strides 1, PIXEL_VEC 8), 16-byte vectors of dy, y and g either way.
         for layout, unit, pixel_vec in (("channels_last", "k", 0), ("nchw", "q", 8)):
             names = [*_strides("dy", "nkpq"), *_strides("y", "nkpq"), *_strides("g", "nkpq")]
-            sig = {"dy_ptr": f"*{dt}", "y_ptr": f"*{dt}", "g_ptr": f"*{dt}", "db_ptr": f"*{dt}", "part_ptr": "*fp32",
-                   "ticket_ptr": "*i32", **_ints("N", "K", "P", "Q"), "negative_slope": "fp32",
+            sig = {"dy_ptr": f"*{dt}", "y_ptr": f"*{dt}", "g_ptr": f"*{dt}", "db_ptr": _param_grad(dt),
+                   "part_ptr": "*fp32", "ticket_ptr": "*i32", **_ints("N", "K", "P", "Q"), "negative_slope": "fp32",
                    **_ints(*(n for n in names if not n.endswith(unit)))}
             cases.append(CompileCase(_conv_bwd_epilogue_kernel, sig,
                                      dict(ACTIVATION=ACT_LEAKY_RELU.value, HAS_BIAS=True, PIXEL_VEC=pixel_vec,
@@ -312,7 +316,8 @@ def _depthwise_cases():
         wtaps = 16 if kernel_size == 3 else 64         # R*S rounded up to a power of two
         tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, 4 if dt == "fp32" else 2,
                                                    wtaps, interpreter=False)
-        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32", "ticket_ptr": "*i32",
+        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
+               "ticket_ptr": "*i32",
                **_ints("N", "H", "W", "P", "Q", "C", *_CONV), **dys, **xs, **_ints(*_strides("dw", "crs"))}
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
         cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig, dict(TAPS=wtaps, **tiles, **dy1, **x1, **geometry),
@@ -361,7 +366,8 @@ def _direct_cases():
             cases.append(CompileCase(_conv_dgrad_direct_kernel, sig,
                                      dict(step_r=1, step_s=1, phases_w=1, **dy1, **w1, **dx1, **direct), label=label,
                                      expect=expect["input_grad"]))
-            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _dw(dt), "part_ptr": "*fp32", "ticket_ptr": "*i32",
+            sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
+                   "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **dys, **xs, **dws}
             cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **dy1, **x1, **dw1, **direct),
                                      label=label, expect=expect["weight_grad"]))

@@ -956,15 +956,16 @@ def _planar_wgrad_plan(dy: Operand, x: Operand, dw: Operand, geo: ConvGeometry, 
 
 @by_operands
 def _output_grad_plan(dy: Operand, saved: Operand, switches: Switches, activation: int, negative_slope: float,
-                      bias_grad: bool):
+                      bias_dtype: torch.dtype | None):
     """run(dy, saved) -> (g, db) of dy (N, K, P, Q) and ``saved`` (the forward's output
     y with an activation, else dy): g = dy * act'(y) (dy itself without an
-    activation) and, when ``bias_grad``, db (K,) in dy's dtype, summed over N*P*Q in
-    fp32; one launch."""
+    activation) and, when ``bias_dtype`` is given, db (K,) in it, summed over N*P*Q
+    in fp32; one launch."""
     N, K, P, Q = dy.shape
+    bias_grad = bias_dtype is not None
     g = dy.empty_like() if activation else dy
     new_g = g.allocator() if activation else None
-    new_db = functools.partial(torch.empty, K, dtype=dy.dtype, device=dy.device)
+    new_db = functools.partial(torch.empty, K, dtype=bias_dtype, device=dy.device)
     pixels = N * P * Q
     if K == 0 or (pixels == 0 and not bias_grad):
         return lambda dy, saved: (new_g() if activation else dy, new_db() if bias_grad else None)
@@ -1008,10 +1009,11 @@ def geometry(x_shape, w_shape, stride, padding, dilation, groups) -> ConvGeometr
 
 def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: list[int], padding: list[int],
                    dilation: list[int], groups: int, activation: int, negative_slope: float,
-                   master_weight: torch.Tensor | None) -> torch.Tensor:
-    """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``. ``master_weight``:
-    the weight before autocast cast it to w (read by nothing here): the weight
-    gradient goes to it, in its dtype, and w gets none (see ``_forward_backward``)."""
+                   master_weight: torch.Tensor | None, master_bias: torch.Tensor | None) -> torch.Tensor:
+    """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``. ``master_weight``,
+    ``master_bias``: the weight and bias before autocast cast them to w and b (read
+    by nothing here): their gradients go to them, in their dtypes, and w and b get
+    none (see ``_forward_backward``)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
     plan = _forward_plan((x, w), conv, b is not None, activation)
     return plan(x, w, b, float(negative_slope))
@@ -1035,13 +1037,13 @@ def conv2d_weight_grad(g: torch.Tensor, x: torch.Tensor, w_like: torch.Tensor, s
 
 
 def conv2d_output_grad(dy: torch.Tensor, y: torch.Tensor | None, activation: int, negative_slope: float,
-                       bias_grad: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                       bias_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(g, db) of dy (N, K, P, Q) and the saved output y: g = dy * act'(y) (empty
-    without an activation), db (K,) in dy's dtype (empty unless ``bias_grad``)."""
+    without an activation), db (K,) in ``bias_dtype`` (the bias's; empty without)."""
     saved = dy if y is None else y
-    g, db = _output_grad_plan((dy, saved), activation, plan_float(negative_slope), bias_grad)(dy, saved)
+    g, db = _output_grad_plan((dy, saved), activation, plan_float(negative_slope), bias_dtype)(dy, saved)
     empty = dy.new_empty(0)
-    return (g if activation else empty), (db if bias_grad else empty)
+    return (g if activation else empty), (empty if bias_dtype is None else db)
 
 
 def _conv_args(ctx):
@@ -1053,25 +1055,28 @@ def _save_conv_args(ctx, stride, padding, dilation, groups):
 
 
 def _forward_setup(ctx, inputs, output):
-    x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight = inputs
+    x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight, master_bias = inputs
     ctx.save_for_backward(x, w, output if activation else None)
     _save_conv_args(ctx, stride, padding, dilation, groups)
-    ctx.activation, ctx.negative_slope, ctx.has_bias = activation, negative_slope, b is not None
-    ctx.master_dtype = None if master_weight is None else master_weight.dtype
+    ctx.activation, ctx.negative_slope = activation, negative_slope
+    ctx.bias_dtype = None if b is None else b.dtype
+    ctx.master_dtypes = tuple(None if t is None else t.dtype for t in (master_weight, master_bias))
 
 
 def _forward_backward(ctx, dy):
-    """The gradients of x, w and b; with a master weight (autocast), w's gradient is
-    written in the master's dtype and goes to it, not to w (autocast's cast, which
-    made w from it, then gets none and does nothing: no gradient cast)."""
+    """The gradients of x, w and b; with a master weight or bias (autocast), its
+    gradient is written in the master's dtype and goes to it, not to w or b
+    (autocast's cast, which made w or b from it, then gets none and does nothing:
+    no gradient cast)."""
     x, w, y = ctx.saved_tensors
-    need_x, need_w, need_b = ctx.needs_input_grad[:3]
-    to_master = ctx.master_dtype is not None and ctx.needs_input_grad[9]
-    need_w = need_w or to_master
-    need_db = need_b and ctx.has_bias
+    needs = ctx.needs_input_grad
+    w_to_master, b_to_master = (dtype is not None and need for dtype, need in zip(ctx.master_dtypes, needs[9:]))
+    need_x, need_w = needs[0], needs[1] or w_to_master
+    need_db = (needs[2] or b_to_master) and ctx.bias_dtype is not None
     db = None
     if ctx.activation or need_db:       # reads dy and y in one layout (the forward's output)
-        g, db = conv_output_grad_op(dy, y, ctx.activation, ctx.negative_slope, need_db)
+        db_dtype = (ctx.master_dtypes[1] if b_to_master else ctx.bias_dtype) if need_db else None
+        g, db = conv_output_grad_op(dy, y, ctx.activation, ctx.negative_slope, db_dtype)
         dy = g if ctx.activation else dy
         db = db if need_db else None
     if (need_x or need_w) and _copied_to_channels_last(dy, _copy_operands):
@@ -1079,10 +1084,10 @@ def _forward_backward(ctx, dy):
         if {geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"} and not _planar(geo, x, dy):
             dy = _read_copy(dy)         # one channels_last copy (on a GPU) serves both passes
     dx = conv_input_grad_op(dy, w, x, *_conv_args(ctx)) if need_x else None
-    dw = conv_weight_grad_op(dy, x, w, *_conv_args(ctx), ctx.master_dtype if to_master else None) if need_w else None
-    if to_master:
-        return dx, None, db, None, None, None, None, None, None, dw
-    return dx, dw, db, None, None, None, None, None, None, None
+    dw = conv_weight_grad_op(dy, x, w, *_conv_args(ctx), ctx.master_dtypes[0] if w_to_master else None) \
+        if need_w else None
+    return (dx, None if w_to_master else dw, None if b_to_master else db, None, None, None, None, None, None,
+            dw if w_to_master else None, db if b_to_master else None)
 
 
 def _gradient_setup(ctx, inputs, output):
@@ -1096,7 +1101,7 @@ def _gradient_setup(ctx, inputs, output):
 def _input_grad_backward(ctx, u):
     g, w = ctx.saved_tensors
     need_g, need_w = ctx.needs_input_grad[:2]
-    dg = conv2d_op(u, w, None, *_conv_args(ctx), 0, 0.0, None) if need_g else None
+    dg = conv2d_op(u, w, None, *_conv_args(ctx), 0, 0.0, None, None) if need_g else None
     dw = conv_weight_grad_op(g, u, w, *_conv_args(ctx), None) if need_w else None
     return dg, dw, None, None, None, None, None
 
@@ -1107,15 +1112,15 @@ def _weight_grad_backward(ctx, v):
     g, x = ctx.saved_tensors
     need_g, need_x = ctx.needs_input_grad[:2]
     v = v.to(g.dtype)
-    dg = conv2d_op(x, v, None, *_conv_args(ctx), 0, 0.0, None) if need_g else None
+    dg = conv2d_op(x, v, None, *_conv_args(ctx), 0, 0.0, None, None) if need_g else None
     dx = conv_input_grad_op(g, v, x, *_conv_args(ctx)) if need_x else None
     return dg, dx, None, None, None, None, None, None
 
 
 def _output_grad_setup(ctx, inputs, output):
-    dy, y, activation, negative_slope, bias_grad = inputs
+    dy, y, activation, negative_slope, bias_dtype = inputs
     ctx.save_for_backward(y)
-    ctx.activation, ctx.negative_slope, ctx.bias_grad = activation, negative_slope, bias_grad
+    ctx.activation, ctx.negative_slope, ctx.bias_grad = activation, negative_slope, bias_dtype is not None
     ctx.dy_shape, ctx.dy_dtype = dy.shape, dy.dtype
 
 
@@ -1128,20 +1133,21 @@ def _output_grad_backward(ctx, grad_g, grad_db):
         spread = grad_db.to(ctx.dy_dtype).view(1, K, 1, 1).expand(N, K, P, Q)
         total = spread if total is None else total + spread
     if total is not None and ctx.activation:
-        total = conv_output_grad_op(total, y, ctx.activation, ctx.negative_slope, False)[0]
+        total = conv_output_grad_op(total, y, ctx.activation, ctx.negative_slope, None)[0]
     return total, None, None, None, None
 
 
-def _forward_fake(x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight):
+def _forward_fake(x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight,
+                  master_bias):
     geo = geometry(x.shape, w.shape, stride, padding, dilation, groups)
     return torch.empty((geo.N, geo.K, geo.P, geo.Q), dtype=x.dtype, device=x.device,
                        memory_format=_memory_format(x, w))
 
 
-def _output_grad_fake(dy, y, activation, negative_slope, bias_grad):
+def _output_grad_fake(dy, y, activation, negative_slope, bias_dtype):
     empty = dy.new_empty(0)
     return (torch.empty_like(dy) if activation else empty,
-            dy.new_empty(dy.shape[1]) if bias_grad else empty)
+            empty if bias_dtype is None else dy.new_empty(dy.shape[1], dtype=bias_dtype))
 
 
 conv2d_op = Operator("conv2d", conv2d_forward, fake=_forward_fake, setup_context=_forward_setup,
@@ -1185,8 +1191,11 @@ def _weight_grad_flops(g, x, w_like, stride, padding, dilation, groups, dtype, *
         out_val=(None, out_shape, None))
 
 
-def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01, master_weight=None):
+def conv2d(x, w, b, stride, padding, dilation, groups, activation=0, negative_slope=0.01, master_weight=None,
+           master_bias=None):
     """Checked arguments in (see ``nnlib.functional.conv2d``): x 4-D, padding a
-    4-tuple (top, left, bottom, right); returns act(conv(x, w) + b). ``master_weight``:
-    the tensor autocast cast to w, which then takes w's gradient in its own dtype."""
-    return conv2d_op(x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight)
+    4-tuple (top, left, bottom, right); returns act(conv(x, w) + b). ``master_weight``,
+    ``master_bias``: the tensors autocast cast to w and b, which then take w's and b's
+    gradients in their own dtypes."""
+    return conv2d_op(x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight,
+                     master_bias)
