@@ -116,7 +116,8 @@ def checks() -> list[Check]:
                      lambda dt, dev, lay: [_x((2, 16, 9, 9), torch.float32, dev, lay),
                                            _x((24, 16, 3, 3), torch.float32, dev, lay) * (1 / 12),
                                            _x((24,), torch.float32, dev, "contiguous")],
-                     _conv_under_autocast, _conv_of_bf16_operands, dtypes=(torch.bfloat16,)))
+                     _conv_under_autocast, _conv_of_bf16_operands, layouts=("channels_last", "contiguous"),
+                     dtypes=(torch.bfloat16,)))
     return out
 
 

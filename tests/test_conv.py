@@ -1084,6 +1084,27 @@ def test_autocast_writes_weight_and_bias_gradients_in_their_dtypes(geometry, act
     assert ops.ops.count("_to_copy") == 3 + 1, ops.ops     # forward: x, w, b; backward: x
 
 
+def test_autocast_backward_under_compiled_autograd(device):
+    """An eager conv under autocast, its backward compiled (compiled autograd): the
+    weight and bias take their fp32 gradients from the conv alone (no cast's
+    backward feeding them None besides, which compiled autograd cannot add)."""
+    x, w, b = _inputs(2, 8, 5, 5, 16, (3, 3), 1, torch.float32, device)
+    x.requires_grad_(False)
+    grads = []
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        for conv in (F.conv2d, TF.conv2d):
+            torch._dynamo.reset()
+            w.grad = b.grad = None
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = conv(x, w, b, padding=1).float().square().sum()
+            torch.compile(lambda loss: loss.backward(), backend="eager")(loss)
+            grads.append((w.grad, b.grad))
+    torch._dynamo.reset()
+    for ours, theirs in zip(*grads):
+        assert ours.dtype == theirs.dtype == torch.float32
+        assert_close(ours, theirs, torch.bfloat16, "conv", scale=theirs.abs().max().item())
+
+
 def test_autocast_second_derivatives_reach_every_operand(device):
     """Gradient penalties through a conv under bf16 autocast (the weight's and
     bias's gradients written in fp32) on the input's, the weight's and the bias's

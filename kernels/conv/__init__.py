@@ -171,6 +171,11 @@ def _compile_cases():
                                             stride_xc=1, **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
                                        divisible, "padded_stem_weight_grad" if pad_c else "weight_grad",
                                        f"{label},flat={int(flat)}" + (",pad_c=4" if pad_c else "")))
+            if not flat and dt == "bf16":      # bf16 weights (a bf16 model; second derivatives): dw in bf16
+                cases.append(gemm_case(conv_wgrad_gemm, {**sig, "dw_ptr": "*bf16"},
+                                       dict(FLAT=False, VEC=vec, PAD_C=0, INDEX_64=False, stride_dyk=1, stride_xc=1,
+                                            **_3X3_STRIDE_1),
+                                       divisible, None, f"{label},flat=0,dw=bf16"))
             if flat and vec > 1 and half:           # offsets inside an image of x past int32
                 cases.append(gemm_case(conv_wgrad_flat, sig,
                                        dict(FLAT=True, VEC=vec, PAD_C=0, INDEX_64=True, stride_dyk=1, stride_xc=1,

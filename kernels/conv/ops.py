@@ -1011,9 +1011,9 @@ def conv2d_forward(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, str
                    dilation: list[int], groups: int, activation: int, negative_slope: float,
                    master_weight: torch.Tensor | None, master_bias: torch.Tensor | None) -> torch.Tensor:
     """act(conv(x, w) + b) of x (N, C, H, W): see ``_forward_plan``. ``master_weight``,
-    ``master_bias``: the weight and bias before autocast cast them to w and b (read
-    by nothing here): their gradients go to them, in their dtypes, and w and b get
-    none (see ``_forward_backward``)."""
+    ``master_bias``: the weight and bias that autocast's casts, made outside autograd,
+    turned into w and b (read by nothing here): their gradients go to them, in their
+    dtypes (see ``_forward_backward``)."""
     conv = (tuple(stride), tuple(padding), tuple(dilation), groups)
     plan = _forward_plan((x, w), conv, b is not None, activation)
     return plan(x, w, b, float(negative_slope))
@@ -1056,7 +1056,7 @@ def _save_conv_args(ctx, stride, padding, dilation, groups):
 
 def _forward_setup(ctx, inputs, output):
     x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight, master_bias = inputs
-    ctx.save_for_backward(x, w, output if activation else None)
+    ctx.save_for_backward(x, w, output if activation else None, master_weight)
     _save_conv_args(ctx, stride, padding, dilation, groups)
     ctx.activation, ctx.negative_slope = activation, negative_slope
     ctx.bias_dtype = None if b is None else b.dtype
@@ -1065,10 +1065,11 @@ def _forward_setup(ctx, inputs, output):
 
 def _forward_backward(ctx, dy):
     """The gradients of x, w and b; with a master weight or bias (autocast), its
-    gradient is written in the master's dtype and goes to it, not to w or b
-    (autocast's cast, which made w or b from it, then gets none and does nothing:
-    no gradient cast)."""
-    x, w, y = ctx.saved_tensors
+    gradient is written in the master's dtype and goes to it (the cast that made w
+    or b from it is not in the graph: no gradient cast). Under create_graph the
+    input gradient reads the master's cast, made again in the graph, so that
+    second derivatives reach the master."""
+    x, w, y, master_weight = ctx.saved_tensors
     needs = ctx.needs_input_grad
     w_to_master, b_to_master = (dtype is not None and need for dtype, need in zip(ctx.master_dtypes, needs[9:]))
     need_x, need_w = needs[0], needs[1] or w_to_master
@@ -1083,6 +1084,8 @@ def _forward_backward(ctx, dy):
         geo = geometry(x.shape, w.shape, *_conv_args(ctx))
         if {geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"} and not _planar(geo, x, dy):
             dy = _read_copy(dy)         # one channels_last copy (on a GPU) serves both passes
+    if need_x and w_to_master and torch.is_grad_enabled():
+        w = master_weight.to(w.dtype)
     dx = conv_input_grad_op(dy, w, x, *_conv_args(ctx)) if need_x else None
     dw = conv_weight_grad_op(dy, x, w, *_conv_args(ctx), ctx.master_dtypes[0] if w_to_master else None) \
         if need_w else None
