@@ -162,7 +162,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups, activation=activation, negative_slope=negative_slope)
     code, slope = conv_activation(activation, negative_slope, getattr(input, "dtype", None))
-    masters = weight, bias
+    uncast = weight, bias
     input, weight, bias = _autocast(_LOWER_PRECISION, input, weight, bias)
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in KERNEL_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
@@ -172,13 +172,15 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, slope)
     stride, pad, dilation, groups = checked
-    # Autocast's casts of a weight and bias that take gradients: the kernels write those
-    # gradients in their own dtypes, to the masters, where torch casts the casts' gradients
-    # back; the casts stay out of the graph (the conv is the masters' one consumer).
-    master_weight, master_bias = (master if master is not cast and master.requires_grad else None
-                                  for master, cast in zip(masters, (weight, bias)))
-    weight = weight if master_weight is None else weight.detach()
-    bias = bias if master_bias is None else bias.detach()
+    master_weight = master_bias = None
+    if weight is not uncast[0] or bias is not uncast[1]:
+        # Autocast's casts of a weight and bias that take gradients: the kernels write those
+        # gradients in their own dtypes, to the masters, where torch casts the casts' gradients
+        # back; the casts stay out of the graph (the conv is the masters' one consumer).
+        master_weight, master_bias = (master if master is not cast and master.requires_grad else None
+                                      for master, cast in zip(uncast, (weight, bias)))
+        weight = weight if master_weight is None else weight.detach()
+        bias = bias if master_bias is None else bias.detach()
     x = input.unsqueeze(0) if input.dim() == 3 else input
     if x.shape[1] == 0:     # as torch's empty-input path: no input channels, no output channels either
         weight, bias, master_weight, master_bias = (None if t is None else t[:0]

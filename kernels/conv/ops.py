@@ -1060,7 +1060,8 @@ def _forward_setup(ctx, inputs, output):
     _save_conv_args(ctx, stride, padding, dilation, groups)
     ctx.activation, ctx.negative_slope = activation, negative_slope
     ctx.bias_dtype = None if b is None else b.dtype
-    ctx.master_dtypes = tuple(None if t is None else t.dtype for t in (master_weight, master_bias))
+    ctx.master_dtypes = None if master_weight is None and master_bias is None else \
+        tuple(None if t is None else t.dtype for t in (master_weight, master_bias))
 
 
 def _forward_backward(ctx, dy):
@@ -1070,10 +1071,13 @@ def _forward_backward(ctx, dy):
     input gradient reads the master's cast, made again in the graph, so that
     second derivatives reach the master."""
     x, w, y, master_weight = ctx.saved_tensors
-    needs = ctx.needs_input_grad
-    w_to_master, b_to_master = (dtype is not None and need for dtype, need in zip(ctx.master_dtypes, needs[9:]))
-    need_x, need_w = needs[0], needs[1] or w_to_master
-    need_db = (needs[2] or b_to_master) and ctx.bias_dtype is not None
+    need_x, need_w, need_b = ctx.needs_input_grad[:3]
+    w_to_master = b_to_master = False
+    if ctx.master_dtypes is not None:
+        w_to_master, b_to_master = (dtype is not None and need
+                                    for dtype, need in zip(ctx.master_dtypes, ctx.needs_input_grad[9:]))
+        need_w, need_b = need_w or w_to_master, need_b or b_to_master
+    need_db = need_b and ctx.bias_dtype is not None
     db = None
     if ctx.activation or need_db:       # reads dy and y in one layout (the forward's output)
         db_dtype = (ctx.master_dtypes[1] if b_to_master else ctx.bias_dtype) if need_db else None
