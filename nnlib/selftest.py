@@ -122,8 +122,8 @@ def checks() -> list[Check]:
 
 
 def _conv_under_autocast(x, w, b):
-    """float32 operands under bf16 autocast: a bf16 output, the weight's gradient
-    written in float32 by the kernels."""
+    """float32 operands under bf16 autocast: a bf16 output, the weight's and bias's
+    gradients written in float32 by the kernels."""
     import nnlib.functional as F
     with torch.autocast(x.device.type, dtype=torch.bfloat16):
         return F.conv2d(x, w, b, 1, 1)
