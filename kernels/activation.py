@@ -306,9 +306,11 @@ def _prelu_forward_plan(shape: tuple, strides: tuple, shared: bool):
     return run
 
 
-def prelu_forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def prelu_forward(x: torch.Tensor, weight: torch.Tensor, master_weight: torch.Tensor | None) -> torch.Tensor:
     """x: any shape, C = x.shape[1] (1 below rank 2); weight: (1,) or (C,).
-    The output has ``torch.empty_like(x)``'s layout, as torch's."""
+    The output has ``torch.empty_like(x)``'s layout, as torch's. ``master_weight``:
+    the weight that autocast's cast, made outside autograd, turned into ``weight``
+    (read by nothing here): the weight gradient goes to it, in its dtype."""
     return _prelu_forward_plan(x.shape, x.stride(), weight.numel() == 1)(x, weight)
 
 
@@ -345,23 +347,25 @@ def _prelu_backward_plan(shape: tuple, grad_strides: tuple, x_strides: tuple, sh
                     BLOCK_C=block_c)
     launched = n_rows > 0 and C > 0
 
-    def run(grad, x, weight):
+    def run(grad, x, weight, dtype):
         grad_x = torch.empty_like(x)
         dx3 = _read_3d(grad_x, dx_how)
         partials = torch.empty((num_chunks, C), dtype=torch.float32, device=x.device)
         if launched:
             backward(_read_3d(grad, g_how), _read_3d(x, x_how), _slopes(weight), dx3, partials)
         # one slope: the sum over every channel too
-        grad_w = sum_partials(partials.view(-1, 1) if shared else partials, weight.dtype, weight.shape)
+        grad_w = sum_partials(partials.view(-1, 1) if shared else partials, dtype, weight.shape)
         return _written(grad_x, dx3), grad_w
     return run
 
 
-def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                   dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, grad_weight). The weight gradient is reduced in two deterministic
     passes: fp32 partials per (chunk, channel), then ``sum_partials`` (over the
-    channels too for one shared slope), rounded once to weight's dtype."""
-    return _prelu_backward_plan(x.shape, grad.stride(), x.stride(), weight.numel() == 1)(grad, x, weight)
+    channels too for one shared slope), rounded once to ``dtype`` (None: weight's)."""
+    return _prelu_backward_plan(x.shape, grad.stride(), x.stride(), weight.numel() == 1)(grad, x, weight,
+                                                                                          dtype or weight.dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -453,16 +457,29 @@ def _save_inputs(ctx, inputs, output):
 
 
 def _prelu_backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    grad_x, grad_w = prelu_grad_op(grad, x, weight)
-    return (grad_x if ctx.needs_input_grad[0] else None,
-            grad_w if ctx.needs_input_grad[1] else None)
+    """With a master weight (autocast), the weight gradient is written in its dtype
+    and goes to it; under create_graph the gradients read the master's cast, made
+    again in the graph, so that second derivatives reach the master."""
+    x, weight, master = ctx.saved_tensors
+    need_x, need_w, to_master = ctx.needs_input_grad
+    if to_master and torch.is_grad_enabled():
+        weight = master.to(weight.dtype)
+    grad_x, grad_w = prelu_grad_op(grad, x, weight, master.dtype if to_master else None)
+    return (grad_x if need_x else None, grad_w if need_w and not to_master else None,
+            grad_w if to_master else None)
+
+
+def _prelu_grad_setup(ctx, inputs, output):
+    grad, x, weight, dtype = inputs
+    ctx.save_for_backward(grad, x, weight)
 
 
 def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
     """Second derivatives of prelu in torch elementwise ops and per-channel sums,
     which torch can differentiate further."""
     grad, x, weight = ctx.saved_tensors
+    if grad_grad_w is not None:         # in a master weight's dtype under autocast
+        grad_grad_w = grad_grad_w.to(weight.dtype)
     channel_shape = [1] * x.dim()
     if x.dim() >= 2 and weight.numel() > 1:
         channel_shape[1] = -1
@@ -482,15 +499,15 @@ def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
         d_x = torch.where(negative, spread * grad, 0)
         from_w = torch.where(negative, spread * x, 0)
         d_grad = from_w if d_grad is None else d_grad + from_w
-    return d_grad, d_x, d_w
+    return d_grad, d_x, d_w, None
 
 
-prelu_op = Operator("prelu", prelu_forward, fake=lambda x, w: torch.empty_like(x),
+prelu_op = Operator("prelu", prelu_forward, fake=lambda x, w, master: torch.empty_like(x),
                     setup_context=_save_inputs, backward=_prelu_backward)
 prelu_grad_op = Operator("prelu_backward", prelu_backward,
-                         fake=lambda g, x, w: (torch.empty_like(x),
-                                                torch.empty(w.shape, dtype=w.dtype, device=w.device)),
-                         setup_context=_save_inputs, backward=_prelu_grad_backward)
+                         fake=lambda g, x, w, dtype: (torch.empty_like(x),
+                                                       torch.empty(w.shape, dtype=dtype or w.dtype, device=w.device)),
+                         setup_context=_prelu_grad_setup, backward=_prelu_grad_backward)
 
 
 # ---------------------------------------------------------------------------

@@ -116,6 +116,7 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     check_activation_input(input, "prelu", check_dtype=False)
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"prelu(): argument 'weight' must be Tensor, not {type_name(weight)}")
+    uncast = weight
     input, weight = _autocast(_LOWER_PRECISION, input, weight)
     # torch's order: dtypes must agree, then shapes, then the dtype must be floating point.
     if weight.dtype != input.dtype:
@@ -131,7 +132,11 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     check_activation_input(input, "prelu")
     if _on_torch_path(input):
         return F.prelu(input, weight)
-    return _act.prelu_op(input, weight)
+    if weight is not uncast and uncast.requires_grad:
+        # Autocast's cast, out of the graph: the kernels write the slopes' gradient in their
+        # own dtype, to the uncast slopes (as conv2d's weight).
+        return _act.prelu_op(input, weight.detach(), uncast)
+    return _act.prelu_op(input, weight, None)
 
 
 # ---------------------------------------------------------------------------

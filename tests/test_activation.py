@@ -250,6 +250,47 @@ def test_prelu_autocast(dtype, device):
     assert_close(out, expected, dtype, "elementwise")
 
 
+@pytest.mark.parametrize("weight_shape", [(), (4,)])
+def test_prelu_autocast_writes_the_slopes_gradient_in_their_dtype(weight_shape, device):
+    """Under bf16 autocast prelu's slope gradient is written in the fp32 slopes'
+    dtype from its fp32 sums (torch's is rounded to bf16, then cast): fp32-exact
+    against float64 on the bf16 input, no cast of it in the backward (x's only),
+    one gradient per slope tensor under compiled autograd, and gradient penalties'
+    derivatives (on x's gradient and on the slopes') as torch's autocast ones."""
+    x = torch.randn(2, 4, 3, 5, device=device, requires_grad=True)
+    w = (torch.rand(weight_shape, device=device) * 0.3).requires_grad_()
+
+    def forward(prelu=F.prelu):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return prelu(x, w)
+    g = torch.randn(2, 4, 3, 5, device=device).bfloat16()
+    forward().backward(g)
+    xb = x.detach().bfloat16().double()
+    ref = torch.where(xb > 0, 0, xb * g.double()).sum((0, 2, 3) if w.dim() else None)
+    assert w.grad.dtype == torch.float32
+    assert_close(w.grad, ref.reshape(w.shape), torch.float32, "reduction")
+    counts = host.count_ops(lambda: forward().backward(g))
+    assert counts.ops["_to_copy"] == 2 + 1, counts     # forward: x, w; backward: x
+    with torch._dynamo.config.patch(compiled_autograd=True):
+        w.grad = None
+        torch._dynamo.reset()
+        torch.compile(lambda loss: loss.backward(), backend="eager")(forward().float().square().sum())
+    torch._dynamo.reset()
+    assert w.grad.dtype == torch.float32
+
+    def penalties(prelu):
+        results = []
+        for penalised in (x, w):
+            x.grad = w.grad = None
+            (first,) = torch.autograd.grad(forward(prelu).float().square().sum(), penalised, create_graph=True)
+            first.float().square().sum().backward()
+            results += [first, x.grad, w.grad]
+        return results
+    for ours, theirs in zip(penalties(F.prelu), penalties(TF.prelu)):
+        assert ours.dtype == theirs.dtype
+        assert_close(ours, theirs, torch.bfloat16, "reduction", scale=theirs.abs().max().item())
+
+
 @pytest.mark.parametrize("slope", [1e39, -1e39, 10**40, np.float32(0.2), np.int64(2), torch.tensor(0.3), True,
                                    0.2 + 0j, 0.2 + 1j, "0.2", None],
                          ids=["1e39", "-1e39", "int-past-int64", "np.float32", "np.int64", "0-d-tensor", "True",
