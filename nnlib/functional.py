@@ -45,6 +45,16 @@ _LOWER_PRECISION = "lower_precision"     # conv2d, prelu: autocast's dtype, CPU 
 _FLOAT32_ON_CUDA = "float32_on_cuda"     # layer_norm, group_norm: float32 under CUDA autocast
 
 
+def _out_of_graph(cast, uncast):
+    """(what the kernels read, master) of a tensor autocast may have cast: a cast of
+    one that takes a gradient is detached and the uncast tensor is its master (its
+    gradient goes there, written by the kernels in its dtype, where torch casts the
+    cast's gradient back; the op is the master's one consumer); else (cast, None)."""
+    if cast is not uncast and uncast.requires_grad:
+        return cast.detach(), uncast
+    return cast, None
+
+
 def _autocast(policy: str, input, *others):
     """(input, *others) cast as torch.autocast casts an op of ``policy`` when it
     is enabled for input's device; float32 / float16 / bfloat16 tensors only."""
@@ -132,11 +142,7 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     check_activation_input(input, "prelu")
     if _on_torch_path(input):
         return F.prelu(input, weight)
-    if weight is not uncast and uncast.requires_grad:
-        # Autocast's cast, out of the graph: the kernels write the slopes' gradient in their
-        # own dtype, to the uncast slopes (as conv2d's weight).
-        return _act.prelu_op(input, weight.detach(), uncast)
-    return _act.prelu_op(input, weight, None)
+    return _act.prelu_op(input, *_out_of_graph(weight, uncast))
 
 
 # ---------------------------------------------------------------------------
@@ -167,7 +173,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups, activation=activation, negative_slope=negative_slope)
     code, slope = conv_activation(activation, negative_slope, getattr(input, "dtype", None))
-    uncast = weight, bias
+    uncast_weight, uncast_bias = weight, bias
     input, weight, bias = _autocast(_LOWER_PRECISION, input, weight, bias)
     if isinstance(input, torch.Tensor) and (_on_torch_path(input) or input.dtype not in KERNEL_DTYPES):
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
@@ -177,15 +183,8 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
         out = F.conv2d(input, weight, bias, stride, padding, dilation, groups)
         return _torch_epilogue(out, activation, slope)
     stride, pad, dilation, groups = checked
-    master_weight = master_bias = None
-    if weight is not uncast[0] or bias is not uncast[1]:
-        # Autocast's casts of a weight and bias that take gradients: the kernels write those
-        # gradients in their own dtypes, to the masters, where torch casts the casts' gradients
-        # back; the casts stay out of the graph (the conv is the masters' one consumer).
-        master_weight, master_bias = (master if master is not cast and master.requires_grad else None
-                                      for master, cast in zip(uncast, (weight, bias)))
-        weight = weight if master_weight is None else weight.detach()
-        bias = bias if master_bias is None else bias.detach()
+    weight, master_weight = _out_of_graph(weight, uncast_weight)
+    bias, master_bias = _out_of_graph(bias, uncast_bias)
     x = input.unsqueeze(0) if input.dim() == 3 else input
     if x.shape[1] == 0:     # as torch's empty-input path: no input channels, no output channels either
         weight, bias, master_weight, master_bias = (None if t is None else t[:0]
