@@ -452,8 +452,12 @@ def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torc
     return x
 
 
-def _save_inputs(ctx, inputs, output):
-    ctx.save_for_backward(*inputs)
+def _prelu_setup(ctx, inputs, output):
+    """Saves x, weight and, when x takes a gradient, the master weight (read only by
+    a create_graph input gradient: see ``_prelu_backward``)."""
+    x, weight, master = inputs
+    ctx.save_for_backward(x, weight, master if ctx.needs_input_grad[0] else None)
+    ctx.master_dtype = None if master is None else master.dtype
 
 
 def _prelu_backward(ctx, grad):
@@ -462,9 +466,9 @@ def _prelu_backward(ctx, grad):
     again in the graph, so that second derivatives reach the master."""
     x, weight, master = ctx.saved_tensors
     need_x, need_w, to_master = ctx.needs_input_grad
-    if to_master and torch.is_grad_enabled():
+    if to_master and need_x and torch.is_grad_enabled():
         weight = master.to(weight.dtype)
-    grad_x, grad_w = prelu_grad_op(grad, x, weight, master.dtype if to_master else None)
+    grad_x, grad_w = prelu_grad_op(grad, x, weight, ctx.master_dtype if to_master else None)
     return (grad_x if need_x else None, grad_w if need_w and not to_master else None,
             grad_w if to_master else None)
 
@@ -503,7 +507,7 @@ def _prelu_grad_backward(ctx, grad_grad_x, grad_grad_w):
 
 
 prelu_op = Operator("prelu", prelu_forward, fake=lambda x, w, master: torch.empty_like(x),
-                    setup_context=_save_inputs, backward=_prelu_backward)
+                    setup_context=_prelu_setup, backward=_prelu_backward)
 prelu_grad_op = Operator("prelu_backward", prelu_backward,
                          fake=lambda g, x, w, dtype: (torch.empty_like(x),
                                                        torch.empty(w.shape, dtype=dtype or w.dtype, device=w.device)),

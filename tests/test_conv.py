@@ -1105,6 +1105,29 @@ def test_autocast_backward_under_compiled_autograd(device):
         assert_close(ours, theirs, torch.bfloat16, "conv", scale=theirs.abs().max().item())
 
 
+@pytest.mark.parametrize("op", ["conv2d", "prelu"])
+def test_autocast_keeps_the_master_weight_only_for_an_input_gradient(op, device):
+    """Under autocast the fp32 weight is kept for the backward (and version-checked)
+    only when x takes a gradient (a create_graph input gradient reads it): a first
+    layer's weight changed in place between forward and backward raises nothing,
+    as torch's autocast ops; a later layer's raises, as torch's ops outside autocast."""
+    w = torch.randn(8, 8, 3, 3, device=device) if op == "conv2d" else torch.rand(8, device=device)
+    w.requires_grad_()
+    call = (lambda x: F.conv2d(x, w, padding=1)) if op == "conv2d" else (lambda x: F.prelu(x, w))
+    for x_grad in (False, True):
+        x = torch.randn(2, 8, 5, 5, device=device, requires_grad=x_grad)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            y = call(x)
+        with torch.no_grad():
+            w.add_(1)
+        if x_grad:
+            with pytest.raises(RuntimeError, match="inplace"):
+                y.float().sum().backward()
+        else:
+            y.float().sum().backward()
+            assert w.grad.dtype == torch.float32
+
+
 def test_autocast_second_derivatives_reach_every_operand(device):
     """Gradient penalties through a conv under bf16 autocast (the weight's and
     bias's gradients written in fp32) on the input's, the weight's and the bias's

@@ -1056,7 +1056,9 @@ def _save_conv_args(ctx, stride, padding, dilation, groups):
 
 def _forward_setup(ctx, inputs, output):
     x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight, master_bias = inputs
-    ctx.save_for_backward(x, w, output if activation else None, master_weight)
+    # The master weight is read only by a create_graph input gradient (its cast, made again in
+    # the graph): kept for it, and then version-checked, only when x takes a gradient.
+    ctx.save_for_backward(x, w, output if activation else None, master_weight if ctx.needs_input_grad[0] else None)
     _save_conv_args(ctx, stride, padding, dilation, groups)
     ctx.activation, ctx.negative_slope = activation, negative_slope
     ctx.bias_dtype = None if b is None else b.dtype
