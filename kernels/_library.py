@@ -17,7 +17,9 @@ derivatives run the same kernels). Calling an Operator:
   there instead, which have batching and forward-derivative rules: a custom
   operator's ``vmap`` falls back to a per-sample loop or raises, its ``grad``
   raises, its ``jvp`` tangent is silently zero), and the launchers never see a
-  transform's wrapped tensors; and so it does in eager mode under a
+  transform's wrapped tensors; so it does for the gradients that autograd's own
+  vmap batches (``is_grads_batched``), which its fallback unbatches per sample;
+  and so it does in eager mode under a
   ``TorchDispatchMode`` (``modes_see_operators``: FlopCounterMode, whose FLOP
   formulas for our convolutions the conv package registers; a FakeTensorMode;
   selective activation checkpointing), which sees our operators as it sees
@@ -55,7 +57,8 @@ import torch
 import torch.autograd.forward_ad as forward_ad
 from torch._C._functorch import unwrap_if_dead
 
-__all__ = ["NAMESPACE", "OPERATORS", "LaunchersInSight", "Operator", "modes_see_operators", "tracing"]
+__all__ = ["NAMESPACE", "OPERATORS", "LaunchersInSight", "Operator", "batched_by_autograd", "modes_see_operators",
+           "tracing"]
 
 NAMESPACE = "nnlib"
 OPERATORS: dict[str, "Operator"] = {}     # name -> Operator, every one registered
@@ -68,12 +71,21 @@ _PLAIN = (torch.Tensor, torch.nn.Parameter)
 _FUNCTION_APPLY = torch._C._FunctionBase.__dict__["apply"]
 
 
+# batched_by_autograd(x): x is batched by autograd's own vmap (no storage to read): the
+# gradients of a backward that ``torch.autograd.grad(..., is_grads_batched=True)`` runs
+# (vectorized Jacobians: ``torch.autograd.functional.jacobian(vectorize=True)``).
+batched_by_autograd = torch._C._functorch.is_legacy_batchedtensor
+
+
 def tracing(x: torch.Tensor) -> bool:
     """True while torch.compile / torch.export trace, for a tensor subclass
-    (FakeTensor, FunctionalTensor, ...), or under a torch.func transform (whose
+    (FakeTensor, FunctionalTensor, ...), under a torch.func transform (whose
     wrapped tensors the launchers cannot read; the operator unwraps them, or raises
-    as torch's custom operators do): calls must go through the operator."""
-    return type(x) not in _PLAIN or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+    as torch's custom operators do), or for a tensor batched by autograd
+    (``batched_by_autograd``: its fallback runs the operator once per sample):
+    calls must go through the operator."""
+    return (type(x) not in _PLAIN or torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+            or batched_by_autograd(x))
 
 
 class LaunchersInSight:

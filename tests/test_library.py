@@ -737,3 +737,42 @@ def test_no_gradient_in_no_gradient_out(name, device):
         assert (ours is None) == (theirs is None)
         if ours is not None:
             torch.testing.assert_close(ours, theirs)
+
+
+BATCHED_GRADIENT_CALLS = {
+    "conv2d-bias-relu": lambda x, p: F.conv2d(x, p["w"], p["b"], padding=1, activation="relu"),
+    "conv2d-depthwise": lambda x, p: F.conv2d(x, p["dw"], stride=2, padding=1, groups=4),
+    "relu": lambda x, p: F.relu(x * 1),
+    "leaky_relu": lambda x, p: F.leaky_relu(x, 0.1),
+    "prelu": lambda x, p: F.prelu(x, p["c"]),
+    "max_pool2d": lambda x, p: F.max_pool2d(x, 2),
+    "batch_norm-residual-relu": lambda x, p: F.batch_norm(x, None, None, p["c"], p["c2"], True, residual=x * 2,
+                                                          activation="relu"),
+    "group_norm": lambda x, p: F.group_norm(x, 2, p["c"], p["c2"]),
+    "layer_norm": lambda x, p: F.layer_norm(x, (5, 5)),
+    "instance_norm": lambda x, p: F.instance_norm(x),
+}
+
+
+@pytest.mark.parametrize("name", list(BATCHED_GRADIENT_CALLS))
+def test_gradients_batched_by_autograd(name, device):
+    """``torch.autograd.grad(..., is_grads_batched=True)`` (vectorized Jacobians):
+    the backward's gradients are batched by autograd's own vmap, which the
+    launchers cannot read; the operators run once per sample through its fallback,
+    giving the gradients a loop over the samples gives, Triton kernels included."""
+    x = torch.randn(2, 4, 5, 5, device=device, requires_grad=True)
+    params = {"w": torch.randn(6, 4, 3, 3), "b": torch.randn(6), "dw": torch.randn(4, 1, 3, 3),
+              "c": torch.rand(4) + 0.5, "c2": torch.randn(4)}
+    params = {k: v.to(device).requires_grad_() for k, v in params.items()}
+    y = BATCHED_GRADIENT_CALLS[name](x, params)
+    leaves = [x, *params.values()]
+    vs = torch.randn(3, *y.shape, device=device)
+    with count_launches() as launches:
+        batched = torch.autograd.grad(y, leaves, vs, is_grads_batched=True, retain_graph=True, allow_unused=True)
+    assert launches.total > 0
+    for i, v in enumerate(vs):
+        one = torch.autograd.grad(y, leaves, v, retain_graph=True, allow_unused=True)
+        for got, want in zip(batched, one):
+            assert (got is None) == (want is None)
+            if want is not None:
+                torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)

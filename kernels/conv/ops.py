@@ -54,7 +54,7 @@ import triton
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 from triton.runtime import _allocation as triton_allocation
 
-from .._library import Operator
+from .._library import Operator, batched_by_autograd
 from .._reduce import tickets
 from .._runtime import (bind, bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, kernel_parameters,
                         launch, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64, persistent,
@@ -1086,7 +1086,7 @@ def _forward_backward(ctx, dy):
         g, db = conv_output_grad_op(dy, y, ctx.activation, ctx.negative_slope, db_dtype)
         dy = g if ctx.activation else dy
         db = db if need_db else None
-    if (need_x or need_w) and _copied_to_channels_last(dy, _copy_operands):
+    if (need_x or need_w) and not batched_by_autograd(dy) and _copied_to_channels_last(dy, _copy_operands):
         geo = geometry(x.shape, w.shape, *_conv_args(ctx))
         if {geo.paths["input_grad"], geo.paths["weight_grad"]} & {"gemm", "gemm-flat"} and not _planar(geo, x, dy):
             dy = _read_copy(dy)         # one channels_last copy (on a GPU) serves both passes
