@@ -42,7 +42,7 @@ def _on_torch_path(input: torch.Tensor) -> bool:
 # torch's path, which applies autocast itself).
 
 _LOWER_PRECISION = "lower_precision"     # conv2d, prelu: autocast's dtype, CPU and CUDA
-_FLOAT32_ON_CUDA = "float32_on_cuda"     # layer_norm, group_norm: float32 under CUDA autocast
+_FLOAT32_ON_CUDA = "float32_on_cuda"     # layer_norm, group_norm: float32 under CUDA autocast (_float32_norm)
 
 
 def _out_of_graph(cast, uncast):
@@ -55,22 +55,43 @@ def _out_of_graph(cast, uncast):
     return cast, None
 
 
-def _autocast(policy: str, input, *others):
-    """(input, *others) cast as torch.autocast casts an op of ``policy`` when it
-    is enabled for input's device; float32 / float16 / bfloat16 tensors only."""
+def _autocast_dtype(policy: str, input) -> torch.dtype | None:
+    """The dtype torch.autocast casts the floating inputs of an op of ``policy`` to,
+    when it is enabled for input's device; else None."""
     if not torch._C._is_any_autocast_enabled():
-        return (input, *others)
+        return None
     device = input.device.type if isinstance(input, torch.Tensor) else None
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
-        return (input, *others)
+        return None
     if policy == _LOWER_PRECISION:
-        dtype = torch.get_autocast_dtype(device)
-    elif device == "cuda":
-        dtype = torch.float32
-    else:
+        return torch.get_autocast_dtype(device)
+    return torch.float32 if device == "cuda" else None
+
+
+def _cast(t, dtype: torch.dtype):
+    """t as autocast casts it: float32 / float16 / bfloat16 tensors only."""
+    return t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in KERNEL_DTYPES else t
+
+
+def _autocast(policy: str, input, *others):
+    """(input, *others) cast as torch.autocast casts an op of ``policy``."""
+    dtype = _autocast_dtype(policy, input)
+    if dtype is None:
         return (input, *others)
-    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.dtype in KERNEL_DTYPES else t
-                 for t in (input, *others))
+    return tuple(_cast(t, dtype) for t in (input, *others))
+
+
+def _float32_norm(input, weight, bias):
+    """(weight, bias, output dtype) of a layer or group norm, which CUDA autocast runs
+    in float32: the parameters cast as torch casts them; a float16 / bfloat16 input
+    is not (the kernels read it as it is and write a float32 output, and its
+    gradient in its own dtype: the values of torch's cast copy), output dtype
+    float32 then, else None (the input's)."""
+    dtype = _autocast_dtype(_FLOAT32_ON_CUDA, input)
+    if dtype is None:
+        return weight, bias, None
+    low = isinstance(input, torch.Tensor) and input.dtype in (torch.float16, torch.bfloat16)
+    return _cast(weight, dtype), _cast(bias, dtype), dtype if low else None
 
 
 # ---------------------------------------------------------------------------
@@ -318,12 +339,12 @@ def layer_norm(input: torch.Tensor, normalized_shape, weight: torch.Tensor | Non
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(layer_norm, (input, weight, bias), input, normalized_shape, weight, bias, eps,
                                      activation=activation, negative_slope=negative_slope)
-    input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)   # casts raise nothing: checks after
+    weight, bias, dtype = _float32_norm(input, weight, bias)   # casts raise nothing: checks after
     shape, eps, code, slope = check_layer_norm((input, weight, bias),
                                                (normalized_shape, eps, activation, negative_slope))
-    if _on_torch_path(input):
+    if _on_torch_path(input):       # torch's autocast casts input
         return _torch_epilogue(F.layer_norm(input, shape, weight, bias, eps), activation, slope)
-    return _norm.layer_norm(input, shape, weight, bias, eps, code, slope)
+    return _norm.layer_norm(input, shape, weight, bias, eps, code, slope, dtype)
 
 
 def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None = None,
@@ -334,9 +355,9 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(group_norm, (input, weight, bias), input, num_groups, weight, bias, eps,
                                      activation=activation, negative_slope=negative_slope)
-    input, weight, bias = _autocast(_FLOAT32_ON_CUDA, input, weight, bias)   # casts raise nothing: checks after
+    weight, bias, dtype = _float32_norm(input, weight, bias)   # casts raise nothing: checks after
     num_groups, eps, code, slope = check_group_norm((input, weight, bias),
                                                     (num_groups, eps, activation, negative_slope))
-    if _on_torch_path(input):
+    if _on_torch_path(input):       # torch's autocast casts input
         return _torch_epilogue(F.group_norm(input, num_groups, weight, bias, eps), activation, slope)
-    return _norm.group_norm(input, num_groups, weight, bias, eps, code, slope)
+    return _norm.group_norm(input, num_groups, weight, bias, eps, code, slope, dtype)

@@ -148,7 +148,8 @@ class _FusedActivation:
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        twin = next((base for base in cls.__mro__ if base.__module__.startswith("torch.nn")), None)
+        twin = next((base for base in cls.__mro__          # not a subclass made in torch.nn (parametrize's)
+                     if base.__module__.startswith("torch.nn") and not issubclass(base, _FusedActivation)), None)
         cls._constructor_signature = None           # a subclass's own __init__ speaks for itself
         if twin is not None and cls.__init__ is _FusedActivation.__init__:
             params = list(inspect.signature(twin).parameters.values())

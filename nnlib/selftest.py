@@ -118,7 +118,24 @@ def checks() -> list[Check]:
                                            _x((24,), torch.float32, dev, "contiguous")],
                      _conv_under_autocast, _conv_of_bf16_operands, layouts=("channels_last", "contiguous"),
                      dtypes=(torch.bfloat16,)))
+    out.append(Check("group_norm bf16 autocast", "reduction",
+                     lambda dt, dev, lay: [_x((2, 6, 5, 7), dt, dev, lay), _param(6, torch.float32, dev),
+                                           _param(6, torch.float32, dev)],
+                     _group_norm_under_autocast, lambda x, w, b: TF.group_norm(x, 3, w, b),
+                     dtypes=(torch.bfloat16,)))
     return out
+
+
+def _group_norm_under_autocast(x, w, b):
+    """A bf16 x under bf16 autocast: torch's output dtype (float32 on CUDA, whose
+    autocast runs group norm in float32: the kernels read x as it is)."""
+    import nnlib.functional as F
+    with torch.autocast(x.device.type, dtype=torch.bfloat16):
+        y = F.group_norm(x, 3, w, b)
+        expected = TF.group_norm(x.detach(), 3, w.detach(), b.detach()).dtype
+    if y.dtype != expected:
+        raise RuntimeError(f"group_norm under autocast returned {y.dtype}, torch's {expected}")
+    return y
 
 
 def _conv_under_autocast(x, w, b):

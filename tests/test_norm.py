@@ -885,6 +885,64 @@ def test_autocast_follows_torch(dtype, device):
                      ours.__name__)
 
 
+@pytest.mark.parametrize("path", ["single-read", "looped"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["layer_norm", "group_norm"])
+def test_float32_autocast_norm_reads_its_input_as_it_is(name, dtype, path, monkeypatch, device):
+    """CUDA autocast runs layer_norm and group_norm in float32 (here on any device:
+    ``_autocast_dtype`` answers as on CUDA). The kernels read the fp16 / bf16 input itself
+    and write a float32 output, and the input's gradient in the input's dtype: no
+    device op besides the kernels, forward or backward (torch casts x to float32 and
+    its gradient back). Output and parameter gradients at float32's tolerance
+    against float64, the input gradient at its dtype's."""
+    autocast_dtype = F._autocast_dtype
+
+    def as_on_cuda(policy, input):
+        if policy == F._FLOAT32_ON_CUDA and torch.is_autocast_enabled(input.device.type):
+            return torch.float32
+        return autocast_dtype(policy, input)
+    monkeypatch.setattr(F, "_autocast_dtype", as_on_cuda)
+    if path == "looped":
+        monkeypatch.setattr(norm_plan, "SET_LIMIT", 0)
+    clear_plan_caches()
+    if name == "layer_norm":
+        x = make_input((3, 4, 5, 6), dtype, device, requires_grad=True)
+        w, b = _params(0, torch.float32, device, shape=(5, 6))
+
+        def ours(x, w, b):
+            return F.layer_norm(x, (5, 6), w, b)
+
+        def theirs(x, w, b):
+            return TF.layer_norm(x, (5, 6), w, b)
+    else:
+        x = make_input((3, 6, 5, 4), dtype, device, "channels_last", requires_grad=True)
+        w, b = _params(6, torch.float32, device)
+
+        def ours(x, w, b):
+            return F.group_norm(x, 3, w, b, activation="leaky_relu", negative_slope=0.2)
+
+        def theirs(x, w, b):
+            return TF.leaky_relu(TF.group_norm(x, 3, w, b), 0.2)
+    with torch.autocast(torch.device(device).type, dtype=dtype):
+        ours(x, w, b)       # the ticket counters' first (one-time) allocation
+        with count_launches() as forward, device_ops() as forward_ops:
+            y = ours(x, w, b)
+    dy = torch.randn_like(y)
+    with count_launches() as backward, device_ops() as backward_ops:
+        grads = torch.autograd.grad(y, (x, w, b), dy)
+    assert y.dtype == torch.float32 and [g.dtype for g in grads] == [dtype, torch.float32, torch.float32]
+    kernel = "_set_fwd_kernel" if path == "single-read" else "_normalize_kernel"
+    assert forward.counts[kernel] == 1 and backward.total > 0
+    assert not forward_ops and not backward_ops, (forward_ops, backward_ops)
+    refs = [t.detach().cpu().double().requires_grad_() for t in (x, w, b)]
+    want = theirs(*refs)
+    assert_close(y, want, torch.float32, "reduction", "output")
+    ref_grads = torch.autograd.grad(want, refs, dy.cpu().double())
+    for got, ref, tol, what in zip(grads, ref_grads, (dtype, torch.float32, torch.float32), ("x", "w", "b")):
+        assert_close(got, ref, tol, "reduction", f"gradient of {what}")
+    clear_plan_caches()
+
+
 @pytest.mark.parametrize("stats_dtype", [torch.float16, torch.float64])
 def test_instance_norm_running_stats_of_another_dtype(stats_dtype, device):
     """torch's instance_norm takes running stats of any floating dtype (it repeats
@@ -1290,6 +1348,29 @@ def test_module_extras_and_checks(device):
         bn(torch.randn(2, 4, 3, device=device))
     with pytest.raises(ValueError):
         nnlib.GroupNorm(2, 6, activation="tanh")
+
+
+@pytest.mark.parametrize("name,args", [("BatchNorm2d", (4,)), ("LayerNorm", ((4, 3),)), ("GroupNorm", (2, 4)),
+                                       ("InstanceNorm2d", (4,)), ("SyncBatchNorm", (4,))])
+def test_norm_modules_take_parametrizations(name, args, device):
+    """torch.nn.utils.parametrize's subclass of a module (made in torch.nn) is not
+    mistaken for the torch twin (its signature took activation twice: ValueError);
+    the parametrized weight reaches the kernels."""
+    kwargs = {"affine": True} if name == "InstanceNorm2d" else {}
+    ours, twin = (getattr(lib, name)(*args, **kwargs).to(device) for lib in (nnlib, torch.nn))
+    twin.load_state_dict(ours.state_dict())
+    for m in (ours, twin):
+        torch.nn.utils.parametrizations.weight_norm(m, "weight", dim=0)
+        torch.nn.utils.parametrize.register_parametrization(m, "bias", _Doubled())
+        m.eval()
+    assert "activation" in inspect.signature(type(ours)).parameters
+    x = torch.randn(2, 4, 4, 3, device=device)
+    assert_close(ours(x), twin(x), torch.float32, "reduction")
+
+
+class _Doubled(torch.nn.Module):
+    def forward(self, t):
+        return 2 * t
 
 
 def _outcome(call):

@@ -12,7 +12,8 @@ def test_selftest_checks_pass_and_catch_a_wrong_op(device):
     by_op = {c.op: c for c in selftest.checks()}
     for op in ("relu", "batch_norm + add + relu", "conv2d depthwise 3x3"):
         assert selftest.run_check(by_op[op], torch.float32, device, "channels_last") <= 1, op
-    assert selftest.run_check(by_op["conv2d 3x3 bf16 autocast"], torch.bfloat16, device, "channels_last") <= 1
+    for op in ("conv2d 3x3 bf16 autocast", "group_norm bf16 autocast"):
+        assert selftest.run_check(by_op[op], torch.bfloat16, device, "channels_last") <= 1, op
     off_by_a_little = dataclasses.replace(by_op["relu"], ours=lambda x: F.relu(x) * 1.001)
     assert selftest.run_check(off_by_a_little, torch.float32, device, "contiguous") > 1
 

@@ -1,16 +1,18 @@
 """batch / group / instance / layer norm at ResNet-50 activation shapes, forward and
 forward+backward, NCHW and channels_last, against torch (cuDNN batch norm for fp32
 and for fp16 / bf16 with fp32 parameters, native kernels otherwise); plus the
-ResNet block tail relu(bn(x) + identity) fused against torch's three ops; and
-on CUDA, SyncBatchNorm's training step (statistics gathered across a group of
-one process) against torch's SyncBatchNorm function.
+ResNet block tail relu(bn(x) + identity) fused against torch's three ops; group
+norm under autocast (fp16 / bf16 x: CUDA autocast's float32 group norm, which
+torch runs on a float32 copy of x and nnlib on x itself); and on CUDA,
+SyncBatchNorm's training step (statistics gathered across a group of one
+process) against torch's SyncBatchNorm function.
 
 Norms run in training mode (batch statistics; batch norm updates its running
 stats); group norm uses 32 groups, layer norm normalizes (C, H, W). fp16 / bf16
 inputs get fp32 parameters (mixed precision, as under autocast). ``bytes`` is
 the minimal traffic (GB/s and % of copy bandwidth are computed from it): the
 forward reads x (and the residual) and writes y; the backward reads x and dy and
-writes dx (and the residual's gradient). ``extra["kernel_bytes"]`` is what
+writes dx (and the residual's gradient); y and dy are float32 under CUDA autocast. ``extra["kernel_bytes"]`` is what
 nnlib's kernels move for the case (kernels.norm's table: 3T forward and 5T
 backward for batch statistics, 2T and 3T when a per-sample set is read once,
 the fused tail 4T + 7T), so a row shows both and their ratio
@@ -33,7 +35,8 @@ CPU_SHAPES = [(2, 8, 5, 7)]
 # --quick: fp16 at 32x256x56x56, these (op, layout, pass) only.
 QUICK = {("batch_norm", "contiguous", False), ("batch_norm", "contiguous", True), ("batch_norm", "channels_last", False),
          ("group_norm", "contiguous", True), ("instance_norm", "contiguous", False), ("layer_norm", "contiguous", False),
-         ("bn_add_relu", "contiguous", True), ("sync_batch_norm", "channels_last", True)}
+         ("bn_add_relu", "contiguous", True), ("sync_batch_norm", "channels_last", True),
+         ("group_norm_autocast", "channels_last", True)}
 
 
 def _groups(C: int) -> int:
@@ -60,6 +63,18 @@ NORMS = {
                                                             _one_process(), 1)),
 }
 GPU_ONLY = {"sync_batch_norm"}
+LOW_PRECISION_ONLY = {"group_norm_autocast"}
+
+
+def _under_autocast(fn):
+    """fn under autocast to x's dtype (CUDA's runs group norm in float32)."""
+    def run(x, w, b, s):
+        with torch.autocast(x.device.type, dtype=x.dtype):
+            return fn(x, w, b, s)
+    return run
+
+
+NORMS["group_norm_autocast"] = tuple(_under_autocast(fn) for fn in NORMS["group_norm"])
 
 
 def _one_process():
@@ -103,17 +118,19 @@ def _setup(op, shape, dtype, layout, device, backward):
     return setup
 
 
-def _kernel_passes(op: str, shape, layout: str, backward: bool) -> int:
-    """Activation-sized passes over memory (T) that nnlib's kernels make for the case."""
+def _kernel_passes(op: str, shape, layout: str, backward: bool, out: int) -> int:
+    """Passes over memory (T: x's bytes) that nnlib's kernels make for the case; y and
+    dy are ``out`` T each."""
     if op in ("batch_norm", "bn_add_relu", "sync_batch_norm"):
         fused = op == "bn_add_relu"
         return 3 + fused + ((5 + 2 * fused) if backward else 0)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.empty(shape, device="meta").contiguous(memory_format=fmt)
-    lead, chan, groups = {"group_norm": (1, 1, _groups(shape[1])), "instance_norm": (1, 1, shape[1]),
-                          "layer_norm": (1, len(shape) - 1, 1)}[op]
-    single = single_read_fits(x, lead, chan, groups)
-    return (2 + 3 * backward) if single else (3 + 5 * backward)
+    lead, chan, groups = {"group_norm": (1, 1, _groups(shape[1])), "group_norm_autocast": (1, 1, _groups(shape[1])),
+                          "instance_norm": (1, 1, shape[1]), "layer_norm": (1, len(shape) - 1, 1)}[op]
+    if single_read_fits(x, lead, chan, groups):     # x, y; x, dy, dx
+        return 1 + out + (2 + out) * backward
+    return 2 + out + (3 + 2 * out) * backward       # x twice, y; x, dy; x, dy, dx
 
 
 def cases(device: str, quick: bool) -> list[Case]:
@@ -128,14 +145,17 @@ def cases(device: str, quick: bool) -> list[Case]:
             continue
         for shape in shapes:
             for dtype in dtypes:
+                if op in LOW_PRECISION_ONLY and dtype == torch.float32:
+                    continue
                 for layout in ("contiguous", "channels_last"):
                     size = torch.Size(shape).numel() * torch.tensor([], dtype=dtype).element_size()
                     tensors = 1 if op == "bn_add_relu" else 0      # the residual, and its gradient
+                    out_t = 2 if op == "group_norm_autocast" and device == "cuda" else 1     # y's size in T
                     for backward in (False, True):
                         if quick and (op, layout, backward) not in QUICK:
                             continue
-                        traffic = (2 + tensors) * size + ((3 + tensors) * size if backward else 0)
-                        passes = _kernel_passes(op, shape, layout, backward)
+                        traffic = (1 + tensors + out_t) * size + ((2 + tensors + out_t) * size if backward else 0)
+                        passes = _kernel_passes(op, shape, layout, backward, out_t)
                         low = dtype != torch.float32
                         out.append(Case(op, "resnet50-activations", shape, dtype, layout,
                                         "forward+backward" if backward else "forward",

@@ -68,10 +68,12 @@ def _meta(shape, dtype, channels_last=False):
 
 
 def _norm_calls(kind, shape, dtype, channels_last, variant):
-    """Call the primitives of one norm call (forward and backward) on meta tensors."""
+    """Call the primitives of one norm call (forward and backward) on meta tensors;
+    ``dtype``: x's, or (x's, the output's) (a layer or group norm under CUDA autocast)."""
+    dtype, out_dtype = dtype if isinstance(dtype, tuple) else (dtype, None)
     pdt = torch.float32 if dtype != torch.float32 else dtype          # mixed precision parameters
     x = _meta(shape, dtype, channels_last)
-    dy = _meta(shape, dtype, channels_last)
+    dy = _meta(shape, out_dtype or dtype, channels_last)
     if kind == "bn":
         C = shape[1]
         w, b = _meta((C,), pdt), _meta((C,), pdt)
@@ -112,10 +114,10 @@ def _norm_calls(kind, shape, dtype, channels_last, variant):
         ops.norm_statistics(x, rm, rv, None, lead, chan, groups, True, 0.1, False, 1e-5)
         return
     if ops.single_read_fits(x, lead, chan, groups):
-        y, mean, rstd = ops.norm_single_read(x, w, b, lead, chan, groups, kind == "gn", 1e-5, act, 0.1)
+        y, mean, rstd = ops.norm_single_read(x, w, b, lead, chan, groups, kind == "gn", 1e-5, act, 0.1, out_dtype)
     else:
         mean, rstd = ops.norm_statistics(x, None, None, None, lead, chan, groups, True, 0.0, False, 1e-5)
-        ops.norm_apply(x, mean, rstd, w, b, None, lead, chan, groups, True, kind == "gn", act, 0.1)
+        ops.norm_apply(x, mean, rstd, w, b, None, lead, chan, groups, True, kind == "gn", act, 0.1, out_dtype)
     ops.norm_backward(dy, x, w, b, None, mean, rstd, lead, chan, groups, True, True, act, 0.1, False,
                       True, True, True, False)
 
@@ -140,11 +142,12 @@ _STATS, _REDUCE = "_stats_kernel", "_bwd_reduce_kernel"
 _LOOPED = (_STATS, "_normalize_kernel", _REDUCE, "_bwd_dx_kernel")
 _SET = ("_set_fwd_kernel", "_set_bwd_kernel")
 BF16, FP32 = torch.bfloat16, torch.float32
+AUTOCAST = (BF16, FP32)     # a bf16 x, float32 output and output gradient
 
 # (label, kind, shape, dtype, channels_last, variant, kernels kept, vector expectations). Lean
 # (one compile shard): bf16, with the SASS expectations where rows / channels are 16-byte
 # aligned; fp32 for the kernel with the most registers; SyncBatchNorm's kernels with
-# int64 offsets.
+# int64 offsets; group and layer norm under CUDA autocast.
 _CALLS = [
     ("bn-nhwc", "bn", (32, 256, 56, 56), BF16, True, "train", _LOOPED, True),
     ("bn-nhwc", "bn", (32, 256, 56, 56), FP32, True, "train", (_REDUCE,), False),
@@ -157,6 +160,8 @@ _CALLS = [
     ("in-nchw-running", "in", (32, 64, 56, 56), BF16, False, "running", (_STATS,), False),
     ("gn-nhwc-14x14", "gn", (32, 256, 14, 14), BF16, True, 32, _SET, True),
     ("ln-rows", "ln", (8192, 768), BF16, False, None, _SET, True),
+    ("gn-nhwc", "gn", (32, 256, 56, 56), AUTOCAST, True, 32, _LOOPED[1:], True),
+    ("ln-rows", "ln", (8192, 768), AUTOCAST, False, None, _SET, True),
 ]
 
 
@@ -168,7 +173,8 @@ def compile_cases() -> list[CompileCase]:
             _norm_calls(kind, shape, dtype, channels_last, variant)
         for kernel, kwargs in records:
             if kernel_name(kernel) in kept:
-                cases.append(_case(kernel, kwargs, f"{label},{_TYPES[dtype]}",
+                types = ">".join(_TYPES[t] for t in dtype) if isinstance(dtype, tuple) else _TYPES[dtype]
+                cases.append(_case(kernel, kwargs, f"{label},{types}",
                                    _vector_expectations(kernel, kwargs) if aligned else {}))
     return cases
 

@@ -119,13 +119,13 @@ def ncs_views(layouts, geom: Geometry):
     return sizes, strides
 
 
-def empty_output(x: torch.Tensor, geom: Geometry) -> torch.Tensor:
-    """torch.empty in torch's layout: layer / instance norm contiguous; group norm
-    the memory format torch suggests for x; batch norm that, or channels_last
-    whenever x is a non-contiguous channels_last-dense tensor (torch's kernel
-    tests that first)."""
-    return torch.empty_strided(x.shape, output_stride((x,), geom.keep_format, geom.per_sample), dtype=x.dtype,
-                               device=x.device)
+def empty_output(x: torch.Tensor, geom: Geometry, dtype: torch.dtype | None) -> torch.Tensor:
+    """torch.empty of ``dtype`` (None: x's) in torch's layout: layer / instance norm
+    contiguous; group norm the memory format torch suggests for x; batch norm that,
+    or channels_last whenever x is a non-contiguous channels_last-dense tensor
+    (torch's kernel tests that first)."""
+    return torch.empty_strided(x.shape, output_stride((x,), geom.keep_format, geom.per_sample),
+                               dtype=x.dtype if dtype is None else dtype, device=x.device)
 
 
 @by_layout

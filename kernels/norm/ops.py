@@ -144,14 +144,14 @@ def _merge_plan(layouts, track: bool, momentum: float, cumulative: bool, eps: fl
 @by_layout
 def _normalize_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, eps: float, activation: int,
                     negative_slope: float, interpreter: bool):
-    """run(x, residual, mean, rstd, running_mean, running_var, weight, bias) -> y in torch's
-    layout (``empty_output``); the statistics come from running_mean / running_var when
-    they are given (layouts: x, residual, running_mean, running_var)."""
+    """run(x, residual, mean, rstd, running_mean, running_var, weight, bias, dtype) -> y of
+    ``dtype`` in torch's layout (``empty_output``); the statistics come from running_mean /
+    running_var when they are given (layouts: x, residual, running_mean, running_var)."""
     x_layout, r_layout, rm_layout, rv_layout = layouts
     y_layout = (x_layout[0], output_stride.of_layouts((x_layout,), geom.keep_format, geom.per_sample))
     new_output = _allocator(y_layout)
     if 0 in x_layout[0]:
-        return lambda x, *_: new_output(dtype=x.dtype, device=x.device)
+        return lambda x, *args: new_output(dtype=args[-1], device=x.device)
     planned = loop_launch.of_layouts((x_layout, y_layout, r_layout, rm_layout, rv_layout), ("x", "y", "r"), True,
                                      geom, False, interpreter)
     running = rm_layout is not None
@@ -160,8 +160,8 @@ def _normalize_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, e
                      HAS_WEIGHT=has_weight, HAS_BIAS=has_bias, HAS_RESIDUAL=r_layout is not None,
                      ACTIVATION=activation)
 
-    def run(x, residual, mean, rstd, running_mean, running_var, weight, bias):
-        y = new_output(dtype=x.dtype, device=x.device)
+    def run(x, residual, mean, rstd, running_mean, running_var, weight, bias, dtype):
+        y = new_output(dtype=dtype, device=x.device)
         normalize(x, y, x if residual is None else residual, mean, rstd, running_mean if running else mean,
                   running_var if running else rstd, _vector(weight, mean), _vector(bias, mean))
         return y
@@ -171,7 +171,7 @@ def _normalize_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, e
 @by_layout
 def _single_read_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, eps: float, activation: int,
                       negative_slope: float, interpreter: bool):
-    """run(x, weight, bias) -> (y, mean, rstd) of ``norm_single_read`` (layouts: x)."""
+    """run(x, weight, bias, dtype) -> (y, mean, rstd) of ``norm_single_read`` (layouts: x)."""
     x_layout, = layouts
     y_layout = (x_layout[0], output_stride.of_layouts((x_layout,), geom.keep_format, geom.per_sample))
     new_output = _allocator(y_layout)
@@ -181,9 +181,9 @@ def _single_read_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool,
                        negative_slope=negative_slope, HAS_WEIGHT=has_weight, HAS_BIAS=has_bias,
                        ACTIVATION=activation)
 
-    def run(x, weight, bias):
+    def run(x, weight, bias, dtype):
         device = x.device
-        y, mean, rstd = new_output(dtype=x.dtype, device=device), _fp32(num_stats, device), _fp32(num_stats, device)
+        y, mean, rstd = new_output(dtype=dtype, device=device), _fp32(num_stats, device), _fp32(num_stats, device)
         single_read(x, y, mean, rstd, _vector(weight, mean), _vector(bias, mean))
         return y, mean, rstd
     return run
@@ -365,13 +365,16 @@ def norm_merge_moments(moments: torch.Tensor, running_mean: torch.Tensor | None,
 
 def norm_apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
                bias: torch.Tensor | None, residual: torch.Tensor | None, lead: int, chan: int, groups: int,
-               per_sample: bool, keep_format: bool, activation: int, negative_slope: float) -> torch.Tensor:
+               per_sample: bool, keep_format: bool, activation: int, negative_slope: float,
+               dtype: torch.dtype | None = None) -> torch.Tensor:
     """y = act((x - mean) * rstd * weight + bias [+ residual]) in torch's output
-    layout, statistics as ``norm_statistics`` returns them; one launch."""
+    layout, statistics as ``norm_statistics`` returns them; one launch. y has
+    ``dtype`` (None: x's; float32 of a float16 / bfloat16 x is a float32 norm under
+    CUDA autocast, run on x as it is)."""
     plan = _normalize_plan((x, residual, None, None), Geometry(lead, chan, groups, per_sample, keep_format),
                            weight is not None, bias is not None, 0.0, activation, plan_float(negative_slope),
                            interpreting())
-    return plan(x, residual, mean, rstd, None, None, weight, bias)
+    return plan(x, residual, mean, rstd, None, None, weight, bias, x.dtype if dtype is None else dtype)
 
 
 def norm_apply_running(x: torch.Tensor, running_mean: torch.Tensor, running_var: torch.Tensor,
@@ -385,7 +388,7 @@ def norm_apply_running(x: torch.Tensor, running_mean: torch.Tensor, running_var:
     plan = _normalize_plan((x, residual, running_mean, running_var), Geometry(lead, chan, C, False, keep_format),
                            weight is not None, bias is not None, plan_float(eps), activation,
                            plan_float(negative_slope), interpreting())
-    return plan(x, residual, mean, rstd, running_mean, running_var, weight, bias), mean, rstd
+    return plan(x, residual, mean, rstd, running_mean, running_var, weight, bias, x.dtype), mean, rstd
 
 
 def single_read_fits(x: torch.Tensor, lead: int, chan: int, groups: int) -> bool:
@@ -395,13 +398,14 @@ def single_read_fits(x: torch.Tensor, lead: int, chan: int, groups: int) -> bool
 
 
 def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, lead: int, chan: int,
-                     groups: int, keep_format: bool, eps: float, activation: int,
-                     negative_slope: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     groups: int, keep_format: bool, eps: float, activation: int, negative_slope: float,
+                     dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-sample statistics and normalization in one launch reading x once:
-    (y, mean, rstd), mean / rstd (N * groups,) fp32. Needs ``single_read_fits``."""
+    (y, mean, rstd), mean / rstd (N * groups,) fp32, y of ``dtype`` as ``norm_apply``.
+    Needs ``single_read_fits``."""
     plan = _single_read_plan((x,), Geometry(lead, chan, groups, True, keep_format), weight is not None,
                              bias is not None, plan_float(eps), activation, plan_float(negative_slope), interpreting())
-    return plan(x, weight, bias)
+    return plan(x, weight, bias, x.dtype if dtype is None else dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -486,10 +490,11 @@ def _channels(x, lead: int, chan: int) -> int:
 
 def _apply(x: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None,
            bias: torch.Tensor | None, residual: torch.Tensor | None, lead: int, chan: int, groups: int,
-           per_sample: bool, keep_format: bool, eps: float, activation: int, negative_slope: float) -> torch.Tensor:
+           per_sample: bool, keep_format: bool, eps: float, activation: int, negative_slope: float,
+           dtype: torch.dtype | None = None) -> torch.Tensor:
     """``norm_apply`` with mean / rstd the statistics of x (eps: theirs)."""
     return norm_apply(x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, keep_format, activation,
-                      negative_slope)
+                      negative_slope, dtype)
 
 
 def norm_gradients(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
@@ -529,7 +534,7 @@ def _save(ctx, x, weight, bias, residual, y, mean, rstd, *args):
 
 
 def _apply_setup(ctx, inputs, output):
-    x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, _, eps, act, slope = inputs
+    x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, _, eps, act, slope, _ = inputs
     _save(ctx, x, weight, bias, residual, output, mean, rstd, lead, chan, groups, per_sample, True, eps, act, slope)
 
 
@@ -542,7 +547,7 @@ def _apply_running_setup(ctx, inputs, output):
 
 
 def _single_read_setup(ctx, inputs, output):
-    x, weight, bias, lead, chan, groups, _, eps, act, slope = inputs
+    x, weight, bias, lead, chan, groups, _, eps, act, slope, _ = inputs
     y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
     _save(ctx, x, weight, bias, None, y, mean, rstd, lead, chan, groups, True, True, eps, act, slope)
@@ -563,7 +568,7 @@ def _gradients(ctx, dy, need_x, need_weight, need_bias, need_residual):
 def _apply_backward(ctx, dy):
     need = ctx.needs_input_grad
     dx, dw, db, dr = _gradients(ctx, dy, need[0], need[3], need[4], need[5])
-    return dx, None, None, dw, db, dr, *([None] * 8)
+    return dx, None, None, dw, db, dr, *([None] * 9)
 
 
 def _apply_running_backward(ctx, dy, _mean, _rstd):
@@ -575,7 +580,7 @@ def _apply_running_backward(ctx, dy, _mean, _rstd):
 def _single_read_backward_formula(ctx, dy, _mean, _rstd):
     need = ctx.needs_input_grad
     dx, dw, db, _ = _gradients(ctx, dy, need[0], need[1], need[2], False)
-    return dx, dw, db, *([None] * 7)
+    return dx, dw, db, *([None] * 8)
 
 
 def _gradients_setup(ctx, inputs, output):
@@ -638,19 +643,20 @@ def _statistics_fake(x, running_mean, running_var, num_batches_tracked, lead, ch
     return tuple(torch.empty(num_stats, **_stats_options(x)) for _ in range(2))
 
 
-def _apply_fake(x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, keep_format, *_):
-    return empty_output(x, Geometry(lead, chan, groups, per_sample, keep_format))
+def _apply_fake(x, mean, rstd, weight, bias, residual, lead, chan, groups, per_sample, keep_format, eps, activation,
+                negative_slope, dtype=None):
+    return empty_output(x, Geometry(lead, chan, groups, per_sample, keep_format), dtype)
 
 
 def _apply_running_fake(x, running_mean, running_var, weight, bias, residual, lead, chan, keep_format, *_):
     C = _channels(x, lead, chan)
-    return (empty_output(x, Geometry(lead, chan, C, False, keep_format)),
+    return (empty_output(x, Geometry(lead, chan, C, False, keep_format), None),
             *(torch.empty(C, **_stats_options(x)) for _ in range(2)))
 
 
-def _single_read_fake(x, weight, bias, lead, chan, groups, keep_format, *_):
+def _single_read_fake(x, weight, bias, lead, chan, groups, keep_format, eps, activation, negative_slope, dtype=None):
     num_stats = math.prod(x.shape[:lead]) * groups
-    return (empty_output(x, Geometry(lead, chan, groups, True, keep_format)),
+    return (empty_output(x, Geometry(lead, chan, groups, True, keep_format), dtype),
             *(torch.empty(num_stats, **_stats_options(x)) for _ in range(2)))
 
 
@@ -678,14 +684,16 @@ norm_gradients_op = Operator("norm_gradients", norm_gradients, fake=_gradients_f
 
 
 def _norm(x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom: Geometry, eps: float,
-          activation: int, negative_slope: float, momentum, use_input_stats: bool) -> torch.Tensor:
+          activation: int, negative_slope: float, momentum, use_input_stats: bool,
+          dtype: torch.dtype | None = None) -> torch.Tensor:
     """y = act((x - mean) * rstd * weight + bias [+ residual]).
 
     x: any shape that ``geom`` describes as (N, C, S); weight, bias: C elements (any
     shape, as torch allows) or None; residual: x's shape or None. With
     ``use_input_stats`` the statistics come from x (and update the running stats
     and num_batches_tracked in place when given; momentum None: cumulative
-    average); otherwise from the running stats, one per channel."""
+    average); otherwise from the running stats, one per channel. y has ``dtype``
+    (None: x's; per-sample statistics only: layer and group norm under CUDA autocast)."""
     eps, negative_slope = float(eps), float(negative_slope)
     lead, chan = geom.lead, geom.chan
     x, residual = _readable(x, geom), _readable(residual, geom)
@@ -694,12 +702,12 @@ def _norm(x, weight, bias, residual, running_mean, running_var, num_batches_trac
                                      geom.keep_format, eps, activation, negative_slope)[0]
     if geom.per_sample and running_mean is None and single_read_fits(x, lead, chan, geom.groups):
         return norm_single_read_op(x, weight, bias, lead, chan, geom.groups, geom.keep_format, eps, activation,
-                                   negative_slope)[0]
+                                   negative_slope, dtype)[0]
     mean, rstd = norm_statistics_op(x.detach(), running_mean, running_var, num_batches_tracked, lead, chan,
                                     geom.groups, geom.per_sample, 0.0 if momentum is None else float(momentum),
                                     momentum is None, eps)
     return norm_apply_op(x, mean, rstd, weight, bias, residual, lead, chan, geom.groups, geom.per_sample,
-                         geom.keep_format, eps, activation, negative_slope)
+                         geom.keep_format, eps, activation, negative_slope, dtype)
 
 
 def _reference_forward(x, weight, bias, residual, mean, rstd, lead, chan, groups, per_sample, batch_stats, eps,
@@ -757,15 +765,17 @@ def instance_norm(x, running_mean, running_var, weight, bias, use_input_stats, m
                  negative_slope, momentum, use_input_stats)
 
 
-def group_norm(x, num_groups, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01):
-    """x: (N, C, *); statistics per (n, group of C / num_groups channels)."""
+def group_norm(x, num_groups, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01, dtype=None):
+    """x: (N, C, *); statistics per (n, group of C / num_groups channels); y of
+    ``dtype`` (None: x's)."""
     geom = Geometry(1, 1, num_groups, per_sample=True, keep_format=True)
-    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0, True)
+    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0, True, dtype)
 
 
-def layer_norm(x, normalized_shape, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01):
+def layer_norm(x, normalized_shape, weight, bias, eps, activation=ACT_NONE.value, negative_slope=0.01, dtype=None):
     """x: (*, *normalized_shape); statistics per leading index over the trailing
-    dims; weight, bias elementwise over normalized_shape (its "channels")."""
+    dims; weight, bias elementwise over normalized_shape (its "channels"); y of
+    ``dtype`` (None: x's)."""
     k = len(normalized_shape)
     geom = Geometry(x.dim() - k, k, 1, per_sample=True, keep_format=False)
-    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0, True)
+    return _norm(x, weight, bias, None, None, None, None, geom, eps, activation, negative_slope, 0.0, True, dtype)
