@@ -519,15 +519,26 @@ def check_optional_tensors(op: str, **tensors) -> None:
             raise TypeError(f"{op}(): argument '{name}' must be Tensor, not {type_name(t)}")
 
 
-def check_norm_params(input, op: str, any_dtype: tuple = (), input_dtype_first: bool = False, **params) -> None:
+def check_running_stats_grad(op: str, **stats) -> None:
+    """Running statistics given do not require grad while grad mode is on (RuntimeError)."""
+    for name, t in stats.items():
+        if t is not None and t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"{op}(): '{name}' requires grad, but running statistics are not "
+                               "differentiable; pass a tensor that does not require grad")
+
+
+def check_norm_params(input, op: str, any_dtype: tuple = (), input_dtype_first: bool = False,
+                      stats_grad: bool = True, **params) -> None:
     """Parameters and running stats: tensors on input's device, all of one floating
     dtype, which is input's or, for fp16 / bf16 input, float32 (mixed precision),
-    as torch requires; the names in ``any_dtype`` may have any floating dtype. One
-    pass accepts valid ones; anything else goes through the checks in torch's
-    order, which raise. ``input_dtype_first`` (batch / instance norm, which torch
-    dispatches on input's dtype before it compares the parameters'): a
-    non-floating input raises NotImplementedError before the dtypes are compared."""
-    device, grad = input.device, torch.is_grad_enabled()
+    as torch requires, and running stats that do not require grad (unless not
+    ``stats_grad``: the caller checks that later); the names in ``any_dtype`` may
+    have any floating dtype. One pass accepts valid ones; anything else goes
+    through the checks in torch's order, which raise. ``input_dtype_first`` (batch
+    / instance norm, which torch dispatches on input's dtype before it compares the
+    parameters'): a non-floating input raises NotImplementedError before the
+    dtypes are compared."""
+    device, grad = input.device, torch.is_grad_enabled() and stats_grad
     allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
     dtype = None
     for name, t in params.items():
@@ -545,10 +556,8 @@ def check_norm_params(input, op: str, any_dtype: tuple = (), input_dtype_first: 
     given = {name: t for name, t in params.items() if t is not None}
     check_optional_tensors(op, **given)
     check_same_device(op, input=input, **given)
-    for name in _RUNNING_STATS:
-        if name in given and given[name].requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(f"{op}(): '{name}' requires grad, but running statistics are not "
-                               "differentiable; pass a tensor that does not require grad")
+    if stats_grad:
+        check_running_stats_grad(op, **{name: given.get(name) for name in _RUNNING_STATS})
     dtypes = {t.dtype for name, t in given.items() if name not in any_dtype}
     allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
     if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in allowed):
@@ -684,14 +693,20 @@ def check_instance_norm(input, running_mean, running_var, weight, bias, use_inpu
         raise ValueError("running_mean and running_var must either both be None or neither be None")
     # torch's instance_norm repeats the running stats and copies them back: any dtype.
     check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    check_norm_params(input, op, ("running_mean", "running_var"), input_dtype_first=True, weight=weight, bias=bias,
-                      running_mean=running_mean, running_var=running_var)
+    check_norm_params(input, op, ("running_mean", "running_var"), input_dtype_first=True, stats_grad=False,
+                      weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dim() > 1:
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
     check_running_stats_1d(op, running_mean, running_var, allow_0d=not use_input_stats)
     code, slope = norm_activation(activation, negative_slope, op, input.dtype)
+    # torch's instance norm refuses running stats that require grad in the autograd of the
+    # batch norm it calls, which a non-floating input reaches only with a floating weight
+    # (else the input's dtype raises first)
+    if weight is not None and weight.is_floating_point():
+        check_running_stats_grad(op, running_mean=running_mean, running_var=running_var)
     check_norm_dtype(input, op)
+    check_running_stats_grad(op, running_mean=running_mean, running_var=running_var)
     return momentum, eps, code, slope
 
 

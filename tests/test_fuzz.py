@@ -26,7 +26,8 @@ from hypothesis import event, given, note, settings
 import nnlib.functional as F
 from kernels._runtime import count_launches
 from tests.fuzz_strategies import DRAFTS, TensorSpec, bad_cases, value_cases
-from tests.reference import TOLERANCES, assert_close, check_double_backward, check_op, epilogue, to_reference
+from tests.reference import (TOLERANCES, assert_close, check_double_backward, check_op, check_raises_like_torch, epilogue,
+                             to_reference)
 
 
 def _outputs(out) -> tuple:
@@ -578,3 +579,20 @@ def test_max_pool2d_arguments_past_int32(name, value, device):
     kwargs = {"kernel_size": 1, name: value}
     x = torch.randn(2, 3, 1, 1, device=device)
     check_errors(lambda t: F.max_pool2d(t, **kwargs), lambda t: TF.max_pool2d(t, **kwargs), [x], "elementwise")
+
+
+@pytest.mark.parametrize("use_input_stats", [False, True])
+@pytest.mark.parametrize("weight,bias", [(None, None), ("float", None), (None, "float"), ("integer", None)])
+def test_instance_norm_integer_input_and_running_stats_that_require_grad(weight, bias, use_input_stats, device):
+    """torch's instance norm refuses running stats that require grad in the autograd
+    of the batch norm it calls, which an integer input reaches only with a floating
+    weight; else its dtype raises first (NotImplementedError)."""
+    x = torch.arange(24, device=device).view(2, 3, 4)
+
+    def param(kind):
+        return None if kind is None else torch.ones(3, device=device, dtype=torch.float32 if kind == "float" else x.dtype)
+    running_mean = torch.zeros(3, device=device, requires_grad=True)
+    running_var = torch.ones(3, device=device)
+    check_raises_like_torch(F.instance_norm, TF.instance_norm,
+                            (x, running_mean, running_var, param(weight), param(bias), use_input_stats),
+                            unchanged=(running_mean, running_var))
