@@ -154,16 +154,28 @@ def _act_of(module: nn.Module) -> tuple[str, float] | None:
     return None if layers.hooked(module) else _activation_of(module)
 
 
+# A module's hooks (their dicts), which the trace does not run.
+_HOOKS = ("_forward_hooks", "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks",
+          "_forward_pre_hooks_with_kwargs", "_backward_hooks", "_backward_pre_hooks")
+
+
 def _traced(model: nn.Module) -> torch.fx.Graph | Exception:
     """The torch.fx graph of ``model``, or what symbolic tracing raised: its
     forward branches or loops on data, iterates or converts a traced value
     (TraceError), takes ``len`` of one (RuntimeError), calls what symbolic values do
     not support (TypeError), calls a module it does not register (NameError), ...:
-    whatever symbolic tracing raises. The modules' attributes are as before."""
+    whatever symbolic tracing raises. The modules' attributes are as before. The
+    modules' hooks do not run (a feature-collecting hook would keep Proxies; a
+    hooked module is not folded, and a hook on an enclosing module sees the
+    chain's result, which folding keeps)."""
     # The trace runs forward on the model fuse returns: what forward stores on its modules
     # (a lazily made tensor, a call counter) would stay there, as torch.fx Proxies.
     saved = [(m, dict(vars(m)), *(dict(d) for d in (m._parameters, m._buffers, m._modules)))
              for m in model.modules()]
+    for m, *_ in saved:
+        for name in _HOOKS:
+            if name in vars(m):
+                setattr(m, name, collections.OrderedDict())
     try:
         return _LeafTracer().trace(model)
     except Exception as error:  # noqa: BLE001 -- any failure of symbolic tracing: fuse within Sequentials instead
@@ -180,8 +192,11 @@ def _traced(model: nn.Module) -> torch.fx.Graph | Exception:
 def _chains_from_graph(model: nn.Module, graph: torch.fx.Graph) -> list[_Chain]:
     """conv -> batch norm -> ReLU chains in the traced graph: conv and batch norm each
     called once, each intermediate result used only by the next module of the chain
-    (the activation module may be called elsewhere too: ``act_shared``)."""
+    (the activation module may be called elsewhere too: ``act_shared``); a batch
+    norm is folded only where forward reads no tensor of it or of its conv itself
+    (a weight shared with another convolution, a running statistic)."""
     calls = collections.Counter(n.target for n in graph.nodes if n.op == "call_module")
+    read = {n.target.rpartition(".")[0] for n in graph.nodes if n.op == "get_attr"}    # modules holding them
 
     def only_user(node, accept, once=True):
         if len(node.users) != 1:
@@ -198,7 +213,7 @@ def _chains_from_graph(model: nn.Module, graph: torch.fx.Graph) -> list[_Chain]:
             continue
         chain, last = _Chain(node.target), node
         bn_node = only_user(node, _foldable_bn)
-        if bn_node is not None:
+        if bn_node is not None and node.target not in read and bn_node.target not in read:
             chain.bn, last = bn_node.target, bn_node
         if chain.bn is None or model.get_submodule(chain.bn).activation is None:
             act_node = only_user(last, lambda m: _act_of(m) is not None, once=False)
@@ -273,7 +288,10 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     elsewhere as well (torchvision's blocks call one ReLU two or three times), it stays
     and returns the convolution's output as it is (the convolution notes on its output
     the activation it applied). Modules with forward hooks or pre-hooks are not
-    folded. The graph is found by torch.fx; a model it cannot trace gets the same
+    folded, nor a batch norm whose tensors, or its convolution's, forward reads
+    itself (where torch.fx records the read: a weight shared with another
+    convolution). The graph is found by torch.fx (its trace runs no hook); a
+    model it cannot trace gets the same
     treatment within its ``nn.Sequential`` containers (not subclasses), taken to be
     called as a whole (the activation modules stay, as their calls are not known),
     with a UserWarning: a model that calls a container's children itself and keeps
@@ -296,9 +314,10 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
         if chains:
             warnings.warn(f"fuse(): torch.fx cannot trace {type(model).__name__} ({type(graph).__name__}: {graph}); "
                           f"fused {len(chains)} run(s) within nn.Sequential containers, taking each container to be "
-                          "called as a whole. A model that calls a container's children itself and keeps their "
-                          "outputs would see the fused ones (a convolution's output after its batch norm and "
-                          "activation).", UserWarning, stacklevel=2)
+                          "called as a whole. A model that calls a container's children itself (keeping their "
+                          "outputs, or calling one on another input) or reads a folded batch norm's tensors or its "
+                          "convolution's weight would see the fused ones (a convolution's output after its batch "
+                          "norm and activation, its folded weight).", UserWarning, stacklevel=2)
     for chain in chains:
         conv = model.get_submodule(chain.conv)
         if chain.bn is not None:

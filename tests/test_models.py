@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import copy
 import io
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as TF
 from torch import nn
 
 import nnlib
@@ -738,6 +740,56 @@ def test_fuse_leaves_what_it_cannot_fold():
     model = TwoUsers().eval()
     fused = nnlib.fuse(model)
     assert type(fused.bn) is layers.BatchNorm2d and type(fused.bn2) is layers.BatchNorm2d
+
+
+def test_fuse_leaves_a_batch_norm_whose_tensors_forward_reads():
+    """Forward that reads a conv's weight itself (one weight, two dilations: a
+    TridentNet block) or a batch norm's parameter: that batch norm is not folded
+    (the other convolution would read the folded weight; the Identity has no
+    weight); the rest is."""
+    class Reads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4)
+            self.conv2, self.bn2 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+            self.conv3, self.bn3 = nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            y = self.bn(self.conv(x)) + TF.conv2d(x, self.conv.weight, padding=2, dilation=2)
+            y = self.bn2(self.conv2(y)) - self.bn2.weight.view(1, -1, 1, 1)
+            return self.bn3(self.conv3(y))
+    model = _randomize_bn(Reads()).eval()
+    fused = nnlib.fuse(model)
+    assert type(fused.bn) is layers.BatchNorm2d and type(fused.bn2) is layers.BatchNorm2d
+    assert isinstance(fused.bn3, nn.Identity)
+    x = torch.randn(2, 4, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_fuse_runs_no_hook_while_it_traces():
+    """The trace does not run the model's hooks: a feature-collecting hook keeps no
+    torch.fx Proxy, a hook that branches on its output does not stop the trace, and
+    the chains inside the hooked blocks are folded."""
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4)
+
+        def forward(self, x):
+            return self.bn(self.conv(x))
+    model = _randomize_bn(nn.Sequential(Block(), Block())).eval()
+    features = []
+    model[0].register_forward_hook(lambda module, args, out: features.append(out))
+    model[1].register_forward_pre_hook(lambda module, args: (args[0].clamp(max=1.0) if args[0].max() > 1 else args[0],))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fused = nnlib.fuse(model)
+    assert features == [] and all(isinstance(block.bn, nn.Identity) for block in fused)
+    x = torch.randn(2, 4, 6, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)
+    assert len(features) == 2 and all(type(f) is torch.Tensor for f in features)
 
 
 @pytest.mark.parametrize("untraceable", ["branch", "len", "unregistered"])
