@@ -42,8 +42,11 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Replace every torch.nn ``Conv2d``, ``MaxPool2d``, ``ReLU``, ``LeakyReLU``,
     ``PReLU``, ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, ``LayerNorm``, ``InstanceNorm1d/2d/3d`` and
     ``GroupNorm`` in ``model`` (the model itself included) by its nnlib twin; other
-    modules, subclasses of these included, stay as they are. Returns the converted
-    model: a deep copy, or ``model`` itself when ``inplace``.
+    modules, subclasses of these included, stay as they are. A lazy module not yet
+    materialised (``LazyConv2d``, ``LazyBatchNorm2d``, ...) becomes the nnlib twin
+    when its first call sets its shapes, where torch's would become the torch.nn
+    class (that call runs torch's forward, the next ones nnlib's). Returns the converted model: a deep copy, or ``model`` itself when
+    ``inplace``.
 
     A twin subclasses its torch.nn class, so each module keeps its own state: the same
     parameters and buffers (the same tensor objects, so an optimizer built on an
@@ -56,10 +59,16 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         model = copy.deepcopy(model)
     for module in model.modules():
         name = type(module).__name__
-        if name in TWINS and type(module) is getattr(nn, name):
+        lazy = name.startswith("Lazy") and name[4:] in TWINS and type(module) is getattr(nn, name)
+        if lazy and module.cls_to_become is getattr(nn, name[4:]):
+            name = name[4:]
+            module.cls_to_become = getattr(layers, name)      # the class its first call gives it
+        elif not (name in TWINS and type(module) is getattr(nn, name)):
+            continue
+        else:
             module.__class__ = getattr(layers, name)
-            for key, value in _extra_attributes(name).items():
-                setattr(module, key, copy.deepcopy(value))
+        for key, value in _extra_attributes(name).items():
+            setattr(module, key, copy.deepcopy(value))
     return model
 
 
