@@ -215,7 +215,8 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
     all_reduce in the backward (kernels.norm.sync). Otherwise (eval, no initialised
     group, or a group of one process) exactly BatchNorm, as torch. Keyword-only
     activation / negative_slope; forward(input, residual=None). Unlike torch's, it
-    also runs on CPU (gloo)."""
+    also runs on CPU (gloo); DistributedDataParallel refuses it in a CPU module when
+    it is built, so there convert ``ddp.module`` in place after wrapping."""
 
     @traced_as_leaf
     def forward(self, input: torch.Tensor, residual: torch.Tensor | None = None) -> torch.Tensor:
