@@ -2,7 +2,9 @@
 same errors. Extensions (fused activation, residual) are keyword-only and off by
 default. Each function checks its arguments (the checks live in ``nnlib._checks``),
 then runs the Triton path, or torch's own function where ``nnlib.backend(input)``
-is "torch".
+is "torch". Every other name of ``torch.nn.functional`` (softmax, linear, pad,
+...) is torch's own, reached through this module, which can so replace it
+wholesale (``import nnlib.functional as F``).
 """
 from __future__ import annotations
 
@@ -361,3 +363,14 @@ def group_norm(input: torch.Tensor, num_groups: int, weight: torch.Tensor | None
     if _on_torch_path(input):       # torch's autocast casts input
         return _torch_epilogue(F.group_norm(input, num_groups, weight, bias, eps), activation, slope)
     return _norm.group_norm(input, num_groups, weight, bias, eps, code, slope, dtype)
+
+
+def __getattr__(name: str):
+    """torch.nn.functional's functions that nnlib does not implement (``__all__``
+    lists those it does)."""
+    if not name.startswith("__"):
+        try:
+            return getattr(F, name)
+        except AttributeError:
+            pass
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -780,3 +780,24 @@ def test_gradients_batched_by_autograd(name, device):
             assert (got is None) == (want is None)
             if want is not None:
                 torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)
+
+
+def test_functional_replaces_torchs_wholesale():
+    """nnlib.functional has every public name of torch.nn.functional: its own for
+    the ops it implements (__all__, each a torch.nn.functional name), torch's
+    object for the rest; other names raise AttributeError."""
+    import torch.nn.functional as TF
+    import nnlib.functional as F
+    public = [name for name in dir(TF) if not name.startswith("_")]
+    assert set(F.__all__) <= set(public)
+    for name in public:
+        ours = getattr(F, name)
+        if name in F.__all__:
+            assert ours is not getattr(TF, name) and ours.__module__ == "nnlib.functional", name
+        else:
+            assert ours is getattr(TF, name), name
+    x = torch.randn(2, 3)
+    torch.testing.assert_close(F.softmax(x, 1), TF.softmax(x, 1))
+    for missing in ("no_such_function", "__wrapped__"):
+        with pytest.raises(AttributeError, match=missing):
+            getattr(F, missing)
