@@ -206,8 +206,10 @@ def _launch_activation(src: torch.Tensor, dst: torch.Tensor, activation: int, ne
         _flat_launch(_activation_fwd_kernel, n, activation)(src, dst, float(negative_slope))
 
 
-def activation_forward(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
-    """act(x) in x's layout where x is dense (else contiguous)."""
+def activation_forward(x: torch.Tensor, activation: int, negative_slope: float, inplace: bool = False) -> torch.Tensor:
+    """act(x) in x's layout where x is dense (else contiguous). ``inplace``: the caller
+    writes the result into x (an in-place call, traced), so that the backward reads
+    the output, as torch's in-place ops do (read by ``_activation_setup`` only)."""
     src = _dense(x)
     dst = torch.empty_like(src)
     _launch_activation(src, dst, activation, negative_slope)
@@ -374,15 +376,22 @@ def prelu_backward(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
 # the same kernels.
 
 def _activation_setup(ctx, inputs, output):
-    x, activation, negative_slope = inputs
-    # The output is saved in place of the input where the sign test agrees.
-    ctx.save_for_backward(output if activation == ACT_RELU.value else x)
-    ctx.activation, ctx.negative_slope = activation, negative_slope
+    x, activation, negative_slope = inputs[:3]
+    inplace = len(inputs) > 3 and inputs[3]       # passed by a traced in-place call only
+    # The output is saved in place of the input where the sign test agrees (relu), or
+    # where the input is overwritten by it (in place, as torch's leaky_relu_).
+    ctx.save_for_backward(output if activation == ACT_RELU.value or inplace else x)
+    ctx.activation, ctx.negative_slope, ctx.inplace = activation, negative_slope, inplace
 
 
 def _activation_backward(ctx, grad):
+    if ctx.inplace and ctx.activation == ACT_LEAKY_RELU.value and not ctx.negative_slope >= 0:     # NaN too
+        raise RuntimeError(
+            "In-place leakyReLu backward calculation is triggered with a negative slope which is "
+            "not supported. This is caused by calling in-place forward function with a negative "
+            "slope, please call out-of-place version instead.")     # torch's words
     (saved,) = ctx.saved_tensors
-    return activation_grad_op(grad, saved, ctx.activation, ctx.negative_slope), None, None
+    return activation_grad_op(grad, saved, ctx.activation, ctx.negative_slope), None, None, None
 
 
 def _activation_grad_setup(ctx, inputs, output):
@@ -399,7 +408,8 @@ def _activation_grad_backward(ctx, grad_grad):
     return activation_grad_op(grad_grad, saved, ctx.activation, ctx.negative_slope), zeros, None, None
 
 
-activation_op = Operator("activation", activation_forward, fake=lambda x, a, s: torch.empty_like(_dense(x)),
+activation_op = Operator("activation", activation_forward,
+                         fake=lambda x, a, s, inplace=False: torch.empty_like(_dense(x)),
                          setup_context=_activation_setup, backward=_activation_backward)
 activation_inplace_op = Operator("activation_", activation_forward_, fake=lambda x, a, s: None,
                                  mutates_args=("x",))
@@ -417,7 +427,7 @@ class _InplaceActivation(torch.autograd.Function):
         activation_forward_(x, activation, negative_slope)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x)
-        ctx.activation, ctx.negative_slope = activation, negative_slope
+        ctx.activation, ctx.negative_slope, ctx.inplace = activation, negative_slope, True
         ctx.set_materialize_grads(False)    # as the operators (kernels._library._as_torchs)
         return x
 
@@ -425,12 +435,7 @@ class _InplaceActivation(torch.autograd.Function):
     def backward(ctx, grad):
         if grad is None:
             return None, None, None
-        if ctx.activation == ACT_LEAKY_RELU.value and not ctx.negative_slope >= 0:     # NaN too, as torch
-            raise RuntimeError(
-                "In-place leakyReLu backward calculation is triggered with a negative slope which is "
-                "not supported. This is caused by calling in-place forward function with a negative "
-                "slope, please call out-of-place version instead.")
-        return _activation_backward(ctx, grad)
+        return _activation_backward(ctx, grad)[:3]
 
 
 def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torch.Tensor:
@@ -439,7 +444,8 @@ def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torc
     launcher runs directly, under a dispatch mode too: a mode that caches ops
     (selective checkpointing) would replay the in-place operator's empty result
     and skip its write. Traced with autograd as torch's in-place ops are
-    functionalized: the functional operator, then a copy into x."""
+    functionalized: the functional operator (its backward reading the output, which
+    the copy does not change), then a copy into x."""
     if not tracing(x):
         if torch.is_grad_enabled() and x.requires_grad:
             return _InplaceActivation.apply(x, activation, negative_slope)
@@ -447,7 +453,7 @@ def activation_(x: torch.Tensor, activation: int, negative_slope: float) -> torc
         torch.autograd.graph.increment_version(x)
         return x
     if torch.is_grad_enabled() and x.requires_grad:
-        return x.copy_(activation_op(x, activation, negative_slope))
+        return x.copy_(activation_op(x, activation, negative_slope, True))
     activation_inplace_op(x, activation, negative_slope)
     return x
 

@@ -53,7 +53,8 @@ def _samples():
     flat = pool.max_pool2d_op(x.detach(), *WINDOW, True, pool.INDEX_FLAT, 0)[1]
     return {
         "activation": [("relu-cl", (x, RELU, 0.0)), ("leaky-transposed", (xt, LEAKY, 0.2)),
-                       ("leaky-negative-fp16", (xh, LEAKY, -0.5))],
+                       ("leaky-negative-fp16", (xh, LEAKY, -0.5)),
+                       ("leaky-in-place-traced", (x, LEAKY, 0.2, True))],     # the backward reads the output
         "activation_": [("relu", (x.detach().clone(), RELU, 0.0)),
                         ("leaky-sliced", (_t((4, 9), "sliced", grad=False), LEAKY, 0.1))],
         "activation_backward": [("relu-same-layout", (_t((2, 3, 5, 7), "channels_last"), x, RELU, 0.0)),
@@ -137,10 +138,12 @@ def _norm_samples():
         "norm_apply_running": [("eval-residual-leaky", (x4, *running[:2], w, b, r, 1, 1, True, 1e-3, LEAKY, 0.1)),
                                ("eval-weight-only", (xg, torch.randn(6), torch.rand(6) + 0.5, _t((6,)), None, None,
                                                      1, 1, False, 1e-5, 0, 0.0))],
-        "norm_single_read": [("layer-relu", (xl, wl, bl, 2, 2, 1, False, 1e-5, RELU, 0.0)),
-                             ("groups-no-affine", (xg, None, None, 1, 1, 3, True, 1e-5, 0, 0.0)),
-                             ("layer-bf16-in-float32", (_t(xl.shape, dtype=torch.bfloat16), wl, bl, 2, 2, 1, False,
-                                                        1e-5, RELU, 0.0, torch.float32))],
+        "norm_per_sample": [("layer-relu", (xl, wl, bl, 2, 2, 1, False, 1e-5, RELU, 0.0)),
+                            ("groups-no-affine", (xg, None, None, 1, 1, 3, True, 1e-5, 0, 0.0)),
+                            ("layer-bf16-in-float32", (_t(xl.shape, dtype=torch.bfloat16), wl, bl, 2, 2, 1, False,
+                                                       1e-5, RELU, 0.0, torch.float32)),
+                            ("layer-set-too-large", (_t((2, 4100)), _t((4100,)), None, 1, 1, 1, False, 1e-5, LEAKY,
+                                                     0.1))],     # statistics and normalize: two launches
         "norm_gradients": [
             ("batch-residual-relu", (_t(x4.shape), x4, w, b, r, mean, rstd, *batch, True, 1e-5, RELU, 0.0, False,
                                      True, True, True, True)),
@@ -437,9 +440,11 @@ def _functional_chain(x, w):
     y = F.leaky_relu(F.relu(x), 0.2)
     y = F.prelu(y, w)
     y, idx = F.max_pool2d(y, 3, 2, 1, return_indices=True)
-    z = F.max_pool2d(y, 2, ceil_mode=True) * 2
-    F.relu_(z)
-    return z, idx
+    z = F.max_pool2d(y, 2, ceil_mode=True) * 2 - 1
+    F.leaky_relu(z, 0.1, inplace=True)      # its backward reads the output, which is z now
+    u = z * -1
+    F.relu_(u)
+    return z + u, idx
 
 
 def test_compile_after_a_float_argument_changes(device):
@@ -801,3 +806,29 @@ def test_functional_replaces_torchs_wholesale():
     for missing in ("no_such_function", "__wrapped__"):
         with pytest.raises(AttributeError, match=missing):
             getattr(F, missing)
+
+
+def test_compile_norms_once_for_every_size(device):
+    """torch.compile(dynamic=True) of layer and group norm compiles once for batch and
+    spatial sizes that vary, the sets past the single-read limit included: the
+    per-sample operator decides its launches at run time (sizes decided in Python at
+    trace time were baked into the graph, one compile per size, as torch.export's
+    dynamic dims refused). Values equal eager mode's."""
+    import nnlib
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+    torch.manual_seed(0)
+    cases = [(nnlib.LayerNorm(4), [(2, 4), (3, 4), (7, 4)]),
+             (nnlib.GroupNorm(2, 4, activation="relu"), [(2, 4, 5, 6), (3, 4, 7, 9), (2, 4, 50, 51)])]
+    for module, shapes in cases:
+        module = module.to(device)
+        torch._dynamo.reset()
+        graphs.clear()
+        compiled = torch.compile(module, backend=backend, dynamic=True, fullgraph=True)
+        for shape in shapes:
+            x = torch.randn(shape, device=device)
+            torch.testing.assert_close(compiled(x), module(x))
+        assert len(graphs) == 1, f"{type(module).__name__}: {len(graphs)} compiles for {len(shapes)} sizes"

@@ -63,14 +63,14 @@ from __future__ import annotations
 
 from ._plan import Geometry
 from .ops import (batch_norm, group_norm, instance_norm, layer_norm, norm_apply, norm_apply_running, norm_backward,
-                  norm_backward_dx, norm_backward_reduce, norm_merge_moments, norm_moments, norm_single_read,
-                  norm_statistics, single_read_fits)
+                  norm_backward_dx, norm_backward_reduce, norm_merge_moments, norm_moments, norm_per_sample,
+                  norm_single_read, norm_statistics, single_read_fits)
 from .sync import SyncNormFunction, sync_batch_norm
 
 __all__ = ["Geometry", "batch_norm", "instance_norm", "group_norm",
            "layer_norm", "norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
-           "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
-           "SyncNormFunction", "sync_batch_norm", "COMPILE_CASES"]
+           "norm_single_read", "norm_per_sample", "single_read_fits", "norm_backward", "norm_backward_reduce",
+           "norm_backward_dx", "SyncNormFunction", "sync_batch_norm", "COMPILE_CASES"]
 
 
 def __getattr__(name: str):

@@ -11,6 +11,8 @@ Primitives (each one launch unless it says otherwise):
   fp32 mean / rstd it used.
 * ``norm_single_read``: statistics and normalization of per-sample sets that fit
   in registers (``single_read_fits``).
+* ``norm_per_sample``: per-sample statistics and normalization, ``norm_single_read``
+  where the sets fit, else ``norm_statistics`` and ``norm_apply`` (two launches).
 * ``norm_moments`` / ``norm_merge_moments``: one process's (count, mean, M2) and
   the merge of every process's (SyncBatchNorm, with an all_gather in between).
 * ``norm_backward``: (dx, dweight, dbias, g) in at most two launches, made of
@@ -42,8 +44,9 @@ from ._plan import (MERGE_CHANNELS, MERGE_TILE, Geometry, by_layout, empty_outpu
                     mergeable, output_stride, running_stride, set_launch)
 
 __all__ = ["norm_statistics", "norm_moments", "norm_merge_moments", "norm_apply", "norm_apply_running",
-           "norm_single_read", "single_read_fits", "norm_backward", "norm_backward_reduce", "norm_backward_dx",
-           "norm_gradients", "norm_statistics_op", "norm_apply_op", "norm_apply_running_op", "norm_single_read_op",
+           "norm_single_read", "norm_per_sample", "single_read_fits", "norm_backward", "norm_backward_reduce",
+           "norm_backward_dx", "norm_gradients", "norm_statistics_op", "norm_apply_op", "norm_apply_running_op",
+           "norm_per_sample_op",
            "norm_gradients_op", "batch_norm", "instance_norm", "group_norm", "layer_norm"]
 
 
@@ -408,6 +411,21 @@ def norm_single_read(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.T
     return plan(x, weight, bias, x.dtype if dtype is None else dtype)
 
 
+def norm_per_sample(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, lead: int, chan: int,
+                    groups: int, keep_format: bool, eps: float, activation: int, negative_slope: float,
+                    dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-sample statistics of x and the normalization, (y, mean, rstd) as
+    ``norm_single_read``: its one launch where the sets fit (``single_read_fits``),
+    else ``norm_statistics`` and ``norm_apply``. Decided here, from the sizes at
+    each call, so that a traced graph holds this one operator for every size."""
+    if single_read_fits(x, lead, chan, groups):
+        return norm_single_read(x, weight, bias, lead, chan, groups, keep_format, eps, activation, negative_slope,
+                                dtype)
+    mean, rstd = norm_statistics(x, None, None, None, lead, chan, groups, True, 0.0, False, eps)
+    return norm_apply(x, mean, rstd, weight, bias, None, lead, chan, groups, True, keep_format, activation,
+                      negative_slope, dtype), mean, rstd
+
+
 # ---------------------------------------------------------------------------
 # Backward primitives
 
@@ -472,7 +490,7 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
 # mutable operator with no autograd formula. The normalizations are functional:
 # ``norm_apply`` (the statistics of x that norm_statistics gave: its x gradient
 # includes theirs), ``norm_apply_running`` (constant statistics) and
-# ``norm_single_read`` (statistics and normalization in one launch). They share
+# ``norm_per_sample`` (per-sample statistics and normalization). They share
 # one formula whose backward is the ``norm_gradients`` operator; that one's own
 # backward (second derivatives, a gradient penalty through a norm) differentiates
 # ``_reference_forward``, the same forward in torch ops, twice (higher
@@ -546,7 +564,7 @@ def _apply_running_setup(ctx, inputs, output):
           act, slope)
 
 
-def _single_read_setup(ctx, inputs, output):
+def _per_sample_setup(ctx, inputs, output):
     x, weight, bias, lead, chan, groups, _, eps, act, slope, _ = inputs
     y, mean, rstd = output
     ctx.mark_non_differentiable(mean, rstd)
@@ -577,7 +595,7 @@ def _apply_running_backward(ctx, dy, _mean, _rstd):
     return dx, None, None, dw, db, dr, *([None] * 6)
 
 
-def _single_read_backward_formula(ctx, dy, _mean, _rstd):
+def _per_sample_backward(ctx, dy, _mean, _rstd):
     need = ctx.needs_input_grad
     dx, dw, db, _ = _gradients(ctx, dy, need[0], need[1], need[2], False)
     return dx, dw, db, *([None] * 8)
@@ -654,7 +672,7 @@ def _apply_running_fake(x, running_mean, running_var, weight, bias, residual, le
             *(torch.empty(C, **_stats_options(x)) for _ in range(2)))
 
 
-def _single_read_fake(x, weight, bias, lead, chan, groups, keep_format, eps, activation, negative_slope, dtype=None):
+def _per_sample_fake(x, weight, bias, lead, chan, groups, keep_format, eps, activation, negative_slope, dtype=None):
     num_stats = math.prod(x.shape[:lead]) * groups
     return (empty_output(x, Geometry(lead, chan, groups, True, keep_format), dtype),
             *(torch.empty(num_stats, **_stats_options(x)) for _ in range(2)))
@@ -677,8 +695,8 @@ norm_apply_op = Operator("norm_apply", _apply, fake=_apply_fake, setup_context=_
                          backward=_apply_backward)
 norm_apply_running_op = Operator("norm_apply_running", norm_apply_running, fake=_apply_running_fake,
                                  setup_context=_apply_running_setup, backward=_apply_running_backward)
-norm_single_read_op = Operator("norm_single_read", norm_single_read, fake=_single_read_fake,
-                               setup_context=_single_read_setup, backward=_single_read_backward_formula)
+norm_per_sample_op = Operator("norm_per_sample", norm_per_sample, fake=_per_sample_fake,
+                              setup_context=_per_sample_setup, backward=_per_sample_backward)
 norm_gradients_op = Operator("norm_gradients", norm_gradients, fake=_gradients_fake, setup_context=_gradients_setup,
                              backward=_gradients_backward)
 
@@ -700,9 +718,9 @@ def _norm(x, weight, bias, residual, running_mean, running_var, num_batches_trac
     if not use_input_stats:
         return norm_apply_running_op(x, running_mean, running_var, weight, bias, residual, lead, chan,
                                      geom.keep_format, eps, activation, negative_slope)[0]
-    if geom.per_sample and running_mean is None and single_read_fits(x, lead, chan, geom.groups):
-        return norm_single_read_op(x, weight, bias, lead, chan, geom.groups, geom.keep_format, eps, activation,
-                                   negative_slope, dtype)[0]
+    if geom.per_sample and running_mean is None:
+        return norm_per_sample_op(x, weight, bias, lead, chan, geom.groups, geom.keep_format, eps, activation,
+                                  negative_slope, dtype)[0]
     mean, rstd = norm_statistics_op(x.detach(), running_mean, running_var, num_batches_tracked, lead, chan,
                                     geom.groups, geom.per_sample, 0.0 if momentum is None else float(momentum),
                                     momentum is None, eps)
