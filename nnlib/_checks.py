@@ -691,20 +691,23 @@ def check_instance_norm(input, running_mean, running_var, weight, bias, use_inpu
         raise IndexError(f"{op}(): expected input with at least 2 dims (N, C, *), got {input.dim()}D input")
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must either both be None or neither be None")
-    # torch's instance_norm repeats the running stats and copies them back: any dtype.
-    check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    check_norm_params(input, op, ("running_mean", "running_var"), input_dtype_first=True, stats_grad=False,
-                      weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
-    for name, t in (("weight", weight), ("bias", bias)):
+    # torch's instance_norm repeats weight, bias and running stats per sample (more than
+    # one dim raises), calls batch norm on them (sizes, then devices and dtypes: the
+    # running stats any dtype) and copies the running stats' update back (a 0-d one
+    # raises then).
+    for name, t in (("weight", weight), ("bias", bias), ("running_mean", running_mean), ("running_var", running_var)):
         if t is not None and t.dim() > 1:
             raise RuntimeError(f"{op}(): {name} must be 1-D (C,), got shape {list(t.shape)}")
+    check_numel(op, input.shape[1], weight=weight, bias=bias, running_mean=running_mean, running_var=running_var)
+    # Running stats that require grad are refused by the autograd of that batch norm,
+    # which a non-floating input reaches only with a floating weight (else the input's
+    # dtype raises first: below).
+    floating_weight = weight is not None and weight.is_floating_point()
+    check_norm_params(input, op, ("running_mean", "running_var"), input_dtype_first=True,
+                      stats_grad=floating_weight, weight=weight, bias=bias, running_mean=running_mean,
+                      running_var=running_var)
     check_running_stats_1d(op, running_mean, running_var, allow_0d=not use_input_stats)
     code, slope = norm_activation(activation, negative_slope, op, input.dtype)
-    # torch's instance norm refuses running stats that require grad in the autograd of the
-    # batch norm it calls, which a non-floating input reaches only with a floating weight
-    # (else the input's dtype raises first)
-    if weight is not None and weight.is_floating_point():
-        check_running_stats_grad(op, running_mean=running_mean, running_var=running_var)
     check_norm_dtype(input, op)
     check_running_stats_grad(op, running_mean=running_mean, running_var=running_var)
     return momentum, eps, code, slope

@@ -45,7 +45,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     modules, subclasses of these included, stay as they are. A lazy module not yet
     materialised (``LazyConv2d``, ``LazyBatchNorm2d``, ...) becomes the nnlib twin
     when its first call sets its shapes, where torch's would become the torch.nn
-    class (that call runs torch's forward, the next ones nnlib's). Returns the converted model: a deep copy, or ``model`` itself when
+    class (that call runs torch's forward, the next ones nnlib's; torch cannot
+    deep-copy such a module: pass ``inplace=True``). Returns the converted model: a deep copy, or ``model`` itself when
     ``inplace``.
 
     A twin subclasses its torch.nn class, so each module keeps its own state: the same
@@ -174,7 +175,7 @@ def _traced(model: nn.Module) -> torch.fx.Graph | Exception:
     (TraceError), takes ``len`` of one (RuntimeError), calls what symbolic values do
     not support (TypeError), calls a module it does not register (NameError), ...:
     whatever symbolic tracing raises. The modules' attributes are as before. The
-    modules' hooks do not run (a feature-collecting hook would keep Proxies; a
+    modules' own hooks do not run (a feature-collecting hook would keep Proxies; a
     hooked module is not folded, and a hook on an enclosing module sees the
     chain's result, which folding keeps)."""
     # The trace runs forward on the model fuse returns: what forward stores on its modules
@@ -299,9 +300,9 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     the activation it applied). Modules with forward hooks or pre-hooks are not
     folded, nor a batch norm whose tensors, or its convolution's, forward reads
     itself (where torch.fx records the read: a weight shared with another
-    convolution). The graph is found by torch.fx (its trace runs no hook); a
-    model it cannot trace gets the same
-    treatment within its ``nn.Sequential`` containers (not subclasses), taken to be
+    convolution). The graph is found by torch.fx (its trace runs no module's own
+    hook; global ones run); a model it cannot trace gets the same treatment within
+    its ``nn.Sequential`` containers (not subclasses), taken to be
     called as a whole (the activation modules stay, as their calls are not known),
     with a UserWarning: a model that calls a container's children itself and keeps
     their outputs would read fused values. Returns the fused model: a deep copy, or

@@ -132,7 +132,8 @@ def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: 
 
 def check_raises_like_torch(ours, theirs, args: tuple, kwargs: dict | None = None, unchanged: tuple = ()) -> None:
     """The bad-argument check every op's table uses: torch's ``theirs(*args,
-    **kwargs)`` (tensors copied to the CPU) raises; ``ours`` raises the same class,
+    **kwargs)`` (tensors copied to the CPU) raises; ``ours`` raises the same class
+    (not a subclass: NotImplementedError is a RuntimeError),
     before launching any kernel, and every tensor of ``unchanged`` keeps its values."""
     kwargs = kwargs or {}
 
@@ -141,8 +142,10 @@ def check_raises_like_torch(ours, theirs, args: tuple, kwargs: dict | None = Non
     with pytest.raises(Exception) as expected:
         theirs(*map(cpu, args), **{k: cpu(v) for k, v in kwargs.items()})
     before = [t.clone() for t in unchanged]
-    with count_launches() as launches, pytest.raises(expected.type):
+    with count_launches() as launches, pytest.raises(Exception) as raised:
         ours(*args, **kwargs)
+    assert type(raised.value) is expected.type, f"torch raises {expected.type.__name__} ({expected.value}); " \
+        f"nnlib raises {type(raised.value).__name__} ({raised.value})"
     assert launches.total == 0, "a kernel ran before the error"
     for t, saved in zip(unchanged, before):
         assert torch.equal(t, saved), "a tensor was written before the error"

@@ -582,15 +582,20 @@ def test_max_pool2d_arguments_past_int32(name, value, device):
 
 
 @pytest.mark.parametrize("use_input_stats", [False, True])
-@pytest.mark.parametrize("weight,bias", [(None, None), ("float", None), (None, "float"), ("integer", None)])
+@pytest.mark.parametrize("weight,bias", [(None, None), ("float", None), (None, "float"), ("integer", None),
+                                         ("float-2d", None)])
 def test_instance_norm_integer_input_and_running_stats_that_require_grad(weight, bias, use_input_stats, device):
     """torch's instance norm refuses running stats that require grad in the autograd
     of the batch norm it calls, which an integer input reaches only with a floating
-    weight; else its dtype raises first (NotImplementedError)."""
+    weight; else its dtype raises first (NotImplementedError); a weight of two dims
+    raises before either, where torch repeats it per sample (RuntimeError)."""
     x = torch.arange(24, device=device).view(2, 3, 4)
 
     def param(kind):
-        return None if kind is None else torch.ones(3, device=device, dtype=torch.float32 if kind == "float" else x.dtype)
+        if kind is None:
+            return None
+        return torch.ones(3, device=device, dtype=x.dtype if kind == "integer" else torch.float32).view(
+            (3, 1) if kind.endswith("2d") else (3,))
     running_mean = torch.zeros(3, device=device, requires_grad=True)
     running_var = torch.ones(3, device=device)
     check_raises_like_torch(F.instance_norm, TF.instance_norm,
