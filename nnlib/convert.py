@@ -46,8 +46,8 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     materialised (``LazyConv2d``, ``LazyBatchNorm2d``, ...) becomes the nnlib twin
     when its first call sets its shapes, where torch's would become the torch.nn
     class (that call runs torch's forward, the next ones nnlib's; torch cannot
-    deep-copy such a module: pass ``inplace=True``). Returns the converted model: a deep copy, or ``model`` itself when
-    ``inplace``.
+    deep-copy such a module: pass ``inplace=True``). Returns the converted model:
+    a deep copy, or ``model`` itself when ``inplace``.
 
     A twin subclasses its torch.nn class, so each module keeps its own state: the same
     parameters and buffers (the same tensor objects, so an optimizer built on an

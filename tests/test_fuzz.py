@@ -26,8 +26,8 @@ from hypothesis import event, given, note, settings
 import nnlib.functional as F
 from kernels._runtime import count_launches
 from tests.fuzz_strategies import DRAFTS, TensorSpec, bad_cases, value_cases
-from tests.reference import (TOLERANCES, assert_close, check_double_backward, check_op, check_raises_like_torch, epilogue,
-                             to_reference)
+from tests.reference import (TOLERANCES, assert_close, check_double_backward, check_op, check_raises_like_torch,
+                             epilogue, to_reference)
 
 
 def _outputs(out) -> tuple:
