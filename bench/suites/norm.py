@@ -126,8 +126,8 @@ def _kernel_passes(op: str, shape, layout: str, backward: bool, out: int) -> int
         return 3 + fused + ((5 + 2 * fused) if backward else 0)
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x = torch.empty(shape, device="meta").contiguous(memory_format=fmt)
-    lead, chan, groups = {"group_norm": (1, 1, _groups(shape[1])), "group_norm_autocast": (1, 1, _groups(shape[1])),
-                          "instance_norm": (1, 1, shape[1]), "layer_norm": (1, len(shape) - 1, 1)}[op]
+    lead, chan, groups = {"group_norm": (1, 1, _groups(shape[1])), "instance_norm": (1, 1, shape[1]),
+                          "layer_norm": (1, len(shape) - 1, 1)}[op.removesuffix("_autocast")]
     if single_read_fits(x, lead, chan, groups):     # x, y; x, dy, dx
         return 1 + out + (2 + out) * backward
     return 2 + out + (3 + 2 * out) * backward       # x twice, y; x, dy; x, dy, dx
