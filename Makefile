@@ -3,12 +3,13 @@
 # make demo   : train the digits demo, nnlib against torch.nn
 # make fuzz   : the differential fuzzers (tests/test_fuzz.py) with a long budget and random seeds
 # make compile: the compile test for sm_90 and sm_80 under both tritons (CI runs it after make test)
+# make compat : nnlib.selftest --quick in triton 3.6's interpreter (the GPU machines' triton; CI runs it last)
 PYTHON ?= python3
 VENV   ?= .venv
 PY      = $(VENV)/bin/python
 JOBS   ?= auto
 
-.PHONY: test bench demo compile clean fuzz
+.PHONY: test bench demo compile compat clean fuzz
 
 $(VENV)/.installed: pyproject.toml requirements-ci.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +38,11 @@ fuzz: $(VENV)/.installed
 # compiles for sm_90 under CI's triton only. Registers and SASS of one module: $(PY) -m kernels._compile --sass conv
 compile: $(VENV)/.installed
 	NNLIB_COMPILE_MATRIX=full $(PY) -m pytest tests/test_compile.py -n $(JOBS) -q
+
+# The kernels and their host code run under every triton pyproject admits: CI's runs the tests,
+# this runs the selftest's sweep under 3.6 (40 s; the whole suite: PYTHONPATH=$PWD/.venv/triton-3.6:$PWD make test).
+compat: $(VENV)/.installed
+	PYTHONPATH=$(VENV)/triton-3.6:$(CURDIR) TRITON_INTERPRET=1 $(PY) -m nnlib.selftest --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
