@@ -4,11 +4,24 @@ bench`` does without a GPU; on a GPU they are pytest-benchmark timings
 (``pytest tests/test_bench.py --benchmark-only``), each side checked first."""
 import pytest
 import torch
+import torch.distributed as dist
 
 from bench.core import check, collect, setup
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = collect(None, DEVICE, quick=True)
+
+
+@pytest.fixture(autouse=True)
+def _leave_the_worker_as_found():
+    """After each case: no process group (the sync_batch_norm cases start one of this
+    process alone; later tests in the worker expect none) and no cached GPU memory (a
+    worker that ran a ResNet-50 case would keep its peak from the other workers)."""
+    yield
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    if DEVICE == "cuda":
+        torch.cuda.empty_cache()
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])

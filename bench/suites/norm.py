@@ -19,6 +19,7 @@ the fused tail 4T + 7T), so a row shows both and their ratio
 (``extra["kernel_passes"]``, in units of T)."""
 from __future__ import annotations
 
+import atexit
 import socket
 
 import torch
@@ -78,13 +79,20 @@ NORMS["group_norm_autocast"] = tuple(_under_autocast(fn) for fn in NORMS["group_
 
 
 def _one_process():
-    """A process group of this process alone (initialised on first use)."""
+    """A process group of this process alone (initialised on first use, destroyed at
+    exit: NCCL warns of, and may wait on, a group left open)."""
     if not dist.is_initialized():
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        atexit.register(_destroy_group)
     return dist.group.WORLD
+
+
+def _destroy_group():
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def _setup(op, shape, dtype, layout, device, backward):
