@@ -93,12 +93,16 @@ def next_power_of_2(n: int) -> int:
     return 1 if n <= 1 else 1 << (n - 1).bit_length()
 
 
+_KERNEL_DATA = frozenset((torch.float32, torch.float16, torch.bfloat16, torch.bool, torch.uint8, torch.int8,
+                          torch.int16, torch.int32, torch.int64))
+
+
 def backend(tensor: torch.Tensor) -> str:
     """Which path nnlib takes for ``tensor``: "triton" (CUDA), "triton-interpreter"
     (CPU with ``TRITON_INTERPRET=1``) or "torch" (the fallback: CPU without the
-    interpreter, or float64 / complex / quantized data or a sparse layout, for
-    which nnlib has no kernels)."""
-    if tensor.dtype is torch.float64 or tensor.is_complex() or tensor.layout != torch.strided or tensor.is_quantized:
+    interpreter, or a sparse layout or data the kernels do not take: float64,
+    complex, float8, unsigned integers wider than 8 bits, quantized)."""
+    if tensor.dtype not in _KERNEL_DATA or tensor.layout != torch.strided:
         return "torch"
     if tensor.is_cuda:
         return "triton"

@@ -164,6 +164,40 @@ def test_backend_and_fallback(device):
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
 
 
+_NO_KERNEL_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2, torch.float8_e8m0fnu, torch.uint16, torch.uint32,
+                     torch.uint64)
+
+
+def _every_op(f) -> dict:
+    """Each op of ``f`` (nnlib.functional or torch's) as a function of x (1, 2, H, W)."""
+    def ones(x, *shape):
+        return torch.ones(shape, device=x.device).to(x.dtype)
+    return {"relu": f.relu, "relu_": f.relu_, "leaky_relu": f.leaky_relu, "prelu": lambda x: f.prelu(x, ones(x, 1)),
+            "batch_norm": lambda x: f.batch_norm(x, None, None, training=True), "instance_norm": f.instance_norm,
+            "layer_norm": lambda x: f.layer_norm(x, x.shape[1:]), "group_norm": lambda x: f.group_norm(x, 1),
+            "max_pool2d": lambda x: f.max_pool2d(x, 2), "conv2d": lambda x: f.conv2d(x, ones(x, 1, 2, 1, 1))}
+
+
+@pytest.mark.parametrize("dtype", _NO_KERNEL_DTYPES, ids=str)
+def test_data_the_kernels_do_not_take_goes_to_torch(dtype, device):
+    """float8 and unsigned integers wider than 8 bits take torch's path: torch's
+    exception (most ops refuse them) or its result, never a kernel."""
+    assert nnlib.backend(torch.empty(1, device=device, dtype=dtype)) == "torch"
+    x = torch.tensor([0.5, 1.0, 2.0, 4.0] * 4, device=device).view(1, 2, 2, 4).to(dtype)
+    ours, theirs = _every_op(F), _every_op(TF)
+    for name, op in ours.items():
+        try:
+            want = theirs[name](x.clone())
+        except Exception as error:
+            with count_launches() as launches, pytest.raises(type(error)):
+                op(x.clone())
+        else:
+            with count_launches() as launches:
+                got = op(x.clone())
+            assert torch.equal(got.view(torch.uint8), want.view(torch.uint8)), name
+        assert launches.total == 0, name
+
+
 def test_outgrown_ticket_buffers_stay_alive():
     """A ticket buffer replaced by a larger one is kept alive (a CUDA graph captured
     before the growth still launches on it), zero, and the new one is zero too."""
