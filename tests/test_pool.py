@@ -217,7 +217,8 @@ def test_launches_and_saved_indices(device):
     y = F.max_pool2d(x, 3, 2, 1)
     assert y.grad_fn.saved_tensors[0].dtype == torch.int8
     wide = torch.randn(1, 1, 9, 16, device=device, requires_grad=True)
-    assert F.max_pool2d(wide, (9, 15)).grad_fn.saved_tensors[0].dtype == torch.int16
+    y_wide = F.max_pool2d(wide, (9, 15))      # kept: a saved output is unpacked only while the output lives
+    assert y_wide.grad_fn.saved_tensors[0].dtype == torch.int16
     with count_launches() as launches:
         y.sum().backward()
     assert launches.counts == {"_max_pool2d_bwd_kernel": 1}
