@@ -2,7 +2,7 @@
 
 ``python -m kernels._compile [--arch sm_90] [--shard I/N] [module ...]`` compiles the
 ``COMPILE_CASES`` of each kernel module (every autotune config of autotuned
-kernels) and prints one JSON line per case: registers, spill bytes, whether
+kernels) and prints one JSON line per case: registers, spill bytes, shared memory, whether
 the PTX holds tensor-core instructions, and SASS figures (``sass_stats``).
 Cases compile as a real launch specialises them: every pointer 16-byte
 aligned (torch's allocations are) and the integer arguments a case lists in
@@ -25,6 +25,9 @@ import tempfile
 import traceback
 
 ARCHS = {"sm_90": 90, "sm_80": 80}
+# Shared memory one program may take (the opt-in maximum per block): H100 227 KiB, A100 163 KiB.
+# A config past it fails at launch (triton's OutOfResources), or leaves the autotuner one config fewer.
+MAX_SHARED_BYTES = {"sm_90": 232448, "sm_80": 166912}
 
 # Tritons the compile check runs under besides the one installed: version ->
 # folder (``pip install --target``) put first on PYTHONPATH. ``make test`` installs
@@ -182,6 +185,7 @@ def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1,
             expect.update(case.expect.get("per_config", {}).get(index, {}))
             result.update(ok=True, registers=usage.get("REG", 0),
                           spill_bytes=usage.get("LOCAL", 0) + usage.get("STACK", 0),
+                          shared_bytes=compiled.metadata.shared,
                           tensor_cores_wanted=case.tensor_cores,
                           wgmma="wgmma" in ptx, mma="mma.sync" in ptx, expect=expect)
             if expect or all_sass:

@@ -1,7 +1,7 @@
 """Every Triton kernel of the package, in every autotune config, compiles for
 sm_90 and sm_80 on this machine (no GPU needed; ``make test`` compiles for
 sm_90 under CI's triton, ``make compile`` the whole matrix: see ``MATRIX``),
-without register spills,
+without register spills or more shared memory than the GPU gives a program,
 under CI's triton and under triton 3.6 (torch 2.11's, the GPU machines'); GEMM
 kernels that ask for it use tensor cores (wgmma on sm_90, mma on sm_80), and,
 on sm_90, the SASS figures a case expects (``CompileCase.expect``; its ``"per_config"``
@@ -19,7 +19,7 @@ import sys
 
 import pytest
 
-from kernels._compile import ARCHS, EXTRA_TRITONS, kernel_modules, specialisations, triton_path
+from kernels._compile import ARCHS, EXTRA_TRITONS, MAX_SHARED_BYTES, kernel_modules, specialisations, triton_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -105,6 +105,8 @@ def test_kernels_compile(module, shard, shards, arch, triton_version):
     spills = [f"{r['case']}: {r['spill_bytes']} bytes, {r['registers']} registers"
               for r in results if r["spill_bytes"]]
     assert not spills, "register spills:\n" + "\n".join(spills)
+    over = [f"{r['case']}: {r['shared_bytes']} bytes" for r in results if r["shared_bytes"] > MAX_SHARED_BYTES[arch]]
+    assert not over, f"shared memory past {arch}'s {MAX_SHARED_BYTES[arch]} bytes:\n" + "\n".join(over)
     instruction = "wgmma" if arch == "sm_90" else "mma"
     no_tensor_cores = [r["case"] for r in results if r["tensor_cores_wanted"] and not r[instruction]]
     assert not no_tensor_cores, f"no {instruction} in the PTX of: {no_tensor_cores}"
