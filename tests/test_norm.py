@@ -423,6 +423,23 @@ def test_split_batch_norm_residual(split, device):
     assert max(p.num_n_chunks * p.num_s_chunks for p in split) >= 4
 
 
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("name", ["BatchNorm2d", "InstanceNorm2d"])
+def test_split_running_statistics_move_once(name, momentum, split, device):
+    """Running statistics and num_batches_tracked over several programs (channel
+    blocks, chunks of n and S): the last program of each set moves them, once per
+    call, as torch's modules do over two training calls (momentum=None: the
+    cumulative average reads the count)."""
+    kwargs = {"momentum": momentum} if name == "BatchNorm2d" else {"momentum": momentum, "track_running_stats": True}
+    ours, twin = getattr(nnlib, name)(6, **kwargs).to(device), getattr(torch.nn, name)(6, **kwargs).to(device)
+    for _ in range(2):
+        x = torch.randn(2, 6, 9, 11, device=device)
+        assert_close(ours(x), twin(x), torch.float32, "reduction", "output")
+    for key, value in twin.state_dict().items():     # num_batches_tracked: 2 (instance norm's stays 0)
+        assert_close(ours.state_dict()[key], value, torch.float32, "reduction", key)
+    assert max(p.num_group_blocks for p in split if isinstance(p, norm_plan.LoopPlan)) > 1
+
+
 @pytest.mark.parametrize("name,shape", [("layer_norm", (7, 3, 5)), ("group_norm", (7, 6, 5))])
 def test_single_read_on_several_programs(name, shape, plans, monkeypatch, device):
     """The single-read path with its samples spread over several programs: the
