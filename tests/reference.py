@@ -94,12 +94,14 @@ def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None
 
 
 def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: float = 1.0,
-                          expect_launch: bool = True):
+                          expect_launch: bool = True, connected: bool = True):
     """Second derivatives (create_graph=True, as a gradient penalty takes them):
     the gradients of <r, first-order grads> with respect to every input that
     requires grad and to the output gradient itself, ours against the float64
     reference fed the same rounded vectors; a Triton kernel must run in the
-    second backward unless ``expect_launch`` is False."""
+    second backward unless ``expect_launch`` is False. A second gradient is None
+    where the reference's is (zeros where torch's are: ``.grad`` after a penalty),
+    unless not ``connected`` (max pool's reaches only the output gradient)."""
     dtype = next(t.dtype for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point())
     wants_grad = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
     ref_inputs = [to_reference(t) for t in inputs]
@@ -124,6 +126,7 @@ def check_double_backward(ours, reference, inputs: list, kind: str, grad_scale: 
         assert_close(g, rg, dtype, kind, f"grad of {name}", scale=grad_scale)
     for name, g, rg in zip(names, second, ref_second):
         if rg is None or g is None:
+            assert not connected or (g is None) == (rg is None), f"second grad of {name}: None on one side only"
             zero = rg if g is None else g
             assert zero is None or not zero.abs().sum(), f"second grad of {name}: one side is zero, one is not"
             continue

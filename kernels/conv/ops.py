@@ -1134,7 +1134,9 @@ def _output_grad_setup(ctx, inputs, output):
 
 
 def _output_grad_backward(ctx, grad_g, grad_db):
-    """Linear in dy; act' is piecewise constant, so y gets no gradient."""
+    """Linear in dy; act' is piecewise constant, so y's gradient is zeros (torch's
+    threshold_backward / leaky_relu_backward give zeros: after a gradient penalty the
+    parameters before y hold zero gradients, not None)."""
     (y,) = ctx.saved_tensors
     total = grad_g if ctx.activation else None
     if ctx.bias_grad and grad_db is not None:
@@ -1143,7 +1145,7 @@ def _output_grad_backward(ctx, grad_g, grad_db):
         total = spread if total is None else total + spread
     if total is not None and ctx.activation:
         total = conv_output_grad_op(total, y, ctx.activation, ctx.negative_slope, None)[0]
-    return total, None, None, None, None
+    return total, torch.zeros_like(y) if ctx.activation and ctx.needs_input_grad[1] else None, None, None, None
 
 
 def _forward_fake(x, w, b, stride, padding, dilation, groups, activation, negative_slope, master_weight,
