@@ -141,6 +141,14 @@ def test_double_backward(i, activation, device):
     check_double_backward(ours, reference, [x, w, b], "conv")
 
 
+def test_input_gradient_of_a_stride_phase_past_one_tile(device):
+    """A stride-2 input gradient whose largest stride phase (12 x 12 of a 23 x 23
+    input) holds more pixels than one tile of the interpreter's or a GPU's config."""
+    x, w, b = _inputs(1, 16, 23, 23, 16, (3, 3), 1, torch.float32, device)
+    ours, reference = _conv_fns(2, 1, 1, 1)
+    check_op(ours, reference, [x, w, b], "conv")
+
+
 @pytest.mark.parametrize("i", [0, 13, 14], ids=["gemm", "depthwise", "direct"])
 def test_unbatched(i, device):
     _check(GEOMETRIES[i], torch.float32, device, "contiguous", bias=True, activation=None, unbatched=True)
@@ -875,6 +883,8 @@ def _bad_cases():
         "dilation-zero": ((x, w), {"dilation": 0}),
         "input-smaller-than-kernel": ((torch.randn(2, 4, 2, 2), w), {}),
         "dilated-kernel-too-large": ((x, w), {"dilation": 4}),
+        "kernel-taller-than-input": ((torch.randn(2, 4, 2, 8), w), {}),
+        "kernel-wider-than-input": ((torch.randn(2, 4, 8, 2), w), {}),
         "zero-height": ((torch.randn(2, 4, 0, 8), w), {"padding": 2}),
         "mixed-dtypes": ((x, w.half()), {}),
         "mixed-bias-dtype": ((x, w, torch.randn(6).half()), {}),
