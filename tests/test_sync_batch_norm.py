@@ -308,3 +308,29 @@ def test_outside_a_process_group_is_batch_norm(device):
         with pytest.raises(AssertionError, match="num_batches_tracked"):
             module(x)
     assert torch.equal(ours.running_mean, before)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_merge_over_several_programs_moves_running_statistics_once(momentum, device):
+    """The merge of the processes' moments with more channels than one program takes
+    (600 > MERGE_CHANNELS): each channel's running statistics move once a step, and
+    num_batches_tracked by 1, which the cumulative average (momentum None) reads."""
+    from kernels.norm.ops import norm_merge_moments
+    C, per_process = 600, [torch.randn(8, 600, device=device) * 2 + 0.5 for _ in range(2)]
+    moments = torch.stack([torch.stack([torch.full((C,), 8.0, device=device), t.mean(0), t.var(0, correction=0) * 8])
+                           for t in per_process])
+    whole = torch.cat(per_process).double()
+    running_mean, running_var = torch.zeros(C, device=device), torch.ones(C, device=device)
+    want_mean, want_var = running_mean.double(), running_var.double()
+    count = torch.zeros((), dtype=torch.long, device=device)
+    for step in range(3):
+        mean, rstd, total = norm_merge_moments(moments, running_mean, running_var, count, momentum or 0.0,
+                                               momentum is None, 1e-5)
+        factor = 1 / (step + 1) if momentum is None else momentum
+        want_mean = (1 - factor) * want_mean + factor * whole.mean(0)
+        want_var = (1 - factor) * want_var + factor * whole.var(0)
+    assert int(count) == 3 and torch.equal(total, torch.full_like(total, 16.0))
+    assert_close(mean, whole.mean(0), torch.float32, "reduction", "mean")
+    assert_close(rstd, (whole.var(0, correction=0) + 1e-5).rsqrt(), torch.float32, "reduction", "rstd")
+    assert_close(running_mean, want_mean, torch.float32, "reduction", "running_mean")
+    assert_close(running_var, want_var, torch.float32, "reduction", "running_var")
