@@ -25,7 +25,7 @@ import nnlib.functional as F
 from kernels.conv import conv_paths
 from kernels._library import LaunchersInSight
 from kernels._runtime import clear_plan_caches, count_launches
-from tests.reference import assert_close, check_double_backward, check_op, make_input
+from tests.reference import assert_close, check_double_backward, check_op, huge_view, make_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -1031,6 +1031,21 @@ def test_flat_weight_grad_int64_offsets(in_place, device, monkeypatch):
     x, w, b = _inputs(2, 3, 13, 11, 32, (5, 5), 1, torch.float32, device, "transposed")
     with ops.read_in_place() if in_place else contextlib.nullcontext():
         check_op(*_conv_fns(2, 2, 1, 1, "relu"), [x, w, b], "conv")
+
+
+@pytest.mark.parametrize("C,K,groups,strides", [
+    (16, 16, 1, (2**30 + 8, 16, 4, 1)),     # GEMM passes: images 2**30 + 8 elements apart
+    (16, 3, 1, (2**30 + 8, 16, 4, 1)),      # direct kernels
+    (3, 3, 3, (3 * 2**30, 2**30 + 8, 4, 1)),  # depthwise: channels 2**30 + 8 apart inside one image
+], ids=["gemm-batch", "direct-batch", "depthwise-image"])
+def test_offsets_past_int32(C, K, groups, strides, device):
+    """Inputs whose element offsets pass 2**31 (between images, or inside one, where
+    the host must see it unpatched): every pass against float64 (lazily allocated
+    storage: only the pages the view touches are committed)."""
+    shape = (3 if strides[0] < 2**31 else 1, C, 4, 4)
+    x = huge_view(shape, strides, torch.float16, device).requires_grad_()
+    w = (torch.randn(K, C // groups, 3, 3) / 3).to(torch.float16).to(device).requires_grad_()
+    check_op(*_conv_fns(1, 1, 1, groups), [x, w, None], "conv")
 
 
 def test_bool_after_first_int_is_accepted_like_torch(device):
