@@ -13,7 +13,7 @@ import nnlib
 import nnlib.functional as F
 from kernels._runtime import count_launches, needs_int64
 from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
-                             huge_view, make_input)
+                             device_ops, huge_view, make_input)
 
 LAYOUTS = ["contiguous", "channels_last", "transposed", "sliced"]
 SHAPES = [(3, 5, 7, 9), (1, 1, 1, 1), (2, 3, 1, 300)]
@@ -30,6 +30,26 @@ def test_elementwise_matches_reference(op, shape, layout, dtype, device):
     out, _ = check_op(ours, ref, [x], "elementwise")
     if layout in ("contiguous", "channels_last"):
         assert out.stride() == x.stride(), "dense layouts are kept"
+
+
+def test_any_dense_layout_is_read_as_it_is(device):
+    """A dense tensor of permuted dims (neither contiguous nor channels_last) is read
+    and written in place: one launch and no copy, forward, backward and in place;
+    output strides as torch's."""
+    for op, reference in ((F.relu, TF.relu), (F.relu_, TF.relu_),
+                          (lambda t: F.leaky_relu(t, 0.2), lambda t: TF.leaky_relu(t, 0.2))):
+        x = torch.randn(2, 3, 4, 5, device=device).permute(2, 0, 3, 1)
+        want = reference(x.clone())
+        with count_launches() as launches, device_ops() as ops:
+            got = op(x)
+        assert launches.total == 1 and not ops, ops
+        assert torch.equal(got, want) and got.stride() == want.stride()
+    x = torch.randn(2, 3, 4, 5, device=device).permute(2, 0, 3, 1).requires_grad_()
+    y = F.leaky_relu(x, 0.2)
+    dy = torch.randn_like(y)
+    with count_launches() as launches, device_ops() as ops:
+        (dx,) = torch.autograd.grad(y, x, dy)
+    assert launches.total == 1 and not ops, ops
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 0, 3), (70001,), (2, 3, 4, 5, 6)])

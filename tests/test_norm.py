@@ -5,7 +5,6 @@ larger than a block and split across programs (the looped path) and sets read
 once (the single-read path); the fused activation and residual; N = 0; the
 launch and device-op budgets of every mode; bad arguments (torch's exception
 class, running stats left untouched); the modules against their torch twins."""
-import contextlib
 import functools
 import inspect
 import warnings
@@ -15,17 +14,15 @@ import torch
 import torch.nn.functional as TF
 import triton
 import triton.language as tl
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
 
 import nnlib
 import nnlib.functional as F
 from kernels.norm import _plan as norm_plan
-from kernels._library import LaunchersInSight
 from kernels._reduce import tickets
 from kernels._runtime import clear_plan_caches, count_launches, needs_int64
 from kernels.activation import activation_code
 from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
-                             epilogue, make_input, rel_err)
+                             device_ops, epilogue, make_input, rel_err)
 
 
 def _params(C, dtype, device, affine=True, bias=True, shape=None):
@@ -609,34 +606,6 @@ def test_variance_of_a_set_holding_nan_is_nan(device):
 # ---------------------------------------------------------------------------
 # Launch and device-op budgets
 
-_ALLOCATIONS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}
-
-
-@contextlib.contextmanager
-def device_ops():
-    """The aten ops run inside that do device work: neither allocations nor views
-    (a host synchronisation shows up as _local_scalar_dense). Triton launches are
-    not aten ops; the interpreter's own copies around a launch are left out."""
-    ops = []
-
-    class Recorder(LaunchersInSight, TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ not in _ALLOCATIONS and not func.is_view:
-                ops.append(str(func))
-            return func(*args, **(kwargs or {}))
-    from triton.runtime.interpreter import GridExecutor
-    run = GridExecutor.__call__
-
-    def quiet(self, *args, **kwargs):
-        with _disable_current_modes():
-            return run(self, *args, **kwargs)
-    GridExecutor.__call__ = quiet
-    try:
-        with Recorder():
-            yield ops
-    finally:
-        GridExecutor.__call__ = run
-
 
 def _budget_calls(device):
     """name: (forward launches, backward launches, call(x, w, b, r) -> y, x's shape, channels_last)."""
@@ -788,7 +757,6 @@ def test_double_backward(name, layout, device):
     rm, rv = (torch.randn(C, device=device), torch.rand(C, device=device) + 0.5) if "eval" in name else (None, None)
     inputs = [x, w, b, r, rm, rv]
     check_double_backward(ours, reference, inputs, "reduction", expect_launch=False)
-
 
 
 PENALTY = {
