@@ -607,6 +607,21 @@ def test_fuse_torch_sequential(device):
         torch.testing.assert_close(fused(x), seq(x), atol=1e-5, rtol=1e-5)
 
 
+def test_fuse_carries_eps_and_the_batch_norms_activation(device):
+    """A folded batch norm's own eps, and its fused activation with its slope, reach
+    the conv it folds into (torch's and nnlib's batch norms)."""
+    seq = nn.Sequential(layers.Conv2d(3, 6, 3, padding=1),
+                        layers.BatchNorm2d(6, eps=0.5, activation="leaky_relu", negative_slope=0.3),
+                        nn.Conv2d(6, 4, 3), nn.BatchNorm2d(4, eps=0.25))
+    seq = _randomize_bn(seq).eval().to(device)
+    fused = nnlib.fuse(seq)
+    assert [type(m) for m in fused] == [layers.Conv2d, nn.Identity, layers.Conv2d, nn.Identity]
+    assert (fused[0].activation, fused[0].negative_slope) == ("leaky_relu", 0.3)
+    x = torch.randn(2, 3, 10, 12, device=device)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), seq(x), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
 def test_fuse_shared_relu(device, block):
     """torchvision's blocks call one ReLU module two or three times: the convs before
