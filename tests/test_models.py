@@ -563,6 +563,20 @@ def _randomize_bn(model: nn.Module) -> nn.Module:
     return model
 
 
+@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
+def test_zero_init_residual_as_torchvision(block):
+    """zero_init_residual zeroes each block's last batch-norm weight (bn2 / bn3), and
+    the rest of the initialisation draws as torchvision's."""
+    def build(zoo):
+        torch.manual_seed(0)
+        return zoo.ResNet(getattr(zoo, block), [1, 1], num_classes=5, width=8, zero_init_residual=True)
+    ours, theirs = build(models), build(reference)
+    last = "bn3" if block == "Bottleneck" else "bn2"
+    assert not getattr(ours.layer1[0], last).weight.any()
+    for (name, value), want in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert torch.equal(value, want), name
+
+
 def test_fuse_refuses_training_mode():
     model = models.digits_cnn()
     with pytest.raises(RuntimeError, match="eval"):
