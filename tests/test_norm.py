@@ -970,6 +970,11 @@ def test_torch_fallback_for_float64(device):
     assert launches.total == 0
     assert torch.equal(y, TF.relu(TF.batch_norm(x, None, None, training=True) + r))
     assert torch.equal(z, TF.leaky_relu(TF.group_norm(x, 2), 0.2))
+    ours, twin = nnlib.BatchNorm2d(4, momentum=None).double().to(device), torch.nn.BatchNorm2d(4, momentum=None)
+    twin = twin.double().to(device)
+    for _ in range(2):          # the module's count and cumulative average on torch's path
+        assert torch.equal(ours(x), twin(x))
+    assert int(ours.num_batches_tracked) == 2 and torch.equal(ours.running_var, twin.running_var)
 
 
 # ---------------------------------------------------------------------------
@@ -1020,6 +1025,8 @@ def _bad_calls(device):
             (lambda f, rm, rv: f.instance_norm(x, rm.clone().requires_grad_(), rv), None),
         "batch_norm-residual-of-3-channels":
             (lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, residual=x[:, :3]), RuntimeError),
+        "batch_norm-residual-of-another-dtype":
+            (lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, residual=x.half()), RuntimeError),
         "batch_norm-activation-gelu":
             (lambda f, rm, rv: f.batch_norm(x, rm, rv, None, None, True, activation="gelu"), ValueError),
         "instance_norm-weight-of-4": (lambda f, rm, rv: f.instance_norm(x, rm, rv, ones(4)), None),

@@ -278,9 +278,11 @@ def test_torch_path(device):
         with count_launches() as launches:
             y, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True, activation="relu")
             y2 = F.max_pool2d_with_indices(x, 2)
+            y3 = F.max_pool2d(x, 3, 2, 1, activation="relu")
         assert launches.total == 0
         expected = TF.max_pool2d(x, 3, 2, 1, return_indices=True)
         assert torch.equal(y, TF.relu(expected[0])) and torch.equal(idx, expected[1])
+        assert torch.equal(y3, TF.relu(expected[0]))
         assert torch.equal(y2[1], TF.max_pool2d_with_indices(x, 2)[1])
 
 

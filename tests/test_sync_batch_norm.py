@@ -203,6 +203,9 @@ def _convert_state_dict(rank, world, device):
     """convert_sync_batchnorm of a ResNet: the same state_dict keys and tensors, back and forth."""
     model = nnlib.models.ResNet(nnlib.models.BasicBlock, [1, 1], num_classes=10, width=4, in_channels=1,
                                 small_input=True)
+    for i, bn in enumerate(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.num_batches_tracked.fill_(i + 3)         # buffers unlike a new module's
+        bn.running_mean.normal_()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     synced = nnlib.SyncBatchNorm.convert_sync_batchnorm(model)
     kinds = {type(m) for m in synced.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)}
