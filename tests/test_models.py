@@ -636,6 +636,48 @@ def test_fuse_carries_eps_and_the_batch_norms_activation(device):
         torch.testing.assert_close(fused(x), seq(x), atol=1e-5, rtol=1e-5)
 
 
+def test_fuse_leaves_a_conv_used_twice():
+    """A conv module placed in two Sequentials, each followed by its own batch norm:
+    folding either would change the other's path, so neither folds (in a traced
+    model, and in an untraceable one, where fuse scans the Sequentials)."""
+    class TwoBranches(nn.Module):
+        def __init__(self):
+            super().__init__()
+            conv = nn.Conv2d(3, 4, 3, padding=1)
+            self.a, self.b = nn.Sequential(conv, nn.BatchNorm2d(4)), nn.Sequential(conv, nn.BatchNorm2d(4))
+
+        def forward(self, x):
+            if self.untraceable and x.sum() > 0:
+                x = x * 1
+            return self.a(x) + self.b(x)
+    for untraceable in (False, True):
+        model = _randomize_bn(TwoBranches()).eval()
+        model.untraceable = untraceable
+        model.b[1].running_mean.add_(1.0)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "torch.fx cannot trace")
+            fused = nnlib.fuse(model)
+        assert type(fused.a[1]) is type(fused.b[1]) is layers.BatchNorm2d
+        x = torch.randn(2, 3, 6, 7)
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-5)
+
+
+def test_batch_norm_that_stops_tracking_uses_batch_statistics_in_training_only(device):
+    """track_running_stats switched off after construction (the buffers stay): eval
+    still normalises by the running statistics and training by the batch's, without
+    moving them, as torch's module."""
+    ours, twin = layers.BatchNorm2d(4).to(device), nn.BatchNorm2d(4).to(device)
+    x = torch.randn(3, 4, 5, 6, device=device)
+    ours(x), twin(x)
+    ours.track_running_stats = twin.track_running_stats = False
+    for training in (False, True):
+        ours.train(training), twin.train(training)
+        torch.testing.assert_close(ours(x), twin(x), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours.running_mean, twin.running_mean)
+    assert int(ours.num_batches_tracked) == int(twin.num_batches_tracked) == 1
+
+
 @pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
 def test_fuse_shared_relu(device, block):
     """torchvision's blocks call one ReLU module two or three times: the convs before
