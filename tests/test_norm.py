@@ -1352,6 +1352,8 @@ def test_modules_match_torch(name, args, kwargs, shape, device):
 def test_module_extras_and_checks(device):
     bn = nnlib.BatchNorm2d(4, activation="relu").to(device)
     assert "activation='relu'" in repr(bn)
+    assert "activation='leaky_relu', negative_slope=0.2" in repr(nnlib.GroupNorm(2, 4, activation="leaky_relu",
+                                                                                negative_slope=0.2))
     x = torch.randn(2, 4, 3, 5, device=device)
     residual = torch.randn_like(x)
     torch.testing.assert_close(bn(x, residual), TF.relu(torch.nn.BatchNorm2d(4).to(device)(x) + residual),
