@@ -296,6 +296,7 @@ BAD = {  # name: (input shape, kwargs); torch raises for each
     "padding-negative": ((2, 3, 8, 8), dict(kernel_size=3, padding=-1)),
     "padding-over-half-kernel-width": ((2, 3, 8, 8), dict(kernel_size=(3, 1), padding=(1, 1))),
     "padding-over-half-kernel-dilated": ((2, 3, 8, 8), dict(kernel_size=2, padding=2, dilation=3)),
+    "padding-over-half-odd-kernel-dilated": ((2, 3, 8, 8), dict(kernel_size=3, padding=2, dilation=2)),
     "dilation-zero": ((2, 3, 8, 8), dict(kernel_size=2, dilation=0)),
     "kernel-three-values": ((2, 3, 8, 8), dict(kernel_size=(1, 2, 3))),
     "kernel-empty": ((2, 3, 8, 8), dict(kernel_size=())),
