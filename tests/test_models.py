@@ -19,7 +19,7 @@ from torch import nn
 
 import nnlib
 from nnlib import layers, models
-from nnlib.models import reference
+from nnlib.models import nfnet, reference
 from tests.reference import rel_err
 
 # ---------------------------------------------------------------------------
@@ -380,6 +380,12 @@ def test_nf_resnet_signal_propagation():
             expected = (1.0 if j == 0 else expected) + alpha ** 2
             ratios.append(h.var().item() / expected)
     assert 0.7 < min(ratios) and max(ratios) < 1.3, ratios
+    expected, betas = 1.0, []           # each block divides by beta = sqrt(the schedule before it)
+    for stage in model.stages:
+        for j, block in enumerate(stage):
+            betas.append((nfnet.RELU_GAIN / block.conv1.in_scale, expected ** 0.5))
+            expected = (1.0 if j == 0 else expected) + alpha ** 2
+    assert all(abs(got - want) < 1e-12 for got, want in betas), betas
     conv = model.stages[1][0].conv2
     w = conv.standardized_weight() / (conv.in_scale * conv.out_scale)
     fan_in = w[0].numel()
