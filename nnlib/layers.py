@@ -72,6 +72,14 @@ class PReLU(torch.nn.PReLU):
 # ---------------------------------------------------------------------------
 # Convolution
 
+def _with_activation(extra: str, activation: str | None, negative_slope: float) -> str:
+    """A module's extra_repr with its fused activation (and a leaky ReLU's slope) appended."""
+    if activation is None:
+        return extra
+    slope = f", negative_slope={negative_slope}" if activation == "leaky_relu" else ""
+    return f"{extra}, activation={activation!r}{slope}"
+
+
 class Conv2d(torch.nn.Conv2d):
     """torch.nn.Conv2d plus keyword-only ``activation`` (None, "relu", "leaky_relu")
     and ``negative_slope``, fused into the convolution's epilogue. A non-zero
@@ -101,11 +109,7 @@ class Conv2d(torch.nn.Conv2d):
                         activation=self.activation, negative_slope=self.negative_slope)
 
     def extra_repr(self) -> str:
-        extra = super().extra_repr()
-        if self.activation is None:
-            return extra
-        slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
-        return f"{extra}, activation={self.activation!r}{slope}"
+        return _with_activation(super().extra_repr(), self.activation, self.negative_slope)
 
 # ---------------------------------------------------------------------------
 # Pooling
@@ -170,11 +174,7 @@ class _FusedActivation:
         return {"activation": self.activation, "negative_slope": self.negative_slope}
 
     def extra_repr(self) -> str:
-        extra = super().extra_repr()
-        if self.activation is None:
-            return extra
-        slope = f", negative_slope={self.negative_slope}" if self.activation == "leaky_relu" else ""
-        return f"{extra}, activation={self.activation!r}{slope}"
+        return _with_activation(super().extra_repr(), self.activation, self.negative_slope)
 
 
 class _BatchNorm(_FusedActivation):

@@ -50,6 +50,7 @@ def test_any_dense_layout_is_read_as_it_is(device):
     with count_launches() as launches, device_ops() as ops:
         (dx,) = torch.autograd.grad(y, x, dy)
     assert launches.total == 1 and not ops, ops
+    assert torch.equal(dx, torch.autograd.grad(TF.leaky_relu(x, 0.2), x, dy)[0])
 
 
 @pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 0, 3), (70001,), (2, 3, 4, 5, 6)])
