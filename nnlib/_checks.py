@@ -192,16 +192,13 @@ def check_activation_input(input, op: str, allow_integer: bool = False, check_dt
 
 
 def check_inplace(input: torch.Tensor, op: str) -> None:
-    """What torch refuses before it writes ``input`` in place (RuntimeError): an
-    element stored for several (a stride-0 dim), and under grad mode a leaf that
-    requires grad, a view of one, or a view autograd cannot rebase. The kernel
-    must not run first: it would write. (While tracing, torch.compile's
+    """What torch refuses before it writes ``input`` in place (RuntimeError), in its
+    order: under grad mode a leaf that requires grad, a view of one, or a view
+    autograd cannot rebase; then what ``check_writable`` refuses. The kernel must
+    not run first: it would write. (While tracing, torch.compile's
     functionalization and autograd check these.)"""
     if tracing(input):
         return
-    if input.numel() and any(stride == 0 and size > 1 for size, stride in zip(input.shape, input.stride())):
-        raise RuntimeError(f"{op}(): unsupported operation: more than one element of the written-to tensor refers "
-                           "to a single memory location. Please clone() the tensor before performing the operation.")
     if torch.is_grad_enabled() and input.requires_grad:
         if input.is_leaf:
             raise RuntimeError(f"{op}(): a leaf Variable that requires grad is being used in an in-place operation.")
@@ -213,6 +210,23 @@ def check_inplace(input: torch.Tensor, op: str) -> None:
             if input._base.is_leaf:
                 raise RuntimeError(f"{op}(): a view of a leaf Variable that requires grad is being used in an "
                                    "in-place operation.")
+    check_writable(op, input=input)
+
+
+def check_writable(op: str, **tensors) -> None:
+    """Tensors (or None) that an op writes in place, refused as torch's in-place ops
+    refuse them (RuntimeError), before anything is written: an inference tensor
+    outside inference mode, then one element stored for several (a stride-0 dim)."""
+    for name, t in tensors.items():
+        if t is None or tracing(t):
+            continue
+        if t.is_inference() and not torch.is_inference_mode_enabled():
+            raise RuntimeError(f"{op}(): '{name}' is an inference tensor: an in-place update outside InferenceMode "
+                               "is not allowed. Clone it first, or run under torch.inference_mode().")
+        if t.numel() and any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
+            raise RuntimeError(f"{op}(): unsupported operation: more than one element of the written-to tensor "
+                               f"'{name}' refers to a single memory location. Please clone() the tensor before "
+                               "performing the operation.")
 
 
 # Views autograd does not let an in-place op rebase (torch's CreationMeta).

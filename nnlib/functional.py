@@ -21,7 +21,7 @@ from kernels._runtime import backend, check_same_device
 
 from ._checks import (KERNEL_DTYPES, as_float32, check_activation_input, check_batch_norm, check_conv2d,
                       check_group_norm, check_inplace, check_instance_norm, check_layer_norm, check_max_pool2d,
-                      conv_activation, pool_activation, scalar, type_name)
+                      check_writable, conv_activation, pool_activation, scalar, type_name)
 
 __all__ = ["relu", "relu_", "leaky_relu", "leaky_relu_", "prelu", "max_pool2d", "max_pool2d_with_indices",
            "batch_norm", "instance_norm", "layer_norm", "group_norm", "conv2d"]
@@ -302,6 +302,8 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
                                      momentum, eps, activation=activation, negative_slope=negative_slope,
                                      residual=residual, num_batches_tracked=num_batches_tracked)
     momentum, eps, code, slope = check_batch_norm(tensors, (training, momentum, eps, activation, negative_slope))
+    if num_batches_tracked is not None:     # the counter torch's module increments first
+        check_writable("batch_norm", num_batches_tracked=num_batches_tracked)
     if _on_torch_path(input):
         if num_batches_tracked is not None:     # as torch's module: count, then the factor (a host read)
             num_batches_tracked.add_(1)
@@ -326,6 +328,8 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
                                      activation=activation, negative_slope=negative_slope)
     momentum, eps, code, slope = check_instance_norm((input, running_mean, running_var, weight, bias),
                                                      (use_input_stats, momentum, eps, activation, negative_slope))
+    if use_input_stats:
+        check_writable("instance_norm", running_mean=running_mean, running_var=running_var)
     if _on_torch_path(input):
         out = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
         return _torch_epilogue(out, activation, slope)

@@ -13,8 +13,8 @@ from kernels.activation import ACTIVATIONS
 from kernels.norm.sync import sync_batch_norm
 
 from . import functional as F
-from ._checks import (check_norm_dtype, check_norm_params, check_residual, conv_activation, norm_activation,
-                      pool_activation)
+from ._checks import (check_norm_dtype, check_norm_params, check_residual, check_writable, conv_activation,
+                      norm_activation, pool_activation)
 
 __all__ = ["ReLU", "LeakyReLU", "PReLU", "MaxPool2d", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm",
            "InstanceNorm1d", "InstanceNorm2d", "InstanceNorm3d", "LayerNorm", "GroupNorm", "Conv2d"]
@@ -233,6 +233,8 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
         check_residual(input, residual, op)
         check_norm_dtype(input, op)
         tracking = self.track_running_stats and self.num_batches_tracked is not None
+        if tracking:        # the counter torch's module increments first
+            check_writable(op, num_batches_tracked=self.num_batches_tracked)
         return sync_batch_norm(input, self.running_mean if self.track_running_stats else None,
                                self.running_var if self.track_running_stats else None, self.weight, self.bias,
                                self.momentum if tracking or self.momentum is not None else 0.0, self.eps, group,

@@ -150,6 +150,38 @@ def test_inplace_on_a_view_autograd_refuses_writes_nothing(op, view, device):
     assert launches.total == 0 and torch.equal(base, before)
 
 
+INPLACE_ACTIVATIONS = {
+    "relu_": (F.relu_, TF.relu_),
+    "leaky_relu_": (lambda t: F.leaky_relu_(t, 0.1), lambda t: TF.leaky_relu_(t, 0.1)),
+    "ReLU-inplace": (nnlib.ReLU(inplace=True), torch.nn.ReLU(inplace=True)),
+    "LeakyReLU-inplace": (nnlib.LeakyReLU(0.1, inplace=True), torch.nn.LeakyReLU(0.1, inplace=True)),
+}
+
+
+@pytest.mark.parametrize("op", list(INPLACE_ACTIVATIONS))
+def test_inplace_on_an_inference_tensor_only_inside_inference_mode(op, device):
+    """An inference tensor may not be written in place outside inference mode:
+    torch refuses (RuntimeError; on the CPU after its kernel wrote it), nnlib
+    refuses before launching. Inside inference mode both write it."""
+    ours, theirs = INPLACE_ACTIVATIONS[op]
+
+    def inference_tensor():
+        with torch.inference_mode():
+            return torch.tensor([[-1.0, 2.0, -3.0]], device=device)
+    with pytest.raises(RuntimeError):
+        theirs(inference_tensor())
+    x = inference_tensor()
+    before = x.clone()
+    with count_launches() as launches, pytest.raises(RuntimeError, match="inference tensor"):
+        ours(x)
+    assert launches.total == 0 and torch.equal(x, before)
+    expected = inference_tensor()
+    with torch.inference_mode(), count_launches() as launches:
+        out = ours(x)
+        theirs(expected)
+    assert out is x and launches.total == 1 and torch.equal(x, expected)
+
+
 @pytest.mark.parametrize("op", ["relu", "leaky_relu"])
 def test_inplace_under_autograd(op, device):
     leaf = torch.randn(4, 6, device=device, requires_grad=True)

@@ -1107,7 +1107,45 @@ def _bad_calls(device):
             (lambda f, rm, rv: f.instance_norm(w6, rm, rv, use_input_stats=False), None),
         "instance_norm-input-1d-no-running-stats":
             (lambda f, rm, rv: f.instance_norm(w6, None, None, use_input_stats=False), None),
+        # torch copies the update back into the running stats: one element stored for several raises
+        "instance_norm-running-mean-expanded": (lambda f, rm, rv: f.instance_norm(x, rm[:1].expand(6), rv), None),
     }
+
+
+INFERENCE_MODE_NORMS = {
+    "BatchNorm2d": lambda lib: lib.BatchNorm2d(3),
+    "BatchNorm2d-cumulative": lambda lib: lib.BatchNorm2d(3, momentum=None),
+    "InstanceNorm2d-tracking": lambda lib: lib.InstanceNorm2d(3, track_running_stats=True),
+}
+
+
+@pytest.mark.parametrize("grad", [False, True])
+@pytest.mark.parametrize("name", list(INFERENCE_MODE_NORMS))
+def test_norm_built_in_inference_mode_trains_only_inside_it(name, grad, device):
+    """A norm module built under torch.inference_mode() holds inference tensors,
+    which nothing may update in place outside inference mode: torch refuses
+    (RuntimeError, on the CPU after writing some of them), nnlib refuses before
+    launching anything, its buffers unchanged. Inside inference mode both train."""
+    x = torch.randn(2, 3, 4, 5, device=device)
+    with torch.inference_mode():
+        ours, theirs = (INFERENCE_MODE_NORMS[name](lib).to(device) for lib in (nnlib, torch.nn))
+    with torch.set_grad_enabled(grad):
+        with pytest.raises(RuntimeError):
+            theirs(x)
+        before = {k: v.clone() for k, v in ours.state_dict().items()}
+        with count_launches() as launches, pytest.raises(RuntimeError, match="inference tensor"):
+            ours(x)
+    assert launches.total == 0
+    for key, value in ours.state_dict().items():
+        assert torch.equal(value, before[key]), f"{key} written before the error"
+    with torch.inference_mode():
+        ours, theirs = (INFERENCE_MODE_NORMS[name](lib).to(device) for lib in (nnlib, torch.nn))
+        with count_launches() as launches:
+            out = ours(x)
+        assert_close(out, theirs(x), torch.float32, "reduction")
+        assert launches.total > 0
+        for key, value in theirs.state_dict().items():
+            assert_close(ours.state_dict()[key], value, torch.float32, "reduction", key)
 
 
 @pytest.mark.parametrize("name", list(_bad_calls("cpu")))

@@ -29,6 +29,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as TF
 
 import nnlib
+from kernels._runtime import count_launches
 from nnlib.models import reference
 from tests.reference import assert_close
 
@@ -199,6 +200,26 @@ def _eval_and_single_process_rule(rank, world, device):
     assert_close(got_alone, TF.batch_norm(x, None, None, training=True), torch.float32, "reduction", "alone")
 
 
+def _inference_mode_buffers(rank, world, device):
+    """A SyncBatchNorm built under inference_mode trains only inside it: outside, its
+    counter (which torch's module increments first) is refused before any collective
+    or write, as BatchNorm's."""
+    with torch.inference_mode():
+        bn = nnlib.SyncBatchNorm(3).to(device)
+    x = torch.randn(2, 3, 4, device=device)
+    with count_launches() as launches:
+        try:
+            bn(x)
+        except RuntimeError as e:
+            assert "inference tensor" in str(e), e
+        else:
+            raise AssertionError("trained on inference tensors outside inference mode")
+    assert launches.total == 0 and bn.num_batches_tracked.item() == 0 and not bn.running_mean.any()
+    with torch.inference_mode():
+        bn(x)
+    assert bn.num_batches_tracked.item() == 1 and bn.running_mean.any()
+
+
 def _convert_state_dict(rank, world, device):
     """convert_sync_batchnorm of a ResNet: the same state_dict keys and tensors, back and forth."""
     model = nnlib.models.ResNet(nnlib.models.BasicBlock, [1, 1], num_classes=10, width=4, in_channels=1,
@@ -264,7 +285,7 @@ SCENARIOS = {
     "unequal-batches": _unequal, "empty-part": _empty_part, "channels-last-fused-tail": _channels_last_fused_tail,
     "fp16-bf16-input": _half_input, "cumulative-average": _cumulative_average, "float64-torch-path": _torch_path,
     "eval-and-one-process": _eval_and_single_process_rule, "convert-state-dict": _convert_state_dict,
-    "ddp-resnet": _ddp_resnet, "compiled": _compiled,
+    "ddp-resnet": _ddp_resnet, "compiled": _compiled, "inference-mode-buffers": _inference_mode_buffers,
 }
 TWO_RANKS = list(SCENARIOS)
 THREE_RANKS = ["unequal-batches", "empty-part", "channels-last-fused-tail", "float64-torch-path"]
