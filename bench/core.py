@@ -2,9 +2,11 @@
 
 A suite (``bench/suites/<name>.py``) exposes ``cases(device, quick) -> list[Case]``.
 On a GPU each case is timed, ours against the baseline, with
-``triton.testing.do_bench(return_mode="median")`` (CUDA events, L2 flushed);
-without one each case runs once on small shapes through the interpreter and is
-checked against torch.
+``triton.testing.do_bench(return_mode="median")`` (CUDA events, L2 flushed),
+the two sides interleaved and each timed twice (ours, torch, ours, torch): a
+drift lands on both, and the two medians' spread is the noise a speedup must
+exceed; without one each case runs once on small shapes through the
+interpreter and is checked against torch.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import math
 import os
 import pkgutil
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -33,7 +36,10 @@ class Case:
     check compares both sides' results with twice the test suite's tolerance for
     ``kind`` (nnlib.testing: each side may be off from the exact result by one
     tolerance), or with ``atol`` / ``rtol`` when no kind is given (whole
-    models)."""
+    models). ``rep_ms``: each of do_bench's timings runs about this long (whole
+    models: long enough for tens of steps). ``note``: what differs between the
+    sides' work, printed with the row (a fused kernel against torch's ops,
+    outputs torch writes and we do not)."""
     op: str
     set: str
     shape: tuple
@@ -46,6 +52,8 @@ class Case:
     kind: str = ""
     atol: float = 1e-2
     rtol: float = 1e-2
+    rep_ms: int = 100
+    note: str = ""
     extra: dict = field(default_factory=dict)
 
     @property
@@ -109,13 +117,22 @@ def measure_ceilings(device: str) -> dict:
 
 
 def time_case(case: Case, ceilings: dict) -> dict:
+    """One row: setup and check (compiles, autotuning, cuDNN's search), then each side
+    timed twice, interleaved; a side's time is the mean of its two medians and its
+    spread their relative difference."""
     from triton.testing import do_bench
+    start = time.perf_counter()
     ours, baseline = setup(case)
     check(case, ours, baseline)
-    ours_ms = do_bench(ours, return_mode="median")
-    base_ms = do_bench(baseline, return_mode="median")
+    checked = time.perf_counter()
+    medians = ([], [])
+    for side, fn in ((0, ours), (1, baseline), (0, ours), (1, baseline)):
+        medians[side].append(do_bench(fn, warmup=max(25, case.rep_ms // 4), rep=case.rep_ms, return_mode="median"))
+    ours_ms, base_ms = (sum(m) / len(m) for m in medians)
     row = row_of(case)
-    row.update(ours_ms=ours_ms, baseline_ms=base_ms, speedup=base_ms / ours_ms)
+    row.update(ours_ms=ours_ms, baseline_ms=base_ms, speedup=base_ms / ours_ms,
+               spread=max((max(m) - min(m)) / min(m) for m in medians),
+               setup_s=checked - start, timing_s=time.perf_counter() - checked)
     if case.bytes:
         row["gbps"] = case.bytes / ours_ms / 1e6
         row["pct_copy_bw"] = 100 * row["gbps"] / ceilings["copy_gbps"]
@@ -149,9 +166,12 @@ def peak_mib(fn) -> float:
 
 
 def row_of(case: Case) -> dict:
-    return {"id": case.id, "op": case.op, "set": case.set, "shape": list(case.shape),
-            "dtype": str(case.dtype).replace("torch.", ""), "layout": case.layout,
-            "pass": case.pass_name, **case.extra}
+    row = {"id": case.id, "op": case.op, "set": case.set, "shape": list(case.shape),
+           "dtype": str(case.dtype).replace("torch.", ""), "layout": case.layout,
+           "pass": case.pass_name, **case.extra}
+    if case.note:
+        row["note"] = case.note
+    return row
 
 
 def geomean(values) -> float:
@@ -159,33 +179,57 @@ def geomean(values) -> float:
     return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
 
 
+def _settings(meta: dict) -> str:
+    """The run's versions and the flags both sides ran under, as recorded in ``meta``."""
+    keys = ("cuda", "cudnn", "cudnn_allow_tf32", "matmul_allow_tf32")
+    return "".join(f", {k} {meta[k]}" for k in keys if k in meta)
+
+
+def cases_timed(meta: dict) -> str:
+    """"i of n" over the runs that wrote the results (``--append`` adds runs)."""
+    runs = meta.get("runs", [])
+    return f"{sum(r['done'] for r in runs)} of {sum(r['cases'] for r in runs)}"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [f"# nnlib benchmark: {meta['gpu']}, {meta['date']}", "",
-             f"torch {meta['torch']}, triton {meta['triton']}. Baseline: torch with "
-             "cudnn.benchmark = True, same tf32 policy. Median of do_bench (L2 flushed).", "",
+             f"torch {meta['torch']}, triton {meta['triton']}{_settings(meta)}. Baseline: torch with "
+             "cudnn.benchmark = True and the same tf32 policy. Each side timed twice, interleaved with the "
+             "other (ours, torch, ours, torch), each time the median of do_bench (CUDA events, L2 flushed "
+             "before each call); a time is the mean of its two medians, \"spread\" the larger relative "
+             "difference of the two sides' pairs: a speedup within it of 1 is noise. Per-op rows are GPU time "
+             "(a call's host time overlaps the flush before it); whole-model rows include the host's, except "
+             "\"train-graphed\". Speedup: torch ms / ours ms (above 1: nnlib is faster).", "",
              f"Ceilings measured in this run: copy {meta['ceilings']['copy_gbps']:.0f} GB/s, "
              f"bf16 matmul {meta['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s. "
-             f"Cases timed: {meta.get('cases_done', len(rows))}.", "",
-             "| op | set | shape | dtype | layout | pass | ours ms | torch ms | speedup | GB/s | % copy | TFLOP/s | % mma |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"Cases timed: {cases_timed(meta) if 'runs' in meta else len(rows)}"
+             + (" (quick run: a few shapes per suite, the suites' QUICK lists; the geomeans cover these rows "
+                "only)." if meta.get("quick") else ".")]
+    for stop in meta.get("aborted", []):
+        lines += ["", f"Run stopped: {stop}."]
+    lines += ["", "| op | set | shape | dtype | layout | pass | ours ms | torch ms | speedup | spread | GB/s | "
+              "% copy | TFLOP/s | % of bf16 matmul | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, spec):
         return format(v, spec) if isinstance(v, (int, float)) else ""
     for r in rows:
+        spread = r.get("spread")
         lines.append("| " + " | ".join([
             r["op"], r["set"], "x".join(map(str, r["shape"])), r["dtype"], r["layout"], r["pass"],
             "error" if "error" in r else fmt(r.get("ours_ms"), ".4f"), fmt(r.get("baseline_ms"), ".4f"),
-            fmt(r.get("speedup"), ".2f"),
+            fmt(r.get("speedup"), ".2f"), f"{100 * spread:.0f}%" if spread is not None else "",
             fmt(r.get("gbps"), ".0f"), fmt(r.get("pct_copy_bw"), ".0f"), fmt(r.get("tflops"), ".1f"),
-            fmt(r.get("pct_bf16_matmul"), ".0f")]) + " |")
-    lines += ["", "Geomean speedup per op, set, dtype and pass (of the paths nnlib takes: rows marked "
-              "\"alternative\" left out):", "", "| op | set | dtype | pass | geomean |", "|---|---|---|---|---|"]
+            fmt(r.get("pct_bf16_matmul"), ".0f"), r.get("note", "")]) + " |")
+    lines += ["", "Geomean speedup per op, set, dtype, layout and pass (of the paths nnlib takes: rows marked "
+              "\"alternative\" left out):", "", "| op | set | dtype | layout | pass | geomean | rows |",
+              "|---|---|---|---|---|---|---|"]
     groups: dict = {}
     for r in rows:
         if not r.get("alternative"):
-            groups.setdefault((r["op"], r["set"], r["dtype"], r["pass"]), []).append(r.get("speedup"))
+            groups.setdefault((r["op"], r["set"], r["dtype"], r["layout"], r["pass"]), []).append(r.get("speedup"))
     for key, values in sorted(groups.items()):
-        lines.append(f"| {' | '.join(key)} | {geomean(values):.2f} |")
+        lines.append(f"| {' | '.join(key)} | {geomean(values):.2f} | {sum(1 for v in values if v)} |")
     models = [r for r in rows if r.get("images_per_s")]
     if models:
         lines += ["", "Whole models: throughput and the peak memory one call takes beyond what was allocated "
@@ -223,7 +267,7 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def run(ops: list[str] | None, quick: bool, out_dir: str) -> int:
+def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         from kernels._runtime import interpreting
@@ -248,39 +292,91 @@ def run(ops: list[str] | None, quick: bool, out_dir: str) -> int:
         return 1 if failed else 0
 
     torch.backends.cudnn.benchmark = True
-    import triton
     gpu = torch.cuda.get_device_name()
-    print(f"{gpu}: measuring ceilings...", flush=True)
-    ceilings = measure_ceilings(device)
-    print(f"copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s",
-          flush=True)
     date = datetime.date.today().isoformat()
-    meta = {"gpu": gpu, "date": date, "torch": torch.__version__, "triton": triton.__version__,
-            "ceilings": ceilings, "quick": quick, "ops": ops}
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{gpu.replace(' ', '_').replace('/', '_')}-{date}")
-    rows = []
+    earlier = _load(stem) if append else None
+    if earlier is None:
+        print(f"{gpu}: measuring ceilings...", flush=True)
+        meta = {**run_meta(gpu, date), "ceilings": measure_ceilings(device), "quick": quick, "runs": []}
+        rows = []
+    else:       # the same GPU and day: this run's cases replace their earlier rows, the ceilings are kept
+        meta, ids = earlier["meta"], {case.id for case in cases}
+        rows = [r for r in earlier["rows"] if r["id"] not in ids]
+    ceilings = meta["ceilings"]
+    print(f"copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s",
+          flush=True)
+    this_run = {"ops": ops, "cases": len(cases), "done": 0}
+    meta["runs"].append(this_run)
     for i, case in enumerate(cases, 1):
+        lost = None
         try:
             row = time_case(case, ceilings)
-            msg = f"ours {row['ours_ms']:.4f} ms, torch {row['baseline_ms']:.4f} ms, {row['speedup']:.2f}x"
+            msg = (f"ours {row['ours_ms']:.4f} ms, torch {row['baseline_ms']:.4f} ms, {row['speedup']:.2f}x "
+                   f"(spread {100 * row['spread']:.0f}%; setup {row['setup_s']:.1f} s, timing "
+                   f"{row['timing_s']:.1f} s)")
         except Exception as exc:
             row = row_of(case)
             row["error"] = str(exc).splitlines()[0][:300]
             msg = f"ERROR {row['error']}"
+            lost = context_lost(exc)
+        if not lost:
+            torch.cuda.empty_cache()
         rows.append(row)
         print(f"[{i}/{len(cases)}] {case.id}: {msg}", flush=True)
-        torch.cuda.empty_cache()
-        # rewritten after every case: a run stopped early (gpu_check's time box) keeps its rows
-        meta["cases_done"] = f"{i} of {len(cases)}"
-        with open(stem + ".json", "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
-        with open(stem + ".md", "w") as f:
-            f.write(markdown(rows, meta))
-    plot(rows, stem + ".png", f"nnlib vs torch, {gpu}, {date}")
-    print(f"wrote {stem}.json / .md / .png")
+        # saved after every case: a run stopped early (gpu_check's time box) keeps its rows
+        this_run["done"] = i
+        if lost:
+            stop = f"{case.id} lost the CUDA context ({row['error']}); the run's cases after it did not run"
+            meta.setdefault("aborted", []).append(stop)
+        _save(stem, meta, rows)
+        if lost:
+            print(stop, flush=True)
+            break
+    try:
+        plot(rows, stem + ".png", f"nnlib vs torch, {gpu}, {date}")
+        print(f"wrote {stem}.json / .md / .png")
+    except ImportError as exc:
+        print(f"wrote {stem}.json / .md (no plot: {exc})")
     errors = sum("error" in r for r in rows)
     return 1 if errors else 0
+
+
+def run_meta(gpu: str, date: str) -> dict:
+    """The run's GPU, date, versions and the flags both sides run under."""
+    import triton
+    return {"gpu": gpu, "date": date, "torch": torch.__version__, "triton": triton.__version__,
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+            "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
+
+
+def context_lost(exc: Exception) -> bool:
+    """An error after which the CUDA context is unusable (an illegal address, a
+    device-side assert: CUDA's sticky errors), so that every later case would fail
+    alike. Out-of-memory is not one (torch raises OutOfMemoryError, "CUDA out of
+    memory")."""
+    return type(exc).__name__ == "AcceleratorError" or any(
+        text in str(exc) for text in ("CUDA error", "device-side assert", "illegal memory access"))
+
+
+def _load(stem: str) -> dict | None:
+    try:
+        with open(stem + ".json") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+
+
+def _save(stem: str, meta: dict, rows: list[dict]) -> None:
+    """The JSON and Markdown, each written beside and renamed into place: a run
+    stopped while writing leaves the last complete ones."""
+    for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=1)),
+                         (".md", markdown(rows, meta))):
+        with open(stem + suffix + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(stem + suffix + ".tmp", stem + suffix)
 
 
 def main(argv=None) -> int:
@@ -291,6 +387,9 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="a few representative shapes per suite")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"),
                         help="results folder (default bench/results)")
+    parser.add_argument("--append", action="store_true",
+                        help="add to the results this GPU wrote today in --out (its ceilings kept; rows of the "
+                             "same cases replaced): gpu_check runs each suite in a process of its own")
     parser.add_argument("--host", action="store_true",
                         help="host cost per call and launch / device-op counts (CPU, no GPU needed)")
     args = parser.parse_args(argv)
@@ -301,7 +400,7 @@ def main(argv=None) -> int:
     unknown = set(ops or ()) - set(suite_names())
     if unknown:
         parser.error(f"unknown suites {sorted(unknown)}; choose from {suite_names()}")
-    return run(ops, args.quick, args.out)
+    return run(ops, args.quick, args.out, args.append)
 
 
 if __name__ == "__main__":

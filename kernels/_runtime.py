@@ -266,9 +266,20 @@ def launch(kernel, grid, *args, **kwargs):
     return _run(kernel, name, _checked_grid(name, grid), args, kwargs)
 
 
+# Triton's interpreter patches triton.language for the length of each launch and restores
+# it after, so that two threads' launches at once break each other: one at a time.
+_INTERPRETER_LAUNCH = threading.Lock()
+
+
 def _run(kernel, name: str, grid, args: tuple, options: dict):
-    """Count, then (unless ``dry_run``) launch ``kernel[grid](*args, **options)``."""
-    return kernel[grid](*args, **options) if _counted(name) else None
+    """Count, then (unless ``dry_run``) launch ``kernel[grid](*args, **options)``
+    (under the interpreter, one launch at a time in the process)."""
+    if not _counted(name):
+        return None
+    if _INTERPRETING:
+        with _INTERPRETER_LAUNCH:
+            return kernel[grid](*args, **options)
+    return kernel[grid](*args, **options)
 
 
 def _counted(name: str) -> bool:

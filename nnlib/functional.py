@@ -1,5 +1,5 @@
 """``torch.nn.functional``-compatible entry points: same names, same signatures,
-same errors. Extensions (fused activation, residual) are keyword-only and off by
+torch's exception classes (README lists the corners where they differ). Extensions (fused activation, residual) are keyword-only and off by
 default. Each function checks its arguments (the checks live in ``nnlib._checks``),
 then runs the Triton path, or torch's own function where ``nnlib.backend(input)``
 is "torch". Every other name of ``torch.nn.functional`` (softmax, linear, pad,
@@ -188,7 +188,7 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
            dilation=1, groups=1, *, activation=None, negative_slope: float = 0.01) -> torch.Tensor:
     """2-D convolution of input (N, C, H, W) or (C, H, W) with weight
     (K, C/groups, kH, kW) and bias (K,): output (N, K, P, Q) (or (K, P, Q)) in the
-    input's dtype, channels_last when input or weight is. torch's arguments
+    input's dtype (autocast's under torch.autocast), channels_last when input or weight is. torch's arguments
     (int or pair; padding 'valid' / 'same' too); ``activation`` None, "relu" or
     "leaky_relu" (with ``negative_slope``) is applied after the bias, in the
     kernel's epilogue."""

@@ -54,12 +54,14 @@ def test_report_geomeans_leave_alternatives_out():
              "pass": "forward", "speedup": speedup, **extra}
             for layout, speedup, extra in (("channels_last", 2.0, {}), ("contiguous", 0.5, {}),
                                            ("nchw-in-place", 0.01, {"alternative": True}))]
+    rows.append({**rows[0], "speedup": 8.0})
     report = markdown(rows, meta)
-    assert "nchw-in-place" in report and "| conv2d | resnet50 | bfloat16 | forward | 1.00 |" in report
-    failed = {**rows[0], "id": "conv2d-broken", "layout": "broken", "speedup": None, "error": "out of memory"}
+    assert "nchw-in-place" in report and "| conv2d | resnet50 | bfloat16 | channels_last | forward | 4.00 | 2 |" in report
+    assert "| conv2d | resnet50 | bfloat16 | contiguous | forward | 0.50 | 1 |" in report     # layouts apart
+    failed = {**rows[0], "id": "conv2d-broken", "speedup": None, "error": "out of memory"}
     report = markdown([*rows, failed], meta)     # a failed case: marked, listed, out of the geomean
-    assert "| broken | forward | error |" in report and "- conv2d-broken: out of memory" in report
-    assert "| conv2d | resnet50 | bfloat16 | forward | 1.00 |" in report
+    assert "| channels_last | forward | error |" in report and "- conv2d-broken: out of memory" in report
+    assert "| conv2d | resnet50 | bfloat16 | channels_last | forward | 4.00 | 2 |" in report
 
 
 def test_whole_model_rows_report_throughput_and_peak_memory(monkeypatch):
@@ -97,19 +99,104 @@ def test_gpu_run_keeps_its_rows_when_stopped_early(tmp_path, monkeypatch):
         if len(timed) == 2:
             raise SystemExit("time box")
         timed.append(case.id)
-        return {**core.row_of(case), "ours_ms": 1.0, "baseline_ms": 2.0, "speedup": 2.0}
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Fake GPU")
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    monkeypatch.setattr(core, "measure_ceilings", lambda device: {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0})
+        return _fake_row(core, case)
+    _fake_gpu(monkeypatch, core)
     monkeypatch.setattr(core, "time_case", time_case)
     total = len(core.collect(["conv2d"], "cuda", True))
     with pytest.raises(SystemExit):
         core.run(["conv2d"], True, str(tmp_path))
     (result,) = tmp_path.glob("Fake_GPU-*.json")
     saved = json.loads(result.read_text())
-    assert [r["id"] for r in saved["rows"]] == timed and saved["meta"]["cases_done"] == f"2 of {total}"
-    assert f"Cases timed: 2 of {total}." in result.with_suffix(".md").read_text()
+    assert [r["id"] for r in saved["rows"]] == timed and saved["meta"]["runs"][0]["done"] == 2
+    assert f"Cases timed: 2 of {total} (quick run" in result.with_suffix(".md").read_text()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def _fake_gpu(monkeypatch, core) -> list:
+    """The GPU side of ``core.run`` stood in for; returns the list that counts the
+    ceilings' measurements."""
+    measured = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90000)
+    monkeypatch.setattr(core, "measure_ceilings",
+                        lambda device: measured.append(1) or {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0})
+    return measured
+
+
+def _fake_row(core, case, speedup=2.0):
+    return {**core.row_of(case), "ours_ms": 1.0, "baseline_ms": speedup, "speedup": speedup, "spread": 0.01,
+            "setup_s": 0.5, "timing_s": 0.5}
+
+
+def test_gpu_runs_of_one_suite_each_append_to_one_report(tmp_path, monkeypatch):
+    """gpu_check runs each suite in a process of its own with ``--append``: one JSON
+    and Markdown for the GPU and day, the ceilings measured once, a case timed again
+    replacing its row, a run without --append starting over."""
+    import json
+    from bench import core
+    measured = _fake_gpu(monkeypatch, core)
+    speedup = {"now": 2.0}
+    monkeypatch.setattr(core, "time_case", lambda case, ceilings: _fake_row(core, case, speedup["now"]))
+    pool, act = (core.collect([suite], "cuda", True) for suite in ("max_pool2d", "activation"))
+    assert core.run(["max_pool2d"], True, str(tmp_path), append=True) == 0
+    assert core.run(["activation"], True, str(tmp_path), append=True) == 0
+    speedup["now"] = 3.0
+    assert core.run(["max_pool2d"], True, str(tmp_path), append=True) == 0     # again: its rows replaced
+    (result,) = tmp_path.glob("Fake_GPU-*.json")
+    saved = json.loads(result.read_text())
+    assert [r["id"] for r in saved["rows"]] == [c.id for c in act + pool] and len(measured) == 1
+    assert [r["speedup"] for r in saved["rows"]] == [2.0] * len(act) + [3.0] * len(pool)
+    total = 2 * len(pool) + len(act)
+    assert f"Cases timed: {total} of {total}" in result.with_suffix(".md").read_text()
+    assert core.run(["activation"], True, str(tmp_path)) == 0
+    assert len(json.loads(result.read_text())["rows"]) == len(act) and len(measured) == 2
+
+
+def test_gpu_run_stops_when_the_cuda_context_is_lost(tmp_path, monkeypatch):
+    """After a sticky CUDA error (an illegal address) every later case would fail
+    alike: the run records the case, says why it stopped and stops; an error that
+    leaves the context usable (out of memory) does not stop it."""
+    import json
+    from bench import core
+    _fake_gpu(monkeypatch, core)
+    calls = []
+
+    def time_case(case, ceilings):
+        calls.append(case.id)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if len(calls) == 3:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return _fake_row(core, case)
+    monkeypatch.setattr(core, "time_case", time_case)
+    assert core.run(["activation"], True, str(tmp_path)) == 1
+    (result,) = tmp_path.glob("Fake_GPU-*.json")
+    saved = json.loads(result.read_text())
+    assert len(calls) == 3 and len(saved["rows"]) == 3 and "illegal memory access" in saved["meta"]["aborted"][0]
+    assert "Run stopped: " in result.with_suffix(".md").read_text()
+
+
+def test_sides_are_timed_twice_interleaved(monkeypatch):
+    """time_case times ours, torch, ours, torch: each side's time is the mean of its
+    two medians, its spread their difference, with the case's repetition time."""
+    import triton.testing
+    from bench import core
+    case = core.collect(["activation"], DEVICE, quick=True)[0]
+    case.rep_ms = 400
+    order, times = [], iter([1.0, 4.0, 1.2, 4.0])
+
+    def do_bench(fn, warmup, rep, return_mode):
+        order.append((fn, rep))
+        return next(times)
+    monkeypatch.setattr(triton.testing, "do_bench", do_bench)
+    monkeypatch.setattr(core, "setup", lambda case: ("ours", "torch"))
+    monkeypatch.setattr(core, "check", lambda case, ours, baseline: None)
+    row = core.time_case(case, {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0})
+    assert order == [("ours", 400), ("torch", 400), ("ours", 400), ("torch", 400)]
+    assert row["ours_ms"] == pytest.approx(1.1) and row["baseline_ms"] == 4.0
+    assert row["speedup"] == pytest.approx(4.0 / 1.1) and row["spread"] == pytest.approx(0.2)
 
 
 def test_suites_run_in_the_order_asked():
@@ -128,3 +215,16 @@ def test_cpu_run_without_the_interpreter_refuses(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(_runtime, "interpreting", lambda: False)
     assert core.run(["activation"], True, str(tmp_path)) == 2
     assert "TRITON_INTERPRET" in capsys.readouterr().out
+
+
+def test_resnet50_flops():
+    """The e2e rows' arithmetic: ResNet-50's forward is 4.09 G multiply-adds an image
+    (torchvision's figure); a training step three times it, less the stem's input
+    gradient, which neither side computes (the images do not require grad)."""
+    from bench.suites.e2e import layer_flops, training_flops
+    from nnlib.models import reference
+    with torch.device("meta"):
+        flops = layer_flops(reference.resnet50(1000), (1, 3, 224, 224))
+    assert len(flops) == 54 and round(sum(flops.values()) / 2e9, 2) == 4.09
+    assert flops["conv1"] == 2 * 112 * 112 * 64 * 3 * 7 * 7
+    assert training_flops(flops) == 3 * sum(flops.values()) - flops["conv1"]

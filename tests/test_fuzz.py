@@ -206,11 +206,9 @@ KNOWN = {
         lambda op, args: op in ("batch_norm", "instance_norm") and isinstance(args.get("input"), TensorSpec)
         and not args["input"].dtype.is_floating_point
         and args["input"].layout not in ("contiguous", "channels_last"),
-    "batch_norm / instance_norm training with expanded (overlapping) running stats: the error comes from "
-    "their final update, after the statistics kernels ran (batch_norm: torch writes the overlapping memory, "
-    "nnlib raises RuntimeError)":
-        lambda op, args: op in ("batch_norm", "instance_norm") and args.get(
-            "training" if op == "batch_norm" else "use_input_stats", op == "instance_norm") is True
+    "batch_norm training with expanded (overlapping) running stats: torch and nnlib both write the overlapping "
+    "memory, which channel's update stays there differs (instance_norm: both refuse them before writing)":
+        lambda op, args: op == "batch_norm" and args.get("training") is True
         and any(t.layout == "expanded" for t in _tensors(args, "running_mean", "running_var")),
     "batch_norm in eval with an integer running stat: torch's CPU kernel converts it (its training raises "
     "RuntimeError); nnlib raises RuntimeError, floating running stats only":

@@ -198,6 +198,36 @@ def test_data_the_kernels_do_not_take_goes_to_torch(dtype, device):
         assert launches.total == 0, name
 
 
+def test_threads_launch_at_once(device):
+    """A module called from several threads at once gives each its result: under the
+    interpreter (which patches triton.language for each launch) the launches take
+    turns; on a GPU they go to the threads' streams."""
+    import threading
+    torch.manual_seed(0)
+    conv = nnlib.Conv2d(3, 4, 3, padding=1).to(device)
+    inputs = [torch.randn(2, 3, 6, 5, device=device) for _ in range(4)]
+    expected = [TF.conv2d(x, conv.weight, conv.bias, padding=1) for x in inputs]
+    results, errors = {}, []
+
+    def work(i):
+        try:
+            with torch.no_grad():
+                for _ in range(3):
+                    results[i] = conv(inputs[i])
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    with count_launches() as launches:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors[0]
+    assert launches.total == 12
+    for i, want in enumerate(expected):
+        torch.testing.assert_close(results[i], want.detach(), atol=1e-4, rtol=1e-4)
+
+
 def test_outgrown_ticket_buffers_stay_alive():
     """A ticket buffer replaced by a larger one is kept alive (a CUDA graph captured
     before the growth still launches on it), zero, and the new one is zero too."""

@@ -123,8 +123,7 @@ def _gpu_specs():
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (28 cases: bench/gpu_check.sh gives the
-# quick run of every suite 180 s), channels_last unless marked NCHW ("contiguous":
+# --quick: bf16, a few shapes per set and pass (28 cases), channels_last unless marked NCHW ("contiguous":
 # ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or read in place (a 3x3, the
 # stem's forward and weight gradient, each beside its copied layouts: the stem reads
 # zero-padded copies of x by default, channels_last included).
@@ -154,8 +153,9 @@ def _cpu_specs():
 def _case(set_name, spec, dtype, layout, pass_name, device):
     tol = {torch.float32: 1e-2, torch.float16: 1e-2, torch.bfloat16: 3e-2}[dtype]
     extra = {"alternative": True} if layout.endswith("-in-place") else {}
+    note = "bias and relu in our conv's epilogue; torch: conv with bias, then relu" if spec.relu else ""
     return Case("conv2d", set_name, spec.shape, dtype, layout, pass_name, _setup(spec, dtype, layout, device, pass_name),
-                flops=spec.flops, atol=tol, rtol=tol, extra=extra)
+                flops=spec.flops, atol=tol, rtol=tol, note=note, extra=extra)
 
 
 def cases(device: str, quick: bool) -> list[Case]:

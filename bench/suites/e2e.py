@@ -10,7 +10,8 @@ train rows give the fused tails' share of the step. The "train-graphed" step is
 the host's (Python, launches), so that beside "train" it tells how much of a gap is
 host overhead.
 
-``Case.extra["images"]`` (the batch) makes the harness report images/s of both sides
+Each side's step is timed for about half a second a round (``Case.rep_ms``: tens of
+steps). ``Case.extra["images"]`` (the batch) makes the harness report images/s of both sides
 (``images_per_s``, ``torch_images_per_s``) from the same median times as the speedup,
 and the peak memory of one call of each side (``peak_mib``, ``torch_peak_mib``:
 ``bench.core.peak_mib``).
@@ -36,21 +37,26 @@ from nnlib import models
 from nnlib.models import reference
 
 BATCH, SIZE, CLASSES = 32, 224, 1000
+NOTES = {"train": "nnlib's ResNet: each block tail (bn, add, relu) one kernel; torch: three ops",
+         "train-graphed": "as train, both sides replayed from a CUDA graph",
+         "inference-fused": "nnlib.fuse: batch norms folded into the convolutions; torch's model unfolded"}
 
 
-def forward_flops(model: nn.Module, shape) -> int:
-    """Multiply-adds x 2 of the convolutions and linear layers for one forward pass of
-    ``model`` (built on the meta device: no data, no compute)."""
-    flops = 0
+def layer_flops(model: nn.Module, shape) -> dict[str, int]:
+    """Multiply-adds x 2 of each convolution and linear layer (by module name) for one
+    forward pass of ``model`` (built on the meta device: no data, no compute)."""
+    flops = {}
 
-    def hook(module, inputs, out):
-        nonlocal flops
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            flops += 2 * out.numel() * module.in_channels // module.groups * k
-        else:
-            flops += 2 * out.numel() * module.in_features
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    def hook(name):
+        def count(module, inputs, out):
+            if isinstance(module, nn.Conv2d):
+                k = module.kernel_size[0] * module.kernel_size[1]
+                flops[name] = 2 * out.numel() * module.in_channels // module.groups * k
+            else:
+                flops[name] = 2 * out.numel() * module.in_features
+        return count
+    handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
+               if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
         with torch.no_grad():
             model.eval()(torch.empty(shape, device="meta"))
@@ -58,6 +64,13 @@ def forward_flops(model: nn.Module, shape) -> int:
         for h in handles:
             h.remove()
     return flops
+
+
+def training_flops(flops: dict[str, int]) -> int:
+    """A training step's: each layer's forward, input gradient and weight gradient
+    (each as many as its forward), but the first convolution's input gradient (the
+    images do not require grad: neither side computes it)."""
+    return 3 * sum(flops.values()) - flops["conv1"]
 
 
 def _calibrate(model: nn.Module, x: torch.Tensor) -> None:
@@ -166,15 +179,15 @@ def cases(device: str, quick: bool) -> list[Case]:
         dtypes = [torch.float32]
         passes = ["inference"]
     with torch.device("meta"):
-        flops = forward_flops(build()[0], shape)
+        flops = layer_flops(build()[0], shape)
     out = []
     for dtype in dtypes:
         for pass_name in passes:
             # Logits after ~50 layers: TF32 (torch's default for cuDNN, followed by nnlib) or bf16 rounding.
             tol = 1e-1 if dtype == torch.bfloat16 else 3e-2
             case = Case(name, "e2e", shape, dtype, "channels_last", pass_name, setup=None,
-                        flops=3 * flops if pass_name.startswith("train") else flops, atol=tol, rtol=tol,
-                        extra={"images": shape[0]})
+                        flops=training_flops(flops) if pass_name.startswith("train") else sum(flops.values()),
+                        atol=tol, rtol=tol, rep_ms=500, note=NOTES.get(pass_name, ""), extra={"images": shape[0]})
             case.setup = _setup(case, build, shape, pass_name, device)
             out.append(case)
     return out

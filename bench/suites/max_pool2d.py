@@ -22,6 +22,8 @@ GPU_POOLS = [("resnet50-stem", (32, 64, 112, 112), 3, 2, 1)] + [
 QUICK_POOLS = [GPU_POOLS[0], GPU_POOLS[2]]
 # Forward is exact; backward sums overlapping windows (torch's CPU bf16 sum rounds at every step).
 CPU_POOLS = [("resnet50-stem", (2, 5, 13, 11), 3, 2, 1), ("vgg16", (2, 4, 12, 10), 2, 2, 0)]
+NOTES = {"forward": "torch's CUDA max_pool2d writes int64 indices too", "forward-train": "ours writes 1-byte window "
+         "codes, torch int64 indices", "backward": "ours reads 1-byte window codes, torch int64 indices"}
 
 
 def _setup(shape, kernel, stride, padding, dtype, layout, device, pass_name):
@@ -61,6 +63,6 @@ def cases(device: str, quick: bool) -> list[Case]:
                 for pass_name in passes:
                     out.append(Case("max_pool2d", set_name, shape, dtype, layout, pass_name,
                                     _setup(shape, kernel, stride, padding, dtype, layout, device, pass_name),
-                                    bytes=traffic[pass_name], kind="elementwise",
+                                    bytes=traffic[pass_name], kind="elementwise", note=NOTES[pass_name],
                                     extra={"kernel": kernel, "stride": stride, "padding": padding}))
     return out

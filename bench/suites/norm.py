@@ -1,6 +1,6 @@
 """batch / group / instance / layer norm at ResNet-50 activation shapes, forward and
-forward+backward, NCHW and channels_last, against torch (cuDNN batch norm for fp32
-and for fp16 / bf16 with fp32 parameters, native kernels otherwise); plus the
+forward+backward, NCHW and channels_last, against torch's default path for each
+(cuDNN where torch picks it, its native kernels otherwise); plus the
 ResNet block tail relu(bn(x) + identity) fused against torch's three ops; group
 norm under autocast (fp16 / bf16 x: CUDA autocast's float32 group norm, which
 torch runs on a float32 copy of x and nnlib on x itself); and on CUDA,
@@ -8,8 +8,11 @@ SyncBatchNorm's training step (statistics gathered across a group of one
 process) against torch's SyncBatchNorm function.
 
 Norms run in training mode (batch statistics; batch norm updates its running
-stats); group norm uses 32 groups, layer norm normalizes (C, H, W). fp16 / bf16
-inputs get fp32 parameters (mixed precision, as under autocast). ``bytes`` is
+stats); group norm uses 32 groups, layer norm normalizes (C, H, W). Batch and
+instance norm of fp16 / bf16 inputs get fp32 parameters (mixed precision, as
+under autocast); group and layer norm get parameters of the input's dtype
+(torch's CUDA kernels take no other: they raise "expected scalar type Half but
+found Float"; under autocast, which runs them in float32, fp32 ones). ``bytes`` is
 the minimal traffic (GB/s and % of copy bandwidth are computed from it): the
 forward reads x (and the residual) and writes y; the backward reads x and dy and
 writes dx (and the residual's gradient); y and dy are float32 under CUDA autocast. ``extra["kernel_bytes"]`` is what
@@ -20,6 +23,8 @@ the fused tail 4T + 7T), so a row shows both and their ratio
 from __future__ import annotations
 
 import atexit
+import datetime
+import os
 import socket
 
 import torch
@@ -65,6 +70,9 @@ NORMS = {
 }
 GPU_ONLY = {"sync_batch_norm"}
 LOW_PRECISION_ONLY = {"group_norm_autocast"}
+PARAMETERS_OF_INPUTS_DTYPE = {"group_norm", "layer_norm"}     # torch's CUDA kernels take no fp32 ones with fp16 x
+NOTES = {"bn_add_relu": "one kernel against torch's batch norm, add and relu",
+         "group_norm_autocast": "torch's time includes autocast's float32 copy of x; ours reads x as it is"}
 
 
 def _under_autocast(fn):
@@ -80,12 +88,16 @@ NORMS["group_norm_autocast"] = tuple(_under_autocast(fn) for fn in NORMS["group_
 
 def _one_process():
     """A process group of this process alone (initialised on first use, destroyed at
-    exit: NCCL warns of, and may wait on, a group left open)."""
+    exit: NCCL warns of, and may wait on, a group left open), bootstrapped over the
+    loopback interface, its collectives given a minute."""
     if not dist.is_initialized():
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
-        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")       # one process: its bootstrap stays on this host
+        # a hang in NCCL ends this case after a minute, not gpu_check's time box
+        dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
+                                timeout=datetime.timedelta(seconds=60))
         atexit.register(_destroy_group)
     return dist.group.WORLD
 
@@ -103,8 +115,9 @@ def _setup(op, shape, dtype, layout, device, backward):
         fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
         x = torch.randn(shape, dtype=dtype, device=device).contiguous(memory_format=fmt)
         affine = shape[1:] if op == "layer_norm" else (shape[1],)
-        w = torch.rand(affine, device=device) + 0.5          # fp32 parameters (mixed precision)
-        b = torch.randn(affine, device=device)
+        pdtype = dtype if op in PARAMETERS_OF_INPUTS_DTYPE else torch.float32
+        w = (torch.rand(affine, device=device) + 0.5).to(pdtype)
+        b = torch.randn(affine, device=device).to(pdtype)
         C = shape[1]
         state = {"rm": torch.zeros(C, device=device), "rv": torch.ones(C, device=device),
                  "rm_t": torch.zeros(C, device=device), "rv_t": torch.ones(C, device=device),
@@ -169,6 +182,7 @@ def cases(device: str, quick: bool) -> list[Case]:
                                         "forward+backward" if backward else "forward",
                                         _setup(op, shape, dtype, layout, device, backward), bytes=traffic,
                                         atol=5e-2 if low else 1e-3, rtol=2e-2 if low else 1e-3,
+                                        note=NOTES.get(op, ""),
                                         extra={"kernel_bytes": passes * size, "kernel_passes": passes,
                                                "minimal_passes": traffic // size}))
     return out
