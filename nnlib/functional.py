@@ -1,7 +1,8 @@
 """``torch.nn.functional``-compatible entry points: same names, same signatures,
-torch's exception classes (README lists the corners where they differ). Extensions (fused activation, residual) are keyword-only and off by
-default. Each function checks its arguments (the checks live in ``nnlib._checks``),
-then runs the Triton path, or torch's own function where ``nnlib.backend(input)``
+torch's exception classes (README lists the corners where they differ).
+Extensions (fused activation, residual) are keyword-only and off by default.
+Each function checks its arguments (the checks live in ``nnlib._checks``), then
+runs the Triton path, or torch's own function where ``nnlib.backend(input)``
 is "torch". Every other name of ``torch.nn.functional`` (softmax, linear, pad,
 ...) is torch's own, reached through this module, which can so replace it
 wholesale (``import nnlib.functional as F``).

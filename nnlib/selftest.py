@@ -191,7 +191,8 @@ def run_check(check: Check, dtype: torch.dtype, device: str, layout: str,
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nnlib.selftest", description=__doc__.split("\n\n")[0].replace("``", ""))
+    parser = argparse.ArgumentParser(prog="python -m nnlib.selftest",
+                                     description=__doc__.split("\n\n")[0].replace("``", ""))
     parser.add_argument("--quick", action="store_true",
                         help="float32 (contiguous) and bfloat16 (channels_last where the op takes it)")
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto",
