@@ -189,10 +189,10 @@ def conv2d(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
            dilation=1, groups=1, *, activation=None, negative_slope: float = 0.01) -> torch.Tensor:
     """2-D convolution of input (N, C, H, W) or (C, H, W) with weight
     (K, C/groups, kH, kW) and bias (K,): output (N, K, P, Q) (or (K, P, Q)) in the
-    input's dtype (autocast's under torch.autocast), channels_last when input or weight is. torch's arguments
-    (int or pair; padding 'valid' / 'same' too); ``activation`` None, "relu" or
-    "leaky_relu" (with ``negative_slope``) is applied after the bias, in the
-    kernel's epilogue."""
+    input's dtype (autocast's under torch.autocast), channels_last when input or
+    weight is. torch's arguments (int or pair; padding 'valid' / 'same' too);
+    ``activation`` None, "relu" or "leaky_relu" (with ``negative_slope``) is
+    applied after the bias, in the kernel's epilogue."""
     if has_torch_function_variadic(input, weight, bias):
         return handle_torch_function(conv2d, (input, weight, bias), input, weight, bias, stride, padding, dilation,
                                      groups, activation=activation, negative_slope=negative_slope)
@@ -303,7 +303,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
                                      momentum, eps, activation=activation, negative_slope=negative_slope,
                                      residual=residual, num_batches_tracked=num_batches_tracked)
     momentum, eps, code, slope = check_batch_norm(tensors, (training, momentum, eps, activation, negative_slope))
-    if num_batches_tracked is not None:     # the counter torch's module increments first
+    if num_batches_tracked is not None and num_batches_tracked.is_inference():     # torch's module counts first
         check_writable("batch_norm", num_batches_tracked=num_batches_tracked)
     if _on_torch_path(input):
         if num_batches_tracked is not None:     # as torch's module: count, then the factor (a host read)
@@ -329,7 +329,7 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
                                      activation=activation, negative_slope=negative_slope)
     momentum, eps, code, slope = check_instance_norm((input, running_mean, running_var, weight, bias),
                                                      (use_input_stats, momentum, eps, activation, negative_slope))
-    if use_input_stats:
+    if use_input_stats and running_mean is not None:
         check_writable("instance_norm", running_mean=running_mean, running_var=running_var)
     if _on_torch_path(input):
         out = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
