@@ -19,6 +19,17 @@ from kernels._runtime import count_launches
 from nnlib.testing import FLOAT_DTYPES, TOLERANCES, assert_close, tolerance  # noqa: F401 (re-exported)
 
 
+def exact_copy(t: torch.Tensor, cpu: bool = False) -> torch.Tensor:
+    """A copy with t's sizes, strides and overlaps (an expanded tensor stays
+    expanded), and its requires_grad; on the CPU with ``cpu`` (``.cpu()`` keeps a
+    dense layout only)."""
+    storage = t.detach().untyped_storage()
+    storage = storage.cpu() if cpu and t.device.type != "cpu" else storage.clone()
+    copy = torch.empty(0, dtype=t.dtype, device=storage.device)
+    copy.set_(storage, t.storage_offset(), t.shape, t.stride())
+    return copy.requires_grad_(t.requires_grad)
+
+
 def to_reference(t):
     """A float64 CPU leaf copy with the same requires_grad (non-tensors pass through)."""
     if not isinstance(t, torch.Tensor):

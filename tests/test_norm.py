@@ -22,7 +22,7 @@ from kernels._reduce import tickets
 from kernels._runtime import clear_plan_caches, count_launches, needs_int64
 from kernels.activation import activation_code
 from tests.reference import (FLOAT_DTYPES, assert_close, check_double_backward, check_op, check_raises_like_torch,
-                             device_ops, epilogue, make_input, rel_err)
+                             device_ops, epilogue, exact_copy, make_input, rel_err)
 
 
 def _params(C, dtype, device, affine=True, bias=True, shape=None):
@@ -528,18 +528,21 @@ def test_running_stats_of_a_tiny_momentum(momentum, device):
 
 
 def test_output_strides_as_torch(device):
-    """Output strides (cached per layout) are torch's in every layout, batch norm's
-    rule included: a non-contiguous channels_last-dense input whose suggested memory
-    format is contiguous still gives a channels_last output."""
+    """Output strides (cached per layout) are torch's CPU kernels' in every layout
+    (on every device: torch's CUDA group norm gives a contiguous output where its
+    CPU one keeps channels_last), batch norm's rule included: a non-contiguous
+    channels_last-dense input whose suggested memory format is contiguous still
+    gives a channels_last output."""
     ambiguous = torch.randn(4, device=device).as_strided((1, 2, 1, 2), (4, 1, 1, 2))
     inputs = [make_input((2, 4, 3, 5), torch.float32, device, layout)
               for layout in ("contiguous", "channels_last", "transposed", "sliced")] + [ambiguous]
     inputs += [torch.randn(shape, device=device) for shape in ((2, 4, 1, 1), (2, 1, 3, 5))]    # both formats at once
     for x in inputs:
-        pairs = [(F.batch_norm(x, None, None, training=True), TF.batch_norm(x, None, None, training=True)),
-                 (F.group_norm(x, 1), TF.group_norm(x, 1))]
+        cpu = exact_copy(x, cpu=True)
+        pairs = [(F.batch_norm(x, None, None, training=True), TF.batch_norm(cpu, None, None, training=True)),
+                 (F.group_norm(x, 1), TF.group_norm(cpu, 1))]
         if x[0, 0].numel() > 1:         # instance norm needs more than one value per instance
-            pairs.append((F.instance_norm(x), TF.instance_norm(x)))
+            pairs.append((F.instance_norm(x), TF.instance_norm(cpu)))
         for ours, theirs in pairs:
             assert ours.stride() == theirs.stride(), (x.shape, x.stride())
 

@@ -272,9 +272,14 @@ def test_max_pool2d_with_indices(device):
 
 
 def test_torch_path(device):
-    """float64 and integer inputs take torch's own max_pool2d (the fused relu too)."""
-    for x in (torch.randn(2, 3, 7, 8, dtype=torch.float64, device=device),
-              torch.randint(-5, 5, (2, 3, 7, 8), device=device)):
+    """float64 and integer inputs take torch's own max_pool2d (the fused relu too),
+    which on CUDA has no integer kernel (NotImplementedError, as torch's)."""
+    integers = torch.randint(-5, 5, (2, 3, 7, 8), device=device)
+    if integers.is_cuda:
+        with count_launches() as launches, pytest.raises(NotImplementedError):
+            F.max_pool2d(integers, 3, 2, 1, return_indices=True, activation="relu")
+        assert launches.total == 0
+    for x in [torch.randn(2, 3, 7, 8, dtype=torch.float64, device=device)] + [integers] * (not integers.is_cuda):
         with count_launches() as launches:
             y, idx = F.max_pool2d(x, 3, 2, 1, return_indices=True, activation="relu")
             y2 = F.max_pool2d_with_indices(x, 2)

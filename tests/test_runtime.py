@@ -314,6 +314,8 @@ def direct_launches(monkeypatch):
         clear_plan_caches()     # their launches are bound to the stand-ins
 
 
+@pytest.mark.skipif(not interpreting(), reason="stands in for a GPU's direct launches in the interpreter; on a GPU "
+                    "`python -m bench.launches` checks the real ones")
 def test_direct_launches_reuse_only_kernels_of_their_specialisation(direct_launches):
     """On a GPU a bound launch (conv and the stem's padded copies, norms, activations,
     prelu, max pool and its double backward) reuses the kernel Triton compiled for
