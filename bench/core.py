@@ -10,6 +10,7 @@ interpreter and is checked against torch.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import importlib
 import json
@@ -185,13 +186,14 @@ def _settings(meta: dict) -> str:
     return "".join(f", {k} {meta[k]}" for k in keys if k in meta)
 
 
-def cases_timed(meta: dict) -> str:
-    """"i of n" over the runs that wrote the results (``--append`` adds runs)."""
-    runs = meta.get("runs", [])
-    return f"{sum(r['done'] for r in runs)} of {sum(r['cases'] for r in runs)}"
+def _of_cases(meta: dict) -> str:
+    """" of n": the cases of the suites run (``meta["runs"]``, one entry per suite list)."""
+    runs = meta.get("runs", {}).values()
+    return f" of {sum(r['cases'] for r in runs)}" if runs else ""
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    runs = list(meta.get("runs", {}).values())
     lines = [f"# nnlib benchmark: {meta['gpu']}, {meta['date']}", "",
              f"torch {meta['torch']}, triton {meta['triton']}{_settings(meta)}. Baseline: torch with "
              "cudnn.benchmark = True and the same tf32 policy. Each side timed twice, interleaved with the "
@@ -202,9 +204,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "\"train-graphed\". Speedup: torch ms / ours ms (above 1: nnlib is faster).", "",
              f"Ceilings measured in this run: copy {meta['ceilings']['copy_gbps']:.0f} GB/s, "
              f"bf16 matmul {meta['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s. "
-             f"Cases timed: {cases_timed(meta) if 'runs' in meta else len(rows)}"
+             f"Cases run: {len(rows)}{_of_cases(meta)}"
              + (" (quick run: a few shapes per suite, the suites' QUICK lists; the geomeans cover these rows "
-                "only)." if meta.get("quick") else ".")]
+                "only)." if runs and all(r["quick"] for r in runs) else ".")]
     for stop in meta.get("aborted", []):
         lines += ["", f"Run stopped: {stop}."]
     lines += ["", "| op | set | shape | dtype | layout | pass | ours ms | torch ms | speedup | spread | GB/s | "
@@ -297,18 +299,21 @@ def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) 
     os.makedirs(out_dir, exist_ok=True)
     stem = os.path.join(out_dir, f"{gpu.replace(' ', '_').replace('/', '_')}-{date}")
     earlier = _load(stem) if append else None
-    if earlier is None:
+    if earlier is None:     # a report started over: nothing of an earlier one left beside it
+        for suffix in (".json", ".md", ".png"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stem + suffix)
         print(f"{gpu}: measuring ceilings...", flush=True)
-        meta = {**run_meta(gpu, date), "ceilings": measure_ceilings(device), "quick": quick, "runs": []}
+        meta = {**run_meta(gpu, date), "ceilings": measure_ceilings(device), "runs": {}}
         rows = []
-    else:       # the same GPU and day: this run's cases replace their earlier rows, the ceilings are kept
-        meta, ids = earlier["meta"], {case.id for case in cases}
-        rows = [r for r in earlier["rows"] if r["id"] not in ids]
+    else:       # the same GPU and day: the ceilings kept, each case's row replaced as the case ends
+        meta, rows = earlier["meta"], earlier["rows"]
     ceilings = meta["ceilings"]
     print(f"copy {ceilings['copy_gbps']:.0f} GB/s, bf16 matmul {ceilings['bf16_matmul_tflops']:.0f} TFLOP/s",
           flush=True)
-    this_run = {"ops": ops, "cases": len(cases), "done": 0}
-    meta["runs"].append(this_run)
+    this_run = {"quick": quick, "cases": len(cases), "done": 0}
+    meta["runs"][",".join(ops or suite_names())] = this_run      # suites run again: their entry replaced
+    at = {r["id"]: i for i, r in enumerate(rows)}
     for i, case in enumerate(cases, 1):
         lost = None
         try:
@@ -323,7 +328,11 @@ def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) 
             lost = context_lost(exc)
         if not lost:
             torch.cuda.empty_cache()
-        rows.append(row)
+        if case.id in at:
+            rows[at[case.id]] = row
+        else:
+            at[case.id] = len(rows)
+            rows.append(row)
         print(f"[{i}/{len(cases)}] {case.id}: {msg}", flush=True)
         # saved after every case: a run stopped early (gpu_check's time box) keeps its rows
         this_run["done"] = i
@@ -352,21 +361,31 @@ def run_meta(gpu: str, date: str) -> dict:
             "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32}
 
 
+# CUDA's sticky errors: after one the context is unusable, and every later case would fail alike
+# (out of memory, cuBLAS's allocation failures, an invalid launch configuration are not sticky).
+_STICKY_ERRORS = ("illegal memory access", "illegal address", "illegal instruction", "misaligned address",
+                  "device-side assert", "unspecified launch failure")
+
+
 def context_lost(exc: Exception) -> bool:
-    """An error after which the CUDA context is unusable (an illegal address, a
-    device-side assert: CUDA's sticky errors), so that every later case would fail
-    alike. Out-of-memory is not one (torch raises OutOfMemoryError, "CUDA out of
-    memory")."""
-    return type(exc).__name__ == "AcceleratorError" or any(
-        text in str(exc) for text in ("CUDA error", "device-side assert", "illegal memory access"))
+    """Whether ``exc`` is one of CUDA's sticky errors."""
+    return any(text in str(exc) for text in _STICKY_ERRORS)
 
 
 def _load(stem: str) -> dict | None:
+    """The report this GPU wrote today, or None: none, or one unreadable or of an
+    older format (started over)."""
     try:
         with open(stem + ".json") as f:
-            return json.load(f)
+            saved = json.load(f)
     except FileNotFoundError:
         return None
+    except ValueError:
+        saved = None
+    if not isinstance(saved, dict) or not isinstance(saved.get("meta", {}).get("runs"), dict):
+        print(f"{stem}.json is unreadable or of an older format: the report starts over", flush=True)
+        return None
+    return saved
 
 
 def _save(stem: str, meta: dict, rows: list[dict]) -> None:

@@ -303,7 +303,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
                                      momentum, eps, activation=activation, negative_slope=negative_slope,
                                      residual=residual, num_batches_tracked=num_batches_tracked)
     momentum, eps, code, slope = check_batch_norm(tensors, (training, momentum, eps, activation, negative_slope))
-    if num_batches_tracked is not None and num_batches_tracked.is_inference():     # torch's module counts first
+    if num_batches_tracked is not None:     # the counter torch's module increments first
         check_writable("batch_norm", num_batches_tracked=num_batches_tracked)
     if _on_torch_path(input):
         if num_batches_tracked is not None:     # as torch's module: count, then the factor (a host read)

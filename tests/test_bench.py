@@ -108,8 +108,8 @@ def test_gpu_run_keeps_its_rows_when_stopped_early(tmp_path, monkeypatch):
         core.run(["conv2d"], True, str(tmp_path))
     (result,) = tmp_path.glob("Fake_GPU-*.json")
     saved = json.loads(result.read_text())
-    assert [r["id"] for r in saved["rows"]] == timed and saved["meta"]["runs"][0]["done"] == 2
-    assert f"Cases timed: 2 of {total} (quick run" in result.with_suffix(".md").read_text()
+    assert [r["id"] for r in saved["rows"]] == timed and saved["meta"]["runs"]["conv2d"]["done"] == 2
+    assert f"Cases run: 2 of {total} (quick run" in result.with_suffix(".md").read_text()
     assert not list(tmp_path.glob("*.tmp"))
 
 
@@ -134,31 +134,47 @@ def _fake_row(core, case, speedup=2.0):
 def test_gpu_runs_of_one_suite_each_append_to_one_report(tmp_path, monkeypatch):
     """gpu_check runs each suite in a process of its own with ``--append``: one JSON
     and Markdown for the GPU and day, the ceilings measured once, a case timed again
-    replacing its row, a run without --append starting over."""
+    replacing its row when it ends (a rerun stopped early keeps the rows it did
+    not reach), a run without --append, or a report of an older format, starting
+    over."""
     import json
     from bench import core
     measured = _fake_gpu(monkeypatch, core)
-    speedup = {"now": 2.0}
-    monkeypatch.setattr(core, "time_case", lambda case, ceilings: _fake_row(core, case, speedup["now"]))
+    speedup = {"now": 2.0, "stop_after": None}
+    timed = []
+
+    def time_case(case, ceilings):
+        if len(timed) == speedup["stop_after"]:
+            raise SystemExit("time box")
+        timed.append(case.id)
+        return _fake_row(core, case, speedup["now"])
+    monkeypatch.setattr(core, "time_case", time_case)
     pool, act = (core.collect([suite], "cuda", True) for suite in ("max_pool2d", "activation"))
     assert core.run(["max_pool2d"], True, str(tmp_path), append=True) == 0
     assert core.run(["activation"], True, str(tmp_path), append=True) == 0
-    speedup["now"] = 3.0
-    assert core.run(["max_pool2d"], True, str(tmp_path), append=True) == 0     # again: its rows replaced
+    speedup.update(now=3.0, stop_after=len(timed) + 2)
+    with pytest.raises(SystemExit):     # max_pool2d again, stopped after two cases
+        core.run(["max_pool2d"], True, str(tmp_path), append=True)
     (result,) = tmp_path.glob("Fake_GPU-*.json")
     saved = json.loads(result.read_text())
-    assert [r["id"] for r in saved["rows"]] == [c.id for c in act + pool] and len(measured) == 1
-    assert [r["speedup"] for r in saved["rows"]] == [2.0] * len(act) + [3.0] * len(pool)
-    total = 2 * len(pool) + len(act)
-    assert f"Cases timed: {total} of {total}" in result.with_suffix(".md").read_text()
+    assert [r["id"] for r in saved["rows"]] == [c.id for c in pool + act] and len(measured) == 1
+    assert [r["speedup"] for r in saved["rows"]] == [3.0] * 2 + [2.0] * (len(pool) - 2 + len(act))
+    total = len(pool) + len(act)
+    assert f"Cases run: {total} of {total} (quick run" in result.with_suffix(".md").read_text()
+    speedup["stop_after"] = None
     assert core.run(["activation"], True, str(tmp_path)) == 0
     assert len(json.loads(result.read_text())["rows"]) == len(act) and len(measured) == 2
+    saved = json.loads(result.read_text())
+    del saved["meta"]["runs"]       # a report of before ``runs``
+    result.write_text(json.dumps(saved))
+    assert core.run(["max_pool2d"], True, str(tmp_path), append=True) == 0
+    assert len(json.loads(result.read_text())["rows"]) == len(pool) and len(measured) == 3
 
 
 def test_gpu_run_stops_when_the_cuda_context_is_lost(tmp_path, monkeypatch):
     """After a sticky CUDA error (an illegal address) every later case would fail
     alike: the run records the case, says why it stopped and stops; an error that
-    leaves the context usable (out of memory) does not stop it."""
+    leaves the context usable (out of memory, cuBLAS's) does not stop it."""
     import json
     from bench import core
     _fake_gpu(monkeypatch, core)
@@ -168,14 +184,16 @@ def test_gpu_run_stops_when_the_cuda_context_is_lost(tmp_path, monkeypatch):
         calls.append(case.id)
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        if len(calls) == 3:
+        if len(calls) == 2:
+            raise RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`")
+        if len(calls) == 4:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return _fake_row(core, case)
     monkeypatch.setattr(core, "time_case", time_case)
     assert core.run(["activation"], True, str(tmp_path)) == 1
     (result,) = tmp_path.glob("Fake_GPU-*.json")
     saved = json.loads(result.read_text())
-    assert len(calls) == 3 and len(saved["rows"]) == 3 and "illegal memory access" in saved["meta"]["aborted"][0]
+    assert len(calls) == 4 and len(saved["rows"]) == 4 and "illegal memory access" in saved["meta"]["aborted"][0]
     assert "Run stopped: " in result.with_suffix(".md").read_text()
 
 
@@ -228,4 +246,4 @@ def test_resnet50_flops():
         flops = layer_flops(reference.resnet50(1000), (1, 3, 224, 224))
     assert len(flops) == 54 and round(sum(flops.values()) / 2e9, 2) == 4.09
     assert flops["conv1"] == 2 * 112 * 112 * 64 * 3 * 7 * 7
-    assert training_flops(flops) == 3 * sum(flops.values()) - flops["conv1"]
+    assert training_flops(flops) == 3 * 8_178_368_512 - 236_027_904

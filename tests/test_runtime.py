@@ -201,7 +201,7 @@ def test_data_the_kernels_do_not_take_goes_to_torch(dtype, device):
 def test_threads_launch_at_once(device):
     """A module called from several threads at once gives each its result: under the
     interpreter (which patches triton.language for each launch) the launches take
-    turns; on a GPU they go to the threads' streams."""
+    turns; on a GPU they share the default stream."""
     import threading
     torch.manual_seed(0)
     conv = nnlib.Conv2d(3, 4, 3, padding=1).to(device)

@@ -51,9 +51,10 @@ def layer_flops(model: nn.Module, shape) -> dict[str, int]:
         def count(module, inputs, out):
             if isinstance(module, nn.Conv2d):
                 k = module.kernel_size[0] * module.kernel_size[1]
-                flops[name] = 2 * out.numel() * module.in_channels // module.groups * k
+                count = 2 * out.numel() * module.in_channels // module.groups * k
             else:
-                flops[name] = 2 * out.numel() * module.in_features
+                count = 2 * out.numel() * module.in_features
+            flops[name] = flops.get(name, 0) + count      # a module called twice counts twice
         return count
     handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]

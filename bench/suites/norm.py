@@ -89,13 +89,15 @@ NORMS["group_norm_autocast"] = tuple(_under_autocast(fn) for fn in NORMS["group_
 def _one_process():
     """A process group of this process alone (initialised on first use, destroyed at
     exit: NCCL warns of, and may wait on, a group left open), bootstrapped over the
-    loopback interface, its collectives given a minute."""
+    loopback interface, its collectives given a minute (then NCCL's watchdog ends
+    the process)."""
     if not dist.is_initialized():
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         os.environ.setdefault("NCCL_SOCKET_IFNAME", "lo")       # one process: its bootstrap stays on this host
-        # a hang in NCCL ends this case after a minute, not gpu_check's time box
+        # a collective that hangs: NCCL's watchdog ends the process (gpu_check runs a process per suite,
+        # so the norm suite's) after a minute, not at the end of gpu_check's time box
         dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1,
                                 timeout=datetime.timedelta(seconds=60))
         atexit.register(_destroy_group)
