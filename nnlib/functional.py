@@ -3,9 +3,11 @@ torch's exception classes (README lists the corners where they differ).
 Extensions (fused activation, residual) are keyword-only and off by default.
 Each function checks its arguments (the checks live in ``nnlib._checks``), then
 runs the Triton path, or torch's own function where ``nnlib.backend(input)``
-is "torch". Every other name of ``torch.nn.functional`` (softmax, linear, pad,
-...) is torch's own, reached through this module, which can so replace it
-wholesale (``import nnlib.functional as F``).
+is "torch" and under torch.func transforms, forward-mode AD and
+``torch.jit.trace`` (``_on_torch_path``). Every other name of
+``torch.nn.functional`` (softmax, linear, pad, ...) is torch's own, reached
+through this module, which can so replace it wholesale (``import
+nnlib.functional as F``).
 """
 from __future__ import annotations
 
