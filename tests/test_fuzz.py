@@ -134,9 +134,9 @@ def _assert_same_result(out, expected, dtype: torch.dtype, kind: str, name: str)
 
 def check_errors(ours, reference, inputs: list, kind: str) -> None:
     """torch's call on exact copies of the tensors (layouts and overlaps kept;
-    ``_oracle_copies``) decides. If it raises, ours raises the same exception class, before any
-    launch and without writing any tensor; if it returns, ours returns the same
-    (outputs and what it wrote in place)."""
+    ``_oracle_copies``) decides. If it raises, ours raises the same exception
+    class, before any launch and without writing any tensor; if it returns, ours
+    returns the same (outputs and what it wrote in place)."""
     copies = _oracle_copies(inputs)
     try:
         expected, error = reference(*copies), None

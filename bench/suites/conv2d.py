@@ -123,8 +123,8 @@ def _gpu_specs():
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (28 cases), channels_last unless marked NCHW ("contiguous":
-# ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or read in place (a 3x3, the
+# --quick: bf16, a few shapes per set and pass (28 cases), channels_last unless marked NCHW
+# ("contiguous": ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or read in place (a 3x3, the
 # stem's forward and weight gradient, each beside its copied layouts: the stem reads
 # zero-padded copies of x by default, channels_last included).
 QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6, "forward"),

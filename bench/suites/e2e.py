@@ -48,14 +48,14 @@ def layer_flops(model: nn.Module, shape) -> dict[str, int]:
     flops = {}
 
     def hook(name):
-        def count(module, inputs, out):
+        def add(module, inputs, out):
             if isinstance(module, nn.Conv2d):
                 k = module.kernel_size[0] * module.kernel_size[1]
-                count = 2 * out.numel() * module.in_channels // module.groups * k
+                n = 2 * out.numel() * module.in_channels // module.groups * k
             else:
-                count = 2 * out.numel() * module.in_features
-            flops[name] = flops.get(name, 0) + count      # a module called twice counts twice
-        return count
+                n = 2 * out.numel() * module.in_features
+            flops[name] = flops.get(name, 0) + n      # a module called twice counts twice
+        return add
     handles = [m.register_forward_hook(hook(name)) for name, m in model.named_modules()
                if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
