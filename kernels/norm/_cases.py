@@ -23,15 +23,19 @@ _TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", 
 @contextlib.contextmanager
 def _recording(records: list):
     """Every launch inside (of any kernel) is recorded as (kernel, arguments by
-    name) instead of run, and the norms plan for the GPU."""
+    name) instead of run, and the norms plan for the GPU. Launch plans are built
+    afresh inside and after, and bind no direct launch (which would go to the GPU
+    past ``_run``: on a GPU machine, or with a CUDA build of torch and no GPU)."""
     def record(kernel, name, grid, args, options):
         records.append((kernel, {**dict(zip(kernel_parameters(kernel), args)), **options}))
-    saved = _runtime._run, ops.interpreting
-    _runtime._run, ops.interpreting = record, (lambda: False)
+    saved = _runtime._run, _runtime._DIRECT, ops.interpreting
+    _runtime._run, _runtime._DIRECT, ops.interpreting = record, False, (lambda: False)
+    _runtime.clear_plan_caches()
     try:
         yield
     finally:
-        _runtime._run, ops.interpreting = saved
+        _runtime._run, _runtime._DIRECT, ops.interpreting = saved
+        _runtime.clear_plan_caches()
 
 
 def _constexpr_names(kernel) -> set:
