@@ -210,23 +210,23 @@ def check_inplace(input: torch.Tensor, op: str) -> None:
             if input._base.is_leaf:
                 raise RuntimeError(f"{op}(): a view of a leaf Variable that requires grad is being used in an "
                                    "in-place operation.")
-    check_writable(op, input=input)
+    check_writable(input, op, "input")
 
 
-def check_writable(op: str, **tensors) -> None:
-    """Tensors (or None) that an op writes in place, refused as torch's in-place ops
-    refuse them (RuntimeError), before anything is written: an inference tensor
+def check_writable(t: torch.Tensor | None, op: str, name: str) -> None:
+    """A tensor (or None) that an op writes in place, refused as torch's in-place ops
+    refuse it (RuntimeError), before anything is written: an inference tensor
     outside inference mode, then one element stored for several (a stride-0 dim)."""
-    for name, t in tensors.items():
-        if t is None or tracing(t):
-            continue
-        if t.is_inference() and not torch.is_inference_mode_enabled():
-            raise RuntimeError(f"{op}(): '{name}' is an inference tensor: an in-place update outside InferenceMode "
-                               "is not allowed. Clone it first, or run under torch.inference_mode().")
-        if t.numel() and any(stride == 0 and size > 1 for size, stride in zip(t.shape, t.stride())):
-            raise RuntimeError(f"{op}(): unsupported operation: more than one element of the written-to tensor "
-                               f"'{name}' refers to a single memory location. Please clone() the tensor before "
-                               "performing the operation.")
+    if t is None or tracing(t):
+        return
+    if t.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(f"{op}(): '{name}' is an inference tensor: an in-place update outside InferenceMode "
+                           "is not allowed. Clone it first, or run under torch.inference_mode().")
+    strides = t.stride()
+    if 0 in strides and t.numel() and any(stride == 0 and size > 1 for size, stride in zip(t.shape, strides)):
+        raise RuntimeError(f"{op}(): unsupported operation: more than one element of the written-to tensor "
+                           f"'{name}' refers to a single memory location. Please clone() the tensor before "
+                           "performing the operation.")
 
 
 # Views autograd does not let an in-place op rebase (torch's CreationMeta).

@@ -306,7 +306,7 @@ def batch_norm(input: torch.Tensor, running_mean: torch.Tensor | None, running_v
                                      residual=residual, num_batches_tracked=num_batches_tracked)
     momentum, eps, code, slope = check_batch_norm(tensors, (training, momentum, eps, activation, negative_slope))
     if num_batches_tracked is not None:     # the counter torch's module increments first
-        check_writable("batch_norm", num_batches_tracked=num_batches_tracked)
+        check_writable(num_batches_tracked, "batch_norm", "num_batches_tracked")
     if _on_torch_path(input):
         if num_batches_tracked is not None:     # as torch's module: count, then the factor (a host read)
             num_batches_tracked.add_(1)
@@ -332,7 +332,8 @@ def instance_norm(input: torch.Tensor, running_mean: torch.Tensor | None = None,
     momentum, eps, code, slope = check_instance_norm((input, running_mean, running_var, weight, bias),
                                                      (use_input_stats, momentum, eps, activation, negative_slope))
     if use_input_stats and running_mean is not None:
-        check_writable("instance_norm", running_mean=running_mean, running_var=running_var)
+        check_writable(running_mean, "instance_norm", "running_mean")
+        check_writable(running_var, "instance_norm", "running_var")
     if _on_torch_path(input):
         out = F.instance_norm(input, running_mean, running_var, weight, bias, use_input_stats, momentum, eps)
         return _torch_epilogue(out, activation, slope)

@@ -234,7 +234,7 @@ class SyncBatchNorm(_BatchNorm, torch.nn.SyncBatchNorm):
         check_norm_dtype(input, op)
         tracking = self.track_running_stats and self.num_batches_tracked is not None
         if tracking:        # the counter torch's module increments first
-            check_writable(op, num_batches_tracked=self.num_batches_tracked)
+            check_writable(self.num_batches_tracked, op, "num_batches_tracked")
         return sync_batch_norm(input, self.running_mean if self.track_running_stats else None,
                                self.running_var if self.track_running_stats else None, self.weight, self.bias,
                                self.momentum if tracking or self.momentum is not None else 0.0, self.eps, group,
