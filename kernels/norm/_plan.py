@@ -94,8 +94,11 @@ def _mergeable(layouts, lead: int, chan: int) -> bool:
 
 def mergeable(t: torch.Tensor, geom: Geometry) -> bool:
     """True when the kernels can read ``t`` as (N, C, S) through strides (no copy):
-    always when ``t`` is contiguous, else per its layout (cached)."""
-    return t.is_contiguous() or _mergeable((t,), geom.lead, geom.chan)
+    always when ``t`` is contiguous, or channels_last with one dim each for N and C
+    (its (H, W) merge), else per its layout (cached)."""
+    return (t.is_contiguous()
+            or (geom.lead == 1 and geom.chan == 1 and t.is_contiguous(memory_format=torch.channels_last))
+            or _mergeable((t,), geom.lead, geom.chan))
 
 
 def ncs_views(layouts, geom: Geometry):
