@@ -207,8 +207,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
              f"Cases run: {len(rows)}{_of_cases(meta)}"
              + (" (quick run: a few shapes per suite, the suites' QUICK lists; the geomeans cover these rows "
                 "only)." if runs and all(r["quick"] for r in runs) else ".")]
-    for stop in meta.get("aborted", []):
-        lines += ["", f"Run stopped: {stop}."]
+    for suites, entry in meta.get("runs", {}).items():
+        if entry.get("stopped"):
+            lines += ["", f"The run of {suites} stopped: {entry['stopped']}."]
     lines += ["", "| op | set | shape | dtype | layout | pass | ours ms | torch ms | speedup | spread | GB/s | "
               "% copy | TFLOP/s | % of bf16 matmul | note |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -314,6 +315,7 @@ def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) 
     this_run = {"quick": quick, "cases": len(cases), "done": 0}
     meta["runs"][",".join(ops or suite_names())] = this_run      # suites run again: their entry replaced
     at = {r["id"]: i for i, r in enumerate(rows)}
+    failed = 0
     for i, case in enumerate(cases, 1):
         lost = None
         try:
@@ -325,7 +327,7 @@ def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) 
             row = row_of(case)
             row["error"] = str(exc).splitlines()[0][:300]
             msg = f"ERROR {row['error']}"
-            lost = context_lost(exc)
+            lost, failed = context_lost(exc), failed + 1
         if not lost:
             torch.cuda.empty_cache()
         if case.id in at:
@@ -337,19 +339,17 @@ def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) 
         # saved after every case: a run stopped early (gpu_check's time box) keeps its rows
         this_run["done"] = i
         if lost:
-            stop = f"{case.id} lost the CUDA context ({row['error']}); the run's cases after it did not run"
-            meta.setdefault("aborted", []).append(stop)
+            this_run["stopped"] = f"{case.id} lost the CUDA context ({row['error']}); the cases after it did not run"
         _save(stem, meta, rows)
         if lost:
-            print(stop, flush=True)
+            print(this_run["stopped"], flush=True)
             break
     try:
         plot(rows, stem + ".png", f"nnlib vs torch, {gpu}, {date}")
         print(f"wrote {stem}.json / .md / .png")
     except ImportError as exc:
         print(f"wrote {stem}.json / .md (no plot: {exc})")
-    errors = sum("error" in r for r in rows)
-    return 1 if errors else 0
+    return 1 if failed else 0
 
 
 def run_meta(gpu: str, date: str) -> dict:

@@ -193,8 +193,13 @@ def test_gpu_run_stops_when_the_cuda_context_is_lost(tmp_path, monkeypatch):
     assert core.run(["activation"], True, str(tmp_path)) == 1
     (result,) = tmp_path.glob("Fake_GPU-*.json")
     saved = json.loads(result.read_text())
-    assert len(calls) == 4 and len(saved["rows"]) == 4 and "illegal memory access" in saved["meta"]["aborted"][0]
-    assert "Run stopped: " in result.with_suffix(".md").read_text()
+    assert len(calls) == 4 and len(saved["rows"]) == 4
+    assert "illegal memory access" in saved["meta"]["runs"]["activation"]["stopped"]
+    assert "The run of activation stopped: " in result.with_suffix(".md").read_text()
+    monkeypatch.setattr(core, "time_case", lambda case, ceilings: _fake_row(core, case))
+    assert core.run(["max_pool2d"], True, str(tmp_path), append=True) == 0      # its own cases passed
+    assert core.run(["activation"], True, str(tmp_path), append=True) == 0      # rerun: the stop is gone
+    assert "stopped" not in result.with_suffix(".md").read_text()
 
 
 def test_sides_are_timed_twice_interleaved(monkeypatch):
