@@ -69,13 +69,14 @@ def assert_like_torch(out, expected) -> None:
 
 def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: bool = True, written: tuple = (),
                  inplace: bool = False, double_backward: str | None = None, grad_scale: float = 1.0,
-                 backward_launch: bool = True, fused_activation: bool = False) -> None:
+                 backward_launch: bool = True, fused_activation: bool = False, connected: bool = True) -> None:
     """``check_op`` (outputs and gradients against float64 torch, ``grad_scale``
     widening the gradients' atol), then: shapes, dtypes and strides against
     torch's own call in the inputs' dtypes (``inplace``: the output is the input
     instead); the tensors at ``written`` (running stats) against the reference's;
     with ``double_backward`` ("kernels": the second backward launches Triton
-    kernels, "torch-ops": it need not), ``check_double_backward``;
+    kernels, "torch-ops": it need not), ``check_double_backward`` (``connected``:
+    its second gradients None exactly where torch's are);
     ``backward_launch`` False: the backward need launch nothing (a residual's
     gradient is the output's own); ``fused_activation``: ``check_op``'s ``kinks``."""
     if not inplace:
@@ -106,7 +107,8 @@ def check_values(ours, reference, inputs: list, kind: str, *, expect_launch: boo
         assert_close(inputs[i], reference_written[i], coarsest(inputs[0].dtype, inputs[i].dtype), kind,
                      f"input {i} after the call")
     if double_backward:
-        check_double_backward(ours, reference, inputs, kind, grad_scale, expect_launch=double_backward == "kernels")
+        check_double_backward(ours, reference, inputs, kind, grad_scale, expect_launch=double_backward == "kernels",
+                              connected=connected)
 
 
 def _torch_misses_too(reference, inputs: list, kind: str, grad_scale: float, rng: torch.Tensor,

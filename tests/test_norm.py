@@ -1115,6 +1115,33 @@ def _bad_calls(device):
     }
 
 
+def _weight_only_calls(device):
+    """name -> (ours(x, w), torch's(x, w), the weight's shape) for x (2, 6, 3, 4)."""
+    def running(x):
+        return torch.zeros(6, dtype=x.dtype, device=device), torch.ones(6, dtype=x.dtype, device=device)
+    return {
+        "batch_norm": (lambda x, w: F.batch_norm(x, None, None, w, None, True),
+                       lambda x, w: TF.batch_norm(x, None, None, w, None, True), (6,)),
+        "batch_norm-eval": (lambda x, w: F.batch_norm(x, *running(x), w, None, False),
+                            lambda x, w: TF.batch_norm(x, *running(x), w, None, False), (6,)),
+        "instance_norm": (lambda x, w: F.instance_norm(x, weight=w), lambda x, w: TF.instance_norm(x, weight=w), (6,)),
+        "group_norm": (lambda x, w: F.group_norm(x, 3, w), lambda x, w: TF.group_norm(x, 3, w), (6,)),
+        "layer_norm": (lambda x, w: F.layer_norm(x, (3, 4), w), lambda x, w: TF.layer_norm(x, (3, 4), w), (3, 4)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_weight_only_calls("cpu")))
+def test_second_derivative_of_the_weight_alone_is_none(name, device):
+    """Without an activation only dx reads the weight: where x takes no gradient, the
+    weight's gradient does not depend on the weight, and its second derivative is
+    None, as torch's (zeros would count as a gradient: an optimizer's weight decay
+    would move the weight)."""
+    ours, theirs, shape = _weight_only_calls(device)[name]
+    x = torch.randn(2, 6, 3, 4, device=device)
+    w = (torch.rand(shape, device=device) + 0.5).requires_grad_()
+    check_double_backward(ours, theirs, [x, w], "reduction", expect_launch=False)
+
+
 INFERENCE_MODE_NORMS = {
     "BatchNorm2d": lambda lib: lib.BatchNorm2d(3),
     "BatchNorm2d-cumulative": lambda lib: lib.BatchNorm2d(3, momentum=None),

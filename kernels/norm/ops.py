@@ -644,13 +644,16 @@ def _gradients_backward(ctx, *grad_grads):
     _, pullback = torch.func.vjp(first_derivatives, *(saved[i] for i in present))
     second = iter(pullback(tuple(grad_grads[i] for i in wanted)))
     grads = [next(second) if t is not None else None for t in saved[:5]]
-    # Without an activation no first derivative reads the bias, and with constant
-    # statistics only dw reads x: None there, as torch (vjp's zeros would count as a
-    # gradient, for an optimizer's weight decay too). The output (read for its mask) gets
-    # vjp's zeros: torch's relu gives its input zeros, which reach the residual.
+    # Without an activation no first derivative reads the bias, only dx reads the weight,
+    # and with constant statistics only dw reads x: None there, as torch (vjp's zeros
+    # would count as a gradient, for an optimizer's weight decay too). The output (read
+    # for its mask) gets vjp's zeros: torch's relu gives its input zeros, which reach the
+    # residual.
     _, _, _, _, batch_stats, _, activation, _ = args
     if activation == ACT_NONE.value:
         grads[3] = None
+        if 0 not in wanted:
+            grads[2] = None
         if not batch_stats and 1 not in wanted:
             grads[1] = None
     return *grads, *([None] * 15)
