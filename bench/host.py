@@ -46,7 +46,7 @@ from kernels._library import LaunchersInSight
 from kernels._runtime import count_launches, dry_run
 from nnlib.models import reference
 
-__all__ = ["OpCounts", "count_ops", "host_us", "floor_call", "cases", "measure", "main"]
+__all__ = ["OpCounts", "DeviceOps", "count_ops", "host_us", "floor_call", "cases", "measure", "main"]
 
 
 # ---------------------------------------------------------------------------
@@ -67,9 +67,10 @@ class OpCounts:
 _ALLOCATING = {"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"}
 
 
-class _DeviceOps(LaunchersInSight, TorchDispatchMode):
-    """Counts the aten ops that do device work (not views, not bare allocations)
-    and the new storages every op returns."""
+class DeviceOps(LaunchersInSight, TorchDispatchMode):
+    """Counts the aten ops that do device work (not views, not bare allocations),
+    by name in ``ops``, and in ``allocations`` the new storages every op returns
+    (the tests' ``device_ops`` too)."""
 
     def __init__(self):
         super().__init__()
@@ -106,7 +107,7 @@ def _tensors(value):
 
 def count_ops(fn: Callable, run_kernels: bool = False) -> OpCounts:
     """Counts of one ``fn()`` (kernels counted, not run, unless ``run_kernels``)."""
-    mode = _DeviceOps()
+    mode = DeviceOps()
     with count_launches() as launches, (contextlib.nullcontext() if run_kernels else dry_run()), mode:
         fn()
     return OpCounts(launches.total, mode.ops, mode.allocations)

@@ -12,9 +12,8 @@ import contextlib
 import pytest
 import torch
 import torch.nn.functional as TF
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import _disable_current_modes
 
-from kernels._library import LaunchersInSight
 from kernels._runtime import count_launches
 from nnlib.testing import FLOAT_DTYPES, TOLERANCES, assert_close, tolerance  # noqa: F401 (re-exported)
 
@@ -215,21 +214,13 @@ def epilogue(out, activation=None, negative_slope=0.01, residual=None):
     return out
 
 
-_ALLOCATIONS = {"empty", "empty_strided", "empty_like", "new_empty", "new_empty_strided"}
-
-
 @contextlib.contextmanager
 def device_ops():
-    """The aten ops run inside that do device work: neither allocations nor views
-    (a host synchronisation shows up as _local_scalar_dense). Triton launches are
-    not aten ops; the interpreter's own copies around a launch are left out."""
-    ops = []
-
-    class Recorder(LaunchersInSight, TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.overloadpacket.__name__ not in _ALLOCATIONS and not func.is_view:
-                ops.append(str(func))
-            return func(*args, **(kwargs or {}))
+    """A Counter of the aten ops run inside that do device work, by name: neither
+    allocations nor views (``bench.host.DeviceOps``; a host synchronisation shows
+    up as _local_scalar_dense). Triton launches are not aten ops; the
+    interpreter's own copies around a launch are left out."""
+    from bench.host import DeviceOps
     from triton.runtime.interpreter import GridExecutor
     run = GridExecutor.__call__
 
@@ -238,7 +229,7 @@ def device_ops():
             return run(self, *args, **kwargs)
     GridExecutor.__call__ = quiet
     try:
-        with Recorder():
-            yield ops
+        with DeviceOps() as mode:
+            yield mode.ops
     finally:
         GridExecutor.__call__ = run

@@ -18,14 +18,12 @@ import pytest
 import torch
 import torch.nn.functional as TF
 import triton
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import nnlib
 import nnlib.functional as F
 from kernels.conv import conv_paths
-from kernels._library import LaunchersInSight
 from kernels._runtime import clear_plan_caches, count_launches
-from tests.reference import assert_close, check_double_backward, check_op, huge_view, make_input
+from tests.reference import assert_close, check_double_backward, check_op, device_ops, huge_view, make_input
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -658,54 +656,26 @@ def test_flop_counter_counts_as_torch(geometry, input_grad, device):
     assert ("nnlib.conv2d_input_grad" in ours) == input_grad
 
 
-class _TorchOps(LaunchersInSight, TorchDispatchMode):
-    """Records the aten ops that run outside Triton launches (the interpreter's own
-    host copies inside a launch do not count)."""
-
-    def __init__(self, in_launch):
-        super().__init__()
-        self.in_launch, self.ops = in_launch, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not self.in_launch[0]:
-            self.ops.append(func.overloadpacket.__name__)
-        return func(*args, **(kwargs or {}))
-
-
-_ALLOCATIONS = {"empty", "empty_like", "empty_strided", "new_empty", "detach"}
-
-
 @pytest.mark.parametrize("geometry", [SMALL[0], SMALL[2], SMALL[3]], ids=["gemm", "depthwise", "direct"])
-def test_launch_budget(geometry, device, monkeypatch):
+def test_launch_budget(geometry, device):
     """conv2d with bias and relu on a channels_last input and weight (as
     ``model.to(memory_format=torch.channels_last)`` leaves them): the forward is one
     launch, the backward (input, weight and bias gradients) three (activation and
     bias gradient, input gradient, weight gradient: the split reductions finish in
     the kernels), and around them torch only allocates: no copy, no zero fill, no
     partial sum, no cast."""
-    from kernels import _runtime
     from kernels._reduce import tickets
-    in_launch = [False]
-
-    def run(*args):
-        in_launch[0] = True
-        try:
-            return real_run(*args)
-        finally:
-            in_launch[0] = False
-    real_run = _runtime._run
-    monkeypatch.setattr(_runtime, "_run", run)
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, _ = geometry
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device, "channels_last")
     w = w.detach().contiguous(memory_format=torch.channels_last).requires_grad_(True)
     tickets(torch.device(device), 1)              # the ticket buffer, zero-filled once per process
-    with count_launches() as launches, _TorchOps(in_launch) as torch_ops:
+    with count_launches() as launches, device_ops() as ops:
         y = F.conv2d(x, w, b, stride, padding, dilation, groups, activation="relu")
-    assert launches.total == 1 and set(torch_ops.ops) <= _ALLOCATIONS, (launches, torch_ops.ops)
+    assert launches.total == 1 and not ops, (launches, ops)
     g = torch.randn_like(y)
-    with count_launches() as launches, _TorchOps(in_launch) as torch_ops:
+    with count_launches() as launches, device_ops() as ops:
         torch.autograd.grad(y, (x, w, b), g)
-    assert launches.total == 3 and set(torch_ops.ops) <= _ALLOCATIONS, (launches, torch_ops.ops)
+    assert launches.total == 3 and not ops, (launches, ops)
 
 
 def test_split_count():
@@ -1104,9 +1074,9 @@ def test_autocast_writes_weight_and_bias_gradients_in_their_dtypes(geometry, act
     ref = torch.nn.grad.conv2d_weight(x.detach().bfloat16().double(), w.shape, dz, stride, padding, dilation, groups)
     assert_close(w.grad, ref, torch.float32, "conv")
     assert_close(b.grad, dz.sum((0, 2, 3)), torch.float32, "reduction")
-    with dry_run(), _TorchOps([False]) as ops:
+    with dry_run(), device_ops() as ops:
         forward().backward(g)
-    assert ops.ops.count("_to_copy") == 3 + 1, ops.ops     # forward: x, w, b; backward: x
+    assert ops["_to_copy"] == 3 + 1, ops     # forward: x, w, b; backward: x
 
 
 def test_autocast_backward_under_compiled_autograd(device):
