@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from . import layers
 
@@ -41,8 +42,10 @@ def _extra_attributes(name: str) -> dict:
 def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Replace every torch.nn ``Conv2d``, ``MaxPool2d``, ``ReLU``, ``LeakyReLU``,
     ``PReLU``, ``BatchNorm1d/2d/3d``, ``SyncBatchNorm``, ``LayerNorm``, ``InstanceNorm1d/2d/3d`` and
-    ``GroupNorm`` in ``model`` (the model itself included) by its nnlib twin; other
-    modules, subclasses of these included, stay as they are. A lazy module not yet
+    ``GroupNorm`` in ``model`` (the model itself included) by its nnlib twin, also one
+    that torch.nn.utils.parametrize gave a class of its own (``weight_norm``,
+    ``spectral_norm``, ...: its parametrizations kept); other modules, subclasses
+    of these included, stay as they are. A lazy module not yet
     materialised (``LazyConv2d``, ``LazyBatchNorm2d``, ...) becomes the nnlib twin
     when its first call sets its shapes, where torch's would become the torch.nn
     class (that call runs torch's forward, the next ones nnlib's; torch cannot
@@ -64,13 +67,30 @@ def convert(model: nn.Module, inplace: bool = False) -> nn.Module:
         if lazy and module.cls_to_become is getattr(nn, name[4:]):
             name = name[4:]
             module.cls_to_become = getattr(layers, name)      # the class its first call gives it
-        elif not (name in TWINS and type(module) is getattr(nn, name)):
-            continue
-        else:
+        elif name in TWINS and type(module) is getattr(nn, name):
             module.__class__ = getattr(layers, name)
+        elif _parametrized_twin(module):
+            name = type(module).__bases__[0].__name__
+            module.__class__ = _reparametrized(type(module), getattr(layers, name))
+        else:
+            continue
         for key, value in _extra_attributes(name).items():
             setattr(module, key, copy.deepcopy(value))
     return model
+
+
+def _parametrized_twin(module: nn.Module) -> bool:
+    """Whether ``module`` is a torch.nn twin that torch.nn.utils.parametrize gave a
+    class of its own (``ParametrizedConv2d``, a subclass holding the properties)."""
+    bases = type(module).__bases__
+    return (parametrize.is_parametrized(module) and len(bases) == 1 and bases[0].__name__ in TWINS
+            and bases[0] is getattr(nn, bases[0].__name__))
+
+
+def _reparametrized(cls: type, twin: type) -> type:
+    """``cls``, a parametrized class, rebuilt over ``twin``: the same properties and
+    methods, so removing the parametrizations leaves the twin (torch restores the base)."""
+    return type(cls.__name__, (twin,), {k: v for k, v in vars(cls).items() if k not in ("__dict__", "__weakref__")})
 
 
 # ---------------------------------------------------------------------------

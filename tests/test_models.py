@@ -481,6 +481,41 @@ def test_convert_model_keeps_state():
         nnlib.convert(torch.zeros(1))
 
 
+def test_convert_parametrized_layers(device):
+    """A twin that torch.nn.utils.parametrize gave a class of its own (weight_norm,
+    spectral_norm, any register_parametrization) becomes the nnlib twin with its
+    parametrizations: torch's values and gradients, nnlib's kernels; removing them
+    leaves the nnlib class; the original model is left alone."""
+    class Scale(nn.Module):
+        def forward(self, w):
+            return 2 * w
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.utils.parametrizations.weight_norm(nn.Conv2d(3, 4, 3)), nn.BatchNorm2d(4),
+                          nn.utils.parametrizations.spectral_norm(nn.Conv2d(4, 4, 1))).to(device)
+    nn.utils.parametrize.register_parametrization(model[1], "weight", Scale())
+    ours = nnlib.convert(model)
+    assert [type(m).__name__ for m in ours] == ["ParametrizedConv2d", "ParametrizedBatchNorm2d", "ParametrizedConv2d"]
+    assert [type(m).__bases__ for m in ours] == [(layers.Conv2d,), (layers.BatchNorm2d,), (layers.Conv2d,)]
+    assert type(model[0]).__bases__ == (nn.Conv2d,)          # inplace=False: the original keeps its classes
+    assert ours.state_dict().keys() == model.state_dict().keys()
+    x = torch.randn(2, 3, 6, 6, device=device, requires_grad=True)
+    x_ref = x.detach().clone().requires_grad_()
+    ours.eval(), model.eval()               # spectral norm's power iteration updates its vectors in training
+    with nnlib.count_launches() as launches:
+        out = ours(x)
+    assert sum(n for name, n in launches.counts.items() if name.startswith("_conv_fwd")) == 2
+    ref = model(x_ref)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    out.sum().backward()
+    ref.sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, atol=1e-4, rtol=1e-4)
+    for (k, p), (_, q) in zip(ours.named_parameters(), model.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-4, rtol=1e-4, msg=k)
+    nn.utils.parametrize.remove_parametrizations(ours[0], "weight")
+    assert type(ours[0]) is layers.Conv2d
+    torch.testing.assert_close(ours[0].weight, model[0].weight)
+
+
 def test_convert_lazy_modules_become_nnlib_layers(device):
     """A lazy module not yet materialised becomes the nnlib twin at its first call
     (torch's would become the torch.nn class), extras off; that call runs torch's
