@@ -91,7 +91,10 @@ def checks_once(check):
 
 def is_int(value) -> bool:
     """An int as torch's argument parser takes one: a Python or numpy integer (bool
-    included), or an integer or bool tensor of one element."""
+    included), a symbolic one (a traced size), or an integer or bool tensor of one
+    element."""
+    if isinstance(value, (int, torch.SymInt)):      # first: Dynamo cannot trace hasattr on a symbolic one
+        return True
     if isinstance(value, torch.Tensor):
         return value.numel() == 1 and not (value.is_floating_point() or value.is_complex())
     return not isinstance(value, float) and hasattr(value, "__index__")
@@ -104,10 +107,16 @@ def int_items(value, op: str, name: str) -> tuple:
     items = tuple(value) if sequence else (value,)
     if (items and isinstance(items[0], bool)) or not all(is_int(i) for i in items):
         raise TypeError(f"{op}(): argument '{name}' must be tuple of ints, not {type_name(value)}")
-    if not all(-2**63 <= int(item) < 2**63 for item in items):       # torch's parser unpacks int64s
+    if not all(-2**63 <= as_int(item) < 2**63 for item in items):       # torch's parser unpacks int64s
         raise (TypeError if sequence else ValueError)(f"{op}(): argument '{name}' = {value}: overflow when "
                                                       "unpacking long long")
     return items
+
+
+def as_int(item):
+    """An int argument's value (``is_int``) as an int; a symbolic one (a traced size,
+    which int() would specialize to its value) as it is."""
+    return item if isinstance(item, (int, torch.SymInt)) and not isinstance(item, bool) else int(item)
 
 
 def type_name(value) -> str:
@@ -738,7 +747,7 @@ def check_layer_norm(input, weight, bias, normalized_shape, eps, activation, neg
     if not isinstance(normalized_shape, (tuple, list, torch.Size)):
         raise TypeError(f"{op}(): argument 'normalized_shape' must be tuple of ints, not "
                         f"{type_name(normalized_shape)}")
-    shape = [int(n) for n in int_items(normalized_shape, op, "normalized_shape")]
+    shape = [as_int(n) for n in int_items(normalized_shape, op, "normalized_shape")]
     check_optional_tensors(op, weight=weight, bias=bias)
     if not shape:
         raise RuntimeError("Expected normalized_shape to be at least 1-dimensional, i.e., containing at least one "
@@ -775,7 +784,7 @@ def check_group_norm(input, weight, bias, num_groups, eps, activation, negative_
                          f"{[input.shape[0] * input.shape[1] // num_groups, num_groups, *input.shape[2:]]}")
     if isinstance(num_groups, bool) or not is_int(num_groups):
         raise TypeError(f"{op}(): argument 'num_groups' must be int, not {type_name(num_groups)}")
-    num_groups = int(num_groups)
+    num_groups = as_int(num_groups)
     check_optional_tensors(op, weight=weight, bias=bias)
     eps = check_eps(eps, op)
     if num_groups <= 0:

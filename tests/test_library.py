@@ -449,8 +449,9 @@ def _functional_chain(x, w):
 
 def test_compile_after_a_float_argument_changes(device):
     """A module's float attribute changed after a compiled call (a leaky ReLU's
-    slope) is traced again as a symbolic float, which the argument checks take
-    without a graph break."""
+    slope) recompiles without a graph break and gives the new value's result (the
+    operators' schemas take floats: Dynamo guards on the value, where torch's
+    leaky_relu traces a symbolic float at the second value)."""
     from nnlib import layers
     module = layers.LeakyReLU(0.2)
     compiled = torch.compile(module, backend="eager", fullgraph=True)
@@ -832,3 +833,33 @@ def test_compile_norms_once_for_every_size(device):
             x = torch.randn(shape, device=device)
             torch.testing.assert_close(compiled(x), module(x))
         assert len(graphs) == 1, f"{type(module).__name__}: {len(graphs)} compiles for {len(shapes)} sizes"
+
+
+def test_compile_shape_derived_int_arguments(device):
+    """Int arguments Dynamo makes symbolic (a size, ``x.shape[1:]``; an int argument that
+    changed between calls) pass the argument checks without a graph break:
+    ``fullgraph=True`` compiles as often as for torch.nn.functional (layer norm's
+    normalized_shape and group norm's num_groups stay symbolic: one graph for every
+    size), with torch's values."""
+    graphs = []
+
+    def backend(graph_module, example_inputs):
+        graphs.append(graph_module)
+        return graph_module.forward
+    torch.manual_seed(0)
+    w = torch.randn(4, 4, 3, 3, device=device)
+    cases = [("layer_norm", lambda m, x, k: m.layer_norm(x, x.shape[1:]), True),
+             ("group_norm", lambda m, x, k: m.group_norm(x, x.shape[1] // 2), True),
+             ("conv2d", lambda m, x, k: m.conv2d(x, w, padding=k), None)]     # k: automatically dynamic
+    for name, call, dynamic in cases:
+        compiles = []
+        for functional in (TF, F):
+            torch._dynamo.reset()
+            graphs.clear()
+            compiled = torch.compile(lambda x, k: call(functional, x, k), backend=backend, dynamic=dynamic,
+                                     fullgraph=True)
+            for shape, k in (((2, 4, 6, 5), 1), ((3, 4, 7, 6), 2), ((2, 4, 5, 9), 3)):
+                x = torch.randn(shape, device=device)
+                torch.testing.assert_close(compiled(x, k), call(TF, x, k), atol=1e-4, rtol=1e-4)
+            compiles.append(len(graphs))
+        assert compiles[1] == compiles[0] == (1 if dynamic else 2), f"{name}: compiles (torch, nnlib) {compiles}"
