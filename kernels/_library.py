@@ -171,17 +171,22 @@ class Operator:
     strides; ``mutates_args`` names the arguments written in place (such a
     primitive has no autograd formula: the caller pairs it with a functional
     one); ``setup_context(ctx, inputs, output)`` and ``backward(ctx, *grads)``
-    are the autograd formula, as for ``torch.library.register_autograd``."""
+    are the autograd formula, as for ``torch.library.register_autograd``.
+    ``prepare(args) -> args``, when given, runs before ``impl`` where the dispatcher
+    calls the operator (a traced or exported graph, which skips the Python that
+    prepares the eager call's arguments: a norm's layout copy)."""
 
     def __init__(self, name: str, impl: Callable, *, fake: Callable, mutates_args: tuple = (),
-                 setup_context: Callable | None = None, backward: Callable | None = None):
+                 setup_context: Callable | None = None, backward: Callable | None = None,
+                 prepare: Callable | None = None):
         if name in OPERATORS:
             raise RuntimeError(f"operator {NAMESPACE}::{name} is registered twice")
         OPERATORS[name] = self
         self.name = name
         schema = torch.library.infer_schema(impl, mutates_args=mutates_args)
         impl = self.impl = _on_own_device(impl)
-        self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", _unaliased(impl), mutates_args=mutates_args,
+        dispatched = impl if prepare is None else lambda *args: impl(*prepare(args))
+        self.op = torch.library.custom_op(f"{NAMESPACE}::{name}", _unaliased(dispatched), mutates_args=mutates_args,
                                           schema=schema)
         self.op.register_fake(fake)
         self.mutates = bool(mutates_args)

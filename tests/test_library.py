@@ -610,6 +610,30 @@ def test_export_eval_model(device):
         torch.testing.assert_close(exported.module()(x), model(x))
 
 
+def test_exported_norms_take_other_layouts(device):
+    """An exported program checks shapes, not strides: run on an input laid out
+    otherwise than its example (channels_last, H and W transposed), the norm
+    operators copy what their kernels cannot read through strides, as the eager path
+    does before the call (they raised TypeError); values, gradients and running
+    statistics equal torch's."""
+    import nnlib
+    x = torch.randn(2, 4, 6, 5, device=device)
+    inputs = [x.contiguous(memory_format=torch.channels_last), x.transpose(2, 3).contiguous().transpose(2, 3)]
+    for build in (lambda ns: ns.LayerNorm([4, 6, 5]), lambda ns: ns.GroupNorm(2, 4),
+                  lambda ns: ns.InstanceNorm2d(4, affine=True), lambda ns: ns.BatchNorm2d(4),
+                  lambda ns: ns.BatchNorm2d(4).eval()):
+        ours, theirs = build(nnlib).to(device), build(torch.nn).to(device)
+        program = torch.export.export(ours, (x,)).module()          # exported with a contiguous example
+        for x_other in inputs:
+            a, b = x_other.clone().requires_grad_(), x_other.clone().requires_grad_()
+            torch.testing.assert_close(program(a), theirs(b), atol=1e-5, rtol=1e-5)
+            program(a).square().sum().backward()
+            theirs(b).square().sum().backward()
+            torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-4)
+        for name, buffer in theirs.named_buffers():
+            torch.testing.assert_close(program.get_buffer(name), buffer, msg=name)
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="inductor with CUDA graphs needs a CUDA GPU")
 @pytest.mark.parametrize("mode", ["default", "reduce-overhead"])

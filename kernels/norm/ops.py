@@ -502,6 +502,16 @@ def _readable(t, geom: Geometry):
     return t if t is None or mergeable(t, geom) else t.contiguous()
 
 
+def _readable_at(positions: tuple, lead_at: int):
+    """An operator's ``prepare``: its tensors at ``positions`` as ``_readable`` makes
+    them, lead and chan at ``lead_at`` and ``lead_at + 1`` (a graph calls the operator
+    with the layouts it meets at run time; an eager call's are readable already)."""
+    def prepare(args):
+        geom = Geometry(args[lead_at], args[lead_at + 1], 1, False, False)
+        return tuple(_readable(a, geom) if i in positions else a for i, a in enumerate(args))
+    return prepare
+
+
 def _channels(x, lead: int, chan: int) -> int:
     return math.prod(x.shape[lead:lead + chan])
 
@@ -575,7 +585,9 @@ def _gradients(ctx, dy, need_x, need_weight, need_bias, need_residual):
     """(dx, dweight, dbias, dresidual) of a normalization, None where not needed."""
     x, weight, bias, residual, mean, rstd = ctx.saved_tensors
     lead, chan, groups, per_sample, _, _, activation, _, _ = ctx.args
-    dy = _readable(dy, Geometry(lead, chan, groups, per_sample, False))    # any layout autograd hands us
+    geom = Geometry(lead, chan, groups, per_sample, False)
+    # dy: any layout autograd hands us; x and the residual: a graph's call (``_readable_at``)
+    dy, x, residual = _readable(dy, geom), _readable(x, geom), _readable(residual, geom)
     need_g = need_residual and activation != ACT_NONE.value
     grads = norm_gradients_op(dy, x, weight, bias, residual, mean, rstd, *ctx.args, need_x, need_weight, need_bias,
                               need_g)
@@ -693,15 +705,18 @@ def _gradients_fake(dy, x, weight, bias, residual, mean, rstd, lead, chan, group
 
 
 norm_statistics_op = Operator("norm_statistics", norm_statistics, fake=_statistics_fake,
-                              mutates_args=("running_mean", "running_var", "num_batches_tracked"))
+                              mutates_args=("running_mean", "running_var", "num_batches_tracked"),
+                              prepare=_readable_at((0,), 4))
 norm_apply_op = Operator("norm_apply", _apply, fake=_apply_fake, setup_context=_apply_setup,
-                         backward=_apply_backward)
+                         backward=_apply_backward, prepare=_readable_at((0, 5), 6))
 norm_apply_running_op = Operator("norm_apply_running", norm_apply_running, fake=_apply_running_fake,
-                                 setup_context=_apply_running_setup, backward=_apply_running_backward)
+                                 setup_context=_apply_running_setup, backward=_apply_running_backward,
+                                 prepare=_readable_at((0, 5), 6))
 norm_per_sample_op = Operator("norm_per_sample", norm_per_sample, fake=_per_sample_fake,
-                              setup_context=_per_sample_setup, backward=_per_sample_backward)
+                              setup_context=_per_sample_setup, backward=_per_sample_backward,
+                              prepare=_readable_at((0,), 3))
 norm_gradients_op = Operator("norm_gradients", norm_gradients, fake=_gradients_fake, setup_context=_gradients_setup,
-                             backward=_gradients_backward)
+                             backward=_gradients_backward, prepare=_readable_at((0, 1, 4), 7))
 
 
 def _norm(x, weight, bias, residual, running_mean, running_var, num_batches_tracked, geom: Geometry, eps: float,
