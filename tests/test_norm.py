@@ -420,6 +420,24 @@ def test_split_batch_norm_residual(split, device):
     assert max(p.num_n_chunks * p.num_s_chunks for p in split) >= 4
 
 
+def test_split_merge_far_from_zero(split, monkeypatch, device):
+    """Batch statistics merged from many partials, in several tiles of chunks, of data
+    far from zero (mean 1e4, unit spread): the mean is rounded at its size once (it
+    was once per tile: up to 1.3 ulps of 1e4 off here), within an ulp of float64's."""
+    for prefix in ("", "INTERPRETER_"):
+        monkeypatch.setattr(norm_plan, f"{prefix}TARGET_PROGRAMS", 256)
+    ulp = 2.0 ** -10            # float32's spacing at 1e4
+    for seed in range(3):
+        torch.manual_seed(seed)
+        x = (torch.randn(4, 8, 16, 16, device=device) + 1e4).contiguous(memory_format=torch.channels_last)
+        running_mean, running_var = torch.zeros(8, device=device), torch.ones(8, device=device)
+        F.batch_norm(x, running_mean, running_var, training=True, momentum=1.0)
+        assert (running_mean.double() - x.double().mean((0, 2, 3))).abs().max() <= ulp, seed
+        torch.testing.assert_close(running_var.double(), x.double().var((0, 2, 3)), atol=0, rtol=1e-4)
+    merged = [p for p in split if isinstance(p, norm_plan.LoopPlan)]
+    assert max(p.chunks(False) for p in merged) >= 8 * norm_plan.MERGE_TILE // merged[0].BLOCK_C   # 8 tiles
+
+
 @pytest.mark.parametrize("momentum", [0.1, None])
 @pytest.mark.parametrize("name", ["BatchNorm2d", "InstanceNorm2d"])
 def test_split_running_statistics_move_once(name, momentum, split, device):

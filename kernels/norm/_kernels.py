@@ -197,25 +197,33 @@ def _sum_chunks(part_ptr, stats, mask_g, chunks, BLOCK_K: tl.constexpr):
 def _merge_moments(part_ptr, stats, mask_g, chunks, stride_stat, stride_chunk, stride_field, BLOCK_K: tl.constexpr):
     """(count, mean, M2) [BLOCK_G] of each statistic from its ``chunks`` partials, merged
     in chunk order (Chan): field f (count, mean, M2) of chunk k of statistic s at
-    part[s * stride_stat + k * stride_chunk + f * stride_field]. Reads around L1."""
+    part[s * stride_stat + k * stride_chunk + f * stride_field]. The mean is carried
+    relative to the first chunk's, and rounded at its full size once, at the end (data
+    far from zero: one rounding of 1e4 per tile of chunks cost a few ulps). Reads
+    around L1."""
+    stat_offs = stats.to(tl.int64) * stride_stat
+    # The first chunk's mean (chunks >= 1), but 0 where it is not finite (every later delta would be NaN)
+    # or comes from no data (-3e38 or NaN, ``_welford_combine`` / ``_store_moments`` of a count of 0).
+    ref = tl.load(part_ptr + stride_field + stat_offs, mask=mask_g, other=0.0, cache_modifier=".cg")
+    ref = tl.where(tl.abs(ref) < 1.0e38, ref, 0.0)
     total = tl.zeros(stats.shape, dtype=tl.float32)
-    mean = tl.zeros(stats.shape, dtype=tl.float32)
+    shifted = tl.zeros(stats.shape, dtype=tl.float32)      # mean - ref
     m2 = tl.zeros(stats.shape, dtype=tl.float32)
     for k0 in range(0, chunks, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask = (offs_k < chunks)[:, None] & mask_g[None, :]
-        offs = stats.to(tl.int64)[None, :] * stride_stat + offs_k.to(tl.int64)[:, None] * stride_chunk
+        offs = stat_offs[None, :] + offs_k.to(tl.int64)[:, None] * stride_chunk
         b_count, b_mean, b_m2 = _welford_combine(
             tl.load(part_ptr + offs, mask=mask, other=0.0, cache_modifier=".cg"),
             tl.load(part_ptr + stride_field + offs, mask=mask, other=0.0, cache_modifier=".cg"),
             tl.load(part_ptr + 2 * stride_field + offs, mask=mask, other=0.0, cache_modifier=".cg"), 0)
         new_total = total + b_count
-        delta = tl.where(b_count > 0, b_mean - mean, 0.0)
+        delta = tl.where(b_count > 0, (b_mean - ref) - shifted, 0.0)
         frac = b_count / tl.maximum(new_total, 1.0)
-        mean += delta * frac
+        shifted += delta * frac
         m2 += b_m2 + (delta * total) * (delta * frac)    # (not delta * delta first: inf * 0 at the first chunk)
         total = new_total
-    return total, mean, m2
+    return total, ref + shifted, m2
 
 
 @triton.jit
