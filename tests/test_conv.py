@@ -743,6 +743,23 @@ def test_autotuned_launches_go_straight_to_the_chosen_config(device, launch_log)
     assert seen == [(True, None), (True, None), (False, chosen), (False, chosen)], seen
 
 
+def test_direct_input_gradient_accuracy(device):
+    """The direct path's fp32 input gradient over a long reduction (512 output
+    channels x 9 taps, 4 input channels) sums each tap's channels, then the taps:
+    within 3x torch's error against float64 (summed in one row it was 5.8x)."""
+    assert conv_paths(4, 512, 1, (3, 3))["input_grad"] == "direct"
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 10, 10, device=device, requires_grad=True)
+    w, dy = torch.randn(512, 4, 3, 3, device=device) / 6, torch.randn(1, 512, 10, 10, device=device)
+    exact = torch.nn.grad.conv2d_input(x.shape, w.double().cpu(), dy.double().cpu(), padding=1)
+
+    def error(functional):
+        with torch.backends.cudnn.flags(allow_tf32=False):
+            grad, = torch.autograd.grad(functional.conv2d(x, w, padding=1), x, dy)
+        return ((grad.double().cpu() - exact).abs().max() / exact.abs().max()).item()
+    assert error(F) <= 3 * error(TF)
+
+
 @pytest.mark.parametrize("allow_tf32", [True, False])
 def test_tf32_policy(allow_tf32, device, monkeypatch, launch_log):
     """Every GEMM launch of an fp32 conv (forward and both gradients) follows

@@ -112,11 +112,13 @@ def _conv_dgrad_direct_kernel(
         mask = (mask_m & _in_range(p, P) & _in_range(q, Q))[:, None]
         dy_ptrs = (dy_rows + p.to(tl.int64) * stride_dyp + q.to(tl.int64) * stride_dyq)[:, None] + dy_cols[None, :]
         w_ptrs = w_cols + (r0 + tr * step_r) * stride_wr + (s0 + ts * step_s) * stride_ws
-        for kk in range(0, Kg):
+        tap_acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)    # a tap's sum, then the taps': Kg + taps
+        for kk in range(0, Kg):                                     # terms in a row, not Kg * taps
             dyv = tl.load(dy_ptrs, mask=mask, other=0.0).to(tl.float32)
             wv = tl.load(w_ptrs + kk * stride_wk).to(tl.float32)
-            acc += dyv * wv[None, :]
+            tap_acc += dyv * wv[None, :]
             dy_ptrs += stride_dyk
+        acc += tap_acc
     ih = first_h + i * stride_h
     iw = first_w + j * stride_w
     dx_rows = n.to(tl.int64) * stride_dxn + ih.to(tl.int64) * stride_dxh + iw.to(tl.int64) * stride_dxw
