@@ -305,6 +305,14 @@ def _fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     conv.bias = nn.Parameter(bias.to(dtype), requires_grad=conv.weight.requires_grad)
 
 
+def _folded(bn: nn.Module) -> nn.Identity:
+    """What a folded batch norm leaves: an Identity keeping its ``activation``, which the
+    convolution before it applies now (nnlib's ResNet blocks read it: a ReLU there is done)."""
+    folded = nn.Identity().eval()
+    folded.activation = bn.activation
+    return folded
+
+
 def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
     """Fuse ``model`` for inference; it must be in eval mode (every submodule).
 
@@ -354,7 +362,7 @@ def fuse(model: nn.Module, inplace: bool = False) -> nn.Module:
             bn = model.get_submodule(chain.bn)
             _fold_bn(conv, bn)
             conv.activation, conv.negative_slope = bn.activation, bn.negative_slope
-            _replace(model, chain.bn, nn.Identity().eval())
+            _replace(model, chain.bn, _folded(bn))
         if chain.act is not None:
             act = model.get_submodule(chain.act)
             conv.activation, conv.negative_slope = _act_of(act)

@@ -646,8 +646,38 @@ def test_fuse_resnet(device):
         ref = model(x)
     with nnlib.count_launches() as b, torch.no_grad():
         out = fused(x)
-    assert b.total < a.total
+    assert b.total < a.total and not b.counts["_activation_fwd_kernel"]      # the folded ReLUs are not redone
     assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.parametrize("block", ["BasicBlock", "Bottleneck"])
+def test_resnet_with_norms_swapped_in(block, device):
+    """Batch norms replaced on a built ResNet (FrozenBatchNorm2d-like modules, GroupNorm,
+    Identity, nnlib's without an activation: what detectron2's or opacus's converters
+    do) run torchvision's unfused forward there, the ReLU and the shortcut applied by
+    the block: values and gradients equal torchvision's (reference.ResNet) with the
+    same swaps (the stem's ReLU was dropped, a block's last norm raised TypeError)."""
+    torch.manual_seed(0)
+    ours = models.ResNet(getattr(models, block), [1, 1], num_classes=5, width=8, small_input=True).to(device)
+    theirs = reference.ResNet(getattr(reference, block), [1, 1], num_classes=5, width=8, small_input=True)
+    theirs = theirs.to(device)
+    theirs.load_state_dict(ours.state_dict())
+    last = "bn3" if block == "Bottleneck" else "bn2"
+    swaps = {"bn1": lambda c: nn.BatchNorm2d(c), "layer1.0.bn1": lambda c: nn.GroupNorm(2, c),
+             f"layer1.0.{last}": lambda c: layers.BatchNorm2d(c), f"layer2.0.{last}": lambda c: nn.Identity()}
+    for name, make in swaps.items():
+        parent, _, child = name.rpartition(".")
+        channels = ours.get_submodule(name).num_features
+        for model in (ours, theirs):
+            torch.manual_seed(1)
+            setattr(model.get_submodule(parent) if parent else model, child, make(channels).to(device))
+    x = torch.randn(2, 3, 16, 16, device=device)
+    out, ref = ours(x), theirs(x)
+    assert rel_err(out, ref) < 1e-5
+    out.square().sum().backward()
+    ref.square().sum().backward()
+    for (key, p), (_, q) in zip(ours.named_parameters(), theirs.named_parameters()):
+        assert rel_err(p.grad, q.grad) < 1e-4, key
 
 
 def test_fuse_torch_sequential(device):

@@ -7,10 +7,12 @@ own epilogue (``BatchNorm2d(..., activation="relu")``), and the last batch norm 
 each block adds the shortcut there too (``bn(x, residual=identity)``), so a block's
 tail ``relu(bn(x) + identity)`` is one pass. The ``relu`` modules torchvision has
 are kept under the same names (they hold no parameters) but the forward does not
-call them: their work happens inside the batch norms. So a forward hook on a
+call them after such a batch norm: its work happens inside. So a forward hook on a
 batch norm sees its fused output (after the ReLU, and the shortcut for a block's
-last one), and hooks on the ``relu`` modules never run. A ``norm_layer`` other than
-batch norm (torch's or nnlib's class) gives torchvision's unfused forward.
+last one), and hooks on the ``relu`` modules do not run. The forward decides at
+each call from the module it finds (``_applies_relu``): a ``norm_layer`` other than
+batch norm (torch's or nnlib's class), or a norm module swapped in later
+(FrozenBatchNorm2d, GroupNorm, Identity), gives torchvision's unfused forward there.
 
 Input (N, C, H, W), contiguous or channels_last; output (N, num_classes).
 """
@@ -40,6 +42,18 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nl.Conv2d:
     return nl.Conv2d(in_planes, out_planes, 1, stride=stride, bias=False)
 
 
+def _applies_relu(norm: nn.Module) -> bool:
+    """Whether ``norm`` applies the ReLU that follows it: nnlib's batch norm as the
+    blocks build it, or the Identity a batch norm left when ``nnlib.fuse`` folded it
+    into the convolution before it (which applies it now); both keep ``activation``."""
+    return getattr(norm, "activation", None) == "relu"
+
+
+def _adds_residual(norm: nn.Module) -> bool:
+    """Whether ``norm`` adds a block's shortcut and applies the ReLU (``residual=``)."""
+    return isinstance(norm, nl.BatchNorm2d) and norm.activation == "relu"
+
+
 def _fuses(norm_layer) -> bool:
     """Whether ``norm_layer`` is plain batch norm (None, torch's or nnlib's class), which
     nnlib's fused BatchNorm2d serves."""
@@ -54,6 +68,16 @@ def _norm(norm_layer: Callable[[int], nn.Module] | None, channels: int, activati
     return norm_layer(channels)
 
 
+def _norm_relu(norm: nn.Module, relu: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """relu(norm(x)), in one pass where ``norm`` applies the ReLU (``_applies_relu``)."""
+    return norm(x) if _applies_relu(norm) else relu(norm(x))
+
+
+def _tail(norm: nn.Module, relu: nn.Module, x: torch.Tensor, identity: torch.Tensor) -> torch.Tensor:
+    """A block's tail relu(norm(x) + identity), in one pass where ``norm`` takes the shortcut."""
+    return norm(x, residual=identity) if _adds_residual(norm) else relu(norm(x) + identity)
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convolutions; ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
     ``dilation`` applies to both convolutions (torchvision allows only 1; the dilated
@@ -66,7 +90,6 @@ class BasicBlock(nn.Module):
         super().__init__()
         if groups != 1 or base_width != 64:
             raise ValueError("BasicBlock only supports groups=1 and base_width=64")
-        self.fused = _fuses(norm_layer)
         self.conv1 = conv3x3(inplanes, planes, stride, dilation=dilation)
         self.bn1 = _norm(norm_layer, planes, "relu")
         self.relu = nl.ReLU(inplace=True)   # fused into bn1 and bn2 (with nnlib's batch norm)
@@ -77,11 +100,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        if self.fused:
-            out = self.bn1(self.conv1(x))
-            return self.bn2(self.conv2(out), residual=identity)
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)) + identity)
+        out = _norm_relu(self.bn1, self.relu, self.conv1(x))
+        return _tail(self.bn2, self.relu, self.conv2(out), identity)
 
 
 class Bottleneck(nn.Module):
@@ -94,7 +114,6 @@ class Bottleneck(nn.Module):
                  norm_layer: Callable[[int], nn.Module] | None = None) -> None:
         super().__init__()
         width = int(planes * (base_width / 64.0)) * groups
-        self.fused = _fuses(norm_layer)
         self.conv1 = conv1x1(inplanes, width)
         self.bn1 = _norm(norm_layer, width, "relu")
         self.conv2 = conv3x3(width, width, stride, groups, dilation)
@@ -107,13 +126,9 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
-        if self.fused:
-            out = self.bn1(self.conv1(x))
-            out = self.bn2(self.conv2(out))
-            return self.bn3(self.conv3(out), residual=identity)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)) + identity)
+        out = _norm_relu(self.bn1, self.relu, self.conv1(x))
+        out = _norm_relu(self.bn2, self.relu, self.conv2(out))
+        return _tail(self.bn3, self.relu, self.conv3(out), identity)
 
 
 class ResNet(nn.Module):
@@ -147,7 +162,6 @@ class ResNet(nn.Module):
             raise ValueError("replace_stride_with_dilation should be None or a "
                              f"{len(layers) - 1}-element tuple, got {replace_stride_with_dilation}")
         self._norm_layer = norm_layer
-        self.fused = _fuses(norm_layer)
         self.groups = groups
         self.base_width = width_per_group
         self.inplanes = width
@@ -197,10 +211,7 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last stage's activation map (N, C, H', W')."""
-        x = self.bn1(self.conv1(x))
-        if not self.fused:
-            x = self.relu(x)
-        x = self.maxpool(x)
+        x = self.maxpool(_norm_relu(self.bn1, self.relu, self.conv1(x)))
         for i in range(self.num_stages):
             x = getattr(self, f"layer{i + 1}")(x)
         return x
