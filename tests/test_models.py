@@ -306,6 +306,9 @@ def test_builders_take_torchvision_weights():
     with pytest.raises(ValueError, match="groups"):
         models.resnext50_32x4d(groups=8, **kw)
     assert models.wide_resnet50_2(width_per_group=128, **kw).layer1[0].conv2.out_channels == 16
+    for legacy in ({"num_classes": True}, {"weights": False}):      # torchvision's pretrained bool
+        with pytest.raises(TypeError, match="pretrained"):
+            models.resnet18(**legacy, **kw)
     try:
         import torchvision  # noqa: F401  (with it, a name would download torchvision's weights)
     except ImportError:

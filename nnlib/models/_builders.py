@@ -33,7 +33,13 @@ def _resolve(weights, name: str):
 
 
 def build(name: str, make: Callable[[int], nn.Module], num_classes: int, weights, progress: bool) -> nn.Module:
-    """``make(num_classes)``, then ``weights`` loaded into it (see the module docstring)."""
+    """``make(num_classes)``, then ``weights`` loaded into it (see the module docstring).
+    torchvision's legacy bool (``pretrained``, first positional; a bool as ``weights``)
+    raises TypeError: here the first positional argument is num_classes."""
+    for argument, value in (("num_classes", num_classes), ("weights", weights)):
+        if isinstance(value, bool):
+            raise TypeError(f"{name}(): {argument} must not be a bool, got {value} (torchvision's legacy "
+                            "pretrained=True is weights=\"DEFAULT\", False is weights=None)")
     weights = _resolve(weights, name)
     if weights is not None and weights.meta.get("categories") is not None:
         categories = len(weights.meta["categories"])
