@@ -174,7 +174,8 @@ class Operator:
     are the autograd formula, as for ``torch.library.register_autograd``.
     ``prepare(args) -> args``, when given, runs before ``impl`` where the dispatcher
     calls the operator (a traced or exported graph, which skips the Python that
-    prepares the eager call's arguments: a norm's layout copy)."""
+    prepares the eager call's arguments: a norm's layout copy; an eager call under a
+    TorchDispatchMode, whose arguments it finds prepared)."""
 
     def __init__(self, name: str, impl: Callable, *, fake: Callable, mutates_args: tuple = (),
                  setup_context: Callable | None = None, backward: Callable | None = None,

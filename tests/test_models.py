@@ -659,12 +659,16 @@ def test_resnet_with_norms_swapped_in(block, device):
     Identity, nnlib's without an activation: what detectron2's or opacus's converters
     do) run torchvision's unfused forward there, the ReLU and the shortcut applied by
     the block: values and gradients equal torchvision's (reference.ResNet) with the
-    same swaps (the stem's ReLU was dropped, a block's last norm raised TypeError)."""
+    same swaps (the stem's ReLU was dropped, a block's last norm raised TypeError);
+    nnlib's SyncBatchNorm conversion keeps the fused forms."""
     torch.manual_seed(0)
     ours = models.ResNet(getattr(models, block), [1, 1], num_classes=5, width=8, small_input=True).to(device)
     theirs = reference.ResNet(getattr(reference, block), [1, 1], num_classes=5, width=8, small_input=True)
     theirs = theirs.to(device)
     theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 16, 16, device=device)
+    synced = layers.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(ours))     # its norms keep the fused forms
+    assert type(synced.layer1[0].bn1) is layers.SyncBatchNorm and rel_err(synced(x), theirs(x)) < 1e-5
     last = "bn3" if block == "Bottleneck" else "bn2"
     swaps = {"bn1": lambda c: nn.BatchNorm2d(c), "layer1.0.bn1": lambda c: nn.GroupNorm(2, c),
              f"layer1.0.{last}": lambda c: layers.BatchNorm2d(c), f"layer2.0.{last}": lambda c: nn.Identity()}
@@ -674,7 +678,6 @@ def test_resnet_with_norms_swapped_in(block, device):
         for model in (ours, theirs):
             torch.manual_seed(1)
             setattr(model.get_submodule(parent) if parent else model, child, make(channels).to(device))
-    x = torch.randn(2, 3, 16, 16, device=device)
     out, ref = ours(x), theirs(x)
     assert rel_err(out, ref) < 1e-5
     out.square().sum().backward()

@@ -50,8 +50,10 @@ def _applies_relu(norm: nn.Module) -> bool:
 
 
 def _adds_residual(norm: nn.Module) -> bool:
-    """Whether ``norm`` adds a block's shortcut and applies the ReLU (``residual=``)."""
-    return isinstance(norm, nl.BatchNorm2d) and norm.activation == "relu"
+    """Whether ``norm`` adds a block's shortcut and applies the ReLU (``residual=``): an
+    nnlib batch norm with the ReLU, BatchNorm2d or the SyncBatchNorm that
+    ``convert_sync_batchnorm`` makes of one."""
+    return isinstance(norm, nl._BatchNorm) and norm.activation == "relu"
 
 
 def _fuses(norm_layer) -> bool:
