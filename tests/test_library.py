@@ -449,9 +449,8 @@ def _functional_chain(x, w):
 
 def test_compile_after_a_float_argument_changes(device):
     """A module's float attribute changed after a compiled call (a leaky ReLU's
-    slope) recompiles without a graph break and gives the new value's result (the
-    operators' schemas take floats: Dynamo guards on the value, where torch's
-    leaky_relu traces a symbolic float at the second value)."""
+    slope) gives the new value's result under fullgraph=True: the graph guards the
+    value instead of baking in the first one."""
     from nnlib import layers
     module = layers.LeakyReLU(0.2)
     compiled = torch.compile(module, backend="eager", fullgraph=True)
