@@ -8,6 +8,8 @@
 # Each step is time-boxed, so a hang in one still leaves the others' results in the
 # folder given as first argument.
 #   bash bench/gpu_check.sh OUTDIR [SUITES, comma-separated: activation,max_pool2d,norm,conv2d,e2e]
+# The boxes (seconds) can be shortened to leave device time for a rerun:
+#   GPU_CHECK_TESTS_S (240), GPU_CHECK_SELFTEST_S (105), GPU_CHECK_BENCH_S (180).
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [SUITES]}
 set -- "${2:-activation,max_pool2d,norm,conv2d,e2e}"
@@ -49,18 +51,19 @@ if ! step launches 45 env NNLIB_AUTOTUNE=0 $PY -m bench.launches "$out"; then
 fi
 # test_bench's timings are the bench step's work (and pytest-benchmark switches itself off under xdist).
 # -v: a line per test as it ends, so a run the box stops still says which tests failed.
-step tests 240 env NNLIB_AUTOTUNE=0 $PY -m pytest tests -v --tb=short -n 16 -p no:cacheprovider \
+step tests "${GPU_CHECK_TESTS_S:-240}" env NNLIB_AUTOTUNE=0 $PY -m pytest tests -v --tb=short -n 16 -p no:cacheprovider \
   --ignore=tests/test_compile.py --deselect tests/test_bench.py::test_bench \
   --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 || rc=1
-step selftest 105 $PY -m nnlib.selftest --quick || rc=1
+step selftest "${GPU_CHECK_SELFTEST_S:-105}" $PY -m nnlib.selftest --quick || rc=1
 # Suites in the order that keeps most rows if the box ends early: each case's row is written as it
 # ends; the cheap suites first, then conv (a row per case), then the ResNet-50 steps (which find
-# conv's compiled kernels in Triton's cache). The suites share one 180 s box.
-deadline=$((SECONDS + 180)) append=""     # the first suite starts the report over, the others add to it
+# conv's compiled kernels in Triton's cache). The suites share one box (180 s).
+# The first suite starts the report over, the others add to it.
+deadline=$((SECONDS + ${GPU_CHECK_BENCH_S:-180})) append=""
 for suite in ${1//,/ }; do
   left=$((deadline - SECONDS))
   if (( left < 10 )); then
-    echo "bench-$suite: not run, the bench's 180 s were spent" | tee -a "$out/summary.txt"
+    echo "bench-$suite: not run, the bench's box was spent" | tee -a "$out/summary.txt"
     rc=1
     continue
   fi
