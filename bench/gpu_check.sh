@@ -8,8 +8,9 @@
 # Each step is time-boxed, so a hang in one still leaves the others' results in the
 # folder given as first argument.
 #   bash bench/gpu_check.sh OUTDIR [SUITES, comma-separated: activation,max_pool2d,norm,conv2d,e2e]
-# The boxes (seconds) can be shortened to leave device time for a rerun:
-#   GPU_CHECK_TESTS_S (240), GPU_CHECK_SELFTEST_S (105), GPU_CHECK_BENCH_S (180).
+# The boxes (seconds) can be shortened to leave device time for a rerun (0 skips the step):
+#   GPU_CHECK_TESTS_S (240), GPU_CHECK_SELFTEST_S (105), GPU_CHECK_BENCH_S (180);
+# GPU_CHECK_PYTEST_ARGS: more pytest arguments for the tests (a rerun's selection).
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [SUITES]}
 set -- "${2:-activation,max_pool2d,norm,conv2d,e2e}"
@@ -22,6 +23,10 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 TRITON_DE
 step() {   # step NAME SECONDS COMMAND...: run, log to OUTDIR/NAME.txt, remember the status
   local name=$1 seconds=$2
   shift 2
+  if (( seconds <= 0 )); then
+    echo "$name: skipped (box of 0 s)" | tee -a "$out/summary.txt"
+    return 0
+  fi
   local start=$SECONDS
   timeout "$seconds" "$@" > "$out/$name.txt" 2>&1
   local rc=$?
@@ -53,7 +58,8 @@ fi
 # -v: a line per test as it ends, so a run the box stops still says which tests failed.
 step tests "${GPU_CHECK_TESTS_S:-240}" env NNLIB_AUTOTUNE=0 $PY -m pytest tests -v --tb=short -n 16 -p no:cacheprovider \
   --ignore=tests/test_compile.py --deselect tests/test_bench.py::test_bench \
-  --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 || rc=1
+  --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 \
+  ${GPU_CHECK_PYTEST_ARGS:-} || rc=1
 step selftest "${GPU_CHECK_SELFTEST_S:-105}" $PY -m nnlib.selftest --quick || rc=1
 # Suites in the order that keeps most rows if the box ends early: each case's row is written as it
 # ends; the cheap suites first, then conv (a row per case), then the ResNet-50 steps (which find

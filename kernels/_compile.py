@@ -6,7 +6,9 @@ kernels) and prints one JSON line per case: registers, spill bytes, shared memor
 the PTX holds tensor-core instructions, and SASS figures (``sass_stats``).
 Cases compile as a real launch specialises them: every pointer 16-byte
 aligned (torch's allocations are) and the integer arguments a case lists in
-``CompileCase.divisible`` divisible by 16. Run it without ``TRITON_INTERPRET``
+``CompileCase.divisible`` divisible by 16. ``--ones`` instead traces each case
+with its other integer arguments 1, which a launch makes constants
+(``trace_with_ones``). Run it without ``TRITON_INTERPRET``
 (the interpreter replaces ``triton.jit`` and nothing can be compiled);
 ``tests/test_compile.py`` runs it in a subprocess, once per installed triton
 (CI's, and triton 3.6 from ``triton_path("3.6")``, the GPU machines' version).
@@ -61,10 +63,13 @@ def specialisations(module_name: str, arch: str | None = None, with_index: bool 
     return out
 
 
-def compile_case(case, config, arch: str):
-    """Compile ``case`` (with autotune ``config``, or None) for ``arch``."""
+def _source(case, config, ones: bool = False):
+    """(ASTSource, compile options) of ``case`` with autotune ``config`` (or None).
+    ``ones``: every integer argument that a launch could pass as 1 is the constant
+    1, as a launch specialises it (Triton makes an int argument equal to 1 a
+    constexpr unless it is ``do_not_specialize``; the interpreter never does):
+    all but those the case lists divisible by 16."""
     import triton
-    from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     fn = case.kernel
@@ -72,13 +77,12 @@ def compile_case(case, config, arch: str):
         fn = fn.fn
     # Values of arguments the kernel does not specialise (do_not_specialize) stay runtime
     # values, as in a launch.
-    constexprs = {a: v for a, v in case.constexprs.items()
-                  if not any(p.name == a and p.do_not_specialize for p in fn.params)}
-    num_warps, num_stages = case.num_warps, case.num_stages
-    options = {}
+    kept = {p.name for p in fn.params if p.do_not_specialize}
+    constexprs = {a: v for a, v in case.constexprs.items() if a not in kept}
+    options = {"num_warps": case.num_warps, "num_stages": case.num_stages}
     if config is not None:
         constexprs.update(config.kwargs)
-        num_warps, num_stages = config.num_warps, config.num_stages
+        options.update(num_warps=config.num_warps, num_stages=config.num_stages)
         if getattr(config, "maxnreg", None):
             options["maxnreg"] = config.maxnreg
     missing = [a for a in fn.arg_names if a not in case.signature and a not in constexprs]
@@ -87,16 +91,45 @@ def compile_case(case, config, arch: str):
     extra = sorted((set(case.signature) | set(constexprs)) - set(fn.arg_names))
     if extra:     # a launch passing these would fail on a GPU (the interpreter ignores them)
         raise ValueError(f"{case.name}: the kernel has no arguments {extra}")
-    signature = {a: ("constexpr" if a in constexprs else case.signature[a]) for a in fn.arg_names}
     unknown = set(case.divisible) - set(case.signature)
     if unknown:
         raise ValueError(f"{case.name}: divisible names unknown arguments {sorted(unknown)}")
+    if ones:
+        constexprs.update({a: 1 for a in fn.arg_names if a not in constexprs and a not in kept
+                           and a not in case.divisible and case.signature[a] in ("i32", "i64")})
+    signature = {a: ("constexpr" if a in constexprs else case.signature[a]) for a in fn.arg_names}
     # As a launch specialises: 16-byte aligned pointers, listed integers divisible by 16.
     attrs = {(fn.arg_names.index(a),): [["tt.divisibility", 16]] for a, ty in signature.items()
              if ty != "constexpr" and (ty.startswith("*") or a in case.divisible)}
-    src = ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", ARCHS[arch], 32),
-                          options={"num_warps": num_warps, "num_stages": num_stages, **options})
+    return ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs), options
+
+
+def compile_case(case, config, arch: str):
+    """Compile ``case`` (with autotune ``config``, or None) for ``arch``."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    src, options = _source(case, config)
+    return triton.compile(src, target=GPUTarget("cuda", ARCHS[arch], 32), options=options)
+
+
+def trace_with_ones(case, config, arch: str) -> None:
+    """Build the Triton IR of ``case`` with its integer arguments 1 (``_source``'s
+    ``ones``): a launch with sizes or strides of 1 compiles. The first stage
+    only, where such errors arise (``x.to(...)`` of an expression that became a
+    Python int, say); about 50 ms a case."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import make_backend
+    from triton._C.libtriton import ir
+
+    src, options = _source(case, config, ones=True)
+    target = GPUTarget("cuda", ARCHS[arch], 32)
+    backend = make_backend(target)
+    parsed = backend.parse_options(options)
+    context = ir.context()
+    ir.load_dialects(context)
+    backend.load_dialects(context)
+    src.make_ir(target, parsed, backend.get_codegen_implementation(parsed), backend.get_module_map(), context)
 
 
 def _cuobjdump(compiled, flag: str) -> str:
@@ -197,6 +230,20 @@ def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1,
         yield result
 
 
+def trace_module_with_ones(module_name: str, arch: str):
+    """One result dict per case of the module (its first autotune config): ``trace_with_ones``."""
+    for case, config, suffix, index in specialisations(module_name, arch, with_index=True):
+        if index:
+            continue
+        result = {"case": f"{module_name}.{case.name}{suffix}", "arch": arch}
+        try:
+            trace_with_ones(case, config, arch)
+            result.update(ok=True)
+        except Exception:
+            result.update(ok=False, error=traceback.format_exc(limit=3)[-2000:])
+        yield result
+
+
 def main(argv=None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         print("unset TRITON_INTERPRET: the interpreter cannot compile kernels", file=sys.stderr)
@@ -205,6 +252,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arch", choices=sorted(ARCHS), action="append")
     parser.add_argument("--shard", default="0/1", help="I/N: compile every N-th specialisation from the I-th")
     parser.add_argument("--sass", action="store_true", help="SASS figures for every case")
+    parser.add_argument("--ones", action="store_true",
+                        help="only trace each case's first config with its integer arguments 1 (trace_with_ones)")
     parser.add_argument("modules", nargs="*")
     args = parser.parse_args(argv)
     shard, shards = map(int, args.shard.split("/"))
@@ -212,7 +261,9 @@ def main(argv=None) -> int:
     print(json.dumps({"triton": triton.__version__}), flush=True)
     for module_name in args.modules or kernel_modules():
         for arch in args.arch or sorted(ARCHS):
-            for result in compile_module(module_name, arch, shard, shards, args.sass):
+            results = (trace_module_with_ones(module_name, arch) if args.ones
+                       else compile_module(module_name, arch, shard, shards, args.sass))
+            for result in results:
                 print(json.dumps(result), flush=True)
     return 0
 

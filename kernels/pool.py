@@ -48,7 +48,7 @@ def _plane_tile(positions, N, C, INDEX_64: tl.constexpr, MERGE_N: tl.constexpr, 
     pid = tl.program_id(0)
     if INDEX_64:
         pid = pid.to(tl.int64)
-        positions = positions.to(tl.int64)
+        positions = tl.cast(positions, tl.int64)        # (a plane of one position: an int)
     p_blocks = tl.cdiv(positions, BLOCK_P)
     offs_p = (pid % p_blocks) * BLOCK_P + tl.arange(0, BLOCK_P)
     if MERGE_N:

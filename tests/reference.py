@@ -54,13 +54,14 @@ def _at_kink(out: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None = None,
              expect_launch: bool = True, grad_scale: float = 1.0, out_scale: float = 1.0,
-             backward_launch: bool = True, kinks: bool = False):
+             backward_launch: bool = True, kinks: bool = False, tf32: bool = False):
     """Run ``ours(*inputs)`` and ``reference(*float64 copies)``; compare outputs
     (a tensor or a tuple of tensors, non-float parts exactly) and gradients of
     every input with requires_grad; with ``expect_launch``, a Triton kernel ran
     in the call and (unless ``backward_launch`` is False: the gradients asked
     need no kernel) in the backward. ``kinks`` (a fused activation): no output
     gradient at elements on the activation's kink in both results (``_at_kink``).
+    ``tf32``: fp32 convolutions compared at ``TF32_CONV``.
     Returns (our outputs, reference outputs)."""
     tensors = [t for t in inputs if isinstance(t, torch.Tensor)]
     dtype = dtype or next(t.dtype for t in tensors if t.is_floating_point())
@@ -75,7 +76,7 @@ def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None
         assert o.shape == r.shape, f"output {i}: shape {tuple(o.shape)} != {tuple(r.shape)}"
         if r.is_floating_point():
             assert o.dtype == dtype, f"output {i}: dtype {o.dtype} != {dtype}"
-            assert_close(o, r, dtype, kind, f"output {i}", scale=out_scale)
+            assert_close(o, r, dtype, kind, f"output {i}", scale=out_scale, tf32=tf32)
         else:
             assert torch.equal(o.cpu(), r.cpu()), f"output {i} differs"
     wants_grad = [i for i, t in enumerate(inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
@@ -99,7 +100,7 @@ def check_op(ours, reference, inputs: list, kind: str, dtype: torch.dtype | None
             assert g is not None, f"grad of input {i} is missing"
             assert g.shape == inputs[i].shape
             assert_close(g, rg, inputs[i].dtype if inputs[i].is_floating_point() else dtype, kind,
-                         f"grad of input {i}", scale=grad_scale)
+                         f"grad of input {i}", scale=grad_scale, tf32=tf32)
         if expect_launch and backward_launch:
             assert bwd_launches.total > 0, "no Triton kernel ran in the backward"
     if expect_launch:

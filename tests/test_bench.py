@@ -34,8 +34,8 @@ def test_case_matches_torch(case):
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bench(benchmark, case, side):
     torch.backends.cudnn.benchmark = True
-    ours, baseline = setup(case)
-    check(case, ours, baseline)
+    ours, baseline, *exact = setup(case)
+    check(case, ours, baseline, *exact)
     fn = ours if side == "nnlib" else baseline
 
     def run():

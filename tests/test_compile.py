@@ -44,20 +44,37 @@ def _shards():
 
 
 def _compile(module: str, arch: str, shard: int, shards: int, triton_version: str | None) -> list[dict]:
+    return _run_compile(["--arch", arch, "--shard", f"{shard}/{shards}", module], triton_version)
+
+
+def _run_compile(args: list[str], triton_version: str | None) -> list[dict]:
+    """The result lines of ``python -m kernels._compile ARGS`` under ``triton_version``
+    (None: the installed one), in a process without the interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     if triton_version is not None:
         path = triton_path(triton_version)
         if not os.path.isdir(path):
             pytest.skip(f"triton {triton_version} is not installed at {path} (make test installs it)")
         env["PYTHONPATH"] = os.pathsep.join([path, ROOT] + env.get("PYTHONPATH", "").split(os.pathsep)).rstrip(os.pathsep)
-    proc = subprocess.run([sys.executable, "-m", "kernels._compile", "--arch", arch,
-                           "--shard", f"{shard}/{shards}", module],
+    proc = subprocess.run([sys.executable, "-m", "kernels._compile", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     if triton_version is not None:
         assert lines[0]["triton"].startswith(triton_version), lines[0]
     return lines[1:]
+
+
+@pytest.mark.parametrize("triton_version", [None, *EXTRA_TRITONS], ids=lambda v: f"triton{v or ''}")
+def test_kernels_trace_with_integer_ones(triton_version):
+    """Every case's kernel builds its IR with each integer argument a launch could
+    pass as 1 made the constant 1, as Triton specialises it on a GPU (the
+    interpreter never does): ``(Cg * S).to(tl.float32)`` of a layer norm over
+    one element failed to compile on an H200 (2026-11-30), as did three more."""
+    results = _run_compile(["--arch", "sm_90", "--ones"], triton_version)
+    assert results
+    failed = [f"{r['case']}: {r['error']}" for r in results if not r["ok"]]
+    assert not failed, "\n".join(failed)
 
 
 def expectation_failures(result: dict) -> list[str]:

@@ -406,10 +406,12 @@ def test_launchers_run_on_their_tensors_gpu(monkeypatch):
     GPU makes theirs current while its launcher runs, and leaves it alone
     otherwise (a fake cuda:1 tensor stands for one; no GPU needed); so does
     SyncBatchNorm's Function, whose launchers are not operators."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch._subclasses import fake_tensor
     from kernels._library import _on_own_device
     from kernels.norm import sync
     current, seen = [0], []
+    # a fake tensor on a CUDA device initialises that device where CUDA is present: one GPU has no cuda:1
+    monkeypatch.setattr(fake_tensor, "init_gpu_context", lambda device: None)
 
     class Guard:                        # torch.cuda.device, recorded
         def __init__(self, index):
@@ -423,7 +425,7 @@ def test_launchers_run_on_their_tensors_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: current[0])
     monkeypatch.setattr(torch.cuda, "device", Guard)
     launcher = _on_own_device(lambda x, scale: seen.append((current[0], scale)))
-    with FakeTensorMode():
+    with fake_tensor.FakeTensorMode():
         on_1, on_0 = torch.empty(2, device="cuda:1"), torch.empty(2, device="cuda:0")
     launcher(on_1, 2.0)
     launcher(on_0, 3.0)

@@ -70,12 +70,12 @@ def test_main_on_a_cpu_without_the_interpreter_runs_a_child_and_returns(monkeypa
 
 def test_sweep_on_a_gpu_checks_convolutions_with_tf32_too(monkeypatch, capsys):
     """On a GPU each convolution runs once more with TF32 on (cuDNN's default,
-    which nnlib follows) at float16's tolerance, and TF32 is off for every other
+    which nnlib follows) at TF32_CONV's tolerance, and TF32 is off for every other
     row (the run_check stood in for: no GPU here)."""
     runs = []
 
-    def run_check(check, dtype, device, layout, tolerance_of=None):
-        runs.append((check.kind, dtype, tolerance_of, torch.backends.cudnn.allow_tf32))
+    def run_check(check, dtype, device, layout, tf32=False):
+        runs.append((check.kind, dtype, tf32, torch.backends.cudnn.allow_tf32))
         return 0.5
     monkeypatch.setattr(selftest, "run_check", run_check)
     failed, rows = selftest._sweep([torch.float32, torch.bfloat16], "cuda", True)
@@ -83,5 +83,5 @@ def test_sweep_on_a_gpu_checks_convolutions_with_tf32_too(monkeypatch, capsys):
     rows_wanted = sum(1 if c.dtypes == (torch.bfloat16,) else 2 for c in selftest.checks()) + convs
     assert failed == 0 and rows == len(runs) == rows_wanted
     tf32 = [r for r in runs if r[3]]
-    assert tf32 == [("conv", torch.float32, torch.float16, True)] * convs
+    assert tf32 == [("conv", torch.float32, True, True)] * convs
     assert not torch.backends.cudnn.allow_tf32

@@ -26,6 +26,7 @@ width 8 at 2x3x32x32, inference): ResNet-50 itself takes minutes there.
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import torch
 import torch.nn.functional as TF
@@ -158,7 +159,12 @@ def _setup(case: Case, build, shape, pass_name: str, device: str):
                 with torch.no_grad(), autocast():
                     return model(x)
             return run
-        return infer(ours), infer(theirs)
+        exact_model, x64 = copy.deepcopy(theirs).double(), x.double()     # logits after ~50 rounded layers
+
+        def exact():
+            with torch.no_grad():
+                return exact_model(x64)
+        return infer(ours), infer(theirs), exact
     return setup
 
 

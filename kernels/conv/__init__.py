@@ -134,19 +134,27 @@ def _compile_cases():
                                                                           *_strides("w", "krs")))
             cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, sig,
                                    dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec, PIXEL_VEC=0,
-                                        PAD_C=0, stride_xc=1, stride_wc=1, stride_yc=1,
+                                        PAD_C=0, INDEX_64=False, stride_xc=1, stride_wc=1, stride_yc=1,
                                         **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
                                    divisible, "forward", f"{label},flat={int(flat)}"))
+            if vec > 1 and half:        # offsets inside x's padded image past int32
+                cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, sig,
+                                       dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec,
+                                            PIXEL_VEC=0, PAD_C=0, INDEX_64=True, stride_xc=1, stride_wc=1,
+                                            stride_yc=1, **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
+                                       divisible, None, f"{label},flat={int(flat)},index_64"))
             if flat:    # a stem read as 4 zero-padded channels (its budgets: the NCHW-y case below)
                 cases.append(gemm_case(conv_fwd_flat, sig,
                                        dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=True, VEC=vec,
-                                            PIXEL_VEC=0, PAD_C=4, stride_xc=1, stride_wc=1, stride_yc=1,
+                                            PIXEL_VEC=0, PAD_C=4, INDEX_64=False, stride_xc=1, stride_wc=1,
+                                            stride_yc=1,
                                             **_STEM_7X7),
                                        divisible, None, f"{label},flat=1,pad_c=4"))
             if not flat:                # the most frequent launch: ResNets' 1x1 convolutions
                 cases.append(gemm_case(conv_fwd_gemm, sig,
                                        dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=False, VEC=vec,
-                                            PIXEL_VEC=0, PAD_C=0, stride_xc=1, stride_wc=1, stride_yc=1, **_1X1),
+                                            PIXEL_VEC=0, PAD_C=0, INDEX_64=False, stride_xc=1, stride_wc=1,
+                                            stride_yc=1, **_1X1),
                                        divisible + ("pad_h", "pad_w"), "pointwise_forward",
                                        f"{label},flat=0,1x1"))
             if vec > 1 and half:        # y NCHW, written in place: pixel stride 1, 16-byte pixel runs
@@ -155,7 +163,8 @@ def _compile_cases():
                 for pad_c in (0, 4) if flat else (0,):     # a stem read as it is; padded copies
                     cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, planar_sig,
                                            dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat,
-                                                VEC=1 if flat else vec, PIXEL_VEC=8, PAD_C=pad_c, stride_xc=1,
+                                                VEC=1 if flat else vec, PIXEL_VEC=8, PAD_C=pad_c, INDEX_64=False,
+                                                stride_xc=1,
                                                 stride_wc=1, stride_yw=1, **(_STEM_7X7 if flat else _3X3_STRIDE_2)),
                                            tuple(d for d in divisible if d != "stride_yw") + ("stride_yc",),
                                            "nchw_padded_stem" if pad_c else "nchw_stem" if flat else "nchw_forward",
@@ -374,8 +383,11 @@ def _direct_cases():
             sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
                    "ticket_ptr": "*i32",
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **dys, **xs, **dws}
-            cases.append(CompileCase(_conv_wgrad_direct_kernel, sig, dict(TAPS=16, **dy1, **x1, **dw1, **direct),
-                                     label=label, expect=expect["weight_grad"]))
+            for index_64 in (False, True) if dt == "bf16" and block_n == 32 else (False,):
+                cases.append(CompileCase(_conv_wgrad_direct_kernel, sig,
+                                         dict(TAPS=16, INDEX_64=index_64, **dy1, **x1, **dw1, **direct),
+                                         label=label + (",int64" if index_64 else ""),
+                                         expect={} if index_64 else expect["weight_grad"]))
     return cases
 
 

@@ -17,7 +17,7 @@ import triton.language as tl
 
 from ..activation import activation_grad
 from .._reduce import sum_splits
-from ._gemm import _in_range, _planar_rows, _split_steps, _store_output, _stride_phase
+from ._gemm import _in_range, _offsets, _planar_rows, _split_steps, _store_output, _stride_phase
 
 
 @triton.jit
@@ -134,13 +134,14 @@ def _conv_wgrad_direct_kernel(
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwk, stride_dwc, stride_dwr, stride_dws,
-        TAPS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        TAPS: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dy: (N, K, P, Q); x: (N, C, H, W); dw: (K, Cg, R, S) in the weight dtype;
     strides; part / ticket: the split workspace (``sum_splits``). Program
     (c * k_tiles + k_tile, 0, split): dw[k, c, r, s] for BLOCK_N output channels k
     and every tap (TAPS >= R*S, a power of two), summed over the N*P*Q pixels
     BLOCK_M at a time, the pixels split over grid axis 2. Each block of dy is read
-    once for all taps; the taps' blocks of x overlap (cache hits)."""
+    once for all taps; the taps' blocks of x overlap (cache hits). A tap's offset
+    in x's padded image is int32, int64 with INDEX_64 (``_image_needs_int64``)."""
     pid = tl.program_id(0)
     k_tiles = tl.cdiv(K, BLOCK_N)
     c = pid // k_tiles
@@ -170,7 +171,8 @@ def _conv_wgrad_direct_kernel(
             ih = ih0 + r * dil_h
             iw = iw0 + s * dil_w
             mask_x = mask_m & _in_range(ih, H) & _in_range(iw, W)
-            xv = tl.load(x_rows[:, None] + (r * dil_h * stride_xh + s * dil_w * stride_xw) + x_cols[None, :],
+            tap_offset = _offsets(r * dil_h, stride_xh, INDEX_64) + _offsets(s * dil_w, stride_xw, INDEX_64)
+            xv = tl.load(x_rows[:, None] + tap_offset + x_cols[None, :],
                          mask=mask_x[:, None] & mask_n[None, :], other=0.0).to(tl.float32)
             acc += tl.where(taps[:, None] == tap, tl.sum(dyv * xv, axis=0)[None, :], 0.0)
     done = tl.num_programs(2) == 1

@@ -132,9 +132,10 @@ def _in_range(i, n):
 
 @triton.jit
 def _offsets(index, stride, INDEX_64: tl.constexpr):
-    """index * stride within one image: int32, or int64 with INDEX_64."""
+    """index * stride within one image: int32, or int64 with INDEX_64 (``index``
+    may be an int: an argument a launch passed as 1)."""
     if INDEX_64:
-        index = index.to(tl.int64)
+        index = tl.cast(index, tl.int64)
     return index * stride
 
 
@@ -291,8 +292,8 @@ def _conv_fwd_gemm_kernel(
         negative_slope,
         HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr, FLAT: tl.constexpr, VEC: tl.constexpr,
         PIXEL_VEC: tl.constexpr, ALLOW_TF32: tl.constexpr, DOT_UPCAST: tl.constexpr,
-        PAD_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-        GROUP_M: tl.constexpr):
+        PAD_C: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """x: (N, G*Cg, H, W); w: (G*Kg, Cg, R, S); b: (G*Kg,); y: (N, G*Kg, P, Q);
     all through strides; part / ticket: the split workspace (``sum_splits``).
     Program (tile, g, split): y = act(conv + b) over BLOCK_M output pixels and
@@ -303,7 +304,8 @@ def _conv_fwd_gemm_kernel(
     written with its pixels at stride 1 instead (``_store_output``; VEC then
     concerns x and w only). PAD_C > 0 (FLAT, one group, dil_w 1): x and w are
     channels_last with PAD_C channels, the real ones zero-padded (the host's
-    copies, or a caller's 4-channel tensors)."""
+    copies, or a caller's 4-channel tensors). The taps' offsets inside x's padded
+    image are int32, int64 with INDEX_64 (the host's ``_image_needs_int64``)."""
     g = tl.program_id(1)
     M = N * P * Q
     Kb = Kg // VEC * VEC                         # == Kg, written so that the compiler sees its divisibility
@@ -330,14 +332,14 @@ def _conv_fwd_gemm_kernel(
             x_rows = x_ptr + (n.to(tl.int64) * (stride_xn // PAD_C * PAD_C)
                               + ih0.to(tl.int64) * (stride_xh // PAD_C * PAD_C) + iw0.to(tl.int64) * PAD_C)
             w_cols = w_ptr + offs_n.to(tl.int64) * (stride_wk // PAD_C * PAD_C)
-            x_row_step = dil_h * stride_xh // PAD_C * PAD_C
+            x_row_step = _offsets(dil_h, stride_xh, INDEX_64) // PAD_C * PAD_C
             w_row_step = stride_wr // PAD_C * PAD_C
             channels = PAD_C
         else:
             x_rows = x_ptr + (n.to(tl.int64) * stride_xn + (g * Cg).to(tl.int64) * stride_xc
                               + ih0.to(tl.int64) * stride_xh + iw0.to(tl.int64) * stride_xw)
             w_cols = w_ptr + (g * Kb + offs_n).to(tl.int64) * stride_wk
-            x_row_step = dil_h * stride_xh
+            x_row_step = _offsets(dil_h, stride_xh, INDEX_64)
             w_row_step = stride_wr
             channels = Cg
         row_cols = S * channels
@@ -354,7 +356,7 @@ def _conv_fwd_gemm_kernel(
                 b_base = w_cols[None, :] + j[:, None]
             else:
                 c = j % channels
-                a_base = x_rows[None, :] + (s * dil_w * stride_xw + c * stride_xc)[:, None]
+                a_base = x_rows[None, :] + (_offsets(s * dil_w, stride_xw, INDEX_64) + c * stride_xc)[:, None]
                 b_base = w_cols[None, :] + (s * stride_ws + c * stride_wc)[:, None]
             mask_b = (j < row_cols)[:, None] & mask_n[None, :]
             for r in range(0, R):
@@ -372,9 +374,9 @@ def _conv_fwd_gemm_kernel(
         b_base = w_cols[None, :] + offs_k[:, None] * stride_wc
         # The steps of a tap row / column / channel block in x and w, multiples of VEC
         # (x // VEC * VEC == x: shows the compiler the 16-byte alignment, once, outside
-        # the loop); int32: offsets inside one image.
-        x_row_step = dil_h * stride_xh // VEC * VEC
-        x_col_step = dil_w * stride_xw // VEC * VEC
+        # the loop); offsets inside one padded image.
+        x_row_step = _offsets(dil_h, stride_xh, INDEX_64) // VEC * VEC
+        x_col_step = _offsets(dil_w, stride_xw, INDEX_64) // VEC * VEC
         x_c_step = stride_xc * BLOCK_K           # a multiple of BLOCK_K >= VEC
         w_row_step = stride_wr // VEC * VEC
         w_col_step = stride_ws // VEC * VEC
@@ -742,7 +744,7 @@ def _conv_planar_gemm_kernel(
         b = tl.load(b_ptrs, mask=mask_k[:, None] & mask_p[None, :], other=0.0)
         acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
         a_ptrs += BLOCK_K * stride_ak
-        b_ptrs += (stride_bc // VEC * VEC).to(tl.int64) * BLOCK_K
+        b_ptrs += tl.cast(stride_bc // VEC * VEC, tl.int64) * BLOCK_K
     if HAS_BIAS:
         acc += tl.load(bias_ptr + g * Mg + offs_m, mask=mask_m, other=0.0).to(tl.float32)[:, None]
     acc = apply_activation(acc, ACTIVATION, negative_slope)

@@ -436,7 +436,7 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 
 
 def _image_needs_int64(geo: ConvGeometry, *tensors) -> bool:
-    """INDEX_64 of the depthwise kernels and of the FLAT weight gradient: some
+    """INDEX_64 of the depthwise kernels, the GEMM forward, the direct and FLAT weight gradients: some
     offset inside one image of ``tensors`` (N, C, H, W; tensors or Operands) may
     not fit in int32, reach of the kernel past its edges included
     (``needs_int64``'s rule, one image at a time)."""
@@ -597,7 +597,7 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
         kernel = _for_dtype(conv_fwd_flat if flat else conv_fwd_gemm, x.dtype)
         args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *_gemm_strides(x_read),
                 *_gemm_strides(w_read))
-        common.update(FLAT=flat, PAD_C=pad_c)
+        common.update(FLAT=flat, PAD_C=pad_c, INDEX_64=_image_needs_int64(geo, x_read))
     args += _gemm_strides(y_buffer)
     common.update(VEC=vec, PIXEL_VEC=pixel_vec, ALLOW_TF32=_allow_tf32(x.dtype, switches.tf32),
                   DOT_UPCAST=dot_upcast())
@@ -834,7 +834,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
             kernel = _conv_wgrad_direct_kernel
             args = (*geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *dy.strides, *x.strides,
                     *dw.strides)
-            constexprs = dict(TAPS=taps, BLOCK_M=block_m, BLOCK_N=block)
+            constexprs = dict(TAPS=taps, INDEX_64=_image_needs_int64(geo, x), BLOCK_M=block_m, BLOCK_N=block)
         workspace = _Workspace(programs * splits * taps * block if splits > 1 else 1, programs)
 
         direct = _plain_launch(kernel, (programs, 1, splits), 5 + len(args), **constexprs)

@@ -772,7 +772,7 @@ def _set_fwd_kernel(x_ptr, y_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
         N, C, G, Cg, GPB, group_width, n_per_prog, num_n_chunks, w_ptr, b_ptr, GROUPED, FULL_BLOCKS, HAS_WEIGHT,
         HAS_BIAS, BLOCK_C, BLOCK_G)
     offs_m = tl.arange(0, BLOCK_M)
-    count = (Cg * S).to(tl.float32)
+    count = tl.cast(Cg * S, tl.float32)
     for m0 in range(n_start, n_end, BLOCK_M if ROWS else 1):     # ROWS: BLOCK_M rows, else one sample
         offs, mask = _set_tile(m0, n_end, S, offs_m, offs_c, mask_c, stride_xn, stride_xc, stride_xs, INDEX_64, ROWS)
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
@@ -814,7 +814,7 @@ def _set_bwd_kernel(x_ptr, dy_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr, dx_ptr, dwb
         N, C, G, Cg, GPB, group_width, n_per_prog, num_n_chunks, w_ptr, b_ptr, GROUPED, FULL_BLOCKS, HAS_WEIGHT,
         HAS_BIAS, BLOCK_C, BLOCK_G)
     offs_m = tl.arange(0, BLOCK_M)
-    inv_count = 1.0 / (Cg * S).to(tl.float32)
+    inv_count = 1.0 / tl.cast(Cg * S, tl.float32)
     sum_g = tl.zeros((BLOCK_C,), dtype=tl.float32)
     sum_gx = tl.zeros((BLOCK_C,), dtype=tl.float32)
     for m0 in range(n_start, n_end, BLOCK_M if ROWS else 1):     # ROWS: BLOCK_M rows, else one sample
