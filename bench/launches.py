@@ -7,12 +7,19 @@ Calls small enough that the host, not the GPU, sets their pace (a 3x3 conv2d and
 a batch-norm training step on 2x64x8x8, channels_last, fp16), each timed as the
 least of five means over 200 calls, with the plans built with direct launches on,
 then off. Prints a table, writes ``launches.json`` to OUTDIR when given, exits 1
-when the two ways give different results. bench/gpu_check.sh runs it.
+when the two ways give different results. With OUTDIR it also writes
+``launches-profile.txt``: each case's calls (direct launches) under cProfile,
+the functions that take the most time of their own (on an H200's host,
+2026-11-30, these calls took 35-920 us: several times what ``python -m bench
+--host`` counts on a 2-core CPU, cause not yet known). bench/gpu_check.sh runs it.
 """
 from __future__ import annotations
 
+import cProfile
+import io
 import json
 import os
+import pstats
 import sys
 import time
 
@@ -91,7 +98,31 @@ def main(argv: list[str]) -> int:
     if argv:
         with open(os.path.join(argv[0], "launches.json"), "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+        with open(os.path.join(argv[0], "launches-profile.txt"), "w") as f:
+            try:            # a lead for later: its failure leaves the verdict above alone
+                f.write(_profiles())
+            except Exception as exc:  # noqa: BLE001
+                f.write(f"profiling failed: {type(exc).__name__}: {exc}\n")
     return 0 if same_everywhere else 1
+
+
+def _profiles(top: int = 25) -> str:
+    """Each case's ``CALLS`` calls (direct launches, plans built) under cProfile: the
+    ``top`` functions by time of their own, as text."""
+    _runtime.clear_plan_caches()
+    out = io.StringIO()
+    for name, call in _cases().items():
+        call()
+        torch.cuda.synchronize()
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(CALLS):
+            call()
+        torch.cuda.synchronize()
+        profile.disable()
+        out.write(f"=== {name}: {CALLS} calls\n")
+        pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+    return out.getvalue()
 
 
 if __name__ == "__main__":

@@ -330,13 +330,14 @@ def test_aligned_channels_last(C, H, W, K, groups, stride, kernel, dtype, device
     ids=["nchw-bf16", "transposed-fp32", "2-channels-sliced-fp16", "channels-last", "4-channels-channels-last",
          "column-dilation", "groups", "5-channels"])
 def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device, launch_log):
-    """A FLAT forward and weight gradient (few input channels: an RGB stem) read x
-    (and the forward w) as channels_last tensors zero-padded to PAD_C channels,
-    whose kernel rows the GEMM loads as aligned vectors: a copy
-    (``_pad_channels_kernel``, one launch) unless the tensor is one already (4
-    channels, channels_last). Column dilation, groups, more channels and
-    ``read_in_place`` keep them as they are. Against float64, gradients and the
-    padded columns of the weight gradient (dropped on store) included."""
+    """A FLAT forward (few input channels: an RGB stem) reads x and w as
+    channels_last tensors zero-padded to PAD_C channels, whose kernel rows the
+    GEMM loads as aligned vectors: a copy (``_pad_channels_kernel``, one launch)
+    unless the tensor is one already (4 channels, channels_last); the weight
+    gradient pads only such a tensor (a copy timed slower: ``_flat_padding``).
+    Column dilation, groups, more channels and ``read_in_place`` keep them as
+    they are. Against float64, gradients and the padded columns of the weight
+    gradient (dropped on store) included."""
     from kernels.conv import ops
 
     def seen():
@@ -358,7 +359,7 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
     launch_log.clear()
     torch.autograd.grad(y, w, torch.randn_like(y))
     assert [call for call in seen() if call[0] in ("_pad_channels_kernel", "_conv_wgrad_gemm_kernel")] == \
-        copies(pad_c) + [("_conv_wgrad_gemm_kernel", pad_c)], seen()
+        [("_conv_wgrad_gemm_kernel", pad_c if padded_already else 0)], seen()
     launch_log.clear()
     with ops.read_in_place():                   # the benchmark's alternative: no copy
         torch.autograd.grad(ours(x, w, b), w, torch.randn_like(y))
@@ -368,13 +369,13 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
 
 
 def test_stem_weight_grad_plans_per_padding(device):
-    """One geometry's weight gradient, first on an x read in place (147 columns of
-    a 3-channel 7x7), then on its padded copy (196 columns, one tile more): each
-    gets its own launch plan (a shared one would leave dw's last columns unwritten)."""
+    """One geometry's weight gradient of a 4-channel channels_last x, first read
+    in place (PAD_C 0), then read as padded (PAD_C 4, the same tensor): each gets
+    its own launch plan, both right."""
     from kernels.conv import ops
-    w = torch.randn(16, 3, 7, 7).to(device)
+    w = torch.randn(16, 4, 7, 7).to(device)
     for in_place in (True, False):
-        x = make_input((1, 3, 9, 9), torch.float32, device)
+        x = make_input((1, 4, 9, 9), torch.float32, device, "channels_last")
         dy = torch.randn(1, 16, 9, 9).to(device)
         with ops.read_in_place() if in_place else contextlib.nullcontext():
             dw = ops.conv2d_weight_grad(dy, x, w, [1, 1], [3, 3, 3, 3], [1, 1], 1, None)
@@ -601,13 +602,13 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
 @pytest.mark.parametrize("N,C,H,W,stride,padding,layout,splits", [
     (2, 16, 6, 20, 1, 1, "contiguous", 1), (2, 16, 4, 5, 1, 0, "contiguous", 1), (3, 16, 5, 5, 1, 0, "contiguous", 1),
     (2, 3, 7, 5, 1, 1, "contiguous", 4), (2, 3, 5, 40, 2, 1, "in-place", 3),
-    (2, 3, 9, 40, 2, 1, "channels_last", 1), (3, 3, 4, 16, 1, 1, "in-place", 4)],
+    (2, 4, 9, 40, 2, 1, "channels_last", 1), (3, 3, 4, 16, 1, 1, "in-place", 4)],
     ids=["q-wraps", "p-wraps", "n-steps", "flat-rows", "flat-row-blocks", "flat-row-blocks-padded", "flat-split"])
 def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, device, monkeypatch, launch_log):
     """The weight-gradient GEMM walks N*P*Q pixels BLOCK_K at a time, advancing
     (n, p, q) by carries: with 16-pixel steps, steps shorter than a row, longer
     than a row and longer than an image (3x3 taps, output rows of 20, 3 and 5).
-    The FLAT walk (3 channels: x padded to 4, or read in place) steps by whole
+    The FLAT walk (3 channels read in place, or 4 channels_last ones as padded) steps by whole
     rows: 3 rows of 5 pixels (7 rows: the last step holds one), rows of 20 (stride
     2) in blocks of 16 and 4, rows of exactly 16; split into ranges that start
     inside rows and images."""

@@ -136,7 +136,7 @@ def _norm_samples():
                        ("groups-bf16-in-float32", (_t(xg.shape, dtype=torch.bfloat16), gmean, grstd, _t((6,)), None,
                                                    None, 1, 1, 3, True, True, 1e-5, 0, 0.0, torch.float32))],
         "norm_apply_running": [("eval-residual-leaky", (x4, *running[:2], w, b, r, 1, 1, True, 1e-3, LEAKY, 0.1)),
-                               ("eval-weight-only", (xg, torch.randn(6), torch.rand(6) + 0.5, _t((6,)), None, None,
+                               ("eval-weight-only", (xg, _t((6,)), _t((6,)).abs() + 0.5, _t((6,)), None, None,
                                                      1, 1, False, 1e-5, 0, 0.0))],
         "norm_per_sample": [("layer-relu", (xl, wl, bl, 2, 2, 1, False, 1e-5, RELU, 0.0)),
                             ("groups-no-affine", (xg, None, None, 1, 1, 3, True, 1e-5, 0, 0.0)),

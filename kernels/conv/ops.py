@@ -5,7 +5,7 @@ Paths (``conv_paths``), with Cg = C/groups and Kg = K/groups:
 * depthwise (Cg = Kg = 1, kernels up to ``DEPTHWISE_MAX_KERNEL`` on a side): the
   register-blocked kernels of ``_depthwise``, for all three passes;
 * forward and weight gradient: implicit GEMM when Kg >= 16 (``FLAT`` columns
-  when Cg < 16; an RGB stem reads x, and its forward w, as channels_last copies
+  when Cg < 16; an RGB stem's forward reads x and w as channels_last copies
   zero-padded to 4 channels: ``_flat_padding``), else the direct kernels;
 * input gradient: implicit GEMM when Cg >= 16 and Kg >= 16, else direct;
 * an implicit-GEMM pass ("gemm", not FLAT) of a 1x1 unpadded stride-1
@@ -32,9 +32,11 @@ through a channels_last buffer copied once. The interpreter skips the copies
 (not the stems' zero-padded ones), so the strided addressing is what CI tests.
 The planar and depthwise kernels read NCHW in place on a GPU too. Whether the
 copies beat reading NCHW in place (scalar gathers: 5x / 8x the main-loop
-instructions per multiply-add in sm_90 SASS under triton 3.6 / 3.9, no spill),
-and whether the stems' padded copies beat their scalar gathers, wait for a GPU
-measurement: the conv benchmark times both (``read_in_place``).
+instructions per multiply-add in sm_90 SASS under triton 3.6 / 3.9, no spill)
+waits for more than one shape: on an H200 (2026-11-30, bf16) a 3x3 NCHW forward
+of 32x128x28x28 took 0.082 ms read in place, 0.091 with its copies (cuDNN
+0.041); the conv benchmark times both (``read_in_place``). The stems' padded
+copies were timed there too (``_flat_padding``).
 The output is channels_last when torch suggests channels_last for the input or
 the weight (``kernels._runtime.memory_format_of``), as torch does.
 
@@ -582,7 +584,7 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
             return y
         return run
     flat = path == "gemm-flat"
-    pad_c = _flat_padding(geo, switches.copy_operands) if flat else 0
+    pad_c = _flat_padding(geo, switches.copy_operands, x, True) if flat else 0
     x_read, w_read = ((x.padded(pad_c), w.padded(pad_c)) if pad_c else
                       (_gemm_read(x, switches.copy_operands), _gemm_read(w, switches.copy_operands)))
     y_buffer, pixel_vec = _gemm_output(y, True)
@@ -627,24 +629,25 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
     return run
 
 
-def _flat_padding(geo: ConvGeometry, copy_operands: bool) -> int:
+def _flat_padding(geo: ConvGeometry, copy_operands: bool, x: Operand, forward: bool) -> int:
     """PAD_C of a FLAT forward or weight gradient (part of their launch plans'
     keys): 4 when x (and the forward's w) are to be read as channels_last tensors
     of 4 channels, the real ones (up to 4: RGB) zero-padded
     (``_padded_channels_last``; a caller's 4-channel channels_last tensors as they
     are), whose kernel rows load as aligned vectors through cp.async; unpadded, a
     3-channel row starts at any element and gathers one at a time. In sm_90 SASS
-    (triton 3.9 / 3.6; not a time) the main loop takes 1.6x / 2.1x the
-    instructions per k-step unpadded in the forward (and 157 / 254 registers
-    against 111 / 112), 2.5x / 2x in the weight gradient, per k-step of a tile
-    (the forward's k-steps are as many; the weight gradient's padded columns can
-    take a third more tiles).
-    Judged by that count (no GPU has timed it yet), the copies (a launch each;
-    x's moves 7/3 of its bytes) are taken in every layout, channels_last
-    included; the benchmark's "in-place" rows time the stems without them. 0
+    (triton 3.9 / 3.6) the main loop takes 1.6x / 2.1x the instructions per
+    k-step unpadded in the forward, 2.5x / 2x in the weight gradient (whose
+    padded columns can take a third more tiles). Timed on an H200 (2026-11-30,
+    ResNet-50's stem, bf16, batch 32): the forward is faster padded (0.091 ms
+    against 0.184 read in place, channels_last; NCHW 0.145 against 0.196), the
+    weight gradient slower (0.250 against 0.160): the forward pads in every
+    layout, the weight gradient only a 4-channel channels_last x (no copy). 0
     (as they are) for groups, column dilation, more channels or without
     ``copy_operands`` (``read_in_place``)."""
     if geo.groups > 1 or geo.dilation[1] > 1 or geo.Cg > 4 or not copy_operands:
+        return 0
+    if not forward and x.padded(4) is not x:
         return 0
     return 4
 
@@ -853,7 +856,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
             return dw
         return run
     flat = path == "gemm-flat"
-    pad_c = _flat_padding(geo, switches.copy_operands) if flat else 0
+    pad_c = _flat_padding(geo, switches.copy_operands, x, False) if flat else 0
     dy_read = _gemm_read(dy, switches.copy_operands)
     dy_read = dy_read if _pixel_linear(dy_read) else dy.channels_last()
     x_read = x.padded(pad_c) if pad_c else _gemm_read(x, switches.copy_operands)
