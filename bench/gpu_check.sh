@@ -56,8 +56,8 @@ if ! step launches 45 env NNLIB_AUTOTUNE=0 $PY -m bench.launches "$out"; then
 fi
 # test_bench's timings are the bench step's work (and pytest-benchmark switches itself off under xdist).
 # -v: a line per test as it ends, so a run the box stops still says which tests failed.
-step tests "${GPU_CHECK_TESTS_S:-240}" env NNLIB_AUTOTUNE=0 $PY -m pytest tests -v --tb=short -n 16 -p no:cacheprovider \
-  --ignore=tests/test_compile.py --deselect tests/test_bench.py::test_bench \
+step tests "${GPU_CHECK_TESTS_S:-240}" env NNLIB_AUTOTUNE=0 $PY -m pytest tests -v --tb=short -n 16 \
+  -p no:cacheprovider --ignore=tests/test_compile.py --deselect tests/test_bench.py::test_bench \
   --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 \
   ${GPU_CHECK_PYTEST_ARGS:-} || rc=1
 step selftest "${GPU_CHECK_SELFTEST_S:-105}" $PY -m nnlib.selftest --quick || rc=1

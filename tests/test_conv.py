@@ -1026,11 +1026,15 @@ def test_flat_weight_grad_int64_offsets(in_place, device, monkeypatch):
     (16, 16, 1, (2**30 + 8, 16, 4, 1)),     # GEMM passes: images 2**30 + 8 elements apart
     (16, 3, 1, (2**30 + 8, 16, 4, 1)),      # direct kernels
     (3, 3, 3, (3 * 2**30, 2**30 + 8, 4, 1)),  # depthwise: channels 2**30 + 8 apart inside one image
-], ids=["gemm-batch", "direct-batch", "depthwise-image"])
+    (65, 16, 1, (65 * (2**25 + 16), 2**25 + 16, 4, 1)),     # GEMM: channel 64 past 2**31 inside the image
+    (12, 16, 1, (12 * (2**28 + 8), 2**28 + 8, 4, 1)),       # FLAT GEMM (few channels): likewise
+], ids=["gemm-batch", "direct-batch", "depthwise-image", "gemm-image", "flat-image"])
 def test_offsets_past_int32(C, K, groups, strides, device):
     """Inputs whose element offsets pass 2**31 (between images, or inside one, where
     the host must see it unpatched): every pass against float64 (lazily allocated
-    storage: only the pages the view touches are committed)."""
+    storage: only the pages the view touches are committed). Channels far apart
+    inside an image: the GEMM forward and weight gradient read them through int64
+    offsets (found by a review: int32 channel offsets read outside x)."""
     shape = (3 if strides[0] < 2**31 else 1, C, 4, 4)
     x = huge_view(shape, strides, torch.float16, device).requires_grad_()
     w = (torch.randn(K, C // groups, 3, 3) / 3).to(torch.float16).to(device).requires_grad_()

@@ -185,11 +185,11 @@ def _compile_cases():
                                        dict(FLAT=False, VEC=vec, PAD_C=0, INDEX_64=False, stride_dyk=1, stride_xc=1,
                                             **_3X3_STRIDE_1),
                                        divisible, None, f"{label},flat=0,dw=bf16"))
-            if flat and vec > 1 and half:           # offsets inside an image of x past int32
-                cases.append(gemm_case(conv_wgrad_flat, sig,
-                                       dict(FLAT=True, VEC=vec, PAD_C=0, INDEX_64=True, stride_dyk=1, stride_xc=1,
-                                            **_STEM_7X7),
-                                       divisible, None, f"{label},flat=1,index_64"))
+            if vec > 1 and half:           # offsets inside an image of x past int32
+                cases.append(gemm_case(conv_wgrad_flat if flat else conv_wgrad_gemm, sig,
+                                       dict(FLAT=flat, VEC=vec, PAD_C=0, INDEX_64=True, stride_dyk=1, stride_xc=1,
+                                            **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
+                                       divisible, None, f"{label},flat={int(flat)},index_64"))
         sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}", "part_ptr": "*fp32", "ticket_ptr": "*i32",
                **_ints(*_DIMS, "Cg", "Kg", "R", "S", *_CONV, "step_r", "step_s", "phases_h", "phases_w"),
                **_ints(*_strides("dy", "npq"), *_strides("w", "krs"), *_strides("dx", "nhw"))}

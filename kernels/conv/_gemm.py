@@ -304,8 +304,8 @@ def _conv_fwd_gemm_kernel(
     written with its pixels at stride 1 instead (``_store_output``; VEC then
     concerns x and w only). PAD_C > 0 (FLAT, one group, dil_w 1): x and w are
     channels_last with PAD_C channels, the real ones zero-padded (the host's
-    copies, or a caller's 4-channel tensors). The taps' offsets inside x's padded
-    image are int32, int64 with INDEX_64 (the host's ``_image_needs_int64``)."""
+    copies, or a caller's 4-channel tensors). Offsets inside x's padded image (taps,
+    channels) are int32, int64 with INDEX_64 (the host's ``_image_needs_int64``)."""
     g = tl.program_id(1)
     M = N * P * Q
     Kb = Kg // VEC * VEC                         # == Kg, written so that the compiler sees its divisibility
@@ -356,7 +356,8 @@ def _conv_fwd_gemm_kernel(
                 b_base = w_cols[None, :] + j[:, None]
             else:
                 c = j % channels
-                a_base = x_rows[None, :] + (_offsets(s * dil_w, stride_xw, INDEX_64) + c * stride_xc)[:, None]
+                a_base = x_rows[None, :] + (_offsets(s * dil_w, stride_xw, INDEX_64)
+                                            + _offsets(c, stride_xc, INDEX_64))[:, None]
                 b_base = w_cols[None, :] + (s * stride_ws + c * stride_wc)[:, None]
             mask_b = (j < row_cols)[:, None] & mask_n[None, :]
             for r in range(0, R):
@@ -369,7 +370,7 @@ def _conv_fwd_gemm_kernel(
         Cb = Cg // VEC * VEC
         x_rows = _aligned(x_ptr, n.to(tl.int64) * stride_xn + (g * Cb).to(tl.int64) * stride_xc
                           + ih0.to(tl.int64) * stride_xh + iw0.to(tl.int64) * stride_xw, VEC)
-        a_base = x_rows[:, None] + offs_k[None, :] * stride_xc
+        a_base = x_rows[:, None] + _offsets(offs_k, stride_xc, INDEX_64)[None, :]
         w_cols = _aligned(w_ptr, (g * Kb + offs_n).to(tl.int64) * stride_wk, VEC)
         b_base = w_cols[None, :] + offs_k[:, None] * stride_wc
         # The steps of a tap row / column / channel block in x and w, multiples of VEC
@@ -377,7 +378,7 @@ def _conv_fwd_gemm_kernel(
         # the loop); offsets inside one padded image.
         x_row_step = _offsets(dil_h, stride_xh, INDEX_64) // VEC * VEC
         x_col_step = _offsets(dil_w, stride_xw, INDEX_64) // VEC * VEC
-        x_c_step = stride_xc * BLOCK_K           # a multiple of BLOCK_K >= VEC
+        x_c_step = _offsets(stride_xc, BLOCK_K, INDEX_64)       # a multiple of BLOCK_K >= VEC
         w_row_step = stride_wr // VEC * VEC
         w_col_step = stride_ws // VEC * VEC
         w_c_step = stride_wc * BLOCK_K
@@ -561,8 +562,9 @@ def _conv_wgrad_gemm_kernel(
     BLOCK_N (r, s, c) columns), the pixels split over grid axis 2. VEC > 1: dy
     and x channel-contiguous and 16-byte aligned, as in the forward. PAD_C > 0
     (FLAT, one group): x is channels_last with PAD_C channels, the real ones
-    zero-padded; dw gets the real ones. FLAT offsets inside an image of x are
-    int32, int64 with INDEX_64 (the host's ``_image_needs_int64``)."""
+    zero-padded; dw gets the real ones. Offsets inside an image of x (FLAT: all;
+    else its channels') are int32, int64 with INDEX_64 (the host's
+    ``_image_needs_int64``); the pixels' are int64."""
     pid_z = tl.program_id(1)
     Kb = Kg // VEC * VEC
     if FLAT:
@@ -672,7 +674,7 @@ def _conv_wgrad_gemm_kernel(
             # (signed compares: ``_in_range`` here spilled 16 bytes at 128 registers under 3.9)
             mask_rows = mask_k & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
             x_rows = _aligned(x_ptr, x_pix + x_shift, VEC)
-            b = tl.load(x_rows[:, None] + offs_n[None, :] * stride_xc,
+            b = tl.load(x_rows[:, None] + _offsets(offs_n, stride_xc, INDEX_64)[None, :],
                         mask=mask_rows[:, None] & mask_n[None, :], other=0.0)
             acc = _mma(a, b, acc, ALLOW_TF32, DOT_UPCAST)
             m0 += BLOCK_K

@@ -438,7 +438,7 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 
 
 def _image_needs_int64(geo: ConvGeometry, *tensors) -> bool:
-    """INDEX_64 of the depthwise kernels, the GEMM forward, the direct and FLAT weight gradients: some
+    """INDEX_64 of the depthwise kernels, the GEMM forward and weight gradient, the direct weight gradient: some
     offset inside one image of ``tensors`` (N, C, H, W; tensors or Operands) may
     not fit in int32, reach of the kernel past its edges included
     (``needs_int64``'s rule, one image at a time)."""
@@ -889,7 +889,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     else:
         args = (*geo.dims(), geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), pixel_stride, dy_read.strides[1],
                 *_gemm_strides(x_read), *dw.strides)
-        common.update(FLAT=flat, PAD_C=pad_c, INDEX_64=flat and _image_needs_int64(geo, x_read))
+        common.update(FLAT=flat, PAD_C=pad_c, INDEX_64=_image_needs_int64(geo, x_read))
     copy_dy, copy_x = dy_read is not dy, x_read is not x
     tuned_launch = _tuned_launch(kernel, grid, **common)
 
