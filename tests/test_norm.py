@@ -392,7 +392,7 @@ def split(monkeypatch, plans):
     chunks, and the looped path runs for every norm; records the plans used."""
     for name, value in (("INTERPRETER_TILE", 64), ("TILE", 64), ("INTERPRETER_TARGET_PROGRAMS", 64),
                         ("TARGET_PROGRAMS", 64), ("MIN_PROGRAM_ELEMENTS", 1), ("MERGE_TILE", 64),
-                        ("SET_LIMIT", 0)):
+                        ("STAT_MERGE_TILE", 16), ("SET_LIMIT", 0)):
         monkeypatch.setattr(norm_plan, name, value)
     return plans
 
@@ -435,7 +435,7 @@ def test_split_merge_far_from_zero(split, monkeypatch, device):
         assert (running_mean.double() - x.double().mean((0, 2, 3))).abs().max() <= ulp, seed
         torch.testing.assert_close(running_var.double(), x.double().var((0, 2, 3)), atol=0, rtol=1e-4)
     merged = [p for p in split if isinstance(p, norm_plan.LoopPlan)]
-    assert max(p.chunks(False) for p in merged) >= 8 * norm_plan.MERGE_TILE // merged[0].BLOCK_C   # 8 tiles
+    assert max(p.chunks(False) for p in merged) >= 8 * merged[0].blocks("statistics")["BLOCK_KG"]   # 8 tiles
 
 
 @pytest.mark.parametrize("momentum", [0.1, None])

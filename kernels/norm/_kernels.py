@@ -326,7 +326,7 @@ def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, moments_ptr, rm_ptr, rv_p
                   n_per_prog, num_n_chunks, s_per_prog, num_s_chunks, momentum, eps,
                   PER_SAMPLE: tl.constexpr, GROUPED: tl.constexpr, MOMENTS_OUT: tl.constexpr, RUNNING: tl.constexpr,
                   CUMULATIVE: tl.constexpr, TRACK: tl.constexpr, INDEX_64: tl.constexpr, FULL_BLOCKS: tl.constexpr,
-                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+                  BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_KG: tl.constexpr):
     """Statistics in one launch. x: (N, C, S) through strides. Writes mean, rstd =
     1 / sqrt(biased var + eps): (num_stats,) fp32, num_stats = N * G (PER_SAMPLE) or G.
     RUNNING moves running_mean / running_var (C,) (strides stride_rm / stride_rv, any
@@ -381,13 +381,13 @@ def _stats_kernel(x_ptr, part_ptr, mean_ptr, rstd_ptr, moments_ptr, rm_ptr, rv_p
         if PER_SAMPLE:
             for n in range(n_start, n_end):
                 stats = n * G + groups
-                count, mean, m2 = _merge_moments(part_ptr, stats, mask_g, chunks, chunks, 1, part_size, BLOCK_K)
+                count, mean, m2 = _merge_moments(part_ptr, stats, mask_g, chunks, chunks, 1, part_size, BLOCK_KG)
                 tl.store(mean_ptr + stats, mean, mask=mask_g)
                 tl.store(rstd_ptr + stats, 1.0 / tl.sqrt(m2 / tl.maximum(count, 1.0) + eps), mask=mask_g)
                 if RUNNING:
                     tl.store(part_ptr + 3 * part_size + stats, m2 / tl.maximum(count - 1.0, 1.0), mask=mask_g)
         else:
-            count, mean, m2 = _merge_moments(part_ptr, groups, mask_g, chunks, chunks, 1, part_size, BLOCK_K)
+            count, mean, m2 = _merge_moments(part_ptr, groups, mask_g, chunks, chunks, 1, part_size, BLOCK_KG)
             if MOMENTS_OUT:     # this process's share, for a merge across processes
                 tl.store(moments_ptr + groups, count, mask=mask_g)
                 tl.store(moments_ptr + G + groups, mean, mask=mask_g)
@@ -536,7 +536,7 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
                        HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RESIDUAL: tl.constexpr,
                        MASK_FROM_OUTPUT: tl.constexpr, ACTIVATION: tl.constexpr, INDEX_64: tl.constexpr,
                        FULL_BLOCKS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr,
-                       BLOCK_K: tl.constexpr):
+                       BLOCK_K: tl.constexpr, BLOCK_KG: tl.constexpr):
     """The reduction pass. x, dy, residual, g, dx: (N, C, S) through strides; mean,
     rstd per statistic as in the forward. g = dy through the activation (its input
     recomputed from x and the residual, or its mask read from the output in
@@ -624,9 +624,9 @@ def _bwd_reduce_kernel(x_ptr, dy_ptr, res_ptr, mean_ptr, rstd_ptr, w_ptr, b_ptr,
             if STATS_PER_SAMPLE:
                 s2_ptr = sums_ptr + N * G
                 for n in range(n_start, n_end):
-                    _store_stat_sums(stat_part, stat_size, sums_ptr, s2_ptr, n * G + groups, mask_g, chunks, BLOCK_K)
+                    _store_stat_sums(stat_part, stat_size, sums_ptr, s2_ptr, n * G + groups, mask_g, chunks, BLOCK_KG)
             else:
-                _store_stat_sums(stat_part, stat_size, sums_ptr, sums_ptr + G, groups, mask_g, chunks, BLOCK_K)
+                _store_stat_sums(stat_part, stat_size, sums_ptr, sums_ptr + G, groups, mask_g, chunks, BLOCK_KG)
 
 
 @triton.jit

@@ -20,7 +20,12 @@ from .._runtime import cdiv, memory_format_of, merge_dims, next_power_of_2, offs
 # tile is at most CHANNELS_LAST_WIDTH channels wide, else at most ROW_CHANNELS
 # channels of long rows. The reduction over (n, S) is split until about
 # TARGET_PROGRAMS programs run, none with fewer than MIN_PROGRAM_ELEMENTS elements.
-# Merges read tiles of about MERGE_TILE partials (BLOCK_K per statistic or channel).
+# Merges read tiles of about MERGE_TILE partials of a block's channels (BLOCK_K rows of
+# BLOCK_C), and at least STAT_MERGE_TILE of its statistics (BLOCK_KG rows of BLOCK_G).
+# (BLOCK_K served both until 2026-11-30: a layer norm's one statistic per sample then
+# merged its 392 partials one at a time; on an H200 its forward over 32 x 802816 took
+# 1.38 ms, 74 GB/s, about what 16 x 392 merges one after another in L2 cost; not
+# re-timed yet. 1024 statistics a tile spilled a group norm's kernel under triton 3.6.)
 # Tests lower these to force loops and splits on small shapes.
 TILE = 2048
 INTERPRETER_TILE = 1 << 14
@@ -30,6 +35,7 @@ TARGET_PROGRAMS = 1024
 INTERPRETER_TARGET_PROGRAMS = 1
 MIN_PROGRAM_ELEMENTS = 4096
 MERGE_TILE = 1024
+STAT_MERGE_TILE = 256
 MERGE_CHANNELS = 256        # channels per program of the merge across processes
 NUM_WARPS = 8
 # The single-read path holds a statistic's whole set (padded to powers of two) in
@@ -210,11 +216,13 @@ class LoopPlan:
         """Every channel block holds exactly BLOCK_C channels (and BLOCK_G groups)."""
         return _full_blocks(self.C, self.Cg, self.GPB, self.BPG, self.BLOCK_C)
 
-    def blocks(self, merging: bool = False) -> dict:
+    def blocks(self, merging: str = "") -> dict:
         """The constexpr tiling of a launch."""
         out = {"BLOCK_S": self.BLOCK_S, "BLOCK_C": self.BLOCK_C, "BLOCK_G": self.BLOCK_G,
                "FULL_BLOCKS": self.full_blocks}
-        if merging:
+        if merging:         # "statistics" (BLOCK_KG), "channels" (and statistics: BLOCK_K too)
+            out["BLOCK_KG"] = max(1, MERGE_TILE // self.BLOCK_C, STAT_MERGE_TILE // self.BLOCK_G)
+        if merging == "channels":
             out["BLOCK_K"] = max(1, MERGE_TILE // self.BLOCK_C)
         return out
 
@@ -370,12 +378,13 @@ def running_stride(layout) -> int:
 
 
 @by_layout
-def loop_launch(layouts, prefixes: tuple, running: bool, geom: Geometry, merging: bool,
+def loop_launch(layouts, prefixes: tuple, running: bool, geom: Geometry, merging: str,
                 interpreter: bool) -> LaunchPlan:
     """The plan of a looped kernel's launch. Tensors: the activation-sized ones that
     ``prefixes`` name (x first: the tiling follows its strides; None allowed), then
     with ``running`` the running mean and variance (None allowed: stride 0).
-    ``merging``: the kernel merges partials (BLOCK_K)."""
+    ``merging``: "" or what the kernel merges partials of: "statistics" (BLOCK_KG
+    rows of a tile), "channels" (their sums too: BLOCK_K rows)."""
     views = layouts[:len(prefixes)]
     sizes, strides = ncs_views(views, geom)
     plan = loop_plan(sizes, geom.groups, strides[0][1], strides[0][2], interpreter)

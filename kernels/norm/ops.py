@@ -98,7 +98,7 @@ def _statistics_plan(layouts, geom: Geometry, track: bool, moments_out: bool, mo
     """run(x, running_mean, running_var, num_batches_tracked) of a non-empty x (layouts:
     x, running_mean, running_var): (mean, rstd) (num_stats,) fp32, or with
     ``moments_out`` the (3, G) moments (``norm_moments``)."""
-    planned = loop_launch.of_layouts(layouts, ("x",), True, geom, True, interpreter)
+    planned = loop_launch.of_layouts(layouts, ("x",), True, geom, "statistics", interpreter)
     plan = planned.tiling
     running = layouts[1] is not None
     num_stats, chunks = plan.num_stats(geom.per_sample), plan.chunks(geom.per_sample)
@@ -156,7 +156,7 @@ def _normalize_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, e
     if 0 in x_layout[0]:
         return lambda x, *args: new_output(dtype=args[-1], device=x.device)
     planned = loop_launch.of_layouts((x_layout, y_layout, r_layout, rm_layout, rv_layout), ("x", "y", "r"), True,
-                                     geom, False, interpreter)
+                                     geom, "", interpreter)
     running = rm_layout is not None
     normalize = bind(_normalize_kernel, planned.grid, _NORMALIZE_POINTERS, **planned.args, eps=eps,
                      negative_slope=negative_slope, STATS_PER_SAMPLE=geom.per_sample, FROM_RUNNING=running,
@@ -206,7 +206,7 @@ def _reduce_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool, h
     if not (need_weight or need_bias or stat_sums or write_g or dx_layout):
         return lambda *_: (None,) * 5
     planned = loop_launch.of_layouts((x_layout, dy_layout, r_layout, g_layout, dx_layout), ("x", "dy", "r", "g", "dx"),
-                                     False, geom, True, interpreter)
+                                     False, geom, "channels", interpreter)
     plan = planned.tiling
     num_stats, chunks = plan.num_stats(geom.per_sample), plan.chunks(geom.per_sample)
     part_size = (2 * plan.num_n_chunks * plan.num_s_chunks * plan.C * (need_weight or need_bias)
@@ -241,7 +241,7 @@ def _dx_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, activati
     dx_layout = _like(x_layout)
     new_dx = _allocator(dx_layout)
     planned = loop_launch.of_layouts((x_layout, dy_layout, r_layout, g_layout, dx_layout), ("x", "dy", "r", "g", "dx"),
-                                     False, geom, False, interpreter)
+                                     False, geom, "", interpreter)
     plan = planned.tiling
     input_grad = bind(_bwd_dx_kernel, planned.grid, _DX_POINTERS, **planned.args, negative_slope=negative_slope,
                       inv_count=1.0 / ((1 if geom.per_sample else plan.N) * plan.Cg * plan.S),
