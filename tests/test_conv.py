@@ -368,7 +368,7 @@ def test_stem_padded_channels(C, layout, dilation, groups, dtype, pad_c, device,
     check_op(ours, reference, [x, w, b], "conv")
 
 
-def test_stem_weight_grad_plans_per_padding(device):
+def test_stem_weight_grad_plans_per_padding(device, launch_log):
     """One geometry's weight gradient of a 4-channel channels_last x, first read
     in place (PAD_C 0), then read as padded (PAD_C 4, the same tensor): each gets
     its own launch plan, both right."""
@@ -381,6 +381,8 @@ def test_stem_weight_grad_plans_per_padding(device):
             dw = ops.conv2d_weight_grad(dy, x, w, [1, 1], [3, 3, 3, 3], [1, 1], 1, None)
         ref = torch.nn.grad.conv2d_weight(x.double(), w.shape, dy.double(), padding=3)
         assert_close(dw, ref, torch.float32, "conv")
+    pads = [launch.args["PAD_C"] for launch in launch_log if launch.name == "_conv_wgrad_gemm_kernel"]
+    assert pads == [0, 4], pads
 
 
 def test_padded_channels_are_zero(device, monkeypatch):
