@@ -146,7 +146,8 @@ CLOCK_WARMUP_MS = 100      # per side, before a case's timings (``time_case``)
 def time_case(case: Case, ceilings: dict) -> dict:
     """One row: setup and check (compiles, autotuning, cuDNN's search), a warm-up of
     ``CLOCK_WARMUP_MS`` per side, then each side timed twice, interleaved; a side's
-    time is the mean of its two medians and its spread their relative difference."""
+    time is the mean of its two medians and its spread their relative difference.
+    Then each side's host time per call (``host_us``)."""
     from triton.testing import do_bench
     start = time.perf_counter()
     ours, baseline, *exact = setup(case)
@@ -163,8 +164,7 @@ def time_case(case: Case, ceilings: dict) -> dict:
     ours_ms, base_ms = (sum(m) / len(m) for m in medians)
     row = row_of(case)
     row.update(ours_ms=ours_ms, baseline_ms=base_ms, speedup=base_ms / ours_ms,
-               spread=max((max(m) - min(m)) / min(m) for m in medians),
-               setup_s=checked - start, timing_s=time.perf_counter() - checked)
+               spread=max((max(m) - min(m)) / min(m) for m in medians), setup_s=checked - start)
     if case.bytes:
         row["gbps"] = case.bytes / ours_ms / 1e6
         row["pct_copy_bw"] = 100 * row["gbps"] / ceilings["copy_gbps"]
@@ -173,7 +173,75 @@ def time_case(case: Case, ceilings: dict) -> dict:
         row["pct_bf16_matmul"] = 100 * row["tflops"] / ceilings["bf16_matmul_tflops"]
     if case.extra.get("images"):        # whole-model cases
         row.update(whole_model_figures(case.extra["images"], ours, baseline, ours_ms, base_ms))
+    calls = 1 if case.extra.get("images") else HOST_CALLS
+    row.update(host_us=host_us(ours, calls), baseline_host_us=host_us(baseline, calls),
+               timing_s=time.perf_counter() - checked)
     return row
+
+
+def kernel_fields(case: Case) -> dict:
+    """Each side's kernels (``kernel_us``) on a new setup of ``case``: their summed
+    device time per call and the TOP_KERNELS longest. ``run`` profiles after every
+    case is timed, so that no timing runs with the profiler's hooks left in place."""
+    ours, baseline, *_ = setup(case)
+    fields = {}
+    for prefix, fn in (("", ours), ("baseline_", baseline)):
+        times = kernel_us(fn)
+        fields.update({f"{prefix}kernel_us": sum(times.values()), f"{prefix}kernels": _top(times)})
+    return fields
+
+
+HOST_CALLS = 10         # calls queued per host timing (a whole model: 1, its launches would fill the queue)
+PROFILED_CALLS = 5      # calls per side under the profiler (``kernel_fields``)
+TOP_KERNELS = 4         # kernels per side named in a row
+
+
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def host_us(fn, calls: int) -> float:
+    """Host time of one call of ``fn`` in us (its Python, torch's dispatch, the
+    launches): the least of three timings of ``calls`` calls queued one after
+    another without waiting for the GPU. Where it approaches the call's GPU time
+    the GPU waits for the host, and the row's time is partly the host's."""
+    best = math.inf
+    for _ in range(3):
+        _synchronize()
+        start = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        best = min(best, time.perf_counter() - start)
+    _synchronize()
+    return best / calls * 1e6
+
+
+def kernel_us(fn, calls: int = PROFILED_CALLS, device: str = "cuda") -> dict[str, float]:
+    """Device time per call of each kernel, memset and copy that ``fn`` makes, in
+    us by name (torch.profiler, CUPTI on a GPU; ``device="cpu"``: its CPU ops)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    kind = DeviceType.CUDA if device == "cuda" else DeviceType.CPU
+    fn()
+    _synchronize()
+    with profile(activities=activities) as prof:
+        for _ in range(calls):
+            fn()
+        _synchronize()
+    times: dict[str, float] = {}
+    for event in prof.events():
+        if event.device_type == kind:
+            times[event.name] = times.get(event.name, 0.0) + event.time_range.elapsed_us() / calls
+    return times
+
+
+def _top(times: dict[str, float]) -> dict[str, float]:
+    """The TOP_KERNELS longest of ``times``, names cut to 80 characters."""
+    ranked = sorted(times.items(), key=lambda item: -item[1])[:TOP_KERNELS]
+    return {name[:80]: round(us, 2) for name, us in ranked}
+
 
 
 def whole_model_figures(images: int, ours, baseline, ours_ms: float, base_ms: float) -> dict:
@@ -223,6 +291,14 @@ def _of_cases(meta: dict) -> str:
     return f" of {sum(r['cases'] for r in runs)}" if runs else ""
 
 
+def _pair(row: dict, key: str) -> str:
+    """"ours / torch" of a figure both sides have (``key``, ``baseline_`` + key), or ""."""
+    ours, theirs = row.get(key), row.get("baseline_" + key)
+    if isinstance(ours, (int, float)) and isinstance(theirs, (int, float)):
+        return f"{ours:.0f} / {theirs:.0f}"
+    return ""
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     runs = list(meta.get("runs", {}).values())
     lines = [f"# nnlib benchmark: {meta['gpu']}, {meta['date']}", "",
@@ -232,7 +308,11 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "before each call); a time is the mean of its two medians, \"spread\" the larger relative "
              "difference of the two sides' pairs: a speedup within it of 1 is noise. Per-op rows are GPU time "
              "(a call's host time overlaps the flush before it); whole-model rows include the host's, except "
-             "\"train-graphed\". Speedup: torch ms / ours ms (above 1: nnlib is faster).", "",
+             "\"train-graphed\". Speedup: torch ms / ours ms (above 1: nnlib is faster). \"host us\": a "
+             "call's host time (Python, dispatch, launches; calls queued without waiting for the GPU), ours / "
+             "torch: where it nears the row's time, the GPU waited for the host. \"kernels us\": the summed "
+             "device time of a call's kernels, memsets and copies (torch.profiler), ours / torch: the row's "
+             "time less this is time the GPU sat idle within the call.", "",
              f"Ceilings measured in this run: copy {meta['ceilings']['copy_gbps']:.0f} GB/s, "
              f"bf16 matmul {meta['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s. "
              f"Cases run: {len(rows)}{_of_cases(meta)}"
@@ -242,11 +322,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
         if entry.get("stopped"):
             lines += ["", f"The run of {suites} stopped: {entry['stopped']}."]
     lines += ["", "| op | set | shape | dtype | layout | pass | ours ms | torch ms | speedup | spread | GB/s | "
-              "% copy | TFLOP/s | % of bf16 matmul | note |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "% copy | TFLOP/s | % of bf16 matmul | host us | kernels us | note |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, spec):
         return format(v, spec) if isinstance(v, (int, float)) else ""
+
     for r in rows:
         spread = r.get("spread")
         lines.append("| " + " | ".join([
@@ -254,7 +335,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             "error" if "error" in r else fmt(r.get("ours_ms"), ".4f"), fmt(r.get("baseline_ms"), ".4f"),
             fmt(r.get("speedup"), ".2f"), f"{100 * spread:.0f}%" if spread is not None else "",
             fmt(r.get("gbps"), ".0f"), fmt(r.get("pct_copy_bw"), ".0f"), fmt(r.get("tflops"), ".1f"),
-            fmt(r.get("pct_bf16_matmul"), ".0f"), r.get("note", "")]) + " |")
+            fmt(r.get("pct_bf16_matmul"), ".0f"), _pair(r, "host_us"), _pair(r, "kernel_us"),
+            r.get("note", "")]) + " |")
     lines += ["", "Geomean speedup per op, set, dtype, layout and pass (of the paths nnlib takes: rows marked "
               "\"alternative\" left out):", "", "| op | set | dtype | layout | pass | geomean | rows |",
               "|---|---|---|---|---|---|---|"]
@@ -274,6 +356,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines += [f"| {r['op']} | {r['dtype']} | {r['pass']} | {r['images_per_s']:.0f} | "
                   f"{r['torch_images_per_s']:.0f} | {fmt(r.get('peak_mib'), '.0f')} | "
                   f"{fmt(r.get('torch_peak_mib'), '.0f')} |" for r in models]
+    profiled = [r for r in rows if r.get("kernels") or r.get("baseline_kernels")]
+    if profiled:
+        lines += ["", f"Longest kernels per call (us, torch.profiler; up to {TOP_KERNELS} a side):", ""]
+        for r in profiled:
+            sides = [f"{side} " + ", ".join(f"`{name}` {us:.1f}" for name, us in r.get(key, {}).items())
+                     for side, key in (("ours", "kernels"), ("torch", "baseline_kernels"))]
+            lines.append(f"- {r['id']}: " + "; ".join(sides))
+    unprofiled = [r for r in rows if "profile_error" in r]
+    if unprofiled:
+        lines += ["", "Cases whose host time or kernels could not be measured:", ""]
+        lines += [f"- {r['id']}: {r['profile_error']}" for r in unprofiled]
     failed = [r for r in rows if "error" in r]
     if failed:
         lines += ["", "Cases that failed (left out of the geomeans):", ""]
@@ -301,7 +394,10 @@ def plot(rows: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
-def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) -> int:
+def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False, kernels: bool = True) -> int:
+    """Check (CPU) or time (GPU) the cases of the suites ``ops``; on a GPU, then
+    profile each timed case's kernels (``kernels``) and write the report to
+    ``out_dir``. Returns the exit status: 1 when a case failed."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         from kernels._runtime import interpreting
@@ -352,8 +448,8 @@ def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) 
         try:
             row = time_case(case, ceilings)
             msg = (f"ours {row['ours_ms']:.4f} ms, torch {row['baseline_ms']:.4f} ms, {row['speedup']:.2f}x "
-                   f"(spread {100 * row['spread']:.0f}%; setup {row['setup_s']:.1f} s, timing "
-                   f"{row['timing_s']:.1f} s)")
+                   f"(spread {100 * row['spread']:.0f}%; host {_pair(row, 'host_us')} us; setup "
+                   f"{row['setup_s']:.1f} s, timing {row['timing_s']:.1f} s)")
         except Exception as exc:
             row = row_of(case)
             row["error"] = str(exc).splitlines()[0][:300]
@@ -375,12 +471,37 @@ def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False) 
         if lost:
             print(this_run["stopped"], flush=True)
             break
+    if kernels and not this_run.get("stopped"):
+        _profile_rows(cases, rows, at, lambda: _save(stem, meta, rows))
     try:
         plot(rows, stem + ".png", f"nnlib vs torch, {gpu}, {date}")
         print(f"wrote {stem}.json / .md / .png")
     except ImportError as exc:
         print(f"wrote {stem}.json / .md (no plot: {exc})")
     return 1 if failed else 0
+
+
+def _profile_rows(cases: list[Case], rows: list[dict], at: dict, save) -> None:
+    """Add ``kernel_fields`` to the row of each timed case (``at``: id -> index in
+    ``rows``), calling ``save()`` after each; a case that fails says why in its row."""
+    print(f"profiling the kernels of {len(cases)} cases...", flush=True)
+    for i, case in enumerate(cases, 1):
+        row = rows[at[case.id]]
+        if "error" in row:
+            continue
+        lost = False
+        try:
+            row.update(kernel_fields(case))
+            msg = f"kernels {_pair(row, 'kernel_us')} us a call"
+        except Exception as exc:  # noqa: BLE001
+            row["profile_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            msg, lost = f"not profiled: {row['profile_error']}", context_lost(exc)
+        if not lost:
+            torch.cuda.empty_cache()
+        print(f"[{i}/{len(cases)}] {case.id}: {msg}", flush=True)
+        save()
+        if lost:
+            break
 
 
 def run_meta(gpu: str, date: str) -> dict:
@@ -440,6 +561,8 @@ def main(argv=None) -> int:
     parser.add_argument("--append", action="store_true",
                         help="add to the results this GPU wrote today in --out (its ceilings kept; rows of the "
                              "same cases replaced): gpu_check runs each suite in a process of its own")
+    parser.add_argument("--no-kernels", action="store_true",
+                        help="skip profiling each timed case's kernels (torch.profiler) after the timings")
     parser.add_argument("--host", action="store_true",
                         help="host cost per call and launch / device-op counts (CPU, no GPU needed)")
     args = parser.parse_args(argv)
@@ -450,7 +573,7 @@ def main(argv=None) -> int:
     unknown = set(ops or ()) - set(suite_names())
     if unknown:
         parser.error(f"unknown suites {sorted(unknown)}; choose from {suite_names()}")
-    return run(ops, args.quick, args.out, args.append)
+    return run(ops, args.quick, args.out, args.append, not args.no_kernels)
 
 
 if __name__ == "__main__":

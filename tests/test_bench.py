@@ -123,6 +123,7 @@ def _fake_gpu(monkeypatch, core) -> list:
     monkeypatch.setattr(torch.backends.cudnn, "version", lambda: 90000)
     monkeypatch.setattr(core, "measure_ceilings",
                         lambda device: measured.append(1) or {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0})
+    monkeypatch.setattr(core, "kernel_fields", lambda case: {})
     return measured
 
 
@@ -218,11 +219,53 @@ def test_sides_are_timed_twice_interleaved(monkeypatch):
     monkeypatch.setattr(triton.testing, "do_bench", do_bench)
     monkeypatch.setattr(core, "setup", lambda case: ("ours", "torch"))
     monkeypatch.setattr(core, "check", lambda case, ours, baseline: None)
+    monkeypatch.setattr(core, "host_us", lambda fn, calls: {"ours": 12.0, "torch": 9.0}[fn] * calls)
     row = core.time_case(case, {"copy_gbps": 1.0, "bf16_matmul_tflops": 1.0})
     warm = core.CLOCK_WARMUP_MS
     assert order == [("ours", warm), ("torch", warm), ("ours", 400), ("torch", 400), ("ours", 400), ("torch", 400)]
     assert row["ours_ms"] == pytest.approx(1.1) and row["baseline_ms"] == 4.0
     assert row["speedup"] == pytest.approx(4.0 / 1.1) and row["spread"] == pytest.approx(0.2)
+    assert (row["host_us"], row["baseline_host_us"]) == (12.0 * core.HOST_CALLS, 9.0 * core.HOST_CALLS)
+
+
+def test_rows_say_what_their_times_are_made_of(tmp_path, monkeypatch):
+    """A GPU run times every case, then profiles each (a new setup: no timing runs
+    under the profiler's hooks): a row carries both sides' host time per call, their
+    kernels' summed device time and longest kernels, which the report shows as ours /
+    torch; a case that cannot be profiled keeps its times and says why; a failed
+    case is not profiled. ``kernel_us`` sums a call's events by name (here CPU ops:
+    kernels need CUPTI), ``host_us`` times calls queued back to back."""
+    import json
+    import time
+    from bench import core
+    times = core.kernel_us(lambda: torch.ones(256).mul(2).add(1), calls=3, device="cpu")
+    assert times["aten::mul"] > 0 and times["aten::add"] > 0
+    assert 2000 <= core.host_us(lambda: time.sleep(0.002), calls=2) < 20000
+    _fake_gpu(monkeypatch, core)
+    first, second, third = core.collect(["activation"], "cuda", True)[:3]
+    monkeypatch.setattr(core, "collect", lambda ops, device, quick: [first, second, third])
+    monkeypatch.setattr(core, "time_case", lambda case, ceilings: {
+        **_fake_row(core, case), "host_us": 12.0, "baseline_host_us": 9.0} if case is not third else 1 / 0)
+    profiled = []
+
+    def kernel_fields(case):
+        profiled.append(case)
+        if case is second:
+            raise RuntimeError("CUPTI_ERROR_NOT_INITIALIZED")
+        return {"kernel_us": 31.5, "baseline_kernel_us": 20.0,
+                "kernels": {"_relu_kernel": 30.0, "memset": 1.5}, "baseline_kernels": {"elementwise_kernel": 20.0}}
+    monkeypatch.setattr(core, "kernel_fields", kernel_fields)
+    assert core.run(["activation"], True, str(tmp_path)) == 1
+    assert profiled == [first, second]
+    (result,) = tmp_path.glob("Fake_GPU-*.json")
+    rows = json.loads(result.read_text())["rows"]
+    assert rows[0]["kernel_us"] == 31.5 and rows[1]["profile_error"] == "RuntimeError: CUPTI_ERROR_NOT_INITIALIZED"
+    report = result.with_suffix(".md").read_text()
+    assert "| 12 / 9 | 32 / 20 |" in report
+    assert f"- {first.id}: ours `_relu_kernel` 30.0, `memset` 1.5; torch `elementwise_kernel` 20.0" in report
+    assert f"- {second.id}: RuntimeError: CUPTI_ERROR_NOT_INITIALIZED" in report
+    profiled.clear()
+    assert core.run(["activation"], True, str(tmp_path), kernels=False) == 1 and not profiled
 
 
 def test_suites_run_in_the_order_asked():
