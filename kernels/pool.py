@@ -135,29 +135,35 @@ def _max_pool2d_bwd_kernel(grad_ptr, idx_ptr, grad_x_ptr, N, C, H, W, OH, OW,
     strides. A program (``_plane_tile``) owns BLOCK_P input positions of H*W
     for BLOCK_C channels (planes with MERGE_N) and sums, in a fixed (kh, kw) order, the gradients of
     the windows that cover each element and name it as their argmax (idx the
-    flat h*W + w if FLAT_INDEX, else the local code kh*KW + kw)."""
+    flat h*W + w if FLAT_INDEX, else the local code kh*KW + kw).
+
+    Window row oh covers h through tap kh when oh*SH - pad_h + kh*DH == h: the
+    candidates are oh = (h + pad_h) // SH - j for j < ((KH - 1) * DH) // SH + 1
+    (j ascending: kh ascending), 2 rows of a 3x3 stride-2 window where its taps
+    are 3, 1 of a 2x2 stride-2 one where they are 2; columns alike."""
     n, offs_p, offs_c, mask_p, mask_c = _plane_tile(H * W, N, C, INDEX_64, MERGE_N, BLOCK_P, BLOCK_C)
     h = offs_p // W
     w = offs_p % W
     grad_base = grad_ptr + n * stride_gn + offs_c[None, :] * stride_gc
     idx_base = idx_ptr + n * stride_in + offs_c[None, :] * stride_ic
+    last_oh = (h + pad_h) // SH
+    last_ow = (w + pad_w) // SW
 
     acc = tl.zeros((BLOCK_P, BLOCK_C), tl.float32)
-    for kh in range(KH):
-        # Window row oh covers h through tap kh when oh*SH - pad_h + kh*DH == h.
-        th = h + pad_h - kh * DH
-        oh = tl.maximum(th, 0) // SH
-        row_ok = mask_p & (th >= 0) & (th % SH == 0) & (oh < OH)
-        for kw in range(KW):
-            tw = w + pad_w - kw * DW
-            ow = tl.maximum(tw, 0) // SW
-            ok = row_ok & (tw >= 0) & (tw % SW == 0) & (ow < OW)
+    for j in range((KH - 1) * DH // SH + 1):
+        oh = last_oh - j
+        th = h + pad_h - oh * SH            # kh * DH where oh covers h
+        row_ok = mask_p & (oh >= 0) & (oh < OH) & (th % DH == 0) & (th < KH * DH)
+        for i in range((KW - 1) * DW // SW + 1):
+            ow = last_ow - i
+            tw = w + pad_w - ow * SW        # kw * DW
+            ok = row_ok & (ow >= 0) & (ow < OW) & (tw % DW == 0) & (tw < KW * DW)
             m = ok[:, None] & mask_c[None, :]
             idx = tl.load(idx_base + (oh * stride_ih + ow * stride_iw)[:, None], mask=m, other=-1)
             if FLAT_INDEX:
                 hit = m & (idx == (h * W + w)[:, None])
             else:
-                hit = m & (idx == kh * KW + kw)
+                hit = m & (idx == ((th // DH) * KW + tw // DW)[:, None])
             acc += tl.load(grad_base + (oh * stride_gh + ow * stride_gw)[:, None],
                            mask=hit, other=0.0).to(tl.float32)
 
