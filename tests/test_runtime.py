@@ -52,15 +52,59 @@ def test_autotune_off_times_nothing(autotuning, monkeypatch):
 
     def never_run():
         raise AssertionError("a config was run to time it")
+    compiled = []
+    monkeypatch.setattr(_runtime, "compile_together", lambda *args: compiled.append(args))
     assert len(_fill.configs) == 2
-    kept = _fill.early_config_prune(_fill.configs, {"n": 10})
+    kept = _fill.early_config_prune(_fill.configs, {"n": 10}, BLOCK_X=2)
     if autotuning:
         timed = []
         monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: timed.append(kw) or [1.0, 1.0, 1.0])
         assert kept == configs and _fill.do_bench(never_run, quantiles=(0.5, 0.2, 0.8)) == [1.0, 1.0, 1.0]
         assert timed == [{"warmup": 5, "rep": 20, "quantiles": (0.5, 0.2, 0.8)}]
+        assert compiled == [(_fill.fn, {"n": 10}, {"BLOCK_X": 2}, configs)]     # compiled at once, then timed
     else:
         assert kept == configs[:1] and _fill.do_bench(never_run, quantiles=(0.5, 0.2, 0.8)) == [0.0, 0.0, 0.0]
+        assert not compiled
+
+
+def test_autotuned_configs_compile_together(monkeypatch):
+    """``compile_together`` warms an autotuned launch in each of its configs at once
+    under Triton's AsyncCompileMode (a thread pool; ignoring errors, which the
+    autotuner then meets and reports itself): each warm-up gets the launch's
+    arguments and the config's. A lone config has nothing to gain; a failure warns
+    once and leaves compiling to the autotuner from then on."""
+    import types
+    from kernels import _runtime
+    warmed, modes = [], []
+
+    class Jitted(triton.runtime.JITFunction):
+        def warmup(self, *args, grid, **kwargs):
+            if kwargs["BLOCK"] == 0:
+                raise ValueError("cannot compile")
+            warmed.append(kwargs)
+
+    class Mode:
+        def __init__(self, pool, ignore_errors):
+            modes.append((pool._max_workers, ignore_errors))
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+    monkeypatch.setattr(triton, "AsyncCompileMode", Mode)
+    monkeypatch.setattr(_runtime, "_parallel_compile", [True])
+    tuner = types.SimpleNamespace(fn=object.__new__(Jitted))
+    configs = [triton.Config({"BLOCK": 16}, num_warps=4), triton.Config({"BLOCK": 32}, num_warps=8, num_stages=2)]
+    _runtime.compile_together(tuner, {"x_ptr": "x"}, {"N": 5}, configs)
+    assert warmed == [{"x_ptr": "x", "N": 5, **c.all_kwargs()} for c in configs]
+    assert modes == [(min(2, os.cpu_count()), True)]
+    _runtime.compile_together(tuner, {"x_ptr": "x"}, {"N": 5}, configs[:1])
+    assert len(warmed) == 2
+    with pytest.warns(RuntimeWarning, match="one by one from now on"):
+        _runtime.compile_together(tuner, {}, {}, [triton.Config({"BLOCK": 0}), *configs])
+    _runtime.compile_together(tuner, {}, {}, configs)
+    assert len(warmed) == 2 and len(modes) == 2
 
 
 @pytest.mark.cuda
