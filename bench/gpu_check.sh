@@ -10,7 +10,8 @@
 #   bash bench/gpu_check.sh OUTDIR [SUITES, comma-separated: activation,max_pool2d,norm,conv2d,e2e]
 # The boxes (seconds) can be shortened to leave device time for a rerun (0 skips the step):
 #   GPU_CHECK_TESTS_S (240), GPU_CHECK_SELFTEST_S (105), GPU_CHECK_BENCH_S (180);
-# GPU_CHECK_PYTEST_ARGS: more pytest arguments for the tests (a rerun's selection).
+# GPU_CHECK_PYTEST_ARGS: more pytest arguments for the tests (a rerun's selection); GPU_CHECK_NCU: cases
+# for Nsight Compute (below).
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [SUITES]}
 set -- "${2:-activation,max_pool2d,norm,conv2d,e2e}"
@@ -76,5 +77,16 @@ for suite in ${1//,/ }; do
   step "bench-$suite" $left $PY -m bench --quick $append --out "$out" --ops "$suite" || rc=1
   append=--append
 done
+# GPU_CHECK_NCU (substrings of quick cases' ids, space-separated): Nsight Compute on those cases' calls
+# (bench.one: after their compiles and tuning), both sides, in a box of GPU_CHECK_NCU_S (120 s).
+if [[ -n "${GPU_CHECK_NCU:-}" ]]; then
+  if command -v ncu > /dev/null; then
+    step ncu "${GPU_CHECK_NCU_S:-120}" ncu --profile-from-start off --section SpeedOfLight --section Occupancy \
+      --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
+      $PY -m bench.one $GPU_CHECK_NCU || rc=1
+  else
+    echo "ncu: not run, no ncu on PATH" | tee -a "$out/summary.txt"
+  fi
+fi
 echo "gpu_check rc=$rc" | tee -a "$out/summary.txt"
 exit $rc

@@ -297,3 +297,26 @@ def test_resnet50_flops():
     assert len(flops) == 54 and round(sum(flops.values()) / 2e9, 2) == 4.09
     assert flops["conv1"] == 2 * 112 * 112 * 64 * 3 * 7 * 7
     assert training_flops(flops) == 3 * 8_178_368_512 - 236_027_904
+
+
+def test_one_runs_the_cases_asked_for_a_profiler(monkeypatch, capsys):
+    """``python -m bench.one`` sets up the quick cases whose id holds a pattern and
+    calls each side once, then ``calls`` times between cudaProfilerStart and Stop
+    (the GPU stood in for); no CUDA GPU, or no case matched: exit status 2."""
+    from bench import core, one
+    assert one.main(["relu"]) == 2 and "no CUDA GPU" in capsys.readouterr().out
+    events = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.setattr(torch.cuda.nvtx, "range_start", lambda name: events.append(("range", name)) or 7)
+    monkeypatch.setattr(torch.cuda.nvtx, "range_end", lambda marker: events.append(("end", marker)))
+    monkeypatch.setattr(torch.cuda.profiler, "start", lambda: events.append("start"))
+    monkeypatch.setattr(torch.cuda.profiler, "stop", lambda: events.append("stop"))
+    monkeypatch.setattr(one, "setup", lambda case: (lambda: events.append("ours"), lambda: events.append("torch")))
+    wanted = [c.id for c in core.collect(core.suite_names(), "cuda", True) if "max_pool2d-vgg16" in c.id]
+    assert len(wanted) == 4
+    assert one.main(["max_pool2d-vgg16", "--side", "ours", "--calls", "2"]) == 0
+    assert events == [e for case in wanted
+                      for e in ("ours", ("range", f"ours {case}"), "start", "ours", "ours", "stop", ("end", 7))]
+    assert one.main(["no-such-case"]) == 2
