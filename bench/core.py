@@ -185,8 +185,10 @@ def kernel_fields(case: Case) -> dict:
     case is timed, so that no timing runs with the profiler's hooks left in place."""
     ours, baseline, *_ = setup(case)
     fields = {}
-    for prefix, fn in (("", ours), ("baseline_", baseline)):
+    for prefix, side, fn in (("", "ours", ours), ("baseline_", "torch", baseline)):
         times = kernel_us(fn)
+        if not times:
+            raise RuntimeError(f"the profiler saw no kernel of {side} (CUPTI off?)")
         fields.update({f"{prefix}kernel_us": sum(times.values()), f"{prefix}kernels": _top(times)})
     return fields
 
@@ -219,29 +221,34 @@ def host_us(fn, calls: int) -> float:
 
 def kernel_us(fn, calls: int = PROFILED_CALLS, device: str = "cuda") -> dict[str, float]:
     """Device time per call of each kernel, memset and copy that ``fn`` makes, in
-    us by name (torch.profiler, CUPTI on a GPU; ``device="cpu"``: its CPU ops)."""
+    us by name (torch.profiler, CUPTI on a GPU: its device activity only; user
+    annotations, which span kernels, left out; ``device="cpu"``: its CPU ops). The
+    calls run back to back, so their inputs may sit in L2, unlike the timed ones."""
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    kind = DeviceType.CUDA if device == "cuda" else DeviceType.CPU
+    activity, kind = ((ProfilerActivity.CUDA, DeviceType.CUDA) if device == "cuda"
+                      else (ProfilerActivity.CPU, DeviceType.CPU))
     fn()
     _synchronize()
-    with profile(activities=activities) as prof:
+    with profile(activities=[activity]) as prof:
         for _ in range(calls):
             fn()
         _synchronize()
     times: dict[str, float] = {}
     for event in prof.events():
-        if event.device_type == kind:
+        if event.device_type == kind and not getattr(event, "is_user_annotation", False):
             times[event.name] = times.get(event.name, 0.0) + event.time_range.elapsed_us() / calls
     return times
 
 
 def _top(times: dict[str, float]) -> dict[str, float]:
-    """The TOP_KERNELS longest of ``times``, names cut to 80 characters."""
-    ranked = sorted(times.items(), key=lambda item: -item[1])[:TOP_KERNELS]
-    return {name[:80]: round(us, 2) for name, us in ranked}
-
+    """The TOP_KERNELS longest of ``times`` by name cut to 80 characters (names alike
+    that far summed: torch's templated kernels)."""
+    cut: dict[str, float] = {}
+    for name, us in times.items():
+        cut[name[:80]] = cut.get(name[:80], 0.0) + us
+    ranked = sorted(cut.items(), key=lambda item: -item[1])[:TOP_KERNELS]
+    return {name: round(us, 2) for name, us in ranked}
 
 
 def whole_model_figures(images: int, ours, baseline, ours_ms: float, base_ms: float) -> dict:
@@ -311,8 +318,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
              "\"train-graphed\". Speedup: torch ms / ours ms (above 1: nnlib is faster). \"host us\": a "
              "call's host time (Python, dispatch, launches; calls queued without waiting for the GPU), ours / "
              "torch: where it nears the row's time, the GPU waited for the host. \"kernels us\": the summed "
-             "device time of a call's kernels, memsets and copies (torch.profiler), ours / torch: the row's "
-             "time less this is time the GPU sat idle within the call.", "",
+             "device time of a call's kernels, memsets and copies (torch.profiler, calls back to back: L2 not "
+             "flushed), ours / torch: well under the row's time, the GPU sat idle within the call.", "",
              f"Ceilings measured in this run: copy {meta['ceilings']['copy_gbps']:.0f} GB/s, "
              f"bf16 matmul {meta['ceilings']['bf16_matmul_tflops']:.0f} TFLOP/s. "
              f"Cases run: {len(rows)}{_of_cases(meta)}"
@@ -365,7 +372,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
             lines.append(f"- {r['id']}: " + "; ".join(sides))
     unprofiled = [r for r in rows if "profile_error" in r]
     if unprofiled:
-        lines += ["", "Cases whose host time or kernels could not be measured:", ""]
+        lines += ["", "Cases whose kernels could not be profiled:", ""]
         lines += [f"- {r['id']}: {r['profile_error']}" for r in unprofiled]
     failed = [r for r in rows if "error" in r]
     if failed:
@@ -471,19 +478,28 @@ def run(ops: list[str] | None, quick: bool, out_dir: str, append: bool = False, 
         if lost:
             print(this_run["stopped"], flush=True)
             break
+    _plot(rows, stem, gpu, date)
     if kernels and not this_run.get("stopped"):
-        _profile_rows(cases, rows, at, lambda: _save(stem, meta, rows))
+        lost = _profile_rows(cases, rows, at, lambda: _save(stem, meta, rows))
+        if lost:
+            this_run["stopped"] = f"profiling {lost} lost the CUDA context; the cases after it were not profiled"
+            _save(stem, meta, rows)
+    return 1 if failed else 0
+
+
+def _plot(rows: list[dict], stem: str, gpu: str, date: str) -> None:
     try:
         plot(rows, stem + ".png", f"nnlib vs torch, {gpu}, {date}")
         print(f"wrote {stem}.json / .md / .png")
     except ImportError as exc:
         print(f"wrote {stem}.json / .md (no plot: {exc})")
-    return 1 if failed else 0
 
 
-def _profile_rows(cases: list[Case], rows: list[dict], at: dict, save) -> None:
+def _profile_rows(cases: list[Case], rows: list[dict], at: dict, save) -> str | None:
     """Add ``kernel_fields`` to the row of each timed case (``at``: id -> index in
-    ``rows``), calling ``save()`` after each; a case that fails says why in its row."""
+    ``rows``), calling ``save()`` after each; a case that fails says why in its row.
+    Returns the id of a case whose profiling lost the CUDA context (the rest not
+    profiled), or None."""
     print(f"profiling the kernels of {len(cases)} cases...", flush=True)
     for i, case in enumerate(cases, 1):
         row = rows[at[case.id]]
@@ -501,7 +517,8 @@ def _profile_rows(cases: list[Case], rows: list[dict], at: dict, save) -> None:
         print(f"[{i}/{len(cases)}] {case.id}: {msg}", flush=True)
         save()
         if lost:
-            break
+            return case.id
+    return None
 
 
 def run_meta(gpu: str, date: str) -> dict:

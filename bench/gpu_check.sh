@@ -10,8 +10,9 @@
 #   bash bench/gpu_check.sh OUTDIR [SUITES, comma-separated: activation,max_pool2d,norm,conv2d,e2e]
 # The boxes (seconds) can be shortened to leave device time for a rerun (0 skips the step):
 #   GPU_CHECK_TESTS_S (240), GPU_CHECK_SELFTEST_S (105), GPU_CHECK_BENCH_S (180);
-# GPU_CHECK_PYTEST_ARGS: more pytest arguments for the tests (a rerun's selection); GPU_CHECK_NCU: cases
-# for Nsight Compute (below).
+# GPU_CHECK_PYTEST_ARGS: more pytest arguments for the tests (a rerun's selection); GPU_CHECK_KERNELS=0:
+# the bench does not profile each case's kernels after its timings (bench --no-kernels); GPU_CHECK_NCU:
+# cases for Nsight Compute (below; its box, GPU_CHECK_NCU_S, adds to the others: shorten them to fit).
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [SUITES]}
 set -- "${2:-activation,max_pool2d,norm,conv2d,e2e}"
@@ -67,6 +68,7 @@ step selftest "${GPU_CHECK_SELFTEST_S:-105}" $PY -m nnlib.selftest --quick || rc
 # conv's compiled kernels in Triton's cache). The suites share one box (180 s).
 # The first suite starts the report over, the others add to it.
 deadline=$((SECONDS + ${GPU_CHECK_BENCH_S:-180})) append=""
+kernels=$([[ "${GPU_CHECK_KERNELS:-1}" == 0 ]] && echo --no-kernels)
 for suite in ${1//,/ }; do
   left=$((deadline - SECONDS))
   if (( left < 10 )); then
@@ -74,14 +76,14 @@ for suite in ${1//,/ }; do
     rc=1
     continue
   fi
-  step "bench-$suite" $left $PY -m bench --quick $append --out "$out" --ops "$suite" || rc=1
+  step "bench-$suite" $left $PY -m bench --quick $append $kernels --out "$out" --ops "$suite" || rc=1
   append=--append
 done
 # GPU_CHECK_NCU (substrings of quick cases' ids, space-separated): Nsight Compute on those cases' calls
 # (bench.one: after their compiles and tuning), both sides, in a box of GPU_CHECK_NCU_S (120 s).
 if [[ -n "${GPU_CHECK_NCU:-}" ]]; then
   if command -v ncu > /dev/null; then
-    step ncu "${GPU_CHECK_NCU_S:-120}" ncu --profile-from-start off --section SpeedOfLight --section Occupancy \
+    step ncu "${GPU_CHECK_NCU_S:-120}" ncu --profile-from-start off --nvtx --section SpeedOfLight --section Occupancy \
       --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis \
       $PY -m bench.one $GPU_CHECK_NCU || rc=1
   else

@@ -217,13 +217,18 @@ def compile_together(fn, named_args: dict, launch_kwargs: dict, configs: list) -
     make_mode = getattr(triton, "AsyncCompileMode", None)
     if len(configs) < 2 or make_mode is None or not _parallel_compile[0]:
         return
+    from triton.runtime import _async_compile
+    if _async_compile.active_mode.get() is not None:     # the caller compiles asynchronously already
+        return
+    # The autotuner passes its launch's grid and warmup flag along with the launch's arguments.
+    meta = {key: value for key, value in launch_kwargs.items() if key not in ("grid", "warmup")}
     try:
         while not isinstance(fn, triton.runtime.JITFunction):
             fn = fn.fn
         with ThreadPoolExecutor(min(len(configs), os.cpu_count() or 1)) as pool, \
                 make_mode(pool, ignore_errors=True):
             for config in configs:
-                fn.warmup(grid=(1,), **named_args, **launch_kwargs, **config.all_kwargs())
+                fn.warmup(grid=(1,), **named_args, **meta, **config.all_kwargs())
     except Exception as exc:  # noqa: BLE001
         _parallel_compile[0] = False
         warnings.warn(f"nnlib: compiling an autotuned kernel's configs at once failed ({type(exc).__name__}: "

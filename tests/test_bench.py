@@ -267,6 +267,14 @@ def test_rows_say_what_their_times_are_made_of(tmp_path, monkeypatch):
     profiled.clear()
     assert core.run(["activation"], True, str(tmp_path), kernels=False) == 1 and not profiled
 
+    def context_lost(case):
+        profiled.append(case)
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(core, "kernel_fields", context_lost)
+    assert core.run(["activation"], True, str(tmp_path)) == 1 and profiled == [first]
+    assert f"profiling {first.id} lost the CUDA context" in result.with_suffix(".md").read_text()
+    assert core._top({"a" * 90 + "1": 1.0, "a" * 90 + "2": 2.0, "b": 0.5}) == {"a" * 80: 3.0, "b": 0.5}
+
 
 def test_suites_run_in_the_order_asked():
     """gpu_check asks for the suites in the order that keeps most rows when its box ends."""
@@ -304,8 +312,10 @@ def test_one_runs_the_cases_asked_for_a_profiler(monkeypatch, capsys):
     calls each side once, then ``calls`` times between cudaProfilerStart and Stop
     (the GPU stood in for); no CUDA GPU, or no case matched: exit status 2."""
     from bench import core, one
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert one.main(["relu"]) == 2 and "no CUDA GPU" in capsys.readouterr().out
     events = []
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)   # restored after
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
@@ -320,3 +330,16 @@ def test_one_runs_the_cases_asked_for_a_profiler(monkeypatch, capsys):
     assert events == [e for case in wanted
                       for e in ("ours", ("range", f"ours {case}"), "start", "ours", "ours", "stop", ("end", 7))]
     assert one.main(["no-such-case"]) == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="kernels need a CUDA GPU")
+def test_kernel_times_name_the_kernels_a_call_launches():
+    """On a GPU ``kernel_us`` names the kernels a call launches (ours: the Triton
+    kernel's name) with their device times, not the ops that launched them."""
+    import nnlib.functional as F
+    from bench import core
+    x = torch.randn(1 << 20, device="cuda")
+    times = core.kernel_us(lambda: F.relu(x))
+    assert any("_activation_fwd_kernel" in name for name in times), times
+    assert all(us > 0 for us in times.values()) and not any(name.startswith("aten::") for name in times)

@@ -68,20 +68,29 @@ def test_autotune_off_times_nothing(autotuning, monkeypatch):
 
 
 def test_autotuned_configs_compile_together(monkeypatch):
-    """``compile_together`` warms an autotuned launch in each of its configs at once
-    under Triton's AsyncCompileMode (a thread pool; ignoring errors, which the
-    autotuner then meets and reports itself): each warm-up gets the launch's
-    arguments and the config's. A lone config has nothing to gain; a failure warns
-    once and leaves compiling to the autotuner from then on."""
+    """On a GPU, Triton's autotuner meets an autotuned launch's configs compiled:
+    its pruning calls ``compile_together``, which warms the launch in each config at
+    once under AsyncCompileMode (threads; errors left to the autotuner, which meets
+    and reports them) with the launch's arguments and the config's, not the
+    autotuner's grid and warmup flag (a real autotuner's launch here, its kernel
+    stood in for). A lone config has nothing to gain; a failure warns once and
+    leaves compiling to the autotuner from then on."""
     import types
+    import warnings
     from kernels import _runtime
-    warmed, modes = [], []
+    monkeypatch.setattr(_runtime, "_INTERPRETING", False)
+    monkeypatch.setattr(_runtime, "_AUTOTUNING", True)
+    monkeypatch.setattr(_runtime, "_parallel_compile", [True])
+    warmed, ran, modes = [], [], []
 
     class Jitted(triton.runtime.JITFunction):
         def warmup(self, *args, grid, **kwargs):
             if kwargs["BLOCK"] == 0:
                 raise ValueError("cannot compile")
             warmed.append(kwargs)
+
+        def run(self, *args, grid, warmup, **kwargs):
+            ran.append((args, kwargs))
 
     class Mode:
         def __init__(self, pool, ignore_errors):
@@ -93,18 +102,58 @@ def test_autotuned_configs_compile_together(monkeypatch):
         def __exit__(self, *exc):
             return False
     monkeypatch.setattr(triton, "AsyncCompileMode", Mode)
-    monkeypatch.setattr(_runtime, "_parallel_compile", [True])
-    tuner = types.SimpleNamespace(fn=object.__new__(Jitted))
+    monkeypatch.setattr(triton.testing, "do_bench", lambda fn, **kw: [1.0, 1.0, 1.0])
     configs = [triton.Config({"BLOCK": 16}, num_warps=4), triton.Config({"BLOCK": 32}, num_warps=8, num_stages=2)]
-    _runtime.compile_together(tuner, {"x_ptr": "x"}, {"N": 5}, configs)
-    assert warmed == [{"x_ptr": "x", "N": 5, **c.all_kwargs()} for c in configs]
-    assert modes == [(min(2, os.cpu_count()), True)]
-    _runtime.compile_together(tuner, {"x_ptr": "x"}, {"N": 5}, configs[:1])
+
+    @autotune(configs, key=["n"])
+    @triton.jit
+    def _fill(out_ptr, n, BLOCK: tl.constexpr):
+        tl.store(out_ptr + tl.arange(0, BLOCK), 1.0)
+    _fill.fn = object.__new__(Jitted)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _fill[(1,)]("out", 10)
+    assert warmed == [{"out_ptr": "out", "n": 10, **c.all_kwargs()} for c in configs]
+    assert modes == [(min(2, os.cpu_count()), True)] and ran[-1][0] == ("out", 10)
+    tuner = types.SimpleNamespace(fn=_fill.fn)
+    _runtime.compile_together(tuner, {"out_ptr": "out"}, {"n": 5}, configs[:1])
     assert len(warmed) == 2
     with pytest.warns(RuntimeWarning, match="one by one from now on"):
-        _runtime.compile_together(tuner, {}, {}, [triton.Config({"BLOCK": 0}), *configs])
-    _runtime.compile_together(tuner, {}, {}, configs)
+        _runtime.compile_together(tuner, {}, {"n": 5}, [triton.Config({"BLOCK": 0}), *configs])
+    _runtime.compile_together(tuner, {}, {"n": 5}, configs)
     assert len(warmed) == 2 and len(modes) == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiling for a launch needs a CUDA GPU")
+def test_autotuned_configs_are_compiled_before_they_are_timed(monkeypatch):
+    """On a GPU the first launch of a two-config kernel has both configs compiled
+    (in the kernel's cache) before the autotuner times them, without a warning, and
+    launches right."""
+    import warnings
+    from kernels import _runtime
+    monkeypatch.setattr(_runtime, "_AUTOTUNING", True)
+    monkeypatch.setattr(_runtime, "_parallel_compile", [True])
+    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 256})]
+
+    @autotune(configs, key=["n"])
+    @triton.jit
+    def _fill(out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, offs.to(tl.float32), mask=offs < n)
+    cached = []
+    together = _runtime.compile_together
+
+    def spy(fn, named_args, launch_kwargs, configs):
+        together(fn, named_args, launch_kwargs, configs)
+        cached.append(len(fn.device_caches[torch.cuda.current_device()][0]))
+    monkeypatch.setattr(_runtime, "compile_together", spy)
+    out = torch.empty(300, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        launch(_fill, lambda meta: (triton.cdiv(300, meta["BLOCK"]),), out, 300)
+    assert cached == [2]
+    assert torch.equal(out.cpu(), torch.arange(300, dtype=torch.float32))
 
 
 @pytest.mark.cuda
