@@ -45,7 +45,7 @@ __all__ = [
     "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "bind_config", "kernel_parameters",
     "LaunchCounter",
     "plan_cache", "plan_float", "clear_plan_caches", "persistent",
-    "count_launches", "dry_run",
+    "count_launches", "dry_run", "compile_ahead",
     "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
     "check_same_device", "CompileCase",
@@ -314,6 +314,8 @@ def _run(kernel, name: str, grid, args: tuple, options: dict):
     (under the interpreter, one launch at a time in the process)."""
     if not _counted(name):
         return None
+    if _ahead is not None:
+        return _compile_for(kernel, grid, args, options)
     if _INTERPRETING:
         with _INTERPRETER_LAUNCH:
             return kernel[grid](*args, **options)
@@ -396,6 +398,8 @@ def _direct(kernel, name: str, grid: tuple, fixed: tuple, options: dict):
     def run(*leading):
         if not _counted(name):
             return None
+        if _ahead is not None:
+            return _compile_for(kernel, grid, leading + fixed, options)
         device = _current_device()
         key = (device, *[(t.dtype, t.data_ptr() % 16 == 0) for t in leading if isinstance(t, torch.Tensor)])
         launcher = launchers.get(key)
@@ -511,6 +515,57 @@ def dry_run():
         yield
     finally:
         _dry_run = saved
+
+
+_ahead = None       # the AsyncCompileMode of ``compile_ahead`` while one runs
+_ahead_errors: list = []        # warm-ups that raised inside it (their launches compile later, or raise)
+
+
+@contextlib.contextmanager
+def compile_ahead(threads: int | None = None):
+    """Inside, a launch compiles its kernel, as it would launch it (every config of
+    an autotuned one that a launch would time), on a pool of ``threads`` threads (one
+    per CPU core; Triton's ``AsyncCompileMode``, whose compiler releases the GIL)
+    and runs nothing: outputs stay uninitialised, as under ``dry_run``. Leaving
+    waits for every compile, so that the same calls made again after it find their
+    kernels compiled: a model's first step on a fresh machine compiles ~100 kernels
+    one after another otherwise. Run what has no lasting effect inside (a forward
+    and backward, not an optimiser step: torch's ops there compute on the
+    uninitialised values). Launches whose warm-up raises are left to compile (and
+    raise) when they run; leaving warns how many. Without a GPU, or without
+    ``AsyncCompileMode`` (triton < 3.5), there is nothing to compile ahead: the
+    launches run."""
+    global _ahead
+    make_mode = getattr(triton, "AsyncCompileMode", None)
+    if _INTERPRETING or make_mode is None or not torch.cuda.is_available() or _ahead is not None:
+        yield
+        return
+    _ahead_errors.clear()
+    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool, make_mode(pool, ignore_errors=True) as mode:
+        _ahead = mode
+        try:
+            yield
+        finally:
+            _ahead = None
+    if _ahead_errors:
+        warnings.warn(f"nnlib: {len(_ahead_errors)} launches could not be compiled ahead (they compile when they "
+                      f"run); the first: {_ahead_errors[0]}", RuntimeWarning, stacklevel=3)
+
+
+def _compile_for(kernel, grid, args: tuple, options: dict) -> None:
+    """``compile_ahead``'s stand-in for ``kernel[grid](*args, **options)``: Triton's
+    warm-up of that launch under the mode (entered for this thread too: autograd
+    runs a backward's launches on a thread of its own, which the mode's context
+    variable does not reach)."""
+    from triton.runtime import _async_compile
+    token = _async_compile.active_mode.set(_ahead) if _async_compile.active_mode.get() is None else None
+    try:
+        kernel.warmup(*args, grid=grid, **options)
+    except Exception as exc:  # noqa: BLE001
+        _ahead_errors.append(f"{kernel_name(kernel)}: {type(exc).__name__}: {exc}")
+    finally:
+        if token is not None:
+            _async_compile.active_mode.reset(token)
 
 
 @contextlib.contextmanager

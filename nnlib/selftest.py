@@ -225,31 +225,58 @@ def main(argv=None) -> int:
     return 1 if failed else 0
 
 
-def _sweep(dtypes, device: str, quick: bool) -> tuple[int, int]:
-    """Runs and prints every check (TF32 off; on a GPU the convolutions once more
-    with TF32 on); returns (failed, rows)."""
-    failed = rows = 0
+def _runs(dtypes, device: str, quick: bool) -> list[tuple[Check, torch.dtype, str, bool]]:
+    """(check, dtype, layout, tf32) of every row of the sweep: TF32 off; on a GPU
+    the convolutions once more with TF32 on."""
+    runs = []
     for check in checks():
         check_dtypes = [dtype for dtype in dtypes if not check.dtypes or dtype in check.dtypes]
-        runs = [(dtype, layout, False) for i, dtype in enumerate(check_dtypes)
-                for layout in ([check.layouts[i % len(check.layouts)]] if quick else check.layouts)]
+        runs += [(check, dtype, layout, False) for i, dtype in enumerate(check_dtypes)
+                 for layout in ([check.layouts[i % len(check.layouts)]] if quick else check.layouts)]
         if device == "cuda" and check.kind == "conv" and not check.dtypes:
-            runs.append((torch.float32, check.layouts[-1], True))
-        for dtype, layout, tf32 in runs:
+            runs.append((check, torch.float32, check.layouts[-1], True))
+    return runs
+
+
+def _compile_ahead(runs, device: str) -> None:
+    """The kernels of every row's forward and backward, compiled at once
+    (``kernels._runtime.compile_ahead``: on a fresh GPU machine the sweep would
+    otherwise compile them one after another); an error here shows again in its row."""
+    from kernels._runtime import compile_ahead
+    with compile_ahead():
+        for check, dtype, layout, tf32 in runs:
             torch.backends.cudnn.allow_tf32 = tf32
             try:
-                ratio = run_check(check, dtype, device, layout, tf32)
-                status = f"{ratio:18.3f}" + ("" if ratio <= 1 else "  FAIL")
-                failed += ratio > 1
-            except Exception as exc:     # report every check, then fail
-                status = f"{'ERROR':>18s}  {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
-                failed += 1
+                inputs = [_leaf(t) for t in check.make(dtype, device, layout)]
+                out = check.ours(*inputs)
+                torch.autograd.grad(out, [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad],
+                                    torch.empty(out.shape, dtype=out.dtype, device=out.device))
+            except Exception:  # noqa: BLE001
+                pass
             finally:
                 torch.backends.cudnn.allow_tf32 = False
-            rows += 1
-            name = "tf32" if tf32 else str(dtype).replace("torch.", "")
-            print(f"{check.op:26s} {name:9s} {layout:14s} {status}", flush=True)
-    return failed, rows
+
+
+def _sweep(dtypes, device: str, quick: bool) -> tuple[int, int]:
+    """Runs and prints every check (``_runs``); returns (failed, rows)."""
+    runs = _runs(dtypes, device, quick)
+    if device == "cuda":
+        _compile_ahead(runs, device)
+    failed = 0
+    for check, dtype, layout, tf32 in runs:
+        torch.backends.cudnn.allow_tf32 = tf32
+        try:
+            ratio = run_check(check, dtype, device, layout, tf32)
+            status = f"{ratio:18.3f}" + ("" if ratio <= 1 else "  FAIL")
+            failed += ratio > 1
+        except Exception as exc:     # report every check, then fail
+            status = f"{'ERROR':>18s}  {type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+            failed += 1
+        finally:
+            torch.backends.cudnn.allow_tf32 = False
+        name = "tf32" if tf32 else str(dtype).replace("torch.", "")
+        print(f"{check.op:26s} {name:9s} {layout:14s} {status}", flush=True)
+    return failed, len(runs)
 
 
 if __name__ == "__main__":

@@ -504,3 +504,79 @@ def test_direct_launch_keeps_the_kernel_a_future_holds(monkeypatch):
     run(x)
     run(x)
     assert launched == [((2,), (x, 7), {"num_warps": 4}), ((2, 1, 1), (x, 7), "stream")]
+
+
+def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
+    """Inside ``compile_ahead`` (a GPU stood in for) a launch is Triton's warm-up of
+    that launch under the mode, on any thread (a backward's launches run on
+    autograd's: the mode is entered there too), and nothing runs; warm-ups that
+    raise are left to their launches and counted in a warning as it ends. Without
+    a GPU the launches run."""
+    import threading
+    import warnings
+    from triton.runtime import _async_compile
+    from kernels import _runtime
+
+    @triton.jit
+    def _fill(out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, 1.0, mask=offs < n)
+    out = torch.zeros(8)
+    warmed = []
+
+    def warmup(*args, grid, **kwargs):
+        if args[1] < 0:
+            raise ValueError("cannot compile")
+        warmed.append((args, grid, kwargs, _async_compile.active_mode.get()))
+    monkeypatch.setattr(_fill, "warmup", warmup, raising=False)
+    with _runtime.compile_ahead():      # no GPU: launches run
+        launch(_fill, (1,), out, 3, BLOCK=8)
+    assert out.sum() == 3 and not warmed
+    monkeypatch.setattr(_runtime, "_INTERPRETING", False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    out.zero_()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with count_launches() as launches, _runtime.compile_ahead(threads=2):
+            launch(_fill, (1,), out, 3, BLOCK=8)
+            thread = threading.Thread(target=launch, args=(_fill, (2,), out, 5), kwargs={"BLOCK": 8})
+            thread.start()
+            thread.join()
+            mode = _runtime._ahead
+    assert out.sum() == 0 and launches.counts["_fill"] == 2 and _runtime._ahead is None
+    assert warmed == [((out, 3), (1,), {"BLOCK": 8}, mode), ((out, 5), (2,), {"BLOCK": 8}, mode)]
+    with pytest.warns(RuntimeWarning, match="2 launches could not be compiled ahead"):
+        with _runtime.compile_ahead():
+            launch(_fill, (1,), out, -1, BLOCK=8)
+            launch(_fill, (1,), out, -2, BLOCK=8)
+    assert out.sum() == 0 and len(warmed) == 2
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiling for a launch needs a CUDA GPU")
+def test_compile_ahead_leaves_nothing_to_compile(monkeypatch):
+    """On a GPU, a new autotuned kernel's launch inside ``compile_ahead`` compiles
+    both its configs (Triton's compile hook sees them) and runs nothing; the same
+    launch after it compiles nothing, tunes and runs right."""
+    import warnings
+    from kernels import _runtime
+    monkeypatch.setattr(_runtime, "_AUTOTUNING", True)
+    compiles = []
+    monkeypatch.setattr(triton.knobs.runtime, "jit_cache_hook", lambda **kwargs: compiles.append(1) and False)
+    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 256})]
+
+    @autotune(configs, key=["n"])
+    @triton.jit
+    def _fill(out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, offs.to(tl.float32), mask=offs < n)
+    out = torch.zeros(300, device="cuda")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with _runtime.compile_ahead():
+            launch(_fill, lambda meta: (triton.cdiv(300, meta["BLOCK"]),), out, 300)
+        torch.cuda.synchronize()
+        assert len(compiles) == 2 and not out.any()
+        launch(_fill, lambda meta: (triton.cdiv(300, meta["BLOCK"]),), out, 300)
+    assert len(compiles) == 2
+    assert torch.equal(out.cpu(), torch.arange(300, dtype=torch.float32))

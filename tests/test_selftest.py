@@ -85,3 +85,20 @@ def test_sweep_on_a_gpu_checks_convolutions_with_tf32_too(monkeypatch, capsys):
     tf32 = [r for r in runs if r[3]]
     assert tf32 == [("conv", torch.float32, True, True)] * convs
     assert not torch.backends.cudnn.allow_tf32
+
+
+def test_compile_ahead_pass_reaches_every_rows_forward_and_backward():
+    """On a GPU the sweep first runs every row's forward and backward under
+    ``compile_ahead`` (their kernels compiled at once): counted here with launches
+    skipped, each row reaches a launch in its forward and one in its backward."""
+    from kernels._runtime import count_launches, dry_run
+    from nnlib import selftest
+    runs = selftest._runs([torch.float32, torch.bfloat16], "cpu", quick=True)
+    assert len(runs) > 20
+    for run in runs:
+        with count_launches() as forward, dry_run():
+            inputs = [selftest._leaf(t) for t in run[0].make(run[1], "cpu", run[2])]
+            run[0].ours(*inputs)
+        with count_launches() as both, dry_run():
+            selftest._compile_ahead([run], "cpu")
+        assert forward.total >= 1 and both.total > forward.total, (run[0].op, run[1], run[2])
