@@ -205,6 +205,11 @@ def autotune(configs: list[triton.Config], key: list[str],
 _parallel_compile = [True]      # until a parallel compile fails (``compile_together``)
 
 
+def _cores() -> int:
+    """The CPU cores this process may run on (compile threads)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def compile_together(fn, named_args: dict, launch_kwargs: dict, configs: list) -> None:
     """Compile the launch of ``fn`` (named_args, launch_kwargs) in each of ``configs``
     at once, one thread each (Triton's ``AsyncCompileMode``: its compiler releases
@@ -225,7 +230,7 @@ def compile_together(fn, named_args: dict, launch_kwargs: dict, configs: list) -
     try:
         while not isinstance(fn, triton.runtime.JITFunction):
             fn = fn.fn
-        with ThreadPoolExecutor(min(len(configs), os.cpu_count() or 1)) as pool, \
+        with ThreadPoolExecutor(min(len(configs), _cores())) as pool, \
                 make_mode(pool, ignore_errors=True):
             for config in configs:
                 fn.warmup(grid=(1,), **named_args, **meta, **config.all_kwargs())
@@ -518,45 +523,72 @@ def dry_run():
 
 
 _ahead = None       # the AsyncCompileMode of ``compile_ahead`` while one runs
-_ahead_errors: list = []        # warm-ups that raised inside it (their launches compile later, or raise)
+_ahead_errors: list = []        # what failed to compile inside it (those launches compile again when they run)
+
+
+class _CompilePool(ThreadPoolExecutor):
+    """``compile_ahead``'s threads: a compile that raises is noted in ``_ahead_errors``
+    (the mode, which ignores errors, would drop it) and raises on."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        def compile_noting_errors():
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                _ahead_errors.append(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                raise
+        return super().submit(compile_noting_errors)
 
 
 @contextlib.contextmanager
 def compile_ahead(threads: int | None = None):
-    """Inside, a launch compiles its kernel, as it would launch it (every config of
-    an autotuned one that a launch would time), on a pool of ``threads`` threads (one
-    per CPU core; Triton's ``AsyncCompileMode``, whose compiler releases the GIL)
-    and runs nothing: outputs stay uninitialised, as under ``dry_run``. Leaving
-    waits for every compile, so that the same calls made again after it find their
-    kernels compiled: a model's first step on a fresh machine compiles ~100 kernels
-    one after another otherwise. Run what has no lasting effect inside (a forward
-    and backward, not an optimiser step: torch's ops there compute on the
-    uninitialised values). Launches whose warm-up raises are left to compile (and
-    raise) when they run; leaving warns how many. Without a GPU, or without
-    ``AsyncCompileMode`` (triton < 3.5), there is nothing to compile ahead: the
-    launches run."""
+    """Inside, a launch compiles its kernel as that launch would (an autotuned one:
+    every config its autotuner would time) on a pool of ``threads`` threads (one
+    per core; Triton's ``AsyncCompileMode``, whose compiler releases the GIL) and
+    runs nothing: outputs stay uninitialised, as under ``dry_run``. Leaving waits
+    for every compile, so that the same calls made after it find their kernels
+    compiled: a model's first step on a fresh machine compiles ~100 kernels one
+    after another otherwise. Run what has no lasting effect inside (a forward and
+    backward, not an optimiser step: torch's ops there compute on the uninitialised
+    values), on one thread (and autograd's: no other thread may launch nnlib's
+    kernels meanwhile, they would run nothing too). What fails to compile is left
+    to compile (and raise) when it runs; leaving warns how many failed. Without a
+    GPU, or without a usable ``AsyncCompileMode`` (triton < 3.5), nothing is
+    compiled ahead: the launches run."""
     global _ahead
+    from triton.runtime import _async_compile
     make_mode = getattr(triton, "AsyncCompileMode", None)
     if _INTERPRETING or make_mode is None or not torch.cuda.is_available() or _ahead is not None:
         yield
         return
     _ahead_errors.clear()
-    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool, make_mode(pool, ignore_errors=True) as mode:
-        _ahead = mode
-        try:
-            yield
-        finally:
-            _ahead = None
+    pool = _CompilePool(threads or _cores())
+    try:
+        mode = make_mode(pool, ignore_errors=True)
+    except Exception:  # noqa: BLE001    (a triton whose mode takes other arguments: launches run)
+        pool.shutdown()
+        yield
+        return
+    try:
+        with pool, mode:
+            _ahead = mode
+            try:
+                yield
+            finally:
+                _ahead = None
+    finally:
+        if _async_compile.active_mode.get() is mode:     # triton 3.6 clears it only after every compile ended
+            _async_compile.active_mode.set(None)
     if _ahead_errors:
-        warnings.warn(f"nnlib: {len(_ahead_errors)} launches could not be compiled ahead (they compile when they "
+        warnings.warn(f"nnlib: {len(_ahead_errors)} kernels could not be compiled ahead (they compile when they "
                       f"run); the first: {_ahead_errors[0]}", RuntimeWarning, stacklevel=3)
 
 
 def _compile_for(kernel, grid, args: tuple, options: dict) -> None:
     """``compile_ahead``'s stand-in for ``kernel[grid](*args, **options)``: Triton's
-    warm-up of that launch under the mode (entered for this thread too: autograd
-    runs a backward's launches on a thread of its own, which the mode's context
-    variable does not reach)."""
+    warm-up of that launch under the mode, entered on this thread too while it
+    runs (autograd runs a backward's launches on a device thread of its own, which
+    the mode's context variable does not reach, and which outlives the mode)."""
     from triton.runtime import _async_compile
     token = _async_compile.active_mode.set(_ahead) if _async_compile.active_mode.get() is None else None
     try:

@@ -114,7 +114,7 @@ def test_autotuned_configs_compile_together(monkeypatch):
         warnings.simplefilter("error")
         _fill[(1,)]("out", 10)
     assert warmed == [{"out_ptr": "out", "n": 10, **c.all_kwargs()} for c in configs]
-    assert modes == [(min(2, os.cpu_count()), True)] and ran[-1][0] == ("out", 10)
+    assert modes == [(min(2, _runtime._cores()), True)] and ran[-1][0] == ("out", 10)
     tuner = types.SimpleNamespace(fn=_fill.fn)
     _runtime.compile_together(tuner, {"out_ptr": "out"}, {"n": 5}, configs[:1])
     assert len(warmed) == 2
@@ -507,15 +507,18 @@ def test_direct_launch_keeps_the_kernel_a_future_holds(monkeypatch):
 
 
 def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
-    """Inside ``compile_ahead`` (a GPU stood in for) a launch is Triton's warm-up of
-    that launch under the mode, on any thread (a backward's launches run on
-    autograd's: the mode is entered there too), and nothing runs; warm-ups that
-    raise are left to their launches and counted in a warning as it ends. Without
-    a GPU the launches run."""
+    """Inside ``compile_ahead`` (a GPU stood in for) a launch, through ``launch``
+    or a bound (direct) launch, is Triton's warm-up of that launch under the mode,
+    on any thread (a backward's launches run on autograd's: the mode is entered
+    there for the warm-up and left after it), and nothing runs or is kept: an
+    autotuned plan binds no config. What fails to compile, at the warm-up or on
+    the pool, is left to its launch and counted in a warning as it ends. Without a
+    GPU the launches run."""
     import threading
     import warnings
     from triton.runtime import _async_compile
     from kernels import _runtime
+    from kernels.conv import ops as conv_ops
 
     @triton.jit
     def _fill(out_ptr, n, BLOCK: tl.constexpr):
@@ -526,7 +529,9 @@ def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
 
     def warmup(*args, grid, **kwargs):
         if args[1] < 0:
-            raise ValueError("cannot compile")
+            raise ValueError("cannot bind")
+        if args[1] == 0:        # fails on the pool, as a compile does
+            _async_compile.active_mode.get().executor.submit(lambda: 1 / 0)
         warmed.append((args, grid, kwargs, _async_compile.active_mode.get()))
     monkeypatch.setattr(_fill, "warmup", warmup, raising=False)
     with _runtime.compile_ahead():      # no GPU: launches run
@@ -535,21 +540,42 @@ def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
     monkeypatch.setattr(_runtime, "_INTERPRETING", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     out.zero_()
+
+    class Unlaunchable:         # a bound launch's kernel: warmed, never launched
+        def warmup(self, *args, grid, **options):
+            warmed.append((args, grid, options, _async_compile.active_mode.get()))
+
+        def __getitem__(self, grid):
+            raise AssertionError("launched inside compile_ahead")
+    direct = _runtime._direct(Unlaunchable(), "bound", (4,), (7,), {"num_warps": 2})
+    tuner = type("Tuner", (), {"best_config": "chosen", "warmup": lambda self, *a, grid, **k: None})()
+    tuned = conv_ops._tuned_launch(tuner, (1,), BLOCK=8)
+    left_on_thread = []
+
+    def backward_thread():
+        launch(_fill, (2,), out, 5, BLOCK=8)
+        left_on_thread.append(_async_compile.active_mode.get())
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         with count_launches() as launches, _runtime.compile_ahead(threads=2):
+            mode = _runtime._ahead
             launch(_fill, (1,), out, 3, BLOCK=8)
-            thread = threading.Thread(target=launch, args=(_fill, (2,), out, 5), kwargs={"BLOCK": 8})
+            thread = threading.Thread(target=backward_thread)
             thread.start()
             thread.join()
-            mode = _runtime._ahead
-    assert out.sum() == 0 and launches.counts["_fill"] == 2 and _runtime._ahead is None
-    assert warmed == [((out, 3), (1,), {"BLOCK": 8}, mode), ((out, 5), (2,), {"BLOCK": 8}, mode)]
-    with pytest.warns(RuntimeWarning, match="2 launches could not be compiled ahead"):
+            direct(out)
+            tuned(out)
+    assert out.sum() == 0 and launches.counts["_fill"] == 2 and launches.counts["bound"] == 1
+    assert warmed == [((out, 3), (1,), {"BLOCK": 8}, mode), ((out, 5), (2,), {"BLOCK": 8}, mode),
+                      ((out, 7), (4,), {"num_warps": 2}, mode)]
+    assert left_on_thread == [None] and _async_compile.active_mode.get() is None and _runtime._ahead is None
+    assert tuner.best_config is None        # nothing chosen, so nothing bound: the next launch tunes
+    with pytest.warns(RuntimeWarning, match="3 kernels could not be compiled ahead"):
         with _runtime.compile_ahead():
             launch(_fill, (1,), out, -1, BLOCK=8)
             launch(_fill, (1,), out, -2, BLOCK=8)
-    assert out.sum() == 0 and len(warmed) == 2
+            launch(_fill, (1,), out, 0, BLOCK=8)
+    assert out.sum() == 0 and len(warmed) == 4
 
 
 @pytest.mark.cuda

@@ -370,7 +370,7 @@ def _tuned_launch(kernel, grid, **constexprs):
     its key rebuilt each call; this CPU, the kernel's run stubbed), a bound launch
     under 1 us. The choice is taken under a lock from ``best_config``, which
     every launch of the kernel writes: reset first, so that a launch that did
-    not run (a dry run) chooses nothing."""
+    not run (a dry run, ``compile_ahead``) chooses nothing."""
     bound = []
 
     def run(*args):
