@@ -124,6 +124,18 @@ def test_autotuned_configs_compile_together(monkeypatch):
     assert len(warmed) == 2 and len(modes) == 2
 
 
+def _new_two_config_fill():
+    """A new autotuned kernel of two configs (nothing of it compiled yet): out[i] = i, i < n."""
+    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 256})]
+
+    @autotune(configs, key=["n"])
+    @triton.jit
+    def _fill(out_ptr, n, BLOCK: tl.constexpr):
+        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        tl.store(out_ptr + offs, offs.to(tl.float32), mask=offs < n)
+    return _fill
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="compiling for a launch needs a CUDA GPU")
 def test_autotuned_configs_are_compiled_before_they_are_timed(monkeypatch):
@@ -134,13 +146,7 @@ def test_autotuned_configs_are_compiled_before_they_are_timed(monkeypatch):
     from kernels import _runtime
     monkeypatch.setattr(_runtime, "_AUTOTUNING", True)
     monkeypatch.setattr(_runtime, "_parallel_compile", [True])
-    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 256})]
-
-    @autotune(configs, key=["n"])
-    @triton.jit
-    def _fill(out_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(out_ptr + offs, offs.to(tl.float32), mask=offs < n)
+    _fill = _new_two_config_fill()
     cached = []
     together = _runtime.compile_together
 
@@ -589,13 +595,7 @@ def test_compile_ahead_leaves_nothing_to_compile(monkeypatch):
     monkeypatch.setattr(_runtime, "_AUTOTUNING", True)
     compiles = []
     monkeypatch.setattr(triton.knobs.runtime, "jit_cache_hook", lambda **kwargs: compiles.append(1) and False)
-    configs = [triton.Config({"BLOCK": 64}), triton.Config({"BLOCK": 256})]
-
-    @autotune(configs, key=["n"])
-    @triton.jit
-    def _fill(out_ptr, n, BLOCK: tl.constexpr):
-        offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-        tl.store(out_ptr + offs, offs.to(tl.float32), mask=offs < n)
+    _fill = _new_two_config_fill()
     out = torch.zeros(300, device="cuda")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
