@@ -123,10 +123,10 @@ def _gpu_specs():
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (32 cases), channels_last unless marked NCHW
+# --quick: bf16, a few shapes per set and pass (36 cases), channels_last unless marked NCHW
 # ("contiguous": ResNet-50's 1x1 at 56x56 runs the planar GEMMs there) or read in place (a 3x3's three
-# passes, the stem's forward and weight gradient, each beside its copied layouts: the stem's forward
-# reads zero-padded copies of x, channels_last included).
+# passes, two more 3x3 forwards, the stem's forward and weight gradient, each beside its copied
+# layouts: the stem's forward reads zero-padded copies of x, channels_last included).
 QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6, "forward"),
          ("resnet50", 22, "forward"), ("resnet50", 10, "forward", "contiguous"), ("stem", 0, "forward"),
          ("stem", 0, "forward", "channels_last-in-place"),
@@ -141,7 +141,9 @@ QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6,
          ("stem", 0, "weight_grad"), ("stem", 0, "weight_grad", "channels_last-in-place"),
          ("depthwise", 2, "weight_grad"),
          ("resnet50", 10, "input_grad", "contiguous"), ("resnet50", 10, "input_grad", "nchw-in-place"),
-         ("resnet50", 10, "weight_grad", "contiguous"), ("resnet50", 10, "weight_grad", "nchw-in-place")]
+         ("resnet50", 10, "weight_grad", "contiguous"), ("resnet50", 10, "weight_grad", "nchw-in-place"),
+         ("resnet50", 2, "forward", "contiguous"), ("resnet50", 2, "forward", "nchw-in-place"),
+         ("resnet50", 16, "forward", "contiguous"), ("resnet50", 16, "forward", "nchw-in-place")]
 
 
 def _cpu_specs():
