@@ -55,6 +55,8 @@ __all__ = [
 # Triton reads TRITON_INTERPRET once, when it is imported (so does nnlib).
 _INTERPRETING = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 _AUTOTUNING = os.environ.get("NNLIB_AUTOTUNE", "1") not in ("", "0")
+# NNLIB_PARALLEL_COMPILE=0: no compiling in threads (``compile_together``, ``compile_ahead``).
+_PARALLEL_COMPILE = os.environ.get("NNLIB_PARALLEL_COMPILE", "1") not in ("", "0")
 _DIRECT = not _INTERPRETING and os.environ.get("NNLIB_DIRECT_LAUNCH", "1") not in ("", "0")
 try:        # Triton's CUDA driver reads the current device and stream as torch has them
     from torch._C import _cuda_getCurrentRawStream as _current_stream, _cuda_getDevice as _current_device
@@ -218,9 +220,10 @@ def compile_together(fn, named_args: dict, launch_kwargs: dict, configs: list) -
     compile each in turn: a model's first step compiles every conv pass in 3-4
     configs. Nothing is launched. Where it fails (a triton without it, an error)
     it warns once and leaves each compile to the autotuner, which reports a
-    config's own errors as it does without this."""
+    config's own errors as it does without this; NNLIB_PARALLEL_COMPILE=0 leaves
+    them to it from the start."""
     make_mode = getattr(triton, "AsyncCompileMode", None)
-    if len(configs) < 2 or make_mode is None or not _parallel_compile[0]:
+    if len(configs) < 2 or make_mode is None or not (_PARALLEL_COMPILE and _parallel_compile[0]):
         return
     from triton.runtime import _async_compile
     if _async_compile.active_mode.get() is not None:     # the caller compiles asynchronously already
@@ -553,12 +556,13 @@ def compile_ahead(threads: int | None = None):
     values), on one thread (and autograd's: no other thread may launch nnlib's
     kernels meanwhile, they would run nothing too). What fails to compile is left
     to compile (and raise) when it runs; leaving warns how many failed. Without a
-    GPU, or without a usable ``AsyncCompileMode`` (triton < 3.5), nothing is
-    compiled ahead: the launches run."""
+    GPU, without a usable ``AsyncCompileMode`` (triton < 3.5) or with
+    NNLIB_PARALLEL_COMPILE=0, nothing is compiled ahead: the launches run."""
     global _ahead
     from triton.runtime import _async_compile
     make_mode = getattr(triton, "AsyncCompileMode", None)
-    if _INTERPRETING or make_mode is None or not torch.cuda.is_available() or _ahead is not None:
+    if (_INTERPRETING or not _PARALLEL_COMPILE or make_mode is None or not torch.cuda.is_available()
+            or _ahead is not None):
         yield
         return
     _ahead_errors.clear()

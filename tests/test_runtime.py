@@ -122,6 +122,10 @@ def test_autotuned_configs_compile_together(monkeypatch):
         _runtime.compile_together(tuner, {}, {"n": 5}, [triton.Config({"BLOCK": 0}), *configs])
     _runtime.compile_together(tuner, {}, {"n": 5}, configs)
     assert len(warmed) == 2 and len(modes) == 2
+    monkeypatch.setattr(_runtime, "_parallel_compile", [True])
+    monkeypatch.setattr(_runtime, "_PARALLEL_COMPILE", False)      # NNLIB_PARALLEL_COMPILE=0
+    _runtime.compile_together(tuner, {}, {"n": 5}, configs)
+    assert len(warmed) == 2 and len(modes) == 2
 
 
 def _new_two_config_fill():
@@ -582,6 +586,10 @@ def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
             launch(_fill, (1,), out, -2, BLOCK=8)
             launch(_fill, (1,), out, 0, BLOCK=8)
     assert out.sum() == 0 and len(warmed) == 4
+    monkeypatch.setattr(_runtime, "_PARALLEL_COMPILE", False)      # NNLIB_PARALLEL_COMPILE=0: launches run
+    with _runtime.compile_ahead():
+        launch(_fill, (1,), out, 3, BLOCK=8)
+    assert out.sum() == 3 and len(warmed) == 4
 
 
 @pytest.mark.cuda
