@@ -11,8 +11,9 @@
 # The boxes (seconds) can be shortened to leave device time for a rerun (0 skips the step):
 #   GPU_CHECK_TESTS_S (240), GPU_CHECK_SELFTEST_S (105), GPU_CHECK_BENCH_S (180);
 # GPU_CHECK_PYTEST_ARGS: more pytest arguments for the tests (a rerun's selection); GPU_CHECK_KERNELS=0:
-# the bench does not profile each case's kernels after its timings (bench --no-kernels); GPU_CHECK_NCU:
-# cases for Nsight Compute (below; its box, GPU_CHECK_NCU_S, adds to the others: shorten them to fit).
+# the bench does not profile each case's kernels after its timings (bench --no-kernels); GPU_CHECK_SWEEP:
+# suites for bench.sweep, GPU_CHECK_NCU: cases for Nsight Compute (below; their boxes, GPU_CHECK_SWEEP_S
+# and GPU_CHECK_NCU_S, add to the others: shorten those to fit).
 set -uo pipefail
 out=${1:?usage: bench/gpu_check.sh OUTDIR [SUITES]}
 set -- "${2:-activation,max_pool2d,norm,conv2d,e2e}"
@@ -79,6 +80,11 @@ for suite in ${1//,/ }; do
   step "bench-$suite" $left $PY -m bench --quick $append $kernels --out "$out" --ops "$suite" || rc=1
   append=--append
 done
+# GPU_CHECK_SWEEP (suites of bench.sweep, space-separated: norm activation max_pool2d): our side's times at
+# other values of the tiling constants, in a box of GPU_CHECK_SWEEP_S (120 s).
+if [[ -n "${GPU_CHECK_SWEEP:-}" ]]; then
+  step sweep "${GPU_CHECK_SWEEP_S:-120}" $PY -m bench.sweep $GPU_CHECK_SWEEP --out "$out" || rc=1
+fi
 # GPU_CHECK_NCU (substrings of quick cases' ids, space-separated): Nsight Compute on those cases' calls
 # (bench.one: after their compiles and tuning), both sides, in a box of GPU_CHECK_NCU_S (120 s).
 if [[ -n "${GPU_CHECK_NCU:-}" ]]; then

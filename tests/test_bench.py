@@ -365,3 +365,34 @@ def test_compile_first_calls_inside_compile_ahead(monkeypatch):
     core.compile_first(lambda: events.append("call"))
     core.compile_first(lambda: 1 / 0)
     assert events == ["ahead", "call", "compiled", "ahead"]
+
+
+def test_sweep_times_each_setting_and_restores_the_defaults(monkeypatch, capsys):
+    """``python -m bench.sweep`` sets each constant of a suite to each of its values
+    (plans rebuilt: the caches emptied each time), times our side of the suite's
+    cases (a failing case recorded, not fatal) and restores the default; the
+    report gives each time against the default value's. Without a GPU: status 2."""
+    from bench import sweep
+    from kernels import _runtime, activation
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert sweep.main([]) == 2 and "no CUDA GPU" in capsys.readouterr().out
+    cleared = []
+    monkeypatch.setattr(_runtime, "clear_plan_caches", lambda: cleared.append(activation._BLOCK))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+
+    def time_ours(case):
+        if activation._BLOCK == 8192 and "backward" in case.id:
+            raise RuntimeError("out of resources")
+        return activation._BLOCK / 1024.0
+    monkeypatch.setattr(sweep, "time_ours", time_ours)
+    rows = []
+    sweep.sweep("activation", lambda knob, value, default, case, ms: rows.append(
+        {"constant": knob.name, "value": value, "default": default, "case": case.id, "ms": ms}))
+    cases = sweep._cases("activation")
+    assert len(cases) == 4 and activation._BLOCK == 1024 and cleared == [1024, 2048, 4096, 8192, 1024]
+    assert [(r["value"], r["case"]) for r in rows] == [(v, c.id) for v in (1024, 2048, 4096, 8192) for c in cases]
+    assert rows[-1]["ms"] == "RuntimeError: out of resources"
+    report = sweep.markdown(rows, {"gpu": "GPU", "date": "today", "torch": "t", "triton": "t"})
+    assert f"| _BLOCK | 1024 (default) | {cases[0].id} | 1.0000 | 1.00 |" in report
+    assert f"| _BLOCK | 4096 | {cases[0].id} | 4.0000 | 0.25 |" in report
+    assert f"| _BLOCK | 8192 | {cases[1].id} | RuntimeError: out of resources |  |" in report

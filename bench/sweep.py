@@ -1,0 +1,138 @@
+"""``python -m bench.sweep [SUITE ...] [--out DIR]``: on a GPU, time our side of a few
+quick benchmark cases at other values of the tiling constants their launch plans
+read (one constant at a time, the others at their defaults), for choosing them.
+
+Each setting sets the constant, empties the plan caches (plans read the constants
+when they are built), then for each case: setup, the check against torch (a
+setting that breaks a kernel fails here, not silently), and our side's time
+(``do_bench`` median, L2 flushed, as ``python -m bench``). Writes
+``sweep-<gpu>-<date>.json`` and ``.md`` to DIR (the time of each case at each
+value, and against the default's), rewritten after each case, and restores
+every constant. Suites: norm, activation, max_pool2d (default: all).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+
+from bench.core import Case, check, collect, run_meta, setup
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A module constant a suite's plans read, its values to try (its default among them)."""
+    module: str
+    name: str
+    values: tuple
+
+
+# suite -> (substrings of the quick cases' ids to time, the knobs)
+SWEEPS = {
+    "norm": (("batch_norm-", "instance_norm-", "layer_norm-"),
+             (Knob("kernels.norm._plan", "TILE", (1024, 2048, 4096)),
+              Knob("kernels.norm._plan", "TARGET_PROGRAMS", (512, 1024, 2048, 4096)),
+              Knob("kernels.norm._plan", "CHANNELS_LAST_WIDTH", (32, 64, 128)),
+              Knob("kernels.norm._plan", "NUM_WARPS", (4, 8)))),
+    "activation": (("relu-resnet50",),
+                   (Knob("kernels.activation", "_BLOCK", (1024, 2048, 4096, 8192)),)),
+    "max_pool2d": (("max_pool2d-",),
+                   (Knob("kernels.pool", "_TILE", (256, 512, 1024)),
+                    Knob("kernels.pool", "_NUM_WARPS", (4, 8)))),
+}
+
+
+def _cases(suite: str) -> list[Case]:
+    patterns, _ = SWEEPS[suite]
+    return [c for c in collect([suite], "cuda", True) if c.id.startswith(patterns)]
+
+
+def time_ours(case: Case) -> float:
+    """Our side of ``case`` after its check: do_bench's median in ms."""
+    from triton.testing import do_bench
+    ours, baseline, *exact = setup(case)
+    check(case, ours, baseline, *exact)
+    return do_bench(ours, warmup=25, rep=100, return_mode="median")
+
+
+def sweep(suite: str, record) -> None:
+    """Every knob of ``suite`` at each of its values: ``record(knob, value, case, ms
+    or error)`` per case; the constant restored after."""
+    import importlib
+    from kernels._runtime import clear_plan_caches
+    cases = _cases(suite)
+    for knob in SWEEPS[suite][1]:
+        module = importlib.import_module(knob.module)
+        default = getattr(module, knob.name)
+        try:
+            for value in knob.values:
+                setattr(module, knob.name, value)
+                clear_plan_caches()
+                for case in cases:
+                    try:
+                        result = time_ours(case)
+                    except Exception as exc:  # noqa: BLE001 -- a setting that breaks a case says so
+                        result = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}"
+                    record(knob, value, default, case, result)
+                    torch.cuda.empty_cache()
+        finally:
+            setattr(module, knob.name, default)
+            clear_plan_caches()
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [f"# nnlib tiling sweep: {meta['gpu']}, {meta['date']}", "",
+             f"torch {meta['torch']}, triton {meta['triton']}. Our side of each case (do_bench median, L2 flushed), "
+             "one constant at a time at each value, the others at their defaults; \"vs default\": the default "
+             "value's time / this value's (above 1: faster than the default).", "",
+             "| constant | value | case | ms | vs default |", "|---|---|---|---|---|"]
+    defaults = {(r["constant"], r["case"]): r["ms"] for r in rows if r["value"] == r["default"]}
+    for r in rows:
+        ms = r["ms"]
+        base = defaults.get((r["constant"], r["case"]))
+        ratio = f"{base / ms:.2f}" if isinstance(ms, float) and isinstance(base, float) else ""
+        shown = f"{ms:.4f}" if isinstance(ms, float) else ms
+        mark = " (default)" if r["value"] == r["default"] else ""
+        lines.append(f"| {r['constant']} | {r['value']}{mark} | {r['case']} | {shown} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.sweep", description=__doc__.splitlines()[0])
+    parser.add_argument("suites", nargs="*", help=f"of {list(SWEEPS)} (default all)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+    unknown = set(args.suites) - set(SWEEPS)
+    if unknown:
+        parser.error(f"unknown suites {sorted(unknown)}; choose from {list(SWEEPS)}")
+    if not torch.cuda.is_available():
+        print("bench.sweep: no CUDA GPU (it times kernels)")
+        return 2
+    gpu, date = torch.cuda.get_device_name(), datetime.date.today().isoformat()
+    meta, rows = run_meta(gpu, date), []
+    stem = os.path.join(args.out, f"sweep-{gpu.replace(' ', '_').replace('/', '_')}-{date}")
+    os.makedirs(args.out, exist_ok=True)
+
+    def record(knob, value, default, case, result):
+        rows.append({"constant": f"{knob.module}.{knob.name}", "value": value, "default": default,
+                     "case": case.id, "ms": result})
+        shown = f"{result:.4f} ms" if isinstance(result, float) else result
+        print(f"{knob.name}={value}: {case.id}: {shown}", flush=True)
+        for suffix, text in ((".json", json.dumps({"meta": meta, "rows": rows}, indent=1)),
+                             (".md", markdown(rows, meta))):
+            with open(stem + suffix, "w") as f:      # after each case: a time box that ends keeps the rows
+                f.write(text)
+
+    for suite in args.suites or list(SWEEPS):
+        sweep(suite, record)
+    print(f"wrote {stem}.json / .md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
