@@ -80,10 +80,10 @@ for suite in ${1//,/ }; do
   step "bench-$suite" $left $PY -m bench --quick $append $kernels --out "$out" --ops "$suite" || rc=1
   append=--append
 done
-# GPU_CHECK_SWEEP (suites of bench.sweep, space-separated: norm activation max_pool2d): our side's times at
+# GPU_CHECK_SWEEP (suites of bench.sweep, comma- or space-separated: norm,activation,max_pool2d): our side's times at
 # other values of the tiling constants, in a box of GPU_CHECK_SWEEP_S (120 s).
 if [[ -n "${GPU_CHECK_SWEEP:-}" ]]; then
-  step sweep "${GPU_CHECK_SWEEP_S:-120}" $PY -m bench.sweep $GPU_CHECK_SWEEP --out "$out" || rc=1
+  step sweep "${GPU_CHECK_SWEEP_S:-120}" $PY -m bench.sweep ${GPU_CHECK_SWEEP//,/ } --out "$out" || rc=1
 fi
 # GPU_CHECK_NCU (substrings of quick cases' ids, space-separated): Nsight Compute on those cases' calls
 # (bench.one: after their compiles and tuning), both sides, in a box of GPU_CHECK_NCU_S (120 s).

@@ -386,9 +386,12 @@ def test_sweep_times_each_setting_and_restores_the_defaults(monkeypatch, capsys)
         return activation._BLOCK / 1024.0
     monkeypatch.setattr(sweep, "time_ours", time_ours)
     rows = []
-    sweep.sweep("activation", lambda knob, value, default, case, ms: rows.append(
-        {"constant": knob.name, "value": value, "default": default, "case": case.id, "ms": ms}))
-    cases = sweep._cases("activation")
+
+    def record(knob, value, default, case, ms):
+        rows.append({"constant": knob.name, "value": value, "default": default, "case": case.id, "ms": ms})
+    assert sweep.sweep("activation", record)
+    (knob,) = sweep.SWEEPS["activation"]
+    cases = sweep._cases("activation", knob)
     assert len(cases) == 4 and activation._BLOCK == 1024 and cleared == [1024, 2048, 4096, 8192, 1024]
     assert [(r["value"], r["case"]) for r in rows] == [(v, c.id) for v in (1024, 2048, 4096, 8192) for c in cases]
     assert rows[-1]["ms"] == "RuntimeError: out of resources"
@@ -396,3 +399,16 @@ def test_sweep_times_each_setting_and_restores_the_defaults(monkeypatch, capsys)
     assert f"| _BLOCK | 1024 (default) | {cases[0].id} | 1.0000 | 1.00 |" in report
     assert f"| _BLOCK | 4096 | {cases[0].id} | 4.0000 | 0.25 |" in report
     assert f"| _BLOCK | 8192 | {cases[1].id} | RuntimeError: out of resources |  |" in report
+    import importlib
+    for suite, knobs in sweep.SWEEPS.items():       # each default among its values, each knob reaching a case
+        for knob in knobs:
+            assert getattr(importlib.import_module(knob.module), knob.name) in knob.values, knob
+            assert sweep._cases(suite, knob), knob
+    assert all("contiguous" not in c.id for c in sweep._cases("norm", sweep.SWEEPS["norm"][2]))
+
+    def context_lost(case):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+    monkeypatch.setattr(sweep, "time_ours", context_lost)
+    rows.clear()
+    assert not sweep.sweep("activation", record)        # a lost context stops the sweep
+    assert [r["value"] for r in rows] == [1024] and activation._BLOCK == 1024
