@@ -45,7 +45,7 @@ __all__ = [
     "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "bind_config", "kernel_parameters",
     "LaunchCounter",
     "plan_cache", "plan_float", "clear_plan_caches", "persistent",
-    "count_launches", "dry_run", "compile_ahead",
+    "count_launches", "dry_run", "compile_ahead", "compiling_ahead",
     "cdiv", "next_power_of_2",
     "dot_upcast", "merge_dims", "view_3d", "is_dense", "max_offset", "needs_int64",
     "check_same_device", "CompileCase",
@@ -586,6 +586,11 @@ def compile_ahead(threads: int | None = None):
     if _ahead_errors:
         warnings.warn(f"nnlib: {len(_ahead_errors)} kernels could not be compiled ahead (they compile when they "
                       f"run); the first: {_ahead_errors[0]}", RuntimeWarning, stacklevel=3)
+
+
+def compiling_ahead() -> bool:
+    """True inside a ``compile_ahead`` that compiles (not one that lets launches run)."""
+    return _ahead is not None
 
 
 def _compile_for(kernel, grid, args: tuple, options: dict) -> None:

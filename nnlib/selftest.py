@@ -242,8 +242,10 @@ def _compile_ahead(runs, device: str) -> None:
     """The kernels of every row's forward and backward, compiled at once
     (``kernels._runtime.compile_ahead``: on a fresh GPU machine the sweep would
     otherwise compile them one after another); an error here shows again in its row."""
-    from kernels._runtime import compile_ahead
+    from kernels._runtime import compile_ahead, compiling_ahead
     with compile_ahead():
+        if not compiling_ahead():       # launches would run (NNLIB_PARALLEL_COMPILE=0, triton < 3.5): the rows compile
+            return
         for check, dtype, layout, tf32 in runs:
             torch.backends.cudnn.allow_tf32 = tf32
             try:

@@ -349,8 +349,9 @@ def test_kernel_times_name_the_kernels_a_call_launches():
 
 
 def test_compile_first_calls_inside_compile_ahead(monkeypatch):
-    """``compile_first(fn)`` calls ``fn`` once inside ``compile_ahead``; an error
-    there (it computes on uninitialised values) is left for the real call to show."""
+    """``compile_first(fn)`` calls ``fn`` once inside ``compile_ahead`` where that
+    compiles (else not: fn would run for real); an error there (it computes on
+    uninitialised values) is left for the real call to show."""
     import contextlib
     from bench import core
     from kernels import _runtime
@@ -362,9 +363,12 @@ def test_compile_first_calls_inside_compile_ahead(monkeypatch):
         yield
         events.append("compiled")
     monkeypatch.setattr(_runtime, "compile_ahead", compile_ahead)
+    core.compile_first(lambda: events.append("call"))       # on this CPU nothing compiles ahead
+    assert events == ["ahead", "compiled"]
+    monkeypatch.setattr(_runtime, "compiling_ahead", lambda: True)
     core.compile_first(lambda: events.append("call"))
     core.compile_first(lambda: 1 / 0)
-    assert events == ["ahead", "call", "compiled", "ahead"]
+    assert events == ["ahead", "compiled", "ahead", "call", "compiled", "ahead"]
 
 
 def test_sweep_times_each_setting_and_restores_the_defaults(monkeypatch, capsys):

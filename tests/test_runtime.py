@@ -545,6 +545,7 @@ def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
         warmed.append((args, grid, kwargs, _async_compile.active_mode.get()))
     monkeypatch.setattr(_fill, "warmup", warmup, raising=False)
     with _runtime.compile_ahead():      # no GPU: launches run
+        assert not _runtime.compiling_ahead()
         launch(_fill, (1,), out, 3, BLOCK=8)
     assert out.sum() == 3 and not warmed
     monkeypatch.setattr(_runtime, "_INTERPRETING", False)
@@ -569,6 +570,7 @@ def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
         warnings.simplefilter("error")
         with count_launches() as launches, _runtime.compile_ahead(threads=2):
             mode = _runtime._ahead
+            assert _runtime.compiling_ahead()
             launch(_fill, (1,), out, 3, BLOCK=8)
             thread = threading.Thread(target=backward_thread)
             thread.start()
@@ -578,7 +580,7 @@ def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
     assert out.sum() == 0 and launches.counts["_fill"] == 2 and launches.counts["bound"] == 1
     assert warmed == [((out, 3), (1,), {"BLOCK": 8}, mode), ((out, 5), (2,), {"BLOCK": 8}, mode),
                       ((out, 7), (4,), {"num_warps": 2}, mode)]
-    assert left_on_thread == [None] and _async_compile.active_mode.get() is None and _runtime._ahead is None
+    assert left_on_thread == [None] and _async_compile.active_mode.get() is None and not _runtime.compiling_ahead()
     assert tuner.best_config is None        # nothing chosen, so nothing bound: the next launch tunes
     with pytest.warns(RuntimeWarning, match="3 kernels could not be compiled ahead"):
         with _runtime.compile_ahead():

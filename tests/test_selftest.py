@@ -87,12 +87,18 @@ def test_sweep_on_a_gpu_checks_convolutions_with_tf32_too(monkeypatch, capsys):
     assert not torch.backends.cudnn.allow_tf32
 
 
-def test_compile_ahead_pass_reaches_every_rows_forward_and_backward():
+def test_compile_ahead_pass_reaches_every_rows_forward_and_backward(monkeypatch):
     """On a GPU the sweep first runs every row's forward and backward under
     ``compile_ahead`` (their kernels compiled at once): counted here with launches
-    skipped, each row reaches a launch in its forward and one in its backward."""
+    skipped (compiling ahead stood in for), each row reaches a launch in its forward
+    and one in its backward. Where nothing compiles ahead, the pass runs nothing."""
+    from kernels import _runtime
     from kernels._runtime import count_launches, dry_run
     from nnlib import selftest
+    with count_launches() as none:
+        selftest._compile_ahead(selftest._runs([torch.float32], "cpu", quick=True), "cpu")
+    assert none.total == 0
+    monkeypatch.setattr(_runtime, "compiling_ahead", lambda: True)
     runs = selftest._runs([torch.float32, torch.bfloat16], "cpu", quick=True)
     assert len(runs) > 20
     for run in runs:
