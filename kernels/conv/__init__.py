@@ -132,17 +132,14 @@ def _compile_cases():
                    "negative_slope": "fp32"}
             divisible = ("Kg", *_strides("y", "nhw")) + (() if flat else ("Cg", *_strides("x", "nhw"),
                                                                           *_strides("w", "krs")))
-            cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, sig,
-                                   dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec, PIXEL_VEC=0,
-                                        PAD_C=0, INDEX_64=False, stride_xc=1, stride_wc=1, stride_yc=1,
-                                        **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
-                                   divisible, "forward", f"{label},flat={int(flat)}"))
-            if vec > 1 and half:        # offsets inside x's padded image past int32
+            # INDEX_64: offsets inside x's padded image past int32 (no budgets of their own)
+            for index_64 in (False, True) if vec > 1 and half else (False,):
                 cases.append(gemm_case(conv_fwd_flat if flat else conv_fwd_gemm, sig,
                                        dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=flat, VEC=vec,
-                                            PIXEL_VEC=0, PAD_C=0, INDEX_64=True, stride_xc=1, stride_wc=1,
+                                            PIXEL_VEC=0, PAD_C=0, INDEX_64=index_64, stride_xc=1, stride_wc=1,
                                             stride_yc=1, **(_STEM_7X7 if flat else _3X3_STRIDE_1)),
-                                       divisible, None, f"{label},flat={int(flat)},index_64"))
+                                       divisible, None if index_64 else "forward",
+                                       f"{label},flat={int(flat)}" + (",index_64" if index_64 else "")))
             if flat:    # a stem read as 4 zero-padded channels (its budgets: the NCHW-y case below)
                 cases.append(gemm_case(conv_fwd_flat, sig,
                                        dict(HAS_BIAS=True, ACTIVATION=ACT_RELU.value, FLAT=True, VEC=vec,
