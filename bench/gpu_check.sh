@@ -50,7 +50,7 @@ rc=0
 # compile (sm_90, this project's CPU), so one worker per core of the device's 16.
 # A test that hangs (a kernel that never returns) loses its worker after 120 s, not the summary.
 # Direct launches (a bound launch straight to Triton's compiled kernel) against JITFunction.run: host time
-# per call, and the same bits; if they differ or fail, the rest runs with Triton's path
+# per call beside torch's for the same call, and the same bits; if they differ or fail, the rest runs with Triton's path
 # (NNLIB_DIRECT_LAUNCH=0) and the summary says so.
 if ! step launches 45 env NNLIB_AUTOTUNE=0 $PY -m bench.launches "$out"; then
   rc=1

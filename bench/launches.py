@@ -4,10 +4,12 @@ against through ``JITFunction.run`` (``NNLIB_DIRECT_LAUNCH=0``), and that both
 give the same bits.
 
 Calls small enough that the host, not the GPU, sets their pace (a 3x3 conv2d and
-a batch-norm training step on 2x64x8x8, channels_last, fp16), each timed as the
-least of five means over 200 calls, with the plans built with direct launches on,
-then off. Prints a table, writes ``launches.json`` to OUTDIR when given, exits 1
-when the two ways give different results. With OUTDIR it also writes
+a batch-norm training step on 2x64x8x8, channels_last, fp16; the batch norm's
+forward alone too, so that its backward's share shows), each timed as the least
+of five means over 200 calls, with the plans built with direct launches on, then
+off, and beside them torch's same call (cuDNN, torch's batch norm and relu): the
+host's pace for one call of torch. Prints a table, writes ``launches.json`` to
+OUTDIR when given, exits 1 when the two ways give different results. With OUTDIR it also writes
 ``launches-profile.txt``: each case's calls (direct launches) under cProfile,
 the functions that take the most time of their own (on an H200's host,
 2026-11-30, these calls took 35-920 us: several times what ``python -m bench
@@ -24,6 +26,7 @@ import sys
 import time
 
 import torch
+import torch.nn.functional as TF
 
 import nnlib.functional as F
 from kernels import _runtime
@@ -32,8 +35,9 @@ CALLS = 200
 REPEATS = 5
 
 
-def _cases():
-    """name -> call returning the tensors to compare."""
+def _cases(functional=F):
+    """name -> call returning the tensors to compare, of nnlib's ops (``functional``:
+    nnlib.functional) or torch's (torch.nn.functional)."""
     torch.manual_seed(0)
     cl = torch.channels_last
     x = torch.randn(2, 64, 8, 8, device="cuda", dtype=torch.half).contiguous(memory_format=cl).requires_grad_()
@@ -41,39 +45,48 @@ def _cases():
     weight = torch.ones(64, device="cuda", dtype=torch.half, requires_grad=True)
     bias = torch.zeros(64, device="cuda", dtype=torch.half, requires_grad=True)
 
+    def batch_norm_relu():
+        if functional is F:
+            return F.batch_norm(x, None, None, weight, bias, True, activation="relu")
+        return TF.relu(TF.batch_norm(x, None, None, weight, bias, True))
+
     def conv_forward():
         with torch.no_grad():
-            return [F.conv2d(x, w, padding=1)]
+            return [functional.conv2d(x, w, padding=1)]
 
     def conv_step():
-        y = F.conv2d(x, w, padding=1)
+        y = functional.conv2d(x, w, padding=1)
         return [y, *torch.autograd.grad(y.float().square().sum(), (x, w))]
 
     def batch_norm_step():
-        y = F.batch_norm(x, None, None, weight, bias, True, activation="relu")
+        y = batch_norm_relu()
         return [y, *torch.autograd.grad(y.float().square().sum(), (x, weight, bias))]
     return {"conv2d 3x3 forward": conv_forward, "conv2d 3x3 forward+backward": conv_step,
+            "batch_norm + relu train forward": lambda: [batch_norm_relu()],
             "batch_norm + relu train forward+backward": batch_norm_step}
+
+
+def _per_call_us(call) -> float:
+    """Wall time of one ``call()`` in microseconds, after two calls (compiles, tunes,
+    binds): the least of REPEATS means over CALLS calls."""
+    call()
+    call()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        for _ in range(CALLS):
+            call()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / CALLS)
+    return best * 1e6
 
 
 def _measure(direct: bool) -> dict:
     """name -> (outputs, us per call) with direct launches on or off."""
     _runtime._DIRECT = direct
     _runtime.clear_plan_caches()
-    results = {}
-    for name, call in _cases().items():
-        outputs = call()            # compiles, tunes, binds
-        call()
-        torch.cuda.synchronize()
-        best = float("inf")
-        for _ in range(REPEATS):
-            start = time.perf_counter()
-            for _ in range(CALLS):
-                call()
-            torch.cuda.synchronize()
-            best = min(best, (time.perf_counter() - start) / CALLS)
-        results[name] = ([t.detach().clone() for t in outputs], best * 1e6)
-    return results
+    return {name: ([t.detach().clone() for t in call()], _per_call_us(call)) for name, call in _cases().items()}
 
 
 def main(argv: list[str]) -> int:
@@ -86,15 +99,17 @@ def main(argv: list[str]) -> int:
     finally:
         _runtime._DIRECT = direct_on
         _runtime.clear_plan_caches()
+    torch_us = {name: _per_call_us(call) for name, call in _cases(TF).items()}
     rows, same_everywhere = [], True
     print(f"{torch.cuda.get_device_name()}: us per call (wall over {CALLS} calls, least of {REPEATS})")
-    print("| case | direct | JITFunction.run | same results |\n|---|---|---|---|")
+    print("| case | direct | JITFunction.run | torch | same results |\n|---|---|---|---|---|")
     for name in direct:
         (ours, direct_us), (theirs, through_us) = direct[name], through[name]
         same = all(torch.equal(a, b) for a, b in zip(ours, theirs))
         same_everywhere &= same
-        rows.append({"case": name, "direct_us": direct_us, "jit_run_us": through_us, "same": same})
-        print(f"| {name} | {direct_us:.1f} | {through_us:.1f} | {same} |")
+        rows.append({"case": name, "direct_us": direct_us, "jit_run_us": through_us, "torch_us": torch_us[name],
+                     "same": same})
+        print(f"| {name} | {direct_us:.1f} | {through_us:.1f} | {torch_us[name]:.1f} | {same} |")
     if argv:
         with open(os.path.join(argv[0], "launches.json"), "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
