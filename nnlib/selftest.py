@@ -155,29 +155,38 @@ def _leaf(t):
     return t.detach().requires_grad_() if isinstance(t, torch.Tensor) and t.requires_grad else t
 
 
+def _ours(check: Check, inputs: list, grad: torch.Tensor | None = None) -> tuple:
+    """(out, grads): ``check.ours(*inputs)`` and the gradients of the inputs that
+    require grad for the output gradient ``grad`` (in out's dtype, on out's device;
+    None: an uninitialised one). Raises if the forward or the backward ran no Triton
+    kernel."""
+    from kernels._runtime import count_launches
+    with count_launches() as launches:
+        out = check.ours(*inputs)
+    if launches.total == 0:
+        raise RuntimeError("no Triton kernel ran: the call took torch's path")
+    grad = torch.empty_like(out) if grad is None else grad.to(out.dtype).to(out.device)
+    with count_launches() as launches:
+        grads = torch.autograd.grad(out, [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad], grad)
+    if launches.total == 0:
+        raise RuntimeError("no Triton kernel ran in the backward: it took torch's path")
+    return out, grads
+
+
 def run_check(check: Check, dtype: torch.dtype, device: str, layout: str,
               tf32: bool = False) -> float:
     """Worst |ours - reference| / (atol + rtol |reference|) over the output and every
     input gradient (inf where one is NaN or infinite and the other not): <= 1
     passes. Raises if the forward or the backward ran no Triton kernel.
     ``tf32``: compared at ``TF32_CONV`` (an fp32 convolution on tensor cores)."""
-    from kernels._runtime import count_launches
     from nnlib.testing import tolerance
     torch.manual_seed(0)
     inputs = [_leaf(t) for t in check.make(dtype, device, layout)]
     refs = [t.detach().cpu().double().requires_grad_(t.requires_grad) for t in inputs]
-    with count_launches() as launches:
-        out = check.ours(*inputs)
-    if launches.total == 0:
-        raise RuntimeError("no Triton kernel ran: the call took torch's path")
     ref = check.theirs(*refs)
     grad = torch.randn(ref.shape, dtype=torch.float64)
-    wants = [i for i, t in enumerate(inputs) if t.requires_grad]
-    with count_launches() as launches:
-        grads = torch.autograd.grad(out, [inputs[i] for i in wants], grad.to(out.dtype).to(out.device))
-    if launches.total == 0:
-        raise RuntimeError("no Triton kernel ran in the backward: it took torch's path")
-    ref_grads = torch.autograd.grad(ref, [refs[i] for i in wants], grad.to(out.dtype).double())
+    out, grads = _ours(check, inputs, grad)
+    ref_grads = torch.autograd.grad(ref, [r for r in refs if r.requires_grad], grad.to(out.dtype).double())
     atol, rtol = tolerance(dtype, check.kind, tf32)
     worst = 0.0
     for got, want in [(out, ref), *zip(grads, ref_grads)]:
@@ -249,10 +258,7 @@ def _compile_ahead(runs, device: str) -> None:
         for check, dtype, layout, tf32 in runs:
             torch.backends.cudnn.allow_tf32 = tf32
             try:
-                inputs = [_leaf(t) for t in check.make(dtype, device, layout)]
-                out = check.ours(*inputs)
-                torch.autograd.grad(out, [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad],
-                                    torch.empty(out.shape, dtype=out.dtype, device=out.device))
+                _ours(check, [_leaf(t) for t in check.make(dtype, device, layout)])
             except Exception:  # noqa: BLE001
                 pass
             finally:
