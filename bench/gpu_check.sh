@@ -80,8 +80,8 @@ for suite in ${1//,/ }; do
   step "bench-$suite" $left $PY -m bench --quick $append $kernels --out "$out" --ops "$suite" || rc=1
   append=--append
 done
-# GPU_CHECK_SWEEP (suites of bench.sweep, comma- or space-separated: norm,activation,max_pool2d): our side's times at
-# other values of the tiling constants, in a box of GPU_CHECK_SWEEP_S (120 s).
+# GPU_CHECK_SWEEP (suites of bench.sweep, comma- or space-separated: norm,activation,max_pool2d,conv2d): our side's
+# times at other values of the tiling constants, in a box of GPU_CHECK_SWEEP_S (120 s).
 if [[ -n "${GPU_CHECK_SWEEP:-}" ]]; then
   step sweep "${GPU_CHECK_SWEEP_S:-120}" $PY -m bench.sweep ${GPU_CHECK_SWEEP//,/ } --out "$out" || rc=1
 fi

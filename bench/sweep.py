@@ -8,7 +8,7 @@ setting that breaks a kernel fails here, not silently), and our side's time
 (as ``python -m bench`` times a side: ``time_ours``). Writes
 ``sweep-<gpu>-<date>.json`` and ``.md`` to DIR (the time of each case at each
 value, and against the default's), rewritten after each case, and restores
-every constant. Suites: norm, activation, max_pool2d (default: all).
+every constant. Suites: norm, activation, max_pool2d, conv2d (default: all).
 """
 from __future__ import annotations
 
@@ -27,11 +27,13 @@ from bench.core import CLOCK_WARMUP_MS, Case, check, collect, compile_first, con
 @dataclass(frozen=True)
 class Knob:
     """A module constant a suite's plans read, its values to try (its default among
-    them), and the substrings of the ids of the suite's cases whose plans read it."""
+    them), and the starts of the ids of the suite's cases whose plans read it (of
+    those, only the passes ``passes`` names, when it names any)."""
     module: str
     name: str
     values: tuple
     cases: tuple
+    passes: tuple = ()
 
 
 # suite -> its knobs, the first the most wanted (a time box that ends keeps the rows so far). Left out:
@@ -44,6 +46,11 @@ SWEEPS = {
     "activation": (Knob("kernels.activation", "_BLOCK", (1024, 2048, 4096, 8192), ("relu-resnet50",)),),
     "max_pool2d": (Knob("kernels.pool", "_TILE", (256, 512, 1024), ("max_pool2d-",)),
                    Knob("kernels.pool", "_NUM_WARPS", (4, 8), ("max_pool2d-",))),
+    # the direct kernels' split reductions (2: a GEMM's programs an SM, the plan before 2026-11-30)
+    "conv2d": (Knob("kernels.conv.ops", "DIRECT_PROGRAMS_PER_SM", (2, 4, 8, 16), ("conv2d-depthwise-",),
+                    ("weight_grad",)),
+               Knob("kernels.conv.ops", "DEPTHWISE_WGRAD_CHANNEL_BYTES", (32, 64, 128), ("conv2d-depthwise-",),
+                    ("weight_grad",))),
 }
 # Cases whose plans do not read a knob although their ids match (timing them would be noise).
 _NOT_READ = {"CHANNELS_LAST_WIDTH": "contiguous", "_NUM_WARPS": "channels_last-forward"}
@@ -52,7 +59,8 @@ _NOT_READ = {"CHANNELS_LAST_WIDTH": "contiguous", "_NUM_WARPS": "channels_last-f
 def _cases(suite: str, knob: Knob) -> list[Case]:
     skip = _NOT_READ.get(knob.name)
     return [c for c in collect([suite], "cuda", True)
-            if c.id.startswith(knob.cases) and not (skip and skip in c.id)]
+            if c.id.startswith(knob.cases) and not (skip and skip in c.id)
+            and (not knob.passes or c.pass_name in knob.passes)]
 
 
 def time_ours(case: Case) -> float:

@@ -6,7 +6,8 @@
 * ``sum_splits`` (in-kernel, one launch): programs that split one tile's
   reduction over grid axis 2 each write their fp32 tile to a workspace and take
   an integer ticket; the program with the tile's last ticket sums the splits in
-  split order and finishes the tile. ``tickets`` gives the ticket buffer.
+  a fixed order (a small tile's splits several at a time: ``split_chunk``) and
+  finishes the tile. ``tickets`` gives the ticket buffer.
 
 No float atomics either way, so results are bitwise reproducible.
 """
@@ -18,7 +19,7 @@ import triton.language as tl
 
 from ._runtime import CompileCase, bind, cdiv, interpreting, persistent, plan_cache
 
-__all__ = ["sum_partials", "sum_splits", "tickets", "COMPILE_CASES"]
+__all__ = ["sum_partials", "sum_splits", "split_chunk", "tickets", "COMPILE_CASES"]
 
 
 @triton.jit
@@ -39,13 +40,15 @@ def _sum_partials_kernel(partials_ptr, out_ptr, num_chunks, C,
 
 
 @triton.jit
-def sum_splits(acc, part_ptr, ticket_ptr, TILE_M: tl.constexpr, TILE_N: tl.constexpr):
+def sum_splits(acc, part_ptr, ticket_ptr, TILE_M: tl.constexpr, TILE_N: tl.constexpr, CHUNK: tl.constexpr = 1):
     """The fixed-order sum of a (TILE_M, TILE_N) fp32 tile ``acc`` whose reduction is
     split over ``tl.num_programs(2)`` programs. part: (tiles, splits, TILE_M*TILE_N)
     fp32 workspace; ticket: (tiles,) int32 (``tickets``), zero between launches;
     tile = program_id(1) * num_programs(0) + program_id(0). Each split writes its
-    tile, then takes a ticket; the program with the last ticket sums the splits in
-    split order, resets the ticket and returns (sum, True); the others return
+    tile, then takes a ticket; the program with the last ticket sums the splits,
+    CHUNK of them per load (``split_chunk``: a small tile's many splits in a few
+    rounds; lane j of a round sums the splits j, j + CHUNK, ... in order, then the
+    lanes are summed), resets the ticket and returns (sum, True); the others return
     (acc, False)."""
     tile = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
     splits = tl.num_programs(2)
@@ -55,11 +58,30 @@ def sum_splits(acc, part_ptr, ticket_ptr, TILE_M: tl.constexpr, TILE_N: tl.const
     tl.debug_barrier()                           # every thread's partial is written before the ticket
     last = tl.atomic_add(ticket_ptr + tile, 1, sem="acq_rel") == splits - 1
     if last:
-        acc = tl.load(tile_part + offs, cache_modifier=".cg")
-        for split in range(1, splits):
-            acc += tl.load(tile_part + split * (TILE_M * TILE_N) + offs, cache_modifier=".cg")
+        if CHUNK == 1:
+            acc = tl.load(tile_part + offs, cache_modifier=".cg")
+            for split in range(1, splits):
+                acc += tl.load(tile_part + split * (TILE_M * TILE_N) + offs, cache_modifier=".cg")
+        else:
+            lanes = tl.arange(0, CHUNK)
+            flat = tl.arange(0, TILE_M * TILE_N)
+            sums = tl.zeros((CHUNK, TILE_M * TILE_N), dtype=tl.float32)
+            for first in range(0, splits, CHUNK):
+                split = first + lanes
+                sums += tl.load(tile_part + (split * (TILE_M * TILE_N))[:, None] + flat[None, :],
+                                mask=(split < splits)[:, None], other=0.0, cache_modifier=".cg")
+            acc = tl.reshape(tl.sum(sums, axis=0), (TILE_M, TILE_N))
         tl.atomic_xchg(ticket_ptr + tile, 0)
     return acc, last
+
+
+CHUNK_ELEMENTS = 2048       # fp32 values a round of ``sum_splits`` loads (16 a thread at 4 warps)
+
+
+def split_chunk(tile_elements: int) -> int:
+    """``sum_splits``' CHUNK for a tile of ``tile_elements`` (a power of two): the
+    splits whose tiles make CHUNK_ELEMENTS, at least 1 (a GEMM's 128x128 tile: 1)."""
+    return max(1, CHUNK_ELEMENTS // tile_elements)
 
 
 _TICKETS: dict = {}

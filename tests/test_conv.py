@@ -411,7 +411,7 @@ def test_pointwise_descriptor_passes(groups, channel_slice, dtype, device, monke
     (fp32 as tf32: ``TF32_CONV``); an fp32 convolution without tf32 keeps the
     implicit GEMM."""
     from kernels.conv import ops
-    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
+    monkeypatch.setattr(ops, "_splits", lambda *args: 3)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
     C, K = 64, 48
     if channel_slice:
@@ -593,12 +593,31 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     tile's last program in split order (deterministic by construction: the
     interpreter runs programs in order, so a run-to-run check could not fail)."""
     from kernels.conv import ops
-    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
+    monkeypatch.setattr(ops, "_splits", lambda *args: 3)
     _, N, C, H, W, K, kernel, stride, padding, dilation, groups, paths = geometry
     assert tuple(conv_paths(C, K, groups, kernel).values()) == paths
     x, w, b = _inputs(N, C, H, W, K, kernel, groups, torch.float32, device)
     ours, reference = _conv_fns(stride, padding, dilation, groups, activation)
     check_op(ours, reference, [x, w, b], "conv")
+
+
+@pytest.mark.parametrize("geometry", [("depthwise", 4, 4, 4, (DW, DW, DW)), ("direct", 4, 8, 4, (D, D, D))],
+                         ids=["depthwise", "direct"])
+def test_split_sums_in_chunks(geometry, device, monkeypatch, launch_log):
+    """The direct kernels' split reductions (weight gradient, bias and activation
+    gradient) summed by their last programs CHUNK splits per load (``sum_splits``):
+    11 splits of 12 images, 4 a load, so three rounds, the last one part masked;
+    every split holds pixels (the direct tiles 16 pixels high). Against float64."""
+    from kernels.conv import ops
+    monkeypatch.setattr(ops, "_splits", lambda *args: 11)
+    monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 4)
+    monkeypatch.setattr(ops, "_direct_tiles", lambda channels, pixels, element_size: (16, 8))
+    _, C, K, groups, paths = geometry
+    assert tuple(conv_paths(C, K, groups, (3, 3)).values()) == paths
+    x, w, b = _inputs(12, C, 6, 5, K, (3, 3), groups, torch.float32, device)
+    check_op(*_conv_fns(1, 1, 1, groups, "relu"), [x, w, b], "conv")
+    chunked = {launch.name: (launch.grid[2], launch.args["CHUNK"]) for launch in launch_log if "CHUNK" in launch.args}
+    assert chunked == {f"_conv_wgrad_{geometry[0]}_kernel": (11, 4), "_conv_bwd_epilogue_kernel": (11, 4)}, chunked
 
 
 @pytest.mark.parametrize("N,C,H,W,stride,padding,layout,splits", [
@@ -619,7 +638,7 @@ def test_weight_grad_pixel_walk(N, C, H, W, stride, padding, layout, splits, dev
         configs = [triton.Config({**tuned.configs[0].kwargs, "BLOCK_K": 16}, num_warps=4)]
         monkeypatch.setattr(tuned, "configs", configs)
         monkeypatch.setattr(tuned, "nnlib_configs_for", lambda constexprs, capability=None, configs=configs: configs)
-    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: splits)
+    monkeypatch.setattr(ops, "_splits", lambda *args: splits)
     x = make_input((N, C, H, W), torch.float32, device, "channels_last" if layout == "in-place" else layout)
     w = (torch.randn(16, C, 3, 3) / 12).to(device).requires_grad_(True)
     with ops.read_in_place() if layout == "in-place" else contextlib.nullcontext():
@@ -693,6 +712,23 @@ def test_split_count():
     assert split_count(264, 52, 20, 8) == 2          # short reductions split less
     assert split_count(264, 52, 72, 8, cap=3) == 3
     assert split_count(264, 52, 72, 8, cap=0) == 1
+
+
+def test_direct_splits_fill_an_h100(monkeypatch):
+    """The direct kernels' pixel reductions on a 132-SM GPU: a MobileNet depthwise
+    weight gradient (32x144x56x56, bf16 channels_last) tiles 16 channels by 4x8
+    pixels, 9 channel tiles of 3136 steps split 118 ways (1062 programs of 4 warps,
+    about 8 an SM, where the GEMMs' two an SM made 264), summed 8 splits a load;
+    the bias / activation gradient of a 32x256x56x56 layer alike; a large tile's
+    splits stop at sqrt(steps * CHUNK) (32 x 32 x 4 steps: 64 ways, not 528)."""
+    from kernels.conv import ops
+    monkeypatch.setattr(ops, "_sm_count", lambda index: 132)
+    gpu = torch.device("cuda", 0)
+    assert ops._depthwise_tiles(56, 56, 144, True, 3, 2, 16, interpreter=False) == (4, 8, 16)
+    assert ops._direct_splits(gpu, 9, 3136, 16 * 16) == (118, 8)
+    assert ops._direct_splits(gpu, 8, 3136, 32) == (132, 64)
+    assert ops._direct_splits(gpu, 2, 4096, 2048) == (64, 1)
+    assert ops._direct_splits(torch.device("cpu"), 9, 3136, 256) == (1, 8)
 
 
 def test_launch_plans_follow_what_they_decide_from(device, monkeypatch, launch_log):
@@ -964,7 +1000,7 @@ def test_planar_split_weight_grad_and_double_backward(device, monkeypatch):
         check_double_backward(ours, reference, [x, w, b], "conv")
     assert launches.counts["_conv_planar_gemm_kernel"] and launches.counts["_conv_planar_wgrad_kernel"], \
         launches.counts
-    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
+    monkeypatch.setattr(ops, "_splits", lambda *args: 3)
     clear_plan_caches()             # the plans above were built unsplit
     with count_launches() as launches:
         check_op(ours, reference, [x, w, b], "conv")
@@ -994,7 +1030,7 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
     (PIXEL_VEC 0). The bias / activation gradient tiles NCHW along the pixels too.
     Against float64, with the reductions split three ways."""
     from kernels.conv import ops
-    monkeypatch.setattr(ops, "_splits", lambda device, tiles, steps, cap=None: 3)
+    monkeypatch.setattr(ops, "_splits", lambda *args: 3)
     x, w, b = _inputs(2, 32, H, W, 24, (3, 3), 1, dtype, device, layout)
     out, _ = check_op(*_conv_fns(stride, 1, 1, 1, "relu"), [x, w, b], "conv")
     seen = {launch.name: launch.args["PIXEL_VEC"] for launch in launch_log if "PIXEL_VEC" in launch.args}

@@ -10,6 +10,7 @@ direct kernels for few channels per group, fused bias + activation epilogue.
 """
 from __future__ import annotations
 
+from .._reduce import split_chunk
 from .._runtime import CompileCase
 from ..activation import ACT_LEAKY_RELU, ACT_RELU
 from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
@@ -256,7 +257,8 @@ def _compile_cases():
                    **_ints(*(n for n in names if not n.endswith(unit)))}
             cases.append(CompileCase(_conv_bwd_epilogue_kernel, sig,
                                      dict(ACTIVATION=ACT_LEAKY_RELU.value, HAS_BIAS=True, PIXEL_VEC=pixel_vec,
-                                          BLOCK_M=32, BLOCK_N=32, **{n: 1 for n in names if n.endswith(unit)}),
+                                          BLOCK_M=32, BLOCK_N=32, CHUNK=split_chunk(32),
+                                          **{n: 1 for n in names if n.endswith(unit)}),
                                      label=f"{dt},{layout}", divisible=("K", *(n for n in names if not n.endswith(unit))),
                                      expect={"ldg128_at_least": 2, "stg128_at_least": 1}))
     return cases
@@ -272,14 +274,17 @@ def _compile_cases():
 # unaligned) 8.5 / 9.7, 12.7 / 13.5, 17.0 / 16.3. Every FFMA counted is useful: the
 # 3x3 weight gradient's ninth tap has its own accumulator (16 tap lanes, 7 of them
 # padding, took 8.4 / 14.2 instructions per useful FFMA in channels_last, 19.2 /
-# 22.2 in NCHW).
+# 22.2 in NCHW). The channels_last weight gradients' tiles narrowed from 64 channels
+# to 16 (2026-11-30, so that a layer's channels make enough tiles for its splits:
+# ``ops._direct_splits``): 3x3 7.7 / 9.0, 7x7 5.7 / 7.7; their 128-bit loads: 8 and
+# 39 / 40, half of the 3x3's in the last program's sum of the splits.
 _DEPTHWISE_EXPECT = {
     ("forward", "channels_last", 3): {"max_loop_instructions_per_ffma": 5.5, "ldg128_at_least": 12},
     ("input_grad", "channels_last", 3): {"max_loop_instructions_per_ffma": 7, "ldg128_at_least": 12},
-    ("weight_grad", "channels_last", 3): {"max_loop_instructions_per_ffma": 10, "ldg128_at_least": 20},
+    ("weight_grad", "channels_last", 3): {"max_loop_instructions_per_ffma": 10, "ldg128_at_least": 8},
     ("forward", "channels_last", 7): {"max_loop_instructions_per_ffma": 6.5, "ldg128_at_least": 12},
     ("input_grad", "channels_last", 7): {"max_loop_instructions_per_ffma": 8.5, "ldg128_at_least": 12},
-    ("weight_grad", "channels_last", 7): {"max_loop_instructions_per_ffma": 7, "ldg128_at_least": 20},
+    ("weight_grad", "channels_last", 7): {"max_loop_instructions_per_ffma": 8, "ldg128_at_least": 20},
     ("forward", "nchw", 3): {"max_loop_instructions_per_ffma": 10.5},
     ("input_grad", "nchw", 3): {"max_loop_instructions_per_ffma": 14.5},
     ("weight_grad", "nchw", 3): {"max_loop_instructions_per_ffma": 19.5},
@@ -331,7 +336,8 @@ def _depthwise_cases():
                "ticket_ptr": "*i32",
                **_ints("N", "H", "W", "P", "Q", "C", *_CONV), **dys, **xs, **_ints(*_strides("dw", "crs"))}
         tiles = dict(TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c)
-        cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig, dict(TAPS=wtaps, **tiles, **dy1, **x1, **geometry),
+        cases.append(CompileCase(_conv_wgrad_depthwise_kernel, sig,
+                                 dict(TAPS=wtaps, CHUNK=split_chunk(wtaps * block_c), **tiles, **dy1, **x1, **geometry),
                                  label=label, divisible=("C", *dyd, *xd),
                                  expect=expect("weight_grad")))
     return cases
@@ -342,10 +348,10 @@ def _depthwise_cases():
 # 3.6; 32x32 and 256x4 tiles): forward 7.6 / 13.1 and 7.6 / 9.9 in channels_last,
 # 10.4 / 17.0 and 10.4 / 12.5 in NCHW; input gradient 8.0 / 11.9 and 8.0 / 8.4,
 # 9.6 / 11.9 and 9.6 / 10.1; weight gradient 35 / 23 and 34 / 41 (one cross-thread
-# sum per tap and pixel block). The forward and input gradient took 35 / 29 and
-# 36 / 29 (runtime arguments) before each tap's pointers and mask left the channel
-# loop.
-_DIRECT_EXPECT = {"forward": 17.5, "input_grad": 12.5, "weight_grad": 41}
+# sum per tap and pixel block; 41 / 42 at 256x4 since its splits' sum loads several
+# a round, 2026-11-30). The forward and input gradient took 35 / 29 and 36 / 29
+# (runtime arguments) before each tap's pointers and mask left the channel loop.
+_DIRECT_EXPECT = {"forward": 17.5, "input_grad": 12.5, "weight_grad": 43}
 
 
 def _direct_cases():
@@ -382,7 +388,8 @@ def _direct_cases():
                    **_ints(*_DIMS, "K", "Cg", "Kg", "R", "S"), **dys, **xs, **dws}
             for index_64 in (False, True) if dt == "bf16" and block_n == 32 else (False,):
                 cases.append(CompileCase(_conv_wgrad_direct_kernel, sig,
-                                         dict(TAPS=16, INDEX_64=index_64, **dy1, **x1, **dw1, **direct),
+                                         dict(TAPS=16, INDEX_64=index_64, CHUNK=split_chunk(16 * block_n), **dy1,
+                                              **x1, **dw1, **direct),
                                          label=label + (",int64" if index_64 else ""),
                                          expect={} if index_64 else expect["weight_grad"]))
     return cases

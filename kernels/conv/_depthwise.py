@@ -149,9 +149,10 @@ def _conv_wgrad_depthwise_kernel(
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwc, stride_dwr, stride_dws,
         R: tl.constexpr, S: tl.constexpr, TAPS: tl.constexpr,
-        TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+        TILE_P: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
+        CHUNK: tl.constexpr):
     """dy: (N, C, P, Q); x: (N, C, H, W); dw: (C, 1, R, S) in the weight dtype;
-    strides; part / ticket: the split workspace (``sum_splits``). Program
+    strides; part / ticket: the split workspace (``sum_splits``, CHUNK). Program
     (c_block, 0, split): dw for BLOCK_C channels and every tap, summed over the
     (TILE_P, TILE_Q) output patches of its split of the N images' patches.
     TAPS = R*S rounded up to a power of two; when R*S is one more than half of it
@@ -207,7 +208,7 @@ def _conv_wgrad_depthwise_kernel(
         total = tl.reshape(tl.permute(tl.join(total, last), (2, 0, 1)), (TAPS, BLOCK_C))
     done = tl.num_programs(2) == 1
     if not done:
-        total, done = sum_splits(total, part_ptr, ticket_ptr, TAPS, BLOCK_C)
+        total, done = sum_splits(total, part_ptr, ticket_ptr, TAPS, BLOCK_C, CHUNK)
     if done:
         all_taps = tl.arange(0, TAPS)
         dw_ptrs = (dw_ptr + (offs_c * stride_dwc)[None, :]

@@ -134,9 +134,10 @@ def _conv_wgrad_direct_kernel(
         stride_dyn, stride_dyk, stride_dyp, stride_dyq,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwk, stride_dwc, stride_dwr, stride_dws,
-        TAPS: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        TAPS: tl.constexpr, INDEX_64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+        CHUNK: tl.constexpr):
     """dy: (N, K, P, Q); x: (N, C, H, W); dw: (K, Cg, R, S) in the weight dtype;
-    strides; part / ticket: the split workspace (``sum_splits``). Program
+    strides; part / ticket: the split workspace (``sum_splits``, CHUNK). Program
     (c * k_tiles + k_tile, 0, split): dw[k, c, r, s] for BLOCK_N output channels k
     and every tap (TAPS >= R*S, a power of two), summed over the N*P*Q pixels
     BLOCK_M at a time, the pixels split over grid axis 2. Each block of dy is read
@@ -177,7 +178,7 @@ def _conv_wgrad_direct_kernel(
             acc += tl.where(taps[:, None] == tap, tl.sum(dyv * xv, axis=0)[None, :], 0.0)
     done = tl.num_programs(2) == 1
     if not done:
-        acc, done = sum_splits(acc, part_ptr, ticket_ptr, TAPS, BLOCK_N)
+        acc, done = sum_splits(acc, part_ptr, ticket_ptr, TAPS, BLOCK_N, CHUNK)
     if done:
         dw_ptrs = dw_ptr + offs_n[None, :].to(tl.int64) * stride_dwk \
             + (c * stride_dwc + taps // S * stride_dwr + taps % S * stride_dws)[:, None]
@@ -192,9 +193,9 @@ def _conv_bwd_epilogue_kernel(
         stride_yn, stride_yk, stride_yp, stride_yq,
         stride_gn, stride_gk, stride_gp, stride_gq,
         ACTIVATION: tl.constexpr, HAS_BIAS: tl.constexpr, PIXEL_VEC: tl.constexpr,
-        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr):
     """dy, y (the saved output), g: (N, K, P, Q) through strides; db: (K,) in the
-    bias dtype; part / ticket: the split workspace (``sum_splits``). Program
+    bias dtype; part / ticket: the split workspace (``sum_splits``, CHUNK). Program
     (k_tile, 0, split), over its split of the N*P*Q pixels: g = dy * act'(y) when
     ACTIVATION, and when HAS_BIAS db[k] = sum of g (fp32, in split order).
     PIXEL_VEC > 0: every tensor has its pixels at stride 1 (NCHW; ``_planar_rows``),
@@ -231,6 +232,6 @@ def _conv_bwd_epilogue_kernel(
         total = tl.sum(acc, axis=0)[None, :]
         done = tl.num_programs(2) == 1
         if not done:
-            total, done = sum_splits(total, part_ptr, ticket_ptr, 1, BLOCK_N)
+            total, done = sum_splits(total, part_ptr, ticket_ptr, 1, BLOCK_N, CHUNK)
         if done:
             tl.store(db_ptr + offs_n[None, :], total.to(db_ptr.dtype.element_ty), mask=mask_n[None, :])

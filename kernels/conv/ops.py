@@ -57,7 +57,7 @@ from torch.utils.flop_counter import flop_registry, register_flop_formula
 from triton.runtime import _allocation as triton_allocation
 
 from .._library import Operator, batched_by_autograd
-from .._reduce import tickets
+from .._reduce import split_chunk, tickets
 from .._runtime import (bind, bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, kernel_parameters,
                         launch, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64, persistent,
                         plan_cache, plan_float)
@@ -73,6 +73,14 @@ PLANAR_MIN_PIXELS = 128      # below, a planar tile (up to 256 pixels wide) is m
                              # implicit GEMM tiles N*H*W pixels instead (a guess until a GPU measures it)
 DEPTHWISE_MAX_KERNEL = 7      # the depthwise kernels unroll a row of taps (S) and tile R*S taps (weight gradient)
 MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
+# The direct kernels' pixel reductions (the depthwise and direct weight gradients, the
+# bias / activation gradient: 4 warps, small tiles, a memory round trip per step) split
+# for DIRECT_PROGRAMS_PER_SM programs an SM, where a GEMM's big programs take two: at
+# two, an H200 (2026-11-30) ran a depthwise weight gradient (32x144x56x56, 3x3) as 264
+# programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
+DIRECT_PROGRAMS_PER_SM = 8
+DEPTHWISE_WGRAD_CHANNEL_BYTES = 32     # channels_last: a depthwise weight gradient's tile width, so that a
+                                       # layer's channels make several tiles (144 of 2 bytes: 9) for its splits
 
 
 def conv_paths(in_channels: int, out_channels: int, groups: int, kernel_size) -> dict:
@@ -303,16 +311,27 @@ def split_count(programs_wanted: int, tiles: int, steps: int, min_steps: int, ca
     return max(1, splits if cap is None else min(splits, cap))
 
 
-def _splits(device: torch.device, tiles: int, steps: int, cap: int | None = None) -> int:
-    """``split_count`` for this device. GPU: two programs per SM (one wave at two
-    resident programs per SM), at least ``MIN_SPLIT_STEPS`` k-steps per split, so
-    that a split's fp32 partial tile (written and read once, in L2) costs at most
-    half the operand bytes it loads. The interpreter pays per program: no split
+def _splits(device: torch.device, tiles: int, steps: int, cap: int | None = None, per_sm: int = 2) -> int:
+    """``split_count`` for this device. GPU: ``per_sm`` programs per SM (a GEMM's: one
+    wave at two resident programs per SM), at least ``MIN_SPLIT_STEPS`` k-steps per
+    split, so that a split's fp32 partial tile (written and read once, in L2) costs at
+    most half the operand bytes it loads. The interpreter pays per program: no split
     (tests force splits to check them)."""
     if device.type != "cuda":
         return 1
     index = device.index if device.index is not None else torch.cuda.current_device()
-    return split_count(2 * _sm_count(index), tiles, steps, MIN_SPLIT_STEPS, cap)
+    return split_count(per_sm * _sm_count(index), tiles, steps, MIN_SPLIT_STEPS, cap)
+
+
+def _direct_splits(device: torch.device, tiles: int, steps: int, tile_elements: int) -> tuple[int, int]:
+    """(splits, CHUNK) of a direct kernel's pixel reduction over ``steps`` steps for
+    ``tiles`` fp32 tiles of ``tile_elements``: DIRECT_PROGRAMS_PER_SM programs an SM,
+    whose tile's last program sums the splits CHUNK a load (``sum_splits``), at most
+    sqrt(steps * CHUNK) of them (where the steps a split runs, steps / splits, meet
+    the loads that sum them, splits / CHUNK: a step and a load are each about a
+    memory round trip)."""
+    chunk = split_chunk(tile_elements)
+    return _splits(device, tiles, steps, math.isqrt(steps * chunk), DIRECT_PROGRAMS_PER_SM), chunk
 
 
 class _Workspace(NamedTuple):
@@ -415,8 +434,9 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
     pixels of ``element_size``-byte elements. On a GPU, when channels are
     contiguous (16-byte channel vectors): up to 64 channels by a patch up to 8
     pixels wide, 8 KB of elements (4096 of 2 bytes; the weight gradient's
-    (``taps``, pixels, channels) tile: twice that); else (pixel rows are
-    contiguous) 8 channels by a patch up to 32 pixels wide, half the elements.
+    (``taps``, pixels, channels) tile: twice that, over
+    DEPTHWISE_WGRAD_CHANNEL_BYTES of channels); else (pixel rows are contiguous) 8 channels by a patch up
+    to 32 pixels wide, half the elements.
     In channels_last each thread then holds four 16-byte channel vectors (4
     pixels of 8 channels in 2-byte types), so that the weights it loads per tap
     serve several pixels' multiply-adds; tiles are half as large for
@@ -430,7 +450,8 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
         elements = 2 * elements // taps
     elif kernel_width > 3:
         elements //= 2
-    block_c = min(next_power_of_2(channels), 64 if channels_contiguous else 8)
+    widest = 64 if taps == 1 or scale > 1 else DEPTHWISE_WGRAD_CHANNEL_BYTES // element_size
+    block_c = min(next_power_of_2(channels), widest if channels_contiguous else 8)
     pixels = max(elements // block_c, 1)
     tile_q = min(next_power_of_2(cols), scale * (8 if channels_contiguous else 32), pixels)
     tile_p = min(next_power_of_2(rows), max(pixels // tile_q, 1))
@@ -824,20 +845,22 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.strides[1] == 1, geo.S,
                                                        x.element_size(), taps)
             programs, block = cdiv(geo.C, block_c), block_c
-            splits = _splits(x.device, programs, geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q))
+            splits, chunk = _direct_splits(x.device, programs, geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q),
+                                           taps * block)
             kernel = _conv_wgrad_depthwise_kernel
             args = (*geo.dims(), geo.C, *geo.conv_args(), *dy.strides, *x.strides, dw.strides[0], dw.strides[2],
                     dw.strides[3])
             constexprs = dict(R=geo.R, S=geo.S, TAPS=taps, TILE_P=tile_p, TILE_Q=tile_q, BLOCK_C=block_c,
-                              INDEX_64=_image_needs_int64(geo, dy, x))
+                              INDEX_64=_image_needs_int64(geo, dy, x), CHUNK=chunk)
         else:
             block_m, block = _direct_tiles(geo.K, pixels, x.element_size())
             programs = geo.Cg * cdiv(geo.K, block)
-            splits = _splits(x.device, programs, cdiv(pixels, block_m))
+            splits, chunk = _direct_splits(x.device, programs, cdiv(pixels, block_m), taps * block)
             kernel = _conv_wgrad_direct_kernel
             args = (*geo.dims(), geo.K, geo.Cg, geo.Kg, geo.R, geo.S, *geo.conv_args(), *dy.strides, *x.strides,
                     *dw.strides)
-            constexprs = dict(TAPS=taps, INDEX_64=_image_needs_int64(geo, x), BLOCK_M=block_m, BLOCK_N=block)
+            constexprs = dict(TAPS=taps, INDEX_64=_image_needs_int64(geo, x), BLOCK_M=block_m, BLOCK_N=block,
+                              CHUNK=chunk)
         workspace = _Workspace(programs * splits * taps * block if splits > 1 else 1, programs)
 
         direct = _plain_launch(kernel, (programs, 1, splits), 5 + len(args), **constexprs)
@@ -974,12 +997,12 @@ def _output_grad_plan(dy: Operand, saved: Operand, switches: Switches, activatio
         return lambda dy, saved: (new_g() if activation else dy, new_db() if bias_grad else None)
     block_m, block_n = (512, 64) if interpreting() else (32, 32)
     k_tiles = cdiv(K, block_n)
-    splits = _splits(dy.device, k_tiles, cdiv(pixels, block_m))
+    splits, chunk = _direct_splits(dy.device, k_tiles, cdiv(pixels, block_m), block_n)
     workspace = _Workspace(k_tiles * splits * block_n if splits > 1 else 1, k_tiles)
     args = (N, K, P, Q, float(negative_slope), *dy.strides, *saved.strides, *g.strides)
     epilogue = _plain_launch(_conv_bwd_epilogue_kernel, (k_tiles, 1, splits), 6 + len(args), ACTIVATION=activation,
                              HAS_BIAS=bias_grad, PIXEL_VEC=_pixel_vec(dy, saved, g), BLOCK_M=block_m,
-                             BLOCK_N=block_n)
+                             BLOCK_N=block_n, CHUNK=chunk)
 
     def run(dy, saved):
         g = new_g() if activation else dy
