@@ -409,6 +409,7 @@ def test_sweep_times_each_setting_and_restores_the_defaults(monkeypatch, capsys)
             assert getattr(importlib.import_module(knob.module), knob.name) in knob.values, knob
             assert sweep._cases(suite, knob), knob
     assert all("contiguous" not in c.id for c in sweep._cases("norm", sweep.SWEEPS["norm"][2]))
+    assert all(c.pass_name == "weight_grad" for knob in sweep.SWEEPS["conv2d"] for c in sweep._cases("conv2d", knob))
 
     def context_lost(case):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -590,7 +590,7 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     """Every reduction split three ways (the GPU splits small grids; the interpreter
     only when forced): forward and input gradient over k-steps, weight and bias
     gradients over pixels (some splits empty), each summed in the kernel by the
-    tile's last program in split order (deterministic by construction: the
+    tile's last program in a fixed order (deterministic by construction: the
     interpreter runs programs in order, so a run-to-run check could not fail)."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda *args: 3)
@@ -606,15 +606,17 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
 def test_split_sums_in_chunks(geometry, device, monkeypatch, launch_log):
     """The direct kernels' split reductions (weight gradient, bias and activation
     gradient) summed by their last programs CHUNK splits per load (``sum_splits``):
-    11 splits of 12 images, 4 a load, so three rounds, the last one part masked;
-    every split holds pixels (the direct tiles 16 pixels high). Against float64."""
+    11 splits, 4 a load, so three rounds, the last one part masked. The weight
+    gradients' splits each hold pixels (11 images: the depthwise kernel's 11 steps
+    of an image, the direct one's 21 of 16 pixels); the epilogue's interpreter tile
+    (512 pixels) leaves all but its first split empty. Against float64."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda *args: 11)
     monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 4)
     monkeypatch.setattr(ops, "_direct_tiles", lambda channels, pixels, element_size: (16, 8))
     _, C, K, groups, paths = geometry
     assert tuple(conv_paths(C, K, groups, (3, 3)).values()) == paths
-    x, w, b = _inputs(12, C, 6, 5, K, (3, 3), groups, torch.float32, device)
+    x, w, b = _inputs(11, C, 6, 5, K, (3, 3), groups, torch.float32, device)
     check_op(*_conv_fns(1, 1, 1, groups, "relu"), [x, w, b], "conv")
     chunked = {launch.name: (launch.grid[2], launch.args["CHUNK"]) for launch in launch_log if "CHUNK" in launch.args}
     assert chunked == {f"_conv_wgrad_{geometry[0]}_kernel": (11, 4), "_conv_bwd_epilogue_kernel": (11, 4)}, chunked
@@ -720,7 +722,8 @@ def test_direct_splits_fill_an_h100(monkeypatch):
     pixels, 9 channel tiles of 3136 steps split 118 ways (1062 programs of 4 warps,
     about 8 an SM, where the GEMMs' two an SM made 264), summed 8 splits a load;
     the bias / activation gradient of a 32x256x56x56 layer alike; a large tile's
-    splits stop at sqrt(steps * CHUNK) (32 x 32 x 4 steps: 64 ways, not 528)."""
+    splits stop at sqrt(steps * CHUNK) (4096 steps of a 2048-element tile: 64
+    ways, not the 512 that 8 steps a split would allow)."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_sm_count", lambda index: 132)
     gpu = torch.device("cuda", 0)

@@ -197,7 +197,7 @@ def _conv_bwd_epilogue_kernel(
     """dy, y (the saved output), g: (N, K, P, Q) through strides; db: (K,) in the
     bias dtype; part / ticket: the split workspace (``sum_splits``, CHUNK). Program
     (k_tile, 0, split), over its split of the N*P*Q pixels: g = dy * act'(y) when
-    ACTIVATION, and when HAS_BIAS db[k] = sum of g (fp32, in split order).
+    ACTIVATION, and when HAS_BIAS db[k] = sum of g (fp32, in a fixed order).
     PIXEL_VEC > 0: every tensor has its pixels at stride 1 (NCHW; ``_planar_rows``),
     so that the tiles run along them, in 16-byte vectors when PIXEL_VEC > 1."""
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)

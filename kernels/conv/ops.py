@@ -429,28 +429,30 @@ def _direct_tiles(channels: int, pixels: int, element_size: int) -> tuple[int, i
 
 
 def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: bool, kernel_width: int,
-                     element_size: int, taps: int = 1, interpreter: bool | None = None) -> tuple[int, int, int]:
+                     element_size: int, taps: int | None = None,
+                     interpreter: bool | None = None) -> tuple[int, int, int]:
     """(TILE_P, TILE_Q, BLOCK_C) of the depthwise kernels over ``rows`` x ``cols``
-    pixels of ``element_size``-byte elements. On a GPU, when channels are
-    contiguous (16-byte channel vectors): up to 64 channels by a patch up to 8
-    pixels wide, 8 KB of elements (4096 of 2 bytes; the weight gradient's
-    (``taps``, pixels, channels) tile: twice that, over
-    DEPTHWISE_WGRAD_CHANNEL_BYTES of channels); else (pixel rows are contiguous) 8 channels by a patch up
-    to 32 pixels wide, half the elements.
-    In channels_last each thread then holds four 16-byte channel vectors (4
-    pixels of 8 channels in 2-byte types), so that the weights it loads per tap
-    serve several pixels' multiply-adds; tiles are half as large for
-    kernels wider than 3, whose row of taps' loads would not fit the registers.
-    The interpreter gets 16x the 2-byte count whatever the element size.
-    ``interpreter``: the interpreter's tiles (None: when interpreting)."""
+    pixels of ``element_size``-byte elements; ``taps``: the weight gradient's (R*S
+    rounded up to a power of two; None: the forward or input gradient). On a GPU,
+    when channels are contiguous (16-byte channel vectors): up to 64 channels by a
+    patch up to 8 pixels wide, 8 KB of elements (4096 of 2 bytes: each thread holds
+    four 16-byte channel vectors, 4 pixels of 8 channels, so that the weights it
+    loads per tap serve several pixels' multiply-adds), half as many for kernels
+    wider than 3 (their row of taps' loads would not fit the registers); the weight
+    gradient's (taps, pixels, channels) tile holds twice the elements over
+    DEPTHWISE_WGRAD_CHANNEL_BYTES of channels (a layer's channels make several
+    tiles for its splits). Else (pixel rows are contiguous) 8 channels by a patch up
+    to 32 pixels wide, half the elements. The interpreter gets 16x the 2-byte
+    count whatever the element size, 64 channels wide. ``interpreter``: the
+    interpreter's tiles (None: when interpreting)."""
     scale = 16 if (interpreting() if interpreter is None else interpreter) else 1
     elements = (4096 if channels_contiguous else 2048) * scale if scale > 1 else \
         (8192 if channels_contiguous else 4096) // element_size
-    if taps > 1:
+    if taps is not None and taps > 1:
         elements = 2 * elements // taps
     elif kernel_width > 3:
         elements //= 2
-    widest = 64 if taps == 1 or scale > 1 else DEPTHWISE_WGRAD_CHANNEL_BYTES // element_size
+    widest = 64 if taps is None or scale > 1 else DEPTHWISE_WGRAD_CHANNEL_BYTES // element_size
     block_c = min(next_power_of_2(channels), widest if channels_contiguous else 8)
     pixels = max(elements // block_c, 1)
     tile_q = min(next_power_of_2(cols), scale * (8 if channels_contiguous else 32), pixels)
