@@ -52,7 +52,7 @@ rc=0
 # Direct launches (a bound launch straight to Triton's compiled kernel) against JITFunction.run: host time
 # per call beside torch's for the same call, and the same bits; if they differ or fail, the rest runs with Triton's path
 # (NNLIB_DIRECT_LAUNCH=0) and the summary says so.
-if ! step launches 45 env NNLIB_AUTOTUNE=0 $PY -m bench.launches "$out"; then
+if ! step launches 60 env NNLIB_AUTOTUNE=0 $PY -m bench.launches "$out"; then
   rc=1
   export NNLIB_DIRECT_LAUNCH=0
   echo "launches: failed; the steps below run with NNLIB_DIRECT_LAUNCH=0" | tee -a "$out/summary.txt"

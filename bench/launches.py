@@ -10,10 +10,11 @@ of five means over 200 calls, with the plans built with direct launches on, then
 off, and beside them torch's same call (cuDNN, torch's batch norm and relu): the
 host's pace for one call of torch. Prints a table, writes ``launches.json`` to
 OUTDIR when given, exits 1 when the two ways give different results. With OUTDIR it also writes
-``launches-profile.txt``: each case's calls (direct launches) under cProfile,
-the functions that take the most time of their own (on an H200's host,
-2026-11-30, these calls took 35-920 us: several times what ``python -m bench
---host`` counts on a 2-core CPU, cause not yet known). bench/gpu_check.sh runs it.
+``launches-profile.txt``: each case's calls (direct launches) under cProfile and
+under torch.profiler (every thread, CUDA runtime and driver calls included), and
+the host synchronisations one call makes (on an H200's host, 2026-11-30, these
+calls took 35-920 us: several times what ``python -m bench --host`` counts on a
+2-core CPU, cause not yet known). bench/gpu_check.sh runs it.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import os
 import pstats
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn.functional as TF
@@ -129,8 +131,12 @@ def main(argv: list[str]) -> int:
 
 
 def _profiles(top: int = 25) -> str:
-    """Each case's ``CALLS`` calls (direct launches, plans built) under cProfile: the
-    ``top`` functions by time of their own, as text."""
+    """Each case's ``CALLS`` calls (direct launches, plans built), as text: under
+    cProfile, the ``top`` functions by time of their own; under torch.profiler
+    (every thread, the autograd engine's included, and the CUDA runtime and driver
+    calls: a synchronisation, an allocation that reaches cudaMalloc, a module load
+    show there) the ``top`` events by host time of their own; and the host
+    synchronisations torch's sync debug mode reports in one call."""
     _runtime.clear_plan_caches()
     out = io.StringIO()
     for name, call in _cases().items():
@@ -144,8 +150,24 @@ def _profiles(top: int = 25) -> str:
         profile.disable()
         out.write(f"=== {name}: {CALLS} calls\n")
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
+        activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+        with torch.profiler.profile(activities=activities) as events:
+            for _ in range(CALLS):
+                call()
+            torch.cuda.synchronize()
+        out.write(f"=== {name}: {CALLS} calls under torch.profiler\n")
+        out.write(events.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                call()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        syncs = [str(w.message).splitlines()[0] for w in caught]
+        out.write(f"\n=== {name}: host synchronisations in one call: {len(syncs)}\n")
+        out.writelines(f"  {line}\n" for line in syncs)
     return out.getvalue()
-
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
