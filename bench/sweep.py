@@ -52,7 +52,10 @@ SWEEPS = {
     "conv2d": (Knob("kernels.conv.ops", "DIRECT_PROGRAMS_PER_SM", (2, 4, 8, 16), ("conv2d-depthwise-",),
                     ("weight_grad",)),
                Knob("kernels.conv.ops", "DEPTHWISE_WGRAD_CHANNEL_BYTES", (32, 64, 128), ("conv2d-depthwise-",),
-                    ("weight_grad",))),
+                    ("weight_grad",)),
+               # fewer registers (more programs an SM) against more instructions per FFMA
+               Knob("kernels.conv.ops", "DEPTHWISE_TILE_BYTES", (2048, 4096, 8192), ("conv2d-depthwise",),
+                    ("forward", "input_grad"))),
 }
 # Cases whose plans do not read a knob although their ids match (timing them would be noise).
 _NOT_READ = {"CHANNELS_LAST_WIDTH": "contiguous", "_NUM_WARPS": "channels_last-forward"}

@@ -79,8 +79,14 @@ MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 # two, an H200 (2026-11-30) ran a depthwise weight gradient (32x144x56x56, 3x3) as 264
 # programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
 DIRECT_PROGRAMS_PER_SM = 8
-DEPTHWISE_WGRAD_CHANNEL_BYTES = 32     # channels_last: a depthwise weight gradient's tile width, so that a
-                                       # layer's channels make several tiles (144 of 2 bytes: 9) for its splits
+# The depthwise kernels' tiles on a GPU, channels_last (NCHW: half the bytes): the forward's and input
+# gradient's (8 KB: 143 / 96 registers a thread in bf16, 3 / 5 programs of 4 warps an SM; 4 KB: 108 / 72, 2 KB:
+# 64 / 64, each with fewer instructions per FFMA the larger it is; sm_90, triton 3.6), and the weight gradient's
+# over its taps (R*S rounded up to a power of two), DEPTHWISE_WGRAD_CHANNEL_BYTES of channels wide, so that a
+# layer's channels make several tiles (144 of 2 bytes: 9) for its splits.
+DEPTHWISE_TILE_BYTES = 8192
+DEPTHWISE_WGRAD_TILE_BYTES = 16384
+DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
 
 
 def conv_paths(in_channels: int, out_channels: int, groups: int, kernel_size) -> dict:
@@ -435,22 +441,25 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
     pixels of ``element_size``-byte elements; ``taps``: the weight gradient's (R*S
     rounded up to a power of two; None: the forward or input gradient). On a GPU,
     when channels are contiguous (16-byte channel vectors): up to 64 channels by a
-    patch up to 8 pixels wide, 8 KB of elements (4096 of 2 bytes: each thread holds
-    four 16-byte channel vectors, 4 pixels of 8 channels, so that the weights it
-    loads per tap serve several pixels' multiply-adds), half as many for kernels
+    patch up to 8 pixels wide, DEPTHWISE_TILE_BYTES of elements (8 KB: each thread
+    holds four 16-byte channel vectors, 4 pixels of 8 channels, so that the weights
+    it loads per tap serve several pixels' multiply-adds), half as many for kernels
     wider than 3 (their row of taps' loads would not fit the registers); the weight
-    gradient's (taps, pixels, channels) tile holds twice the elements over
-    DEPTHWISE_WGRAD_CHANNEL_BYTES of channels (a layer's channels make several
-    tiles for its splits). Else (pixel rows are contiguous) 8 channels by a patch up
-    to 32 pixels wide, half the elements. The interpreter gets 16x the 2-byte
-    count whatever the element size, 64 channels wide. ``interpreter``: the
-    interpreter's tiles (None: when interpreting)."""
+    gradient's (taps, pixels, channels) tile holds DEPTHWISE_WGRAD_TILE_BYTES over
+    its taps, DEPTHWISE_WGRAD_CHANNEL_BYTES of channels wide (a layer's channels
+    make several tiles for its splits). Else (pixel rows are contiguous) 8 channels
+    by a patch up to 32 pixels wide, half the bytes. The interpreter gets 16x 4096
+    (NCHW: 2048) elements whatever the element size, 64 channels wide.
+    ``interpreter``: the interpreter's tiles (None: when interpreting)."""
     scale = 16 if (interpreting() if interpreter is None else interpreter) else 1
-    elements = (4096 if channels_contiguous else 2048) * scale if scale > 1 else \
-        (8192 if channels_contiguous else 4096) // element_size
-    if taps is not None and taps > 1:
-        elements = 2 * elements // taps
-    elif kernel_width > 3:
+    wgrad = taps is not None and taps > 1
+    if scale > 1:
+        elements = (4096 if channels_contiguous else 2048) * scale
+        elements = 2 * elements // taps if wgrad else elements
+    else:
+        tile_bytes = DEPTHWISE_WGRAD_TILE_BYTES // taps if wgrad else DEPTHWISE_TILE_BYTES
+        elements = (tile_bytes if channels_contiguous else tile_bytes // 2) // element_size
+    if not wgrad and kernel_width > 3:
         elements //= 2
     widest = 64 if taps is None or scale > 1 else DEPTHWISE_WGRAD_CHANNEL_BYTES // element_size
     block_c = min(next_power_of_2(channels), widest if channels_contiguous else 8)
