@@ -9,7 +9,7 @@
 # folder given as first argument.
 #   bash bench/gpu_check.sh OUTDIR [SUITES, comma-separated: activation,max_pool2d,norm,conv2d,e2e]
 # The boxes (seconds) can be shortened to leave device time for a rerun (0 skips the step):
-#   GPU_CHECK_TESTS_S (240), GPU_CHECK_SELFTEST_S (105), GPU_CHECK_BENCH_S (180);
+#   GPU_CHECK_LAUNCHES_S (60), GPU_CHECK_TESTS_S (225), GPU_CHECK_SELFTEST_S (105), GPU_CHECK_BENCH_S (180);
 # GPU_CHECK_PYTEST_ARGS: more pytest arguments for the tests (a rerun's selection); GPU_CHECK_KERNELS=0:
 # the bench does not profile each case's kernels after its timings (bench --no-kernels); GPU_CHECK_SWEEP:
 # suites for bench.sweep, GPU_CHECK_NCU: cases for Nsight Compute (below; their boxes, GPU_CHECK_SWEEP_S
@@ -52,14 +52,14 @@ rc=0
 # Direct launches (a bound launch straight to Triton's compiled kernel) against JITFunction.run: host time
 # per call beside torch's for the same call, and the same bits; if they differ or fail, the rest runs with Triton's path
 # (NNLIB_DIRECT_LAUNCH=0) and the summary says so.
-if ! step launches 60 env NNLIB_AUTOTUNE=0 $PY -m bench.launches "$out"; then
+if ! step launches "${GPU_CHECK_LAUNCHES_S:-60}" env NNLIB_AUTOTUNE=0 $PY -m bench.launches "$out"; then
   rc=1
   export NNLIB_DIRECT_LAUNCH=0
   echo "launches: failed; the steps below run with NNLIB_DIRECT_LAUNCH=0" | tee -a "$out/summary.txt"
 fi
 # test_bench's timings are the bench step's work (and pytest-benchmark switches itself off under xdist).
 # -v: a line per test as it ends, so a run the box stops still says which tests failed.
-step tests "${GPU_CHECK_TESTS_S:-240}" env NNLIB_AUTOTUNE=0 $PY -m pytest tests -v --tb=short -n 16 \
+step tests "${GPU_CHECK_TESTS_S:-225}" env NNLIB_AUTOTUNE=0 $PY -m pytest tests -v --tb=short -n 16 \
   -p no:cacheprovider --ignore=tests/test_compile.py --deselect tests/test_bench.py::test_bench \
   --timeout 120 --timeout-method thread --junitxml="$out/tests.xml" -o junit_family=xunit2 \
   ${GPU_CHECK_PYTEST_ARGS:-} || rc=1
