@@ -53,9 +53,17 @@ SWEEPS = {
                     ("weight_grad",)),
                Knob("kernels.conv.ops", "DEPTHWISE_WGRAD_CHANNEL_BYTES", (32, 64, 128), ("conv2d-depthwise-",),
                     ("weight_grad",)),
-               # fewer registers (more programs an SM) against more instructions per FFMA
-               Knob("kernels.conv.ops", "DEPTHWISE_TILE_BYTES", (2048, 4096, 8192), ("conv2d-depthwise",),
-                    ("forward", "input_grad"))),
+               # the 3x3 depthwise rows kernel against the patch kernels it replaced (untimed), then its tiles
+               Knob("kernels.conv.ops", "DEPTHWISE_ROWS", (True, False), ("conv2d-depthwise-32x",),
+                    ("forward", "input_grad")),
+               Knob("kernels.conv.ops", "DEPTHWISE_ROW_TILE", (256, 512, 1024), ("conv2d-depthwise-32x",),
+                    ("forward", "input_grad")),
+               Knob("kernels.conv.ops", "DEPTHWISE_ROW_PROGRAMS_PER_SM", (8, 16, 32), ("conv2d-depthwise-32x",),
+                    ("forward", "input_grad")),
+               # the patch kernels' (the 7x7 here): fewer registers (more programs an SM) against more
+               # instructions per FFMA
+               Knob("kernels.conv.ops", "DEPTHWISE_TILE_BYTES", (2048, 4096, 8192), ("conv2d-depthwise-7x7",),
+                    ("forward",))),
 }
 # Cases whose plans do not read a knob although their ids match (timing them would be noise).
 _NOT_READ = {"CHANNELS_LAST_WIDTH": "contiguous", "_NUM_WARPS": "channels_last-forward"}

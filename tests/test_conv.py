@@ -1043,6 +1043,74 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
+# 3x3 depthwise convolutions of row stride and dilation 1 (the rows kernel): N, C, H, W, stride, padding,
+# dilation, and whether the input gradient runs it too (stride 1).
+ROWS_CASES = [(2, 20, 9, 11, 1, 1, 1, True), (1, 9, 7, 12, (1, 2), 2, (1, 2), False),
+              (2, 5, 6, 5, 1, 3, 1, True), (1, 7, 8, 6, 1, "same", (1, 3), True)]
+
+
+@pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13"])
+@pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
+def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
+    """The rows kernel (each input row loaded once, the output rows' sums rolling)
+    for the forward with bias and leaky ReLU and, at stride 1, the input gradient
+    (the kernel turned by 180 degrees; a padding past the kernel makes its
+    padding negative), channels_last throughout; with the interpreter's tiles
+    (every row in one program) and with a GPU's kind (chunks of 3 rows, the last
+    shorter, tiles of 4 columns by 8 channels, both partly outside the image and
+    the channels). Values and gradients against float64."""
+    from kernels.conv import ops
+    if tiles is not None:
+        monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: tiles)
+    N, C, H, W, stride, padding, dilation, input_grad = case
+    x, w, b = _inputs(N, C, H, W, C, (3, 3), C, torch.float32, device, "channels_last")
+    ours, reference = _conv_fns(stride, padding, dilation, C, "leaky_relu", 0.2)
+    y = ours(x, w, b)
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    y64 = reference(x64, w64, b64)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert_close(y, y64, torch.float32, "conv", "output")
+    dy = torch.randn_like(y)            # channels_last, as a channels_last model's backward hands it over
+    for name, grad, grad64 in zip("xwb", torch.autograd.grad(y, (x, w, b), dy),
+                                  torch.autograd.grad(y64, (x64, w64, b64), dy.double())):
+        assert_close(grad, grad64, torch.float32, "conv", f"grad of {name}")
+    names = [launch.name for launch in launch_log]
+    assert names.count("_conv_depthwise_rows_kernel") == (2 if input_grad else 1), names
+
+
+def test_depthwise_rows_half_and_int64(device, monkeypatch):
+    """The rows kernel in fp16 with int64 offsets inside an image (INDEX_64, which
+    the host sets for images of 2**31 elements), chunked."""
+    from kernels.conv import ops
+    monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
+    monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: (4, 8, 16))
+    x, w, b = _inputs(2, 24, 9, 10, 24, (3, 3), 24, torch.float16, device, "channels_last")
+    ours, reference = _conv_fns(1, 1, 1, 24, "relu")
+    y = ours(x, w, b)
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    y64 = reference(x64, w64, b64)
+    assert_close(y, y64, torch.float16, "conv", "output")
+    dy = torch.randn_like(y)
+    for name, grad, grad64 in zip("xwb", torch.autograd.grad(y, (x, w, b), dy),
+                                  torch.autograd.grad(y64, (x64, w64, b64), dy.double())):
+        assert_close(grad, grad64, torch.float16, "conv", f"grad of {name}")
+
+
+def test_depthwise_row_tiles():
+    """The rows kernel's tiles on a 132-SM GPU: MobileNet-v2's 144 channels at 56x56
+    (batch 32) take 16 channels by 32 columns (9 channel tiles, none padded), in 4
+    chunks of 14 rows: 2304 programs, about 16 an SM; a small batch keeps at least 8
+    rows a chunk; the interpreter one chunk of every row."""
+    from kernels.conv import ops
+    gpu = torch.device("cuda", 0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ops, "_sm_count", lambda index: 132)
+        assert ops._depthwise_row_tiles(32, 56, 56, 144, gpu, interpreter=False) == (14, 32, 16)
+        assert ops._depthwise_row_tiles(1, 56, 56, 32, gpu, interpreter=False) == (8, 16, 32)
+        assert ops._depthwise_row_tiles(32, 7, 7, 960, gpu, interpreter=False) == (7, 8, 64)
+    assert ops._depthwise_row_tiles(2, 9, 11, 20, torch.device("cpu"), interpreter=True) == (9, 16, 32)
+
+
 def test_depthwise_int64_offsets(device, monkeypatch):
     """The depthwise kernels with int64 offsets inside an image (INDEX_64: the host
     sets it for images of 2**31 elements, too large to test), on strided views."""

@@ -4,22 +4,26 @@ direct kernels for few channels per group, fused bias + activation epilogue.
 * ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, wgrad), all
   but the planar forward / input gradient with an in-kernel split of the
   reduction for small grids.
-* ``_depthwise``: register-blocked depthwise kernels (one channel per group).
+* ``_depthwise``: register-blocked depthwise kernels (one channel per group; a 3x3
+  of row stride 1 streams rows).
 * ``_direct``: small-channel kernels and the backward epilogue.
 * ``ops``: path choice, launchers, the operators (``conv2d_op`` and its gradients) and ``conv2d``.
 """
 from __future__ import annotations
 
+import torch
+
 from .._reduce import split_chunk
 from .._runtime import CompileCase
 from ..activation import ACT_LEAKY_RELU, ACT_RELU
-from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
+from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel,
+                         _conv_wgrad_depthwise_kernel)
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (_pad_channels_kernel, conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad,
                     conv_planar_fwd, conv_planar_wgrad, conv_pointwise_dgrad, conv_pointwise_fwd,
                     conv_pointwise_wgrad, conv_wgrad_flat, conv_wgrad_gemm)
-from .ops import ConvGeometry, _depthwise_tiles, conv2d, conv2d_op, conv_paths, output_size
+from .ops import ConvGeometry, _depthwise_row_tiles, _depthwise_tiles, conv2d, conv2d_op, conv_paths, output_size
 
 __all__ = ["conv2d", "conv2d_op", "ConvGeometry", "conv_paths", "output_size", "COMPILE_CASES"]
 
@@ -245,7 +249,7 @@ def _compile_cases():
                                  {"src_ptr": f"*{dt}", "dst_ptr": f"*{dt}",
                                   **_ints("HW", "C", "W", "stride_n", "stride_c", "stride_h")},
                                  dict(PAD_C=4, BLOCK=512, stride_w=1), label=dt, expect={store: 1}))
-    cases += _depthwise_cases()
+    cases += _depthwise_cases() + _depthwise_rows_cases()
     cases += _direct_cases()
     for dt in ("bf16",):
         # The backward epilogue as a launch specialises it: channels_last (channel strides 1)
@@ -289,6 +293,38 @@ _DEPTHWISE_EXPECT = {
     ("input_grad", "nchw", 3): {"max_loop_instructions_per_ffma": 14.5},
     ("weight_grad", "nchw", 3): {"max_loop_instructions_per_ffma": 19.5},
 }
+
+
+# SASS budgets of the 3x3 rows kernel on sm_90 (bf16, int32 offsets): instructions per
+# FFMA in its loop over input rows and registers (6 programs of 4 warps an SM).
+# Measured 2026-11-30 (3.9 / 3.6): forward (bias, relu) 2.89 / 2.83, input gradient
+# 2.56 / 2.47, 80 registers; fp32 2.47 / 2.33, 86 / 87; int64 offsets 3.17 / 3.06.
+_DEPTHWISE_ROWS_EXPECT = {False: {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96, "ldg64_at_least": 3,
+                                  "stg64_at_least": 1},
+                          True: {"max_loop_instructions_per_ffma": 2.8, "max_registers": 96, "ldg64_at_least": 3,
+                                 "stg64_at_least": 1}}
+
+
+def _depthwise_rows_cases():
+    """The 3x3 rows kernel as a GPU launch specialises it for a MobileNet layer (144
+    channels, 56x56, padding 1, channels_last): forward (bias, relu) and input
+    gradient (FLIP) in bf16, the forward in fp32 and with int64 offsets."""
+    cases = []
+    for dt, flip, index_64 in (("bf16", False, False), ("bf16", True, False), ("fp32", False, False),
+                               ("bf16", False, True)):
+        _, tile_q, block_c = _depthwise_row_tiles(32, 56, 56, 144, torch.device("cpu"), interpreter=False)
+        x_strides, y_strides = _strides("x", "nhw"), _strides("y", "nhw")
+        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
+               **_ints("H", "W", "P", "Q", "C", "ROWS", *x_strides, *_strides("w", "crs"), *y_strides),
+               "negative_slope": "fp32"}
+        constexprs = dict(stride_w=1, pad_h=1, pad_w=1, dil_w=1, stride_xc=1, stride_yc=1, FLIP=flip,
+                          HAS_BIAS=not flip, ACTIVATION=0 if flip else ACT_RELU.value, TILE_Q=tile_q,
+                          BLOCK_C=block_c, INDEX_64=index_64)
+        cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs,
+                                 label=f"{dt},{'input_grad' if flip else 'forward'}" + (",int64" if index_64 else ""),
+                                 divisible=("C", *x_strides, *y_strides),
+                                 expect=_DEPTHWISE_ROWS_EXPECT[flip] if dt == "bf16" and not index_64 else {}))
+    return cases
 
 
 def _depthwise_cases():

@@ -1,5 +1,6 @@
 """Depthwise convolution (groups = C = K: one input and one output channel per
-group), register-blocked: forward, input gradient and weight gradient.
+group), register-blocked: forward, input gradient and weight gradient, and the
+rows kernel for a 3x3 of row stride and dilation 1 (below).
 
 A program owns a (TILE_P, TILE_Q) patch of pixels of one image by BLOCK_C
 channels. The kernel size (R, S) is a constexpr, so a row of taps unrolls: each
@@ -21,6 +22,12 @@ host sets when they may pass 2**31); an image's base offset is int64.
   pixels reads each block of dy once and gathers x for every tap in one load;
   the (TAPS, BLOCK_C) sums are split over grid axis 2 and reduced in fixed
   order (``sum_splits``).
+* rows (3x3, row stride and dilation 1: the forward; the input gradient of stride
+  1, as a forward of dy with the kernel turned by 180 degrees): a program walks
+  down a column strip, loading each input row's three column shifts once for
+  the three output rows that read it (the patch kernels load each input element
+  once per tap and convert it to fp32 each time: 1.5 instructions an element
+  in bf16, more than its multiply-add).
 """
 from __future__ import annotations
 
@@ -91,6 +98,98 @@ def _conv_fwd_depthwise_kernel(
     acc = apply_activation(acc, ACTIVATION, negative_slope)
     _store_patch(y_ptr, acc, n, offs_p, offs_q, offs_c, mask_c, P, Q, stride_yn, stride_yc, stride_yh, stride_yw,
                  INDEX_64)
+
+
+@triton.jit
+def _tap_weight(w_chan, mask_c, r: tl.constexpr, s: tl.constexpr, stride_wr, stride_ws, FLIP: tl.constexpr):
+    """w[c, r, s] of a 3x3 kernel as fp32 (BLOCK_C,), or w[c, 2 - r, 2 - s] with FLIP."""
+    if FLIP:
+        return tl.load(w_chan + ((2 - r) * stride_wr + (2 - s) * stride_ws), mask=mask_c, other=0.0).to(tl.float32)
+    return tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _conv_depthwise_rows_kernel(
+        x_ptr, w_ptr, b_ptr, y_ptr,
+        H, W, P, Q, C, ROWS,
+        stride_w, pad_h, pad_w, dil_w,
+        stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_wc, stride_wr, stride_ws,
+        stride_yn, stride_yc, stride_yh, stride_yw,
+        negative_slope,
+        FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+        TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """A 3x3 depthwise convolution of row stride and dilation 1, each input row
+    loaded once: x: (N, C, H, W); w: (C, 1, 3, 3); b: (C,); y: (N, C, P, Q);
+    strides. Program (((n * chunks) + chunk) * patches_q + patch, c_block): y over
+    ROWS output rows from chunk * ROWS, TILE_Q columns, BLOCK_C channels. The nine
+    weights stay in registers; each input row's three column shifts are loaded
+    once and feed the three output rows that read it, whose sums roll: acc0 (the
+    oldest) takes the row's last tap and is stored, acc1 and acc2 move up. The
+    forward (y = act(conv + b)) and, with FLIP (the kernel turned by 180 degrees,
+    no bias or activation), a stride-1 input gradient (x: dy, y: dx)."""
+    pid = tl.program_id(0)
+    patches_q = tl.cdiv(Q, TILE_Q)
+    chunks = tl.cdiv(P, ROWS)
+    n = pid // (chunks * patches_q)
+    p0 = (pid // patches_q) % chunks * ROWS
+    offs_q = pid % patches_q * TILE_Q + tl.arange(0, TILE_Q)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    w_chan = w_ptr + offs_c * stride_wc
+    w00 = _tap_weight(w_chan, mask_c, 0, 0, stride_wr, stride_ws, FLIP)[None, :]
+    w01 = _tap_weight(w_chan, mask_c, 0, 1, stride_wr, stride_ws, FLIP)[None, :]
+    w02 = _tap_weight(w_chan, mask_c, 0, 2, stride_wr, stride_ws, FLIP)[None, :]
+    w10 = _tap_weight(w_chan, mask_c, 1, 0, stride_wr, stride_ws, FLIP)[None, :]
+    w11 = _tap_weight(w_chan, mask_c, 1, 1, stride_wr, stride_ws, FLIP)[None, :]
+    w12 = _tap_weight(w_chan, mask_c, 1, 2, stride_wr, stride_ws, FLIP)[None, :]
+    w20 = _tap_weight(w_chan, mask_c, 2, 0, stride_wr, stride_ws, FLIP)[None, :]
+    w21 = _tap_weight(w_chan, mask_c, 2, 1, stride_wr, stride_ws, FLIP)[None, :]
+    w22 = _tap_weight(w_chan, mask_c, 2, 2, stride_wr, stride_ws, FLIP)[None, :]
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
+    x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
+    iw = offs_q * stride_w - pad_w
+    x_cols0 = x_chan + _offsets(iw, stride_xw, INDEX_64)[:, None]
+    x_cols1 = x_chan + _offsets(iw + dil_w, stride_xw, INDEX_64)[:, None]
+    x_cols2 = x_chan + _offsets(iw + 2 * dil_w, stride_xw, INDEX_64)[:, None]
+    cols_ok0 = _in_range(iw, W)[:, None] & mask_c[None, :]
+    cols_ok1 = _in_range(iw + dil_w, W)[:, None] & mask_c[None, :]
+    cols_ok2 = _in_range(iw + 2 * dil_w, W)[:, None] & mask_c[None, :]
+    y_img = y_ptr + n.to(tl.int64) * stride_yn
+    y_cols = (_offsets(offs_q, stride_yw, INDEX_64)[:, None] + _offsets(offs_c, stride_yc, INDEX_64)[None, :])
+    y_ok = (offs_q < Q)[:, None] & mask_c[None, :]
+    x_img = x_ptr + n.to(tl.int64) * stride_xn
+    acc0 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    acc1 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    rows = tl.minimum(ROWS, P - p0)
+    one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (the interpreter's & of a tensor
+    for i in range(rows + 2):                       # and a scalar is not a mask)
+        ih = p0 - pad_h + i             # input row: output rows p0 + i - 2 .. p0 + i read it
+        row_ok = _in_range(ih + one_row, H)
+        x_row = x_img + _offsets(ih, stride_xh, INDEX_64)
+        x0 = tl.load(x_row + x_cols0, mask=cols_ok0 & row_ok, other=0.0).to(tl.float32)
+        x1 = tl.load(x_row + x_cols1, mask=cols_ok1 & row_ok, other=0.0).to(tl.float32)
+        x2 = tl.load(x_row + x_cols2, mask=cols_ok2 & row_ok, other=0.0).to(tl.float32)
+        acc0 += x0 * w20        # one fused multiply-add each, taps in the order of the other kernels
+        acc0 += x1 * w21
+        acc0 += x2 * w22
+        acc1 += x0 * w10
+        acc1 += x1 * w11
+        acc1 += x2 * w12
+        acc2 += x0 * w00
+        acc2 += x1 * w01
+        acc2 += x2 * w02
+        out = acc0
+        if HAS_BIAS:
+            out += bias
+        out = apply_activation(out, ACTIVATION, negative_slope)
+        tl.store(y_img + _offsets(p0 + i - 2, stride_yh, INDEX_64) + y_cols, out.to(y_ptr.dtype.element_ty),
+                 mask=y_ok & (i + one_row >= 2))
+        acc0 = acc1
+        acc1 = acc2
+        acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
 
 
 @triton.jit

@@ -61,7 +61,9 @@ from .._reduce import split_chunk, tickets
 from .._runtime import (bind, bind_config, cdiv, dot_upcast, empty_like_strides, interpreting, kernel_parameters,
                         launch, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64, persistent,
                         plan_cache, plan_float)
-from ._depthwise import _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel
+from ..activation import ACT_NONE
+from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel,
+                         _conv_wgrad_depthwise_kernel)
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (_pad_channels_kernel, conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad,
@@ -87,6 +89,16 @@ DIRECT_PROGRAMS_PER_SM = 8
 DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
+# A 3x3 depthwise convolution of row stride and dilation 1 (the forward; the input gradient at stride 1) runs
+# the rows kernel: (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements (4 a thread: its nine weights in 36
+# registers), down ROWS output rows, ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at
+# least DEPTHWISE_MIN_ROWS rows (a chunk loads two rows more than it writes).
+# DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for bench.sweep to time both:
+# the rows kernel has not run on a GPU yet).
+DEPTHWISE_ROWS = True
+DEPTHWISE_ROW_TILE = 512
+DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
+DEPTHWISE_MIN_ROWS = 8
 
 
 def conv_paths(in_channels: int, out_channels: int, groups: int, kernel_size) -> dict:
@@ -309,6 +321,11 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def _device_sms(device: torch.device) -> int:
+    """The SM count of a CUDA ``device`` (the current device when it has no index)."""
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def split_count(programs_wanted: int, tiles: int, steps: int, min_steps: int, cap: int | None = None) -> int:
     """How many ranges each of ``tiles`` tiles splits its reduction of ``steps``
     k-steps into: enough for ``programs_wanted`` programs when the tile grid alone
@@ -325,8 +342,7 @@ def _splits(device: torch.device, tiles: int, steps: int, cap: int | None = None
     (tests force splits to check them)."""
     if device.type != "cuda":
         return 1
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return split_count(per_sm * _sm_count(index), tiles, steps, MIN_SPLIT_STEPS, cap)
+    return split_count(per_sm * _device_sms(device), tiles, steps, MIN_SPLIT_STEPS, cap)
 
 
 def _direct_splits(device: torch.device, tiles: int, steps: int, tile_elements: int) -> tuple[int, int]:
@@ -469,6 +485,37 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
     return tile_p, tile_q, block_c
 
 
+def _depthwise_rows(geo: ConvGeometry, channels_contiguous: bool, input_grad: bool = False) -> bool:
+    """Whether the forward (or with ``input_grad``, the input gradient) runs the rows
+    kernel: 3x3, row stride and dilation 1 (the input gradient: stride 1), channels
+    contiguous."""
+    stride_ok = tuple(geo.stride) == (1, 1) if input_grad else geo.stride[0] == 1
+    return (DEPTHWISE_ROWS and (geo.R, geo.S) == (3, 3) and stride_ok and geo.dilation[0] == 1
+            and channels_contiguous)
+
+
+def _depthwise_row_tiles(images: int, rows: int, cols: int, channels: int, device: torch.device,
+                         interpreter: bool | None = None) -> tuple[int, int, int]:
+    """(ROWS, TILE_Q, BLOCK_C) of the rows kernel over ``images`` of ``rows`` x ``cols``
+    output pixels: tiles of DEPTHWISE_ROW_TILE elements, of the channel widths 8 to
+    64 the one that pads channels and columns least (the wider on a tie); ROWS for
+    DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM, at least DEPTHWISE_MIN_ROWS. The
+    interpreter (it pays per program): 16x the elements, every row in one program."""
+    if interpreting() if interpreter is None else interpreter:
+        block_c = min(next_power_of_2(channels), 64)
+        return rows, min(next_power_of_2(cols), 16 * DEPTHWISE_ROW_TILE // block_c), block_c
+
+    def padded(block_c):
+        tile_q = min(next_power_of_2(cols), DEPTHWISE_ROW_TILE // block_c)
+        return cdiv(channels, block_c) * block_c * cdiv(cols, tile_q) * tile_q, -block_c, tile_q
+    _, negative_c, tile_q = min(padded(b) for b in (8, 16, 32, 64) if b <= max(next_power_of_2(channels), 8))
+    block_c = -negative_c
+    programs = images * cdiv(cols, tile_q) * cdiv(channels, block_c)
+    wanted = DEPTHWISE_ROW_PROGRAMS_PER_SM * (_device_sms(device) if device.type == "cuda" else 1)
+    chunks = min(cdiv(rows, DEPTHWISE_MIN_ROWS), cdiv(wanted, programs))
+    return cdiv(rows, max(chunks, 1)), tile_q, block_c
+
+
 def _image_needs_int64(geo: ConvGeometry, *tensors) -> bool:
     """INDEX_64 of the depthwise kernels, the GEMM forward and weight gradient, the direct weight gradient: some
     offset inside one image of ``tensors`` (N, C, H, W; tensors or Operands) may
@@ -583,7 +630,14 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
     common = dict(HAS_BIAS=has_bias, ACTIVATION=activation)
     path = geo.paths["forward"]
     if path in ("depthwise", "direct"):
-        if path == "depthwise":
+        if path == "depthwise" and _depthwise_rows(geo, x.strides[1] == 1):
+            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.K, x.device)
+            kernel = _conv_depthwise_rows_kernel
+            grid = (geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c))
+            args = (geo.H, geo.W, geo.P, geo.Q, geo.K, rows, geo.stride[1], geo.pad[0], geo.pad[1], geo.dilation[1],
+                    *x.strides, w.strides[0], w.strides[2], w.strides[3], *y.strides)
+            common.update(FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, x, y))
+        elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.strides[1] == 1, geo.S,
                                                        x.element_size())
             kernel, grid = _conv_fwd_depthwise_kernel, (geo.N * cdiv(geo.P, tile_p) * cdiv(geo.Q, tile_q),
@@ -762,6 +816,21 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     phases_hw = (min(stride_h, geo.H), min(stride_w, geo.W))      # the phases that hold pixels
     phases = phases_hw[0] * phases_hw[1]
     path = geo.paths["input_grad"]
+    if path == "depthwise" and _depthwise_rows(geo, dy.strides[1] == 1, input_grad=True):
+        # dx = dy convolved with the kernel turned by 180 degrees, padded by (2 - pad) rows, (2 dil - pad) columns
+        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.H, geo.W, geo.C, dy.device)
+        grid = (geo.N * cdiv(geo.H, rows) * cdiv(geo.W, tile_q), cdiv(geo.C, block_c))
+        args = (geo.P, geo.Q, geo.H, geo.W, geo.C, rows, 1, 2 - geo.pad[0], 2 * dil_w - geo.pad[1], dil_w,
+                *dy.strides, w.strides[0], w.strides[2], w.strides[3], *dx.strides, 0.0)
+        rows_launch = _plain_launch(_conv_depthwise_rows_kernel, grid, 4 + len(args), FLIP=True, HAS_BIAS=False,
+                                    ACTIVATION=ACT_NONE.value, TILE_Q=tile_q, BLOCK_C=block_c,
+                                    INDEX_64=_image_needs_int64(geo, dy, dx))
+
+        def run(dy, w, x_like):
+            dx = new_output()
+            rows_launch(dy, w, dx, dx, *args)
+            return dx
+        return run
     if path in ("depthwise", "direct"):
         if path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(cdiv(geo.H, stride_h), cdiv(geo.W, stride_w), geo.C,
