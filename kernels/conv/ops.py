@@ -81,9 +81,10 @@ MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 # two, an H200 (2026-11-30) ran a depthwise weight gradient (32x144x56x56, 3x3) as 264
 # programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
 DIRECT_PROGRAMS_PER_SM = 8
-# The depthwise kernels' tiles on a GPU, channels_last (NCHW: half the bytes): the forward's and input
-# gradient's (8 KB: 143 / 96 registers a thread in bf16, 3 / 5 programs of 4 warps an SM; 4 KB: 108 / 72, 2 KB:
-# 64 / 64, each with fewer instructions per FFMA the larger it is; sm_90, triton 3.6), and the weight gradient's
+# The depthwise patch kernels' tiles on a GPU, channels_last (NCHW: half the bytes): the forward's and input
+# gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient at 8 KB 143 / 96 registers a thread, 3 / 5
+# programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the 7x7 forward 186, 139, 88 registers and
+# 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and the weight gradient's
 # over its taps (R*S rounded up to a power of two), DEPTHWISE_WGRAD_CHANNEL_BYTES of channels wide, so that a
 # layer's channels make several tiles (144 of 2 bytes: 9) for its splits.
 DEPTHWISE_TILE_BYTES = 8192
