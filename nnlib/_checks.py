@@ -496,8 +496,9 @@ def check_norm_input(input, op: str, attribute_error: bool = False) -> None:
 
 
 def check_norm_dtype(input, op: str) -> None:
-    """Floating-point input only (NotImplementedError, when torch dispatches on input's dtype)."""
-    if not input.is_floating_point():
+    """Floating-point input of 2 bytes or more only (NotImplementedError, when torch
+    dispatches on input's dtype: no norm of torch's takes a float8)."""
+    if not input.is_floating_point() or input.element_size() == 1:
         raise NotImplementedError(f"{op}(): not implemented for 'input' of dtype {input.dtype}")
 
 
@@ -559,8 +560,8 @@ def check_norm_params(input, op: str, any_dtype: tuple = (), input_dtype_first: 
     have any floating dtype. One pass accepts valid ones; anything else goes
     through the checks in torch's order, which raise. ``input_dtype_first`` (batch
     / instance norm, which torch dispatches on input's dtype before it compares the
-    parameters'): a non-floating input raises NotImplementedError before the
-    dtypes are compared."""
+    parameters'; every norm for a float8 input): a non-floating input raises
+    NotImplementedError before the dtypes are compared."""
     device, grad = input.device, torch.is_grad_enabled() and stats_grad
     allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
     dtype = None
@@ -584,7 +585,7 @@ def check_norm_params(input, op: str, any_dtype: tuple = (), input_dtype_first: 
     dtypes = {t.dtype for name, t in given.items() if name not in any_dtype}
     allowed = (input.dtype, torch.float32) if input.dtype in (torch.float16, torch.bfloat16) else (input.dtype,)
     if len(dtypes) > 1 or (dtypes and next(iter(dtypes)) not in allowed):
-        if input_dtype_first:
+        if input_dtype_first or input.element_size() == 1:
             check_norm_dtype(input, op)
         found = ", ".join(f"'{name}' is {t.dtype}" for name, t in given.items())
         raise RuntimeError(f"{op}(): expected parameters and running stats of one dtype, {input.dtype} "

@@ -1026,6 +1026,13 @@ def _bad_calls(device):
         "batch_norm-integer-input-weight-of-4":
             (lambda f, rm, rv: f.batch_norm(x.long(), rm, rv, ones(4), None, True), None),
         "instance_norm-integer-input": (lambda f, rm, rv: f.instance_norm(x.long(), rm, rv, w6, w6), None),
+        # float8: no norm of torch's takes it, whatever its parameters' dtype (NotImplementedError first)
+        "batch_norm-float8-input": (lambda f, rm, rv: f.batch_norm(x.to(torch.float8_e4m3fn), rm, rv, w6, w6, True),
+                                    None),
+        "instance_norm-float8-input":
+            (lambda f, rm, rv: f.instance_norm(x.to(torch.float8_e5m2), rm, rv, w6.half()), None),
+        "group_norm-float8-input": (lambda f, rm, rv: f.group_norm(x.to(torch.float8_e4m3fn), 2, w6, w6), None),
+        "layer_norm-float8-input": (lambda f, rm, rv: f.layer_norm(x.to(torch.float8_e4m3fn), (5,), ones(5)), None),
         "batch_norm-running-var-missing": (lambda f, rm, rv: f.batch_norm(x, rm, None, None, None, True), None),
         "batch_norm-running-stats-2d":
             (lambda f, rm, rv: f.batch_norm(x, rm.view(6, 1), rv.view(6, 1), None, None, True), None),
