@@ -1167,6 +1167,38 @@ def test_second_derivative_of_the_weight_alone_is_none(name, device):
     check_double_backward(ours, theirs, [x, w], "reduction", expect_launch=False)
 
 
+BIAS_NORMS = {
+    "BatchNorm2d": lambda lib: lib.BatchNorm2d(6),
+    "BatchNorm2d-eval": lambda lib: lib.BatchNorm2d(6).eval(),
+    "GroupNorm": lambda lib: lib.GroupNorm(3, 6),
+    "InstanceNorm2d": lambda lib: lib.InstanceNorm2d(6, affine=True),
+}
+
+
+@pytest.mark.parametrize("name", list(BIAS_NORMS))
+def test_bias_changed_in_place_before_the_backward(name, device):
+    """Without a fused activation no gradient reads the bias and no norm keeps it:
+    changing it in place between the forward and the backward is allowed, as in
+    torch, and the gradients (x's, the weight's, the bias's: its shape and dtype
+    kept) are torch's in float64; second derivatives through such a backward too."""
+    ours, theirs = (BIAS_NORMS[name](lib).to(device) for lib in (nnlib, torch.nn))
+    theirs.load_state_dict(ours.state_dict())
+    theirs.double()
+    x32, dy, ddx, ddw = (torch.randn(shape, device=device) for shape in ((2, 6, 3, 4), (2, 6, 3, 4), (2, 6, 3, 4),
+                                                                           (6,)))
+    results = []
+    for module, cast in ((ours, torch.Tensor.clone), (theirs, torch.Tensor.double)):
+        x = cast(x32.detach()).requires_grad_(True)
+        y = module(x)
+        with torch.no_grad():
+            module.bias.add_(0.5)
+        dx, dw, db = torch.autograd.grad(y, (x, module.weight, module.bias), cast(dy), create_graph=True)
+        ((dx * cast(ddx)).sum() + (dw * cast(ddw)).sum()).backward()
+        results.append((dx, dw, db, x.grad, module.weight.grad))
+    for name_, ours_t, theirs_t in zip(("dx", "dw", "db", "x's second", "w's second"), *results):
+        assert_close(ours_t, theirs_t, torch.float32, "reduction", name_)
+
+
 INFERENCE_MODE_NORMS = {
     "BatchNorm2d": lambda lib: lib.BatchNorm2d(3),
     "BatchNorm2d-cumulative": lambda lib: lib.BatchNorm2d(3, momentum=None),

@@ -225,7 +225,8 @@ def _reduce_plan(layouts, geom: Geometry, batch_stats: bool, has_weight: bool, h
         dw = torch.empty(weight.shape, dtype=weight.dtype, device=device) if need_weight else None
         db = torch.empty(bias.shape, dtype=bias.dtype, device=device) if need_bias else None
         sums = _fp32((2, num_stats), device) if stat_sums else None
-        reduce(x, dy, x if residual is None else residual, mean, rstd, _vector(weight, mean), _vector(bias, mean),
+        reduce(x, dy, x if residual is None else residual, mean, rstd, _vector(weight, mean),
+               _vector(bias if has_bias else None, mean),
                x if g is None else g, x if dx is None else dx, _fp32(part_size, device), mean if dw is None else dw,
                mean if db is None else db, mean if sums is None else sums, tickets(device, num_tickets))
         return dx, dw, db, sums, g
@@ -252,7 +253,8 @@ def _dx_plan(layouts, geom: Geometry, has_weight: bool, has_bias: bool, activati
     def run(dy, x, g, weight, bias, residual, mean, rstd, sums, count):
         dx = new_dx(dtype=x.dtype, device=x.device)
         input_grad(x, dy, x if residual is None else residual, x if g is None else g, mean, rstd,
-                   _vector(weight, mean), _vector(bias, mean), sums.contiguous(), dx, mean if count is None else count)
+                   _vector(weight, mean), _vector(bias if has_bias else None, mean), sums.contiguous(), dx,
+                   mean if count is None else count)
         return dx
     return run
 
@@ -278,7 +280,7 @@ def _single_read_backward_plan(planned, dx_layout, has_weight: bool, has_bias: b
             dwb = torch.empty(2 * C, dtype=param.dtype, device=device)
         else:
             dwb = _fp32((rows, 2 * C), device)
-        single_read(x, dy, mean, rstd, _vector(weight, mean), _vector(bias, mean), dx, dwb)
+        single_read(x, dy, mean, rstd, _vector(weight, mean), _vector(bias if has_bias else None, mean), dx, dwb)
         if param is None:
             return dx, None, None, None
         if rows > 1:
@@ -429,6 +431,12 @@ def norm_per_sample(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Te
 # ---------------------------------------------------------------------------
 # Backward primitives
 
+def _reads_bias(bias: torch.Tensor | None, activation: int) -> bool:
+    """Whether a backward kernel reads the bias: only to recompute a fused activation's
+    input (its other derivatives do not depend on it; ``kept_bias``)."""
+    return bias is not None and activation != ACT_NONE.value
+
+
 def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None,
                   residual: torch.Tensor | None, mean: torch.Tensor, rstd: torch.Tensor, lead: int, chan: int,
                   groups: int, per_sample: bool, batch_stats: bool, activation: int, negative_slope: float,
@@ -446,7 +454,7 @@ def norm_backward(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None
                 torch.zeros_like(bias) if need_bias else None,
                 torch.empty_like(residual) if need_g and activation != ACT_NONE.value else None)
     plan = _backward_plan((dy, x, residual), Geometry(lead, chan, groups, per_sample, False), batch_stats,
-                          weight is not None, bias is not None, activation, plan_float(negative_slope),
+                          weight is not None, _reads_bias(bias, activation), activation, plan_float(negative_slope),
                           mask_from_output, need_x, need_weight, need_bias, need_g, interpreting())
     return plan(dy, x, weight, bias, residual, mean, rstd)
 
@@ -461,7 +469,7 @@ def norm_backward_reduce(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor
     dx of batch statistics is asked (``norm_backward_dx`` reads them; SyncBatchNorm
     all-reduces them first); g as ``norm_backward``."""
     plan = _reduce_plan((dy, x, residual), Geometry(lead, chan, groups, per_sample, False), batch_stats,
-                        weight is not None, bias is not None, activation, plan_float(negative_slope),
+                        weight is not None, _reads_bias(bias, activation), activation, plan_float(negative_slope),
                         mask_from_output, need_x, need_weight, need_bias, need_g, interpreting())
     return plan(dy, x, weight, bias, residual, mean, rstd)
 
@@ -478,8 +486,8 @@ def norm_backward_dx(dy: torch.Tensor, x: torch.Tensor, g: torch.Tensor | None, 
     device tensor: SyncBatchNorm's count over all processes) or, when None, the
     elements per statistic of x."""
     plan = _dx_plan((dy, x, residual, g), Geometry(lead, chan, groups, per_sample, False), weight is not None,
-                    bias is not None, activation, plan_float(negative_slope), mask_from_output, count is not None,
-                    interpreting())
+                    _reads_bias(bias, activation), activation, plan_float(negative_slope), mask_from_output,
+                    count is not None, interpreting())
     return plan(dy, x, g, weight, bias, residual, mean, rstd, sums, count)
 
 
@@ -553,11 +561,32 @@ def mask_source(residual: torch.Tensor | None, y: torch.Tensor, activation: int)
     return residual, False
 
 
+def kept_bias(ctx, bias: torch.Tensor | None, activation: int) -> torch.Tensor | None:
+    """What a backward keeps of the bias: the bias where it recomputes a fused
+    activation's input; else nothing (no gradient reads it, so that changing it in
+    place between the forward and the backward is allowed, as torch's batch, group
+    and instance norms allow), its shape and dtype kept in ``ctx.bias_like``."""
+    ctx.bias_like = None
+    if bias is None or activation != ACT_NONE.value:
+        return bias
+    ctx.bias_like = (bias.shape, bias.dtype)
+    return None
+
+
+def saved_bias(ctx, bias: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+    """The bias a backward passes on (``kept_bias``): the one kept, or a stand-in of
+    the bias's shape and dtype (its gradient's), uninitialised: no kernel reads it."""
+    if ctx.bias_like is None:
+        return bias
+    shape, dtype = ctx.bias_like
+    return torch.empty((), dtype=dtype, device=device).expand(shape)
+
+
 def _save(ctx, x, weight, bias, residual, y, mean, rstd, *args):
     """args: (lead, chan, groups, per_sample, batch_stats, eps, activation, negative_slope);
-    ``mask_source`` decides what is kept of the residual and y."""
+    ``mask_source`` decides what is kept of the residual and y, ``kept_bias`` of the bias."""
     kept, from_output = mask_source(residual, y, args[-2])
-    ctx.save_for_backward(x, weight, bias, kept, mean, rstd)
+    ctx.save_for_backward(x, weight, kept_bias(ctx, bias, args[-2]), kept, mean, rstd)
     ctx.args = (*args, from_output)
 
 
@@ -584,6 +613,7 @@ def _per_sample_setup(ctx, inputs, output):
 def _gradients(ctx, dy, need_x, need_weight, need_bias, need_residual):
     """(dx, dweight, dbias, dresidual) of a normalization, None where not needed."""
     x, weight, bias, residual, mean, rstd = ctx.saved_tensors
+    bias = saved_bias(ctx, bias, x.device)
     lead, chan, groups, per_sample, _, _, activation, _, _ = ctx.args
     geom = Geometry(lead, chan, groups, per_sample, False)
     # dy: any layout autograd hands us; x and the residual: a graph's call (``_readable_at``)
@@ -627,13 +657,15 @@ def _gradients_backward(ctx, *grad_grads):
     (autograd.grad would also follow dy back into x where dy depends on x)."""
     saved = ctx.saved_tensors
     mean, rstd = saved[5:]
+    *args, mask_from_output = ctx.args
+    if args[6] == ACT_NONE.value and saved[3] is not None:   # the bias may be a stand-in (``saved_bias``): no
+        saved = (*saved[:3], torch.zeros_like(saved[3]), *saved[4:])  # derivative reads it, its values go in
     operands = saved[1:5]                                   # x, weight, bias, residual
     wanted = [i for i, (t, g, need) in enumerate(zip(operands, grad_grads, ctx.needs))
               if need and t is not None and g is not None]
     if not wanted:
         return (None,) * (7 + 13)
     present = [i for i, t in enumerate(saved[:5]) if t is not None]    # of dy, x, weight, bias, residual
-    *args, mask_from_output = ctx.args
 
     def first_derivatives(*tensors):
         """(dy, x, weight, bias, residual), those present -> the wanted gradients."""

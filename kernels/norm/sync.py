@@ -25,8 +25,8 @@ from .._library import _on_own_device
 from .._runtime import backend
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from ._plan import Geometry
-from .ops import (_readable, mask_source, norm_apply, norm_backward_dx, norm_backward_reduce, norm_merge_moments,
-                  norm_moments)
+from .ops import (_readable, kept_bias, mask_source, norm_apply, norm_backward_dx, norm_backward_reduce,
+                  norm_merge_moments, norm_moments, saved_bias)
 
 __all__ = ["sync_batch_norm", "SyncNormFunction"]
 
@@ -59,7 +59,7 @@ class SyncNormFunction(torch.autograd.Function):
                                                momentum is None, eps)
         y = norm_apply(x, mean, rstd, weight, bias, residual, 1, 1, C, False, True, activation, negative_slope)
         kept, from_output = mask_source(residual, y, activation)
-        ctx.save_for_backward(x, weight, bias, kept, mean, rstd, count)
+        ctx.save_for_backward(x, weight, kept_bias(ctx, bias, activation), kept, mean, rstd, count)
         ctx.args = (activation, negative_slope, from_output, group)
         return y
 
@@ -67,6 +67,7 @@ class SyncNormFunction(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, dy):
         x, weight, bias, residual, mean, rstd, count = ctx.saved_tensors     # residual: ``mask_source``'s
+        bias = saved_bias(ctx, bias, x.device)
         activation, negative_slope, from_output, group = ctx.args
         need_x, need_weight, need_bias, need_residual = ctx.needs_input_grad[:4]
         C = x.shape[1]
