@@ -188,6 +188,25 @@ def _dense(t: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(t).copy_(t)
 
 
+def _output_like(t: torch.Tensor) -> torch.Tensor:
+    """An output for an elementwise op of dense ``t``, in the strides torch's
+    elementwise ops give it (TensorIterator's fast setup): contiguous where t is
+    (the strides of its size-1 dims aside), else channels_last where t is, else
+    t's own. The same memory order as t in every case (a size-1 dim's stride
+    moves no element), so that the kernels walk both flat."""
+    if t.is_contiguous():
+        return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.empty_like(t, memory_format=torch.channels_last)
+    return torch.empty_like(t)
+
+
+def _same_order(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Dense a and b (same shape) hold their elements in the same memory order: equal
+    strides but in size-1 dims."""
+    return all(sa == sb for sa, sb, n in zip(a.stride(), b.stride(), a.shape) if n > 1)
+
+
 @plan_cache
 def _flat_launch(kernel, n: int, activation: int):
     """``run(*tensors, negative_slope)``: ``kernel`` (the forward or backward) over n
@@ -207,11 +226,12 @@ def _launch_activation(src: torch.Tensor, dst: torch.Tensor, activation: int, ne
 
 
 def activation_forward(x: torch.Tensor, activation: int, negative_slope: float, inplace: bool = False) -> torch.Tensor:
-    """act(x) in x's layout where x is dense (else contiguous). ``inplace``: the caller
-    writes the result into x (an in-place call, traced), so that the backward reads
-    the output, as torch's in-place ops do (read by ``_activation_setup`` only)."""
+    """act(x) in x's layout where x is dense (``_output_like``; else contiguous).
+    ``inplace``: the caller writes the result into x (an in-place call, traced), so
+    that the backward reads the output, as torch's in-place ops do (read by
+    ``_activation_setup`` only)."""
     src = _dense(x)
-    dst = torch.empty_like(src)
+    dst = _output_like(src)
     _launch_activation(src, dst, activation, negative_slope)
     return dst
 
@@ -229,12 +249,13 @@ def activation_forward_(x: torch.Tensor, activation: int, negative_slope: float)
 
 def activation_backward(grad: torch.Tensor, saved: torch.Tensor, activation: int,
                         negative_slope: float) -> torch.Tensor:
-    """grad * act'(saved); the result has saved's layout (contiguous when saved is not dense)."""
+    """grad * act'(saved); the result has saved's layout (``_output_like``; contiguous
+    when saved is not dense)."""
     dense = _dense(saved)
-    if grad.stride() != dense.stride() or dense is not saved:
+    if dense is not saved or not _same_order(grad, dense):
         saved = dense
         grad = torch.empty_like(saved).copy_(grad)
-    grad_in = torch.empty_like(saved)
+    grad_in = _output_like(saved)
     n = saved.numel()
     if n:
         _flat_launch(_activation_bwd_kernel, n, activation)(grad, saved, grad_in, float(negative_slope))
@@ -409,12 +430,12 @@ def _activation_grad_backward(ctx, grad_grad):
 
 
 activation_op = Operator("activation", activation_forward,
-                         fake=lambda x, a, s, inplace=False: torch.empty_like(_dense(x)),
+                         fake=lambda x, a, s, inplace=False: _output_like(_dense(x)),
                          setup_context=_activation_setup, backward=_activation_backward)
 activation_inplace_op = Operator("activation_", activation_forward_, fake=lambda x, a, s: None,
                                  mutates_args=("x",))
 activation_grad_op = Operator("activation_backward", activation_backward,
-                              fake=lambda g, saved, a, s: torch.empty_like(_dense(saved)),
+                              fake=lambda g, saved, a, s: _output_like(_dense(saved)),
                               setup_context=_activation_grad_setup, backward=_activation_grad_backward)
 
 

@@ -53,6 +53,38 @@ def test_any_dense_layout_is_read_as_it_is(device):
     assert torch.equal(dx, torch.autograd.grad(TF.leaky_relu(x, 0.2), x, dy)[0])
 
 
+# Dense layouts whose size-1 dims make them ambiguous: (shape, dims in memory order, outermost first, the
+# strides of the size-1 dims replaced), where torch's elementwise ops normalise the output's strides.
+AMBIGUOUS_LAYOUTS = [((2, 1, 4, 4), (0, 2, 3, 1), None), ((2, 3, 1, 1), (0, 2, 3, 1), None),
+                     ((1, 3, 4, 4), (2, 3, 0, 1), None), ((2, 3, 1, 4), (0, 1, 2, 3), {2: 7}),
+                     ((2, 1, 3, 2, 2), (0, 2, 3, 4, 1), None)]
+
+
+@pytest.mark.parametrize("shape,order,size1_strides", AMBIGUOUS_LAYOUTS,
+                         ids=["channels_last-C1", "channels_last-1x1", "hwnc-N1", "odd-size1-stride", "cl3d-C1"])
+def test_output_strides_of_ambiguous_layouts_are_torchs(shape, order, size1_strides, device):
+    """relu / leaky_relu outputs and input gradients take the strides torch's give
+    (contiguous where the input is, the size-1 dims' strides aside, else
+    channels_last where it is, else the input's): a conv after them then picks the
+    memory format it picks after torch's. One launch each, no copy."""
+    base = torch.randn([shape[d] for d in order], device=device).permute(*[order.index(d) for d in range(len(shape))])
+    strides = list(base.stride())
+    for dim, stride in (size1_strides or {}).items():
+        strides[dim] = stride
+    x = base.as_strided(shape, strides).requires_grad_()
+    for ours, theirs in ((F.relu, TF.relu), (lambda t: F.leaky_relu(t, 0.2), lambda t: TF.leaky_relu(t, 0.2))):
+        with count_launches() as launches:
+            y = ours(x)
+        want = theirs(x)
+        assert launches.total == 1 and y.stride() == want.stride() and torch.equal(y, want)
+        dy = torch.randn_like(want)
+        with count_launches() as launches, device_ops() as ops:
+            (dx,) = torch.autograd.grad(y, x, dy)
+        (want_dx,) = torch.autograd.grad(want, x, dy)
+        assert launches.total == 1 and not ops, ops
+        assert dx.stride() == want_dx.stride() and torch.equal(dx, want_dx)
+
+
 @pytest.mark.parametrize("shape", [(), (0,), (5,), (2, 0, 3), (70001,), (2, 3, 4, 5, 6)])
 def test_elementwise_ranks_and_empty(shape, device):
     x = torch.randn(shape, device=device, requires_grad=True)
