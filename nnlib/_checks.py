@@ -202,15 +202,14 @@ def check_activation_input(input, op: str, allow_integer: bool = False, check_dt
 
 def check_inplace(input: torch.Tensor, op: str) -> None:
     """What torch refuses before it writes ``input`` in place (RuntimeError), in its
-    order: under grad mode a leaf that requires grad, a view of one, or a view
-    autograd cannot rebase; then what ``check_writable`` refuses. The kernel must
-    not run first: it would write. (While tracing, torch.compile's
+    order: under grad mode a view autograd cannot rebase (one made under no_grad
+    is a leaf too: its origin is the message), a view of a leaf that requires
+    grad, a leaf that requires grad; then what ``check_writable`` refuses. The
+    kernel must not run first: it would write. (While tracing, torch.compile's
     functionalization and autograd check these.)"""
     if tracing(input):
         return
     if torch.is_grad_enabled() and input.requires_grad:
-        if input.is_leaf:
-            raise RuntimeError(f"{op}(): a leaf Variable that requires grad is being used in an in-place operation.")
         if input._is_view():
             created = torch._C._autograd._get_creation_meta(input)
             if created != torch._C._autograd.CreationMeta.DEFAULT:
@@ -219,6 +218,8 @@ def check_inplace(input: torch.Tensor, op: str) -> None:
             if input._base.is_leaf:
                 raise RuntimeError(f"{op}(): a view of a leaf Variable that requires grad is being used in an "
                                    "in-place operation.")
+        if input.is_leaf:
+            raise RuntimeError(f"{op}(): a leaf Variable that requires grad is being used in an in-place operation.")
     check_writable(input, op, "input")
 
 
