@@ -32,14 +32,14 @@ def call_key(tensors: tuple, values: tuple) -> tuple | None:
     """What a call's checks can read of its arguments, hashable: grad mode, each
     tensor's shape, dtype, device and requires_grad (None for None) and each
     value's type and value (a float's sign too). None when a tensor is not a
-    plain Tensor or Parameter or a value not a bool, int, float, str, None or a
-    tuple / list of plain ints (``_plain``; a tensor's value, an array's, can
-    change between calls)."""
+    plain strided Tensor or Parameter (a sparse one: its layout is checked) or
+    a value not a bool, int, float, str, None or a tuple / list of plain ints
+    (``_plain``; a tensor's value, an array's, can change between calls)."""
     key = [torch.is_grad_enabled()]
     for t in tensors:
         if t is None:
             key.append(None)
-        elif type(t) is torch.Tensor or type(t) is torch.nn.Parameter:
+        elif (type(t) is torch.Tensor or type(t) is torch.nn.Parameter) and t.layout is torch.strided:
             key.append((t.shape, t.dtype, t.device, t.requires_grad))
         else:
             return None
@@ -356,6 +356,9 @@ def check_conv2d(input, weight, bias, stride, padding, dilation, groups):
     _check_conv_ranks(input.shape, weight.shape)
     parsed = _conv_arg_values(items, padding, int(groups), tuple(weight.shape[2:]))
     check_same_device("conv2d", input=input, weight=weight, bias=bias)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and t.layout != input.layout:
+            raise RuntimeError(f"conv2d(): Input type ({input.layout}) and {name} type ({t.layout}) should be the same")
     return _check_conv_shapes(input.shape, weight.shape, input.dtype, weight.dtype,
                               None if bias is None else bias.shape, None if bias is None else bias.dtype,
                               isinstance(padding, str), *parsed)

@@ -159,6 +159,8 @@ def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"prelu(): Type promoting not supported: 'input' is {input.dtype} and "
                            f"'weight' is {weight.dtype}")
     check_same_device("prelu", input=input, weight=weight)
+    if weight.layout != torch.strided:
+        raise RuntimeError(f"prelu(): 'weight' of layout {weight.layout} is not supported (a dense tensor only)")
     if weight.dim() > 1:
         raise RuntimeError(f"prelu: Expected `weight` to be a scalar or 1D tensor, but got: ndim = {weight.dim()}")
     channels = input.shape[1] if input.dim() >= 2 else 1

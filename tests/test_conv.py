@@ -951,6 +951,25 @@ def test_bad_input_raises_like_torch(name, device):
     assert launches.total == 0
 
 
+def test_sparse_parameters_are_refused_by_name(device):
+    """A sparse weight or bias of a dense input: torch's RuntimeError, naming the
+    argument, after a dense call of the same shapes too (whose checks' result is
+    kept for its call signature: a sparse tensor's layout is read at every call);
+    prelu's sparse slopes alike."""
+    x, w, b = torch.randn(2, 4, 8, 8, device=device), torch.randn(6, 4, 3, 3, device=device), torch.randn(6)
+    F.conv2d(x, w, b.to(device))
+    for args, name in (((x, w.to_sparse(), b.to(device)), "weight"), ((x, w, b.to(device).to_sparse()), "bias")):
+        with pytest.raises(RuntimeError):
+            TF.conv2d(*args)
+        with count_launches() as launches, pytest.raises(RuntimeError, match=f"{name} type"):
+            F.conv2d(*args)
+        assert launches.total == 0
+    slopes = torch.rand(4, device=device)
+    F.prelu(x, slopes)
+    with pytest.raises(RuntimeError, match="'weight'"):
+        F.prelu(x, slopes.to_sparse())
+
+
 @pytest.mark.parametrize("i", [0, 13, 14], ids=["gemm", "depthwise", "direct"])
 def test_strided_bias(i, device):
     """A sliced or expanded bias is read through its strides (one small copy)."""
