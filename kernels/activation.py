@@ -219,7 +219,7 @@ def _flat_launch(kernel, n: int, activation: int):
 
 
 def _launch_activation(src: torch.Tensor, dst: torch.Tensor, activation: int, negative_slope: float) -> None:
-    """dst = act(src), both dense with the same strides."""
+    """dst = act(src), both dense in the same memory order (``_output_like``)."""
     n = src.numel()
     if n:
         _flat_launch(_activation_fwd_kernel, n, activation)(src, dst, float(negative_slope))

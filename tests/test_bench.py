@@ -412,7 +412,7 @@ def test_sweep_times_each_setting_and_restores_the_defaults(monkeypatch, capsys)
     for knob in sweep.SWEEPS["conv2d"]:             # a knob's passes only, of the depthwise cases
         cases = sweep._cases("conv2d", knob)
         assert {c.pass_name for c in cases} == set(knob.passes) and all("depthwise" in c.id for c in cases)
-    assert [len(sweep._cases("conv2d", knob)) for knob in sweep.SWEEPS["conv2d"]] == [1, 1, 2, 2, 2, 1]
+    assert [len(sweep._cases("conv2d", knob)) for knob in sweep.SWEEPS["conv2d"]] == [2, 1, 2, 2, 1, 1]
 
     def context_lost(case):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -1075,44 +1075,61 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     for the forward with bias and leaky ReLU and, at stride 1, the input gradient
     (the kernel turned by 180 degrees; a padding past the kernel makes its
     padding negative), channels_last throughout; with the interpreter's tiles
-    (every row in one program) and with a GPU's kind (chunks of 3 rows, the last
-    shorter, tiles of 4 columns by 8 channels, both partly outside the image and
-    the channels). Values and gradients against float64."""
+    (every row in one program) and with a GPU's kind (chunks of 3 rows, tiles of
+    4 columns by 8 channels, both partly outside the image and the channels; the
+    last chunk shorter where the rows are not a multiple of 3). Values and
+    gradients against float64."""
     from kernels.conv import ops
     if tiles is not None:
         monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: tiles)
     N, C, H, W, stride, padding, dilation, input_grad = case
     x, w, b = _inputs(N, C, H, W, C, (3, 3), C, torch.float32, device, "channels_last")
-    ours, reference = _conv_fns(stride, padding, dilation, C, "leaky_relu", 0.2)
-    y = ours(x, w, b)
-    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
-    y64 = reference(x64, w64, b64)
+    y = _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
     assert y.is_contiguous(memory_format=torch.channels_last)
-    assert_close(y, y64, torch.float32, "conv", "output")
-    dy = torch.randn_like(y)            # channels_last, as a channels_last model's backward hands it over
-    for name, grad, grad64 in zip("xwb", torch.autograd.grad(y, (x, w, b), dy),
-                                  torch.autograd.grad(y64, (x64, w64, b64), dy.double())):
-        assert_close(grad, grad64, torch.float32, "conv", f"grad of {name}")
     names = [launch.name for launch in launch_log]
     assert names.count("_conv_depthwise_rows_kernel") == (2 if input_grad else 1), names
 
 
-def test_depthwise_rows_half_and_int64(device, monkeypatch):
+def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
+    """A depthwise conv2d's values and three gradients against float64 (the output
+    gradient in y's layout, as a model's backward hands it over; a leaky ReLU's
+    slope 0.2); returns y."""
+    ours, reference = _conv_fns(stride, padding, dilation, x.shape[1], activation, 0.2)
+    y = ours(x, w, b)
+    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
+    y64 = reference(x64, w64, b64)
+    assert_close(y, y64, dtype, "conv", "output")
+    dy = torch.randn_like(y)
+    for name, grad, grad64 in zip("xwb", torch.autograd.grad(y, (x, w, b), dy),
+                                  torch.autograd.grad(y64, (x64, w64, b64), dy.double())):
+        assert_close(grad, grad64, dtype, "conv", f"grad of {name}")
+    return y
+
+
+def test_depthwise_rows_half_and_int64(device, monkeypatch, launch_log):
     """The rows kernel in fp16 with int64 offsets inside an image (INDEX_64, which
-    the host sets for images of 2**31 elements), chunked."""
+    the host sets for images of 2**31 elements), chunked: forward and input
+    gradient."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
     monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: (4, 8, 16))
     x, w, b = _inputs(2, 24, 9, 10, 24, (3, 3), 24, torch.float16, device, "channels_last")
-    ours, reference = _conv_fns(1, 1, 1, 24, "relu")
-    y = ours(x, w, b)
-    x64, w64, b64 = (t.detach().double().requires_grad_(True) for t in (x, w, b))
-    y64 = reference(x64, w64, b64)
-    assert_close(y, y64, torch.float16, "conv", "output")
-    dy = torch.randn_like(y)
-    for name, grad, grad64 in zip("xwb", torch.autograd.grad(y, (x, w, b), dy),
-                                  torch.autograd.grad(y64, (x64, w64, b64), dy.double())):
-        assert_close(grad, grad64, torch.float16, "conv", f"grad of {name}")
+    _rows_check(x, w, b, 1, 1, 1, "relu", torch.float16)
+    rows = [launch.args["INDEX_64"] for launch in launch_log if launch.name == "_conv_depthwise_rows_kernel"]
+    assert rows == [True, True], [launch.name for launch in launch_log]
+
+
+@pytest.mark.parametrize("layout,stride,dilation", [("channels_last", 1, (2, 1)), ("channels_last", (2, 1), 1),
+                                                    ("contiguous", 1, 1)],
+                         ids=["row-dilation2", "row-stride2", "nchw"])
+def test_depthwise_rows_not_taken(layout, stride, dilation, device, launch_log):
+    """A 3x3 depthwise convolution the rows kernel cannot run (a row dilation or row
+    stride of 2: its rows do not roll one at a time; channels not contiguous) runs
+    the patch kernels, right."""
+    x, w, b = _inputs(1, 8, 9, 9, 8, (3, 3), 8, torch.float32, device, layout)
+    _rows_check(x, w, b, stride, 1, dilation, None, torch.float32)
+    names = [launch.name for launch in launch_log]
+    assert "_conv_depthwise_rows_kernel" not in names and "_conv_fwd_depthwise_kernel" in names, names
 
 
 def test_depthwise_row_tiles():

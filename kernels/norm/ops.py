@@ -658,9 +658,8 @@ def _gradients_backward(ctx, *grad_grads):
     saved = ctx.saved_tensors
     mean, rstd = saved[5:]
     *args, mask_from_output = ctx.args
-    if args[6] == ACT_NONE.value and saved[3] is not None:   # the bias may be a stand-in (``saved_bias``): no
-        saved = (*saved[:3], torch.zeros_like(saved[3]), *saved[4:])  # derivative reads it, its values go in
-    operands = saved[1:5]                                   # x, weight, bias, residual
+    operands = saved[1:5]       # x, weight, bias (without an activation maybe ``saved_bias``'s stand-in, whose
+                                # values reach the forward below but no derivative), residual
     wanted = [i for i, (t, g, need) in enumerate(zip(operands, grad_grads, ctx.needs))
               if need and t is not None and g is not None]
     if not wanted:
