@@ -252,7 +252,7 @@ def activation_backward(grad: torch.Tensor, saved: torch.Tensor, activation: int
     """grad * act'(saved); the result has saved's layout (``_output_like``; contiguous
     when saved is not dense)."""
     dense = _dense(saved)
-    if dense is not saved or not _same_order(grad, dense):
+    if dense is not saved or (grad.stride() != dense.stride() and not _same_order(grad, dense)):
         saved = dense
         grad = torch.empty_like(saved).copy_(grad)
     grad_in = _output_like(saved)

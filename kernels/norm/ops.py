@@ -579,7 +579,7 @@ def saved_bias(ctx, bias: torch.Tensor | None, device: torch.device) -> torch.Te
     if ctx.bias_like is None:
         return bias
     shape, dtype = ctx.bias_like
-    return torch.empty((), dtype=dtype, device=device).expand(shape)
+    return torch.empty_strided(shape, (0,) * len(shape), dtype=dtype, device=device)
 
 
 def _save(ctx, x, weight, bias, residual, y, mean, rstd, *args):
