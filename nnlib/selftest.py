@@ -157,16 +157,16 @@ def _leaf(t):
 
 def _ours(check: Check, inputs: list, grad: torch.Tensor | None = None) -> tuple:
     """(out, grads): ``check.ours(*inputs)`` and the gradients of the inputs that
-    require grad for the output gradient ``grad`` (in out's dtype, on out's device;
-    None: an uninitialised contiguous one, as ``run_check``'s). Raises if the forward or the backward ran no Triton
-    kernel."""
+    require grad for the output gradient ``grad``, copied to out's dtype, device
+    and layout (a channels_last model's backward hands a channels_last layer a
+    channels_last gradient; None: an uninitialised one). Raises if the forward or
+    the backward ran no Triton kernel."""
     from kernels._runtime import count_launches
     with count_launches() as launches:
         out = check.ours(*inputs)
     if launches.total == 0:
         raise RuntimeError("no Triton kernel ran: the call took torch's path")
-    grad = grad.to(out.dtype).to(out.device) if grad is not None else \
-        torch.empty(out.shape, dtype=out.dtype, device=out.device)
+    grad = torch.empty_like(out) if grad is None else torch.empty_like(out).copy_(grad)
     with count_launches() as launches:
         grads = torch.autograd.grad(out, [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad], grad)
     if launches.total == 0:
