@@ -46,21 +46,16 @@ SWEEPS = {
     "activation": (Knob("kernels.activation", "_BLOCK", (1024, 2048, 4096, 8192), ("relu-resnet50",)),),
     "max_pool2d": (Knob("kernels.pool", "_TILE", (256, 512, 1024), ("max_pool2d-",)),
                    Knob("kernels.pool", "_NUM_WARPS", (4, 8), ("max_pool2d-",))),
-    # the 3x3 depthwise rows kernel against the patch kernels it replaced (untimed: first), its tiles; the direct
-    # kernels' split reductions (2: a GEMM's programs an SM, the plan before 2026-11-30), timed on the quick
-    # suite's one such case, the depthwise weight gradient (the direct ones and the bias gradient follow the same
-    # plan); the patch kernels' tile (the 7x7 here): fewer registers (more programs an SM) against more
-    # instructions per FFMA
-    "conv2d": (Knob("kernels.conv.ops", "DEPTHWISE_ROWS", (True, False), ("conv2d-depthwise-32x",),
-                    ("forward", "input_grad")),
+    # the 3x3 depthwise rows kernels against the patch kernels they replaced (untimed: first), their tiles; the
+    # direct kernels' split reductions (2: a GEMM's programs an SM, the plan before 2026-11-30), timed on the
+    # quick suite's one such case, the depthwise weight gradient (the direct ones and the bias gradient follow
+    # the same plan); the patch kernels' tile (the 7x7 here): fewer registers (more programs an SM) against
+    # more instructions per FFMA
+    "conv2d": (Knob("kernels.conv.ops", "DEPTHWISE_ROWS", (True, False), ("conv2d-depthwise-32x",)),
                Knob("kernels.conv.ops", "DIRECT_PROGRAMS_PER_SM", (2, 4, 8, 16), ("conv2d-depthwise-",),
                     ("weight_grad",)),
-               Knob("kernels.conv.ops", "DEPTHWISE_ROW_TILE", (256, 512, 1024), ("conv2d-depthwise-32x",),
-                    ("forward", "input_grad")),
-               Knob("kernels.conv.ops", "DEPTHWISE_ROW_PROGRAMS_PER_SM", (8, 16, 32), ("conv2d-depthwise-32x",),
-                    ("forward", "input_grad")),
-               Knob("kernels.conv.ops", "DEPTHWISE_WGRAD_CHANNEL_BYTES", (32, 64, 128), ("conv2d-depthwise-",),
-                    ("weight_grad",)),
+               Knob("kernels.conv.ops", "DEPTHWISE_ROW_TILE", (256, 512, 1024), ("conv2d-depthwise-32x",)),
+               Knob("kernels.conv.ops", "DEPTHWISE_ROW_PROGRAMS_PER_SM", (8, 16, 32), ("conv2d-depthwise-32x",)),
                Knob("kernels.conv.ops", "DEPTHWISE_TILE_BYTES", (2048, 4096, 8192), ("conv2d-depthwise-7x7",),
                     ("forward",))),
 }

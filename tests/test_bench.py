@@ -409,10 +409,11 @@ def test_sweep_times_each_setting_and_restores_the_defaults(monkeypatch, capsys)
             assert getattr(importlib.import_module(knob.module), knob.name) in knob.values, knob
             assert sweep._cases(suite, knob), knob
     assert all("contiguous" not in c.id for c in sweep._cases("norm", sweep.SWEEPS["norm"][2]))
-    for knob in sweep.SWEEPS["conv2d"]:             # a knob's passes only, of the depthwise cases
+    for knob in sweep.SWEEPS["conv2d"]:             # a knob's passes only (every one when it names none)
         cases = sweep._cases("conv2d", knob)
-        assert {c.pass_name for c in cases} == set(knob.passes) and all("depthwise" in c.id for c in cases)
-    assert [len(sweep._cases("conv2d", knob)) for knob in sweep.SWEEPS["conv2d"]] == [2, 1, 2, 2, 1, 1]
+        assert {c.pass_name for c in cases} == set(knob.passes or ("forward", "input_grad", "weight_grad"))
+        assert all("depthwise" in c.id for c in cases)
+    assert [len(sweep._cases("conv2d", knob)) for knob in sweep.SWEEPS["conv2d"]] == [3, 1, 3, 3, 1]
 
     def context_lost(case):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -717,9 +717,10 @@ def test_split_count():
 
 
 def test_direct_splits_fill_an_h100(monkeypatch):
-    """The direct kernels' pixel reductions on a 132-SM GPU: a MobileNet depthwise
-    weight gradient (32x144x56x56, bf16 channels_last) tiles 16 channels by 4x8
-    pixels, 9 channel tiles of 3136 steps split 118 ways (1062 programs of 4 warps,
+    """The direct kernels' pixel reductions on a 132-SM GPU: the patch kernel's plan of
+    a MobileNet depthwise weight gradient (32x144x56x56, bf16 channels_last; at
+    stride 1 that layer now runs the rows kernel: ``test_depthwise_row_tiles``)
+    tiles 16 channels by 4x8 pixels, 9 channel tiles of 3136 steps split 118 ways (1062 programs of 4 warps,
     about 8 an SM, where the GEMMs' two an SM made 264), summed 8 splits a load;
     the bias / activation gradient of a 32x256x56x56 layer alike; a large tile's
     splits stop at sqrt(steps * CHUNK) (4096 steps of a 2048-element tile: 64
@@ -1071,23 +1072,29 @@ ROWS_CASES = [(2, 20, 9, 11, 1, 1, 1, True), (1, 9, 7, 12, (1, 2), 2, (1, 2), Fa
 @pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
-    """The rows kernel (each input row loaded once, the output rows' sums rolling)
-    for the forward with bias and leaky ReLU and, at stride 1, the input gradient
-    (the kernel turned by 180 degrees; a padding past the kernel makes its
-    padding negative), channels_last throughout; with the interpreter's tiles
-    (every row in one program) and with a GPU's kind (chunks of 3 rows, tiles of
-    4 columns by 8 channels, both partly outside the image and the channels; the
-    last chunk shorter where the rows are not a multiple of 3). Values and
-    gradients against float64."""
+    """The rows kernels (each input row loaded once, the output rows' sums rolling)
+    for the forward with bias and leaky ReLU, the weight gradient (the dy rows
+    rolling) and, at stride 1, the input gradient (the kernel turned by 180
+    degrees; a padding past the kernel makes its padding negative), channels_last
+    throughout; with the interpreter's tiles (every row in one program, no split)
+    and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
+    partly outside the image and the channels; the last chunk shorter where the
+    rows are not a multiple of 3; the weight gradient's strips split 5 ways, summed
+    2 splits a load: the last round part masked). Values and gradients against
+    float64."""
     from kernels.conv import ops
     if tiles is not None:
         monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: tiles)
+        monkeypatch.setattr(ops, "_splits", lambda *args: 5)
+        monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 2)
     N, C, H, W, stride, padding, dilation, input_grad = case
     x, w, b = _inputs(N, C, H, W, C, (3, 3), C, torch.float32, device, "channels_last")
     y = _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
     assert y.is_contiguous(memory_format=torch.channels_last)
     names = [launch.name for launch in launch_log]
     assert names.count("_conv_depthwise_rows_kernel") == (2 if input_grad else 1), names
+    (wgrad,) = [launch for launch in launch_log if launch.name == "_conv_wgrad_depthwise_rows_kernel"]
+    assert wgrad.grid[2] == 1 if tiles is None else (wgrad.grid[2], wgrad.args["CHUNK"]) == (5, 2)
 
 
 def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
@@ -1136,7 +1143,8 @@ def test_depthwise_row_tiles():
     """The rows kernel's tiles on a 132-SM GPU: MobileNet-v2's 144 channels at 56x56
     (batch 32) take 16 channels by 32 columns (9 channel tiles, none padded), in 4
     chunks of 14 rows: 2304 programs, about 16 an SM; a small batch keeps at least 8
-    rows a chunk; the interpreter one chunk of every row."""
+    rows a chunk; the interpreter one chunk of every row. Its weight gradient splits
+    the strips for about 8 programs an SM."""
     from kernels.conv import ops
     gpu = torch.device("cuda", 0)
     with pytest.MonkeyPatch.context() as patch:
@@ -1144,6 +1152,9 @@ def test_depthwise_row_tiles():
         assert ops._depthwise_row_tiles(32, 56, 56, 144, gpu, interpreter=False) == (14, 32, 16)
         assert ops._depthwise_row_tiles(1, 56, 56, 32, gpu, interpreter=False) == (8, 16, 32)
         assert ops._depthwise_row_tiles(32, 7, 7, 960, gpu, interpreter=False) == (7, 8, 64)
+        # the weight gradient's 9 channel tiles: 256 strips of 16 input rows, 118 splits (1062 programs, about 8 an
+        # SM), summed 8 a load
+        assert ops._direct_splits(gpu, 9, 32 * 4 * 2, 16 * 16, 14 + 2) == (118, 8)
     assert ops._depthwise_row_tiles(2, 9, 11, 20, torch.device("cpu"), interpreter=True) == (9, 16, 32)
 
 

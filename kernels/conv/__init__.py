@@ -17,7 +17,7 @@ from .._reduce import split_chunk
 from .._runtime import CompileCase
 from ..activation import ACT_LEAKY_RELU, ACT_RELU
 from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel,
-                         _conv_wgrad_depthwise_kernel)
+                         _conv_wgrad_depthwise_kernel, _conv_wgrad_depthwise_rows_kernel)
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (_pad_channels_kernel, conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad,
@@ -295,20 +295,25 @@ _DEPTHWISE_EXPECT = {
 }
 
 
-# SASS budgets of the 3x3 rows kernel on sm_90 (bf16, int32 offsets): instructions per
-# FFMA in its loop over input rows and registers (6 programs of 4 warps an SM).
+# SASS budgets of the 3x3 rows kernels on sm_90 (bf16, int32 offsets): instructions per
+# FFMA in the loop over input rows and registers (6 programs of 4 warps an SM).
 # Measured 2026-11-30 (3.9 / 3.6): forward (bias, relu) 2.89 / 2.83, input gradient
 # 2.56 / 2.47, 80 registers; fp32 2.47 / 2.33, 86 / 87; int64 offsets 3.17 / 3.06.
+# Weight gradient 2.83 / 2.83, 84 / 80 registers (the patch kernel: 7.67 / 9.0, 119 /
+# 91); fp32 2.28, int64 3.08.
 _DEPTHWISE_ROWS_EXPECT = {False: {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96, "ldg64_at_least": 3,
                                   "stg64_at_least": 1},
                           True: {"max_loop_instructions_per_ffma": 2.8, "max_registers": 96, "ldg64_at_least": 3,
-                                 "stg64_at_least": 1}}
+                                 "stg64_at_least": 1},
+                          "weight_grad": {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
+                                          "ldg64_at_least": 4}}
 
 
 def _depthwise_rows_cases():
-    """The 3x3 rows kernel as a GPU launch specialises it for a MobileNet layer (144
-    channels, 56x56, padding 1, channels_last): forward (bias, relu) and input
-    gradient (FLIP) in bf16, the forward in fp32 and with int64 offsets."""
+    """The 3x3 rows kernels as a GPU launch specialises them for a MobileNet layer
+    (144 channels, 56x56, padding 1, channels_last): forward (bias, relu), input
+    gradient (FLIP) and weight gradient in bf16, the forward and the weight
+    gradient in fp32 and with int64 offsets."""
     cases = []
     for dt, flip, index_64 in (("bf16", False, False), ("bf16", True, False), ("fp32", False, False),
                                ("bf16", False, True)):
@@ -324,6 +329,18 @@ def _depthwise_rows_cases():
                                  label=f"{dt},{'input_grad' if flip else 'forward'}" + (",int64" if index_64 else ""),
                                  divisible=("C", *x_strides, *y_strides),
                                  expect=_DEPTHWISE_ROWS_EXPECT[flip] if dt == "bf16" and not index_64 else {}))
+        if flip:
+            continue
+        dy_strides = _strides("dy", "npq")
+        sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
+               "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS", *dy_strides, *x_strides,
+                                                 *_strides("dw", "crs"))}
+        constexprs = dict(stride_w=1, pad_h=1, pad_w=1, dil_w=1, stride_dyc=1, stride_xc=1, TILE_Q=tile_q,
+                          BLOCK_C=block_c, INDEX_64=index_64, CHUNK=split_chunk(16 * block_c))
+        cases.append(CompileCase(_conv_wgrad_depthwise_rows_kernel, sig, constexprs,
+                                 label=f"{dt},weight_grad" + (",int64" if index_64 else ""),
+                                 divisible=("C", *dy_strides, *x_strides),
+                                 expect=_DEPTHWISE_ROWS_EXPECT["weight_grad"] if dt == "bf16" and not index_64 else {}))
     return cases
 
 

@@ -1,6 +1,6 @@
 """Depthwise convolution (groups = C = K: one input and one output channel per
 group), register-blocked: forward, input gradient and weight gradient, and the
-rows kernel for a 3x3 of row stride and dilation 1 (below).
+rows kernels for a 3x3 of row stride and dilation 1 (below).
 
 A program owns a (TILE_P, TILE_Q) patch of pixels of one image by BLOCK_C
 channels. The kernel size (R, S) is a constexpr, so a row of taps unrolls: each
@@ -23,11 +23,11 @@ host sets when they may pass 2**31); an image's base offset is int64.
   the (TAPS, BLOCK_C) sums are split over grid axis 2 and reduced in fixed
   order (``sum_splits``).
 * rows (3x3, row stride and dilation 1: the forward; the input gradient of stride
-  1, as a forward of dy with the kernel turned by 180 degrees): a program walks
-  down a column strip, loading each input row's three column shifts once for
-  the three output rows that read it (the patch kernels load each input element
-  once per tap and convert it to fp32 each time: 1.5 instructions an element
-  in bf16, more than its multiply-add).
+  1, as a forward of dy with the kernel turned by 180 degrees; the weight
+  gradient): a program walks down a column strip, loading each input row's
+  three column shifts once for the three output rows that read it (the patch
+  kernels load each input element once per tap and convert it to fp32 each
+  time: 1.5 instructions an element in bf16, more than its multiply-add).
 """
 from __future__ import annotations
 
@@ -190,6 +190,103 @@ def _conv_depthwise_rows_kernel(
         acc0 = acc1
         acc1 = acc2
         acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+
+
+@triton.jit
+def _tap_sum(total, taps, k: tl.constexpr, acc):
+    """``total`` (TAPS, BLOCK_C) with row k set to the column sums of ``acc`` (TILE_Q, BLOCK_C)."""
+    return tl.where((taps == k)[:, None], tl.sum(acc, axis=0)[None, :], total)
+
+
+@triton.jit
+def _conv_wgrad_depthwise_rows_kernel(
+        dy_ptr, x_ptr, dw_ptr, part_ptr, ticket_ptr,
+        N, H, W, P, Q, C, ROWS,
+        stride_w, pad_h, pad_w, dil_w,
+        stride_dyn, stride_dyc, stride_dyp, stride_dyq,
+        stride_xn, stride_xc, stride_xh, stride_xw,
+        stride_dwc, stride_dwr, stride_dws,
+        TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr, CHUNK: tl.constexpr):
+    """The weight gradient of a 3x3 depthwise convolution of row stride and dilation
+    1, each input row loaded once: dy: (N, C, P, Q); x: (N, C, H, W); dw: (C, 1, 3,
+    3) in the weight dtype; strides; part / ticket: the split workspace
+    (``sum_splits``, CHUNK). Program (c_block, 0, split): dw for BLOCK_C channels,
+    summed over its split of the strips, each ROWS output rows of one image by
+    TILE_Q columns. Down a strip, each input row's three column shifts meet the
+    three dy rows that read them (kept, rolling: d0 the newest), nine sums of
+    (TILE_Q, BLOCK_C) products, reduced over the columns at the end."""
+    offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
+    dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
+    one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (as the rows kernel's)
+    patches_q = tl.cdiv(Q, TILE_Q)
+    chunks = tl.cdiv(P, ROWS)
+    a00 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    a01 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    a02 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    a10 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    a11 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    a12 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    a20 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    a21 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    a22 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    first, end = _split_steps(N * chunks * patches_q)
+    for step in range(first, end):
+        n = step // (chunks * patches_q)
+        p0 = (step // patches_q) % chunks * ROWS
+        offs_q = step % patches_q * TILE_Q + tl.arange(0, TILE_Q)
+        iw = offs_q * stride_w - pad_w
+        x_cols0 = x_chan + _offsets(iw, stride_xw, INDEX_64)[:, None]
+        x_cols1 = x_chan + _offsets(iw + dil_w, stride_xw, INDEX_64)[:, None]
+        x_cols2 = x_chan + _offsets(iw + 2 * dil_w, stride_xw, INDEX_64)[:, None]
+        cols_ok0 = _in_range(iw, W)[:, None] & mask_c[None, :]
+        cols_ok1 = _in_range(iw + dil_w, W)[:, None] & mask_c[None, :]
+        cols_ok2 = _in_range(iw + 2 * dil_w, W)[:, None] & mask_c[None, :]
+        dy_cols = dy_chan + _offsets(offs_q, stride_dyq, INDEX_64)[:, None]
+        dy_ok = (offs_q < Q)[:, None] & mask_c[None, :]
+        x_img = x_ptr + n.to(tl.int64) * stride_xn
+        dy_img = dy_ptr + n.to(tl.int64) * stride_dyn
+        rows = tl.minimum(ROWS, P - p0)
+        d1 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+        d2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+        for i in range(rows + 2):       # input row p0 - pad_h + i meets dy rows p0 + i (d0), p0 + i - 1, p0 + i - 2
+            ih = p0 - pad_h + i
+            row_ok = _in_range(ih + one_row, H)
+            x_row = x_img + _offsets(ih, stride_xh, INDEX_64)
+            x0 = tl.load(x_row + x_cols0, mask=cols_ok0 & row_ok, other=0.0).to(tl.float32)
+            x1 = tl.load(x_row + x_cols1, mask=cols_ok1 & row_ok, other=0.0).to(tl.float32)
+            x2 = tl.load(x_row + x_cols2, mask=cols_ok2 & row_ok, other=0.0).to(tl.float32)
+            d0 = tl.load(dy_img + _offsets(p0 + i, stride_dyp, INDEX_64) + dy_cols,
+                         mask=dy_ok & (i + one_row < rows), other=0.0).to(tl.float32)
+            a00 += x0 * d0              # tap (r, s) pairs input row p - pad + r with dy row p
+            a01 += x1 * d0
+            a02 += x2 * d0
+            a10 += x0 * d1
+            a11 += x1 * d1
+            a12 += x2 * d1
+            a20 += x0 * d2
+            a21 += x1 * d2
+            a22 += x2 * d2
+            d2 = d1
+            d1 = d0
+    taps = tl.arange(0, 16)
+    total = tl.zeros((16, BLOCK_C), dtype=tl.float32)
+    total = _tap_sum(total, taps, 0, a00)
+    total = _tap_sum(total, taps, 1, a01)
+    total = _tap_sum(total, taps, 2, a02)
+    total = _tap_sum(total, taps, 3, a10)
+    total = _tap_sum(total, taps, 4, a11)
+    total = _tap_sum(total, taps, 5, a12)
+    total = _tap_sum(total, taps, 6, a20)
+    total = _tap_sum(total, taps, 7, a21)
+    total = _tap_sum(total, taps, 8, a22)
+    done = tl.num_programs(2) == 1
+    if not done:
+        total, done = sum_splits(total, part_ptr, ticket_ptr, 16, BLOCK_C, CHUNK)
+    if done:
+        dw_ptrs = dw_ptr + (offs_c * stride_dwc)[None, :] + (taps // 3 * stride_dwr + taps % 3 * stride_dws)[:, None]
+        tl.store(dw_ptrs, total.to(dw_ptr.dtype.element_ty), mask=(taps < 9)[:, None] & mask_c[None, :])
 
 
 @triton.jit

@@ -63,7 +63,7 @@ from .._runtime import (bind, bind_config, cdiv, dot_upcast, empty_like_strides,
                         plan_cache, plan_float)
 from ..activation import ACT_NONE
 from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel,
-                         _conv_wgrad_depthwise_kernel)
+                         _conv_wgrad_depthwise_kernel, _conv_wgrad_depthwise_rows_kernel)
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (_pad_channels_kernel, conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad,
@@ -90,12 +90,13 @@ DIRECT_PROGRAMS_PER_SM = 8
 DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
-# A 3x3 depthwise convolution of row stride and dilation 1 (the forward; the input gradient at stride 1) runs
-# the rows kernel: (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements (4 a thread: its nine weights in 36
-# registers), down ROWS output rows, ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at
-# least DEPTHWISE_MIN_ROWS rows (a chunk loads two rows more than it writes).
-# DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for bench.sweep to time both:
-# the rows kernel has not run on a GPU yet).
+# A 3x3 depthwise convolution of row stride and dilation 1 (the forward and weight gradient; the input gradient
+# at stride 1) runs the rows kernels: (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements (4 a thread: its
+# nine weights, or the weight gradient's nine sums, in 36 registers), down ROWS output rows, ROWS chosen for
+# DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk loads two rows more
+# than it writes; the weight gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those
+# run the patch kernels instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not
+# run on a GPU yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -335,26 +336,30 @@ def split_count(programs_wanted: int, tiles: int, steps: int, min_steps: int, ca
     return max(1, splits if cap is None else min(splits, cap))
 
 
-def _splits(device: torch.device, tiles: int, steps: int, cap: int | None = None, per_sm: int = 2) -> int:
+def _splits(device: torch.device, tiles: int, steps: int, cap: int | None = None, per_sm: int = 2,
+            min_steps: int = MIN_SPLIT_STEPS) -> int:
     """``split_count`` for this device. GPU: ``per_sm`` programs per SM (a GEMM's: one
-    wave at two resident programs per SM), at least ``MIN_SPLIT_STEPS`` k-steps per
-    split, so that a split's fp32 partial tile (written and read once, in L2) costs at
-    most half the operand bytes it loads. The interpreter pays per program: no split
-    (tests force splits to check them)."""
+    wave at two resident programs per SM), at least ``min_steps`` k-steps per split
+    (MIN_SPLIT_STEPS: a split's fp32 partial tile, written and read once, in L2,
+    costs at most half the operand bytes it loads). The interpreter pays per
+    program: no split (tests force splits to check them)."""
     if device.type != "cuda":
         return 1
-    return split_count(per_sm * _device_sms(device), tiles, steps, MIN_SPLIT_STEPS, cap)
+    return split_count(per_sm * _device_sms(device), tiles, steps, min_steps, cap)
 
 
-def _direct_splits(device: torch.device, tiles: int, steps: int, tile_elements: int) -> tuple[int, int]:
-    """(splits, CHUNK) of a direct kernel's pixel reduction over ``steps`` steps for
-    ``tiles`` fp32 tiles of ``tile_elements``: DIRECT_PROGRAMS_PER_SM programs an SM,
-    whose tile's last program sums the splits CHUNK a load (``sum_splits``), at most
-    sqrt(steps * CHUNK) of them (where the steps a split runs, steps / splits, meet
-    the loads that sum them, splits / CHUNK: a step and a load are each about a
-    memory round trip)."""
+def _direct_splits(device: torch.device, tiles: int, steps: int, tile_elements: int,
+                   step_rounds: int = 1) -> tuple[int, int]:
+    """(splits, CHUNK) of a direct kernel's pixel reduction over ``steps`` steps of
+    ``step_rounds`` memory round trips each (the rows kernel's: a strip's rows)
+    for ``tiles`` fp32 tiles of ``tile_elements``: DIRECT_PROGRAMS_PER_SM programs
+    an SM, whose tile's last program sums the splits CHUNK a load (``sum_splits``),
+    at most sqrt(steps * step_rounds * CHUNK) of them (where the round trips a
+    split runs meet the loads that sum the splits, splits / CHUNK), at least
+    MIN_SPLIT_STEPS round trips a split."""
     chunk = split_chunk(tile_elements)
-    return _splits(device, tiles, steps, math.isqrt(steps * chunk), DIRECT_PROGRAMS_PER_SM), chunk
+    return _splits(device, tiles, steps, math.isqrt(steps * step_rounds * chunk), DIRECT_PROGRAMS_PER_SM,
+                   max(1, MIN_SPLIT_STEPS // step_rounds)), chunk
 
 
 class _Workspace(NamedTuple):
@@ -487,9 +492,9 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 
 
 def _depthwise_rows(geo: ConvGeometry, channels_contiguous: bool, input_grad: bool = False) -> bool:
-    """Whether the forward (or with ``input_grad``, the input gradient) runs the rows
-    kernel: 3x3, row stride and dilation 1 (the input gradient: stride 1), channels
-    contiguous."""
+    """Whether the forward or the weight gradient (with ``input_grad``, the input
+    gradient) runs a rows kernel: 3x3, row stride and dilation 1 (the input
+    gradient: stride 1), channels contiguous."""
     stride_ok = tuple(geo.stride) == (1, 1) if input_grad else geo.stride[0] == 1
     return (DEPTHWISE_ROWS and (geo.R, geo.S) == (3, 3) and stride_ok and geo.dilation[0] == 1
             and channels_contiguous)
@@ -922,7 +927,16 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     path = geo.paths["weight_grad"]
     if path in ("depthwise", "direct"):
         taps = next_power_of_2(geo.R * geo.S)
-        if path == "depthwise":
+        if path == "depthwise" and _depthwise_rows(geo, x.strides[1] == 1 and dy.strides[1] == 1):
+            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.C, x.device)
+            programs, block = cdiv(geo.C, block_c), block_c
+            splits, chunk = _direct_splits(x.device, programs, geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q),
+                                           taps * block, rows + 2)
+            kernel = _conv_wgrad_depthwise_rows_kernel
+            args = (geo.N, geo.H, geo.W, geo.P, geo.Q, geo.C, rows, geo.stride[1], geo.pad[0], geo.pad[1],
+                    geo.dilation[1], *dy.strides, *x.strides, dw.strides[0], dw.strides[2], dw.strides[3])
+            constexprs = dict(TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, x), CHUNK=chunk)
+        elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.strides[1] == 1, geo.S,
                                                        x.element_size(), taps)
             programs, block = cdiv(geo.C, block_c), block_c
