@@ -609,7 +609,8 @@ def test_split_sums_in_chunks(geometry, device, monkeypatch, launch_log):
     11 splits, 4 a load, so three rounds, the last one part masked. The weight
     gradients' splits each hold pixels (11 images: the depthwise kernel's 11 steps
     of an image, the direct one's 21 of 16 pixels); the epilogue's interpreter tile
-    (512 pixels) leaves all but its first split empty. Against float64."""
+    (512 pixels) holds every pixel in one step, so it takes one split (no split is
+    planned without a step; its sum is the same ``sum_splits``). Against float64."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda *args: 11)
     monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 4)
@@ -619,7 +620,7 @@ def test_split_sums_in_chunks(geometry, device, monkeypatch, launch_log):
     x, w, b = _inputs(11, C, 6, 5, K, (3, 3), groups, torch.float32, device)
     check_op(*_conv_fns(1, 1, 1, groups, "relu"), [x, w, b], "conv")
     chunked = {launch.name: (launch.grid[2], launch.args["CHUNK"]) for launch in launch_log if "CHUNK" in launch.args}
-    assert chunked == {f"_conv_wgrad_{geometry[0]}_kernel": (11, 4), "_conv_bwd_epilogue_kernel": (11, 4)}, chunked
+    assert chunked == {f"_conv_wgrad_{geometry[0]}_kernel": (11, 4), "_conv_bwd_epilogue_kernel": (1, 4)}, chunked
 
 
 @pytest.mark.parametrize("N,C,H,W,stride,padding,layout,splits", [
@@ -720,17 +721,18 @@ def test_direct_splits_fill_an_h100(monkeypatch):
     """The direct kernels' pixel reductions on a 132-SM GPU: the patch kernel's plan of
     a MobileNet depthwise weight gradient (32x144x56x56, bf16 channels_last; at
     stride 1 that layer now runs the rows kernel: ``test_depthwise_row_tiles``)
-    tiles 16 channels by 4x8 pixels, 9 channel tiles of 3136 steps split 118 ways (1062 programs of 4 warps,
-    about 8 an SM, where the GEMMs' two an SM made 264), summed 8 splits a load;
-    the bias / activation gradient of a 32x256x56x56 layer alike; a large tile's
+    tiles 16 channels by 4x8 pixels, 9 channel tiles of 3136 steps split 117 ways
+    (27 steps each, none empty: 1053 programs of 4 warps, about 8 an SM, where the
+    GEMMs' two an SM made 264), summed 8 splits a load; the bias / activation
+    gradient of a 32x256x56x56 layer alike (131 ways); a large tile's
     splits stop at sqrt(steps * CHUNK) (4096 steps of a 2048-element tile: 64
     ways, not the 512 that 8 steps a split would allow)."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_sm_count", lambda index: 132)
     gpu = torch.device("cuda", 0)
     assert ops._depthwise_tiles(56, 56, 144, True, 3, 2, 16, interpreter=False) == (4, 8, 16)
-    assert ops._direct_splits(gpu, 9, 3136, 16 * 16) == (118, 8)
-    assert ops._direct_splits(gpu, 8, 3136, 32) == (132, 64)
+    assert ops._direct_splits(gpu, 9, 3136, 16 * 16) == (117, 8)
+    assert ops._direct_splits(gpu, 8, 3136, 32) == (131, 64)
     assert ops._direct_splits(gpu, 2, 4096, 2048) == (64, 1)
     assert ops._direct_splits(torch.device("cpu"), 9, 3136, 256) == (1, 8)
 
@@ -1079,9 +1081,9 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     throughout; with the interpreter's tiles (every row in one program, no split)
     and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
     partly outside the image and the channels; the last chunk shorter where the
-    rows are not a multiple of 3; the weight gradient's strips split 5 ways, summed
-    2 splits a load: the last round part masked). Values and gradients against
-    float64."""
+    rows are not a multiple of 3; the weight gradient's strips split 5 ways, fewer
+    where that would leave a split without a strip (3 or 5), summed 2 splits a
+    load: the last round part masked). Values and gradients against float64."""
     from kernels.conv import ops
     if tiles is not None:
         monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: tiles)
@@ -1094,7 +1096,9 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     names = [launch.name for launch in launch_log]
     assert names.count("_conv_depthwise_rows_kernel") == (2 if input_grad else 1), names
     (wgrad,) = [launch for launch in launch_log if launch.name == "_conv_wgrad_depthwise_rows_kernel"]
-    assert wgrad.grid[2] == 1 if tiles is None else (wgrad.grid[2], wgrad.args["CHUNK"]) == (5, 2)
+    steps = N * -(-y.shape[2] // 3) * -(-y.shape[3] // 4)       # the GPU kind's strips: 5 splits, none empty
+    assert wgrad.grid[2] == 1 if tiles is None else (wgrad.grid[2], wgrad.args["CHUNK"]) == (
+        -(-steps // -(-steps // 5)), 2)
 
 
 def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
@@ -1114,16 +1118,16 @@ def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
 
 
 def test_depthwise_rows_half_and_int64(device, monkeypatch, launch_log):
-    """The rows kernel in fp16 with int64 offsets inside an image (INDEX_64, which
-    the host sets for images of 2**31 elements), chunked: forward and input
-    gradient."""
+    """The rows kernels in fp16 with int64 offsets inside an image (INDEX_64, which
+    the host sets for images of 2**31 elements), chunked: forward, input gradient
+    and weight gradient."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
     monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: (4, 8, 16))
     x, w, b = _inputs(2, 24, 9, 10, 24, (3, 3), 24, torch.float16, device, "channels_last")
     _rows_check(x, w, b, 1, 1, 1, "relu", torch.float16)
-    rows = [launch.args["INDEX_64"] for launch in launch_log if launch.name == "_conv_depthwise_rows_kernel"]
-    assert rows == [True, True], [launch.name for launch in launch_log]
+    rows = [launch.args["INDEX_64"] for launch in launch_log if "depthwise_rows" in launch.name]
+    assert rows == [True] * 3, [launch.name for launch in launch_log]
 
 
 @pytest.mark.parametrize("layout,stride,dilation", [("channels_last", 1, (2, 1)), ("channels_last", (2, 1), 1),
@@ -1136,7 +1140,7 @@ def test_depthwise_rows_not_taken(layout, stride, dilation, device, launch_log):
     x, w, b = _inputs(1, 8, 9, 9, 8, (3, 3), 8, torch.float32, device, layout)
     _rows_check(x, w, b, stride, 1, dilation, None, torch.float32)
     names = [launch.name for launch in launch_log]
-    assert "_conv_depthwise_rows_kernel" not in names and "_conv_fwd_depthwise_kernel" in names, names
+    assert not any("depthwise_rows" in name for name in names) and "_conv_fwd_depthwise_kernel" in names, names
 
 
 def test_depthwise_row_tiles():
@@ -1144,7 +1148,7 @@ def test_depthwise_row_tiles():
     (batch 32) take 16 channels by 32 columns (9 channel tiles, none padded), in 4
     chunks of 14 rows: 2304 programs, about 16 an SM; a small batch keeps at least 8
     rows a chunk; the interpreter one chunk of every row. Its weight gradient splits
-    the strips for about 8 programs an SM."""
+    the strips for about 8 programs an SM, none without a strip."""
     from kernels.conv import ops
     gpu = torch.device("cuda", 0)
     with pytest.MonkeyPatch.context() as patch:
@@ -1152,9 +1156,10 @@ def test_depthwise_row_tiles():
         assert ops._depthwise_row_tiles(32, 56, 56, 144, gpu, interpreter=False) == (14, 32, 16)
         assert ops._depthwise_row_tiles(1, 56, 56, 32, gpu, interpreter=False) == (8, 16, 32)
         assert ops._depthwise_row_tiles(32, 7, 7, 960, gpu, interpreter=False) == (7, 8, 64)
-        # the weight gradient's 9 channel tiles: 256 strips of 16 input rows, 118 splits (1062 programs, about 8 an
-        # SM), summed 8 a load
-        assert ops._direct_splits(gpu, 9, 32 * 4 * 2, 16 * 16, 14 + 2) == (118, 8)
+        # the weight gradient's 9 channel tiles: 256 strips of 16 input rows, 3 a split (118 splits, about 8
+        # programs an SM, would leave some empty): 86 splits, 774 programs, summed 8 a load
+        assert ops._direct_splits(gpu, 9, 32 * 4 * 2, 16 * 16, 14 + 2) == (86, 8)
+        assert ops._depthwise_row_tiles(0, 5, 5, 8, gpu, interpreter=False) == (5, 8, 8)    # an empty batch
     assert ops._depthwise_row_tiles(2, 9, 11, 20, torch.device("cpu"), interpreter=True) == (9, 16, 32)
 
 

@@ -209,7 +209,7 @@ def _conv_wgrad_depthwise_rows_kernel(
         TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr, CHUNK: tl.constexpr):
     """The weight gradient of a 3x3 depthwise convolution of row stride and dilation
     1, each input row loaded once: dy: (N, C, P, Q); x: (N, C, H, W); dw: (C, 1, 3,
-    3) in the weight dtype; strides; part / ticket: the split workspace
+    3) (the weight's dtype, or its master's under autocast); strides; part / ticket: the split workspace
     (``sum_splits``, CHUNK). Program (c_block, 0, split): dw for BLOCK_C channels,
     summed over its split of the strips, each ROWS output rows of one image by
     TILE_Q columns. Down a strip, each input row's three column shifts meet the

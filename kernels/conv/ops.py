@@ -356,10 +356,12 @@ def _direct_splits(device: torch.device, tiles: int, steps: int, tile_elements: 
     an SM, whose tile's last program sums the splits CHUNK a load (``sum_splits``),
     at most sqrt(steps * step_rounds * CHUNK) of them (where the round trips a
     split runs meet the loads that sum the splits, splits / CHUNK), at least
-    MIN_SPLIT_STEPS round trips a split."""
+    MIN_SPLIT_STEPS round trips a split, and each split's share of the steps
+    (``_split_steps``: steps / splits rounded up) leaves none empty."""
     chunk = split_chunk(tile_elements)
-    return _splits(device, tiles, steps, math.isqrt(steps * step_rounds * chunk), DIRECT_PROGRAMS_PER_SM,
-                   max(1, MIN_SPLIT_STEPS // step_rounds)), chunk
+    splits = _splits(device, tiles, steps, math.isqrt(steps * step_rounds * chunk), DIRECT_PROGRAMS_PER_SM,
+                     cdiv(MIN_SPLIT_STEPS, step_rounds))
+    return (cdiv(steps, cdiv(steps, splits)) if steps else splits), chunk     # no split left without a step
 
 
 class _Workspace(NamedTuple):
@@ -516,7 +518,7 @@ def _depthwise_row_tiles(images: int, rows: int, cols: int, channels: int, devic
         return cdiv(channels, block_c) * block_c * cdiv(cols, tile_q) * tile_q, -block_c, tile_q
     _, negative_c, tile_q = min(padded(b) for b in (8, 16, 32, 64) if b <= max(next_power_of_2(channels), 8))
     block_c = -negative_c
-    programs = images * cdiv(cols, tile_q) * cdiv(channels, block_c)
+    programs = max(images * cdiv(cols, tile_q) * cdiv(channels, block_c), 1)      # 0 images: an empty batch
     wanted = DEPTHWISE_ROW_PROGRAMS_PER_SM * (_device_sms(device) if device.type == "cuda" else 1)
     chunks = min(cdiv(rows, DEPTHWISE_MIN_ROWS), cdiv(wanted, programs))
     return cdiv(rows, max(chunks, 1)), tile_q, block_c
