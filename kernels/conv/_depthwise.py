@@ -101,6 +101,41 @@ def _conv_fwd_depthwise_kernel(
 
 
 @triton.jit
+def _column_shifts(x_chan, iw, W, mask_c, stride_xw, dil_w, INDEX_64: tl.constexpr):
+    """The offsets (within a row) and masks of a (TILE_Q, BLOCK_C) tile's three
+    column shifts, columns iw, iw + dil_w, iw + 2 dil_w of a W-wide input:
+    (cols0, cols1, cols2, ok0, ok1, ok2)."""
+    return (x_chan + _offsets(iw, stride_xw, INDEX_64)[:, None],
+            x_chan + _offsets(iw + dil_w, stride_xw, INDEX_64)[:, None],
+            x_chan + _offsets(iw + 2 * dil_w, stride_xw, INDEX_64)[:, None],
+            _in_range(iw, W)[:, None] & mask_c[None, :], _in_range(iw + dil_w, W)[:, None] & mask_c[None, :],
+            _in_range(iw + 2 * dil_w, W)[:, None] & mask_c[None, :])
+
+
+@triton.jit
+def _load_shifts(x_row, cols0, cols1, cols2, ok0, ok1, ok2, row_ok):
+    """An input row's three column shifts (``_column_shifts``) as fp32, zeros outside."""
+    return (tl.load(x_row + cols0, mask=ok0 & row_ok, other=0.0).to(tl.float32),
+            tl.load(x_row + cols1, mask=ok1 & row_ok, other=0.0).to(tl.float32),
+            tl.load(x_row + cols2, mask=ok2 & row_ok, other=0.0).to(tl.float32))
+
+
+@triton.jit
+def _tap_row(acc, x0, x1, x2, w0, w1, w2):
+    """acc + x0 w0 + x1 w1 + x2 w2, a fused multiply-add each, in that order."""
+    acc += x0 * w0
+    acc += x1 * w1
+    acc += x2 * w2
+    return acc
+
+
+@triton.jit
+def _tap_products(a0, a1, a2, x0, x1, x2, d):
+    """(a0 + x0 d, a1 + x1 d, a2 + x2 d): one dy row's products with a row's three shifts."""
+    return a0 + x0 * d, a1 + x1 * d, a2 + x2 * d
+
+
+@triton.jit
 def _tap_weight(w_chan, mask_c, r: tl.constexpr, s: tl.constexpr, stride_wr, stride_ws, FLIP: tl.constexpr):
     """w[c, r, s] of a 3x3 kernel as fp32 (BLOCK_C,), or w[c, 2 - r, 2 - s] with FLIP."""
     if FLIP:
@@ -148,14 +183,9 @@ def _conv_depthwise_rows_kernel(
     w22 = _tap_weight(w_chan, mask_c, 2, 2, stride_wr, stride_ws, FLIP)[None, :]
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
-    iw = offs_q * stride_w - pad_w
-    x_cols0 = x_chan + _offsets(iw, stride_xw, INDEX_64)[:, None]
-    x_cols1 = x_chan + _offsets(iw + dil_w, stride_xw, INDEX_64)[:, None]
-    x_cols2 = x_chan + _offsets(iw + 2 * dil_w, stride_xw, INDEX_64)[:, None]
-    cols_ok0 = _in_range(iw, W)[:, None] & mask_c[None, :]
-    cols_ok1 = _in_range(iw + dil_w, W)[:, None] & mask_c[None, :]
-    cols_ok2 = _in_range(iw + 2 * dil_w, W)[:, None] & mask_c[None, :]
+    cols0, cols1, cols2, ok0, ok1, ok2 = _column_shifts(_offsets(offs_c, stride_xc, INDEX_64)[None, :],
+                                                        offs_q * stride_w - pad_w, W, mask_c, stride_xw, dil_w,
+                                                        INDEX_64)
     y_img = y_ptr + n.to(tl.int64) * stride_yn
     y_cols = (_offsets(offs_q, stride_yw, INDEX_64)[:, None] + _offsets(offs_c, stride_yc, INDEX_64)[None, :])
     y_ok = (offs_q < Q)[:, None] & mask_c[None, :]
@@ -167,20 +197,11 @@ def _conv_depthwise_rows_kernel(
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (the interpreter's & of a tensor
     for i in range(rows + 2):                       # and a scalar is not a mask)
         ih = p0 - pad_h + i             # input row: output rows p0 + i - 2 .. p0 + i read it
-        row_ok = _in_range(ih + one_row, H)
-        x_row = x_img + _offsets(ih, stride_xh, INDEX_64)
-        x0 = tl.load(x_row + x_cols0, mask=cols_ok0 & row_ok, other=0.0).to(tl.float32)
-        x1 = tl.load(x_row + x_cols1, mask=cols_ok1 & row_ok, other=0.0).to(tl.float32)
-        x2 = tl.load(x_row + x_cols2, mask=cols_ok2 & row_ok, other=0.0).to(tl.float32)
-        acc0 += x0 * w20        # one fused multiply-add each, taps in the order of the other kernels
-        acc0 += x1 * w21
-        acc0 += x2 * w22
-        acc1 += x0 * w10
-        acc1 += x1 * w11
-        acc1 += x2 * w12
-        acc2 += x0 * w00
-        acc2 += x1 * w01
-        acc2 += x2 * w02
+        x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1, ok2,
+                                  _in_range(ih + one_row, H))
+        acc0 = _tap_row(acc0, x0, x1, x2, w20, w21, w22)      # taps in the order of the other kernels
+        acc1 = _tap_row(acc1, x0, x1, x2, w10, w11, w12)
+        acc2 = _tap_row(acc2, x0, x1, x2, w00, w01, w02)
         out = acc0
         if HAS_BIAS:
             out += bias
@@ -236,13 +257,8 @@ def _conv_wgrad_depthwise_rows_kernel(
         n = step // (chunks * patches_q)
         p0 = (step // patches_q) % chunks * ROWS
         offs_q = step % patches_q * TILE_Q + tl.arange(0, TILE_Q)
-        iw = offs_q * stride_w - pad_w
-        x_cols0 = x_chan + _offsets(iw, stride_xw, INDEX_64)[:, None]
-        x_cols1 = x_chan + _offsets(iw + dil_w, stride_xw, INDEX_64)[:, None]
-        x_cols2 = x_chan + _offsets(iw + 2 * dil_w, stride_xw, INDEX_64)[:, None]
-        cols_ok0 = _in_range(iw, W)[:, None] & mask_c[None, :]
-        cols_ok1 = _in_range(iw + dil_w, W)[:, None] & mask_c[None, :]
-        cols_ok2 = _in_range(iw + 2 * dil_w, W)[:, None] & mask_c[None, :]
+        cols0, cols1, cols2, ok0, ok1, ok2 = _column_shifts(x_chan, offs_q * stride_w - pad_w, W, mask_c, stride_xw,
+                                                            dil_w, INDEX_64)
         dy_cols = dy_chan + _offsets(offs_q, stride_dyq, INDEX_64)[:, None]
         dy_ok = (offs_q < Q)[:, None] & mask_c[None, :]
         x_img = x_ptr + n.to(tl.int64) * stride_xn
@@ -252,22 +268,13 @@ def _conv_wgrad_depthwise_rows_kernel(
         d2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
         for i in range(rows + 2):       # input row p0 - pad_h + i meets dy rows p0 + i (d0), p0 + i - 1, p0 + i - 2
             ih = p0 - pad_h + i
-            row_ok = _in_range(ih + one_row, H)
-            x_row = x_img + _offsets(ih, stride_xh, INDEX_64)
-            x0 = tl.load(x_row + x_cols0, mask=cols_ok0 & row_ok, other=0.0).to(tl.float32)
-            x1 = tl.load(x_row + x_cols1, mask=cols_ok1 & row_ok, other=0.0).to(tl.float32)
-            x2 = tl.load(x_row + x_cols2, mask=cols_ok2 & row_ok, other=0.0).to(tl.float32)
+            x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1, ok2,
+                                      _in_range(ih + one_row, H))
             d0 = tl.load(dy_img + _offsets(p0 + i, stride_dyp, INDEX_64) + dy_cols,
                          mask=dy_ok & (i + one_row < rows), other=0.0).to(tl.float32)
-            a00 += x0 * d0              # tap (r, s) pairs input row p - pad + r with dy row p
-            a01 += x1 * d0
-            a02 += x2 * d0
-            a10 += x0 * d1
-            a11 += x1 * d1
-            a12 += x2 * d1
-            a20 += x0 * d2
-            a21 += x1 * d2
-            a22 += x2 * d2
+            a00, a01, a02 = _tap_products(a00, a01, a02, x0, x1, x2, d0)    # tap (r, s): input row p - pad + r
+            a10, a11, a12 = _tap_products(a10, a11, a12, x0, x1, x2, d1)    # with dy row p
+            a20, a21, a22 = _tap_products(a20, a21, a22, x0, x1, x2, d2)
             d2 = d1
             d1 = d0
     taps = tl.arange(0, 16)
