@@ -9,10 +9,10 @@ forward alone too, so that its backward's share shows), each timed as the least
 of five means over 200 calls, with the plans built with direct launches on, then
 off, and beside them torch's same call (cuDNN, torch's batch norm and relu): the
 host's pace for one call of torch. Prints a table, writes ``launches.json`` to
-OUTDIR when given, exits 1 when the two ways give different results. With OUTDIR it also writes
-``launches-profile.txt``: each case's calls (direct launches) under cProfile and
-under torch.profiler (every thread, CUDA runtime and driver calls included), and
-the host synchronisations one call makes (on an H200's host, 2026-11-30, these
+OUTDIR when given, exits 1 when the two ways give different results. With OUTDIR
+it also writes ``launches-profile.txt``: each case's calls (direct launches)
+under cProfile and under torch.profiler (every thread, CUDA runtime and driver
+calls included), and the host synchronisations one call makes (on an H200's host, 2026-11-30, these
 calls took 35-920 us: several times what ``python -m bench --host`` counts on a
 2-core CPU, cause not yet known). bench/gpu_check.sh runs it.
 """
@@ -68,18 +68,21 @@ def _cases(functional=F):
             "batch_norm + relu train forward+backward": batch_norm_step}
 
 
+def _run_calls(call, calls: int = CALLS) -> None:
+    """``calls`` calls of ``call``, then a synchronisation (their GPU work done)."""
+    for _ in range(calls):
+        call()
+    torch.cuda.synchronize()
+
+
 def _per_call_us(call) -> float:
     """Wall time of one ``call()`` in microseconds, after two calls (compiles, tunes,
     binds): the least of REPEATS means over CALLS calls."""
-    call()
-    call()
-    torch.cuda.synchronize()
+    _run_calls(call, 2)
     best = float("inf")
     for _ in range(REPEATS):
         start = time.perf_counter()
-        for _ in range(CALLS):
-            call()
-        torch.cuda.synchronize()
+        _run_calls(call)
         best = min(best, (time.perf_counter() - start) / CALLS)
     return best * 1e6
 
@@ -140,21 +143,16 @@ def _profiles(top: int = 25) -> str:
     _runtime.clear_plan_caches()
     out = io.StringIO()
     for name, call in _cases().items():
-        call()
-        torch.cuda.synchronize()
+        _run_calls(call, 1)
         profile = cProfile.Profile()
         profile.enable()
-        for _ in range(CALLS):
-            call()
-        torch.cuda.synchronize()
+        _run_calls(call)
         profile.disable()
         out.write(f"=== {name}: {CALLS} calls\n")
         pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(top)
         activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
         with torch.profiler.profile(activities=activities) as events:
-            for _ in range(CALLS):
-                call()
-            torch.cuda.synchronize()
+            _run_calls(call)
         out.write(f"=== {name}: {CALLS} calls under torch.profiler\n")
         out.write(events.key_averages().table(sort_by="self_cpu_time_total", row_limit=top))
         with warnings.catch_warnings(record=True) as caught:
@@ -168,6 +166,7 @@ def _profiles(top: int = 25) -> str:
         out.write(f"\n=== {name}: host synchronisations in one call: {len(syncs)}\n")
         out.writelines(f"  {line}\n" for line in syncs)
     return out.getvalue()
+
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

@@ -230,12 +230,13 @@ def _conv_wgrad_depthwise_rows_kernel(
         TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr, CHUNK: tl.constexpr):
     """The weight gradient of a 3x3 depthwise convolution of row stride and dilation
     1, each input row loaded once: dy: (N, C, P, Q); x: (N, C, H, W); dw: (C, 1, 3,
-    3) (the weight's dtype, or its master's under autocast); strides; part / ticket: the split workspace
-    (``sum_splits``, CHUNK). Program (c_block, 0, split): dw for BLOCK_C channels,
-    summed over its split of the strips, each ROWS output rows of one image by
-    TILE_Q columns. Down a strip, each input row's three column shifts meet the
-    three dy rows that read them (kept, rolling: d0 the newest), nine sums of
-    (TILE_Q, BLOCK_C) products, reduced over the columns at the end."""
+    3) (the weight's dtype, or its master's under autocast); strides; part /
+    ticket: the split workspace (``sum_splits``, CHUNK). Program (c_block, 0,
+    split): dw for BLOCK_C channels, summed over its split of the strips, each
+    ROWS output rows of one image by TILE_Q columns. Down a strip, each input
+    row's three column shifts meet the three dy rows that read them (kept,
+    rolling: d0 the newest), nine sums of (TILE_Q, BLOCK_C) products, reduced
+    over the columns at the end."""
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
