@@ -38,6 +38,7 @@ class Knob:
 
 # suite -> its knobs, the first the most wanted (a time box that ends keeps the rows so far). Left out:
 # values that spill (norm NUM_WARPS=4: 8-16 bytes of stack in three kernels, sm_90, triton 3.6).
+_DEPTHWISE_STRIDE_1 = "conv2d-depthwise-32x144x56x56x144x3x3x1x"      # MobileNet-v2's 3x3 of stride 1
 SWEEPS = {
     "norm": (Knob("kernels.norm._plan", "TILE", (1024, 2048, 4096), ("batch_norm-", "layer_norm-")),
              Knob("kernels.norm._plan", "TARGET_PROGRAMS", (512, 1024, 2048, 4096),
@@ -46,16 +47,16 @@ SWEEPS = {
     "activation": (Knob("kernels.activation", "_BLOCK", (1024, 2048, 4096, 8192), ("relu-resnet50",)),),
     "max_pool2d": (Knob("kernels.pool", "_TILE", (256, 512, 1024), ("max_pool2d-",)),
                    Knob("kernels.pool", "_NUM_WARPS", (4, 8), ("max_pool2d-",))),
-    # the 3x3 depthwise rows kernels against the patch kernels they replaced (untimed: first), their tiles; the
-    # direct kernels' split reductions (2: a GEMM's programs an SM, the plan before 2026-11-30), timed on the
-    # quick suite's one such case, the depthwise weight gradient (the direct ones and the bias gradient follow
-    # the same plan); the patch kernels' tile (the 7x7 here): fewer registers (more programs an SM) against
-    # more instructions per FFMA
+    # the 3x3 depthwise rows kernels against the patch kernels they replaced (untimed: first; stride 1 and 2,
+    # channels_last and NCHW), their tiles (at stride 1); the direct kernels' split reductions (2: a GEMM's
+    # programs an SM, the plan before 2026-11-30), timed on the quick suite's depthwise weight gradients (the
+    # direct ones and the bias gradient follow the same plan); the patch kernels' tile (the 7x7 here): fewer
+    # registers (more programs an SM) against more instructions per FFMA
     "conv2d": (Knob("kernels.conv.ops", "DEPTHWISE_ROWS", (True, False), ("conv2d-depthwise-32x",)),
                Knob("kernels.conv.ops", "DIRECT_PROGRAMS_PER_SM", (2, 4, 8, 16), ("conv2d-depthwise-",),
                     ("weight_grad",)),
-               Knob("kernels.conv.ops", "DEPTHWISE_ROW_TILE", (256, 512, 1024), ("conv2d-depthwise-32x",)),
-               Knob("kernels.conv.ops", "DEPTHWISE_ROW_PROGRAMS_PER_SM", (8, 16, 32), ("conv2d-depthwise-32x",)),
+               Knob("kernels.conv.ops", "DEPTHWISE_ROW_TILE", (256, 512, 1024), (_DEPTHWISE_STRIDE_1,)),
+               Knob("kernels.conv.ops", "DEPTHWISE_ROW_PROGRAMS_PER_SM", (8, 16, 32), (_DEPTHWISE_STRIDE_1,)),
                Knob("kernels.conv.ops", "DEPTHWISE_TILE_BYTES", (2048, 4096, 8192), ("conv2d-depthwise-7x7",),
                     ("forward",))),
 }

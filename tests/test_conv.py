@@ -601,24 +601,25 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     check_op(ours, reference, [x, w, b], "conv")
 
 
-@pytest.mark.parametrize("geometry", [("depthwise", 4, 4, 4, (DW, DW, DW)), ("direct", 4, 8, 4, (D, D, D))],
+@pytest.mark.parametrize("geometry", [("depthwise", 4, 4, 4, (2, 1), (DW, DW, DW)), ("direct", 4, 8, 4, 1, (D, D, D))],
                          ids=["depthwise", "direct"])
 def test_split_sums_in_chunks(geometry, device, monkeypatch, launch_log):
     """The direct kernels' split reductions (weight gradient, bias and activation
     gradient) summed by their last programs CHUNK splits per load (``sum_splits``):
     11 splits, 4 a load, so three rounds, the last one part masked. The weight
-    gradients' splits each hold pixels (11 images: the depthwise kernel's 11 steps
-    of an image, the direct one's 21 of 16 pixels); the epilogue's interpreter tile
-    (512 pixels) holds every pixel in one step, so it takes one split (no split is
-    planned without a step; its sum is the same ``sum_splits``). Against float64."""
+    gradients' splits each hold pixels (11 images: the depthwise patch kernel's 11
+    steps of an image, a row dilation of 2 keeping it off the rows kernel; the
+    direct one's 21 of 16 pixels); the epilogue's interpreter tile (512 pixels)
+    holds every pixel in one step, so it takes one split (no split is planned
+    without a step; its sum is the same ``sum_splits``). Against float64."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda *args: 11)
     monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 4)
     monkeypatch.setattr(ops, "_direct_tiles", lambda channels, pixels, element_size: (16, 8))
-    _, C, K, groups, paths = geometry
+    _, C, K, groups, dilation, paths = geometry
     assert tuple(conv_paths(C, K, groups, (3, 3)).values()) == paths
     x, w, b = _inputs(11, C, 6, 5, K, (3, 3), groups, torch.float32, device)
-    check_op(*_conv_fns(1, 1, 1, groups, "relu"), [x, w, b], "conv")
+    check_op(*_conv_fns(1, 1, dilation, groups, "relu"), [x, w, b], "conv")
     chunked = {launch.name: (launch.grid[2], launch.args["CHUNK"]) for launch in launch_log if "CHUNK" in launch.args}
     assert chunked == {f"_conv_wgrad_{geometry[0]}_kernel": (11, 4), "_conv_bwd_epilogue_kernel": (1, 4)}, chunked
 
@@ -1065,20 +1066,23 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
-# 3x3 depthwise convolutions of row stride and dilation 1 (the rows kernel): N, C, H, W, stride, padding,
-# dilation, and whether the input gradient runs it too (stride 1).
-ROWS_CASES = [(2, 20, 9, 11, 1, 1, 1, True), (1, 9, 7, 12, (1, 2), 2, (1, 2), False),
-              (2, 5, 6, 5, 1, 3, 1, True), (1, 7, 8, 6, 1, "same", (1, 3), True)]
+# 3x3 depthwise convolutions of row dilation 1 and row stride 1 or 2 (the rows kernels; the input gradient
+# at stride 1 only): N, C, H, W, stride, padding, dilation, layout.
+ROWS_CASES = [(2, 20, 9, 11, 1, 1, 1, "channels_last"), (1, 9, 7, 12, (1, 2), 2, (1, 2), "channels_last"),
+              (2, 5, 6, 5, 1, 3, 1, "channels_last"), (1, 7, 8, 6, 1, "same", (1, 3), "channels_last"),
+              (2, 10, 7, 9, 1, 1, 1, "contiguous"), (2, 6, 11, 9, 2, 1, 1, "contiguous"),
+              (1, 9, 8, 7, (2, 1), (2, 0), (1, 2), "channels_last")]
 
 
-@pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13"])
+@pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13", "nchw",
+                                                  "nchw-stride2", "stride21-pad20-dilation12"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels (each input row loaded once, the output rows' sums rolling)
     for the forward with bias and leaky ReLU, the weight gradient (the dy rows
     rolling) and, at stride 1, the input gradient (the kernel turned by 180
-    degrees; a padding past the kernel makes its padding negative), channels_last
-    throughout; with the interpreter's tiles (every row in one program, no split)
+    degrees; a padding past the kernel makes its padding negative; at stride 2 the
+    patch kernel), channels_last and NCHW; with the interpreter's tiles (every row in one program, no split)
     and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
     partly outside the image and the channels; the last chunk shorter where the
     rows are not a multiple of 3; the weight gradient's strips split 5 ways, fewer
@@ -1089,12 +1093,14 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
         monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: tiles)
         monkeypatch.setattr(ops, "_splits", lambda *args: 5)
         monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 2)
-    N, C, H, W, stride, padding, dilation, input_grad = case
-    x, w, b = _inputs(N, C, H, W, C, (3, 3), C, torch.float32, device, "channels_last")
+    N, C, H, W, stride, padding, dilation, layout = case
+    x, w, b = _inputs(N, C, H, W, C, (3, 3), C, torch.float32, device, layout)
     y = _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
-    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     names = [launch.name for launch in launch_log]
+    input_grad = stride == 1
     assert names.count("_conv_depthwise_rows_kernel") == (2 if input_grad else 1), names
+    assert ("_conv_dgrad_depthwise_kernel" in names) != input_grad, names
     (wgrad,) = [launch for launch in launch_log if launch.name == "_conv_wgrad_depthwise_rows_kernel"]
     steps = N * -(-y.shape[2] // 3) * -(-y.shape[3] // 4)       # the GPU kind's strips: 5 splits, none empty
     assert wgrad.grid[2] == 1 if tiles is None else (wgrad.grid[2], wgrad.args["CHUNK"]) == (
@@ -1117,26 +1123,26 @@ def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
     return y
 
 
-def test_depthwise_rows_half_and_int64(device, monkeypatch, launch_log):
+@pytest.mark.parametrize("layout,stride", [("channels_last", 1), ("contiguous", 2)], ids=["channels_last", "nchw-stride2"])
+def test_depthwise_rows_half_and_int64(layout, stride, device, monkeypatch, launch_log):
     """The rows kernels in fp16 with int64 offsets inside an image (INDEX_64, which
-    the host sets for images of 2**31 elements), chunked: forward, input gradient
-    and weight gradient."""
+    the host sets for images of 2**31 elements), chunked: forward, weight gradient
+    and (stride 1) input gradient."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
     monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: (4, 8, 16))
-    x, w, b = _inputs(2, 24, 9, 10, 24, (3, 3), 24, torch.float16, device, "channels_last")
-    _rows_check(x, w, b, 1, 1, 1, "relu", torch.float16)
+    x, w, b = _inputs(2, 24, 9, 10, 24, (3, 3), 24, torch.float16, device, layout)
+    _rows_check(x, w, b, stride, 1, 1, "relu", torch.float16)
     rows = [launch.args["INDEX_64"] for launch in launch_log if "depthwise_rows" in launch.name]
-    assert rows == [True] * 3, [launch.name for launch in launch_log]
+    assert rows == [True] * (4 - stride), [launch.name for launch in launch_log]
 
 
-@pytest.mark.parametrize("layout,stride,dilation", [("channels_last", 1, (2, 1)), ("channels_last", (2, 1), 1),
-                                                    ("contiguous", 1, 1)],
-                         ids=["row-dilation2", "row-stride2", "nchw"])
+@pytest.mark.parametrize("layout,stride,dilation", [("channels_last", 1, (2, 1)), ("contiguous", (3, 1), 1)],
+                         ids=["row-dilation2", "nchw-row-stride3"])
 def test_depthwise_rows_not_taken(layout, stride, dilation, device, launch_log):
-    """A 3x3 depthwise convolution the rows kernel cannot run (a row dilation or row
-    stride of 2: its rows do not roll one at a time; channels not contiguous) runs
-    the patch kernels, right."""
+    """A 3x3 depthwise convolution the rows kernels cannot run (a row dilation of 2,
+    a row stride of 3: no input row feeds two output rows) runs the patch
+    kernels, right."""
     x, w, b = _inputs(1, 8, 9, 9, 8, (3, 3), 8, torch.float32, device, layout)
     _rows_check(x, w, b, stride, 1, dilation, None, torch.float32)
     names = [launch.name for launch in launch_log]
@@ -1147,8 +1153,9 @@ def test_depthwise_row_tiles():
     """The rows kernel's tiles on a 132-SM GPU: MobileNet-v2's 144 channels at 56x56
     (batch 32) take 16 channels by 32 columns (9 channel tiles, none padded), in 4
     chunks of 14 rows: 2304 programs, about 16 an SM; a small batch keeps at least 8
-    rows a chunk; the interpreter one chunk of every row. Its weight gradient splits
-    the strips for about 8 programs an SM, none without a strip."""
+    rows a chunk; the interpreter one chunk of every row. In NCHW the columns are
+    the contiguous axis: 64 columns by 8 channels (7x7 images: 8 by 64). Its weight
+    gradient splits the strips for about 8 programs an SM, none without a strip."""
     from kernels.conv import ops
     gpu = torch.device("cuda", 0)
     with pytest.MonkeyPatch.context() as patch:
@@ -1156,6 +1163,8 @@ def test_depthwise_row_tiles():
         assert ops._depthwise_row_tiles(32, 56, 56, 144, gpu, interpreter=False) == (14, 32, 16)
         assert ops._depthwise_row_tiles(1, 56, 56, 32, gpu, interpreter=False) == (8, 16, 32)
         assert ops._depthwise_row_tiles(32, 7, 7, 960, gpu, interpreter=False) == (7, 8, 64)
+        assert ops._depthwise_row_tiles(32, 56, 56, 144, gpu, False, interpreter=False) == (14, 64, 8)
+        assert ops._depthwise_row_tiles(32, 7, 7, 960, gpu, False, interpreter=False) == (7, 8, 64)
         # the weight gradient's 9 channel tiles: 256 strips of 16 input rows, 3 a split (118 splits, about 8
         # programs an SM, would leave some empty): 86 splits, 774 programs, summed 8 a load
         assert ops._direct_splits(gpu, 9, 32 * 4 * 2, 16 * 16, 14 + 2) == (86, 8)

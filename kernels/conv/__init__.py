@@ -5,7 +5,7 @@ direct kernels for few channels per group, fused bias + activation epilogue.
   but the planar forward / input gradient with an in-kernel split of the
   reduction for small grids.
 * ``_depthwise``: register-blocked depthwise kernels (one channel per group; a 3x3
-  of row stride 1 streams rows).
+  of row stride 1 or 2 streams rows).
 * ``_direct``: small-channel kernels and the backward epilogue.
 * ``ops``: path choice, launchers, the operators (``conv2d_op`` and its gradients) and ``conv2d``.
 """
@@ -296,51 +296,75 @@ _DEPTHWISE_EXPECT = {
 
 
 # SASS budgets of the 3x3 rows kernels on sm_90 (bf16, int32 offsets): instructions per
-# FFMA in the loop over input rows and registers (6 programs of 4 warps an SM).
-# Measured 2026-11-30 (3.9 / 3.6): forward (bias, relu) 2.89 / 2.83, input gradient
-# 2.56 / 2.47, 80 registers; fp32 2.47 / 2.33, 86 / 87; int64 offsets 3.17 / 3.06.
-# Weight gradient 2.83 / 2.83, 84 / 80 registers (the patch kernel: 7.67 / 9.0, 119 /
-# 91); fp32 2.28, int64 3.08.
-_DEPTHWISE_ROWS_EXPECT = {False: {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96, "ldg64_at_least": 3,
-                                  "stg64_at_least": 1},
-                          True: {"max_loop_instructions_per_ffma": 2.8, "max_registers": 96, "ldg64_at_least": 3,
-                                 "stg64_at_least": 1},
-                          "weight_grad": {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
-                                          "ldg64_at_least": 4}}
+# FFMA in the loop over input rows and registers (6 programs of 4 warps an SM at 80).
+# Measured 2026-11-30 (3.9 / 3.6), channels_last: forward (bias, relu) 2.89 / 2.83,
+# input gradient 2.56 / 2.47, 80 registers; fp32 2.47 / 2.33, 86 / 87; int64 offsets
+# 3.17 / 3.06. Weight gradient 2.83 / 2.83, 84 / 80 registers (the patch kernel: 7.67 /
+# 9.0, 119 / 91); fp32 2.28, int64 3.08. Row stride 2 (two rows loaded an output row):
+# forward 3.78 / 3.75, 80 registers; weight gradient 3.89 / 3.89, 95 / 96 (the patch
+# kernels' figures hold for any stride). NCHW (scalar loads and stores: the column
+# shifts leave them unaligned): forward 3.78 / 4.06, 67 / 80 registers; input
+# gradient 3.39 / 3.69, 64 / 72; weight gradient 4.72 / 4.11, 117 / 114 (the patch
+# kernels: 8.5 / 9.7, 12.7 / 13.5, 17.0 / 16.3).
+_DEPTHWISE_ROWS_EXPECT = {
+    ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
+                                      "ldg64_at_least": 3, "stg64_at_least": 1},
+    ("input_grad", "channels_last", 1): {"max_loop_instructions_per_ffma": 2.8, "max_registers": 96,
+                                         "ldg64_at_least": 3, "stg64_at_least": 1},
+    ("weight_grad", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
+                                          "ldg64_at_least": 4},
+    ("forward", "channels_last", 2): {"max_loop_instructions_per_ffma": 4.0, "max_registers": 96,
+                                      "ldg64_at_least": 6, "stg64_at_least": 1},
+    ("weight_grad", "channels_last", 2): {"max_loop_instructions_per_ffma": 4.2, "max_registers": 104,
+                                          "ldg64_at_least": 7},
+    ("forward", "nchw", 1): {"max_loop_instructions_per_ffma": 4.3, "max_registers": 96},
+    ("input_grad", "nchw", 1): {"max_loop_instructions_per_ffma": 4.0, "max_registers": 96},
+    ("weight_grad", "nchw", 1): {"max_loop_instructions_per_ffma": 5.0, "max_registers": 128},
+}
 
 
 def _depthwise_rows_cases():
     """The 3x3 rows kernels as a GPU launch specialises them for a MobileNet layer
-    (144 channels, 56x56, padding 1, channels_last): forward (bias, relu), input
-    gradient (FLIP) and weight gradient in bf16, the forward and the weight
-    gradient in fp32 and with int64 offsets."""
+    (144 channels, 56x56, padding 1): in bf16 channels_last (channel strides 1)
+    the forward (bias, relu), input gradient (FLIP) and weight gradient at stride
+    1, the forward and weight gradient at stride 2; the same three at stride 1 in
+    NCHW (column strides 1); the forward and the weight gradient in fp32 and with
+    int64 offsets."""
     cases = []
-    for dt, flip, index_64 in (("bf16", False, False), ("bf16", True, False), ("fp32", False, False),
-                               ("bf16", False, True)):
-        _, tile_q, block_c = _depthwise_row_tiles(32, 56, 56, 144, torch.device("cpu"), interpreter=False)
-        x_strides, y_strides = _strides("x", "nhw"), _strides("y", "nhw")
-        sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
-               **_ints("H", "W", "P", "Q", "C", "ROWS", *x_strides, *_strides("w", "crs"), *y_strides),
-               "negative_slope": "fp32"}
-        constexprs = dict(stride_w=1, pad_h=1, pad_w=1, dil_w=1, stride_xc=1, stride_yc=1, FLIP=flip,
-                          HAS_BIAS=not flip, ACTIVATION=0 if flip else ACT_RELU.value, TILE_Q=tile_q,
-                          BLOCK_C=block_c, INDEX_64=index_64)
-        cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs,
-                                 label=f"{dt},{'input_grad' if flip else 'forward'}" + (",int64" if index_64 else ""),
-                                 divisible=("C", *x_strides, *y_strides),
-                                 expect=_DEPTHWISE_ROWS_EXPECT[flip] if dt == "bf16" and not index_64 else {}))
-        if flip:
-            continue
-        dy_strides = _strides("dy", "npq")
+    for dt, layout, stride, index_64 in (("bf16", "channels_last", 1, False), ("bf16", "channels_last", 2, False),
+                                         ("bf16", "nchw", 1, False), ("fp32", "channels_last", 1, False),
+                                         ("bf16", "channels_last", 1, True)):
+        contiguous = layout == "channels_last"
+        unit = "c" if contiguous else "w"            # the stride a launch specialises to 1
+        _, tile_q, block_c = _depthwise_row_tiles(32, 56 // stride, 56 // stride, 144, torch.device("cpu"),
+                                                  contiguous, interpreter=False)
+        budgets = dt == "bf16" and not index_64
+        label = f"{dt},{layout}" + (",stride2" if stride == 2 else "") + (",int64" if index_64 else "")
+
+        def strides(prefix, axes):
+            names = _strides(prefix, axes)
+            return ({n: "i32" for n in names if not n.endswith(unit)}, {n: 1 for n in names if n.endswith(unit)},
+                    tuple(n for n in names if not n.endswith(unit)))
+        (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = strides("x", "nchw"), strides("y", "nchw"), strides("dy", "ncpq")
+        geometry = dict(stride_w=stride, pad_h=1, pad_w=1, dil_w=1, TILE_Q=tile_q, BLOCK_C=block_c,
+                        INDEX_64=index_64)
+        for flip in (False, True) if stride == 1 and dt == "bf16" and not index_64 else (False,):
+            sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
+                   **_ints("H", "W", "P", "Q", "C", "ROWS"), **xs, **_ints(*_strides("w", "crs")), **ys,
+                   "negative_slope": "fp32"}
+            constexprs = dict(STRIDE_H=stride, FLIP=flip, HAS_BIAS=not flip, ACTIVATION=0 if flip else ACT_RELU.value,
+                              **x1, **y1, **geometry)
+            pass_name = "input_grad" if flip else "forward"
+            cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs, label=f"{label},{pass_name}",
+                                     divisible=("C", *xd, *yd),
+                                     expect=_DEPTHWISE_ROWS_EXPECT[(pass_name, layout, stride)] if budgets else {}))
         sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
-               "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS", *dy_strides, *x_strides,
-                                                 *_strides("dw", "crs"))}
-        constexprs = dict(stride_w=1, pad_h=1, pad_w=1, dil_w=1, stride_dyc=1, stride_xc=1, TILE_Q=tile_q,
-                          BLOCK_C=block_c, INDEX_64=index_64, CHUNK=split_chunk(16 * block_c))
-        cases.append(CompileCase(_conv_wgrad_depthwise_rows_kernel, sig, constexprs,
-                                 label=f"{dt},weight_grad" + (",int64" if index_64 else ""),
-                                 divisible=("C", *dy_strides, *x_strides),
-                                 expect=_DEPTHWISE_ROWS_EXPECT["weight_grad"] if dt == "bf16" and not index_64 else {}))
+               "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **dys, **xs,
+               **_ints(*_strides("dw", "crs"))}
+        cases.append(CompileCase(_conv_wgrad_depthwise_rows_kernel, sig,
+                                 dict(STRIDE_H=stride, **dy1, **x1, **geometry, CHUNK=split_chunk(16 * block_c)),
+                                 label=f"{label},weight_grad", divisible=("C", *dyd, *xd),
+                                 expect=_DEPTHWISE_ROWS_EXPECT[("weight_grad", layout, stride)] if budgets else {}))
     return cases
 
 

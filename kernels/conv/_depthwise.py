@@ -1,6 +1,6 @@
 """Depthwise convolution (groups = C = K: one input and one output channel per
 group), register-blocked: forward, input gradient and weight gradient, and the
-rows kernels for a 3x3 of row stride and dilation 1 (below).
+rows kernels for a 3x3 of row dilation 1 (below).
 
 A program owns a (TILE_P, TILE_Q) patch of pixels of one image by BLOCK_C
 channels. The kernel size (R, S) is a constexpr, so a row of taps unrolls: each
@@ -22,12 +22,13 @@ host sets when they may pass 2**31); an image's base offset is int64.
   pixels reads each block of dy once and gathers x for every tap in one load;
   the (TAPS, BLOCK_C) sums are split over grid axis 2 and reduced in fixed
   order (``sum_splits``).
-* rows (3x3, row stride and dilation 1: the forward; the input gradient of stride
-  1, as a forward of dy with the kernel turned by 180 degrees; the weight
-  gradient): a program walks down a column strip, loading each input row's
-  three column shifts once for the three output rows that read it (the patch
-  kernels load each input element once per tap and convert it to fp32 each
-  time: 1.5 instructions an element in bf16, more than its multiply-add).
+* rows (3x3, row dilation 1, any layout: the forward and the weight gradient at
+  row stride 1 or 2; the input gradient at stride 1, as a forward of dy with the
+  kernel turned by 180 degrees): a program walks down a column strip, loading
+  each input row's three column shifts once for the output rows that read it
+  (the patch kernels load each input element once per tap and convert it to
+  fp32 each time: 1.5 instructions an element in bf16, more than its
+  multiply-add).
 """
 from __future__ import annotations
 
@@ -144,6 +145,15 @@ def _tap_weight(w_chan, mask_c, r: tl.constexpr, s: tl.constexpr, stride_wr, str
 
 
 @triton.jit
+def _store_row(y_row, y_cols, mask, acc, bias, negative_slope, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr):
+    """y_row[y_cols] = act(acc + bias) (TILE_Q, BLOCK_C) in y's dtype where ``mask``."""
+    if HAS_BIAS:
+        acc += bias
+    acc = apply_activation(acc, ACTIVATION, negative_slope)
+    tl.store(y_row + y_cols, acc.to(y_row.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _conv_depthwise_rows_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr,
         H, W, P, Q, C, ROWS,
@@ -152,17 +162,20 @@ def _conv_depthwise_rows_kernel(
         stride_wc, stride_wr, stride_ws,
         stride_yn, stride_yc, stride_yh, stride_yw,
         negative_slope,
-        FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
+        STRIDE_H: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
         TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
-    """A 3x3 depthwise convolution of row stride and dilation 1, each input row
-    loaded once: x: (N, C, H, W); w: (C, 1, 3, 3); b: (C,); y: (N, C, P, Q);
-    strides. Program (((n * chunks) + chunk) * patches_q + patch, c_block): y over
-    ROWS output rows from chunk * ROWS, TILE_Q columns, BLOCK_C channels. The nine
-    weights stay in registers; each input row's three column shifts are loaded
-    once and feed the three output rows that read it, whose sums roll: acc0 (the
-    oldest) takes the row's last tap and is stored, acc1 and acc2 move up. The
-    forward (y = act(conv + b)) and, with FLIP (the kernel turned by 180 degrees,
-    no bias or activation), a stride-1 input gradient (x: dy, y: dx)."""
+    """A 3x3 depthwise convolution of row dilation 1 and row stride STRIDE_H (1 or
+    2), each input row loaded once: x: (N, C, H, W); w: (C, 1, 3, 3); b: (C,); y:
+    (N, C, P, Q); strides. Program (((n * chunks) + chunk) * patches_q + patch,
+    c_block): y over ROWS output rows from chunk * ROWS, TILE_Q columns, BLOCK_C
+    channels. The nine weights stay in registers; each input row's three column
+    shifts are loaded once and feed the output rows that read it. Row stride 1:
+    three output rows, whose sums roll (acc0, the oldest, takes the row's last
+    tap and is stored; acc1 and acc2 move up); row stride 2: an even row ends one
+    output row and begins the next (``carry``), an odd row feeds one. The forward
+    (y = act(conv + b)) and, with FLIP (the kernel turned by 180 degrees, row
+    stride 1, no bias or activation), a stride-1 input gradient (x: dy, y: dx)."""
+    tl.static_assert(STRIDE_H == 1 or (STRIDE_H == 2 and not FLIP))
     pid = tl.program_id(0)
     patches_q = tl.cdiv(Q, TILE_Q)
     chunks = tl.cdiv(P, ROWS)
@@ -181,6 +194,7 @@ def _conv_depthwise_rows_kernel(
     w20 = _tap_weight(w_chan, mask_c, 2, 0, stride_wr, stride_ws, FLIP)[None, :]
     w21 = _tap_weight(w_chan, mask_c, 2, 1, stride_wr, stride_ws, FLIP)[None, :]
     w22 = _tap_weight(w_chan, mask_c, 2, 2, stride_wr, stride_ws, FLIP)[None, :]
+    bias = tl.zeros((1, BLOCK_C), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
     cols0, cols1, cols2, ok0, ok1, ok2 = _column_shifts(_offsets(offs_c, stride_xc, INDEX_64)[None, :],
@@ -190,27 +204,40 @@ def _conv_depthwise_rows_kernel(
     y_cols = (_offsets(offs_q, stride_yw, INDEX_64)[:, None] + _offsets(offs_c, stride_yc, INDEX_64)[None, :])
     y_ok = (offs_q < Q)[:, None] & mask_c[None, :]
     x_img = x_ptr + n.to(tl.int64) * stride_xn
-    acc0 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    acc1 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     rows = tl.minimum(ROWS, P - p0)
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (the interpreter's & of a tensor
-    for i in range(rows + 2):                       # and a scalar is not a mask)
-        ih = p0 - pad_h + i             # input row: output rows p0 + i - 2 .. p0 + i read it
+    if STRIDE_H == 1:                               # and a scalar is not a mask)
+        acc0 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+        acc1 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+        acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+        for i in range(rows + 2):
+            ih = p0 - pad_h + i             # input row: output rows p0 + i - 2 .. p0 + i read it
+            x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1,
+                                      ok2, _in_range(ih + one_row, H))
+            acc0 = _tap_row(acc0, x0, x1, x2, w20, w21, w22)      # taps in the order of the other kernels
+            acc1 = _tap_row(acc1, x0, x1, x2, w10, w11, w12)
+            acc2 = _tap_row(acc2, x0, x1, x2, w00, w01, w02)
+            _store_row(y_img + _offsets(p0 + i - 2, stride_yh, INDEX_64), y_cols, y_ok & (i + one_row >= 2), acc0,
+                       bias, negative_slope, HAS_BIAS, ACTIVATION)
+            acc0 = acc1
+            acc1 = acc2
+            acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    else:
+        ih = 2 * p0 - pad_h                 # input rows ih + 2j, ih + 2j + 1, ih + 2j + 2: output row p0 + j
         x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1, ok2,
                                   _in_range(ih + one_row, H))
-        acc0 = _tap_row(acc0, x0, x1, x2, w20, w21, w22)      # taps in the order of the other kernels
-        acc1 = _tap_row(acc1, x0, x1, x2, w10, w11, w12)
-        acc2 = _tap_row(acc2, x0, x1, x2, w00, w01, w02)
-        out = acc0
-        if HAS_BIAS:
-            out += bias
-        out = apply_activation(out, ACTIVATION, negative_slope)
-        tl.store(y_img + _offsets(p0 + i - 2, stride_yh, INDEX_64) + y_cols, out.to(y_ptr.dtype.element_ty),
-                 mask=y_ok & (i + one_row >= 2))
-        acc0 = acc1
-        acc1 = acc2
-        acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+        carry = _tap_row(tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32), x0, x1, x2, w00, w01, w02)
+        for j in range(rows):
+            odd = ih + 2 * j + 1
+            x0, x1, x2 = _load_shifts(x_img + _offsets(odd, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1,
+                                      ok2, _in_range(odd + one_row, H))
+            acc = _tap_row(carry, x0, x1, x2, w10, w11, w12)
+            x0, x1, x2 = _load_shifts(x_img + _offsets(odd + 1, stride_xh, INDEX_64), cols0, cols1, cols2, ok0,
+                                      ok1, ok2, _in_range(odd + 1 + one_row, H))
+            acc = _tap_row(acc, x0, x1, x2, w20, w21, w22)
+            carry = _tap_row(tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32), x0, x1, x2, w00, w01, w02)
+            _store_row(y_img + _offsets(p0 + j, stride_yh, INDEX_64), y_cols, y_ok, acc, bias, negative_slope,
+                       HAS_BIAS, ACTIVATION)
 
 
 @triton.jit
@@ -227,16 +254,18 @@ def _conv_wgrad_depthwise_rows_kernel(
         stride_dyn, stride_dyc, stride_dyp, stride_dyq,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwc, stride_dwr, stride_dws,
-        TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr, CHUNK: tl.constexpr):
-    """The weight gradient of a 3x3 depthwise convolution of row stride and dilation
-    1, each input row loaded once: dy: (N, C, P, Q); x: (N, C, H, W); dw: (C, 1, 3,
-    3) (the weight's dtype, or its master's under autocast); strides; part /
-    ticket: the split workspace (``sum_splits``, CHUNK). Program (c_block, 0,
-    split): dw for BLOCK_C channels, summed over its split of the strips, each
-    ROWS output rows of one image by TILE_Q columns. Down a strip, each input
-    row's three column shifts meet the three dy rows that read them (kept,
-    rolling: d0 the newest), nine sums of (TILE_Q, BLOCK_C) products, reduced
-    over the columns at the end."""
+        STRIDE_H: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
+        CHUNK: tl.constexpr):
+    """The weight gradient of a 3x3 depthwise convolution of row dilation 1 and row
+    stride STRIDE_H (1 or 2), each input row loaded once: dy: (N, C, P, Q); x: (N,
+    C, H, W); dw: (C, 1, 3, 3) (the weight's dtype, or its master's under
+    autocast); strides; part / ticket: the split workspace (``sum_splits``,
+    CHUNK). Program (c_block, 0, split): dw for BLOCK_C channels, summed over its
+    split of the strips, each ROWS output rows of one image by TILE_Q columns.
+    Down a strip, each input row's three column shifts meet the dy rows that read
+    them (row stride 1: three, kept, rolling: d0 the newest; row stride 2: an even
+    row two, the one before kept in x0..x2), nine sums of (TILE_Q, BLOCK_C)
+    products, reduced over the columns at the end."""
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
@@ -265,19 +294,35 @@ def _conv_wgrad_depthwise_rows_kernel(
         x_img = x_ptr + n.to(tl.int64) * stride_xn
         dy_img = dy_ptr + n.to(tl.int64) * stride_dyn
         rows = tl.minimum(ROWS, P - p0)
-        d1 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-        d2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-        for i in range(rows + 2):       # input row p0 - pad_h + i meets dy rows p0 + i (d0), p0 + i - 1, p0 + i - 2
-            ih = p0 - pad_h + i
+        if STRIDE_H == 1:               # tap (r, s): input row p - pad + r with dy row p
+            d1 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+            d2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+            for i in range(rows + 2):   # input row p0 - pad_h + i meets dy rows p0 + i (d0), p0 + i - 1, p0 + i - 2
+                ih = p0 - pad_h + i
+                x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1,
+                                          ok2, _in_range(ih + one_row, H))
+                d0 = tl.load(dy_img + _offsets(p0 + i, stride_dyp, INDEX_64) + dy_cols,
+                             mask=dy_ok & (i + one_row < rows), other=0.0).to(tl.float32)
+                a00, a01, a02 = _tap_products(a00, a01, a02, x0, x1, x2, d0)
+                a10, a11, a12 = _tap_products(a10, a11, a12, x0, x1, x2, d1)
+                a20, a21, a22 = _tap_products(a20, a21, a22, x0, x1, x2, d2)
+                d2 = d1
+                d1 = d0
+        else:                           # tap (r, s): input row 2p - pad + r with dy row p
+            ih = 2 * p0 - pad_h
             x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1, ok2,
                                       _in_range(ih + one_row, H))
-            d0 = tl.load(dy_img + _offsets(p0 + i, stride_dyp, INDEX_64) + dy_cols,
-                         mask=dy_ok & (i + one_row < rows), other=0.0).to(tl.float32)
-            a00, a01, a02 = _tap_products(a00, a01, a02, x0, x1, x2, d0)    # tap (r, s): input row p - pad + r
-            a10, a11, a12 = _tap_products(a10, a11, a12, x0, x1, x2, d1)    # with dy row p
-            a20, a21, a22 = _tap_products(a20, a21, a22, x0, x1, x2, d2)
-            d2 = d1
-            d1 = d0
+            for j in range(rows):       # x0, x1, x2: input row ih + 2j, shared with dy row p0 + j - 1
+                d = tl.load(dy_img + _offsets(p0 + j, stride_dyp, INDEX_64) + dy_cols, mask=dy_ok,
+                            other=0.0).to(tl.float32)
+                a00, a01, a02 = _tap_products(a00, a01, a02, x0, x1, x2, d)
+                odd = ih + 2 * j + 1
+                x0, x1, x2 = _load_shifts(x_img + _offsets(odd, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1,
+                                          ok2, _in_range(odd + one_row, H))
+                a10, a11, a12 = _tap_products(a10, a11, a12, x0, x1, x2, d)
+                x0, x1, x2 = _load_shifts(x_img + _offsets(odd + 1, stride_xh, INDEX_64), cols0, cols1, cols2, ok0,
+                                          ok1, ok2, _in_range(odd + 1 + one_row, H))
+                a20, a21, a22 = _tap_products(a20, a21, a22, x0, x1, x2, d)
     taps = tl.arange(0, 16)
     total = tl.zeros((16, BLOCK_C), dtype=tl.float32)
     total = _tap_sum(total, taps, 0, a00)

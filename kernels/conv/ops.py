@@ -90,13 +90,13 @@ DIRECT_PROGRAMS_PER_SM = 8
 DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
-# A 3x3 depthwise convolution of row stride and dilation 1 (the forward and weight gradient; the input gradient
-# at stride 1) runs the rows kernels: (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements (4 a thread: its
-# nine weights, or the weight gradient's nine sums, in 36 registers), down ROWS output rows, ROWS chosen for
-# DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk loads two rows more
-# than it writes; the weight gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those
-# run the patch kernels instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not
-# run on a GPU yet).
+# A 3x3 depthwise convolution of row dilation 1 and row stride 1 or 2, in any layout (the forward and weight
+# gradient; the input gradient at stride 1) runs the rows kernels: (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE
+# elements (4 a thread: its nine weights, or the weight gradient's nine sums, in 36 registers), down ROWS output
+# rows, ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a
+# chunk loads two rows more than it writes at row stride 1, one at 2; the weight gradient splits its chunks as
+# the direct kernels do). DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for
+# bench.sweep to time both: the rows kernels have not run on a GPU yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -493,31 +493,33 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
     return tile_p, tile_q, block_c
 
 
-def _depthwise_rows(geo: ConvGeometry, channels_contiguous: bool, input_grad: bool = False) -> bool:
+def _depthwise_rows(geo: ConvGeometry, input_grad: bool = False) -> bool:
     """Whether the forward or the weight gradient (with ``input_grad``, the input
-    gradient) runs a rows kernel: 3x3, row stride and dilation 1 (the input
-    gradient: stride 1), channels contiguous."""
-    stride_ok = tuple(geo.stride) == (1, 1) if input_grad else geo.stride[0] == 1
-    return (DEPTHWISE_ROWS and (geo.R, geo.S) == (3, 3) and stride_ok and geo.dilation[0] == 1
-            and channels_contiguous)
+    gradient) runs a rows kernel: 3x3, row dilation 1, row stride 1 or 2 (the input
+    gradient: stride 1), any layout."""
+    stride_ok = tuple(geo.stride) == (1, 1) if input_grad else geo.stride[0] in (1, 2)
+    return DEPTHWISE_ROWS and (geo.R, geo.S) == (3, 3) and stride_ok and geo.dilation[0] == 1
 
 
 def _depthwise_row_tiles(images: int, rows: int, cols: int, channels: int, device: torch.device,
-                         interpreter: bool | None = None) -> tuple[int, int, int]:
+                         channels_contiguous: bool = True, interpreter: bool | None = None) -> tuple[int, int, int]:
     """(ROWS, TILE_Q, BLOCK_C) of the rows kernel over ``images`` of ``rows`` x ``cols``
-    output pixels: tiles of DEPTHWISE_ROW_TILE elements, of the channel widths 8 to
-    64 the one that pads channels and columns least (the wider on a tie); ROWS for
+    output pixels: tiles of DEPTHWISE_ROW_TILE elements, of the widths 8 to 64 of the
+    contiguous axis (channels; without ``channels_contiguous``, columns, 8 to 128)
+    the one that pads channels and columns least (the wider on a tie); ROWS for
     DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM, at least DEPTHWISE_MIN_ROWS. The
     interpreter (it pays per program): 16x the elements, every row in one program."""
     if interpreting() if interpreter is None else interpreter:
         block_c = min(next_power_of_2(channels), 64)
         return rows, min(next_power_of_2(cols), 16 * DEPTHWISE_ROW_TILE // block_c), block_c
 
-    def padded(block_c):
-        tile_q = min(next_power_of_2(cols), DEPTHWISE_ROW_TILE // block_c)
-        return cdiv(channels, block_c) * block_c * cdiv(cols, tile_q) * tile_q, -block_c, tile_q
-    _, negative_c, tile_q = min(padded(b) for b in (8, 16, 32, 64) if b <= max(next_power_of_2(channels), 8))
-    block_c = -negative_c
+    def padded(width):
+        other = min(next_power_of_2(cols if channels_contiguous else channels), DEPTHWISE_ROW_TILE // width)
+        tile_q, block_c = (other, width) if channels_contiguous else (width, other)
+        return cdiv(channels, block_c) * block_c * cdiv(cols, tile_q) * tile_q, -width, tile_q, block_c
+    widths = (8, 16, 32, 64) if channels_contiguous else (8, 16, 32, 64, 128)
+    extent = next_power_of_2(channels if channels_contiguous else cols)
+    _, _, tile_q, block_c = min(padded(width) for width in widths if width <= max(extent, widths[0]))
     programs = max(images * cdiv(cols, tile_q) * cdiv(channels, block_c), 1)      # 0 images: an empty batch
     wanted = DEPTHWISE_ROW_PROGRAMS_PER_SM * (_device_sms(device) if device.type == "cuda" else 1)
     chunks = min(cdiv(rows, DEPTHWISE_MIN_ROWS), cdiv(wanted, programs))
@@ -638,13 +640,13 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
     common = dict(HAS_BIAS=has_bias, ACTIVATION=activation)
     path = geo.paths["forward"]
     if path in ("depthwise", "direct"):
-        if path == "depthwise" and _depthwise_rows(geo, x.strides[1] == 1):
-            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.K, x.device)
+        if path == "depthwise" and _depthwise_rows(geo):
+            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.K, x.device, x.strides[1] == 1)
             kernel = _conv_depthwise_rows_kernel
             grid = (geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c))
             args = (geo.H, geo.W, geo.P, geo.Q, geo.K, rows, geo.stride[1], geo.pad[0], geo.pad[1], geo.dilation[1],
                     *x.strides, w.strides[0], w.strides[2], w.strides[3], *y.strides)
-            common.update(FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, x, y))
+            common.update(STRIDE_H=geo.stride[0], FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, x, y))
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.strides[1] == 1, geo.S,
                                                        x.element_size())
@@ -824,14 +826,14 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     phases_hw = (min(stride_h, geo.H), min(stride_w, geo.W))      # the phases that hold pixels
     phases = phases_hw[0] * phases_hw[1]
     path = geo.paths["input_grad"]
-    if path == "depthwise" and _depthwise_rows(geo, dy.strides[1] == 1, input_grad=True):
+    if path == "depthwise" and _depthwise_rows(geo, input_grad=True):
         # dx = dy convolved with the kernel turned by 180 degrees, padded by (2 - pad) rows, (2 dil - pad) columns
-        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.H, geo.W, geo.C, dy.device)
+        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.H, geo.W, geo.C, dy.device, dy.strides[1] == 1)
         grid = (geo.N * cdiv(geo.H, rows) * cdiv(geo.W, tile_q), cdiv(geo.C, block_c))
         args = (geo.P, geo.Q, geo.H, geo.W, geo.C, rows, 1, 2 - geo.pad[0], 2 * dil_w - geo.pad[1], dil_w,
                 *dy.strides, w.strides[0], w.strides[2], w.strides[3], *dx.strides, 0.0)
-        rows_launch = _plain_launch(_conv_depthwise_rows_kernel, grid, 4 + len(args), FLIP=True, HAS_BIAS=False,
-                                    ACTIVATION=ACT_NONE.value, TILE_Q=tile_q, BLOCK_C=block_c,
+        rows_launch = _plain_launch(_conv_depthwise_rows_kernel, grid, 4 + len(args), STRIDE_H=1, FLIP=True,
+                                    HAS_BIAS=False, ACTIVATION=ACT_NONE.value, TILE_Q=tile_q, BLOCK_C=block_c,
                                     INDEX_64=_image_needs_int64(geo, dy, dx))
 
         def run(dy, w, x_like):
@@ -929,15 +931,16 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     path = geo.paths["weight_grad"]
     if path in ("depthwise", "direct"):
         taps = next_power_of_2(geo.R * geo.S)
-        if path == "depthwise" and _depthwise_rows(geo, x.strides[1] == 1 and dy.strides[1] == 1):
-            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.C, x.device)
+        if path == "depthwise" and _depthwise_rows(geo):
+            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.C, x.device, x.strides[1] == 1)
             programs, block = cdiv(geo.C, block_c), block_c
             splits, chunk = _direct_splits(x.device, programs, geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q),
-                                           taps * block, rows + 2)
+                                           taps * block, geo.stride[0] * rows + 3 - geo.stride[0])
             kernel = _conv_wgrad_depthwise_rows_kernel
             args = (geo.N, geo.H, geo.W, geo.P, geo.Q, geo.C, rows, geo.stride[1], geo.pad[0], geo.pad[1],
                     geo.dilation[1], *dy.strides, *x.strides, dw.strides[0], dw.strides[2], dw.strides[3])
-            constexprs = dict(TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, x), CHUNK=chunk)
+            constexprs = dict(STRIDE_H=geo.stride[0], TILE_Q=tile_q, BLOCK_C=block_c,
+                              INDEX_64=_image_needs_int64(geo, dy, x), CHUNK=chunk)
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.strides[1] == 1, geo.S,
                                                        x.element_size(), taps)
