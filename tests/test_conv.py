@@ -1067,22 +1067,26 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
 
 
 # 3x3 depthwise convolutions of row dilation 1 and row stride 1 or 2 (the rows kernels; the input gradient
-# at stride 1 only): N, C, H, W, stride, padding, dilation, layout.
+# at stride 1, or 2 and dilation 1): N, C, H, W, stride, padding, dilation, layout.
 ROWS_CASES = [(2, 20, 9, 11, 1, 1, 1, "channels_last"), (1, 9, 7, 12, (1, 2), 2, (1, 2), "channels_last"),
               (2, 5, 6, 5, 1, 3, 1, "channels_last"), (1, 7, 8, 6, 1, "same", (1, 3), "channels_last"),
               (2, 10, 7, 9, 1, 1, 1, "contiguous"), (2, 6, 11, 9, 2, 1, 1, "contiguous"),
-              (1, 9, 8, 7, (2, 1), (2, 0), (1, 2), "channels_last")]
+              (1, 9, 8, 7, (2, 1), (2, 0), (1, 2), "channels_last"), (2, 9, 8, 10, 2, 0, 1, "channels_last"),
+              (1, 12, 7, 8, 2, (2, 3), 1, "channels_last")]
 
 
 @pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13", "nchw",
-                                                  "nchw-stride2", "stride21-pad20-dilation12"])
+                                                  "nchw-stride2", "stride21-pad20-dilation12", "stride2-pad0",
+                                                  "stride2-pad23"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels (each input row loaded once, the output rows' sums rolling)
     for the forward with bias and leaky ReLU, the weight gradient (the dy rows
-    rolling) and, at stride 1, the input gradient (the kernel turned by 180
-    degrees; a padding past the kernel makes its padding negative; at stride 2 the
-    patch kernel), channels_last and NCHW; with the interpreter's tiles (every row in one program, no split)
+    rolling) and the input gradient: at stride 1 the forward's kernel turned by 180
+    degrees (a padding past the kernel makes its padding negative), at stride 2
+    by pairs of dx rows and columns (with padding 0 the last row and column get
+    no tap: zeros), otherwise the patch kernel; channels_last and NCHW; with the
+    interpreter's tiles (every row in one program, no split)
     and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
     partly outside the image and the channels; the last chunk shorter where the
     rows are not a multiple of 3; the weight gradient's strips split 5 ways, fewer
@@ -1098,9 +1102,10 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     y = _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
     assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     names = [launch.name for launch in launch_log]
-    input_grad = stride == 1
-    assert names.count("_conv_depthwise_rows_kernel") == (2 if input_grad else 1), names
-    assert ("_conv_dgrad_depthwise_kernel" in names) != input_grad, names
+    flipped, pairs = stride == 1, stride == 2
+    assert names.count("_conv_depthwise_rows_kernel") == (2 if flipped else 1), names
+    assert ("_conv_dgrad_depthwise_rows_kernel" in names, "_conv_dgrad_depthwise_kernel" in names) == (
+        pairs, not (flipped or pairs)), names
     (wgrad,) = [launch for launch in launch_log if launch.name == "_conv_wgrad_depthwise_rows_kernel"]
     steps = N * -(-y.shape[2] // 3) * -(-y.shape[3] // 4)       # the GPU kind's strips: 5 splits, none empty
     assert wgrad.grid[2] == 1 if tiles is None else (wgrad.grid[2], wgrad.args["CHUNK"]) == (
@@ -1123,18 +1128,19 @@ def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
     return y
 
 
-@pytest.mark.parametrize("layout,stride", [("channels_last", 1), ("contiguous", 2)], ids=["channels_last", "nchw-stride2"])
+@pytest.mark.parametrize("layout,stride", [("channels_last", 1), ("contiguous", 2)],
+                         ids=["channels_last", "nchw-stride2"])
 def test_depthwise_rows_half_and_int64(layout, stride, device, monkeypatch, launch_log):
     """The rows kernels in fp16 with int64 offsets inside an image (INDEX_64, which
-    the host sets for images of 2**31 elements), chunked: forward, weight gradient
-    and (stride 1) input gradient."""
+    the host sets for images of 2**31 elements), chunked: forward, input gradient
+    and weight gradient."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
     monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: (4, 8, 16))
     x, w, b = _inputs(2, 24, 9, 10, 24, (3, 3), 24, torch.float16, device, layout)
     _rows_check(x, w, b, stride, 1, 1, "relu", torch.float16)
     rows = [launch.args["INDEX_64"] for launch in launch_log if "depthwise_rows" in launch.name]
-    assert rows == [True] * (4 - stride), [launch.name for launch in launch_log]
+    assert rows == [True] * 3, [launch.name for launch in launch_log]
 
 
 @pytest.mark.parametrize("layout,stride,dilation", [("channels_last", 1, (2, 1)), ("contiguous", (3, 1), 1)],

@@ -16,8 +16,8 @@ import torch
 from .._reduce import split_chunk
 from .._runtime import CompileCase
 from ..activation import ACT_LEAKY_RELU, ACT_RELU
-from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel,
-                         _conv_wgrad_depthwise_kernel, _conv_wgrad_depthwise_rows_kernel)
+from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_dgrad_depthwise_rows_kernel,
+                         _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel, _conv_wgrad_depthwise_rows_kernel)
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (_pad_channels_kernel, conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad,
@@ -301,7 +301,8 @@ _DEPTHWISE_EXPECT = {
 # input gradient 2.56 / 2.47, 80 registers; fp32 2.47 / 2.33, 86 / 87; int64 offsets
 # 3.17 / 3.06. Weight gradient 2.83 / 2.83, 84 / 80 registers (the patch kernel: 7.67 /
 # 9.0, 119 / 91); fp32 2.28, int64 3.08. Row stride 2 (two rows loaded an output row):
-# forward 3.78 / 3.75, 80 registers; weight gradient 3.89 / 3.89, 95 / 96 (the patch
+# forward 3.78 / 3.75, 80 registers; weight gradient 3.89 / 3.89, 95 / 96; the input
+# gradient at stride 2 (pairs of dx rows and columns) 2.94 / 2.94, 72 (the patch
 # kernels' figures hold for any stride). NCHW (scalar loads and stores: the column
 # shifts leave them unaligned): forward 3.78 / 4.06, 67 / 80 registers; input
 # gradient 3.39 / 3.69, 64 / 72; weight gradient 4.72 / 4.11, 117 / 114 (the patch
@@ -317,6 +318,8 @@ _DEPTHWISE_ROWS_EXPECT = {
                                       "ldg64_at_least": 6, "stg64_at_least": 1},
     ("weight_grad", "channels_last", 2): {"max_loop_instructions_per_ffma": 4.2, "max_registers": 104,
                                           "ldg64_at_least": 7},
+    ("input_grad", "channels_last", 2): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
+                                         "ldg64_at_least": 2, "stg64_at_least": 2},
     ("forward", "nchw", 1): {"max_loop_instructions_per_ffma": 4.3, "max_registers": 96},
     ("input_grad", "nchw", 1): {"max_loop_instructions_per_ffma": 4.0, "max_registers": 96},
     ("weight_grad", "nchw", 1): {"max_loop_instructions_per_ffma": 5.0, "max_registers": 128},
@@ -327,9 +330,9 @@ def _depthwise_rows_cases():
     """The 3x3 rows kernels as a GPU launch specialises them for a MobileNet layer
     (144 channels, 56x56, padding 1): in bf16 channels_last (channel strides 1)
     the forward (bias, relu), input gradient (FLIP) and weight gradient at stride
-    1, the forward and weight gradient at stride 2; the same three at stride 1 in
-    NCHW (column strides 1); the forward and the weight gradient in fp32 and with
-    int64 offsets."""
+    1, the three at stride 2 (the input gradient by pairs); the three at stride 1
+    in NCHW (column strides 1); the forward and the weight gradient in fp32 and
+    with int64 offsets."""
     cases = []
     for dt, layout, stride, index_64 in (("bf16", "channels_last", 1, False), ("bf16", "channels_last", 2, False),
                                          ("bf16", "nchw", 1, False), ("fp32", "channels_last", 1, False),
@@ -358,6 +361,15 @@ def _depthwise_rows_cases():
             cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs, label=f"{label},{pass_name}",
                                      divisible=("C", *xd, *yd),
                                      expect=_DEPTHWISE_ROWS_EXPECT[(pass_name, layout, stride)] if budgets else {}))
+        if stride == 2:
+            (dxs, dx1, dxd) = strides("dx", "nchw")
+            sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
+                   **_ints("H", "W", "P", "Q", "C", "ROWS", "pad_h", "pad_w"), **dys, **_ints(*_strides("w", "crs")),
+                   **dxs}
+            cases.append(CompileCase(_conv_dgrad_depthwise_rows_kernel, sig,
+                                     dict(**dy1, **dx1, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=index_64),
+                                     label=f"{label},input_grad", divisible=("C", *dyd, *dxd),
+                                     expect=_DEPTHWISE_ROWS_EXPECT[("input_grad", layout, stride)] if budgets else {}))
         sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
                "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **dys, **xs,
                **_ints(*_strides("dw", "crs"))}

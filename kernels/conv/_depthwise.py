@@ -24,11 +24,11 @@ host sets when they may pass 2**31); an image's base offset is int64.
   order (``sum_splits``).
 * rows (3x3, row dilation 1, any layout: the forward and the weight gradient at
   row stride 1 or 2; the input gradient at stride 1, as a forward of dy with the
-  kernel turned by 180 degrees): a program walks down a column strip, loading
-  each input row's three column shifts once for the output rows that read it
-  (the patch kernels load each input element once per tap and convert it to
-  fp32 each time: 1.5 instructions an element in bf16, more than its
-  multiply-add).
+  kernel turned by 180 degrees, and at stride 2 and dilation 1, by pairs of dx
+  rows and columns): a program walks down a column strip, loading each input
+  row's column shifts once for the output rows that read it (the patch kernels
+  load each input element once per tap and convert it to fp32 each time: 1.5
+  instructions an element in bf16, more than its multiply-add).
 """
 from __future__ import annotations
 
@@ -238,6 +238,96 @@ def _conv_depthwise_rows_kernel(
             carry = _tap_row(tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32), x0, x1, x2, w00, w01, w02)
             _store_row(y_img + _offsets(p0 + j, stride_yh, INDEX_64), y_cols, y_ok, acc, bias, negative_slope,
                        HAS_BIAS, ACTIVATION)
+
+
+@triton.jit
+def _pair_taps(even, odd, d0, d1, wa, wb, wc):
+    """(even + d0 wa + d1 wc, odd + d0 wb): a dy row's share of a stride-2 dx row's
+    even and odd columns through one kernel row (wa, wb, wc), d0 and d1 the column
+    pairs' dy columns t and t - 1; fused multiply-adds."""
+    even += d0 * wa
+    even += d1 * wc
+    odd += d0 * wb
+    return even, odd
+
+
+@triton.jit
+def _store_pair(dx_row, cols_even, cols_odd, ok_even, ok_odd, row_ok, even, odd):
+    """A dx row's even and odd columns of a tile of column pairs, in dx's dtype."""
+    tl.store(dx_row + cols_even, even.to(dx_row.dtype.element_ty), mask=ok_even & row_ok)
+    tl.store(dx_row + cols_odd, odd.to(dx_row.dtype.element_ty), mask=ok_odd & row_ok)
+
+
+@triton.jit
+def _conv_dgrad_depthwise_rows_kernel(
+        dy_ptr, w_ptr, dx_ptr,
+        H, W, P, Q, C, ROWS, pad_h, pad_w,
+        stride_dyn, stride_dyc, stride_dyp, stride_dyq,
+        stride_wc, stride_wr, stride_ws,
+        stride_dxn, stride_dxc, stride_dxh, stride_dxw,
+        TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """The input gradient of a 3x3 depthwise convolution of stride 2 and dilation 1,
+    each dy row loaded once: dy: (N, C, P, Q); w: (C, 1, 3, 3); dx: (N, C, H, W);
+    strides. dx in pairs of rows and columns: row pair u holds dx row 2u - pad_h
+    (taps r = 0 of dy row u and r = 2 of dy row u - 1) and the row below it (r = 1
+    of dy row u); column pair t likewise with dy columns t and t - 1 (pairs
+    reach H + pad_h rows, W + pad_w columns: the rows and columns no tap reaches
+    get zeros). Program (((n * chunks) + chunk) * patches + patch, c_block): ROWS
+    row pairs by TILE_Q column pairs by BLOCK_C channels. Each dy row's two column
+    shifts are loaded once; its share of the next even row carries."""
+    pid = tl.program_id(0)
+    pairs_w = tl.cdiv(W + pad_w, 2)
+    patches = tl.cdiv(pairs_w, TILE_Q)
+    chunks = tl.cdiv(tl.cdiv(H + pad_h, 2), ROWS)
+    n = pid // (chunks * patches)
+    u0 = (pid // patches) % chunks * ROWS
+    offs_t = pid % patches * TILE_Q + tl.arange(0, TILE_Q)
+    offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    mask_c = offs_c < C
+    w_chan = w_ptr + offs_c * stride_wc
+    w00 = _tap_weight(w_chan, mask_c, 0, 0, stride_wr, stride_ws, False)[None, :]
+    w01 = _tap_weight(w_chan, mask_c, 0, 1, stride_wr, stride_ws, False)[None, :]
+    w02 = _tap_weight(w_chan, mask_c, 0, 2, stride_wr, stride_ws, False)[None, :]
+    w10 = _tap_weight(w_chan, mask_c, 1, 0, stride_wr, stride_ws, False)[None, :]
+    w11 = _tap_weight(w_chan, mask_c, 1, 1, stride_wr, stride_ws, False)[None, :]
+    w12 = _tap_weight(w_chan, mask_c, 1, 2, stride_wr, stride_ws, False)[None, :]
+    w20 = _tap_weight(w_chan, mask_c, 2, 0, stride_wr, stride_ws, False)[None, :]
+    w21 = _tap_weight(w_chan, mask_c, 2, 1, stride_wr, stride_ws, False)[None, :]
+    w22 = _tap_weight(w_chan, mask_c, 2, 2, stride_wr, stride_ws, False)[None, :]
+    dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
+    dy_cols0 = dy_chan + _offsets(offs_t, stride_dyq, INDEX_64)[:, None]
+    dy_cols1 = dy_chan + _offsets(offs_t - 1, stride_dyq, INDEX_64)[:, None]
+    dy_ok0 = _in_range(offs_t, Q)[:, None] & mask_c[None, :]
+    dy_ok1 = _in_range(offs_t - 1, Q)[:, None] & mask_c[None, :]
+    dx_chan = _offsets(offs_c, stride_dxc, INDEX_64)[None, :]
+    cols = 2 * offs_t - pad_w                   # the pairs' even columns
+    dx_even = dx_chan + _offsets(cols, stride_dxw, INDEX_64)[:, None]
+    dx_odd = dx_chan + _offsets(cols + 1, stride_dxw, INDEX_64)[:, None]
+    ok_even = _in_range(cols, W)[:, None] & mask_c[None, :]
+    ok_odd = _in_range(cols + 1, W)[:, None] & mask_c[None, :]
+    dy_img = dy_ptr + n.to(tl.int64) * stride_dyn
+    dx_img = dx_ptr + n.to(tl.int64) * stride_dxn
+    one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (as the rows kernel's)
+    dy_row = dy_img + _offsets(u0 - 1, stride_dyp, INDEX_64)
+    row_ok = _in_range(u0 - 1 + one_row, P)
+    d0 = tl.load(dy_row + dy_cols0, mask=dy_ok0 & row_ok, other=0.0).to(tl.float32)
+    d1 = tl.load(dy_row + dy_cols1, mask=dy_ok1 & row_ok, other=0.0).to(tl.float32)
+    zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w20, w21, w22)
+    for i in range(tl.minimum(ROWS, tl.cdiv(H + pad_h, 2) - u0)):
+        u = u0 + i
+        dy_row = dy_img + _offsets(u, stride_dyp, INDEX_64)
+        row_ok = _in_range(u + one_row, P)
+        d0 = tl.load(dy_row + dy_cols0, mask=dy_ok0 & row_ok, other=0.0).to(tl.float32)
+        d1 = tl.load(dy_row + dy_cols1, mask=dy_ok1 & row_ok, other=0.0).to(tl.float32)
+        h = 2 * u - pad_h
+        even, odd = _pair_taps(carry_even, carry_odd, d0, d1, w00, w01, w02)
+        _store_pair(dx_img + _offsets(h, stride_dxh, INDEX_64), dx_even, dx_odd, ok_even, ok_odd,
+                    _in_range(h + one_row, H), even, odd)
+        even, odd = _pair_taps(zeros, zeros, d0, d1, w10, w11, w12)
+        _store_pair(dx_img + _offsets(h + 1, stride_dxh, INDEX_64), dx_even, dx_odd, ok_even, ok_odd,
+                    _in_range(h + 1 + one_row, H), even, odd)
+        carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w20, w21, w22)
 
 
 @triton.jit

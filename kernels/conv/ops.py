@@ -62,8 +62,8 @@ from .._runtime import (bind, bind_config, cdiv, dot_upcast, empty_like_strides,
                         launch, memory_format_of, merge_dims, next_power_of_2, offsets_need_int64, persistent,
                         plan_cache, plan_float)
 from ..activation import ACT_NONE
-from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_fwd_depthwise_kernel,
-                         _conv_wgrad_depthwise_kernel, _conv_wgrad_depthwise_rows_kernel)
+from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_dgrad_depthwise_rows_kernel,
+                         _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel, _conv_wgrad_depthwise_rows_kernel)
 from ._direct import (_conv_bwd_epilogue_kernel, _conv_dgrad_direct_kernel, _conv_fwd_direct_kernel,
                       _conv_wgrad_direct_kernel)
 from ._gemm import (_pad_channels_kernel, conv_dgrad_gemm, conv_fwd_flat, conv_fwd_gemm, conv_planar_dgrad,
@@ -91,12 +91,13 @@ DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
 # A 3x3 depthwise convolution of row dilation 1 and row stride 1 or 2, in any layout (the forward and weight
-# gradient; the input gradient at stride 1) runs the rows kernels: (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE
-# elements (4 a thread: its nine weights, or the weight gradient's nine sums, in 36 registers), down ROWS output
-# rows, ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a
-# chunk loads two rows more than it writes at row stride 1, one at 2; the weight gradient splits its chunks as
-# the direct kernels do). DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for
-# bench.sweep to time both: the rows kernels have not run on a GPU yet).
+# gradient; the input gradient at stride 1, or 2 and dilation 1) runs the rows kernels: (TILE_Q, BLOCK_C) tiles
+# of DEPTHWISE_ROW_TILE elements (4 a thread: its nine weights, or the weight gradient's nine sums, in 36
+# registers), down ROWS output rows (the stride-2 input gradient: pairs of rows and columns), ROWS chosen for
+# DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk loads two rows
+# more than it writes at row stride 1, one at 2; the weight gradient splits its chunks as the direct kernels
+# do). DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for bench.sweep to
+# time both: the rows kernels have not run on a GPU yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -496,8 +497,9 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 def _depthwise_rows(geo: ConvGeometry, input_grad: bool = False) -> bool:
     """Whether the forward or the weight gradient (with ``input_grad``, the input
     gradient) runs a rows kernel: 3x3, row dilation 1, row stride 1 or 2 (the input
-    gradient: stride 1), any layout."""
-    stride_ok = tuple(geo.stride) == (1, 1) if input_grad else geo.stride[0] in (1, 2)
+    gradient: stride 1, or stride 2 and dilation 1), any layout."""
+    stride = tuple(geo.stride)
+    stride_ok = (stride == (1, 1) or stride == (2, 2) and geo.dilation[1] == 1) if input_grad else stride[0] in (1, 2)
     return DEPTHWISE_ROWS and (geo.R, geo.S) == (3, 3) and stride_ok and geo.dilation[0] == 1
 
 
@@ -646,7 +648,8 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
             grid = (geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c))
             args = (geo.H, geo.W, geo.P, geo.Q, geo.K, rows, geo.stride[1], geo.pad[0], geo.pad[1], geo.dilation[1],
                     *x.strides, w.strides[0], w.strides[2], w.strides[3], *y.strides)
-            common.update(STRIDE_H=geo.stride[0], FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, x, y))
+            common.update(STRIDE_H=geo.stride[0], FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c,
+                          INDEX_64=_image_needs_int64(geo, x, y))
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.strides[1] == 1, geo.S,
                                                        x.element_size())
@@ -826,6 +829,20 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     phases_hw = (min(stride_h, geo.H), min(stride_w, geo.W))      # the phases that hold pixels
     phases = phases_hw[0] * phases_hw[1]
     path = geo.paths["input_grad"]
+    if path == "depthwise" and _depthwise_rows(geo, input_grad=True) and stride_h == 2:
+        pairs_h, pairs_w = cdiv(geo.H + geo.pad[0], 2), cdiv(geo.W + geo.pad[1], 2)     # of dx rows, columns
+        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, pairs_h, pairs_w, geo.C, dy.device, dy.strides[1] == 1)
+        grid = (geo.N * cdiv(pairs_h, rows) * cdiv(pairs_w, tile_q), cdiv(geo.C, block_c))
+        args = (geo.H, geo.W, geo.P, geo.Q, geo.C, rows, geo.pad[0], geo.pad[1], *dy.strides, w.strides[0],
+                w.strides[2], w.strides[3], *dx.strides)
+        pairs_launch = _plain_launch(_conv_dgrad_depthwise_rows_kernel, grid, 3 + len(args), TILE_Q=tile_q,
+                                     BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, dx))
+
+        def run(dy, w, x_like):
+            dx = new_output()
+            pairs_launch(dy, w, dx, *args)
+            return dx
+        return run
     if path == "depthwise" and _depthwise_rows(geo, input_grad=True):
         # dx = dy convolved with the kernel turned by 180 degrees, padded by (2 - pad) rows, (2 dil - pad) columns
         rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.H, geo.W, geo.C, dy.device, dy.strides[1] == 1)
