@@ -138,10 +138,34 @@ def _tap_products(a0, a1, a2, x0, x1, x2, d):
 
 @triton.jit
 def _tap_weight(w_chan, mask_c, r: tl.constexpr, s: tl.constexpr, stride_wr, stride_ws, FLIP: tl.constexpr):
-    """w[c, r, s] of a 3x3 kernel as fp32 (BLOCK_C,), or w[c, 2 - r, 2 - s] with FLIP."""
+    """w[c, r, s] of a 3x3 kernel as fp32 (1, BLOCK_C), or w[c, 2 - r, 2 - s] with FLIP."""
     if FLIP:
-        return tl.load(w_chan + ((2 - r) * stride_wr + (2 - s) * stride_ws), mask=mask_c, other=0.0).to(tl.float32)
-    return tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0).to(tl.float32)
+        return tl.load(w_chan + ((2 - r) * stride_wr + (2 - s) * stride_ws), mask=mask_c,
+                       other=0.0).to(tl.float32)[None, :]
+    return tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _tap_weights(w_chan, mask_c, stride_wr, stride_ws, FLIP: tl.constexpr):
+    """The nine taps of a 3x3 kernel (``_tap_weight``), row by row."""
+    return (_tap_weight(w_chan, mask_c, 0, 0, stride_wr, stride_ws, FLIP),
+            _tap_weight(w_chan, mask_c, 0, 1, stride_wr, stride_ws, FLIP),
+            _tap_weight(w_chan, mask_c, 0, 2, stride_wr, stride_ws, FLIP),
+            _tap_weight(w_chan, mask_c, 1, 0, stride_wr, stride_ws, FLIP),
+            _tap_weight(w_chan, mask_c, 1, 1, stride_wr, stride_ws, FLIP),
+            _tap_weight(w_chan, mask_c, 1, 2, stride_wr, stride_ws, FLIP),
+            _tap_weight(w_chan, mask_c, 2, 0, stride_wr, stride_ws, FLIP),
+            _tap_weight(w_chan, mask_c, 2, 1, stride_wr, stride_ws, FLIP),
+            _tap_weight(w_chan, mask_c, 2, 2, stride_wr, stride_ws, FLIP))
+
+
+@triton.jit
+def _strip(pid, rows, cols, ROWS, TILE_Q: tl.constexpr):
+    """Program ``pid`` of a grid that walks chunks of ROWS of ``rows`` rows by strips of
+    TILE_Q of ``cols`` columns, image by image: (image, first row, column indices)."""
+    strips = tl.cdiv(cols, TILE_Q)
+    chunks = tl.cdiv(rows, ROWS)
+    return pid // (chunks * strips), (pid // strips) % chunks * ROWS, pid % strips * TILE_Q + tl.arange(0, TILE_Q)
 
 
 @triton.jit
@@ -166,7 +190,7 @@ def _conv_depthwise_rows_kernel(
         TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
     """A 3x3 depthwise convolution of row dilation 1 and row stride STRIDE_H (1 or
     2), each input row loaded once: x: (N, C, H, W); w: (C, 1, 3, 3); b: (C,); y:
-    (N, C, P, Q); strides. Program (((n * chunks) + chunk) * patches_q + patch,
+    (N, C, P, Q); strides. Program (((n * chunks) + chunk) * strips + strip,
     c_block): y over ROWS output rows from chunk * ROWS, TILE_Q columns, BLOCK_C
     channels. The nine weights stay in registers; each input row's three column
     shifts are loaded once and feed the output rows that read it. Row stride 1:
@@ -176,24 +200,11 @@ def _conv_depthwise_rows_kernel(
     (y = act(conv + b)) and, with FLIP (the kernel turned by 180 degrees, row
     stride 1, no bias or activation), a stride-1 input gradient (x: dy, y: dx)."""
     tl.static_assert(STRIDE_H == 1 or (STRIDE_H == 2 and not FLIP))
-    pid = tl.program_id(0)
-    patches_q = tl.cdiv(Q, TILE_Q)
-    chunks = tl.cdiv(P, ROWS)
-    n = pid // (chunks * patches_q)
-    p0 = (pid // patches_q) % chunks * ROWS
-    offs_q = pid % patches_q * TILE_Q + tl.arange(0, TILE_Q)
+    n, p0, offs_q = _strip(tl.program_id(0), P, Q, ROWS, TILE_Q)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    w_chan = w_ptr + offs_c * stride_wc
-    w00 = _tap_weight(w_chan, mask_c, 0, 0, stride_wr, stride_ws, FLIP)[None, :]
-    w01 = _tap_weight(w_chan, mask_c, 0, 1, stride_wr, stride_ws, FLIP)[None, :]
-    w02 = _tap_weight(w_chan, mask_c, 0, 2, stride_wr, stride_ws, FLIP)[None, :]
-    w10 = _tap_weight(w_chan, mask_c, 1, 0, stride_wr, stride_ws, FLIP)[None, :]
-    w11 = _tap_weight(w_chan, mask_c, 1, 1, stride_wr, stride_ws, FLIP)[None, :]
-    w12 = _tap_weight(w_chan, mask_c, 1, 2, stride_wr, stride_ws, FLIP)[None, :]
-    w20 = _tap_weight(w_chan, mask_c, 2, 0, stride_wr, stride_ws, FLIP)[None, :]
-    w21 = _tap_weight(w_chan, mask_c, 2, 1, stride_wr, stride_ws, FLIP)[None, :]
-    w22 = _tap_weight(w_chan, mask_c, 2, 2, stride_wr, stride_ws, FLIP)[None, :]
+    w00, w01, w02, w10, w11, w12, w20, w21, w22 = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr,
+                                                               stride_ws, FLIP)
     bias = tl.zeros((1, BLOCK_C), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
@@ -272,28 +283,15 @@ def _conv_dgrad_depthwise_rows_kernel(
     (taps r = 0 of dy row u and r = 2 of dy row u - 1) and the row below it (r = 1
     of dy row u); column pair t likewise with dy columns t and t - 1 (pairs
     reach H + pad_h rows, W + pad_w columns: the rows and columns no tap reaches
-    get zeros). Program (((n * chunks) + chunk) * patches + patch, c_block): ROWS
+    get zeros). Program (((n * chunks) + chunk) * strips + strip, c_block): ROWS
     row pairs by TILE_Q column pairs by BLOCK_C channels. Each dy row's two column
     shifts are loaded once; its share of the next even row carries."""
-    pid = tl.program_id(0)
-    pairs_w = tl.cdiv(W + pad_w, 2)
-    patches = tl.cdiv(pairs_w, TILE_Q)
-    chunks = tl.cdiv(tl.cdiv(H + pad_h, 2), ROWS)
-    n = pid // (chunks * patches)
-    u0 = (pid // patches) % chunks * ROWS
-    offs_t = pid % patches * TILE_Q + tl.arange(0, TILE_Q)
+    pairs_h = tl.cdiv(H + pad_h, 2)
+    n, u0, offs_t = _strip(tl.program_id(0), pairs_h, tl.cdiv(W + pad_w, 2), ROWS, TILE_Q)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    w_chan = w_ptr + offs_c * stride_wc
-    w00 = _tap_weight(w_chan, mask_c, 0, 0, stride_wr, stride_ws, False)[None, :]
-    w01 = _tap_weight(w_chan, mask_c, 0, 1, stride_wr, stride_ws, False)[None, :]
-    w02 = _tap_weight(w_chan, mask_c, 0, 2, stride_wr, stride_ws, False)[None, :]
-    w10 = _tap_weight(w_chan, mask_c, 1, 0, stride_wr, stride_ws, False)[None, :]
-    w11 = _tap_weight(w_chan, mask_c, 1, 1, stride_wr, stride_ws, False)[None, :]
-    w12 = _tap_weight(w_chan, mask_c, 1, 2, stride_wr, stride_ws, False)[None, :]
-    w20 = _tap_weight(w_chan, mask_c, 2, 0, stride_wr, stride_ws, False)[None, :]
-    w21 = _tap_weight(w_chan, mask_c, 2, 1, stride_wr, stride_ws, False)[None, :]
-    w22 = _tap_weight(w_chan, mask_c, 2, 2, stride_wr, stride_ws, False)[None, :]
+    w00, w01, w02, w10, w11, w12, w20, w21, w22 = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr,
+                                                               stride_ws, False)
     dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
     dy_cols0 = dy_chan + _offsets(offs_t, stride_dyq, INDEX_64)[:, None]
     dy_cols1 = dy_chan + _offsets(offs_t - 1, stride_dyq, INDEX_64)[:, None]
@@ -314,7 +312,7 @@ def _conv_dgrad_depthwise_rows_kernel(
     d1 = tl.load(dy_row + dy_cols1, mask=dy_ok1 & row_ok, other=0.0).to(tl.float32)
     zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w20, w21, w22)
-    for i in range(tl.minimum(ROWS, tl.cdiv(H + pad_h, 2) - u0)):
+    for i in range(tl.minimum(ROWS, pairs_h - u0)):
         u = u0 + i
         dy_row = dy_img + _offsets(u, stride_dyp, INDEX_64)
         row_ok = _in_range(u + one_row, P)
@@ -361,8 +359,6 @@ def _conv_wgrad_depthwise_rows_kernel(
     x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
     dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (as the rows kernel's)
-    patches_q = tl.cdiv(Q, TILE_Q)
-    chunks = tl.cdiv(P, ROWS)
     a00 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     a01 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     a02 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
@@ -372,11 +368,9 @@ def _conv_wgrad_depthwise_rows_kernel(
     a20 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     a21 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     a22 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    first, end = _split_steps(N * chunks * patches_q)
+    first, end = _split_steps(N * tl.cdiv(P, ROWS) * tl.cdiv(Q, TILE_Q))
     for step in range(first, end):
-        n = step // (chunks * patches_q)
-        p0 = (step // patches_q) % chunks * ROWS
-        offs_q = step % patches_q * TILE_Q + tl.arange(0, TILE_Q)
+        n, p0, offs_q = _strip(step, P, Q, ROWS, TILE_Q)
         cols0, cols1, cols2, ok0, ok1, ok2 = _column_shifts(x_chan, offs_q * stride_w - pad_w, W, mask_c, stride_xw,
                                                             dil_w, INDEX_64)
         dy_cols = dy_chan + _offsets(offs_q, stride_dyq, INDEX_64)[:, None]
