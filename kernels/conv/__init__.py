@@ -47,6 +47,15 @@ def _strides(prefix, axes):
     return tuple(f"stride_{prefix}{a}" for a in axes)
 
 
+def _unit_strides(prefix, axes, unit):
+    """A depthwise launch's strides of one tensor: (the runtime ones as i32, the one
+    ending in ``unit`` (the contiguous axis) as the constant 1, the runtime ones'
+    names, which a launch makes multiples of 16)."""
+    names = _strides(prefix, axes)
+    runtime = tuple(n for n in names if not n.endswith(unit))
+    return {n: "i32" for n in runtime}, {n: 1 for n in names if n.endswith(unit)}, runtime
+
+
 def _param_grad(dt):
     """The pointer type of the weight's and bias's gradients for operands of
     ``dt``: bf16 stands for training under autocast, whose gradients of the fp32
@@ -344,11 +353,8 @@ def _depthwise_rows_cases():
         budgets = dt == "bf16" and not index_64
         label = f"{dt},{layout}" + (",stride2" if stride == 2 else "") + (",int64" if index_64 else "")
 
-        def strides(prefix, axes):
-            names = _strides(prefix, axes)
-            return ({n: "i32" for n in names if not n.endswith(unit)}, {n: 1 for n in names if n.endswith(unit)},
-                    tuple(n for n in names if not n.endswith(unit)))
-        (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = strides("x", "nchw"), strides("y", "nchw"), strides("dy", "ncpq")
+        (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = (_unit_strides(name, axes, unit) for name, axes in
+                                                       (("x", "nchw"), ("y", "nchw"), ("dy", "ncpq")))
         geometry = dict(stride_w=stride, pad_h=1, pad_w=1, dil_w=1, TILE_Q=tile_q, BLOCK_C=block_c,
                         INDEX_64=index_64)
         for flip in (False, True) if stride == 1 and dt == "bf16" and not index_64 else (False,):
@@ -362,7 +368,7 @@ def _depthwise_rows_cases():
                                      divisible=("C", *xd, *yd),
                                      expect=_DEPTHWISE_ROWS_EXPECT[(pass_name, layout, stride)] if budgets else {}))
         if stride == 2:
-            (dxs, dx1, dxd) = strides("dx", "nchw")
+            (dxs, dx1, dxd) = _unit_strides("dx", "nchw", unit)
             sig = {"dy_ptr": f"*{dt}", "w_ptr": f"*{dt}", "dx_ptr": f"*{dt}",
                    **_ints("H", "W", "P", "Q", "C", "ROWS", "pad_h", "pad_w"), **dys, **_ints(*_strides("w", "crs")),
                    **dxs}
@@ -397,12 +403,9 @@ def _depthwise_cases():
         def expect(pass_name):                       # budgets for the bf16 int32 cases
             return _DEPTHWISE_EXPECT[(pass_name, layout, kernel_size)] if dt == "bf16" and not index_64 else {}
 
-        def strides(prefix, axes):
-            names = _strides(prefix, axes)
-            return ({n: "i32" for n in names if not n.endswith(unit)}, {n: 1 for n in names if n.endswith(unit)},
-                    tuple(n for n in names if not n.endswith(unit)))
-        (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = strides("x", "nchw"), strides("y", "nchw"), strides("dy", "ncpq")
-        (dxs, dx1, dxd), ws = strides("dx", "nchw"), _ints(*_strides("w", "crs"))
+        (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = (_unit_strides(name, axes, unit) for name, axes in
+                                                       (("x", "nchw"), ("y", "nchw"), ("dy", "ncpq")))
+        (dxs, dx1, dxd), ws = _unit_strides("dx", "nchw", unit), _ints(*_strides("w", "crs"))
         geometry = dict(R=kernel_size, S=kernel_size, INDEX_64=index_64)
         tile_p, tile_q, block_c = _depthwise_tiles(56, 56, 144, contiguous, kernel_size, 4 if dt == "fp32" else 2,
                                                    interpreter=False)
