@@ -47,18 +47,17 @@ SWEEPS = {
     "activation": (Knob("kernels.activation", "_BLOCK", (1024, 2048, 4096, 8192), ("relu-resnet50",)),),
     "max_pool2d": (Knob("kernels.pool", "_TILE", (256, 512, 1024), ("max_pool2d-",)),
                    Knob("kernels.pool", "_NUM_WARPS", (4, 8), ("max_pool2d-",))),
-    # the 3x3 depthwise rows kernels against the patch kernels they replaced (untimed: first; stride 1 and 2,
-    # channels_last and NCHW), their tiles (at stride 1); the direct kernels' split reductions (2: a GEMM's
-    # programs an SM, the plan before 2026-11-30), timed on the quick suite's depthwise weight gradients (the
-    # direct ones and the bias gradient follow the same plan); the patch kernels' tile (the 7x7 here): fewer
-    # registers (more programs an SM) against more instructions per FFMA
-    "conv2d": (Knob("kernels.conv.ops", "DEPTHWISE_ROWS", (True, False), ("conv2d-depthwise-32x",)),
+    # the depthwise rows kernels against the patch kernels they replaced (untimed: first; 3x3 of stride 1 and 2,
+    # channels_last and NCHW, and the 7x7), their tiles (at stride 1); the direct kernels' split reductions (2: a
+    # GEMM's programs an SM, the plan before 2026-11-30), timed on the quick suite's depthwise weight gradients
+    # (the direct ones and the bias gradient follow the same plan). The patch kernels' tile (DEPTHWISE_TILE_BYTES)
+    # is left out: no quick case runs them now but with DEPTHWISE_ROWS False
+    "conv2d": (Knob("kernels.conv.ops", "DEPTHWISE_ROWS", (True, False),
+                    ("conv2d-depthwise-32x", "conv2d-depthwise-7x7")),
                Knob("kernels.conv.ops", "DIRECT_PROGRAMS_PER_SM", (2, 4, 8, 16), ("conv2d-depthwise-",),
                     ("weight_grad",)),
                Knob("kernels.conv.ops", "DEPTHWISE_ROW_TILE", (256, 512, 1024), (_DEPTHWISE_STRIDE_1,)),
-               Knob("kernels.conv.ops", "DEPTHWISE_ROW_PROGRAMS_PER_SM", (8, 16, 32), (_DEPTHWISE_STRIDE_1,)),
-               Knob("kernels.conv.ops", "DEPTHWISE_TILE_BYTES", (2048, 4096, 8192), ("conv2d-depthwise-7x7",),
-                    ("forward",))),
+               Knob("kernels.conv.ops", "DEPTHWISE_ROW_PROGRAMS_PER_SM", (8, 16, 32), (_DEPTHWISE_STRIDE_1,))),
 }
 # Cases whose plans do not read a knob although their ids match (timing them would be noise).
 _NOT_READ = {"CHANNELS_LAST_WIDTH": "contiguous", "_NUM_WARPS": "channels_last-forward"}

@@ -1112,6 +1112,37 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
         -(-steps // -(-steps // 5)), 2)
 
 
+# Depthwise kernels of other sizes the forward's rows kernel runs (row stride 1, row dilation 1; the input
+# gradient too at stride (1, 1)): N, C, H, W, kernel, stride, padding, dilation, layout.
+WIDE_ROWS_CASES = [(2, 10, 11, 9, (7, 7), 1, 3, 1, "channels_last"),
+                   (1, 9, 8, 12, (5, 5), (1, 2), 2, (1, 2), "contiguous"),
+                   (2, 6, 7, 6, (2, 4), 1, "same", 1, "channels_last"),
+                   (1, 5, 6, 7, (1, 3), 1, (0, 4), (1, 2), "contiguous"),
+                   (1, 7, 4, 12, (7, 5), 1, (2, 1), 1, "channels_last")]
+
+
+@pytest.mark.parametrize("case", WIDE_ROWS_CASES, ids=["7x7", "5x5-stride12-dilation12-nchw", "2x4-same", "1x3-nchw",
+                                                       "7x5-short-image"])
+@pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
+def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
+    """The rows kernel for kernels other than 3x3 (R output rows rolling, R x S
+    weights in registers): the forward with bias and leaky ReLU and, at stride
+    (1, 1), the input gradient (the kernel turned by 180 degrees: padding R - 1 -
+    pad, (S - 1) dil - pad, negative where the padding passes it); the weight
+    gradient runs the patch kernel. With the interpreter's tiles and with chunks of
+    3 rows by 4 columns by 8 channels. Values and gradients against float64."""
+    from kernels.conv import ops
+    if tiles is not None:
+        monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: tiles)
+    N, C, H, W, kernel, stride, padding, dilation, layout = case
+    x, w, b = _inputs(N, C, H, W, C, kernel, C, torch.float32, device, layout)
+    _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
+    names = [launch.name for launch in launch_log]
+    flipped = stride == 1
+    assert names.count("_conv_depthwise_rows_kernel") == (2 if flipped else 1), names
+    assert ("_conv_dgrad_depthwise_kernel" in names) != flipped and "_conv_wgrad_depthwise_kernel" in names, names
+
+
 def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
     """A depthwise conv2d's values and three gradients against float64 (the output
     gradient in y's layout, as a model's backward hands it over; a leaky ReLU's

@@ -4,8 +4,8 @@ direct kernels for few channels per group, fused bias + activation epilogue.
 * ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, wgrad), all
   but the planar forward / input gradient with an in-kernel split of the
   reduction for small grids.
-* ``_depthwise``: register-blocked depthwise kernels (one channel per group; a 3x3
-  of row stride 1 or 2 streams rows).
+* ``_depthwise``: register-blocked depthwise kernels (one channel per group; row
+  dilation 1 streams rows).
 * ``_direct``: small-channel kernels and the backward epilogue.
 * ``ops``: path choice, launchers, the operators (``conv2d_op`` and its gradients) and ``conv2d``.
 """
@@ -315,7 +315,12 @@ _DEPTHWISE_EXPECT = {
 # kernels' figures hold for any stride). NCHW (scalar loads and stores: the column
 # shifts leave them unaligned): forward 3.78 / 4.06, 67 / 80 registers; input
 # gradient 3.39 / 3.69, 64 / 72; weight gradient 4.72 / 4.11, 117 / 114 (the patch
-# kernels: 8.5 / 9.7, 12.7 / 13.5, 17.0 / 16.3).
+# kernels: 8.5 / 9.7, 12.7 / 13.5, 17.0 / 16.3). Stride 1, channels_last, one element a
+# thread (7x7, ConvNeXt-T's 192 channels at 28x28): forward 2.35 / 2.35, input gradient
+# 2.29 / 2.29, 96 registers (the patch kernel's 7x7: 5.5 / 5.5 forward, 7.5 / 7.7 input
+# gradient, 186 registers forward); two a thread (5x5, EfficientNet-B0's 240 channels):
+# 2.28 / 2.30 and 2.16 / 2.18, 96 / 95. Keyed by pass, layout and stride (the wider
+# kernels: size).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
                                       "ldg64_at_least": 3, "stg64_at_least": 1},
@@ -332,6 +337,10 @@ _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "nchw", 1): {"max_loop_instructions_per_ffma": 4.3, "max_registers": 96},
     ("input_grad", "nchw", 1): {"max_loop_instructions_per_ffma": 4.0, "max_registers": 96},
     ("weight_grad", "nchw", 1): {"max_loop_instructions_per_ffma": 5.0, "max_registers": 128},
+    ("forward", "channels_last", "7x"): {"max_loop_instructions_per_ffma": 2.6, "max_registers": 104},
+    ("input_grad", "channels_last", "7x"): {"max_loop_instructions_per_ffma": 2.6, "max_registers": 104},
+    ("forward", "channels_last", "5x"): {"max_loop_instructions_per_ffma": 2.6, "max_registers": 104},
+    ("input_grad", "channels_last", "5x"): {"max_loop_instructions_per_ffma": 2.5, "max_registers": 104},
 }
 
 
@@ -341,7 +350,8 @@ def _depthwise_rows_cases():
     the forward (bias, relu), input gradient (FLIP) and weight gradient at stride
     1, the three at stride 2 (the input gradient by pairs); the three at stride 1
     in NCHW (column strides 1); the forward and the weight gradient in fp32 and
-    with int64 offsets."""
+    with int64 offsets; the 7x7 and 5x5 forward and input gradient (channels_last,
+    stride 1)."""
     cases = []
     for dt, layout, stride, index_64 in (("bf16", "channels_last", 1, False), ("bf16", "channels_last", 2, False),
                                          ("bf16", "nchw", 1, False), ("fp32", "channels_last", 1, False),
@@ -361,8 +371,8 @@ def _depthwise_rows_cases():
             sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
                    **_ints("H", "W", "P", "Q", "C", "ROWS"), **xs, **_ints(*_strides("w", "crs")), **ys,
                    "negative_slope": "fp32"}
-            constexprs = dict(STRIDE_H=stride, FLIP=flip, HAS_BIAS=not flip, ACTIVATION=0 if flip else ACT_RELU.value,
-                              **x1, **y1, **geometry)
+            constexprs = dict(R=3, S=3, STRIDE_H=stride, FLIP=flip, HAS_BIAS=not flip,
+                              ACTIVATION=0 if flip else ACT_RELU.value, **x1, **y1, **geometry)
             pass_name = "input_grad" if flip else "forward"
             cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs, label=f"{label},{pass_name}",
                                      divisible=("C", *xd, *yd),
@@ -383,6 +393,23 @@ def _depthwise_rows_cases():
                                  dict(STRIDE_H=stride, **dy1, **x1, **geometry, CHUNK=split_chunk(16 * block_c)),
                                  label=f"{label},weight_grad", divisible=("C", *dyd, *xd),
                                  expect=_DEPTHWISE_ROWS_EXPECT[("weight_grad", layout, stride)] if budgets else {}))
+    for kernel_size, channels, size in ((7, 192, 28), (5, 240, 28)):      # ConvNeXt-T's, EfficientNet-B0's
+        _, tile_q, block_c = _depthwise_row_tiles(32, size, size, channels, torch.device("cpu"), True,
+                                                  kernel_size * kernel_size, interpreter=False)
+        (xs, x1, xd), (ys, y1, yd) = (_unit_strides(name, "nchw", "c") for name in ("x", "y"))
+        sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
+               **_ints("H", "W", "P", "Q", "C", "ROWS"), **xs, **_ints(*_strides("w", "crs")), **ys,
+               "negative_slope": "fp32"}
+        for flip in (False, True):
+            pass_name = "input_grad" if flip else "forward"
+            constexprs = dict(R=kernel_size, S=kernel_size, STRIDE_H=1, FLIP=flip, HAS_BIAS=not flip,
+                              ACTIVATION=0 if flip else ACT_RELU.value, stride_w=1, pad_h=kernel_size // 2,
+                              pad_w=kernel_size // 2, dil_w=1, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=False, **x1,
+                              **y1)
+            cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs,
+                                     label=f"bf16,channels_last,{kernel_size}x{kernel_size},{pass_name}",
+                                     divisible=("C", *xd, *yd),
+                                     expect=_DEPTHWISE_ROWS_EXPECT[(pass_name, "channels_last", f"{kernel_size}x")]))
     return cases
 
 

@@ -1,6 +1,6 @@
 """Depthwise convolution (groups = C = K: one input and one output channel per
 group), register-blocked: forward, input gradient and weight gradient, and the
-rows kernels for a 3x3 of row dilation 1 (below).
+rows kernels for row dilation 1 (below).
 
 A program owns a (TILE_P, TILE_Q) patch of pixels of one image by BLOCK_C
 channels. The kernel size (R, S) is a constexpr, so a row of taps unrolls: each
@@ -22,11 +22,12 @@ host sets when they may pass 2**31); an image's base offset is int64.
   pixels reads each block of dy once and gathers x for every tap in one load;
   the (TAPS, BLOCK_C) sums are split over grid axis 2 and reduced in fixed
   order (``sum_splits``).
-* rows (3x3, row dilation 1, any layout: the forward and the weight gradient at
-  row stride 1 or 2; the input gradient at stride 1, as a forward of dy with the
+* rows (row dilation 1, any layout; a 3x3: the forward and the weight gradient at
+  row stride 1 or 2, the input gradient at stride 1, as a forward of dy with the
   kernel turned by 180 degrees, and at stride 2 and dilation 1, by pairs of dx
-  rows and columns): a program walks down a column strip, loading each input
-  row's column shifts once for the output rows that read it (the patch kernels
+  rows and columns; other kernels up to 7x7: the forward and the input gradient
+  at stride 1): a program walks down a column strip, loading each input row's
+  column shifts once for the output rows that read it (the patch kernels
   load each input element once per tap and convert it to fp32 each time: 1.5
   instructions an element in bf16, more than its multiply-add).
 """
@@ -102,31 +103,31 @@ def _conv_fwd_depthwise_kernel(
 
 
 @triton.jit
-def _column_shifts(x_chan, iw, W, mask_c, stride_xw, dil_w, INDEX_64: tl.constexpr):
-    """The offsets (within a row) and masks of a (TILE_Q, BLOCK_C) tile's three
-    column shifts, columns iw, iw + dil_w, iw + 2 dil_w of a W-wide input:
-    (cols0, cols1, cols2, ok0, ok1, ok2)."""
-    return (x_chan + _offsets(iw, stride_xw, INDEX_64)[:, None],
-            x_chan + _offsets(iw + dil_w, stride_xw, INDEX_64)[:, None],
-            x_chan + _offsets(iw + 2 * dil_w, stride_xw, INDEX_64)[:, None],
-            _in_range(iw, W)[:, None] & mask_c[None, :], _in_range(iw + dil_w, W)[:, None] & mask_c[None, :],
-            _in_range(iw + 2 * dil_w, W)[:, None] & mask_c[None, :])
+def _column_shifts(x_chan, iw, W, mask_c, stride_xw, dil_w, S: tl.constexpr, INDEX_64: tl.constexpr):
+    """The offsets (within a row) and masks of a (TILE_Q, BLOCK_C) tile's S column
+    shifts, columns iw + s dil_w of a W-wide input: (offsets, masks), tuples of S."""
+    cols = ()
+    oks = ()
+    for s in tl.static_range(S):
+        cols = cols + (x_chan + _offsets(iw + s * dil_w, stride_xw, INDEX_64)[:, None],)
+        oks = oks + (_in_range(iw + s * dil_w, W)[:, None] & mask_c[None, :],)
+    return cols, oks
 
 
 @triton.jit
-def _load_shifts(x_row, cols0, cols1, cols2, ok0, ok1, ok2, row_ok):
-    """An input row's three column shifts (``_column_shifts``) as fp32, zeros outside."""
-    return (tl.load(x_row + cols0, mask=ok0 & row_ok, other=0.0).to(tl.float32),
-            tl.load(x_row + cols1, mask=ok1 & row_ok, other=0.0).to(tl.float32),
-            tl.load(x_row + cols2, mask=ok2 & row_ok, other=0.0).to(tl.float32))
+def _load_shifts(x_row, cols, oks, row_ok, S: tl.constexpr):
+    """An input row's S column shifts (``_column_shifts``) as fp32, zeros outside: a tuple."""
+    xs = ()
+    for s in tl.static_range(S):
+        xs = xs + (tl.load(x_row + cols[s], mask=oks[s] & row_ok, other=0.0).to(tl.float32),)
+    return xs
 
 
 @triton.jit
-def _tap_row(acc, x0, x1, x2, w0, w1, w2):
-    """acc + x0 w0 + x1 w1 + x2 w2, a fused multiply-add each, in that order."""
-    acc += x0 * w0
-    acc += x1 * w1
-    acc += x2 * w2
+def _tap_row(acc, xs, ws, S: tl.constexpr):
+    """acc + sum over s of xs[s] ws[s], a fused multiply-add each, in that order."""
+    for s in tl.static_range(S):
+        acc += xs[s] * ws[s]
     return acc
 
 
@@ -137,26 +138,17 @@ def _tap_products(a0, a1, a2, x0, x1, x2, d):
 
 
 @triton.jit
-def _tap_weight(w_chan, mask_c, r: tl.constexpr, s: tl.constexpr, stride_wr, stride_ws, FLIP: tl.constexpr):
-    """w[c, r, s] of a 3x3 kernel as fp32 (1, BLOCK_C), or w[c, 2 - r, 2 - s] with FLIP."""
-    if FLIP:
-        return tl.load(w_chan + ((2 - r) * stride_wr + (2 - s) * stride_ws), mask=mask_c,
-                       other=0.0).to(tl.float32)[None, :]
-    return tl.load(w_chan + (r * stride_wr + s * stride_ws), mask=mask_c, other=0.0).to(tl.float32)[None, :]
-
-
-@triton.jit
-def _tap_weights(w_chan, mask_c, stride_wr, stride_ws, FLIP: tl.constexpr):
-    """The nine taps of a 3x3 kernel (``_tap_weight``), row by row."""
-    return (_tap_weight(w_chan, mask_c, 0, 0, stride_wr, stride_ws, FLIP),
-            _tap_weight(w_chan, mask_c, 0, 1, stride_wr, stride_ws, FLIP),
-            _tap_weight(w_chan, mask_c, 0, 2, stride_wr, stride_ws, FLIP),
-            _tap_weight(w_chan, mask_c, 1, 0, stride_wr, stride_ws, FLIP),
-            _tap_weight(w_chan, mask_c, 1, 1, stride_wr, stride_ws, FLIP),
-            _tap_weight(w_chan, mask_c, 1, 2, stride_wr, stride_ws, FLIP),
-            _tap_weight(w_chan, mask_c, 2, 0, stride_wr, stride_ws, FLIP),
-            _tap_weight(w_chan, mask_c, 2, 1, stride_wr, stride_ws, FLIP),
-            _tap_weight(w_chan, mask_c, 2, 2, stride_wr, stride_ws, FLIP))
+def _tap_weights(w_chan, mask_c, stride_wr, stride_ws, R: tl.constexpr, S: tl.constexpr, FLIP: tl.constexpr):
+    """An R x S kernel's taps w[c, r, s] as fp32 (1, BLOCK_C), or w[c, R - 1 - r, S - 1 -
+    s] with FLIP: a tuple of R rows, each a tuple of S."""
+    rows = ()
+    for r in tl.static_range(R):
+        row = ()
+        for s in tl.static_range(S):
+            tap = (R - 1 - r) * stride_wr + (S - 1 - s) * stride_ws if FLIP else r * stride_wr + s * stride_ws
+            row = row + (tl.load(w_chan + tap, mask=mask_c, other=0.0).to(tl.float32)[None, :],)
+        rows = rows + (row,)
+    return rows
 
 
 @triton.jit
@@ -186,79 +178,74 @@ def _conv_depthwise_rows_kernel(
         stride_wc, stride_wr, stride_ws,
         stride_yn, stride_yc, stride_yh, stride_yw,
         negative_slope,
-        STRIDE_H: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr, ACTIVATION: tl.constexpr,
-        TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
-    """A 3x3 depthwise convolution of row dilation 1 and row stride STRIDE_H (1 or
-    2), each input row loaded once: x: (N, C, H, W); w: (C, 1, 3, 3); b: (C,); y:
-    (N, C, P, Q); strides. Program (((n * chunks) + chunk) * strips + strip,
-    c_block): y over ROWS output rows from chunk * ROWS, TILE_Q columns, BLOCK_C
-    channels. The nine weights stay in registers; each input row's three column
-    shifts are loaded once and feed the output rows that read it. Row stride 1:
-    three output rows, whose sums roll (acc0, the oldest, takes the row's last
-    tap and is stored; acc1 and acc2 move up); row stride 2: an even row ends one
-    output row and begins the next (``carry``), an odd row feeds one. The forward
-    (y = act(conv + b)) and, with FLIP (the kernel turned by 180 degrees, row
-    stride 1, no bias or activation), a stride-1 input gradient (x: dy, y: dx)."""
-    tl.static_assert(STRIDE_H == 1 or (STRIDE_H == 2 and not FLIP))
+        R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr,
+        ACTIVATION: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """An R x S depthwise convolution of row dilation 1 and row stride STRIDE_H (1;
+    a 3x3 also 2), each input row loaded once: x: (N, C, H, W); w: (C, 1, R, S);
+    b: (C,); y: (N, C, P, Q); strides. Program (((n * chunks) + chunk) * strips +
+    strip, c_block): y over ROWS output rows from chunk * ROWS, TILE_Q columns,
+    BLOCK_C channels. The R*S weights stay in registers (tuples); each input row's
+    S column shifts are loaded once and feed the output rows that read it. Row
+    stride 1: R output rows, whose sums roll (accs[0], the oldest, takes the
+    row's last tap and is stored; the others move down); row stride 2: an even
+    row ends one output row and begins the next (``carry``), an odd row feeds
+    one. The forward (y = act(conv + b)) and, with FLIP (the kernel turned by 180
+    degrees, row stride 1, no bias or activation), a stride-1 input gradient (x:
+    dy, y: dx)."""
+    tl.static_assert(STRIDE_H == 1 or (STRIDE_H == 2 and R == 3 and not FLIP))
     n, p0, offs_q = _strip(tl.program_id(0), P, Q, ROWS, TILE_Q)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    w00, w01, w02, w10, w11, w12, w20, w21, w22 = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr,
-                                                               stride_ws, FLIP)
+    w = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr, stride_ws, R, S, FLIP)
     bias = tl.zeros((1, BLOCK_C), dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(b_ptr + offs_c, mask=mask_c, other=0.0).to(tl.float32)[None, :]
-    cols0, cols1, cols2, ok0, ok1, ok2 = _column_shifts(_offsets(offs_c, stride_xc, INDEX_64)[None, :],
-                                                        offs_q * stride_w - pad_w, W, mask_c, stride_xw, dil_w,
-                                                        INDEX_64)
+    cols, oks = _column_shifts(_offsets(offs_c, stride_xc, INDEX_64)[None, :], offs_q * stride_w - pad_w, W, mask_c,
+                               stride_xw, dil_w, S, INDEX_64)
     y_img = y_ptr + n.to(tl.int64) * stride_yn
     y_cols = (_offsets(offs_q, stride_yw, INDEX_64)[:, None] + _offsets(offs_c, stride_yc, INDEX_64)[None, :])
     y_ok = (offs_q < Q)[:, None] & mask_c[None, :]
     x_img = x_ptr + n.to(tl.int64) * stride_xn
     rows = tl.minimum(ROWS, P - p0)
+    zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (the interpreter's & of a tensor
     if STRIDE_H == 1:                               # and a scalar is not a mask)
-        acc0 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-        acc1 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-        acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-        for i in range(rows + 2):
-            ih = p0 - pad_h + i             # input row: output rows p0 + i - 2 .. p0 + i read it
-            x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1,
-                                      ok2, _in_range(ih + one_row, H))
-            acc0 = _tap_row(acc0, x0, x1, x2, w20, w21, w22)      # taps in the order of the other kernels
-            acc1 = _tap_row(acc1, x0, x1, x2, w10, w11, w12)
-            acc2 = _tap_row(acc2, x0, x1, x2, w00, w01, w02)
-            _store_row(y_img + _offsets(p0 + i - 2, stride_yh, INDEX_64), y_cols, y_ok & (i + one_row >= 2), acc0,
-                       bias, negative_slope, HAS_BIAS, ACTIVATION)
-            acc0 = acc1
-            acc1 = acc2
-            acc2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+        accs = ()                                   # accs[k]: output row p0 + i - (R - 1) + k
+        for k in tl.static_range(R):
+            accs = accs + (zeros,)
+        for i in range(rows + R - 1):
+            ih = p0 - pad_h + i             # input row: output rows p0 + i - (R - 1) .. p0 + i read it
+            xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks, _in_range(ih + one_row, H), S)
+            sums = ()
+            for k in tl.static_range(R):    # tap row R - 1 - k; taps in the order of the other kernels
+                sums = sums + (_tap_row(accs[k], xs, w[R - 1 - k], S),)
+            _store_row(y_img + _offsets(p0 + i - (R - 1), stride_yh, INDEX_64), y_cols,
+                       y_ok & (i + one_row >= R - 1), sums[0], bias, negative_slope, HAS_BIAS, ACTIVATION)
+            accs = sums[1:] + (zeros,)
     else:
         ih = 2 * p0 - pad_h                 # input rows ih + 2j, ih + 2j + 1, ih + 2j + 2: output row p0 + j
-        x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1, ok2,
-                                  _in_range(ih + one_row, H))
-        carry = _tap_row(tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32), x0, x1, x2, w00, w01, w02)
+        xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks, _in_range(ih + one_row, H), S)
+        carry = _tap_row(zeros, xs, w[0], S)
         for j in range(rows):
             odd = ih + 2 * j + 1
-            x0, x1, x2 = _load_shifts(x_img + _offsets(odd, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1,
-                                      ok2, _in_range(odd + one_row, H))
-            acc = _tap_row(carry, x0, x1, x2, w10, w11, w12)
-            x0, x1, x2 = _load_shifts(x_img + _offsets(odd + 1, stride_xh, INDEX_64), cols0, cols1, cols2, ok0,
-                                      ok1, ok2, _in_range(odd + 1 + one_row, H))
-            acc = _tap_row(acc, x0, x1, x2, w20, w21, w22)
-            carry = _tap_row(tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32), x0, x1, x2, w00, w01, w02)
+            xs = _load_shifts(x_img + _offsets(odd, stride_xh, INDEX_64), cols, oks, _in_range(odd + one_row, H), S)
+            acc = _tap_row(carry, xs, w[1], S)
+            xs = _load_shifts(x_img + _offsets(odd + 1, stride_xh, INDEX_64), cols, oks,
+                              _in_range(odd + 1 + one_row, H), S)
+            acc = _tap_row(acc, xs, w[2], S)
+            carry = _tap_row(zeros, xs, w[0], S)
             _store_row(y_img + _offsets(p0 + j, stride_yh, INDEX_64), y_cols, y_ok, acc, bias, negative_slope,
                        HAS_BIAS, ACTIVATION)
 
 
 @triton.jit
-def _pair_taps(even, odd, d0, d1, wa, wb, wc):
-    """(even + d0 wa + d1 wc, odd + d0 wb): a dy row's share of a stride-2 dx row's
-    even and odd columns through one kernel row (wa, wb, wc), d0 and d1 the column
-    pairs' dy columns t and t - 1; fused multiply-adds."""
-    even += d0 * wa
-    even += d1 * wc
-    odd += d0 * wb
+def _pair_taps(even, odd, d0, d1, w_row):
+    """(even + d0 w_row[0] + d1 w_row[2], odd + d0 w_row[1]): a dy row's share of a
+    stride-2 dx row's even and odd columns through one kernel row, d0 and d1 the
+    column pairs' dy columns t and t - 1; fused multiply-adds."""
+    even += d0 * w_row[0]
+    even += d1 * w_row[2]
+    odd += d0 * w_row[1]
     return even, odd
 
 
@@ -290,8 +277,7 @@ def _conv_dgrad_depthwise_rows_kernel(
     n, u0, offs_t = _strip(tl.program_id(0), pairs_h, tl.cdiv(W + pad_w, 2), ROWS, TILE_Q)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    w00, w01, w02, w10, w11, w12, w20, w21, w22 = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr,
-                                                               stride_ws, False)
+    w = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr, stride_ws, 3, 3, False)
     dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
     dy_cols0 = dy_chan + _offsets(offs_t, stride_dyq, INDEX_64)[:, None]
     dy_cols1 = dy_chan + _offsets(offs_t - 1, stride_dyq, INDEX_64)[:, None]
@@ -311,7 +297,7 @@ def _conv_dgrad_depthwise_rows_kernel(
     d0 = tl.load(dy_row + dy_cols0, mask=dy_ok0 & row_ok, other=0.0).to(tl.float32)
     d1 = tl.load(dy_row + dy_cols1, mask=dy_ok1 & row_ok, other=0.0).to(tl.float32)
     zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w20, w21, w22)
+    carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w[2])
     for i in range(tl.minimum(ROWS, pairs_h - u0)):
         u = u0 + i
         dy_row = dy_img + _offsets(u, stride_dyp, INDEX_64)
@@ -319,13 +305,13 @@ def _conv_dgrad_depthwise_rows_kernel(
         d0 = tl.load(dy_row + dy_cols0, mask=dy_ok0 & row_ok, other=0.0).to(tl.float32)
         d1 = tl.load(dy_row + dy_cols1, mask=dy_ok1 & row_ok, other=0.0).to(tl.float32)
         h = 2 * u - pad_h
-        even, odd = _pair_taps(carry_even, carry_odd, d0, d1, w00, w01, w02)
+        even, odd = _pair_taps(carry_even, carry_odd, d0, d1, w[0])
         _store_pair(dx_img + _offsets(h, stride_dxh, INDEX_64), dx_even, dx_odd, ok_even, ok_odd,
                     _in_range(h + one_row, H), even, odd)
-        even, odd = _pair_taps(zeros, zeros, d0, d1, w10, w11, w12)
+        even, odd = _pair_taps(zeros, zeros, d0, d1, w[1])
         _store_pair(dx_img + _offsets(h + 1, stride_dxh, INDEX_64), dx_even, dx_odd, ok_even, ok_odd,
                     _in_range(h + 1 + one_row, H), even, odd)
-        carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w20, w21, w22)
+        carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w[2])
 
 
 @triton.jit
@@ -371,8 +357,7 @@ def _conv_wgrad_depthwise_rows_kernel(
     first, end = _split_steps(N * tl.cdiv(P, ROWS) * tl.cdiv(Q, TILE_Q))
     for step in range(first, end):
         n, p0, offs_q = _strip(step, P, Q, ROWS, TILE_Q)
-        cols0, cols1, cols2, ok0, ok1, ok2 = _column_shifts(x_chan, offs_q * stride_w - pad_w, W, mask_c, stride_xw,
-                                                            dil_w, INDEX_64)
+        cols, oks = _column_shifts(x_chan, offs_q * stride_w - pad_w, W, mask_c, stride_xw, dil_w, 3, INDEX_64)
         dy_cols = dy_chan + _offsets(offs_q, stride_dyq, INDEX_64)[:, None]
         dy_ok = (offs_q < Q)[:, None] & mask_c[None, :]
         x_img = x_ptr + n.to(tl.int64) * stride_xn
@@ -383,8 +368,8 @@ def _conv_wgrad_depthwise_rows_kernel(
             d2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
             for i in range(rows + 2):   # input row p0 - pad_h + i meets dy rows p0 + i (d0), p0 + i - 1, p0 + i - 2
                 ih = p0 - pad_h + i
-                x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1,
-                                          ok2, _in_range(ih + one_row, H))
+                x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks,
+                                          _in_range(ih + one_row, H), 3)
                 d0 = tl.load(dy_img + _offsets(p0 + i, stride_dyp, INDEX_64) + dy_cols,
                              mask=dy_ok & (i + one_row < rows), other=0.0).to(tl.float32)
                 a00, a01, a02 = _tap_products(a00, a01, a02, x0, x1, x2, d0)
@@ -394,18 +379,18 @@ def _conv_wgrad_depthwise_rows_kernel(
                 d1 = d0
         else:                           # tap (r, s): input row 2p - pad + r with dy row p
             ih = 2 * p0 - pad_h
-            x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1, ok2,
-                                      _in_range(ih + one_row, H))
+            x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks, _in_range(ih + one_row, H),
+                                      3)
             for j in range(rows):       # x0, x1, x2: input row ih + 2j, shared with dy row p0 + j - 1
                 d = tl.load(dy_img + _offsets(p0 + j, stride_dyp, INDEX_64) + dy_cols, mask=dy_ok,
                             other=0.0).to(tl.float32)
                 a00, a01, a02 = _tap_products(a00, a01, a02, x0, x1, x2, d)
                 odd = ih + 2 * j + 1
-                x0, x1, x2 = _load_shifts(x_img + _offsets(odd, stride_xh, INDEX_64), cols0, cols1, cols2, ok0, ok1,
-                                          ok2, _in_range(odd + one_row, H))
+                x0, x1, x2 = _load_shifts(x_img + _offsets(odd, stride_xh, INDEX_64), cols, oks,
+                                          _in_range(odd + one_row, H), 3)
                 a10, a11, a12 = _tap_products(a10, a11, a12, x0, x1, x2, d)
-                x0, x1, x2 = _load_shifts(x_img + _offsets(odd + 1, stride_xh, INDEX_64), cols0, cols1, cols2, ok0,
-                                          ok1, ok2, _in_range(odd + 1 + one_row, H))
+                x0, x1, x2 = _load_shifts(x_img + _offsets(odd + 1, stride_xh, INDEX_64), cols, oks,
+                                          _in_range(odd + 1 + one_row, H), 3)
                 a20, a21, a22 = _tap_products(a20, a21, a22, x0, x1, x2, d)
     taps = tl.arange(0, 16)
     total = tl.zeros((16, BLOCK_C), dtype=tl.float32)

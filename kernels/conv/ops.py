@@ -81,23 +81,25 @@ MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 # two, an H200 (2026-11-30) ran a depthwise weight gradient (32x144x56x56, 3x3) as 264
 # programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
 DIRECT_PROGRAMS_PER_SM = 8
-# The depthwise patch kernels' tiles on a GPU, channels_last (NCHW: half the bytes): the forward's and input
-# gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient at 8 KB 143 / 96 registers a thread, 3 / 5
-# programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the 7x7 forward 186, 139, 88 registers and
-# 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and the weight gradient's
-# over its taps (R*S rounded up to a power of two), DEPTHWISE_WGRAD_CHANNEL_BYTES of channels wide, so that a
-# layer's channels make several tiles (144 of 2 bytes: 9) for its splits.
+# The depthwise patch kernels (what the rows kernels below do not run: row dilations, strides past the rows
+# kernels', kernels past 7x7, the weight gradient of all but a 3x3) take tiles on a GPU, channels_last (NCHW:
+# half the bytes): the forward's and input gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient
+# at 8 KB 143 / 96 registers a thread, 3 / 5 programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the
+# 7x7 forward 186, 139, 88 registers and 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and
+# the weight gradient's over its taps (R*S rounded up to a power of two), DEPTHWISE_WGRAD_CHANNEL_BYTES of
+# channels wide, so that a layer's channels make several tiles (144 of 2 bytes: 9) for its splits.
 DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
-# A 3x3 depthwise convolution of row dilation 1 and row stride 1 or 2, in any layout (the forward and weight
-# gradient; the input gradient at stride 1, or 2 and dilation 1) runs the rows kernels: (TILE_Q, BLOCK_C) tiles
-# of DEPTHWISE_ROW_TILE elements (4 a thread: its nine weights, or the weight gradient's nine sums, in 36
-# registers), down ROWS output rows (the stride-2 input gradient: pairs of rows and columns), ROWS chosen for
-# DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk loads two rows
-# more than it writes at row stride 1, one at 2; the weight gradient splits its chunks as the direct kernels
-# do). DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for bench.sweep to
-# time both: the rows kernels have not run on a GPU yet).
+# A depthwise convolution of row dilation 1 in any layout runs the rows kernels (``_depthwise_rows``): a 3x3
+# of row stride 1 or 2 (the forward and weight gradient; the input gradient at stride 1, or 2 and dilation 1),
+# and the forward and stride-1 input gradient of other kernels up to 7x7 at row stride 1. (TILE_Q, BLOCK_C)
+# tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine weights, or the weight gradient's nine
+# sums, in 36 registers; 5x5: 2 a thread, 7x7: 1), down ROWS output rows (the stride-2 input gradient: pairs
+# of rows and columns), ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least
+# DEPTHWISE_MIN_ROWS rows (a chunk loads R - 1 rows more than it writes at row stride 1, one at 2; the weight
+# gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run the patch kernels
+# instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not run on a GPU yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -494,29 +496,40 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
     return tile_p, tile_q, block_c
 
 
-def _depthwise_rows(geo: ConvGeometry, input_grad: bool = False) -> bool:
-    """Whether the forward or the weight gradient (with ``input_grad``, the input
-    gradient) runs a rows kernel: 3x3, row dilation 1, row stride 1 or 2 (the input
-    gradient: stride 1, or stride 2 and dilation 1), any layout."""
-    stride = tuple(geo.stride)
-    stride_ok = (stride == (1, 1) or stride == (2, 2) and geo.dilation[1] == 1) if input_grad else stride[0] in (1, 2)
-    return DEPTHWISE_ROWS and (geo.R, geo.S) == (3, 3) and stride_ok and geo.dilation[0] == 1
+def _depthwise_rows(geo: ConvGeometry, pass_name: str) -> bool:
+    """Whether a pass runs a rows kernel (any layout, row dilation 1, kernels up to
+    7x7): the forward at row stride 1 (a 3x3 also at 2); the input gradient at
+    stride (1, 1) (a 3x3 also at (2, 2) with dilation 1); the weight gradient of a
+    3x3 at row stride 1 or 2."""
+    if not DEPTHWISE_ROWS or geo.dilation[0] != 1 or max(geo.R, geo.S) > 7:
+        return False
+    stride, three = tuple(geo.stride), (geo.R, geo.S) == (3, 3)
+    if pass_name == "forward":
+        return stride[0] == 1 or three and stride[0] == 2
+    if pass_name == "input_grad":
+        return stride == (1, 1) or three and stride == (2, 2) and geo.dilation[1] == 1
+    return three and stride[0] in (1, 2)
 
 
 def _depthwise_row_tiles(images: int, rows: int, cols: int, channels: int, device: torch.device,
-                         channels_contiguous: bool = True, interpreter: bool | None = None) -> tuple[int, int, int]:
-    """(ROWS, TILE_Q, BLOCK_C) of the rows kernel over ``images`` of ``rows`` x ``cols``
-    output pixels: tiles of DEPTHWISE_ROW_TILE elements, of the widths 8 to 64 of the
-    contiguous axis (channels; without ``channels_contiguous``, columns, 8 to 128)
-    the one that pads channels and columns least (the wider on a tie); ROWS for
+                         channels_contiguous: bool = True, taps: int = 9,
+                         interpreter: bool | None = None) -> tuple[int, int, int]:
+    """(ROWS, TILE_Q, BLOCK_C) of the rows kernel of a kernel of ``taps`` over
+    ``images`` of ``rows`` x ``cols`` output pixels: tiles of DEPTHWISE_ROW_TILE
+    elements for a 3x3 (4 a thread), fewer for more taps (each thread holds its
+    elements' taps: 5x5 2, 7x7 1), of the widths 8 to 64 of the contiguous axis
+    (channels; without ``channels_contiguous``, columns, 8 to 128) the one that
+    pads channels and columns least (the wider on a tie); ROWS for
     DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM, at least DEPTHWISE_MIN_ROWS. The
     interpreter (it pays per program): 16x the elements, every row in one program."""
     if interpreting() if interpreter is None else interpreter:
         block_c = min(next_power_of_2(channels), 64)
         return rows, min(next_power_of_2(cols), 16 * DEPTHWISE_ROW_TILE // block_c), block_c
+    per_thread = min(4, 1 << (max(64 // taps, 1).bit_length() - 1))       # a power of two, at most 64 taps
+    elements = DEPTHWISE_ROW_TILE * per_thread // 4
 
     def padded(width):
-        other = min(next_power_of_2(cols if channels_contiguous else channels), DEPTHWISE_ROW_TILE // width)
+        other = min(next_power_of_2(cols if channels_contiguous else channels), elements // width)
         tile_q, block_c = (other, width) if channels_contiguous else (width, other)
         return cdiv(channels, block_c) * block_c * cdiv(cols, tile_q) * tile_q, -width, tile_q, block_c
     widths = (8, 16, 32, 64) if channels_contiguous else (8, 16, 32, 64, 128)
@@ -642,13 +655,14 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
     common = dict(HAS_BIAS=has_bias, ACTIVATION=activation)
     path = geo.paths["forward"]
     if path in ("depthwise", "direct"):
-        if path == "depthwise" and _depthwise_rows(geo):
-            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.K, x.device, x.strides[1] == 1)
+        if path == "depthwise" and _depthwise_rows(geo, "forward"):
+            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.K, x.device, x.strides[1] == 1,
+                                                         geo.R * geo.S)
             kernel = _conv_depthwise_rows_kernel
             grid = (geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c))
             args = (geo.H, geo.W, geo.P, geo.Q, geo.K, rows, geo.stride[1], geo.pad[0], geo.pad[1], geo.dilation[1],
                     *x.strides, w.strides[0], w.strides[2], w.strides[3], *y.strides)
-            common.update(STRIDE_H=geo.stride[0], FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c,
+            common.update(R=geo.R, S=geo.S, STRIDE_H=geo.stride[0], FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c,
                           INDEX_64=_image_needs_int64(geo, x, y))
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.strides[1] == 1, geo.S,
@@ -829,7 +843,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     phases_hw = (min(stride_h, geo.H), min(stride_w, geo.W))      # the phases that hold pixels
     phases = phases_hw[0] * phases_hw[1]
     path = geo.paths["input_grad"]
-    if path == "depthwise" and _depthwise_rows(geo, input_grad=True) and stride_h == 2:
+    if path == "depthwise" and _depthwise_rows(geo, "input_grad") and stride_h == 2:
         pairs_h, pairs_w = cdiv(geo.H + geo.pad[0], 2), cdiv(geo.W + geo.pad[1], 2)     # of dx rows, columns
         rows, tile_q, block_c = _depthwise_row_tiles(geo.N, pairs_h, pairs_w, geo.C, dy.device, dy.strides[1] == 1)
         grid = (geo.N * cdiv(pairs_h, rows) * cdiv(pairs_w, tile_q), cdiv(geo.C, block_c))
@@ -843,15 +857,17 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
             pairs_launch(dy, w, dx, *args)
             return dx
         return run
-    if path == "depthwise" and _depthwise_rows(geo, input_grad=True):
-        # dx = dy convolved with the kernel turned by 180 degrees, padded by (2 - pad) rows, (2 dil - pad) columns
-        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.H, geo.W, geo.C, dy.device, dy.strides[1] == 1)
+    if path == "depthwise" and _depthwise_rows(geo, "input_grad"):
+        # dx = dy convolved with the kernel turned by 180 degrees, padded by (R - 1 - pad) rows, ((S - 1) dil - pad)
+        # columns
+        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.H, geo.W, geo.C, dy.device, dy.strides[1] == 1,
+                                                     geo.R * geo.S)
         grid = (geo.N * cdiv(geo.H, rows) * cdiv(geo.W, tile_q), cdiv(geo.C, block_c))
-        args = (geo.P, geo.Q, geo.H, geo.W, geo.C, rows, 1, 2 - geo.pad[0], 2 * dil_w - geo.pad[1], dil_w,
-                *dy.strides, w.strides[0], w.strides[2], w.strides[3], *dx.strides, 0.0)
-        rows_launch = _plain_launch(_conv_depthwise_rows_kernel, grid, 4 + len(args), STRIDE_H=1, FLIP=True,
-                                    HAS_BIAS=False, ACTIVATION=ACT_NONE.value, TILE_Q=tile_q, BLOCK_C=block_c,
-                                    INDEX_64=_image_needs_int64(geo, dy, dx))
+        args = (geo.P, geo.Q, geo.H, geo.W, geo.C, rows, 1, geo.R - 1 - geo.pad[0], (geo.S - 1) * dil_w - geo.pad[1],
+                dil_w, *dy.strides, w.strides[0], w.strides[2], w.strides[3], *dx.strides, 0.0)
+        rows_launch = _plain_launch(_conv_depthwise_rows_kernel, grid, 4 + len(args), R=geo.R, S=geo.S, STRIDE_H=1,
+                                    FLIP=True, HAS_BIAS=False, ACTIVATION=ACT_NONE.value, TILE_Q=tile_q,
+                                    BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, dx))
 
         def run(dy, w, x_like):
             dx = new_output()
@@ -948,7 +964,7 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     path = geo.paths["weight_grad"]
     if path in ("depthwise", "direct"):
         taps = next_power_of_2(geo.R * geo.S)
-        if path == "depthwise" and _depthwise_rows(geo):
+        if path == "depthwise" and _depthwise_rows(geo, "weight_grad"):
             rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.C, x.device, x.strides[1] == 1)
             programs, block = cdiv(geo.C, block_c), block_c
             splits, chunk = _direct_splits(x.device, programs, geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q),
