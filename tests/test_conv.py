@@ -1191,8 +1191,9 @@ def test_depthwise_row_tiles():
     (batch 32) take 16 channels by 32 columns (9 channel tiles, none padded), in 4
     chunks of 14 rows: 2304 programs, about 16 an SM; a small batch keeps at least 8
     rows a chunk; the interpreter one chunk of every row. In NCHW the columns are
-    the contiguous axis: 64 columns by 8 channels (7x7 images: 8 by 64). Its weight
-    gradient splits the strips for about 8 programs an SM, none without a strip."""
+    the contiguous axis: 64 columns by 8 channels (7x7 images: 8 by 64). Kernels of
+    more taps take fewer elements a thread. Its weight gradient splits the strips
+    for about 8 programs an SM, none without a strip."""
     from kernels.conv import ops
     gpu = torch.device("cuda", 0)
     with pytest.MonkeyPatch.context() as patch:
@@ -1202,6 +1203,9 @@ def test_depthwise_row_tiles():
         assert ops._depthwise_row_tiles(32, 7, 7, 960, gpu, interpreter=False) == (7, 8, 64)
         assert ops._depthwise_row_tiles(32, 56, 56, 144, gpu, False, interpreter=False) == (14, 64, 8)
         assert ops._depthwise_row_tiles(32, 7, 7, 960, gpu, False, interpreter=False) == (7, 8, 64)
+        # a 7x7 (ConvNeXt-T's 192 channels at 28x28): one element a thread, 128 a tile; a 5x5: two, 256
+        assert ops._depthwise_row_tiles(32, 28, 28, 192, gpu, True, 49, interpreter=False) == (14, 2, 64)
+        assert ops._depthwise_row_tiles(32, 28, 28, 240, gpu, True, 25, interpreter=False) == (10, 4, 64)
         # the weight gradient's 9 channel tiles: 256 strips of 16 input rows, 3 a split (118 splits, about 8
         # programs an SM, would leave some empty): 86 splits, 774 programs, summed 8 a load
         assert ops._direct_splits(gpu, 9, 32 * 4 * 2, 16 * 16, 14 + 2) == (86, 8)
