@@ -12,9 +12,10 @@ host's pace for one call of torch. Prints a table, writes ``launches.json`` to
 OUTDIR when given, exits 1 when the two ways give different results. With OUTDIR
 it also writes ``launches-profile.txt``: each case's calls (direct launches)
 under cProfile and under torch.profiler (every thread, CUDA runtime and driver
-calls included), and the host synchronisations one call makes (on an H200's host, 2026-11-30, these
-calls took 35-920 us: several times what ``python -m bench --host`` counts on a
-2-core CPU, cause not yet known). bench/gpu_check.sh runs it.
+calls included), and the host synchronisations one call makes (on an H200's
+host, 2026-11-30, these calls took 35-920 us: several times what ``python -m
+bench --host`` counts on a 2-core CPU, cause not yet known). bench/gpu_check.sh
+runs it.
 """
 from __future__ import annotations
 

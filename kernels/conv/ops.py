@@ -82,24 +82,25 @@ MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 # programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
 DIRECT_PROGRAMS_PER_SM = 8
 # The depthwise patch kernels (what the rows kernels below do not run: row dilations, strides past the rows
-# kernels', kernels past 7x7, the weight gradient of all but a 3x3) take tiles on a GPU, channels_last (NCHW:
-# half the bytes): the forward's and input gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient
-# at 8 KB 143 / 96 registers a thread, 3 / 5 programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the
-# 7x7 forward 186, 139, 88 registers and 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and
-# the weight gradient's over its taps (R*S rounded up to a power of two), DEPTHWISE_WGRAD_CHANNEL_BYTES of
-# channels wide, so that a layer's channels make several tiles (144 of 2 bytes: 9) for its splits.
+# kernels', the weight gradient of all but a 3x3) take tiles on a GPU, channels_last (NCHW: half the bytes):
+# the forward's and input gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient at 8 KB 143 / 96
+# registers a thread, 3 / 5 programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the 7x7 forward 186,
+# 139, 88 registers and 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and the weight
+# gradient's over its taps (R*S rounded up to a power of two), DEPTHWISE_WGRAD_CHANNEL_BYTES of channels wide,
+# so that a layer's channels make several tiles (144 of 2 bytes: 9) for its splits.
 DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
 # A depthwise convolution of row dilation 1 in any layout runs the rows kernels (``_depthwise_rows``): a 3x3
 # of row stride 1 or 2 (the forward and weight gradient; the input gradient at stride 1, or 2 and dilation 1),
-# and the forward and stride-1 input gradient of other kernels up to 7x7 at row stride 1. (TILE_Q, BLOCK_C)
-# tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine weights, or the weight gradient's nine
-# sums, in 36 registers; 5x5: 2 a thread, 7x7: 1), down ROWS output rows (the stride-2 input gradient: pairs
-# of rows and columns), ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least
-# DEPTHWISE_MIN_ROWS rows (a chunk loads R - 1 rows more than it writes at row stride 1, one at 2; the weight
-# gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run the patch kernels
-# instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not run on a GPU yet).
+# and the forward and stride-1 input gradient of the other depthwise kernels (up to 7x7) at row stride 1.
+# (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine weights, or the weight
+# gradient's nine sums, in 36 registers; 5x5: 2 a thread, 7x7: 1), down ROWS output rows (the stride-2 input
+# gradient: pairs of rows and columns), ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at
+# least DEPTHWISE_MIN_ROWS rows (a chunk loads R - 1 rows more than it writes at row stride 1, one at 2; the
+# weight gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run the patch
+# kernels instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not run on a GPU
+# yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -497,11 +498,11 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 
 
 def _depthwise_rows(geo: ConvGeometry, pass_name: str) -> bool:
-    """Whether a pass runs a rows kernel (any layout, row dilation 1, kernels up to
-    7x7): the forward at row stride 1 (a 3x3 also at 2); the input gradient at
-    stride (1, 1) (a 3x3 also at (2, 2) with dilation 1); the weight gradient of a
-    3x3 at row stride 1 or 2."""
-    if not DEPTHWISE_ROWS or geo.dilation[0] != 1 or max(geo.R, geo.S) > 7:
+    """Whether a depthwise pass runs a rows kernel (any layout, row dilation 1): the
+    forward at row stride 1 (a 3x3 also at 2); the input gradient at stride (1, 1)
+    (a 3x3 also at (2, 2) with dilation 1); the weight gradient of a 3x3 at row
+    stride 1 or 2."""
+    if not DEPTHWISE_ROWS or geo.dilation[0] != 1:
         return False
     stride, three = tuple(geo.stride), (geo.R, geo.S) == (3, 3)
     if pass_name == "forward":
