@@ -1072,12 +1072,12 @@ ROWS_CASES = [(2, 20, 9, 11, 1, 1, 1, "channels_last"), (1, 9, 7, 12, (1, 2), 2,
               (2, 5, 6, 5, 1, 3, 1, "channels_last"), (1, 7, 8, 6, 1, "same", (1, 3), "channels_last"),
               (2, 10, 7, 9, 1, 1, 1, "contiguous"), (2, 6, 11, 9, 2, 1, 1, "contiguous"),
               (1, 9, 8, 7, (2, 1), (2, 0), (1, 2), "channels_last"), (2, 9, 8, 10, 2, 0, 1, "channels_last"),
-              (1, 12, 7, 8, 2, (2, 3), 1, "channels_last")]
+              (1, 12, 7, 8, 2, (2, 3), 1, "channels_last"), (1, 8, 13, 9, (3, 2), 1, 1, "contiguous")]
 
 
 @pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13", "nchw",
                                                   "nchw-stride2", "stride21-pad20-dilation12", "stride2-pad0",
-                                                  "stride2-pad23"])
+                                                  "stride2-pad23", "nchw-stride32"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels (each input row loaded once, the output rows' sums rolling)
@@ -1112,35 +1112,46 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
         -(-steps // -(-steps // 5)), 2)
 
 
-# Depthwise kernels of other sizes the forward's rows kernel runs (row stride 1, row dilation 1; the input
-# gradient too at stride (1, 1)): N, C, H, W, kernel, stride, padding, dilation, layout.
+# Depthwise kernels of other sizes (row dilation 1; the forward and weight gradient at any stride, the input
+# gradient at stride (1, 1)): N, C, H, W, kernel, stride, padding, dilation, layout.
 WIDE_ROWS_CASES = [(2, 10, 11, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 9, 8, 12, (5, 5), (1, 2), 2, (1, 2), "contiguous"),
                    (2, 6, 7, 6, (2, 4), 1, "same", 1, "channels_last"),
                    (1, 5, 6, 7, (1, 3), 1, (0, 4), (1, 2), "contiguous"),
-                   (1, 7, 4, 12, (7, 5), 1, (2, 1), 1, "channels_last")]
+                   (1, 7, 4, 12, (7, 5), 1, (2, 1), 1, "channels_last"),
+                   (2, 9, 13, 11, (5, 5), 2, 2, 1, "channels_last"),
+                   (1, 6, 12, 9, (7, 7), (2, 1), 3, (1, 2), "contiguous"),
+                   (1, 7, 13, 10, (4, 3), 3, (1, 2), 1, "channels_last"),
+                   (1, 5, 9, 8, (1, 3), (2, 1), (0, 1), 1, "contiguous"),
+                   (1, 6, 10, 9, (2, 2), (3, 2), 0, 1, "channels_last")]
 
 
 @pytest.mark.parametrize("case", WIDE_ROWS_CASES, ids=["7x7", "5x5-stride12-dilation12-nchw", "2x4-same", "1x3-nchw",
-                                                       "7x5-short-image"])
+                                                       "7x5-short-image", "5x5-stride2", "7x7-stride21-nchw",
+                                                       "4x3-stride3", "1x3-stride21-nchw", "2x2-stride32-pad0"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
-    """The rows kernel for kernels other than 3x3 (R output rows rolling, R x S
-    weights in registers): the forward with bias and leaky ReLU and, at stride
-    (1, 1), the input gradient (the kernel turned by 180 degrees: padding R - 1 -
-    pad, (S - 1) dil - pad, negative where the padding passes it); the weight
-    gradient runs the patch kernel. With the interpreter's tiles and with chunks of
-    3 rows by 4 columns by 8 channels. Values and gradients against float64."""
+    """The rows kernels for kernels other than 3x3 (R x S weights or sums in
+    registers): the forward with bias and leaky ReLU and the weight gradient at
+    row strides 1 to 3 (a step loads min(stride, R) input rows: below the kernel
+    height they feed several output rows, above it some rows are never read), and
+    at stride (1, 1) the input gradient (the kernel turned by 180 degrees:
+    padding R - 1 - pad, (S - 1) dil - pad, negative where the padding passes it;
+    other strides: the patch kernel). With the interpreter's tiles and with
+    chunks of 3 rows by 4 columns by 8 channels, the weight gradient split as in
+    ``test_depthwise_rows``. Values and gradients against float64."""
     from kernels.conv import ops
     if tiles is not None:
         monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: tiles)
+        monkeypatch.setattr(ops, "_splits", lambda *args: 5)
+        monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 2)
     N, C, H, W, kernel, stride, padding, dilation, layout = case
     x, w, b = _inputs(N, C, H, W, C, kernel, C, torch.float32, device, layout)
     _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
     names = [launch.name for launch in launch_log]
     flipped = stride == 1
     assert names.count("_conv_depthwise_rows_kernel") == (2 if flipped else 1), names
-    assert ("_conv_dgrad_depthwise_kernel" in names) != flipped and "_conv_wgrad_depthwise_kernel" in names, names
+    assert ("_conv_dgrad_depthwise_kernel" in names) != flipped and "_conv_wgrad_depthwise_rows_kernel" in names, names
 
 
 def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
@@ -1174,14 +1185,13 @@ def test_depthwise_rows_half_and_int64(layout, stride, device, monkeypatch, laun
     assert rows == [True] * 3, [launch.name for launch in launch_log]
 
 
-@pytest.mark.parametrize("layout,stride,dilation", [("channels_last", 1, (2, 1)), ("contiguous", (3, 1), 1)],
-                         ids=["row-dilation2", "nchw-row-stride3"])
-def test_depthwise_rows_not_taken(layout, stride, dilation, device, launch_log):
-    """A 3x3 depthwise convolution the rows kernels cannot run (a row dilation of 2,
-    a row stride of 3: no input row feeds two output rows) runs the patch
-    kernels, right."""
+@pytest.mark.parametrize("layout,stride", [("channels_last", 1), ("contiguous", 2)], ids=["channels_last", "nchw-stride2"])
+def test_depthwise_rows_not_taken(layout, stride, device, launch_log):
+    """A 3x3 depthwise convolution the rows kernels cannot run (a row dilation of 2:
+    an output row's input rows are not consecutive) runs the patch kernels,
+    right."""
     x, w, b = _inputs(1, 8, 9, 9, 8, (3, 3), 8, torch.float32, device, layout)
-    _rows_check(x, w, b, stride, 1, dilation, None, torch.float32)
+    _rows_check(x, w, b, stride, 1, (2, 1), None, torch.float32)
     names = [launch.name for launch in launch_log]
     assert not any("depthwise_rows" in name for name in names) and "_conv_fwd_depthwise_kernel" in names, names
 

@@ -123,7 +123,7 @@ def _gpu_specs():
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (40 cases), channels_last unless marked NCHW
+# --quick: bf16, a few shapes per set and pass (41 cases), channels_last unless marked NCHW
 # ("contiguous": ResNet-50's 1x1 at 56x56 runs the planar GEMMs there, MobileNet-v2's depthwise 3x3 its rows
 # kernel) or read in place (a 3x3's three passes, two more 3x3 forwards, the stem's forward and weight gradient,
 # each beside its copied layouts: the stem's forward reads zero-padded copies of x, channels_last included).
@@ -136,7 +136,7 @@ QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6,
          ("dilated", 0, "forward"), ("dilated", 4, "forward"), ("depthwise", 2, "forward"),
          ("depthwise", 2, "forward", "contiguous"), ("depthwise", 3, "forward"), ("depthwise", 3, "input_grad"),
          ("depthwise", 3, "weight_grad"),
-         ("depthwise-7x7", 1, "forward"), ("fused-bias-relu", 2, "forward"),
+         ("depthwise-7x7", 1, "forward"), ("depthwise-7x7", 1, "weight_grad"), ("fused-bias-relu", 2, "forward"),
          ("resnet50", 2, "input_grad"), ("resnet50", 22, "input_grad"), ("dilated", 0, "input_grad"),
          ("depthwise", 2, "input_grad"),
          ("resnet50", 2, "weight_grad"), ("resnet50", 15, "weight_grad"), ("resnet50", 22, "weight_grad"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from .._reduce import split_chunk
-from .._runtime import CompileCase
+from .._runtime import CompileCase, next_power_of_2
 from ..activation import ACT_LEAKY_RELU, ACT_RELU
 from ._depthwise import (_conv_depthwise_rows_kernel, _conv_dgrad_depthwise_kernel, _conv_dgrad_depthwise_rows_kernel,
                          _conv_fwd_depthwise_kernel, _conv_wgrad_depthwise_kernel, _conv_wgrad_depthwise_rows_kernel)
@@ -319,8 +319,11 @@ _DEPTHWISE_EXPECT = {
 # thread (7x7, ConvNeXt-T's 192 channels at 28x28): forward 2.35 / 2.35, input gradient
 # 2.29 / 2.29, 96 registers (the patch kernel's 7x7: 5.5 / 5.5 forward, 7.5 / 7.7 input
 # gradient, 186 registers forward); two a thread (5x5, EfficientNet-B0's 240 channels):
-# 2.28 / 2.30 and 2.16 / 2.18, 96 / 95. Keyed by pass, layout and stride (the wider
-# kernels: size).
+# 2.28 / 2.30 and 2.16 / 2.18, 96 / 95. Measured 2026-12-01 (3.9 / 3.6), the weight
+# gradient of those: 7x7 2.51 / 2.51, 115 / 117 registers (its 49 sums a thread); 5x5
+# 2.40 / 2.44, 108 / 110; EfficientNet-B0's 5x5 of stride 2 (144 channels, 56x56 in):
+# forward 3.22 / 3.22, 102 / 103, weight gradient 3.32 / 3.36, 108 / 110. Keyed by
+# pass, layout and stride (the wider kernels: size, "/2" for stride 2).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
                                       "ldg64_at_least": 3, "stg64_at_least": 1},
@@ -341,6 +344,10 @@ _DEPTHWISE_ROWS_EXPECT = {
     ("input_grad", "channels_last", "7x"): {"max_loop_instructions_per_ffma": 2.6, "max_registers": 104},
     ("forward", "channels_last", "5x"): {"max_loop_instructions_per_ffma": 2.6, "max_registers": 104},
     ("input_grad", "channels_last", "5x"): {"max_loop_instructions_per_ffma": 2.5, "max_registers": 104},
+    ("weight_grad", "channels_last", "7x"): {"max_loop_instructions_per_ffma": 2.8, "max_registers": 128},
+    ("weight_grad", "channels_last", "5x"): {"max_loop_instructions_per_ffma": 2.7, "max_registers": 128},
+    ("forward", "channels_last", "5x/2"): {"max_loop_instructions_per_ffma": 3.5, "max_registers": 112},
+    ("weight_grad", "channels_last", "5x/2"): {"max_loop_instructions_per_ffma": 3.7, "max_registers": 120},
 }
 
 
@@ -350,8 +357,8 @@ def _depthwise_rows_cases():
     the forward (bias, relu), input gradient (FLIP) and weight gradient at stride
     1, the three at stride 2 (the input gradient by pairs); the three at stride 1
     in NCHW (column strides 1); the forward and the weight gradient in fp32 and
-    with int64 offsets; the 7x7 and 5x5 forward and input gradient (channels_last,
-    stride 1)."""
+    with int64 offsets; in bf16 channels_last the 7x7 and 5x5 at stride 1 (the
+    three passes) and the 5x5 at stride 2 (forward and weight gradient)."""
     cases = []
     for dt, layout, stride, index_64 in (("bf16", "channels_last", 1, False), ("bf16", "channels_last", 2, False),
                                          ("bf16", "nchw", 1, False), ("fp32", "channels_last", 1, False),
@@ -390,26 +397,39 @@ def _depthwise_rows_cases():
                "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **dys, **xs,
                **_ints(*_strides("dw", "crs"))}
         cases.append(CompileCase(_conv_wgrad_depthwise_rows_kernel, sig,
-                                 dict(STRIDE_H=stride, **dy1, **x1, **geometry, CHUNK=split_chunk(16 * block_c)),
+                                 dict(R=3, S=3, TAPS=16, STRIDE_H=stride, **dy1, **x1, **geometry,
+                                      CHUNK=split_chunk(16 * block_c)),
                                  label=f"{label},weight_grad", divisible=("C", *dyd, *xd),
                                  expect=_DEPTHWISE_ROWS_EXPECT[("weight_grad", layout, stride)] if budgets else {}))
-    for kernel_size, channels, size in ((7, 192, 28), (5, 240, 28)):      # ConvNeXt-T's, EfficientNet-B0's
-        _, tile_q, block_c = _depthwise_row_tiles(32, size, size, channels, torch.device("cpu"), True,
-                                                  kernel_size * kernel_size, interpreter=False)
-        (xs, x1, xd), (ys, y1, yd) = (_unit_strides(name, "nchw", "c") for name in ("x", "y"))
+    for kernel_size, channels, size, stride in ((7, 192, 28, 1), (5, 240, 28, 1), (5, 144, 56, 2)):
+        # ConvNeXt-T's, EfficientNet-B0's (its stride-2 5x5: 144 channels from 56x56)
+        _, tile_q, block_c = _depthwise_row_tiles(32, size // stride, size // stride, channels, torch.device("cpu"),
+                                                  True, kernel_size * kernel_size, interpreter=False)
+        (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = (_unit_strides(name, axes, "c") for name, axes in
+                                                       (("x", "nchw"), ("y", "nchw"), ("dy", "ncpq")))
+        label = f"bf16,channels_last,{kernel_size}x{kernel_size}" + (",stride2" if stride == 2 else "")
+        key = f"{kernel_size}x" + ("/2" if stride == 2 else "")
+        geometry = dict(stride_w=stride, pad_h=kernel_size // 2, pad_w=kernel_size // 2, dil_w=1, TILE_Q=tile_q,
+                        BLOCK_C=block_c, INDEX_64=False)
         sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
                **_ints("H", "W", "P", "Q", "C", "ROWS"), **xs, **_ints(*_strides("w", "crs")), **ys,
                "negative_slope": "fp32"}
-        for flip in (False, True):
+        for flip in (False, True) if stride == 1 else (False,):
             pass_name = "input_grad" if flip else "forward"
-            constexprs = dict(R=kernel_size, S=kernel_size, STRIDE_H=1, FLIP=flip, HAS_BIAS=not flip,
-                              ACTIVATION=0 if flip else ACT_RELU.value, stride_w=1, pad_h=kernel_size // 2,
-                              pad_w=kernel_size // 2, dil_w=1, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=False, **x1,
-                              **y1)
-            cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs,
-                                     label=f"bf16,channels_last,{kernel_size}x{kernel_size},{pass_name}",
+            constexprs = dict(R=kernel_size, S=kernel_size, STRIDE_H=stride, FLIP=flip, HAS_BIAS=not flip,
+                              ACTIVATION=0 if flip else ACT_RELU.value, **geometry, **x1, **y1)
+            cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs, label=f"{label},{pass_name}",
                                      divisible=("C", *xd, *yd),
-                                     expect=_DEPTHWISE_ROWS_EXPECT[(pass_name, "channels_last", f"{kernel_size}x")]))
+                                     expect=_DEPTHWISE_ROWS_EXPECT[(pass_name, "channels_last", key)]))
+        taps = next_power_of_2(kernel_size * kernel_size)
+        sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": _param_grad("bf16"), "part_ptr": "*fp32",
+               "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **dys, **xs,
+               **_ints(*_strides("dw", "crs"))}
+        cases.append(CompileCase(_conv_wgrad_depthwise_rows_kernel, sig,
+                                 dict(R=kernel_size, S=kernel_size, TAPS=taps, STRIDE_H=stride, **dy1, **x1, **geometry,
+                                      CHUNK=split_chunk(taps * block_c)),
+                                 label=f"{label},weight_grad", divisible=("C", *dyd, *xd),
+                                 expect=_DEPTHWISE_ROWS_EXPECT[("weight_grad", "channels_last", key)]))
     return cases
 
 

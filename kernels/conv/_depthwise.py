@@ -22,14 +22,13 @@ host sets when they may pass 2**31); an image's base offset is int64.
   pixels reads each block of dy once and gathers x for every tap in one load;
   the (TAPS, BLOCK_C) sums are split over grid axis 2 and reduced in fixed
   order (``sum_splits``).
-* rows (row dilation 1, any layout; a 3x3: the forward and the weight gradient at
-  row stride 1 or 2, the input gradient at stride 1, as a forward of dy with the
-  kernel turned by 180 degrees, and at stride 2 and dilation 1, by pairs of dx
-  rows and columns; other kernels up to 7x7: the forward and the input gradient
-  at stride 1): a program walks down a column strip, loading each input row's
-  column shifts once for the output rows that read it (the patch kernels
-  load each input element once per tap and convert it to fp32 each time: 1.5
-  instructions an element in bf16, more than its multiply-add).
+* rows (row dilation 1, any layout: the forward and the weight gradient at any
+  stride; the input gradient at stride 1, as a forward of dy with the kernel
+  turned by 180 degrees, and for a 3x3 at stride 2 and dilation 1, by pairs of
+  dx rows and columns): a program walks down a column strip, loading each
+  input row's column shifts once for the output rows that read it (the patch
+  kernels load each input element once per tap and convert it to fp32 each
+  time: 1.5 instructions an element in bf16, more than its multiply-add).
 """
 from __future__ import annotations
 
@@ -132,12 +131,6 @@ def _tap_row(acc, xs, ws, S: tl.constexpr):
 
 
 @triton.jit
-def _tap_products(a0, a1, a2, x0, x1, x2, d):
-    """(a0 + x0 d, a1 + x1 d, a2 + x2 d): one dy row's products with a row's three shifts."""
-    return a0 + x0 * d, a1 + x1 * d, a2 + x2 * d
-
-
-@triton.jit
 def _tap_weights(w_chan, mask_c, stride_wr, stride_ws, R: tl.constexpr, S: tl.constexpr, FLIP: tl.constexpr):
     """An R x S kernel's taps w[c, r, s] as fp32 (1, BLOCK_C), or w[c, R - 1 - r, S - 1 -
     s] with FLIP: a tuple of R rows, each a tuple of S."""
@@ -170,6 +163,17 @@ def _store_row(y_row, y_cols, mask, acc, bias, negative_slope, HAS_BIAS: tl.cons
 
 
 @triton.jit
+def _row_needed(ih, H, j, rows, one_row, last: tl.constexpr, M: tl.constexpr):
+    """Whether step j's input row ih (of H) is loaded: inside the image and, when
+    the rows it feeds reach only ``last`` < M steps back, some of them in the
+    chunk's ``rows`` (the steps past them load nothing)."""
+    ok = _in_range(ih + one_row, H)
+    if last < M:
+        ok = ok & (j + one_row < rows + last)
+    return ok
+
+
+@triton.jit
 def _conv_depthwise_rows_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr,
         H, W, P, Q, C, ROWS,
@@ -180,19 +184,19 @@ def _conv_depthwise_rows_kernel(
         negative_slope,
         R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr,
         ACTIVATION: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
-    """An R x S depthwise convolution of row dilation 1 and row stride STRIDE_H (1;
-    a 3x3 also 2), each input row loaded once: x: (N, C, H, W); w: (C, 1, R, S);
-    b: (C,); y: (N, C, P, Q); strides. Program (((n * chunks) + chunk) * strips +
-    strip, c_block): y over ROWS output rows from chunk * ROWS, TILE_Q columns,
-    BLOCK_C channels. The R*S weights stay in registers (tuples); each input row's
-    S column shifts are loaded once and feed the output rows that read it. Row
-    stride 1: R output rows, whose sums roll (accs[0], the oldest, takes the
-    row's last tap and is stored; the others move down); row stride 2: an even
-    row ends one output row and begins the next (``carry``), an odd row feeds
-    one. The forward (y = act(conv + b)) and, with FLIP (the kernel turned by 180
-    degrees, row stride 1, no bias or activation), a stride-1 input gradient (x:
-    dy, y: dx)."""
-    tl.static_assert(STRIDE_H == 1 or (STRIDE_H == 2 and R == 3 and not FLIP))
+    """An R x S depthwise convolution of row dilation 1 and row stride STRIDE_H,
+    each input row loaded once: x: (N, C, H, W); w: (C, 1, R, S); b: (C,); y: (N,
+    C, P, Q); strides. Program (((n * chunks) + chunk) * strips + strip, c_block):
+    y over ROWS output rows from chunk * ROWS, TILE_Q columns, BLOCK_C channels.
+    The R*S weights stay in registers (tuples); each input row's S column shifts
+    are loaded once and feed the output rows that read it. Step j loads the
+    input rows STRIDE_H (p0 + j) - pad_h + phase (phase < STRIDE_H, R), which
+    output row p0 + j - m reads through tap row phase + STRIDE_H m; the output
+    rows' sums (``_feed_rows``) roll: the oldest, row p0 + j - M, is done and
+    stored. The forward (y = act(conv + b)) and, with FLIP (the kernel turned
+    by 180 degrees, row stride 1, no bias or activation), a stride-1 input
+    gradient (x: dy, y: dx)."""
+    tl.static_assert(STRIDE_H == 1 or not FLIP)
     n, p0, offs_q = _strip(tl.program_id(0), P, Q, ROWS, TILE_Q)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
@@ -209,33 +213,26 @@ def _conv_depthwise_rows_kernel(
     rows = tl.minimum(ROWS, P - p0)
     zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (the interpreter's & of a tensor
-    if STRIDE_H == 1:                               # and a scalar is not a mask)
-        accs = ()                                   # accs[k]: output row p0 + i - (R - 1) + k
-        for k in tl.static_range(R):
-            accs = accs + (zeros,)
-        for i in range(rows + R - 1):
-            ih = p0 - pad_h + i             # input row: output rows p0 + i - (R - 1) .. p0 + i read it
-            xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks, _in_range(ih + one_row, H), S)
-            sums = ()
-            for k in tl.static_range(R):    # tap row R - 1 - k; taps in the order of the other kernels
-                sums = sums + (_tap_row(accs[k], xs, w[R - 1 - k], S),)
-            _store_row(y_img + _offsets(p0 + i - (R - 1), stride_yh, INDEX_64), y_cols,
-                       y_ok & (i + one_row >= R - 1), sums[0], bias, negative_slope, HAS_BIAS, ACTIVATION)
-            accs = sums[1:] + (zeros,)
-    else:
-        ih = 2 * p0 - pad_h                 # input rows ih + 2j, ih + 2j + 1, ih + 2j + 2: output row p0 + j
-        xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks, _in_range(ih + one_row, H), S)
-        carry = _tap_row(zeros, xs, w[0], S)
-        for j in range(rows):
-            odd = ih + 2 * j + 1
-            xs = _load_shifts(x_img + _offsets(odd, stride_xh, INDEX_64), cols, oks, _in_range(odd + one_row, H), S)
-            acc = _tap_row(carry, xs, w[1], S)
-            xs = _load_shifts(x_img + _offsets(odd + 1, stride_xh, INDEX_64), cols, oks,
-                              _in_range(odd + 1 + one_row, H), S)
-            acc = _tap_row(acc, xs, w[2], S)
-            carry = _tap_row(zeros, xs, w[0], S)
-            _store_row(y_img + _offsets(p0 + j, stride_yh, INDEX_64), y_cols, y_ok, acc, bias, negative_slope,
-                       HAS_BIAS, ACTIVATION)
+    M: tl.constexpr = (R - 1) // STRIDE_H           # and a scalar is not a mask)
+    accs = ()                                       # accs[m]: output row p0 + j - m
+    for m in tl.static_range(M + 1):
+        accs = accs + (zeros,)
+    for j in range(rows + M):
+        for phase in tl.static_range(STRIDE_H):
+            if phase < R:
+                ih = STRIDE_H * (p0 + j) - pad_h + phase
+                xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks,
+                                  _row_needed(ih, H, j, rows, one_row, (R - 1 - phase) // STRIDE_H, M), S)
+                sums = ()
+                for m in tl.static_range(M + 1):    # taps in the order of the other kernels
+                    if phase + STRIDE_H * m < R:
+                        sums = sums + (_tap_row(accs[m], xs, w[phase + STRIDE_H * m], S),)
+                    else:
+                        sums = sums + (accs[m],)
+                accs = sums
+        _store_row(y_img + _offsets(p0 + j - M, stride_yh, INDEX_64), y_cols, y_ok & (j + one_row >= M), accs[M],
+                   bias, negative_slope, HAS_BIAS, ACTIVATION)
+        accs = (zeros,) + accs[:M]
 
 
 @triton.jit
@@ -315,6 +312,15 @@ def _conv_dgrad_depthwise_rows_kernel(
 
 
 @triton.jit
+def _tap_products(accs, xs, d, S: tl.constexpr):
+    """(accs[s] + xs[s] d for s < S): a dy row's products with an input row's S column shifts."""
+    sums = ()
+    for s in tl.static_range(S):
+        sums = sums + (accs[s] + xs[s] * d,)
+    return sums
+
+
+@triton.jit
 def _tap_sum(total, taps, k: tl.constexpr, acc):
     """``total`` (TAPS, BLOCK_C) with row k set to the column sums of ``acc`` (TILE_Q, BLOCK_C)."""
     return tl.where((taps == k)[:, None], tl.sum(acc, axis=0)[None, :], total)
@@ -328,87 +334,70 @@ def _conv_wgrad_depthwise_rows_kernel(
         stride_dyn, stride_dyc, stride_dyp, stride_dyq,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwc, stride_dwr, stride_dws,
-        STRIDE_H: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr,
-        CHUNK: tl.constexpr):
-    """The weight gradient of a 3x3 depthwise convolution of row dilation 1 and row
-    stride STRIDE_H (1 or 2), each input row loaded once: dy: (N, C, P, Q); x: (N,
-    C, H, W); dw: (C, 1, 3, 3) (the weight's dtype, or its master's under
-    autocast); strides; part / ticket: the split workspace (``sum_splits``,
-    CHUNK). Program (c_block, 0, split): dw for BLOCK_C channels, summed over its
-    split of the strips, each ROWS output rows of one image by TILE_Q columns.
-    Down a strip, each input row's three column shifts meet the dy rows that read
-    them (row stride 1: three, kept, rolling: d0 the newest; row stride 2: an even
-    row two, the one before kept in x0..x2), nine sums of (TILE_Q, BLOCK_C)
-    products, reduced over the columns at the end."""
+        R: tl.constexpr, S: tl.constexpr, TAPS: tl.constexpr, STRIDE_H: tl.constexpr, TILE_Q: tl.constexpr,
+        BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr, CHUNK: tl.constexpr):
+    """The weight gradient of an R x S depthwise convolution of row dilation 1 and
+    row stride STRIDE_H, each input row loaded once: dy: (N, C, P, Q); x: (N, C,
+    H, W); dw: (C, 1, R, S) (the weight's dtype, or its master's under autocast);
+    strides; part / ticket: the split workspace (``sum_splits``, CHUNK; TAPS: R*S
+    rounded up to a power of two). Program (c_block, 0, split): dw for BLOCK_C
+    channels, summed over its split of the strips, each ROWS output rows of one
+    image by TILE_Q columns. Down a strip, step j loads dy row p0 + j and the
+    input rows of the forward's step j (``_conv_depthwise_rows_kernel``), whose
+    S column shifts meet the dy rows kept (ds[m]: dy row p0 + j - m) in the R*S
+    sums of (TILE_Q, BLOCK_C) products, reduced over the columns at the end."""
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
     dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (as the rows kernel's)
-    a00 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    a01 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    a02 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    a10 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    a11 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    a12 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    a20 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    a21 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    a22 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
+    M: tl.constexpr = (R - 1) // STRIDE_H           # tap row phase + STRIDE_H m: input row phase, dy row j - m
+    accs = ()                                       # accs[r][s]: tap (r, s)
+    for r in tl.static_range(R):
+        row = ()
+        for s in tl.static_range(S):
+            row = row + (zeros,)
+        accs = accs + (row,)
     first, end = _split_steps(N * tl.cdiv(P, ROWS) * tl.cdiv(Q, TILE_Q))
     for step in range(first, end):
         n, p0, offs_q = _strip(step, P, Q, ROWS, TILE_Q)
-        cols, oks = _column_shifts(x_chan, offs_q * stride_w - pad_w, W, mask_c, stride_xw, dil_w, 3, INDEX_64)
+        cols, oks = _column_shifts(x_chan, offs_q * stride_w - pad_w, W, mask_c, stride_xw, dil_w, S, INDEX_64)
         dy_cols = dy_chan + _offsets(offs_q, stride_dyq, INDEX_64)[:, None]
         dy_ok = (offs_q < Q)[:, None] & mask_c[None, :]
         x_img = x_ptr + n.to(tl.int64) * stride_xn
         dy_img = dy_ptr + n.to(tl.int64) * stride_dyn
         rows = tl.minimum(ROWS, P - p0)
-        if STRIDE_H == 1:               # tap (r, s): input row p - pad + r with dy row p
-            d1 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-            d2 = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-            for i in range(rows + 2):   # input row p0 - pad_h + i meets dy rows p0 + i (d0), p0 + i - 1, p0 + i - 2
-                ih = p0 - pad_h + i
-                x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks,
-                                          _in_range(ih + one_row, H), 3)
-                d0 = tl.load(dy_img + _offsets(p0 + i, stride_dyp, INDEX_64) + dy_cols,
-                             mask=dy_ok & (i + one_row < rows), other=0.0).to(tl.float32)
-                a00, a01, a02 = _tap_products(a00, a01, a02, x0, x1, x2, d0)
-                a10, a11, a12 = _tap_products(a10, a11, a12, x0, x1, x2, d1)
-                a20, a21, a22 = _tap_products(a20, a21, a22, x0, x1, x2, d2)
-                d2 = d1
-                d1 = d0
-        else:                           # tap (r, s): input row 2p - pad + r with dy row p
-            ih = 2 * p0 - pad_h
-            x0, x1, x2 = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks, _in_range(ih + one_row, H),
-                                      3)
-            for j in range(rows):       # x0, x1, x2: input row ih + 2j, shared with dy row p0 + j - 1
-                d = tl.load(dy_img + _offsets(p0 + j, stride_dyp, INDEX_64) + dy_cols, mask=dy_ok,
-                            other=0.0).to(tl.float32)
-                a00, a01, a02 = _tap_products(a00, a01, a02, x0, x1, x2, d)
-                odd = ih + 2 * j + 1
-                x0, x1, x2 = _load_shifts(x_img + _offsets(odd, stride_xh, INDEX_64), cols, oks,
-                                          _in_range(odd + one_row, H), 3)
-                a10, a11, a12 = _tap_products(a10, a11, a12, x0, x1, x2, d)
-                x0, x1, x2 = _load_shifts(x_img + _offsets(odd + 1, stride_xh, INDEX_64), cols, oks,
-                                          _in_range(odd + 1 + one_row, H), 3)
-                a20, a21, a22 = _tap_products(a20, a21, a22, x0, x1, x2, d)
-    taps = tl.arange(0, 16)
-    total = tl.zeros((16, BLOCK_C), dtype=tl.float32)
-    total = _tap_sum(total, taps, 0, a00)
-    total = _tap_sum(total, taps, 1, a01)
-    total = _tap_sum(total, taps, 2, a02)
-    total = _tap_sum(total, taps, 3, a10)
-    total = _tap_sum(total, taps, 4, a11)
-    total = _tap_sum(total, taps, 5, a12)
-    total = _tap_sum(total, taps, 6, a20)
-    total = _tap_sum(total, taps, 7, a21)
-    total = _tap_sum(total, taps, 8, a22)
+        ds = ()
+        for m in tl.static_range(M + 1):
+            ds = ds + (zeros,)
+        for j in range(rows + M):
+            d = tl.load(dy_img + _offsets(p0 + j, stride_dyp, INDEX_64) + dy_cols,
+                        mask=dy_ok & (j + one_row < rows), other=0.0).to(tl.float32)
+            ds = (d,) + ds[:M]
+            for phase in tl.static_range(STRIDE_H):
+                if phase < R:
+                    ih = STRIDE_H * (p0 + j) - pad_h + phase
+                    xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks,
+                                      _row_needed(ih, H, j, rows, one_row, (R - 1 - phase) // STRIDE_H, M), S)
+                    sums = ()
+                    for r in tl.static_range(R):
+                        if r % STRIDE_H == phase:
+                            sums = sums + (_tap_products(accs[r], xs, ds[r // STRIDE_H], S),)
+                        else:
+                            sums = sums + (accs[r],)
+                    accs = sums
+    taps = tl.arange(0, TAPS)
+    total = tl.zeros((TAPS, BLOCK_C), dtype=tl.float32)
+    for r in tl.static_range(R):
+        for s in tl.static_range(S):
+            total = _tap_sum(total, taps, r * S + s, accs[r][s])
     done = tl.num_programs(2) == 1
     if not done:
-        total, done = sum_splits(total, part_ptr, ticket_ptr, 16, BLOCK_C, CHUNK)
+        total, done = sum_splits(total, part_ptr, ticket_ptr, TAPS, BLOCK_C, CHUNK)
     if done:
-        dw_ptrs = dw_ptr + (offs_c * stride_dwc)[None, :] + (taps // 3 * stride_dwr + taps % 3 * stride_dws)[:, None]
-        tl.store(dw_ptrs, total.to(dw_ptr.dtype.element_ty), mask=(taps < 9)[:, None] & mask_c[None, :])
+        dw_ptrs = dw_ptr + (offs_c * stride_dwc)[None, :] + (taps // S * stride_dwr + taps % S * stride_dws)[:, None]
+        tl.store(dw_ptrs, total.to(dw_ptr.dtype.element_ty), mask=(taps < R * S)[:, None] & mask_c[None, :])
 
 
 @triton.jit

@@ -81,8 +81,8 @@ MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 # two, an H200 (2026-11-30) ran a depthwise weight gradient (32x144x56x56, 3x3) as 264
 # programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
 DIRECT_PROGRAMS_PER_SM = 8
-# The depthwise patch kernels (what the rows kernels below do not run: row dilations, strides past the rows
-# kernels', the weight gradient of all but a 3x3) take tiles on a GPU, channels_last (NCHW: half the bytes):
+# The depthwise patch kernels (what the rows kernels below do not run: row dilations, the input gradient at
+# strides past the rows kernels') take tiles on a GPU, channels_last (NCHW: half the bytes):
 # the forward's and input gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient at 8 KB 143 / 96
 # registers a thread, 3 / 5 programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the 7x7 forward 186,
 # 139, 88 registers and 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and the weight
@@ -91,16 +91,15 @@ DIRECT_PROGRAMS_PER_SM = 8
 DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
-# A depthwise convolution of row dilation 1 in any layout runs the rows kernels (``_depthwise_rows``): a 3x3
-# of row stride 1 or 2 (the forward and weight gradient; the input gradient at stride 1, or 2 and dilation 1),
-# and the forward and stride-1 input gradient of the other depthwise kernels (up to 7x7) at row stride 1.
-# (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine weights, or the weight
-# gradient's nine sums, in 36 registers; 5x5: 2 a thread, 7x7: 1), down ROWS output rows (the stride-2 input
-# gradient: pairs of rows and columns), ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at
-# least DEPTHWISE_MIN_ROWS rows (a chunk loads R - 1 rows more than it writes at row stride 1, one at 2; the
-# weight gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run the patch
-# kernels instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not run on a GPU
-# yet).
+# A depthwise convolution of row dilation 1 in any layout runs the rows kernels (``_depthwise_rows``): the
+# forward and weight gradient at any stride, the input gradient at stride (1, 1) (a 3x3: also (2, 2) with
+# dilation 1). (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine
+# weights, or the weight gradient's nine sums, in 36 registers; 5x5: 2 a thread, 7x7: 1), down ROWS output
+# rows (the stride-2 input gradient: pairs of rows and columns), ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM
+# programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk loads R - stride rows more than stride a row
+# it writes; the weight gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run
+# the patch kernels instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not run
+# on a GPU yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -499,17 +498,14 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 
 def _depthwise_rows(geo: ConvGeometry, pass_name: str) -> bool:
     """Whether a depthwise pass runs a rows kernel (any layout, row dilation 1): the
-    forward at row stride 1 (a 3x3 also at 2); the input gradient at stride (1, 1)
-    (a 3x3 also at (2, 2) with dilation 1); the weight gradient of a 3x3 at row
-    stride 1 or 2."""
+    forward and the weight gradient at any stride; the input gradient at stride
+    (1, 1) (a 3x3 also at (2, 2) with dilation 1)."""
     if not DEPTHWISE_ROWS or geo.dilation[0] != 1:
         return False
-    stride, three = tuple(geo.stride), (geo.R, geo.S) == (3, 3)
-    if pass_name == "forward":
-        return stride[0] == 1 or three and stride[0] == 2
     if pass_name == "input_grad":
-        return stride == (1, 1) or three and stride == (2, 2) and geo.dilation[1] == 1
-    return three and stride[0] in (1, 2)
+        stride = tuple(geo.stride)
+        return stride == (1, 1) or (geo.R, geo.S) == (3, 3) and stride == (2, 2) and geo.dilation[1] == 1
+    return True
 
 
 def _depthwise_row_tiles(images: int, rows: int, cols: int, channels: int, device: torch.device,
@@ -966,14 +962,16 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     if path in ("depthwise", "direct"):
         taps = next_power_of_2(geo.R * geo.S)
         if path == "depthwise" and _depthwise_rows(geo, "weight_grad"):
-            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.C, x.device, x.strides[1] == 1)
+            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.C, x.device, x.strides[1] == 1,
+                                                         geo.R * geo.S)
             programs, block = cdiv(geo.C, block_c), block_c
+            strip_rows = min(geo.stride[0], geo.R) * (rows - 1) + geo.R        # the input rows a strip loads
             splits, chunk = _direct_splits(x.device, programs, geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q),
-                                           taps * block, geo.stride[0] * rows + 3 - geo.stride[0])
+                                           taps * block, strip_rows)
             kernel = _conv_wgrad_depthwise_rows_kernel
             args = (geo.N, geo.H, geo.W, geo.P, geo.Q, geo.C, rows, geo.stride[1], geo.pad[0], geo.pad[1],
                     geo.dilation[1], *dy.strides, *x.strides, dw.strides[0], dw.strides[2], dw.strides[3])
-            constexprs = dict(STRIDE_H=geo.stride[0], TILE_Q=tile_q, BLOCK_C=block_c,
+            constexprs = dict(R=geo.R, S=geo.S, TAPS=taps, STRIDE_H=geo.stride[0], TILE_Q=tile_q, BLOCK_C=block_c,
                               INDEX_64=_image_needs_int64(geo, dy, x), CHUNK=chunk)
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.strides[1] == 1, geo.S,
