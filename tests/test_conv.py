@@ -1083,9 +1083,10 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels (each input row loaded once, the output rows' sums rolling)
     for the forward with bias and leaky ReLU, the weight gradient (the dy rows
     rolling) and the input gradient: at stride 1 the forward's kernel turned by 180
-    degrees (a padding past the kernel makes its padding negative), at stride 2
-    by pairs of dx rows and columns (with padding 0 the last row and column get
-    no tap: zeros), otherwise the patch kernel; channels_last and NCHW; with the
+    degrees (a padding past the kernel makes its padding negative), at other
+    strides by units of stride rows and columns (with padding 0 the last row and
+    column get no tap: zeros), with a column dilation the patch kernel;
+    channels_last and NCHW; with the
     interpreter's tiles (every row in one program, no split)
     and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
     partly outside the image and the channels; the last chunk shorter where the
@@ -1101,19 +1102,15 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     x, w, b = _inputs(N, C, H, W, C, (3, 3), C, torch.float32, device, layout)
     y = _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
     assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
-    names = [launch.name for launch in launch_log]
-    flipped, pairs = stride == 1, stride == 2
-    assert names.count("_conv_depthwise_rows_kernel") == (2 if flipped else 1), names
-    assert ("_conv_dgrad_depthwise_rows_kernel" in names, "_conv_dgrad_depthwise_kernel" in names) == (
-        pairs, not (flipped or pairs)), names
+    _assert_rows_kernels(launch_log, stride, dilation)
     (wgrad,) = [launch for launch in launch_log if launch.name == "_conv_wgrad_depthwise_rows_kernel"]
     steps = N * -(-y.shape[2] // 3) * -(-y.shape[3] // 4)       # the GPU kind's strips: 5 splits, none empty
     assert wgrad.grid[2] == 1 if tiles is None else (wgrad.grid[2], wgrad.args["CHUNK"]) == (
         -(-steps // -(-steps // 5)), 2)
 
 
-# Depthwise kernels of other sizes (row dilation 1; the forward and weight gradient at any stride, the input
-# gradient at stride (1, 1)): N, C, H, W, kernel, stride, padding, dilation, layout.
+# Depthwise kernels of other sizes (row dilation 1; the input gradient at strides other than 1 by units with a
+# column dilation of 1): N, C, H, W, kernel, stride, padding, dilation, layout.
 WIDE_ROWS_CASES = [(2, 10, 11, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 9, 8, 12, (5, 5), (1, 2), 2, (1, 2), "contiguous"),
                    (2, 6, 7, 6, (2, 4), 1, "same", 1, "channels_last"),
@@ -1123,21 +1120,26 @@ WIDE_ROWS_CASES = [(2, 10, 11, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 6, 12, 9, (7, 7), (2, 1), 3, (1, 2), "contiguous"),
                    (1, 7, 13, 10, (4, 3), 3, (1, 2), 1, "channels_last"),
                    (1, 5, 9, 8, (1, 3), (2, 1), (0, 1), 1, "contiguous"),
-                   (1, 6, 10, 9, (2, 2), (3, 2), 0, 1, "channels_last")]
+                   (1, 6, 10, 9, (2, 2), (3, 2), 0, 1, "channels_last"),
+                   (1, 6, 9, 11, (5, 3), (1, 2), (2, 1), 1, "channels_last"),
+                   (1, 5, 15, 13, (7, 7), 2, 3, 1, "contiguous")]
 
 
 @pytest.mark.parametrize("case", WIDE_ROWS_CASES, ids=["7x7", "5x5-stride12-dilation12-nchw", "2x4-same", "1x3-nchw",
                                                        "7x5-short-image", "5x5-stride2", "7x7-stride21-nchw",
-                                                       "4x3-stride3", "1x3-stride21-nchw", "2x2-stride32-pad0"])
+                                                       "4x3-stride3", "1x3-stride21-nchw", "2x2-stride32-pad0",
+                                                       "5x3-stride12", "7x7-stride2-nchw"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels for kernels other than 3x3 (R x S weights or sums in
     registers): the forward with bias and leaky ReLU and the weight gradient at
     row strides 1 to 3 (a step loads min(stride, R) input rows: below the kernel
     height they feed several output rows, above it some rows are never read), and
-    at stride (1, 1) the input gradient (the kernel turned by 180 degrees:
-    padding R - 1 - pad, (S - 1) dil - pad, negative where the padding passes it;
-    other strides: the patch kernel). With the interpreter's tiles and with
+    the input gradient: at stride (1, 1) the kernel turned by 180 degrees
+    (padding R - 1 - pad, (S - 1) dil - pad, negative where the padding passes
+    it), at other strides by units (dy rows kept for the unit rows below;
+    strides past the kernel leave rows and columns no tap reaches), with a column
+    dilation the patch kernel. With the interpreter's tiles and with
     chunks of 3 rows by 4 columns by 8 channels, the weight gradient split as in
     ``test_depthwise_rows``. Values and gradients against float64."""
     from kernels.conv import ops
@@ -1148,10 +1150,22 @@ def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     N, C, H, W, kernel, stride, padding, dilation, layout = case
     x, w, b = _inputs(N, C, H, W, C, kernel, C, torch.float32, device, layout)
     _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
+    _assert_rows_kernels(launch_log, stride, dilation)
+
+
+def _assert_rows_kernels(launch_log, stride, dilation):
+    """The rows kernels ran the forward and the weight gradient, and the input
+    gradient at stride 1 (the forward's kernel, flipped) or, at other strides with
+    a column dilation of 1, by units of stride rows and columns; the patch kernel
+    else."""
     names = [launch.name for launch in launch_log]
-    flipped = stride == 1
+    pair = torch.nn.modules.utils._pair
+    flipped = pair(stride) == (1, 1)
+    units = not flipped and pair(dilation)[1] == 1
     assert names.count("_conv_depthwise_rows_kernel") == (2 if flipped else 1), names
-    assert ("_conv_dgrad_depthwise_kernel" in names) != flipped and "_conv_wgrad_depthwise_rows_kernel" in names, names
+    assert ("_conv_dgrad_depthwise_rows_kernel" in names, "_conv_dgrad_depthwise_kernel" in names) == (
+        units, not (flipped or units)), names
+    assert "_conv_wgrad_depthwise_rows_kernel" in names, names
 
 
 def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):

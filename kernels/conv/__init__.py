@@ -310,8 +310,7 @@ _DEPTHWISE_EXPECT = {
 # input gradient 2.56 / 2.47, 80 registers; fp32 2.47 / 2.33, 86 / 87; int64 offsets
 # 3.17 / 3.06. Weight gradient 2.83 / 2.83, 84 / 80 registers (the patch kernel: 7.67 /
 # 9.0, 119 / 91); fp32 2.28, int64 3.08. Row stride 2 (two rows loaded an output row):
-# forward 3.78 / 3.75, 80 registers; weight gradient 3.89 / 3.89, 95 / 96; the input
-# gradient at stride 2 (pairs of dx rows and columns) 2.94 / 2.94, 72 (the patch
+# forward 3.78 / 3.75, 80 registers; weight gradient 3.89 / 3.89, 95 / 96 (the patch
 # kernels' figures hold for any stride). NCHW (scalar loads and stores: the column
 # shifts leave them unaligned): forward 3.78 / 4.06, 67 / 80 registers; input
 # gradient 3.39 / 3.69, 64 / 72; weight gradient 4.72 / 4.11, 117 / 114 (the patch
@@ -322,8 +321,10 @@ _DEPTHWISE_EXPECT = {
 # 2.28 / 2.30 and 2.16 / 2.18, 96 / 95. Measured 2026-12-01 (3.9 / 3.6), the weight
 # gradient of those: 7x7 2.51 / 2.51, 115 / 117 registers (its 49 sums a thread); 5x5
 # 2.40 / 2.44, 108 / 110; EfficientNet-B0's 5x5 of stride 2 (144 channels, 56x56 in):
-# forward 3.22 / 3.22, 102 / 103, weight gradient 3.32 / 3.36, 108 / 110. Keyed by
-# pass, layout and stride (the wider kernels: size, "/2" for stride 2).
+# forward 3.22 / 3.22, 102 / 103, weight gradient 3.32 / 3.36, 108 / 110, input
+# gradient (by units of 2x2 dx pixels) 2.52 / 2.50, 96; the 3x3's input gradient at
+# stride 2 by those units 3.06 / 3.06, 72 (the pairs kernel they replace: 2.94). Keyed
+# by pass, layout and stride (the wider kernels: size, "/2" for stride 2).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
                                       "ldg64_at_least": 3, "stg64_at_least": 1},
@@ -348,6 +349,7 @@ _DEPTHWISE_ROWS_EXPECT = {
     ("weight_grad", "channels_last", "5x"): {"max_loop_instructions_per_ffma": 2.7, "max_registers": 128},
     ("forward", "channels_last", "5x/2"): {"max_loop_instructions_per_ffma": 3.5, "max_registers": 112},
     ("weight_grad", "channels_last", "5x/2"): {"max_loop_instructions_per_ffma": 3.7, "max_registers": 120},
+    ("input_grad", "channels_last", "5x/2"): {"max_loop_instructions_per_ffma": 2.8, "max_registers": 104},
 }
 
 
@@ -355,10 +357,10 @@ def _depthwise_rows_cases():
     """The 3x3 rows kernels as a GPU launch specialises them for a MobileNet layer
     (144 channels, 56x56, padding 1): in bf16 channels_last (channel strides 1)
     the forward (bias, relu), input gradient (FLIP) and weight gradient at stride
-    1, the three at stride 2 (the input gradient by pairs); the three at stride 1
+    1, the three at stride 2 (the input gradient by units); the three at stride 1
     in NCHW (column strides 1); the forward and the weight gradient in fp32 and
-    with int64 offsets; in bf16 channels_last the 7x7 and 5x5 at stride 1 (the
-    three passes) and the 5x5 at stride 2 (forward and weight gradient)."""
+    with int64 offsets; in bf16 channels_last the 7x7 and 5x5 at stride 1 and the
+    5x5 at stride 2 (the three passes)."""
     cases = []
     for dt, layout, stride, index_64 in (("bf16", "channels_last", 1, False), ("bf16", "channels_last", 2, False),
                                          ("bf16", "nchw", 1, False), ("fp32", "channels_last", 1, False),
@@ -390,7 +392,8 @@ def _depthwise_rows_cases():
                    **_ints("H", "W", "P", "Q", "C", "ROWS", "pad_h", "pad_w"), **dys, **_ints(*_strides("w", "crs")),
                    **dxs}
             cases.append(CompileCase(_conv_dgrad_depthwise_rows_kernel, sig,
-                                     dict(**dy1, **dx1, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=index_64),
+                                     dict(R=3, S=3, STRIDE_H=2, STRIDE_W=2, **dy1, **dx1, TILE_Q=tile_q,
+                                          BLOCK_C=block_c, INDEX_64=index_64),
                                      label=f"{label},input_grad", divisible=("C", *dyd, *dxd),
                                      expect=_DEPTHWISE_ROWS_EXPECT[("input_grad", layout, stride)] if budgets else {}))
         sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
@@ -421,6 +424,16 @@ def _depthwise_rows_cases():
             cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs, label=f"{label},{pass_name}",
                                      divisible=("C", *xd, *yd),
                                      expect=_DEPTHWISE_ROWS_EXPECT[(pass_name, "channels_last", key)]))
+        if stride == 2:
+            (dxs, dx1, dxd) = _unit_strides("dx", "nchw", "c")
+            sig = {"dy_ptr": "*bf16", "w_ptr": "*bf16", "dx_ptr": "*bf16",
+                   **_ints("H", "W", "P", "Q", "C", "ROWS", "pad_h", "pad_w"), **dys, **_ints(*_strides("w", "crs")),
+                   **dxs}
+            cases.append(CompileCase(_conv_dgrad_depthwise_rows_kernel, sig,
+                                     dict(R=kernel_size, S=kernel_size, STRIDE_H=2, STRIDE_W=2, **dy1, **dx1,
+                                          TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=False),
+                                     label=f"{label},input_grad", divisible=("C", *dyd, *dxd),
+                                     expect=_DEPTHWISE_ROWS_EXPECT[("input_grad", "channels_last", key)]))
         taps = next_power_of_2(kernel_size * kernel_size)
         sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": _param_grad("bf16"), "part_ptr": "*fp32",
                "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **dys, **xs,

@@ -24,11 +24,11 @@ host sets when they may pass 2**31); an image's base offset is int64.
   order (``sum_splits``).
 * rows (row dilation 1, any layout: the forward and the weight gradient at any
   stride; the input gradient at stride 1, as a forward of dy with the kernel
-  turned by 180 degrees, and for a 3x3 at stride 2 and dilation 1, by pairs of
-  dx rows and columns): a program walks down a column strip, loading each
-  input row's column shifts once for the output rows that read it (the patch
-  kernels load each input element once per tap and convert it to fp32 each
-  time: 1.5 instructions an element in bf16, more than its multiply-add).
+  turned by 180 degrees, and at other strides with column dilation 1, by units
+  of stride dx rows and columns): a program walks down a column strip, loading
+  each input row's column shifts once for the output rows that read it (the
+  patch kernels load each input element once per tap and convert it to fp32
+  each time: 1.5 instructions an element in bf16, more than its multiply-add).
 """
 from __future__ import annotations
 
@@ -236,79 +236,61 @@ def _conv_depthwise_rows_kernel(
 
 
 @triton.jit
-def _pair_taps(even, odd, d0, d1, w_row):
-    """(even + d0 w_row[0] + d1 w_row[2], odd + d0 w_row[1]): a dy row's share of a
-    stride-2 dx row's even and odd columns through one kernel row, d0 and d1 the
-    column pairs' dy columns t and t - 1; fused multiply-adds."""
-    even += d0 * w_row[0]
-    even += d1 * w_row[2]
-    odd += d0 * w_row[1]
-    return even, odd
-
-
-@triton.jit
-def _store_pair(dx_row, cols_even, cols_odd, ok_even, ok_odd, row_ok, even, odd):
-    """A dx row's even and odd columns of a tile of column pairs, in dx's dtype."""
-    tl.store(dx_row + cols_even, even.to(dx_row.dtype.element_ty), mask=ok_even & row_ok)
-    tl.store(dx_row + cols_odd, odd.to(dx_row.dtype.element_ty), mask=ok_odd & row_ok)
-
-
-@triton.jit
 def _conv_dgrad_depthwise_rows_kernel(
         dy_ptr, w_ptr, dx_ptr,
         H, W, P, Q, C, ROWS, pad_h, pad_w,
         stride_dyn, stride_dyc, stride_dyp, stride_dyq,
         stride_wc, stride_wr, stride_ws,
         stride_dxn, stride_dxc, stride_dxh, stride_dxw,
-        TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
-    """The input gradient of a 3x3 depthwise convolution of stride 2 and dilation 1,
-    each dy row loaded once: dy: (N, C, P, Q); w: (C, 1, 3, 3); dx: (N, C, H, W);
-    strides. dx in pairs of rows and columns: row pair u holds dx row 2u - pad_h
-    (taps r = 0 of dy row u and r = 2 of dy row u - 1) and the row below it (r = 1
-    of dy row u); column pair t likewise with dy columns t and t - 1 (pairs
-    reach H + pad_h rows, W + pad_w columns: the rows and columns no tap reaches
-    get zeros). Program (((n * chunks) + chunk) * strips + strip, c_block): ROWS
-    row pairs by TILE_Q column pairs by BLOCK_C channels. Each dy row's two column
-    shifts are loaded once; its share of the next even row carries."""
-    pairs_h = tl.cdiv(H + pad_h, 2)
-    n, u0, offs_t = _strip(tl.program_id(0), pairs_h, tl.cdiv(W + pad_w, 2), ROWS, TILE_Q)
+        R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, TILE_Q: tl.constexpr,
+        BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+    """The input gradient of an R x S depthwise convolution of stride (STRIDE_H,
+    STRIDE_W) and dilation 1, each dy row loaded once: dy: (N, C, P, Q); w: (C, 1,
+    R, S); dx: (N, C, H, W); strides. dx in units of STRIDE_H rows by STRIDE_W
+    columns: unit (u, t) holds dx rows STRIDE_H u - pad_h + a and columns STRIDE_W t
+    - pad_w + b, which dy rows u - m and columns t - k reach through tap (a +
+    STRIDE_H m, b + STRIDE_W k) (units reach H + pad_h rows, W + pad_w columns: the
+    rows and columns no tap reaches get zeros). Program (((n * chunks) + chunk) *
+    strips + strip, c_block): ROWS unit rows by TILE_Q unit columns by BLOCK_C
+    channels. Down a strip, each dy row's T column shifts are loaded once and kept
+    (ds[m]: dy row u - m) for the M unit rows below that read them."""
+    M: tl.constexpr = (R - 1) // STRIDE_H
+    T: tl.constexpr = (S - 1) // STRIDE_W + 1
+    units_h = tl.cdiv(H + pad_h, STRIDE_H)
+    n, u0, offs_t = _strip(tl.program_id(0), units_h, tl.cdiv(W + pad_w, STRIDE_W), ROWS, TILE_Q)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
-    w = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr, stride_ws, 3, 3, False)
-    dy_chan = _offsets(offs_c, stride_dyc, INDEX_64)[None, :]
-    dy_cols0 = dy_chan + _offsets(offs_t, stride_dyq, INDEX_64)[:, None]
-    dy_cols1 = dy_chan + _offsets(offs_t - 1, stride_dyq, INDEX_64)[:, None]
-    dy_ok0 = _in_range(offs_t, Q)[:, None] & mask_c[None, :]
-    dy_ok1 = _in_range(offs_t - 1, Q)[:, None] & mask_c[None, :]
-    dx_chan = _offsets(offs_c, stride_dxc, INDEX_64)[None, :]
-    cols = 2 * offs_t - pad_w                   # the pairs' even columns
-    dx_even = dx_chan + _offsets(cols, stride_dxw, INDEX_64)[:, None]
-    dx_odd = dx_chan + _offsets(cols + 1, stride_dxw, INDEX_64)[:, None]
-    ok_even = _in_range(cols, W)[:, None] & mask_c[None, :]
-    ok_odd = _in_range(cols + 1, W)[:, None] & mask_c[None, :]
+    w = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr, stride_ws, R, S, False)
+    dy_cols, dy_oks = _column_shifts(_offsets(offs_c, stride_dyc, INDEX_64)[None, :], offs_t, Q, mask_c, stride_dyq,
+                                     -1, T, INDEX_64)
+    dx_cols, dx_oks = _column_shifts(_offsets(offs_c, stride_dxc, INDEX_64)[None, :], STRIDE_W * offs_t - pad_w, W,
+                                     mask_c, stride_dxw, 1, STRIDE_W, INDEX_64)
     dy_img = dy_ptr + n.to(tl.int64) * stride_dyn
     dx_img = dx_ptr + n.to(tl.int64) * stride_dxn
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (as the rows kernel's)
-    dy_row = dy_img + _offsets(u0 - 1, stride_dyp, INDEX_64)
-    row_ok = _in_range(u0 - 1 + one_row, P)
-    d0 = tl.load(dy_row + dy_cols0, mask=dy_ok0 & row_ok, other=0.0).to(tl.float32)
-    d1 = tl.load(dy_row + dy_cols1, mask=dy_ok1 & row_ok, other=0.0).to(tl.float32)
     zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
-    carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w[2])
-    for i in range(tl.minimum(ROWS, pairs_h - u0)):
+    ds = ()                                         # ds[m]: dy row u0 - 1 - m; the last one is not read
+    for m in tl.static_range(M + 1):
+        if m < M:
+            ds = ds + (_load_shifts(dy_img + _offsets(u0 - 1 - m, stride_dyp, INDEX_64), dy_cols, dy_oks,
+                                    _in_range(u0 - 1 - m + one_row, P), T),)
+        else:
+            ds = ds + (_load_shifts(dy_img, dy_cols, dy_oks, one_row < 0, T),)
+    for i in range(tl.minimum(ROWS, units_h - u0)):
         u = u0 + i
-        dy_row = dy_img + _offsets(u, stride_dyp, INDEX_64)
-        row_ok = _in_range(u + one_row, P)
-        d0 = tl.load(dy_row + dy_cols0, mask=dy_ok0 & row_ok, other=0.0).to(tl.float32)
-        d1 = tl.load(dy_row + dy_cols1, mask=dy_ok1 & row_ok, other=0.0).to(tl.float32)
-        h = 2 * u - pad_h
-        even, odd = _pair_taps(carry_even, carry_odd, d0, d1, w[0])
-        _store_pair(dx_img + _offsets(h, stride_dxh, INDEX_64), dx_even, dx_odd, ok_even, ok_odd,
-                    _in_range(h + one_row, H), even, odd)
-        even, odd = _pair_taps(zeros, zeros, d0, d1, w[1])
-        _store_pair(dx_img + _offsets(h + 1, stride_dxh, INDEX_64), dx_even, dx_odd, ok_even, ok_odd,
-                    _in_range(h + 1 + one_row, H), even, odd)
-        carry_even, carry_odd = _pair_taps(zeros, zeros, d0, d1, w[2])
+        ds = (_load_shifts(dy_img + _offsets(u, stride_dyp, INDEX_64), dy_cols, dy_oks, _in_range(u + one_row, P),
+                           T),) + ds[:M]
+        for a in tl.static_range(STRIDE_H):
+            h = STRIDE_H * u - pad_h + a
+            dx_row = dx_img + _offsets(h, stride_dxh, INDEX_64)
+            for b in tl.static_range(STRIDE_W):
+                acc = zeros
+                for m in tl.static_range(M + 1):
+                    for k in tl.static_range(T):
+                        if a + STRIDE_H * m < R and b + STRIDE_W * k < S:
+                            acc = tl.fma(ds[m][k], w[a + STRIDE_H * m][b + STRIDE_W * k], acc)
+                tl.store(dx_row + dx_cols[b], acc.to(dx_row.dtype.element_ty),
+                         mask=dx_oks[b] & _in_range(h + one_row, H))
 
 
 @triton.jit

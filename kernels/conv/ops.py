@@ -81,8 +81,8 @@ MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 # two, an H200 (2026-11-30) ran a depthwise weight gradient (32x144x56x56, 3x3) as 264
 # programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
 DIRECT_PROGRAMS_PER_SM = 8
-# The depthwise patch kernels (what the rows kernels below do not run: row dilations, the input gradient at
-# strides past the rows kernels') take tiles on a GPU, channels_last (NCHW: half the bytes):
+# The depthwise patch kernels (what the rows kernels below do not run: row dilations, the strided input
+# gradient with a column dilation) take tiles on a GPU, channels_last (NCHW: half the bytes):
 # the forward's and input gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient at 8 KB 143 / 96
 # registers a thread, 3 / 5 programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the 7x7 forward 186,
 # 139, 88 registers and 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and the weight
@@ -92,14 +92,14 @@ DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
 # A depthwise convolution of row dilation 1 in any layout runs the rows kernels (``_depthwise_rows``): the
-# forward and weight gradient at any stride, the input gradient at stride (1, 1) (a 3x3: also (2, 2) with
-# dilation 1). (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine
+# forward and weight gradient at any stride, the input gradient at stride (1, 1) and, with column dilation 1,
+# at any other. (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine
 # weights, or the weight gradient's nine sums, in 36 registers; 5x5: 2 a thread, 7x7: 1), down ROWS output
-# rows (the stride-2 input gradient: pairs of rows and columns), ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM
-# programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk loads R - stride rows more than stride a row
-# it writes; the weight gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run
-# the patch kernels instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not run
-# on a GPU yet).
+# rows (the strided input gradient: units of stride dx rows and columns), ROWS chosen for
+# DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk loads R - stride
+# rows more than stride a row it writes; the weight gradient splits its chunks as the direct kernels do).
+# DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for bench.sweep to time
+# both: the rows kernels have not run on a GPU yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -499,12 +499,11 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 def _depthwise_rows(geo: ConvGeometry, pass_name: str) -> bool:
     """Whether a depthwise pass runs a rows kernel (any layout, row dilation 1): the
     forward and the weight gradient at any stride; the input gradient at stride
-    (1, 1) (a 3x3 also at (2, 2) with dilation 1)."""
+    (1, 1), and at other strides with column dilation 1."""
     if not DEPTHWISE_ROWS or geo.dilation[0] != 1:
         return False
     if pass_name == "input_grad":
-        stride = tuple(geo.stride)
-        return stride == (1, 1) or (geo.R, geo.S) == (3, 3) and stride == (2, 2) and geo.dilation[1] == 1
+        return tuple(geo.stride) == (1, 1) or geo.dilation[1] == 1
     return True
 
 
@@ -840,18 +839,20 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     phases_hw = (min(stride_h, geo.H), min(stride_w, geo.W))      # the phases that hold pixels
     phases = phases_hw[0] * phases_hw[1]
     path = geo.paths["input_grad"]
-    if path == "depthwise" and _depthwise_rows(geo, "input_grad") and stride_h == 2:
-        pairs_h, pairs_w = cdiv(geo.H + geo.pad[0], 2), cdiv(geo.W + geo.pad[1], 2)     # of dx rows, columns
-        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, pairs_h, pairs_w, geo.C, dy.device, dy.strides[1] == 1)
-        grid = (geo.N * cdiv(pairs_h, rows) * cdiv(pairs_w, tile_q), cdiv(geo.C, block_c))
+    if path == "depthwise" and _depthwise_rows(geo, "input_grad") and geo.stride != (1, 1):
+        units_h, units_w = cdiv(geo.H + geo.pad[0], stride_h), cdiv(geo.W + geo.pad[1], stride_w)
+        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, units_h, units_w, geo.C, dy.device, dy.strides[1] == 1,
+                                                     geo.R * geo.S)
+        grid = (geo.N * cdiv(units_h, rows) * cdiv(units_w, tile_q), cdiv(geo.C, block_c))
         args = (geo.H, geo.W, geo.P, geo.Q, geo.C, rows, geo.pad[0], geo.pad[1], *dy.strides, w.strides[0],
                 w.strides[2], w.strides[3], *dx.strides)
-        pairs_launch = _plain_launch(_conv_dgrad_depthwise_rows_kernel, grid, 3 + len(args), TILE_Q=tile_q,
-                                     BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, dx))
+        units_launch = _plain_launch(_conv_dgrad_depthwise_rows_kernel, grid, 3 + len(args), R=geo.R, S=geo.S,
+                                     STRIDE_H=stride_h, STRIDE_W=stride_w, TILE_Q=tile_q, BLOCK_C=block_c,
+                                     INDEX_64=_image_needs_int64(geo, dy, dx))
 
         def run(dy, w, x_like):
             dx = new_output()
-            pairs_launch(dy, w, dx, *args)
+            units_launch(dy, w, dx, *args)
             return dx
         return run
     if path == "depthwise" and _depthwise_rows(geo, "input_grad"):
