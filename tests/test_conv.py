@@ -601,25 +601,26 @@ def test_split_reductions(geometry, activation, device, monkeypatch):
     check_op(ours, reference, [x, w, b], "conv")
 
 
-@pytest.mark.parametrize("geometry", [("depthwise", 4, 4, 4, (2, 1), (DW, DW, DW)), ("direct", 4, 8, 4, 1, (D, D, D))],
+@pytest.mark.parametrize("geometry", [("depthwise", 4, 4, 4, (DW, DW, DW)), ("direct", 4, 8, 4, (D, D, D))],
                          ids=["depthwise", "direct"])
 def test_split_sums_in_chunks(geometry, device, monkeypatch, launch_log):
     """The direct kernels' split reductions (weight gradient, bias and activation
     gradient) summed by their last programs CHUNK splits per load (``sum_splits``):
     11 splits, 4 a load, so three rounds, the last one part masked. The weight
     gradients' splits each hold pixels (11 images: the depthwise patch kernel's 11
-    steps of an image, a row dilation of 2 keeping it off the rows kernel; the
-    direct one's 21 of 16 pixels); the epilogue's interpreter tile (512 pixels)
+    steps of an image, ``DEPTHWISE_ROWS`` False keeping it off the rows kernel;
+    the direct one's 21 of 16 pixels); the epilogue's interpreter tile (512 pixels)
     holds every pixel in one step, so it takes one split (no split is planned
     without a step; its sum is the same ``sum_splits``). Against float64."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_splits", lambda *args: 11)
     monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 4)
     monkeypatch.setattr(ops, "_direct_tiles", lambda channels, pixels, element_size: (16, 8))
-    _, C, K, groups, dilation, paths = geometry
+    monkeypatch.setattr(ops, "DEPTHWISE_ROWS", False)
+    _, C, K, groups, paths = geometry
     assert tuple(conv_paths(C, K, groups, (3, 3)).values()) == paths
     x, w, b = _inputs(11, C, 6, 5, K, (3, 3), groups, torch.float32, device)
-    check_op(*_conv_fns(1, 1, dilation, groups, "relu"), [x, w, b], "conv")
+    check_op(*_conv_fns(1, 1, 1, groups, "relu"), [x, w, b], "conv")
     chunked = {launch.name: (launch.grid[2], launch.args["CHUNK"]) for launch in launch_log if "CHUNK" in launch.args}
     assert chunked == {f"_conv_wgrad_{geometry[0]}_kernel": (11, 4), "_conv_bwd_epilogue_kernel": (1, 4)}, chunked
 
@@ -1072,12 +1073,15 @@ ROWS_CASES = [(2, 20, 9, 11, 1, 1, 1, "channels_last"), (1, 9, 7, 12, (1, 2), 2,
               (2, 5, 6, 5, 1, 3, 1, "channels_last"), (1, 7, 8, 6, 1, "same", (1, 3), "channels_last"),
               (2, 10, 7, 9, 1, 1, 1, "contiguous"), (2, 6, 11, 9, 2, 1, 1, "contiguous"),
               (1, 9, 8, 7, (2, 1), (2, 0), (1, 2), "channels_last"), (2, 9, 8, 10, 2, 0, 1, "channels_last"),
-              (1, 12, 7, 8, 2, (2, 3), 1, "channels_last"), (1, 8, 13, 9, (3, 2), 1, 1, "contiguous")]
+              (1, 12, 7, 8, 2, (2, 3), 1, "channels_last"), (1, 8, 13, 9, (3, 2), 1, 1, "contiguous"),
+              (1, 8, 13, 9, 1, 2, (2, 1), "channels_last"), (2, 6, 14, 10, 1, 4, 4, "contiguous"),
+              (1, 7, 15, 9, 2, 2, (3, 1), "channels_last"), (1, 7, 12, 11, 2, 2, 2, "contiguous")]
 
 
 @pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13", "nchw",
                                                   "nchw-stride2", "stride21-pad20-dilation12", "stride2-pad0",
-                                                  "stride2-pad23", "nchw-stride32"])
+                                                  "stride2-pad23", "nchw-stride32", "dilation21", "nchw-dilation4",
+                                                  "stride2-dilation31", "nchw-stride2-dilation2"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels (each input row loaded once, the output rows' sums rolling)
@@ -1085,8 +1089,10 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     rolling) and the input gradient: at stride 1 the forward's kernel turned by 180
     degrees (a padding past the kernel makes its padding negative), at other
     strides by units of stride rows and columns (with padding 0 the last row and
-    column get no tap: zeros), with a column dilation the patch kernel;
-    channels_last and NCHW; with the
+    column get no tap: zeros), with a dilation the patch kernel; row dilations
+    by row sets (4 sets of 4 and 3 rows: the last chunk of the short ones is
+    empty; stride 2 with dilation 3: three sets; with dilation 2: one of stride
+    1); channels_last and NCHW; with the
     interpreter's tiles (every row in one program, no split)
     and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
     partly outside the image and the channels; the last chunk shorter where the
@@ -1109,8 +1115,8 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
         -(-steps // -(-steps // 5)), 2)
 
 
-# Depthwise kernels of other sizes (row dilation 1; the input gradient at strides other than 1 by units with a
-# column dilation of 1): N, C, H, W, kernel, stride, padding, dilation, layout.
+# Depthwise kernels of other sizes (the input gradient at strides other than 1 by units without a dilation): N, C,
+# H, W, kernel, stride, padding, dilation, layout.
 WIDE_ROWS_CASES = [(2, 10, 11, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 9, 8, 12, (5, 5), (1, 2), 2, (1, 2), "contiguous"),
                    (2, 6, 7, 6, (2, 4), 1, "same", 1, "channels_last"),
@@ -1122,13 +1128,16 @@ WIDE_ROWS_CASES = [(2, 10, 11, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 5, 9, 8, (1, 3), (2, 1), (0, 1), 1, "contiguous"),
                    (1, 6, 10, 9, (2, 2), (3, 2), 0, 1, "channels_last"),
                    (1, 6, 9, 11, (5, 3), (1, 2), (2, 1), 1, "channels_last"),
-                   (1, 5, 15, 13, (7, 7), 2, 3, 1, "contiguous")]
+                   (1, 5, 15, 13, (7, 7), 2, 3, 1, "contiguous"),
+                   (1, 6, 17, 9, (5, 5), (2, 1), 4, (4, 1), "channels_last"),
+                   (1, 5, 16, 10, (7, 3), 1, (6, 1), (2, 1), "contiguous")]
 
 
 @pytest.mark.parametrize("case", WIDE_ROWS_CASES, ids=["7x7", "5x5-stride12-dilation12-nchw", "2x4-same", "1x3-nchw",
                                                        "7x5-short-image", "5x5-stride2", "7x7-stride21-nchw",
                                                        "4x3-stride3", "1x3-stride21-nchw", "2x2-stride32-pad0",
-                                                       "5x3-stride12", "7x7-stride2-nchw"])
+                                                       "5x3-stride12", "7x7-stride2-nchw", "5x5-stride21-dilation41",
+                                                       "7x3-dilation21-nchw"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels for kernels other than 3x3 (R x S weights or sums in
@@ -1138,8 +1147,9 @@ def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     the input gradient: at stride (1, 1) the kernel turned by 180 degrees
     (padding R - 1 - pad, (S - 1) dil - pad, negative where the padding passes
     it), at other strides by units (dy rows kept for the unit rows below;
-    strides past the kernel leave rows and columns no tap reaches), with a column
-    dilation the patch kernel. With the interpreter's tiles and with
+    strides past the kernel leave rows and columns no tap reaches), with a
+    dilation the patch kernel; row dilations by row sets (stride 2 with
+    dilation 4: two sets of stride 1). With the interpreter's tiles and with
     chunks of 3 rows by 4 columns by 8 channels, the weight gradient split as in
     ``test_depthwise_rows``. Values and gradients against float64."""
     from kernels.conv import ops
@@ -1155,13 +1165,13 @@ def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
 
 def _assert_rows_kernels(launch_log, stride, dilation):
     """The rows kernels ran the forward and the weight gradient, and the input
-    gradient at stride 1 (the forward's kernel, flipped) or, at other strides with
-    a column dilation of 1, by units of stride rows and columns; the patch kernel
+    gradient at stride 1 (the forward's kernel, flipped) or, at other strides
+    without a dilation, by units of stride rows and columns; the patch kernel
     else."""
     names = [launch.name for launch in launch_log]
     pair = torch.nn.modules.utils._pair
     flipped = pair(stride) == (1, 1)
-    units = not flipped and pair(dilation)[1] == 1
+    units = not flipped and pair(dilation) == (1, 1)
     assert names.count("_conv_depthwise_rows_kernel") == (2 if flipped else 1), names
     assert ("_conv_dgrad_depthwise_rows_kernel" in names, "_conv_dgrad_depthwise_kernel" in names) == (
         units, not (flipped or units)), names
@@ -1199,15 +1209,21 @@ def test_depthwise_rows_half_and_int64(layout, stride, device, monkeypatch, laun
     assert rows == [True] * 3, [launch.name for launch in launch_log]
 
 
-@pytest.mark.parametrize("layout,stride", [("channels_last", 1), ("contiguous", 2)], ids=["channels_last", "nchw-stride2"])
-def test_depthwise_rows_not_taken(layout, stride, device, launch_log):
-    """A 3x3 depthwise convolution the rows kernels cannot run (a row dilation of 2:
-    an output row's input rows are not consecutive) runs the patch kernels,
-    right."""
-    x, w, b = _inputs(1, 8, 9, 9, 8, (3, 3), 8, torch.float32, device, layout)
-    _rows_check(x, w, b, stride, 1, (2, 1), None, torch.float32)
-    names = [launch.name for launch in launch_log]
-    assert not any("depthwise_rows" in name for name in names) and "_conv_fwd_depthwise_kernel" in names, names
+DEPTHWISE_GEOMETRIES = [i for i, g in enumerate(GEOMETRIES) if g[-1] == (DW, DW, DW)]
+
+
+@pytest.mark.parametrize("i", DEPTHWISE_GEOMETRIES, ids=[GEOMETRIES[i][0] for i in DEPTHWISE_GEOMETRIES])
+def test_depthwise_patch_kernels(i, device, monkeypatch, launch_log):
+    """The depthwise patch kernels, which the rows kernels replace but for a
+    strided input gradient with a dilation (``DEPTHWISE_ROWS`` False: every
+    pass, as bench.sweep times them), on the depthwise geometries, NCHW and
+    channels_last: values and gradients against float64."""
+    from kernels.conv import ops
+    monkeypatch.setattr(ops, "DEPTHWISE_ROWS", False)
+    _check(GEOMETRIES[i], torch.float32, device, LAYOUTS[i % 2], bias=True, activation="relu")
+    names = {launch.name for launch in launch_log}
+    assert {"_conv_fwd_depthwise_kernel", "_conv_dgrad_depthwise_kernel", "_conv_wgrad_depthwise_kernel"} <= names
+    assert not any("rows" in name for name in names), names
 
 
 def test_depthwise_row_tiles():

@@ -323,8 +323,11 @@ _DEPTHWISE_EXPECT = {
 # 2.40 / 2.44, 108 / 110; EfficientNet-B0's 5x5 of stride 2 (144 channels, 56x56 in):
 # forward 3.22 / 3.22, 102 / 103, weight gradient 3.32 / 3.36, 108 / 110, input
 # gradient (by units of 2x2 dx pixels) 2.52 / 2.50, 96; the 3x3's input gradient at
-# stride 2 by those units 3.06 / 3.06, 72 (the pairs kernel they replace: 2.94). Keyed
-# by pass, layout and stride (the wider kernels: size, "/2" for stride 2).
+# stride 2 by those units 3.06 / 3.06, 72 (the pairs kernel they replace: 2.94). A
+# 3x3 of dilation 2 (DeepLab-v3's MobileNet-v2: 960 channels at 32x32, two row sets):
+# forward 3.03 / 2.92, input gradient 2.67 / 2.61, 80 / 79 registers, weight gradient
+# 2.89 / 2.89, 94 / 96. Keyed by pass, layout and stride (the wider kernels: size, "/2"
+# for stride 2, "d2" for dilation 2).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
                                       "ldg64_at_least": 3, "stg64_at_least": 1},
@@ -350,6 +353,9 @@ _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", "5x/2"): {"max_loop_instructions_per_ffma": 3.5, "max_registers": 112},
     ("weight_grad", "channels_last", "5x/2"): {"max_loop_instructions_per_ffma": 3.7, "max_registers": 120},
     ("input_grad", "channels_last", "5x/2"): {"max_loop_instructions_per_ffma": 2.8, "max_registers": 104},
+    ("forward", "channels_last", "3xd2"): {"max_loop_instructions_per_ffma": 3.3, "max_registers": 96},
+    ("input_grad", "channels_last", "3xd2"): {"max_loop_instructions_per_ffma": 2.9, "max_registers": 96},
+    ("weight_grad", "channels_last", "3xd2"): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 104},
 }
 
 
@@ -359,8 +365,8 @@ def _depthwise_rows_cases():
     the forward (bias, relu), input gradient (FLIP) and weight gradient at stride
     1, the three at stride 2 (the input gradient by units); the three at stride 1
     in NCHW (column strides 1); the forward and the weight gradient in fp32 and
-    with int64 offsets; in bf16 channels_last the 7x7 and 5x5 at stride 1 and the
-    5x5 at stride 2 (the three passes)."""
+    with int64 offsets; in bf16 channels_last the three passes of the 7x7 and 5x5
+    at stride 1, the 5x5 at stride 2 and a 3x3 of dilation 2."""
     cases = []
     for dt, layout, stride, index_64 in (("bf16", "channels_last", 1, False), ("bf16", "channels_last", 2, False),
                                          ("bf16", "nchw", 1, False), ("fp32", "channels_last", 1, False),
@@ -374,8 +380,8 @@ def _depthwise_rows_cases():
 
         (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = (_unit_strides(name, axes, unit) for name, axes in
                                                        (("x", "nchw"), ("y", "nchw"), ("dy", "ncpq")))
-        geometry = dict(stride_w=stride, pad_h=1, pad_w=1, dil_w=1, TILE_Q=tile_q, BLOCK_C=block_c,
-                        INDEX_64=index_64)
+        geometry = dict(stride_h=stride, stride_w=stride, pad_h=1, pad_w=1, dil_h=1, dil_w=1, row_step=1,
+                        TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=index_64)
         for flip in (False, True) if stride == 1 and dt == "bf16" and not index_64 else (False,):
             sig = {"x_ptr": f"*{dt}", "w_ptr": f"*{dt}", "b_ptr": f"*{dt}", "y_ptr": f"*{dt}",
                    **_ints("H", "W", "P", "Q", "C", "ROWS"), **xs, **_ints(*_strides("w", "crs")), **ys,
@@ -404,18 +410,24 @@ def _depthwise_rows_cases():
                                       CHUNK=split_chunk(16 * block_c)),
                                  label=f"{label},weight_grad", divisible=("C", *dyd, *xd),
                                  expect=_DEPTHWISE_ROWS_EXPECT[("weight_grad", layout, stride)] if budgets else {}))
-    for kernel_size, channels, size, stride in ((7, 192, 28, 1), (5, 240, 28, 1), (5, 144, 56, 2)):
-        # ConvNeXt-T's, EfficientNet-B0's (its stride-2 5x5: 144 channels from 56x56)
-        _, tile_q, block_c = _depthwise_row_tiles(32, size // stride, size // stride, channels, torch.device("cpu"),
-                                                  True, kernel_size * kernel_size, interpreter=False)
+    for kernel_size, channels, size, stride, dilation in ((7, 192, 28, 1, 1), (5, 240, 28, 1, 1), (5, 144, 56, 2, 1),
+                                                          (3, 960, 32, 1, 2)):
+        # ConvNeXt-T's, EfficientNet-B0's (its stride-2 5x5: 144 channels from 56x56), DeepLab-v3's MobileNet-v2
+        # (dilation 2: two row sets, the row step and dilations not 1 at a launch)
+        _, tile_q, block_c = _depthwise_row_tiles(32 * dilation, size // stride // dilation, size // stride,
+                                                  channels, torch.device("cpu"), True, kernel_size * kernel_size,
+                                                  interpreter=False)
         (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = (_unit_strides(name, axes, "c") for name, axes in
                                                        (("x", "nchw"), ("y", "nchw"), ("dy", "ncpq")))
-        label = f"bf16,channels_last,{kernel_size}x{kernel_size}" + (",stride2" if stride == 2 else "")
-        key = f"{kernel_size}x" + ("/2" if stride == 2 else "")
-        geometry = dict(stride_w=stride, pad_h=kernel_size // 2, pad_w=kernel_size // 2, dil_w=1, TILE_Q=tile_q,
-                        BLOCK_C=block_c, INDEX_64=False)
+        label = f"bf16,channels_last,{kernel_size}x{kernel_size}" + (",stride2" if stride == 2 else "") + (
+            ",dilation2" if dilation == 2 else "")
+        key = f"{kernel_size}x" + ("/2" if stride == 2 else "") + ("d2" if dilation == 2 else "")
+        dilations = _ints("dil_h", "dil_w", "row_step") if dilation > 1 else {}
+        geometry = dict(stride_h=stride, stride_w=stride, pad_h=kernel_size // 2 * dilation,
+                        pad_w=kernel_size // 2 * dilation, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=False,
+                        **({} if dilations else dict(dil_h=1, dil_w=1, row_step=1)))
         sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
-               **_ints("H", "W", "P", "Q", "C", "ROWS"), **xs, **_ints(*_strides("w", "crs")), **ys,
+               **_ints("H", "W", "P", "Q", "C", "ROWS"), **dilations, **xs, **_ints(*_strides("w", "crs")), **ys,
                "negative_slope": "fp32"}
         for flip in (False, True) if stride == 1 else (False,):
             pass_name = "input_grad" if flip else "forward"
@@ -436,7 +448,7 @@ def _depthwise_rows_cases():
                                      expect=_DEPTHWISE_ROWS_EXPECT[("input_grad", "channels_last", key)]))
         taps = next_power_of_2(kernel_size * kernel_size)
         sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": _param_grad("bf16"), "part_ptr": "*fp32",
-               "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **dys, **xs,
+               "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **dilations, **dys, **xs,
                **_ints(*_strides("dw", "crs"))}
         cases.append(CompileCase(_conv_wgrad_depthwise_rows_kernel, sig,
                                  dict(R=kernel_size, S=kernel_size, TAPS=taps, STRIDE_H=stride, **dy1, **x1, **geometry,

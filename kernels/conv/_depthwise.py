@@ -145,12 +145,16 @@ def _tap_weights(w_chan, mask_c, stride_wr, stride_ws, R: tl.constexpr, S: tl.co
 
 
 @triton.jit
-def _strip(pid, rows, cols, ROWS, TILE_Q: tl.constexpr):
-    """Program ``pid`` of a grid that walks chunks of ROWS of ``rows`` rows by strips of
-    TILE_Q of ``cols`` columns, image by image: (image, first row, column indices)."""
+def _strip(pid, rows, cols, ROWS, TILE_Q: tl.constexpr, row_step):
+    """Program ``pid`` of a grid that walks, image by image and row set by row set
+    (of ``rows`` rows, rows a + row_step k of set a < row_step), chunks of ROWS
+    rows of a set by strips of TILE_Q of ``cols`` columns: (image, row set, the
+    chunk's first k, column indices)."""
     strips = tl.cdiv(cols, TILE_Q)
-    chunks = tl.cdiv(rows, ROWS)
-    return pid // (chunks * strips), (pid // strips) % chunks * ROWS, pid % strips * TILE_Q + tl.arange(0, TILE_Q)
+    chunks = tl.cdiv(tl.cdiv(rows, row_step), ROWS)
+    image_set = pid // (chunks * strips)
+    return (image_set // row_step, image_set % row_step, (pid // strips) % chunks * ROWS,
+            pid % strips * TILE_Q + tl.arange(0, TILE_Q))
 
 
 @triton.jit
@@ -177,27 +181,30 @@ def _row_needed(ih, H, j, rows, one_row, last: tl.constexpr, M: tl.constexpr):
 def _conv_depthwise_rows_kernel(
         x_ptr, w_ptr, b_ptr, y_ptr,
         H, W, P, Q, C, ROWS,
-        stride_w, pad_h, pad_w, dil_w,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, row_step,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_wc, stride_wr, stride_ws,
         stride_yn, stride_yc, stride_yh, stride_yw,
         negative_slope,
         R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, FLIP: tl.constexpr, HAS_BIAS: tl.constexpr,
         ACTIVATION: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
-    """An R x S depthwise convolution of row dilation 1 and row stride STRIDE_H,
-    each input row loaded once: x: (N, C, H, W); w: (C, 1, R, S); b: (C,); y: (N,
-    C, P, Q); strides. Program (((n * chunks) + chunk) * strips + strip, c_block):
-    y over ROWS output rows from chunk * ROWS, TILE_Q columns, BLOCK_C channels.
-    The R*S weights stay in registers (tuples); each input row's S column shifts
-    are loaded once and feed the output rows that read it. Step j loads the
-    input rows STRIDE_H (p0 + j) - pad_h + phase (phase < STRIDE_H, R), which
-    output row p0 + j - m reads through tap row phase + STRIDE_H m; the output
-    rows' sums (``_feed_rows``) roll: the oldest, row p0 + j - M, is done and
-    stored. The forward (y = act(conv + b)) and, with FLIP (the kernel turned
-    by 180 degrees, row stride 1, no bias or activation), a stride-1 input
-    gradient (x: dy, y: dx)."""
+    """An R x S depthwise convolution, each input row loaded once: x: (N, C, H,
+    W); w: (C, 1, R, S); b: (C,); y: (N, C, P, Q); strides, padding, dilation
+    (``stride_h`` = STRIDE_H g, ``dil_h`` = row_step g, g their greatest common
+    divisor: output row a + row_step k reads input rows stride_h a - pad_h + dil_h
+    (STRIDE_H k + r), so that each row set a < row_step is a convolution of row
+    dilation 1 and row stride STRIDE_H on every dil_h-th row). Program
+    (((n * row_step + a) * chunks + chunk) * strips + strip, c_block): y over
+    ROWS rows k of row set a from chunk * ROWS, TILE_Q columns, BLOCK_C
+    channels. The R*S weights stay in registers (tuples); each input row's S
+    column shifts are loaded once and feed the output rows that read it. Step j
+    loads the input rows of k = p0 + j, phase < STRIDE_H, R, which row p0 + j - m
+    reads through tap row phase + STRIDE_H m; the rows' sums roll: the oldest,
+    row p0 + j - M, is done and stored. The forward (y = act(conv + b)) and,
+    with FLIP (the kernel turned by 180 degrees, stride 1, no bias or
+    activation), a stride-1 input gradient (x: dy, y: dx)."""
     tl.static_assert(STRIDE_H == 1 or not FLIP)
-    n, p0, offs_q = _strip(tl.program_id(0), P, Q, ROWS, TILE_Q)
+    n, a, p0, offs_q = _strip(tl.program_id(0), P, Q, ROWS, TILE_Q, row_step)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     w = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr, stride_ws, R, S, FLIP)
@@ -210,7 +217,8 @@ def _conv_depthwise_rows_kernel(
     y_cols = (_offsets(offs_q, stride_yw, INDEX_64)[:, None] + _offsets(offs_c, stride_yc, INDEX_64)[None, :])
     y_ok = (offs_q < Q)[:, None] & mask_c[None, :]
     x_img = x_ptr + n.to(tl.int64) * stride_xn
-    rows = tl.minimum(ROWS, P - p0)
+    rows = tl.minimum(ROWS, tl.cdiv(P - a, row_step) - p0)
+    x_top = stride_h * a - pad_h
     zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (the interpreter's & of a tensor
     M: tl.constexpr = (R - 1) // STRIDE_H           # and a scalar is not a mask)
@@ -220,7 +228,7 @@ def _conv_depthwise_rows_kernel(
     for j in range(rows + M):
         for phase in tl.static_range(STRIDE_H):
             if phase < R:
-                ih = STRIDE_H * (p0 + j) - pad_h + phase
+                ih = x_top + dil_h * (STRIDE_H * (p0 + j) + phase)
                 xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks,
                                   _row_needed(ih, H, j, rows, one_row, (R - 1 - phase) // STRIDE_H, M), S)
                 sums = ()
@@ -230,8 +238,8 @@ def _conv_depthwise_rows_kernel(
                     else:
                         sums = sums + (accs[m],)
                 accs = sums
-        _store_row(y_img + _offsets(p0 + j - M, stride_yh, INDEX_64), y_cols, y_ok & (j + one_row >= M), accs[M],
-                   bias, negative_slope, HAS_BIAS, ACTIVATION)
+        _store_row(y_img + _offsets(a + row_step * (p0 + j - M), stride_yh, INDEX_64), y_cols,
+                   y_ok & (j + one_row >= M), accs[M], bias, negative_slope, HAS_BIAS, ACTIVATION)
         accs = (zeros,) + accs[:M]
 
 
@@ -257,7 +265,7 @@ def _conv_dgrad_depthwise_rows_kernel(
     M: tl.constexpr = (R - 1) // STRIDE_H
     T: tl.constexpr = (S - 1) // STRIDE_W + 1
     units_h = tl.cdiv(H + pad_h, STRIDE_H)
-    n, u0, offs_t = _strip(tl.program_id(0), units_h, tl.cdiv(W + pad_w, STRIDE_W), ROWS, TILE_Q)
+    n, _, u0, offs_t = _strip(tl.program_id(0), units_h, tl.cdiv(W + pad_w, STRIDE_W), ROWS, TILE_Q, 1)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     w = _tap_weights(w_ptr + offs_c * stride_wc, mask_c, stride_wr, stride_ws, R, S, False)
@@ -312,22 +320,23 @@ def _tap_sum(total, taps, k: tl.constexpr, acc):
 def _conv_wgrad_depthwise_rows_kernel(
         dy_ptr, x_ptr, dw_ptr, part_ptr, ticket_ptr,
         N, H, W, P, Q, C, ROWS,
-        stride_w, pad_h, pad_w, dil_w,
+        stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, row_step,
         stride_dyn, stride_dyc, stride_dyp, stride_dyq,
         stride_xn, stride_xc, stride_xh, stride_xw,
         stride_dwc, stride_dwr, stride_dws,
         R: tl.constexpr, S: tl.constexpr, TAPS: tl.constexpr, STRIDE_H: tl.constexpr, TILE_Q: tl.constexpr,
         BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr, CHUNK: tl.constexpr):
-    """The weight gradient of an R x S depthwise convolution of row dilation 1 and
-    row stride STRIDE_H, each input row loaded once: dy: (N, C, P, Q); x: (N, C,
-    H, W); dw: (C, 1, R, S) (the weight's dtype, or its master's under autocast);
-    strides; part / ticket: the split workspace (``sum_splits``, CHUNK; TAPS: R*S
-    rounded up to a power of two). Program (c_block, 0, split): dw for BLOCK_C
-    channels, summed over its split of the strips, each ROWS output rows of one
-    image by TILE_Q columns. Down a strip, step j loads dy row p0 + j and the
-    input rows of the forward's step j (``_conv_depthwise_rows_kernel``), whose
-    S column shifts meet the dy rows kept (ds[m]: dy row p0 + j - m) in the R*S
-    sums of (TILE_Q, BLOCK_C) products, reduced over the columns at the end."""
+    """The weight gradient of an R x S depthwise convolution, each input row
+    loaded once: dy: (N, C, P, Q); x: (N, C, H, W); dw: (C, 1, R, S) (the
+    weight's dtype, or its master's under autocast); strides, padding, dilation
+    and row sets as the forward's (``_conv_depthwise_rows_kernel``); part /
+    ticket: the split workspace (``sum_splits``, CHUNK; TAPS: R*S rounded up to
+    a power of two). Program (c_block, 0, split): dw for BLOCK_C channels, summed
+    over its split of the strips, each ROWS rows of a row set of one image by
+    TILE_Q columns. Down a strip, step j loads dy row p0 + j of the set and the
+    input rows of the forward's step j, whose S column shifts meet the dy rows
+    kept (ds[m]: row p0 + j - m) in the R*S sums of (TILE_Q, BLOCK_C) products,
+    reduced over the columns at the end."""
     offs_c = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     mask_c = offs_c < C
     x_chan = _offsets(offs_c, stride_xc, INDEX_64)[None, :]
@@ -341,25 +350,26 @@ def _conv_wgrad_depthwise_rows_kernel(
         for s in tl.static_range(S):
             row = row + (zeros,)
         accs = accs + (row,)
-    first, end = _split_steps(N * tl.cdiv(P, ROWS) * tl.cdiv(Q, TILE_Q))
+    first, end = _split_steps(N * row_step * tl.cdiv(tl.cdiv(P, row_step), ROWS) * tl.cdiv(Q, TILE_Q))
     for step in range(first, end):
-        n, p0, offs_q = _strip(step, P, Q, ROWS, TILE_Q)
+        n, a, p0, offs_q = _strip(step, P, Q, ROWS, TILE_Q, row_step)
         cols, oks = _column_shifts(x_chan, offs_q * stride_w - pad_w, W, mask_c, stride_xw, dil_w, S, INDEX_64)
         dy_cols = dy_chan + _offsets(offs_q, stride_dyq, INDEX_64)[:, None]
         dy_ok = (offs_q < Q)[:, None] & mask_c[None, :]
         x_img = x_ptr + n.to(tl.int64) * stride_xn
         dy_img = dy_ptr + n.to(tl.int64) * stride_dyn
-        rows = tl.minimum(ROWS, P - p0)
+        rows = tl.minimum(ROWS, tl.cdiv(P - a, row_step) - p0)
+        x_top = stride_h * a - pad_h
         ds = ()
         for m in tl.static_range(M + 1):
             ds = ds + (zeros,)
         for j in range(rows + M):
-            d = tl.load(dy_img + _offsets(p0 + j, stride_dyp, INDEX_64) + dy_cols,
+            d = tl.load(dy_img + _offsets(a + row_step * (p0 + j), stride_dyp, INDEX_64) + dy_cols,
                         mask=dy_ok & (j + one_row < rows), other=0.0).to(tl.float32)
             ds = (d,) + ds[:M]
             for phase in tl.static_range(STRIDE_H):
                 if phase < R:
-                    ih = STRIDE_H * (p0 + j) - pad_h + phase
+                    ih = x_top + dil_h * (STRIDE_H * (p0 + j) + phase)
                     xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks,
                                       _row_needed(ih, H, j, rows, one_row, (R - 1 - phase) // STRIDE_H, M), S)
                     sums = ()

@@ -497,14 +497,19 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 
 
 def _depthwise_rows(geo: ConvGeometry, pass_name: str) -> bool:
-    """Whether a depthwise pass runs a rows kernel (any layout, row dilation 1): the
-    forward and the weight gradient at any stride; the input gradient at stride
-    (1, 1), and at other strides with column dilation 1."""
-    if not DEPTHWISE_ROWS or geo.dilation[0] != 1:
+    """Whether a depthwise pass runs a rows kernel (any layout): the forward and the
+    weight gradient always; the input gradient at stride (1, 1), and at other
+    strides with dilation (1, 1)."""
+    if not DEPTHWISE_ROWS:
         return False
-    if pass_name == "input_grad":
-        return tuple(geo.stride) == (1, 1) or geo.dilation[1] == 1
-    return True
+    return pass_name != "input_grad" or tuple(geo.stride) == (1, 1) or tuple(geo.dilation) == (1, 1)
+
+
+def _row_sets(geo: ConvGeometry) -> tuple[int, int]:
+    """(STRIDE_H, row_step) of a depthwise rows kernel: row set a < row_step (the
+    output rows a + row_step k) is a convolution of row stride STRIDE_H and row
+    dilation 1 on every dilation-th input row."""
+    return _step(geo.stride[0], geo.dilation[0]), _step(geo.dilation[0], geo.stride[0])
 
 
 def _depthwise_row_tiles(images: int, rows: int, cols: int, channels: int, device: torch.device,
@@ -652,13 +657,15 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
     path = geo.paths["forward"]
     if path in ("depthwise", "direct"):
         if path == "depthwise" and _depthwise_rows(geo, "forward"):
-            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.K, x.device, x.strides[1] == 1,
-                                                         geo.R * geo.S)
+            sub_stride, row_step = _row_sets(geo)
+            set_rows = cdiv(geo.P, row_step)
+            rows, tile_q, block_c = _depthwise_row_tiles(geo.N * row_step, set_rows, geo.Q, geo.K, x.device,
+                                                         x.strides[1] == 1, geo.R * geo.S)
             kernel = _conv_depthwise_rows_kernel
-            grid = (geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c))
-            args = (geo.H, geo.W, geo.P, geo.Q, geo.K, rows, geo.stride[1], geo.pad[0], geo.pad[1], geo.dilation[1],
-                    *x.strides, w.strides[0], w.strides[2], w.strides[3], *y.strides)
-            common.update(R=geo.R, S=geo.S, STRIDE_H=geo.stride[0], FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c,
+            grid = (geo.N * row_step * cdiv(set_rows, rows) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c))
+            args = (geo.H, geo.W, geo.P, geo.Q, geo.K, rows, *geo.conv_args(), row_step, *x.strides, w.strides[0],
+                    w.strides[2], w.strides[3], *y.strides)
+            common.update(R=geo.R, S=geo.S, STRIDE_H=sub_stride, FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c,
                           INDEX_64=_image_needs_int64(geo, x, y))
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.strides[1] == 1, geo.S,
@@ -856,13 +863,14 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
             return dx
         return run
     if path == "depthwise" and _depthwise_rows(geo, "input_grad"):
-        # dx = dy convolved with the kernel turned by 180 degrees, padded by (R - 1 - pad) rows, ((S - 1) dil - pad)
-        # columns
-        rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.H, geo.W, geo.C, dy.device, dy.strides[1] == 1,
-                                                     geo.R * geo.S)
-        grid = (geo.N * cdiv(geo.H, rows) * cdiv(geo.W, tile_q), cdiv(geo.C, block_c))
-        args = (geo.P, geo.Q, geo.H, geo.W, geo.C, rows, 1, geo.R - 1 - geo.pad[0], (geo.S - 1) * dil_w - geo.pad[1],
-                dil_w, *dy.strides, w.strides[0], w.strides[2], w.strides[3], *dx.strides, 0.0)
+        # dx = dy convolved with the kernel turned by 180 degrees, padded by ((R - 1) dil - pad) rows and columns
+        set_rows = cdiv(geo.H, dil_h)       # the row sets of dilation dil_h (``_row_sets``)
+        rows, tile_q, block_c = _depthwise_row_tiles(geo.N * dil_h, set_rows, geo.W, geo.C, dy.device,
+                                                     dy.strides[1] == 1, geo.R * geo.S)
+        grid = (geo.N * dil_h * cdiv(set_rows, rows) * cdiv(geo.W, tile_q), cdiv(geo.C, block_c))
+        args = (geo.P, geo.Q, geo.H, geo.W, geo.C, rows, 1, 1, (geo.R - 1) * dil_h - geo.pad[0],
+                (geo.S - 1) * dil_w - geo.pad[1], dil_h, dil_w, dil_h, *dy.strides, w.strides[0], w.strides[2],
+                w.strides[3], *dx.strides, 0.0)
         rows_launch = _plain_launch(_conv_depthwise_rows_kernel, grid, 4 + len(args), R=geo.R, S=geo.S, STRIDE_H=1,
                                     FLIP=True, HAS_BIAS=False, ACTIVATION=ACT_NONE.value, TILE_Q=tile_q,
                                     BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, dx))
@@ -963,16 +971,19 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     if path in ("depthwise", "direct"):
         taps = next_power_of_2(geo.R * geo.S)
         if path == "depthwise" and _depthwise_rows(geo, "weight_grad"):
-            rows, tile_q, block_c = _depthwise_row_tiles(geo.N, geo.P, geo.Q, geo.C, x.device, x.strides[1] == 1,
-                                                         geo.R * geo.S)
+            sub_stride, row_step = _row_sets(geo)
+            set_rows = cdiv(geo.P, row_step)
+            rows, tile_q, block_c = _depthwise_row_tiles(geo.N * row_step, set_rows, geo.Q, geo.C, x.device,
+                                                         x.strides[1] == 1, geo.R * geo.S)
             programs, block = cdiv(geo.C, block_c), block_c
-            strip_rows = min(geo.stride[0], geo.R) * (rows - 1) + geo.R        # the input rows a strip loads
-            splits, chunk = _direct_splits(x.device, programs, geo.N * cdiv(geo.P, rows) * cdiv(geo.Q, tile_q),
+            strip_rows = min(sub_stride, geo.R) * (rows - 1) + geo.R       # the input rows a strip loads
+            splits, chunk = _direct_splits(x.device, programs,
+                                           geo.N * row_step * cdiv(set_rows, rows) * cdiv(geo.Q, tile_q),
                                            taps * block, strip_rows)
             kernel = _conv_wgrad_depthwise_rows_kernel
-            args = (geo.N, geo.H, geo.W, geo.P, geo.Q, geo.C, rows, geo.stride[1], geo.pad[0], geo.pad[1],
-                    geo.dilation[1], *dy.strides, *x.strides, dw.strides[0], dw.strides[2], dw.strides[3])
-            constexprs = dict(R=geo.R, S=geo.S, TAPS=taps, STRIDE_H=geo.stride[0], TILE_Q=tile_q, BLOCK_C=block_c,
+            args = (geo.N, geo.H, geo.W, geo.P, geo.Q, geo.C, rows, *geo.conv_args(), row_step, *dy.strides,
+                    *x.strides, dw.strides[0], dw.strides[2], dw.strides[3])
+            constexprs = dict(R=geo.R, S=geo.S, TAPS=taps, STRIDE_H=sub_stride, TILE_Q=tile_q, BLOCK_C=block_c,
                               INDEX_64=_image_needs_int64(geo, dy, x), CHUNK=chunk)
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.strides[1] == 1, geo.S,
