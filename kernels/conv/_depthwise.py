@@ -1,6 +1,7 @@
 """Depthwise convolution (groups = C = K: one input and one output channel per
-group), register-blocked: forward, input gradient and weight gradient, and the
-rows kernels for row dilation 1 (below).
+group), register-blocked: the patch kernels (forward, input gradient and weight
+gradient) and the rows kernels (below), which run every pass but a strided input
+gradient with a dilation.
 
 A program owns a (TILE_P, TILE_Q) patch of pixels of one image by BLOCK_C
 channels. The kernel size (R, S) is a constexpr, so a row of taps unrolls: each
@@ -22,13 +23,14 @@ host sets when they may pass 2**31); an image's base offset is int64.
   pixels reads each block of dy once and gathers x for every tap in one load;
   the (TAPS, BLOCK_C) sums are split over grid axis 2 and reduced in fixed
   order (``sum_splits``).
-* rows (row dilation 1, any layout: the forward and the weight gradient at any
-  stride; the input gradient at stride 1, as a forward of dy with the kernel
-  turned by 180 degrees, and at other strides with column dilation 1, by units
-  of stride dx rows and columns): a program walks down a column strip, loading
-  each input row's column shifts once for the output rows that read it (the
-  patch kernels load each input element once per tap and convert it to fp32
-  each time: 1.5 instructions an element in bf16, more than its multiply-add).
+* rows (any layout: the forward and the weight gradient at any stride and
+  dilation, a row dilation by row sets; the input gradient at stride 1, as a
+  forward of dy with the kernel turned by 180 degrees, and at other strides
+  without a dilation, by units of stride dx rows and columns): a program walks
+  down a column strip, loading each input row's column shifts once for the
+  output rows that read it (the patch kernels load each input element once per
+  tap and convert it to fp32 each time: 1.5 instructions an element in bf16,
+  more than its multiply-add).
 """
 from __future__ import annotations
 
@@ -278,12 +280,13 @@ def _conv_dgrad_depthwise_rows_kernel(
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (as the rows kernel's)
     zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     ds = ()                                         # ds[m]: dy row u0 - 1 - m; the last one is not read
-    for m in tl.static_range(M + 1):
-        if m < M:
-            ds = ds + (_load_shifts(dy_img + _offsets(u0 - 1 - m, stride_dyp, INDEX_64), dy_cols, dy_oks,
-                                    _in_range(u0 - 1 - m + one_row, P), T),)
-        else:
-            ds = ds + (_load_shifts(dy_img, dy_cols, dy_oks, one_row < 0, T),)
+    for m in tl.static_range(M):
+        ds = ds + (_load_shifts(dy_img + _offsets(u0 - 1 - m, stride_dyp, INDEX_64), dy_cols, dy_oks,
+                                _in_range(u0 - 1 - m + one_row, P), T),)
+    unread = ()
+    for k in tl.static_range(T):
+        unread = unread + (zeros,)
+    ds = ds + (unread,)
     for i in range(tl.minimum(ROWS, units_h - u0)):
         u = u0 + i
         ds = (_load_shifts(dy_img + _offsets(u, stride_dyp, INDEX_64), dy_cols, dy_oks, _in_range(u + one_row, P),
