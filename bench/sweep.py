@@ -47,13 +47,13 @@ SWEEPS = {
     "activation": (Knob("kernels.activation", "_BLOCK", (1024, 2048, 4096, 8192), ("relu-resnet50",)),),
     "max_pool2d": (Knob("kernels.pool", "_TILE", (256, 512, 1024), ("max_pool2d-",)),
                    Knob("kernels.pool", "_NUM_WARPS", (4, 8), ("max_pool2d-",))),
-    # the depthwise rows kernels against the patch kernels they replaced (untimed: first; 3x3 of stride 1 and 2,
-    # channels_last and NCHW, and the 7x7's forward and weight gradient), their tiles (at stride 1); the direct
-    # kernels' split reductions (2: a GEMM's programs an SM, the plan before 2026-11-30), timed on the quick
-    # suite's depthwise weight gradients (the direct ones and the bias gradient follow the same plan). The patch
-    # kernels' tile (DEPTHWISE_TILE_BYTES) is left out: no quick case runs them now but with DEPTHWISE_ROWS False
-    "conv2d": (Knob("kernels.conv.ops", "DEPTHWISE_ROWS", (True, False),
-                    ("conv2d-depthwise-32x", "conv2d-depthwise-7x7")),
+    # the depthwise rows kernels against the patch kernels they replaced (untimed: first; every quick depthwise
+    # case: 3x3 of stride 1 and 2, channels_last and NCHW, the 7x7's forward and weight gradient, a 5x5's stride-2
+    # input gradient, a dilated forward), their tiles (at stride 1); the direct kernels' split reductions (2: a
+    # GEMM's programs an SM, the plan before 2026-11-30), timed on the quick suite's depthwise weight gradients
+    # (the direct ones and the bias gradient follow the same plan). The patch kernels' tile (DEPTHWISE_TILE_BYTES)
+    # is left out: no quick case runs them now but with DEPTHWISE_ROWS False
+    "conv2d": (Knob("kernels.conv.ops", "DEPTHWISE_ROWS", (True, False), ("conv2d-depthwise-",)),
                Knob("kernels.conv.ops", "DIRECT_PROGRAMS_PER_SM", (2, 4, 8, 16), ("conv2d-depthwise-",),
                     ("weight_grad",)),
                Knob("kernels.conv.ops", "DEPTHWISE_ROW_TILE", (256, 512, 1024), (_DEPTHWISE_STRIDE_1,)),

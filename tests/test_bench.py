@@ -413,7 +413,7 @@ def test_sweep_times_each_setting_and_restores_the_defaults(monkeypatch, capsys)
         cases = sweep._cases("conv2d", knob)
         assert {c.pass_name for c in cases} == set(knob.passes or ("forward", "input_grad", "weight_grad"))
         assert all("depthwise" in c.id for c in cases)
-    assert [len(sweep._cases("conv2d", knob)) for knob in sweep.SWEEPS["conv2d"]] == [9, 3, 4, 4]
+    assert [len(sweep._cases("conv2d", knob)) for knob in sweep.SWEEPS["conv2d"]] == [11, 3, 4, 4]
 
     def context_lost(case):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -4,7 +4,8 @@ Sets: the 23 distinct convolutions of ResNet-50 (batch 32, 224x224 input; the
 first is the 7x7 stride-2 RGB stem), the stems alone (ResNet-50's and VGG-16's
 3-channel first layers), VGG-16's 3x3 convolutions (batch 16), dilated 3x3
 (dilation 2, 4, 8; 256 channels at 64x64 and 512 at 32x32, batch 8),
-MobileNet-v2's depthwise 3x3 and ConvNeXt-T's depthwise 7x7 (batch 32), and
+MobileNet-v2's depthwise 3x3, ConvNeXt-T's depthwise 7x7 and EfficientNet-B0's
+depthwise 5x5 (batch 32), DeepLab-v3's dilated depthwise 3x3 (batch 8), and
 conv + bias + ReLU fused against torch's conv followed by relu. NCHW and channels_last (input and weight), fp32
 (same tf32 policy on both sides: torch.backends.cudnn.allow_tf32), fp16, bf16.
 ``flops`` is 2*N*K*P*Q*(C/groups)*R*S for every pass, so the report gives
@@ -51,6 +52,10 @@ DEPTHWISE_7X7 = [(96, 56), (192, 28), (384, 14), (768, 7)]
 # MobileNet-v2 depthwise 3x3: (channels, input size, stride).
 DEPTHWISE = [(32, 112, 1), (96, 112, 2), (144, 56, 1), (144, 56, 2), (192, 28, 1), (192, 28, 2),
              (384, 14, 1), (576, 14, 1), (576, 14, 2), (960, 7, 1)]
+# EfficientNet-B0 depthwise 5x5, padding 2: (channels, input size, stride).
+DEPTHWISE_5X5 = [(144, 56, 2), (240, 28, 1), (672, 14, 1), (672, 14, 2), (1152, 7, 1)]
+# DeepLab-v3's MobileNet-v2 at output stride 16 (513x513 in): depthwise 3x3 of dilation 2, padding 2.
+DEPTHWISE_DILATED = [(576, 33), (960, 33)]
 FUSED = [(64, 56, 64), (128, 28, 128), (256, 14, 256), (512, 7, 512)]
 
 PASSES = ("forward", "input_grad", "weight_grad")
@@ -119,11 +124,13 @@ def _gpu_specs():
     specs += [("dilated", Spec(8, c, h, c, 3, 1, d, d)) for c, h in DILATED for d in (2, 4, 8)]
     specs += [("depthwise", Spec(32, c, h, c, 3, s, 1, groups=c)) for c, h, s in DEPTHWISE]
     specs += [("depthwise-7x7", Spec(32, c, h, c, 7, 1, 3, groups=c)) for c, h in DEPTHWISE_7X7]
+    specs += [("depthwise-5x5", Spec(32, c, h, c, 5, s, 2, groups=c)) for c, h, s in DEPTHWISE_5X5]
+    specs += [("depthwise-dilated", Spec(8, c, h, c, 3, 1, 2, 2, groups=c)) for c, h in DEPTHWISE_DILATED]
     specs += [("fused-bias-relu", Spec(32, c, h, k, 3, 1, 1, bias=True, relu=True)) for c, h, k in FUSED]
     return specs
 
 
-# --quick: bf16, a few shapes per set and pass (41 cases), channels_last unless marked NCHW
+# --quick: bf16, a few shapes per set and pass (43 cases), channels_last unless marked NCHW
 # ("contiguous": ResNet-50's 1x1 at 56x56 runs the planar GEMMs there, MobileNet-v2's depthwise 3x3 its rows
 # kernel) or read in place (a 3x3's three passes, two more 3x3 forwards, the stem's forward and weight gradient,
 # each beside its copied layouts: the stem's forward reads zero-padded copies of x, channels_last included).
@@ -136,7 +143,8 @@ QUICK = [("resnet50", 2, "forward"), ("resnet50", 4, "forward"), ("resnet50", 6,
          ("dilated", 0, "forward"), ("dilated", 4, "forward"), ("depthwise", 2, "forward"),
          ("depthwise", 2, "forward", "contiguous"), ("depthwise", 3, "forward"), ("depthwise", 3, "input_grad"),
          ("depthwise", 3, "weight_grad"),
-         ("depthwise-7x7", 1, "forward"), ("depthwise-7x7", 1, "weight_grad"), ("fused-bias-relu", 2, "forward"),
+         ("depthwise-7x7", 1, "forward"), ("depthwise-7x7", 1, "weight_grad"), ("depthwise-5x5", 0, "input_grad"),
+         ("depthwise-dilated", 1, "forward"), ("fused-bias-relu", 2, "forward"),
          ("resnet50", 2, "input_grad"), ("resnet50", 22, "input_grad"), ("dilated", 0, "input_grad"),
          ("depthwise", 2, "input_grad"),
          ("resnet50", 2, "weight_grad"), ("resnet50", 15, "weight_grad"), ("resnet50", 22, "weight_grad"),
