@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -1110,7 +1111,9 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     _assert_rows_kernels(launch_log, stride, dilation)
     (wgrad,) = [launch for launch in launch_log if launch.name == "_conv_wgrad_depthwise_rows_kernel"]
-    steps = N * -(-y.shape[2] // 3) * -(-y.shape[3] // 4)       # the GPU kind's strips: 5 splits, none empty
+    stride_h, dilation_h = torch.nn.modules.utils._pair(stride)[0], torch.nn.modules.utils._pair(dilation)[0]
+    row_step = dilation_h // math.gcd(stride_h, dilation_h)     # the row sets (``_row_sets``)
+    steps = N * row_step * -(-(-(-y.shape[2] // row_step)) // 3) * -(-y.shape[3] // 4)   # 5 splits, none empty
     assert wgrad.grid[2] == 1 if tiles is None else (wgrad.grid[2], wgrad.args["CHUNK"]) == (
         -(-steps // -(-steps // 5)), 2)
 

@@ -81,8 +81,8 @@ MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 # two, an H200 (2026-11-30) ran a depthwise weight gradient (32x144x56x56, 3x3) as 264
 # programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
 DIRECT_PROGRAMS_PER_SM = 8
-# The depthwise patch kernels (what the rows kernels below do not run: row dilations, the strided input
-# gradient with a column dilation) take tiles on a GPU, channels_last (NCHW: half the bytes):
+# The depthwise patch kernels (what the rows kernels below do not run: the strided input gradient with a
+# dilation; every pass with DEPTHWISE_ROWS False) take tiles on a GPU, channels_last (NCHW: half the bytes):
 # the forward's and input gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient at 8 KB 143 / 96
 # registers a thread, 3 / 5 programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the 7x7 forward 186,
 # 139, 88 registers and 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and the weight
@@ -91,15 +91,15 @@ DIRECT_PROGRAMS_PER_SM = 8
 DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
-# A depthwise convolution of row dilation 1 in any layout runs the rows kernels (``_depthwise_rows``): the
-# forward and weight gradient at any stride, the input gradient at stride (1, 1) and, with column dilation 1,
-# at any other. (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine
-# weights, or the weight gradient's nine sums, in 36 registers; 5x5: 2 a thread, 7x7: 1), down ROWS output
-# rows (the strided input gradient: units of stride dx rows and columns), ROWS chosen for
-# DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk loads R - stride
-# rows more than stride a row it writes; the weight gradient splits its chunks as the direct kernels do).
-# DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for bench.sweep to time
-# both: the rows kernels have not run on a GPU yet).
+# A depthwise convolution in any layout runs the rows kernels (``_depthwise_rows``): the forward and weight
+# gradient at any stride and dilation (a row dilation by row sets, ``_row_sets``), the input gradient at
+# stride (1, 1) and, without a dilation, at any other. (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements
+# for a 3x3 (4 a thread: its nine weights, or the weight gradient's nine sums, in 36 registers; 5x5: 2 a
+# thread, 7x7: 1), down ROWS output rows (the strided input gradient: units of stride dx rows and columns),
+# ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk
+# loads R - stride rows more than stride a row it writes; the weight gradient splits its chunks as the direct
+# kernels do). DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for
+# bench.sweep to time both: the rows kernels have not run on a GPU yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -846,7 +846,7 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     phases_hw = (min(stride_h, geo.H), min(stride_w, geo.W))      # the phases that hold pixels
     phases = phases_hw[0] * phases_hw[1]
     path = geo.paths["input_grad"]
-    if path == "depthwise" and _depthwise_rows(geo, "input_grad") and geo.stride != (1, 1):
+    if path == "depthwise" and _depthwise_rows(geo, "input_grad") and (stride_h, stride_w) != (1, 1):
         units_h, units_w = cdiv(geo.H + geo.pad[0], stride_h), cdiv(geo.W + geo.pad[1], stride_w)
         rows, tile_q, block_c = _depthwise_row_tiles(geo.N, units_h, units_w, geo.C, dy.device, dy.strides[1] == 1,
                                                      geo.R * geo.S)
