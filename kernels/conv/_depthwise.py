@@ -169,6 +169,15 @@ def _store_row(y_row, y_cols, mask, acc, bias, negative_slope, HAS_BIAS: tl.cons
 
 
 @triton.jit
+def _repeat(value, n: tl.constexpr):
+    """(value, ..., value): a tuple of n."""
+    out = ()
+    for i in tl.static_range(n):
+        out = out + (value,)
+    return out
+
+
+@triton.jit
 def _row_needed(ih, H, j, rows, one_row, last: tl.constexpr, M: tl.constexpr):
     """Whether step j's input row ih (of H) is loaded: inside the image and, when
     the rows it feeds reach only ``last`` < M steps back, some of them in the
@@ -224,9 +233,7 @@ def _conv_depthwise_rows_kernel(
     zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (the interpreter's & of a tensor
     M: tl.constexpr = (R - 1) // STRIDE_H           # and a scalar is not a mask)
-    accs = ()                                       # accs[m]: output row p0 + j - m
-    for m in tl.static_range(M + 1):
-        accs = accs + (zeros,)
+    accs = _repeat(zeros, M + 1)                    # accs[m]: output row p0 + j - m
     for j in range(rows + M):
         for phase in tl.static_range(STRIDE_H):
             if phase < R:
@@ -283,10 +290,7 @@ def _conv_dgrad_depthwise_rows_kernel(
     for m in tl.static_range(M):
         ds = ds + (_load_shifts(dy_img + _offsets(u0 - 1 - m, stride_dyp, INDEX_64), dy_cols, dy_oks,
                                 _in_range(u0 - 1 - m + one_row, P), T),)
-    unread = ()
-    for k in tl.static_range(T):
-        unread = unread + (zeros,)
-    ds = ds + (unread,)
+    ds = ds + (_repeat(zeros, T),)
     for i in range(tl.minimum(ROWS, units_h - u0)):
         u = u0 + i
         ds = (_load_shifts(dy_img + _offsets(u, stride_dyp, INDEX_64), dy_cols, dy_oks, _in_range(u + one_row, P),
@@ -347,12 +351,7 @@ def _conv_wgrad_depthwise_rows_kernel(
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (as the rows kernel's)
     zeros = tl.zeros((TILE_Q, BLOCK_C), dtype=tl.float32)
     M: tl.constexpr = (R - 1) // STRIDE_H           # tap row phase + STRIDE_H m: input row phase, dy row j - m
-    accs = ()                                       # accs[r][s]: tap (r, s)
-    for r in tl.static_range(R):
-        row = ()
-        for s in tl.static_range(S):
-            row = row + (zeros,)
-        accs = accs + (row,)
+    accs = _repeat(_repeat(zeros, S), R)            # accs[r][s]: tap (r, s)
     first, end = _split_steps(N * row_step * tl.cdiv(tl.cdiv(P, row_step), ROWS) * tl.cdiv(Q, TILE_Q))
     for step in range(first, end):
         n, a, p0, offs_q = _strip(step, P, Q, ROWS, TILE_Q, row_step)
@@ -363,9 +362,7 @@ def _conv_wgrad_depthwise_rows_kernel(
         dy_img = dy_ptr + n.to(tl.int64) * stride_dyn
         rows = tl.minimum(ROWS, tl.cdiv(P - a, row_step) - p0)
         x_top = stride_h * a - pad_h
-        ds = ()
-        for m in tl.static_range(M + 1):
-            ds = ds + (zeros,)
+        ds = _repeat(zeros, M + 1)
         for j in range(rows + M):
             d = tl.load(dy_img + _offsets(a + row_step * (p0 + j), stride_dyp, INDEX_64) + dy_cols,
                         mask=dy_ok & (j + one_row < rows), other=0.0).to(tl.float32)
