@@ -722,8 +722,8 @@ def test_split_count():
 
 def test_direct_splits_fill_an_h100(monkeypatch):
     """The direct kernels' pixel reductions on a 132-SM GPU: the patch kernel's plan of
-    a MobileNet depthwise weight gradient (32x144x56x56, bf16 channels_last; at
-    stride 1 that layer now runs the rows kernel: ``test_depthwise_row_tiles``)
+    a MobileNet depthwise weight gradient (32x144x56x56, bf16 channels_last; that
+    layer now runs the rows kernel: ``test_depthwise_row_tiles``)
     tiles 16 channels by 4x8 pixels, 9 channel tiles of 3136 steps split 117 ways
     (27 steps each, none empty: 1053 programs of 4 warps, about 8 an SM, where the
     GEMMs' two an SM made 264), summed 8 splits a load; the bias / activation
@@ -1068,21 +1068,23 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
-# 3x3 depthwise convolutions of row dilation 1 and row stride 1 or 2 (the rows kernels; the input gradient
-# at stride 1, or 2 and dilation 1): N, C, H, W, stride, padding, dilation, layout.
+# 3x3 depthwise convolutions (the rows kernels; the input gradient at stride 1, or at other strides without a
+# dilation): N, C, H, W, stride, padding, dilation, layout.
 ROWS_CASES = [(2, 12, 9, 11, 1, 1, 1, "channels_last"), (1, 9, 7, 12, (1, 2), 2, (1, 2), "channels_last"),
               (2, 5, 6, 5, 1, 3, 1, "channels_last"), (1, 7, 8, 6, 1, "same", (1, 3), "channels_last"),
               (2, 10, 7, 9, 1, 1, 1, "contiguous"), (2, 6, 11, 9, 2, 1, 1, "contiguous"),
               (1, 9, 8, 7, (2, 1), (2, 0), (1, 2), "channels_last"), (2, 9, 8, 10, 2, 0, 1, "channels_last"),
               (1, 12, 7, 8, 2, (2, 3), 1, "channels_last"), (1, 8, 13, 9, (3, 2), 1, 1, "contiguous"),
               (1, 8, 13, 9, 1, 2, (2, 1), "channels_last"), (1, 6, 14, 10, 1, 4, 4, "contiguous"),
-              (1, 7, 15, 9, 2, 2, (3, 1), "channels_last"), (1, 7, 12, 11, 2, 2, 2, "contiguous")]
+              (1, 7, 15, 9, 2, 2, (3, 1), "channels_last"), (1, 7, 12, 11, 2, 2, 2, "contiguous"),
+              (1, 6, 9, 7, 1, 0, (4, 1), "channels_last")]
 
 
 @pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13", "nchw",
                                                   "nchw-stride2", "stride21-pad20-dilation12", "stride2-pad0",
                                                   "stride2-pad23", "nchw-stride32", "dilation21", "nchw-dilation4",
-                                                  "stride2-dilation31", "nchw-stride2-dilation2"])
+                                                  "stride2-dilation31", "nchw-stride2-dilation2",
+                                                  "dilation41-one-row"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels (each input row loaded once, the output rows' sums rolling)
@@ -1093,7 +1095,8 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     column get no tap: zeros), with a dilation the patch kernel; row dilations
     by row sets (4 sets of 4 and 3 rows: the last chunk of the short ones is
     empty; stride 2 with dilation 3: three sets; with dilation 2: one of stride
-    1); channels_last and NCHW; with the
+    1; dilation 4 with one output row: one set, not four); channels_last and
+    NCHW; with the
     interpreter's tiles (every row in one program, no split)
     and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
     partly outside the image and the channels; the last chunk shorter where the
@@ -1110,12 +1113,22 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     y = _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
     assert y.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
     _assert_rows_kernels(launch_log, stride, dilation)
+    _assert_chunked_splits(launch_log, tiles, N, y, stride, dilation)
+
+
+def _assert_chunked_splits(launch_log, tiles, N, y, stride, dilation):
+    """The rows weight gradient's split: none with the interpreter's tiles; with the
+    GPU kind's chunks (3 rows of a row set by 4 columns) 5 splits, fewer where that
+    would leave one without a strip, summed 2 a load."""
     (wgrad,) = [launch for launch in launch_log if launch.name == "_conv_wgrad_depthwise_rows_kernel"]
+    if tiles is None:
+        assert wgrad.grid[2] == 1
+        return
     stride_h, dilation_h = torch.nn.modules.utils._pair(stride)[0], torch.nn.modules.utils._pair(dilation)[0]
-    row_step = dilation_h // math.gcd(stride_h, dilation_h)     # the row sets (``_row_sets``)
-    steps = N * row_step * -(-(-(-y.shape[2] // row_step)) // 3) * -(-y.shape[3] // 4)   # 5 splits, none empty
-    assert wgrad.grid[2] == 1 if tiles is None else (wgrad.grid[2], wgrad.args["CHUNK"]) == (
-        -(-steps // -(-steps // 5)), 2)
+    P, Q = y.shape[2], y.shape[3]
+    row_step = max(1, min(dilation_h // math.gcd(stride_h, dilation_h), P))      # the row sets
+    steps = N * row_step * -(-(-(-P // row_step)) // 3) * -(-Q // 4)
+    assert (wgrad.grid[2], wgrad.args["CHUNK"]) == (-(-steps // -(-steps // 5)), 2)
 
 
 # Depthwise kernels of other sizes (the input gradient at strides other than 1 by units without a dilation): N, C,
@@ -1148,8 +1161,8 @@ def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     row strides 1 to 3 (a step loads min(stride, R) input rows: below the kernel
     height they feed several output rows, above it some rows are never read), and
     the input gradient: at stride (1, 1) the kernel turned by 180 degrees
-    (padding R - 1 - pad, (S - 1) dil - pad, negative where the padding passes
-    it), at other strides by units (dy rows kept for the unit rows below;
+    (padding (R - 1) dil - pad, negative where the padding passes it), at other
+    strides by units (dy rows kept for the unit rows below;
     strides past the kernel leave rows and columns no tap reaches), with a
     dilation the patch kernel; row dilations by row sets (stride 2 with
     dilation 4: two sets of stride 1). With the interpreter's tiles and with
@@ -1162,8 +1175,9 @@ def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
         monkeypatch.setattr(ops, "split_chunk", lambda tile_elements: 2)
     N, C, H, W, kernel, stride, padding, dilation, layout = case
     x, w, b = _inputs(N, C, H, W, C, kernel, C, torch.float32, device, layout)
-    _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
+    y = _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
     _assert_rows_kernels(launch_log, stride, dilation)
+    _assert_chunked_splits(launch_log, tiles, N, y, stride, dilation)
 
 
 def _assert_rows_kernels(launch_log, stride, dilation):

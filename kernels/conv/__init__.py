@@ -4,8 +4,8 @@ direct kernels for few channels per group, fused bias + activation epilogue.
 * ``_gemm``: the ``tl.dot`` kernels (forward, dgrad by stride phase, wgrad), all
   but the planar forward / input gradient with an in-kernel split of the
   reduction for small grids.
-* ``_depthwise``: register-blocked depthwise kernels (one channel per group; row
-  dilation 1 streams rows).
+* ``_depthwise``: register-blocked depthwise kernels (one channel per group; the
+  rows kernels stream rows).
 * ``_direct``: small-channel kernels and the backward epilogue.
 * ``ops``: path choice, launchers, the operators (``conv2d_op`` and its gradients) and ``conv2d``.
 """
@@ -304,7 +304,7 @@ _DEPTHWISE_EXPECT = {
 }
 
 
-# SASS budgets of the 3x3 rows kernels on sm_90 (bf16, int32 offsets): instructions per
+# SASS budgets of the depthwise rows kernels on sm_90 (bf16, int32 offsets): instructions per
 # FFMA in the loop over input rows and registers (6 programs of 4 warps an SM at 80).
 # Measured 2026-11-30 (3.9 / 3.6), channels_last: forward (bias, relu) 2.89 / 2.83,
 # input gradient 2.56 / 2.47, 80 registers; fp32 2.47 / 2.33, 86 / 87; int64 offsets
@@ -326,8 +326,8 @@ _DEPTHWISE_EXPECT = {
 # stride 2 by those units 3.06 / 3.06, 72 (the pairs kernel they replace: 2.94). A
 # 3x3 of dilation 2 (DeepLab-v3's MobileNet-v2: 960 channels at 32x32, two row sets):
 # forward 3.03 / 2.92, input gradient 2.67 / 2.61, 80 / 79 registers, weight gradient
-# 2.89 / 2.89, 94 / 96. Keyed by pass, layout and stride (the wider kernels: size, "/2"
-# for stride 2, "d2" for dilation 2).
+# 2.89 / 2.89, 94 / 96. Keyed by pass, layout and stride (the other cases: "7x", "5x",
+# "3x", "/2" for stride 2, "d2" for dilation 2).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
                                       "ldg64_at_least": 3, "stg64_at_least": 1},
@@ -360,13 +360,14 @@ _DEPTHWISE_ROWS_EXPECT = {
 
 
 def _depthwise_rows_cases():
-    """The 3x3 rows kernels as a GPU launch specialises them for a MobileNet layer
-    (144 channels, 56x56, padding 1): in bf16 channels_last (channel strides 1)
-    the forward (bias, relu), input gradient (FLIP) and weight gradient at stride
-    1, the three at stride 2 (the input gradient by units); the three at stride 1
-    in NCHW (column strides 1); the forward and the weight gradient in fp32 and
-    with int64 offsets; in bf16 channels_last the three passes of the 7x7 and 5x5
-    at stride 1, the 5x5 at stride 2 and a 3x3 of dilation 2."""
+    """The depthwise rows kernels as a GPU launch specialises them. The 3x3 for a
+    MobileNet layer (144 channels, 56x56, padding 1): in bf16 channels_last
+    (channel strides 1) the forward (bias, relu), input gradient (FLIP) and
+    weight gradient at stride 1, the three at stride 2 (the input gradient by
+    units); the three at stride 1 in NCHW (column strides 1); the forward and the
+    weight gradient in fp32 and with int64 offsets. In bf16 channels_last the
+    three passes of the 7x7 and 5x5 at stride 1, the 5x5 at stride 2 and a 3x3
+    of dilation 2 (their integers other than 1 as a launch passes them)."""
     cases = []
     for dt, layout, stride, index_64 in (("bf16", "channels_last", 1, False), ("bf16", "channels_last", 2, False),
                                          ("bf16", "nchw", 1, False), ("fp32", "channels_last", 1, False),
@@ -411,10 +412,10 @@ def _depthwise_rows_cases():
                                  label=f"{label},weight_grad", divisible=("C", *dyd, *xd),
                                  expect=_DEPTHWISE_ROWS_EXPECT[("weight_grad", layout, stride)] if budgets else {}))
     for kernel_size, channels, size, stride, dilation in ((7, 192, 28, 1, 1), (5, 240, 28, 1, 1), (5, 144, 56, 2, 1),
-                                                          (3, 960, 32, 1, 2)):
+                                                          (3, 960, 33, 1, 2)):
         # ConvNeXt-T's, EfficientNet-B0's (its stride-2 5x5: 144 channels from 56x56), DeepLab-v3's MobileNet-v2
-        # (dilation 2: two row sets, the row step and dilations not 1 at a launch)
-        _, tile_q, block_c = _depthwise_row_tiles(32 * dilation, size // stride // dilation, size // stride,
+        # (dilation 2: two row sets of 17 and 16 rows)
+        _, tile_q, block_c = _depthwise_row_tiles(32 * dilation, -(-size // stride // dilation), size // stride,
                                                   channels, torch.device("cpu"), True, kernel_size * kernel_size,
                                                   interpreter=False)
         (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = (_unit_strides(name, axes, "c") for name, axes in
@@ -422,12 +423,13 @@ def _depthwise_rows_cases():
         label = f"bf16,channels_last,{kernel_size}x{kernel_size}" + (",stride2" if stride == 2 else "") + (
             ",dilation2" if dilation == 2 else "")
         key = f"{kernel_size}x" + ("/2" if stride == 2 else "") + ("d2" if dilation == 2 else "")
-        dilations = _ints("dil_h", "dil_w", "row_step") if dilation > 1 else {}
-        geometry = dict(stride_h=stride, stride_w=stride, pad_h=kernel_size // 2 * dilation,
-                        pad_w=kernel_size // 2 * dilation, TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=False,
-                        **({} if dilations else dict(dil_h=1, dil_w=1, row_step=1)))
+        values = dict(stride_h=stride, stride_w=stride, pad_h=kernel_size // 2 * dilation,
+                      pad_w=kernel_size // 2 * dilation, dil_h=dilation, dil_w=dilation, row_step=dilation)
+        runtime = _ints(*(name for name, value in values.items() if value != 1))     # a launch makes 1s constants
+        geometry = dict(TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=False,
+                        **{name: 1 for name, value in values.items() if value == 1})
         sig = {"x_ptr": "*bf16", "w_ptr": "*bf16", "b_ptr": "*bf16", "y_ptr": "*bf16",
-               **_ints("H", "W", "P", "Q", "C", "ROWS"), **dilations, **xs, **_ints(*_strides("w", "crs")), **ys,
+               **_ints("H", "W", "P", "Q", "C", "ROWS"), **runtime, **xs, **_ints(*_strides("w", "crs")), **ys,
                "negative_slope": "fp32"}
         for flip in (False, True) if stride == 1 else (False,):
             pass_name = "input_grad" if flip else "forward"
@@ -448,7 +450,7 @@ def _depthwise_rows_cases():
                                      expect=_DEPTHWISE_ROWS_EXPECT[("input_grad", "channels_last", key)]))
         taps = next_power_of_2(kernel_size * kernel_size)
         sig = {"dy_ptr": "*bf16", "x_ptr": "*bf16", "dw_ptr": _param_grad("bf16"), "part_ptr": "*fp32",
-               "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **dilations, **dys, **xs,
+               "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **runtime, **dys, **xs,
                **_ints(*_strides("dw", "crs"))}
         cases.append(CompileCase(_conv_wgrad_depthwise_rows_kernel, sig,
                                  dict(R=kernel_size, S=kernel_size, TAPS=taps, STRIDE_H=stride, **dy1, **x1, **geometry,

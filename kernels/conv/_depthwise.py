@@ -234,7 +234,7 @@ def _conv_depthwise_rows_kernel(
     one_row = tl.zeros((1, 1), dtype=tl.int32)      # the row tests as tensors (the interpreter's & of a tensor
     M: tl.constexpr = (R - 1) // STRIDE_H           # and a scalar is not a mask)
     accs = _repeat(zeros, M + 1)                    # accs[m]: output row p0 + j - m
-    for j in range(rows + M):
+    for j in range(tl.where(rows > 0, rows + M, 0)):     # an empty chunk (a short row set's last) loads nothing
         for phase in tl.static_range(STRIDE_H):
             if phase < R:
                 ih = x_top + dil_h * (STRIDE_H * (p0 + j) + phase)
@@ -363,7 +363,7 @@ def _conv_wgrad_depthwise_rows_kernel(
         rows = tl.minimum(ROWS, tl.cdiv(P - a, row_step) - p0)
         x_top = stride_h * a - pad_h
         ds = _repeat(zeros, M + 1)
-        for j in range(rows + M):
+        for j in range(tl.where(rows > 0, rows + M, 0)):     # an empty chunk loads nothing
             d = tl.load(dy_img + _offsets(a + row_step * (p0 + j), stride_dyp, INDEX_64) + dy_cols,
                         mask=dy_ok & (j + one_row < rows), other=0.0).to(tl.float32)
             ds = (d,) + ds[:M]

@@ -92,14 +92,14 @@ DEPTHWISE_TILE_BYTES = 8192
 DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
 # A depthwise convolution in any layout runs the rows kernels (``_depthwise_rows``): the forward and weight
-# gradient at any stride and dilation (a row dilation by row sets, ``_row_sets``), the input gradient at
+# gradient at any stride and dilation (a row dilation by row sets, ``_row_walk``), the input gradient at
 # stride (1, 1) and, without a dilation, at any other. (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements
 # for a 3x3 (4 a thread: its nine weights, or the weight gradient's nine sums, in 36 registers; 5x5: 2 a
 # thread, 7x7: 1), down ROWS output rows (the strided input gradient: units of stride dx rows and columns),
 # ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk
-# loads R - stride rows more than stride a row it writes; the weight gradient splits its chunks as the direct
-# kernels do). DEPTHWISE_ROWS False: those run the patch kernels instead, as before 2026-11-30 (for
-# bench.sweep to time both: the rows kernels have not run on a GPU yet).
+# of a row set loads min(STRIDE_H, R) input rows an output row and max(R - STRIDE_H, 0) more; the weight
+# gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run the patch kernels
+# instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not run on a GPU yet).
 DEPTHWISE_ROWS = True
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
@@ -505,11 +505,31 @@ def _depthwise_rows(geo: ConvGeometry, pass_name: str) -> bool:
     return pass_name != "input_grad" or tuple(geo.stride) == (1, 1) or tuple(geo.dilation) == (1, 1)
 
 
-def _row_sets(geo: ConvGeometry) -> tuple[int, int]:
-    """(STRIDE_H, row_step) of a depthwise rows kernel: row set a < row_step (the
-    output rows a + row_step k) is a convolution of row stride STRIDE_H and row
-    dilation 1 on every dilation-th input row."""
-    return _step(geo.stride[0], geo.dilation[0]), _step(geo.dilation[0], geo.stride[0])
+class _RowWalk(NamedTuple):
+    """How a depthwise rows kernel walks ``out_rows`` rows (``_row_walk``)."""
+    sub_stride: int     # STRIDE_H
+    row_step: int
+    rows: int           # ROWS
+    tile_q: int
+    block_c: int
+    strips: int         # images x row sets x chunks x column strips: the programs (the weight gradient's steps)
+
+
+def _row_walk(images: int, out_rows: int, cols: int, channels: int, stride_h: int, dil_h: int,
+              device: torch.device, channels_contiguous: bool, taps: int) -> _RowWalk:
+    """The row sets, tiles and strips of a rows kernel over ``images`` of
+    ``out_rows`` x ``cols`` output pixels of row stride ``stride_h`` and row
+    dilation ``dil_h``: with g = gcd(stride_h, dil_h), row set a < row_step (the
+    output rows a + row_step k, row_step = dil_h / g) is a convolution of row
+    stride STRIDE_H = stride_h / g and row dilation 1 on every dil_h-th input
+    row; at most out_rows sets (past them they would be empty: one row a set)."""
+    g = math.gcd(stride_h, dil_h)
+    row_step = max(1, min(dil_h // g, out_rows))
+    set_rows = cdiv(out_rows, row_step)
+    rows, tile_q, block_c = _depthwise_row_tiles(images * row_step, set_rows, cols, channels, device,
+                                                 channels_contiguous, taps)
+    strips = images * row_step * cdiv(set_rows, rows) * cdiv(cols, tile_q)
+    return _RowWalk(stride_h // g, row_step, rows, tile_q, block_c, strips)
 
 
 def _depthwise_row_tiles(images: int, rows: int, cols: int, channels: int, device: torch.device,
@@ -657,16 +677,14 @@ def _forward_plan(x: Operand, w: Operand, switches: Switches, conv: tuple, has_b
     path = geo.paths["forward"]
     if path in ("depthwise", "direct"):
         if path == "depthwise" and _depthwise_rows(geo, "forward"):
-            sub_stride, row_step = _row_sets(geo)
-            set_rows = cdiv(geo.P, row_step)
-            rows, tile_q, block_c = _depthwise_row_tiles(geo.N * row_step, set_rows, geo.Q, geo.K, x.device,
-                                                         x.strides[1] == 1, geo.R * geo.S)
+            walk = _row_walk(geo.N, geo.P, geo.Q, geo.K, geo.stride[0], geo.dilation[0], x.device,
+                             x.strides[1] == 1, geo.R * geo.S)
             kernel = _conv_depthwise_rows_kernel
-            grid = (geo.N * row_step * cdiv(set_rows, rows) * cdiv(geo.Q, tile_q), cdiv(geo.K, block_c))
-            args = (geo.H, geo.W, geo.P, geo.Q, geo.K, rows, *geo.conv_args(), row_step, *x.strides, w.strides[0],
-                    w.strides[2], w.strides[3], *y.strides)
-            common.update(R=geo.R, S=geo.S, STRIDE_H=sub_stride, FLIP=False, TILE_Q=tile_q, BLOCK_C=block_c,
-                          INDEX_64=_image_needs_int64(geo, x, y))
+            grid = (walk.strips, cdiv(geo.K, walk.block_c))
+            args = (geo.H, geo.W, geo.P, geo.Q, geo.K, walk.rows, *geo.conv_args(), walk.row_step, *x.strides,
+                    w.strides[0], w.strides[2], w.strides[3], *y.strides)
+            common.update(R=geo.R, S=geo.S, STRIDE_H=walk.sub_stride, FLIP=False, TILE_Q=walk.tile_q,
+                          BLOCK_C=walk.block_c, INDEX_64=_image_needs_int64(geo, x, y))
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.K, x.strides[1] == 1, geo.S,
                                                        x.element_size())
@@ -864,16 +882,14 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
         return run
     if path == "depthwise" and _depthwise_rows(geo, "input_grad"):
         # dx = dy convolved with the kernel turned by 180 degrees, padded by ((R - 1) dil - pad) rows and columns
-        set_rows = cdiv(geo.H, dil_h)       # the row sets of dilation dil_h (``_row_sets``)
-        rows, tile_q, block_c = _depthwise_row_tiles(geo.N * dil_h, set_rows, geo.W, geo.C, dy.device,
-                                                     dy.strides[1] == 1, geo.R * geo.S)
-        grid = (geo.N * dil_h * cdiv(set_rows, rows) * cdiv(geo.W, tile_q), cdiv(geo.C, block_c))
-        args = (geo.P, geo.Q, geo.H, geo.W, geo.C, rows, 1, 1, (geo.R - 1) * dil_h - geo.pad[0],
-                (geo.S - 1) * dil_w - geo.pad[1], dil_h, dil_w, dil_h, *dy.strides, w.strides[0], w.strides[2],
-                w.strides[3], *dx.strides, 0.0)
+        walk = _row_walk(geo.N, geo.H, geo.W, geo.C, 1, dil_h, dy.device, dy.strides[1] == 1, geo.R * geo.S)
+        grid = (walk.strips, cdiv(geo.C, walk.block_c))
+        args = (geo.P, geo.Q, geo.H, geo.W, geo.C, walk.rows, 1, 1, (geo.R - 1) * dil_h - geo.pad[0],
+                (geo.S - 1) * dil_w - geo.pad[1], dil_h, dil_w, walk.row_step, *dy.strides, w.strides[0],
+                w.strides[2], w.strides[3], *dx.strides, 0.0)
         rows_launch = _plain_launch(_conv_depthwise_rows_kernel, grid, 4 + len(args), R=geo.R, S=geo.S, STRIDE_H=1,
-                                    FLIP=True, HAS_BIAS=False, ACTIVATION=ACT_NONE.value, TILE_Q=tile_q,
-                                    BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, dx))
+                                    FLIP=True, HAS_BIAS=False, ACTIVATION=ACT_NONE.value, TILE_Q=walk.tile_q,
+                                    BLOCK_C=walk.block_c, INDEX_64=_image_needs_int64(geo, dy, dx))
 
         def run(dy, w, x_like):
             dx = new_output()
@@ -971,20 +987,16 @@ def _weight_grad_plan(dy: Operand, x: Operand, w_like: Operand, switches: Switch
     if path in ("depthwise", "direct"):
         taps = next_power_of_2(geo.R * geo.S)
         if path == "depthwise" and _depthwise_rows(geo, "weight_grad"):
-            sub_stride, row_step = _row_sets(geo)
-            set_rows = cdiv(geo.P, row_step)
-            rows, tile_q, block_c = _depthwise_row_tiles(geo.N * row_step, set_rows, geo.Q, geo.C, x.device,
-                                                         x.strides[1] == 1, geo.R * geo.S)
-            programs, block = cdiv(geo.C, block_c), block_c
-            strip_rows = min(sub_stride, geo.R) * (rows - 1) + geo.R       # the input rows a strip loads
-            splits, chunk = _direct_splits(x.device, programs,
-                                           geo.N * row_step * cdiv(set_rows, rows) * cdiv(geo.Q, tile_q),
-                                           taps * block, strip_rows)
+            walk = _row_walk(geo.N, geo.P, geo.Q, geo.C, geo.stride[0], geo.dilation[0], x.device,
+                             x.strides[1] == 1, geo.R * geo.S)
+            programs, block = cdiv(geo.C, walk.block_c), walk.block_c
+            strip_rows = min(walk.sub_stride, geo.R) * (walk.rows - 1) + geo.R     # the input rows a strip loads
+            splits, chunk = _direct_splits(x.device, programs, walk.strips, taps * block, strip_rows)
             kernel = _conv_wgrad_depthwise_rows_kernel
-            args = (geo.N, geo.H, geo.W, geo.P, geo.Q, geo.C, rows, *geo.conv_args(), row_step, *dy.strides,
-                    *x.strides, dw.strides[0], dw.strides[2], dw.strides[3])
-            constexprs = dict(R=geo.R, S=geo.S, TAPS=taps, STRIDE_H=sub_stride, TILE_Q=tile_q, BLOCK_C=block_c,
-                              INDEX_64=_image_needs_int64(geo, dy, x), CHUNK=chunk)
+            args = (geo.N, geo.H, geo.W, geo.P, geo.Q, geo.C, walk.rows, *geo.conv_args(), walk.row_step,
+                    *dy.strides, *x.strides, dw.strides[0], dw.strides[2], dw.strides[3])
+            constexprs = dict(R=geo.R, S=geo.S, TAPS=taps, STRIDE_H=walk.sub_stride, TILE_Q=walk.tile_q,
+                              BLOCK_C=block, INDEX_64=_image_needs_int64(geo, dy, x), CHUNK=chunk)
         elif path == "depthwise":
             tile_p, tile_q, block_c = _depthwise_tiles(geo.P, geo.Q, geo.C, x.strides[1] == 1, geo.S,
                                                        x.element_size(), taps)
