@@ -178,14 +178,18 @@ def _repeat(value, n: tl.constexpr):
 
 
 @triton.jit
-def _row_needed(ih, H, j, rows, one_row, last: tl.constexpr, M: tl.constexpr):
-    """Whether step j's input row ih (of H) is loaded: inside the image and, when
-    the rows it feeds reach only ``last`` < M steps back, some of them in the
-    chunk's ``rows`` (the steps past them load nothing)."""
+def _step_row(x_img, x_top, dil_h, k, stride_xh, H, cols, oks, j, rows, one_row, R: tl.constexpr, S: tl.constexpr,
+              STRIDE_H: tl.constexpr, phase: tl.constexpr, M: tl.constexpr, INDEX_64: tl.constexpr):
+    """The S column shifts (``_load_shifts``) of the input row of row k of a row set
+    (from x_top, every dil_h-th row) and ``phase`` that step j of a rows kernel
+    loads: zeros outside the image's H rows and, when the rows it feeds reach
+    only ``last`` < M steps back, past them (after the chunk's ``rows``)."""
+    ih = x_top + dil_h * (STRIDE_H * k + phase)
     ok = _in_range(ih + one_row, H)
+    last: tl.constexpr = (R - 1 - phase) // STRIDE_H
     if last < M:
         ok = ok & (j + one_row < rows + last)
-    return ok
+    return _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks, ok, S)
 
 
 @triton.jit
@@ -237,9 +241,8 @@ def _conv_depthwise_rows_kernel(
     for j in range(tl.where(rows > 0, rows + M, 0)):     # an empty chunk (a short row set's last) loads nothing
         for phase in tl.static_range(STRIDE_H):
             if phase < R:
-                ih = x_top + dil_h * (STRIDE_H * (p0 + j) + phase)
-                xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks,
-                                  _row_needed(ih, H, j, rows, one_row, (R - 1 - phase) // STRIDE_H, M), S)
+                xs = _step_row(x_img, x_top, dil_h, p0 + j, stride_xh, H, cols, oks, j, rows, one_row, R, S, STRIDE_H,
+                               phase, M, INDEX_64)
                 sums = ()
                 for m in tl.static_range(M + 1):    # taps in the order of the other kernels
                     if phase + STRIDE_H * m < R:
@@ -369,9 +372,8 @@ def _conv_wgrad_depthwise_rows_kernel(
             ds = (d,) + ds[:M]
             for phase in tl.static_range(STRIDE_H):
                 if phase < R:
-                    ih = x_top + dil_h * (STRIDE_H * (p0 + j) + phase)
-                    xs = _load_shifts(x_img + _offsets(ih, stride_xh, INDEX_64), cols, oks,
-                                      _row_needed(ih, H, j, rows, one_row, (R - 1 - phase) // STRIDE_H, M), S)
+                    xs = _step_row(x_img, x_top, dil_h, p0 + j, stride_xh, H, cols, oks, j, rows, one_row, R, S,
+                                   STRIDE_H, phase, M, INDEX_64)
                     sums = ()
                     for r in tl.static_range(R):
                         if r % STRIDE_H == phase:
