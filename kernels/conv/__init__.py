@@ -319,15 +319,15 @@ _DEPTHWISE_EXPECT = {
 # 2.29 / 2.29, 96 registers (the patch kernel's 7x7: 5.5 / 5.5 forward, 7.5 / 7.7 input
 # gradient, 186 registers forward); two a thread (5x5, EfficientNet-B0's 240 channels):
 # 2.28 / 2.30 and 2.16 / 2.18, 96 / 95. Measured 2026-12-01 (3.9 / 3.6), the weight
-# gradient of those: 7x7 2.51 / 2.51, 115 / 117 registers (its 49 sums a thread); 5x5
-# 2.40 / 2.44, 108 / 110; EfficientNet-B0's 5x5 of stride 2 (144 channels, 56x56 in):
-# forward 3.22 / 3.22, 102 / 103, weight gradient 3.32 / 3.36, 108 / 110, input
-# gradient (by units of 2x2 dx pixels) 2.52 / 2.50, 96; the 3x3's input gradient at
-# stride 2 by those units 3.06 / 3.06, 72 (the pairs kernel they replace: 2.94). A
-# 3x3 of dilation 2 (DeepLab-v3's MobileNet-v2: 960 channels at 32x32, two row sets):
-# forward 3.03 / 2.92, input gradient 2.67 / 2.61, 80 / 79 registers, weight gradient
-# 2.89 / 2.89, 94 / 96. Keyed by pass, layout and stride (the other cases: "7x", "5x",
-# "3x", "/2" for stride 2, "d2" for dilation 2).
+# gradient of those: 7x7 2.53 / 2.51, 114 / 116 registers (its 49 sums a thread; the
+# patch kernel: 5.69 / 7.67, 130 / 136); 5x5 2.42 / 2.44, 107 / 109; EfficientNet-B0's
+# 5x5 of stride 2 (144 channels, 56x56 in): forward 3.22 / 3.20, 101 / 102, weight
+# gradient 3.32 / 3.32, 109, input gradient (by units of 2x2 dx pixels) 2.52 / 2.50,
+# 96; the 3x3's input gradient at stride 2 by those units 3.06 / 3.06, 72 (the pairs
+# kernel they replace: 2.94). A 3x3 of dilation 2 (DeepLab-v3's MobileNet-v2: 960
+# channels at 33x33, two row sets): forward 3.03 / 2.94, input gradient 2.67 / 2.56,
+# 80 / 79 registers, weight gradient 2.92 / 2.89, 94. Keyed by pass, layout and stride
+# (the other cases: "7x", "5x", "3x", "/2" for stride 2, "d2" for dilation 2).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
                                       "ldg64_at_least": 3, "stg64_at_least": 1},
