@@ -234,7 +234,8 @@ def test_large_padding_and_dilation(channels, path, extent, layout, device, monk
     """torch takes a stride, padding and dilation of 2**31 where the padded input
     still holds the dilated kernel: a 2-tap row, each output column meeting one tap
     (two output columns, each from another tap), and padding='same' whose taps all
-    fall in the padding. Where the padded input reaches 2**30, past what the
+    fall in the padding, and the stride alone (three output columns, the middle
+    one all padding). Where the padded input reaches 2**30, past what the
     kernels' int32 rows hold, torch's convolution runs (no launch); below it our
     kernels, on every path. Values and gradients, outputs allocated NaN-filled.
     channels_last: a tap's offset in x (dilation x C) passes int32 (the GEMM
@@ -254,6 +255,7 @@ def test_large_padding_and_dilation(channels, path, extent, layout, device, monk
     check_op(*_conv_fns((1, extent), (0, extent), (1, extent), groups, "relu"), [x, w, b], "conv",
              expect_launch=ours_launch)
     check_op(*_conv_fns(1, "same", (1, 2 * extent), groups), [x, w, b], "conv", expect_launch=ours_launch)
+    check_op(*_conv_fns((1, extent), (0, extent), 1, groups), [x, w, b], "conv", expect_launch=ours_launch)
 
 
 def test_negative_slope_leaky_relu(device):
@@ -1068,8 +1070,7 @@ def test_nchw_outputs_written_in_place(H, W, stride, layout, pixel_vec, dtype, d
     assert out.is_contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
 
 
-# 3x3 depthwise convolutions (the rows kernels; the input gradient at stride 1, or at other strides without a
-# dilation): N, C, H, W, stride, padding, dilation, layout.
+# 3x3 depthwise convolutions (the rows kernels): N, C, H, W, stride, padding, dilation, layout.
 ROWS_CASES = [(2, 12, 9, 11, 1, 1, 1, "channels_last"), (1, 9, 7, 12, (1, 2), 2, (1, 2), "channels_last"),
               (2, 5, 6, 5, 1, 3, 1, "channels_last"), (1, 7, 8, 6, 1, "same", (1, 3), "channels_last"),
               (2, 10, 7, 9, 1, 1, 1, "contiguous"), (2, 6, 11, 9, 2, 1, 1, "contiguous"),
@@ -1077,14 +1078,14 @@ ROWS_CASES = [(2, 12, 9, 11, 1, 1, 1, "channels_last"), (1, 9, 7, 12, (1, 2), 2,
               (1, 12, 7, 8, 2, (2, 3), 1, "channels_last"), (1, 8, 13, 9, (3, 2), 1, 1, "contiguous"),
               (1, 8, 13, 9, 1, 2, (2, 1), "channels_last"), (1, 6, 14, 10, 1, 4, 4, "contiguous"),
               (1, 7, 15, 9, 2, 2, (3, 1), "channels_last"), (1, 7, 12, 11, 2, 2, 2, "contiguous"),
-              (1, 6, 9, 7, 1, 0, (4, 1), "channels_last")]
+              (1, 6, 9, 7, 1, 0, (4, 1), "channels_last"), (1, 7, 10, 14, (2, 3), 1, (3, 2), "contiguous")]
 
 
 @pytest.mark.parametrize("case", ROWS_CASES, ids=["pad1", "stride12-dilation12", "pad3", "same-dilation13", "nchw",
                                                   "nchw-stride2", "stride21-pad20-dilation12", "stride2-pad0",
                                                   "stride2-pad23", "nchw-stride32", "dilation21", "nchw-dilation4",
                                                   "stride2-dilation31", "nchw-stride2-dilation2",
-                                                  "dilation41-one-row"])
+                                                  "dilation41-one-row", "nchw-stride23-dilation32"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels (each input row loaded once, the output rows' sums rolling)
@@ -1092,13 +1093,12 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     rolling) and the input gradient: at stride 1 the forward's kernel turned by 180
     degrees (a padding past the kernel makes its padding negative), at other
     strides by units of stride rows and columns (with padding 0 the last row and
-    column get no tap: zeros), with a dilation the patch kernel; row dilations
-    by row sets (4 sets of 4 and 3 rows: the last chunk of the short ones is
-    empty; stride 2 with dilation 3: three sets; with dilation 2: one of stride
-    1; dilation 4 with one output row: one set, not four); channels_last and
-    NCHW; with the
-    interpreter's tiles (every row in one program, no split)
-    and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
+    column get no tap, nor do the unit rows and columns a dilation skips:
+    zeros); row dilations by row sets (4 sets of 4 and 3 rows: the last chunk of
+    the short ones is empty; stride 2 with dilation 3: three sets; with dilation
+    2: one of stride 1; dilation 4 with one output row: one set, not four);
+    channels_last and NCHW; with the interpreter's tiles (every row in one
+    program, no split) and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
     partly outside the image and the channels; the last chunk shorter where the
     rows are not a multiple of 3; the weight gradient's strips split 5 ways, fewer
     where that would leave a split without a strip (3 or 5), summed 2 splits a
@@ -1131,7 +1131,7 @@ def _assert_chunked_splits(launch_log, tiles, N, y, stride, dilation):
     assert (wgrad.grid[2], wgrad.args["CHUNK"]) == (-(-steps // -(-steps // 5)), 2)
 
 
-# Depthwise kernels of other sizes (the input gradient at strides other than 1 by units without a dilation): N, C,
+# Depthwise kernels of other sizes (the input gradient at strides other than 1 by units): N, C,
 # H, W, kernel, stride, padding, dilation, layout.
 WIDE_ROWS_CASES = [(1, 8, 10, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 9, 8, 12, (5, 5), (1, 2), 2, (1, 2), "contiguous"),
@@ -1146,14 +1146,15 @@ WIDE_ROWS_CASES = [(1, 8, 10, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 6, 9, 11, (5, 3), (1, 2), (2, 1), 1, "channels_last"),
                    (1, 5, 15, 13, (7, 7), 2, 3, 1, "contiguous"),
                    (1, 6, 17, 9, (5, 5), (2, 1), 4, (4, 1), "channels_last"),
-                   (1, 5, 13, 8, (7, 3), 1, (6, 1), (2, 1), "contiguous")]
+                   (1, 5, 13, 8, (7, 3), 1, (6, 1), (2, 1), "contiguous"),
+                   (1, 5, 20, 9, (7, 7), 2, 9, 3, "channels_last")]
 
 
 @pytest.mark.parametrize("case", WIDE_ROWS_CASES, ids=["7x7", "5x5-stride12-dilation12-nchw", "2x4-same", "1x3-nchw",
                                                        "7x5-short-image", "5x5-stride2", "7x7-stride21-nchw",
                                                        "4x3-stride3", "1x3-stride21-nchw", "2x2-stride32-pad0",
                                                        "5x3-stride12", "7x7-stride2-nchw", "5x5-stride21-dilation41",
-                                                       "7x3-dilation21-nchw"])
+                                                       "7x3-dilation21-nchw", "7x7-stride2-dilation3"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels for kernels other than 3x3 (R x S weights or sums in
@@ -1163,8 +1164,10 @@ def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     the input gradient: at stride (1, 1) the kernel turned by 180 degrees
     (padding (R - 1) dil - pad, negative where the padding passes it), at other
     strides by units (dy rows kept for the unit rows below;
-    strides past the kernel leave rows and columns no tap reaches), with a
-    dilation the patch kernel; row dilations by row sets (stride 2 with
+    strides past the kernel leave rows and columns no tap reaches; a row
+    dilation of 4 at stride 2 keeps 9 dy rows), but for a dilation that would
+    make them carry too many (a 7x7 of stride 2 and dilation 3: 10 rows of 10
+    shifts), the patch kernel; row dilations by row sets (stride 2 with
     dilation 4: two sets of stride 1). With the interpreter's tiles and with
     chunks of 3 rows by 4 columns by 8 channels, the weight gradient split as in
     ``test_depthwise_rows``. Values and gradients against float64."""
@@ -1176,19 +1179,25 @@ def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     N, C, H, W, kernel, stride, padding, dilation, layout = case
     x, w, b = _inputs(N, C, H, W, C, kernel, C, torch.float32, device, layout)
     y = _rows_check(x, w, b, stride, padding, dilation, "leaky_relu", torch.float32)
-    _assert_rows_kernels(launch_log, stride, dilation)
+    _assert_rows_kernels(launch_log, stride, dilation, kernel)
     _assert_chunked_splits(launch_log, tiles, N, y, stride, dilation)
 
 
-def _assert_rows_kernels(launch_log, stride, dilation):
+def _assert_rows_kernels(launch_log, stride, dilation, kernel=(3, 3)):
     """The rows kernels ran the forward and the weight gradient, and the input
-    gradient at stride 1 (the forward's kernel, flipped) or, at other strides
-    without a dilation, by units of stride rows and columns; the patch kernel
-    else."""
+    gradient at stride 1 (the forward's kernel, flipped) or, at other strides, by
+    units of stride rows and columns where those carry at most
+    DEPTHWISE_UNITS_MAX_SHIFTS dy tiles, (dil_h (R - 1) // stride_h + 1) (dil_w (S
+    - 1) // stride_w + 1), of at most DEPTHWISE_UNITS_MAX_PIXELS dx pixels
+    (stride_h stride_w); the patch kernel else."""
+    from kernels.conv import ops
     names = [launch.name for launch in launch_log]
     pair = torch.nn.modules.utils._pair
+    (stride_h, stride_w), (dil_h, dil_w), (R, S) = pair(stride), pair(dilation), kernel
     flipped = pair(stride) == (1, 1)
-    units = not flipped and pair(dilation) == (1, 1)
+    shifts = (dil_h * (R - 1) // stride_h + 1) * (dil_w * (S - 1) // stride_w + 1)
+    units = (not flipped and shifts <= ops.DEPTHWISE_UNITS_MAX_SHIFTS
+             and stride_h * stride_w <= ops.DEPTHWISE_UNITS_MAX_PIXELS)
     assert names.count("_conv_depthwise_rows_kernel") == (2 if flipped else 1), names
     assert ("_conv_dgrad_depthwise_rows_kernel" in names, "_conv_dgrad_depthwise_kernel" in names) == (
         units, not (flipped or units)), names
@@ -1232,7 +1241,7 @@ DEPTHWISE_GEOMETRIES = [i for i, g in enumerate(GEOMETRIES) if g[-1] == (DW, DW,
 @pytest.mark.parametrize("i", DEPTHWISE_GEOMETRIES, ids=[GEOMETRIES[i][0] for i in DEPTHWISE_GEOMETRIES])
 def test_depthwise_patch_kernels(i, device, monkeypatch, launch_log):
     """The depthwise patch kernels, which the rows kernels replace but for a
-    strided input gradient with a dilation (``DEPTHWISE_ROWS`` False: every
+    strided input gradient past ``_units_fit`` (``DEPTHWISE_ROWS`` False: every
     pass, as bench.sweep times them), on the depthwise geometries, NCHW and
     channels_last: values and gradients against float64."""
     from kernels.conv import ops

@@ -11,6 +11,8 @@ direct kernels for few channels per group, fused bias + activation epilogue.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._reduce import split_chunk
@@ -326,8 +328,11 @@ _DEPTHWISE_EXPECT = {
 # 96; the 3x3's input gradient at stride 2 by those units 3.06 / 3.06, 72 (the pairs
 # kernel they replace: 2.94). A 3x3 of dilation 2 (DeepLab-v3's MobileNet-v2: 960
 # channels at 33x33, two row sets): forward 3.03 / 2.94, input gradient 2.67 / 2.56,
-# 80 / 79 registers, weight gradient 2.92 / 2.89, 94. Keyed by pass, layout and stride
-# (the other cases: "7x", "5x", "3x", "/2" for stride 2, "d2" for dilation 2).
+# 80 / 79 registers, weight gradient 2.92 / 2.89, 94. A 3x3 of stride 2 and dilation 2
+# (2026-12-01, both tritons): forward 2.86, 80 registers, weight gradient 2.86, 92, input
+# gradient by units 3.64, 96 (three dy rows of three shifts kept; three of a unit's four
+# dx pixels get no tap). Keyed by pass, layout and stride (the other cases: "7x", "5x",
+# "3x", "/2" for stride 2, "d2" for dilation 2).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
                                       "ldg64_at_least": 3, "stg64_at_least": 1},
@@ -356,6 +361,9 @@ _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", "3xd2"): {"max_loop_instructions_per_ffma": 3.3, "max_registers": 96},
     ("input_grad", "channels_last", "3xd2"): {"max_loop_instructions_per_ffma": 2.9, "max_registers": 96},
     ("weight_grad", "channels_last", "3xd2"): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 104},
+    ("forward", "channels_last", "3x/2d2"): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96},
+    ("input_grad", "channels_last", "3x/2d2"): {"max_loop_instructions_per_ffma": 3.9, "max_registers": 104},
+    ("weight_grad", "channels_last", "3x/2d2"): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 104},
 }
 
 
@@ -366,8 +374,9 @@ def _depthwise_rows_cases():
     weight gradient at stride 1, the three at stride 2 (the input gradient by
     units); the three at stride 1 in NCHW (column strides 1); the forward and the
     weight gradient in fp32 and with int64 offsets. In bf16 channels_last the
-    three passes of the 7x7 and 5x5 at stride 1, the 5x5 at stride 2 and a 3x3
-    of dilation 2 (their integers other than 1 as a launch passes them)."""
+    three passes of the 7x7 and 5x5 at stride 1, the 5x5 at stride 2 and 3x3s
+    of dilation 2 at strides 1 and 2 (their integers other than 1 as a launch
+    passes them)."""
     cases = []
     for dt, layout, stride, index_64 in (("bf16", "channels_last", 1, False), ("bf16", "channels_last", 2, False),
                                          ("bf16", "nchw", 1, False), ("fp32", "channels_last", 1, False),
@@ -399,8 +408,8 @@ def _depthwise_rows_cases():
                    **_ints("H", "W", "P", "Q", "C", "ROWS", "pad_h", "pad_w"), **dys, **_ints(*_strides("w", "crs")),
                    **dxs}
             cases.append(CompileCase(_conv_dgrad_depthwise_rows_kernel, sig,
-                                     dict(R=3, S=3, STRIDE_H=2, STRIDE_W=2, **dy1, **dx1, TILE_Q=tile_q,
-                                          BLOCK_C=block_c, INDEX_64=index_64),
+                                     dict(R=3, S=3, STRIDE_H=2, STRIDE_W=2, DIL_H=1, DIL_W=1, **dy1, **dx1,
+                                          TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=index_64),
                                      label=f"{label},input_grad", divisible=("C", *dyd, *dxd),
                                      expect=_DEPTHWISE_ROWS_EXPECT[("input_grad", layout, stride)] if budgets else {}))
         sig = {"dy_ptr": f"*{dt}", "x_ptr": f"*{dt}", "dw_ptr": _param_grad(dt), "part_ptr": "*fp32",
@@ -412,10 +421,12 @@ def _depthwise_rows_cases():
                                  label=f"{label},weight_grad", divisible=("C", *dyd, *xd),
                                  expect=_DEPTHWISE_ROWS_EXPECT[("weight_grad", layout, stride)] if budgets else {}))
     for kernel_size, channels, size, stride, dilation in ((7, 192, 28, 1, 1), (5, 240, 28, 1, 1), (5, 144, 56, 2, 1),
-                                                          (3, 960, 33, 1, 2)):
+                                                          (3, 960, 33, 1, 2), (3, 144, 56, 2, 2)):
         # ConvNeXt-T's, EfficientNet-B0's (its stride-2 5x5: 144 channels from 56x56), DeepLab-v3's MobileNet-v2
-        # (dilation 2: two row sets of 17 and 16 rows)
-        _, tile_q, block_c = _depthwise_row_tiles(32 * dilation, -(-size // stride // dilation), size // stride,
+        # (dilation 2: two row sets of 17 and 16 rows), a 3x3 of stride 2 and dilation 2 (one row set of row
+        # stride 1; the input gradient by units, three dy rows kept)
+        row_step, sub_stride = dilation // math.gcd(stride, dilation), stride // math.gcd(stride, dilation)
+        _, tile_q, block_c = _depthwise_row_tiles(32 * row_step, -(-size // stride // row_step), size // stride,
                                                   channels, torch.device("cpu"), True, kernel_size * kernel_size,
                                                   interpreter=False)
         (xs, x1, xd), (ys, y1, yd), (dys, dy1, dyd) = (_unit_strides(name, axes, "c") for name, axes in
@@ -424,7 +435,7 @@ def _depthwise_rows_cases():
             ",dilation2" if dilation == 2 else "")
         key = f"{kernel_size}x" + ("/2" if stride == 2 else "") + ("d2" if dilation == 2 else "")
         values = dict(stride_h=stride, stride_w=stride, pad_h=kernel_size // 2 * dilation,
-                      pad_w=kernel_size // 2 * dilation, dil_h=dilation, dil_w=dilation, row_step=dilation)
+                      pad_w=kernel_size // 2 * dilation, dil_h=dilation, dil_w=dilation, row_step=row_step)
         runtime = _ints(*(name for name, value in values.items() if value != 1))     # a launch makes 1s constants
         geometry = dict(TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=False,
                         **{name: 1 for name, value in values.items() if value == 1})
@@ -433,7 +444,7 @@ def _depthwise_rows_cases():
                "negative_slope": "fp32"}
         for flip in (False, True) if stride == 1 else (False,):
             pass_name = "input_grad" if flip else "forward"
-            constexprs = dict(R=kernel_size, S=kernel_size, STRIDE_H=stride, FLIP=flip, HAS_BIAS=not flip,
+            constexprs = dict(R=kernel_size, S=kernel_size, STRIDE_H=sub_stride, FLIP=flip, HAS_BIAS=not flip,
                               ACTIVATION=0 if flip else ACT_RELU.value, **geometry, **x1, **y1)
             cases.append(CompileCase(_conv_depthwise_rows_kernel, sig, constexprs, label=f"{label},{pass_name}",
                                      divisible=("C", *xd, *yd),
@@ -444,8 +455,9 @@ def _depthwise_rows_cases():
                    **_ints("H", "W", "P", "Q", "C", "ROWS", "pad_h", "pad_w"), **dys, **_ints(*_strides("w", "crs")),
                    **dxs}
             cases.append(CompileCase(_conv_dgrad_depthwise_rows_kernel, sig,
-                                     dict(R=kernel_size, S=kernel_size, STRIDE_H=2, STRIDE_W=2, **dy1, **dx1,
-                                          TILE_Q=tile_q, BLOCK_C=block_c, INDEX_64=False),
+                                     dict(R=kernel_size, S=kernel_size, STRIDE_H=2, STRIDE_W=2, DIL_H=dilation,
+                                          DIL_W=dilation, **dy1, **dx1, TILE_Q=tile_q, BLOCK_C=block_c,
+                                          INDEX_64=False),
                                      label=f"{label},input_grad", divisible=("C", *dyd, *dxd),
                                      expect=_DEPTHWISE_ROWS_EXPECT[("input_grad", "channels_last", key)]))
         taps = next_power_of_2(kernel_size * kernel_size)
@@ -453,8 +465,8 @@ def _depthwise_rows_cases():
                "ticket_ptr": "*i32", **_ints("N", "H", "W", "P", "Q", "C", "ROWS"), **runtime, **dys, **xs,
                **_ints(*_strides("dw", "crs"))}
         cases.append(CompileCase(_conv_wgrad_depthwise_rows_kernel, sig,
-                                 dict(R=kernel_size, S=kernel_size, TAPS=taps, STRIDE_H=stride, **dy1, **x1, **geometry,
-                                      CHUNK=split_chunk(taps * block_c)),
+                                 dict(R=kernel_size, S=kernel_size, TAPS=taps, STRIDE_H=sub_stride, **dy1, **x1,
+                                      **geometry, CHUNK=split_chunk(taps * block_c)),
                                  label=f"{label},weight_grad", divisible=("C", *dyd, *xd),
                                  expect=_DEPTHWISE_ROWS_EXPECT[("weight_grad", "channels_last", key)]))
     return cases

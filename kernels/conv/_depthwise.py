@@ -1,7 +1,7 @@
 """Depthwise convolution (groups = C = K: one input and one output channel per
 group), register-blocked: the patch kernels (forward, input gradient and weight
-gradient) and the rows kernels (below), which run every pass but a strided input
-gradient with a dilation.
+gradient) and the rows kernels (below), which run every pass but a strided
+input gradient whose units would unroll too far (``ops._units_fit``).
 
 A program owns a (TILE_P, TILE_Q) patch of pixels of one image by BLOCK_C
 channels. The kernel size (R, S) is a constexpr, so a row of taps unrolls: each
@@ -25,8 +25,8 @@ host sets when they may pass 2**31); an image's base offset is int64.
   order (``sum_splits``).
 * rows (any layout: the forward and the weight gradient at any stride and
   dilation, a row dilation by row sets; the input gradient at stride 1, as a
-  forward of dy with the kernel turned by 180 degrees, and at other strides
-  without a dilation, by units of stride dx rows and columns): a program walks
+  forward of dy with the kernel turned by 180 degrees, and at other strides by
+  units of stride dx rows and columns, any dilation): a program walks
   down a column strip, loading each input row's column shifts once for the
   output rows that read it (the patch kernels load each input element once per
   tap and convert it to fp32 each time: 1.5 instructions an element in bf16,
@@ -255,6 +255,26 @@ def _conv_depthwise_rows_kernel(
         accs = (zeros,) + accs[:M]
 
 
+@triton.constexpr_function
+def _tap(offset, dilation, taps):
+    """The tap r < ``taps`` (a kernel row or column) with r * ``dilation`` ==
+    ``offset``, or -1 where there is none (compile-time integers)."""
+    return offset // dilation if offset % dilation == 0 and offset // dilation < taps else -1
+
+
+@triton.jit
+def _unit_row(acc, ds, ws, b: tl.constexpr, STRIDE_W: tl.constexpr, DIL_W: tl.constexpr, S: tl.constexpr,
+              T: tl.constexpr):
+    """acc + the products that reach column b of a unit from a dy row's T column
+    shifts ds and a kernel row's S taps ws: shift k through tap (b + STRIDE_W k) /
+    DIL_W where that divides, each a fused multiply-add (triton 3.9 leaves some of
+    ``acc += x * w`` unfused here)."""
+    for k in tl.static_range(T):
+        if _tap(b + STRIDE_W * k, DIL_W, S) >= 0:
+            acc = tl.fma(ds[k], ws[_tap(b + STRIDE_W * k, DIL_W, S)], acc)
+    return acc
+
+
 @triton.jit
 def _conv_dgrad_depthwise_rows_kernel(
         dy_ptr, w_ptr, dx_ptr,
@@ -262,20 +282,21 @@ def _conv_dgrad_depthwise_rows_kernel(
         stride_dyn, stride_dyc, stride_dyp, stride_dyq,
         stride_wc, stride_wr, stride_ws,
         stride_dxn, stride_dxc, stride_dxh, stride_dxw,
-        R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, TILE_Q: tl.constexpr,
-        BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
+        R: tl.constexpr, S: tl.constexpr, STRIDE_H: tl.constexpr, STRIDE_W: tl.constexpr, DIL_H: tl.constexpr,
+        DIL_W: tl.constexpr, TILE_Q: tl.constexpr, BLOCK_C: tl.constexpr, INDEX_64: tl.constexpr):
     """The input gradient of an R x S depthwise convolution of stride (STRIDE_H,
-    STRIDE_W) and dilation 1, each dy row loaded once: dy: (N, C, P, Q); w: (C, 1,
-    R, S); dx: (N, C, H, W); strides. dx in units of STRIDE_H rows by STRIDE_W
-    columns: unit (u, t) holds dx rows STRIDE_H u - pad_h + a and columns STRIDE_W t
-    - pad_w + b, which dy rows u - m and columns t - k reach through tap (a +
-    STRIDE_H m, b + STRIDE_W k) (units reach H + pad_h rows, W + pad_w columns: the
-    rows and columns no tap reaches get zeros). Program (((n * chunks) + chunk) *
-    strips + strip, c_block): ROWS unit rows by TILE_Q unit columns by BLOCK_C
-    channels. Down a strip, each dy row's T column shifts are loaded once and kept
+    STRIDE_W) and dilation (DIL_H, DIL_W), each dy row loaded once: dy: (N, C, P,
+    Q); w: (C, 1, R, S); dx: (N, C, H, W); strides. dx in units of STRIDE_H rows by
+    STRIDE_W columns: unit (u, t) holds dx rows STRIDE_H u - pad_h + a and columns
+    STRIDE_W t - pad_w + b, which dy rows u - m and columns t - k reach through tap
+    ((a + STRIDE_H m) / DIL_H, (b + STRIDE_W k) / DIL_W) where those divide (units
+    reach H + pad_h rows, W + pad_w columns: the rows and columns no tap reaches get
+    zeros). Program (((n * chunks) + chunk) * strips + strip, c_block): ROWS unit
+    rows by TILE_Q unit columns by BLOCK_C channels. Down a strip, each dy row's T
+    column shifts (the compiler drops those no tap reads) are loaded once and kept
     (ds[m]: dy row u - m) for the M unit rows below that read them."""
-    M: tl.constexpr = (R - 1) // STRIDE_H
-    T: tl.constexpr = (S - 1) // STRIDE_W + 1
+    M: tl.constexpr = DIL_H * (R - 1) // STRIDE_H
+    T: tl.constexpr = DIL_W * (S - 1) // STRIDE_W + 1
     units_h = tl.cdiv(H + pad_h, STRIDE_H)
     n, _, u0, offs_t = _strip(tl.program_id(0), units_h, tl.cdiv(W + pad_w, STRIDE_W), ROWS, TILE_Q, 1)
     offs_c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
@@ -304,9 +325,8 @@ def _conv_dgrad_depthwise_rows_kernel(
             for b in tl.static_range(STRIDE_W):
                 acc = zeros
                 for m in tl.static_range(M + 1):
-                    for k in tl.static_range(T):
-                        if a + STRIDE_H * m < R and b + STRIDE_W * k < S:
-                            acc = tl.fma(ds[m][k], w[a + STRIDE_H * m][b + STRIDE_W * k], acc)
+                    if _tap(a + STRIDE_H * m, DIL_H, R) >= 0:
+                        acc = _unit_row(acc, ds[m], w[_tap(a + STRIDE_H * m, DIL_H, R)], b, STRIDE_W, DIL_W, S, T)
                 tl.store(dx_row + dx_cols[b], acc.to(dx_row.dtype.element_ty),
                          mask=dx_oks[b] & _in_range(h + one_row, H))
 

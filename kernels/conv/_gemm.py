@@ -115,8 +115,8 @@ def _stride_phase(residue, size, pad, stride, dil, taps, step):
     first = ((residue - pad) % stride + stride) % stride
     count = tl.cdiv(size - first, stride)
     r0 = taps
-    for t in range(0, step):                     # one t in [0, step) solves t*dil = residue (mod stride)
-        r0 = tl.where((residue - t * dil) % stride == 0, t, r0)
+    for t in range(0, tl.minimum(step, taps)):   # one t in [0, step) solves t*dil = residue (mod stride): only
+        r0 = tl.where((residue - t * dil) % stride == 0, t, r0)     # t < taps is a tap (a stride of 2**29: step)
     n_taps = tl.maximum(tl.cdiv(taps - r0, step), 0)
     d0 = (first + pad - r0 * dil) // stride      # exact whenever n_taps > 0
     dstep = step * dil // stride

@@ -81,8 +81,8 @@ MIN_SPLIT_STEPS = 8           # k-steps per split of a reduction on a GPU
 # two, an H200 (2026-11-30) ran a depthwise weight gradient (32x144x56x56, 3x3) as 264
 # programs of 4 warps, 143 steps each, in 0.21 ms (cuDNN: 0.06).
 DIRECT_PROGRAMS_PER_SM = 8
-# The depthwise patch kernels (what the rows kernels below do not run: the strided input gradient with a
-# dilation; every pass with DEPTHWISE_ROWS False) take tiles on a GPU, channels_last (NCHW: half the bytes):
+# The depthwise patch kernels (what the rows kernels below do not run: a strided input gradient past
+# ``_units_fit``; every pass with DEPTHWISE_ROWS False) take tiles on a GPU, channels_last (NCHW: half the bytes):
 # the forward's and input gradient's (sm_90, triton 3.6, bf16: 3x3 forward / input gradient at 8 KB 143 / 96
 # registers a thread, 3 / 5 programs of 4 warps an SM, at 4 KB 108 / 72, at 2 KB 64 / 64; the 7x7 forward 186,
 # 139, 88 registers and 5.5, 7.6, 8.6 instructions per FFMA: fewer the larger the tile), and the weight
@@ -93,14 +93,20 @@ DEPTHWISE_WGRAD_TILE_BYTES = 16384
 DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
 # A depthwise convolution in any layout runs the rows kernels (``_depthwise_rows``): the forward and weight
 # gradient at any stride and dilation (a row dilation by row sets, ``_row_walk``), the input gradient at
-# stride (1, 1) and, without a dilation, at any other. (TILE_Q, BLOCK_C) tiles of DEPTHWISE_ROW_TILE elements
-# for a 3x3 (4 a thread: its nine weights, or the weight gradient's nine sums, in 36 registers; 5x5: 2 a
-# thread, 7x7: 1), down ROWS output rows (the strided input gradient: units of stride dx rows and columns),
+# stride (1, 1) and at any other by units of stride dx rows and columns where those carry at most
+# DEPTHWISE_UNITS_MAX_SHIFTS tiles of dy (``_unit_shifts``: a dilation d carries d / stride times the rows and
+# columns; at 64, a 7x7 of stride 4 and dilation 5, one element a thread, sm_90 SASS: 184 / 198 registers under
+# triton 3.9 / 3.6, no spill; a 7x7 of stride 2 and dilation 2, 49 tiles: 139 / 168) and a unit holds at most
+# DEPTHWISE_UNITS_MAX_PIXELS dx pixels (``_units_fit``; the patch kernel else). (TILE_Q, BLOCK_C) tiles of
+# DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine weights, or the weight gradient's nine sums, in 36
+# registers; 5x5: 2 a thread, 7x7: 1), down ROWS output rows (the strided input gradient: units),
 # ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk
 # of a row set loads min(STRIDE_H, R) input rows an output row and max(R - STRIDE_H, 0) more; the weight
 # gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run the patch kernels
 # instead, as before 2026-11-30 (for bench.sweep to time both: the rows kernels have not run on a GPU yet).
 DEPTHWISE_ROWS = True
+DEPTHWISE_UNITS_MAX_SHIFTS = 64
+DEPTHWISE_UNITS_MAX_PIXELS = 16
 DEPTHWISE_ROW_TILE = 512
 DEPTHWISE_ROW_PROGRAMS_PER_SM = 16
 DEPTHWISE_MIN_ROWS = 8
@@ -499,10 +505,27 @@ def _depthwise_tiles(rows: int, cols: int, channels: int, channels_contiguous: b
 def _depthwise_rows(geo: ConvGeometry, pass_name: str) -> bool:
     """Whether a depthwise pass runs a rows kernel (any layout): the forward and the
     weight gradient always; the input gradient at stride (1, 1), and at other
-    strides with dilation (1, 1)."""
+    strides by units where those fit (``_units_fit``)."""
     if not DEPTHWISE_ROWS:
         return False
-    return pass_name != "input_grad" or tuple(geo.stride) == (1, 1) or tuple(geo.dilation) == (1, 1)
+    return pass_name != "input_grad" or tuple(geo.stride) == (1, 1) or _units_fit(geo)
+
+
+def _unit_shifts(geo: ConvGeometry) -> int:
+    """The (TILE_Q, BLOCK_C) tiles of dy that the strided input gradient by units
+    (``_conv_dgrad_depthwise_rows_kernel``) carries: M + 1 = dil_h (R - 1) //
+    stride_h + 1 dy rows of T = dil_w (S - 1) // stride_w + 1 column shifts (the
+    compiler drops the shifts no tap reads)."""
+    (stride_h, stride_w), (dil_h, dil_w) = geo.stride, geo.dilation
+    return (dil_h * (geo.R - 1) // stride_h + 1) * (dil_w * (geo.S - 1) // stride_w + 1)
+
+
+def _units_fit(geo: ConvGeometry) -> bool:
+    """Whether the strided input gradient runs by units: at most
+    DEPTHWISE_UNITS_MAX_SHIFTS dy tiles (``_unit_shifts``) and DEPTHWISE_UNITS_MAX_PIXELS
+    dx pixels a unit (stride_h x stride_w, each unrolled: a store and its taps)."""
+    return (_unit_shifts(geo) <= DEPTHWISE_UNITS_MAX_SHIFTS
+            and geo.stride[0] * geo.stride[1] <= DEPTHWISE_UNITS_MAX_PIXELS)
 
 
 class _RowWalk(NamedTuple):
@@ -867,13 +890,13 @@ def _input_grad_plan(dy: Operand, w: Operand, x_like: Operand, switches: Switche
     if path == "depthwise" and _depthwise_rows(geo, "input_grad") and (stride_h, stride_w) != (1, 1):
         units_h, units_w = cdiv(geo.H + geo.pad[0], stride_h), cdiv(geo.W + geo.pad[1], stride_w)
         rows, tile_q, block_c = _depthwise_row_tiles(geo.N, units_h, units_w, geo.C, dy.device, dy.strides[1] == 1,
-                                                     geo.R * geo.S)
+                                                     max(geo.R * geo.S, _unit_shifts(geo)))
         grid = (geo.N * cdiv(units_h, rows) * cdiv(units_w, tile_q), cdiv(geo.C, block_c))
         args = (geo.H, geo.W, geo.P, geo.Q, geo.C, rows, geo.pad[0], geo.pad[1], *dy.strides, w.strides[0],
                 w.strides[2], w.strides[3], *dx.strides)
         units_launch = _plain_launch(_conv_dgrad_depthwise_rows_kernel, grid, 3 + len(args), R=geo.R, S=geo.S,
-                                     STRIDE_H=stride_h, STRIDE_W=stride_w, TILE_Q=tile_q, BLOCK_C=block_c,
-                                     INDEX_64=_image_needs_int64(geo, dy, dx))
+                                     STRIDE_H=stride_h, STRIDE_W=stride_w, DIL_H=dil_h, DIL_W=dil_w, TILE_Q=tile_q,
+                                     BLOCK_C=block_c, INDEX_64=_image_needs_int64(geo, dy, dx))
 
         def run(dy, w, x_like):
             dx = new_output()
