@@ -234,8 +234,8 @@ def test_large_padding_and_dilation(channels, path, extent, layout, device, monk
     """torch takes a stride, padding and dilation of 2**31 where the padded input
     still holds the dilated kernel: a 2-tap row, each output column meeting one tap
     (two output columns, each from another tap), and padding='same' whose taps all
-    fall in the padding, and the stride alone (three output columns, the middle
-    one all padding). Where the padded input reaches 2**30, past what the
+    fall in the padding, and the stride alone (three output columns, or rows, the
+    middle one all padding: no kernel unrolls or loops over a stride). Where the padded input reaches 2**30, past what the
     kernels' int32 rows hold, torch's convolution runs (no launch); below it our
     kernels, on every path. Values and gradients, outputs allocated NaN-filled.
     channels_last: a tap's offset in x (dilation x C) passes int32 (the GEMM
@@ -256,6 +256,7 @@ def test_large_padding_and_dilation(channels, path, extent, layout, device, monk
              expect_launch=ours_launch)
     check_op(*_conv_fns(1, "same", (1, 2 * extent), groups), [x, w, b], "conv", expect_launch=ours_launch)
     check_op(*_conv_fns((1, extent), (0, extent), 1, groups), [x, w, b], "conv", expect_launch=ours_launch)
+    check_op(*_conv_fns((extent, 1), (extent, 0), 1, groups), [x, w, b], "conv", expect_launch=ours_launch)
 
 
 def test_negative_slope_leaky_relu(device):

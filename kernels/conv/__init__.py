@@ -329,9 +329,9 @@ _DEPTHWISE_EXPECT = {
 # kernel they replace: 2.94). A 3x3 of dilation 2 (DeepLab-v3's MobileNet-v2: 960
 # channels at 33x33, two row sets): forward 3.03 / 2.94, input gradient 2.67 / 2.56,
 # 80 / 79 registers, weight gradient 2.92 / 2.89, 94. A 3x3 of stride 2 and dilation 2
-# (2026-12-01, both tritons): forward 2.86, 80 registers, weight gradient 2.86, 92, input
-# gradient by units 3.64, 96 (three dy rows of three shifts kept; three of a unit's four
-# dx pixels get no tap). Keyed by pass, layout and stride (the other cases: "7x", "5x",
+# (one row set of row stride 1): forward 3.00 / 2.86, 80 registers, weight gradient 2.89 /
+# 2.86, 89 / 92, input gradient by units 3.64 / 3.64, 96 (three dy rows of three shifts
+# kept; three of a unit's four dx pixels get no tap). Keyed by pass, layout and stride (the other cases: "7x", "5x",
 # "3x", "/2" for stride 2, "d2" for dilation 2).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,

@@ -177,6 +177,13 @@ def _repeat(value, n: tl.constexpr):
     return out
 
 
+@triton.constexpr_function
+def _phases(stride, taps):
+    """The row phases of a row stride that hold a tap row: min(stride, taps) (a
+    stride of 2**29 is not unrolled)."""
+    return min(stride, taps)
+
+
 @triton.jit
 def _step_row(x_img, x_top, dil_h, k, stride_xh, H, cols, oks, j, rows, one_row, R: tl.constexpr, S: tl.constexpr,
               STRIDE_H: tl.constexpr, phase: tl.constexpr, M: tl.constexpr, INDEX_64: tl.constexpr):
@@ -239,17 +246,16 @@ def _conv_depthwise_rows_kernel(
     M: tl.constexpr = (R - 1) // STRIDE_H           # and a scalar is not a mask)
     accs = _repeat(zeros, M + 1)                    # accs[m]: output row p0 + j - m
     for j in range(tl.where(rows > 0, rows + M, 0)):     # an empty chunk (a short row set's last) loads nothing
-        for phase in tl.static_range(STRIDE_H):
-            if phase < R:
-                xs = _step_row(x_img, x_top, dil_h, p0 + j, stride_xh, H, cols, oks, j, rows, one_row, R, S, STRIDE_H,
-                               phase, M, INDEX_64)
-                sums = ()
-                for m in tl.static_range(M + 1):    # taps in the order of the other kernels
-                    if phase + STRIDE_H * m < R:
-                        sums = sums + (_tap_row(accs[m], xs, w[phase + STRIDE_H * m], S),)
-                    else:
-                        sums = sums + (accs[m],)
-                accs = sums
+        for phase in tl.static_range(_phases(STRIDE_H, R)):
+            xs = _step_row(x_img, x_top, dil_h, p0 + j, stride_xh, H, cols, oks, j, rows, one_row, R, S, STRIDE_H,
+                           phase, M, INDEX_64)
+            sums = ()
+            for m in tl.static_range(M + 1):    # taps in the order of the other kernels
+                if phase + STRIDE_H * m < R:
+                    sums = sums + (_tap_row(accs[m], xs, w[phase + STRIDE_H * m], S),)
+                else:
+                    sums = sums + (accs[m],)
+            accs = sums
         _store_row(y_img + _offsets(a + row_step * (p0 + j - M), stride_yh, INDEX_64), y_cols,
                    y_ok & (j + one_row >= M), accs[M], bias, negative_slope, HAS_BIAS, ACTIVATION)
         accs = (zeros,) + accs[:M]
@@ -390,17 +396,16 @@ def _conv_wgrad_depthwise_rows_kernel(
             d = tl.load(dy_img + _offsets(a + row_step * (p0 + j), stride_dyp, INDEX_64) + dy_cols,
                         mask=dy_ok & (j + one_row < rows), other=0.0).to(tl.float32)
             ds = (d,) + ds[:M]
-            for phase in tl.static_range(STRIDE_H):
-                if phase < R:
-                    xs = _step_row(x_img, x_top, dil_h, p0 + j, stride_xh, H, cols, oks, j, rows, one_row, R, S,
-                                   STRIDE_H, phase, M, INDEX_64)
-                    sums = ()
-                    for r in tl.static_range(R):
-                        if r % STRIDE_H == phase:
-                            sums = sums + (_tap_products(accs[r], xs, ds[r // STRIDE_H], S),)
-                        else:
-                            sums = sums + (accs[r],)
-                    accs = sums
+            for phase in tl.static_range(_phases(STRIDE_H, R)):
+                xs = _step_row(x_img, x_top, dil_h, p0 + j, stride_xh, H, cols, oks, j, rows, one_row, R, S,
+                               STRIDE_H, phase, M, INDEX_64)
+                sums = ()
+                for r in tl.static_range(R):
+                    if r % STRIDE_H == phase:
+                        sums = sums + (_tap_products(accs[r], xs, ds[r // STRIDE_H], S),)
+                    else:
+                        sums = sums + (accs[r],)
+                accs = sums
     taps = tl.arange(0, TAPS)
     total = tl.zeros((TAPS, BLOCK_C), dtype=tl.float32)
     for r in tl.static_range(R):
