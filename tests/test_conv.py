@@ -235,9 +235,10 @@ def test_large_padding_and_dilation(channels, path, extent, layout, device, monk
     still holds the dilated kernel: a 2-tap row, each output column meeting one tap
     (two output columns, each from another tap), and padding='same' whose taps all
     fall in the padding, and the stride alone (three output columns, or rows, the
-    middle one all padding: no kernel unrolls or loops over a stride). Where the padded input reaches 2**30, past what the
-    kernels' int32 rows hold, torch's convolution runs (no launch); below it our
-    kernels, on every path. Values and gradients, outputs allocated NaN-filled.
+    outer ones all padding: no kernel unrolls or loops over a stride). Where the
+    padded input reaches 2**30, past what the kernels' int32 rows hold, torch's
+    convolution runs (no launch); below it our kernels, on every path. Values and
+    gradients, outputs allocated NaN-filled.
     channels_last: a tap's offset in x (dilation x C) passes int32 (the GEMM
     forward and the direct weight gradient read it through int64 offsets; in
     int32 they read far outside x: an illegal address on an H200, 2026-11-30)."""

@@ -331,8 +331,8 @@ _DEPTHWISE_EXPECT = {
 # 80 / 79 registers, weight gradient 2.92 / 2.89, 94. A 3x3 of stride 2 and dilation 2
 # (one row set of row stride 1): forward 3.00 / 2.86, 80 registers, weight gradient 2.89 /
 # 2.86, 89 / 92, input gradient by units 3.64 / 3.64, 96 (three dy rows of three shifts
-# kept; three of a unit's four dx pixels get no tap). Keyed by pass, layout and stride (the other cases: "7x", "5x",
-# "3x", "/2" for stride 2, "d2" for dilation 2).
+# kept; three of a unit's four dx pixels get no tap). Keyed by pass, layout and stride
+# (the other cases: "7x", "5x", "3x", "/2" for stride 2, "d2" for dilation 2).
 _DEPTHWISE_ROWS_EXPECT = {
     ("forward", "channels_last", 1): {"max_loop_instructions_per_ffma": 3.2, "max_registers": 96,
                                       "ldg64_at_least": 3, "stg64_at_least": 1},
