@@ -1100,11 +1100,11 @@ def test_depthwise_rows(case, tiles, device, monkeypatch, launch_log):
     the short ones is empty; stride 2 with dilation 3: three sets; with dilation
     2: one of stride 1; dilation 4 with one output row: one set, not four);
     channels_last and NCHW; with the interpreter's tiles (every row in one
-    program, no split) and with a GPU's kind (chunks of 3 rows, tiles of 4 columns by 8 channels, both
-    partly outside the image and the channels; the last chunk shorter where the
-    rows are not a multiple of 3; the weight gradient's strips split 5 ways, fewer
-    where that would leave a split without a strip (3 or 5), summed 2 splits a
-    load: the last round part masked). Values and gradients against float64."""
+    program, no split) and with a GPU's kind (chunks of 3 rows, tiles of 4
+    columns by 8 channels, both partly outside the image and the channels; the
+    last chunk shorter where the rows are not a multiple of 3; the weight
+    gradient's strips split 5 ways, fewer where that would leave a split without
+    a strip (3 or 5), summed 2 splits a load: the last round part masked). Values and gradients against float64."""
     from kernels.conv import ops
     if tiles is not None:
         monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: tiles)
@@ -1133,8 +1133,8 @@ def _assert_chunked_splits(launch_log, tiles, N, y, stride, dilation):
     assert (wgrad.grid[2], wgrad.args["CHUNK"]) == (-(-steps // -(-steps // 5)), 2)
 
 
-# Depthwise kernels of other sizes (the input gradient at strides other than 1 by units): N, C,
-# H, W, kernel, stride, padding, dilation, layout.
+# Depthwise kernels of other sizes (the input gradient at strides other than 1 by units where they fit, else the patch
+# kernel): N, C, H, W, kernel, stride, padding, dilation, layout.
 WIDE_ROWS_CASES = [(1, 8, 10, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 9, 8, 12, (5, 5), (1, 2), 2, (1, 2), "contiguous"),
                    (2, 6, 7, 6, (2, 4), 1, "same", 1, "channels_last"),
@@ -1149,14 +1149,16 @@ WIDE_ROWS_CASES = [(1, 8, 10, 9, (7, 7), 1, 3, 1, "channels_last"),
                    (1, 5, 15, 13, (7, 7), 2, 3, 1, "contiguous"),
                    (1, 6, 17, 9, (5, 5), (2, 1), 4, (4, 1), "channels_last"),
                    (1, 5, 13, 8, (7, 3), 1, (6, 1), (2, 1), "contiguous"),
-                   (1, 5, 20, 9, (7, 7), 2, 9, 3, "channels_last")]
+                   (1, 5, 20, 9, (7, 7), 2, 9, 3, "channels_last"),
+                   (1, 6, 11, 10, (3, 3), (5, 4), 1, 1, "contiguous")]
 
 
 @pytest.mark.parametrize("case", WIDE_ROWS_CASES, ids=["7x7", "5x5-stride12-dilation12-nchw", "2x4-same", "1x3-nchw",
                                                        "7x5-short-image", "5x5-stride2", "7x7-stride21-nchw",
                                                        "4x3-stride3", "1x3-stride21-nchw", "2x2-stride32-pad0",
                                                        "5x3-stride12", "7x7-stride2-nchw", "5x5-stride21-dilation41",
-                                                       "7x3-dilation21-nchw", "7x7-stride2-dilation3"])
+                                                       "7x3-dilation21-nchw", "7x7-stride2-dilation3",
+                                                       "stride54-nchw"])
 @pytest.mark.parametrize("tiles", [None, (3, 4, 8)], ids=["interpreter-tiles", "chunks"])
 def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     """The rows kernels for kernels other than 3x3 (R x S weights or sums in
@@ -1169,7 +1171,8 @@ def test_depthwise_rows_wide(case, tiles, device, monkeypatch, launch_log):
     strides past the kernel leave rows and columns no tap reaches; a row
     dilation of 4 at stride 2 keeps 9 dy rows), but for a dilation that would
     make them carry too many (a 7x7 of stride 2 and dilation 3: 10 rows of 10
-    shifts), the patch kernel; row dilations by row sets (stride 2 with
+    shifts) or a stride that makes a unit of more than 16 pixels (5x4), the
+    patch kernel; row dilations by row sets (stride 2 with
     dilation 4: two sets of stride 1). With the interpreter's tiles and with
     chunks of 3 rows by 4 columns by 8 channels, the weight gradient split as in
     ``test_depthwise_rows``. Values and gradients against float64."""
@@ -1189,9 +1192,9 @@ def _assert_rows_kernels(launch_log, stride, dilation, kernel=(3, 3)):
     """The rows kernels ran the forward and the weight gradient, and the input
     gradient at stride 1 (the forward's kernel, flipped) or, at other strides, by
     units of stride rows and columns where those carry at most
-    DEPTHWISE_UNITS_MAX_SHIFTS dy tiles, (dil_h (R - 1) // stride_h + 1) (dil_w (S
-    - 1) // stride_w + 1), of at most DEPTHWISE_UNITS_MAX_PIXELS dx pixels
-    (stride_h stride_w); the patch kernel else."""
+    DEPTHWISE_UNITS_MAX_SHIFTS dy tiles, (dil_h (R - 1) // stride_h + 1) times
+    (dil_w (S - 1) // stride_w + 1), and hold at most DEPTHWISE_UNITS_MAX_PIXELS
+    dx pixels, stride_h stride_w; the patch kernel else."""
     from kernels.conv import ops
     names = [launch.name for launch in launch_log]
     pair = torch.nn.modules.utils._pair

@@ -262,7 +262,7 @@ def _conv_depthwise_rows_kernel(
 
 
 @triton.constexpr_function
-def _tap(offset, dilation, taps):
+def _tap_index(offset, dilation, taps):
     """The tap r < ``taps`` (a kernel row or column) with r * ``dilation`` ==
     ``offset``, or -1 where there is none (compile-time integers)."""
     return offset // dilation if offset % dilation == 0 and offset // dilation < taps else -1
@@ -273,11 +273,11 @@ def _unit_row(acc, ds, ws, b: tl.constexpr, STRIDE_W: tl.constexpr, DIL_W: tl.co
               T: tl.constexpr):
     """acc + the products that reach column b of a unit from a dy row's T column
     shifts ds and a kernel row's S taps ws: shift k through tap (b + STRIDE_W k) /
-    DIL_W where that divides, each a fused multiply-add (triton 3.9 leaves some of
+    DIL_W where that divides and is below S, each a fused multiply-add (triton 3.9 leaves some of
     ``acc += x * w`` unfused here)."""
     for k in tl.static_range(T):
-        if _tap(b + STRIDE_W * k, DIL_W, S) >= 0:
-            acc = tl.fma(ds[k], ws[_tap(b + STRIDE_W * k, DIL_W, S)], acc)
+        if _tap_index(b + STRIDE_W * k, DIL_W, S) >= 0:
+            acc = tl.fma(ds[k], ws[_tap_index(b + STRIDE_W * k, DIL_W, S)], acc)
     return acc
 
 
@@ -331,8 +331,8 @@ def _conv_dgrad_depthwise_rows_kernel(
             for b in tl.static_range(STRIDE_W):
                 acc = zeros
                 for m in tl.static_range(M + 1):
-                    if _tap(a + STRIDE_H * m, DIL_H, R) >= 0:
-                        acc = _unit_row(acc, ds[m], w[_tap(a + STRIDE_H * m, DIL_H, R)], b, STRIDE_W, DIL_W, S, T)
+                    if _tap_index(a + STRIDE_H * m, DIL_H, R) >= 0:
+                        acc = _unit_row(acc, ds[m], w[_tap_index(a + STRIDE_H * m, DIL_H, R)], b, STRIDE_W, DIL_W, S, T)
                 tl.store(dx_row + dx_cols[b], acc.to(dx_row.dtype.element_ty),
                          mask=dx_oks[b] & _in_range(h + one_row, H))
 

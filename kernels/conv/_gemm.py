@@ -111,12 +111,15 @@ def _stride_phase(residue, size, pad, stride, dil, taps, step):
     them. Returns (first pixel, count, first tap r0, number of taps, d0, dstep):
     pixel first + i*stride, tap r0 + t*step, meets output row i + d0 - t*dstep.
     A program of phase index a < min(stride, size) (a phase that holds pixels: the
-    first is a) passes residue (a + pad) % stride."""
+    first is a) passes residue (a + pad) % stride. No tap reaches the phase:
+    r0 = taps, no taps."""
     first = ((residue - pad) % stride + stride) % stride
     count = tl.cdiv(size - first, stride)
     r0 = taps
-    for t in range(0, tl.minimum(step, taps)):   # one t in [0, step) solves t*dil = residue (mod stride): only
-        r0 = tl.where((residue - t * dil) % stride == 0, t, r0)     # t < taps is a tap (a stride of 2**29: step)
+    # At most one t in [0, step) solves t*dil = residue (mod stride), and only t < taps is a tap: the loop
+    # stops at taps (step reaches 2**29 with such a stride; t*dil stays below 2**30).
+    for t in range(0, tl.minimum(step, taps)):
+        r0 = tl.where((residue - t * dil) % stride == 0, t, r0)
     n_taps = tl.maximum(tl.cdiv(taps - r0, step), 0)
     d0 = (first + pad - r0 * dil) // stride      # exact whenever n_taps > 0
     dstep = step * dil // stride
