@@ -273,8 +273,8 @@ def _unit_row(acc, ds, ws, b: tl.constexpr, STRIDE_W: tl.constexpr, DIL_W: tl.co
               T: tl.constexpr):
     """acc + the products that reach column b of a unit from a dy row's T column
     shifts ds and a kernel row's S taps ws: shift k through tap (b + STRIDE_W k) /
-    DIL_W where that divides and is below S, each a fused multiply-add (triton 3.9 leaves some of
-    ``acc += x * w`` unfused here)."""
+    DIL_W where that divides and is below S, each a fused multiply-add (triton
+    3.9 leaves some of ``acc += x * w`` unfused here)."""
     for k in tl.static_range(T):
         if _tap_index(b + STRIDE_W * k, DIL_W, S) >= 0:
             acc = tl.fma(ds[k], ws[_tap_index(b + STRIDE_W * k, DIL_W, S)], acc)

@@ -98,8 +98,8 @@ DEPTHWISE_WGRAD_CHANNEL_BYTES = 32
 # shifts at dilation d; at 64, a 7x7 of stride 4 and dilation 5, one element a thread, sm_90 SASS: 184 / 198
 # registers under triton 3.9 / 3.6, no spill; a 7x7 of stride 2 and dilation 2, 49 tiles: 139 / 168) and a unit
 # holds at most DEPTHWISE_UNITS_MAX_PIXELS dx pixels (``_units_fit``; the patch kernel else). (TILE_Q, BLOCK_C)
-# tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine weights, or the weight gradient's nine sums, in 36
-# registers; 5x5: 2 a thread, 7x7: 1), down ROWS output rows (the strided input gradient: units),
+# tiles of DEPTHWISE_ROW_TILE elements for a 3x3 (4 a thread: its nine weights, or the weight gradient's nine
+# sums, in 36 registers; 5x5: 2 a thread, 7x7: 1), down ROWS output rows (the strided input gradient: units),
 # ROWS chosen for DEPTHWISE_ROW_PROGRAMS_PER_SM programs an SM and at least DEPTHWISE_MIN_ROWS rows (a chunk
 # of a row set loads min(STRIDE_H, R) input rows an output row and max(R - STRIDE_H, 0) more; the weight
 # gradient splits its chunks as the direct kernels do). DEPTHWISE_ROWS False: those run the patch kernels
