@@ -1225,17 +1225,18 @@ def _rows_check(x, w, b, stride, padding, dilation, activation, dtype):
     return y
 
 
-@pytest.mark.parametrize("layout,stride", [("channels_last", 1), ("contiguous", 2)],
-                         ids=["channels_last", "nchw-stride2"])
-def test_depthwise_rows_half_and_int64(layout, stride, device, monkeypatch, launch_log):
+@pytest.mark.parametrize("layout,stride,dilation", [("channels_last", 1, 1), ("contiguous", 2, 1),
+                                                   ("channels_last", 2, (1, 2))],
+                         ids=["channels_last", "nchw-stride2", "stride2-dilation12"])
+def test_depthwise_rows_half_and_int64(layout, stride, dilation, device, monkeypatch, launch_log):
     """The rows kernels in fp16 with int64 offsets inside an image (INDEX_64, which
     the host sets for images of 2**31 elements), chunked: forward, input gradient
-    and weight gradient."""
+    (by units at stride 2, with a column dilation too) and weight gradient."""
     from kernels.conv import ops
     monkeypatch.setattr(ops, "_image_needs_int64", lambda *args: True)
     monkeypatch.setattr(ops, "_depthwise_row_tiles", lambda *args: (4, 8, 16))
     x, w, b = _inputs(2, 24, 9, 10, 24, (3, 3), 24, torch.float16, device, layout)
-    _rows_check(x, w, b, stride, 1, 1, "relu", torch.float16)
+    _rows_check(x, w, b, stride, 1, dilation, "relu", torch.float16)
     rows = [launch.args["INDEX_64"] for launch in launch_log if "depthwise_rows" in launch.name]
     assert rows == [True] * 3, [launch.name for launch in launch_log]
 
