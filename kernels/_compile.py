@@ -72,6 +72,7 @@ def _source(case, config, ones: bool = False):
     import triton
     from triton.compiler import ASTSource
 
+    from ._runtime import LAUNCH_OPTIONS
     fn = case.kernel
     while not isinstance(fn, triton.runtime.JITFunction):
         fn = fn.fn
@@ -79,7 +80,7 @@ def _source(case, config, ones: bool = False):
     # values, as in a launch.
     kept = {p.name for p in fn.params if p.do_not_specialize}
     constexprs = {a: v for a, v in case.constexprs.items() if a not in kept}
-    options = {"num_warps": case.num_warps, "num_stages": case.num_stages}
+    options = {"num_warps": case.num_warps, "num_stages": case.num_stages, **LAUNCH_OPTIONS}
     if config is not None:
         constexprs.update(config.kwargs)
         options.update(num_warps=config.num_warps, num_stages=config.num_stages)

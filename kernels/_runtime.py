@@ -43,7 +43,7 @@ import triton
 
 __all__ = [
     "interpreting", "backend", "autotune", "for_gpus", "launch", "bind", "bind_config", "kernel_parameters",
-    "LaunchCounter",
+    "LaunchCounter", "LAUNCH_OPTIONS",
     "plan_cache", "plan_float", "clear_plan_caches", "persistent",
     "count_launches", "dry_run", "compile_ahead", "compiling_ahead",
     "cdiv", "next_power_of_2",
@@ -62,6 +62,10 @@ try:        # Triton's CUDA driver reads the current device and stream as torch 
     from torch._C import _cuda_getCurrentRawStream as _current_stream, _cuda_getDevice as _current_device
 except ImportError:     # a CPU build of torch: nothing launches on a GPU
     _DIRECT = False
+# Options of every launch (and of the compile test's compiles, ``kernels._compile``): multiply-adds
+# fused into FMAs, as the kernels' SASS budgets count them. Triton 3.9 warns at a launch that leaves
+# it to TRITON_DEFAULT_FP_FUSION, whose default 3.10 turns off.
+LAUNCH_OPTIONS = {"enable_fp_fusion": True}
 
 
 def interpreting() -> bool:
@@ -309,7 +313,7 @@ def _checked_grid(name: str, grid):
 def launch(kernel, grid, *args, **kwargs):
     """Launch ``kernel[grid](*args, **kwargs)`` and count it."""
     name = _cached_name(kernel)
-    return _run(kernel, name, _checked_grid(name, grid), args, kwargs)
+    return _run(kernel, name, _checked_grid(name, grid), args, {**kwargs, **LAUNCH_OPTIONS})
 
 
 # Triton's interpreter patches triton.language for the length of each launch and restores
@@ -373,6 +377,7 @@ def _bind(kernel, grid, pointers: tuple, options: dict, values: dict):
                         f"values miss {sorted(missing)} / add {sorted(set(values) - set(names))}")
     name = _cached_name(kernel)
     grid = _checked_grid(name, grid)
+    options = {**options, **LAUNCH_OPTIONS}
     fixed = tuple(float(v) if isinstance(v, float) else v for v in (values[n] for n in names[len(pointers):]))
     if _DIRECT and isinstance(grid, tuple):
         return _direct(kernel, name, grid, fixed, options)

@@ -8,7 +8,6 @@ import torch
 if not torch.cuda.is_available():
     # Must happen before triton is first imported (kernels import it).
     os.environ["TRITON_INTERPRET"] = "1"
-os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 import pytest  # noqa: E402
 

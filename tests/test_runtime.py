@@ -516,6 +516,40 @@ def test_direct_launch_keeps_the_kernel_a_future_holds(monkeypatch):
     assert launched == [((2,), (x, 7), {"num_warps": 4}), ((2, 1, 1), (x, 7), "stream")]
 
 
+def test_every_launch_asks_for_fused_multiply_adds(monkeypatch):
+    """Every launch passes ``enable_fp_fusion=True`` (``LAUNCH_OPTIONS``), through
+    the autotuner (conv's GEMM passes), bound plans (norms, activations, max pool,
+    depthwise) and ``launch``: multiply-adds fused as the SASS budgets count them,
+    whatever TRITON_DEFAULT_FP_FUSION says (triton 3.9 warns at a launch that
+    leaves it to that variable; 3.10's default is off). Each plan's first call goes
+    through ``run`` on a GPU too (later ones launch what it compiled)."""
+    from triton.runtime.interpreter import InterpretedFunction
+    cls = InterpretedFunction if interpreting() else triton.runtime.JITFunction
+    run, seen = cls.run, []
+
+    def recording_run(self, *args, **options):
+        seen.append((self.__name__ if hasattr(self, "__name__") else self.fn.__name__,
+                     options.get("enable_fp_fusion")))
+        return run(self, *args, **options)
+    monkeypatch.setattr(cls, "run", recording_run)
+    clear_plan_caches()
+    try:
+        torch.manual_seed(0)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        x = torch.randn(2, 16, 6, 5, device=device, requires_grad=True)
+        w = torch.randn(16, 16, 3, 3, device=device, requires_grad=True)
+        depthwise = torch.randn(16, 1, 3, 3, device=device, requires_grad=True)
+        y = F.conv2d(x, w, padding=1) + F.conv2d(x, depthwise, padding=1, groups=16)
+        y = F.max_pool2d(F.relu(F.batch_norm(y, None, None, training=True)), 2)
+        F.prelu(y, torch.full((1,), 0.25, device=device)).square().sum().backward()
+    finally:
+        clear_plan_caches()
+    kernels = {name for name, _ in seen}
+    assert {"_conv_fwd_gemm_kernel", "_conv_dgrad_gemm_kernel", "_conv_wgrad_gemm_kernel", "_activation_fwd_kernel",
+            "_max_pool2d_fwd_kernel", "_prelu_bwd_kernel"} <= kernels, kernels
+    assert all(fused is True for _, fused in seen), sorted({name for name, fused in seen if fused is not True})
+
+
 def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
     """Inside ``compile_ahead`` (a GPU stood in for) a launch, through ``launch``
     or a bound (direct) launch, is Triton's warm-up of that launch under the mode,
