@@ -612,7 +612,8 @@ def test_compile_ahead_compiles_instead_of_launching(monkeypatch):
             direct(out)
             tuned(out)
     assert out.sum() == 0 and launches.counts["_fill"] == 2 and launches.counts["bound"] == 1
-    assert warmed == [((out, 3), (1,), {"BLOCK": 8}, mode), ((out, 5), (2,), {"BLOCK": 8}, mode),
+    launched = {"BLOCK": 8, "enable_fp_fusion": True}       # launch() adds LAUNCH_OPTIONS
+    assert warmed == [((out, 3), (1,), launched, mode), ((out, 5), (2,), launched, mode),
                       ((out, 7), (4,), {"num_warps": 2}, mode)]
     assert left_on_thread == [None] and _async_compile.active_mode.get() is None and not _runtime.compiling_ahead()
     assert tuner.best_config is None        # nothing chosen, so nothing bound: the next launch tunes

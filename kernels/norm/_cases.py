@@ -12,7 +12,7 @@ import contextlib
 import torch
 
 from .. import _runtime
-from .._runtime import CompileCase, kernel_name, kernel_parameters
+from .._runtime import LAUNCH_OPTIONS, CompileCase, kernel_name, kernel_parameters
 from ..activation import ACT_LEAKY_RELU, ACT_NONE, ACT_RELU
 from . import ops
 
@@ -48,7 +48,7 @@ def _case(kernel, kwargs: dict, label: str, expect: dict) -> CompileCase:
     constexpr_names = _constexpr_names(kernel)
     signature, constexprs, divisible = {}, {}, []
     for name, value in kwargs.items():
-        if name in ("num_warps", "num_stages"):
+        if name in ("num_warps", "num_stages", *LAUNCH_OPTIONS):      # options, not arguments
             continue
         if name in constexpr_names:
             constexprs[name] = value
