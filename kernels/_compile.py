@@ -2,8 +2,9 @@
 
 ``python -m kernels._compile [--arch sm_90] [--shard I/N] [module ...]`` compiles the
 ``COMPILE_CASES`` of each kernel module (every autotune config of autotuned
-kernels) and prints one JSON line per case: registers, spill bytes, shared memory, whether
-the PTX holds tensor-core instructions, and SASS figures (``sass_stats``).
+kernels) and prints one JSON line per case: registers, spill bytes (and, where any, the
+spill instructions inside loops: ``loop_spills``), shared memory, whether the PTX holds
+tensor-core instructions, and SASS figures (``sass_stats``).
 Cases compile as a real launch specialises them: every pointer 16-byte
 aligned (torch's allocations are) and the integer arguments a case lists in
 ``CompileCase.divisible`` divisible by 16. ``--ones`` instead traces each case
@@ -11,7 +12,7 @@ with its other integer arguments 1, which a launch makes constants
 (``trace_with_ones``). Run it without ``TRITON_INTERPRET``
 (the interpreter replaces ``triton.jit`` and nothing can be compiled);
 ``tests/test_compile.py`` runs it in a subprocess, once per installed triton
-(CI's, and triton 3.6 from ``triton_path("3.6")``, the GPU machines' version).
+(CI's, and those of ``EXTRA_TRITONS`` from ``triton_path``: 3.6, the GPU machines', 3.7, 3.8).
 """
 from __future__ import annotations
 
@@ -31,10 +32,11 @@ ARCHS = {"sm_90": 90, "sm_80": 80}
 # A config past it fails at launch (triton's OutOfResources), or leaves the autotuner one config fewer.
 MAX_SHARED_BYTES = {"sm_90": 232448, "sm_80": 166912}
 
-# Tritons the compile check runs under besides the one installed: version ->
-# folder (``pip install --target``) put first on PYTHONPATH. ``make test`` installs
-# them inside the venv.
-EXTRA_TRITONS = ("3.6",)
+# Tritons the compile check runs under besides the one installed (CI's), each in a folder
+# (``triton_path``, ``pip install --target``) put first on PYTHONPATH; ``make test`` installs
+# them inside the venv. Each is the one a torch release that pyproject admits pins on Linux:
+# 3.6.0 (torch 2.11, the GPU machines'), 3.7.1 (2.12 and 2.13), 3.8.0 (2.14).
+EXTRA_TRITONS = ("3.6", "3.7", "3.8")
 
 
 def triton_path(version: str) -> str:
@@ -164,19 +166,35 @@ def _opcode(instruction: str) -> str:
     return re.sub(r"^@!?U?P\w+\s+", "", instruction).split(" ")[0].split(".")[0]
 
 
+def _loops(lines: list[tuple[int, str]]) -> list[tuple[int, int]]:
+    """(first, last) addresses of each loop of a SASS listing: the span from a
+    backward branch's target to the branch."""
+    spans = []
+    for address, ins in lines:
+        branch = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\()?(0x[0-9a-f]+)", ins)
+        if branch and int(branch.group(1), 16) <= address:
+            spans.append((int(branch.group(1), 16), address))
+    return spans
+
+
+def loop_spills(text: str) -> int:
+    """Local-memory instructions (``STL`` / ``LDL``: spills) inside a loop of a SASS
+    listing; a spill stored before the loops and loaded after them is not counted."""
+    lines = _sass_lines(text)
+    spans = _loops(lines)
+    return sum(1 for address, ins in lines
+               if _opcode(ins) in ("STL", "LDL") and any(first <= address <= last for first, last in spans))
+
+
 def main_loop(text: str) -> dict:
-    """The loop of a SASS listing that issues the most ``HGMMA`` (``HMMA`` when none
-    does, ``FFMA`` when neither does): a loop is the span from a backward branch's
-    target to the branch. {"instructions": its length, "hgmma": ..., "hmma": ...,
-    "ffma": ...} (zeros when no loop holds one of them)."""
+    """The loop (``_loops``) of a SASS listing that issues the most ``HGMMA`` (``HMMA``
+    when none does, ``FFMA`` when neither does). {"instructions": its length,
+    "hgmma": ..., "hmma": ..., "ffma": ...} (zeros when no loop holds one of them)."""
     lines = _sass_lines(text)
     counted = ("hgmma", "hmma", "ffma")
     best = {"instructions": 0, **dict.fromkeys(counted, 0)}
-    for address, ins in lines:
-        branch = re.search(r"\bBRA(?:\.\w+)*\s+(?:`\()?(0x[0-9a-f]+)", ins)
-        if not branch or int(branch.group(1), 16) > address:
-            continue
-        body = [_opcode(i) for a, i in lines if int(branch.group(1), 16) <= a <= address]
+    for first, last in _loops(lines):
+        body = [_opcode(i) for a, i in lines if first <= a <= last]
         loop = {"instructions": len(body), **{key: body.count(key.upper()) for key in counted}}
         if [loop[key] for key in counted] > [best[key] for key in counted]:
             best = loop
@@ -222,8 +240,9 @@ def compile_module(module_name: str, arch: str, shard: int = 0, shards: int = 1,
                           shared_bytes=compiled.metadata.shared,
                           tensor_cores_wanted=case.tensor_cores,
                           wgmma="wgmma" in ptx, mma="mma.sync" in ptx, expect=expect)
-            if expect or all_sass:
+            if expect or all_sass or result["spill_bytes"]:
                 text = _cuobjdump(compiled, "-sass")
+                result["loop_spills"] = loop_spills(text)
                 result["sass"] = sass_stats([ins for _, ins in _sass_lines(text)])
                 result["sass"]["main_loop"] = main_loop(text)
         except Exception:

@@ -2,7 +2,8 @@
 sm_90 and sm_80 on this machine (no GPU needed; ``make test`` compiles for
 sm_90 under CI's triton, ``make compile`` the whole matrix: see ``MATRIX``),
 without register spills or more shared memory than the GPU gives a program,
-under CI's triton and under triton 3.6 (torch 2.11's, the GPU machines'); GEMM
+under CI's triton and under triton 3.6 (torch 2.11's, the GPU machines'), and
+under 3.7 and 3.8 (torch 2.12 - 2.14's) without spills inside loops; GEMM
 kernels that ask for it use tensor cores (wgmma on sm_90, mma on sm_80), and,
 on sm_90, the SASS figures a case expects (``CompileCase.expect``; its ``"per_config"``
 entry, {config index: figures}, adds figures for single autotune configs) hold.
@@ -19,7 +20,8 @@ import sys
 
 import pytest
 
-from kernels._compile import ARCHS, EXTRA_TRITONS, MAX_SHARED_BYTES, kernel_modules, specialisations, triton_path
+from kernels._compile import (ARCHS, EXTRA_TRITONS, MAX_SHARED_BYTES, kernel_modules, loop_spills, specialisations,
+                              triton_path)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,7 +31,7 @@ SPECIALISATIONS_PER_SHARD = 24     # shards let pytest-xdist spread the compilin
 # Compiling is the suite's largest cost on a fresh machine (an empty Triton cache: about
 # 150 s of CPU per architecture and triton). ``make test`` compiles for sm_90 (the Hopper
 # GPUs nnlib is tuned for) under CI's triton; ``make compile`` (NNLIB_COMPILE_MATRIX=full),
-# which CI runs after ``make test``, adds triton 3.6 and sm_80.
+# which CI runs after ``make test``, adds tritons 3.6, 3.7 and 3.8 and sm_80.
 FULL_MATRIX = os.environ.get("NNLIB_COMPILE_MATRIX") == "full"
 MATRIX = [pytest.param(arch, version, id=f"{arch}-triton{version or ''}")
           for arch in sorted(ARCHS) for version in [None, *EXTRA_TRITONS]
@@ -112,6 +114,46 @@ def expectation_failures(result: dict) -> list[str]:
     return failures
 
 
+# Spill bytes a case may have under a triton other than CI's and the GPU machines' (3.6), provided
+# no spill instruction sits inside a loop: stored before the loops and loaded after them, a few
+# registers cost a few instructions a program. Under 3.7 and 3.8 ptxas spills 8 or 16 bytes so in
+# a few configs where 3.6 and 3.9 spill none (2026-12-01: the bf16 weight gradient's 128x128 tile
+# at 128 registers under 3.7, fp32 tiles under both); those two tritons, the ones the configs are
+# tuned under, allow none.
+SPILL_OUTSIDE_LOOPS = 32
+STRICT_TRITONS = (None, "3.6")
+
+
+def _spills_pass(result: dict, triton_version: str | None) -> bool:
+    if not result["spill_bytes"]:
+        return True
+    return (triton_version not in STRICT_TRITONS and result["loop_spills"] == 0
+            and result["spill_bytes"] <= SPILL_OUTSIDE_LOOPS)
+
+
+def test_spills_inside_loops_fail_everywhere_and_outside_only_where_strict():
+    """``loop_spills`` counts the STL / LDL between a backward branch's target and
+    the branch, not a spill stored before the loop and loaded after it; a case with
+    any spill fails under CI's triton and 3.6, and elsewhere when one sits in a loop
+    or more than SPILL_OUTSIDE_LOOPS bytes spill."""
+    listing = """
+        /*0000*/                   MOV R1, c[0x0][0x28] ;
+        /*0010*/                   STL [R1], R15 ;
+        /*0020*/                   FFMA R2, R3, R4, R2 ;
+        /*0030*/                   LDL R5, [R1+0x4] ;
+        /*0040*/              @P0 BRA 0x20 ;
+        /*0050*/                   LDL.LU R4, [R1] ;
+        /*0060*/                   EXIT ;
+    """
+    assert loop_spills(listing) == 1
+    assert loop_spills(listing.replace("@P0 BRA 0x20", "@P0 BRA 0x50")) == 0     # a forward branch: no loop
+    outside = {"spill_bytes": 8, "loop_spills": 0}
+    assert not _spills_pass(outside, None) and not _spills_pass(outside, "3.6") and _spills_pass(outside, "3.7")
+    assert not _spills_pass({"spill_bytes": 8, "loop_spills": 1}, "3.7")
+    assert not _spills_pass({"spill_bytes": SPILL_OUTSIDE_LOOPS + 8, "loop_spills": 0}, "3.8")
+    assert _spills_pass({"spill_bytes": 0}, None)
+
+
 @pytest.mark.parametrize("arch,triton_version", MATRIX)
 @pytest.mark.parametrize("module,shard,shards", _shards())
 def test_kernels_compile(module, shard, shards, arch, triton_version):
@@ -119,8 +161,8 @@ def test_kernels_compile(module, shard, shards, arch, triton_version):
     assert results, f"no kernels compiled for {module}"
     failures = [f"{r['case']}: {r['error']}" for r in results if not r["ok"]]
     assert not failures, "\n".join(failures)
-    spills = [f"{r['case']}: {r['spill_bytes']} bytes, {r['registers']} registers"
-              for r in results if r["spill_bytes"]]
+    spills = [f"{r['case']}: {r['spill_bytes']} bytes ({r['loop_spills']} spill instructions in loops), "
+              f"{r['registers']} registers" for r in results if not _spills_pass(r, triton_version)]
     assert not spills, "register spills:\n" + "\n".join(spills)
     over = [f"{r['case']}: {r['shared_bytes']} bytes" for r in results if r["shared_bytes"] > MAX_SHARED_BYTES[arch]]
     assert not over, f"shared memory past {arch}'s {MAX_SHARED_BYTES[arch]} bytes:\n" + "\n".join(over)
