@@ -12,8 +12,8 @@ import triton.language as tl
 
 import nnlib
 import nnlib.functional as F
-from kernels._runtime import (autotune, clear_plan_caches, count_launches, interpreting, is_dense, launch, max_offset,
-                              merge_dims, needs_int64, view_3d)
+from kernels._runtime import (autotune, clear_plan_caches, count_launches, interpreting, is_dense, kernel_name, launch,
+                              max_offset, merge_dims, needs_int64, view_3d)
 
 
 def test_autotune_gating():
@@ -528,8 +528,7 @@ def test_every_launch_asks_for_fused_multiply_adds(monkeypatch):
     run, seen = cls.run, []
 
     def recording_run(self, *args, **options):
-        seen.append((self.__name__ if hasattr(self, "__name__") else self.fn.__name__,
-                     options.get("enable_fp_fusion")))
+        seen.append((kernel_name(self), options.get("enable_fp_fusion")))
         return run(self, *args, **options)
     monkeypatch.setattr(cls, "run", recording_run)
     clear_plan_caches()
